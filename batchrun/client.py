@@ -1,0 +1,83 @@
+"""The transport: the only module that imports httpx.
+
+A :class:`MessagesClient` POSTs one Messages body and returns an Outcome value; every httpx
+error becomes a Retryable here, once, so nothing above this module handles exceptions from
+the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import httpx
+
+from batchrun.config import DEFAULT_CONNECT_TIMEOUT_S
+from batchrun.endpoints import Endpoint
+from batchrun.policy import Outcome, Retryable, classify_response, error_body
+
+log = logging.getLogger(__name__)
+
+
+class MessagesClient:
+    """Sends Messages requests to one endpoint."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        endpoint: Endpoint,
+        headers: Mapping[str, str],
+    ) -> None:
+        self._http = http
+        self._url = endpoint.messages_url
+        self._headers = dict(headers)
+        self._key_hint = endpoint.api_key_env or "the endpoint's credentials"
+
+    @property
+    def key_hint(self) -> str:
+        return self._key_hint
+
+    async def send(self, params_json: str) -> Outcome:
+        """POST ``params_json`` and classify the answer (never raises for network trouble)."""
+        try:
+            response = await self._http.post(
+                self._url, content=params_json.encode(), headers=self._headers
+            )
+        except httpx.TimeoutException as exc:
+            return _transport_failure("timeout_error", "the request timed out", exc)
+        except httpx.HTTPError as exc:
+            return _transport_failure("api_error", "the connection failed", exc)
+        return classify_response(response.status_code, response.headers, response.content)
+
+
+def _transport_failure(error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:
+    # The exception text names the host at most, never headers, so the key cannot leak.
+    detail = (
+        f"{what} ({type(exc).__name__}: {exc})" if str(exc) else f"{what} ({type(exc).__name__})"
+    )
+    return Retryable(reason=detail, error=error_body(error_type, detail))
+
+
+def create_http_client(
+    *,
+    timeout_s: float,
+    max_connections: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """An httpx client sized for ``max_connections`` concurrent requests."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s)),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        transport=transport,
+    )
+
+
+def in_process_transport(app: object) -> httpx.AsyncBaseTransport:
+    """A transport that calls an ASGI app directly (the built-in simulator).
+
+    App exceptions become 500 answers, as a real server would send, instead of escaping.
+    """
+    return httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]

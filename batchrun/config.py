@@ -1,0 +1,51 @@
+"""Frozen settings objects and their defaults.
+
+Units are part of every name (``timeout_s``, ``lease_s``, ``rpm``). Nothing here reads the
+environment: ``cli.py`` does that and passes the values down as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# A long generation (tens of thousands of output tokens) can take many minutes without
+# streaming; the official SDK's own ceiling for non-streaming calls is 600 s.
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# Transient failures (5xx, 529, 408, 409, timeouts, cut connections, malformed bodies) are
+# tried this many times in all before the request becomes an errored result. 429s that
+# carry rate-limit feedback do not count: waiting them out is part of pacing.
+DEFAULT_MAX_ATTEMPTS = 8
+DEFAULT_RETRY_INITIAL_DELAY_S = 1.0
+DEFAULT_RETRY_MAX_DELAY_S = 60.0
+# Requests in flight at once. Rate limits pace the sends; this only caps sockets and memory,
+# so it is high enough that 500 RPM at 20 s latency (about 170 in flight) is not throttled.
+DEFAULT_MAX_CONCURRENCY = 256
+# A running request's lease: a worker renews it every lease_s / 4; a worker that dies stops
+# renewing, and after lease_s its requests return to the queue.
+DEFAULT_LEASE_S = 60.0
+# How often a worker looks for cancellations and pauses made by other processes.
+DEFAULT_CONTROL_POLL_S = 0.5
+# Results are written in one transaction per group of at most this many.
+DEFAULT_WRITE_BATCH_SIZE = 500
+# Anthropic's batches expire 24 h after creation.
+DEFAULT_EXPIRES_IN_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    """How a worker dispatches: concurrency, retries, leases and polling."""
+
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_initial_delay_s: float = DEFAULT_RETRY_INITIAL_DELAY_S
+    retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S
+    lease_s: float = DEFAULT_LEASE_S
+    control_poll_s: float = DEFAULT_CONTROL_POLL_S
+    write_batch_size: int = DEFAULT_WRITE_BATCH_SIZE
+
+
+def default_database_url(data_home: Path) -> str:
+    """The SQLite database used when no --db / BATCHRUN_DATABASE_URL is given."""
+    return f"sqlite:///{data_home / 'batchrun' / 'batchrun.db'}"

@@ -1,0 +1,419 @@
+"""The dispatch loop: take a slot → claim → limit → send → record.
+
+The dispatcher gets a store, one sender per endpoint, a limiter and a config. It imports
+neither httpx nor SQLAlchemy: senders return :data:`~batchrun.policy.Outcome` values, and the
+store's blocking calls run on the database thread. Time is the event loop's, so tests drive
+it with a fake clock.
+
+A claimed request is handled by its own task. Its outcome is written by the writer task,
+which commits everything that has piled up since its last commit in one transaction; the
+request's task finishes only after that commit, so a result is durable before it counts.
+Retries are data: a transient failure sends the request back to the queue with a
+``not_before``, so a crash during a back-off loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from batchrun.clock import LoopClock
+from batchrun.config import DispatchConfig
+from batchrun.dbthread import DatabaseThread
+from batchrun.limiter import Limiter, LimitKey
+from batchrun.policy import Fatal, Halt, Outcome, Retryable, Succeeded, retry_delay_s
+from batchrun.records import ClaimedRequest, FinishedRequest, RetryLater
+
+if TYPE_CHECKING:
+    from batchrun.store.store import Store
+
+log = logging.getLogger(__name__)
+
+# Requests claimed per round trip; small enough that a worker does not hoard work that
+# other workers could send.
+_CLAIM_CHUNK = 64
+_HALT_MESSAGES = {
+    "authentication": "authentication failed for endpoint {endpoint}: check {key_hint}",
+    "permission": "permission denied by endpoint {endpoint}: check that {key_hint} may use it",
+    "billing": "endpoint {endpoint} refused the request for billing reasons: {detail}",
+    "spend_limit": "endpoint {endpoint} reports that the spend limit is reached: {detail}",
+}
+
+
+class Sender(Protocol):
+    """Sends one Messages request to one endpoint."""
+
+    @property
+    def key_hint(self) -> str:
+        """What the user should check when authentication fails (e.g. the key variable)."""
+        ...
+
+    async def send(self, params_json: str) -> Outcome:
+        """POST the body and classify the answer."""
+        ...
+
+
+@dataclass
+class RunReport:
+    """What one run did."""
+
+    sent: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    paused: dict[str, str] = field(default_factory=dict)
+    error_types: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Write:
+    finished: FinishedRequest | None = None
+    retry: RetryLater | None = None
+    unsent: int | None = None
+    canceled: int | None = None
+
+
+class Dispatcher:
+    """Runs batches to completion under one owner id."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        senders: Mapping[str, Sender],
+        limiter: Limiter,
+        config: DispatchConfig,
+        rng: random.Random | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self._store = store
+        self._senders = senders
+        self._limiter = limiter
+        self._config = config
+        self._rng = rng or random.Random()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.report = RunReport()
+        self._db = DatabaseThread()
+        self._tasks: dict[asyncio.Task[None], ClaimedRequest] = {}
+        self._endpoints: dict[str, str] = {}
+        self._active: dict[str, str] = {}
+        self._stop_events: dict[str, asyncio.Event] = {}
+        self._pending: list[tuple[_Write, asyncio.Future[None]]] = []
+        self._wake_writer = asyncio.Event()
+        self._closing = False
+
+    async def run(self, batch_endpoints: Mapping[str, str]) -> RunReport:
+        """Dispatch every queued request of these batches (id → endpoint name) until none is
+        left; returns what was done. Canceled and paused batches stop early."""
+        self._clock = LoopClock()
+        self._send_slots = asyncio.Semaphore(self._config.max_concurrency)
+        self._endpoints = dict(batch_endpoints)
+        self._active = dict(batch_endpoints)
+        self._stop_events = {batch_id: asyncio.Event() for batch_id in batch_endpoints}
+        ids = list(batch_endpoints)
+        await self._db.call(self._store.clear_pauses, ids)
+        await self._db.call(self._store.reclaim_expired_leases, self._clock.now())
+        writer = asyncio.create_task(self._write_loop(), name="batchrun-writer")
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="batchrun-heartbeat")
+        try:
+            await self._dispatch_loop()
+        finally:
+            heartbeat.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks))
+            self._closing = True
+            self._wake_writer.set()
+            await asyncio.gather(writer, heartbeat, return_exceptions=True)
+            self._db.close()
+        return self.report
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_control_check = 0.0
+        while True:
+            if loop.time() >= next_control_check:
+                await self._apply_controls()
+                next_control_check = loop.time() + self._config.control_poll_s
+            self._raise_task_errors()
+            if not self._active:
+                return
+            room = self._config.max_concurrency - len(self._tasks)
+            claimed: list[ClaimedRequest] = []
+            if room > 0:
+                claimed = await self._db.call(
+                    self._store.claim,
+                    owner=self.owner,
+                    batch_ids=list(self._active),
+                    limit=min(room, _CLAIM_CHUNK),
+                    now=self._clock.now(),
+                    lease_s=self._config.lease_s,
+                )
+            for request in claimed:
+                task = asyncio.create_task(self._process(request))
+                self._tasks[task] = request
+                task.add_done_callback(self._forget_task)
+            if len(claimed) == min(room, _CLAIM_CHUNK) and claimed:
+                await asyncio.sleep(0)
+                continue
+            until_control = max(next_control_check - loop.time(), 0.0)
+            if self._tasks:
+                await asyncio.wait(
+                    list(self._tasks), timeout=until_control, return_when=asyncio.FIRST_COMPLETED
+                )
+                continue
+            wait_s = await self._db.call(
+                self._store.seconds_until_ready, list(self._active), self._clock.now()
+            )
+            if wait_s is None:
+                return
+            await asyncio.sleep(min(wait_s, until_control) if wait_s > 0 else 0)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            self._tasks.pop(task, None)
+
+    def _raise_task_errors(self) -> None:
+        for task in list(self._tasks):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self._tasks.pop(task)
+                raise task.exception()  # type: ignore[misc]
+
+    async def _apply_controls(self) -> None:
+        """Stop dispatching batches that another process canceled or paused."""
+        stopped = await self._db.call(self._store.stopped_batches, list(self._active))
+        for batch_id, why in stopped.items():
+            if why not in ("canceling", "ended"):
+                self.report.paused.setdefault(batch_id, why)
+            self._stop(batch_id)
+
+    def _stop(self, batch_id: str) -> None:
+        self._active.pop(batch_id, None)
+        self._stop_events[batch_id].set()
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def _process(self, request: ClaimedRequest) -> None:
+        endpoint = self._endpoint_of(request.batch_id)
+        key: LimitKey = (endpoint, request.model)
+        if not await self._wait_for_turn(request, key):
+            return
+        sender = self._senders[endpoint]
+        loop = asyncio.get_running_loop()
+        async with self._send_slots:
+            started = loop.time()
+            outcome = await sender.send(request.params_json)
+            latency_ms = round((loop.time() - started) * 1000)
+        self.report.sent += 1
+        self._limiter.observe(key, outcome)
+        await self._settle(request, endpoint, sender, outcome, latency_ms)
+
+    def _endpoint_of(self, batch_id: str) -> str:
+        return self._endpoints[batch_id]
+
+    async def _wait_for_turn(self, request: ClaimedRequest, key: LimitKey) -> bool:
+        """Wait for the limiter; False (and the request handed back) if the batch stops first."""
+        stop = self._stop_events[request.batch_id]
+        if not stop.is_set():
+            turn = asyncio.ensure_future(self._limiter.acquire(key))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({turn, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if turn.done() and not stop.is_set():
+                return True
+            turn.cancel()
+        batch_id = request.batch_id
+        if batch_id in self.report.paused:
+            await self._write(_Write(unsent=request.id))
+        else:
+            self.report.canceled += 1
+            await self._write(_Write(canceled=request.id))
+        return False
+
+    async def _settle(
+        self,
+        request: ClaimedRequest,
+        endpoint: str,
+        sender: Sender,
+        outcome: Outcome,
+        latency_ms: int,
+    ) -> None:
+        match outcome:
+            case Succeeded():
+                self.report.succeeded += 1
+                await self._write(_Write(finished=self._succeeded(request, outcome, latency_ms)))
+            case Fatal(error=error, http_status=status):
+                await self._write(
+                    _Write(finished=self._errored(request, error, status, latency_ms))
+                )
+            case Retryable():
+                await self._retry_or_give_up(request, outcome, latency_ms)
+            case Halt(kind=kind, detail=detail):
+                reason = _HALT_MESSAGES[kind].format(
+                    endpoint=endpoint, key_hint=sender.key_hint, detail=detail or kind
+                )
+                if request.batch_id not in self.report.paused:
+                    self.report.paused[request.batch_id] = reason
+                    log.error("batch %s paused: %s", request.batch_id, reason)
+                    await self._db.call(self._store.pause_batch, request.batch_id, reason)
+                    self._stop(request.batch_id)
+                await self._write(_Write(unsent=request.id))
+
+    async def _retry_or_give_up(
+        self, request: ClaimedRequest, outcome: Retryable, latency_ms: int
+    ) -> None:
+        rate_limited = outcome.http_status == 429
+        # Waiting out a 429 is pacing, not failing: it does not use up the retry budget.
+        failures = request.failures + (0 if rate_limited else 1)
+        if rate_limited:
+            self.report.rate_limited += 1
+        if failures >= self._config.max_attempts:
+            error = dict(outcome.error)
+            inner = dict(error["error"])
+            inner["message"] = (
+                f"gave up after {request.attempts} attempts; last failure: {outcome.reason}. "
+                + str(inner.get("message", ""))
+            ).strip()
+            error["error"] = inner
+            finished = self._errored(request, error, outcome.http_status, latency_ms)
+            await self._write(_Write(finished=finished))
+            return
+        delay_s = retry_delay_s(
+            failures,
+            retry_after_s=outcome.retry_after_s,
+            initial_delay_s=self._config.retry_initial_delay_s,
+            max_delay_s=self._config.retry_max_delay_s,
+            rng=self._rng,
+        )
+        self.report.retried += 1
+        log.debug("request %s: %s; retrying in %.1f s", request.custom_id, outcome.reason, delay_s)
+        retry = RetryLater(
+            request_id=request.id,
+            not_before=self._clock.now() + timedelta(seconds=delay_s),
+            failures=failures,
+            last_error=outcome.reason,
+        )
+        await self._write(_Write(retry=retry))
+
+    def _succeeded(
+        self, request: ClaimedRequest, outcome: Succeeded, latency_ms: int
+    ) -> FinishedRequest:
+        return FinishedRequest(
+            request_id=request.id,
+            batch_id=request.batch_id,
+            custom_id=request.custom_id,
+            result_type="succeeded",
+            attempts=request.attempts,
+            completed_at=self._clock.now(),
+            http_status=200,
+            model=outcome.model,
+            stop_reason=outcome.stop_reason,
+            usage=outcome.usage,
+            latency_ms=latency_ms,
+            request_ref=outcome.request_id,
+            body=outcome.body,
+        )
+
+    def _errored(
+        self,
+        request: ClaimedRequest,
+        error: Mapping[str, object],
+        http_status: int | None,
+        latency_ms: int,
+    ) -> FinishedRequest:
+        inner = error.get("error")
+        error_type = str(inner.get("type")) if isinstance(inner, dict) else "api_error"
+        message = str(inner.get("message", "")) if isinstance(inner, dict) else ""
+        self.report.errored += 1
+        self.report.error_types[error_type] += 1
+        request_ref = error.get("request_id")
+        return FinishedRequest(
+            request_id=request.id,
+            batch_id=request.batch_id,
+            custom_id=request.custom_id,
+            result_type="errored",
+            attempts=request.attempts,
+            completed_at=self._clock.now(),
+            http_status=http_status,
+            error_type=error_type,
+            error_message=message,
+            latency_ms=latency_ms,
+            request_ref=str(request_ref) if request_ref else None,
+            body=_json(error),
+        )
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def _write(self, write: _Write) -> None:
+        """Queue a write for the next group commit and wait until it is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, done))
+        self._wake_writer.set()
+        await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            group = self._pending[: self._config.write_batch_size]
+            del self._pending[: len(group)]
+            if group:
+                await self._commit(group)
+            if self._pending:
+                self._wake_writer.set()
+            elif self._closing:
+                return
+
+    async def _commit(self, group: list[tuple[_Write, asyncio.Future[None]]]) -> None:
+        writes = [write for write, _ in group]
+        try:
+            await self._db.call(
+                self._store.record,
+                owner=self.owner,
+                now=self._clock.now(),
+                finished=[w.finished for w in writes if w.finished is not None],
+                retries=[w.retry for w in writes if w.retry is not None],
+                unsent=[w.unsent for w in writes if w.unsent is not None],
+                canceled=[w.canceled for w in writes if w.canceled is not None],
+            )
+        except Exception as exc:
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for _, done in group:
+            if not done.done():
+                done.set_result(None)
+
+    async def _heartbeat_loop(self) -> None:
+        """Keep the leases of held requests alive, and return dead workers' requests."""
+        interval_s = self._config.lease_s / 4
+        while True:
+            await asyncio.sleep(interval_s)
+            held = [request.id for request in self._tasks.values()]
+            now = self._clock.now()
+            await self._db.call(
+                self._store.renew_leases,
+                owner=self.owner,
+                request_ids=held,
+                now=now,
+                lease_s=self._config.lease_s,
+            )
+            await self._db.call(self._store.reclaim_expired_leases, now)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,114 @@
+"""Request files in: stream, validate and store a batch in one transaction.
+
+Lines are validated while they are read and stored in chunks inside one transaction; the
+first invalid line stops the storing (but not the checking, so the user sees every problem
+at once), and at the end of the file the transaction is rolled back: a batch is stored whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import BinaryIO
+
+from batchrun.config import DEFAULT_EXPIRES_IN_S
+from batchrun.errors import InputFileError
+from batchrun.reader import (
+    MAX_FILE_BYTES,
+    MAX_PRINTED_PROBLEMS,
+    MAX_REQUESTS,
+    FileProblem,
+    format_problems,
+    read_requests,
+)
+from batchrun.records import NewBatch, NewRequest
+from batchrun.store.store import Store
+from batchrun.validation import InvalidLine
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+_ID_RANDOM_CHARS = 24
+
+
+def new_batch_id() -> str:
+    """A fresh batch id in Anthropic's style (``msgbatch_`` and random base62)."""
+    return "msgbatch_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_RANDOM_CHARS))
+
+
+@dataclass
+class _Problems:
+    shown: list[InvalidLine | FileProblem] = field(default_factory=list)
+    hidden: int = 0
+
+    def add(self, item: InvalidLine | FileProblem) -> None:
+        if len(self.shown) < MAX_PRINTED_PROBLEMS:
+            self.shown.append(item)
+        else:
+            self.hidden += len(item.problems) if isinstance(item, InvalidLine) else 1
+
+    def error(self, source: str) -> InputFileError:
+        messages = format_problems(self.shown, source=source, max_problems=10**9)
+        lines = messages[:MAX_PRINTED_PROBLEMS]
+        hidden = self.hidden + len(messages) - len(lines)
+        if hidden:
+            lines.append(f"… and {hidden:,} more problem{'s' if hidden != 1 else ''}")
+        lines.append("nothing was stored; fix the lines above and submit again")
+        return InputFileError("\n".join(lines))
+
+
+def submit_requests(
+    store: Store,
+    stream: BinaryIO,
+    *,
+    source: str,
+    endpoint: str,
+    now: datetime,
+    name: str | None = None,
+    default_model: str | None = None,
+    expires_in_s: float = DEFAULT_EXPIRES_IN_S,
+    max_requests: int = MAX_REQUESTS,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> str:
+    """Validate and store every request of ``stream`` as a new batch; returns its id.
+
+    Raises InputFileError listing the problems (file:line: what and how to fix) if any line
+    is invalid; then nothing is stored.
+    """
+    batch = NewBatch(
+        id=new_batch_id(),
+        name=name,
+        endpoint=endpoint,
+        source=source,
+        created_at=now,
+        expires_at=now + timedelta(seconds=expires_in_s),
+    )
+    problems = _Problems()
+
+    def valid_requests() -> Iterator[NewRequest]:
+        items = read_requests(
+            stream,
+            source=source,
+            default_model=default_model,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+        )
+        for line_no, item in items:
+            if isinstance(item, InvalidLine | FileProblem):
+                problems.add(item)
+            elif not problems.shown:
+                yield NewRequest(
+                    line_no=line_no,
+                    custom_id=item.custom_id,
+                    model=item.model,
+                    max_tokens=item.max_tokens,
+                    params_json=item.params_json,
+                )
+        if problems.shown:
+            # Raised inside the store's transaction, so it rolls back everything stored.
+            raise problems.error(source)
+
+    store.create_batch(batch, valid_requests())
+    return batch.id

@@ -1,0 +1,265 @@
+"""Pure decisions: what an HTTP answer means, and how long to wait before trying again.
+
+``classify_response`` turns a status, headers and body into an :data:`Outcome` value; the
+transport (``client.py``) produces the transport-failure outcomes itself. The rules follow the
+Anthropic API and its official SDK (see shared/reference/anthropic-api.md §2.3 and §3):
+
+- an ``x-should-retry`` header decides when present;
+- 408, 409, 429, 5xx and 529 are transient; other 4xx are final;
+- 401, 402, 403 and a 429 that reports a spend limit would fail every request of the batch
+  the same way, so they halt the batch instead of producing one errored result each;
+- a 200 whose body is not a Message is transient (a proxy answered, or the body was cut).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+ErrorBody = dict[str, Any]
+HaltKind = Literal["authentication", "permission", "billing", "spend_limit"]
+
+# Error types the official SDK's ErrorResponse union accepts; anything else we synthesise
+# must use one of these so exported results stay parseable.
+_ERROR_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+_HALT_BY_STATUS: dict[int, HaltKind] = {401: "authentication", 402: "billing", 403: "permission"}
+SPEND_LIMIT_ERROR_CODE = "enforced_spend_limit_reached"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage of one response, as the API reports it."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """A 200 with a well-formed Message. ``body`` is the response text, stored as received."""
+
+    body: str
+    model: str | None
+    stop_reason: str | None
+    usage: Usage
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class Retryable:
+    """A transient failure. ``error`` is what the result carries if no attempt is left."""
+
+    reason: str
+    error: ErrorBody
+    http_status: int | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """A final failure of this request alone (a bad request, an unknown model...)."""
+
+    error: ErrorBody
+    http_status: int
+
+
+@dataclass(frozen=True)
+class Halt:
+    """A failure every request of the batch would share: stop the batch, keep its queue."""
+
+    kind: HaltKind
+    http_status: int
+    detail: str
+
+
+Outcome = Succeeded | Retryable | Fatal | Halt
+
+
+def error_body(error_type: str, message: str, request_id: str | None = None) -> ErrorBody:
+    """An Anthropic-shaped error response: ``{"type": "error", "error": {...}, ...}``."""
+    return {
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": request_id,
+    }
+
+
+def error_type_for_status(status: int) -> str:
+    """The Anthropic error type that goes with an HTTP status."""
+    if status in _ERROR_TYPE_BY_STATUS:
+        return _ERROR_TYPE_BY_STATUS[status]
+    return (
+        "api_error" if status >= 500 or status == 408 or status == 409 else "invalid_request_error"
+    )
+
+
+def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+    """Decide what one HTTP answer from a Messages endpoint means."""
+    request_id = headers.get("request-id") or headers.get("x-request-id")
+    if status == 200:
+        return _classify_success(body, request_id)
+    error = _error_from_body(status, body, request_id)
+    should_retry = headers.get("x-should-retry", "").strip().lower()
+    retry_after_s = parse_retry_after_s(headers)
+    halt = _halt_kind(status, error)
+    if halt is not None and should_retry != "true":
+        return Halt(halt, status, str(error["error"].get("message", "")))
+    if should_retry == "false":
+        return Fatal(error, status)
+    if should_retry == "true" or status in _TRANSIENT_STATUSES or status >= 500:
+        reason = f"HTTP {status} {error['error'].get('type', '')}".strip()
+        return Retryable(reason, error, status, retry_after_s)
+    return Fatal(error, status)
+
+
+def _classify_success(body: bytes, request_id: str | None) -> Outcome:
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return _malformed("the response body is not JSON", request_id)
+    usage = _usage_of_message(message)
+    if usage is None:
+        return _malformed("the response body is not a Message", request_id)
+    text = body.decode()
+    if "\n" in text or "\r" in text:
+        # Results are exported one per line; a pretty-printed body would break JSONL.
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return Succeeded(
+        body=text,
+        model=message.get("model") if isinstance(message.get("model"), str) else None,
+        stop_reason=message.get("stop_reason"),
+        usage=usage,
+        request_id=request_id,
+    )
+
+
+def _usage_of_message(message: Any) -> Usage | None:
+    if not isinstance(message, dict) or message.get("type") != "message":
+        return None
+    if not isinstance(message.get("content"), list):
+        return None
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    counts = [
+        usage.get(key) or 0
+        for key in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        )
+    ]
+    if not all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
+        return None
+    return Usage(*counts)
+
+
+def _malformed(why: str, request_id: str | None) -> Retryable:
+    return Retryable(
+        reason=f"malformed response: {why}",
+        error=error_body("api_error", f"The endpoint answered 200 but {why}.", request_id),
+        http_status=200,
+    )
+
+
+def _error_from_body(status: int, body: bytes, request_id: str | None) -> ErrorBody:
+    """The API's own error object when the body has one, else one made from the status."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if (
+        isinstance(parsed, dict)
+        and isinstance(parsed.get("error"), dict)
+        and isinstance(parsed["error"].get("type"), str)
+    ):
+        error = dict(parsed["error"])
+        error.setdefault("message", "")
+        return {"type": "error", "error": error, "request_id": parsed.get("request_id", request_id)}
+    snippet = body[:200].decode(errors="replace").strip()
+    message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+    return error_body(error_type_for_status(status), message, request_id)
+
+
+def _halt_kind(status: int, error: ErrorBody) -> HaltKind | None:
+    if status in _HALT_BY_STATUS:
+        return _HALT_BY_STATUS[status]
+    details = error["error"].get("details")
+    if (
+        status == 429
+        and isinstance(details, dict)
+        and details.get("error_code") == SPEND_LIMIT_ERROR_CODE
+    ):
+        return "spend_limit"
+    return None
+
+
+def parse_retry_after_s(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` (seconds
+    or an HTTP date). Unlike the SDK, long values are honoured: a batch can afford to wait,
+    and retrying earlier only fails again."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            value_ms = float(raw_ms)
+        except ValueError:
+            value_ms = math.nan
+        if math.isfinite(value_ms) and value_ms >= 0:
+            return value_ms / 1000
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+        return max(seconds, 0.0)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def retry_delay_s(
+    failures: int,
+    *,
+    retry_after_s: float | None,
+    initial_delay_s: float,
+    max_delay_s: float,
+    rng: random.Random,
+) -> float:
+    """How long to wait after the ``failures``-th transient failure (1-based).
+
+    The server's ``retry-after`` wins. Otherwise exponential back-off (initial, 2x, 4x...)
+    capped at ``max_delay_s``, with up to 25 % jitter taken off so that many requests failing
+    together do not come back together.
+    """
+    if retry_after_s is not None:
+        return retry_after_s
+    exponent = max(failures - 1, 0)
+    base = min(initial_delay_s * 2.0**exponent, max_delay_s)
+    return base * (1 - 0.25 * rng.random())
