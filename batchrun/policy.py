@@ -25,8 +25,23 @@ from typing import Any, Literal
 ErrorBody = dict[str, Any]
 HaltKind = Literal["authentication", "permission", "billing", "spend_limit"]
 
-# Error types the official SDK's ErrorResponse union accepts; anything else we synthesise
-# must use one of these so exported results stay parseable.
+# The error types the official SDK's ErrorResponse accepts. Exported results must parse with
+# it, so an error of another type (the API's own request_too_large and conflict_error, or a
+# gateway's invention) is recorded under the type its status implies, keeping the original
+# in "original_type".
+KNOWN_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "timeout_error",
+        "api_error",
+        "overloaded_error",
+    }
+)
 _ERROR_TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -195,7 +210,11 @@ def _error_from_body(status: int, body: bytes, request_id: str | None) -> ErrorB
         and isinstance(parsed["error"].get("type"), str)
     ):
         error = dict(parsed["error"])
-        error.setdefault("message", "")
+        if not isinstance(error.get("message"), str):
+            error["message"] = str(error.get("message", ""))
+        if error["type"] not in KNOWN_ERROR_TYPES:
+            error["original_type"] = error["type"]
+            error["type"] = error_type_for_status(status)
         return {"type": "error", "error": error, "request_id": parsed.get("request_id", request_id)}
     snippet = body[:200].decode(errors="replace").strip()
     message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
