@@ -39,8 +39,9 @@ from batchrun.export import anthropic_lines, atomic_output
 from batchrun.ingest import submit_requests
 from batchrun.limiter import RateLimits
 from batchrun.models import BatchObject
-from batchrun.reader import open_request_file
+from batchrun.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
 from batchrun.runner import plan_run, run_batches
+from batchrun.simulator import SimulatorConfig, serve
 from batchrun.store.database import create_database_engine, current_revision, upgrade_database
 from batchrun.store.store import Store
 
@@ -70,6 +71,7 @@ class _BatchrunGroup(TyperGroup):
 app = typer.Typer(
     cls=_BatchrunGroup,
     help="Run batches of Anthropic Messages API requests with rate limits, durably.",
+    rich_markup_mode="markdown",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -141,6 +143,12 @@ def submit(
     model: Annotated[
         str | None, typer.Option(help="Model for lines whose params name none.")
     ] = None,
+    max_requests: Annotated[
+        int, typer.Option(min=1, help="Refuse files with more requests (Anthropic's limit).")
+    ] = MAX_REQUESTS,
+    max_file_bytes: Annotated[
+        int, typer.Option(min=1, help="Refuse larger files (Anthropic's 256 MB limit).")
+    ] = MAX_FILE_BYTES,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Validate a request file and store it as a batch; prints the batch id.
@@ -161,6 +169,8 @@ def submit(
                 now=_now(),
                 name=name,
                 default_model=model,
+                max_requests=max_requests,
+                max_file_bytes=max_file_bytes,
             )
         batch = store.get_batch(batch_id)
     finally:
@@ -308,6 +318,57 @@ def results(
         store.close()
     if output and output != "-":
         stderr.print(f"wrote {batch.counts.total - batch.counts.processing:,} results to {output}")
+
+
+@app.command()
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 8765,
+    rpm: Annotated[int | None, typer.Option(help="Requests/min per model.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Input+output tokens/min per model.")] = None,
+    itpm: Annotated[int | None, typer.Option(help="Input tokens/min per model.")] = None,
+    otpm: Annotated[int | None, typer.Option(help="Output tokens/min per model.")] = None,
+    burst_s: Annotated[
+        float, typer.Option("--burst-s", help="Bucket size in seconds of refill.")
+    ] = 60.0,
+    latency_s: Annotated[float, typer.Option("--latency-s", help="Seconds per answer.")] = 0.0,
+    latency_jitter_s: Annotated[
+        float, typer.Option("--latency-jitter-s", help="Random extra seconds, up to this.")
+    ] = 0.0,
+    output_tokens: Annotated[int, typer.Option(help="Reply length in tokens.")] = 40,
+    error_rate: Annotated[float, typer.Option(help="Share of answers that are 500s.")] = 0.0,
+    overloaded_rate: Annotated[float, typer.Option(help="Share of 529 answers.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
+    no_ratelimit_headers: Annotated[
+        bool, typer.Option(help="Send only retry-after on 429, no anthropic-ratelimit-*.")
+    ] = False,
+) -> None:
+    """Serve the built-in Messages API simulator on 127.0.0.1 (Ctrl-C stops it).
+
+    Point batchrun at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any
+    ANTHROPIC_API_KEY. Prompts may force behaviour with [[sim:status=500:times=2]] and
+    similar directives (see the README).
+    """
+    config = SimulatorConfig.from_options(
+        rpm=rpm,
+        tpm=tpm,
+        itpm=itpm,
+        otpm=otpm,
+        burst_s=burst_s,
+        latency_s=latency_s,
+        latency_jitter_s=latency_jitter_s,
+        output_tokens=output_tokens,
+        error_500=error_rate,
+        overloaded_529=overloaded_rate,
+        seed=seed,
+        send_ratelimit_headers=not no_ratelimit_headers,
+    )
+
+    def announce(actual_port: int) -> None:
+        sys.stdout.write(f"http://127.0.0.1:{actual_port}\n")
+        sys.stdout.flush()
+        stderr.print(f"simulator listening on http://127.0.0.1:{actual_port}")
+
+    serve(config, port=port, on_ready=announce)
 
 
 @db_app.command("upgrade")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
-
-import pytest
 
 from batchrun.errors import DatabaseError
 from batchrun.store.database import (
@@ -51,8 +50,8 @@ def test_a_database_from_a_newer_batchrun_is_refused_untouched(db_url: str) -> N
     engine.dispose()
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(db_url: str) -> None:
-    engine = create_database_engine(db_url)
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
+    engine = create_database_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -38,7 +38,11 @@ MESSAGE = {
 
 def _error(error_type: str, **extra: object) -> bytes:
     return json.dumps(
-        {"type": "error", "error": {"type": error_type, "message": "m", **extra}, "request_id": "req_1"}
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": "m", **extra},
+            "request_id": "req_1",
+        }
     ).encode()
 
 
@@ -96,7 +100,9 @@ def test_a_200_that_is_not_a_message_is_retried(body: bytes) -> None:
         (529, "overloaded_error", Retryable),
     ],
 )
-def test_status_classification_follows_the_api(status: int, error_type: str, expected: type) -> None:
+def test_status_classification_follows_the_api(
+    status: int, error_type: str, expected: type
+) -> None:
     outcome = classify_response(status, {}, _error(error_type))
 
     assert isinstance(outcome, expected)
@@ -107,7 +113,9 @@ def test_status_classification_follows_the_api(status: int, error_type: str, exp
 
 def test_x_should_retry_wins_over_the_status() -> None:
     assert isinstance(classify_response(400, {"x-should-retry": "true"}, _error("x")), Retryable)
-    assert isinstance(classify_response(500, {"x-should-retry": "false"}, _error("api_error")), Fatal)
+    assert isinstance(
+        classify_response(500, {"x-should-retry": "false"}, _error("api_error")), Fatal
+    )
 
 
 def test_a_spend_limit_429_halts_the_batch() -> None:
@@ -161,7 +169,9 @@ def test_retry_delay_grows_exponentially_with_jitter_and_a_cap() -> None:
 
 
 def test_retry_delay_uses_the_servers_retry_after() -> None:
-    delay = retry_delay_s(3, retry_after_s=120, initial_delay_s=1, max_delay_s=60, rng=random.Random())
+    delay = retry_delay_s(
+        3, retry_after_s=120, initial_delay_s=1, max_delay_s=60, rng=random.Random()
+    )
     assert delay == 120
 
 

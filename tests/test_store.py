@@ -22,7 +22,9 @@ def _claim(store: Store, batch_id: str, limit: int = 10, *, owner: str = "w1", n
     return store.claim(owner=owner, batch_ids=[batch_id], limit=limit, now=now, lease_s=LEASE_S)
 
 
-def _succeeded(request_id: int, batch_id: str, custom_id: str, attempts: int = 1) -> FinishedRequest:
+def _succeeded(
+    request_id: int, batch_id: str, custom_id: str, attempts: int = 1
+) -> FinishedRequest:
     return FinishedRequest(
         request_id=request_id,
         batch_id=batch_id,
@@ -128,7 +130,10 @@ def test_record_writes_one_result_and_ends_the_batch(store: Store) -> None:
     assert batch.ended_at == NOW
     assert batch.counts.succeeded == 2
     assert (batch.tokens.input_tokens, batch.tokens.output_tokens) == (20, 10)
-    assert (batch.tokens.cache_creation_input_tokens, batch.tokens.cache_read_input_tokens) == (4, 2)
+    assert (batch.tokens.cache_creation_input_tokens, batch.tokens.cache_read_input_tokens) == (
+        4,
+        2,
+    )
 
 
 def test_a_second_result_for_the_same_request_is_ignored(store: Store) -> None:
@@ -199,7 +204,7 @@ def test_cancel_of_an_ended_batch_changes_nothing(store: Store) -> None:
 
 def test_expired_leases_return_to_the_queue(store: Store) -> None:
     batch_id = submit(store, [request_line("a"), request_line("b")])
-    a, b = _claim(store, batch_id)
+    _a, b = _claim(store, batch_id)
     store.renew_leases(owner="w1", request_ids=[b.id], now=NOW + timedelta(seconds=50), lease_s=60)
 
     assert store.reclaim_expired_leases(NOW + timedelta(seconds=61)) == 1

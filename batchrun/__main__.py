@@ -1,0 +1,5 @@
+"""`python -m batchrun` runs the CLI."""
+
+from batchrun.cli import main
+
+main()

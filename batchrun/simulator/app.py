@@ -1,0 +1,365 @@
+"""The simulated Messages API as a raw ASGI 3 application.
+
+Routes (any prefix works for the API routes, as gateways mount them elsewhere):
+
+- ``POST …/messages``: a Message, an error, or a fault;
+- ``POST …/messages/count_tokens``: ``{"input_tokens": N}``;
+- ``GET /_simulator/stats``: :class:`SimulatorStats` as JSON; ``POST /_simulator/reset``
+  clears stats, buckets, directive counts and random streams;
+- anything else: 404 ``not_found_error`` (405 for a wrong method on an API route).
+
+A message request goes through: authentication (401) → body checks (400) → directives →
+error faults (directive ``status``, random 500/529) → rate limits (429) → latency → output
+settlement → delivery faults (hang, cut, malformed, not_message) → the Message. Error
+faults cost no rate limit; delivery faults come after admission, as if the server did the
+work and the answer got lost.
+
+The ``cut`` fault sends the headers (with the full ``content-length``) and half the body, then
+raises :class:`SimulatedConnectionCut`. Under uvicorn the connection is closed, so the client
+sees a truncated response (httpx raises ``RemoteProtocolError``). In-process, batchrun's
+transport (``ASGITransport(raise_app_exceptions=False)``) hands the client the 200 with half a
+body, which it treats as malformed; a plain ``ASGITransport`` re-raises the exception.
+
+Time is the running event loop's clock only; wall time serves only the ``*-reset`` headers,
+through an anchor taken when the app first sees a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import NoReturn
+
+from batchrun.simulator.asgi import (
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    lifespan,
+    logged_headers,
+    presented_key,
+    read_body,
+    send_response,
+    wait_for_disconnect,
+)
+from batchrun.simulator.buckets import ModelBuckets, RateLimiter, Rejection
+from batchrun.simulator.config import SimulatorConfig
+from batchrun.simulator.directives import MARKER, NO_DIRECTIVE, DirectiveError, parse_directives
+from batchrun.simulator.faults import CUT, HANG, MALFORMED, NOT_MESSAGE, Chaos
+from batchrun.simulator.responses import (
+    JSON_CONTENT_TYPE,
+    MALFORMED_BODY,
+    NOT_MESSAGE_BODY,
+    SPEND_LIMIT_ERROR_CODE,
+    SPEND_LIMIT_MESSAGE,
+    IdMaker,
+    build_message,
+    default_error_message,
+    error_body,
+)
+from batchrun.simulator.stats import RequestLogEntry, SimulatorStats
+from batchrun.simulator.tokens import count_input_tokens
+from batchrun.simulator.validation import count_params_error, message_params_error, parse_object
+
+
+class SimulatedConnectionCut(ConnectionError):
+    """The simulator dropped the connection in the middle of a response (a ``cut`` fault)."""
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One API request being answered."""
+
+    send: Send
+    path: str
+    is_message: bool
+    request_id: str
+    received_at: float
+    digest: bytes
+    headers: dict[bytes, bytes]
+    model: str | None = None
+    buckets: ModelBuckets | None = None
+    should_retry: bool | None = None
+
+
+class SimulatorApp:
+    """The ASGI callable; ``config`` and ``stats`` are public. Build it with :func:`create_app`."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.stats = SimulatorStats(log_size=config.log_size)
+        self._limiter = RateLimiter(config)
+        self._limited = bool(config.limits)
+        self._chaos = Chaos(config)
+        self._ids = IdMaker(config.seed)
+        key = config.required_api_key
+        self._api_key = None if key is None else key.encode()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_anchor = 0.0
+        self._wall_anchor = 0.0
+
+    def reset(self) -> None:
+        """Back to the initial state: stats, buckets, directive counts and random streams."""
+        self.stats.clear()
+        self._limiter.reset()
+        self._chaos.reset()
+        self._ids = IdMaker(self.config.seed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        is_message = path.endswith("/messages")
+        if is_message or path.endswith("/messages/count_tokens"):
+            if method != "POST":
+                await self._no_route(send, 405, f"{method} is not allowed on {path}")
+                return
+            body = await read_body(receive)
+            if body is None:
+                return
+            if is_message:
+                await self._messages(scope, body, receive, send)
+            else:
+                await self._count_tokens(scope, body, send)
+        elif path == "/_simulator/stats" and method == "GET":
+            stats = self.stats.to_json().encode()
+            await send_response(send, 200, _json_headers(stats), stats)
+        elif path == "/_simulator/reset" and method == "POST":
+            self.reset()
+            await send_response(send, 200, _json_headers(b'{"ok":true}'), b'{"ok":true}')
+        else:
+            await self._no_route(send, 404, f"Not found: {method} {path}")
+
+    async def _messages(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        ex = self._exchange(scope, send, body, is_message=True)
+        reception = self.stats.record_reception(ex.digest)
+        if not self._authorized(ex.headers):
+            await self._error(ex, 401, default_error_message(401))
+            return
+        params = parse_object(body)
+        if isinstance(params, str):
+            await self._error(ex, 400, params)
+            return
+        model = params.get("model")
+        if isinstance(model, str) and model:
+            ex.model = model
+            self.stats.per_model[model] = self.stats.per_model.get(model, 0) + 1
+            if self._limited:
+                ex.buckets = self._limiter.buckets_for(model, ex.received_at)
+        problem = message_params_error(params)
+        if problem is not None:
+            await self._error(ex, 400, problem)
+            return
+        directive = NO_DIRECTIVE
+        if MARKER in body:
+            try:
+                directive = parse_directives(params)
+            except DirectiveError as exc:
+                await self._error(ex, 400, str(exc))
+                return
+            ex.should_retry = directive.should_retry
+
+        input_tokens = count_input_tokens(params)
+        max_tokens: int = params["max_tokens"]
+        target = self.config.output_tokens
+        if directive.output_tokens is not None:
+            target = directive.output_tokens
+        output_tokens = min(max_tokens, target)
+        fault = self._chaos.pick(directive, reception)
+        if isinstance(fault, int):
+            await _sleep(self._chaos.latency_s(directive, 0))
+            await self._status_fault(ex, fault, directive.retry_after_s, directive.spend_limit)
+            return
+        if ex.buckets is not None:
+            rejection = self._limiter.admit(
+                ex.buckets,
+                ex.received_at,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                max_tokens=max_tokens,
+            )
+            if rejection is not None:
+                await self._rate_limited(ex, rejection)
+                return
+        await _sleep(self._chaos.latency_s(directive, output_tokens))
+        if ex.buckets is not None:
+            self._limiter.settle_output(
+                ex.buckets, self._clock(), output_tokens=output_tokens, max_tokens=max_tokens
+            )
+
+        if fault == HANG:
+            self._record(ex, HANG)
+            await wait_for_disconnect(receive)
+        elif fault == MALFORMED:
+            await self._answer(ex, 200, MALFORMED_BODY)
+        elif fault == NOT_MESSAGE:
+            await self._answer(ex, 200, NOT_MESSAGE_BODY)
+        else:
+            answer = build_message(
+                params,
+                ids=self._ids,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                capped=target > max_tokens,
+            )
+            if fault == CUT:
+                await self._cut(ex, answer)
+            self.stats.record_success(ex.received_at, input_tokens, output_tokens)
+            await self._answer(ex, 200, answer)
+
+    async def _count_tokens(self, scope: Scope, body: bytes, send: Send) -> None:
+        ex = self._exchange(scope, send, body, is_message=False)
+        self.stats.count_tokens_received += 1
+        if not self._authorized(ex.headers):
+            await self._error(ex, 401, default_error_message(401))
+            return
+        params = parse_object(body)
+        if isinstance(params, str):
+            await self._error(ex, 400, params)
+            return
+        if isinstance(params.get("model"), str):
+            ex.model = params["model"]
+        problem = count_params_error(params)
+        if problem is not None:
+            await self._error(ex, 400, problem)
+            return
+        payload = json.dumps({"input_tokens": count_input_tokens(params)}).encode()
+        await self._answer(ex, 200, payload)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        if self._api_key is None:
+            return True
+        key, _ = presented_key(headers)
+        return key is not None and hmac.compare_digest(key, self._api_key)
+
+    # -- answering -------------------------------------------------------------------------
+
+    async def _status_fault(
+        self, ex: _Exchange, status: int, retry_after_s: float | None, spend_limit: bool
+    ) -> None:
+        extra: Headers = []
+        details = None
+        message = default_error_message(status)
+        if status == 429:
+            if spend_limit:
+                details = {"error_code": SPEND_LIMIT_ERROR_CODE}
+                message = SPEND_LIMIT_MESSAGE
+            elif retry_after_s is not None:
+                extra.append((b"retry-after", _seconds_header(retry_after_s)))
+            elif self.config.send_retry_after:
+                extra.append((b"retry-after", b"1"))
+        body = error_body(status, message, ex.request_id, details=details)
+        await self._answer(ex, status, body, extra)
+
+    async def _rate_limited(self, ex: _Exchange, rejection: Rejection) -> None:
+        extra: Headers = []
+        if self.config.send_retry_after:
+            extra.append((b"retry-after", str(rejection.retry_after_s).encode()))
+        await self._answer(ex, 429, error_body(429, rejection.message, ex.request_id), extra)
+
+    async def _error(self, ex: _Exchange, status: int, message: str) -> None:
+        await self._answer(ex, status, error_body(status, message, ex.request_id))
+
+    async def _cut(self, ex: _Exchange, answer: bytes) -> NoReturn:
+        self._record(ex, CUT)
+        start = {"type": "http.response.start", "status": 200}
+        await ex.send({**start, "headers": self._headers(ex, answer)})
+        half = answer[: len(answer) // 2]
+        await ex.send({"type": "http.response.body", "body": half, "more_body": True})
+        raise SimulatedConnectionCut("simulated cut: connection closed in mid-response")
+
+    async def _answer(
+        self, ex: _Exchange, status: int, body: bytes, extra: Headers | None = None
+    ) -> None:
+        self._record(ex, str(status))
+        headers = self._headers(ex, body)
+        if extra:
+            headers.extend(extra)
+        if status >= 400 and ex.should_retry is not None:
+            headers.append((b"x-should-retry", b"true" if ex.should_retry else b"false"))
+        await send_response(ex.send, status, headers, body)
+
+    def _headers(self, ex: _Exchange, body: bytes) -> Headers:
+        headers = _json_headers(body)
+        headers.append((b"request-id", ex.request_id.encode()))
+        if ex.buckets is not None and self.config.send_ratelimit_headers:
+            now = self._clock()
+            wall_now = self._wall_anchor + (now - self._loop_anchor)
+            headers.extend(self._limiter.headers(ex.buckets, now, wall_now))
+        return headers
+
+    async def _no_route(self, send: Send, status: int, message: str) -> None:
+        request_id = self._ids.make("req")
+        body = error_body(status, message, request_id)
+        headers = _json_headers(body)
+        headers.append((b"request-id", request_id.encode()))
+        await send_response(send, status, headers, body)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _clock(self) -> float:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if loop is not self._loop:
+            # A new loop has its own clock: re-anchor wall time, restart bucket clocks.
+            self._loop = loop
+            self._loop_anchor = now
+            self._wall_anchor = time.time()
+            self._limiter.rebase(now)
+        return now
+
+    def _exchange(self, scope: Scope, send: Send, body: bytes, *, is_message: bool) -> _Exchange:
+        return _Exchange(
+            send=send,
+            path=scope["path"],
+            is_message=is_message,
+            request_id=self._ids.make("req"),
+            received_at=self._clock(),
+            digest=hashlib.sha256(body).digest(),
+            headers=dict(scope["headers"]),
+        )
+
+    def _record(self, ex: _Exchange, status: str) -> None:
+        stats = self.stats
+        if ex.is_message:
+            stats.by_status[status] = stats.by_status.get(status, 0) + 1
+        if stats.log_size:
+            stats.log.append(
+                RequestLogEntry(
+                    path=ex.path,
+                    model=ex.model,
+                    status=status,
+                    loop_time=ex.received_at,
+                    request_id=ex.request_id,
+                    body_sha256=ex.digest.hex(),
+                    headers=logged_headers(ex.headers),
+                )
+            )
+
+
+def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
+    """A simulator app for ``config`` (default: unlimited, instant, faultless)."""
+    return SimulatorApp(config or SimulatorConfig())
+
+
+def _json_headers(body: bytes) -> Headers:
+    return [JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode())]
+
+
+def _seconds_header(seconds: float) -> bytes:
+    return str(int(seconds) if seconds == int(seconds) else seconds).encode()
+
+
+async def _sleep(delay_s: float) -> None:
+    # Zero latency must not yield to the loop: the hot path stays synchronous.
+    if delay_s > 0.0:
+        await asyncio.sleep(delay_s)

@@ -1,0 +1,172 @@
+"""Settings of the simulated Messages API: rate limits, latency, faults.
+
+Everything is a frozen dataclass with units in the field names. The defaults describe a
+perfect server: unlimited, zero latency, no faults, 40 output tokens per reply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_OUTPUT_TOKENS = 40
+DEFAULT_BURST_S = 60.0
+DEFAULT_LOG_SIZE = 1000
+# The model key whose limits apply to every model without its own entry.
+ANY_MODEL = "*"
+
+OtpmCounting = Literal["actual", "max_tokens"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """Per-minute limits of one model; ``None`` leaves that dimension unlimited.
+
+    Each limit is a token bucket holding ``limit * burst_s / 60`` units and refilling
+    continuously at ``limit / 60`` per second, starting full. ``burst_s=60`` lets a whole
+    minute's allowance go at once; ``burst_s=2`` allows only two seconds' worth.
+    ``tpm`` is a combined input + output limit, as gateways such as Langdock publish.
+    """
+
+    rpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
+    tpm: int | None = None
+    burst_s: float = DEFAULT_BURST_S
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "itpm", "otpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"ModelLimits.{name} must be a positive integer or None")
+        if not (self.burst_s > 0 and math.isfinite(self.burst_s)):
+            raise ValueError("ModelLimits.burst_s must be a positive number of seconds")
+
+    @property
+    def is_unlimited(self) -> bool:
+        """True when no dimension has a limit."""
+        return self.rpm is None and self.itpm is None and self.otpm is None and self.tpm is None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRates:
+    """Probabilities (0–1, summing to at most 1) of random faults per message request.
+
+    ``error_500`` and ``overloaded_529`` answer before the rate limiter looks at the request;
+    ``hang`` (never answer), ``cut`` (drop the connection mid-body) and ``malformed`` (200
+    with a body that is not JSON) happen after it, so the request has used up its limits.
+    """
+
+    error_500: float = 0.0
+    overloaded_529: float = 0.0
+    hang: float = 0.0
+    cut: float = 0.0
+    malformed: float = 0.0
+
+    def __post_init__(self) -> None:
+        rates = (self.error_500, self.overloaded_529, self.hang, self.cut, self.malformed)
+        if any(not 0.0 <= rate <= 1.0 for rate in rates):
+            raise ValueError("FaultRates values must be probabilities between 0 and 1")
+        if sum(rates) > 1.0 + 1e-9:
+            raise ValueError("FaultRates values must sum to at most 1")
+
+    @property
+    def total(self) -> float:
+        """The probability that some fault happens."""
+        return self.error_500 + self.overloaded_529 + self.hang + self.cut + self.malformed
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """How the simulated API behaves.
+
+    - ``limits``: per-model limits keyed by model name; the ``"*"`` entry applies to every
+      other model, each of which gets its own buckets. Empty means unlimited.
+    - ``otpm_counts``: ``"actual"`` (current Anthropic rule) admits a request while the
+      output bucket is not exhausted and charges the actual output when the reply is made,
+      which may overdraw the bucket; ``"max_tokens"`` (the older rule) needs ``max_tokens``
+      available, reserves it and refunds the unused part when the reply is made.
+    - ``output_tokens``: reply length unless a directive says otherwise (capped by
+      ``max_tokens``).
+    - ``latency_s`` + uniform ``[0, latency_jitter_s)`` + ``latency_per_output_token_s`` per
+      output token: the time before a reply.
+    - ``seed``: seeds fault draws, jitter and generated ids (``None``: unpredictable).
+    - ``required_api_key``: when set, requests must carry it (``x-api-key`` or
+      ``Authorization: Bearer``). It is never shown by ``repr`` nor sent back.
+    - ``log_size``: how many recent requests :class:`SimulatorStats` keeps.
+    """
+
+    limits: Mapping[str, ModelLimits] = field(default_factory=dict)
+    otpm_counts: OtpmCounting = "actual"
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS
+    latency_s: float = 0.0
+    latency_jitter_s: float = 0.0
+    latency_per_output_token_s: float = 0.0
+    faults: FaultRates = field(default_factory=FaultRates)
+    seed: int | None = None
+    send_ratelimit_headers: bool = True
+    send_retry_after: bool = True
+    required_api_key: str | None = field(default=None, repr=False)
+    log_size: int = DEFAULT_LOG_SIZE
+
+    def __post_init__(self) -> None:
+        if self.otpm_counts not in ("actual", "max_tokens"):
+            raise ValueError("SimulatorConfig.otpm_counts must be 'actual' or 'max_tokens'")
+        if self.output_tokens < 0:
+            raise ValueError("SimulatorConfig.output_tokens must not be negative")
+        latencies = (self.latency_s, self.latency_jitter_s, self.latency_per_output_token_s)
+        if any(not (value >= 0 and math.isfinite(value)) for value in latencies):
+            raise ValueError("SimulatorConfig latencies must be finite and not negative")
+        if self.log_size < 0:
+            raise ValueError("SimulatorConfig.log_size must not be negative")
+
+    def limits_for(self, model: str) -> ModelLimits | None:
+        """The limits that apply to ``model``, or ``None`` when it is unlimited."""
+        limits = self.limits.get(model) or self.limits.get(ANY_MODEL)
+        if limits is None or limits.is_unlimited:
+            return None
+        return limits
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        rpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        tpm: int | None = None,
+        burst_s: float = DEFAULT_BURST_S,
+        latency_s: float = 0.0,
+        latency_jitter_s: float = 0.0,
+        latency_per_output_token_s: float = 0.0,
+        output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+        error_500: float = 0.0,
+        overloaded_529: float = 0.0,
+        hang: float = 0.0,
+        cut: float = 0.0,
+        malformed: float = 0.0,
+        seed: int | None = None,
+        required_api_key: str | None = None,
+        send_ratelimit_headers: bool = True,
+    ) -> SimulatorConfig:
+        """Build a config from flat command-line values; the limits apply to every model."""
+        limits = ModelLimits(rpm=rpm, itpm=itpm, otpm=otpm, tpm=tpm, burst_s=burst_s)
+        return cls(
+            limits={} if limits.is_unlimited else {ANY_MODEL: limits},
+            output_tokens=output_tokens,
+            latency_s=latency_s,
+            latency_jitter_s=latency_jitter_s,
+            latency_per_output_token_s=latency_per_output_token_s,
+            faults=FaultRates(
+                error_500=error_500,
+                overloaded_529=overloaded_529,
+                hang=hang,
+                cut=cut,
+                malformed=malformed,
+            ),
+            seed=seed,
+            required_api_key=required_api_key,
+            send_ratelimit_headers=send_ratelimit_headers,
+        )

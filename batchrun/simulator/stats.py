@@ -1,0 +1,144 @@
+"""What the simulator has seen: counters, duplicate detection and a log of recent requests.
+
+In-process the live object is ``app.stats``; over HTTP, ``GET /_simulator/stats`` returns
+:meth:`SimulatorStats.to_json` and :meth:`SimulatorStats.from_dict` reads it back.
+``POST /_simulator/reset`` clears it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from batchrun.simulator.config import DEFAULT_LOG_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogEntry:
+    """One API request as the simulator saw it.
+
+    ``status`` is the HTTP status as a string, or ``"hang"`` / ``"cut"``. ``loop_time`` is
+    the server's event-loop clock at reception. ``headers`` holds ``anthropic-version``,
+    ``anthropic-beta`` and ``content-type`` (``None`` when absent), ``auth_scheme``
+    (``"x-api-key"``, ``"bearer"`` or ``"none"``) and ``api_key_sha256_prefix`` (the first 12
+    hex digits of the key's SHA-256, never the key).
+    """
+
+    path: str
+    model: str | None
+    status: str
+    loop_time: float
+    request_id: str
+    body_sha256: str
+    headers: dict[str, str | None]
+
+
+@dataclass(slots=True)
+class SimulatorStats:
+    """Counters over message requests (``POST .../messages``) since start or reset.
+
+    - ``received``: every message request, whatever the answer;
+    - ``by_status``: answers by HTTP status (``"200"``, ``"429"``...), plus ``"hang"`` and
+      ``"cut"`` for answers never completed;
+    - ``distinct_bodies`` / ``duplicate_receptions``: byte-identical bodies are the same
+      request, so a duplicate reception is a resend (a retry or a double dispatch);
+    - ``per_model``: message requests by model;
+    - ``input_tokens_total`` / ``output_tokens_total``: usage of the 200 Messages answered;
+    - ``admitted_by_second``: for those, ``[requests, input_tokens, output_tokens]`` by the
+      whole loop-time second in which they were admitted;
+    - ``count_tokens_received``: ``count_tokens`` requests (not in the counters above);
+    - ``log``: the last ``log_size`` API requests of either kind.
+    """
+
+    log_size: int = DEFAULT_LOG_SIZE
+    received: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    distinct_bodies: int = 0
+    duplicate_receptions: int = 0
+    per_model: dict[str, int] = field(default_factory=dict)
+    input_tokens_total: int = 0
+    output_tokens_total: int = 0
+    admitted_by_second: dict[int, list[int]] = field(default_factory=dict)
+    count_tokens_received: int = 0
+    log: deque[RequestLogEntry] = field(default_factory=deque)
+    # Receptions by body SHA-256 digest; kept out of exports (it grows with every body).
+    _receptions: dict[bytes, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.log = deque(self.log, maxlen=self.log_size)
+
+    def record_reception(self, body_digest: bytes) -> int:
+        """Count a message request with this body SHA-256; returns its 1-based reception."""
+        self.received += 1
+        reception = self._receptions.get(body_digest, 0) + 1
+        self._receptions[body_digest] = reception
+        if reception == 1:
+            self.distinct_bodies += 1
+        else:
+            self.duplicate_receptions += 1
+        return reception
+
+    def record_success(self, admitted_at: float, input_tokens: int, output_tokens: int) -> None:
+        """Count the usage of a Message answered with 200."""
+        self.input_tokens_total += input_tokens
+        self.output_tokens_total += output_tokens
+        second = int(admitted_at)
+        bucket = self.admitted_by_second.get(second)
+        if bucket is None:
+            self.admitted_by_second[second] = [1, input_tokens, output_tokens]
+        else:
+            bucket[0] += 1
+            bucket[1] += input_tokens
+            bucket[2] += output_tokens
+
+    def clear(self) -> None:
+        """Forget everything, in place (holders of this object see the reset)."""
+        self.received = self.distinct_bodies = self.duplicate_receptions = 0
+        self.input_tokens_total = self.output_tokens_total = self.count_tokens_received = 0
+        self.by_status.clear()
+        self.per_model.clear()
+        self.admitted_by_second.clear()
+        self.log.clear()
+        self._receptions.clear()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (``admitted_by_second`` keys become strings in JSON)."""
+        return {
+            "log_size": self.log_size,
+            "received": self.received,
+            "by_status": dict(self.by_status),
+            "distinct_bodies": self.distinct_bodies,
+            "duplicate_receptions": self.duplicate_receptions,
+            "per_model": dict(self.per_model),
+            "input_tokens_total": self.input_tokens_total,
+            "output_tokens_total": self.output_tokens_total,
+            "admitted_by_second": {k: list(v) for k, v in self.admitted_by_second.items()},
+            "count_tokens_received": self.count_tokens_received,
+            "log": [asdict(entry) for entry in self.log],
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimulatorStats:
+        """Rebuild stats from :meth:`to_dict` or parsed :meth:`to_json` output.
+
+        Duplicate detection cannot continue on the copy: body digests are not exported.
+        """
+        return cls(
+            log_size=data["log_size"],
+            received=data["received"],
+            by_status=dict(data["by_status"]),
+            distinct_bodies=data["distinct_bodies"],
+            duplicate_receptions=data["duplicate_receptions"],
+            per_model=dict(data["per_model"]),
+            input_tokens_total=data["input_tokens_total"],
+            output_tokens_total=data["output_tokens_total"],
+            admitted_by_second={int(k): list(v) for k, v in data["admitted_by_second"].items()},
+            count_tokens_received=data["count_tokens_received"],
+            log=deque(RequestLogEntry(**entry) for entry in data["log"]),
+        )
