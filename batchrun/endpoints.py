@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from batchrun.errors import MissingApiKeyError, UnknownEndpointError
+from batchrun.limiter import RateLimits
 
 AuthStyle = Literal["x-api-key", "bearer", "none"]
 ANTHROPIC_VERSION = "2023-06-01"
@@ -29,6 +30,8 @@ class Endpoint:
     auth: AuthStyle = "x-api-key"
     api_key_env: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Limits per model; the key "*" applies to every model not named.
+    limits: Mapping[str, RateLimits] = field(default_factory=dict)
 
     @property
     def messages_url(self) -> str:

@@ -22,9 +22,16 @@ LimitKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Limits for one key; None means unlimited."""
+    """Limits of one endpoint × model, per minute; None means unlimited.
+
+    ``tpm`` counts input + output tokens together (as Langdock does); ``itpm`` and ``otpm``
+    count them separately (as Anthropic does).
+    """
 
     rpm: float | None = None
+    tpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
 
 
 class Limiter:
