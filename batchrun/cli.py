@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -37,13 +38,19 @@ from batchrun.endpoints import DEFAULT_ENDPOINT, find_endpoint
 from batchrun.errors import BatchrunError, BatchStateError
 from batchrun.export import anthropic_lines, atomic_output
 from batchrun.ingest import submit_requests
-from batchrun.limiter import RateLimits
+from batchrun.limiter import DEFAULT_BURST_S, LimiterSettings, RateLimits
 from batchrun.models import BatchObject
 from batchrun.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
 from batchrun.runner import plan_run, run_batches
 from batchrun.simulator import SimulatorConfig, serve
 from batchrun.store.database import create_database_engine, current_revision, upgrade_database
 from batchrun.store.store import Store
+
+
+class OutputReservationChoice(StrEnum):
+    learned = "learned"
+    max_tokens = "max_tokens"
+
 
 EXIT_ERRORED_RESULTS = 3
 EXIT_PAUSED = 4
@@ -194,8 +201,30 @@ def run(
         int, typer.Option(min=1, help="Requests in flight at once.")
     ] = DEFAULT_MAX_CONCURRENCY,
     rpm: Annotated[
-        float | None, typer.Option(min=0.001, help="Requests per minute per model.")
+        float | None, typer.Option(min=0.001, help="Requests per minute, for every model.")
     ] = None,
+    tpm: Annotated[
+        float | None,
+        typer.Option(min=1, help="Input + output tokens per minute, for every model."),
+    ] = None,
+    itpm: Annotated[
+        float | None, typer.Option(min=1, help="Input tokens per minute, for every model.")
+    ] = None,
+    otpm: Annotated[
+        float | None, typer.Option(min=1, help="Output tokens per minute, for every model.")
+    ] = None,
+    output_reservation: Annotated[
+        OutputReservationChoice,
+        typer.Option(
+            help="What the limiter reserves for output before a reply: a learned estimate "
+            "(servers that count actual output, as Anthropic does now) or max_tokens "
+            "(servers that count max_tokens up front)."
+        ),
+    ] = OutputReservationChoice.learned,
+    burst_s: Annotated[
+        float,
+        typer.Option("--burst-s", min=0.01, help="Most sent in one burst, in seconds of a limit."),
+    ] = DEFAULT_BURST_S,
     max_attempts: Annotated[
         int, typer.Option(min=1, help="Tries per request before it ends errored.")
     ] = DEFAULT_MAX_ATTEMPTS,
@@ -220,7 +249,10 @@ def run(
                 plan.batches,
                 env=os.environ,
                 dispatch=dispatch,
-                limits=RateLimits(rpm=rpm),
+                limits=RateLimits(rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm),
+                limiter_settings=LimiterSettings(
+                    burst_s=burst_s, output_reservation=output_reservation.value
+                ),
                 timeout_s=timeout_s,
             )
         )

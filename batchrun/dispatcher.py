@@ -30,8 +30,17 @@ from typing import TYPE_CHECKING, Protocol
 from batchrun.clock import LoopClock
 from batchrun.config import DispatchConfig
 from batchrun.dbthread import DatabaseThread
-from batchrun.limiter import Limiter, LimitKey
-from batchrun.policy import Fatal, Halt, Outcome, Retryable, Succeeded, retry_delay_s
+from batchrun.estimate import estimate_input_tokens
+from batchrun.limiter import Demand, Limiter, Permit
+from batchrun.policy import (
+    Fatal,
+    Halt,
+    Outcome,
+    Retryable,
+    Succeeded,
+    error_body,
+    retry_delay_s,
+)
 from batchrun.records import ClaimedRequest, FinishedRequest, RetryLater
 
 if TYPE_CHECKING:
@@ -42,6 +51,12 @@ log = logging.getLogger(__name__)
 # Requests claimed per round trip; small enough that a worker does not hoard work that
 # other workers could send.
 _CLAIM_CHUNK = 64
+# Claimed requests waiting for the limiter, at most. Requests in flight are bounded by
+# max_concurrency; under a rate limit, how many are in flight then follows from the rate
+# and the latency, instead of a fixed number of requests being held waiting.
+_MAX_WAITING = 32
+# What the limiter is told about a reservation that was never used.
+_NOT_SENT = Fatal(error_body("api_error", "not sent"), 0)
 _HALT_MESSAGES = {
     "authentication": "authentication failed for endpoint {endpoint}: check {key_hint}",
     "permission": "permission denied by endpoint {endpoint}: check that {key_hint} may use it",
@@ -107,6 +122,7 @@ class Dispatcher:
         self.report = RunReport()
         self._db = DatabaseThread()
         self._tasks: dict[asyncio.Task[None], ClaimedRequest] = {}
+        self._waiting = 0
         self._endpoints: dict[str, str] = {}
         self._active: dict[str, str] = {}
         self._stop_events: dict[str, asyncio.Event] = {}
@@ -151,7 +167,9 @@ class Dispatcher:
             self._raise_task_errors()
             if not self._active:
                 return
-            room = self._config.max_concurrency - len(self._tasks)
+            room = min(
+                self._config.max_concurrency - len(self._tasks), _MAX_WAITING - self._waiting
+            )
             claimed: list[ClaimedRequest] = []
             if room > 0:
                 claimed = await self._db.call(
@@ -207,9 +225,13 @@ class Dispatcher:
     # -- one request ------------------------------------------------------------------------
 
     async def _process(self, request: ClaimedRequest) -> None:
-        endpoint = self._endpoint_of(request.batch_id)
-        key: LimitKey = (endpoint, request.model)
-        if not await self._wait_for_turn(request, key):
+        endpoint = self._endpoints[request.batch_id]
+        self._waiting += 1
+        try:
+            permit = await self._wait_for_turn(request, endpoint)
+        finally:
+            self._waiting -= 1
+        if permit is None:
             return
         sender = self._senders[endpoint]
         loop = asyncio.get_running_loop()
@@ -218,30 +240,34 @@ class Dispatcher:
             outcome = await sender.send(request.params_json)
             latency_ms = round((loop.time() - started) * 1000)
         self.report.sent += 1
-        self._limiter.observe(key, outcome)
-        await self._settle(request, endpoint, sender, outcome, latency_ms)
+        self._limiter.settle(permit, outcome)
+        await self._settle(request, endpoint, sender, outcome, latency_ms, permit)
 
-    def _endpoint_of(self, batch_id: str) -> str:
-        return self._endpoints[batch_id]
-
-    async def _wait_for_turn(self, request: ClaimedRequest, key: LimitKey) -> bool:
-        """Wait for the limiter; False (and the request handed back) if the batch stops first."""
+    async def _wait_for_turn(self, request: ClaimedRequest, endpoint: str) -> Permit | None:
+        """Wait for the limiter; None (and the request handed back) if the batch stops first."""
         stop = self._stop_events[request.batch_id]
         if not stop.is_set():
-            turn = asyncio.ensure_future(self._limiter.acquire(key))
+            raw_estimate = request.estimated_input_tokens
+            if raw_estimate is None:
+                raw_estimate = estimate_input_tokens(json.loads(request.params_json))
+            demand = Demand(raw_estimate, request.max_tokens)
+            turn = asyncio.ensure_future(self._limiter.acquire((endpoint, request.model), demand))
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait({turn, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             if turn.done() and not stop.is_set():
-                return True
+                return turn.result()
             turn.cancel()
+            if turn.done() and not turn.cancelled():
+                # Granted just as the batch stopped: give the reservation back.
+                self._limiter.settle(turn.result(), _NOT_SENT)
         batch_id = request.batch_id
         if batch_id in self.report.paused:
             await self._write(_Write(unsent=request.id))
         else:
             self.report.canceled += 1
             await self._write(_Write(canceled=request.id))
-        return False
+        return None
 
     async def _settle(
         self,
@@ -250,11 +276,13 @@ class Dispatcher:
         sender: Sender,
         outcome: Outcome,
         latency_ms: int,
+        permit: Permit,
     ) -> None:
         match outcome:
             case Succeeded():
                 self.report.succeeded += 1
-                await self._write(_Write(finished=self._succeeded(request, outcome, latency_ms)))
+                finished = self._succeeded(request, outcome, latency_ms, permit.input_estimate)
+                await self._write(_Write(finished=finished))
             case Fatal(error=error, http_status=status):
                 await self._write(
                     _Write(finished=self._errored(request, error, status, latency_ms))
@@ -275,10 +303,9 @@ class Dispatcher:
     async def _retry_or_give_up(
         self, request: ClaimedRequest, outcome: Retryable, latency_ms: int
     ) -> None:
-        rate_limited = outcome.http_status == 429
         # Waiting out a 429 is pacing, not failing: it does not use up the retry budget.
-        failures = request.failures + (0 if rate_limited else 1)
-        if rate_limited:
+        failures = request.failures + (0 if outcome.rate_limited else 1)
+        if outcome.rate_limited:
             self.report.rate_limited += 1
         if failures >= self._config.max_attempts:
             error = dict(outcome.error)
@@ -309,7 +336,7 @@ class Dispatcher:
         await self._write(_Write(retry=retry))
 
     def _succeeded(
-        self, request: ClaimedRequest, outcome: Succeeded, latency_ms: int
+        self, request: ClaimedRequest, outcome: Succeeded, latency_ms: int, input_estimate: int
     ) -> FinishedRequest:
         return FinishedRequest(
             request_id=request.id,
@@ -323,6 +350,7 @@ class Dispatcher:
             stop_reason=outcome.stop_reason,
             usage=outcome.usage,
             latency_ms=latency_ms,
+            estimated_input_tokens=input_estimate,
             request_ref=outcome.request_id,
             body=outcome.body,
         )

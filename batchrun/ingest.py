@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from batchrun.config import DEFAULT_EXPIRES_IN_S
 from batchrun.errors import InputFileError
+from batchrun.estimate import estimate_input_tokens
 from batchrun.reader import (
     MAX_FILE_BYTES,
     MAX_PRINTED_PROBLEMS,
@@ -105,6 +106,7 @@ def submit_requests(
                     model=item.model,
                     max_tokens=item.max_tokens,
                     params_json=item.params_json,
+                    estimated_input_tokens=estimate_input_tokens(item.params),
                 )
         if problems.shown:
             # Raised inside the store's transaction, so it rolls back everything stored.

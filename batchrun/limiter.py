@@ -1,23 +1,64 @@
-"""Pacing sends per endpoint × model.
+"""Pacing sends per endpoint × model: RPM, TPM, ITPM and OTPM buckets that learn.
 
-Each (endpoint, model) key may have a requests-per-minute limit, paced at rpm/60 requests a
-second from the first request (a bucket of one, so there is no start-up burst), and is
-paused for the whole ``retry-after`` when the server answers 429. Time comes from the event
-loop (aiolimiter reads ``loop.time()``), so tests run in virtual time.
+For every endpoint × model the limiter keeps one continuously refilling bucket per limit in
+force (:mod:`batchrun.buckets`), all starting empty, so sends are paced at the refill rate
+from the first request. A request waits its turn (first come, first served), reserves what it
+may cost in every bucket, and after the response the reservation is corrected with the real
+``usage`` (reserve, then reconcile):
+
+- requests: 1;
+- input tokens (ITPM): the calibrated input estimate; corrected to ``input_tokens +
+  cache_creation_input_tokens`` (cache reads do not count, as with Anthropic's ITPM);
+- output tokens (OTPM): ``max_tokens`` or a learned estimate (``output_reservation``);
+  corrected to ``output_tokens``;
+- tokens (TPM, input + output together, as Langdock counts): the sum of the two.
+
+The limit in force is the lowest of the configured one, the one the server announces in
+``anthropic-ratelimit-*-limit`` headers, and a learned one. A 429 pauses the endpoint × model
+for its whole ``retry-after`` and lowers the learned limit to what the server actually let
+through (or by a quarter when there is too little history), then the learned limit creeps back
+up while no 429 comes, so a configured limit above the server's converges on the server's
+instead of oscillating in 429 storms. A 529 (overloaded) pauses with its own exponential
+back-off and leaves the limits alone. Time is the event loop's; tests run in virtual time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
-from aiolimiter import AsyncLimiter
-
-from batchrun.policy import Outcome, Retryable
+from batchrun.buckets import TokenBucket
+from batchrun.estimate import InputCalibration, OutputEstimate
+from batchrun.feedback import DIMENSIONS, ServerLimits, dimensions_named
+from batchrun.policy import Fatal, Halt, Outcome, Retryable, Succeeded
 
 LimitKey = tuple[str, str]
 """(endpoint name, model)."""
+ANY_MODEL = "*"
+OutputReservation = Literal["learned", "max_tokens"]
+
+# Bucket size in seconds of refill: the most that is ever sent in one burst. Small, because a
+# server may allow less burst than a minute's worth (see the README).
+DEFAULT_BURST_S = 1.0
+# A 429 without retry-after (nor reset headers) pauses this long, doubling while they repeat.
+DEFAULT_429_PAUSE_S = 1.0
+MAX_DEFAULT_429_PAUSE_S = 30.0
+# 529 overloaded: pause 1 s, 2 s, 4 s ... per endpoint × model while they repeat.
+OVERLOAD_PAUSE_S = 1.0
+MAX_OVERLOAD_PAUSE_S = 30.0
+# Learning a lower limit from 429s.
+MEASURE_WINDOW_S = 20.0
+MIN_MEASURE_S = 8.0
+DECREASE_TO_MEASURED = 0.97
+DECREASE_BLIND = 0.75
+DECREASE_COOLDOWN_S = 2.0
+# ... and creeping back up: this share of the ceiling every interval without a 429.
+INCREASE_INTERVAL_S = 5.0
+INCREASE_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -33,44 +74,293 @@ class RateLimits:
     itpm: float | None = None
     otpm: float | None = None
 
+    def get(self, dimension: str) -> float | None:
+        value: float | None = getattr(self, dimension)
+        return value
+
+    def merged_over(self, base: RateLimits) -> RateLimits:
+        """These limits where set, ``base``'s elsewhere."""
+        return RateLimits(
+            **{
+                f.name: getattr(self, f.name)
+                if getattr(self, f.name) is not None
+                else getattr(base, f.name)
+                for f in fields(self)
+            }
+        )
+
+
+@dataclass(frozen=True)
+class LimiterSettings:
+    """How the limiter reserves and bursts."""
+
+    burst_s: float = DEFAULT_BURST_S
+    output_reservation: OutputReservation = "learned"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a request may cost: its raw input estimate and its max_tokens."""
+
+    raw_input_tokens: int
+    max_tokens: int
+
+
+@dataclass
+class Permit:
+    """A granted turn: what was reserved, to be reconciled by :meth:`Limiter.settle`."""
+
+    key: LimitKey
+    demand: Demand
+    input_estimate: int
+    reserved: dict[str, float]
+
+
+@dataclass
+class _KeyState:
+    configured: RateLimits
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    announced: dict[str, float] = field(default_factory=dict)
+    learned: dict[str, float] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    paused_until: float = 0.0
+    consecutive_429s: int = 0
+    consecutive_overloads: int = 0
+    last_decrease_at: float = -math.inf
+    last_increase_at: float = 0.0
+    first_admitted_at: float | None = None
+    admitted: deque[tuple[float, dict[str, float]]] = field(default_factory=deque)
+    calibration: InputCalibration = field(default_factory=InputCalibration)
+    outputs: OutputEstimate = field(default_factory=OutputEstimate)
+
+    def limit(self, dimension: str) -> float | None:
+        """The per-minute limit in force for a dimension, or None."""
+        candidates = [
+            value
+            for value in (
+                self.configured.get(dimension),
+                self.announced.get(dimension),
+                self.learned.get(dimension),
+            )
+            if value is not None
+        ]
+        return min(candidates) if candidates else None
+
+    def ceiling(self, dimension: str) -> float | None:
+        """The limit without what was learned: where learning may climb back to."""
+        candidates = [
+            v for v in (self.configured.get(dimension), self.announced.get(dimension)) if v
+        ]
+        return min(candidates) if candidates else None
+
 
 class Limiter:
-    """Waits until a key may send, and learns from the server's answers."""
+    """Waits until an endpoint × model may send, and learns from the answers."""
 
     def __init__(
         self,
         limits: Mapping[LimitKey, RateLimits] | None = None,
         *,
-        default: RateLimits | None = None,
+        overrides: RateLimits | None = None,
+        settings: LimiterSettings | None = None,
     ) -> None:
+        """``limits`` per (endpoint, model); (endpoint, "*") covers that endpoint's other
+        models. ``overrides`` (command-line flags) win over both for every model."""
         self._limits = dict(limits or {})
-        self._default = default or RateLimits()
-        self._pacers: dict[LimitKey, AsyncLimiter | None] = {}
-        self._paused_until: dict[LimitKey, float] = {}
+        self._overrides = overrides or RateLimits()
+        self._settings = settings or LimiterSettings()
+        self._states: dict[LimitKey, _KeyState] = {}
 
     def limits_for(self, key: LimitKey) -> RateLimits:
-        """The configured limits of a key (its own, else the default)."""
-        return self._limits.get(key, self._default)
+        """The configured limits of a key."""
+        endpoint, _ = key
+        base = self._limits.get(key) or self._limits.get((endpoint, ANY_MODEL)) or RateLimits()
+        return self._overrides.merged_over(base)
 
-    async def acquire(self, key: LimitKey) -> None:
-        """Wait until ``key`` may send one request."""
+    def limit_in_force(self, key: LimitKey, dimension: str) -> float | None:
+        """The per-minute limit currently applied to a dimension of a key."""
+        return self._state(key).limit(dimension)
+
+    def input_estimate(self, key: LimitKey, raw_input_tokens: int) -> int:
+        """The calibrated input estimate for a key."""
+        return self._state(key).calibration.estimate(raw_input_tokens)
+
+    def _state(self, key: LimitKey) -> _KeyState:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _KeyState(configured=self.limits_for(key))
+        return state
+
+    # -- before a send ----------------------------------------------------------------------
+
+    async def acquire(self, key: LimitKey, demand: Demand) -> Permit:
+        """Wait for this key's turn, then reserve what the request may cost."""
+        state = self._state(key)
         loop = asyncio.get_running_loop()
-        # A later 429 may extend the pause while we sleep, hence the loop.
-        while (until := self._paused_until.get(key, 0.0)) > loop.time():  # noqa: ASYNC110
-            await asyncio.sleep(until - loop.time())
-        pacer = self._pacer(key)
-        if pacer is not None:
-            await pacer.acquire()
+        async with state.lock:
+            while True:
+                now = loop.time()
+                self._creep_up(state, now)
+                input_estimate = state.calibration.estimate(demand.raw_input_tokens)
+                costs = self._costs(state, demand, input_estimate)
+                wait_s = state.paused_until - now
+                for dimension, cost in costs.items():
+                    bucket = self._bucket(state, dimension, now)
+                    if bucket is not None:
+                        wait_s = max(wait_s, bucket.wait_s(cost, now))
+                if wait_s <= 0:
+                    for dimension, cost in costs.items():
+                        if dimension in state.buckets:
+                            state.buckets[dimension].take(cost, now)
+                    if state.first_admitted_at is None:
+                        state.first_admitted_at = now
+                    return Permit(key, demand, input_estimate, costs)
+                await asyncio.sleep(wait_s)
 
-    def observe(self, key: LimitKey, outcome: Outcome) -> None:
-        """Learn from an answer: a 429 pauses the key for its retry-after."""
-        if isinstance(outcome, Retryable) and outcome.http_status == 429:
-            wait_s = outcome.retry_after_s if outcome.retry_after_s is not None else 1.0
-            until = asyncio.get_running_loop().time() + wait_s
-            self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
+    def _costs(self, state: _KeyState, demand: Demand, input_estimate: int) -> dict[str, float]:
+        if self._settings.output_reservation == "max_tokens":
+            output = demand.max_tokens
+        else:
+            output = state.outputs.reserve(demand.max_tokens)
+        return {
+            "rpm": 1.0,
+            "itpm": float(input_estimate),
+            "otpm": float(output),
+            "tpm": float(input_estimate + output),
+        }
 
-    def _pacer(self, key: LimitKey) -> AsyncLimiter | None:
-        if key not in self._pacers:
-            rpm = self.limits_for(key).rpm
-            self._pacers[key] = AsyncLimiter(1, 60.0 / rpm) if rpm else None
-        return self._pacers[key]
+    def _bucket(self, state: _KeyState, dimension: str, now: float) -> TokenBucket | None:
+        """The bucket of a dimension at its current limit (made or re-rated as needed)."""
+        limit = state.limit(dimension)
+        bucket = state.buckets.get(dimension)
+        if limit is None:
+            state.buckets.pop(dimension, None)
+            return None
+        rate_per_s = limit / 60.0
+        if bucket is None:
+            bucket = state.buckets[dimension] = TokenBucket.empty(
+                rate_per_s=rate_per_s, burst_s=self._settings.burst_s, now=now
+            )
+        elif bucket.rate_per_s != rate_per_s:
+            bucket.set_rate(rate_per_s, self._settings.burst_s, now)
+        return bucket
+
+    # -- after a send -----------------------------------------------------------------------
+
+    def settle(self, permit: Permit, outcome: Outcome) -> None:
+        """Reconcile the reservation with what the answer says, and learn from it."""
+        state = self._state(permit.key)
+        now = asyncio.get_running_loop().time()
+        match outcome:
+            case Succeeded(usage=usage, server_limits=server_limits):
+                prompt = usage.input_tokens + usage.cache_creation_input_tokens
+                actual = {
+                    "rpm": 1.0,
+                    "itpm": float(prompt),
+                    "otpm": float(usage.output_tokens),
+                    "tpm": float(prompt + usage.output_tokens),
+                }
+                self._correct(state, permit, actual, now)
+                state.calibration.observe(
+                    permit.demand.raw_input_tokens, prompt + usage.cache_read_input_tokens
+                )
+                state.outputs.observe(usage.output_tokens)
+                state.admitted.append((now, actual))
+                state.consecutive_429s = 0
+                state.consecutive_overloads = 0
+                self._heed(state, server_limits, now)
+            case Retryable(http_status=429) as retry:
+                # Refused before any work: nothing was consumed.
+                self._correct(state, permit, dict.fromkeys(permit.reserved, 0.0), now)
+                self._heed(state, retry.server_limits, now)
+                self._rate_limited(state, retry, now)
+            case Retryable(http_status=529) as retry:
+                self._correct(state, permit, dict.fromkeys(permit.reserved, 0.0), now)
+                state.consecutive_overloads += 1
+                pause_s = min(
+                    OVERLOAD_PAUSE_S * 2 ** (state.consecutive_overloads - 1),
+                    MAX_OVERLOAD_PAUSE_S,
+                )
+                state.paused_until = max(state.paused_until, now + pause_s)
+                self._heed(state, retry.server_limits, now)
+            case Retryable() as retry:
+                # A 5xx or a lost connection may have been processed: keep the reservation.
+                self._heed(state, retry.server_limits, now)
+            case Fatal() | Halt():
+                self._correct(state, permit, dict.fromkeys(permit.reserved, 0.0), now)
+
+    def _correct(
+        self, state: _KeyState, permit: Permit, actual: Mapping[str, float], now: float
+    ) -> None:
+        for dimension, reserved in permit.reserved.items():
+            bucket = state.buckets.get(dimension)
+            if bucket is not None:
+                bucket.adjust(reserved - actual.get(dimension, reserved), now)
+
+    def _heed(self, state: _KeyState, server_limits: ServerLimits | None, now: float) -> None:
+        """Adopt the limits the server announces, and never count on more than it has left."""
+        if server_limits is None:
+            return
+        for dimension, limit in server_limits.limits.items():
+            if state.announced.get(dimension) != limit:
+                state.announced[dimension] = limit
+        for dimension, remaining in server_limits.remaining.items():
+            bucket = self._bucket(state, dimension, now)
+            if bucket is not None:
+                bucket.clamp(remaining, now)
+
+    def _rate_limited(self, state: _KeyState, retry: Retryable, now: float) -> None:
+        state.consecutive_429s += 1
+        if retry.retry_after_s is not None:
+            pause_s = retry.retry_after_s
+        else:
+            pause_s = min(
+                DEFAULT_429_PAUSE_S * 2 ** (state.consecutive_429s - 1), MAX_DEFAULT_429_PAUSE_S
+            )
+        state.paused_until = max(state.paused_until, now + pause_s)
+        state.last_increase_at = now
+        if now - state.last_decrease_at < DECREASE_COOLDOWN_S:
+            return  # the other 429s of the same burst say nothing new
+        state.last_decrease_at = now
+        named = dimensions_named(str(retry.error.get("error", {}).get("message", "")))
+        exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
+        active = {d for d in DIMENSIONS if state.limit(d) is not None}
+        for dimension in (named | exhausted) or active or {"rpm"}:
+            self._lower(state, dimension, now)
+
+    def _lower(self, state: _KeyState, dimension: str, now: float) -> None:
+        current = state.limit(dimension)
+        measured = self._measured_per_minute(state, dimension, now)
+        if measured is not None and measured > 0:
+            lowered = measured * DECREASE_TO_MEASURED
+            if current is not None:
+                lowered = min(lowered, current * DECREASE_TO_MEASURED)
+        elif current is not None:
+            lowered = current * DECREASE_BLIND
+        else:
+            return
+        state.learned[dimension] = max(lowered, 1.0)
+
+    def _measured_per_minute(self, state: _KeyState, dimension: str, now: float) -> float | None:
+        """What the server let through per minute recently, if there is enough history."""
+        while state.admitted and state.admitted[0][0] < now - MEASURE_WINDOW_S:
+            state.admitted.popleft()
+        if state.first_admitted_at is None:
+            return None
+        span_s = min(MEASURE_WINDOW_S, now - state.first_admitted_at)
+        if span_s < MIN_MEASURE_S:
+            return None
+        total = sum(costs.get(dimension, 0.0) for _, costs in state.admitted)
+        return total * 60.0 / span_s
+
+    def _creep_up(self, state: _KeyState, now: float) -> None:
+        if not state.learned or now - state.last_increase_at < INCREASE_INTERVAL_S:
+            return
+        state.last_increase_at = now
+        for dimension, learned in list(state.learned.items()):
+            ceiling = state.ceiling(dimension)
+            step = INCREASE_SHARE * (ceiling if ceiling is not None else learned)
+            if ceiling is not None and learned + step >= ceiling:
+                del state.learned[dimension]
+            else:
+                state.learned[dimension] = learned + step

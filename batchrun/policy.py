@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+from batchrun.feedback import ServerLimits, parse_server_limits
+
 ErrorBody = dict[str, Any]
 HaltKind = Literal["authentication", "permission", "billing", "spend_limit"]
 
@@ -78,6 +80,7 @@ class Succeeded:
     stop_reason: str | None
     usage: Usage
     request_id: str | None
+    server_limits: ServerLimits | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,12 @@ class Retryable:
     error: ErrorBody
     http_status: int | None = None
     retry_after_s: float | None = None
+    server_limits: ServerLimits | None = None
+
+    @property
+    def rate_limited(self) -> bool:
+        """A 429: the server asks us to slow down; not a failure of the request."""
+        return self.http_status == 429
 
 
 @dataclass(frozen=True)
@@ -128,14 +137,19 @@ def error_type_for_status(status: int) -> str:
     )
 
 
-def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+def classify_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: datetime | None = None
+) -> Outcome:
     """Decide what one HTTP answer from a Messages endpoint means."""
     request_id = headers.get("request-id") or headers.get("x-request-id")
+    server_limits = parse_server_limits(headers)
     if status == 200:
-        return _classify_success(body, request_id)
+        return _classify_success(body, request_id, server_limits)
     error = _error_from_body(status, body, request_id)
     should_retry = headers.get("x-should-retry", "").strip().lower()
-    retry_after_s = parse_retry_after_s(headers)
+    retry_after_s = parse_retry_after_s(headers, now=now)
+    if retry_after_s is None and status == 429 and server_limits is not None:
+        retry_after_s = server_limits.wait_s(now or datetime.now(UTC))
     halt = _halt_kind(status, error)
     if halt is not None and should_retry != "true":
         return Halt(halt, status, str(error["error"].get("message", "")))
@@ -143,11 +157,13 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> O
         return Fatal(error, status)
     if should_retry == "true" or status in _TRANSIENT_STATUSES or status >= 500:
         reason = f"HTTP {status} {error['error'].get('type', '')}".strip()
-        return Retryable(reason, error, status, retry_after_s)
+        return Retryable(reason, error, status, retry_after_s, server_limits)
     return Fatal(error, status)
 
 
-def _classify_success(body: bytes, request_id: str | None) -> Outcome:
+def _classify_success(
+    body: bytes, request_id: str | None, server_limits: ServerLimits | None
+) -> Outcome:
     try:
         message = json.loads(body)
     except ValueError:
@@ -165,6 +181,7 @@ def _classify_success(body: bytes, request_id: str | None) -> Outcome:
         stop_reason=message.get("stop_reason"),
         usage=usage,
         request_id=request_id,
+        server_limits=server_limits,
     )
 
 

@@ -32,6 +32,7 @@ class NewRequest:
     model: str
     max_tokens: int
     params_json: str
+    estimated_input_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ClaimedRequest:
     params_json: str
     attempts: int
     failures: int
+    estimated_input_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class FinishedRequest:
     error_type: str | None = None
     error_message: str | None = None
     latency_ms: int | None = None
+    estimated_input_tokens: int | None = None
     request_ref: str | None = None
     body: str | None = None
 

@@ -10,7 +10,7 @@ from batchrun.client import MessagesClient, create_http_client, in_process_trans
 from batchrun.config import DEFAULT_TIMEOUT_S, DispatchConfig
 from batchrun.dispatcher import Dispatcher, RunReport, Sender
 from batchrun.endpoints import auth_headers, find_endpoint
-from batchrun.limiter import Limiter, RateLimits
+from batchrun.limiter import Limiter, LimiterSettings, RateLimits
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
 
@@ -46,6 +46,7 @@ async def run_batches(
     env: Mapping[str, str],
     dispatch: DispatchConfig,
     limits: RateLimits | None = None,
+    limiter_settings: LimiterSettings | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     simulator: SimulatorConfig | None = None,
 ) -> RunReport:
@@ -73,6 +74,9 @@ async def run_batches(
             )
             senders[name] = MessagesClient(http, endpoint=endpoint, headers=headers[name])
         dispatcher = Dispatcher(
-            store=store, senders=senders, limiter=Limiter(default=limits), config=dispatch
+            store=store,
+            senders=senders,
+            limiter=Limiter(overrides=limits, settings=limiter_settings),
+            config=dispatch,
         )
         return await dispatcher.run(batches)

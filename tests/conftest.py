@@ -67,6 +67,14 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[Store]:
+    """A store for tests whose subject is not the database (one backend is enough)."""
+    opened = Store.open(sqlite_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
     opened = Store.open(db_url)
     yield opened

@@ -42,7 +42,7 @@ async def dispatch(
         dispatcher = Dispatcher(
             store=store,
             senders={SIMULATOR: sender},
-            limiter=Limiter(default=limits),
+            limiter=Limiter(overrides=limits),
             config=config,
         )
         return await dispatcher.run({batch_id: SIMULATOR})

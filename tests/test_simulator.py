@@ -23,6 +23,7 @@ import pytest
 from anthropic.types import Message, MessageTokensCount
 from anthropic.types.shared import ErrorResponse
 
+from batchrun.images import image_tokens
 from batchrun.simulator import (
     FaultRates,
     ModelLimits,
@@ -32,7 +33,6 @@ from batchrun.simulator import (
     create_app,
     running_simulator,
 )
-from batchrun.simulator.images import image_tokens
 
 MODEL = "claude-sim-1"
 API_KEY = "sk-test-simulator-key-0123"

@@ -104,6 +104,7 @@ class Store:
                 "model": request.model,
                 "max_tokens": request.max_tokens,
                 "params": request.params_json,
+                "estimated_input_tokens": request.estimated_input_tokens,
                 "state": t.QUEUED,
                 "attempts": 0,
                 "failures": 0,
@@ -340,6 +341,7 @@ class Store:
                 req.params,
                 req.attempts,
                 req.failures,
+                req.estimated_input_tokens,
             )
         )
         with self._write() as conn:
@@ -493,6 +495,7 @@ class Store:
                     "error_type": item.error_type,
                     "error_message": item.error_message,
                     "latency_ms": item.latency_ms,
+                    "estimated_input_tokens": item.estimated_input_tokens,
                     "attempts": item.attempts,
                     "request_ref": item.request_ref,
                     "completed_at": item.completed_at,

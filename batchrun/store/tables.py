@@ -117,6 +117,12 @@ requests = Table(
     Column("model", String(200), nullable=False),
     Column("max_tokens", Integer, nullable=False),
     Column("params", Text, nullable=False, comment="Messages API body, JSON"),
+    Column(
+        "estimated_input_tokens",
+        Integer,
+        nullable=True,
+        comment="raw input-token estimate made at submit (see batchrun.estimate)",
+    ),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0, comment="times sent"),
     Column(
@@ -158,6 +164,12 @@ results = Table(
     Column("cache_read_input_tokens", Integer, nullable=True),
     Column("error_type", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
+    Column(
+        "estimated_input_tokens",
+        Integer,
+        nullable=True,
+        comment="the calibrated input estimate the limiter reserved for the final attempt",
+    ),
     Column("latency_ms", Integer, nullable=True, comment="of the final attempt"),
     Column("attempts", Integer, nullable=False),
     Column("request_ref", String(200), nullable=True, comment="the API's request-id"),

@@ -1,11 +1,12 @@
 """Image sizes from file headers, and what an image costs in input tokens.
 
-Anthropic's current vision rule (standard tier) cuts an image into 28×28-pixel patches and
-charges one token per patch: ``ceil(w / 28) * ceil(h / 28)``. An image whose padded long edge
-exceeds 1568 px, or that would cost more than 1568 tokens, is first scaled down, keeping its
-aspect ratio, to the largest size within both bounds (short edge rounded with Python's
-``round``). Documented examples: 200×200 → 64 tokens; 1000×1000 → 1296; 1920×1080 → 1456×819
-→ 1560; 1075×1520 → 924×1307 → 1551.
+Anthropic's current vision rule cuts an image into 28×28-pixel patches and charges one token
+per patch: ``ceil(w / 28) * ceil(h / 28)``. An image whose padded long edge exceeds the tier's
+edge limit, or that would cost more than the tier's token limit, is first scaled down, keeping
+its aspect ratio, to the largest size within both bounds (short edge rounded with Python's
+``round``). The standard tier allows 1568 px and 1568 tokens; the high-resolution tier
+(Claude 4.7 and later) 2576 px and 4784 tokens. Documented examples: 200×200 → 64 tokens;
+1000×1000 → 1296; 1920×1080 → 1456×819 → 1560 (high-res: 2691); 1075×1520 → 924×1307 → 1551.
 
 Sizes are read from the first bytes of PNG, JPEG, GIF and WebP data; EXIF orientation is
 ignored. An image whose size cannot be read (other formats, URL or file sources, corrupt
@@ -21,6 +22,10 @@ import struct
 PATCH_PX = 28
 MAX_EDGE_PX = 1568
 MAX_IMAGE_TOKENS = 1568
+HIGH_RES_MAX_EDGE_PX = 2576
+HIGH_RES_MAX_IMAGE_TOKENS = 4784
+# Models of the high-resolution vision tier (shared/reference/anthropic-api.md §4.2).
+_HIGH_RES_MODEL_MARKERS = ("opus-4-7", "opus-4-8", "sonnet-5", "opus-5", "fable-5", "mythos")
 UNREADABLE_IMAGE_TOKENS = 1000
 # Enough base64 for every header but JPEG's, whose size may follow a large EXIF block.
 _HEADER_B64_CHARS = 1024
@@ -104,29 +109,36 @@ def _patches(px: int) -> int:
     return -(-px // PATCH_PX)
 
 
-def _fits(long_px: int, short_px: int) -> bool:
+def is_high_res_model(model: str) -> bool:
+    """Whether ``model`` belongs to the high-resolution vision tier."""
+    return any(marker in model for marker in _HIGH_RES_MODEL_MARKERS)
+
+
+def _fits(long_px: int, short_px: int, max_edge_px: int, max_tokens: int) -> bool:
     long_patches, short_patches = _patches(long_px), _patches(short_px)
     return (
-        long_patches * PATCH_PX <= MAX_EDGE_PX
-        and short_patches * PATCH_PX <= MAX_EDGE_PX
-        and long_patches * short_patches <= MAX_IMAGE_TOKENS
+        long_patches * PATCH_PX <= max_edge_px
+        and short_patches * PATCH_PX <= max_edge_px
+        and long_patches * short_patches <= max_tokens
     )
 
 
-def image_tokens(width: int, height: int) -> int:
+def image_tokens(width: int, height: int, *, high_res: bool = False) -> int:
     """Input tokens of a ``width`` × ``height`` image after Anthropic's downscaling."""
+    max_edge_px = HIGH_RES_MAX_EDGE_PX if high_res else MAX_EDGE_PX
+    max_tokens = HIGH_RES_MAX_IMAGE_TOKENS if high_res else MAX_IMAGE_TOKENS
     long_px, short_px = max(width, height), min(width, height)
 
     def short_at(candidate_long: int) -> int:
         return max(1, round(short_px * candidate_long / long_px))
 
-    if not _fits(long_px, short_px):
+    if not _fits(long_px, short_px, max_edge_px, max_tokens):
         # Both the padded edges and the patch count grow with the long edge, so the sizes
         # that fit form a prefix of 1..long_px: binary-search its end.
         low, high = 1, long_px
         while low < high:
             middle = (low + high + 1) // 2
-            if _fits(middle, short_at(middle)):
+            if _fits(middle, short_at(middle), max_edge_px, max_tokens):
                 low = middle
             else:
                 high = middle - 1
@@ -134,9 +146,9 @@ def image_tokens(width: int, height: int) -> int:
     return _patches(long_px) * _patches(short_px)
 
 
-def base64_image_tokens(data_b64: str) -> int:
+def base64_image_tokens(data_b64: str, *, high_res: bool = False) -> int:
     """Input tokens of a base64 image, or :data:`UNREADABLE_IMAGE_TOKENS`."""
     size = base64_image_size(data_b64)
     if size is None:
         return UNREADABLE_IMAGE_TOKENS
-    return image_tokens(*size)
+    return image_tokens(*size, high_res=high_res)
