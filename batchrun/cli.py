@@ -221,6 +221,13 @@ def run(
             "(servers that count max_tokens up front)."
         ),
     ] = OutputReservationChoice.learned,
+    count_tokens: Annotated[
+        bool,
+        typer.Option(
+            help="Count each request's input tokens with the endpoint's "
+            "/v1/messages/count_tokens instead of estimating them."
+        ),
+    ] = False,
     burst_s: Annotated[
         float,
         typer.Option("--burst-s", min=0.01, help="Most sent in one burst, in seconds of a limit."),
@@ -242,7 +249,9 @@ def run(
             if not batch_ids:
                 stderr.print("no batch has queued requests")
             return
-        dispatch = DispatchConfig(max_concurrency=max_concurrency, max_attempts=max_attempts)
+        dispatch = DispatchConfig(
+            max_concurrency=max_concurrency, max_attempts=max_attempts, count_tokens=count_tokens
+        )
         report = asyncio.run(
             run_batches(
                 store,
@@ -359,6 +368,13 @@ def simulate(
     tpm: Annotated[int | None, typer.Option(help="Input+output tokens/min per model.")] = None,
     itpm: Annotated[int | None, typer.Option(help="Input tokens/min per model.")] = None,
     otpm: Annotated[int | None, typer.Option(help="Output tokens/min per model.")] = None,
+    count_tokens: Annotated[
+        bool,
+        typer.Option(
+            help="Count each request's input tokens with the endpoint's "
+            "/v1/messages/count_tokens instead of estimating them."
+        ),
+    ] = False,
     burst_s: Annotated[
         float, typer.Option("--burst-s", help="Bucket size in seconds of refill.")
     ] = 60.0,

@@ -7,6 +7,7 @@ the network.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 
@@ -17,6 +18,12 @@ from batchrun.endpoints import Endpoint
 from batchrun.policy import Outcome, Retryable, classify_response, error_body
 
 log = logging.getLogger(__name__)
+
+# The Messages parameters that /v1/messages/count_tokens accepts; it refuses the others
+# (max_tokens, temperature, metadata...).
+_COUNT_TOKENS_KEYS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+)
 
 
 class MessagesClient:
@@ -31,6 +38,7 @@ class MessagesClient:
     ) -> None:
         self._http = http
         self._url = endpoint.messages_url
+        self._count_tokens_url = endpoint.messages_url.rstrip("/") + "/count_tokens"
         self._headers = dict(headers)
         self._key_hint = endpoint.api_key_env or "the endpoint's credentials"
 
@@ -49,6 +57,27 @@ class MessagesClient:
         except httpx.HTTPError as exc:
             return _transport_failure("api_error", "the connection failed", exc)
         return classify_response(response.status_code, response.headers, response.content)
+
+    async def count_tokens(self, params_json: str) -> int | None:
+        """The endpoint's own input-token count for a request, or None if it cannot say
+        (no such endpoint, an error, a timeout): the caller falls back to its estimate."""
+        params = json.loads(params_json)
+        body = {key: value for key, value in params.items() if key in _COUNT_TOKENS_KEYS}
+        try:
+            response = await self._http.post(
+                self._count_tokens_url, content=json.dumps(body).encode(), headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            log.debug("count_tokens failed: %s", type(exc).__name__)
+            return None
+        if response.status_code != 200:
+            log.debug("count_tokens answered HTTP %d", response.status_code)
+            return None
+        try:
+            counted = response.json().get("input_tokens")
+        except (ValueError, AttributeError):
+            return None
+        return counted if isinstance(counted, int) and counted > 0 else None
 
 
 def _transport_failure(error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:

@@ -44,6 +44,9 @@ class DispatchConfig:
     lease_s: float = DEFAULT_LEASE_S
     control_poll_s: float = DEFAULT_CONTROL_POLL_S
     write_batch_size: int = DEFAULT_WRITE_BATCH_SIZE
+    # Ask the endpoint's /v1/messages/count_tokens for each request's input tokens instead
+    # of estimating them (one more call per request; its own rate limits).
+    count_tokens: bool = False
 
 
 def default_database_url(data_home: Path) -> str:

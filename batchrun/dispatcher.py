@@ -77,6 +77,10 @@ class Sender(Protocol):
         """POST the body and classify the answer."""
         ...
 
+    async def count_tokens(self, params_json: str) -> int | None:
+        """The endpoint's input-token count of the body, or None."""
+        ...
+
 
 @dataclass
 class RunReport:
@@ -248,6 +252,9 @@ class Dispatcher:
         stop = self._stop_events[request.batch_id]
         if not stop.is_set():
             raw_estimate = request.estimated_input_tokens
+            if self._config.count_tokens:
+                counted = await self._senders[endpoint].count_tokens(request.params_json)
+                raw_estimate = counted or raw_estimate
             if raw_estimate is None:
                 raw_estimate = estimate_input_tokens(json.loads(request.params_json))
             demand = Demand(raw_estimate, request.max_tokens)

@@ -57,7 +57,7 @@ DECREASE_TO_MEASURED = 0.97
 DECREASE_BLIND = 0.75
 DECREASE_COOLDOWN_S = 2.0
 # ... and creeping back up: this share of the ceiling every interval without a 429.
-INCREASE_INTERVAL_S = 5.0
+INCREASE_INTERVAL_S = 2.0
 INCREASE_SHARE = 0.01
 
 
@@ -329,13 +329,16 @@ class Limiter:
             self._lower(state, dimension, now)
 
     def _lower(self, state: _KeyState, dimension: str, now: float) -> None:
+        """Learn a lower limit: what the server let through recently, when there is enough
+        history; without it, a quarter less, unless the server announced its limit (then the
+        429 came from a burst, and the pause and the remaining-capacity clamp suffice)."""
         current = state.limit(dimension)
         measured = self._measured_per_minute(state, dimension, now)
         if measured is not None and measured > 0:
             lowered = measured * DECREASE_TO_MEASURED
             if current is not None:
                 lowered = min(lowered, current * DECREASE_TO_MEASURED)
-        elif current is not None:
+        elif current is not None and dimension not in state.announced:
             lowered = current * DECREASE_BLIND
         else:
             return

@@ -363,3 +363,19 @@ def store_estimate_errors(store: Store, batch_id: str) -> list[float]:
             .order_by(t.results.c.completed_at, t.results.c.request_id)
         ).all()
     return [abs(estimate - actual) / actual for estimate, actual in rows]
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_count_tokens_replaces_the_estimate_with_the_endpoints_count(
+    sqlite_store: Store,
+) -> None:
+    app = create_app()
+    batch_id = submit(
+        sqlite_store, [request_line(f"r{i}", "word " * (20 * i + 5)) for i in range(8)]
+    )
+
+    await dispatch(sqlite_store, batch_id, app, config=DispatchConfig(count_tokens=True))
+
+    assert app.stats.count_tokens_received == 8
+    assert store_estimate_errors(sqlite_store, batch_id) == [0.0] * 8

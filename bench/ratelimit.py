@@ -1,0 +1,422 @@
+"""Rate-limit utilisation: batchrun against a naive pacer, at the simulator's own limits.
+
+Every scenario runs twice at the same time, each run against its own simulator process on
+127.0.0.1 with the same limits, latency and requests:
+
+- batchrun: the real CLI (`batchrun submit` + `batchrun run`) with the configured limits;
+- baseline: httpx + a semaphore of 64 + aiolimiter pacing at the configured limits per
+  second (limit/60 a second, so no minute-sized burst at the start), reserving
+  input + max_tokens for token limits, honouring retry-after on 429 (what a careful
+  hand-written runner does). It is stopped when batchrun's run has had time to finish.
+
+Figures come from the simulators' own per-second admission counts, over the steady window
+(the first seconds are skipped, and the last few, where the batch drains). Scenarios:
+
+  a  RPM-bound, configured = server = 600 RPM, the server allows 2 s of burst
+  b  TPM-bound (input + output), 60,000 TPM, replies of ~40 tokens against max_tokens 1024
+  c1 configured 1,200 RPM, server 600 RPM, server sends anthropic-ratelimit-* headers
+  c2 the same, server sends only retry-after
+  d  image-heavy requests: input estimate error after calibration (batchrun only)
+
+Run:  .venv/bin/python bench/ratelimit.py            (about 3 minutes, all in parallel)
+      .venv/bin/python bench/ratelimit.py --duration-s 40   (a quicker, noisier look)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+BATCHRUN = str(Path(sys.executable).parent / "batchrun")
+LATENCY_S = 2.0
+JITTER_S = 1.0
+BASELINE_CONCURRENCY = 64
+TAIL_S = 5
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    binding: str  # "requests" or "tokens"
+    server_limit: float  # per minute, of the binding kind
+    server_args: list[str]
+    run_args: list[str]
+    requests_per_s: float  # expected steady rate, to size the batch
+    skip_s: int
+    max_tokens: int = 256
+    output_tokens: int = 40
+    prompt_chars: int = 200
+    images: bool = False
+    baseline: bool = True
+    targets: dict[str, float] = field(default_factory=dict)
+
+
+def scenarios() -> list[Scenario]:
+    rpm = ["--rpm", "600", "--burst-s", "2"]
+    return [
+        Scenario(
+            "a",
+            "RPM-bound, configured = server",
+            "requests",
+            600,
+            rpm,
+            ["--rpm", "600"],
+            10,
+            skip_s=10,
+            targets={"util": 0.99, "429": 0.001},
+        ),
+        Scenario(
+            "b",
+            "TPM-bound, replies ~40 of max_tokens 1024",
+            "tokens",
+            60_000,
+            ["--tpm", "60000", "--burst-s", "2"],
+            ["--tpm", "60000"],
+            5.5,
+            skip_s=15,
+            max_tokens=1024,
+            prompt_chars=400,
+            targets={"util": 0.97, "429": 0.01},
+        ),
+        Scenario(
+            "c1",
+            "configured 2x server, with headers",
+            "requests",
+            600,
+            rpm,
+            ["--rpm", "1200"],
+            10,
+            skip_s=30,
+            targets={"util": 0.95, "429": 0.05},
+        ),
+        Scenario(
+            "c2",
+            "configured 2x server, retry-after only",
+            "requests",
+            600,
+            [*rpm, "--no-ratelimit-headers"],
+            ["--rpm", "1200"],
+            10,
+            skip_s=30,
+            targets={"util": 0.90, "429": 0.10},
+        ),
+        Scenario(
+            "d",
+            "image-heavy, estimate after calibration",
+            "requests",
+            300,
+            ["--rpm", "300", "--burst-s", "2"],
+            ["--rpm", "300"],
+            5,
+            skip_s=10,
+            images=True,
+            baseline=False,
+            targets={"estimate_error": 0.15},
+        ),
+    ]
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def _png(width: int, height: int) -> str:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return base64.b64encode(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    ).decode()
+
+
+def request_lines(scenario: Scenario, count: int) -> list[dict[str, Any]]:
+    words = "the quick brown fox jumps over the lazy dog while batch jobs wait their turn "
+    lines = []
+    for i in range(count):
+        text = f"Request {i}: " + (words * (scenario.prompt_chars // len(words) + 1))
+        content: Any = text[: scenario.prompt_chars + 12]
+        if scenario.images:
+            side = 200 + (i * 53) % 1500
+            content = [
+                {
+                    "type": "image",
+                    "source": {
+                        "type": "base64",
+                        "media_type": "image/png",
+                        "data": _png(side, side * 2 // 3),
+                    },
+                },
+                {"type": "text", "text": f"Describe image {i}."},
+            ]
+        lines.append(
+            {
+                "custom_id": f"r{i:06d}",
+                "params": {
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": scenario.max_tokens,
+                    "messages": [{"role": "user", "content": content}],
+                },
+            }
+        )
+    return lines
+
+
+# -- the simulator ----------------------------------------------------------------------------
+
+
+class Simulator:
+    """`batchrun simulate` in its own process."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        args = [
+            BATCHRUN,
+            "simulate",
+            "--port",
+            "0",
+            "--latency-s",
+            str(LATENCY_S - JITTER_S / 2),
+            "--latency-jitter-s",
+            str(JITTER_S),
+            "--output-tokens",
+            str(scenario.output_tokens),
+            "--seed",
+            "7",
+            *scenario.server_args,
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            raise RuntimeError("the simulator did not start")
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = httpx.get(f"{self.url}/_simulator/stats", timeout=30).json()
+        return stats
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+# -- the two runners --------------------------------------------------------------------------
+
+
+async def run_batchrun(
+    scenario: Scenario, lines: list[dict[str, Any]], workdir: Path, sim: Simulator
+) -> dict[str, Any]:
+    requests_file = workdir / f"{scenario.name}.jsonl"
+    requests_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    db = workdir / f"{scenario.name}.db"
+    env = {
+        **os.environ,
+        "BATCHRUN_DATABASE_URL": f"sqlite:///{db}",
+        "ANTHROPIC_BASE_URL": sim.url,
+        "ANTHROPIC_API_KEY": "sk-bench",
+    }
+    submit = await asyncio.create_subprocess_exec(
+        BATCHRUN,
+        "submit",
+        str(requests_file),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await submit.communicate()
+    batch_id = out.decode().strip()
+    run = await asyncio.create_subprocess_exec(
+        BATCHRUN,
+        "run",
+        batch_id,
+        *scenario.run_args,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await run.communicate()
+    if run.returncode != 0:
+        raise RuntimeError(f"batchrun run failed ({run.returncode}): {err.decode()[-500:]}")
+    return {"db": str(db)}
+
+
+async def run_baseline(
+    scenario: Scenario, lines: list[dict[str, Any]], sim: Simulator, time_cap_s: float
+) -> dict[str, Any]:
+    per_s = {"--rpm": None, "--tpm": None}
+    for flag in per_s:
+        if flag in scenario.run_args:
+            per_s[flag] = float(scenario.run_args[scenario.run_args.index(flag) + 1])
+    rpm, tpm = per_s["--rpm"], per_s["--tpm"]
+    request_pacer = AsyncLimiter(rpm / 60, 1) if rpm else None
+    token_pacer = AsyncLimiter(tpm / 60, 1) if tpm else None
+    slots = asyncio.Semaphore(BASELINE_CONCURRENCY)
+    headers = {"x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient(
+        base_url=sim.url, timeout=120, limits=httpx.Limits(max_connections=BASELINE_CONCURRENCY)
+    ) as http:
+
+        async def one(line: dict[str, Any]) -> None:
+            params = line["params"]
+            cost = len(json.dumps(params["messages"])) // 4 + params["max_tokens"]
+            async with slots:
+                while True:
+                    if request_pacer:
+                        await request_pacer.acquire()
+                    if token_pacer and tpm:
+                        await token_pacer.acquire(min(cost, tpm / 60))
+                    response = await http.post("/v1/messages", json=params, headers=headers)
+                    if response.status_code != 429:
+                        return
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+
+        tasks = [asyncio.ensure_future(one(line)) for line in lines]
+        _, unfinished = await asyncio.wait(tasks, timeout=time_cap_s)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+    return {"unfinished": len(unfinished)}
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def steady_figures(scenario: Scenario, stats: dict[str, Any]) -> dict[str, float]:
+    by_second = {int(k): v for k, v in stats["admitted_by_second"].items()}
+    first, last = min(by_second), max(by_second)
+    window = range(first + scenario.skip_s, last - TAIL_S)
+    requests = sum(by_second.get(s, [0, 0, 0])[0] for s in window)
+    tokens = sum(sum(by_second.get(s, [0, 0, 0])[1:]) for s in window)
+    minutes = len(window) / 60
+    achieved = requests / minutes if scenario.binding == "requests" else tokens / minutes
+    rejected = stats["by_status"].get("429", 0)
+    return {
+        "steady_s": len(window),
+        "requests_per_min": requests / minutes,
+        "tokens_per_min": tokens / minutes,
+        "util": achieved / scenario.server_limit,
+        "calls": stats["received"],
+        "429s": rejected,
+        "429": rejected / max(stats["received"], 1),
+        "total_s": last - first + 1,
+    }
+
+
+def estimate_errors(db: str) -> dict[str, float]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT r.estimated_input_tokens, q.estimated_input_tokens, r.input_tokens "
+            "FROM results r JOIN requests q ON q.id = r.request_id "
+            "WHERE r.result_type = 'succeeded' ORDER BY r.completed_at, r.request_id"
+        ).fetchall()
+    late = rows[len(rows) // 2 :]
+    calibrated = [abs(est - actual) / actual for est, _, actual in late]
+    raw = [abs(est - actual) / actual for _, est, actual in late]
+    return {
+        "estimate_error": max(calibrated),
+        "mean_error": sum(calibrated) / len(calibrated),
+        "raw_mean_error": sum(raw) / len(raw),
+    }
+
+
+async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> dict[str, Any]:
+    count = int(scenario.requests_per_s * (duration_s + scenario.skip_s + TAIL_S))
+    lines = request_lines(scenario, count)
+    sims = {"batchrun": Simulator(scenario)}
+    if scenario.baseline:
+        sims["baseline"] = Simulator(scenario)
+    try:
+        jobs = [run_batchrun(scenario, lines, workdir, sims["batchrun"])]
+        if scenario.baseline:
+            time_cap_s = duration_s + scenario.skip_s + TAIL_S + 30
+            jobs.append(run_baseline(scenario, lines, sims["baseline"], time_cap_s))
+        outputs = await asyncio.gather(*jobs)
+        figures: dict[str, Any] = {"requests": count}
+        for (runner, sim), output in zip(sims.items(), outputs, strict=True):
+            figures[runner] = steady_figures(scenario, sim.stats())
+            if scenario.images and runner == "batchrun":
+                figures[runner].update(estimate_errors(output["db"]))
+        return figures
+    finally:
+        for sim in sims.values():
+            sim.stop()
+
+
+def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
+    print(
+        f"{'':3} {'scenario':44} {'runner':9} {'util':>7} {'req/min':>8} {'tok/min':>8} "
+        f"{'calls':>6} {'429s':>6} {'429%':>6}  target"
+    )
+    for scenario in chosen:
+        figures = results[scenario.name]
+        for runner in ("batchrun", "baseline"):
+            if runner not in figures:
+                continue
+            f = figures[runner]
+            target = ""
+            if "util" in scenario.targets and runner == "batchrun":
+                ok = f["util"] >= scenario.targets["util"] and f["429"] <= scenario.targets["429"]
+                target = (
+                    f"util>={scenario.targets['util']:.0%} 429<={scenario.targets['429']:.1%}"
+                    f" {'PASS' if ok else 'FAIL'}"
+                )
+            if "estimate_error" in f:
+                ok = f["estimate_error"] <= scenario.targets["estimate_error"]
+                target = (
+                    f"estimate error max {f['estimate_error']:.1%} mean {f['mean_error']:.1%}"
+                    f" (raw mean {f['raw_mean_error']:.1%}) {'PASS' if ok else 'FAIL'}"
+                )
+            print(
+                f"{scenario.name:3} {scenario.description:44} {runner:9} {f['util']:7.1%} "
+                f"{f['requests_per_min']:8.0f} {f['tokens_per_min']:8.0f} {f['calls']:6d} "
+                f"{f['429s']:6d} {f['429']:6.1%}  {target}"
+            )
+    print(
+        f"\nbinding limit: requests/min for a, c1, c2, d; tokens/min (input + output) for b. "
+        f"Steady window = from {{skip}} s after the first admission to {TAIL_S} s before the "
+        f"last; latency {LATENCY_S - JITTER_S / 2:.1f}-{LATENCY_S + JITTER_S / 2:.1f} s."
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--duration-s", type=float, default=140, help="steady seconds per scenario (default 140)"
+    )
+    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+    chosen = [s for s in scenarios() if not args.only or s.name in args.only]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp:
+        outcomes = await asyncio.gather(
+            *(run_scenario(s, args.duration_s, Path(tmp)) for s in chosen)
+        )
+    results = {s.name: o for s, o in zip(chosen, outcomes, strict=True)}
+    report(results, chosen)
+    print(f"(ran {time.monotonic() - started:.0f} s)")
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
