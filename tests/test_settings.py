@@ -182,3 +182,14 @@ def test_auth_headers_read_the_key_and_extra_header_variables(tmp_path: Path) ->
     assert headers["cf-aig-authorization"] == "Bearer gateway-token"
     with pytest.raises(MissingApiKeyError, match="CF_GATEWAY_TOKEN is not set"):
         auth_headers(endpoint, {"CF_PROVIDER_KEY": "provider-key"})
+
+
+def test_the_readme_example_config_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+
+    known = resolve(tmp_path, example)
+
+    assert known.default == "mygateway"
+    assert known.get("mygateway").limits_for("claude-sonnet-4-5") == RateLimits(rpm=100)
+    assert known.get("langdock-eu").timeout_s == 300
