@@ -189,7 +189,13 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, settings: Settings)
                 "required for a new endpoint (built-in endpoints: "
                 f"{', '.join(sorted(builtin_endpoints({})))})",
             )
-        base = Endpoint(name=table.name, base_url=table.base_url, sources=())
+        # Anthropic-compatible gateways expect the version header, as the SDK sends it.
+        base = Endpoint(
+            name=table.name,
+            base_url=table.base_url,
+            headers={"anthropic-version": ANTHROPIC_VERSION},
+            sources=(),
+        )
     elif base.in_process and (fixed := [k for k in _SIMULATOR_FIXED if k in table.fields_set]):
         raise settings.error(
             f"{prefix}.{fixed[0]}",

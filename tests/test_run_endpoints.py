@@ -195,15 +195,18 @@ def test_limits_of_one_endpoint_become_keys_and_its_wildcard_the_default() -> No
     assert (limits, default) == ({}, LANGDOCK_LIMITS)
 
 
-def test_named_models_get_their_own_limits_and_other_endpoints_their_wildcard() -> None:
+def test_named_models_get_their_own_limits_and_other_endpoints_their_wildcard(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     gw = endpoint("gw", **{HAIKU: RateLimits(rpm=50), "*": RateLimits(rpm=10)})
     other = endpoint("other", **{"*": RateLimits(rpm=20)})
 
     limits, default = rate_limits({"gw": gw, "other": other}, rpm=None)
 
     assert limits == {("gw", HAIKU): RateLimits(rpm=50), ("other", HAIKU): RateLimits(rpm=20)}
-    # Different wildcards cannot share the limiter's one default.
+    # Different wildcards cannot share the limiter's one default, and the user is told.
     assert default is None
+    assert "run the batches of each endpoint separately" in caplog.text
 
 
 def test_the_rpm_flag_replaces_every_rpm_and_keeps_token_limits() -> None:

@@ -130,7 +130,7 @@ def test_a_new_endpoint_has_the_documented_defaults(tmp_path: Path) -> None:
     endpoint = known.get("mygateway")
     assert endpoint.messages_url == "https://gateway.example/anthropic/v1/messages"
     assert endpoint.auth == "x-api-key"
-    assert endpoint.headers == {}
+    assert endpoint.headers == {"anthropic-version": "2023-06-01"}
     assert endpoint.sources == (str(tmp_path / "batchrun.toml"),)
     assert (known.default, known.default_source) == ("mygateway", str(tmp_path / "batchrun.toml"))
 
