@@ -321,12 +321,14 @@ def _describe(error: ErrorDetails) -> str:
 
 def _unknown_key(loc: Sequence[int | str]) -> str:
     key = str(loc[-1])
-    if key.lower() in _KEY_LIKE:
-        endpoint = str(loc[1]) if len(loc) > 2 and loc[0] == "endpoints" else "mygateway"
+    # At the top level or in an endpoint's table, where a key would sit next to its URL.
+    if key.lower() in _KEY_LIKE and len(loc) in (1, 3):
+        endpoint = str(loc[1]) if len(loc) == 3 else "NAME"
         variable = re.sub(r"[^A-Z0-9]+", "_", endpoint.upper()).strip("_") + "_API_KEY"
+        where = "" if len(loc) == 3 else " in [endpoints.NAME]"
         return (
             "API keys do not belong in the config file; export the key as an environment "
-            f'variable and name it with api_key_env = "{variable}"'
+            f'variable and name it with api_key_env = "{variable}"{where}'
         )
     model = _MODELS.get(len(loc) - 1)
     known = sorted(model.model_fields) if model is not None else []
@@ -343,7 +345,7 @@ def _toml_type(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
-        return "a number"
+        return repr(value)
     if isinstance(value, str):
         return "a string"
     if isinstance(value, dict):

@@ -193,6 +193,17 @@ INVALID = [
         id="wrong-type",
     ),
     pytest.param(
+        "[endpoints.anthropic]\nmax_attempts = 2.5\n",
+        "endpoints.anthropic.max_attempts: must be a whole number, not 2.5",
+        id="fraction",
+    ),
+    pytest.param(
+        'token = "sk-in-the-file"\n',
+        "token: API keys do not belong in the config file; export the key as an environment "
+        'variable and name it with api_key_env = "NAME_API_KEY" in [endpoints.NAME]',
+        id="top-level-key",
+    ),
+    pytest.param(
         "[endpoints.anthropic]\nmax_attempts = 0\n",
         "endpoints.anthropic.max_attempts: must be at least 1",
         id="too-small",
