@@ -52,7 +52,9 @@ def list_endpoints(
     config_file: Path | None = _root_option(ctx, "config")
     known = load_endpoints(config_file, env=os.environ, cwd=Path.cwd())
     if as_json:
-        sys.stdout.write(json.dumps(endpoints_json(known, os.environ), indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(endpoints_json(known, os.environ), indent=2, ensure_ascii=False) + "\n"
+        )
         return
     for line in endpoints_lines(known, os.environ):
         stdout.print(line, markup=False)
