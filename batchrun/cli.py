@@ -26,24 +26,23 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from batchrun import __version__
-from batchrun.config import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_TIMEOUT_S,
-    DispatchConfig,
-    default_database_url,
-)
+from batchrun.cli_tools import database_url, tools_app
+from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT_S
 from batchrun.display import batch_table, batches_table, run_summary_lines
-from batchrun.endpoints import DEFAULT_ENDPOINT, find_endpoint
+from batchrun.endpoints import Endpoints, auth_headers, load_endpoints
 from batchrun.errors import BatchrunError, BatchStateError
 from batchrun.export import anthropic_lines, atomic_output
 from batchrun.ingest import submit_requests
 from batchrun.limiter import DEFAULT_BURST_S, LimiterSettings, RateLimits
 from batchrun.models import BatchObject
 from batchrun.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
-from batchrun.runner import plan_run, run_batches
-from batchrun.simulator import SimulatorConfig, serve
-from batchrun.store.database import create_database_engine, current_revision, upgrade_database
+from batchrun.runner import (
+    dispatch_config,
+    move_batches,
+    plan_run,
+    run_batches,
+    run_endpoints,
+)
 from batchrun.store.store import Store
 
 
@@ -77,29 +76,33 @@ class _BatchrunGroup(TyperGroup):
 
 app = typer.Typer(
     cls=_BatchrunGroup,
-    help="Run batches of Anthropic Messages API requests with rate limits, durably.",
+    help="Run batches of Anthropic Messages API requests with rate limits, durably.\n\n"
+    "Endpoints (Anthropic, Langdock, AIMLAPI, the simulator, and any gateway you define) are "
+    "configured in one TOML file, the first found of: --config FILE, $BATCHRUN_CONFIG, "
+    "./batchrun.toml, ~/.config/batchrun/config.toml. `batchrun endpoints` lists them.",
     rich_markup_mode="markdown",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-db_app = typer.Typer(cls=_BatchrunGroup, help="Manage the job database.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+# `endpoints`, `simulate` and `db`, which touch no batch.
+app.add_typer(tools_app)
 
 
 class _State:
     database_url: str = ""
+    config_file: Path | None = None
 
 
 state = _State()
 
 
-def _data_home() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-
-
 def _open_store() -> Store:
     return Store.open(state.database_url)
+
+
+def _endpoints() -> Endpoints:
+    return load_endpoints(state.config_file, env=os.environ, cwd=Path.cwd())
 
 
 def _now() -> datetime:
@@ -122,6 +125,17 @@ def main_options(
             show_default=False,
         ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Config file (TOML) defining endpoints. Default: the first found of "
+            "$BATCHRUN_CONFIG, ./batchrun.toml, ~/.config/batchrun/config.toml "
+            "($XDG_CONFIG_HOME/batchrun/config.toml).",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="Log more (-vv for debug).")
     ] = 0,
@@ -130,7 +144,8 @@ def main_options(
     if version:
         stdout.print(f"batchrun {__version__}")
         raise typer.Exit()
-    state.database_url = db or default_database_url(_data_home())
+    state.database_url = database_url(db)
+    state.config_file = config
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -145,8 +160,13 @@ def submit(
     file: Annotated[str, typer.Argument(help="JSONL request file; - reads standard input.")],
     name: Annotated[str | None, typer.Option(help="A name to recognise the batch by.")] = None,
     endpoint: Annotated[
-        str, typer.Option(help="Where the requests go (anthropic, simulator).")
-    ] = DEFAULT_ENDPOINT,
+        str | None,
+        typer.Option(
+            help="Where the requests go; `batchrun endpoints` lists them. Default: "
+            "$BATCHRUN_ENDPOINT, else default_endpoint in the config file, else anthropic.",
+            show_default=False,
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model for lines whose params name none.")
     ] = None,
@@ -163,7 +183,8 @@ def submit(
     Each line is {"custom_id": "...", "params": {...Messages API body...}}. If any line is
     invalid, every problem is listed (file:line) and nothing is stored.
     """
-    find_endpoint(endpoint, os.environ)
+    known = _endpoints()
+    endpoint = known.get(endpoint or known.default).name
     source = "<stdin>" if file == "-" else file
     store = _open_store()
     try:
@@ -201,7 +222,12 @@ def run(
         int, typer.Option(min=1, help="Requests in flight at once.")
     ] = DEFAULT_MAX_CONCURRENCY,
     rpm: Annotated[
-        float | None, typer.Option(min=0.001, help="Requests per minute, for every model.")
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Requests per minute for each model of the run, replacing the rpm limits "
+            "of the endpoints.",
+        ),
     ] = None,
     tpm: Annotated[
         float | None,
@@ -233,32 +259,70 @@ def run(
         typer.Option("--burst-s", min=0.01, help="Most sent in one burst, in seconds of a limit."),
     ] = DEFAULT_BURST_S,
     max_attempts: Annotated[
-        int, typer.Option(min=1, help="Tries per request before it ends errored.")
-    ] = DEFAULT_MAX_ATTEMPTS,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Tries per request before it ends errored. Default: the endpoint's "
+            f"max_attempts in the config file, else {DEFAULT_MAX_ATTEMPTS}.",
+            show_default=False,
+        ),
+    ] = None,
     timeout_s: Annotated[
-        float, typer.Option("--timeout-s", min=1, help="Per-request timeout in seconds.")
-    ] = DEFAULT_TIMEOUT_S,
+        float | None,
+        typer.Option(
+            "--timeout-s",
+            min=1,
+            help="Per-request timeout in seconds. Default: the endpoint's timeout_s in the "
+            f"config file, else {DEFAULT_TIMEOUT_S:g}.",
+            show_default=False,
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Move the batches' remaining requests to this endpoint, for this run and "
+            "later ones (needs batch ids).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Send the queued requests of batches and record every response; exits when done."""
+    """Send the queued requests of batches and record every response; exits when done.
+
+    Each batch goes to the endpoint stored with it (`batchrun status` shows it), unless
+    --endpoint moves it.
+    """
+    if endpoint is not None and not batch_ids:
+        raise typer.BadParameter("name the batches to move", param_hint="--endpoint")
+    known = _endpoints()
+    target = known.get(endpoint) if endpoint is not None else None
     store = _open_store()
     try:
         plan = plan_run(store, batch_ids or [])
+        if target is not None and plan.batches:
+            # Checked before anything is moved, so a missing key leaves the batches as they were.
+            auth_headers(target, os.environ)
+            plan = move_batches(store, plan, target.name)
         for batch_id, why in plan.skipped.items():
             stderr.print(f"{batch_id}: {why}; nothing to run")
         if not plan.batches:
             if not batch_ids:
                 stderr.print("no batch has queued requests")
             return
-        dispatch = DispatchConfig(
-            max_concurrency=max_concurrency, max_attempts=max_attempts, count_tokens=count_tokens
+        endpoints = run_endpoints(plan, known)
+        dispatch = dispatch_config(
+            endpoints,
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            count_tokens=count_tokens,
         )
         report = asyncio.run(
             run_batches(
                 store,
                 plan.batches,
+                endpoints=endpoints,
                 env=os.environ,
                 dispatch=dispatch,
-                limits=RateLimits(rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm),
+                overrides=RateLimits(rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm),
                 limiter_settings=LimiterSettings(
                     burst_s=burst_s, output_reservation=output_reservation.value
                 ),
@@ -359,88 +423,6 @@ def results(
         store.close()
     if output and output != "-":
         stderr.print(f"wrote {batch.counts.total - batch.counts.processing:,} results to {output}")
-
-
-@app.command()
-def simulate(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 8765,
-    rpm: Annotated[int | None, typer.Option(help="Requests/min per model.")] = None,
-    tpm: Annotated[int | None, typer.Option(help="Input+output tokens/min per model.")] = None,
-    itpm: Annotated[int | None, typer.Option(help="Input tokens/min per model.")] = None,
-    otpm: Annotated[int | None, typer.Option(help="Output tokens/min per model.")] = None,
-    count_tokens: Annotated[
-        bool,
-        typer.Option(
-            help="Count each request's input tokens with the endpoint's "
-            "/v1/messages/count_tokens instead of estimating them."
-        ),
-    ] = False,
-    burst_s: Annotated[
-        float, typer.Option("--burst-s", help="Bucket size in seconds of refill.")
-    ] = 60.0,
-    latency_s: Annotated[float, typer.Option("--latency-s", help="Seconds per answer.")] = 0.0,
-    latency_jitter_s: Annotated[
-        float, typer.Option("--latency-jitter-s", help="Random extra seconds, up to this.")
-    ] = 0.0,
-    output_tokens: Annotated[int, typer.Option(help="Reply length in tokens.")] = 40,
-    error_rate: Annotated[float, typer.Option(help="Share of answers that are 500s.")] = 0.0,
-    overloaded_rate: Annotated[float, typer.Option(help="Share of 529 answers.")] = 0.0,
-    seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
-    no_ratelimit_headers: Annotated[
-        bool, typer.Option(help="Send only retry-after on 429, no anthropic-ratelimit-*.")
-    ] = False,
-) -> None:
-    """Serve the built-in Messages API simulator on 127.0.0.1 (Ctrl-C stops it).
-
-    Point batchrun at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any
-    ANTHROPIC_API_KEY. Prompts may force behaviour with [[sim:status=500:times=2]] and
-    similar directives (see the README).
-    """
-    config = SimulatorConfig.from_options(
-        rpm=rpm,
-        tpm=tpm,
-        itpm=itpm,
-        otpm=otpm,
-        burst_s=burst_s,
-        latency_s=latency_s,
-        latency_jitter_s=latency_jitter_s,
-        output_tokens=output_tokens,
-        error_500=error_rate,
-        overloaded_529=overloaded_rate,
-        seed=seed,
-        send_ratelimit_headers=not no_ratelimit_headers,
-    )
-
-    def announce(actual_port: int) -> None:
-        sys.stdout.write(f"http://127.0.0.1:{actual_port}\n")
-        sys.stdout.flush()
-        stderr.print(f"simulator listening on http://127.0.0.1:{actual_port}")
-
-    serve(config, port=port, on_ready=announce)
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Create the database or migrate it to this batchrun's schema."""
-    engine = create_database_engine(state.database_url)
-    try:
-        before, after = upgrade_database(engine)
-    finally:
-        engine.dispose()
-    if before == after:
-        stderr.print(f"database is up to date (schema {after})")
-    else:
-        stderr.print(f"database migrated from {before or 'empty'} to schema {after}")
-
-
-@db_app.command("current")
-def db_current() -> None:
-    """Print the database's schema revision."""
-    engine = create_database_engine(state.database_url)
-    try:
-        stdout.print(current_revision(engine) or "empty")
-    finally:
-        engine.dispose()
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 
 import httpx
+import orjson
 
 from batchrun.config import DEFAULT_CONNECT_TIMEOUT_S
 from batchrun.endpoints import Endpoint
@@ -41,6 +42,7 @@ class MessagesClient:
         self._count_tokens_url = endpoint.messages_url.rstrip("/") + "/count_tokens"
         self._headers = dict(headers)
         self._key_hint = endpoint.api_key_env or "the endpoint's credentials"
+        self._extra_body = dict(endpoint.extra_body)
 
     @property
     def key_hint(self) -> str:
@@ -50,7 +52,7 @@ class MessagesClient:
         """POST ``params_json`` and classify the answer (never raises for network trouble)."""
         try:
             response = await self._http.post(
-                self._url, content=params_json.encode(), headers=self._headers
+                self._url, content=self._body(params_json), headers=self._headers
             )
         except httpx.TimeoutException as exc:
             return _transport_failure("timeout_error", "the request timed out", exc)
@@ -78,6 +80,16 @@ class MessagesClient:
         except (ValueError, AttributeError):
             return None
         return counted if isinstance(counted, int) and counted > 0 else None
+
+    def _body(self, params_json: str) -> bytes:
+        """The request body: the stored params, on top of the endpoint's ``extra_body``.
+
+        Without an ``extra_body`` the stored JSON is sent as it is, unparsed; with one, the
+        request's own params win on a conflict.
+        """
+        if not self._extra_body:
+            return params_json.encode()
+        return orjson.dumps({**self._extra_body, **orjson.loads(params_json)})
 
 
 def _transport_failure(error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:

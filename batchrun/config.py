@@ -6,7 +6,8 @@ environment: ``cli.py`` does that and passes the values down as keyword argument
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # A long generation (tens of thousands of output tokens) can take many minutes without
@@ -47,6 +48,12 @@ class DispatchConfig:
     # Ask the endpoint's /v1/messages/count_tokens for each request's input tokens instead
     # of estimating them (one more call per request; its own rate limits).
     count_tokens: bool = False
+    # Endpoint name → its own max_attempts (from the config file), replacing max_attempts.
+    max_attempts_by_endpoint: Mapping[str, int] = field(default_factory=dict)
+
+    def max_attempts_for(self, endpoint: str) -> int:
+        """Tries per request on ``endpoint`` before it ends errored."""
+        return self.max_attempts_by_endpoint.get(endpoint, self.max_attempts)
 
 
 def default_database_url(data_home: Path) -> str:

@@ -295,7 +295,7 @@ class Dispatcher:
                     _Write(finished=self._errored(request, error, status, latency_ms))
                 )
             case Retryable():
-                await self._retry_or_give_up(request, outcome, latency_ms)
+                await self._retry_or_give_up(request, endpoint, outcome, latency_ms)
             case Halt(kind=kind, detail=detail):
                 reason = _HALT_MESSAGES[kind].format(
                     endpoint=endpoint, key_hint=sender.key_hint, detail=detail or kind
@@ -308,13 +308,13 @@ class Dispatcher:
                 await self._write(_Write(unsent=request.id))
 
     async def _retry_or_give_up(
-        self, request: ClaimedRequest, outcome: Retryable, latency_ms: int
+        self, request: ClaimedRequest, endpoint: str, outcome: Retryable, latency_ms: int
     ) -> None:
         # Waiting out a 429 is pacing, not failing: it does not use up the retry budget.
         failures = request.failures + (0 if outcome.rate_limited else 1)
         if outcome.rate_limited:
             self.report.rate_limited += 1
-        if failures >= self._config.max_attempts:
+        if failures >= self._config.max_attempts_for(endpoint):
             error = dict(outcome.error)
             inner = dict(error["error"])
             inner["message"] = (

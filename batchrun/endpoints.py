@@ -1,23 +1,41 @@
-"""Where requests go: the built-in endpoints and how to authenticate to them.
+"""Where requests go: the built-in endpoints, and how the config file and the environment
+change them.
 
 An endpoint is stored with each batch by name, never with its key: the key is looked up in
-the environment (passed in by the CLI) when a run starts.
+the environment (passed in by the CLI) when a run starts. Each setting is resolved in this
+order, first found wins: command-line flag, environment, config file, built-in default.
+Flags are applied by the caller (``runner.py``); this module applies the rest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from batchrun.errors import MissingApiKeyError, UnknownEndpointError
 from batchrun.limiter import RateLimits
+from batchrun.settings import (
+    AuthStyle,
+    EndpointSettings,
+    Settings,
+    find_config_file,
+    load_settings,
+)
 
-AuthStyle = Literal["x-api-key", "bearer", "none"]
 ANTHROPIC_VERSION = "2023-06-01"
 ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
+ANTHROPIC_BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+# Names the endpoint `submit` uses when --endpoint is not given.
+ENDPOINT_ENV = "BATCHRUN_ENDPOINT"
 SIMULATOR = "simulator"
 DEFAULT_ENDPOINT = "anthropic"
+BUILTIN = "built-in"
+# Langdock documents 500 RPM and 60,000 TPM (input + output) per model and workspace.
+LANGDOCK_LIMITS = RateLimits(rpm=500, tpm=60_000)
+# Settings the in-process simulator cannot take: it has no URL and checks no key.
+_SIMULATOR_FIXED = ("base_url", "messages_path", "auth", "api_key_env")
 
 
 @dataclass(frozen=True)
@@ -30,8 +48,17 @@ class Endpoint:
     auth: AuthStyle = "x-api-key"
     api_key_env: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Header name → the environment variable holding its value (a second credential).
+    headers_env: Mapping[str, str] = field(default_factory=dict)
+    # Merged into every request body; the request's own params win.
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    # None: the run's flag or batchrun's default decides.
+    timeout_s: float | None = None
+    max_attempts: int | None = None
     # Limits per model; the key "*" applies to every model not named.
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    # Where the definition came from, in order: "built-in", a config file, a variable.
+    sources: tuple[str, ...] = (BUILTIN,)
 
     @property
     def messages_url(self) -> str:
@@ -42,50 +69,185 @@ class Endpoint:
         """True for the built-in simulator, which runs inside batchrun."""
         return self.name == SIMULATOR
 
+    def limits_for(self, model: str) -> RateLimits | None:
+        """The limits of ``model`` here: its own, else those of "*", else None."""
+        return self.limits.get(model, self.limits.get("*"))
+
+
+def _langdock(region: str) -> Endpoint:
+    return Endpoint(
+        name=f"langdock-{region}",
+        base_url="https://api.langdock.com",
+        messages_path=f"/anthropic/{region}/v1/messages",
+        auth="bearer",
+        api_key_env="LANGDOCK_API_KEY",
+        headers={"anthropic-version": ANTHROPIC_VERSION},
+        limits={"*": LANGDOCK_LIMITS},
+    )
+
 
 def builtin_endpoints(env: Mapping[str, str]) -> dict[str, Endpoint]:
-    """The endpoints batchrun knows without a config file."""
-    return {
-        DEFAULT_ENDPOINT: Endpoint(
+    """The endpoints batchrun knows without a config file, as the environment sets them."""
+    builtins = [
+        Endpoint(
             name=DEFAULT_ENDPOINT,
-            # As the official SDK does, ANTHROPIC_BASE_URL redirects the default endpoint.
-            base_url=env.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_BASE_URL,
+            base_url=ANTHROPIC_DEFAULT_BASE_URL,
             auth="x-api-key",
             api_key_env="ANTHROPIC_API_KEY",
             headers={"anthropic-version": ANTHROPIC_VERSION},
         ),
-        SIMULATOR: Endpoint(
+        _langdock("eu"),
+        _langdock("us"),
+        Endpoint(
+            name="aimlapi",
+            base_url="https://api.aimlapi.com",
+            messages_path="/messages",
+            auth="bearer",
+            api_key_env="AIMLAPI_API_KEY",
+            headers={"anthropic-version": ANTHROPIC_VERSION},
+        ),
+        Endpoint(
             name=SIMULATOR,
             base_url="http://simulator.invalid",
             auth="none",
             headers={"anthropic-version": ANTHROPIC_VERSION},
         ),
-    }
+    ]
+    return {endpoint.name: _apply_env(endpoint, env) for endpoint in builtins}
 
 
-def find_endpoint(name: str, env: Mapping[str, str]) -> Endpoint:
-    """The endpoint called ``name``; UnknownEndpointError naming the known ones if none."""
-    known = builtin_endpoints(env)
-    if name not in known:
-        raise UnknownEndpointError(
-            f"unknown endpoint {name!r}; known endpoints: {', '.join(sorted(known))}"
+def _apply_env(endpoint: Endpoint, env: Mapping[str, str]) -> Endpoint:
+    # As the official SDK does, ANTHROPIC_BASE_URL redirects the anthropic endpoint.
+    if endpoint.name == DEFAULT_ENDPOINT and (url := env.get(ANTHROPIC_BASE_URL_ENV)):
+        return replace(endpoint, base_url=url, sources=(*endpoint.sources, ANTHROPIC_BASE_URL_ENV))
+    return endpoint
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Every endpoint known to this invocation, and the one ``submit`` uses by default."""
+
+    by_name: Mapping[str, Endpoint]
+    default: str
+    default_source: str
+    config_path: Path | None = None
+
+    def get(self, name: str) -> Endpoint:
+        """The endpoint called ``name``; UnknownEndpointError naming the known ones if none."""
+        if name not in self.by_name:
+            raise UnknownEndpointError(
+                f"unknown endpoint {name!r}; known endpoints: {', '.join(sorted(self.by_name))}"
+                " (`batchrun endpoints` lists them; a config file can define more)"
+            )
+        return self.by_name[name]
+
+
+def load_endpoints(config_file: Path | None, *, env: Mapping[str, str], cwd: Path) -> Endpoints:
+    """The endpoints of this invocation: built-in, then the config file that ``--config``
+    (``config_file``), the environment or ``cwd`` points to, then the environment."""
+    return resolve_endpoints(load_settings(find_config_file(config_file, env, cwd)), env)
+
+
+def resolve_endpoints(settings: Settings, env: Mapping[str, str]) -> Endpoints:
+    """The built-in endpoints, changed or added to by the config file, then by the
+    environment. Raises ConfigError naming the file and key for a definition that cannot
+    work (a new endpoint without base_url, a key-less auth style...)."""
+    resolved = builtin_endpoints({})
+    for name, table in settings.endpoints.items():
+        resolved[name] = _overlay(resolved.get(name), table, settings)
+    resolved = {name: _apply_env(endpoint, env) for name, endpoint in resolved.items()}
+    default, source = DEFAULT_ENDPOINT, BUILTIN
+    if settings.default_endpoint is not None:
+        if settings.default_endpoint not in resolved:
+            raise settings.error(
+                "default_endpoint",
+                f'unknown endpoint "{settings.default_endpoint}"; '
+                f"known endpoints: {', '.join(sorted(resolved))}",
+            )
+        default, source = settings.default_endpoint, str(settings.path)
+    if named := env.get(ENDPOINT_ENV, "").strip():
+        if named not in resolved:
+            raise UnknownEndpointError(
+                f"{ENDPOINT_ENV} names unknown endpoint {named!r}; "
+                f"known endpoints: {', '.join(sorted(resolved))}"
+            )
+        default, source = named, ENDPOINT_ENV
+    return Endpoints(resolved, default, source, settings.path)
+
+
+def _overlay(base: Endpoint | None, table: EndpointSettings, settings: Settings) -> Endpoint:
+    """``base`` (a built-in, or None for a new endpoint) with the file's settings on top.
+
+    Scalars replace the built-in's; ``headers``, ``headers_env``, ``extra_body`` and
+    ``limits`` are merged name by name, each model's limits replacing that model's whole.
+    """
+    prefix = f"endpoints.{table.name}"
+    if base is None:
+        if table.base_url is None:
+            raise settings.error(
+                f"{prefix}.base_url",
+                "required for a new endpoint (built-in endpoints: "
+                f"{', '.join(sorted(builtin_endpoints({})))})",
+            )
+        # Anthropic-compatible gateways expect the version header, as the SDK sends it.
+        base = Endpoint(
+            name=table.name,
+            base_url=table.base_url,
+            headers={"anthropic-version": ANTHROPIC_VERSION},
+            sources=(),
         )
-    return known[name]
+    elif base.in_process and (fixed := [k for k in _SIMULATOR_FIXED if k in table.fields_set]):
+        raise settings.error(
+            f"{prefix}.{fixed[0]}",
+            "the built-in simulator runs in-process and cannot change this; to reach "
+            "`batchrun simulate` on a socket, define a new endpoint with its base_url",
+        )
+    merged = replace(
+        base,
+        base_url=table.base_url or base.base_url,
+        messages_path=table.messages_path or base.messages_path,
+        auth=table.auth or base.auth,
+        api_key_env=table.api_key_env or base.api_key_env,
+        headers={**base.headers, **table.headers},
+        headers_env={**base.headers_env, **table.headers_env},
+        extra_body={**base.extra_body, **table.extra_body},
+        timeout_s=table.timeout_s if table.timeout_s is not None else base.timeout_s,
+        max_attempts=table.max_attempts if table.max_attempts is not None else base.max_attempts,
+        limits={**base.limits, **table.limits},
+        sources=(*base.sources, str(settings.path)),
+    )
+    if merged.auth != "none" and merged.api_key_env is None:
+        raise settings.error(
+            f"{prefix}.api_key_env",
+            f'required with auth = "{merged.auth}": the name of the environment variable '
+            'that holds the key (or set auth = "none")',
+        )
+    return merged
 
 
 def auth_headers(endpoint: Endpoint, env: Mapping[str, str]) -> dict[str, str]:
-    """The request headers for ``endpoint``, including its key from the environment."""
+    """The request headers for ``endpoint``, including its key from the environment.
+
+    Raises MissingApiKeyError naming the variable when a key or header value is not set.
+    """
     headers = {"content-type": "application/json", **endpoint.headers}
+    for header, variable in endpoint.headers_env.items():
+        headers[header] = _required(env, variable, f"header {header} of endpoint {endpoint.name!r}")
     if endpoint.auth == "none":
         return headers
-    key = env.get(endpoint.api_key_env or "", "").strip()
-    if not key:
-        raise MissingApiKeyError(
-            f"{endpoint.api_key_env} is not set; export it with the API key for endpoint "
-            f"{endpoint.name!r} (or try batchrun offline with --endpoint simulator)"
-        )
+    key = _required(env, endpoint.api_key_env or "", f"the API key for endpoint {endpoint.name!r}")
     if endpoint.auth == "bearer":
         headers["authorization"] = f"Bearer {key}"
     else:
         headers["x-api-key"] = key
     return headers
+
+
+def _required(env: Mapping[str, str], variable: str, what: str) -> str:
+    value = env.get(variable, "").strip()
+    if not value:
+        raise MissingApiKeyError(
+            f"{variable} is not set; export it with {what} "
+            "(or try batchrun offline with --endpoint simulator)"
+        )
+    return value

@@ -1,18 +1,27 @@
-"""Wiring for one ``batchrun run``: endpoints → HTTP clients → dispatcher."""
+"""Wiring for one ``batchrun run``: endpoints → HTTP clients → dispatcher.
+
+The run's flags are applied here, on top of each endpoint's settings: a flag given on the
+command line wins over the endpoint's value (from the config file or the built-in), which
+wins over batchrun's default.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from batchrun.client import MessagesClient, create_http_client, in_process_transport
-from batchrun.config import DEFAULT_TIMEOUT_S, DispatchConfig
+from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, DispatchConfig
 from batchrun.dispatcher import Dispatcher, RunReport, Sender
-from batchrun.endpoints import auth_headers, find_endpoint
-from batchrun.limiter import Limiter, LimiterSettings, RateLimits
+from batchrun.endpoints import Endpoint, Endpoints, auth_headers
+from batchrun.errors import UnknownEndpointError
+from batchrun.limiter import Limiter, LimiterSettings, LimitKey, RateLimits
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,23 +48,84 @@ def plan_run(store: Store, batch_ids: Sequence[str]) -> RunPlan:
     return RunPlan(batches, skipped)
 
 
+def run_endpoints(plan: RunPlan, known: Endpoints) -> dict[str, Endpoint]:
+    """The endpoints the plan's batches use, by name; UnknownEndpointError if a batch names
+    one that is no longer defined (a config file changed or is not found)."""
+    used: dict[str, Endpoint] = {}
+    for batch_id, name in plan.batches.items():
+        if name not in known.by_name:
+            raise UnknownEndpointError(
+                f"batch {batch_id} uses endpoint {name!r}, which is not defined here; define "
+                f"it in the config file, or move the batch with `batchrun run {batch_id} "
+                "--endpoint NAME`"
+            )
+        used[name] = known.by_name[name]
+    return used
+
+
+def move_batches(store: Store, plan: RunPlan, endpoint: str) -> RunPlan:
+    """Store ``endpoint`` on every batch of the plan, so this run and later ones send the
+    remaining requests there; returns the plan with the new endpoint."""
+    for batch_id in plan.batches:
+        store.set_endpoint(batch_id, endpoint)
+    return replace(plan, batches=dict.fromkeys(plan.batches, endpoint))
+
+
+def dispatch_config(
+    endpoints: Mapping[str, Endpoint],
+    *,
+    max_concurrency: int,
+    max_attempts: int | None,
+    count_tokens: bool = False,
+) -> DispatchConfig:
+    """The dispatch settings: the --max-attempts flag for every endpoint when given, else
+    each endpoint's own max_attempts, else the default."""
+    if max_attempts is not None:
+        return DispatchConfig(
+            max_concurrency=max_concurrency, max_attempts=max_attempts, count_tokens=count_tokens
+        )
+    own = {
+        name: endpoint.max_attempts
+        for name, endpoint in endpoints.items()
+        if endpoint.max_attempts is not None
+    }
+    return DispatchConfig(
+        max_concurrency=max_concurrency,
+        max_attempts=DEFAULT_MAX_ATTEMPTS,
+        max_attempts_by_endpoint=own,
+        count_tokens=count_tokens,
+    )
+
+
+def rate_limits(endpoints: Mapping[str, Endpoint]) -> dict[LimitKey, RateLimits]:
+    """The limiter's limits per (endpoint, model) from the endpoints' per-model limits; an
+    endpoint's "*" entry covers its models that have no entry of their own."""
+    return {
+        (name, model): limits
+        for name, endpoint in endpoints.items()
+        for model, limits in endpoint.limits.items()
+    }
+
+
 async def run_batches(
     store: Store,
     batches: Mapping[str, str],
     *,
+    endpoints: Mapping[str, Endpoint],
     env: Mapping[str, str],
     dispatch: DispatchConfig,
-    limits: RateLimits | None = None,
+    overrides: RateLimits | None = None,
     limiter_settings: LimiterSettings | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float | None = None,
     simulator: SimulatorConfig | None = None,
 ) -> RunReport:
     """Dispatch these batches (id → endpoint name) until no work is left.
 
+    ``timeout_s`` and ``overrides`` (limits for every model) come from the run's flags;
+    None leaves each endpoint's own.
     Every endpoint's key is checked before the first request is sent, so a missing key is
     one clear error rather than a batch full of failures.
     """
-    endpoints = {name: find_endpoint(name, env) for name in set(batches.values())}
     headers = {name: auth_headers(endpoint, env) for name, endpoint in endpoints.items()}
     async with AsyncExitStack() as stack:
         senders: dict[str, Sender] = {}
@@ -67,7 +137,7 @@ async def run_batches(
             )
             http = await stack.enter_async_context(
                 create_http_client(
-                    timeout_s=timeout_s,
+                    timeout_s=timeout_s or endpoint.timeout_s or DEFAULT_TIMEOUT_S,
                     max_connections=dispatch.max_concurrency,
                     transport=transport,
                 )
@@ -76,7 +146,7 @@ async def run_batches(
         dispatcher = Dispatcher(
             store=store,
             senders=senders,
-            limiter=Limiter(overrides=limits, settings=limiter_settings),
+            limiter=Limiter(rate_limits(endpoints), overrides=overrides, settings=limiter_settings),
             config=dispatch,
         )
         return await dispatcher.run(batches)

@@ -20,6 +20,16 @@ from batchrun.ingest import submit_requests
 from batchrun.store.store import Store
 
 POSTGRES_URL_VARIABLE = "BATCHRUN_TEST_POSTGRES_URL"
+# Variables that choose or reach an endpoint, which a developer's shell may set.
+ENDPOINT_VARIABLES = (
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "LANGDOCK_API_KEY",
+    "AIMLAPI_API_KEY",
+    "BATCHRUN_CONFIG",
+    "BATCHRUN_ENDPOINT",
+    "XDG_CONFIG_HOME",
+)
 
 
 def _postgres_admin_url() -> str:
@@ -79,6 +89,14 @@ def store(db_url: str) -> Iterator[Store]:
     opened = Store.open(db_url)
     yield opened
     opened.close()
+
+
+def cli_env(db_url: str, home: Path) -> dict[str, str | None]:
+    """A CliRunner environment without the endpoint variables and with ``home`` as HOME,
+    so that no config file of the machine running the tests is found (run it in an empty
+    working directory too)."""
+    env: dict[str, str | None] = dict.fromkeys(ENDPOINT_VARIABLES)
+    return env | {"BATCHRUN_DATABASE_URL": db_url, "HOME": str(home)}
 
 
 def request_line(

@@ -13,14 +13,16 @@ from typer.testing import CliRunner, Result
 from batchrun.cli import app
 from batchrun.simulator import SimulatorConfig, running_simulator
 from batchrun.store.database import head_revision
-from tests.conftest import jsonl, request_line
+from tests.conftest import cli_env, jsonl, request_line
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "requests.jsonl"
 
 
 @pytest.fixture
-def cli(db_url: str) -> Iterator[CliRunner]:
-    yield CliRunner(env={"BATCHRUN_DATABASE_URL": db_url, "ANTHROPIC_API_KEY": None})
+def cli(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    # No config file of the machine running the tests may be found.
+    monkeypatch.chdir(tmp_path)
+    yield CliRunner(env=cli_env(db_url, tmp_path / "home"))
 
 
 def invoke(cli: CliRunner, *args: str, input: bytes | None = None, **env: str) -> Result:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
-from batchrun.client import MessagesClient, create_http_client
-from batchrun.endpoints import auth_headers, builtin_endpoints
+from batchrun.client import MessagesClient, create_http_client, in_process_transport
+from batchrun.endpoints import SIMULATOR, auth_headers, builtin_endpoints
 from batchrun.policy import Retryable, Succeeded
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
 
@@ -43,6 +44,24 @@ async def test_the_anthropic_endpoint_sends_key_version_and_content_type() -> No
     assert entry.headers["anthropic-version"] == "2023-06-01"
     assert entry.headers["auth_scheme"] == "x-api-key"
     assert entry.headers["content-type"] == "application/json"
+
+
+async def test_the_simulator_endpoint_runs_in_process_without_a_key() -> None:
+    app = create_app(SimulatorConfig())
+    endpoint = builtin_endpoints({})[SIMULATOR]
+    params_json = body("hello")
+    transport = in_process_transport(app)
+    async with create_http_client(timeout_s=10, max_connections=1, transport=transport) as http:
+        client = MessagesClient(http, endpoint=endpoint, headers=auth_headers(endpoint, {}))
+        outcome = await client.send(params_json)
+
+    assert isinstance(outcome, Succeeded)
+    (entry,) = app.stats.log
+    assert entry.path == "/v1/messages"
+    assert entry.headers["auth_scheme"] == "none"
+    assert entry.headers["anthropic-version"] == "2023-06-01"
+    # Without an extra_body the stored params are sent byte for byte, never re-encoded.
+    assert entry.body_sha256 == hashlib.sha256(params_json.encode()).hexdigest()
 
 
 async def test_a_hung_request_times_out_as_a_retryable_timeout_error() -> None:

@@ -230,3 +230,14 @@ def test_batches_with_open_work_leaves_out_finished_batches(store: Store) -> Non
     open_ = submit(store, [request_line("a")])
 
     assert store.batches_with_open_work() == [open_]
+
+
+def test_set_endpoint_stores_the_new_name_and_refuses_unknown_batches(store: Store) -> None:
+    batch_id = submit(store, [request_line("a")], endpoint="anthropic")
+
+    store.set_endpoint(batch_id, "langdock-eu")
+
+    assert store.get_batch(batch_id).endpoint == "langdock-eu"
+    assert [b.endpoint for b in store.list_batches()] == ["langdock-eu"]
+    with pytest.raises(BatchNotFoundError):
+        store.set_endpoint("msgbatch_missing", "simulator")

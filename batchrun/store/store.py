@@ -257,6 +257,18 @@ class Store:
             )
         )
 
+    def set_endpoint(self, batch_id: str, endpoint: str) -> None:
+        """Store ``endpoint`` (a name, never a key) as the batch's endpoint, so runs started
+        from now on send its remaining requests there; BatchNotFoundError if no such batch."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(t.batches).where(t.batches.c.id == batch_id).values(endpoint=endpoint)
+            ).rowcount
+        if not changed:
+            raise BatchNotFoundError(
+                f"no batch {batch_id!r} in this database; `batchrun list` shows its batches"
+            )
+
     def pause_batch(self, batch_id: str, reason: str) -> None:
         """Record why dispatch of this batch stopped; its queue is kept."""
         with self._write() as conn:

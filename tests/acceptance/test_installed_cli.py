@@ -36,9 +36,10 @@ def batchrun(
 
 
 @pytest.fixture
-def env(db_url: str) -> dict[str, str]:
+def env(db_url: str, tmp_path: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BATCHRUN_"))}
-    return {**clean, "BATCHRUN_DATABASE_URL": db_url}
+    # An empty config home: no config file of the machine running the tests is read.
+    return {**clean, "BATCHRUN_DATABASE_URL": db_url, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
 
 
 def test_quickstart_submit_run_results_with_the_offline_simulator(
