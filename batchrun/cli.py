@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +29,7 @@ from batchrun import __version__
 from batchrun.cli_tools import database_url, tools_app
 from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT_S
 from batchrun.display import batch_table, batches_table, run_summary_lines
+from batchrun.durations import parse_duration_s
 from batchrun.endpoints import Endpoints, auth_headers, load_endpoints
 from batchrun.errors import BatchrunError, BatchStateError
 from batchrun.export import anthropic_lines, atomic_output
@@ -98,7 +99,10 @@ state = _State()
 
 
 def _open_store() -> Store:
-    return Store.open(state.database_url)
+    store = Store.open(state.database_url)
+    # Batches expire on their own, whether or not a worker runs: every command sees it.
+    store.expire_due(_now())
+    return store
 
 
 def _endpoints() -> Endpoints:
@@ -176,6 +180,13 @@ def submit(
     max_file_bytes: Annotated[
         int, typer.Option(min=1, help="Refuse larger files (Anthropic's 256 MB limit).")
     ] = MAX_FILE_BYTES,
+    expires_in: Annotated[
+        str,
+        typer.Option(
+            help="Requests not sent by then expire (e.g. 90m, 24h, 3d), as with Anthropic's "
+            "batches."
+        ),
+    ] = "24h",
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Validate a request file and store it as a batch; prints the batch id.
@@ -183,6 +194,7 @@ def submit(
     Each line is {"custom_id": "...", "params": {...Messages API body...}}. If any line is
     invalid, every problem is listed (file:line) and nothing is stored.
     """
+    expires_in_s = parse_duration_s(expires_in, what="--expires-in")
     known = _endpoints()
     endpoint = known.get(endpoint or known.default).name
     source = "<stdin>" if file == "-" else file
@@ -199,6 +211,7 @@ def submit(
                 default_model=model,
                 max_requests=max_requests,
                 max_file_bytes=max_file_bytes,
+                expires_in_s=expires_in_s,
             )
         batch = store.get_batch(batch_id)
     finally:
@@ -334,10 +347,58 @@ def run(
         store.close()
     for line in run_summary_lines(summaries, report):
         stderr.print(line)
+    if report.interrupted:
+        stderr.print(
+            f"{report.interrupted}: requests in flight were recorded"
+            + (f", {report.released} returned to the queue" if report.released else "")
+            + "; `batchrun run` continues where this stopped"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     if report.paused:
         raise typer.Exit(EXIT_PAUSED)
     if any(batch.counts.errored for batch in summaries):
         raise typer.Exit(EXIT_ERRORED_RESULTS)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def resume(
+    ctx: typer.Context,
+    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    retry_errored: Annotated[
+        bool, typer.Option(help="Send the errored requests again too (attempts are kept).")
+    ] = False,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="A new expiry from now (e.g. 24h); needed to resume an expired batch."),
+    ] = None,
+) -> None:
+    """Put back in the queue what a cancel (or, with the options, an error or the expiry)
+    left unsent, then run the batch. Any `run` option may follow, e.g. `--rpm 50`.
+
+    An interrupted or paused batch needs no resume: `batchrun run BATCH_ID` continues it.
+    """
+    states = ["canceled", *(["errored"] if retry_errored else [])]
+    new_expiry = None
+    if expires_in is not None:
+        new_expiry = _now() + timedelta(seconds=parse_duration_s(expires_in, what="--expires-in"))
+        states.append("expired")
+    store = _open_store()
+    try:
+        batch = store.get_batch(batch_id)
+        if new_expiry is None and batch.expires_at <= _now():
+            raise BatchStateError(
+                f"batch {batch_id} expired at {batch.expires_at:%Y-%m-%d %H:%M UTC}; pass "
+                "--expires-in 24h (or another duration) to give it more time"
+            )
+        count = store.requeue(batch_id, states=states, now=_now(), expires_at=new_expiry)
+    finally:
+        store.close()
+    stderr.print(f"{batch_id}: {count:,} requests back in the queue")
+    command = ctx.parent.command if ctx.parent else None
+    run_command = command.get_command(ctx, "run") if isinstance(command, TyperGroup) else None
+    assert run_command is not None
+    with run_command.make_context("run", [batch_id, *ctx.args], parent=ctx.parent) as run_ctx:
+        run_command.invoke(run_ctx)
 
 
 @app.command()

@@ -28,6 +28,9 @@ DEFAULT_MAX_CONCURRENCY = 256
 DEFAULT_LEASE_S = 60.0
 # How often a worker looks for cancellations and pauses made by other processes.
 DEFAULT_CONTROL_POLL_S = 0.5
+# After Ctrl-C or SIGTERM, requests in flight get this long to finish and be recorded;
+# those still open then go back to the queue (and may be sent again by the next run).
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
 # Results are written in one transaction per group of at most this many.
 DEFAULT_WRITE_BATCH_SIZE = 500
 # Anthropic's batches expire 24 h after creation.
@@ -45,6 +48,7 @@ class DispatchConfig:
     lease_s: float = DEFAULT_LEASE_S
     control_poll_s: float = DEFAULT_CONTROL_POLL_S
     write_batch_size: int = DEFAULT_WRITE_BATCH_SIZE
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     # Ask the endpoint's /v1/messages/count_tokens for each request's input tokens instead
     # of estimating them (one more call per request; its own rate limits).
     count_tokens: bool = False

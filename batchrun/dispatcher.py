@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
-import secrets
-import socket
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +29,7 @@ from batchrun.config import DispatchConfig
 from batchrun.dbthread import DatabaseThread
 from batchrun.estimate import estimate_input_tokens
 from batchrun.limiter import Demand, Limiter, Permit
+from batchrun.owners import is_dead_here, new_owner_id
 from batchrun.policy import (
     Fatal,
     Halt,
@@ -94,6 +92,8 @@ class RunReport:
     rate_limited: int = 0
     paused: dict[str, str] = field(default_factory=dict)
     error_types: Counter[str] = field(default_factory=Counter)
+    interrupted: str | None = None
+    released: int = 0
 
 
 @dataclass
@@ -102,6 +102,7 @@ class _Write:
     retry: RetryLater | None = None
     unsent: int | None = None
     canceled: int | None = None
+    expired: int | None = None
 
 
 class Dispatcher:
@@ -122,7 +123,7 @@ class Dispatcher:
         self._limiter = limiter
         self._config = config
         self._rng = rng or random.Random()
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = owner or new_owner_id()
         self.report = RunReport()
         self._db = DatabaseThread()
         self._tasks: dict[asyncio.Task[None], ClaimedRequest] = {}
@@ -130,6 +131,10 @@ class Dispatcher:
         self._endpoints: dict[str, str] = {}
         self._active: dict[str, str] = {}
         self._stop_events: dict[str, asyncio.Event] = {}
+        # Why each stopped batch stopped: canceling, expired, paused or shutdown.
+        self._stop_kinds: dict[str, str] = {}
+        self._sending: dict[asyncio.Task[None], ClaimedRequest] = {}
+        self._force_stop = asyncio.Event()
         self._pending: list[tuple[_Write, asyncio.Future[None]]] = []
         self._wake_writer = asyncio.Event()
         self._closing = False
@@ -144,20 +149,68 @@ class Dispatcher:
         self._stop_events = {batch_id: asyncio.Event() for batch_id in batch_endpoints}
         ids = list(batch_endpoints)
         await self._db.call(self._store.clear_pauses, ids)
-        await self._db.call(self._store.reclaim_expired_leases, self._clock.now())
+        await self._reclaim_abandoned_requests()
         writer = asyncio.create_task(self._write_loop(), name="batchrun-writer")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="batchrun-heartbeat")
         try:
             await self._dispatch_loop()
         finally:
             heartbeat.cancel()
-            if self._tasks:
-                await asyncio.wait(list(self._tasks))
+            await self._finish_in_flight()
             self._closing = True
             self._wake_writer.set()
             await asyncio.gather(writer, heartbeat, return_exceptions=True)
             self._db.close()
         return self.report
+
+    def request_stop(self, reason: str) -> None:
+        """Stop dispatching (Ctrl-C, SIGTERM): nothing new is sent, requests in flight get
+        ``config.shutdown_grace_s`` to finish and be recorded, the rest go back to the
+        queue. A second call stops at once."""
+        if self.report.interrupted is not None:
+            self._force_stop.set()
+            return
+        self.report.interrupted = reason
+        log.warning("%s: stopping; requests in flight are being recorded", reason)
+        for batch_id in list(self._active):
+            self._stop(batch_id, "shutdown")
+
+    async def _finish_in_flight(self) -> None:
+        """Wait for the requests still being handled; after the grace period of a stop (or a
+        second stop), interrupt the sends still open and return those requests to the queue."""
+        if not self._tasks:
+            return
+        everything = asyncio.ensure_future(asyncio.wait(list(self._tasks)))
+        if self.report.interrupted is None:
+            await everything
+            return
+        forced = asyncio.ensure_future(self._force_stop.wait())
+        await asyncio.wait(
+            {everything, forced},
+            timeout=self._config.shutdown_grace_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        forced.cancel()
+        interrupted = dict(self._sending)
+        for task in interrupted:
+            task.cancel()
+        await everything
+        if interrupted:
+            ids = [request.id for request in interrupted.values()]
+            self.report.released += len(ids)
+            await self._db.call(
+                self._store.record, owner=self.owner, now=self._clock.now(), released=ids
+            )
+
+    async def _reclaim_abandoned_requests(self) -> None:
+        """Requests of workers that died: at once for dead processes on this host, after
+        their lease for the others."""
+        owners = await self._db.call(self._store.lease_owners)
+        dead = [owner for owner in owners if owner and is_dead_here(owner)]
+        if dead:
+            released = await self._db.call(self._store.release_leases, dead)
+            log.info("took back %d requests of %d stopped workers", released, len(dead))
+        await self._db.call(self._store.reclaim_expired_leases, self._clock.now())
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -215,15 +268,23 @@ class Dispatcher:
                 raise task.exception()  # type: ignore[misc]
 
     async def _apply_controls(self) -> None:
-        """Stop dispatching batches that another process canceled or paused."""
-        stopped = await self._db.call(self._store.stopped_batches, list(self._active))
+        """Stop dispatching batches that expired, or that another process canceled or
+        paused."""
+        now = self._clock.now()
+        await self._db.call(self._store.expire_due, now)
+        stopped = await self._db.call(self._store.stopped_batches, list(self._active), now)
         for batch_id, why in stopped.items():
-            if why not in ("canceling", "ended"):
+            if why in ("canceling", "ended"):
+                self._stop(batch_id, "canceling")
+            elif why == "expired":
+                self._stop(batch_id, "expired")
+            else:
                 self.report.paused.setdefault(batch_id, why)
-            self._stop(batch_id)
+                self._stop(batch_id, "paused")
 
-    def _stop(self, batch_id: str) -> None:
+    def _stop(self, batch_id: str, kind: str) -> None:
         self._active.pop(batch_id, None)
+        self._stop_kinds.setdefault(batch_id, kind)
         self._stop_events[batch_id].set()
 
     # -- one request ------------------------------------------------------------------------
@@ -240,9 +301,15 @@ class Dispatcher:
         sender = self._senders[endpoint]
         loop = asyncio.get_running_loop()
         async with self._send_slots:
-            started = loop.time()
-            outcome = await sender.send(request.params_json)
-            latency_ms = round((loop.time() - started) * 1000)
+            task = asyncio.current_task()
+            assert task is not None
+            self._sending[task] = request
+            try:
+                started = loop.time()
+                outcome = await sender.send(request.params_json)
+                latency_ms = round((loop.time() - started) * 1000)
+            finally:
+                del self._sending[task]
         self.report.sent += 1
         self._limiter.settle(permit, outcome)
         await self._settle(request, endpoint, sender, outcome, latency_ms, permit)
@@ -268,12 +335,14 @@ class Dispatcher:
             if turn.done() and not turn.cancelled():
                 # Granted just as the batch stopped: give the reservation back.
                 self._limiter.settle(turn.result(), _NOT_SENT)
-        batch_id = request.batch_id
-        if batch_id in self.report.paused:
-            await self._write(_Write(unsent=request.id))
-        else:
+        kind = self._stop_kinds.get(request.batch_id, "shutdown")
+        if kind == "canceling":
             self.report.canceled += 1
             await self._write(_Write(canceled=request.id))
+        elif kind == "expired":
+            await self._write(_Write(expired=request.id))
+        else:
+            await self._write(_Write(unsent=request.id))
         return None
 
     async def _settle(
@@ -304,7 +373,7 @@ class Dispatcher:
                     self.report.paused[request.batch_id] = reason
                     log.error("batch %s paused: %s", request.batch_id, reason)
                     await self._db.call(self._store.pause_batch, request.batch_id, reason)
-                    self._stop(request.batch_id)
+                    self._stop(request.batch_id, "paused")
                 await self._write(_Write(unsent=request.id))
 
     async def _retry_or_give_up(
@@ -423,6 +492,7 @@ class Dispatcher:
                 retries=[w.retry for w in writes if w.retry is not None],
                 unsent=[w.unsent for w in writes if w.unsent is not None],
                 canceled=[w.canceled for w in writes if w.canceled is not None],
+                expired=[w.expired for w in writes if w.expired is not None],
             )
         except Exception as exc:
             for _, done in group:

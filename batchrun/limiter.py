@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from batchrun.buckets import TokenBucket
+from batchrun.banks import Bank, LocalBank
 from batchrun.estimate import InputCalibration, OutputEstimate
 from batchrun.feedback import DIMENSIONS, ServerLimits, dimensions_named
 from batchrun.policy import Fatal, Halt, Outcome, Retryable, Succeeded
@@ -119,11 +119,9 @@ class Permit:
 @dataclass
 class _KeyState:
     configured: RateLimits
-    buckets: dict[str, TokenBucket] = field(default_factory=dict)
     announced: dict[str, float] = field(default_factory=dict)
     learned: dict[str, float] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    paused_until: float = 0.0
     consecutive_429s: int = 0
     consecutive_overloads: int = 0
     last_decrease_at: float = -math.inf
@@ -163,12 +161,16 @@ class Limiter:
         *,
         overrides: RateLimits | None = None,
         settings: LimiterSettings | None = None,
+        bank: Bank | None = None,
     ) -> None:
         """``limits`` per (endpoint, model); (endpoint, "*") covers that endpoint's other
-        models. ``overrides`` (command-line flags) win over both for every model."""
+        models. ``overrides`` (command-line flags) win over both for every model. ``bank``
+        holds the bucket levels: this worker's memory by default, or the database when
+        several workers share the limits."""
         self._limits = dict(limits or {})
         self._overrides = overrides or RateLimits()
         self._settings = settings or LimiterSettings()
+        self._bank: Bank = bank or LocalBank()
         self._states: dict[LimitKey, _KeyState] = {}
 
     def limits_for(self, key: LimitKey) -> RateLimits:
@@ -203,18 +205,13 @@ class Limiter:
                 self._creep_up(state, now)
                 input_estimate = state.calibration.estimate(demand.raw_input_tokens)
                 costs = self._costs(state, demand, input_estimate)
-                wait_s = state.paused_until - now
-                for dimension, cost in costs.items():
-                    bucket = self._bucket(state, dimension, now)
-                    if bucket is not None:
-                        wait_s = max(wait_s, bucket.wait_s(cost, now))
+                rates = self._rates(state)
+                reserved = {dimension: costs[dimension] for dimension in rates}
+                wait_s = await self._bank.take(key, reserved, rates)
                 if wait_s <= 0:
-                    for dimension, cost in costs.items():
-                        if dimension in state.buckets:
-                            state.buckets[dimension].take(cost, now)
                     if state.first_admitted_at is None:
                         state.first_admitted_at = now
-                    return Permit(key, demand, input_estimate, costs)
+                    return Permit(key, demand, input_estimate, reserved)
                 await asyncio.sleep(wait_s)
 
     def _costs(self, state: _KeyState, demand: Demand, input_estimate: int) -> dict[str, float]:
@@ -229,21 +226,15 @@ class Limiter:
             "tpm": float(input_estimate + output),
         }
 
-    def _bucket(self, state: _KeyState, dimension: str, now: float) -> TokenBucket | None:
-        """The bucket of a dimension at its current limit (made or re-rated as needed)."""
-        limit = state.limit(dimension)
-        bucket = state.buckets.get(dimension)
-        if limit is None:
-            state.buckets.pop(dimension, None)
-            return None
-        rate_per_s = limit / 60.0
-        if bucket is None:
-            bucket = state.buckets[dimension] = TokenBucket.empty(
-                rate_per_s=rate_per_s, burst_s=self._settings.burst_s, now=now
-            )
-        elif bucket.rate_per_s != rate_per_s:
-            bucket.set_rate(rate_per_s, self._settings.burst_s, now)
-        return bucket
+    def _rates(self, state: _KeyState) -> dict[str, tuple[float, float]]:
+        """Rate per second and bucket capacity of every limit in force."""
+        rates = {}
+        for dimension in DIMENSIONS:
+            limit = state.limit(dimension)
+            if limit is not None:
+                rate_per_s = limit / 60.0
+                rates[dimension] = (rate_per_s, rate_per_s * self._settings.burst_s)
+        return rates
 
     # -- after a send -----------------------------------------------------------------------
 
@@ -260,7 +251,7 @@ class Limiter:
                     "otpm": float(usage.output_tokens),
                     "tpm": float(prompt + usage.output_tokens),
                 }
-                self._correct(state, permit, actual, now)
+                self._correct(permit, actual)
                 state.calibration.observe(
                     permit.demand.raw_input_tokens, prompt + usage.cache_read_input_tokens
                 )
@@ -268,48 +259,47 @@ class Limiter:
                 state.admitted.append((now, actual))
                 state.consecutive_429s = 0
                 state.consecutive_overloads = 0
-                self._heed(state, server_limits, now)
+                self._heed(permit.key, state, server_limits)
             case Retryable(http_status=429) as retry:
                 # Refused before any work: nothing was consumed.
-                self._correct(state, permit, dict.fromkeys(permit.reserved, 0.0), now)
-                self._heed(state, retry.server_limits, now)
-                self._rate_limited(state, retry, now)
+                self._correct(permit, {})
+                self._heed(permit.key, state, retry.server_limits)
+                self._rate_limited(permit.key, state, retry, now)
             case Retryable(http_status=529) as retry:
-                self._correct(state, permit, dict.fromkeys(permit.reserved, 0.0), now)
+                self._correct(permit, {})
                 state.consecutive_overloads += 1
                 pause_s = min(
                     OVERLOAD_PAUSE_S * 2 ** (state.consecutive_overloads - 1),
                     MAX_OVERLOAD_PAUSE_S,
                 )
-                state.paused_until = max(state.paused_until, now + pause_s)
-                self._heed(state, retry.server_limits, now)
+                self._bank.pause(permit.key, pause_s)
+                self._heed(permit.key, state, retry.server_limits)
             case Retryable() as retry:
                 # A 5xx or a lost connection may have been processed: keep the reservation.
-                self._heed(state, retry.server_limits, now)
+                self._heed(permit.key, state, retry.server_limits)
             case Fatal() | Halt():
-                self._correct(state, permit, dict.fromkeys(permit.reserved, 0.0), now)
+                self._correct(permit, {})
 
-    def _correct(
-        self, state: _KeyState, permit: Permit, actual: Mapping[str, float], now: float
-    ) -> None:
-        for dimension, reserved in permit.reserved.items():
-            bucket = state.buckets.get(dimension)
-            if bucket is not None:
-                bucket.adjust(reserved - actual.get(dimension, reserved), now)
+    def _correct(self, permit: Permit, actual: Mapping[str, float]) -> None:
+        """Give back what was reserved but not used (``actual`` missing: nothing used)."""
+        deltas = {
+            dimension: reserved - actual.get(dimension, 0.0)
+            for dimension, reserved in permit.reserved.items()
+        }
+        if deltas:
+            self._bank.correct(permit.key, deltas)
 
-    def _heed(self, state: _KeyState, server_limits: ServerLimits | None, now: float) -> None:
+    def _heed(self, key: LimitKey, state: _KeyState, server_limits: ServerLimits | None) -> None:
         """Adopt the limits the server announces, and never count on more than it has left."""
         if server_limits is None:
             return
         for dimension, limit in server_limits.limits.items():
-            if state.announced.get(dimension) != limit:
-                state.announced[dimension] = limit
+            state.announced[dimension] = limit
         for dimension, remaining in server_limits.remaining.items():
-            bucket = self._bucket(state, dimension, now)
-            if bucket is not None:
-                bucket.clamp(remaining, now)
+            if state.limit(dimension) is not None:
+                self._bank.clamp(key, dimension, remaining)
 
-    def _rate_limited(self, state: _KeyState, retry: Retryable, now: float) -> None:
+    def _rate_limited(self, key: LimitKey, state: _KeyState, retry: Retryable, now: float) -> None:
         state.consecutive_429s += 1
         if retry.retry_after_s is not None:
             pause_s = retry.retry_after_s
@@ -317,7 +307,7 @@ class Limiter:
             pause_s = min(
                 DEFAULT_429_PAUSE_S * 2 ** (state.consecutive_429s - 1), MAX_DEFAULT_429_PAUSE_S
             )
-        state.paused_until = max(state.paused_until, now + pause_s)
+        self._bank.pause(key, pause_s)
         state.last_increase_at = now
         if now - state.last_decrease_at < DECREASE_COOLDOWN_S:
             return  # the other 429s of the same burst say nothing new

@@ -7,11 +7,14 @@ wins over batchrun's default.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
+import signal
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, replace
 
+from batchrun.banks import DatabaseBank
 from batchrun.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, DispatchConfig
 from batchrun.dispatcher import Dispatcher, RunReport, Sender
@@ -143,10 +146,37 @@ async def run_batches(
                 )
             )
             senders[name] = MessagesClient(http, endpoint=endpoint, headers=headers[name])
+        # The buckets live in the database, so every worker using it shares the limits.
+        bank = DatabaseBank(store.rates)
+        stack.callback(bank.close)
         dispatcher = Dispatcher(
             store=store,
             senders=senders,
-            limiter=Limiter(rate_limits(endpoints), overrides=overrides, settings=limiter_settings),
+            limiter=Limiter(
+                rate_limits(endpoints),
+                overrides=overrides,
+                settings=limiter_settings,
+                bank=bank,
+            ),
             config=dispatch,
         )
-        return await dispatcher.run(batches)
+        with _stop_on_signals(dispatcher):
+            return await dispatcher.run(batches)
+
+
+@contextmanager
+def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the dispatcher gracefully (a second one at once)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
+        try:
+            loop.add_signal_handler(signum, dispatcher.request_stop, f"interrupted by {name}")
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread, or a platform without signals
+        installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

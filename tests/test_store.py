@@ -176,7 +176,7 @@ def test_cancel_cancels_queued_requests_and_waits_for_running_ones(store: Store)
     batch = store.get_batch(batch_id)
     assert batch.processing_status == "canceling"
     assert (batch.counts.canceled, batch.counts.processing) == (2, 2)
-    assert store.stopped_batches([batch_id]) == {batch_id: "canceling"}
+    assert store.stopped_batches([batch_id], NOW) == {batch_id: "canceling"}
     store.record(owner="w1", now=NOW, finished=[_succeeded(held.id, batch_id, held.custom_id)])
     store.record(owner="w1", now=NOW, canceled=[unsent.id])
     batch = store.get_batch(batch_id)
@@ -217,10 +217,10 @@ def test_pause_is_reported_until_cleared(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
     store.pause_batch(batch_id, "authentication failed")
 
-    assert store.stopped_batches([batch_id]) == {batch_id: "authentication failed"}
+    assert store.stopped_batches([batch_id], NOW) == {batch_id: "authentication failed"}
     assert store.get_batch(batch_id).paused_reason == "authentication failed"
     store.clear_pauses([batch_id])
-    assert store.stopped_batches([batch_id]) == {}
+    assert store.stopped_batches([batch_id], NOW) == {}
 
 
 def test_batches_with_open_work_leaves_out_finished_batches(store: Store) -> None:

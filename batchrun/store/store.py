@@ -43,6 +43,7 @@ from batchrun.records import (
 )
 from batchrun.store import tables as t
 from batchrun.store.database import WRITE_OPTION, create_database_engine, upgrade_database
+from batchrun.store.rates import RateStore
 
 # Rows per INSERT round trip while ingesting.
 _INGEST_CHUNK_ROWS = 1000
@@ -57,6 +58,7 @@ class Store:
         self._engine = engine
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.rates = RateStore(engine)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -285,22 +287,21 @@ class Store:
                 .values(paused_reason=None)
             )
 
-    def stopped_batches(self, batch_ids: Sequence[str]) -> dict[str, str]:
-        """Of these batches, those no worker should dispatch: id → why (canceling, ended,
-        or the pause reason)."""
+    def stopped_batches(self, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
+        """Of these batches, those no worker should dispatch: id → why ("ended",
+        "canceling", "expired", or the pause reason)."""
+        b = t.batches.c
         with self._read() as conn:
             rows = conn.execute(
                 select(
-                    t.batches.c.id,
-                    t.batches.c.ended_at,
-                    t.batches.c.cancel_initiated_at,
-                    t.batches.c.paused_reason,
+                    b.id, b.ended_at, b.cancel_initiated_at, b.expires_at, b.paused_reason
                 ).where(
-                    t.batches.c.id.in_(batch_ids),
+                    b.id.in_(batch_ids),
                     or_(
-                        t.batches.c.ended_at.is_not(None),
-                        t.batches.c.cancel_initiated_at.is_not(None),
-                        t.batches.c.paused_reason.is_not(None),
+                        b.ended_at.is_not(None),
+                        b.cancel_initiated_at.is_not(None),
+                        b.expires_at <= now,
+                        b.paused_reason.is_not(None),
                     ),
                 )
             )
@@ -310,9 +311,114 @@ class Store:
                     stopped[row.id] = "ended"
                 elif row.cancel_initiated_at is not None:
                     stopped[row.id] = "canceling"
+                elif row.expires_at <= now:
+                    stopped[row.id] = "expired"
                 else:
                     stopped[row.id] = str(row.paused_reason)
             return stopped
+
+    def expire_due(self, now: datetime) -> list[str]:
+        """Expire every batch whose time is up: queued requests (and running ones whose
+        worker is gone) become expired; the batch ends once nothing is in flight. Returns
+        the ids of the batches that had requests expired."""
+        b, req = t.batches.c, t.requests.c
+        with self._write() as conn:
+            due = list(conn.scalars(select(b.id).where(b.ended_at.is_(None), b.expires_at <= now)))
+            expired = []
+            for batch_id in due:
+                changed = conn.execute(
+                    update(t.requests)
+                    .where(
+                        req.batch_id == batch_id,
+                        or_(
+                            req.state == t.QUEUED,
+                            and_(req.state == t.RUNNING, req.lease_expires_at < now),
+                        ),
+                    )
+                    .values(state=t.EXPIRED, lease_owner=None, lease_expires_at=None)
+                ).rowcount
+                if changed:
+                    self._insert_bare_results(conn, batch_id, t.EXPIRED, now)
+                    expired.append(batch_id)
+            if due:
+                self._end_finished_batches(conn, due, now)
+            return expired
+
+    def requeue(
+        self,
+        batch_id: str,
+        *,
+        states: Sequence[str],
+        now: datetime,
+        expires_at: datetime | None = None,
+    ) -> int:
+        """Put the batch's requests in ``states`` (canceled, expired, errored) back in the
+        queue, dropping their results; attempts are kept, the retry budget starts afresh and
+        the last error stays in ``last_error``. The batch is in progress again (its cancel
+        and end are cleared; ``expires_at`` sets a new expiry). Returns how many."""
+        req, res = t.requests.c, t.results.c
+        with self._write() as conn:
+            batch = conn.execute(
+                select(t.batches.c.id).where(t.batches.c.id == batch_id)
+            ).one_or_none()
+            if batch is None:
+                raise BatchNotFoundError(
+                    f"no batch {batch_id!r} in this database; `batchrun list` shows its batches"
+                )
+            chosen = select(req.id).where(req.batch_id == batch_id, req.state.in_(states))
+            last_error = select(res.error_message).where(res.request_id == req.id).scalar_subquery()
+            conn.execute(
+                update(t.requests)
+                .where(req.id.in_(chosen.scalar_subquery()))
+                .values(
+                    state=t.QUEUED,
+                    failures=0,
+                    not_before=None,
+                    last_error=func.coalesce(last_error, req.last_error),
+                )
+            )
+            conn.execute(
+                t.results.delete().where(
+                    res.batch_id == batch_id,
+                    res.request_id.in_(
+                        select(req.id).where(req.batch_id == batch_id, req.state == t.QUEUED)
+                    ),
+                )
+            )
+            count = int(
+                conn.execute(
+                    select(func.count()).where(req.batch_id == batch_id, req.state == t.QUEUED)
+                ).scalar_one()
+            )
+            values: dict[str, object] = {"paused_reason": None}
+            if count:
+                values.update(cancel_initiated_at=None, ended_at=None)
+            if expires_at is not None:
+                values["expires_at"] = expires_at
+            conn.execute(update(t.batches).where(t.batches.c.id == batch_id).values(**values))
+            return count
+
+    def lease_owners(self) -> list[str]:
+        """The workers that hold running requests."""
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(t.requests.c.lease_owner)
+                    .where(t.requests.c.state == t.RUNNING)
+                    .distinct()
+                )
+            )
+
+    def release_leases(self, owners: Sequence[str]) -> int:
+        """Return the running requests of these (dead) workers to the queue at once; their
+        attempts stand, as they may have been sent."""
+        with self._write() as conn:
+            result = conn.execute(
+                update(t.requests)
+                .where(t.requests.c.state == t.RUNNING, t.requests.c.lease_owner.in_(owners))
+                .values(state=t.QUEUED, lease_owner=None, lease_expires_at=None)
+            )
+            return int(result.rowcount)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -415,7 +521,9 @@ class Store:
         finished: Sequence[FinishedRequest] = (),
         retries: Sequence[RetryLater] = (),
         unsent: Sequence[int] = (),
+        released: Sequence[int] = (),
         canceled: Sequence[int] = (),
+        expired: Sequence[int] = (),
     ) -> None:
         """Write one group of a worker's outcomes in a single transaction (group commit).
 
@@ -425,7 +533,9 @@ class Store:
         - ``retries``: back to the queue until their ``not_before``.
         - ``unsent``: claimed but never sent (a halt, a shutdown): back to the queue, the
           claim's attempt taken back.
-        - ``canceled``: claimed but never sent, and the batch is canceling.
+        - ``released``: interrupted in flight (a shutdown): back to the queue, attempts kept.
+        - ``canceled`` / ``expired``: claimed but never sent, and the batch is canceling /
+          has expired.
         Batches left with no open request are marked ended.
         """
         batch_ids: set[str] = {item.batch_id for item in finished}
@@ -467,21 +577,29 @@ class Store:
                         lease_expires_at=None,
                     )
                 )
-            if canceled:
-                ids = conn.scalars(
+            if released:
+                conn.execute(
                     update(t.requests)
-                    .where(req.id.in_(canceled), mine)
+                    .where(req.id.in_(released), mine)
+                    .values(state=t.QUEUED, lease_owner=None, lease_expires_at=None)
+                )
+            for ids, state in ((canceled, t.CANCELED), (expired, t.EXPIRED)):
+                if not ids:
+                    continue
+                touched = conn.scalars(
+                    update(t.requests)
+                    .where(req.id.in_(ids), mine)
                     .values(
-                        state=t.CANCELED,
+                        state=state,
                         attempts=req.attempts - 1,
                         lease_owner=None,
                         lease_expires_at=None,
                     )
                     .returning(req.batch_id)
                 ).all()
-                for batch_id in set(ids):
-                    self._insert_bare_results(conn, batch_id, t.CANCELED, now)
-                batch_ids.update(ids)
+                for batch_id in set(touched):
+                    self._insert_bare_results(conn, batch_id, state, now)
+                batch_ids.update(touched)
             if batch_ids:
                 self._end_finished_batches(conn, sorted(batch_ids), now)
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -181,4 +182,27 @@ results = Table(
         comment="the Message (succeeded) or the error response (errored), JSON",
     ),
     Index(None, "batch_id", "result_type"),
+)
+
+# The rate-limit buckets that workers share (see batchrun.limiter and batchrun.banks): one
+# row per endpoint × model × limit. Times are Unix seconds from the workers' clocks.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("endpoint", String(100), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("dimension", String(8), primary_key=True, comment="rpm, tpm, itpm or otpm"),
+    Column("level", Float, nullable=False, comment="capacity left; negative is debt"),
+    Column("rate_per_s", Float, nullable=False),
+    Column("capacity", Float, nullable=False),
+    Column("updated_at", Float, nullable=False, comment="Unix seconds"),
+)
+
+# A pause of an endpoint × model after a 429 or 529, seen by every worker.
+rate_pauses = Table(
+    "rate_pauses",
+    metadata,
+    Column("endpoint", String(100), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("paused_until", Float, nullable=False, comment="Unix seconds"),
 )
