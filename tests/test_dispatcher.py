@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import httpx
 import pytest
@@ -32,6 +32,19 @@ async def dispatch(
     limits: RateLimits | None = None,
 ) -> RunReport:
     """Run one batch to completion against ``app`` through a real httpx client."""
+    return await run_dispatcher(store, batch_id, app, config=config, limits=limits)
+
+
+async def run_dispatcher(
+    store: Store,
+    batch_id: str,
+    app: object,
+    *,
+    config: DispatchConfig = FAST_RETRIES,
+    limits: RateLimits | None = None,
+    during: Callable[[Dispatcher], Awaitable[None]] | None = None,
+) -> RunReport:
+    """:func:`dispatch`, with ``during(dispatcher)`` running alongside (to stop it, say)."""
     endpoint = builtin_endpoints({})[SIMULATOR]
     async with create_http_client(
         timeout_s=60, max_connections=config.max_concurrency, transport=in_process_transport(app)
@@ -45,7 +58,13 @@ async def dispatch(
             limiter=Limiter(overrides=limits),
             config=config,
         )
-        return await dispatcher.run({batch_id: SIMULATOR})
+        side = asyncio.ensure_future(during(dispatcher)) if during else None
+        try:
+            return await dispatcher.run({batch_id: SIMULATOR})
+        finally:
+            if side is not None:
+                side.cancel()
+                await asyncio.gather(side, return_exceptions=True)
 
 
 def results_by_id(store: Store, batch_id: str) -> Mapping[str, dict[str, object]]:
