@@ -16,7 +16,8 @@ Figures come from the simulators' own per-second admission counts, over the stea
   b  TPM-bound (input + output), 60,000 TPM, replies of ~40 tokens against max_tokens 1024
   c1 configured 1,200 RPM, server 600 RPM, server sends anthropic-ratelimit-* headers
   c2 the same, server sends only retry-after
-  d  image-heavy requests: input estimate error after calibration (batchrun only)
+  d  image-heavy requests (an image of 200-1700 px and ~2,000 characters of text each):
+     input estimate error after calibration (batchrun only)
 
 Run:  .venv/bin/python bench/ratelimit.py            (about 3 minutes, all in parallel)
       .venv/bin/python bench/ratelimit.py --duration-s 40   (a quicker, noisier look)
@@ -125,6 +126,7 @@ def scenarios() -> list[Scenario]:
             ["--rpm", "300"],
             5,
             skip_s=10,
+            prompt_chars=2000,
             images=True,
             baseline=False,
             targets={"estimate_error": 0.15},
@@ -163,7 +165,7 @@ def request_lines(scenario: Scenario, count: int) -> list[dict[str, Any]]:
                         "data": _png(side, side * 2 // 3),
                     },
                 },
-                {"type": "text", "text": f"Describe image {i}."},
+                {"type": "text", "text": f"Describe image {i}. " + text},
             ]
         lines.append(
             {
