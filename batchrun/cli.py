@@ -39,7 +39,7 @@ from batchrun.export import anthropic_lines, atomic_output
 from batchrun.ingest import submit_requests
 from batchrun.limiter import RateLimits
 from batchrun.models import BatchObject
-from batchrun.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
+from batchrun.reader import MAX_FILE_BYTES, MAX_PRINTED_PROBLEMS, MAX_REQUESTS, open_request_file
 from batchrun.runner import plan_run, run_batches
 from batchrun.simulator import SimulatorConfig, serve
 from batchrun.store.database import create_database_engine, current_revision, upgrade_database
@@ -149,15 +149,24 @@ def submit(
     max_file_bytes: Annotated[
         int, typer.Option(min=1, help="Refuse larger files (Anthropic's 256 MB limit).")
     ] = MAX_FILE_BYTES,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            help="Store the valid lines and record each invalid one as an errored result, "
+            "instead of refusing the file."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Validate a request file and store it as a batch; prints the batch id.
 
     Each line is {"custom_id": "...", "params": {...Messages API body...}}. If any line is
-    invalid, every problem is listed (file:line) and nothing is stored.
+    invalid, every problem is listed (file:line) and nothing is stored, unless
+    --skip-invalid is given.
     """
     find_endpoint(endpoint, os.environ)
     source = "<stdin>" if file == "-" else file
+    skipped: list[str] = []
     store = _open_store()
     try:
         with open_request_file(file) as stream:
@@ -171,6 +180,8 @@ def submit(
                 default_model=model,
                 max_requests=max_requests,
                 max_file_bytes=max_file_bytes,
+                skip_invalid=skip_invalid,
+                on_skipped=skipped.append,
             )
         batch = store.get_batch(batch_id)
     finally:
@@ -179,7 +190,20 @@ def submit(
         _print_json(BatchObject.from_summary(batch).model_dump(mode="json"))
     else:
         sys.stdout.write(batch_id + "\n")
-    stderr.print(f"stored {batch.counts.total:,} requests as batch {batch_id}")
+    _report_skipped(skipped)
+    stored = f"stored {batch.counts.total:,} requests as batch {batch_id}"
+    if batch.counts.errored:
+        stored += f"; {batch.counts.errored:,} invalid, recorded as errored results"
+    stderr.print(stored)
+
+
+def _report_skipped(problems: list[str]) -> None:
+    """Warn about the lines --skip-invalid kept as errored results, as many as for a refusal."""
+    for line in problems[:MAX_PRINTED_PROBLEMS]:
+        stderr.print(f"warning: {line}", markup=False)
+    hidden = len(problems) - MAX_PRINTED_PROBLEMS
+    if hidden > 0:
+        stderr.print(f"warning: … and {hidden:,} more problem{'s' if hidden != 1 else ''}")
 
 
 @app.command()

@@ -7,7 +7,6 @@ writes does so in one transaction.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -42,10 +41,9 @@ from batchrun.records import (
     TokenTotals,
 )
 from batchrun.store import tables as t
+from batchrun.store.batch_rows import insert_batch
 from batchrun.store.database import WRITE_OPTION, create_database_engine, upgrade_database
 
-# Rows per INSERT round trip while ingesting.
-_INGEST_CHUNK_ROWS = 1000
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
 
@@ -94,41 +92,15 @@ class Store:
         """Store a batch and its requests in one transaction; returns the request count.
 
         ``new_requests`` may be a lazy iterator: it is consumed in chunks, and if it raises,
-        the transaction is rolled back and nothing of the batch is stored.
+        the transaction is rolled back and nothing of the batch is stored. A request with
+        ``rejected`` set (an invalid line kept by ``submit --skip-invalid``) is stored errored
+        with its result row; one without a custom_id is named ``line-N`` once every real
+        custom_id of the batch is known. A batch whose lines are all invalid ends at once.
         """
-        rows = (
-            {
-                "batch_id": batch.id,
-                "line_no": request.line_no,
-                "custom_id": request.custom_id,
-                "model": request.model,
-                "max_tokens": request.max_tokens,
-                "params": request.params_json,
-                "state": t.QUEUED,
-                "attempts": 0,
-                "failures": 0,
-            }
-            for request in new_requests
-        )
         with self._write() as conn:
-            conn.execute(
-                insert(t.batches).values(
-                    id=batch.id,
-                    name=batch.name,
-                    endpoint=batch.endpoint,
-                    source=batch.source,
-                    request_count=0,
-                    created_at=batch.created_at,
-                    expires_at=batch.expires_at,
-                )
-            )
-            count = 0
-            while chunk := list(itertools.islice(rows, _INGEST_CHUNK_ROWS)):
-                conn.execute(insert(t.requests), chunk)
-                count += len(chunk)
-            conn.execute(
-                update(t.batches).where(t.batches.c.id == batch.id).values(request_count=count)
-            )
+            count, rejected = insert_batch(conn, batch, new_requests)
+            if rejected:
+                self._end_finished_batches(conn, [batch.id], batch.created_at)
         return count
 
     def get_batch(self, batch_id: str) -> BatchSummary:
