@@ -79,8 +79,10 @@ def run_summary_lines(batches: Sequence[BatchSummary], report: RunReport) -> lis
     lines = []
     for batch in batches:
         counts = batch.counts
+        # A batch this run paused gets its reason on its own line below, once.
+        state = "in_progress (paused)" if batch.id in report.paused else _status(batch)
         line = (
-            f"{batch.id}: {_status(batch)}; {counts.succeeded:,} succeeded, "
+            f"{batch.id}: {state}; {counts.succeeded:,} succeeded, "
             f"{counts.errored:,} errored, {counts.canceled:,} canceled, "
             f"{counts.expired:,} expired, {counts.processing:,} processing"
         )
