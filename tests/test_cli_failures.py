@@ -202,3 +202,20 @@ def test_a_hanging_answer_times_out_and_is_retried(
     assert always["error"]["error"]["type"] == "timeout_error"
     # Two 1 s timeouts and one back-off of at most 1 s, not the 600 s default.
     assert 2 <= elapsed_s < 10
+
+
+@pytest.mark.parametrize("bad_key", ["sk-ant-SECRET\nkey", "sk-ant-SECRET\u2019key"])
+def test_a_key_http_cannot_carry_stops_the_run_before_sending_without_showing_it(
+    sqlite_cli: CliRunner, tmp_path: Path, app: SimulatorApp, url: str, bad_key: str
+) -> None:
+    batch_id = submit(sqlite_cli, tmp_path, ["hello"])
+
+    ran = run(sqlite_cli, url, batch_id, key=bad_key)
+
+    assert ran.exit_code == 1, ran.output
+    assert ran.stderr.startswith("error: character 14 of the x-api-key header for endpoint ")
+    assert "check ANTHROPIC_API_KEY" in ran.stderr
+    assert "SECRET" not in ran.output
+    assert "Traceback" not in ran.output
+    assert app.stats.received == 0
+    assert status(sqlite_cli, batch_id)["request_counts"]["processing"] == 1
