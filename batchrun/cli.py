@@ -32,14 +32,19 @@ from batchrun.config import (
     DispatchConfig,
     default_database_url,
 )
-from batchrun.display import batch_table, batches_table, run_summary_lines
+from batchrun.display import (
+    batch_table,
+    batches_table,
+    run_summary_lines,
+    submit_summary_lines,
+)
 from batchrun.endpoints import DEFAULT_ENDPOINT, find_endpoint
 from batchrun.errors import BatchrunError, BatchStateError
 from batchrun.export import anthropic_lines, atomic_output
 from batchrun.ingest import submit_requests
 from batchrun.limiter import RateLimits
 from batchrun.models import BatchObject
-from batchrun.reader import MAX_FILE_BYTES, MAX_PRINTED_PROBLEMS, MAX_REQUESTS, open_request_file
+from batchrun.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
 from batchrun.runner import plan_run, run_batches
 from batchrun.simulator import SimulatorConfig, serve
 from batchrun.store.database import create_database_engine, current_revision, upgrade_database
@@ -190,20 +195,8 @@ def submit(
         _print_json(BatchObject.from_summary(batch).model_dump(mode="json"))
     else:
         sys.stdout.write(batch_id + "\n")
-    _report_skipped(skipped)
-    stored = f"stored {batch.counts.total:,} requests as batch {batch_id}"
-    if batch.counts.errored:
-        stored += f"; {batch.counts.errored:,} invalid, recorded as errored results"
-    stderr.print(stored)
-
-
-def _report_skipped(problems: list[str]) -> None:
-    """Warn about the lines --skip-invalid kept as errored results, as many as for a refusal."""
-    for line in problems[:MAX_PRINTED_PROBLEMS]:
-        stderr.print(f"warning: {line}", markup=False)
-    hidden = len(problems) - MAX_PRINTED_PROBLEMS
-    if hidden > 0:
-        stderr.print(f"warning: … and {hidden:,} more problem{'s' if hidden != 1 else ''}")
+    for line in submit_summary_lines(batch, skipped):
+        stderr.print(line, markup=False)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from datetime import datetime
 from rich.table import Table
 
 from batchrun.dispatcher import RunReport
+from batchrun.reader import MAX_PRINTED_PROBLEMS
 from batchrun.records import BatchSummary
 
 
@@ -94,3 +95,16 @@ def run_summary_lines(batches: Sequence[BatchSummary], report: RunReport) -> lis
     for batch_id, reason in report.paused.items():
         lines.append(f"{batch_id} paused: {reason}; fix it, then `batchrun run {batch_id}`")
     return lines
+
+
+def submit_summary_lines(batch: BatchSummary, skipped: Sequence[str]) -> list[str]:
+    """What a successful submit prints: the problems of the lines --skip-invalid kept as
+    errored results (as many as a refusal lists), then what was stored."""
+    lines = [f"warning: {problem}" for problem in skipped[:MAX_PRINTED_PROBLEMS]]
+    hidden = len(skipped) - MAX_PRINTED_PROBLEMS
+    if hidden > 0:
+        lines.append(f"warning: … and {hidden:,} more problem{'s' if hidden != 1 else ''}")
+    stored = f"stored {batch.counts.total:,} requests as batch {batch.id}"
+    if batch.counts.errored:
+        stored += f"; {batch.counts.errored:,} invalid, recorded as errored results"
+    return [*lines, stored]

@@ -26,9 +26,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from batchrun.errors import BatchNotFoundError, DatabaseError
+from batchrun.errors import BatchNotFoundError
 from batchrun.records import (
     BatchSummary,
     ClaimedRequest,
@@ -42,7 +42,13 @@ from batchrun.records import (
 )
 from batchrun.store import tables as t
 from batchrun.store.batch_rows import insert_batch
-from batchrun.store.database import WRITE_OPTION, create_database_engine, upgrade_database
+from batchrun.store.database import (
+    SQLITE_BUSY_TIMEOUT_S,
+    WRITE_OPTION,
+    create_database_engine,
+    database_error,
+    upgrade_database,
+)
 
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
@@ -57,10 +63,15 @@ class Store:
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open (creating and migrating if needed) the database at ``url``."""
-        engine = create_database_engine(url)
-        upgrade_database(engine)
+    def open(cls, url: str, *, sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Store:
+        """Open (creating and migrating if needed) the database at ``url``. A SQLite writer
+        waits up to ``sqlite_busy_timeout_s`` for another process's write lock."""
+        engine = create_database_engine(url, sqlite_busy_timeout_s=sqlite_busy_timeout_s)
+        try:
+            upgrade_database(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine)
 
     def close(self) -> None:
@@ -75,16 +86,16 @@ class Store:
                 conn.begin(),
             ):
                 yield conn
-        except OperationalError as exc:
-            raise DatabaseError(f"cannot write to the database: {_first_line(exc)}") from exc
+        except (OperationalError, InterfaceError) as exc:
+            raise database_error(exc, engine=self._engine, doing="write to") from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         try:
             with self._engine.connect() as conn, conn.begin():
                 yield conn
-        except OperationalError as exc:
-            raise DatabaseError(f"cannot read the database: {_first_line(exc)}") from exc
+        except (OperationalError, InterfaceError) as exc:
+            raise database_error(exc, engine=self._engine, doing="read") from exc
 
     # -- batches ------------------------------------------------------------------------
 
@@ -538,8 +549,3 @@ def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSumma
         counts=counts,
         tokens=tokens,
     )
-
-
-def _first_line(exc: Exception) -> str:
-    orig = getattr(exc, "orig", None)
-    return str(orig if orig is not None else exc).splitlines()[0]
