@@ -51,14 +51,21 @@ def new_batch_id() -> str:
 
 @dataclass
 class _Problems:
-    shown: list[InvalidLine | FileProblem] = field(default_factory=list)
+    """The problems found so far: the first lines' in full, a count of the rest, and the
+    problem with the whole file, which is always shown, first: it alone decides that the
+    file is refused even with --skip-invalid, so it must not hide among thousands of lines."""
+
+    shown: list[InvalidLine] = field(default_factory=list)
     hidden: int = 0
+    file_problem: FileProblem | None = None
 
     def add(self, item: InvalidLine | FileProblem) -> None:
-        if len(self.shown) < MAX_PRINTED_PROBLEMS:
+        if isinstance(item, FileProblem):
+            self.file_problem = item
+        elif len(self.shown) < MAX_PRINTED_PROBLEMS:
             self.shown.append(item)
         else:
-            self.hidden += len(item.problems) if isinstance(item, InvalidLine) else 1
+            self.hidden += len(item.problems)
 
     def error(self, source: str) -> InputFileError:
         messages = format_problems(self.shown, source=source, max_problems=10**9)
@@ -66,6 +73,8 @@ class _Problems:
         hidden = self.hidden + len(messages) - len(lines)
         if hidden:
             lines.append(f"… and {hidden:,} more problem{'s' if hidden != 1 else ''}")
+        if self.file_problem is not None:
+            lines.insert(0, self.file_problem.message)
         lines.append("nothing was stored; fix the lines above and submit again")
         return InputFileError("\n".join(lines))
 

@@ -369,3 +369,18 @@ def test_unknown_params_and_openai_style_lines_reach_the_api_untouched(
     }
     exported = invoke(cli, "results", batch_id).stdout.splitlines()
     assert [json.loads(row)["custom_id"] for row in exported] == ["anthropic", "openai"]
+
+
+def test_the_default_request_cap_is_anthropics_100000(cli: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    # Invalid lines count as requests too, and "{}" keeps the file small.
+    path.write_bytes(b"{}\n" * 100_001)
+
+    stderr = refused(cli, path, "--skip-invalid")
+
+    # The reason the whole file is refused comes first, not after 200,000 line problems.
+    assert stderr.startswith(
+        f"error: {path} has more than 100,000 requests, Anthropic's batch limit (stopped at "
+        "line 100,001); split the file or pass --max-requests N\n"
+    )
+    assert "… and 199,980 more problems\nnothing was stored" in stderr
