@@ -28,7 +28,12 @@ from typer.core import TyperGroup
 from batchrun import __version__
 from batchrun.cli_tools import database_url, tools_app
 from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT_S
-from batchrun.display import batch_table, batches_table, run_summary_lines
+from batchrun.display import (
+    batch_table,
+    batches_table,
+    run_summary_lines,
+    submit_summary_lines,
+)
 from batchrun.durations import parse_duration_s
 from batchrun.endpoints import Endpoints, auth_headers, load_endpoints
 from batchrun.errors import BatchrunError, BatchStateError
@@ -187,17 +192,26 @@ def submit(
             "batches."
         ),
     ] = "24h",
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            help="Store the valid lines and record each invalid one as an errored result, "
+            "instead of refusing the file."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Validate a request file and store it as a batch; prints the batch id.
 
     Each line is {"custom_id": "...", "params": {...Messages API body...}}. If any line is
-    invalid, every problem is listed (file:line) and nothing is stored.
+    invalid, every problem is listed (file:line) and nothing is stored, unless
+    --skip-invalid is given.
     """
     expires_in_s = parse_duration_s(expires_in, what="--expires-in")
     known = _endpoints()
     endpoint = known.get(endpoint or known.default).name
     source = "<stdin>" if file == "-" else file
+    skipped: list[str] = []
     store = _open_store()
     try:
         with open_request_file(file) as stream:
@@ -212,6 +226,8 @@ def submit(
                 max_requests=max_requests,
                 max_file_bytes=max_file_bytes,
                 expires_in_s=expires_in_s,
+                skip_invalid=skip_invalid,
+                on_skipped=skipped.append,
             )
         batch = store.get_batch(batch_id)
     finally:
@@ -220,7 +236,8 @@ def submit(
         _print_json(BatchObject.from_summary(batch).model_dump(mode="json"))
     else:
         sys.stdout.write(batch_id + "\n")
-    stderr.print(f"stored {batch.counts.total:,} requests as batch {batch_id}")
+    for line in submit_summary_lines(batch, skipped):
+        stderr.print(line, markup=False)
 
 
 @app.command()

@@ -3,6 +3,12 @@
 A :class:`MessagesClient` POSTs one Messages body and returns an Outcome value; every httpx
 error becomes a Retryable here, once, so nothing above this module handles exceptions from
 the network.
+
+The API key stays here. Header values are checked before the first request, because httpx
+and h11 quote an unsendable value (a pasted line break, a typographic quote) in their
+exception text, which would otherwise be stored as every request's error. And the key is
+cut out of error bodies and failure text before they go anywhere, because some gateways
+echo the key they were given ("invalid API key sk-...").
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import orjson
 
 from batchrun.config import DEFAULT_CONNECT_TIMEOUT_S
 from batchrun.endpoints import Endpoint
+from batchrun.errors import ConfigError
 from batchrun.policy import Outcome, Retryable, classify_response, error_body
 
 log = logging.getLogger(__name__)
@@ -25,6 +32,12 @@ log = logging.getLogger(__name__)
 _COUNT_TOKENS_KEYS = frozenset(
     {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
 )
+# What a secret is replaced with in anything batchrun keeps or prints.
+REDACTED = "[redacted]"
+# Headers whose values are credentials.
+_SECRET_HEADERS = ("x-api-key", "authorization")
+# Shorter values are not worth redacting (and would mangle unrelated text).
+_MIN_SECRET_CHARS = 8
 
 
 class MessagesClient:
@@ -43,6 +56,8 @@ class MessagesClient:
         self._headers = dict(headers)
         self._key_hint = endpoint.api_key_env or "the endpoint's credentials"
         self._extra_body = dict(endpoint.extra_body)
+        check_header_values(self._headers, endpoint=endpoint.name, key_hint=self._key_hint)
+        self._secrets = _secrets_in(self._headers)
 
     @property
     def key_hint(self) -> str:
@@ -55,10 +70,29 @@ class MessagesClient:
                 self._url, content=self._body(params_json), headers=self._headers
             )
         except httpx.TimeoutException as exc:
-            return _transport_failure("timeout_error", "the request timed out", exc)
+            return self._transport_failure("timeout_error", "the request timed out", exc)
         except httpx.HTTPError as exc:
-            return _transport_failure("api_error", "the connection failed", exc)
-        return classify_response(response.status_code, response.headers, response.content)
+            return self._transport_failure("api_error", "the connection failed", exc)
+        body = response.content
+        if response.status_code != 200:
+            body = self._redact_bytes(body)
+        return classify_response(response.status_code, response.headers, body)
+
+    def _transport_failure(self, error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:
+        name = type(exc).__name__
+        detail = f"{what} ({name}: {exc})" if str(exc) else f"{what} ({name})"
+        detail = self._redact_text(detail)
+        return Retryable(reason=detail, error=error_body(error_type, detail))
+
+    def _redact_bytes(self, body: bytes) -> bytes:
+        for secret in self._secrets:
+            body = body.replace(secret.encode(), REDACTED.encode())
+        return body
+
+    def _redact_text(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
     async def count_tokens(self, params_json: str) -> int | None:
         """The endpoint's own input-token count for a request, or None if it cannot say
@@ -92,12 +126,43 @@ class MessagesClient:
         return orjson.dumps({**self._extra_body, **orjson.loads(params_json)})
 
 
-def _transport_failure(error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:
-    # The exception text names the host at most, never headers, so the key cannot leak.
-    detail = (
-        f"{what} ({type(exc).__name__}: {exc})" if str(exc) else f"{what} ({type(exc).__name__})"
-    )
-    return Retryable(reason=detail, error=error_body(error_type, detail))
+def check_header_values(headers: Mapping[str, str], *, endpoint: str, key_hint: str) -> None:
+    """Raise ConfigError if a header value cannot be sent in HTTP/1.1 (only printable ASCII,
+    spaces and tabs can). The message names the header and the position, never the value."""
+    for name, value in headers.items():
+        bad = next(
+            (i for i, char in enumerate(value) if not (" " <= char <= "~" or char == "\t")),
+            None,
+        )
+        if bad is None:
+            continue
+        char = value[bad]
+        kind = (
+            "a line break"
+            if char in "\r\n"
+            else ("a control character" if ord(char) < 0x80 else "a non-ASCII character")
+        )
+        where = f"character {bad + 1} of the {name} header for endpoint {endpoint}"
+        fix = (
+            f"check {key_hint}: copy the key again, without line breaks or typographic quotes"
+            if name.lower() in _SECRET_HEADERS
+            else "fix the header's value"
+        )
+        raise ConfigError(f"{where} is {kind}, which HTTP headers cannot carry; {fix}")
+
+
+def _secrets_in(headers: Mapping[str, str]) -> list[str]:
+    """The credential values among ``headers`` (a bearer token with and without its scheme)."""
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() not in _SECRET_HEADERS:
+            continue
+        found.append(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() == "bearer":
+            found.append(token)
+    # Longest first, so a token inside its own "Bearer ..." value is replaced whole.
+    return sorted({s for s in found if len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
 
 
 def create_http_client(

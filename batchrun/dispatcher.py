@@ -371,7 +371,8 @@ class Dispatcher:
                 )
                 if request.batch_id not in self.report.paused:
                     self.report.paused[request.batch_id] = reason
-                    log.error("batch %s paused: %s", request.batch_id, reason)
+                    # The CLI prints the reason once in its summary; logged for -v only.
+                    log.info("batch %s paused: %s", request.batch_id, reason)
                     await self._db.call(self._store.pause_batch, request.batch_id, reason)
                     self._stop(request.batch_id, "paused")
                 await self._write(_Write(unsent=request.id))

@@ -13,6 +13,7 @@ from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S
 from batchrun.dispatcher import RunReport
 from batchrun.endpoints import Endpoints
 from batchrun.limiter import RateLimits
+from batchrun.reader import MAX_PRINTED_PROBLEMS
 from batchrun.records import BatchSummary
 
 
@@ -84,8 +85,10 @@ def run_summary_lines(batches: Sequence[BatchSummary], report: RunReport) -> lis
     lines = []
     for batch in batches:
         counts = batch.counts
+        # A batch this run paused gets its reason on its own line below, once.
+        state = "in_progress (paused)" if batch.id in report.paused else _status(batch)
         line = (
-            f"{batch.id}: {_status(batch)}; {counts.succeeded:,} succeeded, "
+            f"{batch.id}: {state}; {counts.succeeded:,} succeeded, "
             f"{counts.errored:,} errored, {counts.canceled:,} canceled, "
             f"{counts.expired:,} expired, {counts.processing:,} processing"
         )
@@ -186,3 +189,16 @@ def endpoints_json(known: Endpoints, env: Mapping[str, str]) -> dict[str, Any]:
         "config_file": str(known.config_path) if known.config_path else None,
         "data": data,
     }
+
+
+def submit_summary_lines(batch: BatchSummary, skipped: Sequence[str]) -> list[str]:
+    """What a successful submit prints: the problems of the lines --skip-invalid kept as
+    errored results (as many as a refusal lists), then what was stored."""
+    lines = [f"warning: {problem}" for problem in skipped[:MAX_PRINTED_PROBLEMS]]
+    hidden = len(skipped) - MAX_PRINTED_PROBLEMS
+    if hidden > 0:
+        lines.append(f"warning: … and {hidden:,} more problem{'s' if hidden != 1 else ''}")
+    stored = f"stored {batch.counts.total:,} requests as batch {batch.id}"
+    if batch.counts.errored:
+        stored += f"; {batch.counts.errored:,} invalid, recorded as errored results"
+    return [*lines, stored]

@@ -12,6 +12,7 @@ traceback. The tree::
     ├── BatchNotFoundError      no batch has that id
     ├── BatchStateError         the batch is in a state that does not allow the command
     └── DatabaseError           the database cannot be opened, migrated or written
+        └── DatabaseUnavailableError  the connection was lost (worth retrying)
 
 Each subclass's docstring is its default message, so ``raise BatchNotFoundError()`` already
 says something useful; callers pass a more specific message when they know more.
@@ -57,3 +58,7 @@ class BatchStateError(BatchrunError):
 
 class DatabaseError(BatchrunError):
     """The database cannot be used."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The connection to the database was lost; it may come back."""

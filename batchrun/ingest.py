@@ -4,13 +4,21 @@ Lines are validated while they are read and stored in chunks inside one transact
 first invalid line stops the storing (but not the checking, so the user sees every problem
 at once), and at the end of the file the transaction is rolled back: a batch is stored whole
 or not at all.
+
+With ``skip_invalid`` (``submit --skip-invalid``) an invalid line is stored too, as an errored
+request whose result is an ``invalid_request_error`` carrying the line's problems, so the
+results still have one line per input line, in input order. A line without a usable
+custom_id (missing, invalid, or a duplicate) gets the placeholder ``line-N`` (see
+`batchrun.records.placeholder_custom_ids`). Problems with the file as a whole (no requests,
+over a cap, UTF-16) still reject it whole.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import BinaryIO
@@ -18,6 +26,7 @@ from typing import BinaryIO
 from batchrun.config import DEFAULT_EXPIRES_IN_S
 from batchrun.errors import InputFileError
 from batchrun.estimate import estimate_input_tokens
+from batchrun.policy import error_body
 from batchrun.reader import (
     MAX_FILE_BYTES,
     MAX_PRINTED_PROBLEMS,
@@ -26,12 +35,14 @@ from batchrun.reader import (
     format_problems,
     read_requests,
 )
-from batchrun.records import NewBatch, NewRequest
+from batchrun.records import NewBatch, NewRequest, RejectedLine
 from batchrun.store.store import Store
 from batchrun.validation import InvalidLine
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_RANDOM_CHARS = 24
+# What the Messages API answers a malformed request with.
+REJECTED_ERROR_TYPE = "invalid_request_error"
 
 
 def new_batch_id() -> str:
@@ -41,14 +52,21 @@ def new_batch_id() -> str:
 
 @dataclass
 class _Problems:
-    shown: list[InvalidLine | FileProblem] = field(default_factory=list)
+    """The problems found so far: the first lines' in full, a count of the rest, and the
+    problem with the whole file, which is always shown, first: it alone decides that the
+    file is refused even with --skip-invalid, so it must not hide among thousands of lines."""
+
+    shown: list[InvalidLine] = field(default_factory=list)
     hidden: int = 0
+    file_problem: FileProblem | None = None
 
     def add(self, item: InvalidLine | FileProblem) -> None:
-        if len(self.shown) < MAX_PRINTED_PROBLEMS:
+        if isinstance(item, FileProblem):
+            self.file_problem = item
+        elif len(self.shown) < MAX_PRINTED_PROBLEMS:
             self.shown.append(item)
         else:
-            self.hidden += len(item.problems) if isinstance(item, InvalidLine) else 1
+            self.hidden += len(item.problems)
 
     def error(self, source: str) -> InputFileError:
         messages = format_problems(self.shown, source=source, max_problems=10**9)
@@ -56,6 +74,8 @@ class _Problems:
         hidden = self.hidden + len(messages) - len(lines)
         if hidden:
             lines.append(f"… and {hidden:,} more problem{'s' if hidden != 1 else ''}")
+        if self.file_problem is not None:
+            lines.insert(0, self.file_problem.message)
         lines.append("nothing was stored; fix the lines above and submit again")
         return InputFileError("\n".join(lines))
 
@@ -72,11 +92,15 @@ def submit_requests(
     expires_in_s: float = DEFAULT_EXPIRES_IN_S,
     max_requests: int = MAX_REQUESTS,
     max_file_bytes: int = MAX_FILE_BYTES,
+    skip_invalid: bool = False,
+    on_skipped: Callable[[str], None] | None = None,
 ) -> str:
     """Validate and store every request of ``stream`` as a new batch; returns its id.
 
     Raises InputFileError listing the problems (file:line: what and how to fix) if any line
-    is invalid; then nothing is stored.
+    is invalid; then nothing is stored. With ``skip_invalid``, invalid lines are stored as
+    errored requests instead, and ``on_skipped`` gets each of their problems as a
+    ``file:line: problem`` line; only a problem with the whole file is raised then.
     """
     batch = NewBatch(
         id=new_batch_id(),
@@ -88,7 +112,7 @@ def submit_requests(
     )
     problems = _Problems()
 
-    def valid_requests() -> Iterator[NewRequest]:
+    def new_requests() -> Iterator[NewRequest]:
         items = read_requests(
             stream,
             source=source,
@@ -96,10 +120,22 @@ def submit_requests(
             max_requests=max_requests,
             max_file_bytes=max_file_bytes,
         )
+        refused = False
         for line_no, item in items:
-            if isinstance(item, InvalidLine | FileProblem):
+            if isinstance(item, FileProblem):
                 problems.add(item)
-            elif not problems.shown:
+                refused = True
+            elif isinstance(item, InvalidLine):
+                problems.add(item)
+                if skip_invalid:
+                    lines = [f"{source}:{item.line_no}: {problem}" for problem in item.problems]
+                    if on_skipped is not None:
+                        for line in lines:
+                            on_skipped(line)
+                    yield _rejected_request(item, "\n".join(lines))
+                else:
+                    refused = True
+            elif not refused:
                 yield NewRequest(
                     line_no=line_no,
                     custom_id=item.custom_id,
@@ -108,9 +144,28 @@ def submit_requests(
                     params_json=item.params_json,
                     estimated_input_tokens=estimate_input_tokens(item.params),
                 )
-        if problems.shown:
+        if refused:
             # Raised inside the store's transaction, so it rolls back everything stored.
             raise problems.error(source)
 
-    store.create_batch(batch, valid_requests())
+    store.create_batch(batch, new_requests())
     return batch.id
+
+
+def _rejected_request(item: InvalidLine, message: str) -> NewRequest:
+    """An invalid line as an errored request: its result is the API's own kind of error for
+    a bad request, whose message lists the line's problems (``file:line: problem`` each)."""
+    body = error_body(REJECTED_ERROR_TYPE, message)
+    return NewRequest(
+        line_no=item.line_no,
+        custom_id=item.custom_id,
+        model="",
+        max_tokens=0,
+        # The line may not be JSON, or not UTF-8, or 32 MiB long: nothing of it is kept.
+        params_json="null",
+        rejected=RejectedLine(
+            error_type=REJECTED_ERROR_TYPE,
+            message=message,
+            body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        ),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -23,16 +24,55 @@ class NewBatch:
     expires_at: datetime
 
 
+# Invalid lines kept by `submit --skip-invalid` that have no usable custom_id of their own
+# (missing, invalid or a duplicate) are named after their line: line-17.
+PLACEHOLDER_PREFIX = "line-"
+
+
+@dataclass(frozen=True)
+class RejectedLine:
+    """Why a request line is invalid, kept as its errored result (``submit --skip-invalid``).
+
+    ``body`` is the Anthropic error object as JSON text, exported as the result's ``error``.
+    """
+
+    error_type: str
+    message: str
+    body: str
+
+
 @dataclass(frozen=True)
 class NewRequest:
-    """One valid request line about to be stored."""
+    """One request line about to be stored.
+
+    A valid line is queued. A line with ``rejected`` set is stored errored, with its result;
+    its ``custom_id`` is None when the line has no usable one, and the store then gives it a
+    placeholder (`placeholder_custom_ids`).
+    """
 
     line_no: int
-    custom_id: str
+    custom_id: str | None
     model: str
     max_tokens: int
     params_json: str
     estimated_input_tokens: int | None = None
+    rejected: RejectedLine | None = None
+
+
+def placeholder_custom_ids(line_nos: Iterable[int], taken: Collection[str]) -> dict[int, str]:
+    """custom_ids for invalid lines without one: line number → ``line-N``, or ``line-N-2``,
+    ``line-N-3``... when the batch already uses that id (``taken``)."""
+    used = set(taken)
+    names: dict[int, str] = {}
+    for line_no in line_nos:
+        name = f"{PLACEHOLDER_PREFIX}{line_no}"
+        suffix = 2
+        while name in used:
+            name = f"{PLACEHOLDER_PREFIX}{line_no}-{suffix}"
+            suffix += 1
+        used.add(name)
+        names[line_no] = name
+    return names
 
 
 @dataclass(frozen=True)

@@ -351,6 +351,19 @@ async def test_429_directive_sends_retry_after_unless_it_is_the_spend_cap() -> N
 
 
 @pytest.mark.asyncio
+async def test_echo_key_directive_quotes_the_presented_key_in_the_error() -> None:
+    app = create_app()
+    async with simulator_client(app) as client:
+        echoed = await client.post(
+            "/v1/messages",
+            json=params("[[sim:status=401:echo_key=1]]"),
+            headers={"x-api-key": "sk-echo-me"},
+        )
+    assert echoed.status_code == 401
+    assert echoed.json()["error"]["message"].endswith("(API key presented: sk-echo-me)")
+
+
+@pytest.mark.asyncio
 async def test_should_retry_directive_sets_the_header_on_errors_only() -> None:
     app = create_app()
     async with simulator_client(app) as client:

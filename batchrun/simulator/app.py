@@ -48,7 +48,13 @@ from batchrun.simulator.asgi import (
 )
 from batchrun.simulator.buckets import ModelBuckets, RateLimiter, Rejection
 from batchrun.simulator.config import SimulatorConfig
-from batchrun.simulator.directives import MARKER, NO_DIRECTIVE, DirectiveError, parse_directives
+from batchrun.simulator.directives import (
+    MARKER,
+    NO_DIRECTIVE,
+    Directive,
+    DirectiveError,
+    parse_directives,
+)
 from batchrun.simulator.faults import CUT, HANG, MALFORMED, NOT_MESSAGE, Chaos
 from batchrun.simulator.responses import (
     JSON_CONTENT_TYPE,
@@ -177,7 +183,7 @@ class SimulatorApp:
         fault = self._chaos.pick(directive, reception)
         if isinstance(fault, int):
             await _sleep(self._chaos.latency_s(directive, 0))
-            await self._status_fault(ex, fault, directive.retry_after_s, directive.spend_limit)
+            await self._status_fault(ex, fault, directive)
             return
         if ex.buckets is not None:
             rejection = self._limiter.admit(
@@ -243,20 +249,21 @@ class SimulatorApp:
 
     # -- answering -------------------------------------------------------------------------
 
-    async def _status_fault(
-        self, ex: _Exchange, status: int, retry_after_s: float | None, spend_limit: bool
-    ) -> None:
+    async def _status_fault(self, ex: _Exchange, status: int, directive: Directive) -> None:
         extra: Headers = []
         details = None
         message = default_error_message(status)
         if status == 429:
-            if spend_limit:
+            if directive.spend_limit:
                 details = {"error_code": SPEND_LIMIT_ERROR_CODE}
                 message = SPEND_LIMIT_MESSAGE
-            elif retry_after_s is not None:
-                extra.append((b"retry-after", _seconds_header(retry_after_s)))
+            elif directive.retry_after_s is not None:
+                extra.append((b"retry-after", _seconds_header(directive.retry_after_s)))
             elif self.config.send_retry_after:
                 extra.append((b"retry-after", b"1"))
+        if directive.echo_key:
+            key, _ = presented_key(ex.headers)
+            message += f" (API key presented: {(key or b'none').decode('latin-1')})"
         body = error_body(status, message, ex.request_id, details=details)
         await self._answer(ex, status, body, extra)
 

@@ -17,7 +17,9 @@ later keys winning. Keys:
 - ``should_retry=B``: add ``x-should-retry: true|false`` to error answers;
 - ``retry_after=S``: the ``retry-after`` of a ``status=429`` answer (default 1);
 - ``spend_limit=1``: make a ``status=429`` the spend-cap kind: ``error.details.error_code =
-  "enforced_spend_limit_reached"`` and no ``retry-after``.
+  "enforced_spend_limit_reached"`` and no ``retry-after``;
+- ``echo_key=1``: the error message of a ``status`` answer quotes the API key the request
+  presented, as some gateways do ("invalid API key sk-..."), to test that it is not kept.
 
 Booleans accept ``1/0``, ``true/false`` and ``yes/no``. An unknown key or a bad value is
 answered with a 400 that names it, so a typo in a test cannot pass silently.
@@ -56,6 +58,7 @@ class Directive:
     should_retry: bool | None = None
     retry_after_s: float | None = None
     spend_limit: bool = False
+    echo_key: bool = False
 
     @property
     def has_fault(self) -> bool:
@@ -128,7 +131,7 @@ def _apply(directive: Directive, item: str) -> Directive:
                 return replace(directive, status=status)
             case "times":
                 return replace(directive, times=_non_negative_int(value))
-            case "hang" | "cut" | "malformed" | "not_message" | "spend_limit":
+            case "hang" | "cut" | "malformed" | "not_message" | "spend_limit" | "echo_key":
                 return replace(directive, **{key: _bool(value)})
             case "output_tokens":
                 return replace(directive, output_tokens=_non_negative_int(value))

@@ -1,4 +1,12 @@
-"""Opening a database: the engine, SQLite's settings, and Alembic migrations."""
+"""Opening a database: the engine, SQLite's settings, Alembic migrations, and what a failing
+database means for the user.
+
+`database_error` turns a driver error into one line that names the database (never its
+password) and the fix. A lost Postgres connection becomes `DatabaseUnavailableError`, which
+the dispatcher's database thread retries; a busy or read-only SQLite file does not, because
+SQLite has already waited its busy timeout (the URL's ``timeout`` query parameter, which
+`create_database_engine` sets from ``sqlite_busy_timeout_s``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +19,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 import batchrun
-from batchrun.errors import DatabaseError
+from batchrun.errors import DatabaseError, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +42,12 @@ def migrations_path() -> Path:
     raise DatabaseError("batchrun's migration scripts are missing; reinstall batchrun")
 
 
-def create_database_engine(url: str) -> Engine:
-    """An engine for ``url`` with batchrun's settings (SQLite: WAL, foreign keys, busy wait)."""
+def create_database_engine(
+    url: str, *, sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S
+) -> Engine:
+    """An engine for ``url`` with batchrun's settings (SQLite: WAL, foreign keys, and a wait
+    of ``sqlite_busy_timeout_s`` for another process's write lock, unless the URL sets its
+    own ``timeout``)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -45,13 +57,69 @@ def create_database_engine(url: str) -> Engine:
         ) from exc
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
-    if parsed.database in (None, "", ":memory:"):
+    database = parsed.database
+    if database is None or database in ("", ":memory:"):
         raise DatabaseError("an in-memory SQLite database cannot be shared; give a file path")
-    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    if "timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"timeout": str(sqlite_busy_timeout_s)})
+    # A "file:..." URI (uri=true) names its file itself, with options; leave it to SQLite.
+    if parsed.query.get("uri") != "true":
+        _make_parent_directory(Path(database).expanduser())
+    engine = create_engine(parsed)
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def _make_parent_directory(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror
+        raise DatabaseError(
+            f"cannot create the directory {path.parent} for the database {path} "
+            f"({why}); pass a --db path in a writable directory"
+        ) from None
+
+
+def database_error(exc: DBAPIError, *, engine: Engine, doing: str) -> DatabaseError:
+    """One line for a failed database call: what failed, on which database, and the fix.
+
+    ``doing`` is a verb phrase such as "write to". Lost Postgres connections (and errors
+    SQLAlchemy recognises as a disconnect) give `DatabaseUnavailableError`.
+    """
+    detail = _short(exc)
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_error(detail, url, doing)
+    where = url.render_as_string(hide_password=True)
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return DatabaseUnavailableError(f"lost the connection to the database {where} ({detail})")
+    return DatabaseError(f"cannot {doing} the database {where}: {detail}")
+
+
+def _sqlite_error(detail: str, url: URL, doing: str) -> DatabaseError:
+    path = url.database
+    lowered = detail.lower()
+    if "locked" in lowered or "busy" in lowered:
+        timeout = url.query.get("timeout")
+        waited_s = float(timeout) if isinstance(timeout, str) else SQLITE_BUSY_TIMEOUT_S
+        return DatabaseError(
+            f"the database {path} is locked by another process, which has held its write lock "
+            f"for over {waited_s:g} s; nothing was changed: try again when that process is done "
+            "(add ?timeout=SECONDS to the sqlite:/// URL to wait longer)"
+        )
+    if "readonly" in lowered or "read-only" in lowered:
+        return DatabaseError(
+            f"the database {path} is read-only ({detail}); make the file and its directory "
+            "writable, or pass another --db"
+        )
+    if "unable to open" in lowered:
+        return DatabaseError(
+            f"cannot open the database {path} ({detail}); check that its directory exists and "
+            "is writable, or pass another --db"
+        )
+    return DatabaseError(f"cannot {doing} the database {path}: {detail}")
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -94,8 +162,11 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None for an empty database."""
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except DBAPIError as exc:
+        raise database_error(exc, engine=engine, doing="open") from exc
 
 
 def upgrade_database(engine: Engine) -> tuple[str | None, str]:
@@ -121,8 +192,8 @@ def upgrade_database(engine: Engine) -> tuple[str | None, str]:
             command.upgrade(_alembic_config(connection), "head")
         log.info("database migrated from %s to %s", before or "empty", head)
         return before, head
-    except OperationalError as exc:
-        raise DatabaseError(f"cannot open the database: {_short(exc)}") from exc
+    except DBAPIError as exc:
+        raise database_error(exc, engine=engine, doing="open") from exc
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot migrate the database: {_short(exc)}") from exc
 

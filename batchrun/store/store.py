@@ -7,7 +7,6 @@ writes does so in one transaction.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -27,9 +26,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from batchrun.errors import BatchNotFoundError, DatabaseError
+from batchrun.errors import BatchNotFoundError
 from batchrun.records import (
     BatchSummary,
     ClaimedRequest,
@@ -42,11 +41,16 @@ from batchrun.records import (
     TokenTotals,
 )
 from batchrun.store import tables as t
-from batchrun.store.database import WRITE_OPTION, create_database_engine, upgrade_database
+from batchrun.store.batch_rows import insert_batch
+from batchrun.store.database import (
+    SQLITE_BUSY_TIMEOUT_S,
+    WRITE_OPTION,
+    create_database_engine,
+    database_error,
+    upgrade_database,
+)
 from batchrun.store.rates import RateStore
 
-# Rows per INSERT round trip while ingesting.
-_INGEST_CHUNK_ROWS = 1000
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
 
@@ -61,10 +65,15 @@ class Store:
         self.rates = RateStore(engine)
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open (creating and migrating if needed) the database at ``url``."""
-        engine = create_database_engine(url)
-        upgrade_database(engine)
+    def open(cls, url: str, *, sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Store:
+        """Open (creating and migrating if needed) the database at ``url``. A SQLite writer
+        waits up to ``sqlite_busy_timeout_s`` for another process's write lock."""
+        engine = create_database_engine(url, sqlite_busy_timeout_s=sqlite_busy_timeout_s)
+        try:
+            upgrade_database(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine)
 
     def close(self) -> None:
@@ -79,16 +88,16 @@ class Store:
                 conn.begin(),
             ):
                 yield conn
-        except OperationalError as exc:
-            raise DatabaseError(f"cannot write to the database: {_first_line(exc)}") from exc
+        except (OperationalError, InterfaceError) as exc:
+            raise database_error(exc, engine=self._engine, doing="write to") from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         try:
             with self._engine.connect() as conn, conn.begin():
                 yield conn
-        except OperationalError as exc:
-            raise DatabaseError(f"cannot read the database: {_first_line(exc)}") from exc
+        except (OperationalError, InterfaceError) as exc:
+            raise database_error(exc, engine=self._engine, doing="read") from exc
 
     # -- batches ------------------------------------------------------------------------
 
@@ -96,42 +105,15 @@ class Store:
         """Store a batch and its requests in one transaction; returns the request count.
 
         ``new_requests`` may be a lazy iterator: it is consumed in chunks, and if it raises,
-        the transaction is rolled back and nothing of the batch is stored.
+        the transaction is rolled back and nothing of the batch is stored. A request with
+        ``rejected`` set (an invalid line kept by ``submit --skip-invalid``) is stored errored
+        with its result row; one without a custom_id is named ``line-N`` once every real
+        custom_id of the batch is known. A batch whose lines are all invalid ends at once.
         """
-        rows = (
-            {
-                "batch_id": batch.id,
-                "line_no": request.line_no,
-                "custom_id": request.custom_id,
-                "model": request.model,
-                "max_tokens": request.max_tokens,
-                "params": request.params_json,
-                "estimated_input_tokens": request.estimated_input_tokens,
-                "state": t.QUEUED,
-                "attempts": 0,
-                "failures": 0,
-            }
-            for request in new_requests
-        )
         with self._write() as conn:
-            conn.execute(
-                insert(t.batches).values(
-                    id=batch.id,
-                    name=batch.name,
-                    endpoint=batch.endpoint,
-                    source=batch.source,
-                    request_count=0,
-                    created_at=batch.created_at,
-                    expires_at=batch.expires_at,
-                )
-            )
-            count = 0
-            while chunk := list(itertools.islice(rows, _INGEST_CHUNK_ROWS)):
-                conn.execute(insert(t.requests), chunk)
-                count += len(chunk)
-            conn.execute(
-                update(t.batches).where(t.batches.c.id == batch.id).values(request_count=count)
-            )
+            count, rejected = insert_batch(conn, batch, new_requests)
+            if rejected:
+                self._end_finished_batches(conn, [batch.id], batch.created_at)
         return count
 
     def get_batch(self, batch_id: str) -> BatchSummary:
@@ -322,8 +304,14 @@ class Store:
         worker is gone) become expired; the batch ends once nothing is in flight. Returns
         the ids of the batches that had requests expired."""
         b, req = t.batches.c, t.requests.c
+        is_due = and_(b.ended_at.is_(None), b.expires_at <= now)
+        # Read first: commands that only read (status, list) take no write lock unless a
+        # batch is actually due.
+        with self._read() as conn:
+            if conn.execute(select(b.id).where(is_due).limit(1)).first() is None:
+                return []
         with self._write() as conn:
-            due = list(conn.scalars(select(b.id).where(b.ended_at.is_(None), b.expires_at <= now)))
+            due = list(conn.scalars(select(b.id).where(is_due)))
             expired = []
             for batch_id in due:
                 changed = conn.execute(
@@ -699,8 +687,3 @@ def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSumma
         counts=counts,
         tokens=tokens,
     )
-
-
-def _first_line(exc: Exception) -> str:
-    orig = getattr(exc, "orig", None)
-    return str(orig if orig is not None else exc).splitlines()[0]

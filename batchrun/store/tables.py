@@ -2,6 +2,9 @@
 
 Request states and the only transitions between them::
 
+    (new)   → queued     a valid line is submitted
+    (new)   → errored    an invalid line is submitted with --skip-invalid; its result row (an
+                         invalid_request_error) is written in the same transaction
     queued  → running    a worker claims it (attempts + 1, lease taken)
     queued  → canceled   the batch is canceled before the request was claimed
     queued  → expired    the batch expired before the request was claimed

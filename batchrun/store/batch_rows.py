@@ -1,0 +1,132 @@
+"""Writing a new batch: its row, its requests in chunks, and the results of rejected lines.
+
+Called by `Store.create_batch` inside its transaction. A valid line becomes a queued request.
+A rejected line (``submit --skip-invalid``) becomes an errored request with its result row,
+so that ``results`` has one line per input line. A rejected line without a usable custom_id
+is first stored as ``#N`` (N its line number), which no real custom_id can equal, and renamed
+to its placeholder once the whole file is stored and every real custom_id is known: the file
+is streamed, so a later line may use the id a placeholder would have taken.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from batchrun.records import PLACEHOLDER_PREFIX, NewBatch, NewRequest, placeholder_custom_ids
+from batchrun.store import tables as t
+
+# Rows per INSERT round trip while ingesting.
+INGEST_CHUNK_ROWS = 1000
+_UNNAMED_PREFIX = "#"
+
+
+def insert_batch(
+    conn: Connection, batch: NewBatch, new_requests: Iterable[NewRequest]
+) -> tuple[int, int]:
+    """Insert the batch and all its requests; returns (requests, of which rejected)."""
+    conn.execute(
+        insert(t.batches).values(
+            id=batch.id,
+            name=batch.name,
+            endpoint=batch.endpoint,
+            source=batch.source,
+            request_count=0,
+            created_at=batch.created_at,
+            expires_at=batch.expires_at,
+        )
+    )
+    count = 0
+    rejected = 0
+    unnamed: list[tuple[int, int]] = []
+    requests = iter(new_requests)
+    while chunk := list(itertools.islice(requests, INGEST_CHUNK_ROWS)):
+        rejected += _insert_chunk(conn, batch, chunk, unnamed)
+        count += len(chunk)
+    if unnamed:
+        _name_unnamed(conn, batch.id, unnamed)
+    conn.execute(update(t.batches).where(t.batches.c.id == batch.id).values(request_count=count))
+    return count, rejected
+
+
+def _insert_chunk(
+    conn: Connection,
+    batch: NewBatch,
+    chunk: Sequence[NewRequest],
+    unnamed: list[tuple[int, int]],
+) -> int:
+    """Insert one chunk of requests, and the results of its rejected lines; returns how many
+    were rejected. Appends (request id, line_no) of the unnamed ones to ``unnamed``."""
+    rows = [_request_row(batch.id, request) for request in chunk]
+    if all(request.rejected is None for request in chunk):
+        conn.execute(insert(t.requests), rows)
+        return 0
+    # The result rows need the new request ids, in the order of the rows.
+    ids = conn.scalars(
+        insert(t.requests).returning(t.requests.c.id, sort_by_parameter_order=True), rows
+    ).all()
+    results: list[dict[str, Any]] = []
+    for request_id, request, row in zip(ids, chunk, rows, strict=True):
+        if request.rejected is None:
+            continue
+        if request.custom_id is None:
+            unnamed.append((request_id, request.line_no))
+        results.append(
+            {
+                "request_id": request_id,
+                "batch_id": batch.id,
+                "custom_id": row["custom_id"],
+                "result_type": t.ERRORED,
+                "error_type": request.rejected.error_type,
+                "error_message": request.rejected.message,
+                "attempts": 0,
+                "completed_at": batch.created_at,
+                "body": request.rejected.body,
+            }
+        )
+    conn.execute(insert(t.results), results)
+    return len(results)
+
+
+def _name_unnamed(conn: Connection, batch_id: str, unnamed: Sequence[tuple[int, int]]) -> None:
+    """Give rejected lines without a custom_id their placeholder, unique in the batch."""
+    req = t.requests.c
+    taken = conn.scalars(
+        select(req.custom_id).where(
+            req.batch_id == batch_id, req.custom_id.like(PLACEHOLDER_PREFIX + "%")
+        )
+    ).all()
+    names = placeholder_custom_ids((line_no for _, line_no in unnamed), taken)
+    renames = [{"rid": request_id, "cid": names[line_no]} for request_id, line_no in unnamed]
+    conn.execute(
+        update(t.requests).where(req.id == bindparam("rid")).values(custom_id=bindparam("cid")),
+        renames,
+    )
+    conn.execute(
+        update(t.results)
+        .where(t.results.c.request_id == bindparam("rid"))
+        .values(custom_id=bindparam("cid")),
+        renames,
+    )
+
+
+def _request_row(batch_id: str, request: NewRequest) -> dict[str, Any]:
+    custom_id = request.custom_id
+    if custom_id is None:
+        custom_id = f"{_UNNAMED_PREFIX}{request.line_no}"
+    return {
+        "batch_id": batch_id,
+        "line_no": request.line_no,
+        "custom_id": custom_id,
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "params": request.params_json,
+        "estimated_input_tokens": request.estimated_input_tokens,
+        "state": t.QUEUED if request.rejected is None else t.ERRORED,
+        "attempts": 0,
+        "failures": 0,
+        "last_error": None if request.rejected is None else request.rejected.message,
+    }
