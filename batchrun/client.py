@@ -38,6 +38,8 @@ REDACTED = "[redacted]"
 _SECRET_HEADERS = ("x-api-key", "authorization")
 # Shorter values are not worth redacting (and would mangle unrelated text).
 _MIN_SECRET_CHARS = 8
+# Connections per httpx client in a ClientPool.
+CONNECTIONS_PER_CLIENT = 8
 
 
 class MessagesClient:
@@ -45,7 +47,7 @@ class MessagesClient:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | ClientPool,
         *,
         endpoint: Endpoint,
         headers: Mapping[str, str],
@@ -165,20 +167,62 @@ def _secrets_in(headers: Mapping[str, str]) -> list[str]:
     return sorted({s for s in found if len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
 
 
+class ClientPool:
+    """Several httpx clients used as one, each with a few connections.
+
+    httpcore's connection pool looks at every connection for every request it assigns, on
+    every event, so its cost grows with connections × requests in flight: with 64 connections
+    one client spends most of a fast run there (bench/throughput.py: 400 requests/s with one
+    client of 64 connections, 740 with eight of 8). Each request goes to the client with the
+    fewest requests in flight.
+    """
+
+    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
+        self._clients = clients
+        self._in_flight = [0] * len(clients)
+
+    async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        """POST on the least busy client."""
+        index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[index] += 1
+        try:
+            return await self._clients[index].post(url, content=content, headers=headers)
+        finally:
+            self._in_flight[index] -= 1
+
+    async def __aenter__(self) -> ClientPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
 def create_http_client(
     *,
     timeout_s: float,
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """An httpx client sized for ``max_connections`` concurrent requests."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s)),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
-        transport=transport,
+) -> ClientPool:
+    """HTTP clients for ``max_connections`` concurrent requests, in shards of
+    ``CONNECTIONS_PER_CLIENT`` (one client for an in-process transport)."""
+    timeout = httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s))
+    sizes = [max_connections] if transport is not None else _shard_sizes(max_connections)
+    return ClientPool(
+        [
+            httpx.AsyncClient(
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                transport=transport,
+            )
+            for size in sizes
+        ]
     )
+
+
+def _shard_sizes(max_connections: int) -> list[int]:
+    full, rest = divmod(max_connections, CONNECTIONS_PER_CLIENT)
+    return [CONNECTIONS_PER_CLIENT] * full + ([rest] if rest else [])
 
 
 def in_process_transport(app: object) -> httpx.AsyncBaseTransport:
