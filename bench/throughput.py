@@ -74,8 +74,11 @@ class Simulator:
 
 async def bare_loop(url: str, lines: list[str]) -> float:
     bodies = [json.dumps(json.loads(line)["params"]).encode() for line in lines]
-    headers = {"content-type": "application/json", "x-api-key": "sk-bench",
-               "anthropic-version": "2023-06-01"}
+    headers = {
+        "content-type": "application/json",
+        "x-api-key": "sk-bench",
+        "anthropic-version": "2023-06-01",
+    }
     slots = asyncio.Semaphore(CONCURRENCY)
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
@@ -91,14 +94,27 @@ async def bare_loop(url: str, lines: list[str]) -> float:
 
 
 def batchrun_run(db_url: str, url: str, requests_file: Path, workers: int) -> float:
-    env = {**os.environ, "BATCHRUN_DATABASE_URL": db_url, "ANTHROPIC_BASE_URL": url,
-           "ANTHROPIC_API_KEY": "sk-bench"}
-    batch_id = subprocess.run([BATCHRUN, "submit", str(requests_file)], env=env, check=True,
-                              capture_output=True, text=True).stdout.strip()
+    env = {
+        **os.environ,
+        "BATCHRUN_DATABASE_URL": db_url,
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": "sk-bench",
+    }
+    batch_id = subprocess.run(
+        [BATCHRUN, "submit", str(requests_file)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     started = time.perf_counter()
     processes = [
-        subprocess.Popen([BATCHRUN, "run", batch_id, "--max-concurrency", str(CONCURRENCY)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [BATCHRUN, "run", batch_id, "--max-concurrency", str(CONCURRENCY)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(workers)
     ]
     codes = [process.wait() for process in processes]
@@ -155,8 +171,10 @@ def main() -> None:
         finally:
             simulator.stop()
     rates = {label: args.requests / seconds for label, seconds in figures.items()}
-    print(f"{args.requests:,} requests, concurrency {CONCURRENCY}, simulator on 127.0.0.1 "
-          f"(zero latency, no limits); the simulator received {received:,}")
+    print(
+        f"{args.requests:,} requests, concurrency {CONCURRENCY}, simulator on 127.0.0.1 "
+        f"(zero latency, no limits); the simulator received {received:,}"
+    )
     for label, rate in rates.items():
         ratio = rate / rates["bare"]
         print(f"  {label:10} {figures[label]:7.2f} s  {rate:8.0f} req/s  {ratio:5.2f} x bare")

@@ -10,8 +10,7 @@ is streamed, so a later line may use the id a placeholder would have taken.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -19,8 +18,10 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from batchrun.records import PLACEHOLDER_PREFIX, NewBatch, NewRequest, placeholder_custom_ids
 from batchrun.store import tables as t
 
-# Rows per INSERT round trip while ingesting.
+# Rows per INSERT round trip while ingesting, and the most request text one holds: a file
+# of large requests (images) is written in smaller chunks, so memory stays flat.
 INGEST_CHUNK_ROWS = 1000
+INGEST_CHUNK_BYTES = 16 * 1024 * 1024
 _UNNAMED_PREFIX = "#"
 
 
@@ -42,14 +43,27 @@ def insert_batch(
     count = 0
     rejected = 0
     unnamed: list[tuple[int, int]] = []
-    requests = iter(new_requests)
-    while chunk := list(itertools.islice(requests, INGEST_CHUNK_ROWS)):
+    for chunk in _chunks(new_requests):
         rejected += _insert_chunk(conn, batch, chunk, unnamed)
         count += len(chunk)
     if unnamed:
         _name_unnamed(conn, batch.id, unnamed)
     conn.execute(update(t.batches).where(t.batches.c.id == batch.id).values(request_count=count))
     return count, rejected
+
+
+def _chunks(requests: Iterable[NewRequest]) -> Iterator[list[NewRequest]]:
+    """Consecutive requests, at most INGEST_CHUNK_ROWS or about INGEST_CHUNK_BYTES at a time."""
+    chunk: list[NewRequest] = []
+    size = 0
+    for request in requests:
+        chunk.append(request)
+        size += len(request.params_json)
+        if len(chunk) >= INGEST_CHUNK_ROWS or size >= INGEST_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def _insert_chunk(
