@@ -5,9 +5,9 @@ neither httpx nor SQLAlchemy: senders return :data:`~batchrun.policy.Outcome` va
 store's blocking calls run on the database thread. Time is the event loop's, so tests drive
 it with a fake clock.
 
-A claimed request is handled by its own task. Its outcome is written by the writer task,
-which commits everything that has piled up since its last commit in one transaction; the
-request's task finishes only after that commit, so a result is durable before it counts.
+A claimed request is handled by its own task. Its outcome is written by the group writer
+(``batchrun.writer``); the request's task finishes only after that commit, so a result is
+durable before it counts.
 Retries are data: a transient failure sends the request back to the queue with a
 ``not_before``, so a crash during a back-off loses nothing.
 """
@@ -40,6 +40,7 @@ from batchrun.policy import (
     retry_delay_s,
 )
 from batchrun.records import ClaimedRequest, FinishedRequest, RetryLater
+from batchrun.writer import GroupWriter, Write
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
@@ -96,15 +97,6 @@ class RunReport:
     released: int = 0
 
 
-@dataclass
-class _Write:
-    finished: FinishedRequest | None = None
-    retry: RetryLater | None = None
-    unsent: int | None = None
-    canceled: int | None = None
-    expired: int | None = None
-
-
 class Dispatcher:
     """Runs batches to completion under one owner id."""
 
@@ -135,9 +127,6 @@ class Dispatcher:
         self._stop_kinds: dict[str, str] = {}
         self._sending: dict[asyncio.Task[None], ClaimedRequest] = {}
         self._force_stop = asyncio.Event()
-        self._pending: list[tuple[_Write, asyncio.Future[None]]] = []
-        self._wake_writer = asyncio.Event()
-        self._closing = False
 
     async def run(self, batch_endpoints: Mapping[str, str]) -> RunReport:
         """Dispatch every queued request of these batches (id → endpoint name) until none is
@@ -150,16 +139,23 @@ class Dispatcher:
         ids = list(batch_endpoints)
         await self._db.call(self._store.clear_pauses, ids)
         await self._reclaim_abandoned_requests()
-        writer = asyncio.create_task(self._write_loop(), name="batchrun-writer")
+        writer = GroupWriter(
+            db=self._db,
+            store=self._store,
+            owner=self.owner,
+            clock=self._clock.now,
+            batch_size=self._config.write_batch_size,
+        )
+        self._write = writer.write
+        writer.start()
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="batchrun-heartbeat")
         try:
             await self._dispatch_loop()
         finally:
             heartbeat.cancel()
             await self._finish_in_flight()
-            self._closing = True
-            self._wake_writer.set()
-            await asyncio.gather(writer, heartbeat, return_exceptions=True)
+            await writer.close()
+            await asyncio.gather(heartbeat, return_exceptions=True)
             self._db.close()
         return self.report
 
@@ -338,11 +334,11 @@ class Dispatcher:
         kind = self._stop_kinds.get(request.batch_id, "shutdown")
         if kind == "canceling":
             self.report.canceled += 1
-            await self._write(_Write(canceled=request.id))
+            await self._write(Write(canceled=request.id))
         elif kind == "expired":
-            await self._write(_Write(expired=request.id))
+            await self._write(Write(expired=request.id))
         else:
-            await self._write(_Write(unsent=request.id))
+            await self._write(Write(unsent=request.id))
         return None
 
     async def _settle(
@@ -358,11 +354,9 @@ class Dispatcher:
             case Succeeded():
                 self.report.succeeded += 1
                 finished = self._succeeded(request, outcome, latency_ms, permit.input_estimate)
-                await self._write(_Write(finished=finished))
+                await self._write(Write(finished=finished))
             case Fatal(error=error, http_status=status):
-                await self._write(
-                    _Write(finished=self._errored(request, error, status, latency_ms))
-                )
+                await self._write(Write(finished=self._errored(request, error, status, latency_ms)))
             case Retryable():
                 await self._retry_or_give_up(request, endpoint, outcome, latency_ms)
             case Halt(kind=kind, detail=detail):
@@ -375,7 +369,7 @@ class Dispatcher:
                     log.info("batch %s paused: %s", request.batch_id, reason)
                     await self._db.call(self._store.pause_batch, request.batch_id, reason)
                     self._stop(request.batch_id, "paused")
-                await self._write(_Write(unsent=request.id))
+                await self._write(Write(unsent=request.id))
 
     async def _retry_or_give_up(
         self, request: ClaimedRequest, endpoint: str, outcome: Retryable, latency_ms: int
@@ -393,7 +387,7 @@ class Dispatcher:
             ).strip()
             error["error"] = inner
             finished = self._errored(request, error, outcome.http_status, latency_ms)
-            await self._write(_Write(finished=finished))
+            await self._write(Write(finished=finished))
             return
         delay_s = retry_delay_s(
             failures,
@@ -410,7 +404,7 @@ class Dispatcher:
             failures=failures,
             last_error=outcome.reason,
         )
-        await self._write(_Write(retry=retry))
+        await self._write(Write(retry=retry))
 
     def _succeeded(
         self, request: ClaimedRequest, outcome: Succeeded, latency_ms: int, input_estimate: int
@@ -459,50 +453,6 @@ class Dispatcher:
             request_ref=str(request_ref) if request_ref else None,
             body=_json(error),
         )
-
-    # -- writing --------------------------------------------------------------------------
-
-    async def _write(self, write: _Write) -> None:
-        """Queue a write for the next group commit and wait until it is committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((write, done))
-        self._wake_writer.set()
-        await done
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
-            group = self._pending[: self._config.write_batch_size]
-            del self._pending[: len(group)]
-            if group:
-                await self._commit(group)
-            if self._pending:
-                self._wake_writer.set()
-            elif self._closing:
-                return
-
-    async def _commit(self, group: list[tuple[_Write, asyncio.Future[None]]]) -> None:
-        writes = [write for write, _ in group]
-        try:
-            await self._db.call(
-                self._store.record,
-                owner=self.owner,
-                now=self._clock.now(),
-                finished=[w.finished for w in writes if w.finished is not None],
-                retries=[w.retry for w in writes if w.retry is not None],
-                unsent=[w.unsent for w in writes if w.unsent is not None],
-                canceled=[w.canceled for w in writes if w.canceled is not None],
-                expired=[w.expired for w in writes if w.expired is not None],
-            )
-        except Exception as exc:
-            for _, done in group:
-                if not done.done():
-                    done.set_exception(exc)
-            return
-        for _, done in group:
-            if not done.done():
-                done.set_result(None)
 
     async def _heartbeat_loop(self) -> None:
         """Keep the leases of held requests alive, and return dead workers' requests."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,11 +79,17 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def sqlite_store(sqlite_url: str) -> Iterator[Store]:
-    """A store for tests whose subject is not the database (one backend is enough)."""
-    opened = Store.open(sqlite_url)
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    """A store for tests whose subject is not the database (one backend is enough). It lives
+    in memory-backed /dev/shm where there is one: these tests commit a result per virtual
+    second, and a disk's fsync per commit would make them slow on a busy machine."""
+    shm = Path("/dev/shm")
+    directory = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path
+    opened = Store.open(f"sqlite:///{directory / 'batchrun.db'}")
     yield opened
     opened.close()
+    if directory != tmp_path:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

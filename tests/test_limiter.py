@@ -277,6 +277,7 @@ def rejected_share(app: object) -> float:
     return stats.by_status.get("429", 0) / stats.received
 
 
+@pytest.mark.timeout(300)  # thousands of requests; slow on a busy machine
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_rpm_bound_runs_at_the_limit_without_429s(sqlite_store: Store) -> None:
@@ -291,6 +292,7 @@ async def test_rpm_bound_runs_at_the_limit_without_429s(sqlite_store: Store) -> 
     assert rejected_share(app) == 0
 
 
+@pytest.mark.timeout(300)  # thousands of requests; slow on a busy machine
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_tpm_bound_with_short_replies_uses_the_token_limit(sqlite_store: Store) -> None:
@@ -307,6 +309,7 @@ async def test_tpm_bound_with_short_replies_uses_the_token_limit(sqlite_store: S
     assert rejected_share(app) <= 0.01
 
 
+@pytest.mark.timeout(300)  # thousands of requests; slow on a busy machine
 @pytest.mark.parametrize("headers", [True, False], ids=["with-headers", "retry-after-only"])
 @pytest.mark.asyncio
 @pytest.mark.looptime

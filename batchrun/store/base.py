@@ -1,0 +1,100 @@
+"""What every part of the store shares: the engine, transactions, and the statements
+that several parts use (final results without a response; ending finished batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    exists,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from batchrun.errors import BatchNotFoundError
+from batchrun.store import tables as t
+from batchrun.store.database import (
+    WRITE_OPTION,
+    database_error,
+)
+from batchrun.store.rates import RateStore
+
+
+class StoreBase:
+    """Connections and transactions for the store's statements."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        dialect = engine.dialect.name
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.rates = RateStore(engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with (
+                self._engine.connect().execution_options(**{WRITE_OPTION: True}) as conn,
+                conn.begin(),
+            ):
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise database_error(exc, engine=self._engine, doing="write to") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise database_error(exc, engine=self._engine, doing="read") from exc
+
+    # -- batches ------------------------------------------------------------------------
+
+    def _insert_bare_results(
+        self, conn: Connection, batch_id: str, state: str, now: datetime
+    ) -> None:
+        """Result rows for requests that reached ``state`` without a response."""
+        req = t.requests.c
+        has_result = exists().where(t.results.c.request_id == req.id)
+        conn.execute(
+            insert(t.results).from_select(
+                ["request_id", "batch_id", "custom_id", "result_type", "attempts", "completed_at"],
+                select(
+                    req.id,
+                    req.batch_id,
+                    req.custom_id,
+                    literal(state),
+                    req.attempts,
+                    literal(now, t.UtcDateTime()),
+                ).where(req.batch_id == batch_id, req.state == state, ~has_result),
+            )
+        )
+
+    def _end_finished_batches(
+        self, conn: Connection, batch_ids: Sequence[str], now: datetime
+    ) -> None:
+        open_request = exists().where(
+            t.requests.c.batch_id == t.batches.c.id, t.requests.c.state.in_(t.OPEN_STATES)
+        )
+        conn.execute(
+            update(t.batches)
+            .where(t.batches.c.id.in_(batch_ids), t.batches.c.ended_at.is_(None), ~open_request)
+            .values(ended_at=now)
+        )
+
+    # -- results ------------------------------------------------------------------------
+
+
+def batch_not_found(batch_id: str) -> BatchNotFoundError:
+    """The error for an unknown batch id, with the command that lists the known ones."""
+    return BatchNotFoundError(
+        f"no batch {batch_id!r} in this database; `batchrun list` shows its batches"
+    )

@@ -1,0 +1,138 @@
+"""Claims and leases: which worker holds which request, and taking back a dead worker's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    func,
+    or_,
+    select,
+    update,
+)
+
+from batchrun.records import (
+    ClaimedRequest,
+)
+from batchrun.store import tables as t
+from batchrun.store.base import StoreBase
+
+
+class Leases(StoreBase):
+    """Statements on requests being claimed, held and released."""
+
+    def claim(
+        self, *, owner: str, batch_ids: Sequence[str], limit: int, now: datetime, lease_s: float
+    ) -> list[ClaimedRequest]:
+        """Take up to ``limit`` ready queued requests of these batches, in input order, under
+        a lease for ``owner``; attempts + 1 each. One statement, safe against other workers
+        (FOR UPDATE SKIP LOCKED on Postgres; SQLite serialises writers)."""
+        req = t.requests.c
+        ready = (
+            select(req.id)
+            .where(
+                req.state == t.QUEUED,
+                req.batch_id.in_(batch_ids),
+                or_(req.not_before.is_(None), req.not_before <= now),
+            )
+            .order_by(req.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            update(t.requests)
+            .where(req.id.in_(ready.scalar_subquery()))
+            .values(
+                state=t.RUNNING,
+                attempts=req.attempts + 1,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                started_at=func.coalesce(req.started_at, now),
+            )
+            .returning(
+                req.id,
+                req.batch_id,
+                req.custom_id,
+                req.model,
+                req.max_tokens,
+                req.params,
+                req.attempts,
+                req.failures,
+                req.estimated_input_tokens,
+            )
+        )
+        with self._write() as conn:
+            rows = conn.execute(statement).all()
+        claimed = [ClaimedRequest(*row) for row in rows]
+        claimed.sort(key=lambda item: item.id)
+        return claimed
+
+    def seconds_until_ready(self, batch_ids: Sequence[str], now: datetime) -> float | None:
+        """Seconds until the earliest queued request of these batches may be sent: 0 if one
+        is ready now, None if none is queued."""
+        req = t.requests.c
+        with self._read() as conn:
+            queued, with_not_before, earliest = conn.execute(
+                select(func.count(), func.count(req.not_before), func.min(req.not_before)).where(
+                    req.state == t.QUEUED, req.batch_id.in_(batch_ids)
+                )
+            ).one()
+        if queued == 0:
+            return None
+        if with_not_before < queued or earliest is None:
+            return 0.0
+        wait_s: float = max((earliest - now).total_seconds(), 0.0)
+        return wait_s
+
+    def renew_leases(
+        self, *, owner: str, request_ids: Sequence[int], now: datetime, lease_s: float
+    ) -> int:
+        """Extend the lease on the requests this owner still holds; returns how many."""
+        if not request_ids:
+            return 0
+        with self._write() as conn:
+            result = conn.execute(
+                update(t.requests)
+                .where(
+                    t.requests.c.id.in_(request_ids),
+                    t.requests.c.state == t.RUNNING,
+                    t.requests.c.lease_owner == owner,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            )
+            return int(result.rowcount)
+
+    def reclaim_expired_leases(self, now: datetime) -> int:
+        """Return running requests whose lease ran out (their worker died) to the queue."""
+        with self._write() as conn:
+            result = conn.execute(
+                update(t.requests)
+                .where(t.requests.c.state == t.RUNNING, t.requests.c.lease_expires_at < now)
+                .values(state=t.QUEUED, lease_owner=None, lease_expires_at=None)
+            )
+            return int(result.rowcount)
+
+    def lease_owners(self) -> list[str]:
+        """The workers that hold running requests."""
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(t.requests.c.lease_owner)
+                    .where(t.requests.c.state == t.RUNNING)
+                    .distinct()
+                )
+            )
+
+    def release_leases(self, owners: Sequence[str]) -> int:
+        """Return the running requests of these (dead) workers to the queue at once; their
+        attempts stand, as they may have been sent."""
+        with self._write() as conn:
+            result = conn.execute(
+                update(t.requests)
+                .where(t.requests.c.state == t.RUNNING, t.requests.c.lease_owner.in_(owners))
+                .values(state=t.QUEUED, lease_owner=None, lease_expires_at=None)
+            )
+            return int(result.rowcount)
+
+    # -- requests -----------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""A batch's life after submit: cancel, pause, expiry, requeue for resume, moving it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import (
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
+
+from batchrun.store import tables as t
+from batchrun.store.base import StoreBase, batch_not_found
+
+
+class BatchLifecycle(StoreBase):
+    """Statements that change a batch's course."""
+
+    def cancel_batch(self, batch_id: str, now: datetime) -> None:
+        """Start canceling: queued requests (and running ones whose worker is gone) become
+        canceled at once; the batch ends when its in-flight requests are recorded."""
+        with self._write() as conn:
+            found = conn.execute(
+                select(t.batches.c.ended_at).where(t.batches.c.id == batch_id)
+            ).one_or_none()
+            if found is None:
+                raise batch_not_found(batch_id)
+            if found.ended_at is not None:
+                return
+            conn.execute(
+                update(t.batches)
+                .where(t.batches.c.id == batch_id, t.batches.c.cancel_initiated_at.is_(None))
+                .values(cancel_initiated_at=now)
+            )
+            req = t.requests.c
+            conn.execute(
+                update(t.requests)
+                .where(
+                    req.batch_id == batch_id,
+                    or_(
+                        req.state == t.QUEUED,
+                        and_(req.state == t.RUNNING, req.lease_expires_at < now),
+                    ),
+                )
+                .values(state=t.CANCELED, lease_owner=None, lease_expires_at=None)
+            )
+            self._insert_bare_results(conn, batch_id, t.CANCELED, now)
+            self._end_finished_batches(conn, [batch_id], now)
+
+    def set_endpoint(self, batch_id: str, endpoint: str) -> None:
+        """Store ``endpoint`` (a name, never a key) as the batch's endpoint, so runs started
+        from now on send its remaining requests there; BatchNotFoundError if no such batch."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(t.batches).where(t.batches.c.id == batch_id).values(endpoint=endpoint)
+            ).rowcount
+        if not changed:
+            raise batch_not_found(batch_id)
+
+    def pause_batch(self, batch_id: str, reason: str) -> None:
+        """Record why dispatch of this batch stopped; its queue is kept."""
+        with self._write() as conn:
+            conn.execute(
+                update(t.batches).where(t.batches.c.id == batch_id).values(paused_reason=reason)
+            )
+
+    def clear_pauses(self, batch_ids: Sequence[str]) -> None:
+        """Forget the pause reasons of these batches (a new run tries again)."""
+        with self._write() as conn:
+            conn.execute(
+                update(t.batches)
+                .where(t.batches.c.id.in_(batch_ids), t.batches.c.paused_reason.is_not(None))
+                .values(paused_reason=None)
+            )
+
+    def stopped_batches(self, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
+        """Of these batches, those no worker should dispatch: id → why ("ended",
+        "canceling", "expired", or the pause reason)."""
+        b = t.batches.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    b.id, b.ended_at, b.cancel_initiated_at, b.expires_at, b.paused_reason
+                ).where(
+                    b.id.in_(batch_ids),
+                    or_(
+                        b.ended_at.is_not(None),
+                        b.cancel_initiated_at.is_not(None),
+                        b.expires_at <= now,
+                        b.paused_reason.is_not(None),
+                    ),
+                )
+            )
+            stopped = {}
+            for row in rows:
+                if row.ended_at is not None:
+                    stopped[row.id] = "ended"
+                elif row.cancel_initiated_at is not None:
+                    stopped[row.id] = "canceling"
+                elif row.expires_at <= now:
+                    stopped[row.id] = "expired"
+                else:
+                    stopped[row.id] = str(row.paused_reason)
+            return stopped
+
+    def expire_due(self, now: datetime) -> list[str]:
+        """Expire every batch whose time is up: queued requests (and running ones whose
+        worker is gone) become expired; the batch ends once nothing is in flight. Returns
+        the ids of the batches that had requests expired."""
+        b, req = t.batches.c, t.requests.c
+        is_due = and_(b.ended_at.is_(None), b.expires_at <= now)
+        # Read first: commands that only read (status, list) take no write lock unless a
+        # batch is actually due.
+        with self._read() as conn:
+            if conn.execute(select(b.id).where(is_due).limit(1)).first() is None:
+                return []
+        with self._write() as conn:
+            due = list(conn.scalars(select(b.id).where(is_due)))
+            expired = []
+            for batch_id in due:
+                changed = conn.execute(
+                    update(t.requests)
+                    .where(
+                        req.batch_id == batch_id,
+                        or_(
+                            req.state == t.QUEUED,
+                            and_(req.state == t.RUNNING, req.lease_expires_at < now),
+                        ),
+                    )
+                    .values(state=t.EXPIRED, lease_owner=None, lease_expires_at=None)
+                ).rowcount
+                if changed:
+                    self._insert_bare_results(conn, batch_id, t.EXPIRED, now)
+                    expired.append(batch_id)
+            if due:
+                self._end_finished_batches(conn, due, now)
+            return expired
+
+    def requeue(
+        self,
+        batch_id: str,
+        *,
+        states: Sequence[str],
+        now: datetime,
+        expires_at: datetime | None = None,
+    ) -> int:
+        """Put the batch's requests in ``states`` (canceled, expired, errored) back in the
+        queue, dropping their results; attempts are kept, the retry budget starts afresh and
+        the last error stays in ``last_error``. The batch is in progress again (its cancel
+        and end are cleared; ``expires_at`` sets a new expiry). Returns how many."""
+        req, res = t.requests.c, t.results.c
+        with self._write() as conn:
+            batch = conn.execute(
+                select(t.batches.c.id).where(t.batches.c.id == batch_id)
+            ).one_or_none()
+            if batch is None:
+                raise batch_not_found(batch_id)
+            chosen = select(req.id).where(req.batch_id == batch_id, req.state.in_(states))
+            last_error = select(res.error_message).where(res.request_id == req.id).scalar_subquery()
+            conn.execute(
+                update(t.requests)
+                .where(req.id.in_(chosen.scalar_subquery()))
+                .values(
+                    state=t.QUEUED,
+                    failures=0,
+                    not_before=None,
+                    last_error=func.coalesce(last_error, req.last_error),
+                )
+            )
+            conn.execute(
+                t.results.delete().where(
+                    res.batch_id == batch_id,
+                    res.request_id.in_(
+                        select(req.id).where(req.batch_id == batch_id, req.state == t.QUEUED)
+                    ),
+                )
+            )
+            count = int(
+                conn.execute(
+                    select(func.count()).where(req.batch_id == batch_id, req.state == t.QUEUED)
+                ).scalar_one()
+            )
+            values: dict[str, object] = {"paused_reason": None}
+            if count:
+                values.update(cancel_initiated_at=None, ended_at=None)
+            if expires_at is not None:
+                values["expires_at"] = expires_at
+            conn.execute(update(t.batches).where(t.batches.c.id == batch_id).values(**values))
+            return count
