@@ -30,6 +30,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -104,6 +105,12 @@ batches = Table(
         Text,
         nullable=True,
         comment="why dispatch stopped (e.g. authentication failed); cleared by the next run",
+    ),
+    Column(
+        "max_cost_usd",
+        Float,
+        nullable=True,
+        comment="budget: no request is sent that could take the batch's cost past it",
     ),
 )
 
