@@ -127,7 +127,7 @@ def main_options(
         Path | None,
         typer.Option(
             "--config",
-            help="Config file (TOML) defining endpoints. Default: the first found of "
+            help="Config file (TOML) defining endpoints and prices. Default: the first found of "
             "$BATCHRUN_CONFIG, ./batchrun.toml, ~/.config/batchrun/config.toml "
             "($XDG_CONFIG_HOME/batchrun/config.toml).",
             show_default=False,
