@@ -5,19 +5,20 @@ Exit codes (also in the README):
   1  an error the user can fix (bad file, unknown batch, missing key...), one line on stderr
   2  wrong command-line usage
   3  done, but some requests ended errored
-  4  paused: the endpoint refused the credentials or the account (see `batchrun status`)
+  4  paused: the endpoint refused the credentials or the account, or the batch's budget
+     (--max-cost) is spent (see `batchrun status`)
+  5  `run` stopped at its time limit (--max-runtime) with work left; the next run continues
+  6  another `batchrun run` is using this SQLite database (pass --wait to wait for it)
   130 interrupted (Ctrl-C); `batchrun run` continues where it stopped
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import sys
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,39 +27,29 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from batchrun import __version__
+from batchrun.cli_ops import (
+    ExportFormat,
+    ResultState,
+    load_prices,
+    ops_app,
+    print_estimate,
+    show_status,
+    write_results,
+)
+from batchrun.cli_run import run
 from batchrun.cli_tools import database_url, tools_app
-from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT_S
-from batchrun.display import (
-    batch_table,
-    batches_table,
-    run_summary_lines,
-    submit_summary_lines,
-)
+from batchrun.display import batches_table, submit_summary_lines
 from batchrun.durations import parse_duration_s
-from batchrun.endpoints import Endpoints, auth_headers, load_endpoints
+from batchrun.endpoints import Endpoints, load_endpoints
 from batchrun.errors import BatchrunError, BatchStateError
-from batchrun.export import anthropic_lines, atomic_output
+from batchrun.export import atomic_output
 from batchrun.ingest import submit_requests
-from batchrun.limiter import DEFAULT_BURST_S, LimiterSettings, RateLimits
+from batchrun.limiter import RateLimits
 from batchrun.models import BatchObject
+from batchrun.planning import DEFAULT_OUTPUT_SHARE
 from batchrun.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
-from batchrun.runner import (
-    dispatch_config,
-    move_batches,
-    plan_run,
-    run_batches,
-    run_endpoints,
-)
 from batchrun.store.store import Store
 
-
-class OutputReservationChoice(StrEnum):
-    learned = "learned"
-    max_tokens = "max_tokens"
-
-
-EXIT_ERRORED_RESULTS = 3
-EXIT_PAUSED = 4
 EXIT_INTERRUPTED = 130
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -93,6 +84,8 @@ app = typer.Typer(
 )
 # `endpoints`, `simulate` and `db`, which touch no batch.
 app.add_typer(tools_app)
+# `estimate`, which plans a file before anything is stored or sent.
+app.add_typer(ops_app)
 
 
 class _State:
@@ -138,7 +131,7 @@ def main_options(
         Path | None,
         typer.Option(
             "--config",
-            help="Config file (TOML) defining endpoints. Default: the first found of "
+            help="Config file (TOML) defining endpoints and prices. Default: the first found of "
             "$BATCHRUN_CONFIG, ./batchrun.toml, ~/.config/batchrun/config.toml "
             "($XDG_CONFIG_HOME/batchrun/config.toml).",
             show_default=False,
@@ -199,6 +192,23 @@ def submit(
             "instead of refusing the file."
         ),
     ] = False,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Budget in USD, stored with the batch: no request is sent that could take "
+            "its cost past it (the batch pauses; raise it with run --max-cost).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Only estimate requests, tokens, cost and duration (as `batchrun estimate`); "
+            "store nothing.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Validate a request file and store it as a batch; prints the batch id.
@@ -209,6 +219,20 @@ def submit(
     """
     expires_in_s = parse_duration_s(expires_in, what="--expires-in")
     known = _endpoints()
+    if dry_run:
+        print_estimate(
+            file,
+            known=known,
+            endpoint=endpoint,
+            prices=load_prices(state.config_file),
+            default_model=model,
+            overrides=RateLimits(),
+            output_share=DEFAULT_OUTPUT_SHARE,
+            as_json=as_json,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+        )
+        return
     endpoint = known.get(endpoint or known.default).name
     source = "<stdin>" if file == "-" else file
     skipped: list[str] = []
@@ -229,6 +253,8 @@ def submit(
                 skip_invalid=skip_invalid,
                 on_skipped=skipped.append,
             )
+        if max_cost is not None:
+            store.set_max_cost(batch_id, max_cost)
         batch = store.get_batch(batch_id)
     finally:
         store.close()
@@ -240,141 +266,8 @@ def submit(
         stderr.print(line, markup=False)
 
 
-@app.command()
-def run(
-    batch_ids: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Batches to run; default: every batch with queued work.", show_default=False
-        ),
-    ] = None,
-    max_concurrency: Annotated[
-        int, typer.Option(min=1, help="Requests in flight at once.")
-    ] = DEFAULT_MAX_CONCURRENCY,
-    rpm: Annotated[
-        float | None,
-        typer.Option(
-            min=0.001,
-            help="Requests per minute for each model of the run, replacing the rpm limits "
-            "of the endpoints.",
-        ),
-    ] = None,
-    tpm: Annotated[
-        float | None,
-        typer.Option(min=1, help="Input + output tokens per minute, for every model."),
-    ] = None,
-    itpm: Annotated[
-        float | None, typer.Option(min=1, help="Input tokens per minute, for every model.")
-    ] = None,
-    otpm: Annotated[
-        float | None, typer.Option(min=1, help="Output tokens per minute, for every model.")
-    ] = None,
-    output_reservation: Annotated[
-        OutputReservationChoice,
-        typer.Option(
-            help="What the limiter reserves for output before a reply: a learned estimate "
-            "(servers that count actual output, as Anthropic does now) or max_tokens "
-            "(servers that count max_tokens up front)."
-        ),
-    ] = OutputReservationChoice.learned,
-    count_tokens: Annotated[
-        bool,
-        typer.Option(
-            help="Count each request's input tokens with the endpoint's "
-            "/v1/messages/count_tokens instead of estimating them."
-        ),
-    ] = False,
-    burst_s: Annotated[
-        float,
-        typer.Option("--burst-s", min=0.01, help="Most sent in one burst, in seconds of a limit."),
-    ] = DEFAULT_BURST_S,
-    max_attempts: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Tries per request before it ends errored. Default: the endpoint's "
-            f"max_attempts in the config file, else {DEFAULT_MAX_ATTEMPTS}.",
-            show_default=False,
-        ),
-    ] = None,
-    timeout_s: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout-s",
-            min=1,
-            help="Per-request timeout in seconds. Default: the endpoint's timeout_s in the "
-            f"config file, else {DEFAULT_TIMEOUT_S:g}.",
-            show_default=False,
-        ),
-    ] = None,
-    endpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="Move the batches' remaining requests to this endpoint, for this run and "
-            "later ones (needs batch ids).",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
-    """Send the queued requests of batches and record every response; exits when done.
-
-    Each batch goes to the endpoint stored with it (`batchrun status` shows it), unless
-    --endpoint moves it.
-    """
-    if endpoint is not None and not batch_ids:
-        raise typer.BadParameter("name the batches to move", param_hint="--endpoint")
-    known = _endpoints()
-    target = known.get(endpoint) if endpoint is not None else None
-    store = _open_store()
-    try:
-        plan = plan_run(store, batch_ids or [])
-        if target is not None and plan.batches:
-            # Checked before anything is moved, so a missing key leaves the batches as they were.
-            auth_headers(target, os.environ)
-            plan = move_batches(store, plan, target.name)
-        for batch_id, why in plan.skipped.items():
-            stderr.print(f"{batch_id}: {why}; nothing to run")
-        if not plan.batches:
-            if not batch_ids:
-                stderr.print("no batch has queued requests")
-            return
-        endpoints = run_endpoints(plan, known)
-        dispatch = dispatch_config(
-            endpoints,
-            max_concurrency=max_concurrency,
-            max_attempts=max_attempts,
-            count_tokens=count_tokens,
-        )
-        report = asyncio.run(
-            run_batches(
-                store,
-                plan.batches,
-                endpoints=endpoints,
-                env=os.environ,
-                dispatch=dispatch,
-                overrides=RateLimits(rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm),
-                limiter_settings=LimiterSettings(
-                    burst_s=burst_s, output_reservation=output_reservation.value
-                ),
-                timeout_s=timeout_s,
-            )
-        )
-        summaries = [store.get_batch(batch_id) for batch_id in plan.batches]
-    finally:
-        store.close()
-    for line in run_summary_lines(summaries, report):
-        stderr.print(line)
-    if report.interrupted:
-        stderr.print(
-            f"{report.interrupted}: requests in flight were recorded"
-            + (f", {report.released} returned to the queue" if report.released else "")
-            + "; `batchrun run` continues where this stopped"
-        )
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if report.paused:
-        raise typer.Exit(EXIT_PAUSED)
-    if any(batch.counts.errored for batch in summaries):
-        raise typer.Exit(EXIT_ERRORED_RESULTS)
+# `run` lives in cli_run.py with its many flags; registered here to keep the command order.
+app.command()(run)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -422,17 +315,23 @@ def resume(
 def status(
     batch_id: Annotated[str, typer.Argument(help="The batch id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh until the batch ends (Ctrl-C stops).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, help="Seconds between refreshes.")
+    ] = 2.0,
 ) -> None:
-    """Show a batch: its state, request counts and tokens."""
+    """Show a batch: state, request counts, tokens, cost, throughput, when it started and
+    ended, and its most frequent errors."""
+    prices = load_prices(state.config_file)
     store = _open_store()
     try:
-        batch = store.get_batch(batch_id)
+        show_status(
+            store, batch_id, prices=prices, as_json=as_json, watch=watch, interval_s=interval
+        )
     finally:
         store.close()
-    if as_json:
-        _print_json(BatchObject.from_summary(batch).model_dump(mode="json"))
-    else:
-        stdout.print(batch_table(batch))
 
 
 @app.command("list")
@@ -483,9 +382,22 @@ def results(
     partial: Annotated[
         bool, typer.Option(help="Export the finished requests of a batch that has not ended.")
     ] = False,
+    export_format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="anthropic: Anthropic's results lines; flat: one flat JSON object per "
+            "request (text, tokens, cost, timings); csv: the flat columns as CSV.",
+        ),
+    ] = ExportFormat.anthropic,
+    only: Annotated[
+        ResultState | None,
+        typer.Option(help="Only the requests that ended this way.", show_default=False),
+    ] = None,
 ) -> None:
-    """Write the results in Anthropic's batch results format, one JSON line per request, in
-    input order."""
+    """Write the results of a batch in input order: Anthropic's batch results format (one
+    JSON line per request), or flat records (JSON lines or CSV) for analytics."""
+    prices = None if export_format is ExportFormat.anthropic else load_prices(state.config_file)
     store = _open_store()
     try:
         batch = store.get_batch(batch_id)
@@ -495,12 +407,13 @@ def results(
                 "processing); run it to the end, or pass --partial for the finished ones"
             )
         with atomic_output(output, sys.stdout) as stream:
-            for line in anthropic_lines(store.iter_results(batch_id)):
-                stream.write(line + "\n")
+            count = write_results(
+                store, batch_id, stream, export_format=export_format, only=only, prices=prices
+            )
     finally:
         store.close()
     if output and output != "-":
-        stderr.print(f"wrote {batch.counts.total - batch.counts.processing:,} results to {output}")
+        stderr.print(f"wrote {count:,} results to {output}")
 
 
 def main() -> None:

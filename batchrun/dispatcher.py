@@ -109,6 +109,7 @@ class Dispatcher:
         config: DispatchConfig,
         rng: random.Random | None = None,
         owner: str | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self._store = store
         self._senders = senders
@@ -123,10 +124,14 @@ class Dispatcher:
         self._endpoints: dict[str, str] = {}
         self._active: dict[str, str] = {}
         self._stop_events: dict[str, asyncio.Event] = {}
-        # Why each stopped batch stopped: canceling, expired, paused or shutdown.
+        # Why each stopped batch stopped: canceling, expired, paused, drained or shutdown.
         self._stop_kinds: dict[str, str] = {}
         self._sending: dict[asyncio.Task[None], ClaimedRequest] = {}
         self._force_stop = asyncio.Event()
+        self._observer = observer
+        self._drained: set[str] = set()
+        if observer is not None:
+            observer.attach(self, limiter)
 
     async def run(self, batch_endpoints: Mapping[str, str]) -> RunReport:
         """Dispatch every queued request of these batches (id → endpoint name) until none is
@@ -294,6 +299,8 @@ class Dispatcher:
             self._waiting -= 1
         if permit is None:
             return
+        if self._observer is not None and not await self._admitted(request, permit):
+            return
         sender = self._senders[endpoint]
         loop = asyncio.get_running_loop()
         async with self._send_slots:
@@ -308,6 +315,8 @@ class Dispatcher:
                 del self._sending[task]
         self.report.sent += 1
         self._limiter.settle(permit, outcome)
+        if self._observer is not None:
+            self._observer.settled(request, permit, outcome)
         await self._settle(request, endpoint, sender, outcome, latency_ms, permit)
 
     async def _wait_for_turn(self, request: ClaimedRequest, endpoint: str) -> Permit | None:
@@ -469,6 +478,68 @@ class Dispatcher:
                 lease_s=self._config.lease_s,
             )
             await self._db.call(self._store.reclaim_expired_leases, now)
+
+    # -- observing and stopping a run from outside (progress, budgets, time limits) --------
+
+    async def _admitted(self, request: ClaimedRequest, permit: Permit) -> bool:
+        """Ask the observer whether the request may be sent; if not, pause its batch with the
+        observer's reason (as a halt does) and hand the request back unsent."""
+        assert self._observer is not None
+        reason = self._observer.admit(request, permit)
+        if reason is None:
+            return True
+        self._limiter.settle(permit, _NOT_SENT)
+        if request.batch_id not in self.report.paused:
+            self.report.paused[request.batch_id] = reason
+            log.warning("batch %s paused: %s", request.batch_id, reason)
+            await self._db.call(self._store.pause_batch, request.batch_id, reason)
+            self._stop(request.batch_id, "paused")
+        await self._write(Write(unsent=request.id))
+        return False
+
+    def drain(self) -> None:
+        """Stop claiming and sending: requests claimed but not yet sent go back to the queue
+        as they were, requests in flight finish and are recorded, then :meth:`run` returns.
+        Unlike a pause, nothing is written to the batches, so other workers carry on."""
+        for batch_id in list(self._active):
+            self._drained.add(batch_id)
+            self._stop(batch_id, "drained")
+
+    def progress(self) -> DispatchProgress:
+        """A read-only snapshot of the work in hand."""
+        return DispatchProgress(
+            in_flight=len(self._tasks) - self._waiting,
+            waiting=self._waiting,
+            active_batches=tuple(self._active),
+            draining=bool(self._drained),
+        )
+
+
+@dataclass(frozen=True)
+class DispatchProgress:
+    """Requests this worker holds: being sent (or recorded), and waiting for the limiter."""
+
+    in_flight: int
+    waiting: int
+    active_batches: tuple[str, ...]
+    draining: bool
+
+
+class RunObserver(Protocol):
+    """Watches a run from inside the dispatcher: sees each request before it is sent and
+    each answer, and may stop a batch (a budget)."""
+
+    def attach(self, dispatcher: Dispatcher, limiter: Limiter) -> None:
+        """Called once, when the dispatcher is made (to read its progress, or drain it)."""
+        ...
+
+    def admit(self, request: ClaimedRequest, permit: Permit) -> str | None:
+        """Called just before ``request`` is sent; a reason instead pauses its batch."""
+        ...
+
+    def settled(self, request: ClaimedRequest, permit: Permit, outcome: Outcome) -> None:
+        """Called when the answer to a sent request is in, before it is recorded."""
+        ...
 
 
 def _json(value: object) -> str:

@@ -29,6 +29,6 @@ def parse_duration_s(text: str, *, what: str = "duration") -> float:
             seconds = total
     if seconds is None or not seconds > 0:
         raise ConfigError(
-            f"{what} {text!r} is not a positive duration; write it like 90s, 55m, 24h or 1h30m"
+            f"{what}: {text!r} is not a positive duration; write it like 90s, 55m, 24h or 1h30m"
         )
     return seconds

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from batchrun.banks import DatabaseBank
 from batchrun.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, DispatchConfig
-from batchrun.dispatcher import Dispatcher, RunReport, Sender
+from batchrun.dispatcher import Dispatcher, RunObserver, RunReport, Sender
 from batchrun.endpoints import Endpoint, Endpoints, auth_headers
 from batchrun.errors import UnknownEndpointError
 from batchrun.limiter import Limiter, LimiterSettings, LimitKey, RateLimits
@@ -121,11 +121,12 @@ async def run_batches(
     limiter_settings: LimiterSettings | None = None,
     timeout_s: float | None = None,
     simulator: SimulatorConfig | None = None,
+    observer: RunObserver | None = None,
 ) -> RunReport:
     """Dispatch these batches (id → endpoint name) until no work is left.
 
     ``timeout_s`` and ``overrides`` (limits for every model) come from the run's flags;
-    None leaves each endpoint's own.
+    None leaves each endpoint's own. ``observer`` watches the run (progress, budgets).
     Every endpoint's key is checked before the first request is sent, so a missing key is
     one clear error rather than a batch full of failures.
     """
@@ -159,6 +160,7 @@ async def run_batches(
                 bank=bank,
             ),
             config=dispatch,
+            observer=observer,
         )
         with _stop_on_signals(dispatcher):
             return await dispatcher.run(batches)

@@ -29,6 +29,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from batchrun.errors import ConfigError
 from batchrun.limiter import RateLimits
+from batchrun.pricing import ModelPrice
 
 AuthStyle = Literal["bearer", "x-api-key", "none"]
 CONFIG_ENV = "BATCHRUN_CONFIG"
@@ -80,6 +81,8 @@ class Settings:
     path: Path | None = None
     default_endpoint: str | None = None
     endpoints: Mapping[str, EndpointSettings] = field(default_factory=dict)
+    # [prices."MODEL"]: USD per million tokens, overriding the built-in price of that model.
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this file and the key: ``FILE: KEY: problem``."""
@@ -147,6 +150,7 @@ def load_settings(path: Path | None) -> Settings:
         path=path,
         default_endpoint=parsed.default_endpoint,
         endpoints={name: table.to_settings(name) for name, table in parsed.endpoints.items()},
+        prices={model: table.to_price() for model, table in parsed.prices.items()},
     )
 
 
@@ -279,9 +283,27 @@ class _EndpointTable(_Table):
         )
 
 
+class _PriceTable(_Table):
+    # USD per million tokens; cache prices default to 1.25x and 0.1x the input price.
+    input: Annotated[float, Field(ge=0)]
+    output: Annotated[float, Field(ge=0)]
+    cache_write: Annotated[float, Field(ge=0)] | None = None
+    cache_read: Annotated[float, Field(ge=0)] | None = None
+
+    def to_price(self) -> ModelPrice:
+        standard = ModelPrice.standard(self.input, self.output)
+        return ModelPrice(
+            self.input,
+            self.output,
+            standard.cache_write_per_mtok_usd if self.cache_write is None else self.cache_write,
+            standard.cache_read_per_mtok_usd if self.cache_read is None else self.cache_read,
+        )
+
+
 class _ConfigFile(_Table):
     default_endpoint: EndpointName | None = None
     endpoints: dict[EndpointName, _EndpointTable] = {}
+    prices: dict[Annotated[str, Field(min_length=1)], _PriceTable] = {}
 
 
 _MODELS: dict[int, type[BaseModel]] = {0: _ConfigFile, 2: _EndpointTable, 4: _LimitsTable}
@@ -307,6 +329,8 @@ def _describe(error: ErrorDetails) -> str:
         return error["msg"]
     if kind == "extra_forbidden":
         return _unknown_key(loc)
+    if kind == "missing":
+        return "required"
     if kind == "literal_error":
         expected = str(error.get("ctx", {}).get("expected", "")).replace("'", '"')
         return f"must be {expected}, not {_show(error['input'])}"
@@ -330,7 +354,7 @@ def _unknown_key(loc: Sequence[int | str]) -> str:
             "API keys do not belong in the config file; export the key as an environment "
             f'variable and name it with api_key_env = "{variable}"{where}'
         )
-    model = _MODELS.get(len(loc) - 1)
+    model = _PriceTable if loc[0] == "prices" else _MODELS.get(len(loc) - 1)
     known = sorted(model.model_fields) if model is not None else []
     if close := difflib.get_close_matches(key, known, n=1, cutoff=0.6):
         return f'unknown key; did you mean "{close[0]}"?'

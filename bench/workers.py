@@ -90,7 +90,7 @@ def measure(db_url: str, workdir: Path, results: dict[str, Any], label: str) -> 
         ).stdout.strip()
         workers = [
             subprocess.Popen(
-                [BATCHRUN, "run", batch_id, "--rpm", str(RPM)],
+                [BATCHRUN, "run", batch_id, "--rpm", str(RPM), "--share"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,

@@ -23,6 +23,9 @@ from sqlalchemy import (
     update,
 )
 
+from batchrun.details import BatchStats, ErrorCount, ResultDetail
+from batchrun.errors import BatchNotFoundError
+from batchrun.pricing import ModelTokens
 from batchrun.records import (
     BatchSummary,
     FinishedRequest,
@@ -308,6 +311,135 @@ class Store(BatchLifecycle, Leases):
             ):
                 for row in partition:
                     yield ResultRow(*row)
+
+    # -- cost, budgets, status and analytics exports ------------------------------------------
+
+    def set_max_cost(self, batch_id: str, max_cost_usd: float | None) -> None:
+        """Store the batch's budget in USD (None: no budget); BatchNotFoundError if no
+        such batch."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(t.batches)
+                .where(t.batches.c.id == batch_id)
+                .values(max_cost_usd=max_cost_usd)
+            ).rowcount
+        if not changed:
+            raise BatchNotFoundError(
+                f"no batch {batch_id!r} in this database; `batchrun list` shows its batches"
+            )
+
+    def max_costs(self, batch_ids: Sequence[str]) -> dict[str, float | None]:
+        """The budget of each of these batches (None: no budget), by id."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.batches.c.id, t.batches.c.max_cost_usd).where(
+                    t.batches.c.id.in_(batch_ids)
+                )
+            )
+            return {row.id: row.max_cost_usd for row in rows}
+
+    def usage_by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
+        """Token totals of the results that report usage, per batch and model (the model the
+        response names, else the request's), for pricing."""
+        req, res = t.requests.c, t.results.c
+        model = func.coalesce(res.model, req.model)
+        statement = (
+            select(
+                res.batch_id,
+                model,
+                func.count(),
+                func.coalesce(func.sum(res.input_tokens), 0),
+                func.coalesce(func.sum(res.output_tokens), 0),
+                func.coalesce(func.sum(res.cache_creation_input_tokens), 0),
+                func.coalesce(func.sum(res.cache_read_input_tokens), 0),
+            )
+            .select_from(t.results.join(t.requests, req.id == res.request_id))
+            .where(res.batch_id.in_(batch_ids), res.input_tokens.is_not(None))
+            .group_by(res.batch_id, model)
+            .order_by(res.batch_id, model)
+        )
+        with self._read() as conn:
+            rows = conn.execute(statement).all()
+        found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
+        for batch_id, name, *figures in rows:
+            found.setdefault(batch_id, []).append(ModelTokens(name, *map(int, figures)))
+        return found
+
+    def batch_stats(self, batch_id: str, *, top_errors: int = 5) -> BatchStats:
+        """Tokens per model, the first send and the last answer, the ``top_errors`` most
+        frequent error types of errored results (with one message each) and the budget."""
+        req, res = t.requests.c, t.results.c
+        answered = res.result_type.in_([t.SUCCEEDED, t.ERRORED])
+        with self._read() as conn:
+            first_started = conn.execute(
+                select(func.min(req.started_at)).where(req.batch_id == batch_id)
+            ).scalar()
+            last_completed = conn.execute(
+                select(func.max(res.completed_at)).where(res.batch_id == batch_id, answered)
+            ).scalar()
+            count = func.count().label("n")
+            errors = conn.execute(
+                select(res.error_type, count, func.min(res.error_message))
+                .where(res.batch_id == batch_id, res.result_type == t.ERRORED)
+                .group_by(res.error_type)
+                .order_by(count.desc(), res.error_type)
+                .limit(top_errors)
+            ).all()
+            max_cost = conn.execute(
+                select(t.batches.c.max_cost_usd).where(t.batches.c.id == batch_id)
+            ).scalar()
+        return BatchStats(
+            usage=self.usage_by_model([batch_id])[batch_id],
+            first_started_at=first_started,
+            last_completed_at=last_completed,
+            errors=[ErrorCount(kind or "unknown", n, example) for kind, n, example in errors],
+            max_cost_usd=max_cost,
+        )
+
+    def iter_result_details(self, batch_id: str, only: str | None = None) -> Iterator[ResultDetail]:
+        """Every finished request of the batch (or only those that ended ``only``) with its
+        result, usage and times, in input order, streamed."""
+        req, res = t.requests.c, t.results.c
+        states = [only] if only else list(t.FINAL_STATES)
+        statement = (
+            select(
+                req.batch_id,
+                req.custom_id,
+                req.line_no,
+                req.state,
+                func.coalesce(res.model, req.model),
+                res.stop_reason,
+                res.body,
+                res.input_tokens,
+                res.output_tokens,
+                res.cache_creation_input_tokens,
+                res.cache_read_input_tokens,
+                func.coalesce(res.attempts, req.attempts),
+                res.latency_ms,
+                res.http_status,
+                res.request_ref,
+                res.error_type,
+                res.error_message,
+                t.batches.c.created_at,
+                req.started_at,
+                res.completed_at,
+            )
+            .select_from(
+                t.requests.join(t.batches, t.batches.c.id == req.batch_id).outerjoin(
+                    t.results, res.request_id == req.id
+                )
+            )
+            .where(req.batch_id == batch_id, req.state.in_(states))
+            .order_by(req.line_no)
+        )
+        with (
+            self._read() as conn,
+            conn.execution_options(yield_per=_EXPORT_CHUNK_ROWS).execute(statement) as result,
+        ):
+            # The result is closed even when the reader stops early (Postgres: its cursor).
+            for partition in result.partitions():
+                for row in partition:
+                    yield ResultDetail(*tuple(row))
 
 
 def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSummary:

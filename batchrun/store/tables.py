@@ -109,6 +109,12 @@ batches = Table(
         nullable=True,
         comment="why dispatch stopped (e.g. authentication failed); cleared by the next run",
     ),
+    Column(
+        "max_cost_usd",
+        Float,
+        nullable=True,
+        comment="budget: no request is sent that could take the batch's cost past it",
+    ),
 )
 
 requests = Table(

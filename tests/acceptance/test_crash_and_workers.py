@@ -118,7 +118,7 @@ def test_three_workers_share_a_batch_and_one_rate_limit(
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
         batch_id = submit(env, tmp_path / "requests.jsonl", 700)
-        workers = [start_run(env, batch_id, "--rpm", "1200") for _ in range(3)]
+        workers = [start_run(env, batch_id, "--rpm", "1200", "--share") for _ in range(3)]
         outputs = [worker.communicate(timeout=180)[1] for worker in workers]
 
     assert [worker.returncode for worker in workers] == [0, 0, 0], outputs

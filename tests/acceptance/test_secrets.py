@@ -64,9 +64,9 @@ def test_the_api_key_reaches_no_file_log_or_output(tmp_path: Path) -> None:
         ids = cli(*((["submit", str(path)], 0) for path in (failing, refused, billing)))
         failing_id, refused_id, billing_id = ids
         cli(
-            (["run", failing_id, "--max-attempts", "2"], 3),
-            (["run", refused_id], 4),
-            (["run", billing_id], 4),
+            (["run", failing_id, "--max-attempts", "2", "--share"], 3),
+            (["run", refused_id, "--share"], 4),
+            (["run", billing_id, "--share"], 4),
         )
         cli(
             *((["status", batch_id, "--json"], 0) for batch_id in ids),
