@@ -372,13 +372,7 @@ class Dispatcher:
                 reason = _HALT_MESSAGES[kind].format(
                     endpoint=endpoint, key_hint=sender.key_hint, detail=detail or kind
                 )
-                if request.batch_id not in self.report.paused:
-                    self.report.paused[request.batch_id] = reason
-                    # The CLI prints the reason once in its summary; logged for -v only.
-                    log.info("batch %s paused: %s", request.batch_id, reason)
-                    await self._db.call(self._store.pause_batch, request.batch_id, reason)
-                    self._stop(request.batch_id, "paused")
-                await self._write(Write(unsent=request.id))
+                await self._pause(request, reason)
 
     async def _retry_or_give_up(
         self, request: ClaimedRequest, endpoint: str, outcome: Retryable, latency_ms: int
@@ -489,13 +483,18 @@ class Dispatcher:
         if reason is None:
             return True
         self._limiter.settle(permit, _NOT_SENT)
+        await self._pause(request, reason)
+        return False
+
+    async def _pause(self, request: ClaimedRequest, reason: str) -> None:
+        """Pause the request's batch (once) with ``reason``, and hand the request back."""
         if request.batch_id not in self.report.paused:
             self.report.paused[request.batch_id] = reason
-            log.warning("batch %s paused: %s", request.batch_id, reason)
+            # The CLI prints the reason once in its summary; logged for -v only.
+            log.info("batch %s paused: %s", request.batch_id, reason)
             await self._db.call(self._store.pause_batch, request.batch_id, reason)
             self._stop(request.batch_id, "paused")
         await self._write(Write(unsent=request.id))
-        return False
 
     def drain(self) -> None:
         """Stop claiming and sending: requests claimed but not yet sent go back to the queue

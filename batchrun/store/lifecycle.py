@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import (
+    Connection,
     and_,
     func,
     or_,
@@ -36,19 +37,7 @@ class BatchLifecycle(StoreBase):
                 .where(t.batches.c.id == batch_id, t.batches.c.cancel_initiated_at.is_(None))
                 .values(cancel_initiated_at=now)
             )
-            req = t.requests.c
-            conn.execute(
-                update(t.requests)
-                .where(
-                    req.batch_id == batch_id,
-                    or_(
-                        req.state == t.QUEUED,
-                        and_(req.state == t.RUNNING, req.lease_expires_at < now),
-                    ),
-                )
-                .values(state=t.CANCELED, lease_owner=None, lease_expires_at=None)
-            )
-            self._insert_bare_results(conn, batch_id, t.CANCELED, now)
+            self._finish_unsent(conn, batch_id, t.CANCELED, now)
             self._end_finished_batches(conn, [batch_id], now)
 
     def set_endpoint(self, batch_id: str, endpoint: str) -> None:
@@ -111,7 +100,7 @@ class BatchLifecycle(StoreBase):
         """Expire every batch whose time is up: queued requests (and running ones whose
         worker is gone) become expired; the batch ends once nothing is in flight. Returns
         the ids of the batches that had requests expired."""
-        b, req = t.batches.c, t.requests.c
+        b = t.batches.c
         is_due = and_(b.ended_at.is_(None), b.expires_at <= now)
         # Read first: commands that only read (status, list) take no write lock unless a
         # batch is actually due.
@@ -122,19 +111,7 @@ class BatchLifecycle(StoreBase):
             due = list(conn.scalars(select(b.id).where(is_due)))
             expired = []
             for batch_id in due:
-                changed = conn.execute(
-                    update(t.requests)
-                    .where(
-                        req.batch_id == batch_id,
-                        or_(
-                            req.state == t.QUEUED,
-                            and_(req.state == t.RUNNING, req.lease_expires_at < now),
-                        ),
-                    )
-                    .values(state=t.EXPIRED, lease_owner=None, lease_expires_at=None)
-                ).rowcount
-                if changed:
-                    self._insert_bare_results(conn, batch_id, t.EXPIRED, now)
+                if self._finish_unsent(conn, batch_id, t.EXPIRED, now):
                     expired.append(batch_id)
             if due:
                 self._end_finished_batches(conn, due, now)
@@ -191,3 +168,22 @@ class BatchLifecycle(StoreBase):
                 values["expires_at"] = expires_at
             conn.execute(update(t.batches).where(t.batches.c.id == batch_id).values(**values))
             return count
+
+    def _finish_unsent(self, conn: Connection, batch_id: str, state: str, now: datetime) -> int:
+        """Give the batch's unsent requests (queued, or running under a lease that ran out:
+        their worker is gone) the final ``state`` and their result rows; returns how many."""
+        req = t.requests.c
+        changed = conn.execute(
+            update(t.requests)
+            .where(
+                req.batch_id == batch_id,
+                or_(
+                    req.state == t.QUEUED,
+                    and_(req.state == t.RUNNING, req.lease_expires_at < now),
+                ),
+            )
+            .values(state=state, lease_owner=None, lease_expires_at=None)
+        ).rowcount
+        if changed:
+            self._insert_bare_results(conn, batch_id, state, now)
+        return int(changed)
