@@ -131,6 +131,17 @@ class _KeyState:
     calibration: InputCalibration = field(default_factory=InputCalibration)
     outputs: OutputEstimate = field(default_factory=OutputEstimate)
 
+    def admit(self, now: float, costs: dict[str, float]) -> None:
+        """Remember what the server let through, for :meth:`Limiter._measured_per_minute`."""
+        self.admitted.append((now, costs))
+        self.forget_admitted_before(now - MEASURE_WINDOW_S)
+
+    def forget_admitted_before(self, moment: float) -> None:
+        # Pruned on every append, not only when measured (which only a 429 asks for): a run
+        # without 429s would otherwise keep every answer it ever had.
+        while self.admitted and self.admitted[0][0] < moment:
+            self.admitted.popleft()
+
     def limit(self, dimension: str) -> float | None:
         """The per-minute limit in force for a dimension, or None."""
         candidates = [
@@ -256,7 +267,7 @@ class Limiter:
                     permit.demand.raw_input_tokens, prompt + usage.cache_read_input_tokens
                 )
                 state.outputs.observe(usage.output_tokens)
-                state.admitted.append((now, actual))
+                state.admit(now, actual)
                 state.consecutive_429s = 0
                 state.consecutive_overloads = 0
                 self._heed(permit.key, state, server_limits)
@@ -336,8 +347,7 @@ class Limiter:
 
     def _measured_per_minute(self, state: _KeyState, dimension: str, now: float) -> float | None:
         """What the server let through per minute recently, if there is enough history."""
-        while state.admitted and state.admitted[0][0] < now - MEASURE_WINDOW_S:
-            state.admitted.popleft()
+        state.forget_admitted_before(now - MEASURE_WINDOW_S)
         if state.first_admitted_at is None:
             return None
         span_s = min(MEASURE_WINDOW_S, now - state.first_admitted_at)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import tracemalloc
 import zlib
 from datetime import UTC, datetime, timedelta
 
@@ -384,3 +385,27 @@ async def test_count_tokens_replaces_the_estimate_with_the_endpoints_count(
 
     assert app.stats.count_tokens_received == 8
     assert store_estimate_errors(sqlite_store, batch_id) == [0.0] * 8
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_long_run_without_429s_keeps_only_its_measuring_window_in_memory() -> None:
+    limiter = Limiter()
+
+    async def answer(count: int) -> None:
+        for _ in range(count):
+            permit = await limiter.acquire(KEY, Demand(10, 100))
+            limiter.settle(permit, succeeded(10, 20))
+            await asyncio.sleep(0.05)
+
+    await answer(1_000)  # 50 s: the 20 s measuring window is full
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await answer(4_000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    # Keeping every answer would add several hundred bytes each (over 1 MB here).
+    assert grown < 100_000

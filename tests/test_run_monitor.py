@@ -4,6 +4,7 @@ the time limit drains a run, and the progress snapshot names the limit that bind
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from datetime import timedelta
 
 import pytest
@@ -13,11 +14,11 @@ from batchrun.client import MessagesClient, create_http_client, in_process_trans
 from batchrun.config import DispatchConfig
 from batchrun.dispatcher import Dispatcher, RunReport
 from batchrun.endpoints import SIMULATOR, builtin_endpoints
-from batchrun.limiter import Limiter, RateLimits
-from batchrun.policy import Usage
+from batchrun.limiter import Demand, Limiter, Permit, RateLimits
+from batchrun.policy import Succeeded, Usage
 from batchrun.pricing import CostTotal, PriceTable, cost_of
 from batchrun.progress import ProgressSnapshot, RunMonitor
-from batchrun.records import FinishedRequest
+from batchrun.records import ClaimedRequest, FinishedRequest
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
 from tests.conftest import request_line, submit
@@ -227,3 +228,28 @@ async def test_a_budget_counts_what_another_worker_spends_meanwhile(store: Store
     batch = store.get_batch(batch_id)
     assert 10 <= batch.counts.succeeded <= 25
     assert batch.counts.processing > 30
+
+
+async def test_a_monitor_nobody_asks_for_snapshots_keeps_only_its_rate_window() -> None:
+    monitor = RunMonitor(prices=PriceTable(), counts={}, guard=None, max_runtime_s=None)
+    request = ClaimedRequest(1, "b", "c", HAIKU, 100, "{}", 1, 0)
+    permit = Permit(("ep", HAIKU), Demand(10, 100), 10, {"rpm": 1.0})
+    answer = Succeeded("{}", HAIKU, "end_turn", Usage(10, 20), None, None)
+
+    async def settle(count: int) -> None:
+        for _ in range(count):
+            monitor.settled(request, permit, answer)
+            await asyncio.sleep(0.05)
+
+    await settle(1_500)  # 75 s: the 60 s rate window is full
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await settle(4_000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    monitor.close()
+
+    # Keeping every answer (as --quiet and --json runs did) adds over 1 MB here.
+    assert grown < 100_000
