@@ -31,8 +31,6 @@ import base64
 import json
 import os
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -42,8 +40,8 @@ from typing import Any
 
 import httpx
 from aiolimiter import AsyncLimiter
+from common import BATCHRUN, Simulator
 
-BATCHRUN = str(Path(sys.executable).parent / "batchrun")
 LATENCY_S = 2.0
 JITTER_S = 1.0
 BASELINE_CONCURRENCY = 64
@@ -183,40 +181,19 @@ def request_lines(scenario: Scenario, count: int) -> list[dict[str, Any]]:
 # -- the simulator ----------------------------------------------------------------------------
 
 
-class Simulator:
-    """`batchrun simulate` in its own process."""
-
-    def __init__(self, scenario: Scenario) -> None:
-        args = [
-            BATCHRUN,
-            "simulate",
-            "--port",
-            "0",
-            "--latency-s",
-            str(LATENCY_S - JITTER_S / 2),
-            "--latency-jitter-s",
-            str(JITTER_S),
-            "--output-tokens",
-            str(scenario.output_tokens),
-            "--seed",
-            "7",
-            *scenario.server_args,
-        ]
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-        if not self.url.startswith("http://127.0.0.1:"):
-            raise RuntimeError("the simulator did not start")
-
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{self.url}/_simulator/stats", timeout=30).json()
-        return stats
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+def start_simulator(scenario: Scenario) -> Simulator:
+    """The scenario's simulator: its latency, output size and server-side limits."""
+    return Simulator(
+        "--latency-s",
+        str(LATENCY_S - JITTER_S / 2),
+        "--latency-jitter-s",
+        str(JITTER_S),
+        "--output-tokens",
+        str(scenario.output_tokens),
+        "--seed",
+        "7",
+        *scenario.server_args,
+    )
 
 
 # -- the two runners --------------------------------------------------------------------------
@@ -343,9 +320,9 @@ def estimate_errors(db: str) -> dict[str, float]:
 async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> dict[str, Any]:
     count = int(scenario.requests_per_s * (duration_s + scenario.skip_s + TAIL_S))
     lines = request_lines(scenario, count)
-    sims = {"batchrun": Simulator(scenario)}
+    sims = {"batchrun": start_simulator(scenario)}
     if scenario.baseline:
-        sims["baseline"] = Simulator(scenario)
+        sims["baseline"] = start_simulator(scenario)
     try:
         jobs = [run_batchrun(scenario, lines, workdir, sims["batchrun"])]
         if scenario.baseline:

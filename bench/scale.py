@@ -24,7 +24,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,8 +31,8 @@ import zlib
 from pathlib import Path
 
 import httpx
+from common import BATCHRUN, Simulator
 
-BATCHRUN = str(Path(sys.executable).parent / "batchrun")
 IMAGE_FILE_BYTES = 256_000_000
 
 
@@ -194,21 +193,13 @@ def main() -> None:
             )
             images.unlink()
 
-        simulator = subprocess.Popen(
-            [BATCHRUN, "simulate", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert simulator.stdout is not None
-        url = simulator.stdout.readline().strip()
-        try:
+        with Simulator() as simulator:
             run = run_with_rss(
-                {**env, "ANTHROPIC_BASE_URL": url}, batch_id, url, [count // 10, count]
+                {**env, "ANTHROPIC_BASE_URL": simulator.url},
+                batch_id,
+                simulator.url,
+                [count // 10, count],
             )
-        finally:
-            simulator.terminate()
-            simulator.wait()
         low, high = run.get(f"rss_at_{count // 10}", 0.0), run.get(f"rss_at_{count}", 0.0)
         print(
             f"run {count:,}: {run['run_s']:.0f} s ({count / run['run_s']:.0f} req/s); worker "

@@ -17,18 +17,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
+from common import BATCHRUN, Simulator, scratch_postgres
 
-BATCHRUN = str(Path(sys.executable).parent / "batchrun")
 REQUESTS = 1500
 WORKERS = 3
 RPM = 600
@@ -36,36 +31,9 @@ SKIP_S = 10
 TAIL_S = 10
 
 
-def postgres_database() -> tuple[str, str]:
-    admin = os.environ.get(
-        "BATCHRUN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    )
-    name = f"batchrun_bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    engine.dispose()
-    return admin, make_url(admin).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(admin: str, url: str) -> None:
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.exec_driver_sql(
-            f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'
-        )
-    engine.dispose()
-
-
 def measure(db_url: str, workdir: Path, results: dict[str, Any], label: str) -> None:
-    simulator = subprocess.Popen(
-        [BATCHRUN, "simulate", "--port", "0", "--latency-s", "1.0", "--latency-jitter-s", "1.0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert simulator.stdout is not None
-    url = simulator.stdout.readline().strip()
+    simulator = Simulator("--latency-s", "1.0", "--latency-jitter-s", "1.0")
+    url = simulator.url
     env = {
         **os.environ,
         "BATCHRUN_DATABASE_URL": db_url,
@@ -102,10 +70,9 @@ def measure(db_url: str, workdir: Path, results: dict[str, Any], label: str) -> 
         for worker in workers:
             assert worker.stderr is not None
             worker.stderr.close()
-        stats = httpx.get(f"{url}/_simulator/stats", timeout=30).json()
+        stats = simulator.stats()
     finally:
-        simulator.terminate()
-        simulator.wait()
+        simulator.stop()
     by_second = {int(k): v[0] for k, v in stats["admitted_by_second"].items()}
     first, last = min(by_second), max(by_second)
     counts = [by_second.get(s, 0) for s in range(first, last + 1)]
@@ -123,20 +90,19 @@ def measure(db_url: str, workdir: Path, results: dict[str, Any], label: str) -> 
 
 def main() -> None:
     results: dict[str, Any] = {}
-    admin, pg_url = postgres_database()
-    try:
-        with tempfile.TemporaryDirectory(prefix="batchrun-workers-") as tmp:
-            sqlite_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-            threads = [
-                threading.Thread(target=measure, args=(pg_url, Path(tmp), results, "postgres")),
-                threading.Thread(target=measure, args=(sqlite_url, Path(tmp), results, "sqlite")),
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-    finally:
-        drop_postgres_database(admin, pg_url)
+    with (
+        scratch_postgres() as pg_url,
+        tempfile.TemporaryDirectory(prefix="batchrun-workers-") as tmp,
+    ):
+        sqlite_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        threads = [
+            threading.Thread(target=measure, args=(pg_url, Path(tmp), results, "postgres")),
+            threading.Thread(target=measure, args=(sqlite_url, Path(tmp), results, "sqlite")),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     print(f"{WORKERS} workers, --rpm {RPM}, {REQUESTS} requests, latency 1-2 s")
     print(
         f"{'backend':9} {'max/any 60 s':>13} {'steady share':>13} {'sent':>6} {'dups':>5} "
