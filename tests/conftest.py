@@ -7,8 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+import tracemalloc
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,3 +141,14 @@ def submit(store: Store, lines: list[dict[str, Any]], *, endpoint: str = "simula
         endpoint=endpoint,
         now=datetime.now(UTC),
     )
+
+
+async def memory_grown_by(work: Awaitable[None]) -> int:
+    """Bytes of Python memory that ``work`` left allocated (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await work
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-import tracemalloc
 import zlib
 from datetime import UTC, datetime, timedelta
 
@@ -23,7 +22,7 @@ from batchrun.limiter import Demand, Limiter, LimiterSettings, RateLimits
 from batchrun.policy import Retryable, Succeeded, Usage, error_body
 from batchrun.simulator import ModelLimits, SimulatorConfig, create_app
 from batchrun.store.store import Store
-from tests.conftest import request_line, submit
+from tests.conftest import memory_grown_by, request_line, submit
 from tests.test_dispatcher import dispatch
 
 KEY = ("ep", "claude-sonnet-4-5")
@@ -399,13 +398,7 @@ async def test_a_long_run_without_429s_keeps_only_its_measuring_window_in_memory
             await asyncio.sleep(0.05)
 
     await answer(1_000)  # 50 s: the 20 s measuring window is full
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        await answer(4_000)
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = await memory_grown_by(answer(4_000))
 
     # Keeping every answer would add several hundred bytes each (over 1 MB here).
     assert grown < 100_000

@@ -4,7 +4,6 @@ the time limit drains a run, and the progress snapshot names the limit that bind
 from __future__ import annotations
 
 import asyncio
-import tracemalloc
 from datetime import timedelta
 
 import pytest
@@ -21,7 +20,7 @@ from batchrun.progress import ProgressSnapshot, RunMonitor
 from batchrun.records import ClaimedRequest, FinishedRequest
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
-from tests.conftest import request_line, submit
+from tests.conftest import memory_grown_by, request_line, submit
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
@@ -242,13 +241,7 @@ async def test_a_monitor_nobody_asks_for_snapshots_keeps_only_its_rate_window() 
             await asyncio.sleep(0.05)
 
     await settle(1_500)  # 75 s: the 60 s rate window is full
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        await settle(4_000)
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = await memory_grown_by(settle(4_000))
     monitor.close()
 
     # Keeping every answer (as --quiet and --json runs did) adds over 1 MB here.
