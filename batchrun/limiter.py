@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -35,6 +34,7 @@ from batchrun.banks import Bank, LocalBank
 from batchrun.estimate import InputCalibration, OutputEstimate
 from batchrun.feedback import DIMENSIONS, ServerLimits, dimensions_named
 from batchrun.policy import Fatal, Halt, Outcome, Retryable, Succeeded
+from batchrun.windows import RecentValues
 
 LimitKey = tuple[str, str]
 """(endpoint name, model)."""
@@ -127,20 +127,12 @@ class _KeyState:
     last_decrease_at: float = -math.inf
     last_increase_at: float = 0.0
     first_admitted_at: float | None = None
-    admitted: deque[tuple[float, dict[str, float]]] = field(default_factory=deque)
+    # What the server let through lately, to learn a lower limit from after a 429.
+    admitted: RecentValues[dict[str, float]] = field(
+        default_factory=lambda: RecentValues(MEASURE_WINDOW_S)
+    )
     calibration: InputCalibration = field(default_factory=InputCalibration)
     outputs: OutputEstimate = field(default_factory=OutputEstimate)
-
-    def admit(self, now: float, costs: dict[str, float]) -> None:
-        """Remember what the server let through, for :meth:`Limiter._measured_per_minute`."""
-        self.admitted.append((now, costs))
-        self.forget_admitted_before(now - MEASURE_WINDOW_S)
-
-    def forget_admitted_before(self, moment: float) -> None:
-        # Pruned on every append, not only when measured (which only a 429 asks for): a run
-        # without 429s would otherwise keep every answer it ever had.
-        while self.admitted and self.admitted[0][0] < moment:
-            self.admitted.popleft()
 
     def limit(self, dimension: str) -> float | None:
         """The per-minute limit in force for a dimension, or None."""
@@ -267,7 +259,7 @@ class Limiter:
                     permit.demand.raw_input_tokens, prompt + usage.cache_read_input_tokens
                 )
                 state.outputs.observe(usage.output_tokens)
-                state.admit(now, actual)
+                state.admitted.add(now, actual)
                 state.consecutive_429s = 0
                 state.consecutive_overloads = 0
                 self._heed(permit.key, state, server_limits)
@@ -347,13 +339,12 @@ class Limiter:
 
     def _measured_per_minute(self, state: _KeyState, dimension: str, now: float) -> float | None:
         """What the server let through per minute recently, if there is enough history."""
-        state.forget_admitted_before(now - MEASURE_WINDOW_S)
         if state.first_admitted_at is None:
             return None
         span_s = min(MEASURE_WINDOW_S, now - state.first_admitted_at)
         if span_s < MIN_MEASURE_S:
             return None
-        total = sum(costs.get(dimension, 0.0) for _, costs in state.admitted)
+        total = sum(costs.get(dimension, 0.0) for costs in state.admitted.at(now))
         return total * 60.0 / span_s
 
     def _creep_up(self, state: _KeyState, now: float) -> None:

@@ -30,6 +30,7 @@ from batchrun.limiter import Limiter, LimitKey, Permit
 from batchrun.policy import Outcome, Retryable, Succeeded
 from batchrun.pricing import CostTotal, ModelTokens, PriceTable, cost_of
 from batchrun.records import ClaimedRequest, RequestCounts
+from batchrun.windows import RecentValues
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
@@ -120,7 +121,7 @@ class RunMonitor:
         self._guard = guard
         self._max_runtime_s = max_runtime_s
         self._store = store
-        self._events: deque[tuple[float, LimitKey, dict[str, float]]] = deque()
+        self._uses: RecentValues[tuple[LimitKey, dict[str, float]]] = RecentValues(RATE_WINDOW_S)
         self._keys: list[LimitKey] = []
         self._done_samples: deque[tuple[float, int]] = deque()
         self._tokens = [0, 0, 0, 0]
@@ -171,7 +172,7 @@ class RunMonitor:
                     "otpm": float(usage.output_tokens),
                     "tpm": float(prompt + usage.output_tokens),
                 }
-                self._count_use(now, permit.key, used)
+                self._uses.add(now, (permit.key, used))
                 for index, value in enumerate(
                     (
                         usage.input_tokens,
@@ -192,19 +193,9 @@ class RunMonitor:
                 self._cost = self._cost + cost_of([tokens], self._prices)
             case Retryable(http_status=status) if status not in (429, 529):
                 # As the limiter does: a 5xx or a lost connection may have used its share.
-                self._count_use(now, permit.key, dict(permit.reserved))
+                self._uses.add(now, (permit.key, dict(permit.reserved)))
         if self._guard is not None:
             self._guard.settle(request.id, request.model, outcome)
-
-    def _count_use(self, now: float, key: LimitKey, used: dict[str, float]) -> None:
-        self._events.append((now, key, used))
-        # Pruned here too, not only by snapshot(): with --quiet or --json nothing asks for a
-        # snapshot until the end, and the window would hold every answer of the run.
-        self._forget_uses_before(now - RATE_WINDOW_S)
-
-    def _forget_uses_before(self, moment: float) -> None:
-        while self._events and self._events[0][0] < moment:
-            self._events.popleft()
 
     # -- the time limit and budgets -----------------------------------------------------------
 
@@ -251,11 +242,10 @@ class RunMonitor:
         done_here = (report.succeeded + report.errored + report.canceled) if report else 0
         self._done_samples.append((now, done_here))
         span_s = min(RATE_WINDOW_S, now - started)
-        self._forget_uses_before(now - RATE_WINDOW_S)
         per_key: dict[LimitKey, dict[str, float]] = {
             key: dict.fromkeys(DIMENSIONS, 0.0) for key in self._keys
         }
-        for _, key, used in self._events:
+        for key, used in self._uses.at(now):
             totals = per_key.setdefault(key, dict.fromkeys(DIMENSIONS, 0.0))
             for dimension, amount in used.items():
                 totals[dimension] += amount
