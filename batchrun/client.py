@@ -1,233 +1,576 @@
-"""The transport: the only module that imports httpx.
+"""The public Python API: batchrun inside Python (notebooks, Airflow, Dagster or Prefect
+tasks, test fixtures), without shelling out. The ``batchrun`` command is a thin shell over it.
 
-A :class:`MessagesClient` POSTs one Messages body and returns an Outcome value; every httpx
-error becomes a Retryable here, once, so nothing above this module handles exceptions from
-the network.
+::
 
-The API key stays here. Header values are checked before the first request, because httpx
-and h11 quote an unsendable value (a pasted line break, a typographic quote) in their
-exception text, which would otherwise be stored as every request's error. And the key is
-cut out of error bodies and failure text before they go anywhere, because some gateways
-echo the key they were given ("invalid API key sk-...").
+    import batchrun
+
+    with batchrun.Client(db="sqlite:///jobs.db") as client:
+        batch = client.submit("requests.jsonl", endpoint="simulator")
+        result = client.run(batch.id, rpm=600)      # blocks until no work is left
+        for line in client.results(batch.id):       # Anthropic's results format, input order
+            print(line["custom_id"], line["result"]["type"])
+
+Defaults are the CLI's: the database is ``db``, else ``$BATCHRUN_DATABASE_URL``, else
+``~/.local/share/batchrun/batchrun.db``; the config file is ``config``, else the first found of
+``$BATCHRUN_CONFIG``, ``./batchrun.toml`` and ``~/.config/batchrun/config.toml``; API keys come
+from the environment when a run starts. ``env`` replaces ``os.environ`` for all of these.
+
+Every method that waits has an ``a``-prefixed twin for callers with their own event loop
+(``await client.arun(...)``); the blocking ones run it with ``asyncio.run``. Errors are the
+:class:`~batchrun.errors.BatchrunError` classes the CLI prints.
 """
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import json
-import logging
-from collections.abc import Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-import httpx
-import orjson
+from batchrun.errors import BatchrunError, BatchStateError, ConfigError
 
-from batchrun.config import DEFAULT_CONNECT_TIMEOUT_S
-from batchrun.endpoints import Endpoint
-from batchrun.errors import ConfigError
-from batchrun.policy import Outcome, Retryable, classify_response, error_body
+if TYPE_CHECKING:
+    from batchrun.config.file import Settings
+    from batchrun.config.prices import PriceTable
+    from batchrun.export.batch_object import BatchObject, BatchStatus
+    from batchrun.input.sources import Requests
+    from batchrun.limits.dimensions import RateLimits
+    from batchrun.ops.planning import FilePlan
+    from batchrun.ops.session import RunEvent, RunResult
+    from batchrun.records import ResultDetail
+    from batchrun.store.store import Store
+    from batchrun.transport.endpoints import Endpoints
 
-log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
-# The Messages parameters that /v1/messages/count_tokens accepts; it refuses the others
-# (max_tokens, temperature, metadata...).
-_COUNT_TOKENS_KEYS = frozenset(
-    {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
-)
-# What a secret is replaced with in anything batchrun keeps or prints.
-REDACTED = "[redacted]"
-# Headers whose values are credentials.
-_SECRET_HEADERS = ("x-api-key", "authorization")
-# Shorter values are not worth redacting (and would mangle unrelated text).
-_MIN_SECRET_CHARS = 8
-# Connections per httpx client in a ClientPool.
-CONNECTIONS_PER_CLIENT = 8
+DATABASE_ENV = "BATCHRUN_DATABASE_URL"
+# Results fetched per hop when iterating them asynchronously.
+_ASYNC_RESULT_CHUNK = 1000
+ResultState = Literal["succeeded", "errored", "canceled", "expired"]
+LockMode = Literal["exclusive", "wait", "share"]
 
 
-class MessagesClient:
-    """Sends Messages requests to one endpoint."""
+def default_database_url(env: Mapping[str, str]) -> str:
+    """The SQLite database used when neither ``db`` nor ``$BATCHRUN_DATABASE_URL`` is given:
+    ``$XDG_DATA_HOME/batchrun/batchrun.db``, by default under ``~/.local/share``."""
+    if data_home := env.get("XDG_DATA_HOME", "").strip():
+        base = Path(data_home)
+    else:
+        base = (Path(env["HOME"]) if env.get("HOME") else Path.home()) / ".local" / "share"
+    return f"sqlite:///{base / 'batchrun' / 'batchrun.db'}"
+
+
+class Client:
+    """batchrun's batches, runs and results in one database."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient | ClientPool,
+        db: str | None = None,
         *,
-        endpoint: Endpoint,
-        headers: Mapping[str, str],
+        config: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._http = http
-        self._url = endpoint.messages_url
-        self._count_tokens_url = endpoint.messages_url.rstrip("/") + "/count_tokens"
-        self._headers = dict(headers)
-        self._key_hint = endpoint.api_key_env or "the endpoint's credentials"
-        self._extra_body = dict(endpoint.extra_body)
-        check_header_values(self._headers, endpoint=endpoint.name, key_hint=self._key_hint)
-        self._secrets = _secrets_in(self._headers)
-
-    @property
-    def key_hint(self) -> str:
-        return self._key_hint
-
-    async def send(self, params_json: str) -> Outcome:
-        """POST ``params_json`` and classify the answer (never raises for network trouble)."""
-        try:
-            response = await self._http.post(
-                self._url, content=self._body(params_json), headers=self._headers
-            )
-        except httpx.TimeoutException as exc:
-            return self._transport_failure("timeout_error", "the request timed out", exc)
-        except httpx.HTTPError as exc:
-            return self._transport_failure("api_error", "the connection failed", exc)
-        body = response.content
-        if response.status_code != 200:
-            body = self._redact_bytes(body)
-        return classify_response(response.status_code, response.headers, body)
-
-    def _transport_failure(self, error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:
-        name = type(exc).__name__
-        detail = f"{what} ({name}: {exc})" if str(exc) else f"{what} ({name})"
-        detail = self._redact_text(detail)
-        return Retryable(reason=detail, error=error_body(error_type, detail))
-
-    def _redact_bytes(self, body: bytes) -> bytes:
-        for secret in self._secrets:
-            body = body.replace(secret.encode(), REDACTED.encode())
-        return body
-
-    def _redact_text(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
-    async def count_tokens(self, params_json: str) -> int | None:
-        """The endpoint's own input-token count for a request, or None if it cannot say
-        (no such endpoint, an error, a timeout): the caller falls back to its estimate."""
-        params = json.loads(params_json)
-        body = {key: value for key, value in params.items() if key in _COUNT_TOKENS_KEYS}
-        try:
-            response = await self._http.post(
-                self._count_tokens_url, content=json.dumps(body).encode(), headers=self._headers
-            )
-        except httpx.HTTPError as exc:
-            log.debug("count_tokens failed: %s", type(exc).__name__)
-            return None
-        if response.status_code != 200:
-            log.debug("count_tokens answered HTTP %d", response.status_code)
-            return None
-        try:
-            counted = response.json().get("input_tokens")
-        except (ValueError, AttributeError):
-            return None
-        return counted if isinstance(counted, int) and counted > 0 else None
-
-    def _body(self, params_json: str) -> bytes:
-        """The request body: the stored params, on top of the endpoint's ``extra_body``.
-
-        Without an ``extra_body`` the stored JSON is sent as it is, unparsed; with one, the
-        request's own params win on a conflict.
-        """
-        if not self._extra_body:
-            return params_json.encode()
-        return orjson.dumps({**self._extra_body, **orjson.loads(params_json)})
-
-
-def check_header_values(headers: Mapping[str, str], *, endpoint: str, key_hint: str) -> None:
-    """Raise ConfigError if a header value cannot be sent in HTTP/1.1 (only printable ASCII,
-    spaces and tabs can). The message names the header and the position, never the value."""
-    for name, value in headers.items():
-        bad = next(
-            (i for i, char in enumerate(value) if not (" " <= char <= "~" or char == "\t")),
-            None,
+        """``db``: a database URL (``sqlite:///file.db`` or ``postgresql+psycopg://...``);
+        ``config``: a config file that must exist; ``env``: the environment to read keys and
+        defaults from (default ``os.environ``); ``cwd``: where ``./batchrun.toml`` is looked
+        for (default the current directory). Nothing is opened until it is needed."""
+        self._env: dict[str, str] = dict(os.environ if env is None else env)
+        self.database_url: str = (
+            db or self._env.get(DATABASE_ENV, "").strip() or default_database_url(self._env)
         )
-        if bad is None:
-            continue
-        char = value[bad]
-        kind = (
-            "a line break"
-            if char in "\r\n"
-            else ("a control character" if ord(char) < 0x80 else "a non-ASCII character")
-        )
-        where = f"character {bad + 1} of the {name} header for endpoint {endpoint}"
-        fix = (
-            f"check {key_hint}: copy the key again, without line breaks or typographic quotes"
-            if name.lower() in _SECRET_HEADERS
-            else "fix the header's value"
-        )
-        raise ConfigError(f"{where} is {kind}, which HTTP headers cannot carry; {fix}")
+        self._config_file = Path(config) if config is not None else None
+        self._cwd = Path(cwd) if cwd is not None else Path.cwd()
+        self._settings_cache: Settings | None = None
+        self._endpoints_cache: Endpoints | None = None
+        self._store_cache: Store | None = None
 
+    # -- lifetime -------------------------------------------------------------------------
 
-def _secrets_in(headers: Mapping[str, str]) -> list[str]:
-    """The credential values among ``headers`` (a bearer token with and without its scheme)."""
-    found: list[str] = []
-    for name, value in headers.items():
-        if name.lower() not in _SECRET_HEADERS:
-            continue
-        found.append(value)
-        scheme, _, token = value.partition(" ")
-        if token and scheme.lower() == "bearer":
-            found.append(token)
-    # Longest first, so a token inside its own "Bearer ..." value is replaced whole.
-    return sorted({s for s in found if len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
+    def close(self) -> None:
+        """Release the database connections (the client opens them again when needed)."""
+        if self._store_cache is not None:
+            self._store_cache.close()
+            self._store_cache = None
 
-
-class ClientPool:
-    """Several httpx clients used as one, each with a few connections.
-
-    httpcore's connection pool looks at every connection for every request it assigns, on
-    every event, so its cost grows with connections × requests in flight: with 64 connections
-    one client spends most of a fast run there (bench/throughput.py: 400 requests/s with one
-    client of 64 connections, 740 with eight of 8). Each request goes to the client with the
-    fewest requests in flight.
-    """
-
-    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
-        self._clients = clients
-        self._in_flight = [0] * len(clients)
-
-    async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
-        """POST on the least busy client."""
-        index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-        self._in_flight[index] += 1
-        try:
-            return await self._clients[index].post(url, content=content, headers=headers)
-        finally:
-            self._in_flight[index] -= 1
-
-    async def __aenter__(self) -> ClientPool:
+    def __enter__(self) -> Client:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        for client in self._clients:
-            await client.aclose()
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
+    # -- what is configured ---------------------------------------------------------------
 
-def create_http_client(
-    *,
-    timeout_s: float,
-    max_connections: int,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> ClientPool:
-    """HTTP clients for ``max_connections`` concurrent requests, in shards of
-    ``CONNECTIONS_PER_CLIENT`` (one client for an in-process transport)."""
-    timeout = httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s))
-    sizes = [max_connections] if transport is not None else _shard_sizes(max_connections)
-    return ClientPool(
-        [
-            httpx.AsyncClient(
-                timeout=timeout,
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                transport=transport,
+    def settings(self) -> Settings:
+        """What the config file says (read once)."""
+        if self._settings_cache is None:
+            from batchrun.config.file import find_config_file, load_settings
+
+            path = find_config_file(self._config_file, self._env, self._cwd)
+            self._settings_cache = load_settings(path)
+        return self._settings_cache
+
+    def endpoints(self) -> Endpoints:
+        """Every endpoint: built-in, from the config file, as the environment changes them."""
+        if self._endpoints_cache is None:
+            from batchrun.config.file import endpoints_of
+
+            self._endpoints_cache = endpoints_of(self.settings(), self._env)
+        return self._endpoints_cache
+
+    def prices(self) -> PriceTable:
+        """The price table: built-in prices with the config file's on top."""
+        from batchrun.config.file import prices_of
+
+        return prices_of(self.settings())
+
+    # -- the database ---------------------------------------------------------------------
+
+    def _store(self) -> Store:
+        """The store, opened (created and migrated if needed) on first use; batches whose
+        time is up are expired first, whether or not a worker runs, so every call sees it."""
+        if self._store_cache is None:
+            from batchrun.store.store import Store
+
+            self._store_cache = Store.open(self.database_url)
+        self._store_cache.expire_due(_now())
+        return self._store_cache
+
+    def upgrade_database(self) -> tuple[str | None, str]:
+        """Create the database or migrate it to this batchrun's schema; returns (revision
+        before, revision after)."""
+        from batchrun.store.database import create_database_engine, upgrade_database
+
+        engine = create_database_engine(self.database_url)
+        try:
+            return upgrade_database(engine)
+        finally:
+            engine.dispose()
+
+    def database_revision(self) -> str | None:
+        """The database's schema revision (None: empty)."""
+        from batchrun.store.database import create_database_engine, current_revision
+
+        engine = create_database_engine(self.database_url)
+        try:
+            return current_revision(engine)
+        finally:
+            engine.dispose()
+
+    # -- batches --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        requests: Requests,
+        *,
+        endpoint: str | None = None,
+        name: str | None = None,
+        model: str | None = None,
+        expires_in_s: float | None = None,
+        skip_invalid: bool = False,
+        max_cost_usd: float | None = None,
+        max_requests: int | None = None,
+        max_file_bytes: int | None = None,
+        on_skipped: Callable[[str], None] | None = None,
+    ) -> BatchObject:
+        """Validate every request and store them as one batch, in one transaction (with its
+        budget ``max_cost_usd``); returns the batch object.
+
+        ``requests`` is a path (``"-"``: standard input), a binary stream, or an iterable of
+        request objects ``{"custom_id": ..., "params": {...}}``. If any request is invalid,
+        InputFileError lists every problem (``source:line: what; how to fix``) and nothing
+        is stored; with ``skip_invalid`` invalid lines are stored as errored results and
+        ``on_skipped`` gets each of their problems. ``endpoint`` defaults to
+        ``$BATCHRUN_ENDPOINT``, else the config file's default, else ``anthropic``.
+        ``expires_in_s`` (default 24 h) is when unsent requests expire; ``max_requests`` and
+        ``max_file_bytes`` (default Anthropic's 100,000 and 256 MB) cap the batch.
+        """
+        from batchrun.export.batch_object import BatchObject
+        from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S, submit_requests
+        from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
+        from batchrun.input.sources import open_requests
+
+        if expires_in_s is None:
+            expires_in_s = DEFAULT_EXPIRES_IN_S
+        _check_positive(expires_in_s, "expires_in_s")
+        if max_cost_usd is not None and not max_cost_usd >= 0:
+            raise ConfigError(f"max_cost_usd must be 0 or more, not {max_cost_usd!r}")
+        known = self.endpoints()
+        target = known.get(endpoint or known.default).name
+        store = self._store()
+        with open_requests(requests) as (stream, source):
+            batch_id = submit_requests(
+                store,
+                stream,
+                source=source,
+                endpoint=target,
+                now=_now(),
+                name=name,
+                default_model=model,
+                max_requests=max_requests or MAX_REQUESTS,
+                max_file_bytes=max_file_bytes or MAX_FILE_BYTES,
+                expires_in_s=expires_in_s,
+                skip_invalid=skip_invalid,
+                on_skipped=on_skipped,
+                max_cost_usd=max_cost_usd,
             )
-            for size in sizes
-        ]
+        return BatchObject.from_summary(store.get_batch(batch_id))
+
+    def estimate(
+        self,
+        requests: Requests,
+        *,
+        endpoint: str | None = None,
+        model: str | None = None,
+        output_share: float | None = None,
+        limits: Mapping[str, float | None] | None = None,
+        max_requests: int | None = None,
+        max_file_bytes: int | None = None,
+    ) -> FilePlan:
+        """Plan ``requests`` for an endpoint before spending: requests, input tokens, output
+        tokens (expected at ``output_share`` of max_tokens, 0.3 unless given, and worst
+        case), cost, and how
+        long the endpoint's limits (``limits`` replacing them, per minute by dimension name)
+        make it take. Nothing is stored or sent."""
+        from batchrun.input.sources import open_requests
+        from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, plan_file
+
+        known = self.endpoints()
+        target = known.get(endpoint or known.default)
+        with open_requests(requests) as (stream, source):
+            return plan_file(
+                stream,
+                source=source,
+                endpoint=target,
+                prices=self.prices(),
+                overrides=_limits(limits),
+                output_share=DEFAULT_OUTPUT_SHARE if output_share is None else output_share,
+                default_model=model,
+                max_requests=max_requests,
+                max_file_bytes=max_file_bytes,
+            )
+
+    def status(self, batch_id: str) -> BatchStatus:
+        """The batch object with cost, budget, timings, throughput and frequent errors (what
+        ``status --json`` prints); BatchNotFoundError if there is no such batch."""
+        from batchrun.config.prices import cost_of
+        from batchrun.export.batch_object import BatchStatus
+
+        store = self._store()
+        batch = store.get_batch(batch_id)
+        stats = store.batch_stats(batch_id)
+        return BatchStatus.build(batch, stats, cost_of(stats.usage, self.prices()))
+
+    def list(self) -> builtins.list[BatchObject]:
+        """Every batch, newest first."""
+        from batchrun.export.batch_object import batch_objects
+
+        return batch_objects(self._store().list_batches())
+
+    def cancel(self, batch_id: str) -> BatchObject:
+        """Cancel a batch: queued requests are canceled at once; a worker running it stops
+        sending it within a second, and requests in flight are still recorded."""
+        from batchrun.export.batch_object import BatchObject
+
+        store = self._store()
+        store.cancel_batch(batch_id, _now())
+        return BatchObject.from_summary(store.get_batch(batch_id))
+
+    def requeue(
+        self, batch_id: str, *, retry_errored: bool = False, expires_in_s: float | None = None
+    ) -> int:
+        """Put back in the queue what a cancel left unsent (with ``retry_errored``, the
+        errored requests too; with ``expires_in_s``, the expired ones, with a new expiry that
+        far from now); returns how many. An expired batch needs ``expires_in_s``."""
+        states = ["canceled", *(["errored"] if retry_errored else [])]
+        new_expiry = None
+        if expires_in_s is not None:
+            _check_positive(expires_in_s, "expires_in_s")
+            new_expiry = _now() + timedelta(seconds=expires_in_s)
+            states.append("expired")
+        store = self._store()
+        batch = store.get_batch(batch_id)
+        if new_expiry is None and batch.expires_at <= _now():
+            raise BatchStateError(
+                f"batch {batch_id} expired at {batch.expires_at:%Y-%m-%d %H:%M UTC}; pass "
+                "--expires-in 24h (or another duration) to give it more time"
+            )
+        return store.requeue(batch_id, states=states, now=_now(), expires_at=new_expiry)
+
+    def resume(
+        self,
+        batch_id: str,
+        *,
+        retry_errored: bool = False,
+        expires_in_s: float | None = None,
+        **run_options: Any,
+    ) -> RunResult:
+        """:meth:`requeue`, then :meth:`run` the batch (``run_options`` as for run)."""
+        self.requeue(batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s)
+        return self.run(batch_id, **run_options)
+
+    # -- results --------------------------------------------------------------------------
+
+    def _result_rows(
+        self, batch_id: str, *, partial: bool, only: str | None
+    ) -> Iterator[ResultDetail]:
+        store = self._store()
+        batch = store.get_batch(batch_id)
+        if batch.processing_status != "ended" and not partial:
+            raise BatchStateError(
+                f"batch {batch_id} has not ended ({batch.counts.processing:,} requests still "
+                "processing); run it to the end, or pass --partial for the finished ones"
+            )
+        if only is not None and only not in ("succeeded", "errored", "canceled", "expired"):
+            raise ConfigError(f"only must be succeeded, errored, canceled or expired, not {only!r}")
+        return store.iter_result_details(batch_id, only)
+
+    def results(
+        self, batch_id: str, *, partial: bool = False, only: ResultState | None = None
+    ) -> Generator[dict[str, Any], None, None]:
+        """The batch's results in input order, as dicts in Anthropic's results format
+        (``{"custom_id", "result": {"type", ...}}``), streamed from the database. A batch
+        that has not ended needs ``partial=True`` (its finished requests only)."""
+        from batchrun.export.anthropic import anthropic_lines
+
+        rows = self._result_rows(batch_id, partial=partial, only=only)
+        try:
+            for line in anthropic_lines(rows):
+                yield json.loads(line)
+        finally:
+            _close(rows)
+
+    def export(
+        self,
+        batch_id: str,
+        output: str | os.PathLike[str] | IO[Any],
+        *,
+        format: str = "anthropic",
+        only: ResultState | None = None,
+        partial: bool = False,
+    ) -> int:
+        """Write the batch's results in an export format (``anthropic``, ``flat``, ``csv``,
+        or any registered one) to a file, atomically (a reader sees the old file or the
+        new one, never half of one), or to an open stream; returns how many."""
+        from batchrun.export.atomic import atomic_output
+        from batchrun.export.formats import EXPORT_FORMATS
+
+        chosen = EXPORT_FORMATS.get(format)
+        rows = self._result_rows(batch_id, partial=partial, only=only)
+        try:
+            prices = self.prices() if chosen.uses_prices else _no_prices()
+            if isinstance(output, str | os.PathLike):
+                with atomic_output(output, binary=chosen.binary) as stream:
+                    return chosen.write(rows, stream, prices)
+            return chosen.write(rows, output, prices)
+        finally:
+            _close(rows)
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, *batch_ids: str, **options: Any) -> RunResult:
+        """Send the queued requests of these batches (every batch with queued work when none
+        is named) and record every response; returns when no work is left (or, with
+        ``forever``, when stopped). Options as for :meth:`arun`; Ctrl-C and SIGTERM stop it
+        gracefully unless ``stop_on_signals=False``."""
+        options.setdefault("stop_on_signals", True)
+        return _blocking(self.arun(*batch_ids, **options), "run", "arun")
+
+    async def arun(
+        self,
+        *batch_ids: str,
+        endpoint: str | None = None,
+        max_concurrency: int | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        output_reservation: Literal["learned", "max_tokens"] = "learned",
+        burst_s: float | None = None,
+        count_tokens: bool = False,
+        max_cost_usd: float | None = None,
+        max_runtime_s: float | None = None,
+        forever: bool = False,
+        poll_interval_s: float = 30.0,
+        lock: LockMode = "exclusive",
+        on_event: Callable[[RunEvent], None] | None = None,
+        progress_interval_s: float | None = None,
+        stop_on_signals: bool = False,
+        **limits: float | None,
+    ) -> RunResult:
+        """Run batches on the caller's event loop; see :meth:`run`.
+
+        - ``limits``: per-minute limits by dimension name (``rpm=600``, ``tpm=60_000``,
+          ``itpm``, ``otpm``...), for every model, replacing the endpoints' own.
+        - ``endpoint``: move the named batches' remaining requests there, for good.
+        - ``max_cost_usd``: a budget per batch, stored; a batch that would pass it pauses.
+        - ``max_runtime_s``: stop claiming after this long and let what is in flight finish.
+        - ``forever``: look for new work every ``poll_interval_s`` until stopped.
+        - ``lock``: on SQLite, ``exclusive`` raises RunLockedError when another run holds the
+          database, ``wait`` waits for it, ``share`` works alongside it.
+        - ``on_event`` gets what the run has to say (notes, progress every
+          ``progress_interval_s``, each pass's result).
+
+        Returns the :class:`~batchrun.ops.session.RunResult`: the exit code the CLI would
+        give, and the last pass's batches, counts, tokens and costs.
+        """
+        from batchrun.dispatch.config import DEFAULT_MAX_CONCURRENCY
+        from batchrun.limits.buckets import DEFAULT_BURST_S
+        from batchrun.limits.limiter import LimiterSettings
+        from batchrun.ops.runlock import run_lock
+        from batchrun.ops.session import Note, RunOptions, RunSession
+
+        if endpoint is not None and not batch_ids:
+            raise ConfigError("endpoint: name the batches to move")
+        if forever and batch_ids:
+            raise ConfigError("forever runs every batch with queued work; it takes no batch ids")
+        if lock not in ("exclusive", "wait", "share"):
+            raise ConfigError(f"lock must be exclusive, wait or share, not {lock!r}")
+        known = self.endpoints()
+        options = RunOptions(
+            batch_ids=tuple(batch_ids),
+            target=known.get(endpoint) if endpoint is not None else None,
+            max_cost_usd=max_cost_usd,
+            max_runtime_s=max_runtime_s,
+            forever=forever,
+            poll_interval_s=poll_interval_s,
+            overrides=_limits(limits),
+            limiter_settings=LimiterSettings(
+                burst_s=burst_s or DEFAULT_BURST_S, output_reservation=output_reservation
+            ),
+            timeout_s=timeout_s,
+            max_concurrency=max_concurrency or DEFAULT_MAX_CONCURRENCY,
+            max_attempts=max_attempts,
+            count_tokens=count_tokens,
+            progress_interval_s=progress_interval_s,
+            stop_on_signals=stop_on_signals,
+        )
+        prices = self.prices()
+
+        def waiting(text: str) -> None:
+            if on_event is not None:
+                on_event(Note(text))
+
+        async with run_lock(
+            self.database_url, wait=lock == "wait", share=lock == "share", on_wait=waiting
+        ):
+            store = await asyncio.to_thread(self._store)
+            session = RunSession(
+                store, known=known, prices=prices, env=self._env, options=options, on_event=on_event
+            )
+            return await session.run()
+
+    # -- the async twins of the rest ------------------------------------------------------
+
+    async def asubmit(self, requests: Requests, **options: Any) -> BatchObject:
+        """:meth:`submit` off the event loop."""
+        return await asyncio.to_thread(self.submit, requests, **options)
+
+    async def astatus(self, batch_id: str) -> BatchStatus:
+        """:meth:`status` off the event loop."""
+        return await asyncio.to_thread(self.status, batch_id)
+
+    async def alist(self) -> builtins.list[BatchObject]:
+        """:meth:`list` off the event loop."""
+        return await asyncio.to_thread(self.list)
+
+    async def acancel(self, batch_id: str) -> BatchObject:
+        """:meth:`cancel` off the event loop."""
+        return await asyncio.to_thread(self.cancel, batch_id)
+
+    async def aresume(
+        self,
+        batch_id: str,
+        *,
+        retry_errored: bool = False,
+        expires_in_s: float | None = None,
+        **run_options: Any,
+    ) -> RunResult:
+        """:meth:`resume` on the caller's event loop."""
+        await asyncio.to_thread(
+            self.requeue, batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s
+        )
+        return await self.arun(batch_id, **run_options)
+
+    async def aresults(
+        self, batch_id: str, *, partial: bool = False, only: ResultState | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`results` off the event loop, a chunk of rows at a time."""
+        # One thread reads the whole result set, so its database cursor stays on it.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-results") as pool:
+            loop = asyncio.get_running_loop()
+            lines = await loop.run_in_executor(
+                pool, lambda: self.results(batch_id, partial=partial, only=only)
+            )
+            try:
+                while chunk := await loop.run_in_executor(pool, _take, lines):
+                    for line in chunk:
+                        yield line
+            finally:
+                await loop.run_in_executor(pool, lines.close)
+
+    async def aexport(
+        self, batch_id: str, output: str | os.PathLike[str] | IO[Any], **options: Any
+    ) -> int:
+        """:meth:`export` off the event loop."""
+        return await asyncio.to_thread(self.export, batch_id, output, **options)
+
+
+def _take(lines: Generator[dict[str, Any], None, None]) -> builtins.list[dict[str, Any]]:
+    chunk = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= _ASYNC_RESULT_CHUNK:
+            break
+    return chunk
+
+
+def _limits(values: Mapping[str, float | None] | None) -> RateLimits:
+    """Limits by dimension name as RateLimits; ConfigError naming the known ones for a name
+    that is not a limit (or an option misspelt)."""
+    from batchrun.limits.dimensions import RateLimits
+
+    try:
+        return RateLimits(dict(values or {}))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_positive(value: float, what: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"{what} must be a positive number of seconds, not {value!r}")
+
+
+def _no_prices() -> PriceTable:
+    from batchrun.config.prices import PriceTable
+
+    return PriceTable()
+
+
+def _close(items: object) -> None:
+    """End a streamed read now (its transaction), rather than when it is collected."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
+def _blocking(work: Coroutine[Any, Any, T], name: str, async_name: str) -> T:
+    """Run a coroutine to completion; a clear error inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    work.close()
+    raise BatchrunError(
+        f"Client.{name}() cannot run inside a running event loop (a notebook, an async "
+        f"task); use `await client.{async_name}(...)` there"
     )
 
 
-def _shard_sizes(max_connections: int) -> list[int]:
-    full, rest = divmod(max_connections, CONNECTIONS_PER_CLIENT)
-    return [CONNECTIONS_PER_CLIENT] * full + ([rest] if rest else [])
-
-
-def in_process_transport(app: object) -> httpx.AsyncBaseTransport:
-    """A transport that calls an ASGI app directly (the built-in simulator).
-
-    App exceptions become 500 answers, as a real server would send, instead of escaping.
-    """
-    return httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+def _now() -> datetime:
+    return datetime.now(UTC)

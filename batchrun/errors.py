@@ -1,28 +1,77 @@
-"""Errors that reach the user.
+"""Errors that reach the user, and the exit codes of the ``batchrun`` command.
 
 Every error a user can cause or fix derives from :class:`BatchrunError`; the CLI prints its
-message on one line and exits non-zero. Anything else that escapes is a bug and keeps its
-traceback. The tree::
+message on one line and exits with the class's :attr:`~BatchrunError.exit_code`. Anything
+else that escapes is a bug and keeps its traceback. The tree::
 
-    BatchrunError
-    ├── InputFileError          a request file cannot be read or has invalid lines
-    ├── ConfigError             a setting, flag or environment variable is wrong or missing
-    │   └── MissingApiKeyError  the endpoint's key variable is not set
-    ├── UnknownEndpointError    a batch or flag names an endpoint batchrun does not know
-    ├── BatchNotFoundError      no batch has that id
-    ├── BatchStateError         the batch is in a state that does not allow the command
-    └── DatabaseError           the database cannot be opened, migrated or written
-        └── DatabaseUnavailableError  the connection was lost (worth retrying)
+    BatchrunError                   exit 1 unless noted
+    ├── InputFileError              a request file cannot be read or has invalid lines
+    ├── ConfigError                 a setting, flag or environment variable is wrong or missing
+    │   └── MissingApiKeyError      the endpoint's key variable is not set
+    ├── UnknownEndpointError        a batch or flag names an endpoint batchrun does not know
+    ├── BatchNotFoundError          no batch has that id
+    ├── BatchStateError             the batch is in a state that does not allow the command
+    ├── DatabaseError               the database cannot be opened, migrated or written
+    │   └── DatabaseUnavailableError  the connection was lost (worth retrying)
+    └── RunLockedError              another run holds the SQLite database (exit 6)
 
 Each subclass's docstring is its default message, so ``raise BatchNotFoundError()`` already
 says something useful; callers pass a more specific message when they know more.
+
+:data:`EXIT_CODES` is the one list of exit codes and what they mean; the docs' table is
+tested against it.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """How ``batchrun`` ends; :data:`EXIT_CODES` says what each means."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    ERRORED_RESULTS = 3
+    PAUSED = 4
+    TIME_LIMIT = 5
+    LOCKED = 6
+    INTERRUPTED = 130
+
+
+EXIT_CODES: dict[ExitCode, str] = {
+    ExitCode.OK: "done: every request finished and none errored",
+    ExitCode.ERROR: (
+        "an error you can fix (bad request file, bad config file, unknown batch or endpoint, "
+        "missing key, database problem), explained on stderr, one line per problem"
+    ),
+    ExitCode.USAGE: "wrong command-line usage",
+    ExitCode.ERRORED_RESULTS: "`run` finished, but some requests ended `errored`",
+    ExitCode.PAUSED: (
+        "`run` paused a batch: the endpoint rejected the credentials, billing or spend limit, "
+        "or the batch's budget (`--max-cost`) would be passed. Its requests stay queued; fix "
+        "the cause (or raise the budget) and run it again."
+    ),
+    ExitCode.TIME_LIMIT: (
+        "`run` stopped at its time limit (`--max-runtime`) with work left. Nothing is paused; "
+        "the next `run` continues."
+    ),
+    ExitCode.LOCKED: (
+        "another `batchrun run` is using the same SQLite database; this run did nothing. "
+        "Pass `--wait` to wait for it instead."
+    ),
+    ExitCode.INTERRUPTED: (
+        "interrupted (Ctrl-C or SIGTERM): requests in flight were recorded; `batchrun run` "
+        "continues. `run --forever` ends this way."
+    ),
+}
+
 
 class BatchrunError(Exception):
     """batchrun failed."""
+
+    exit_code: ExitCode = ExitCode.ERROR
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (type(self).__doc__ or "").strip())
@@ -62,3 +111,9 @@ class DatabaseError(BatchrunError):
 
 class DatabaseUnavailableError(DatabaseError):
     """The connection to the database was lost; it may come back."""
+
+
+class RunLockedError(BatchrunError):
+    """Another `batchrun run` is using this database."""
+
+    exit_code = ExitCode.LOCKED

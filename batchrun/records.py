@@ -1,13 +1,117 @@
-"""Plain values that cross the store boundary, so callers need not import SQLAlchemy."""
+"""Plain values that cross layers, so no layer needs another's internals.
+
+- A request's way through the store: :class:`NewBatch` and :class:`NewRequest` in,
+  :class:`ClaimedRequest` out to a worker, :class:`FinishedRequest` and :class:`RetryLater`
+  back; batches and results as ``status``, ``list`` and the exports read them.
+- An answer's way across the transport seam: an :data:`Outcome` (:class:`Succeeded`,
+  :class:`Retryable`, :class:`Fatal` or :class:`Halt`), with the :class:`Usage` and the
+  :class:`ServerLimits` it reported. Errors cross as values, never as exceptions.
+
+Frozen dataclasses only; this module imports nothing of batchrun's.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from batchrun.policy import Usage
+ErrorBody = dict[str, Any]
+HaltKind = Literal["authentication", "permission", "billing", "spend_limit"]
+
+# -- answers: what the transport hands the dispatcher -----------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The limits, remaining capacity and reset times a response announced, per dimension."""
+
+    limits: dict[str, float] = field(default_factory=dict)
+    remaining: dict[str, float] = field(default_factory=dict)
+    reset_at: dict[str, datetime] = field(default_factory=dict)
+
+    def exhausted(self) -> set[str]:
+        """Dimensions with nothing left."""
+        return {dim for dim, left in self.remaining.items() if left <= 0}
+
+    def wait_s(self, now: datetime) -> float | None:
+        """Seconds until the exhausted limits (else all announced ones) reset, if announced."""
+        dims = self.exhausted() or set(self.reset_at)
+        waits = [(self.reset_at[d] - now).total_seconds() for d in dims if d in self.reset_at]
+        return max(min(waits), 0.0) if waits else None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage of one response, as the API reports it."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """A 200 with a well-formed Message. ``body`` is the response text, stored as received."""
+
+    body: str
+    model: str | None
+    stop_reason: str | None
+    usage: Usage
+    request_id: str | None
+    server_limits: ServerLimits | None = None
+
+
+@dataclass(frozen=True)
+class Retryable:
+    """A transient failure. ``error`` is what the result carries if no attempt is left."""
+
+    reason: str
+    error: ErrorBody
+    http_status: int | None = None
+    retry_after_s: float | None = None
+    server_limits: ServerLimits | None = None
+    # The limits a 429's message names as exceeded (dimension names), e.g. {"itpm"}.
+    limits_named: frozenset[str] = frozenset()
+
+    @property
+    def rate_limited(self) -> bool:
+        """A 429: the server asks us to slow down; not a failure of the request."""
+        return self.http_status == 429
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """A final failure of this request alone (a bad request, an unknown model...)."""
+
+    error: ErrorBody
+    http_status: int
+
+
+@dataclass(frozen=True)
+class Halt:
+    """A failure every request of the batch would share: stop the batch, keep its queue."""
+
+    kind: HaltKind
+    http_status: int
+    detail: str
+
+
+Outcome = Succeeded | Retryable | Fatal | Halt
+
+
+def error_body(error_type: str, message: str, request_id: str | None = None) -> ErrorBody:
+    """An Anthropic-shaped error response: ``{"type": "error", "error": {...}, ...}``."""
+    return {
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": request_id,
+    }
+
+
+# -- batches, requests and results: what crosses the store boundary -------------------------
 
 ProcessingStatus = Literal["in_progress", "canceling", "ended"]
 
@@ -22,6 +126,8 @@ class NewBatch:
     source: str | None
     created_at: datetime
     expires_at: datetime
+    # The budget in USD, stored in the same transaction as the batch (None: no budget).
+    max_cost_usd: float | None = None
 
 
 # Invalid lines kept by `submit --skip-invalid` that have no usable custom_id of their own
@@ -182,3 +288,63 @@ class ResultRow:
     body: str | None
     error_type: str | None
     error_message: str | None
+
+
+@dataclass(frozen=True)
+class ModelTokens:
+    """Token totals of one model, for pricing."""
+
+    model: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ErrorCount:
+    """One error type of a batch's errored results, how often it occurred, and the message
+    of one of them."""
+
+    error_type: str
+    count: int
+    example: str | None
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What ``status`` adds to a batch's counts: tokens per model (for cost), when the first
+    request was sent and the last result came, the most frequent errors, and the budget."""
+
+    usage: Sequence[ModelTokens]
+    first_started_at: datetime | None
+    last_completed_at: datetime | None
+    errors: Sequence[ErrorCount]
+    max_cost_usd: float | None
+
+
+@dataclass(frozen=True)
+class ResultDetail:
+    """One finished request with everything a flat export shows."""
+
+    batch_id: str
+    custom_id: str
+    line_no: int
+    state: str
+    model: str | None
+    stop_reason: str | None
+    body: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_creation_input_tokens: int | None
+    cache_read_input_tokens: int | None
+    attempts: int
+    latency_ms: int | None
+    http_status: int | None
+    request_ref: str | None
+    error_type: str | None
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None

@@ -12,7 +12,7 @@ from typing import Any
 
 from typer.testing import CliRunner, Result
 
-from batchrun.cli import app
+from batchrun.cli.app import app
 
 BATCHRUN = str(Path(sys.executable).parent / "batchrun")
 

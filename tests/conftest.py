@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from batchrun.ingest import submit_requests
+from batchrun.input.ingest import submit_requests
 from batchrun.store.store import Store
 
 POSTGRES_URL_VARIABLE = "BATCHRUN_TEST_POSTGRES_URL"
@@ -143,10 +143,13 @@ def submit(store: Store, lines: list[dict[str, Any]], *, endpoint: str = "simula
     )
 
 
-async def memory_grown_by(work: Awaitable[None]) -> int:
-    """Bytes of Python memory that ``work`` left allocated (tracemalloc)."""
+async def memory_grown_by(work: Awaitable[None], *, after: Awaitable[None]) -> int:
+    """Bytes of Python memory that ``work`` left allocated (tracemalloc), once ``after`` has
+    brought things to their steady state. Both run traced, so what ``work`` frees of what
+    ``after`` allocated counts against what it allocates: a bounded window shows ~0."""
     tracemalloc.start()
     try:
+        await after
         before = tracemalloc.get_traced_memory()[0]
         await work
         return tracemalloc.get_traced_memory()[0] - before

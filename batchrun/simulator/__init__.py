@@ -8,13 +8,38 @@ In-process::
 On a socket: ``serve(config, port=0, on_ready=print)`` or ``with running_simulator(config) as
 url: ...``. Behaviour per request can be forced with ``[[sim:...]]`` directives in the prompt
 (see :mod:`batchrun.simulator.directives`).
+
+Holds: ``app`` (the ASGI app), ``config``, ``buckets`` (its own rate limits), ``directives``,
+``faults``, ``responses``, ``tokens`` (its own token counts), ``validation``, ``stats``, and
+``server`` (uvicorn on a socket).
+May import: nothing of batchrun's but the image-size formula (``batchrun.input.images``): it
+is an independent oracle, so batchrun's own estimates are tested against something else.
+Its names are loaded on first use, so the in-process endpoint does not load uvicorn.
 """
 
-from batchrun.simulator.app import SimulatedConnectionCut, SimulatorApp, create_app
-from batchrun.simulator.config import FaultRates, ModelLimits, SimulatorConfig
-from batchrun.simulator.server import running_simulator, serve
-from batchrun.simulator.stats import RequestLogEntry, SimulatorStats
+from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchrun.simulator.app import SimulatedConnectionCut, SimulatorApp, create_app
+    from batchrun.simulator.config import FaultRates, ModelLimits, SimulatorConfig
+    from batchrun.simulator.server import running_simulator, serve
+    from batchrun.simulator.stats import RequestLogEntry, SimulatorStats
+
+_HOMES = {
+    "SimulatedConnectionCut": "app",
+    "SimulatorApp": "app",
+    "create_app": "app",
+    "FaultRates": "config",
+    "ModelLimits": "config",
+    "SimulatorConfig": "config",
+    "running_simulator": "server",
+    "serve": "server",
+    "RequestLogEntry": "stats",
+    "SimulatorStats": "stats",
+}
 __all__ = [
     "FaultRates",
     "ModelLimits",
@@ -27,3 +52,10 @@ __all__ = [
     "running_simulator",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'batchrun.simulator' has no attribute {name!r}")
+    return getattr(import_module(f"batchrun.simulator.{home}"), name)

@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from batchrun.images import UNREADABLE_IMAGE_TOKENS, base64_image_tokens
+from batchrun.input.images import UNREADABLE_IMAGE_TOKENS, base64_image_tokens
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4

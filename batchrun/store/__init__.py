@@ -1,1 +1,9 @@
-"""Storage: the only package that imports SQLAlchemy."""
+"""The job database: every statement batchrun runs, on SQLite or Postgres.
+
+Holds: ``tables`` (the schema, with the request state machine written out), ``store`` (the
+``Store`` class: batches and results) with ``base``, ``lifecycle`` (cancel, pause, expiry,
+requeue), ``leases`` (claims), ``batch_rows`` (writing a new batch) and ``rates`` (shared
+rate buckets), ``database`` (engines, migrations, and driver errors as messages).
+May import: ``limits`` (bucket arithmetic), ``records``, ``errors``. With the migrations, the
+only importer of SQLAlchemy and Alembic.
+"""

@@ -16,7 +16,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchrun.errors import BatchNotFoundError
@@ -24,6 +23,7 @@ from batchrun.store import tables as t
 from batchrun.store.database import (
     WRITE_OPTION,
     database_error,
+    upsert_insert,
 )
 from batchrun.store.rates import RateStore
 
@@ -33,8 +33,7 @@ class StoreBase:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        dialect = engine.dialect.name
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._insert = upsert_insert(engine)
         self.rates = RateStore(engine)
 
     @contextmanager

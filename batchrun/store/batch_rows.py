@@ -38,6 +38,7 @@ def insert_batch(
             request_count=0,
             created_at=batch.created_at,
             expires_at=batch.expires_at,
+            max_cost_usd=batch.max_cost_usd,
         )
     )
     count = 0

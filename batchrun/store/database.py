@@ -14,15 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
-import batchrun
 from batchrun.errors import DatabaseError, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
@@ -31,11 +26,16 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # Connection option that makes a SQLite transaction take the write lock at BEGIN.
 WRITE_OPTION = "batchrun_write"
+# The newest schema revision, the head of migrations/versions (a test checks they agree). A
+# database already there is opened without loading Alembic, so every command starts fast.
+SCHEMA_REVISION = "0004"
+_VERSION_TABLE = "alembic_version"
 
 
 def migrations_path() -> Path:
     """Where the Alembic scripts are: inside the installed wheel, or at the repository top."""
-    package_dir = Path(batchrun.__file__).resolve().parent
+    # batchrun/store/database.py → batchrun/
+    package_dir = Path(__file__).resolve().parent.parent
     for candidate in (package_dir / "migrations", package_dir.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
@@ -144,18 +144,22 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN")
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection | None = None) -> Any:
+    # Alembic is loaded only to migrate: a database at SCHEMA_REVISION never needs it.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_path()))
-    config.attributes["connection"] = connection
+    if connection is not None:
+        config.attributes["connection"] = connection
     return config
 
 
 def head_revision() -> str:
-    """The newest schema revision this batchrun knows."""
-    config = Config()
-    config.set_main_option("script_location", str(migrations_path()))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    """The newest schema revision of the migration scripts."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 
@@ -164,7 +168,10 @@ def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None for an empty database."""
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table(_VERSION_TABLE):
+                return None
+            found = connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).first()
+            return None if found is None else str(found[0])
     except DBAPIError as exc:
         raise database_error(exc, engine=engine, doing="open") from exc
 
@@ -177,11 +184,12 @@ def upgrade_database(engine: Engine) -> tuple[str | None, str]:
     """
     try:
         before = current_revision(engine)
-        head = head_revision()
-        if before == head:
-            return before, head
-        config = Config()
-        config.set_main_option("script_location", str(migrations_path()))
+        if before == SCHEMA_REVISION:
+            return before, before
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
+        config = _alembic_config()
         known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
         if before is not None and before not in known:
             raise DatabaseError(
@@ -190,6 +198,7 @@ def upgrade_database(engine: Engine) -> tuple[str | None, str]:
             )
         with engine.begin() as connection:
             command.upgrade(_alembic_config(connection), "head")
+        head = head_revision()
         log.info("database migrated from %s to %s", before or "empty", head)
         return before, head
     except DBAPIError as exc:
@@ -201,3 +210,27 @@ def upgrade_database(engine: Engine) -> tuple[str | None, str]:
 def _short(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     return str(orig if orig is not None else exc).splitlines()[0]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite database URL, or None for other databases (and URLs that do not
+    parse: opening the database says what is wrong with them)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def upsert_insert(engine: Engine) -> Any:
+    """The dialect's ``insert`` (which has ``on_conflict_do_nothing`` / ``_do_update``); only
+    the dialect in use is loaded."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert

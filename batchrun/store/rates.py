@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sqlalchemy import Engine, case, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from batchrun.banks import PendingChanges
-from batchrun.buckets import TokenBucket
+from batchrun.limits.banks import PendingChanges
+from batchrun.limits.buckets import TokenBucket
 from batchrun.store import tables as t
-from batchrun.store.database import WRITE_OPTION
+from batchrun.store.database import WRITE_OPTION, upsert_insert
 
 
 class RateStore:
@@ -26,7 +25,7 @@ class RateStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = upsert_insert(engine)
 
     def take(
         self,

@@ -1,7 +1,7 @@
 """The job store: every statement batchrun runs against its database.
 
 Methods are synchronous and short; the dispatcher calls them from one worker thread (see
-``batchrun.dbthread``) so the event loop never blocks on the database. Every method that
+``batchrun.dispatch.dbthread``) so the event loop never blocks on the database. Every method that
 writes does so in one transaction. The statements are grouped by job: batches and
 results here, a batch's later course in ``lifecycle.py``, claims and leases in
 ``leases.py``, what they share in ``base.py``.
@@ -23,15 +23,17 @@ from sqlalchemy import (
     update,
 )
 
-from batchrun.details import BatchStats, ErrorCount, ResultDetail
 from batchrun.errors import BatchNotFoundError
-from batchrun.pricing import ModelTokens
 from batchrun.records import (
+    BatchStats,
     BatchSummary,
+    ErrorCount,
     FinishedRequest,
+    ModelTokens,
     NewBatch,
     NewRequest,
     RequestCounts,
+    ResultDetail,
     ResultRow,
     RetryLater,
     TokenTotals,

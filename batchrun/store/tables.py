@@ -131,7 +131,7 @@ requests = Table(
         "estimated_input_tokens",
         Integer,
         nullable=True,
-        comment="raw input-token estimate made at submit (see batchrun.estimate)",
+        comment="raw input-token estimate made at submit (see batchrun.input.estimate)",
     ),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0, comment="times sent"),
@@ -193,8 +193,9 @@ results = Table(
     Index(None, "batch_id", "result_type"),
 )
 
-# The rate-limit buckets that workers share (see batchrun.limiter and batchrun.banks): one
-# row per endpoint × model × limit. Times are Unix seconds from the workers' clocks.
+# The rate-limit buckets that workers share (see batchrun.limits.limiter and
+# batchrun.limits.banks): one row per endpoint × model × limit. Times are Unix seconds from
+# the workers' clocks.
 rate_buckets = Table(
     "rate_buckets",
     metadata,

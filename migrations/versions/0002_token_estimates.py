@@ -24,7 +24,7 @@ def upgrade() -> None:
                 "estimated_input_tokens",
                 sa.Integer(),
                 nullable=True,
-                comment="raw input-token estimate made at submit (see batchrun.estimate)",
+                comment="raw input-token estimate made at submit (see batchrun.input.estimate)",
             )
         )
 

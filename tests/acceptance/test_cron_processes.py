@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.runlock import lock_path
+from batchrun.ops.runlock import lock_path
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
 from batchrun.simulator.app import SimulatorApp
 from tests.conftest import jsonl, request_line

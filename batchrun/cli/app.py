@@ -1,0 +1,126 @@
+"""The ``batchrun`` command: the app, its global options, and the one place errors become
+exit codes.
+
+A :class:`~batchrun.errors.BatchrunError` is printed as one line on stderr and ends the
+command with the error's own ``exit_code`` (see :data:`batchrun.errors.EXIT_CODES`); Ctrl-C
+ends it with 130; anything else is a bug and keeps its traceback. The commands themselves live
+in one module per noun (``batches``, ``run``, ``estimate``, ``tools``) and work through the
+public :class:`batchrun.Client`, made here from the global options.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from batchrun import __version__
+from batchrun.cli import batches, estimate, run, tools
+from batchrun.cli.consoles import stderr
+from batchrun.cli.context import Options
+from batchrun.errors import BatchrunError, ExitCode
+
+
+class _BatchrunGroup(TyperGroup):
+    """Turns user errors into one line on stderr and their exit code; bugs keep their
+    traceback."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except BatchrunError as exc:
+            stderr.print(f"error: {exc.message}", markup=False)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted; `batchrun run` continues where this stopped")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def _print_version() -> None:
+    # Eager: printed before the command line is checked for a command.
+    sys.stdout.write(f"batchrun {__version__}\n")
+    raise typer.Exit()
+
+
+def _main_options(
+    ctx: typer.Context,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="BATCHRUN_DATABASE_URL",
+            help="Database URL (sqlite:///file.db or postgresql+psycopg://...). "
+            "Default: $XDG_DATA_HOME/batchrun/batchrun.db (~/.local/share/batchrun/batchrun.db).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Config file (TOML) defining endpoints and prices. Default: the first found of "
+            "$BATCHRUN_CONFIG, ./batchrun.toml, ~/.config/batchrun/config.toml "
+            "($XDG_CONFIG_HOME/batchrun/config.toml).",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="Log more (-vv for debug).")
+    ] = 0,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            is_eager=True,
+            callback=lambda shown: _print_version() if shown else None,
+        ),
+    ] = False,
+) -> None:
+    options = Options(db=db, config=config)
+    ctx.obj = options
+    ctx.call_on_close(options.close)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO; that is our job, at our level of detail.
+    logging.getLogger("httpx").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def build_app() -> typer.Typer:
+    """The ``batchrun`` app, with flags for the rate-limit dimensions and the export formats
+    registered now."""
+    app = typer.Typer(
+        cls=_BatchrunGroup,
+        help="Run batches of Anthropic Messages API requests with rate limits, durably.\n\n"
+        "Endpoints (Anthropic, Langdock, AIMLAPI, the simulator, and any gateway you define) "
+        "are configured in one TOML file, the first found of: --config FILE, "
+        "$BATCHRUN_CONFIG, ./batchrun.toml, ~/.config/batchrun/config.toml. `batchrun "
+        "endpoints` lists them.",
+        rich_markup_mode="markdown",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    app.callback()(_main_options)
+    batches.add_submit(app)
+    estimate.add_commands(app)
+    run.add_commands(app)
+    batches.add_commands(app)
+    tools.add_commands(app)
+    return app
+
+
+app = build_app()
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

@@ -1,0 +1,264 @@
+"""Commands on batches: ``submit``, ``status``, ``list``, ``cancel`` and ``results``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from batchrun.cli.consoles import print_json, stderr, stdout
+from batchrun.cli.text import parse_duration_s
+from batchrun.export.formats import EXPORT_FORMATS
+
+_RESULT_STATES = ("succeeded", "errored", "canceled", "expired")
+
+
+def submit(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="JSONL request file; - reads standard input.")],
+    name: Annotated[str | None, typer.Option(help="A name to recognise the batch by.")] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the requests go; `batchrun endpoints` lists them. Default: "
+            "$BATCHRUN_ENDPOINT, else default_endpoint in the config file, else anthropic.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model for lines whose params name none.")
+    ] = None,
+    max_requests: Annotated[
+        int, typer.Option(min=1, help="Refuse files with more requests (Anthropic's limit).")
+    ] = 100_000,
+    max_file_bytes: Annotated[
+        int, typer.Option(min=1, help="Refuse larger files (Anthropic's 256 MB limit).")
+    ] = 256 * 1024 * 1024,
+    expires_in: Annotated[
+        str,
+        typer.Option(
+            help="Requests not sent by then expire (e.g. 90m, 24h, 3d), as with Anthropic's "
+            "batches."
+        ),
+    ] = "24h",
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            help="Store the valid lines and record each invalid one as an errored result, "
+            "instead of refusing the file."
+        ),
+    ] = False,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Budget in USD, stored with the batch: no request is sent that could take "
+            "its cost past it (the batch pauses; raise it with run --max-cost).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Only estimate requests, tokens, cost and duration (as `batchrun estimate`); "
+            "store nothing.",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
+) -> None:
+    """Validate a request file and store it as a batch; prints the batch id.
+
+    Each line is {"custom_id": "...", "params": {...Messages API body...}}. If any line is
+    invalid, every problem is listed (file:line) and nothing is stored, unless
+    --skip-invalid is given.
+    """
+    from batchrun.cli.context import client_of
+    from batchrun.cli.views import submit_summary_lines
+
+    expires_in_s = parse_duration_s(expires_in, what="--expires-in")
+    client = client_of(ctx)
+    if dry_run:
+        from batchrun.cli.estimate import print_estimate
+
+        plan = client.estimate(
+            file,
+            endpoint=endpoint,
+            model=model,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+        )
+        print_estimate(plan, as_json=as_json)
+        return
+    skipped: list[str] = []
+    batch = client.submit(
+        file,
+        endpoint=endpoint,
+        name=name,
+        model=model,
+        expires_in_s=expires_in_s,
+        skip_invalid=skip_invalid,
+        max_cost_usd=max_cost,
+        max_requests=max_requests,
+        max_file_bytes=max_file_bytes,
+        on_skipped=skipped.append,
+    )
+    if as_json:
+        print_json(batch.model_dump(mode="json"))
+    else:
+        sys.stdout.write(batch.id + "\n")
+    for line in submit_summary_lines(batch, skipped):
+        stderr.print(line, markup=False)
+
+
+def status(
+    ctx: typer.Context,
+    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh until the batch ends (Ctrl-C stops).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, help="Seconds between refreshes.")
+    ] = 2.0,
+) -> None:
+    """Show a batch: state, request counts, tokens, cost, throughput, when it started and
+    ended, and its most frequent errors."""
+    from batchrun.cli.context import client_of
+    from batchrun.cli.views import status_line, status_table
+    from batchrun.export.batch_object import BatchStatus
+
+    client = client_of(ctx)
+
+    def show(batch: BatchStatus, *, compact: bool) -> None:
+        if as_json:
+            print_json(batch.model_dump(mode="json"), indent=None if compact else 2)
+        else:
+            stdout.print(status_table(batch))
+
+    def ended(batch: BatchStatus) -> bool:
+        return batch.processing_status == "ended"
+
+    now = client.status(batch_id)
+    if not watch or ended(now):
+        show(now, compact=False)
+        return
+    if stdout.is_terminal and not as_json:
+        from rich.live import Live
+
+        with Live(status_table(now), console=stdout, auto_refresh=False) as view:
+            while not ended(now):
+                time.sleep(interval)
+                now = client.status(batch_id)
+                view.update(status_table(now), refresh=True)
+        return
+    while True:
+        if as_json:
+            show(now, compact=True)
+        else:
+            stderr.print(status_line(now), markup=False)
+        if ended(now):
+            break
+        time.sleep(interval)
+        now = client.status(batch_id)
+    if not as_json:
+        show(now, compact=False)
+
+
+def list_batches(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print batch objects.")] = False,
+) -> None:
+    """List the batches, newest first."""
+    from batchrun.cli.context import client_of
+    from batchrun.cli.views import batches_table
+
+    batches = client_of(ctx).list()
+    if as_json:
+        print_json({"data": [batch.model_dump(mode="json") for batch in batches]})
+    elif batches:
+        stdout.print(batches_table(batches))
+    else:
+        stderr.print("no batches yet; `batchrun submit FILE.jsonl` stores one")
+
+
+def cancel(
+    ctx: typer.Context,
+    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
+) -> None:
+    """Cancel a batch: queued requests are canceled at once; a running worker stops sending
+    it within a second, and requests already in flight are still recorded."""
+    from batchrun.cli.context import client_of
+
+    batch = client_of(ctx).cancel(batch_id)
+    if as_json:
+        print_json(batch.model_dump(mode="json"))
+    else:
+        stderr.print(f"{batch_id}: {batch.processing_status}")
+
+
+def _check_choice(value: str | None, choices: tuple[str, ...], flag: str) -> str | None:
+    if value is not None and value not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=flag)
+    return value
+
+
+def results(
+    ctx: typer.Context,
+    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write to this file (atomically).")
+    ] = None,
+    partial: Annotated[
+        bool, typer.Option(help="Export the finished requests of a batch that has not ended.")
+    ] = False,
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="; ".join(f"{f.name}: {f.description}" for f in EXPORT_FORMATS) + ".",
+        ),
+    ] = "anthropic",
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the requests that ended this way: " + ", ".join(_RESULT_STATES) + ".",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Write the results of a batch in input order: Anthropic's batch results format (one
+    JSON line per request), or flat records (JSON lines or CSV) for analytics."""
+    from batchrun.cli.context import client_of
+
+    _check_choice(export_format, EXPORT_FORMATS.names(), "--format")
+    _check_choice(only, _RESULT_STATES, "--only")
+    chosen = EXPORT_FORMATS.get(export_format)
+    to_file = output is not None and output != "-"
+    target = output if to_file else (sys.stdout.buffer if chosen.binary else sys.stdout)
+    assert target is not None
+    count = client_of(ctx).export(
+        batch_id,
+        target,
+        format=export_format,
+        only=only,  # type: ignore[arg-type]
+        partial=partial,
+    )
+    if to_file:
+        stderr.print(f"wrote {count:,} results to {output}")
+
+
+def add_submit(app: typer.Typer) -> None:
+    """Register ``submit``."""
+    app.command()(submit)
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Register ``status``, ``list``, ``cancel`` and ``results``."""
+    app.command()(status)
+    app.command("list")(list_batches)
+    app.command()(cancel)
+    app.command()(results)

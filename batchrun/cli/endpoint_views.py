@@ -1,0 +1,93 @@
+"""How ``batchrun endpoints`` shows the endpoints: a few lines each (URLs are never cut short,
+as a table would), or JSON. Key variables are named and said to be set or not; their values
+are never shown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS
+from batchrun.limits.dimensions import RateLimits
+from batchrun.transport.auth import AUTH_STYLES
+from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S, Endpoints
+
+
+def _limits_text(limits: Mapping[str, RateLimits]) -> str:
+    parts = []
+    for model, value in sorted(limits.items(), key=lambda item: (item[0] == "*", item[0])):
+        figures = [f"{amount:,g} {name}" for name, amount in value.items()]
+        label = model if model != "*" else "other models" if len(limits) > 1 else "every model"
+        parts.append(f"{label}: {', '.join(figures) or 'unlimited'}")
+    return "; ".join(parts) or "none set"
+
+
+def _is_set(env: Mapping[str, str], variable: str | None) -> bool:
+    return bool(variable and env.get(variable, "").strip())
+
+
+def endpoints_lines(known: Endpoints, env: Mapping[str, str]) -> list[str]:
+    """Every endpoint as a few lines of text (URLs are never cut short, as a table would).
+    Key variables are named and said to be set or not; their values are never shown."""
+    lines = []
+    for name, endpoint in sorted(known.by_name.items()):
+        lines.append(f"{name} (default)" if name == known.default else name)
+        url = "in-process" if endpoint.in_process else endpoint.messages_url
+        lines.append(f"  url:        {url}")
+        auth = endpoint.auth
+        if AUTH_STYLES.get(auth).needs_key and endpoint.api_key_env:
+            state = "set" if _is_set(env, endpoint.api_key_env) else "not set"
+            lines.append(f"  auth:       {auth}, key from {endpoint.api_key_env} ({state})")
+        else:
+            lines.append(f"  auth:       {auth}")
+        for header, variable in endpoint.headers_env.items():
+            state = "set" if _is_set(env, variable) else "not set"
+            lines.append(f"  header:     {header} from {variable} ({state})")
+        lines.append(f"  limits:     {_limits_text(endpoint.limits)}")
+        timeout_s = endpoint.timeout_s or DEFAULT_TIMEOUT_S
+        attempts = endpoint.max_attempts or DEFAULT_MAX_ATTEMPTS
+        lines.append(f"  requests:   timeout {timeout_s:g} s, up to {attempts} attempts")
+        if endpoint.extra_body:
+            lines.append(f"  extra_body: {', '.join(endpoint.extra_body)}")
+        lines.append(f"  defined in: {' + '.join(endpoint.sources)}")
+    lines.append(f"default endpoint: {known.default} (from {known.default_source})")
+    lines.append(f"config file: {known.config_path or 'none found'}")
+    return lines
+
+
+def endpoints_json(known: Endpoints, env: Mapping[str, str]) -> dict[str, Any]:
+    """What `batchrun endpoints --json` prints. Never a key: only variable names and
+    whether each is set."""
+
+    data = []
+    for name, endpoint in sorted(known.by_name.items()):
+        needs_key = AUTH_STYLES.get(endpoint.auth).needs_key
+        data.append(
+            {
+                "name": name,
+                "url": endpoint.messages_url,
+                "base_url": endpoint.base_url,
+                "messages_path": endpoint.messages_path,
+                "in_process": endpoint.in_process,
+                "auth": endpoint.auth,
+                "api_key_env": endpoint.api_key_env if needs_key else None,
+                "api_key_set": _is_set(env, endpoint.api_key_env) if needs_key else None,
+                "headers": dict(endpoint.headers),
+                "headers_env": {
+                    header: {"variable": variable, "set": _is_set(env, variable)}
+                    for header, variable in endpoint.headers_env.items()
+                },
+                "extra_body": dict(endpoint.extra_body),
+                "timeout_s": endpoint.timeout_s or DEFAULT_TIMEOUT_S,
+                "max_attempts": endpoint.max_attempts or DEFAULT_MAX_ATTEMPTS,
+                "limits": {model: value.as_json() for model, value in endpoint.limits.items()},
+                "default": name == known.default,
+                "sources": list(endpoint.sources),
+            }
+        )
+    return {
+        "default_endpoint": known.default,
+        "default_from": known.default_source,
+        "config_file": str(known.config_path) if known.config_path else None,
+        "data": data,
+    }

@@ -1,0 +1,127 @@
+"""``batchrun estimate`` (and ``submit --dry-run``): plan a request file before spending.
+The plan itself is made by :mod:`batchrun.ops.planning`; this module shows it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from batchrun.cli.consoles import print_json, stderr, stdout
+from batchrun.cli.options import with_limit_options
+from batchrun.cli.text import duration_text
+from batchrun.config.prices import CostTotal, describe_cost, format_usd
+from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, FilePlan, ModelPlan, plan_json
+
+
+def estimate(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="JSONL request file; - reads standard input.")],
+    limits: dict[str, float],
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="The endpoint whose limits pace the batch. Default: as for submit.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model for lines whose params name none.")
+    ] = None,
+    output_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of max_tokens a reply is expected to use (the worst case uses all).",
+        ),
+    ] = DEFAULT_OUTPUT_SHARE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+) -> None:
+    """Estimate a request file before spending: requests, input tokens, output tokens
+    (expected and worst case), cost, and how long the endpoint's limits make it take.
+    Nothing is stored or sent. A limit flag (--rpm ...) replaces the endpoint's limit for
+    every model."""
+    from batchrun.cli.context import client_of
+
+    plan = client_of(ctx).estimate(
+        file, endpoint=endpoint, model=model, output_share=output_share, limits=limits
+    )
+    print_estimate(plan, as_json=as_json)
+
+
+def print_estimate(plan: FilePlan, *, as_json: bool) -> None:
+    """The plan as a table (and a note that nothing was stored or sent), or as JSON."""
+    if as_json:
+        print_json(plan_json(plan))
+    else:
+        stdout.print(estimate_table(plan))
+        stderr.print("estimate only: nothing was stored or sent")
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Register ``estimate``."""
+    app.command()(with_limit_options(estimate))
+
+
+def _limit_text(plan: ModelPlan, dimension: str | None) -> str:
+    if dimension is None or plan.limits is None:
+        return "no limit set"
+    return f"{dimension} {plan.limits.get(dimension):,g}/min"
+
+
+def _model_duration(plan: ModelPlan, *, worst: bool) -> tuple[str, str]:
+    """(how long, the limit that binds) for one model."""
+    minutes, binding = plan.duration(
+        plan.max_output_tokens if worst else plan.expected_output_tokens
+    )
+    if minutes is None:
+        return "unknown", "no limit set"
+    return duration_text(minutes * 60), _limit_text(plan, binding)
+
+
+def estimate_table(plan: FilePlan) -> Group:
+    """The totals (expected and worst case), then one line per model."""
+    totals = Table.grid(padding=(0, 2))
+    totals.add_column(style="bold")
+    totals.add_column()
+    expected, unpriced = plan.cost_usd(worst=False)
+    worst, _ = plan.cost_usd(worst=True)
+    missing = dict.fromkeys(unpriced, 1)
+    totals.add_row("file", plan.source)
+    totals.add_row("endpoint", plan.endpoint)
+    totals.add_row("requests", f"{plan.requests:,}")
+    totals.add_row("input tokens", f"{plan.input_tokens:,} (estimated)")
+    totals.add_row(
+        "output tokens",
+        f"{plan.expected_output_tokens:,} expected ({plan.output_share:.0%} of max_tokens), "
+        f"{plan.max_output_tokens:,} at most",
+    )
+    totals.add_row(
+        "cost",
+        f"{describe_cost(CostTotal(expected, missing))} expected, "
+        f"{describe_cost(CostTotal(worst, missing))} at most",
+    )
+    for label, is_worst in (("duration", False), ("at most", True)):
+        minutes, slowest = plan.duration(worst=is_worst)
+        if minutes is None or slowest is None:
+            text = "unknown: a model has no limit, so concurrency and latency set the pace"
+        else:
+            _, binding = _model_duration(slowest, worst=is_worst)
+            text = f"{duration_text(minutes * 60)}, bound by {binding} for {slowest.model}"
+        totals.add_row(label, text)
+    lines = [Text("per model:", style="bold")]
+    for m in plan.models:
+        how_long, binding = _model_duration(m, worst=False)
+        lines.append(
+            Text(
+                f"  {m.model}: {m.requests:,} requests, {m.input_tokens:,} input tokens, "
+                f"{m.expected_output_tokens:,} output tokens (max {m.max_output_tokens:,}), "
+                f"{format_usd(m.cost_usd(m.expected_output_tokens))} "
+                f"(max {format_usd(m.cost_usd(m.max_output_tokens))}), {how_long} ({binding})"
+            )
+        )
+    return Group(totals, Text(""), *lines)

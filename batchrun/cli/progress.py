@@ -1,0 +1,180 @@
+"""How a run is shown: a live table on a terminal, plain lines elsewhere, then a summary.
+
+On a terminal (stderr is a TTY) ``batchrun run`` redraws a rich table twice a second. Without
+one (cron, a pipe, a CI log) it writes one plain line every ``--progress-interval`` and one at
+the end, so a log file shows how the run went without control characters. Both are driven by
+the run's events (:data:`batchrun.ops.session.RunEvent`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from batchrun.cli.consoles import print_json
+from batchrun.cli.text import amount_text, duration_text
+from batchrun.cli.views import run_summary_lines
+from batchrun.config.prices import describe_cost
+from batchrun.limits.dimensions import DIMENSIONS
+from batchrun.ops.monitor import KeyProgress, ProgressSnapshot
+from batchrun.ops.session import Note, PassFinished, PassResult, Progress, RunEvent
+
+# How often the live table is redrawn.
+LIVE_REFRESH_S = 0.5
+# How often a plain progress line is written without a terminal.
+DEFAULT_LOG_INTERVAL_S = 30.0
+
+
+def _use_text(key: KeyProgress, dimension: str) -> str:
+    use = next(u for u in key.uses if u.dimension == dimension)
+    if use.limit is None:
+        return f"{dimension} {amount_text(use.per_minute)}"
+    share = use.share or 0.0
+    return f"{dimension} {amount_text(use.per_minute)}/{amount_text(use.limit)} ({share:.0%})"
+
+
+def _busiest(snapshot: ProgressSnapshot) -> KeyProgress | None:
+    """The endpoint × model whose binding limit is closest to being used up."""
+    best, best_share = None, -1.0
+    for key in snapshot.keys:
+        for use in key.uses:
+            if use.dimension == key.binding and (use.share or 0.0) > best_share:
+                best, best_share = key, use.share or 0.0
+    return best
+
+
+def _eta_text(snapshot: ProgressSnapshot) -> str:
+    if snapshot.stopping:
+        return "stopping (time limit)"
+    return "-" if snapshot.eta_s is None else duration_text(snapshot.eta_s)
+
+
+def progress_line(snapshot: ProgressSnapshot) -> str:
+    """One plain line: counts, throughput, the binding limit, ETA and cost."""
+    s = snapshot
+    parts = [
+        f"{s.done:,}/{s.total:,} done ({s.succeeded:,} succeeded, {s.errored:,} errored, "
+        f"{s.canceled:,} canceled in this run)",
+        f"{s.in_flight:,} in flight",
+        f"{amount_text(s.requests_per_min)} requests/min, "
+        f"{amount_text(s.tokens_per_min)} tokens/min",
+    ]
+    busiest = _busiest(s)
+    if busiest is not None and busiest.binding is not None:
+        parts.append(
+            f"binding: {_use_text(busiest, busiest.binding)} on {busiest.endpoint} {busiest.model}"
+        )
+    parts.append(f"ETA {_eta_text(s)}")
+    parts.append(f"cost {describe_cost(s.cost)}")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{stamp} progress: " + "; ".join(parts)
+
+
+def progress_table(snapshot: ProgressSnapshot) -> Group:
+    """The live view: totals, then one row per endpoint × model against its limits."""
+    s = snapshot
+    share = s.done / s.total if s.total else 1.0
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("done", f"{s.done:,}/{s.total:,} ({share:.0%})")
+    head.add_row(
+        "this run",
+        f"{s.succeeded:,} succeeded, {s.errored:,} errored, {s.canceled:,} canceled, "
+        f"{s.retried:,} retried, {s.rate_limited:,} rate-limited",
+    )
+    head.add_row("in flight", f"{s.in_flight:,} (+{s.waiting:,} waiting for the limiter)")
+    head.add_row(
+        "throughput",
+        f"{amount_text(s.requests_per_min)} requests/min, "
+        f"{amount_text(s.tokens_per_min)} tokens/min",
+    )
+    head.add_row("elapsed", duration_text(s.elapsed_s))
+    head.add_row("ETA", _eta_text(s))
+    head.add_row("cost so far", describe_cost(s.cost))
+    for batch_id, reason in s.paused.items():
+        head.add_row("paused", Text(f"{batch_id}: {reason}", style="yellow"))
+    limits = Table(box=None, pad_edge=False, show_edge=False)
+    dimensions = DIMENSIONS.names()
+    for column in ("endpoint", "model", *dimensions, "binds"):
+        limits.add_column(column)
+    for key in s.keys:
+        limits.add_row(
+            key.endpoint,
+            key.model,
+            *(_use_text(key, d).split(" ", 1)[1] for d in dimensions),
+            key.binding or "no limit",
+        )
+    return Group(head, Text(""), limits) if s.keys else Group(head)
+
+
+class RunDisplay:
+    """Shows a run from its events: a live table on a terminal (``live``), else a plain
+    progress line per Progress event, then each pass's summary (or JSON with ``as_json``, one
+    object per pass, on one line with ``json_indent=None``). ``quiet`` shows nothing but the
+    JSON asked for."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        live: bool,
+        quiet: bool,
+        as_json: bool,
+        json_indent: int | None = 2,
+    ) -> None:
+        self._console = console
+        self._json_indent = json_indent
+        self._live = live and not quiet
+        self._quiet = quiet
+        self._as_json = as_json
+        self._view: Live | None = None
+
+    def __call__(self, event: RunEvent) -> None:
+        match event:
+            case Note(text=text):
+                if not self._quiet:
+                    self._say(text)
+            case Progress(snapshot=snapshot):
+                if self._quiet:
+                    return
+                if not self._live:
+                    self._say(progress_line(snapshot))
+                    return
+                if self._view is None:
+                    self._view = Live(console=self._console, auto_refresh=False, transient=False)
+                    self._view.start()
+                self._view.update(progress_table(snapshot), refresh=True)
+            case PassFinished(result=result):
+                self._finished(result)
+
+    def _finished(self, done: PassResult) -> None:
+        if self._view is not None:
+            self._view.update(progress_table(done.snapshot), refresh=True)
+            self._view.stop()
+            self._view = None
+        if self._as_json:
+            print_json(done.to_json(), indent=self._json_indent)
+        if self._quiet:
+            return
+        if not self._live:
+            self._say(progress_line(done.snapshot))
+        if self._as_json:
+            return
+        for line in run_summary_lines(done):
+            self._say(line)
+
+    def close(self) -> None:
+        """Stop the live view if a run ended without finishing its pass (an error)."""
+        if self._view is not None:
+            with contextlib.suppress(Exception):
+                self._view.stop()
+            self._view = None
+
+    def _say(self, line: str) -> None:
+        self._console.print(line, markup=False, highlight=False)

@@ -1,0 +1,229 @@
+"""``batchrun run`` and ``batchrun resume``: their flags, turned into one ``Client.run``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from batchrun.cli.consoles import stderr
+from batchrun.cli.options import duration_option, with_limit_options
+from batchrun.cli.text import parse_duration_s
+from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY
+from batchrun.errors import ExitCode
+from batchrun.limits.buckets import DEFAULT_BURST_S
+from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S
+
+# How often a plain progress line is written without a terminal, and the live view redrawn.
+_DEFAULT_LOG_INTERVAL = "30s"
+_LIVE_REFRESH_S = 0.5
+
+
+class OutputReservationChoice(StrEnum):
+    learned = "learned"
+    max_tokens = "max_tokens"
+
+
+def run(
+    ctx: typer.Context,
+    limits: dict[str, float],
+    batch_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Batches to run; default: every batch with queued work.", show_default=False
+        ),
+    ] = None,
+    max_concurrency: Annotated[
+        int, typer.Option(min=1, help="Requests in flight at once.")
+    ] = DEFAULT_MAX_CONCURRENCY,
+    output_reservation: Annotated[
+        OutputReservationChoice,
+        typer.Option(
+            help="What the limiter reserves for output before a reply: a learned estimate "
+            "(servers that count actual output, as Anthropic does now) or max_tokens "
+            "(servers that count max_tokens up front)."
+        ),
+    ] = OutputReservationChoice.learned,
+    count_tokens: Annotated[
+        bool,
+        typer.Option(
+            help="Count each request's input tokens with the endpoint's "
+            "/v1/messages/count_tokens instead of estimating them."
+        ),
+    ] = False,
+    burst_s: Annotated[
+        float,
+        typer.Option("--burst-s", min=0.01, help="Most sent in one burst, in seconds of a limit."),
+    ] = DEFAULT_BURST_S,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Tries per request before it ends errored. Default: the endpoint's "
+            f"max_attempts in the config file, else {DEFAULT_MAX_ATTEMPTS}.",
+            show_default=False,
+        ),
+    ] = None,
+    timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout-s",
+            min=1,
+            help="Per-request timeout in seconds. Default: the endpoint's timeout_s in the "
+            f"config file, else {DEFAULT_TIMEOUT_S:g}.",
+            show_default=False,
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Move the batches' remaining requests to this endpoint, for this run and "
+            "later ones (needs batch ids).",
+            show_default=False,
+        ),
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Budget in USD per batch, stored with the batches this run sends: no request "
+            "is sent that could take a batch's cost past it; the batch pauses (exit 4).",
+            show_default=False,
+        ),
+    ] = None,
+    max_runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="Stop claiming after this long (55m, 1h30m, 90s), let the requests in flight "
+            "finish, and exit 5 if work is left; the next run continues it.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="On SQLite, wait for another `batchrun run` on the same database to finish "
+            "instead of exiting 6.",
+        ),
+    ] = False,
+    forever: Annotated[
+        bool,
+        typer.Option(
+            "--forever",
+            help="Keep running: look for newly submitted batches every --poll-interval until "
+            "Ctrl-C (or --max-runtime).",
+        ),
+    ] = False,
+    share: Annotated[
+        bool,
+        typer.Option(
+            "--share",
+            help="On SQLite, work alongside other `batchrun run` processes on the same "
+            "database (several workers on one machine) instead of exiting 6 or waiting. "
+            "On Postgres workers always share.",
+        ),
+    ] = False,
+    poll_interval: Annotated[
+        str, typer.Option(help="With --forever: how often to look for new work.")
+    ] = "30s",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one summary object on stdout at the end.")
+    ] = False,
+    progress_interval: Annotated[
+        str,
+        typer.Option(help="Without a terminal: how often to write a progress line."),
+    ] = _DEFAULT_LOG_INTERVAL,
+) -> None:
+    """Send the queued requests of batches and record every response; exits when done.
+
+    Each batch goes to the endpoint stored with it (`batchrun status` shows it), unless
+    --endpoint moves it. A limit flag (--rpm, --tpm, --itpm, --otpm) replaces that limit of
+    the endpoints for every model of the run. On a terminal a live view shows progress,
+    throughput against each limit, the ETA and the cost; otherwise a progress line is logged
+    every --progress-interval. Exit codes: 0 done, 3 some results errored, 4 a batch paused,
+    5 stopped at --max-runtime, 6 another run holds the SQLite database.
+    """
+    from batchrun.cli.context import client_of
+    from batchrun.cli.progress import RunDisplay
+
+    if endpoint is not None and not batch_ids:
+        raise typer.BadParameter("name the batches to move", param_hint="--endpoint")
+    if forever and batch_ids:
+        raise typer.BadParameter(
+            "--forever runs every batch with queued work; it takes no batch ids",
+            param_hint="--forever",
+        )
+    max_runtime_s = duration_option(max_runtime, "--max-runtime")
+    poll_interval_s = duration_option(poll_interval, "--poll-interval") or 0.0
+    log_interval_s = max(duration_option(progress_interval, "--progress-interval") or 0, 0.1)
+    live = stderr.is_terminal and not quiet
+    display = RunDisplay(
+        stderr, live=live, quiet=quiet, as_json=as_json, json_indent=None if forever else 2
+    )
+    try:
+        result = client_of(ctx).run(
+            *(batch_ids or ()),
+            endpoint=endpoint,
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            output_reservation=output_reservation.value,
+            burst_s=burst_s,
+            count_tokens=count_tokens,
+            max_cost_usd=max_cost,
+            max_runtime_s=max_runtime_s,
+            forever=forever,
+            poll_interval_s=poll_interval_s,
+            lock="share" if share else "wait" if wait else "exclusive",
+            on_event=display,
+            progress_interval_s=None if quiet else _LIVE_REFRESH_S if live else log_interval_s,
+            stop_on_signals=True,
+            **limits,
+        )
+    finally:
+        display.close()
+    if result.exit_code != ExitCode.OK:
+        raise typer.Exit(int(result.exit_code))
+
+
+def resume(
+    ctx: typer.Context,
+    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    retry_errored: Annotated[
+        bool, typer.Option(help="Send the errored requests again too (attempts are kept).")
+    ] = False,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="A new expiry from now (e.g. 24h); needed to resume an expired batch."),
+    ] = None,
+) -> None:
+    """Put back in the queue what a cancel (or, with the options, an error or the expiry)
+    left unsent, then run the batch. Any `run` option may follow, e.g. `--rpm 50`.
+
+    An interrupted or paused batch needs no resume: `batchrun run BATCH_ID` continues it.
+    """
+    from batchrun.cli.context import client_of
+
+    expires_in_s = None
+    if expires_in is not None:
+        expires_in_s = parse_duration_s(expires_in, what="--expires-in")
+    count = client_of(ctx).requeue(batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s)
+    stderr.print(f"{batch_id}: {count:,} requests back in the queue")
+    # The rest of the command line is `run`'s, parsed by `run` itself.
+    command = ctx.parent.command if ctx.parent else None
+    run_command = command.get_command(ctx, "run") if isinstance(command, TyperGroup) else None
+    assert run_command is not None
+    with run_command.make_context("run", [batch_id, *ctx.args], parent=ctx.parent) as run_ctx:
+        run_command.invoke(run_ctx)
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Register ``run`` and ``resume``."""
+    app.command()(with_limit_options(run))
+    app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(resume)

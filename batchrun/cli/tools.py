@@ -1,0 +1,115 @@
+"""The commands that touch no batch: ``endpoints`` (what is configured), ``simulate`` and
+``db upgrade`` / ``db current``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from batchrun.cli.consoles import stderr, stdout
+
+
+def list_endpoints(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
+) -> None:
+    """List every endpoint: URL, auth style, key variable and whether it is set (never the
+    key), limits per model, the default, and where each is defined (built-in or a config
+    file)."""
+    from batchrun.cli.context import client_of
+    from batchrun.cli.endpoint_views import endpoints_json, endpoints_lines
+
+    known = client_of(ctx).endpoints()
+    if as_json:
+        sys.stdout.write(
+            json.dumps(endpoints_json(known, os.environ), indent=2, ensure_ascii=False) + "\n"
+        )
+        return
+    for line in endpoints_lines(known, os.environ):
+        stdout.print(line, markup=False)
+
+
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 8765,
+    rpm: Annotated[int | None, typer.Option(help="Requests/min per model.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Input+output tokens/min per model.")] = None,
+    itpm: Annotated[int | None, typer.Option(help="Input tokens/min per model.")] = None,
+    otpm: Annotated[int | None, typer.Option(help="Output tokens/min per model.")] = None,
+    burst_s: Annotated[
+        float, typer.Option("--burst-s", help="Bucket size in seconds of refill.")
+    ] = 60.0,
+    latency_s: Annotated[float, typer.Option("--latency-s", help="Seconds per answer.")] = 0.0,
+    latency_jitter_s: Annotated[
+        float, typer.Option("--latency-jitter-s", help="Random extra seconds, up to this.")
+    ] = 0.0,
+    output_tokens: Annotated[int, typer.Option(help="Reply length in tokens.")] = 40,
+    error_rate: Annotated[float, typer.Option(help="Share of answers that are 500s.")] = 0.0,
+    overloaded_rate: Annotated[float, typer.Option(help="Share of 529 answers.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
+    no_ratelimit_headers: Annotated[
+        bool, typer.Option(help="Send only retry-after on 429, no anthropic-ratelimit-*.")
+    ] = False,
+) -> None:
+    """Serve the built-in Messages API simulator on 127.0.0.1 (Ctrl-C stops it).
+
+    Point batchrun at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any
+    ANTHROPIC_API_KEY, or with an endpoint in the config file whose base_url is that URL.
+    Prompts may force behaviour with [[sim:status=500:times=2]] and similar directives (see
+    the README).
+    """
+    from batchrun.simulator.config import SimulatorConfig
+    from batchrun.simulator.server import serve
+
+    config = SimulatorConfig.from_options(
+        rpm=rpm,
+        tpm=tpm,
+        itpm=itpm,
+        otpm=otpm,
+        burst_s=burst_s,
+        latency_s=latency_s,
+        latency_jitter_s=latency_jitter_s,
+        output_tokens=output_tokens,
+        error_500=error_rate,
+        overloaded_529=overloaded_rate,
+        seed=seed,
+        send_ratelimit_headers=not no_ratelimit_headers,
+    )
+
+    def announce(actual_port: int) -> None:
+        sys.stdout.write(f"http://127.0.0.1:{actual_port}\n")
+        sys.stdout.flush()
+        stderr.print(f"simulator listening on http://127.0.0.1:{actual_port}")
+
+    serve(config, port=port, on_ready=announce)
+
+
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create the database or migrate it to this batchrun's schema."""
+    from batchrun.cli.context import client_of
+
+    before, after = client_of(ctx).upgrade_database()
+    if before == after:
+        stderr.print(f"database is up to date (schema {after})")
+    else:
+        stderr.print(f"database migrated from {before or 'empty'} to schema {after}")
+
+
+def db_current(ctx: typer.Context) -> None:
+    """Print the database's schema revision."""
+    from batchrun.cli.context import client_of
+
+    stdout.print(client_of(ctx).database_revision() or "empty")
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Register ``endpoints``, ``simulate`` and ``db``."""
+    app.command("endpoints")(list_endpoints)
+    app.command()(simulate)
+    db_app = typer.Typer(help="Manage the job database.", no_args_is_help=True)
+    db_app.command("upgrade")(db_upgrade)
+    db_app.command("current")(db_current)
+    app.add_typer(db_app, name="db")

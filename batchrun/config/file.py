@@ -1,0 +1,390 @@
+"""The config file: where it is found, how it is read and how it is checked.
+
+The first of these that is given or exists is used, and only that one:
+
+1. ``--config FILE``;
+2. the file named by ``$BATCHRUN_CONFIG``;
+3. ``batchrun.toml`` in the current directory;
+4. ``$XDG_CONFIG_HOME/batchrun/config.toml`` (``~/.config/batchrun/config.toml``).
+
+The file is TOML. pydantic checks it here, at the edge, and every problem becomes one line
+``FILE: KEY: what is wrong``; what the rest of batchrun sees is frozen dataclasses. Nothing in
+this module reads ``os.environ``: the CLI passes the environment in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from batchrun.config.prices import ModelPrice, PriceTable
+from batchrun.errors import ConfigError
+from batchrun.limits.dimensions import DIMENSIONS, RateLimits
+from batchrun.transport.auth import AUTH_STYLES, secret_header_names
+from batchrun.transport.endpoints import Endpoints, EndpointSettings, resolve_endpoints
+
+CONFIG_ENV = "BATCHRUN_CONFIG"
+LOCAL_CONFIG_NAME = "batchrun.toml"
+USER_CONFIG_PATH = Path("batchrun") / "config.toml"
+
+# Endpoint names are stored with every batch and typed on command lines.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+# Keys a user might write to put a key itself into the file.
+_KEY_LIKE = frozenset({"api_key", "apikey", "key", "token", "api_token", "secret"})
+_TYPE_NAMES = {
+    "float_type": "a number",
+    "int_type": "a whole number",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "bool_type": "true or false",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the config file says; ``Settings()`` when there is no file."""
+
+    path: Path | None = None
+    default_endpoint: str | None = None
+    endpoints: Mapping[str, EndpointSettings] = field(default_factory=dict)
+    # [prices."MODEL"]: USD per million tokens, overriding the built-in price of that model.
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """A ConfigError naming this file and the key: ``FILE: KEY: problem``."""
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+
+def find_config_file(flag: Path | None, env: Mapping[str, str], cwd: Path) -> Path | None:
+    """The config file to use (see the module docstring), or None when there is none.
+
+    A file named by ``--config`` or ``$BATCHRUN_CONFIG`` must exist; the two default places
+    are simply skipped when empty.
+    """
+    if flag is not None:
+        return _must_exist(flag, "--config")
+    if named := env.get(CONFIG_ENV, "").strip():
+        return _must_exist(Path(named), CONFIG_ENV)
+    if (cwd / LOCAL_CONFIG_NAME).is_file():
+        return Path(LOCAL_CONFIG_NAME)
+    if (user_file := user_config_path(env)).is_file():
+        return user_file
+    return None
+
+
+def user_config_path(env: Mapping[str, str]) -> Path:
+    """``$XDG_CONFIG_HOME/batchrun/config.toml``, by default under ``~/.config``."""
+    if config_home := env.get("XDG_CONFIG_HOME", "").strip():
+        return Path(config_home) / USER_CONFIG_PATH
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return home / ".config" / USER_CONFIG_PATH
+
+
+def _must_exist(path: Path, named_by: str) -> Path:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file (named by {named_by}); check the path")
+    return path
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and check the config file at ``path`` (no file: empty settings).
+
+    Raises ConfigError with one line per problem, each naming the file and the key.
+    """
+    if path is None:
+        return Settings()
+    try:
+        with path.open("rb") as stream:
+            raw = tomllib.load(stream)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        if position := _TOML_POSITION_RE.search(message):
+            line, column = position.groups()
+            message = message[: position.start()]
+            raise ConfigError(f"{path}:{line}:{column}: invalid TOML: {message}") from None
+        raise ConfigError(f"{path}: invalid TOML: {message}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; TOML files are UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        parsed = _ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {_key(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    return Settings(
+        path=path,
+        default_endpoint=parsed.default_endpoint,
+        endpoints={name: table.to_settings(name) for name, table in parsed.endpoints.items()},
+        prices={model: table.to_price() for model, table in parsed.prices.items()},
+    )
+
+
+# -- the file's schema (pydantic, at the edge) ---------------------------------------------
+
+
+def _fail(message: str) -> PydanticCustomError:
+    # The message is passed as context so that braces in it are not read as a template.
+    return PydanticCustomError("config", "{message}", {"message": message})
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        raise _fail("an endpoint name is 1-64 letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _check_base_url(value: str) -> str:
+    if not re.match(r"https?://[^/?#\s]+", value) or re.search(r"[?#\s]", value):
+        raise _fail(
+            "must be an http:// or https:// URL: scheme, host and any path prefix, "
+            'such as "https://gateway.example/anthropic"'
+        )
+    return value
+
+
+def _check_path(value: str) -> str:
+    if not value.startswith("/") or re.search(r"[?#\s]", value):
+        raise _fail('must be a path starting with "/", such as "/v1/messages"')
+    return value
+
+
+def _check_env_name(value: str) -> str:
+    # The value is never echoed: a key pasted here by mistake must not reach the terminal.
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise _fail(
+            "must be the name of an environment variable (letters, digits and '_'), "
+            "not the key itself"
+        )
+    return value
+
+
+def _check_header_name(value: str) -> str:
+    if not _HEADER_NAME_RE.fullmatch(value):
+        raise _fail("is not a valid HTTP header name")
+    return value
+
+
+def _check_literal_header(value: str) -> str:
+    value = _check_header_name(value)
+    # The file may only name the variable that holds a credential.
+    if value.lower() in secret_header_names():
+        raise _fail(
+            "credentials do not belong in the config file; set auth and api_key_env, "
+            "or name a variable in headers_env"
+        )
+    return value
+
+
+def _check_json(value: Any, where: str = "") -> Any:
+    """TOML values that JSON cannot carry are refused rather than converted silently."""
+    if isinstance(value, datetime | date | time):
+        raise _fail(f"{where}TOML dates and times have no JSON form; write it as a string")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(f"{where}nan and inf have no JSON form")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(item, f"{where}{_key([key])}: ")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]: ")
+    return value
+
+
+def _check_auth(value: str) -> str:
+    if value not in AUTH_STYLES:
+        names = [f'"{name}"' for name in AUTH_STYLES.names()]
+        expected = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        raise _fail(f'must be {expected}, not "{value}"')
+    return value
+
+
+def _check_dimension(value: str) -> str:
+    if value not in DIMENSIONS:
+        known = DIMENSIONS.names()
+        if close := difflib.get_close_matches(value, known, n=1, cutoff=0.6):
+            raise _fail(f'unknown key; did you mean "{close[0]}"?')
+        raise _fail(f"unknown key; known keys: {', '.join(known)}")
+    return value
+
+
+def _check_extra_key(value: str) -> str:
+    if value in ("model", "messages", "max_tokens"):
+        raise _fail("every request sets it, so it would never apply")
+    if value == "stream":
+        raise _fail("batchrun needs whole responses, not streams; remove it")
+    return value
+
+
+EndpointName = Annotated[str, AfterValidator(_check_name)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+PositiveNumber = Annotated[float, Field(gt=0)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _EndpointTable(_Table):
+    base_url: Annotated[str, AfterValidator(_check_base_url)] | None = None
+    messages_path: Annotated[str, AfterValidator(_check_path)] | None = None
+    auth: Annotated[str, AfterValidator(_check_auth)] | None = None
+    api_key_env: EnvName | None = None
+    headers: dict[Annotated[str, AfterValidator(_check_literal_header)], str] = {}
+    headers_env: dict[Annotated[str, AfterValidator(_check_header_name)], EnvName] = {}
+    extra_body: dict[
+        Annotated[str, AfterValidator(_check_extra_key)],
+        Annotated[Any, AfterValidator(_check_json)],
+    ] = {}
+    timeout_s: PositiveNumber | None = None
+    max_attempts: Annotated[int, Field(ge=1)] | None = None
+    # Per model ("*": every other model): dimension name → limit per minute.
+    limits: dict[str, dict[Annotated[str, AfterValidator(_check_dimension)], PositiveNumber]] = {}
+
+    def to_settings(self, name: str) -> EndpointSettings:
+        return EndpointSettings(
+            name=name,
+            base_url=self.base_url,
+            messages_path=self.messages_path,
+            auth=self.auth,
+            api_key_env=self.api_key_env,
+            headers=dict(self.headers),
+            headers_env=dict(self.headers_env),
+            extra_body=dict(self.extra_body),
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+            limits={model: RateLimits(values) for model, values in self.limits.items()},
+            fields_set=frozenset(self.model_fields_set),
+        )
+
+
+class _PriceTable(_Table):
+    # USD per million tokens; cache prices default to 1.25x and 0.1x the input price.
+    input: Annotated[float, Field(ge=0)]
+    output: Annotated[float, Field(ge=0)]
+    cache_write: Annotated[float, Field(ge=0)] | None = None
+    cache_read: Annotated[float, Field(ge=0)] | None = None
+
+    def to_price(self) -> ModelPrice:
+        standard = ModelPrice.standard(self.input, self.output)
+        return ModelPrice(
+            self.input,
+            self.output,
+            standard.cache_write_per_mtok_usd if self.cache_write is None else self.cache_write,
+            standard.cache_read_per_mtok_usd if self.cache_read is None else self.cache_read,
+        )
+
+
+class _ConfigFile(_Table):
+    default_endpoint: EndpointName | None = None
+    endpoints: dict[EndpointName, _EndpointTable] = {}
+    prices: dict[Annotated[str, Field(min_length=1)], _PriceTable] = {}
+
+
+_MODELS: dict[int, type[BaseModel]] = {0: _ConfigFile, 2: _EndpointTable}
+
+
+# -- pydantic errors → one line each ------------------------------------------------------
+
+
+def _key(loc: Sequence[int | str]) -> str:
+    """A location as the user would write it in TOML: endpoints.x.limits."*".rpm."""
+    parts = []
+    for part in loc:
+        if part == "[key]":
+            continue
+        text = str(part)
+        parts.append(text if _BARE_KEY_RE.fullmatch(text) else '"' + text.replace('"', '\\"') + '"')
+    return ".".join(parts)
+
+
+def _describe(error: ErrorDetails) -> str:
+    kind, loc = error["type"], error["loc"]
+    if kind == "config":
+        return error["msg"]
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        expected = str(error.get("ctx", {}).get("expected", "")).replace("'", '"')
+        return f"must be {expected}, not {_show(error['input'])}"
+    if kind in ("greater_than", "greater_than_equal"):
+        limit = error.get("ctx", {}).get("gt", error.get("ctx", {}).get("ge"))
+        bound = "greater than" if kind == "greater_than" else "at least"
+        return f"must be {bound} {limit:g}" if isinstance(limit, int | float) else error["msg"]
+    if kind in _TYPE_NAMES:
+        return f"must be {_TYPE_NAMES[kind]}, not {_toml_type(error['input'])}"
+    return str(error["msg"])
+
+
+def _unknown_key(loc: Sequence[int | str]) -> str:
+    key = str(loc[-1])
+    # At the top level or in an endpoint's table, where a key would sit next to its URL.
+    if key.lower() in _KEY_LIKE and len(loc) in (1, 3):
+        endpoint = str(loc[1]) if len(loc) == 3 else "NAME"
+        variable = re.sub(r"[^A-Z0-9]+", "_", endpoint.upper()).strip("_") + "_API_KEY"
+        where = "" if len(loc) == 3 else " in [endpoints.NAME]"
+        return (
+            "API keys do not belong in the config file; export the key as an environment "
+            f'variable and name it with api_key_env = "{variable}"{where}'
+        )
+    model = _PriceTable if loc[0] == "prices" else _MODELS.get(len(loc) - 1)
+    known = sorted(model.model_fields) if model is not None else []
+    if close := difflib.get_close_matches(key, known, n=1, cutoff=0.6):
+        return f'unknown key; did you mean "{close[0]}"?'
+    return f"unknown key; known keys: {', '.join(known)}"
+
+
+def _show(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return "a date or time"
+
+
+def load_endpoints(config_file: Path | None, *, env: Mapping[str, str], cwd: Path) -> Endpoints:
+    """The endpoints of this invocation: built-in, then the config file that ``--config``
+    (``config_file``), the environment or ``cwd`` points to, then the environment."""
+    return endpoints_of(load_settings(find_config_file(config_file, env, cwd)), env)
+
+
+def endpoints_of(settings: Settings, env: Mapping[str, str]) -> Endpoints:
+    """The built-in endpoints with ``settings``' tables and the environment applied."""
+    return resolve_endpoints(
+        settings.endpoints,
+        env,
+        config_path=settings.path,
+        default_endpoint=settings.default_endpoint,
+    )
+
+
+def prices_of(settings: Settings) -> PriceTable:
+    """The price table: built-in prices, with the file's ``[prices."MODEL"]`` on top."""
+    return PriceTable.with_overrides(settings.prices)

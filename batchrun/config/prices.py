@@ -1,0 +1,199 @@
+"""What requests cost: a price table per model, and costs derived from stored token usage.
+
+Cost is never stored: it is derived from the token counts each result keeps (input, output,
+cache write, cache read), at status, export and budget time, so a corrected price table
+re-prices everything at once. A model without a price has an *unknown* cost, shown as
+unknown and never counted as 0.
+
+Prices are USD per million tokens. ``cache_write`` is the price of the 5-minute cache write;
+the API's ``cache_creation_input_tokens`` does not say which cache lifetime was written, so
+1-hour cache writes (twice the input price) are under-counted by this table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from batchrun.records import ModelTokens
+
+TOKENS_PER_MTOK = 1_000_000
+# Anthropic's prompt-caching multipliers of the input price, used when the config file gives
+# a model's input price but not its cache prices.
+CACHE_WRITE_MULTIPLIER = 1.25
+CACHE_READ_MULTIPLIER = 0.1
+# "claude-3-haiku-20240307" and "claude-3-5-sonnet-latest" are priced as their family.
+_VERSION_SUFFIX = re.compile(r"-(\d{8}|latest)$")
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """USD per million tokens of one model."""
+
+    input_per_mtok_usd: float
+    output_per_mtok_usd: float
+    cache_write_per_mtok_usd: float
+    cache_read_per_mtok_usd: float
+
+    @classmethod
+    def standard(cls, input_usd: float, output_usd: float) -> ModelPrice:
+        """A price with Anthropic's usual cache multipliers of the input price."""
+        return cls(
+            input_usd,
+            output_usd,
+            input_usd * CACHE_WRITE_MULTIPLIER,
+            input_usd * CACHE_READ_MULTIPLIER,
+        )
+
+    def cost_usd(
+        self,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_creation_input_tokens: int = 0,
+        cache_read_input_tokens: int = 0,
+    ) -> float:
+        """The cost of these tokens."""
+        return (
+            input_tokens * self.input_per_mtok_usd
+            + output_tokens * self.output_per_mtok_usd
+            + cache_creation_input_tokens * self.cache_write_per_mtok_usd
+            + cache_read_input_tokens * self.cache_read_per_mtok_usd
+        ) / TOKENS_PER_MTOK
+
+
+def _same(price: ModelPrice, *models: str) -> dict[str, ModelPrice]:
+    return dict.fromkeys(models, price)
+
+
+# Anthropic's list prices for the Messages API (not the 50 % Batch API rates), from
+# https://platform.claude.com/docs/en/about-claude/pricing ("Model pricing") and the
+# models' overview pages under https://platform.claude.com/docs/en/models/, read on
+# 2026-11-22. Claude 3 Sonnet is retired and no longer on that page: its $3 / $15 are from
+# https://www.anthropic.com/news/claude-3-family (March 2024), its cache prices at the
+# standard multipliers. Left out on purpose: Claude Haiku 5.5, priced by prompt length
+# (two bands), which one price per model cannot express; set it in the config file.
+# Sonnet 5.5's cache read is its overview page's $0.20; a cut to $0.10 from 2026-10-07 is
+# reported by third parties but was not found on an Anthropic page. Prices change: the
+# config file's [prices."MODEL"] tables override these.
+DEFAULT_PRICES: Mapping[str, ModelPrice] = {
+    **_same(ModelPrice(10.0, 50.0, 12.5, 0.25), "claude-fable-5-1", "claude-mythos-5-1"),
+    **_same(ModelPrice(10.0, 50.0, 12.5, 1.0), "claude-fable-5", "claude-mythos-5"),
+    "claude-opus-5-5": ModelPrice(4.0, 20.0, 5.0, 0.2),
+    **_same(
+        ModelPrice(5.0, 25.0, 6.25, 0.5),
+        "claude-opus-5",
+        "claude-opus-4-8",
+        "claude-opus-4-7",
+        "claude-opus-4-6",
+        "claude-opus-4-5",
+    ),
+    **_same(
+        ModelPrice(15.0, 75.0, 18.75, 1.5),
+        "claude-opus-4-1",
+        "claude-opus-4-0",
+        "claude-opus-4",
+        "claude-3-opus",
+    ),
+    **_same(ModelPrice(2.0, 10.0, 2.5, 0.2), "claude-sonnet-5-5", "claude-sonnet-5"),
+    **_same(
+        ModelPrice(3.0, 15.0, 3.75, 0.3),
+        "claude-sonnet-4-6",
+        "claude-sonnet-4-5",
+        "claude-sonnet-4-0",
+        "claude-sonnet-4",
+        "claude-3-7-sonnet",
+        "claude-3-5-sonnet",
+        "claude-3-sonnet",
+    ),
+    "claude-haiku-4-5": ModelPrice(1.0, 5.0, 1.25, 0.1),
+    "claude-3-5-haiku": ModelPrice(0.8, 4.0, 1.0, 0.08),
+    "claude-3-haiku": ModelPrice(0.25, 1.25, 0.3, 0.03),
+}
+
+
+def model_family(model: str) -> str:
+    """The model name without a date or ``-latest`` suffix."""
+    return _VERSION_SUFFIX.sub("", model)
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Prices per model: the built-in ones, overridden model by model by the config file."""
+
+    prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    @classmethod
+    def with_overrides(cls, overrides: Mapping[str, ModelPrice]) -> PriceTable:
+        """The built-in prices with ``overrides`` (from the config file) on top."""
+        return cls({**DEFAULT_PRICES, **overrides})
+
+    def price_for(self, model: str | None) -> ModelPrice | None:
+        """The price of ``model``: its own entry, else its family's (the name without a date
+        suffix); None when unknown."""
+        if not model:
+            return None
+        found = self.prices.get(model)
+        if found is None:
+            found = self.prices.get(model_family(model))
+        return found
+
+
+@dataclass(frozen=True)
+class CostTotal:
+    """A sum of costs: what could be priced, and the models that could not (model → number of
+    requests), whose cost is unknown."""
+
+    known_usd: float = 0.0
+    unpriced: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def usd(self) -> float | None:
+        """The total, or None when part of it is unknown."""
+        return None if self.unpriced else self.known_usd
+
+    def __add__(self, other: CostTotal) -> CostTotal:
+        unpriced = dict(self.unpriced)
+        for model, count in other.unpriced.items():
+            unpriced[model] = unpriced.get(model, 0) + count
+        return CostTotal(self.known_usd + other.known_usd, unpriced)
+
+
+def cost_of(tokens: Iterable[ModelTokens], prices: PriceTable) -> CostTotal:
+    """The cost of token totals per model."""
+    total = CostTotal()
+    for item in tokens:
+        price = prices.price_for(item.model)
+        if price is None:
+            if item.input_tokens or item.output_tokens or item.requests:
+                total = total + CostTotal(0.0, {item.model: max(item.requests, 1)})
+            continue
+        usd = price.cost_usd(
+            input_tokens=item.input_tokens,
+            output_tokens=item.output_tokens,
+            cache_creation_input_tokens=item.cache_creation_input_tokens,
+            cache_read_input_tokens=item.cache_read_input_tokens,
+        )
+        total = total + CostTotal(usd)
+    return total
+
+
+def format_usd(value: float | None) -> str:
+    """A dollar amount for people: cents above $1, more digits below; "unknown" for None."""
+    if value is None:
+        return "unknown"
+    if value >= 1 or value == 0:
+        return f"${value:,.2f}"
+    return f"${value:.4f}"
+
+
+def describe_cost(total: CostTotal) -> str:
+    """A cost for people, saying which models have no price instead of counting them as 0."""
+    if not total.unpriced:
+        return format_usd(total.known_usd)
+    models = ", ".join(sorted(total.unpriced))
+    where = 'add [prices."MODEL"] to the config file'
+    if total.known_usd > 0:
+        return f"{format_usd(total.known_usd)} + unknown (no price for {models}; {where})"
+    return f"unknown (no price for {models}; {where})"

@@ -1,0 +1,251 @@
+"""Pure decisions: what to write for an answer, and how long to wait before trying again.
+
+The dispatch loop claims, waits, sends and hands the answer here; :func:`decide` says what
+becomes of the request, as a value the loop matches on:
+
+- :class:`Finish`: a result to record, succeeded or errored (a final failure, or a transient
+  one with no attempt left);
+- :class:`Retry`: back to the queue until a time, after a transient failure;
+- :class:`Pause`: a failure every request of the batch would share (credentials, billing, a
+  spend limit): the batch pauses and this request goes back unsent.
+
+Writes are a union of small types, one per way a request leaves a worker; the group writer
+(``dispatch.writer``) matches them into one store transaction. Nothing here does I/O or reads
+a clock: time and randomness come in as arguments, so the tests are tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from batchrun.records import (
+    ClaimedRequest,
+    Fatal,
+    FinishedRequest,
+    Halt,
+    Outcome,
+    Retryable,
+    RetryLater,
+    Succeeded,
+)
+
+# How a halt pauses its batch, per kind; {endpoint}, {key_hint} and {detail} are filled in.
+HALT_MESSAGES = {
+    "authentication": "authentication failed for endpoint {endpoint}: check {key_hint}",
+    "permission": "permission denied by endpoint {endpoint}: check that {key_hint} may use it",
+    "billing": "endpoint {endpoint} refused the request for billing reasons: {detail}",
+    "spend_limit": "endpoint {endpoint} reports that the spend limit is reached: {detail}",
+}
+# Up to this share of a back-off is taken off at random, so that many requests failing
+# together do not come back together.
+BACKOFF_JITTER_SHARE = 0.25
+
+
+# -- writes: how a request leaves a worker --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finish:
+    """A final result to record (succeeded or errored)."""
+
+    result: FinishedRequest
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Back to the queue until ``retry.not_before``, after a transient failure."""
+
+    retry: RetryLater
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """Claimed but never sent (a pause, a drain, a shutdown while waiting): back to the queue
+    as it was, the claim's attempt taken back."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Released:
+    """Interrupted while in flight (a forced shutdown): back to the queue; the attempt stands,
+    since the endpoint may have received it."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Canceled:
+    """Claimed but never sent, and its batch is being canceled."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Expired:
+    """Claimed but never sent, and its batch has expired."""
+
+    request_id: int
+
+
+Write = Finish | Retry | Unsent | Released | Canceled | Expired
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Pause the request's batch with ``reason``; the request goes back unsent."""
+
+    reason: str
+
+
+Decision = Finish | Retry | Pause
+StopKind = Literal["canceling", "expired", "paused", "drained", "shutdown"]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off after transient failures: ``initial_delay_s``, twice that, four
+    times... capped at ``max_delay_s``."""
+
+    initial_delay_s: float
+    max_delay_s: float
+
+
+def decide(
+    request: ClaimedRequest,
+    outcome: Outcome,
+    *,
+    endpoint: str,
+    key_hint: str,
+    max_attempts: int,
+    backoff: Backoff,
+    now: datetime,
+    latency_ms: int,
+    input_estimate: int,
+    jitter: float,
+) -> Decision:
+    """What becomes of ``request`` after ``outcome``.
+
+    ``max_attempts`` counts the transient failures that end a request (429s do not count:
+    waiting them out is pacing); ``jitter`` is a number in [0, 1) that spreads back-offs.
+    """
+    match outcome:
+        case Succeeded():
+            return Finish(_succeeded(request, outcome, now, latency_ms, input_estimate))
+        case Fatal(error=error, http_status=status):
+            return Finish(_errored(request, error, status, now, latency_ms))
+        case Halt(kind=kind, detail=detail):
+            message = HALT_MESSAGES[kind]
+            return Pause(
+                message.format(endpoint=endpoint, key_hint=key_hint, detail=detail or kind)
+            )
+        case Retryable():
+            failures = request.failures + (0 if outcome.rate_limited else 1)
+            if failures >= max_attempts:
+                return Finish(_gave_up(request, outcome, now, latency_ms))
+            delay_s = retry_delay_s(
+                failures, retry_after_s=outcome.retry_after_s, backoff=backoff, jitter=jitter
+            )
+            return Retry(
+                RetryLater(
+                    request_id=request.id,
+                    not_before=now + timedelta(seconds=delay_s),
+                    failures=failures,
+                    last_error=outcome.reason,
+                )
+            )
+
+
+def after_stop(request: ClaimedRequest, kind: StopKind) -> Write:
+    """What a request that was waiting for its turn becomes when its batch stops."""
+    if kind == "canceling":
+        return Canceled(request.id)
+    if kind == "expired":
+        return Expired(request.id)
+    return Unsent(request.id)
+
+
+def retry_delay_s(
+    failures: int, *, retry_after_s: float | None, backoff: Backoff, jitter: float
+) -> float:
+    """How long to wait after the ``failures``-th transient failure (1-based).
+
+    The server's ``retry-after`` wins. Otherwise exponential back-off, with up to
+    :data:`BACKOFF_JITTER_SHARE` of it taken off (``jitter`` in [0, 1) says how much).
+    """
+    if retry_after_s is not None:
+        return retry_after_s
+    exponent = max(failures - 1, 0)
+    base = min(backoff.initial_delay_s * 2.0**exponent, backoff.max_delay_s)
+    return base * (1 - BACKOFF_JITTER_SHARE * jitter)
+
+
+def _succeeded(
+    request: ClaimedRequest,
+    outcome: Succeeded,
+    now: datetime,
+    latency_ms: int,
+    input_estimate: int,
+) -> FinishedRequest:
+    return FinishedRequest(
+        request_id=request.id,
+        batch_id=request.batch_id,
+        custom_id=request.custom_id,
+        result_type="succeeded",
+        attempts=request.attempts,
+        completed_at=now,
+        http_status=200,
+        model=outcome.model,
+        stop_reason=outcome.stop_reason,
+        usage=outcome.usage,
+        latency_ms=latency_ms,
+        estimated_input_tokens=input_estimate,
+        request_ref=outcome.request_id,
+        body=outcome.body,
+    )
+
+
+def _gave_up(
+    request: ClaimedRequest, outcome: Retryable, now: datetime, latency_ms: int
+) -> FinishedRequest:
+    """The errored result of a request whose attempts ran out; its message says so first."""
+    error = dict(outcome.error)
+    inner = dict(error["error"])
+    inner["message"] = (
+        f"gave up after {request.attempts} attempts; last failure: {outcome.reason}. "
+        + str(inner.get("message", ""))
+    ).strip()
+    error["error"] = inner
+    return _errored(request, error, outcome.http_status, now, latency_ms)
+
+
+def _errored(
+    request: ClaimedRequest,
+    error: Mapping[str, object],
+    http_status: int | None,
+    now: datetime,
+    latency_ms: int,
+) -> FinishedRequest:
+    """The errored result of ``request``, carrying the API's error object ``error``."""
+    inner = error.get("error")
+    error_type = str(inner.get("type")) if isinstance(inner, dict) else "api_error"
+    message = str(inner.get("message", "")) if isinstance(inner, dict) else ""
+    request_ref = error.get("request_id")
+    return FinishedRequest(
+        request_id=request.id,
+        batch_id=request.batch_id,
+        custom_id=request.custom_id,
+        result_type="errored",
+        attempts=request.attempts,
+        completed_at=now,
+        http_status=http_status,
+        error_type=error_type,
+        error_message=message,
+        latency_ms=latency_ms,
+        request_ref=str(request_ref) if request_ref else None,
+        body=json.dumps(error, separators=(",", ":"), ensure_ascii=False),
+    )

@@ -1,0 +1,161 @@
+"""A worker's one route to the database: the store's blocking statements, awaited.
+
+Everything a running worker asks of the database goes through one :class:`WorkerDatabase`:
+the dispatch loop's claims and control checks, the group writer's commits, the shared rate
+buckets of the limiter's bank, the run monitor's budget reads, and the run's planning before
+and reports after. They share one database thread (:class:`DatabaseThread`), so a worker's
+statements run in order, on one connection at a time, never contending with each other for
+SQLite's write lock, and every one of them is retried the same way while a Postgres
+connection is lost.
+
+The methods are the store's own (``batchrun.store``), one each, with the same arguments; they
+return what the store returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from batchrun.dispatch.dbthread import DEFAULT_RETRY_DELAYS_S, DatabaseThread
+from batchrun.limits.banks import PendingChanges
+from batchrun.records import (
+    BatchSummary,
+    ClaimedRequest,
+    FinishedRequest,
+    ModelTokens,
+    RetryLater,
+)
+
+if TYPE_CHECKING:
+    from batchrun.store.store import Store
+
+
+class WorkerDatabase:
+    """The store of one worker, awaited on one database thread."""
+
+    def __init__(
+        self, store: Store, *, retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S
+    ) -> None:
+        self._store = store
+        self._thread = DatabaseThread(retry_delays_s=retry_delays_s)
+
+    def close(self) -> None:
+        """Wait for the statement in progress, then stop the thread (the store stays open)."""
+        self._thread.close()
+
+    # -- claims and leases ----------------------------------------------------------------
+
+    async def claim(
+        self, *, owner: str, batch_ids: Sequence[str], limit: int, now: datetime, lease_s: float
+    ) -> list[ClaimedRequest]:
+        return await self._thread.call(
+            self._store.claim,
+            owner=owner,
+            batch_ids=batch_ids,
+            limit=limit,
+            now=now,
+            lease_s=lease_s,
+        )
+
+    async def seconds_until_ready(self, batch_ids: Sequence[str], now: datetime) -> float | None:
+        return await self._thread.call(self._store.seconds_until_ready, batch_ids, now)
+
+    async def renew_leases(
+        self, *, owner: str, request_ids: Sequence[int], now: datetime, lease_s: float
+    ) -> int:
+        return await self._thread.call(
+            self._store.renew_leases, owner=owner, request_ids=request_ids, now=now, lease_s=lease_s
+        )
+
+    async def reclaim_expired_leases(self, now: datetime) -> int:
+        return await self._thread.call(self._store.reclaim_expired_leases, now)
+
+    async def lease_owners(self) -> list[str]:
+        return await self._thread.call(self._store.lease_owners)
+
+    async def release_leases(self, owners: Sequence[str]) -> int:
+        return await self._thread.call(self._store.release_leases, owners)
+
+    # -- results --------------------------------------------------------------------------
+
+    async def record(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        finished: Sequence[FinishedRequest] = (),
+        retries: Sequence[RetryLater] = (),
+        unsent: Sequence[int] = (),
+        released: Sequence[int] = (),
+        canceled: Sequence[int] = (),
+        expired: Sequence[int] = (),
+    ) -> None:
+        await self._thread.call(
+            self._store.record,
+            owner=owner,
+            now=now,
+            finished=finished,
+            retries=retries,
+            unsent=unsent,
+            released=released,
+            canceled=canceled,
+            expired=expired,
+        )
+
+    # -- the batches' course --------------------------------------------------------------
+
+    async def expire_due(self, now: datetime) -> list[str]:
+        return await self._thread.call(self._store.expire_due, now)
+
+    async def stopped_batches(self, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
+        return await self._thread.call(self._store.stopped_batches, batch_ids, now)
+
+    async def clear_pauses(self, batch_ids: Sequence[str]) -> None:
+        await self._thread.call(self._store.clear_pauses, batch_ids)
+
+    async def pause_batch(self, batch_id: str, reason: str) -> None:
+        await self._thread.call(self._store.pause_batch, batch_id, reason)
+
+    async def set_endpoint(self, batch_id: str, endpoint: str) -> None:
+        await self._thread.call(self._store.set_endpoint, batch_id, endpoint)
+
+    async def set_max_cost(self, batch_id: str, max_cost_usd: float | None) -> None:
+        await self._thread.call(self._store.set_max_cost, batch_id, max_cost_usd)
+
+    # -- shared rate buckets --------------------------------------------------------------
+
+    async def take_rates(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        costs: Mapping[str, float],
+        rates: Mapping[str, tuple[float, float]],
+        changes: PendingChanges,
+        now: float,
+    ) -> tuple[float, float]:
+        return await self._thread.call(
+            self._store.rates.take,
+            endpoint=endpoint,
+            model=model,
+            costs=costs,
+            rates=rates,
+            changes=changes,
+            now=now,
+        )
+
+    # -- reads for planning, budgets and reports ------------------------------------------
+
+    async def get_batch(self, batch_id: str) -> BatchSummary:
+        return await self._thread.call(self._store.get_batch, batch_id)
+
+    async def batches_with_open_work(self) -> list[str]:
+        return await self._thread.call(self._store.batches_with_open_work)
+
+    async def max_costs(self, batch_ids: Sequence[str]) -> dict[str, float | None]:
+        return await self._thread.call(self._store.max_costs, batch_ids)
+
+    async def usage_by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
+        return await self._thread.call(self._store.usage_by_model, batch_ids)

@@ -1,0 +1,7 @@
+"""Results out: the export formats registry and the batch object.
+
+Holds: ``formats`` (the registry: ``anthropic``, ``flat``, ``csv``), ``anthropic`` and
+``flat`` (the writers), ``atomic`` (files written whole or not at all), ``batch_object``
+(Anthropic's ``MessageBatch`` shape, and what ``status`` adds).
+May import: ``config`` (prices), ``records``, ``errors``.
+"""

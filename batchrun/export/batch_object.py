@@ -1,0 +1,194 @@
+"""The batch object: a batch in the shape of Anthropic's ``MessageBatch``, as every command,
+the Python API and ``--json`` give it.
+
+:class:`BatchObject` mirrors ``MessageBatch`` field for field (so the official SDK's type
+parses it), plus batchrun's own fields: ``name``, ``endpoint``, ``usage`` and
+``paused_reason``. Unlike Anthropic's, the counts are live while the batch runs.
+
+:class:`BatchStatus` is what ``status`` adds: cost, budget, timings, throughput, the most
+frequent errors and the tokens per model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_serializer
+
+from batchrun.config.prices import CostTotal
+from batchrun.records import BatchStats, BatchSummary
+
+
+class RequestCountsModel(BaseModel):
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class UsageTotalsModel(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+
+
+class BatchObject(BaseModel):
+    """A batch in the shape of Anthropic's MessageBatch, with batchrun's additions."""
+
+    id: str
+    type: Literal["message_batch"] = "message_batch"
+    processing_status: Literal["in_progress", "canceling", "ended"]
+    request_counts: RequestCountsModel
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    cancel_initiated_at: datetime | None
+    archived_at: datetime | None = None
+    results_url: str | None = None
+    name: str | None
+    endpoint: str
+    usage: UsageTotalsModel
+    paused_reason: str | None
+
+    @classmethod
+    def from_summary(cls, batch: BatchSummary) -> BatchObject:
+        return cls(**_summary_fields(batch))
+
+
+def _summary_fields(batch: BatchSummary) -> dict[str, Any]:
+    counts, tokens = batch.counts, batch.tokens
+    return {
+        "id": batch.id,
+        "processing_status": batch.processing_status,
+        "request_counts": RequestCountsModel(
+            processing=counts.processing,
+            succeeded=counts.succeeded,
+            errored=counts.errored,
+            canceled=counts.canceled,
+            expired=counts.expired,
+        ),
+        "created_at": batch.created_at,
+        "expires_at": batch.expires_at,
+        "ended_at": batch.ended_at,
+        "cancel_initiated_at": batch.cancel_initiated_at,
+        "name": batch.name,
+        "endpoint": batch.endpoint,
+        "usage": UsageTotalsModel(
+            input_tokens=tokens.input_tokens,
+            output_tokens=tokens.output_tokens,
+            cache_creation_input_tokens=tokens.cache_creation_input_tokens,
+            cache_read_input_tokens=tokens.cache_read_input_tokens,
+        ),
+        "paused_reason": batch.paused_reason,
+    }
+
+
+def cost_json(total: CostTotal) -> dict[str, Any]:
+    """Cost fields: ``cost_usd`` is null when part of the cost is unknown (a model without a
+    price, listed in ``unpriced_models``)."""
+    return {
+        "cost_usd": None if total.usd is None else round(total.usd, 8),
+        "cost_usd_known": round(total.known_usd, 8),
+        "unpriced_models": sorted(total.unpriced),
+    }
+
+
+class ThroughputModel(BaseModel):
+    requests_per_min: float
+    tokens_per_min: float
+
+
+class ErrorTypeModel(BaseModel):
+    type: str
+    count: int
+    example: str | None
+
+
+class ModelUsageModel(BaseModel):
+    model: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+
+
+class BatchStatus(BatchObject):
+    """The batch object with what ``status`` adds: cost, budget, timings, throughput (from the
+    first send to the last answer), the most frequent errors and tokens per model."""
+
+    cost_usd: float | None
+    cost_usd_known: float
+    unpriced_models: list[str]
+    max_cost_usd: float | None
+    started_at: datetime | None
+    last_completed_at: datetime | None
+    throughput: ThroughputModel | None
+    errors: list[ErrorTypeModel]
+    usage_by_model: list[ModelUsageModel]
+    # The file the requests came from; shown by `status`, not part of the JSON.
+    source: str | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def build(cls, batch: BatchSummary, stats: BatchStats, cost: CostTotal) -> BatchStatus:
+        """The status of ``batch`` from its stats and what it cost."""
+        rates = throughput_per_min(batch, stats)
+        return cls(
+            **_summary_fields(batch),
+            **cost_json(cost),
+            max_cost_usd=stats.max_cost_usd,
+            started_at=stats.first_started_at,
+            last_completed_at=stats.last_completed_at,
+            throughput=None
+            if rates is None
+            else ThroughputModel(
+                requests_per_min=round(rates[0], 3), tokens_per_min=round(rates[1], 3)
+            ),
+            errors=[
+                ErrorTypeModel(type=e.error_type, count=e.count, example=e.example)
+                for e in stats.errors
+            ],
+            usage_by_model=[
+                ModelUsageModel(
+                    model=u.model,
+                    requests=u.requests,
+                    input_tokens=u.input_tokens,
+                    output_tokens=u.output_tokens,
+                    cache_creation_input_tokens=u.cache_creation_input_tokens,
+                    cache_read_input_tokens=u.cache_read_input_tokens,
+                )
+                for u in stats.usage
+            ],
+            source=batch.source,
+        )
+
+    @field_serializer("started_at", "last_completed_at")
+    def _iso(self, value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    @property
+    def cost(self) -> CostTotal:
+        """The cost as a sum: what could be priced, and the models that could not."""
+        return CostTotal(self.cost_usd_known, dict.fromkeys(self.unpriced_models, 1))
+
+
+def throughput_per_min(batch: BatchSummary, stats: BatchStats) -> tuple[float, float] | None:
+    """(requests, tokens) per minute from the first send to the last answer, or None before
+    there is a span to measure."""
+    if stats.first_started_at is None or stats.last_completed_at is None:
+        return None
+    span_s = (stats.last_completed_at - stats.first_started_at).total_seconds()
+    answered = batch.counts.succeeded + batch.counts.errored
+    if span_s < 1 or answered == 0:
+        return None
+    tokens = batch.tokens.input_tokens + batch.tokens.output_tokens
+    return answered * 60 / span_s, tokens * 60 / span_s
+
+
+def batch_objects(batches: Sequence[BatchSummary]) -> list[BatchObject]:
+    """The batch objects of ``batches``, in their order."""
+    return [BatchObject.from_summary(batch) for batch in batches]

@@ -1,0 +1,146 @@
+"""The ``flat`` and ``csv`` export formats: one flat record per request, for analytics.
+
+Where the ``anthropic`` format writes Anthropic's results format (nested, as the SDK parses
+it), this module writes one flat record per finished request, with the same columns in both
+formats (the docs list them). Rows stream from the store and are written one at a time, so an
+export takes constant memory whatever the batch size.
+
+- ``text``: the text blocks of the reply, joined with a newline;
+- ``tool_use``: the reply's tool_use blocks as ``[{"id", "name", "input"}]`` (in CSV, that
+  list as JSON text);
+- ``cost_usd``: derived from the tokens and the price table; empty (null) when the model has
+  no price, never 0;
+- times are UTC, ISO 8601 (``2026-11-22T05:40:00.123Z``); ``created_at`` is when the batch
+  was submitted, ``started_at`` the first send, ``completed_at`` when the result was stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import IO, Any
+
+from batchrun.config.prices import PriceTable
+from batchrun.errors import DatabaseError
+from batchrun.records import ResultDetail
+
+COLUMNS = (
+    "batch_id",
+    "custom_id",
+    "line",
+    "status",
+    "model",
+    "stop_reason",
+    "text",
+    "tool_use",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cost_usd",
+    "attempts",
+    "latency_ms",
+    "http_status",
+    "request_id",
+    "error_type",
+    "error_message",
+    "created_at",
+    "started_at",
+    "completed_at",
+)
+
+
+def _when(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _reply(row: ResultDetail) -> tuple[str | None, list[dict[str, Any]]]:
+    """The text and tool_use blocks of a succeeded row's Message."""
+    if row.state != "succeeded" or row.body is None:
+        return None, []
+    try:
+        message = json.loads(row.body)
+    except ValueError:
+        raise DatabaseError(
+            f"the stored response of {row.custom_id} (batch {row.batch_id}) is not JSON; "
+            "the database is damaged"
+        ) from None
+    texts: list[str] = []
+    tools: list[dict[str, Any]] = []
+    for block in message.get("content") or []:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text":
+            texts.append(str(block.get("text", "")))
+        elif block.get("type") == "tool_use":
+            tools.append({k: block.get(k) for k in ("id", "name", "input")})
+    return "\n".join(texts), tools
+
+
+def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
+    """One flat record per row, with :data:`COLUMNS` as keys, in the rows' order."""
+    for row in rows:
+        text, tools = _reply(row)
+        cost = None
+        price = prices.price_for(row.model)
+        if price is not None and row.input_tokens is not None:
+            cost = round(
+                price.cost_usd(
+                    input_tokens=row.input_tokens or 0,
+                    output_tokens=row.output_tokens or 0,
+                    cache_creation_input_tokens=row.cache_creation_input_tokens or 0,
+                    cache_read_input_tokens=row.cache_read_input_tokens or 0,
+                ),
+                8,
+            )
+        yield {
+            "batch_id": row.batch_id,
+            "custom_id": row.custom_id,
+            "line": row.line_no,
+            "status": row.state,
+            "model": row.model,
+            "stop_reason": row.stop_reason,
+            "text": text,
+            "tool_use": tools,
+            "input_tokens": row.input_tokens,
+            "output_tokens": row.output_tokens,
+            "cache_creation_input_tokens": row.cache_creation_input_tokens,
+            "cache_read_input_tokens": row.cache_read_input_tokens,
+            "cost_usd": cost,
+            "attempts": row.attempts,
+            "latency_ms": row.latency_ms,
+            "http_status": row.http_status,
+            "request_id": row.request_ref,
+            "error_type": row.error_type,
+            "error_message": row.error_message,
+            "created_at": _when(row.created_at),
+            "started_at": _when(row.started_at),
+            "completed_at": _when(row.completed_at),
+        }
+
+
+def write_flat_jsonl(rows: Iterable[ResultDetail], stream: IO[str], prices: PriceTable) -> int:
+    """Write one flat JSON object per row, one per line; returns how many."""
+    count = 0
+    for record in flat_records(rows, prices):
+        stream.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        count += 1
+    return count
+
+
+def write_csv(rows: Iterable[ResultDetail], stream: IO[str], prices: PriceTable) -> int:
+    """Write a header and one CSV row per row (RFC 4180: CRLF, quoted as needed; nulls
+    empty; ``tool_use`` as JSON text, empty when there is none); returns how many rows."""
+    writer = csv.writer(stream, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    count = 0
+    for record in flat_records(rows, prices):
+        tools = record["tool_use"]
+        record["tool_use"] = json.dumps(tools, ensure_ascii=False) if tools else None
+        writer.writerow(["" if record[c] is None else record[c] for c in COLUMNS])
+        count += 1
+    return count

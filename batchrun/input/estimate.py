@@ -1,0 +1,91 @@
+"""Input and output token estimates without the network, and how they learn.
+
+The raw input estimate counts about 3.5 characters per token (Anthropic's figure for English
+text) over the system prompt, the text of every message, tool definitions and tool calls, plus
+a few tokens of framing per message, plus images by Anthropic's patch formula from the pixel
+size in the image header. It is computed once, when a request is submitted, and stored.
+
+During a run the limiter calibrates it per endpoint × model
+(:class:`batchrun.limits.learning.InputCalibration`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from batchrun.input.images import UNREADABLE_IMAGE_TOKENS, base64_image_tokens, is_high_res_model
+
+CHARS_PER_TOKEN = 3.5
+# Role markers and turn separators around each message.
+MESSAGE_FRAMING_TOKENS = 3
+# Documents (PDFs) cost what their pages' text and images cost; without rendering them, a
+# base64 byte is a rough stand-in.
+DOCUMENT_BASE64_CHARS_PER_TOKEN = 6.0
+
+
+def estimate_input_tokens(params: Mapping[str, Any]) -> int:
+    """The raw (uncalibrated) input-token estimate of a Messages request body."""
+    model = params.get("model")
+    counter = _Counter(high_res=isinstance(model, str) and is_high_res_model(model))
+    system = params.get("system")
+    if system is not None:
+        counter.content(system)
+    tools = params.get("tools")
+    if tools:
+        counter.chars += len(json.dumps(tools, separators=(",", ":")))
+    messages = params.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            counter.tokens += MESSAGE_FRAMING_TOKENS
+            if isinstance(message, dict):
+                counter.content(message.get("content"))
+    return max(1, math.ceil(counter.chars / CHARS_PER_TOKEN) + counter.tokens)
+
+
+class _Counter:
+    def __init__(self, *, high_res: bool) -> None:
+        self.high_res = high_res
+        self.chars = 0
+        self.tokens = 0
+
+    def content(self, content: Any) -> None:
+        if isinstance(content, str):
+            self.chars += len(content)
+        elif isinstance(content, list):
+            for block in content:
+                self.block(block)
+
+    def block(self, block: Any) -> None:
+        if not isinstance(block, dict):
+            return
+        kind = block.get("type")
+        if kind == "text":
+            self.chars += len(block.get("text") or "")
+        elif kind == "image":
+            self.tokens += self._image(block.get("source"))
+        elif kind == "document":
+            source = block.get("source")
+            source = source if isinstance(source, dict) else {}
+            data = source.get("data")
+            if isinstance(data, str) and source.get("type") == "base64":
+                self.tokens += math.ceil(len(data) / DOCUMENT_BASE64_CHARS_PER_TOKEN)
+            elif isinstance(data, str):
+                self.chars += len(data)
+            else:
+                self.tokens += UNREADABLE_IMAGE_TOKENS
+        elif kind == "tool_result":
+            self.content(block.get("content"))
+        elif kind in ("thinking", "redacted_thinking"):
+            self.chars += len(block.get("thinking") or block.get("data") or "")
+        else:
+            self.chars += len(json.dumps(block, separators=(",", ":")))
+
+    def _image(self, source: Any) -> int:
+        if isinstance(source, dict) and source.get("type") == "base64":
+            data = source.get("data")
+            if isinstance(data, str):
+                return base64_image_tokens(data, high_res=self.high_res)
+        return UNREADABLE_IMAGE_TOKENS

@@ -1,0 +1,176 @@
+"""Request files in: stream, validate and store a batch in one transaction.
+
+Lines are validated while they are read and stored in chunks inside one transaction; the
+first invalid line stops the storing (but not the checking, so the user sees every problem
+at once), and at the end of the file the transaction is rolled back: a batch is stored whole
+or not at all.
+
+With ``skip_invalid`` (``submit --skip-invalid``) an invalid line is stored too, as an errored
+request whose result is an ``invalid_request_error`` carrying the line's problems, so the
+results still have one line per input line, in input order. A line without a usable
+custom_id (missing, invalid, or a duplicate) gets the placeholder ``line-N`` (see
+`batchrun.records.placeholder_custom_ids`). Problems with the file as a whole (no requests,
+over a cap, UTF-16) still reject it whole.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, BinaryIO
+
+from batchrun.errors import InputFileError
+from batchrun.input.estimate import estimate_input_tokens
+from batchrun.input.reader import (
+    MAX_FILE_BYTES,
+    MAX_PRINTED_PROBLEMS,
+    MAX_REQUESTS,
+    FileProblem,
+    format_problems,
+    read_requests,
+)
+from batchrun.input.validation import InvalidLine
+from batchrun.records import NewBatch, NewRequest, RejectedLine, error_body
+
+if TYPE_CHECKING:
+    from batchrun.store.store import Store
+
+# Anthropic's batches expire 24 h after creation.
+DEFAULT_EXPIRES_IN_S = 24 * 3600.0
+_ID_ALPHABET = string.ascii_letters + string.digits
+_ID_RANDOM_CHARS = 24
+# What the Messages API answers a malformed request with.
+REJECTED_ERROR_TYPE = "invalid_request_error"
+
+
+def new_batch_id() -> str:
+    """A fresh batch id in Anthropic's style (``msgbatch_`` and random base62)."""
+    return "msgbatch_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_RANDOM_CHARS))
+
+
+@dataclass
+class _Problems:
+    """The problems found so far: the first lines' in full, a count of the rest, and the
+    problem with the whole file, which is always shown, first: it alone decides that the
+    file is refused even with --skip-invalid, so it must not hide among thousands of lines."""
+
+    shown: list[InvalidLine] = field(default_factory=list)
+    hidden: int = 0
+    file_problem: FileProblem | None = None
+
+    def add(self, item: InvalidLine | FileProblem) -> None:
+        if isinstance(item, FileProblem):
+            self.file_problem = item
+        elif len(self.shown) < MAX_PRINTED_PROBLEMS:
+            self.shown.append(item)
+        else:
+            self.hidden += len(item.problems)
+
+    def error(self, source: str) -> InputFileError:
+        messages = format_problems(self.shown, source=source, max_problems=10**9)
+        lines = messages[:MAX_PRINTED_PROBLEMS]
+        hidden = self.hidden + len(messages) - len(lines)
+        if hidden:
+            lines.append(f"… and {hidden:,} more problem{'s' if hidden != 1 else ''}")
+        if self.file_problem is not None:
+            lines.insert(0, self.file_problem.message)
+        lines.append("nothing was stored; fix the lines above and submit again")
+        return InputFileError("\n".join(lines))
+
+
+def submit_requests(
+    store: Store,
+    stream: BinaryIO,
+    *,
+    source: str,
+    endpoint: str,
+    now: datetime,
+    name: str | None = None,
+    default_model: str | None = None,
+    expires_in_s: float = DEFAULT_EXPIRES_IN_S,
+    max_requests: int = MAX_REQUESTS,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    skip_invalid: bool = False,
+    on_skipped: Callable[[str], None] | None = None,
+    max_cost_usd: float | None = None,
+) -> str:
+    """Validate and store every request of ``stream`` as a new batch; returns its id.
+
+    Raises InputFileError listing the problems (file:line: what and how to fix) if any line
+    is invalid; then nothing is stored. With ``skip_invalid``, invalid lines are stored as
+    errored requests instead, and ``on_skipped`` gets each of their problems as a
+    ``file:line: problem`` line; only a problem with the whole file is raised then.
+    ``max_cost_usd`` is the batch's budget, stored in the same transaction as the batch.
+    """
+    batch = NewBatch(
+        id=new_batch_id(),
+        name=name,
+        endpoint=endpoint,
+        source=source,
+        created_at=now,
+        expires_at=now + timedelta(seconds=expires_in_s),
+        max_cost_usd=max_cost_usd,
+    )
+    problems = _Problems()
+
+    def new_requests() -> Iterator[NewRequest]:
+        items = read_requests(
+            stream,
+            source=source,
+            default_model=default_model,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+        )
+        refused = False
+        for line_no, item in items:
+            if isinstance(item, FileProblem):
+                problems.add(item)
+                refused = True
+            elif isinstance(item, InvalidLine):
+                problems.add(item)
+                if skip_invalid:
+                    lines = [f"{source}:{item.line_no}: {problem}" for problem in item.problems]
+                    if on_skipped is not None:
+                        for line in lines:
+                            on_skipped(line)
+                    yield _rejected_request(item, "\n".join(lines))
+                else:
+                    refused = True
+            elif not refused:
+                yield NewRequest(
+                    line_no=line_no,
+                    custom_id=item.custom_id,
+                    model=item.model,
+                    max_tokens=item.max_tokens,
+                    params_json=item.params_json,
+                    estimated_input_tokens=estimate_input_tokens(item.params),
+                )
+        if refused:
+            # Raised inside the store's transaction, so it rolls back everything stored.
+            raise problems.error(source)
+
+    store.create_batch(batch, new_requests())
+    return batch.id
+
+
+def _rejected_request(item: InvalidLine, message: str) -> NewRequest:
+    """An invalid line as an errored request: its result is the API's own kind of error for
+    a bad request, whose message lists the line's problems (``file:line: problem`` each)."""
+    body = error_body(REJECTED_ERROR_TYPE, message)
+    return NewRequest(
+        line_no=item.line_no,
+        custom_id=item.custom_id,
+        model="",
+        max_tokens=0,
+        # The line may not be JSON, or not UTF-8, or 32 MiB long: nothing of it is kept.
+        params_json="null",
+        rejected=RejectedLine(
+            error_type=REJECTED_ERROR_TYPE,
+            message=message,
+            body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        ),
+    )

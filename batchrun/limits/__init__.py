@@ -1,0 +1,9 @@
+"""Pacing: the rate-limit dimensions, token buckets, where their levels live, and the
+limiter that reserves before a send and reconciles with the answer's usage.
+
+Holds: ``dimensions`` (the registry every part of batchrun reads, and ``RateLimits``),
+``buckets`` (pure bucket arithmetic), ``banks`` (levels in memory or shared through the
+database), ``limiter``, ``learning`` (calibrated estimates), ``windows`` (recent values).
+May import: ``batchrun.records`` and ``batchrun.errors`` only; the database is reached
+through an object passed in (``banks.SharedBuckets``).
+"""

@@ -1,0 +1,9 @@
+"""A run as a whole: planning, budgets, progress, the time limit, the run lock, and the
+wiring of one dispatch.
+
+Holds: ``session`` (one run: passes, events, exit code), ``runner`` (endpoints → HTTP
+clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
+``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database).
+May import: ``export``, ``config``, ``dispatch``, ``transport``, ``limits``, ``input``,
+``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.
+"""

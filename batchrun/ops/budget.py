@@ -1,0 +1,132 @@
+"""Budgets: no request is sent that could take its batch's cost past ``max_cost_usd``.
+
+Before each send the guard compares the batch's cost so far, plus what the requests in flight
+may still cost, plus this request's worst case, with the budget. The worst case of a request
+is its calibrated input estimate at the input price plus its ``max_tokens`` at the output
+price. A request that does not fit stops the batch (the dispatcher pauses it, with the reason
+this module words); the batch stays resumable: raise the budget and run it again.
+
+The cost so far starts from the results in the database and grows with every answer this
+worker receives. With several workers (Postgres), :meth:`BudgetGuard.refresh` re-reads the
+database now and then, so each worker also counts what the others spent; until then a worker
+may under-count their spending by what they spent since its last refresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from batchrun.config.prices import CostTotal, PriceTable, format_usd
+from batchrun.records import Succeeded, Usage
+
+
+@dataclass
+class _Account:
+    budget_usd: float
+    # What the database said at the last refresh (or at the start).
+    recorded_usd: float
+    # This worker's spending since it started, and its value when the last refresh began.
+    own_usd: float = 0.0
+    own_at_refresh_usd: float = 0.0
+    reserved_usd: float = 0.0
+
+    @property
+    def spent_usd(self) -> float:
+        # An answer that came in after the refresh began and was committed before the read
+        # is counted twice, which errs on the side of the budget; one that came in before it
+        # began but was committed only after the read is missed until the next refresh
+        # (the caller waits a moment for the group commit between the two).
+        return self.recorded_usd + self.own_usd - self.own_at_refresh_usd
+
+
+class BudgetGuard:
+    """Admits requests of budgeted batches while they fit, and accounts for their answers."""
+
+    def __init__(
+        self,
+        prices: PriceTable,
+        budgets: Mapping[str, float | None],
+        spent: Mapping[str, CostTotal],
+    ) -> None:
+        """``budgets`` by batch id (None: no budget); ``spent``: each batch's recorded cost."""
+        self._prices = prices
+        self._accounts = {
+            batch_id: _Account(budget, spent.get(batch_id, CostTotal()).known_usd)
+            for batch_id, budget in budgets.items()
+            if budget is not None
+        }
+        self._held: dict[int, tuple[str, float]] = {}
+
+    @property
+    def batch_ids(self) -> list[str]:
+        """The batches that have a budget."""
+        return list(self._accounts)
+
+    def admit(
+        self, *, request_id: int, batch_id: str, model: str, input_estimate: int, max_tokens: int
+    ) -> str | None:
+        """Reserve the request's worst-case cost and return None, or return why it may not be
+        sent (the budget would be passed, or the model has no price to count with)."""
+        account = self._accounts.get(batch_id)
+        if account is None:
+            return None
+        price = self._prices.price_for(model)
+        if price is None:
+            return (
+                f"model {model} has no price, so max-cost {format_usd(account.budget_usd)} "
+                f'cannot be kept; add [prices."{model}"] to the config file'
+            )
+        worst_usd = price.cost_usd(input_tokens=input_estimate, output_tokens=max_tokens)
+        committed = account.spent_usd + account.reserved_usd
+        if committed + worst_usd > account.budget_usd:
+            return (
+                f"max-cost {format_usd(account.budget_usd)} reached: "
+                f"{format_usd(account.spent_usd)} spent, "
+                f"{format_usd(account.reserved_usd)} reserved by requests in flight, and the "
+                f"next request may cost up to {format_usd(worst_usd)}; raise the budget with "
+                f"`batchrun run {batch_id} --max-cost USD`"
+            )
+        account.reserved_usd += worst_usd
+        self._held[request_id] = (batch_id, worst_usd)
+        return None
+
+    def settle(self, request_id: int, model: str | None, outcome: object) -> None:
+        """Release the request's reservation and count what its answer cost."""
+        held = self._held.pop(request_id, None)
+        if held is None:
+            return
+        batch_id, reserved_usd = held
+        account = self._accounts[batch_id]
+        account.reserved_usd = max(account.reserved_usd - reserved_usd, 0.0)
+        if isinstance(outcome, Succeeded):
+            account.own_usd += self.cost_usd(outcome.model or model, outcome.usage) or 0.0
+
+    def cost_usd(self, model: str | None, usage: Usage) -> float | None:
+        """What an answer with ``usage`` cost, or None if the model has no price."""
+        price = self._prices.price_for(model)
+        if price is None:
+            return None
+        return price.cost_usd(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+        )
+
+    def begin_refresh(self) -> None:
+        """Mark this worker's spending before the database is read again."""
+        for account in self._accounts.values():
+            account.own_at_refresh_usd = account.own_usd
+
+    def refresh(self, spent: Mapping[str, CostTotal]) -> None:
+        """Take each batch's recorded cost (by every worker) from a fresh database read that
+        began after :meth:`begin_refresh`."""
+        for batch_id, account in self._accounts.items():
+            if batch_id in spent:
+                account.recorded_usd = spent[batch_id].known_usd
+
+    def spent_usd(self, batch_id: str) -> float | None:
+        """The batch's cost so far as the guard counts it (None: no budget)."""
+        account = self._accounts.get(batch_id)
+        return None if account is None else account.spent_usd

@@ -1,0 +1,292 @@
+"""Watching one run: what it has done, how fast, against which limits, and at what cost.
+
+:class:`RunMonitor` is the dispatcher's observer (:class:`~batchrun.dispatcher.RunObserver`).
+It sees every request just before it is sent and every answer, and from them keeps:
+
+- the throughput of the last minute per endpoint × model, in the limiter's own units (a
+  request; input tokens = input + cache writes; output tokens; their sum), set against the
+  limit the limiter applies now, so the busiest limit is the one that binds;
+- what this run's answers cost (:mod:`batchrun.config.prices`);
+- the budgets (:mod:`batchrun.ops.budget`), which it enforces through the dispatcher;
+- the time limit: when ``max_runtime_s`` has passed it drains the dispatcher (stop claiming,
+  let what is in flight finish).
+
+Time is the event loop's, so tests run it in virtual time. :meth:`RunMonitor.snapshot` is
+what the displays show (:mod:`batchrun.cli.progress`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from batchrun.config.prices import CostTotal, PriceTable, cost_of
+from batchrun.dispatch.dispatcher import Dispatcher, DispatchProgress
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.limits.dimensions import DIMENSIONS, Amounts
+from batchrun.limits.limiter import Limiter, LimitKey, Permit
+from batchrun.limits.windows import RecentValues
+from batchrun.ops.budget import BudgetGuard
+from batchrun.records import (
+    ClaimedRequest,
+    ModelTokens,
+    Outcome,
+    RequestCounts,
+    Retryable,
+    Succeeded,
+)
+
+log = logging.getLogger(__name__)
+
+# Rates are measured over the last minute (or the whole run while it is shorter).
+RATE_WINDOW_S = 60.0
+# Below this much history a rate or an ETA would be noise.
+MIN_RATE_WINDOW_S = 2.0
+# With several workers, how often a budget re-reads what every worker has spent, and how long
+# it waits for this worker's group commit first.
+BUDGET_REFRESH_S = 15.0
+COMMIT_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class LimitUse:
+    """One limit of an endpoint × model: its use over the last minute and the limit in force
+    (None: unlimited), both per minute."""
+
+    dimension: str
+    per_minute: float
+    limit: float | None
+
+    @property
+    def share(self) -> float | None:
+        return None if not self.limit else self.per_minute / self.limit
+
+
+@dataclass(frozen=True)
+class KeyProgress:
+    """Throughput of one endpoint × model against its limits; ``binding`` is the limit
+    closest to being used up (None when no limit applies)."""
+
+    endpoint: str
+    model: str
+    uses: tuple[LimitUse, ...]
+    binding: str | None
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """A run at one moment. Counts are requests; ``done`` includes what earlier runs
+    finished; tokens and cost are this run's."""
+
+    elapsed_s: float
+    total: int
+    done: int
+    succeeded: int
+    errored: int
+    canceled: int
+    retried: int
+    rate_limited: int
+    in_flight: int
+    waiting: int
+    requests_per_min: float
+    tokens_per_min: float
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost: CostTotal
+    eta_s: float | None
+    keys: tuple[KeyProgress, ...]
+    paused: Mapping[str, str] = field(default_factory=dict)
+    stopping: bool = False
+
+
+class RunMonitor:
+    """The observer of one dispatcher: progress, cost, budgets and the time limit."""
+
+    def __init__(
+        self,
+        *,
+        prices: PriceTable,
+        counts: Mapping[str, RequestCounts],
+        guard: BudgetGuard | None = None,
+        max_runtime_s: float | None = None,
+        db: WorkerDatabase | None = None,
+    ) -> None:
+        """``counts``: each batch's request counts when the run starts; ``db``: read again
+        every BUDGET_REFRESH_S for budgets (other workers' spending)."""
+        self._prices = prices
+        self._total = sum(c.total for c in counts.values())
+        self._done_before = sum(c.total - c.processing for c in counts.values())
+        self._guard = guard
+        self._max_runtime_s = max_runtime_s
+        self._db = db
+        self._uses: RecentValues[tuple[LimitKey, Amounts]] = RecentValues(RATE_WINDOW_S)
+        self._keys: list[LimitKey] = []
+        self._done_samples: deque[tuple[float, int]] = deque()
+        self._tokens = [0, 0, 0, 0]
+        self._cost = CostTotal()
+        self._dispatcher: Dispatcher | None = None
+        self._limiter: Limiter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deadline: asyncio.TimerHandle | None = None
+        self._started: float | None = None
+        self.time_limit_reached = False
+
+    # -- the observer ---------------------------------------------------------------------------
+
+    def attach(self, dispatcher: Dispatcher, limiter: Limiter) -> None:
+        """Start watching ``dispatcher``; starts the time limit and the budget refresh."""
+        self._dispatcher, self._limiter = dispatcher, limiter
+        loop = asyncio.get_running_loop()
+        self._started = started = loop.time()
+        self._done_samples.append((started, 0))
+        if self._max_runtime_s is not None:
+            self._deadline = loop.call_later(max(self._max_runtime_s, 0.0), self._time_up)
+        if self._guard is not None and self._guard.batch_ids and self._db is not None:
+            self._tasks.append(asyncio.create_task(self._refresh_budgets(self._db)))
+
+    def admit(self, request: ClaimedRequest, permit: Permit) -> str | None:
+        """Let the request go unless its batch's budget says no."""
+        if permit.key not in self._keys:
+            self._keys.append(permit.key)
+        if self._guard is None:
+            return None
+        return self._guard.admit(
+            request_id=request.id,
+            batch_id=request.batch_id,
+            model=request.model,
+            input_estimate=permit.input_estimate,
+            max_tokens=request.max_tokens,
+        )
+
+    def settled(self, request: ClaimedRequest, permit: Permit, outcome: Outcome) -> None:
+        """Count the answer: throughput against the limits, tokens, cost, budget."""
+        now = asyncio.get_running_loop().time()
+        match outcome:
+            case Succeeded(usage=usage):
+                self._uses.add(now, (permit.key, Amounts.of_usage(usage)))
+                for index, value in enumerate(
+                    (
+                        usage.input_tokens,
+                        usage.output_tokens,
+                        usage.cache_creation_input_tokens,
+                        usage.cache_read_input_tokens,
+                    )
+                ):
+                    self._tokens[index] += value
+                tokens = ModelTokens(
+                    outcome.model or request.model,
+                    1,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cache_creation_input_tokens,
+                    usage.cache_read_input_tokens,
+                )
+                self._cost = self._cost + cost_of([tokens], self._prices)
+            case Retryable(http_status=status) if status not in (429, 529):
+                # As the limiter does: a 5xx or a lost connection may have used its share.
+                self._uses.add(now, (permit.key, permit.amounts))
+        if self._guard is not None:
+            self._guard.settle(request.id, request.model, outcome)
+
+    # -- the time limit and budgets -----------------------------------------------------------
+
+    def _time_up(self) -> None:
+        self.time_limit_reached = True
+        log.info("time limit reached: no new requests are sent; waiting for those in flight")
+        if self._dispatcher is not None:
+            self._dispatcher.drain()
+
+    async def _refresh_budgets(self, db: WorkerDatabase) -> None:
+        guard = self._guard
+        assert guard is not None
+        while True:
+            await asyncio.sleep(BUDGET_REFRESH_S)
+            guard.begin_refresh()
+            await asyncio.sleep(COMMIT_GRACE_S)
+            try:
+                usage = await db.usage_by_model(guard.batch_ids)
+            except Exception as exc:  # a database hiccup must not end the run
+                log.warning("could not re-read the spending of budgeted batches: %s", exc)
+                continue
+            guard.refresh(
+                {batch_id: cost_of(items, self._prices) for batch_id, items in usage.items()}
+            )
+
+    def close(self) -> None:
+        """Stop the timers and background reads (the run is over)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        for task in self._tasks:
+            task.cancel()
+
+    # -- what the displays show ---------------------------------------------------------------
+
+    def snapshot(self) -> ProgressSnapshot:
+        """The run now (before :meth:`attach`: nothing done yet)."""
+        dispatcher = self._dispatcher
+        report = dispatcher.report if dispatcher is not None else None
+        work = (
+            dispatcher.progress() if dispatcher is not None else DispatchProgress(0, 0, (), False)
+        )
+        now = asyncio.get_running_loop().time()
+        started = now if self._started is None else self._started
+        done_here = (report.succeeded + report.errored + report.canceled) if report else 0
+        self._done_samples.append((now, done_here))
+        span_s = min(RATE_WINDOW_S, now - started)
+        per_key: dict[LimitKey, Amounts] = {key: Amounts() for key in self._keys}
+        for key, used in self._uses.at(now):
+            per_key[key] = per_key.get(key, Amounts()) + used
+        scale = 60.0 / span_s if span_s >= MIN_RATE_WINDOW_S else 0.0
+        keys = tuple(self._key_progress(key, totals, scale) for key, totals in per_key.items())
+        everything = sum(per_key.values(), Amounts())
+        requests_per_min = everything.requests * scale
+        tokens_per_min = (everything.input_tokens + everything.output_tokens) * scale
+        return ProgressSnapshot(
+            elapsed_s=now - started,
+            total=self._total,
+            done=self._done_before + done_here,
+            succeeded=report.succeeded if report else 0,
+            errored=report.errored if report else 0,
+            canceled=report.canceled if report else 0,
+            retried=report.retried if report else 0,
+            rate_limited=report.rate_limited if report else 0,
+            in_flight=work.in_flight,
+            waiting=work.waiting,
+            requests_per_min=requests_per_min,
+            tokens_per_min=tokens_per_min,
+            input_tokens=self._tokens[0],
+            output_tokens=self._tokens[1],
+            cache_creation_input_tokens=self._tokens[2],
+            cache_read_input_tokens=self._tokens[3],
+            cost=self._cost,
+            eta_s=self._eta_s(now, self._total - self._done_before - done_here),
+            keys=keys,
+            paused=dict(report.paused) if report else {},
+            stopping=self.time_limit_reached,
+        )
+
+    def _key_progress(self, key: LimitKey, totals: Amounts, scale: float) -> KeyProgress:
+        uses = []
+        for dimension in DIMENSIONS:
+            limit = self._limiter.limit_in_force(key, dimension.name) if self._limiter else None
+            uses.append(LimitUse(dimension.name, dimension.measure(totals) * scale, limit))
+        limited = [use for use in uses if use.share is not None]
+        binding = max(limited, key=lambda use: use.share or 0.0).dimension if limited else None
+        return KeyProgress(key[0], key[1], tuple(uses), binding)
+
+    def _eta_s(self, now: float, remaining: int) -> float | None:
+        """Time left at the rate requests finished over the last minute."""
+        while len(self._done_samples) > 2 and self._done_samples[1][0] <= now - RATE_WINDOW_S:
+            self._done_samples.popleft()
+        then, done_then = self._done_samples[0]
+        _, done_now = self._done_samples[-1]
+        if remaining <= 0:
+            return 0.0
+        if now - then < MIN_RATE_WINDOW_S or done_now <= done_then:
+            return None
+        return remaining * (now - then) / (done_now - done_then)

@@ -1,0 +1,239 @@
+"""Plan before spending: what a request file will cost and how long its endpoint's limits
+make it take. Nothing is stored and nothing is sent.
+
+Per model (the limiter paces each endpoint × model on its own, so models run side by side):
+
+- input tokens: batchrun's own estimate (:func:`batchrun.estimate.estimate_input_tokens`,
+  about 3.5 characters per token plus images), the one ``submit`` stores;
+- output tokens: the worst case is the sum of ``max_tokens``; the expected case assumes
+  replies use ``output_share`` of it (30 % unless told otherwise);
+- cost: both cases at the model's price (unknown without a price);
+- duration: for each limit in force, the file's measure in that dimension divided by the
+  limit (:mod:`batchrun.limits.dimensions`): requests / rpm, input tokens / itpm, output
+  tokens / otpm, input + output / tpm. The slowest is the limit that
+  binds. The file takes as long as its slowest model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from batchrun.config.prices import ModelPrice, PriceTable
+from batchrun.errors import InputFileError
+from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
+
+if TYPE_CHECKING:
+    from batchrun.transport.endpoints import Endpoint
+
+# Share of max_tokens a reply is assumed to use in the expected case.
+DEFAULT_OUTPUT_SHARE = 0.3
+
+
+@dataclass
+class ModelPlan:
+    """The requests of one model in a file, and what they will take."""
+
+    model: str
+    requests: int = 0
+    input_tokens: int = 0
+    max_output_tokens: int = 0
+    output_share: float = DEFAULT_OUTPUT_SHARE
+    price: ModelPrice | None = None
+    limits: RateLimits | None = None
+
+    @property
+    def expected_output_tokens(self) -> int:
+        return math.ceil(self.max_output_tokens * self.output_share)
+
+    def cost_usd(self, output_tokens: int) -> float | None:
+        """The cost with this many output tokens, or None without a price."""
+        if self.price is None:
+            return None
+        return self.price.cost_usd(input_tokens=self.input_tokens, output_tokens=output_tokens)
+
+    def minutes_by_limit(self, output_tokens: int) -> dict[str, float]:
+        """Minutes each limit in force needs for these requests, by limit name."""
+        limits = self.limits or RateLimits()
+        amounts = Amounts(float(self.requests), float(self.input_tokens), float(output_tokens))
+        return {
+            dimension.name: dimension.measure(amounts) / limit
+            for dimension in DIMENSIONS
+            if (limit := limits.get(dimension.name)) is not None
+        }
+
+    def duration(self, output_tokens: int) -> tuple[float | None, str | None]:
+        """(minutes, the limit that binds), or (None, None) when no limit applies."""
+        minutes = self.minutes_by_limit(output_tokens)
+        if not minutes:
+            return None, None
+        binding = max(minutes, key=lambda dimension: minutes[dimension])
+        return minutes[binding], binding
+
+
+@dataclass
+class FilePlan:
+    """A whole file: its models, and the totals."""
+
+    source: str
+    endpoint: str
+    output_share: float
+    models: list[ModelPlan]
+
+    @property
+    def requests(self) -> int:
+        return sum(m.requests for m in self.models)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(m.input_tokens for m in self.models)
+
+    @property
+    def max_output_tokens(self) -> int:
+        return sum(m.max_output_tokens for m in self.models)
+
+    @property
+    def expected_output_tokens(self) -> int:
+        return sum(m.expected_output_tokens for m in self.models)
+
+    def cost_usd(self, *, worst: bool) -> tuple[float, list[str]]:
+        """The total cost of the priced models, and the models without a price."""
+        known, unpriced = 0.0, []
+        for m in self.models:
+            cost = m.cost_usd(m.max_output_tokens if worst else m.expected_output_tokens)
+            if cost is None:
+                unpriced.append(m.model)
+            else:
+                known += cost
+        return known, unpriced
+
+    def duration(self, *, worst: bool) -> tuple[float | None, ModelPlan | None]:
+        """Minutes for the whole file (its slowest model), and that model; (None, None) when
+        a model has no limit, since then no limit sets the pace."""
+        slowest: tuple[float, ModelPlan] | None = None
+        for m in self.models:
+            minutes, _ = m.duration(m.max_output_tokens if worst else m.expected_output_tokens)
+            if minutes is None:
+                return None, None
+            if slowest is None or minutes > slowest[0]:
+                slowest = (minutes, m)
+        return (slowest[0], slowest[1]) if slowest else (None, None)
+
+
+def plan_file(
+    stream: BinaryIO,
+    *,
+    source: str,
+    endpoint: Endpoint,
+    prices: PriceTable,
+    overrides: RateLimits | None = None,
+    output_share: float = DEFAULT_OUTPUT_SHARE,
+    default_model: str | None = None,
+    max_requests: int | None = None,
+    max_file_bytes: int | None = None,
+) -> FilePlan:
+    """Read and check a request file the way ``submit`` does, and plan it for ``endpoint``.
+
+    Raises InputFileError listing the problems (file:line) if any line is invalid.
+    """
+    # The reader and its checks load only when a file is planned (not for `--help`).
+    from batchrun.input.estimate import estimate_input_tokens
+    from batchrun.input.reader import (
+        MAX_PRINTED_PROBLEMS,
+        FileProblem,
+        format_problems,
+        read_requests,
+    )
+    from batchrun.input.validation import InvalidLine
+
+    limits_override = overrides or RateLimits()
+    sizes = {
+        key: value
+        for key, value in (("max_requests", max_requests), ("max_file_bytes", max_file_bytes))
+        if value is not None
+    }
+    models: dict[str, ModelPlan] = {}
+    problems: list[InvalidLine | FileProblem] = []
+    hidden = 0
+    for _, item in read_requests(stream, source=source, default_model=default_model, **sizes):
+        if isinstance(item, InvalidLine | FileProblem):
+            if len(problems) < MAX_PRINTED_PROBLEMS:
+                problems.append(item)
+            else:
+                hidden += 1
+            continue
+        plan = models.get(item.model)
+        if plan is None:
+            base = endpoint.limits_for(item.model) or RateLimits()
+            plan = models[item.model] = ModelPlan(
+                item.model,
+                output_share=output_share,
+                price=prices.price_for(item.model),
+                limits=limits_override.merged_over(base),
+            )
+        plan.requests += 1
+        plan.input_tokens += estimate_input_tokens(item.params)
+        plan.max_output_tokens += item.max_tokens
+    if problems:
+        lines = format_problems(problems, source=source)
+        if hidden:
+            lines.append(f"… and {hidden:,} more invalid lines")
+        lines.append("nothing was estimated; fix the lines above and try again")
+        raise InputFileError("\n".join(lines))
+    ordered = sorted(models.values(), key=lambda m: (-m.requests, m.model))
+    return FilePlan(source, endpoint.name, output_share, ordered)
+
+
+def _minutes_json(plan: ModelPlan, output: int) -> dict[str, Any]:
+    minutes, binding = plan.duration(output)
+    return {
+        "minutes": None if minutes is None else round(minutes, 3),
+        "binding_limit": binding,
+        "minutes_by_limit": {k: round(v, 3) for k, v in plan.minutes_by_limit(output).items()},
+    }
+
+
+def plan_json(plan: FilePlan) -> dict[str, Any]:
+    """The estimate as data: per model and in total, expected and worst case."""
+    models = []
+    for m in plan.models:
+        expected_cost = m.cost_usd(m.expected_output_tokens)
+        worst_cost = m.cost_usd(m.max_output_tokens)
+        models.append(
+            {
+                "model": m.model,
+                "requests": m.requests,
+                "input_tokens": m.input_tokens,
+                "expected_output_tokens": m.expected_output_tokens,
+                "max_output_tokens": m.max_output_tokens,
+                "expected_cost_usd": None if expected_cost is None else round(expected_cost, 8),
+                "worst_cost_usd": None if worst_cost is None else round(worst_cost, 8),
+                "limits": None if m.limits is None else m.limits.as_json(),
+                "expected_duration": _minutes_json(m, m.expected_output_tokens),
+                "worst_duration": _minutes_json(m, m.max_output_tokens),
+            }
+        )
+    expected, unpriced = plan.cost_usd(worst=False)
+    worst, _ = plan.cost_usd(worst=True)
+    durations = {}
+    for case, is_worst in (("expected", False), ("worst", True)):
+        minutes, slowest = plan.duration(worst=is_worst)
+        durations[case] = {
+            "minutes": None if minutes is None else round(minutes, 3),
+            "slowest_model": slowest.model if slowest else None,
+        }
+    return {
+        "source": plan.source,
+        "endpoint": plan.endpoint,
+        "output_share": plan.output_share,
+        "requests": plan.requests,
+        "input_tokens": plan.input_tokens,
+        "expected_output_tokens": plan.expected_output_tokens,
+        "max_output_tokens": plan.max_output_tokens,
+        "expected_cost_usd": None if unpriced else round(expected, 8),
+        "worst_cost_usd": None if unpriced else round(worst, 8),
+        "unpriced_models": unpriced,
+        "duration": durations,
+        "models": models,
+    }

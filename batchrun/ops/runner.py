@@ -1,0 +1,206 @@
+"""Wiring for one dispatch: which batches, their endpoints → HTTP clients → the dispatcher.
+
+The run's options are applied here, on top of each endpoint's settings: an option given to
+the run wins over the endpoint's value (from the config file or the built-in), which wins
+over batchrun's default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from batchrun.dispatch.clock import LoopClock
+from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, DispatchConfig
+from batchrun.dispatch.dispatcher import Dispatcher, RunObserver, RunReport, Sender
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.errors import UnknownEndpointError
+from batchrun.limits.banks import DatabaseBank
+from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.limiter import Limiter, LimiterSettings, LimitKey
+from batchrun.transport.client import (
+    HttpTransport,
+    MessagesClient,
+    create_http_client,
+    in_process_transport,
+)
+from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S, Endpoint, Endpoints, auth_headers
+
+if TYPE_CHECKING:
+    from batchrun.simulator.config import SimulatorConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The batches a run will dispatch (id → endpoint name) and those it skips (id → why)."""
+
+    batches: dict[str, str]
+    skipped: dict[str, str]
+
+
+async def plan_run(db: WorkerDatabase, batch_ids: Sequence[str]) -> RunPlan:
+    """Which of the named batches (all with open work when none is named) a run dispatches."""
+    chosen = list(batch_ids) or await db.batches_with_open_work()
+    batches: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for batch_id in chosen:
+        batch = await db.get_batch(batch_id)
+        if batch.processing_status != "in_progress":
+            skipped[batch_id] = batch.processing_status
+        elif batch.counts.processing == 0:
+            skipped[batch_id] = "nothing left to send"
+        else:
+            batches[batch_id] = batch.endpoint
+    return RunPlan(batches, skipped)
+
+
+def run_endpoints(plan: RunPlan, known: Endpoints) -> dict[str, Endpoint]:
+    """The endpoints the plan's batches use, by name; UnknownEndpointError if a batch names
+    one that is no longer defined (a config file changed or is not found)."""
+    used: dict[str, Endpoint] = {}
+    for batch_id, name in plan.batches.items():
+        if name not in known.by_name:
+            raise UnknownEndpointError(
+                f"batch {batch_id} uses endpoint {name!r}, which is not defined here; define "
+                f"it in the config file, or move the batch with `batchrun run {batch_id} "
+                "--endpoint NAME`"
+            )
+        used[name] = known.by_name[name]
+    return used
+
+
+async def move_batches(db: WorkerDatabase, plan: RunPlan, endpoint: str) -> RunPlan:
+    """Store ``endpoint`` on every batch of the plan, so this run and later ones send the
+    remaining requests there; returns the plan with the new endpoint."""
+    for batch_id in plan.batches:
+        await db.set_endpoint(batch_id, endpoint)
+    return replace(plan, batches=dict.fromkeys(plan.batches, endpoint))
+
+
+def dispatch_config(
+    endpoints: Mapping[str, Endpoint],
+    *,
+    max_concurrency: int,
+    max_attempts: int | None,
+    count_tokens: bool = False,
+) -> DispatchConfig:
+    """The dispatch settings: ``max_attempts`` for every endpoint when given, else each
+    endpoint's own max_attempts, else the default."""
+    if max_attempts is not None:
+        return DispatchConfig(
+            max_concurrency=max_concurrency, max_attempts=max_attempts, count_tokens=count_tokens
+        )
+    own = {
+        name: endpoint.max_attempts
+        for name, endpoint in endpoints.items()
+        if endpoint.max_attempts is not None
+    }
+    return DispatchConfig(
+        max_concurrency=max_concurrency,
+        max_attempts=DEFAULT_MAX_ATTEMPTS,
+        max_attempts_by_endpoint=own,
+        count_tokens=count_tokens,
+    )
+
+
+def rate_limits(endpoints: Mapping[str, Endpoint]) -> dict[LimitKey, RateLimits]:
+    """The limiter's limits per (endpoint, model) from the endpoints' per-model limits; an
+    endpoint's "*" entry covers its models that have no entry of their own."""
+    return {
+        (name, model): limits
+        for name, endpoint in endpoints.items()
+        for model, limits in endpoint.limits.items()
+    }
+
+
+async def dispatch_batches(
+    db: WorkerDatabase,
+    batches: Mapping[str, str],
+    *,
+    endpoints: Mapping[str, Endpoint],
+    env: Mapping[str, str],
+    dispatch: DispatchConfig,
+    overrides: RateLimits | None = None,
+    limiter_settings: LimiterSettings | None = None,
+    timeout_s: float | None = None,
+    simulator: SimulatorConfig | None = None,
+    observer: RunObserver | None = None,
+    stop_on_signals: bool = True,
+) -> RunReport:
+    """Dispatch these batches (id → endpoint name) until no work is left.
+
+    ``timeout_s`` and ``overrides`` (limits for every model) come from the run's options;
+    None leaves each endpoint's own. ``observer`` watches the run (progress, budgets).
+    Every endpoint's key is checked before the first request is sent, so a missing key is
+    one clear error rather than a batch full of failures. With ``stop_on_signals``, Ctrl-C
+    and SIGTERM stop the run gracefully (when this is the main thread).
+    """
+    headers = {name: auth_headers(endpoint, env) for name, endpoint in endpoints.items()}
+    async with AsyncExitStack() as stack:
+        senders: dict[str, Sender] = {}
+        for name, endpoint in endpoints.items():
+            transport = _simulator_transport(simulator) if endpoint.in_process else None
+            http = await stack.enter_async_context(
+                create_http_client(
+                    timeout_s=timeout_s or endpoint.timeout_s or DEFAULT_TIMEOUT_S,
+                    max_connections=dispatch.max_concurrency,
+                    transport=transport,
+                )
+            )
+            senders[name] = MessagesClient(http, endpoint=endpoint, headers=headers[name])
+        dispatcher = Dispatcher(
+            db=db,
+            senders=senders,
+            limiter=Limiter(
+                rate_limits(endpoints),
+                overrides=overrides,
+                settings=limiter_settings,
+                # The buckets live in the database, so every worker using it shares the limits.
+                bank=DatabaseBank(db, clock=unix_clock()),
+            ),
+            config=dispatch,
+            observer=observer,
+        )
+        if not stop_on_signals:
+            return await dispatcher.run(batches)
+        with _stop_on_signals(dispatcher):
+            return await dispatcher.run(batches)
+
+
+def _simulator_transport(config: SimulatorConfig | None) -> HttpTransport:
+    # Imported here: the simulator is needed only by runs on the in-process endpoint.
+    from batchrun.simulator.app import create_app
+    from batchrun.simulator.config import SimulatorConfig
+
+    return in_process_transport(create_app(config or SimulatorConfig()))
+
+
+def unix_clock() -> Callable[[], float]:
+    """Unix seconds that advance with the running event loop's clock (tests can fake it)."""
+    clock = LoopClock()
+    return lambda: clock.now().timestamp()
+
+
+@contextmanager
+def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the dispatcher gracefully (a second one at once)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
+        try:
+            loop.add_signal_handler(signum, dispatcher.request_stop, f"interrupted by {name}")
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread, or a platform without signals
+        installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,324 @@
+"""A run as a whole: plan the batches, dispatch them with a monitor watching, report; once, or
+pass after pass until stopped (``forever``).
+
+A pass plans the batches (moving them to another endpoint and storing a new budget when asked),
+dispatches them with a :class:`~batchrun.ops.monitor.RunMonitor` watching (progress, budgets,
+the time limit), then reports. ``forever`` repeats passes, ``poll_interval_s`` apart while
+there is nothing to do, until the time limit or Ctrl-C.
+
+Nothing here prints. What a run has to tell goes out as :data:`RunEvent` values to the
+caller's ``on_event``: a :class:`Note` for a person, a :class:`Progress` snapshot every
+``progress_interval_s``, and a :class:`PassFinished` with each pass's :class:`PassResult`. The
+CLI turns them into a live view or log lines; the Python API leaves them to the caller.
+
+Every database call goes through the run's one :class:`~batchrun.dispatch.worker_db.WorkerDatabase`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from batchrun.config.prices import CostTotal, PriceTable, cost_of
+from batchrun.dispatch.config import DEFAULT_MAX_CONCURRENCY
+from batchrun.dispatch.dispatcher import RunReport
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.errors import ExitCode
+from batchrun.export.batch_object import BatchObject, cost_json
+from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.limiter import LimiterSettings
+from batchrun.ops.budget import BudgetGuard
+from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
+from batchrun.ops.runner import (
+    RunPlan,
+    dispatch_batches,
+    dispatch_config,
+    move_batches,
+    plan_run,
+    run_endpoints,
+)
+from batchrun.records import BatchSummary
+from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
+
+if TYPE_CHECKING:
+    from batchrun.store.store import Store
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run is asked to do (the flags of ``batchrun run``, the arguments of
+    ``Client.run``)."""
+
+    batch_ids: tuple[str, ...] = ()
+    # Move the batches' remaining requests to this endpoint, for this run and later ones.
+    target: Endpoint | None = None
+    max_cost_usd: float | None = None
+    max_runtime_s: float | None = None
+    forever: bool = False
+    poll_interval_s: float = 30.0
+    overrides: RateLimits = field(default_factory=RateLimits)
+    limiter_settings: LimiterSettings = field(default_factory=LimiterSettings)
+    timeout_s: float | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_attempts: int | None = None
+    count_tokens: bool = False
+    # How often a Progress event goes out; None: never.
+    progress_interval_s: float | None = None
+    stop_on_signals: bool = True
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one pass did: its batches as they are now, the dispatcher's report, the last
+    progress snapshot, whether the time limit stopped it, costs and budgets by batch, and
+    the exit code it earns."""
+
+    batches: tuple[BatchSummary, ...]
+    report: RunReport
+    snapshot: ProgressSnapshot
+    stopped_by_time_limit: bool
+    costs: Mapping[str, CostTotal]
+    budgets: Mapping[str, float | None]
+    exit_code: ExitCode
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``run --json`` prints: each batch (the batch object with its cost and budget),
+        what this pass did, and why it stopped."""
+        report, snapshot = self.report, self.snapshot
+        batches = []
+        for batch in self.batches:
+            item = BatchObject.from_summary(batch).model_dump(mode="json")
+            item |= cost_json(self.costs[batch.id]) | {"max_cost_usd": self.budgets.get(batch.id)}
+            batches.append(item)
+        run = {
+            "sent": report.sent,
+            "succeeded": report.succeeded,
+            "errored": report.errored,
+            "canceled": report.canceled,
+            "retried": report.retried,
+            "rate_limited": report.rate_limited,
+            "elapsed_s": round(snapshot.elapsed_s, 3),
+            "input_tokens": snapshot.input_tokens,
+            "output_tokens": snapshot.output_tokens,
+            "cache_creation_input_tokens": snapshot.cache_creation_input_tokens,
+            "cache_read_input_tokens": snapshot.cache_read_input_tokens,
+            "error_types": dict(report.error_types),
+        } | cost_json(snapshot.cost)
+        return {
+            "batches": batches,
+            "run": run,
+            "paused": dict(report.paused),
+            "stopped_by_time_limit": self.stopped_by_time_limit,
+            "exit_code": int(self.exit_code),
+        }
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: its exit code, its last pass (None when there was nothing to run)
+    and how many passes it made."""
+
+    exit_code: ExitCode
+    last: PassResult | None = None
+    passes: int = 0
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something a person watching the run should read."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The run at one moment (every ``progress_interval_s``)."""
+
+    snapshot: ProgressSnapshot
+
+
+@dataclass(frozen=True)
+class PassFinished:
+    """A pass is over."""
+
+    result: PassResult
+
+
+RunEvent = Note | Progress | PassFinished
+
+
+def _ignore(_event: RunEvent) -> None:
+    return None
+
+
+class RunSession:
+    """One run over one store: one pass, or passes until stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        known: Endpoints,
+        prices: PriceTable,
+        env: Mapping[str, str],
+        options: RunOptions,
+        on_event: Callable[[RunEvent], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._known = known
+        self._prices = prices
+        self._env = env
+        self._options = options
+        self._emit = on_event or _ignore
+
+    async def run(self) -> RunResult:
+        """Run one pass, or passes until the time limit or Ctrl-C (``forever``)."""
+        db = WorkerDatabase(self._store)
+        try:
+            return await self._run(db)
+        finally:
+            db.close()
+
+    async def _run(self, db: WorkerDatabase) -> RunResult:
+        options = self._options
+        loop = asyncio.get_running_loop()
+        deadline = None if options.max_runtime_s is None else loop.time() + options.max_runtime_s
+        if not options.forever:
+            done = await self._pass(db, deadline, exclude=set())
+            if done is None:
+                return RunResult(ExitCode.OK)
+            return RunResult(done.exit_code, done, 1)
+        # Batches this run paused (credentials, budget) are not retried every poll; a new
+        # run of that batch retries them.
+        paused_here: set[str] = set()
+        idle_said = False
+        last: PassResult | None = None
+        passes = 0
+        while True:
+            if deadline is not None and loop.time() >= deadline:
+                return RunResult(ExitCode.OK, last, passes)
+            done = await self._pass(db, deadline, exclude=paused_here)
+            if done is not None:
+                last, passes, idle_said = done, passes + 1, False
+                paused_here.update(done.report.paused)
+                if done.stopped_by_time_limit or done.report.interrupted:
+                    return RunResult(done.exit_code, last, passes)
+                continue
+            if not idle_said:
+                self._emit(
+                    Note(f"no queued work; looking again every {options.poll_interval_s:g} s")
+                )
+                idle_said = True
+            pause_s = options.poll_interval_s
+            if deadline is not None:
+                pause_s = min(pause_s, max(deadline - loop.time(), 0.0))
+            await asyncio.sleep(pause_s)
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def _plan(self, db: WorkerDatabase, exclude: set[str]) -> RunPlan:
+        options = self._options
+        plan = await plan_run(db, options.batch_ids)
+        if exclude:
+            kept = {b: e for b, e in plan.batches.items() if b not in exclude}
+            plan = RunPlan(kept, plan.skipped)
+        if options.target is not None and plan.batches:
+            # Checked before anything is moved, so a missing key leaves the batches as they were.
+            auth_headers(options.target, self._env)
+            plan = await move_batches(db, plan, options.target.name)
+        if options.max_cost_usd is not None:
+            for batch_id in plan.batches:
+                await db.set_max_cost(batch_id, options.max_cost_usd)
+        if not options.forever:
+            for batch_id, why in plan.skipped.items():
+                self._emit(Note(f"{batch_id}: {why}; nothing to run"))
+            if not plan.batches and not options.batch_ids:
+                self._emit(Note("no batch has queued requests"))
+        return plan
+
+    async def _costs(self, db: WorkerDatabase, batch_ids: list[str]) -> dict[str, CostTotal]:
+        usage = await db.usage_by_model(batch_ids)
+        return {batch_id: cost_of(usage.get(batch_id, []), self._prices) for batch_id in batch_ids}
+
+    async def _pass(
+        self, db: WorkerDatabase, deadline: float | None, *, exclude: set[str]
+    ) -> PassResult | None:
+        options = self._options
+        plan = await self._plan(db, exclude)
+        if not plan.batches:
+            return None
+        ids = list(plan.batches)
+        endpoints = run_endpoints(plan, self._known)
+        budgets = await db.max_costs(ids)
+        guard = None
+        if any(value is not None for value in budgets.values()):
+            guard = BudgetGuard(self._prices, budgets, await self._costs(db, ids))
+        loop = asyncio.get_running_loop()
+        monitor = RunMonitor(
+            prices=self._prices,
+            counts={batch_id: (await db.get_batch(batch_id)).counts for batch_id in ids},
+            guard=guard,
+            max_runtime_s=None if deadline is None else deadline - loop.time(),
+            db=db,
+        )
+        watcher = None
+        if options.progress_interval_s is not None:
+            watcher = asyncio.create_task(self._watch(monitor, options.progress_interval_s))
+        try:
+            report = await dispatch_batches(
+                db,
+                plan.batches,
+                endpoints=endpoints,
+                env=self._env,
+                dispatch=dispatch_config(
+                    endpoints,
+                    max_concurrency=options.max_concurrency,
+                    max_attempts=options.max_attempts,
+                    count_tokens=options.count_tokens,
+                ),
+                overrides=options.overrides,
+                limiter_settings=options.limiter_settings,
+                timeout_s=options.timeout_s,
+                observer=monitor,
+                stop_on_signals=options.stop_on_signals,
+            )
+            snapshot = monitor.snapshot()
+        finally:
+            monitor.close()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+        batches = tuple([await db.get_batch(batch_id) for batch_id in ids])
+        stopped = monitor.time_limit_reached and any(b.counts.processing for b in batches)
+        done = PassResult(
+            batches=batches,
+            report=report,
+            snapshot=snapshot,
+            stopped_by_time_limit=stopped,
+            costs=await self._costs(db, ids),
+            budgets=budgets,
+            exit_code=_exit_code(report, batches, stopped),
+        )
+        self._emit(PassFinished(done))
+        return done
+
+    async def _watch(self, monitor: RunMonitor, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self._emit(Progress(monitor.snapshot()))
+
+
+def _exit_code(report: RunReport, batches: tuple[BatchSummary, ...], stopped: bool) -> ExitCode:
+    """The first that applies of: interrupted, paused, stopped by the time limit, some results
+    errored; else OK."""
+    if report.interrupted:
+        return ExitCode.INTERRUPTED
+    if report.paused:
+        return ExitCode.PAUSED
+    if stopped:
+        return ExitCode.TIME_LIMIT
+    if any(batch.counts.errored for batch in batches):
+        return ExitCode.ERRORED_RESULTS
+    return ExitCode.OK

@@ -1,0 +1,165 @@
+"""Auth styles: how an endpoint's key becomes request headers, and which headers are secret.
+
+One registry. An auth style names the headers that carry the key (``x-api-key: KEY``,
+``authorization: Bearer KEY``, or none); the config file's ``auth = "..."`` picks one by name.
+Everything that must treat credentials with care reads this module:
+
+- the config file refuses a literal value for any secret header
+  (:func:`secret_header_names`): keys live in the environment;
+- :func:`request_headers` builds the headers of a run and lists the secret values in them:
+  the key, and every header value taken from the environment (``headers_env``);
+- the client (``transport.client``) refuses secret values HTTP cannot carry without quoting
+  them, and cuts them out of anything a server echoes back (:func:`redact`).
+
+Adding an auth style is one :meth:`AuthStyles.register` call (or one entry in
+:data:`AUTH_STYLES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+# What a secret is replaced with in anything batchrun keeps or prints.
+REDACTED = "[redacted]"
+# Credential headers whatever the auth style: a proxy's own credentials, or a second
+# authorization a gateway asks for.
+ALWAYS_SECRET_HEADERS = ("authorization", "proxy-authorization", "x-api-key")
+# Shorter values are not worth redacting (and would mangle unrelated text).
+MIN_SECRET_CHARS = 8
+
+
+@dataclass(frozen=True)
+class AuthStyle:
+    """How a key is sent. ``headers(key)`` gives the headers; ``secret_headers`` names them
+    (lower case). A style without ``headers`` needs no key."""
+
+    name: str
+    secret_headers: tuple[str, ...] = ()
+    headers: Callable[[str], dict[str, str]] | None = None
+
+    @property
+    def needs_key(self) -> bool:
+        return self.headers is not None
+
+
+class AuthStyles:
+    """The registered auth styles, in the order messages list them."""
+
+    def __init__(self, styles: Iterable[AuthStyle] = ()) -> None:
+        self._by_name: dict[str, AuthStyle] = {}
+        for style in styles:
+            self.register(style)
+
+    def register(self, style: AuthStyle) -> None:
+        """Add an auth style; ValueError if the name is taken."""
+        if style.name in self._by_name:
+            raise ValueError(f"auth style {style.name!r} is registered already")
+        self._by_name[style.name] = style
+
+    def unregister(self, name: str) -> None:
+        """Remove an auth style."""
+        del self._by_name[name]
+
+    @contextmanager
+    def registered(self, style: AuthStyle) -> Iterator[AuthStyle]:
+        """Register ``style`` for the block (tests, plugins)."""
+        self.register(style)
+        try:
+            yield style
+        finally:
+            self.unregister(style.name)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._by_name)
+
+    def get(self, name: str) -> AuthStyle:
+        """The style called ``name``; KeyError if none."""
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[AuthStyle]:
+        return iter(tuple(self._by_name.values()))
+
+
+AUTH_STYLES = AuthStyles(
+    [
+        AuthStyle(
+            "bearer",
+            secret_headers=("authorization",),
+            headers=lambda key: {"authorization": f"Bearer {key}"},
+        ),
+        AuthStyle(
+            "x-api-key", secret_headers=("x-api-key",), headers=lambda key: {"x-api-key": key}
+        ),
+        AuthStyle("none"),
+    ]
+)
+
+
+def secret_header_names() -> frozenset[str]:
+    """Every header name whose value is a credential (lower case)."""
+    names = set(ALWAYS_SECRET_HEADERS)
+    for style in AUTH_STYLES:
+        names.update(header.lower() for header in style.secret_headers)
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class RequestHeaders:
+    """The headers of an endpoint's requests, and the secret values among them (longest
+    first, each also without a ``Bearer`` scheme), for redaction."""
+
+    headers: Mapping[str, str]
+    secrets: tuple[str, ...]
+
+
+def request_headers(
+    *,
+    style: str,
+    key: str | None,
+    fixed: Mapping[str, str],
+    from_env: Mapping[str, str],
+) -> RequestHeaders:
+    """The headers for one endpoint: ``fixed`` ones (from its definition), those whose value
+    came from the environment (``from_env``, header → value), and the key in ``style``'s
+    headers. Every value from the environment is a secret, and so is every value of a secret
+    header."""
+    auth = AUTH_STYLES.get(style)
+    headers = {"content-type": "application/json", **fixed, **from_env}
+    if auth.headers is not None and key is not None:
+        headers.update(auth.headers(key))
+    secret_names = secret_header_names()
+    values = [value for name, value in headers.items() if name.lower() in secret_names]
+    values.extend(from_env.values())
+    if key is not None:
+        values.append(key)
+    return RequestHeaders(headers, _secret_values(values))
+
+
+def _secret_values(values: Iterable[str]) -> tuple[str, ...]:
+    found: set[str] = set()
+    for value in values:
+        found.add(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() == "bearer":
+            found.add(token)
+    # Longest first, so a token inside its own "Bearer ..." value is replaced whole.
+    return tuple(sorted((s for s in found if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True))
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by :data:`REDACTED`."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact_bytes(body: bytes, secrets: Iterable[str]) -> bytes:
+    """``body`` with every secret replaced by :data:`REDACTED`."""
+    for secret in secrets:
+        body = body.replace(secret.encode(), REDACTED.encode())
+    return body

@@ -1,0 +1,221 @@
+"""What an HTTP answer means: a status, headers and a body in, an :data:`Outcome` value out.
+
+``classify_response`` is pure; the client (``transport.client``) produces the
+transport-failure outcomes itself. The rules follow the Anthropic API's documented errors and
+its official SDK's retry rules:
+
+- an ``x-should-retry`` header decides when present;
+- 408, 409, 429, 5xx and 529 are transient; other 4xx are final;
+- 401, 402, 403 and a 429 that reports a spend limit would fail every request of the batch
+  the same way, so they halt the batch instead of producing one errored result each;
+- a 200 whose body is not a Message is transient (a proxy answered, or the body was cut).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from batchrun.records import (
+    ErrorBody,
+    Fatal,
+    Halt,
+    HaltKind,
+    Outcome,
+    Retryable,
+    ServerLimits,
+    Succeeded,
+    Usage,
+    error_body,
+)
+from batchrun.transport.ratelimit_headers import dimensions_named, parse_server_limits
+
+# The error types the official SDK's ErrorResponse accepts. Exported results must parse with
+# it, so an error of another type (the API's own request_too_large and conflict_error, or a
+# gateway's invention) is recorded under the type its status implies, keeping the original
+# in "original_type".
+KNOWN_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "timeout_error",
+        "api_error",
+        "overloaded_error",
+    }
+)
+_ERROR_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+_HALT_BY_STATUS: dict[int, HaltKind] = {401: "authentication", 402: "billing", 403: "permission"}
+SPEND_LIMIT_ERROR_CODE = "enforced_spend_limit_reached"
+
+
+def error_type_for_status(status: int) -> str:
+    """The Anthropic error type that goes with an HTTP status."""
+    if status in _ERROR_TYPE_BY_STATUS:
+        return _ERROR_TYPE_BY_STATUS[status]
+    return (
+        "api_error" if status >= 500 or status == 408 or status == 409 else "invalid_request_error"
+    )
+
+
+def classify_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: datetime | None = None
+) -> Outcome:
+    """Decide what one HTTP answer from a Messages endpoint means."""
+    request_id = headers.get("request-id") or headers.get("x-request-id")
+    server_limits = parse_server_limits(headers)
+    if status == 200:
+        return _classify_success(body, request_id, server_limits)
+    error = _error_from_body(status, body, request_id)
+    should_retry = headers.get("x-should-retry", "").strip().lower()
+    retry_after_s = parse_retry_after_s(headers, now=now)
+    if retry_after_s is None and status == 429 and server_limits is not None:
+        retry_after_s = server_limits.wait_s(now or datetime.now(UTC))
+    halt = _halt_kind(status, error)
+    if halt is not None and should_retry != "true":
+        return Halt(halt, status, str(error["error"].get("message", "")))
+    if should_retry == "false":
+        return Fatal(error, status)
+    if should_retry == "true" or status in _TRANSIENT_STATUSES or status >= 500:
+        reason = f"HTTP {status} {error['error'].get('type', '')}".strip()
+        named = dimensions_named(str(error["error"].get("message", ""))) if status == 429 else None
+        return Retryable(reason, error, status, retry_after_s, server_limits, named or frozenset())
+    return Fatal(error, status)
+
+
+def _classify_success(
+    body: bytes, request_id: str | None, server_limits: ServerLimits | None
+) -> Outcome:
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return _malformed("the response body is not JSON", request_id)
+    usage = _usage_of_message(message)
+    if usage is None:
+        return _malformed("the response body is not a Message", request_id)
+    text = body.decode()
+    if "\n" in text or "\r" in text:
+        # Results are exported one per line; a pretty-printed body would break JSONL.
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return Succeeded(
+        body=text,
+        model=message.get("model") if isinstance(message.get("model"), str) else None,
+        stop_reason=message.get("stop_reason"),
+        usage=usage,
+        request_id=request_id,
+        server_limits=server_limits,
+    )
+
+
+def _usage_of_message(message: Any) -> Usage | None:
+    if not isinstance(message, dict) or message.get("type") != "message":
+        return None
+    if not isinstance(message.get("content"), list):
+        return None
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    counts = [
+        usage.get(key) or 0
+        for key in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        )
+    ]
+    if not all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
+        return None
+    return Usage(*counts)
+
+
+def _malformed(why: str, request_id: str | None) -> Retryable:
+    return Retryable(
+        reason=f"malformed response: {why}",
+        error=error_body("api_error", f"The endpoint answered 200 but {why}.", request_id),
+        http_status=200,
+    )
+
+
+def _error_from_body(status: int, body: bytes, request_id: str | None) -> ErrorBody:
+    """The API's own error object when the body has one, else one made from the status."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if (
+        isinstance(parsed, dict)
+        and isinstance(parsed.get("error"), dict)
+        and isinstance(parsed["error"].get("type"), str)
+    ):
+        error = dict(parsed["error"])
+        if not isinstance(error.get("message"), str):
+            error["message"] = str(error.get("message", ""))
+        if error["type"] not in KNOWN_ERROR_TYPES:
+            error["original_type"] = error["type"]
+            error["type"] = error_type_for_status(status)
+        return {"type": "error", "error": error, "request_id": parsed.get("request_id", request_id)}
+    snippet = body[:200].decode(errors="replace").strip()
+    message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+    return error_body(error_type_for_status(status), message, request_id)
+
+
+def _halt_kind(status: int, error: ErrorBody) -> HaltKind | None:
+    if status in _HALT_BY_STATUS:
+        return _HALT_BY_STATUS[status]
+    details = error["error"].get("details")
+    if (
+        status == 429
+        and isinstance(details, dict)
+        and details.get("error_code") == SPEND_LIMIT_ERROR_CODE
+    ):
+        return "spend_limit"
+    return None
+
+
+def parse_retry_after_s(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` (seconds
+    or an HTTP date). Unlike the SDK, long values are honoured: a batch can afford to wait,
+    and retrying earlier only fails again."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            value_ms = float(raw_ms)
+        except ValueError:
+            value_ms = math.nan
+        if math.isfinite(value_ms) and value_ms >= 0:
+            return value_ms / 1000
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+        return max(seconds, 0.0)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

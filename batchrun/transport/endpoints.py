@@ -1,0 +1,282 @@
+"""Where requests go: the built-in endpoints, and how the config file and the environment
+change them.
+
+An endpoint is stored with each batch by name, never with its key: the key is looked up in
+the environment (passed in by the CLI) when a run starts. Each setting is resolved in this
+order, first found wins: command-line flag, environment, config file, built-in default.
+Flags are applied by the caller (``batchrun.ops.runner``); the config file is read by
+``batchrun.config.file``; this module applies the built-ins, the file's tables and the
+environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import ConfigError, MissingApiKeyError, UnknownEndpointError
+from batchrun.limits.dimensions import RateLimits
+from batchrun.transport.auth import AUTH_STYLES, RequestHeaders, request_headers
+
+# A long generation (tens of thousands of output tokens) can take many minutes without
+# streaming; the official SDK's own ceiling for non-streaming calls is 600 s.
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+ANTHROPIC_VERSION = "2023-06-01"
+ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
+ANTHROPIC_BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+# Names the endpoint `submit` uses when --endpoint is not given.
+ENDPOINT_ENV = "BATCHRUN_ENDPOINT"
+SIMULATOR = "simulator"
+DEFAULT_ENDPOINT = "anthropic"
+BUILTIN = "built-in"
+# Langdock documents 500 RPM and 60,000 TPM (input + output) per model and workspace.
+LANGDOCK_LIMITS = RateLimits(rpm=500, tpm=60_000)
+# Settings the in-process simulator cannot take: it has no URL and checks no key.
+_SIMULATOR_FIXED = ("base_url", "messages_path", "auth", "api_key_env")
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """One ``[endpoints.NAME]`` table of the config file. None and empty mean "not set"."""
+
+    name: str
+    base_url: str | None = None
+    messages_path: str | None = None
+    auth: str | None = None
+    api_key_env: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    headers_env: Mapping[str, str] = field(default_factory=dict)
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    fields_set: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An Anthropic-compatible Messages endpoint."""
+
+    name: str
+    base_url: str
+    messages_path: str = "/v1/messages"
+    # An auth style's name (batchrun.transport.auth).
+    auth: str = "x-api-key"
+    api_key_env: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Header name → the environment variable holding its value (a second credential).
+    headers_env: Mapping[str, str] = field(default_factory=dict)
+    # Merged into every request body; the request's own params win.
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    # None: the run's flag or batchrun's default decides.
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    # Limits per model; the key "*" applies to every model not named.
+    limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    # Where the definition came from, in order: "built-in", a config file, a variable.
+    sources: tuple[str, ...] = (BUILTIN,)
+
+    @property
+    def messages_url(self) -> str:
+        return self.base_url.rstrip("/") + "/" + self.messages_path.lstrip("/")
+
+    @property
+    def in_process(self) -> bool:
+        """True for the built-in simulator, which runs inside batchrun."""
+        return self.name == SIMULATOR
+
+    def limits_for(self, model: str) -> RateLimits | None:
+        """The limits of ``model`` here: its own, else those of "*", else None."""
+        return self.limits.get(model, self.limits.get("*"))
+
+
+def _langdock(region: str) -> Endpoint:
+    return Endpoint(
+        name=f"langdock-{region}",
+        base_url="https://api.langdock.com",
+        messages_path=f"/anthropic/{region}/v1/messages",
+        auth="bearer",
+        api_key_env="LANGDOCK_API_KEY",
+        headers={"anthropic-version": ANTHROPIC_VERSION},
+        limits={"*": LANGDOCK_LIMITS},
+    )
+
+
+def builtin_endpoints(env: Mapping[str, str]) -> dict[str, Endpoint]:
+    """The endpoints batchrun knows without a config file, as the environment sets them."""
+    builtins = [
+        Endpoint(
+            name=DEFAULT_ENDPOINT,
+            base_url=ANTHROPIC_DEFAULT_BASE_URL,
+            auth="x-api-key",
+            api_key_env="ANTHROPIC_API_KEY",
+            headers={"anthropic-version": ANTHROPIC_VERSION},
+        ),
+        _langdock("eu"),
+        _langdock("us"),
+        Endpoint(
+            name="aimlapi",
+            base_url="https://api.aimlapi.com",
+            messages_path="/messages",
+            auth="bearer",
+            api_key_env="AIMLAPI_API_KEY",
+            headers={"anthropic-version": ANTHROPIC_VERSION},
+        ),
+        Endpoint(
+            name=SIMULATOR,
+            base_url="http://simulator.invalid",
+            auth="none",
+            headers={"anthropic-version": ANTHROPIC_VERSION},
+        ),
+    ]
+    return {endpoint.name: _apply_env(endpoint, env) for endpoint in builtins}
+
+
+def _apply_env(endpoint: Endpoint, env: Mapping[str, str]) -> Endpoint:
+    # As the official SDK does, ANTHROPIC_BASE_URL redirects the anthropic endpoint.
+    if endpoint.name == DEFAULT_ENDPOINT and (url := env.get(ANTHROPIC_BASE_URL_ENV)):
+        return replace(endpoint, base_url=url, sources=(*endpoint.sources, ANTHROPIC_BASE_URL_ENV))
+    return endpoint
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Every endpoint known to this invocation, and the one ``submit`` uses by default."""
+
+    by_name: Mapping[str, Endpoint]
+    default: str
+    default_source: str
+    config_path: Path | None = None
+
+    def get(self, name: str) -> Endpoint:
+        """The endpoint called ``name``; UnknownEndpointError naming the known ones if none."""
+        if name not in self.by_name:
+            raise UnknownEndpointError(
+                f"unknown endpoint {name!r}; known endpoints: {', '.join(sorted(self.by_name))}"
+                " (`batchrun endpoints` lists them; a config file can define more)"
+            )
+        return self.by_name[name]
+
+
+def resolve_endpoints(
+    tables: Mapping[str, EndpointSettings],
+    env: Mapping[str, str],
+    *,
+    config_path: Path | None = None,
+    default_endpoint: str | None = None,
+) -> Endpoints:
+    """The built-in endpoints, changed or added to by the config file's ``tables`` (read from
+    ``config_path``), then by the environment. Raises ConfigError naming the file and key for
+    a definition that cannot work (a new endpoint without base_url, a key-less auth
+    style...)."""
+    resolved = builtin_endpoints({})
+    for name, table in tables.items():
+        resolved[name] = _overlay(resolved.get(name), table, config_path)
+    resolved = {name: _apply_env(endpoint, env) for name, endpoint in resolved.items()}
+    default, source = DEFAULT_ENDPOINT, BUILTIN
+    if default_endpoint is not None:
+        if default_endpoint not in resolved:
+            raise _file_error(
+                config_path,
+                "default_endpoint",
+                f'unknown endpoint "{default_endpoint}"; '
+                f"known endpoints: {', '.join(sorted(resolved))}",
+            )
+        default, source = default_endpoint, str(config_path)
+    if named := env.get(ENDPOINT_ENV, "").strip():
+        if named not in resolved:
+            raise UnknownEndpointError(
+                f"{ENDPOINT_ENV} names unknown endpoint {named!r}; "
+                f"known endpoints: {', '.join(sorted(resolved))}"
+            )
+        default, source = named, ENDPOINT_ENV
+    return Endpoints(resolved, default, source, config_path)
+
+
+def _file_error(path: Path | None, key: str, problem: str) -> ConfigError:
+    """A ConfigError naming the config file and the key: ``FILE: KEY: problem``."""
+    return ConfigError(f"{path}: {key}: {problem}")
+
+
+def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) -> Endpoint:
+    """``base`` (a built-in, or None for a new endpoint) with the file's settings on top.
+
+    Scalars replace the built-in's; ``headers``, ``headers_env``, ``extra_body`` and
+    ``limits`` are merged name by name, each model's limits replacing that model's whole.
+    """
+    prefix = f"endpoints.{table.name}"
+    if base is None:
+        if table.base_url is None:
+            raise _file_error(
+                path,
+                f"{prefix}.base_url",
+                "required for a new endpoint (built-in endpoints: "
+                f"{', '.join(sorted(builtin_endpoints({})))})",
+            )
+        # Anthropic-compatible gateways expect the version header, as the SDK sends it.
+        base = Endpoint(
+            name=table.name,
+            base_url=table.base_url,
+            headers={"anthropic-version": ANTHROPIC_VERSION},
+            sources=(),
+        )
+    elif base.in_process and (fixed := [k for k in _SIMULATOR_FIXED if k in table.fields_set]):
+        raise _file_error(
+            path,
+            f"{prefix}.{fixed[0]}",
+            "the built-in simulator runs in-process and cannot change this; to reach "
+            "`batchrun simulate` on a socket, define a new endpoint with its base_url",
+        )
+    merged = replace(
+        base,
+        base_url=table.base_url or base.base_url,
+        messages_path=table.messages_path or base.messages_path,
+        auth=table.auth or base.auth,
+        api_key_env=table.api_key_env or base.api_key_env,
+        headers={**base.headers, **table.headers},
+        headers_env={**base.headers_env, **table.headers_env},
+        extra_body={**base.extra_body, **table.extra_body},
+        timeout_s=table.timeout_s if table.timeout_s is not None else base.timeout_s,
+        max_attempts=table.max_attempts if table.max_attempts is not None else base.max_attempts,
+        limits={**base.limits, **table.limits},
+        sources=(*base.sources, str(path)),
+    )
+    if AUTH_STYLES.get(merged.auth).needs_key and merged.api_key_env is None:
+        raise _file_error(
+            path,
+            f"{prefix}.api_key_env",
+            f'required with auth = "{merged.auth}": the name of the environment variable '
+            'that holds the key (or set auth = "none")',
+        )
+    return merged
+
+
+def auth_headers(endpoint: Endpoint, env: Mapping[str, str]) -> RequestHeaders:
+    """The request headers for ``endpoint``, with its key and its ``headers_env`` values from
+    the environment, and which values are secret.
+
+    Raises MissingApiKeyError naming the variable when a key or header value is not set.
+    """
+    from_env = {
+        header: _required(env, variable, f"header {header} of endpoint {endpoint.name!r}")
+        for header, variable in endpoint.headers_env.items()
+    }
+    key = None
+    if AUTH_STYLES.get(endpoint.auth).needs_key:
+        key = _required(
+            env, endpoint.api_key_env or "", f"the API key for endpoint {endpoint.name!r}"
+        )
+    return request_headers(style=endpoint.auth, key=key, fixed=endpoint.headers, from_env=from_env)
+
+
+def _required(env: Mapping[str, str], variable: str, what: str) -> str:
+    value = env.get(variable, "").strip()
+    if not value:
+        raise MissingApiKeyError(
+            f"{variable} is not set; export it with {what} "
+            "(or try batchrun offline with --endpoint simulator)"
+        )
+    return value

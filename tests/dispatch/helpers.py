@@ -1,0 +1,78 @@
+"""Running the dispatcher in tests: one batch, to completion, against an ASGI app (the
+in-process simulator), through a real httpx client and the worker's database route."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+
+from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.dispatcher import Dispatcher, RunReport
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.limiter import Limiter
+from batchrun.store.store import Store
+from batchrun.transport.auth import RequestHeaders
+from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
+from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+
+FAST_RETRIES = DispatchConfig(max_attempts=4, retry_initial_delay_s=1.0, retry_max_delay_s=8.0)
+
+NO_AUTH = RequestHeaders({"content-type": "application/json"}, ())
+
+
+async def dispatch(
+    store: Store,
+    batch_id: str,
+    app: object,
+    *,
+    config: DispatchConfig = FAST_RETRIES,
+    limits: RateLimits | None = None,
+) -> RunReport:
+    """Run one batch to completion against ``app`` through a real httpx client. The limiter
+    keeps its buckets in memory here, so virtual time stays exact; the shared bank is tested
+    on its own in virtual time (test_shared_limits.py)."""
+    return await run_dispatcher(store, batch_id, app, config=config, limits=limits)
+
+
+async def run_dispatcher(
+    store: Store,
+    batch_id: str,
+    app: object,
+    *,
+    config: DispatchConfig = FAST_RETRIES,
+    limits: RateLimits | None = None,
+    during: Callable[[Dispatcher], Awaitable[None]] | None = None,
+) -> RunReport:
+    """:func:`dispatch`, with ``during(dispatcher)`` running alongside (to stop it, say)."""
+    endpoint = builtin_endpoints({})[SIMULATOR]
+    async with create_http_client(
+        timeout_s=60, max_connections=config.max_concurrency, transport=in_process_transport(app)
+    ) as http:
+        sender = MessagesClient(http, endpoint=endpoint, headers=NO_AUTH)
+        db = WorkerDatabase(store)
+        dispatcher = Dispatcher(
+            db=db,
+            senders={SIMULATOR: sender},
+            limiter=Limiter(overrides=limits),
+            config=config,
+        )
+        side = asyncio.ensure_future(during(dispatcher)) if during else None
+        try:
+            return await dispatcher.run({batch_id: SIMULATOR})
+        finally:
+            db.close()
+            if side is not None:
+                side.cancel()
+                await asyncio.gather(side, return_exceptions=True)
+
+
+def results_by_id(store: Store, batch_id: str) -> Mapping[str, dict[str, object]]:
+    found = {}
+    for row in store.iter_results(batch_id):
+        found[row.custom_id] = {
+            "state": row.state,
+            "body": json.loads(row.body) if row.body else None,
+        }
+    return found
