@@ -12,8 +12,7 @@ Adding a format is one :meth:`ExportFormats.register` call (or one entry in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -22,6 +21,7 @@ from batchrun.errors import ConfigError
 from batchrun.export.anthropic import write_anthropic
 from batchrun.export.flat import write_csv, write_flat_jsonl
 from batchrun.records import ResultDetail
+from batchrun.registry import Registry
 
 Writer = Callable[[Iterable[ResultDetail], IO[Any], PriceTable], int]
 
@@ -38,46 +38,18 @@ class ExportFormat:
     uses_prices: bool = True
 
 
-class ExportFormats:
+class ExportFormats(Registry[ExportFormat]):
     """The registered formats, in the order help texts list them."""
 
     def __init__(self, formats: Iterable[ExportFormat] = ()) -> None:
-        self._by_name: dict[str, ExportFormat] = {}
-        for item in formats:
-            self.register(item)
-
-    def register(self, item: ExportFormat) -> None:
-        """Add a format; ValueError if the name is taken."""
-        if item.name in self._by_name:
-            raise ValueError(f"export format {item.name!r} is registered already")
-        self._by_name[item.name] = item
-
-    def unregister(self, name: str) -> None:
-        del self._by_name[name]
-
-    @contextmanager
-    def registered(self, item: ExportFormat) -> Iterator[ExportFormat]:
-        """Register ``item`` for the block (tests, plugins)."""
-        self.register(item)
-        try:
-            yield item
-        finally:
-            self.unregister(item.name)
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._by_name)
+        super().__init__("export format", formats)
 
     def get(self, name: str) -> ExportFormat:
         """The format called ``name``; ConfigError naming the known ones if none."""
-        found = self._by_name.get(name)
+        found = self.find(name)
         if found is None:
-            raise ConfigError(
-                f"unknown export format {name!r}; formats: {', '.join(self._by_name)}"
-            )
+            raise ConfigError(f"unknown export format {name!r}; formats: {', '.join(self.names())}")
         return found
-
-    def __iter__(self) -> Iterator[ExportFormat]:
-        return iter(tuple(self._by_name.values()))
 
 
 EXPORT_FORMATS = ExportFormats(

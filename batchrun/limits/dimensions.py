@@ -25,12 +25,12 @@ config file, the flags and the views pick it up from here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from batchrun.records import Usage
+from batchrun.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,11 @@ class Dimension:
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-class Dimensions:
+class Dimensions(Registry[Dimension]):
     """The registered dimensions, in the order views show them."""
 
     def __init__(self, dimensions: Iterable[Dimension] = ()) -> None:
-        self._by_name: dict[str, Dimension] = {}
-        for dimension in dimensions:
-            self.register(dimension)
+        super().__init__("rate-limit dimension", dimensions)
 
     def register(self, dimension: Dimension) -> None:
         """Add a dimension; ValueError if its name is taken or cannot be a flag and a key."""
@@ -100,36 +98,7 @@ class Dimensions:
             raise ValueError(
                 f"dimension name {dimension.name!r}: use 1-32 lower-case letters, digits or '_'"
             )
-        if dimension.name in self._by_name:
-            raise ValueError(f"dimension {dimension.name!r} is registered already")
-        self._by_name[dimension.name] = dimension
-
-    def unregister(self, name: str) -> None:
-        """Remove a dimension (tests and plugins that registered one)."""
-        del self._by_name[name]
-
-    @contextmanager
-    def registered(self, dimension: Dimension) -> Iterator[Dimension]:
-        """Register ``dimension`` for the block."""
-        self.register(dimension)
-        try:
-            yield dimension
-        finally:
-            self.unregister(dimension.name)
-
-    def names(self) -> tuple[str, ...]:
-        """Every dimension's name, in order."""
-        return tuple(self._by_name)
-
-    def get(self, name: str) -> Dimension:
-        """The dimension called ``name``; KeyError if none."""
-        return self._by_name[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def __iter__(self) -> Iterator[Dimension]:
-        return iter(tuple(self._by_name.values()))
+        super().register(dimension)
 
     def measure_all(self, amounts: Amounts) -> dict[str, float]:
         """What ``amounts`` take in every dimension, by name."""

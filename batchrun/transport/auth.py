@@ -11,15 +11,16 @@ Everything that must treat credentials with care reads this module:
 - the client (``transport.client``) refuses secret values HTTP cannot carry without quoting
   them, and cuts them out of anything a server echoes back (:func:`redact`).
 
-Adding an auth style is one :meth:`AuthStyles.register` call (or one entry in
+Adding an auth style is one ``AUTH_STYLES.register(AuthStyle(...))`` call (or one entry in
 :data:`AUTH_STYLES`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+
+from batchrun.registry import Registry
 
 # What a secret is replaced with in anything batchrun keeps or prints.
 REDACTED = "[redacted]"
@@ -44,48 +45,8 @@ class AuthStyle:
         return self.headers is not None
 
 
-class AuthStyles:
-    """The registered auth styles, in the order messages list them."""
-
-    def __init__(self, styles: Iterable[AuthStyle] = ()) -> None:
-        self._by_name: dict[str, AuthStyle] = {}
-        for style in styles:
-            self.register(style)
-
-    def register(self, style: AuthStyle) -> None:
-        """Add an auth style; ValueError if the name is taken."""
-        if style.name in self._by_name:
-            raise ValueError(f"auth style {style.name!r} is registered already")
-        self._by_name[style.name] = style
-
-    def unregister(self, name: str) -> None:
-        """Remove an auth style."""
-        del self._by_name[name]
-
-    @contextmanager
-    def registered(self, style: AuthStyle) -> Iterator[AuthStyle]:
-        """Register ``style`` for the block (tests, plugins)."""
-        self.register(style)
-        try:
-            yield style
-        finally:
-            self.unregister(style.name)
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._by_name)
-
-    def get(self, name: str) -> AuthStyle:
-        """The style called ``name``; KeyError if none."""
-        return self._by_name[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def __iter__(self) -> Iterator[AuthStyle]:
-        return iter(tuple(self._by_name.values()))
-
-
-AUTH_STYLES = AuthStyles(
+AUTH_STYLES: Registry[AuthStyle] = Registry(
+    "auth style",
     [
         AuthStyle(
             "bearer",
@@ -96,7 +57,7 @@ AUTH_STYLES = AuthStyles(
             "x-api-key", secret_headers=("x-api-key",), headers=lambda key: {"x-api-key": key}
         ),
         AuthStyle("none"),
-    ]
+    ],
 )
 
 

@@ -74,4 +74,5 @@ def test_the_top_of_the_package_holds_about_a_dozen_entries() -> None:
         p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and not p.name.startswith(".")
     )
 
-    assert len(entries) <= 16, entries
+    # The style guide's own layout, with __main__.py and py.typed.
+    assert len(entries) <= 17, entries
