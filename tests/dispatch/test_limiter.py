@@ -297,9 +297,7 @@ async def test_rpm_bound_runs_at_the_limit_without_429s(sqlite_store: Store) -> 
 @pytest.mark.timeout(300)  # thousands of requests; slow on a busy machine
 @pytest.mark.asyncio
 @pytest.mark.looptime
-async def test_tpm_bound_with_short_replies_uses_the_token_limit(
-    sqlite_store: Store, bank: str
-) -> None:
+async def test_tpm_bound_with_short_replies_uses_the_token_limit(sqlite_store: Store) -> None:
     store = sqlite_store
     server = ModelLimits(tpm=60_000, burst_s=2)
     app = create_app(SimulatorConfig(limits={"*": server}, latency_s=2.0, output_tokens=40))
@@ -307,9 +305,7 @@ async def test_tpm_bound_with_short_replies_uses_the_token_limit(
     lines = [request_line(f"r{i}", f"{i} {text}", max_tokens=1024) for i in range(900)]
     batch_id = submit(store, lines)
 
-    await dispatch(
-        store, batch_id, app, limits=RateLimits(tpm=60_000), shared_bank=bank == "database"
-    )
+    await dispatch(store, batch_id, app, limits=RateLimits(tpm=60_000))
 
     assert utilisation(app, limit_per_min=60_000, column="tokens", skip_s=15) >= 0.97
     assert rejected_share(app) <= 0.01
