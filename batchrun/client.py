@@ -23,12 +23,10 @@ Every method that waits has an ``a``-prefixed twin for callers with their own ev
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
@@ -459,7 +457,7 @@ class Client:
         async with run_lock(
             self.database_url, wait=lock == "wait", share=lock == "share", on_wait=waiting
         ):
-            store = await asyncio.to_thread(self._store)
+            store = await _off_loop(self._store)
             session = RunSession(
                 store, known=known, prices=prices, env=self._env, options=options, on_event=on_event
             )
@@ -469,19 +467,19 @@ class Client:
 
     async def asubmit(self, requests: Requests, **options: Any) -> BatchObject:
         """:meth:`submit` off the event loop."""
-        return await asyncio.to_thread(self.submit, requests, **options)
+        return await _off_loop(self.submit, requests, **options)
 
     async def astatus(self, batch_id: str) -> BatchStatus:
         """:meth:`status` off the event loop."""
-        return await asyncio.to_thread(self.status, batch_id)
+        return await _off_loop(self.status, batch_id)
 
     async def alist(self) -> builtins.list[BatchObject]:
         """:meth:`list` off the event loop."""
-        return await asyncio.to_thread(self.list)
+        return await _off_loop(self.list)
 
     async def acancel(self, batch_id: str) -> BatchObject:
         """:meth:`cancel` off the event loop."""
-        return await asyncio.to_thread(self.cancel, batch_id)
+        return await _off_loop(self.cancel, batch_id)
 
     async def aresume(
         self,
@@ -492,7 +490,7 @@ class Client:
         **run_options: Any,
     ) -> RunResult:
         """:meth:`resume` on the caller's event loop."""
-        await asyncio.to_thread(
+        await _off_loop(
             self.requeue, batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s
         )
         return await self.arun(batch_id, **run_options)
@@ -501,6 +499,9 @@ class Client:
         self, batch_id: str, *, partial: bool = False, only: ResultState | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """:meth:`results` off the event loop, a chunk of rows at a time."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
         # One thread reads the whole result set, so its database cursor stays on it.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-results") as pool:
             loop = asyncio.get_running_loop()
@@ -518,7 +519,7 @@ class Client:
         self, batch_id: str, output: str | os.PathLike[str] | IO[Any], **options: Any
     ) -> int:
         """:meth:`export` off the event loop."""
-        return await asyncio.to_thread(self.export, batch_id, output, **options)
+        return await _off_loop(self.export, batch_id, output, **options)
 
 
 def _take(lines: Generator[dict[str, Any], None, None]) -> builtins.list[dict[str, Any]]:
@@ -559,8 +560,17 @@ def _close(items: object) -> None:
         close()
 
 
+async def _off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``function(*args, **kwargs)`` on a worker thread, so the caller's loop keeps going."""
+    import asyncio
+
+    return await asyncio.to_thread(function, *args, **kwargs)
+
+
 def _blocking(work: Coroutine[Any, Any, T], name: str, async_name: str) -> T:
     """Run a coroutine to completion; a clear error inside a running event loop."""
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

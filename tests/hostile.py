@@ -1,0 +1,245 @@
+"""A small hostile Messages server: the answers a well-behaved server never gives.
+
+It is a real HTTP/1.1 server on 127.0.0.1, written on asyncio streams so that it controls
+every byte: bodies that drip, never end, lie about their length or decompress to gigabytes,
+headers that echo the key. A request picks its answer with ``<<hostile:MODE>>`` anywhere in
+its body; without one it gets a normal Anthropic Message. ``server.log`` records each request
+(its mode and headers) so a test can count what was paid for.
+
+Modes (see :data:`MODES`): ``openai``, ``foreign``, ``not_json``, ``deep``, ``usage_2_63``,
+``usage_2_31``, ``negative_usage``, ``retry_after_huge``, ``retry_after_ms_huge``,
+``reset_9999``, ``retry_after_10h``, ``tiny_limit``, ``drip``, ``endless``, ``gzip_bomb``,
+``oversized``, ``echo_key``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+_DIRECTIVE = re.compile(rb"<<hostile:([a-z0-9_]+)>>")
+_MIB = 1024 * 1024
+
+
+def message(text: str = "hello", **usage: int) -> dict[str, Any]:
+    """A well-formed Anthropic Message."""
+    return {
+        "id": "msg_hostile",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 5, **usage},
+    }
+
+
+def _deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """``size`` bytes of zeros, gzipped (about 1/1000 of that on the wire)."""
+    return gzip.compress(b"\0" * size, compresslevel=9)
+
+
+@dataclass
+class Request:
+    """What the server received."""
+
+    mode: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class HostileServer:
+    """The server; ``url`` once it runs (see :func:`running_hostile_server`)."""
+
+    url: str = ""
+    log: list[Request] = field(default_factory=list)
+    # Bytes per chunk and seconds between chunks for `drip`; a gzip bomb's decoded size.
+    drip_interval_s: float = 3.0
+    bomb_bytes: int = 300 * _MIB
+
+    def modes(self) -> list[str]:
+        return [request.mode for request in self.log]
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, value = line.split(":", 1)
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+                body = await reader.readexactly(length) if length else b""
+                found = _DIRECTIVE.search(body)
+                mode = found.group(1).decode() if found else "normal"
+                self.log.append(Request(mode, headers, body))
+                keep_open = await self._answer(mode, headers, writer)
+                if not keep_open:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(
+        self, mode: str, headers: dict[str, str], writer: asyncio.StreamWriter
+    ) -> bool:
+        key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        match mode:
+            case "openai":
+                body = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": "claude-haiku-4-5",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "hi from openai shape"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+                }
+                return await self._send(writer, 200, json.dumps(body).encode())
+            case "foreign":
+                return await self._send(writer, 200, b'{"hello": "world"}')
+            case "not_json":
+                return await self._send(writer, 200, b'{"type": "message", "content": [')
+            case "deep":
+                return await self._send(writer, 200, _deep(100_000))
+            case "usage_2_63":
+                return await self._json(writer, message(input_tokens=2**63))
+            case "usage_2_31":
+                return await self._json(writer, message(output_tokens=2**31))
+            case "negative_usage":
+                return await self._json(writer, message(output_tokens=-5))
+            case "retry_after_huge":
+                return await self._error(writer, 429, {"retry-after": "1e308"})
+            case "retry_after_ms_huge":
+                return await self._error(writer, 429, {"retry-after-ms": "1e15"})
+            case "retry_after_10h":
+                return await self._error(writer, 429, {"retry-after": "36000"})
+            case "reset_9999":
+                return await self._error(
+                    writer,
+                    429,
+                    {
+                        "anthropic-ratelimit-requests-remaining": "0",
+                        "anthropic-ratelimit-requests-reset": "9999-12-31T23:59:59Z",
+                    },
+                )
+            case "tiny_limit":
+                return await self._json(
+                    writer, message(), {"anthropic-ratelimit-requests-limit": "0.0001"}
+                )
+            case "echo_key":
+                return await self._json(
+                    writer,
+                    message(f"your key is {key}"),
+                    {"request-id": key, "x-echo": f"key={key}"},
+                )
+            case "drip":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                writer.write(b"content-length: 100000\r\n\r\n")
+                while True:
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(self.drip_interval_s)
+            case "endless":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                writer.write(b"transfer-encoding: chunked\r\n\r\n")
+                chunk = b" " * _MIB
+                while True:
+                    writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    await writer.drain()
+            case "gzip_bomb":
+                return await self._send(
+                    writer, 200, _gzip_bomb(self.bomb_bytes), {"content-encoding": "gzip"}
+                )
+            case "oversized":
+                return await self._json(writer, message("x" * (40 * _MIB)))
+            case _:
+                return await self._json(writer, message())
+
+    async def _json(
+        self,
+        writer: asyncio.StreamWriter,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> bool:
+        return await self._send(writer, 200, json.dumps(body).encode(), headers)
+
+    async def _error(
+        self, writer: asyncio.StreamWriter, status: int, headers: dict[str, str]
+    ) -> bool:
+        body = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+        return await self._send(writer, status, json.dumps(body).encode(), headers)
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> bool:
+        reason = {200: "OK", 429: "Too Many Requests"}.get(status, "Error")
+        head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json"]
+        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        head.append(f"content-length: {len(body)}")
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        return True
+
+
+@contextmanager
+def running_hostile_server() -> Iterator[HostileServer]:
+    """A hostile server on a free loopback port, in a background thread."""
+    server = HostileServer()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stopping: asyncio.Future[None] | None = None
+
+    async def main() -> None:
+        nonlocal stopping
+        stopping = loop.create_future()
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+        started.set()
+        async with listener:
+            await stopping
+        # Answers still dripping or streaming end with the server.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield server
+    finally:
+        assert stopping is not None
+        loop.call_soon_threadsafe(stopping.set_result, None)
+        thread.join(10)
