@@ -7,6 +7,7 @@ The public API is :class:`Client` (see :mod:`batchrun.client`), the errors it ra
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import (
@@ -46,7 +47,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Client":
-        from batchrun.client import Client
-
-        return Client
+        # Loaded by name, so the layers below can import `batchrun` (for __version__) without
+        # depending on the API above them.
+        return import_module("batchrun.client").Client
     raise AttributeError(f"module 'batchrun' has no attribute {name!r}")

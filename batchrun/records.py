@@ -54,7 +54,9 @@ class Usage:
 
 @dataclass(frozen=True)
 class Succeeded:
-    """A 200 with a well-formed Message. ``body`` is the response text, stored as received."""
+    """A 200 with a Message. ``body`` is the Message as stored and exported: the response
+    text as received, or the Message made from it (another API's shape, usage clamped), in
+    which case ``raw_body`` keeps what the server actually sent."""
 
     body: str
     model: str | None
@@ -62,6 +64,7 @@ class Succeeded:
     usage: Usage
     request_id: str | None
     server_limits: ServerLimits | None = None
+    raw_body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class Retryable:
     server_limits: ServerLimits | None = None
     # The limits a 429's message names as exceeded (dimension names), e.g. {"itpm"}.
     limits_named: frozenset[str] = frozenset()
+    # A failure worth one more try at most (a 200 whose body is cut or not JSON).
+    at_most_once: bool = False
+    # What the server sent, when it is kept with the result should no attempt be left.
+    raw_body: str | None = None
 
     @property
     def rate_limited(self) -> bool:
@@ -84,10 +91,13 @@ class Retryable:
 
 @dataclass(frozen=True)
 class Fatal:
-    """A final failure of this request alone (a bad request, an unknown model...)."""
+    """A final failure of this request alone (a bad request, an unknown model, an answer
+    that cannot be a Message). ``raw_body`` keeps what the server sent when it is not the
+    error object itself."""
 
     error: ErrorBody
     http_status: int
+    raw_body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,8 @@ class ClaimedRequest:
     attempts: int
     failures: int
     estimated_input_tokens: int | None = None
+    # The latest transient failure, as recorded with the retry (None: none yet).
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +228,8 @@ class FinishedRequest:
     estimated_input_tokens: int | None = None
     request_ref: str | None = None
     body: str | None = None
+    # What the server sent, when ``body`` is not it (normalised, clamped or refused).
+    raw_body: str | None = None
 
 
 @dataclass(frozen=True)

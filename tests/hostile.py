@@ -66,9 +66,12 @@ class HostileServer:
 
     url: str = ""
     log: list[Request] = field(default_factory=list)
-    # Bytes per chunk and seconds between chunks for `drip`; a gzip bomb's decoded size.
+    # Seconds between the bytes of `drip`.
     drip_interval_s: float = 3.0
-    bomb_bytes: int = 300 * _MIB
+    # Built once, before a test measures memory: a gzip of 300 MB of zeros, and a Message
+    # of 40 MB.
+    bomb: bytes = field(default_factory=lambda: _gzip_bomb(300 * _MIB))
+    oversized: bytes = field(default_factory=lambda: json.dumps(message("x" * 40 * _MIB)).encode())
 
     def modes(self) -> list[str]:
         return [request.mode for request in self.log]
@@ -168,11 +171,9 @@ class HostileServer:
                     writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                     await writer.drain()
             case "gzip_bomb":
-                return await self._send(
-                    writer, 200, _gzip_bomb(self.bomb_bytes), {"content-encoding": "gzip"}
-                )
+                return await self._send(writer, 200, self.bomb, {"content-encoding": "gzip"})
             case "oversized":
-                return await self._json(writer, message("x" * (40 * _MIB)))
+                return await self._send(writer, 200, self.oversized)
             case _:
                 return await self._json(writer, message())
 
@@ -201,7 +202,8 @@ class HostileServer:
         head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json"]
         head += [f"{name}: {value}" for name, value in (headers or {}).items()]
         head.append(f"content-length: {len(body)}")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        writer.write(body)
         await writer.drain()
         return True
 

@@ -85,13 +85,26 @@ def _main_options(
     options = Options(db=db, config=config)
     ctx.obj = options
     ctx.call_on_close(options.close)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO; that is our job, at our level of detail.
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: int) -> None:
+    """Log lines on stderr (-v info, -vv debug), with every key cut out of them."""
+    from batchrun.transport.auth import RedactingFilter
+
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: a host program's own logging stays
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    # httpx logs every request at INFO; that is our job, at our level of detail. httpcore's
+    # debug lines dump raw headers, whatever a server put there: never shown.
     logging.getLogger("httpx").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+    logging.getLogger("httpcore").setLevel(logging.INFO)
 
 
 def build_app() -> typer.Typer:

@@ -253,6 +253,8 @@ class _EndpointTable(_Table):
     ] = {}
     timeout_s: PositiveNumber | None = None
     max_attempts: Annotated[int, Field(ge=1)] | None = None
+    # The largest answer read, after decompression (default 32 MiB).
+    max_response_bytes: Annotated[int, Field(ge=1024)] | None = None
     # Per model ("*": every other model): dimension name → limit per minute.
     limits: dict[str, dict[Annotated[str, AfterValidator(_check_dimension)], PositiveNumber]] = {}
 
@@ -268,6 +270,7 @@ class _EndpointTable(_Table):
             extra_body=dict(self.extra_body),
             timeout_s=self.timeout_s,
             max_attempts=self.max_attempts,
+            max_response_bytes=self.max_response_bytes,
             limits={model: RateLimits(values) for model, values in self.limits.items()},
             fields_set=frozenset(self.model_fields_set),
         )

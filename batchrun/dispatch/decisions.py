@@ -103,7 +103,7 @@ class Pause:
 
 
 Decision = Finish | Retry | Pause
-StopKind = Literal["canceling", "expired", "paused", "drained", "shutdown"]
+StopKind = Literal["canceling", "expired", "ended", "paused", "drained", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -131,13 +131,15 @@ def decide(
     """What becomes of ``request`` after ``outcome``.
 
     ``max_attempts`` counts the transient failures that end a request (429s do not count:
-    waiting them out is pacing); ``jitter`` is a number in [0, 1) that spreads back-offs.
+    waiting them out is pacing); a failure worth one more try at most (``at_most_once``: a
+    200 whose body was cut) ends it the second time in a row. ``jitter`` is a number in
+    [0, 1) that spreads back-offs.
     """
     match outcome:
         case Succeeded():
             return Finish(_succeeded(request, outcome, now, latency_ms, input_estimate))
-        case Fatal(error=error, http_status=status):
-            return Finish(_errored(request, error, status, now, latency_ms))
+        case Fatal(error=error, http_status=status, raw_body=raw_body):
+            return Finish(_errored(request, error, status, now, latency_ms, raw_body))
         case Halt(kind=kind, detail=detail):
             message = HALT_MESSAGES[kind]
             return Pause(
@@ -145,7 +147,8 @@ def decide(
             )
         case Retryable():
             failures = request.failures + (0 if outcome.rate_limited else 1)
-            if failures >= max_attempts:
+            again = outcome.at_most_once and request.last_error == outcome.reason
+            if failures >= max_attempts or again:
                 return Finish(_gave_up(request, outcome, now, latency_ms))
             delay_s = retry_delay_s(
                 failures, retry_after_s=outcome.retry_after_s, backoff=backoff, jitter=jitter
@@ -196,7 +199,7 @@ def _succeeded(
         batch_id=request.batch_id,
         custom_id=request.custom_id,
         result_type="succeeded",
-        attempts=request.attempts,
+        attempts=request.attempts + 1,
         completed_at=now,
         http_status=200,
         model=outcome.model,
@@ -206,6 +209,7 @@ def _succeeded(
         estimated_input_tokens=input_estimate,
         request_ref=outcome.request_id,
         body=outcome.body,
+        raw_body=outcome.raw_body,
     )
 
 
@@ -215,12 +219,14 @@ def _gave_up(
     """The errored result of a request whose attempts ran out; its message says so first."""
     error = dict(outcome.error)
     inner = dict(error["error"])
+    said = str(inner.get("message", ""))
+    # A transport failure's message is its reason; it is said once.
+    more = "" if said == outcome.reason else f". {said}"
     inner["message"] = (
-        f"gave up after {request.attempts} attempts; last failure: {outcome.reason}. "
-        + str(inner.get("message", ""))
+        f"gave up after {request.attempts + 1} attempts; last failure: {outcome.reason}{more}"
     ).strip()
     error["error"] = inner
-    return _errored(request, error, outcome.http_status, now, latency_ms)
+    return _errored(request, error, outcome.http_status, now, latency_ms, outcome.raw_body)
 
 
 def _errored(
@@ -229,8 +235,10 @@ def _errored(
     http_status: int | None,
     now: datetime,
     latency_ms: int,
+    raw_body: str | None = None,
 ) -> FinishedRequest:
-    """The errored result of ``request``, carrying the API's error object ``error``."""
+    """The errored result of ``request``, carrying the API's error object ``error`` (and what
+    the server sent, when that was not the error object)."""
     inner = error.get("error")
     error_type = str(inner.get("type")) if isinstance(inner, dict) else "api_error"
     message = str(inner.get("message", "")) if isinstance(inner, dict) else ""
@@ -240,7 +248,7 @@ def _errored(
         batch_id=request.batch_id,
         custom_id=request.custom_id,
         result_type="errored",
-        attempts=request.attempts,
+        attempts=request.attempts + 1,
         completed_at=now,
         http_status=http_status,
         error_type=error_type,
@@ -248,4 +256,5 @@ def _errored(
         latency_ms=latency_ms,
         request_ref=str(request_ref) if request_ref else None,
         body=json.dumps(error, separators=(",", ":"), ensure_ascii=False),
+        raw_body=raw_body,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -88,6 +89,8 @@ class RunReport:
     error_types: Counter[str] = field(default_factory=Counter)
     interrupted: str | None = None
     released: int = 0
+    # Requests not sent because another worker had taken them over meanwhile.
+    lost_leases: int = 0
 
     def count(self, decision: Decision, outcome: Outcome) -> None:
         """Count what an answer led to."""
@@ -132,6 +135,8 @@ class Dispatcher:
         # Why each stopped batch stopped.
         self._stop_kinds: dict[str, StopKind] = {}
         self._sending: dict[asyncio.Task[None], ClaimedRequest] = {}
+        # When each held request's lease was taken or last renewed (loop time).
+        self._leased_at: dict[int, float] = {}
         self._force_stop = asyncio.Event()
         self._observer = observer
         self._backoff = Backoff(config.retry_initial_delay_s, config.retry_max_delay_s)
@@ -240,7 +245,9 @@ class Dispatcher:
                     now=self._clock.now(),
                     lease_s=self._config.lease_s,
                 )
+            claimed_at = self._clock.monotonic()
             for request in claimed:
+                self._leased_at[request.id] = claimed_at
                 task = asyncio.create_task(self._process(request))
                 self._tasks[task] = request
                 task.add_done_callback(self._forget_task)
@@ -260,7 +267,9 @@ class Dispatcher:
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
-            self._tasks.pop(task, None)
+            request = self._tasks.pop(task, None)
+            if request is not None:
+                self._leased_at.pop(request.id, None)
 
     def _raise_task_errors(self) -> None:
         for task in list(self._tasks):
@@ -275,8 +284,11 @@ class Dispatcher:
         await self._db.expire_due(now)
         stopped = await self._db.stopped_batches(list(self._active), now)
         for batch_id, why in stopped.items():
-            if why in ("canceling", "ended"):
+            if why == "canceling":
                 self._stop(batch_id, "canceling")
+            elif why == "ended":
+                # Finished elsewhere: what this worker still holds was taken over.
+                self._stop(batch_id, "ended")
             elif why == "expired":
                 self._stop(batch_id, "expired")
             else:
@@ -298,6 +310,13 @@ class Dispatcher:
         finally:
             self._waiting -= 1
         if permit is None:
+            return
+        if not await self._still_held(request):
+            # Another worker took it over while this one was not looking (frozen, or cut off
+            # from the database longer than a lease): sending now would pay for it twice.
+            self._limiter.settle(permit, _NOT_SENT)
+            self.report.lost_leases += 1
+            log.warning("request %s: its lease was lost; not sending it", request.custom_id)
             return
         if self._observer is not None and not await self._admitted(request, permit):
             return
@@ -377,14 +396,31 @@ class Dispatcher:
         while True:
             await asyncio.sleep(interval_s)
             held = [request.id for request in self._tasks.values()]
-            now = self._clock.now()
-            await self._db.renew_leases(
-                owner=self.owner,
-                request_ids=held,
-                now=now,
-                lease_s=self._config.lease_s,
-            )
-            await self._db.reclaim_expired_leases(now)
+            await self._renew(held)
+            await self._db.reclaim_expired_leases(self._clock.now())
+
+    async def _renew(self, request_ids: list[int]) -> set[int]:
+        """Renew the leases of these requests; returns those this worker still holds."""
+        renewed_at = self._clock.monotonic()
+        renewed = await self._db.renew_leases(
+            owner=self.owner,
+            request_ids=request_ids,
+            now=self._clock.now(),
+            lease_s=self._config.lease_s,
+        )
+        for request_id in renewed:
+            self._leased_at[request_id] = renewed_at
+        return renewed
+
+    async def _still_held(self, request: ClaimedRequest) -> bool:
+        """Whether this worker still holds the request's lease. Asks the database only when
+        the lease has not been renewed for half its length: the heartbeat renews every
+        quarter, so that happens only after the worker stood still (a SIGSTOP, a frozen
+        machine, a database unreachable for a while)."""
+        leased_at = self._leased_at.get(request.id, -math.inf)
+        if self._clock.monotonic() - leased_at < self._config.lease_s / 2:
+            return True
+        return request.id in await self._renew([request.id])
 
     # -- observing and stopping a run from outside (progress, budgets, time limits) --------
 

@@ -64,7 +64,7 @@ class WorkerDatabase:
 
     async def renew_leases(
         self, *, owner: str, request_ids: Sequence[int], now: datetime, lease_s: float
-    ) -> int:
+    ) -> set[int]:
         return await self._thread.call(
             self._store.renew_leases, owner=owner, request_ids=request_ids, now=now, lease_s=lease_s
         )

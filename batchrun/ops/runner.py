@@ -147,14 +147,21 @@ async def dispatch_batches(
         senders: dict[str, Sender] = {}
         for name, endpoint in endpoints.items():
             transport = _simulator_transport(simulator) if endpoint.in_process else None
+            attempt_timeout_s = timeout_s or endpoint.timeout_s or DEFAULT_TIMEOUT_S
             http = await stack.enter_async_context(
                 create_http_client(
-                    timeout_s=timeout_s or endpoint.timeout_s or DEFAULT_TIMEOUT_S,
+                    timeout_s=attempt_timeout_s,
                     max_connections=dispatch.max_concurrency,
                     transport=transport,
                 )
             )
-            senders[name] = MessagesClient(http, endpoint=endpoint, headers=headers[name])
+            senders[name] = MessagesClient(
+                http,
+                endpoint=endpoint,
+                headers=headers[name],
+                timeout_s=attempt_timeout_s,
+                max_response_bytes=endpoint.max_response_bytes,
+            )
         dispatcher = Dispatcher(
             db=db,
             senders=senders,

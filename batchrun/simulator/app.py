@@ -219,6 +219,13 @@ class SimulatorApp:
             )
             if fault == CUT:
                 await self._cut(ex, answer)
+            if directive.echo_key:
+                # Some gateways hand the key back: as the request-id, and in the reply.
+                key = (presented_key(ex.headers)[0] or b"none").decode("latin-1")
+                ex.request_id = key
+                echoed = json.loads(answer)
+                echoed["content"] = [{"type": "text", "text": f"your key is {key}"}]
+                answer = json.dumps(echoed).encode()
             self.stats.record_success(ex.received_at, input_tokens, output_tokens)
             await self._answer(ex, 200, answer)
 

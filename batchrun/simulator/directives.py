@@ -19,7 +19,8 @@ later keys winning. Keys:
 - ``spend_limit=1``: make a ``status=429`` the spend-cap kind: ``error.details.error_code =
   "enforced_spend_limit_reached"`` and no ``retry-after``;
 - ``echo_key=1``: the error message of a ``status`` answer quotes the API key the request
-  presented, as some gateways do ("invalid API key sk-..."), to test that it is not kept.
+  presented, as some gateways do ("invalid API key sk-..."); on a success, the key is the
+  ``request-id`` header and the reply's text: to test that it is not kept.
 
 Booleans accept ``1/0``, ``true/false`` and ``yes/no``. An unknown key or a bad value is
 answered with a 400 that names it, so a typo in a test cannot pass silently.

@@ -3,8 +3,8 @@ that several parts use (final results without a response; ending finished batche
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 
 from sqlalchemy import (
@@ -16,15 +16,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchrun.errors import BatchNotFoundError
 from batchrun.store import tables as t
-from batchrun.store.database import (
-    WRITE_OPTION,
-    database_error,
-    upsert_insert,
-)
+from batchrun.store.database import transaction, upsert_insert
 from batchrun.store.rates import RateStore
 
 
@@ -36,24 +31,11 @@ class StoreBase:
         self._insert = upsert_insert(engine)
         self.rates = RateStore(engine)
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with (
-                self._engine.connect().execution_options(**{WRITE_OPTION: True}) as conn,
-                conn.begin(),
-            ):
-                yield conn
-        except (OperationalError, InterfaceError) as exc:
-            raise database_error(exc, engine=self._engine, doing="write to") from exc
+    def _write(self) -> AbstractContextManager[Connection]:
+        return transaction(self._engine, write=True)
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self._engine.connect() as conn, conn.begin():
-                yield conn
-        except (OperationalError, InterfaceError) as exc:
-            raise database_error(exc, engine=self._engine, doing="read") from exc
+    def _read(self) -> AbstractContextManager[Connection]:
+        return transaction(self._engine, write=False)
 
     # -- batches ------------------------------------------------------------------------
 

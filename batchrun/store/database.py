@@ -11,12 +11,20 @@ SQLite has already waited its busy timeout (the URL's ``timeout`` query paramete
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from batchrun.errors import DatabaseError, DatabaseUnavailableError
 
@@ -28,7 +36,7 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 WRITE_OPTION = "batchrun_write"
 # The newest schema revision, the head of migrations/versions (a test checks they agree). A
 # database already there is opened without loading Alembic, so every command starts fast.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 _VERSION_TABLE = "alembic_version"
 
 
@@ -96,6 +104,22 @@ def database_error(exc: DBAPIError, *, engine: Engine, doing: str) -> DatabaseEr
     if exc.connection_invalidated or isinstance(exc, OperationalError):
         return DatabaseUnavailableError(f"lost the connection to the database {where} ({detail})")
     return DatabaseError(f"cannot {doing} the database {where}: {detail}")
+
+
+@contextmanager
+def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
+    """One transaction (a write one takes SQLite's write lock at BEGIN); a driver error
+    leaves as the one-line `DatabaseError` of :func:`database_error`, and a lost connection
+    as `DatabaseUnavailableError`, which the worker's database thread retries. Every store
+    statement runs in one of these."""
+    try:
+        connection = engine.connect()
+        if write:
+            connection = connection.execution_options(**{WRITE_OPTION: True})
+        with connection as conn, conn.begin():
+            yield conn
+    except (OperationalError, InterfaceError) as exc:
+        raise database_error(exc, engine=engine, doing="write to" if write else "read") from exc
 
 
 def _sqlite_error(detail: str, url: URL, doing: str) -> DatabaseError:

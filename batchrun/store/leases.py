@@ -26,7 +26,7 @@ class Leases(StoreBase):
         self, *, owner: str, batch_ids: Sequence[str], limit: int, now: datetime, lease_s: float
     ) -> list[ClaimedRequest]:
         """Take up to ``limit`` ready queued requests of these batches, in input order, under
-        a lease for ``owner``; attempts + 1 each. One statement, safe against other workers
+        a lease for ``owner``. One statement, safe against other workers
         (FOR UPDATE SKIP LOCKED on Postgres; SQLite serialises writers)."""
         req = t.requests.c
         ready = (
@@ -45,7 +45,6 @@ class Leases(StoreBase):
             .where(req.id.in_(ready.scalar_subquery()))
             .values(
                 state=t.RUNNING,
-                attempts=req.attempts + 1,
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_s),
                 started_at=func.coalesce(req.started_at, now),
@@ -60,6 +59,7 @@ class Leases(StoreBase):
                 req.attempts,
                 req.failures,
                 req.estimated_input_tokens,
+                req.last_error,
             )
         )
         with self._write() as conn:
@@ -87,12 +87,14 @@ class Leases(StoreBase):
 
     def renew_leases(
         self, *, owner: str, request_ids: Sequence[int], now: datetime, lease_s: float
-    ) -> int:
-        """Extend the lease on the requests this owner still holds; returns how many."""
+    ) -> set[int]:
+        """Extend the lease on those of these requests this owner still holds; returns their
+        ids (a request missing from it was taken over by another worker, or went back to the
+        queue, while this one was not looking)."""
         if not request_ids:
-            return 0
+            return set()
         with self._write() as conn:
-            result = conn.execute(
+            renewed = conn.scalars(
                 update(t.requests)
                 .where(
                     t.requests.c.id.in_(request_ids),
@@ -100,8 +102,9 @@ class Leases(StoreBase):
                     t.requests.c.lease_owner == owner,
                 )
                 .values(lease_expires_at=now + timedelta(seconds=lease_s))
+                .returning(t.requests.c.id)
             )
-            return int(result.rowcount)
+            return set(renewed)
 
     def reclaim_expired_leases(self, now: datetime) -> int:
         """Return running requests whose lease ran out (their worker died) to the queue."""

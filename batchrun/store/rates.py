@@ -17,7 +17,7 @@ from sqlalchemy import Engine, case, select, update
 from batchrun.limits.banks import PendingChanges
 from batchrun.limits.buckets import TokenBucket
 from batchrun.store import tables as t
-from batchrun.store.database import WRITE_OPTION, upsert_insert
+from batchrun.store.database import transaction, upsert_insert
 
 
 class RateStore:
@@ -42,10 +42,7 @@ class RateStore:
         wait, 0 when taken; the key's pause end in Unix seconds)."""
         b = t.rate_buckets.c
         key = (b.endpoint == endpoint) & (b.model == model)
-        with (
-            self._engine.connect().execution_options(**{WRITE_OPTION: True}) as conn,
-            conn.begin(),
-        ):
+        with transaction(self._engine, write=True) as conn:
             if changes.pause_until:
                 self._pause(conn, endpoint, model, changes.pause_until)
             if rates:

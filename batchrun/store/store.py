@@ -174,10 +174,11 @@ class Store(BatchLifecycle, Leases):
         - ``finished``: a result row each, and the request's final state. A request that
           already has a result (another worker finished it after this one's lease ran out)
           keeps the first: every request has exactly one result.
-        - ``retries``: back to the queue until their ``not_before``.
-        - ``unsent``: claimed but never sent (a halt, a shutdown): back to the queue, the
-          claim's attempt taken back.
-        - ``released``: interrupted in flight (a shutdown): back to the queue, attempts kept.
+        - ``retries``: sent once more, back to the queue until their ``not_before``.
+        - ``unsent``: claimed but never sent (a halt, a shutdown): back to the queue as they
+          were.
+        - ``released``: sent, then interrupted in flight (a shutdown): back to the queue,
+          the send counted.
         - ``canceled`` / ``expired``: claimed but never sent, and the batch is canceling /
           has expired.
         Batches left with no open request are marked ended.
@@ -194,6 +195,7 @@ class Store(BatchLifecycle, Leases):
                     .where(req.id == bindparam("rid"), mine)
                     .values(
                         state=t.QUEUED,
+                        attempts=req.attempts + 1,
                         not_before=bindparam("nb", type_=t.UtcDateTime),
                         failures=bindparam("fails"),
                         last_error=bindparam("err"),
@@ -210,35 +212,25 @@ class Store(BatchLifecycle, Leases):
                         for item in retries
                     ],
                 )
-            if unsent:
-                conn.execute(
-                    update(t.requests)
-                    .where(req.id.in_(unsent), mine)
-                    .values(
-                        state=t.QUEUED,
-                        attempts=req.attempts - 1,
-                        lease_owner=None,
-                        lease_expires_at=None,
+            for ids, sent in ((unsent, 0), (released, 1)):
+                if ids:
+                    conn.execute(
+                        update(t.requests)
+                        .where(req.id.in_(ids), mine)
+                        .values(
+                            state=t.QUEUED,
+                            attempts=req.attempts + sent,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                        )
                     )
-                )
-            if released:
-                conn.execute(
-                    update(t.requests)
-                    .where(req.id.in_(released), mine)
-                    .values(state=t.QUEUED, lease_owner=None, lease_expires_at=None)
-                )
             for ids, state in ((canceled, t.CANCELED), (expired, t.EXPIRED)):
                 if not ids:
                     continue
                 touched = conn.scalars(
                     update(t.requests)
                     .where(req.id.in_(ids), mine)
-                    .values(
-                        state=state,
-                        attempts=req.attempts - 1,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
+                    .values(state=state, lease_owner=None, lease_expires_at=None)
                     .returning(req.batch_id)
                 ).all()
                 for batch_id in set(touched):
@@ -248,6 +240,8 @@ class Store(BatchLifecycle, Leases):
                 self._end_finished_batches(conn, sorted(batch_ids), now)
 
     def _record_finished(self, conn: Connection, finished: Sequence[FinishedRequest]) -> None:
+        # Values are fitted to their columns here too: one out-of-range value would fail the
+        # whole group's transaction, and every result in it with it.
         rows: list[dict[str, Any]] = []
         for item in finished:
             usage = item.usage
@@ -257,23 +251,26 @@ class Store(BatchLifecycle, Leases):
                     "batch_id": item.batch_id,
                     "custom_id": item.custom_id,
                     "result_type": item.result_type,
-                    "http_status": item.http_status,
-                    "model": item.model,
-                    "stop_reason": item.stop_reason,
-                    "input_tokens": usage.input_tokens if usage else None,
-                    "output_tokens": usage.output_tokens if usage else None,
+                    "http_status": _int32(item.http_status),
+                    "model": _fit(item.model, t.results.c.model),
+                    "stop_reason": _fit(item.stop_reason, t.results.c.stop_reason),
+                    "input_tokens": _int32(usage.input_tokens) if usage else None,
+                    "output_tokens": _int32(usage.output_tokens) if usage else None,
                     "cache_creation_input_tokens": (
-                        usage.cache_creation_input_tokens if usage else None
+                        _int32(usage.cache_creation_input_tokens) if usage else None
                     ),
-                    "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
-                    "error_type": item.error_type,
+                    "cache_read_input_tokens": (
+                        _int32(usage.cache_read_input_tokens) if usage else None
+                    ),
+                    "error_type": _fit(item.error_type, t.results.c.error_type),
                     "error_message": item.error_message,
-                    "latency_ms": item.latency_ms,
-                    "estimated_input_tokens": item.estimated_input_tokens,
+                    "latency_ms": _int32(item.latency_ms),
+                    "estimated_input_tokens": _int32(item.estimated_input_tokens),
                     "attempts": item.attempts,
-                    "request_ref": item.request_ref,
+                    "request_ref": _fit(item.request_ref, t.results.c.request_ref),
                     "completed_at": item.completed_at,
                     "body": item.body,
+                    "raw_body": item.raw_body,
                 }
             )
         conn.execute(
@@ -288,7 +285,12 @@ class Store(BatchLifecycle, Leases):
         conn.execute(
             update(t.requests)
             .where(req.id.in_([item.request_id for item in finished]), req.state == t.RUNNING)
-            .values(state=final_state, lease_owner=None, lease_expires_at=None)
+            .values(
+                state=final_state,
+                attempts=req.attempts + 1,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         )
 
     def iter_results(self, batch_id: str) -> Iterator[ResultRow]:
@@ -458,3 +460,17 @@ def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSumma
         counts=counts,
         tokens=tokens,
     )
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _int32(value: int | None) -> int | None:
+    """``value`` within a 32-bit integer column (Postgres INTEGER), never negative."""
+    return None if value is None else min(max(value, 0), _INT32_MAX)
+
+
+def _fit(value: str | None, column: Any) -> str | None:
+    """``value`` cut to the column's length (Postgres refuses longer strings)."""
+    length = getattr(column.type, "length", None)
+    return value if value is None or length is None or len(value) <= length else value[:length]

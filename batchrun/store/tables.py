@@ -5,7 +5,7 @@ Request states and the only transitions between them::
     (new)   → queued     a valid line is submitted
     (new)   → errored    an invalid line is submitted with --skip-invalid; its result row (an
                          invalid_request_error) is written in the same transaction
-    queued  → running    a worker claims it (attempts + 1, lease taken)
+    queued  → running    a worker claims it (lease taken; attempts counts sends, not claims)
     queued  → canceled   the batch is canceled before the request was claimed
     queued  → expired    the batch expired before the request was claimed
     running → succeeded  the response was a Message; its result row is written in the same
@@ -189,6 +189,12 @@ results = Table(
         Text,
         nullable=True,
         comment="the Message (succeeded) or the error response (errored), JSON",
+    ),
+    Column(
+        "raw_body",
+        Text,
+        nullable=True,
+        comment="what the server sent, when body is not it (normalised, clamped or refused)",
     ),
     Index(None, "batch_id", "result_type"),
 )

@@ -17,6 +17,7 @@ Adding an auth style is one ``AUTH_STYLES.register(AuthStyle(...))`` call (or on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -98,7 +99,9 @@ def request_headers(
     values.extend(from_env.values())
     if key is not None:
         values.append(key)
-    return RequestHeaders(headers, _secret_values(values))
+    secrets = _secret_values(values)
+    _KNOWN_SECRETS.update(secrets)
+    return RequestHeaders(headers, secrets)
 
 
 def _secret_values(values: Iterable[str]) -> tuple[str, ...]:
@@ -124,3 +127,23 @@ def redact_bytes(body: bytes, secrets: Iterable[str]) -> bytes:
     for secret in secrets:
         body = body.replace(secret.encode(), REDACTED.encode())
     return body
+
+
+# Every secret this process has put into request headers: what RedactingFilter cuts out of
+# log records (a server may echo a key in a header that a library logs at debug level).
+_KNOWN_SECRETS: set[str] = set()
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that replaces every secret this process sends with
+    :data:`REDACTED` in each record's message. The CLI puts it on its log handler; a program
+    using the Python API with its own logging can do the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _KNOWN_SECRETS:
+            return True
+        message = record.getMessage()
+        cleaned = redact(message, sorted(_KNOWN_SECRETS, key=len, reverse=True))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True

@@ -8,12 +8,18 @@ its official SDK's retry rules:
 - 408, 409, 429, 5xx and 529 are transient; other 4xx are final;
 - 401, 402, 403 and a 429 that reports a spend limit would fail every request of the batch
   the same way, so they halt the batch instead of producing one errored result each;
-- a 200 whose body is not a Message is transient (a proxy answered, or the body was cut).
+- a 200 is a success when its body is a Message, or an OpenAI-shaped chat completion (made
+  into a Message, the original kept: ``transport.foreign``); a 200 whose body is not JSON
+  (cut short) is worth one more try; well-formed JSON that is no Message is final, kept;
+- nothing a server sends may end more than its one request: numbers out of range, nesting
+  too deep, absurd waits and over-long strings are refused or clamped here, so the store
+  never sees them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -32,7 +38,10 @@ from batchrun.records import (
     Usage,
     error_body,
 )
+from batchrun.transport.foreign import message_from_openai
 from batchrun.transport.ratelimit_headers import dimensions_named, parse_server_limits
+
+log = logging.getLogger(__name__)
 
 # The error types the official SDK's ErrorResponse accepts. Exported results must parse with
 # it, so an error of another type (the API's own request_too_large and conflict_error, or a
@@ -66,6 +75,17 @@ _ERROR_TYPE_BY_STATUS = {
 _TRANSIENT_STATUSES = frozenset({408, 409, 429})
 _HALT_BY_STATUS: dict[int, HaltKind] = {401: "authentication", 402: "billing", 403: "permission"}
 SPEND_LIMIT_ERROR_CODE = "enforced_spend_limit_reached"
+# The most tokens one answer can report: the store keeps counts as 32-bit integers, and no
+# real Message comes near. A larger count is a poisoned answer, refused.
+MAX_TOKEN_COUNT = 2**31 - 1
+# The longest wait a server can ask for (retry-after, a rate-limit reset): a batch's default
+# life. Longer asks are shortened to this; the batch's expiry ends the rest.
+MAX_WAIT_S = 24 * 3600.0
+# What a result keeps of the fields it stores as strings.
+MAX_MODEL_CHARS = 200
+MAX_STOP_REASON_CHARS = 64
+MAX_REQUEST_ID_CHARS = 200
+MALFORMED = "malformed response"
 
 
 def error_type_for_status(status: int) -> str:
@@ -81,7 +101,9 @@ def classify_response(
     status: int, headers: Mapping[str, str], body: bytes, *, now: datetime | None = None
 ) -> Outcome:
     """Decide what one HTTP answer from a Messages endpoint means."""
-    request_id = headers.get("request-id") or headers.get("x-request-id")
+    request_id = _clip(
+        headers.get("request-id") or headers.get("x-request-id"), MAX_REQUEST_ID_CHARS
+    )
     server_limits = parse_server_limits(headers)
     if status == 200:
         return _classify_success(body, request_id, server_limits)
@@ -89,7 +111,8 @@ def classify_response(
     should_retry = headers.get("x-should-retry", "").strip().lower()
     retry_after_s = parse_retry_after_s(headers, now=now)
     if retry_after_s is None and status == 429 and server_limits is not None:
-        retry_after_s = server_limits.wait_s(now or datetime.now(UTC))
+        reset_s = server_limits.wait_s(now or datetime.now(UTC))
+        retry_after_s = None if reset_s is None else min(reset_s, MAX_WAIT_S)
     halt = _halt_kind(status, error)
     if halt is not None and should_retry != "true":
         return Halt(halt, status, str(error["error"].get("message", "")))
@@ -105,62 +128,114 @@ def classify_response(
 def _classify_success(
     body: bytes, request_id: str | None, server_limits: ServerLimits | None
 ) -> Outcome:
+    raw = body.decode(errors="replace")
     try:
-        message = json.loads(body)
+        parsed = json.loads(body)
+    except RecursionError:
+        return _refused("its JSON is nested too deep to be a Message", raw, request_id)
     except ValueError:
-        return _malformed("the response body is not JSON", request_id)
-    usage = _usage_of_message(message)
+        # Cut short on the way, most likely: worth one more try.
+        return Retryable(
+            reason=f"{MALFORMED}: the response body is not JSON",
+            error=error_body(
+                "api_error", "The endpoint answered 200 but the body is not JSON.", request_id
+            ),
+            http_status=200,
+            at_most_once=True,
+            raw_body=raw,
+        )
+    message = parsed
+    normalised = False
+    if not _looks_like_message(parsed) and (converted := message_from_openai(parsed)):
+        message, normalised = converted, True
+    if not _looks_like_message(message):
+        return _refused("the body is JSON, but not a Message", raw, request_id)
+    usage, clamped = _usage_of(message["usage"])
     if usage is None:
-        return _malformed("the response body is not a Message", request_id)
-    text = body.decode()
-    if "\n" in text or "\r" in text:
-        # Results are exported one per line; a pretty-printed body would break JSONL.
+        return _refused("its usage is not a set of token counts", raw, request_id)
+    if (
+        max(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_creation_input_tokens,
+            usage.cache_read_input_tokens,
+        )
+        > MAX_TOKEN_COUNT
+    ):
+        return _refused(f"its usage reports more than {MAX_TOKEN_COUNT:,} tokens", raw, request_id)
+    if clamped:
+        log.warning(
+            "a 200 answer (request-id %s) reported negative usage; counted as 0", request_id
+        )
+        message = {**message, "usage": {**message["usage"], **_usage_json(usage)}}
+    if normalised or clamped:
         text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    else:
+        text = raw
+        if "\n" in text or "\r" in text or "\ufffd" in text:
+            # Results are exported one per line; a pretty-printed body would break JSONL.
+            text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    model = message.get("model")
+    stop_reason = message.get("stop_reason")
     return Succeeded(
         body=text,
-        model=message.get("model") if isinstance(message.get("model"), str) else None,
-        stop_reason=message.get("stop_reason"),
+        model=_clip(model, MAX_MODEL_CHARS) if isinstance(model, str) else None,
+        stop_reason=_clip(stop_reason, MAX_STOP_REASON_CHARS)
+        if isinstance(stop_reason, str)
+        else None,
         usage=usage,
         request_id=request_id,
         server_limits=server_limits,
+        raw_body=raw if normalised or clamped else None,
     )
 
 
-def _usage_of_message(message: Any) -> Usage | None:
-    if not isinstance(message, dict) or message.get("type") != "message":
-        return None
-    if not isinstance(message.get("content"), list):
-        return None
-    usage = message.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    counts = [
-        usage.get(key) or 0
-        for key in (
-            "input_tokens",
-            "output_tokens",
-            "cache_creation_input_tokens",
-            "cache_read_input_tokens",
-        )
-    ]
+def _looks_like_message(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and value.get("type") == "message"
+        and isinstance(value.get("content"), list)
+        and isinstance(value.get("usage"), dict)
+    )
+
+
+_USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def _usage_of(usage: Mapping[str, Any]) -> tuple[Usage | None, bool]:
+    """The usage's token counts (negative ones counted as 0), and whether any was negative;
+    (None, False) when a count is not a whole number."""
+    counts = [usage.get(key) or 0 for key in _USAGE_KEYS]
     if not all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
-        return None
-    return Usage(*counts)
+        return None, False
+    clamped = any(count < 0 for count in counts)
+    return Usage(*(max(count, 0) for count in counts)), clamped
 
 
-def _malformed(why: str, request_id: str | None) -> Retryable:
-    return Retryable(
-        reason=f"malformed response: {why}",
-        error=error_body("api_error", f"The endpoint answered 200 but {why}.", request_id),
-        http_status=200,
-    )
+def _usage_json(usage: Usage) -> dict[str, int]:
+    return {key: getattr(usage, key) for key in _USAGE_KEYS}
+
+
+def _refused(why: str, raw: str, request_id: str | None) -> Fatal:
+    """A 200 that cannot be recorded as a Message: final, with what the server sent kept."""
+    message = f"The endpoint answered 200 but {why}; the answer is kept as the raw body."
+    return Fatal(error_body("api_error", message, request_id), 200, raw_body=raw)
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    return value if value is None or len(value) <= limit else value[:limit]
 
 
 def _error_from_body(status: int, body: bytes, request_id: str | None) -> ErrorBody:
     """The API's own error object when the body has one, else one made from the status."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if (
         isinstance(parsed, dict)
@@ -195,7 +270,7 @@ def _halt_kind(status: int, error: ErrorBody) -> HaltKind | None:
 def parse_retry_after_s(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
     """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` (seconds
     or an HTTP date). Unlike the SDK, long values are honoured: a batch can afford to wait,
-    and retrying earlier only fails again."""
+    and retrying earlier only fails again; beyond :data:`MAX_WAIT_S` they are shortened."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
@@ -203,7 +278,7 @@ def parse_retry_after_s(headers: Mapping[str, str], *, now: datetime | None = No
         except ValueError:
             value_ms = math.nan
         if math.isfinite(value_ms) and value_ms >= 0:
-            return value_ms / 1000
+            return min(value_ms / 1000, MAX_WAIT_S)
     raw = headers.get("retry-after")
     if not raw:
         return None
@@ -217,5 +292,5 @@ def parse_retry_after_s(headers: Mapping[str, str], *, now: datetime | None = No
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-        return max(seconds, 0.0)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        return min(max(seconds, 0.0), MAX_WAIT_S)
+    return min(seconds, MAX_WAIT_S) if math.isfinite(seconds) and seconds >= 0 else None

@@ -2,26 +2,34 @@
 
 A :class:`MessagesClient` POSTs one Messages body and returns an Outcome value; every httpx
 error becomes a Retryable here, once, so nothing above this module handles exceptions from
-the network.
+the network. One attempt is bounded as a whole: ``timeout_s`` covers connecting, sending and
+the entire body (a server dripping one byte at a time cannot hold it longer), and the body is
+read in pieces up to ``max_response_bytes`` after decompression (an endless body or a gzip
+bomb is cut off, not held in memory).
 
 The API key stays here. Header values are checked before the first request, because httpx
 and h11 quote an unsendable value (a pasted line break, a typographic quote) in their
 exception text, which would otherwise be stored as every request's error. And the key is
-cut out of error bodies and failure text before they go anywhere, because some gateways
-echo the key they were given ("invalid API key sk-...").
+cut out of every answer (headers and body, success or error) and of failure text before
+they go anywhere, because some gateways echo the key they were given ("invalid API key
+sk-...", or the key as a request-id).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 import orjson
 
+from batchrun import __version__
 from batchrun.errors import ConfigError
-from batchrun.records import Outcome, Retryable, error_body
+from batchrun.records import Fatal, Outcome, Retryable, error_body
 from batchrun.transport.auth import (
     RequestHeaders,
     redact,
@@ -29,7 +37,12 @@ from batchrun.transport.auth import (
     secret_header_names,
 )
 from batchrun.transport.classify import classify_response
-from batchrun.transport.endpoints import DEFAULT_CONNECT_TIMEOUT_S, Endpoint
+from batchrun.transport.endpoints import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT_S,
+    Endpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,12 @@ log = logging.getLogger(__name__)
 _COUNT_TOKENS_KEYS = frozenset(
     {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
 )
+# Sent with every request, so a gateway's logs can tell batchrun's traffic apart.
+USER_AGENT = f"batchrun/{__version__}"
+# zlib's window bits per content-encoding that the transport inflates itself, within the cap.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# What an errored result keeps of an answer that was too large.
+_KEPT_OF_TOO_LARGE = 64 * 1024
 # How requests reach a server: a socket (None) or an ASGI app in-process.
 HttpTransport = httpx.AsyncBaseTransport
 # Connections per httpx client in a ClientPool.
@@ -53,11 +72,17 @@ class MessagesClient:
         *,
         endpoint: Endpoint,
         headers: RequestHeaders,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
+        """``timeout_s`` bounds each attempt as a whole; answers over ``max_response_bytes``
+        (decompressed) are cut off and the request errors."""
         self._http = http
+        self._timeout_s = timeout_s
+        self._max_response_bytes = max_response_bytes
         self._url = endpoint.messages_url
         self._count_tokens_url = endpoint.messages_url.rstrip("/") + "/count_tokens"
-        self._headers = dict(headers.headers)
+        self._headers = {"user-agent": USER_AGENT, **headers.headers}
         self._key_hint = endpoint.api_key_env or "the endpoint's credentials"
         self._extra_body = dict(endpoint.extra_body)
         self._secrets = headers.secrets
@@ -72,17 +97,37 @@ class MessagesClient:
     async def send(self, params_json: str) -> Outcome:
         """POST ``params_json`` and classify the answer (never raises for network trouble)."""
         try:
-            response = await self._http.post(
-                self._url, content=self._body(params_json), headers=self._headers
-            )
+            async with asyncio.timeout(self._timeout_s):
+                answer = await _post(
+                    self._http,
+                    self._url,
+                    content=self._body(params_json),
+                    headers=self._headers,
+                    max_bytes=self._max_response_bytes,
+                )
+        except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+            # The attempt's own bound, or httpx's for one read: the same thing to a user.
+            detail = f"no complete answer within {self._timeout_s:g} s (timeout_s)"
+            return Retryable(reason=detail, error=error_body("timeout_error", detail))
         except httpx.TimeoutException as exc:
-            return self._transport_failure("timeout_error", "the request timed out", exc)
+            return self._transport_failure("timeout_error", "could not connect in time", exc)
         except httpx.HTTPError as exc:
             return self._transport_failure("api_error", "the connection failed", exc)
-        body = response.content
-        if response.status_code != 200:
-            body = self._redact_bytes(body)
-        return classify_response(response.status_code, response.headers, body)
+        if answer.too_large:
+            return self._too_large(answer)
+        headers = {name: self._redact_text(value) for name, value in answer.headers.items()}
+        return classify_response(answer.status, headers, self._redact_bytes(answer.body))
+
+    def _too_large(self, answer: _Answer) -> Fatal:
+        limit = self._max_response_bytes
+        detail = (
+            f"the answer (HTTP {answer.status}) was larger than {limit:,} bytes "
+            "(max_response_bytes); it was cut off, and its first bytes are kept"
+        )
+        kept = self._redact_bytes(answer.body[:_KEPT_OF_TOO_LARGE])
+        return Fatal(
+            error_body("api_error", detail), answer.status, raw_body=kept.decode(errors="replace")
+        )
 
     def _transport_failure(self, error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:
         name = type(exc).__name__
@@ -155,6 +200,58 @@ def check_header_values(
         raise ConfigError(f"{where} is {kind}, which HTTP headers cannot carry; {fix}")
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """An HTTP answer read whole, or up to the size cap (``too_large``)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    too_large: bool = False
+
+
+async def _read(response: httpx.Response, max_bytes: int) -> _Answer:
+    """The body in pieces, decompressed, stopping once it passes ``max_bytes``. gzip and
+    deflate are decompressed here, never more than the cap at a time, so a small body that
+    inflates to gigabytes (a gzip bomb) costs no more memory than the cap."""
+    wbits = _WBITS.get(response.headers.get("content-encoding", "").strip().lower())
+    raw_pieces = response.aiter_raw() if wbits is not None else response.aiter_bytes()
+    inflate = zlib.decompressobj(wbits) if wbits is not None else None
+    pieces: list[bytes] = []
+    size = 0
+    async for raw in raw_pieces:
+        piece = raw
+        if inflate is not None:
+            try:
+                piece = inflate.decompress(raw, max_bytes - size + 1)
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"the compressed body is corrupt: {exc}") from exc
+            if inflate.unconsumed_tail:
+                # More output than the cap allows is waiting behind this piece.
+                size = max_bytes + 1
+        size += len(piece)
+        pieces.append(piece)
+        if size > max_bytes:
+            return _Answer(response.status_code, response.headers, b"".join(pieces), True)
+    if inflate is not None:
+        pieces.append(inflate.flush())
+    return _Answer(response.status_code, response.headers, b"".join(pieces))
+
+
+async def _post(
+    http: httpx.AsyncClient | ClientPool,
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    max_bytes: int,
+) -> _Answer:
+    if isinstance(http, ClientPool):
+        return await http.post_read(url, content=content, headers=headers, max_bytes=max_bytes)
+    async with http.stream("POST", url, content=content, headers=headers) as response:
+        return await _read(response, max_bytes)
+
+
 class ClientPool:
     """Several httpx clients used as one, each with a few connections.
 
@@ -175,6 +272,19 @@ class ClientPool:
         self._in_flight[index] += 1
         try:
             return await self._clients[index].post(url, content=content, headers=headers)
+        finally:
+            self._in_flight[index] -= 1
+
+    async def post_read(
+        self, url: str, *, content: bytes, headers: Mapping[str, str], max_bytes: int
+    ) -> _Answer:
+        """POST on the least busy client and read the answer, up to ``max_bytes``."""
+        index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[index] += 1
+        try:
+            client = self._clients[index]
+            async with client.stream("POST", url, content=content, headers=headers) as response:
+                return await _read(response, max_bytes)
         finally:
             self._in_flight[index] -= 1
 

@@ -24,6 +24,9 @@ from batchrun.transport.auth import AUTH_STYLES, RequestHeaders, request_headers
 # streaming; the official SDK's own ceiling for non-streaming calls is 600 s.
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# The largest answer read, after decompression: far above any real Message (a 128k-token
+# reply is well under 1 MB), low enough that an endless body cannot exhaust memory.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 ANTHROPIC_VERSION = "2023-06-01"
 ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_BASE_URL_ENV = "ANTHROPIC_BASE_URL"
@@ -52,6 +55,7 @@ class EndpointSettings:
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
     max_attempts: int | None = None
+    max_response_bytes: int | None = None
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
     fields_set: frozenset[str] = frozenset()
 
@@ -74,6 +78,8 @@ class Endpoint:
     # None: the run's flag or batchrun's default decides.
     timeout_s: float | None = None
     max_attempts: int | None = None
+    # The largest answer read (after decompression); a larger one errors the request.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     # Limits per model; the key "*" applies to every model not named.
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
     # Where the definition came from, in order: "built-in", a config file, a variable.
@@ -241,6 +247,7 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
         extra_body={**base.extra_body, **table.extra_body},
         timeout_s=table.timeout_s if table.timeout_s is not None else base.timeout_s,
         max_attempts=table.max_attempts if table.max_attempts is not None else base.max_attempts,
+        max_response_bytes=table.max_response_bytes or base.max_response_bytes,
         limits={**base.limits, **table.limits},
         sources=(*base.sources, str(path)),
     )

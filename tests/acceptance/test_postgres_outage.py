@@ -28,14 +28,14 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.postgres]
 REQUESTS = 400
 
 
-def terminate_mid_statement(db_url: str, watcher: Engine) -> int:
-    """Kill every connection of the database while one of them waits on a lock; returns how
-    many were killed."""
+def terminate_mid_statement(db_url: str, watcher: Engine, table: str) -> int:
+    """Kill every connection of the database while one of them waits on a lock on ``table``;
+    returns how many were killed."""
     database = make_url(db_url).database
     holder = create_engine(db_url)
     try:
         with holder.connect() as connection, connection.begin():
-            connection.execute(text("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE"))
+            connection.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
             holder_pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
             with watcher.connect() as watching:
                 deadline = time.monotonic() + 30
@@ -72,7 +72,14 @@ def wait_until_received(app: SimulatorApp, count: int, worker: subprocess.Popen[
         time.sleep(0.02)
 
 
-def test_a_run_reconnects_when_its_postgres_connections_are_terminated(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("table", "flags"),
+    [("requests", []), ("rate_buckets", ["--rpm", "3000"])],
+    ids=["claims-and-results", "shared-rate-buckets"],
+)
+def test_a_run_reconnects_when_its_postgres_connections_are_terminated(
+    tmp_path: Path, table: str, flags: list[str]
+) -> None:
     with fresh_postgres_database() as db_url:
         cli = runner(db_url)
         path = tmp_path / "requests.jsonl"
@@ -83,7 +90,7 @@ def test_a_run_reconnects_when_its_postgres_connections_are_terminated(tmp_path:
         with running_simulator(app=app) as url:
             env = clean_env(db_url, ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY="sk-test")
             worker = subprocess.Popen(
-                [BATCHRUN, "-v", "run", batch_id, "--max-concurrency", "8"],
+                [BATCHRUN, "-v", "run", batch_id, "--max-concurrency", "8", *flags],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -93,7 +100,7 @@ def test_a_run_reconnects_when_its_postgres_connections_are_terminated(tmp_path:
                 killed = []
                 for threshold in (REQUESTS // 4, REQUESTS // 2):
                     wait_until_received(app, threshold, worker)
-                    killed.append(terminate_mid_statement(db_url, watcher))
+                    killed.append(terminate_mid_statement(db_url, watcher, table))
                 _, stderr = worker.communicate(timeout=120)
             finally:
                 if worker.poll() is None:

@@ -33,8 +33,10 @@ def test_the_api_key_reaches_no_file_log_or_output(tmp_path: Path) -> None:
                 request_line("flaky", "[[sim:status=500:times=1]] x"),
                 request_line("cut", "[[sim:cut=1:times=1]] x"),
                 request_line("malformed", "[[sim:malformed=1]] x"),
-                # A gateway that quotes the key it was given in its error message.
+                # A gateway that quotes the key it was given in its error message...
                 request_line("echoed", "[[sim:status=400:echo_key=1]] x"),
+                # ...or hands it back as the request-id and in the reply.
+                request_line("echoed-ok", "[[sim:echo_key=1]] x"),
             ]
         )
     )
@@ -74,6 +76,7 @@ def test_the_api_key_reaches_no_file_log_or_output(tmp_path: Path) -> None:
             (["list"], 0),
             (["list", "--json"], 0),
             (["results", failing_id, "-o", str(tmp_path / "results.jsonl")], 0),
+            (["results", failing_id, "--format", "flat", "-o", str(tmp_path / "flat.jsonl")], 0),
             (["results", billing_id, "--partial"], 0),
         )
         # The database, its -wal and -shm files, the exports (and the request files).
@@ -94,6 +97,8 @@ def test_the_api_key_reaches_no_file_log_or_output(tmp_path: Path) -> None:
     assert "gave up after 2 attempts" in exported
     # The echoed key was cut out of the stored error and of the billing pause reason.
     assert "Invalid request (simulated). (API key presented: [redacted])" in exported
+    assert "your key is [redacted]" in exported
+    assert '"request_id":"[redacted]"' in files["flat.jsonl"].decode()
     assert "billing reasons: Your credit balance is too low" in text
     assert "(API key presented: [redacted])" in text
     for needle in NEEDLES:

@@ -176,7 +176,7 @@ def test_timeout_s_comes_from_the_file(cli: CliRunner, tmp_path: Path) -> None:
         run = invoke(cli, "run", batch_id)
 
     assert run.exit_code == 3, run.output
-    assert "the request timed out" in json.dumps(results(cli, batch_id))
+    assert "no complete answer within 1 s (timeout_s)" in json.dumps(results(cli, batch_id))
 
 
 # -- the run's settings from its endpoints (pure) -----------------------------------------

@@ -110,12 +110,64 @@ def test_a_final_error_keeps_the_apis_error_object_and_request_id() -> None:
 
 
 def test_giving_up_says_so_first_and_names_the_last_failure() -> None:
-    decision = decided(SERVER_ERROR, attempts=3, failures=2)
+    decision = decided(SERVER_ERROR, attempts=2, failures=2)
 
     assert isinstance(decision, Finish)
+    # Two sends before this claim, and this one: three.
     assert decision.result.error_message == (
         "gave up after 3 attempts; last failure: HTTP 500 api_error. boom"
     )
+    assert decision.result.attempts == 3
+
+
+def test_a_failure_whose_message_is_its_reason_is_said_once() -> None:
+    timeout = Retryable("no complete answer within 5 s", error_body("timeout_error", "x"))
+    timeout = Retryable(timeout.reason, error_body("timeout_error", timeout.reason))
+
+    decision = decided(timeout, attempts=2, failures=2)
+
+    assert isinstance(decision, Finish)
+    assert decision.result.error_message == (
+        "gave up after 3 attempts; last failure: no complete answer within 5 s"
+    )
+
+
+def test_a_body_that_is_not_json_twice_in_a_row_ends_the_request() -> None:
+    cut = Retryable(
+        "malformed response: not JSON",
+        error_body("api_error", "x"),
+        200,
+        at_most_once=True,
+        raw_body="{",
+    )
+    first = decide(
+        claimed(),
+        cut,
+        endpoint="gw",
+        key_hint="K",
+        max_attempts=8,
+        backoff=BACKOFF,
+        now=NOW,
+        latency_ms=1,
+        input_estimate=1,
+        jitter=0.0,
+    )
+    again = decide(
+        ClaimedRequest(7, "b", "q-1", "m", 100, "{}", 1, 1, last_error=cut.reason),
+        cut,
+        endpoint="gw",
+        key_hint="K",
+        max_attempts=8,
+        backoff=BACKOFF,
+        now=NOW,
+        latency_ms=1,
+        input_estimate=1,
+        jitter=0.0,
+    )
+
+    assert isinstance(first, Retry)
+    assert isinstance(again, Finish)
+    assert (again.result.result_type, again.result.raw_body) == ("errored", "{")
 
 
 def test_a_retry_waits_the_servers_retry_after_and_counts_no_failure_for_a_429() -> None:

@@ -61,7 +61,7 @@ async def test_transient_failures_are_retried_after_a_back_off(store: Store) -> 
 
 @pytest.mark.parametrize(
     "directive",
-    ["status=529", "status=503", "status=408", "malformed=1", "not_message=1", "cut=1"],
+    ["status=529", "status=503", "status=408", "malformed=1", "cut=1"],
 )
 async def test_each_transient_kind_is_retried_until_it_succeeds(
     store: Store, directive: str
@@ -73,6 +73,16 @@ async def test_each_transient_kind_is_retried_until_it_succeeds(
 
     assert store.get_batch(batch_id).counts.succeeded == 1
     assert app.stats.received == 2
+
+
+async def test_a_200_that_is_json_but_no_message_is_not_sent_again(store: Store) -> None:
+    app = create_app()
+    batch_id = submit(store, [request_line("a", "[[sim:not_message=1:times=1]] hi")])
+
+    await dispatch(store, batch_id, app)
+
+    assert store.get_batch(batch_id).counts.errored == 1
+    assert app.stats.received == 1
 
 
 async def test_a_request_that_keeps_failing_ends_errored_with_the_api_error(store: Store) -> None:

@@ -76,8 +76,8 @@ def test_requeue_brings_back_canceled_and_errored_requests_keeping_attempts(
 
     assert store.requeue(batch_id, states=["errored"], now=NOW) == 3
     claimed = {item.custom_id: item for item in _claim(store, batch_id, 3)}
-    assert claimed["r0"].attempts == 2  # its first attempt is kept
-    assert claimed["r1"].attempts == 1
+    assert claimed["r0"].attempts == 1  # its first send is kept
+    assert claimed["r1"].attempts == 0  # canceled before it was ever sent
     assert [row.state for row in store.iter_results(batch_id)] == ["running"] * 3
 
 
@@ -91,7 +91,8 @@ def test_released_requests_of_a_dead_worker_go_back_without_waiting_for_the_leas
     assert sorted(store.lease_owners()) == ["host:1:dead", "host:2:alive"]
     assert store.release_leases(["host:1:dead"]) == 2
     again = _claim(store, batch_id, 5, owner="w3")
-    assert [(item.custom_id, item.attempts) for item in again] == [("r0", 2), ("r1", 2)]
+    # The dead worker may or may not have sent them: no send is counted that was not seen.
+    assert [(item.custom_id, item.attempts) for item in again] == [("r0", 0), ("r1", 0)]
 
 
 def test_a_dead_process_on_this_host_is_recognised() -> None:
@@ -148,7 +149,7 @@ async def test_a_stop_lets_requests_in_flight_finish_and_keeps_the_rest_queued(
     assert batch.counts.processing == 42
     assert store.seconds_until_ready([batch_id], NOW) == 0.0  # queued, not running
     claimed = _claim(store, batch_id, 50, now=datetime.now(UTC))
-    assert {item.attempts for item in claimed} == {1}  # none counted a send it never made
+    assert {item.attempts for item in claimed} == {0}  # none counted a send it never made
 
 
 @pytest.mark.asyncio
@@ -171,4 +172,4 @@ async def test_requests_still_in_flight_after_the_grace_period_go_back_to_the_qu
     counts = store.get_batch(batch_id).counts
     assert (counts.succeeded, counts.processing) == (1, 1)
     (stuck,) = _claim(store, batch_id, 5, now=datetime.now(UTC))
-    assert (stuck.custom_id, stuck.attempts) == ("stuck", 2)  # the interrupted send counts
+    assert (stuck.custom_id, stuck.attempts) == ("stuck", 1)  # the interrupted send counts

@@ -29,7 +29,9 @@ async def send(url: str, text: str, *, timeout_s: float = 10.0, key: str = "sk-t
     env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": key}
     endpoint = builtin_endpoints(env)["anthropic"]
     async with create_http_client(timeout_s=timeout_s, max_connections=4) as http:
-        client = MessagesClient(http, endpoint=endpoint, headers=auth_headers(endpoint, env))
+        client = MessagesClient(
+            http, endpoint=endpoint, headers=auth_headers(endpoint, env), timeout_s=timeout_s
+        )
         return await client.send(body(text))
 
 
@@ -70,7 +72,20 @@ async def test_a_hung_request_times_out_as_a_retryable_timeout_error() -> None:
 
     assert isinstance(outcome, Retryable)
     assert outcome.error["error"]["type"] == "timeout_error"
-    assert "timed out" in outcome.reason
+    assert outcome.reason == "no complete answer within 0.5 s (timeout_s)"
+
+
+async def test_the_timeout_bounds_the_in_process_simulator_too() -> None:
+    endpoint = builtin_endpoints({})[SIMULATOR]
+    transport = in_process_transport(create_app())
+    async with create_http_client(timeout_s=0.5, max_connections=1, transport=transport) as http:
+        client = MessagesClient(
+            http, endpoint=endpoint, headers=auth_headers(endpoint, {}), timeout_s=0.5
+        )
+        outcome = await client.send(body("[[sim:hang=1]]"))
+
+    assert isinstance(outcome, Retryable)
+    assert outcome.reason == "no complete answer within 0.5 s (timeout_s)"
 
 
 async def test_a_connection_cut_mid_body_is_retryable() -> None:

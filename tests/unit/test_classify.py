@@ -59,16 +59,29 @@ def test_a_pretty_printed_message_is_stored_on_one_line() -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b"<html>oops</html>", b'{"ok": true}', b'{"type":"message","content":[]}', b""],
-    ids=["not-json", "not-a-message", "no-usage", "empty"],
+    "body", [b"<html>oops</html>", b'{"type":"message","con', b""], ids=["html", "cut", "empty"]
 )
-def test_a_200_that_is_not_a_message_is_retried(body: bytes) -> None:
+def test_a_200_that_is_not_json_is_worth_one_more_try(body: bytes) -> None:
     outcome = classify_response(200, {}, body)
 
     assert isinstance(outcome, Retryable)
+    assert outcome.at_most_once
     assert outcome.error["error"]["type"] == "api_error"
     assert "malformed" in outcome.reason
+    assert outcome.raw_body == body.decode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"ok": true}', b'{"type":"message","content":[]}', b"[" * 5000 + b"]" * 5000],
+    ids=["not-a-message", "no-usage", "nested-too-deep"],
+)
+def test_a_200_with_json_that_is_no_message_is_final_and_kept(body: bytes) -> None:
+    outcome = classify_response(200, {}, body)
+
+    assert isinstance(outcome, Fatal)
+    assert outcome.error["error"]["type"] == "api_error"
+    assert outcome.raw_body == body.decode()
 
 
 @pytest.mark.parametrize(

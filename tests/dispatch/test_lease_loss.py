@@ -1,0 +1,103 @@
+"""A worker that stood still longer than its lease (SIGSTOP, a frozen VM) must not send what
+another worker took over meanwhile: that would pay for those requests twice."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.dispatcher import Dispatcher, RunReport
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.limiter import Limiter
+from batchrun.records import Outcome
+from batchrun.simulator import SimulatorApp, create_app
+from batchrun.store.store import Store
+from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
+from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from tests.conftest import request_line, submit
+from tests.dispatch.helpers import NO_AUTH
+
+LEASE_S = 1.0
+FROZEN_S = 3.0
+# The limiter's buckets start empty: the first worker's first send (and freeze) at 1 s.
+FIRST_SEND_S = 1.0
+
+
+class FreezesOnce:
+    """A sender whose first send blocks its whole event loop, as a stopped process would."""
+
+    def __init__(self, client: MessagesClient) -> None:
+        self._client = client
+        self._frozen = False
+
+    @property
+    def key_hint(self) -> str:
+        return self._client.key_hint
+
+    async def send(self, params_json: str) -> Outcome:
+        if not self._frozen:
+            self._frozen = True
+            time.sleep(FROZEN_S)  # noqa: ASYNC251 - the point: nothing on this loop runs
+        return await self._client.send(params_json)
+
+    async def count_tokens(self, params_json: str) -> int | None:
+        return None
+
+
+async def work(
+    store: Store, batch_id: str, app: SimulatorApp, *, freeze: bool, limits: RateLimits | None
+) -> RunReport:
+    endpoint = builtin_endpoints({})[SIMULATOR]
+    async with create_http_client(
+        timeout_s=30, max_connections=8, transport=in_process_transport(app)
+    ) as http:
+        client = MessagesClient(http, endpoint=endpoint, headers=NO_AUTH)
+        db = WorkerDatabase(store)
+        try:
+            dispatcher = Dispatcher(
+                db=db,
+                senders={SIMULATOR: FreezesOnce(client) if freeze else client},
+                limiter=Limiter(overrides=limits),
+                config=DispatchConfig(max_concurrency=4, lease_s=LEASE_S),
+            )
+            return await dispatcher.run({batch_id: SIMULATOR})
+        finally:
+            db.close()
+
+
+def test_a_worker_that_stood_still_past_its_lease_does_not_send_what_was_taken_over(
+    sqlite_store: Store,
+) -> None:
+    store = sqlite_store
+    app = create_app()
+    batch_id = submit(store, [request_line(f"r{i}", f"question {i}") for i in range(6)])
+    frozen_report: list[RunReport] = []
+
+    # The first worker holds four requests: one in flight (and frozen), three waiting for
+    # the limiter (one a second).
+    frozen = threading.Thread(
+        target=lambda: frozen_report.append(
+            asyncio.run(work(store, batch_id, app, freeze=True, limits=RateLimits(rpm=60)))
+        )
+    )
+    frozen.start()
+    # Once the first worker's leases have run out (a lease after its last renewal, when it
+    # froze), the second takes its four and the two left, and sends them.
+    time.sleep(FIRST_SEND_S + LEASE_S + 0.5)
+    other = asyncio.run(work(store, batch_id, app, freeze=False, limits=None))
+    frozen.join(30)
+
+    batch = store.get_batch(batch_id)
+    assert batch.counts.succeeded == 6
+    (report,) = frozen_report
+    # Only the request that was in flight when the worker froze may have been sent twice;
+    # the first worker checked the others' leases before sending and found them gone (or
+    # saw that their batch had ended meanwhile).
+    assert app.stats.duplicate_receptions <= 1
+    assert report.lost_leases >= 1
+    assert report.sent == 1
+    assert app.stats.received == 6 + app.stats.duplicate_receptions
+    assert other.sent == 6
