@@ -94,9 +94,9 @@ def _configure_logging(verbose: int) -> None:
 
     root = logging.getLogger()
     if not root.handlers:  # as logging.basicConfig: a host program's own logging stays
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(stream)
         root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
