@@ -49,6 +49,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DATABASE_ENV = "BATCHRUN_DATABASE_URL"
+# The longest batch name kept (the batches table's column).
+MAX_NAME_CHARS = 200
 # Results fetched per hop when iterating them asynchronously.
 _ASYNC_RESULT_CHUNK = 1000
 ResultState = Literal["succeeded", "errored", "canceled", "expired"]
@@ -200,6 +202,11 @@ class Client:
         _check_positive(expires_in_s, "expires_in_s")
         if max_cost_usd is not None and not max_cost_usd >= 0:
             raise ConfigError(f"max_cost_usd must be 0 or more, not {max_cost_usd!r}")
+        if name is not None and len(name) > MAX_NAME_CHARS:
+            raise ConfigError(
+                f"the batch name is {len(name):,} characters long; it can have at most "
+                f"{MAX_NAME_CHARS}"
+            )
         known = self.endpoints()
         target = known.get(endpoint or known.default).name
         store = self._store()
@@ -542,9 +549,15 @@ def _limits(values: Mapping[str, float | None] | None) -> RateLimits:
         raise ConfigError(str(exc)) from None
 
 
+# Longer durations are mistakes (and overflow date arithmetic): ten years.
+_MAX_DURATION_S = 3650 * 86400.0
+
+
 def _check_positive(value: float, what: str) -> None:
-    if not value > 0:
-        raise ConfigError(f"{what} must be a positive number of seconds, not {value!r}")
+    if not 0 < value <= _MAX_DURATION_S:
+        raise ConfigError(
+            f"{what} must be a positive number of seconds up to ten years, not {value!r}"
+        )
 
 
 def _no_prices() -> PriceTable:

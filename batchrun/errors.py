@@ -37,6 +37,7 @@ class ExitCode(IntEnum):
     PAUSED = 4
     TIME_LIMIT = 5
     LOCKED = 6
+    CANCELED = 7
     INTERRUPTED = 130
 
 
@@ -60,6 +61,10 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.LOCKED: (
         "another `batchrun run` is using the same SQLite database; this run did nothing. "
         "Pass `--wait` to wait for it instead."
+    ),
+    ExitCode.CANCELED: (
+        "`run` stopped sending a batch because it was canceled (`batchrun cancel`) while it "
+        "ran: requests in flight were recorded, the rest are canceled."
     ),
     ExitCode.INTERRUPTED: (
         "interrupted (Ctrl-C or SIGTERM): requests in flight were recorded; `batchrun run` "

@@ -10,7 +10,10 @@ public :class:`batchrun.Client`, made here from the global options.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +27,16 @@ from batchrun.cli.consoles import stderr
 from batchrun.cli.context import Options
 from batchrun.errors import BatchrunError, ExitCode
 
+# Errors of a write to the output, as opposed to bugs: a full disk, a quota, a broken device.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE})
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit cannot fail
+    again with a traceback."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
 
 class _BatchrunGroup(TyperGroup):
     """Turns user errors into one line on stderr and their exit code; bugs keep their
@@ -31,13 +44,26 @@ class _BatchrunGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            # Output still buffered is written now, where a full disk can still be reported.
+            sys.stdout.flush()
+            return result
         except BatchrunError as exc:
             stderr.print(f"error: {exc.message}", markup=False)
             raise typer.Exit(int(exc.exit_code)) from None
         except KeyboardInterrupt:
             stderr.print("interrupted; `batchrun run` continues where this stopped")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except BrokenPipeError:
+            # The reader went away (`| head`): nothing more to say to it.
+            _silence_stdout()
+            raise typer.Exit(int(ExitCode.ERROR)) from None
+        except OSError as exc:
+            if exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            _silence_stdout()
+            stderr.print(f"error: cannot write the output: {exc.strerror}", markup=False)
+            raise typer.Exit(int(ExitCode.ERROR)) from None
 
 
 def _print_version() -> None:

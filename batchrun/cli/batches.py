@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from batchrun.cli.consoles import print_json, stderr, stdout
-from batchrun.cli.text import parse_duration_s
+from batchrun.cli.options import duration_option
 from batchrun.export.formats import EXPORT_FORMATS
 
 _RESULT_STATES = ("succeeded", "errored", "canceled", "expired")
@@ -78,7 +78,7 @@ def submit(
     from batchrun.cli.context import client_of
     from batchrun.cli.views import submit_summary_lines
 
-    expires_in_s = parse_duration_s(expires_in, what="--expires-in")
+    expires_in_s = duration_option(expires_in, "--expires-in")
     client = client_of(ctx)
     if dry_run:
         from batchrun.cli.estimate import print_estimate
@@ -173,11 +173,13 @@ def list_batches(
 ) -> None:
     """List the batches, newest first."""
     from batchrun.cli.context import client_of
-    from batchrun.cli.views import batches_table
+    from batchrun.cli.views import batches_lines, batches_table
 
     batches = client_of(ctx).list()
     if as_json:
         print_json({"data": [batch.model_dump(mode="json") for batch in batches]})
+    elif batches and not stdout.is_terminal:
+        sys.stdout.write("".join(line + "\n" for line in batches_lines(batches)))
     elif batches:
         stdout.print(batches_table(batches))
     else:
@@ -197,7 +199,7 @@ def cancel(
     if as_json:
         print_json(batch.model_dump(mode="json"))
     else:
-        stderr.print(f"{batch_id}: {batch.processing_status}")
+        stderr.print(f"{batch_id}: {batch.processing_status}", markup=False)
 
 
 def _check_choice(value: str | None, choices: tuple[str, ...], flag: str) -> str | None:

@@ -1,5 +1,10 @@
 """The two consoles: human messages go to stderr; stdout carries only what a script asks for
-(ids, JSON, results)."""
+(ids, JSON, results).
+
+Neither reads rich markup: what they print holds batch names, custom_ids, error messages and
+config hints (``[prices."MODEL"]``) that users and servers wrote, and a ``[/bold]`` among
+them must print as it is, not raise or vanish. Styles come from ``Text`` and column styles.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import sys
 
 from rich.console import Console
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+stdout = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def print_json(value: object, *, indent: int | None = 2) -> None:

@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from batchrun.cli.consoles import stderr
 from batchrun.cli.options import duration_option, with_limit_options
-from batchrun.cli.text import parse_duration_s
+from batchrun.cli.text import plural
 from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY
 from batchrun.errors import ExitCode
 from batchrun.limits.buckets import DEFAULT_BURST_S
@@ -210,11 +210,9 @@ def resume(
     """
     from batchrun.cli.context import client_of
 
-    expires_in_s = None
-    if expires_in is not None:
-        expires_in_s = parse_duration_s(expires_in, what="--expires-in")
+    expires_in_s = duration_option(expires_in, "--expires-in")
     count = client_of(ctx).requeue(batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s)
-    stderr.print(f"{batch_id}: {count:,} requests back in the queue")
+    stderr.print(f"{batch_id}: {plural(count, 'request')} back in the queue")
     # The rest of the command line is `run`'s, parsed by `run` itself.
     command = ctx.parent.command if ctx.parent else None
     run_command = command.get_command(ctx, "run") if isinstance(command, TyperGroup) else None

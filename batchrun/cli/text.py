@@ -10,6 +10,8 @@ from batchrun.errors import ConfigError
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
 _SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Longer durations are mistakes (and overflow date arithmetic): ten years.
+MAX_DURATION_S = 3650 * 86400.0
 
 
 def parse_duration_s(text: str, *, what: str = "duration") -> float:
@@ -33,6 +35,8 @@ def parse_duration_s(text: str, *, what: str = "duration") -> float:
         raise ConfigError(
             f"{what}: {text!r} is not a positive duration; write it like 90s, 55m, 24h or 1h30m"
         )
+    if seconds > MAX_DURATION_S:
+        raise ConfigError(f"{what}: {text!r} is longer than ten years; give a shorter duration")
     return seconds
 
 
@@ -60,3 +64,8 @@ def amount_text(value: float) -> str:
 def when_text(value: datetime | None) -> str:
     """An instant in UTC, or ``-``."""
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 request``, ``2 requests``, ``1,000 requests``."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.table import Table
 
-from batchrun.cli.text import amount_text, when_text
+from batchrun.cli.text import amount_text, plural, when_text
 from batchrun.config.prices import describe_cost, format_usd
 from batchrun.export.batch_object import BatchObject, BatchStatus
 from batchrun.input.reader import MAX_PRINTED_PROBLEMS
@@ -91,27 +92,55 @@ def status_line(batch: BatchStatus) -> str:
     )
 
 
+_BATCH_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "endpoint",
+    "requests",
+    "done",
+    "errored",
+    "created (UTC)",
+)
+
+
+def _batch_row(batch: BatchObject) -> list[str]:
+    counts = batch.request_counts
+    total = sum(counts.model_dump().values())
+    return [
+        batch.id,
+        batch.name or "",
+        _state(batch),
+        batch.endpoint,
+        f"{total:,}",
+        f"{total - counts.processing:,}",
+        f"{counts.errored:,}",
+        batch.created_at.strftime("%Y-%m-%d %H:%M"),
+    ]
+
+
 def batches_table(batches: Sequence[BatchObject]) -> Table:
-    """Many batches, one row each."""
-    table = Table()
-    for column in ("id", "name", "status", "endpoint", "requests", "done", "errored", "created"):
+    """Many batches, one row each; ids are never cut, whatever the width."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), collapse_padding=True)
+    for column in _BATCH_COLUMNS:
+        numeric = column in ("requests", "done", "errored")
         table.add_column(
-            column, justify="right" if column in ("requests", "done", "errored") else "left"
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=column == "id",
+            min_width=max((len(b.id) for b in batches), default=2) if column == "id" else None,
         )
     for batch in batches:
-        counts = batch.request_counts
-        total = sum(counts.model_dump().values())
-        table.add_row(
-            batch.id,
-            batch.name or "",
-            _state(batch),
-            batch.endpoint,
-            f"{total:,}",
-            f"{total - counts.processing:,}",
-            f"{counts.errored:,}",
-            when_text(batch.created_at),
-        )
+        table.add_row(*_batch_row(batch))
     return table
+
+
+def batches_lines(batches: Sequence[BatchObject]) -> list[str]:
+    """Many batches for a pipe: a header, then one tab-separated line per batch."""
+    lines = ["\t".join(_BATCH_COLUMNS)]
+    for batch in batches:
+        lines.append("\t".join(value.replace("\t", " ") for value in _batch_row(batch)))
+    return lines
 
 
 def submit_summary_lines(batch: BatchObject, skipped: Sequence[str]) -> list[str]:
@@ -122,9 +151,12 @@ def submit_summary_lines(batch: BatchObject, skipped: Sequence[str]) -> list[str
     if hidden > 0:
         lines.append(f"warning: … and {hidden:,} more problem{'s' if hidden != 1 else ''}")
     total = sum(batch.request_counts.model_dump().values())
-    stored = f"stored {total:,} requests as batch {batch.id}"
+    stored = f"stored {plural(total, 'request')} as batch {batch.id}"
     if batch.request_counts.errored:
-        stored += f"; {batch.request_counts.errored:,} invalid, recorded as errored results"
+        invalid = batch.request_counts.errored
+        stored += f"; {invalid:,} invalid, recorded as errored result" + (
+            "" if invalid == 1 else "s"
+        )
     return [*lines, stored]
 
 

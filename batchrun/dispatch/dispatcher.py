@@ -91,6 +91,8 @@ class RunReport:
     released: int = 0
     # Requests not sent because another worker had taken them over meanwhile.
     lost_leases: int = 0
+    # Batches this run stopped sending because they were canceled meanwhile.
+    canceled_batches: set[str] = field(default_factory=set)
 
     def count(self, decision: Decision, outcome: Outcome) -> None:
         """Count what an answer led to."""
@@ -285,6 +287,7 @@ class Dispatcher:
         stopped = await self._db.stopped_batches(list(self._active), now)
         for batch_id, why in stopped.items():
             if why == "canceling":
+                self.report.canceled_batches.add(batch_id)
                 self._stop(batch_id, "canceling")
             elif why == "ended":
                 # Finished elsewhere: what this worker still holds was taken over.

@@ -4,6 +4,7 @@ which is renamed over the target only once the export is complete."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +18,13 @@ from batchrun.errors import BatchrunError
 def atomic_output(path: str | os.PathLike[str], *, binary: bool = False) -> Iterator[IO[Any]]:
     """A stream (text, or bytes with ``binary``) to a temporary file next to ``path``, renamed
     over it only when the block completes: a reader never sees half a file, and a failed
-    export leaves the old file, or none, behind."""
-    target = Path(path)
-    if target.is_dir():
-        raise BatchrunError(f"{path}: is a directory; give a file name for the results")
+    export (a full disk, an error midway) leaves the old file, or none, behind.
+
+    Only regular files are written. A path that is a device, a pipe, a socket or a directory
+    is refused, so an export never replaces ``/dev/null`` with a file. A symbolic link to a
+    regular file (or to a file not there yet) is followed: the file it points to is replaced
+    and the link stays."""
+    target = _regular_target(Path(path))
     try:
         fd, temp_name = tempfile.mkstemp(
             prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path(".")
@@ -36,6 +40,40 @@ def atomic_output(path: str | os.PathLike[str], *, binary: bool = False) -> Iter
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, target)
+    except OSError as exc:
+        Path(temp_name).unlink(missing_ok=True)
+        raise BatchrunError(
+            f"{path}: cannot write the results ({exc.strerror}); nothing was written there"
+        ) from None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _regular_target(path: Path) -> Path:
+    """The file to replace for ``path``: itself, or where its symbolic link points; a
+    BatchrunError for anything but a regular file (or a file that does not exist yet)."""
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise BatchrunError(f"{path}: cannot write there ({exc.strerror})") from None
+    if stat.S_ISREG(mode):
+        return target
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    via = f" (a link to {target})" if target != path else ""
+    raise BatchrunError(
+        f"{path}{via} is {kind}; give the path of a regular file for the results, or leave out "
+        "-o to write them to standard output"
+    )
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+}

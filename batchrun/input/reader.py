@@ -35,6 +35,7 @@ from typing import BinaryIO, TypeAlias
 from batchrun.errors import ConfigError, InputFileError
 from batchrun.input.validation import (
     MAX_LINE_BYTES,
+    MAX_MODEL_CHARS,
     MIB,
     InvalidLine,
     ValidRequest,
@@ -84,6 +85,11 @@ def read_requests(
     """
     if default_model is not None and not default_model.strip():
         raise ConfigError("the default model is empty; name a model or leave it unset")
+    if default_model is not None and len(default_model) > MAX_MODEL_CHARS:
+        raise ConfigError(
+            f"the default model is {len(default_model):,} characters long; a model id has "
+            f"at most {MAX_MODEL_CHARS}"
+        )
     first_line_of: dict[str, int] = {}
     read_limit = max_line_bytes + 2  # room for a CRLF terminator
     line_no = 0
@@ -199,6 +205,10 @@ def open_request_file(path: str) -> Iterator[BinaryIO]:
     Raises `InputFileError` when the path does not exist, is a directory or cannot be read.
     """
     if path == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise InputFileError(
+                "standard input is closed; pipe the requests in, or pass the file's path"
+            )
         yield sys.stdin.buffer
         return
     try:

@@ -72,6 +72,10 @@ __all__ = [
 MAX_LINE_BYTES = 32 * MIB
 
 CUSTOM_ID_MAX_CHARS = 64
+# The largest max_tokens and the longest model id stored (the job table's columns). No model
+# comes near either; a larger value is a mistake to point out, not a request to send.
+MAX_TOKENS = 2**31 - 1
+MAX_MODEL_CHARS = 200
 _CUSTOM_ID_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 ANTHROPIC_LINE_KEYS: frozenset[str] = frozenset({"custom_id", "params"})
@@ -315,6 +319,12 @@ def _check_model(
             f"{key}.model must be a non-empty string naming the model, not {show_json(model)}"
         )
         return None
+    if len(model) > MAX_MODEL_CHARS:
+        problems.append(
+            f"{key}.model is {len(model):,} characters long; a model id has at most "
+            f"{MAX_MODEL_CHARS}"
+        )
+        return None
     return model
 
 
@@ -325,6 +335,13 @@ def _check_max_tokens(params: dict[str, Any], key: str, problems: list[str]) -> 
         )
         return None
     value = params["max_tokens"]
+    too_big = isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_TOKENS
+    if too_big:
+        problems.append(
+            f"{key}.max_tokens is {show_json(value)}; it can be at most {MAX_TOKENS:,} "
+            "(no model writes more; check the number)"
+        )
+        return None
     # bool is an int subclass in Python, but `true` is not a token count.
     if isinstance(value, bool) or not isinstance(value, int):
         fix = ""

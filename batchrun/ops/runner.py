@@ -7,11 +7,9 @@ over batchrun's default.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -132,15 +130,15 @@ async def dispatch_batches(
     timeout_s: float | None = None,
     simulator: SimulatorConfig | None = None,
     observer: RunObserver | None = None,
-    stop_on_signals: bool = True,
+    on_start: Callable[[Dispatcher], None] | None = None,
 ) -> RunReport:
     """Dispatch these batches (id → endpoint name) until no work is left.
 
     ``timeout_s`` and ``overrides`` (limits for every model) come from the run's options;
     None leaves each endpoint's own. ``observer`` watches the run (progress, budgets).
     Every endpoint's key is checked before the first request is sent, so a missing key is
-    one clear error rather than a batch full of failures. With ``stop_on_signals``, Ctrl-C
-    and SIGTERM stop the run gracefully (when this is the main thread).
+    one clear error rather than a batch full of failures. ``on_start`` gets the dispatcher
+    before it runs (to stop it from outside: a signal, a time limit).
     """
     headers = {name: auth_headers(endpoint, env) for name, endpoint in endpoints.items()}
     async with AsyncExitStack() as stack:
@@ -175,10 +173,9 @@ async def dispatch_batches(
             config=dispatch,
             observer=observer,
         )
-        if not stop_on_signals:
-            return await dispatcher.run(batches)
-        with _stop_on_signals(dispatcher):
-            return await dispatcher.run(batches)
+        if on_start is not None:
+            on_start(dispatcher)
+        return await dispatcher.run(batches)
 
 
 def _simulator_transport(config: SimulatorConfig | None) -> HttpTransport:
@@ -193,21 +190,3 @@ def unix_clock() -> Callable[[], float]:
     """Unix seconds that advance with the running event loop's clock (tests can fake it)."""
     clock = LoopClock()
     return lambda: clock.now().timestamp()
-
-
-@contextmanager
-def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
-    """Ctrl-C and SIGTERM stop the dispatcher gracefully (a second one at once)."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for signum, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
-        try:
-            loop.add_signal_handler(signum, dispatcher.request_stop, f"interrupted by {name}")
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue  # not the main thread, or a platform without signals
-        installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)

@@ -17,13 +17,16 @@ Every database call goes through the run's one :class:`~batchrun.dispatch.worker
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.dispatch.config import DEFAULT_MAX_CONCURRENCY
-from batchrun.dispatch.dispatcher import RunReport
+from batchrun.dispatch.dispatcher import Dispatcher, RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import ExitCode
 from batchrun.export.batch_object import BatchObject, cost_json
@@ -172,14 +175,33 @@ class RunSession:
         self._env = env
         self._options = options
         self._emit = on_event or _ignore
+        # Why the run was asked to stop (a signal), and the dispatch it must stop.
+        self._stopping: str | None = None
+        self._stop_event = asyncio.Event()
+        self._dispatcher: Dispatcher | None = None
 
     async def run(self) -> RunResult:
-        """Run one pass, or passes until the time limit or Ctrl-C (``forever``)."""
+        """Run one pass, or passes until the time limit or Ctrl-C (``forever``). With
+        ``stop_on_signals``, Ctrl-C and SIGTERM stop it gracefully, dispatching or idle."""
         db = WorkerDatabase(self._store)
         try:
-            return await self._run(db)
+            with _signals_stop(self._request_stop, enabled=self._options.stop_on_signals):
+                return await self._run(db)
         finally:
             db.close()
+
+    def _request_stop(self, reason: str) -> None:
+        """Stop the run: the dispatch in progress drains (a second stop ends it at once), and
+        no new pass starts."""
+        self._stopping = reason
+        self._stop_event.set()
+        if self._dispatcher is not None:
+            self._dispatcher.request_stop(reason)
+
+    def _started(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        if self._stopping is not None:
+            dispatcher.request_stop(self._stopping)
 
     async def _run(self, db: WorkerDatabase) -> RunResult:
         options = self._options
@@ -188,7 +210,7 @@ class RunSession:
         if not options.forever:
             done = await self._pass(db, deadline, exclude=set())
             if done is None:
-                return RunResult(ExitCode.OK)
+                return self._idle_result(None, 0)
             return RunResult(done.exit_code, done, 1)
         # Batches this run paused (credentials, budget) are not retried every poll; a new
         # run of that batch retries them.
@@ -199,6 +221,8 @@ class RunSession:
         while True:
             if deadline is not None and loop.time() >= deadline:
                 return RunResult(ExitCode.OK, last, passes)
+            if self._stopping is not None:
+                return self._idle_result(last, passes)
             done = await self._pass(db, deadline, exclude=paused_here)
             if done is not None:
                 last, passes, idle_said = done, passes + 1, False
@@ -214,7 +238,15 @@ class RunSession:
             pause_s = options.poll_interval_s
             if deadline is not None:
                 pause_s = min(pause_s, max(deadline - loop.time(), 0.0))
-            await asyncio.sleep(pause_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), pause_s)
+
+    def _idle_result(self, last: PassResult | None, passes: int) -> RunResult:
+        """How a run that is not dispatching ends: interrupted if a stop came, else done."""
+        if self._stopping is None:
+            return RunResult(ExitCode.OK, last, passes)
+        self._emit(Note(f"{self._stopping}: nothing was in flight; stopped"))
+        return RunResult(ExitCode.INTERRUPTED, last, passes)
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -282,10 +314,11 @@ class RunSession:
                 limiter_settings=options.limiter_settings,
                 timeout_s=options.timeout_s,
                 observer=monitor,
-                stop_on_signals=options.stop_on_signals,
+                on_start=self._started,
             )
             snapshot = monitor.snapshot()
         finally:
+            self._dispatcher = None
             monitor.close()
             if watcher is not None:
                 watcher.cancel()
@@ -311,14 +344,36 @@ class RunSession:
 
 
 def _exit_code(report: RunReport, batches: tuple[BatchSummary, ...], stopped: bool) -> ExitCode:
-    """The first that applies of: interrupted, paused, stopped by the time limit, some results
-    errored; else OK."""
+    """The first that applies of: interrupted, paused, canceled while it ran, stopped by the
+    time limit, some results errored; else OK."""
     if report.interrupted:
         return ExitCode.INTERRUPTED
     if report.paused:
         return ExitCode.PAUSED
+    if report.canceled_batches:
+        return ExitCode.CANCELED
     if stopped:
         return ExitCode.TIME_LIMIT
     if any(batch.counts.errored for batch in batches):
         return ExitCode.ERRORED_RESULTS
     return ExitCode.OK
+
+
+@contextmanager
+def _signals_stop(stop: Callable[[str], None], *, enabled: bool) -> Iterator[None]:
+    """While the block runs, Ctrl-C and SIGTERM call ``stop`` with a reason (when enabled,
+    and this is the main thread of a platform with signals)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    if enabled:
+        for signum, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
+            try:
+                loop.add_signal_handler(signum, stop, f"interrupted by {name}")
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

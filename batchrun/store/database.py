@@ -21,7 +21,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
-    InterfaceError,
     OperationalError,
     SQLAlchemyError,
 )
@@ -32,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # How long a writer waits for another process's SQLite write lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 30.0
+_URL_FORMS = (
+    "use sqlite:///path/to/file.db (a file) or postgresql+psycopg://user@host/dbname (Postgres)"
+)
 # Connection option that makes a SQLite transaction take the write lock at BEGIN.
 WRITE_OPTION = "batchrun_write"
 # The newest schema revision, the head of migrations/versions (a test checks they agree). A
@@ -58,18 +60,35 @@ def create_database_engine(
     own ``timeout``)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseError(
-            "the database URL is not valid; use sqlite:///path/to/file.db "
-            "or postgresql+psycopg://user@host/dbname"
-        ) from exc
-    if parsed.get_backend_name() != "sqlite":
+    except ArgumentError:
+        raise DatabaseError(f"the database URL is not valid; {_URL_FORMS}") from None
+    # Read from the name itself: asking SQLAlchemy would load (or fail to load) the driver.
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgresql":
+        if not driver:
+            # The driver batchrun installs; SQLAlchemy's own default is psycopg2.
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        elif driver != "psycopg":
+            raise DatabaseError(
+                f"the database URL asks for the {driver} driver, which batchrun does not "
+                f"use; write postgresql+psycopg://... (psycopg 3)"
+            )
         return create_engine(parsed, pool_pre_ping=True)
+    if backend != "sqlite":
+        raise DatabaseError(f"batchrun cannot keep its jobs in {backend}; {_URL_FORMS}")
     database = parsed.database
     if database is None or database in ("", ":memory:"):
         raise DatabaseError("an in-memory SQLite database cannot be shared; give a file path")
     if "timeout" not in parsed.query:
         parsed = parsed.update_query_dict({"timeout": str(sqlite_busy_timeout_s)})
+    else:
+        try:
+            float(str(parsed.query["timeout"]))
+        except ValueError:
+            raise DatabaseError(
+                f"the database URL's timeout is {parsed.query['timeout']!r}; it must be a "
+                "number of seconds, such as ?timeout=60"
+            ) from None
     # A "file:..." URI (uri=true) names its file itself, with options; leave it to SQLite.
     if parsed.query.get("uri") != "true":
         _make_parent_directory(Path(database).expanduser())
@@ -118,8 +137,9 @@ def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
             connection = connection.execution_options(**{WRITE_OPTION: True})
         with connection as conn, conn.begin():
             yield conn
-    except (OperationalError, InterfaceError) as exc:
-        raise database_error(exc, engine=engine, doing="write to" if write else "read") from exc
+    except DBAPIError as exc:
+        # One line, without the statement: a failed INSERT would print every prompt in it.
+        raise database_error(exc, engine=engine, doing="write to" if write else "read") from None
 
 
 def _sqlite_error(detail: str, url: URL, doing: str) -> DatabaseError:
