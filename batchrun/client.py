@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-from batchrun.errors import BatchrunError, BatchStateError, ConfigError
+from batchrun.errors import BatchrunError, BatchStateError, ConfigError, DatabaseError
 
 if TYPE_CHECKING:
     from batchrun.config.file import Settings
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from batchrun.store.store import Store
     from batchrun.transport.endpoints import Endpoints
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -321,6 +323,35 @@ class Client:
         self.requeue(batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s)
         return self.run(batch_id, **run_options)
 
+    def delete(self, batch_id: str) -> None:
+        """Delete an ended batch with its requests and results (as Anthropic's batches: a
+        batch that has not ended must be canceled first)."""
+        self._store().delete_batch(batch_id)
+
+    def prune(
+        self, *, older_than_s: float | None = None, reclaim_space: bool = True
+    ) -> builtins.list[str]:
+        """Delete every batch that ended more than ``older_than_s`` ago (default: the config
+        file's ``retention``), in one transaction; then, on SQLite, give the space back to
+        the file system (``reclaim_space``). Returns the deleted batches' ids."""
+        if older_than_s is None:
+            older_than_s = self.settings().retention_s
+        if older_than_s is None:
+            raise ConfigError(
+                "say how old an ended batch must be to go: --older-than 30d (older_than_s from "
+                'Python), or retention = "30d" in the config file'
+            )
+        _check_positive(older_than_s, "older_than_s")
+        store = self._store()
+        deleted = store.prune_batches(_now() - timedelta(seconds=older_than_s))
+        if deleted and reclaim_space:
+            try:
+                store.reclaim_space()
+            except DatabaseError as exc:
+                # The batches are gone; only the file stays as large as it was.
+                log.warning("%s", exc.message)
+        return deleted
+
     # -- results --------------------------------------------------------------------------
 
     def _result_rows(
@@ -549,12 +580,10 @@ def _limits(values: Mapping[str, float | None] | None) -> RateLimits:
         raise ConfigError(str(exc)) from None
 
 
-# Longer durations are mistakes (and overflow date arithmetic): ten years.
-_MAX_DURATION_S = 3650 * 86400.0
-
-
 def _check_positive(value: float, what: str) -> None:
-    if not 0 < value <= _MAX_DURATION_S:
+    from batchrun.config.durations import MAX_DURATION_S
+
+    if not 0 < value <= MAX_DURATION_S:
         raise ConfigError(
             f"{what} must be a positive number of seconds up to ten years, not {value!r}"
         )

@@ -26,6 +26,7 @@ POSTGRES_URL_VARIABLE = "BATCHRUN_TEST_POSTGRES_URL"
 # Variables that choose or reach an endpoint, which a developer's shell may set.
 ENDPOINT_VARIABLES = (
     "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
     "ANTHROPIC_BASE_URL",
     "LANGDOCK_API_KEY",
     "AIMLAPI_API_KEY",

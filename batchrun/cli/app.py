@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from batchrun import __version__
 from batchrun.cli import batches, estimate, run, tools
@@ -146,7 +146,7 @@ def build_app() -> typer.Typer:
         rich_markup_mode="markdown",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_main_options)
     batches.add_submit(app)
@@ -160,6 +160,21 @@ def build_app() -> typer.Typer:
 app = build_app()
 
 
+def command() -> TyperGroup:
+    """The app as a click command, with flags shown without a ``<bool>`` type."""
+    built = typer.main.get_command(app)
+    assert isinstance(built, TyperGroup)
+    pending: list[object] = [built]
+    while pending:
+        command = pending.pop()
+        for param in getattr(command, "params", []):
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+        if isinstance(command, TyperGroup):
+            pending.extend(command.commands.values())
+    return built
+
+
 def main() -> None:
     """Console entry point."""
-    app()
+    command()()

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from batchrun.cli.consoles import print_json, stderr, stdout
 from batchrun.cli.options import duration_option
+from batchrun.cli.text import plural
+from batchrun.errors import ExitCode
 from batchrun.export.formats import EXPORT_FORMATS
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from batchrun.client import Client
+    from batchrun.export.batch_object import BatchStatus
 
 _RESULT_STATES = ("succeeded", "errored", "canceled", "expired")
 
@@ -74,6 +83,11 @@ def submit(
     Each line is {"custom_id": "...", "params": {...Messages API body...}}. If any line is
     invalid, every problem is listed (file:line) and nothing is stored, unless
     --skip-invalid is given.
+
+    Examples:
+
+        B=$(batchrun submit requests.jsonl --endpoint langdock-eu --name nightly)
+        batchrun submit requests.jsonl --dry-run
     """
     from batchrun.cli.context import client_of
     from batchrun.cli.views import submit_summary_lines
@@ -125,10 +139,13 @@ def status(
     ] = 2.0,
 ) -> None:
     """Show a batch: state, request counts, tokens, cost, throughput, when it started and
-    ended, and its most frequent errors."""
+    ended, and its most frequent errors. With --watch, refresh until the batch ends (exit
+    0) or pauses (exit 4).
+
+    Examples: `batchrun status msgbatch_01 --json` · `batchrun status msgbatch_01 --watch`
+    """
     from batchrun.cli.context import client_of
-    from batchrun.cli.views import status_line, status_table
-    from batchrun.export.batch_object import BatchStatus
+    from batchrun.cli.views import status_table
 
     client = client_of(ctx)
 
@@ -138,40 +155,79 @@ def status(
         else:
             stdout.print(status_table(batch))
 
-    def ended(batch: BatchStatus) -> bool:
-        return batch.processing_status == "ended"
+    def over(batch: BatchStatus) -> bool:
+        # A paused batch waits for a person: watching it longer shows nothing new.
+        return batch.processing_status == "ended" or batch.paused_reason is not None
 
     now = client.status(batch_id)
-    if not watch or ended(now):
+    watched = watch and not over(now)
+    if watched:
+        now = _watch(client, batch_id, now, over, interval_s=interval, as_json=as_json)
+    if not (watched and as_json):
         show(now, compact=False)
-        return
+    if watch and now.paused_reason is not None and now.processing_status != "ended":
+        stderr.print(f"{batch_id} is paused: {now.paused_reason}", markup=False)
+        raise typer.Exit(int(ExitCode.PAUSED))
+
+
+def _watch(
+    client: Client,
+    batch_id: str,
+    now: BatchStatus,
+    over: Callable[[BatchStatus], bool],
+    *,
+    interval_s: float,
+    as_json: bool,
+) -> BatchStatus:
+    """Refresh until the batch ends or pauses: a progress bar on a terminal, else a line (or
+    a JSON object) per refresh; returns the last status."""
+    from batchrun.cli.progress import progress_bar
+    from batchrun.cli.text import duration_text
+    from batchrun.cli.views import status_line
+
+    started, done_at_start = time.monotonic(), _done(now)
+
+    def bar(batch: BatchStatus) -> Table:
+        total = sum(batch.request_counts.model_dump().values())
+        elapsed_s = time.monotonic() - started
+        gained = _done(batch) - done_at_start
+        per_min = gained * 60 / elapsed_s if elapsed_s > 1 and gained > 0 else None
+        eta = "-" if per_min is None else duration_text((total - _done(batch)) * 60 / per_min)
+        return progress_bar(_done(batch), total, per_min=per_min, eta=eta)
+
     if stdout.is_terminal and not as_json:
         from rich.live import Live
 
-        with Live(status_table(now), console=stdout, auto_refresh=False) as view:
-            while not ended(now):
-                time.sleep(interval)
+        with Live(bar(now), console=stdout, auto_refresh=False) as view:
+            while not over(now):
+                time.sleep(interval_s)
                 now = client.status(batch_id)
-                view.update(status_table(now), refresh=True)
-        return
+                view.update(bar(now), refresh=True)
+        return now
     while True:
         if as_json:
-            show(now, compact=True)
+            print_json(now.model_dump(mode="json"), indent=None)
         else:
             stderr.print(status_line(now), markup=False)
-        if ended(now):
-            break
-        time.sleep(interval)
+        if over(now):
+            return now
+        time.sleep(interval_s)
         now = client.status(batch_id)
-    if not as_json:
-        show(now, compact=False)
+
+
+def _done(batch: BatchStatus) -> int:
+    counts = batch.request_counts
+    return counts.succeeded + counts.errored + counts.canceled + counts.expired
 
 
 def list_batches(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print batch objects.")] = False,
 ) -> None:
-    """List the batches, newest first."""
+    """List the batches, newest first (to a pipe: one tab-separated line per batch).
+
+    Examples: `batchrun list` · `batchrun list --json | jq -r '.data[].id'`
+    """
     from batchrun.cli.context import client_of
     from batchrun.cli.views import batches_lines, batches_table
 
@@ -192,7 +248,10 @@ def cancel(
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Cancel a batch: queued requests are canceled at once; a running worker stops sending
-    it within a second, and requests already in flight are still recorded."""
+    it within a second, and requests already in flight are still recorded.
+
+    Example: `batchrun cancel msgbatch_01`
+    """
     from batchrun.cli.context import client_of
 
     batch = client_of(ctx).cancel(batch_id)
@@ -200,6 +259,55 @@ def cancel(
         print_json(batch.model_dump(mode="json"))
     else:
         stderr.print(f"{batch_id}: {batch.processing_status}", markup=False)
+
+
+def delete(
+    ctx: typer.Context,
+    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+) -> None:
+    """Delete an ended batch with its requests and results. A batch that has not ended must
+    be canceled first (as with Anthropic's batches). On SQLite the space is reused for new
+    batches; `batchrun prune` also gives it back to the file system.
+
+    Example: `batchrun delete msgbatch_01`
+    """
+    from batchrun.cli.context import client_of
+
+    client_of(ctx).delete(batch_id)
+    stderr.print(f"{batch_id}: deleted", markup=False)
+
+
+def prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Delete the batches that ended longer ago than this (30d, 12h). Default: "
+            "retention in the config file.",
+            show_default=False,
+        ),
+    ] = None,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum/--no-vacuum",
+            help="On SQLite, give the freed space back to the file system (VACUUM rewrites "
+            "the file and needs it to itself for a moment).",
+        ),
+    ] = True,
+) -> None:
+    """Delete every batch that ended more than --older-than ago, in one transaction.
+
+    Examples: `batchrun prune --older-than 29d` · in cron, daily: `batchrun prune`
+    (with `retention = "29d"` in the config file)
+    """
+    from batchrun.cli.context import client_of
+
+    older_than_s = duration_option(older_than, "--older-than")
+    deleted = client_of(ctx).prune(older_than_s=older_than_s, reclaim_space=vacuum)
+    stderr.print(f"deleted {plural(len(deleted), 'batch')}", markup=False)
+    for batch_id in deleted:
+        sys.stdout.write(batch_id + "\n")
 
 
 def _check_choice(value: str | None, choices: tuple[str, ...], flag: str) -> str | None:
@@ -233,7 +341,13 @@ def results(
     ] = None,
 ) -> None:
     """Write the results of a batch in input order: Anthropic's batch results format (one
-    JSON line per request), or flat records (JSON lines or CSV) for analytics."""
+    JSON line per request), or flat records (JSON lines or CSV) for analytics.
+
+    Examples:
+
+        batchrun results msgbatch_01 -o results.jsonl
+        batchrun results msgbatch_01 --format csv --only errored -o errors.csv
+    """
     from batchrun.cli.context import client_of
 
     _check_choice(export_format, EXPORT_FORMATS.names(), "--format")
@@ -259,8 +373,10 @@ def add_submit(app: typer.Typer) -> None:
 
 
 def add_commands(app: typer.Typer) -> None:
-    """Register ``status``, ``list``, ``cancel`` and ``results``."""
+    """Register ``status``, ``list``, ``cancel``, ``results``, ``delete`` and ``prune``."""
     app.command()(status)
     app.command("list")(list_batches)
     app.command()(cancel)
     app.command()(results)
+    app.command()(delete)
+    app.command()(prune)

@@ -44,7 +44,10 @@ def estimate(
     """Estimate a request file before spending: requests, input tokens, output tokens
     (expected and worst case), cost, and how long the endpoint's limits make it take.
     Nothing is stored or sent. A limit flag (--rpm ...) replaces the endpoint's limit for
-    every model."""
+    every model.
+
+    Example: `batchrun estimate requests.jsonl --endpoint langdock-eu --output-share 0.5`
+    """
     from batchrun.cli.context import client_of
 
     plan = client_of(ctx).estimate(

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from batchrun.cli.text import parse_duration_s
+from batchrun.config.durations import parse_duration_s
 from batchrun.errors import ConfigError
 from batchrun.limits.dimensions import DIMENSIONS
 

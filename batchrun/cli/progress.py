@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -20,7 +21,7 @@ from batchrun.cli.consoles import print_json
 from batchrun.cli.text import amount_text, duration_text
 from batchrun.cli.views import run_summary_lines
 from batchrun.config.prices import describe_cost
-from batchrun.limits.dimensions import DIMENSIONS
+from batchrun.limits.limiter import Wait
 from batchrun.ops.monitor import KeyProgress, ProgressSnapshot
 from batchrun.ops.session import Note, PassFinished, PassResult, Progress, RunEvent
 
@@ -54,12 +55,21 @@ def _eta_text(snapshot: ProgressSnapshot) -> str:
     return "-" if snapshot.eta_s is None else duration_text(snapshot.eta_s)
 
 
+def _wait_text(wait: Wait) -> str:
+    return (
+        f"waiting {duration_text(wait.seconds)} for {wait.reason} from {wait.endpoint} "
+        f"({wait.model})"
+    )
+
+
 def progress_line(snapshot: ProgressSnapshot) -> str:
     """One plain line: counts, throughput, the binding limit, ETA and cost."""
     s = snapshot
     parts = [
         f"{s.done:,}/{s.total:,} done ({s.succeeded:,} succeeded, {s.errored:,} errored, "
         f"{s.canceled:,} canceled in this run)",
+        f"{s.retried:,} retried, {s.rate_limited:,} rate-limited"
+        + (f" (last: {s.last_failure})" if s.last_failure else ""),
         f"{s.in_flight:,} in flight",
         f"{amount_text(s.requests_per_min)} requests/min, "
         f"{amount_text(s.tokens_per_min)} tokens/min",
@@ -69,20 +79,34 @@ def progress_line(snapshot: ProgressSnapshot) -> str:
         parts.append(
             f"binding: {_use_text(busiest, busiest.binding)} on {busiest.endpoint} {busiest.model}"
         )
+    parts.extend(_wait_text(wait) for wait in s.waits)
     parts.append(f"ETA {_eta_text(s)}")
     parts.append(f"cost {describe_cost(s.cost)}")
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"{stamp} progress: " + "; ".join(parts)
 
 
+def progress_bar(done: int, total: int, *, per_min: float | None, eta: str) -> Table:
+    """A bar with done/total, the share, the rate and the ETA, within 80 columns."""
+    share = done / total if total else 1.0
+    line = Table.grid(padding=(0, 1))
+    line.add_column(width=24)
+    line.add_column()
+    rate = f" · {amount_text(per_min)}/min" if per_min else ""
+    line.add_row(
+        ProgressBar(total=max(total, 1), completed=done, width=24),
+        f"{done:,}/{total:,} ({share:.0%}){rate} · ETA {eta}",
+    )
+    return line
+
+
 def progress_table(snapshot: ProgressSnapshot) -> Group:
-    """The live view: totals, then one row per endpoint × model against its limits."""
+    """The live view: a progress bar, the run's counts, then each endpoint × model against
+    the limits in force. Lines wrap rather than cut, so it reads at 80 columns."""
     s = snapshot
-    share = s.done / s.total if s.total else 1.0
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
+    head.add_column(style="bold", no_wrap=True)
     head.add_column()
-    head.add_row("done", f"{s.done:,}/{s.total:,} ({share:.0%})")
     head.add_row(
         "this run",
         f"{s.succeeded:,} succeeded, {s.errored:,} errored, {s.canceled:,} canceled, "
@@ -95,22 +119,21 @@ def progress_table(snapshot: ProgressSnapshot) -> Group:
         f"{amount_text(s.tokens_per_min)} tokens/min",
     )
     head.add_row("elapsed", duration_text(s.elapsed_s))
-    head.add_row("ETA", _eta_text(s))
     head.add_row("cost so far", describe_cost(s.cost))
     for batch_id, reason in s.paused.items():
         head.add_row("paused", Text(f"{batch_id}: {reason}", style="yellow"))
-    limits = Table(box=None, pad_edge=False, show_edge=False)
-    dimensions = DIMENSIONS.names()
-    for column in ("endpoint", "model", *dimensions, "binds"):
-        limits.add_column(column)
+    for wait in s.waits:
+        head.add_row("waiting", Text(_wait_text(wait).removeprefix("waiting "), style="yellow"))
+    if s.last_failure:
+        head.add_row("last failure", s.last_failure)
     for key in s.keys:
-        limits.add_row(
-            key.endpoint,
-            key.model,
-            *(_use_text(key, d).split(" ", 1)[1] for d in dimensions),
-            key.binding or "no limit",
-        )
-    return Group(head, Text(""), limits) if s.keys else Group(head)
+        uses = [_use_text(key, use.dimension) for use in key.uses if use.limit is not None] or [
+            "no limit"
+        ]
+        binds = f" · binds: {key.binding}" if key.binding else ""
+        head.add_row(f"{key.endpoint}", f"{key.model}: {', '.join(uses)}{binds}")
+    bar = progress_bar(s.done, s.total, per_min=s.requests_per_min, eta=_eta_text(s))
+    return Group(bar, head)
 
 
 class RunDisplay:

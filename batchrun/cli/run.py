@@ -147,7 +147,13 @@ def run(
     the endpoints for every model of the run. On a terminal a live view shows progress,
     throughput against each limit, the ETA and the cost; otherwise a progress line is logged
     every --progress-interval. Exit codes: 0 done, 3 some results errored, 4 a batch paused,
-    5 stopped at --max-runtime, 6 another run holds the SQLite database.
+    5 stopped at --max-runtime, 6 another run holds the SQLite database, 7 a batch was
+    canceled while it ran.
+
+    Examples:
+
+        batchrun run "$B" --rpm 500 --tpm 60000
+        batchrun run --forever --max-runtime 55m --quiet
     """
     from batchrun.cli.context import client_of
     from batchrun.cli.progress import RunDisplay
@@ -207,6 +213,8 @@ def resume(
     left unsent, then run the batch. Any `run` option may follow, e.g. `--rpm 50`.
 
     An interrupted or paused batch needs no resume: `batchrun run BATCH_ID` continues it.
+
+    Examples: `batchrun resume msgbatch_01` · `batchrun resume msgbatch_01 --retry-errored`
     """
     from batchrun.cli.context import client_of
 

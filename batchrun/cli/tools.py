@@ -19,7 +19,10 @@ def list_endpoints(
 ) -> None:
     """List every endpoint: URL, auth style, key variable and whether it is set (never the
     key), limits per model, the default, and where each is defined (built-in or a config
-    file)."""
+    file).
+
+    Example: `batchrun --config batchrun.toml endpoints --json`
+    """
     from batchrun.cli.context import client_of
     from batchrun.cli.endpoint_views import endpoints_json, endpoints_lines
 
@@ -50,16 +53,25 @@ def simulate(
     error_rate: Annotated[float, typer.Option(help="Share of answers that are 500s.")] = 0.0,
     overloaded_rate: Annotated[float, typer.Option(help="Share of 529 answers.")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
-    no_ratelimit_headers: Annotated[
-        bool, typer.Option(help="Send only retry-after on 429, no anthropic-ratelimit-*.")
-    ] = False,
+    ratelimit_headers: Annotated[
+        bool,
+        typer.Option(
+            "--ratelimit-headers/--no-ratelimit-headers",
+            help="Send anthropic-ratelimit-* headers (without them, a 429 has only retry-after).",
+        ),
+    ] = True,
 ) -> None:
     """Serve the built-in Messages API simulator on 127.0.0.1 (Ctrl-C stops it).
 
     Point batchrun at it with ANTHROPIC_BASE_URL=http://127.0.0.1:PORT and any
     ANTHROPIC_API_KEY, or with an endpoint in the config file whose base_url is that URL.
     Prompts may force behaviour with [[sim:status=500:times=2]] and similar directives (see
-    the README).
+    the simulator page of the docs).
+
+    Examples:
+
+        batchrun simulate --port 8765 --rpm 600 --latency-s 1.5
+        ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_API_KEY=x batchrun run
     """
     from batchrun.simulator.config import SimulatorConfig
     from batchrun.simulator.server import serve
@@ -76,7 +88,7 @@ def simulate(
         error_500=error_rate,
         overloaded_529=overloaded_rate,
         seed=seed,
-        send_ratelimit_headers=not no_ratelimit_headers,
+        send_ratelimit_headers=ratelimit_headers,
     )
 
     def announce(actual_port: int) -> None:

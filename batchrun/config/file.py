@@ -27,6 +27,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from batchrun.config.durations import parse_duration_s
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.errors import ConfigError
 from batchrun.limits.dimensions import DIMENSIONS, RateLimits
@@ -64,6 +65,8 @@ class Settings:
     endpoints: Mapping[str, EndpointSettings] = field(default_factory=dict)
     # [prices."MODEL"]: USD per million tokens, overriding the built-in price of that model.
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    # How long ended batches are kept before `batchrun prune` deletes them (None: kept).
+    retention_s: float | None = None
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this file and the key: ``FILE: KEY: problem``."""
@@ -132,6 +135,7 @@ def load_settings(path: Path | None) -> Settings:
         default_endpoint=parsed.default_endpoint,
         endpoints={name: table.to_settings(name) for name, table in parsed.endpoints.items()},
         prices={model: table.to_price() for model, table in parsed.prices.items()},
+        retention_s=(None if parsed.retention is None else parse_duration_s(parsed.retention)),
     )
 
 
@@ -293,8 +297,18 @@ class _PriceTable(_Table):
         )
 
 
+def _check_retention(value: str) -> str:
+    try:
+        parse_duration_s(value, what="retention")
+    except ConfigError as exc:
+        raise _fail(exc.message.removeprefix("retention: ")) from None
+    return value
+
+
 class _ConfigFile(_Table):
     default_endpoint: EndpointName | None = None
+    # How long ended batches are kept, e.g. "30d"; `batchrun prune` deletes older ones.
+    retention: Annotated[str, AfterValidator(_check_retention)] | None = None
     endpoints: dict[EndpointName, _EndpointTable] = {}
     prices: dict[Annotated[str, Field(min_length=1)], _PriceTable] = {}
 

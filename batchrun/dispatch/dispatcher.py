@@ -93,6 +93,8 @@ class RunReport:
     lost_leases: int = 0
     # Batches this run stopped sending because they were canceled meanwhile.
     canceled_batches: set[str] = field(default_factory=set)
+    # The latest failure, short ("HTTP 529 overloaded_error"), for progress lines.
+    last_failure: str | None = None
 
     def count(self, decision: Decision, outcome: Outcome) -> None:
         """Count what an answer led to."""
@@ -104,8 +106,10 @@ class RunReport:
             case Finish(result=result):
                 self.errored += 1
                 self.error_types[result.error_type or "api_error"] += 1
-            case Retry():
+                self.last_failure = result.error_type
+            case Retry(retry=retry):
                 self.retried += 1
+                self.last_failure = retry.last_error
 
 
 class Dispatcher:

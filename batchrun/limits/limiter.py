@@ -25,6 +25,7 @@ back-off and leaves the limits alone. Time is the event loop's; tests run in vir
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.limits.learning import InputCalibration, OutputEstimate
 from batchrun.limits.windows import RecentValues
 from batchrun.records import Fatal, Halt, Outcome, Retryable, ServerLimits, Succeeded
+
+log = logging.getLogger(__name__)
 
 LimitKey = tuple[str, str]
 """(endpoint name, model)."""
@@ -54,6 +57,12 @@ MIN_MEASURE_S = 8.0
 DECREASE_TO_MEASURED = 0.97
 DECREASE_BLIND = 0.75
 DECREASE_COOLDOWN_S = 2.0
+# Announced and learned limits never go below this share of the configured limit (or, with
+# none configured, this many a minute): a server's absurd announcement cannot stall a run.
+MIN_SHARE_OF_CONFIGURED = 0.01
+MIN_LIMIT_PER_MIN = 1.0
+# A pause this long is said in the log and in progress, with its reason.
+LONG_PAUSE_S = 60.0
 # ... and creeping back up: this share of the ceiling every interval without a 429.
 INCREASE_INTERVAL_S = 2.0
 INCREASE_SHARE = 0.01
@@ -87,6 +96,16 @@ class Permit:
     amounts: Amounts = field(default_factory=Amounts)
 
 
+@dataclass(frozen=True)
+class Wait:
+    """An endpoint × model held back for ``seconds`` more, and why."""
+
+    endpoint: str
+    model: str
+    seconds: float
+    reason: str
+
+
 @dataclass
 class _KeyState:
     configured: RateLimits
@@ -104,19 +123,29 @@ class _KeyState:
     )
     calibration: InputCalibration = field(default_factory=InputCalibration)
     outputs: OutputEstimate = field(default_factory=OutputEstimate)
+    # The latest pause this worker set, and why: (until, loop time; reason).
+    paused_until: float = -math.inf
+    pause_reason: str = ""
 
     def limit(self, dimension: str) -> float | None:
-        """The per-minute limit in force for a dimension, or None."""
-        candidates = [
-            value
-            for value in (
-                self.configured.get(dimension),
-                self.announced.get(dimension),
-                self.learned.get(dimension),
-            )
+        """The per-minute limit in force for a dimension, or None. What a server announces
+        and what was learned never go below :meth:`floor`: a server announcing a limit of
+        0.0001 a minute would otherwise stall the run for good."""
+        configured = self.configured.get(dimension)
+        floor = self.floor(dimension)
+        candidates = [configured] + [
+            max(value, floor)
+            for value in (self.announced.get(dimension), self.learned.get(dimension))
             if value is not None
         ]
-        return min(candidates) if candidates else None
+        found = [value for value in candidates if value is not None]
+        return min(found) if found else None
+
+    def floor(self, dimension: str) -> float:
+        """The lowest limit a server's word or learning can set: a share of the configured
+        limit, or one a minute."""
+        configured = self.configured.get(dimension)
+        return configured * MIN_SHARE_OF_CONFIGURED if configured else MIN_LIMIT_PER_MIN
 
     def ceiling(self, dimension: str) -> float | None:
         """The limit without what was learned: where learning may climb back to."""
@@ -146,6 +175,11 @@ class Limiter:
         self._settings = settings or LimiterSettings()
         self._bank: Bank = bank or LocalBank()
         self._states: dict[LimitKey, _KeyState] = {}
+
+    @property
+    def burst_s(self) -> float:
+        """The buckets' size, in seconds of their limit."""
+        return self._settings.burst_s
 
     def limits_for(self, key: LimitKey) -> RateLimits:
         """The configured limits of a key."""
@@ -237,7 +271,7 @@ class Limiter:
                     OVERLOAD_PAUSE_S * 2 ** (state.consecutive_overloads - 1),
                     MAX_OVERLOAD_PAUSE_S,
                 )
-                self._bank.pause(permit.key, pause_s)
+                self._pause(permit.key, state, pause_s, "529 overloaded", now)
                 self._heed(permit.key, state, retry.server_limits)
             case Retryable() as retry:
                 # A 5xx or a lost connection may have been processed: keep the reservation.
@@ -264,6 +298,32 @@ class Limiter:
             if state.limit(dimension) is not None:
                 self._bank.clamp(key, dimension, remaining)
 
+    def _pause(
+        self, key: LimitKey, state: _KeyState, pause_s: float, reason: str, now: float
+    ) -> None:
+        self._bank.pause(key, pause_s)
+        if now + pause_s > state.paused_until:
+            state.paused_until, state.pause_reason = now + pause_s, reason
+        if pause_s >= LONG_PAUSE_S:
+            log.warning(
+                "%s asks to wait %.0f s (%s) for %s; nothing is sent to it until then",
+                key[0],
+                pause_s,
+                reason,
+                key[1],
+            )
+
+    def waits(self) -> list[Wait]:
+        """The endpoint × models this worker holds back now, and why (a retry-after, a 429,
+        a 529), longest first."""
+        now = asyncio.get_running_loop().time()
+        found = [
+            Wait(key[0], key[1], state.paused_until - now, state.pause_reason)
+            for key, state in self._states.items()
+            if state.paused_until > now
+        ]
+        return sorted(found, key=lambda wait: -wait.seconds)
+
     def _rate_limited(self, key: LimitKey, state: _KeyState, retry: Retryable, now: float) -> None:
         state.consecutive_429s += 1
         if retry.retry_after_s is not None:
@@ -272,7 +332,8 @@ class Limiter:
             pause_s = min(
                 DEFAULT_429_PAUSE_S * 2 ** (state.consecutive_429s - 1), MAX_DEFAULT_429_PAUSE_S
             )
-        self._bank.pause(key, pause_s)
+        why = "retry-after" if retry.retry_after_s is not None else "a 429"
+        self._pause(key, state, pause_s, why, now)
         state.last_increase_at = now
         if now - state.last_decrease_at < DECREASE_COOLDOWN_S:
             return  # the other 429s of the same burst say nothing new

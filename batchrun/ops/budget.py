@@ -81,10 +81,11 @@ class BudgetGuard:
         committed = account.spent_usd + account.reserved_usd
         if committed + worst_usd > account.budget_usd:
             return (
-                f"max-cost {format_usd(account.budget_usd)} reached: "
-                f"{format_usd(account.spent_usd)} spent, "
-                f"{format_usd(account.reserved_usd)} reserved by requests in flight, and the "
-                f"next request may cost up to {format_usd(worst_usd)}; raise the budget with "
+                f"max-cost {format_usd(account.budget_usd)} reached: when the next request "
+                f"was due, {format_usd(account.spent_usd)} was spent, "
+                f"{format_usd(account.reserved_usd)} was reserved by requests in flight (their "
+                f"answers are counted in the cost once in), and the next request may cost up "
+                f"to {format_usd(worst_usd)}; raise the budget with "
                 f"`batchrun run {batch_id} --max-cost USD`"
             )
         account.reserved_usd += worst_usd

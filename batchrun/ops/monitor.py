@@ -27,7 +27,7 @@ from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.dispatch.dispatcher import Dispatcher, DispatchProgress
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import DIMENSIONS, Amounts
-from batchrun.limits.limiter import Limiter, LimitKey, Permit
+from batchrun.limits.limiter import Limiter, LimitKey, Permit, Wait
 from batchrun.limits.windows import RecentValues
 from batchrun.ops.budget import BudgetGuard
 from batchrun.records import (
@@ -102,6 +102,10 @@ class ProgressSnapshot:
     keys: tuple[KeyProgress, ...]
     paused: Mapping[str, str] = field(default_factory=dict)
     stopping: bool = False
+    # The endpoint × models held back by a server's request to wait, and why.
+    waits: tuple[Wait, ...] = ()
+    # The latest transient failure, as a short reason ("HTTP 529 overloaded_error").
+    last_failure: str | None = None
 
 
 class RunMonitor:
@@ -241,7 +245,10 @@ class RunMonitor:
         per_key: dict[LimitKey, Amounts] = {key: Amounts() for key in self._keys}
         for key, used in self._uses.at(now):
             per_key[key] = per_key.get(key, Amounts()) + used
-        scale = 60.0 / span_s if span_s >= MIN_RATE_WINDOW_S else 0.0
+        # While the window still holds the start, it holds the buckets' first burst too: read
+        # over the window plus that burst, the rate is the steady one, not 107 % of a limit.
+        burst_s = self._limiter.burst_s if self._limiter and now - started < RATE_WINDOW_S else 0.0
+        scale = 60.0 / (span_s + burst_s) if span_s >= MIN_RATE_WINDOW_S else 0.0
         keys = tuple(self._key_progress(key, totals, scale) for key, totals in per_key.items())
         everything = sum(per_key.values(), Amounts())
         requests_per_min = everything.requests * scale
@@ -268,6 +275,8 @@ class RunMonitor:
             keys=keys,
             paused=dict(report.paused) if report else {},
             stopping=self.time_limit_reached,
+            waits=tuple(self._limiter.waits()) if self._limiter else (),
+            last_failure=report.last_failure if report else None,
         )
 
     def _key_progress(self, key: LimitKey, totals: Amounts, scale: float) -> KeyProgress:

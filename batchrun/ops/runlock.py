@@ -15,7 +15,6 @@ lock is taken.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -75,7 +74,7 @@ async def run_lock(
         announced = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_now(fd)
                 break
             except BlockingIOError:
                 holder = _holder(path)
@@ -92,8 +91,26 @@ async def run_lock(
                 await asyncio.sleep(WAIT_POLL_S)
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"pid": os.getpid(), "since": since}).encode())
         yield
     finally:
         # Closing the descriptor releases the lock; the file stays, empty of meaning.
         os.close(fd)
+
+
+def _lock_now(fd: int) -> None:
+    """Take the lock on ``fd`` without waiting; BlockingIOError when another process has it.
+    POSIX flock where there is one; on Windows, msvcrt's byte-range lock (the same promise:
+    the system drops it when the process ends). Windows is not tested here."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise BlockingIOError(str(exc)) from exc
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

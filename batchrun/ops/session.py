@@ -338,9 +338,11 @@ class RunSession:
         return done
 
     async def _watch(self, monitor: RunMonitor, interval_s: float) -> None:
+        # A first snapshot at once: a log shows the run started, and what it has to do.
+        await asyncio.sleep(0)
         while True:
-            await asyncio.sleep(interval_s)
             self._emit(Progress(monitor.snapshot()))
+            await asyncio.sleep(interval_s)
 
 
 def _exit_code(report: RunReport, batches: tuple[BatchSummary, ...], stopped: bool) -> ExitCode:

@@ -1,7 +1,9 @@
-"""A batch's life after submit: cancel, pause, expiry, requeue for resume, moving it."""
+"""A batch's life after submit: cancel, pause, expiry, requeue for resume, moving it, and
+removing it (delete, prune)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -14,6 +16,7 @@ from sqlalchemy import (
     update,
 )
 
+from batchrun.errors import BatchStateError, DatabaseError
 from batchrun.store import tables as t
 from batchrun.store.base import StoreBase, batch_not_found
 
@@ -187,3 +190,60 @@ class BatchLifecycle(StoreBase):
         if changed:
             self._insert_bare_results(conn, batch_id, state, now)
         return int(changed)
+
+    # -- removing data ------------------------------------------------------------------------
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Delete an ended batch with its requests and results, in one transaction.
+        BatchNotFoundError if there is none; BatchStateError if it has not ended (as with
+        Anthropic's batches: cancel it first)."""
+        with self._write() as conn:
+            found = conn.execute(
+                select(t.batches.c.ended_at).where(t.batches.c.id == batch_id)
+            ).one_or_none()
+            if found is None:
+                raise batch_not_found(batch_id)
+            if found.ended_at is None:
+                raise BatchStateError(
+                    f"batch {batch_id} has not ended; only ended batches can be deleted "
+                    f"(`batchrun cancel {batch_id}` first)"
+                )
+            self._delete(conn, [batch_id])
+
+    def prune_batches(self, ended_before: datetime) -> list[str]:
+        """Delete every batch that ended before ``ended_before``, with its requests and
+        results, in one transaction; returns their ids."""
+        with self._write() as conn:
+            ids = list(
+                conn.scalars(
+                    select(t.batches.c.id).where(
+                        t.batches.c.ended_at.is_not(None), t.batches.c.ended_at < ended_before
+                    )
+                )
+            )
+            if ids:
+                self._delete(conn, ids)
+            return ids
+
+    def _delete(self, conn: Connection, batch_ids: Sequence[str]) -> None:
+        # Children first: a database without foreign-key cascades deletes the same rows.
+        conn.execute(t.results.delete().where(t.results.c.batch_id.in_(batch_ids)))
+        conn.execute(t.requests.delete().where(t.requests.c.batch_id.in_(batch_ids)))
+        conn.execute(t.batches.delete().where(t.batches.c.id.in_(batch_ids)))
+
+    def reclaim_space(self) -> bool:
+        """Give deleted rows' space back to the file system: VACUUM on SQLite (which keeps
+        freed pages for reuse otherwise); returns whether anything was done (Postgres
+        reclaims space with its own autovacuum)."""
+        if self._engine.dialect.name != "sqlite":
+            return False
+        # Outside any transaction, which VACUUM refuses: batchrun's SQLite connections are in
+        # autocommit mode until a transaction begins.
+        raw = self._engine.raw_connection()
+        try:
+            raw.cursor().execute("VACUUM")
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot give the freed space back (VACUUM): {exc}") from None
+        finally:
+            raw.close()
+        return True

@@ -30,6 +30,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 ANTHROPIC_VERSION = "2023-06-01"
 ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+ANTHROPIC_API_KEY_ENV = "ANTHROPIC_API_KEY"
+ANTHROPIC_AUTH_TOKEN_ENV = "ANTHROPIC_AUTH_TOKEN"
 # Names the endpoint `submit` uses when --endpoint is not given.
 ENDPOINT_ENV = "BATCHRUN_ENDPOINT"
 SIMULATOR = "simulator"
@@ -118,7 +120,7 @@ def builtin_endpoints(env: Mapping[str, str]) -> dict[str, Endpoint]:
             name=DEFAULT_ENDPOINT,
             base_url=ANTHROPIC_DEFAULT_BASE_URL,
             auth="x-api-key",
-            api_key_env="ANTHROPIC_API_KEY",
+            api_key_env=ANTHROPIC_API_KEY_ENV,
             headers={"anthropic-version": ANTHROPIC_VERSION},
         ),
         _langdock("eu"),
@@ -142,9 +144,28 @@ def builtin_endpoints(env: Mapping[str, str]) -> dict[str, Endpoint]:
 
 
 def _apply_env(endpoint: Endpoint, env: Mapping[str, str]) -> Endpoint:
-    # As the official SDK does, ANTHROPIC_BASE_URL redirects the anthropic endpoint.
-    if endpoint.name == DEFAULT_ENDPOINT and (url := env.get(ANTHROPIC_BASE_URL_ENV)):
-        return replace(endpoint, base_url=url, sources=(*endpoint.sources, ANTHROPIC_BASE_URL_ENV))
+    """As the official SDK does: ANTHROPIC_BASE_URL redirects the anthropic endpoint, and
+    ANTHROPIC_AUTH_TOKEN authenticates it as a bearer token when ANTHROPIC_API_KEY is not
+    set (an SDK given both sends both; batchrun sends the API key)."""
+    if endpoint.name != DEFAULT_ENDPOINT:
+        return endpoint
+    if url := env.get(ANTHROPIC_BASE_URL_ENV):
+        endpoint = replace(
+            endpoint, base_url=url, sources=(*endpoint.sources, ANTHROPIC_BASE_URL_ENV)
+        )
+    key_variable = endpoint.api_key_env or ""
+    if (
+        endpoint.auth == "x-api-key"
+        and key_variable == ANTHROPIC_API_KEY_ENV
+        and not env.get(key_variable, "").strip()
+        and env.get(ANTHROPIC_AUTH_TOKEN_ENV, "").strip()
+    ):
+        endpoint = replace(
+            endpoint,
+            auth="bearer",
+            api_key_env=ANTHROPIC_AUTH_TOKEN_ENV,
+            sources=(*endpoint.sources, ANTHROPIC_AUTH_TOKEN_ENV),
+        )
     return endpoint
 
 

@@ -37,7 +37,9 @@ def test_requests_in_flight_reserve_their_worst_case() -> None:
 
     assert first is None and second is None
     assert third is not None
-    assert "$1.00 reached: $0.00 spent, $1.00 reserved" in third
+    assert "$1.00 reached: when the next request was due, $0.00 was spent, $1.00 was reserved" in (
+        third
+    )
     assert "`batchrun run b --max-cost USD`" in third
     # The answer used 40,000 tokens ($0.05): the reservation is replaced by the real cost.
     guard.settle(1, HAIKU, answer(40_000))

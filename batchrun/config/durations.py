@@ -1,0 +1,42 @@
+"""Durations written the way people write them: ``90s``, ``55m``, ``24h``, ``1h30m``, ``2d``.
+
+Read from flags (``--expires-in``, ``--max-runtime``) and from the config file
+(``retention``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from batchrun.errors import ConfigError
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+_SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Longer durations are mistakes (and overflow date arithmetic): ten years.
+MAX_DURATION_S = 3650 * 86400.0
+
+
+def parse_duration_s(text: str, *, what: str = "duration") -> float:
+    """Seconds in ``text`` (``90s``, ``55m``, ``24h``, ``1h30m``, ``2d``; a bare number means
+    seconds). ConfigError with an example if it cannot be read or is not positive."""
+    cleaned = text.strip().lower().replace(" ", "")
+    seconds: float | None = None
+    try:
+        seconds = float(cleaned)
+    except ValueError:
+        position = 0
+        total = 0.0
+        for match in _PART.finditer(cleaned):
+            if match.start() != position:
+                break
+            total += float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
+            position = match.end()
+        if position == len(cleaned) and position > 0:
+            seconds = total
+    if seconds is None or not seconds > 0:
+        raise ConfigError(
+            f"{what}: {text!r} is not a positive duration; write it like 90s, 55m, 24h or 1h30m"
+        )
+    if seconds > MAX_DURATION_S:
+        raise ConfigError(f"{what}: {text!r} is longer than ten years; give a shorter duration")
+    return seconds
