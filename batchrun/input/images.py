@@ -11,8 +11,9 @@ its aspect ratio, to the largest size within both bounds (short edge rounded wit
 Sizes are read from the first bytes of PNG, JPEG, GIF and WebP data; EXIF orientation is
 ignored. Only a prefix of the base64 text is decoded (a 5 MB image costs 768 bytes of
 decoding), so the reader must work from a header alone: the imagesize library was tried and
-reads no size from header-only data, so this small parser stays. An image whose size cannot be read (other formats, URL or file sources, corrupt
-data) costs :data:`UNREADABLE_IMAGE_TOKENS`.
+reads no size from header-only data, so this small parser stays. An image whose size cannot
+be read (other formats, URL or file sources, corrupt data) costs
+:data:`UNREADABLE_IMAGE_TOKENS`.
 """
 
 from __future__ import annotations
