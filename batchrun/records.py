@@ -362,3 +362,5 @@ class ResultDetail:
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    # What the server sent, when the stored Message is not it (normalised, clamped, refused).
+    raw_body: str | None = None

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup, TyperOption
@@ -170,9 +170,25 @@ def command() -> TyperGroup:
         for param in getattr(command, "params", []):
             if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
                 param.metavar = ""
+        _untyped_help_option(command)
         if isinstance(command, TyperGroup):
             pending.extend(command.commands.values())
     return built
+
+
+def _untyped_help_option(command: object) -> None:
+    """Show --help without a type: click makes that option when help is asked for."""
+    make = getattr(command, "get_help_option", None)
+    if make is None:
+        return
+
+    def get_help_option(ctx: Any) -> Any:
+        option = make(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option  # type: ignore[attr-defined]
 
 
 def main() -> None:

@@ -259,6 +259,8 @@ class _EndpointTable(_Table):
     max_attempts: Annotated[int, Field(ge=1)] | None = None
     # The largest answer read, after decompression (default 32 MiB).
     max_response_bytes: Annotated[int, Field(ge=1024)] | None = None
+    # /v1/messages/count_tokens calls a minute with `run --count-tokens` (default 100).
+    count_tokens_rpm: PositiveNumber | None = None
     # Per model ("*": every other model): dimension name → limit per minute.
     limits: dict[str, dict[Annotated[str, AfterValidator(_check_dimension)], PositiveNumber]] = {}
 
@@ -275,6 +277,7 @@ class _EndpointTable(_Table):
             timeout_s=self.timeout_s,
             max_attempts=self.max_attempts,
             max_response_bytes=self.max_response_bytes,
+            count_tokens_rpm=self.count_tokens_rpm,
             limits={model: RateLimits(values) for model, values in self.limits.items()},
             fields_set=frozenset(self.model_fields_set),
         )

@@ -49,6 +49,7 @@ COLUMNS = (
     "created_at",
     "started_at",
     "completed_at",
+    "raw_body",
 )
 
 
@@ -120,6 +121,7 @@ def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[d
             "created_at": _when(row.created_at),
             "started_at": _when(row.started_at),
             "completed_at": _when(row.completed_at),
+            "raw_body": row.raw_body,
         }
 
 

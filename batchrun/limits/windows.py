@@ -32,6 +32,11 @@ class RecentValues(Generic[Value]):
         self._forget_before(now - self._span_s)
         return (value for _, value in self._entries)
 
+    def timed(self, now: float) -> Iterator[tuple[float, Value]]:
+        """The values of the ``span_s`` seconds up to ``now`` with their times, oldest first."""
+        self._forget_before(now - self._span_s)
+        return iter(self._entries)
+
     def _forget_before(self, moment: float) -> None:
         while self._entries and self._entries[0][0] < moment:
             self._entries.popleft()

@@ -138,6 +138,7 @@ class RunMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._deadline: asyncio.TimerHandle | None = None
         self._started: float | None = None
+        self._first_answer_at: float | None = None
         self.time_limit_reached = False
 
     # -- the observer ---------------------------------------------------------------------------
@@ -172,6 +173,8 @@ class RunMonitor:
         now = asyncio.get_running_loop().time()
         match outcome:
             case Succeeded(usage=usage):
+                if self._first_answer_at is None:
+                    self._first_answer_at = now
                 self._uses.add(now, (permit.key, Amounts.of_usage(usage)))
                 for index, value in enumerate(
                     (
@@ -241,14 +244,18 @@ class RunMonitor:
         started = now if self._started is None else self._started
         done_here = (report.succeeded + report.errored + report.canceled) if report else 0
         self._done_samples.append((now, done_here))
-        span_s = min(RATE_WINDOW_S, now - started)
+        # Rates count from the first answer (before it, nothing could be measured). While the
+        # window still holds that start, it may hold the buckets' first burst too (a bucket
+        # that filled while nothing was sent): the first burst_s seconds of answers are left
+        # out, so early rates are the steady ones, not 107 % of a limit.
+        first = self._first_answer_at if self._first_answer_at is not None else now
+        skip_s = self._limiter.burst_s if self._limiter and now - first < RATE_WINDOW_S else 0.0
         per_key: dict[LimitKey, Amounts] = {key: Amounts() for key in self._keys}
-        for key, used in self._uses.at(now):
-            per_key[key] = per_key.get(key, Amounts()) + used
-        # While the window still holds the start, it holds the buckets' first burst too: read
-        # over the window plus that burst, the rate is the steady one, not 107 % of a limit.
-        burst_s = self._limiter.burst_s if self._limiter and now - started < RATE_WINDOW_S else 0.0
-        scale = 60.0 / (span_s + burst_s) if span_s >= MIN_RATE_WINDOW_S else 0.0
+        for at, (key, used) in self._uses.timed(now):
+            if at >= first + skip_s:
+                per_key[key] = per_key.get(key, Amounts()) + used
+        span_s = min(RATE_WINDOW_S, now - first - skip_s)
+        scale = 60.0 / span_s if span_s >= MIN_RATE_WINDOW_S else 0.0
         keys = tuple(self._key_progress(key, totals, scale) for key, totals in per_key.items())
         everything = sum(per_key.values(), Amounts())
         requests_per_min = everything.requests * scale

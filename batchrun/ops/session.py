@@ -288,9 +288,10 @@ class RunSession:
         if any(value is not None for value in budgets.values()):
             guard = BudgetGuard(self._prices, budgets, await self._costs(db, ids))
         loop = asyncio.get_running_loop()
+        before = {batch_id: await db.get_batch(batch_id) for batch_id in ids}
         monitor = RunMonitor(
             prices=self._prices,
-            counts={batch_id: (await db.get_batch(batch_id)).counts for batch_id in ids},
+            counts={batch_id: batch.counts for batch_id, batch in before.items()},
             guard=guard,
             max_runtime_s=None if deadline is None else deadline - loop.time(),
             db=db,
@@ -325,6 +326,14 @@ class RunSession:
                 await asyncio.gather(watcher, return_exceptions=True)
         batches = tuple([await db.get_batch(batch_id) for batch_id in ids])
         stopped = monitor.time_limit_reached and any(b.counts.processing for b in batches)
+        # Canceled while this pass ran: seen by the dispatcher's watch, or (when the cancel
+        # emptied the queue before the watch looked, and the pass simply ran out of work) by
+        # the batch's own record.
+        canceled = report.canceled_batches | {
+            b.id
+            for b in batches
+            if b.cancel_initiated_at is not None and before[b.id].cancel_initiated_at is None
+        }
         done = PassResult(
             batches=batches,
             report=report,
@@ -332,7 +341,7 @@ class RunSession:
             stopped_by_time_limit=stopped,
             costs=await self._costs(db, ids),
             budgets=budgets,
-            exit_code=_exit_code(report, batches, stopped),
+            exit_code=_exit_code(report, batches, stopped=stopped, canceled=bool(canceled)),
         )
         self._emit(PassFinished(done))
         return done
@@ -345,14 +354,16 @@ class RunSession:
             await asyncio.sleep(interval_s)
 
 
-def _exit_code(report: RunReport, batches: tuple[BatchSummary, ...], stopped: bool) -> ExitCode:
+def _exit_code(
+    report: RunReport, batches: tuple[BatchSummary, ...], *, stopped: bool, canceled: bool
+) -> ExitCode:
     """The first that applies of: interrupted, paused, canceled while it ran, stopped by the
     time limit, some results errored; else OK."""
     if report.interrupted:
         return ExitCode.INTERRUPTED
     if report.paused:
         return ExitCode.PAUSED
-    if report.canceled_batches:
+    if canceled:
         return ExitCode.CANCELED
     if stopped:
         return ExitCode.TIME_LIMIT

@@ -73,6 +73,13 @@ def create_database_engine(
                 f"the database URL asks for the {driver} driver, which batchrun does not "
                 f"use; write postgresql+psycopg://... (psycopg 3)"
             )
+        try:
+            import psycopg  # noqa: F401  (the engine would load it at the first connection)
+        except ImportError:
+            raise DatabaseError(
+                "Postgres needs the psycopg driver (psycopg 3), which this installation "
+                "lacks: pip install 'batchrun[postgres]'"
+            ) from None
         return create_engine(parsed, pool_pre_ping=True)
     if backend != "sqlite":
         raise DatabaseError(f"batchrun cannot keep its jobs in {backend}; {_URL_FORMS}")

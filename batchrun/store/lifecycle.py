@@ -28,12 +28,7 @@ class BatchLifecycle(StoreBase):
         """Start canceling: queued requests (and running ones whose worker is gone) become
         canceled at once; the batch ends when its in-flight requests are recorded."""
         with self._write() as conn:
-            found = conn.execute(
-                select(t.batches.c.ended_at).where(t.batches.c.id == batch_id)
-            ).one_or_none()
-            if found is None:
-                raise batch_not_found(batch_id)
-            if found.ended_at is not None:
+            if _ended_at(conn, batch_id) is not None:
                 return
             conn.execute(
                 update(t.batches)
@@ -198,12 +193,7 @@ class BatchLifecycle(StoreBase):
         BatchNotFoundError if there is none; BatchStateError if it has not ended (as with
         Anthropic's batches: cancel it first)."""
         with self._write() as conn:
-            found = conn.execute(
-                select(t.batches.c.ended_at).where(t.batches.c.id == batch_id)
-            ).one_or_none()
-            if found is None:
-                raise batch_not_found(batch_id)
-            if found.ended_at is None:
+            if _ended_at(conn, batch_id) is None:
                 raise BatchStateError(
                     f"batch {batch_id} has not ended; only ended batches can be deleted "
                     f"(`batchrun cancel {batch_id}` first)"
@@ -247,3 +237,14 @@ class BatchLifecycle(StoreBase):
         finally:
             raw.close()
         return True
+
+
+def _ended_at(conn: Connection, batch_id: str) -> datetime | None:
+    """When the batch ended (None while it runs); BatchNotFoundError if there is none."""
+    found = conn.execute(
+        select(t.batches.c.ended_at).where(t.batches.c.id == batch_id)
+    ).one_or_none()
+    if found is None:
+        raise batch_not_found(batch_id)
+    ended_at: datetime | None = found.ended_at
+    return ended_at

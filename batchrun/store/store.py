@@ -427,6 +427,7 @@ class Store(BatchLifecycle, Leases):
                 t.batches.c.created_at,
                 req.started_at,
                 res.completed_at,
+                res.raw_body,
             )
             .select_from(
                 t.requests.join(t.batches, t.batches.c.id == req.batch_id).outerjoin(

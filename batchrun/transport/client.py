@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
+from aiolimiter import AsyncLimiter
 
 from batchrun import __version__
 from batchrun.errors import ConfigError
@@ -80,6 +81,7 @@ class MessagesClient:
         self._http = http
         self._timeout_s = timeout_s
         self._max_response_bytes = max_response_bytes
+        self._count_tokens_pacer = AsyncLimiter(1, 60.0 / endpoint.count_tokens_rpm)
         self._url = endpoint.messages_url
         self._count_tokens_url = endpoint.messages_url.rstrip("/") + "/count_tokens"
         self._headers = {"user-agent": USER_AGENT, **headers.headers}
@@ -147,9 +149,14 @@ class MessagesClient:
         params = json.loads(params_json)
         body = {key: value for key, value in params.items() if key in _COUNT_TOKENS_KEYS}
         try:
-            response = await self._http.post(
-                self._count_tokens_url, content=json.dumps(body).encode(), headers=self._headers
-            )
+            # count_tokens has its own rate limit (100 a minute at Anthropic's first tier):
+            # one call per interval, without bursts.
+            async with self._count_tokens_pacer:
+                response = await self._http.post(
+                    self._count_tokens_url,
+                    content=json.dumps(body).encode(),
+                    headers=self._headers,
+                )
         except httpx.HTTPError as exc:
             log.debug("count_tokens failed: %s", type(exc).__name__)
             return None

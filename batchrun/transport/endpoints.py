@@ -24,6 +24,9 @@ from batchrun.transport.auth import AUTH_STYLES, RequestHeaders, request_headers
 # streaming; the official SDK's own ceiling for non-streaming calls is 600 s.
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# Anthropic's count_tokens limit at its first usage tier; higher tiers allow more (config:
+# count_tokens_rpm).
+DEFAULT_COUNT_TOKENS_RPM = 100.0
 # The largest answer read, after decompression: far above any real Message (a 128k-token
 # reply is well under 1 MB), low enough that an endless body cannot exhaust memory.
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -58,6 +61,7 @@ class EndpointSettings:
     timeout_s: float | None = None
     max_attempts: int | None = None
     max_response_bytes: int | None = None
+    count_tokens_rpm: float | None = None
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
     fields_set: frozenset[str] = frozenset()
 
@@ -82,6 +86,8 @@ class Endpoint:
     max_attempts: int | None = None
     # The largest answer read (after decompression); a larger one errors the request.
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # How many /v1/messages/count_tokens calls a minute `run --count-tokens` makes at most.
+    count_tokens_rpm: float = DEFAULT_COUNT_TOKENS_RPM
     # Limits per model; the key "*" applies to every model not named.
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
     # Where the definition came from, in order: "built-in", a config file, a variable.
@@ -269,6 +275,7 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
         timeout_s=table.timeout_s if table.timeout_s is not None else base.timeout_s,
         max_attempts=table.max_attempts if table.max_attempts is not None else base.max_attempts,
         max_response_bytes=table.max_response_bytes or base.max_response_bytes,
+        count_tokens_rpm=table.count_tokens_rpm or base.count_tokens_rpm,
         limits={**base.limits, **table.limits},
         sources=(*base.sources, str(path)),
     )

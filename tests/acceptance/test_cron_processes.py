@@ -18,6 +18,7 @@ import pytest
 from batchrun.ops.runlock import lock_path
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
 from batchrun.simulator.app import SimulatorApp
+from batchrun.store.store import Store
 from tests.conftest import jsonl, request_line
 
 pytestmark = pytest.mark.acceptance
@@ -169,6 +170,42 @@ def test_forever_runs_batches_submitted_later_until_ctrl_c(
     assert worker.returncode == 130, stderr
     assert "no queued work; looking again every 0.2 s" in stderr
     assert stderr.count("cost of this run") == 2
+
+
+def test_sigterm_stops_an_idle_forever_run_with_130_and_says_so(
+    sqlite_url: str, tmp_path: Path, simulator: tuple[SimulatorApp, str]
+) -> None:
+    _, url = simulator
+    env = environment(sqlite_url, tmp_path, url)
+    assert batchrun("db", "upgrade", env=env).returncode == 0
+    worker = start("run", "--forever", "--poll-interval", "30s", env=env)
+    assert worker.stderr is not None
+    first = worker.stderr.readline()
+
+    worker.send_signal(signal.SIGTERM)
+    _, rest = worker.communicate(timeout=30)
+
+    assert "no queued work; looking again every 30 s" in first
+    assert worker.returncode == 130, rest
+    assert "interrupted by SIGTERM: nothing was in flight; stopped" in rest
+
+
+def test_status_watch_stops_on_a_pause_with_its_exit_code(
+    sqlite_url: str, tmp_path: Path, simulator: tuple[SimulatorApp, str]
+) -> None:
+    _, url = simulator
+    env = environment(sqlite_url, tmp_path, url)
+    batch_id = submit(env, tmp_path, 3)
+    store = Store.open(sqlite_url)
+    try:
+        store.pause_batch(batch_id, "authentication failed for endpoint anthropic")
+    finally:
+        store.close()
+
+    watched = batchrun("status", batch_id, "--watch", "--interval", "0.1", env=env)
+
+    assert watched.returncode == 4, watched.stderr
+    assert f"{batch_id} is paused: authentication failed" in watched.stderr
 
 
 def test_status_watch_follows_a_running_batch_until_it_ends(

@@ -147,6 +147,28 @@ def test_cancel_then_resume(client: batchrun.Client) -> None:
     assert client.status(batch.id).request_counts.succeeded == 2
 
 
+def test_a_run_whose_batch_is_canceled_meanwhile_exits_7(client: batchrun.Client) -> None:
+    # Paced at 120 a minute, 30 requests take 15 s: the cancel comes after the first few.
+    batch = client.submit([request_line(f"r{i}") for i in range(30)], endpoint="simulator")
+
+    def cancel_once_started(event: RunEvent) -> None:
+        started = isinstance(event, Progress) and event.snapshot.succeeded >= 2
+        if started and client.status(batch.id).processing_status == "in_progress":
+            client.cancel(batch.id)
+
+    result = client.run(
+        batch.id,
+        rpm=120,
+        progress_interval_s=0.1,
+        on_event=cancel_once_started,
+        stop_on_signals=False,
+    )
+
+    assert result.exit_code == ExitCode.CANCELED
+    counts = client.status(batch.id).request_counts
+    assert counts.canceled > 0 and counts.succeeded + counts.canceled == 30
+
+
 def test_results_of_a_batch_that_has_not_ended_need_partial(client: batchrun.Client) -> None:
     batch = client.submit([request_line("a")], endpoint="simulator")
 

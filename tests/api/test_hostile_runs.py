@@ -4,6 +4,7 @@ request, the run finishes, and nothing is paid twice."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ from anthropic.types.messages import MessageBatchIndividualResponse
 from sqlalchemy import create_engine, text
 
 import batchrun
+from batchrun.cli.progress import progress_line
 from batchrun.errors import ExitCode
+from batchrun.ops.session import Progress, RunEvent
 from tests.conftest import request_line
 from tests.hostile import HostileServer, running_hostile_server
 
@@ -62,7 +65,7 @@ def raw_bodies(db_url: str, batch_id: str) -> dict[str, str | None]:
 
 
 def test_an_openai_shaped_gateway_succeeds_once_per_request(
-    client: batchrun.Client, hostile: HostileServer, db_url: str
+    client: batchrun.Client, hostile: HostileServer, db_url: str, tmp_path: Path
 ) -> None:
     batch = client.submit(lines(["openai"] * 50), endpoint="hostile")
 
@@ -77,6 +80,11 @@ def test_an_openai_shaped_gateway_succeeds_once_per_request(
     assert client.status(batch.id).usage.output_tokens == 50 * 4
     raw = raw_bodies(db_url, batch.id)
     assert all(body and json.loads(body)["object"] == "chat.completion" for body in raw.values())
+    flat = tmp_path / "flat.jsonl"
+    client.export(batch.id, flat, format="flat")
+    first = json.loads(flat.read_text().splitlines()[0])
+    assert first["text"] == "hi from openai shape"
+    assert json.loads(first["raw_body"])["choices"][0]["finish_reason"] == "stop"
 
 
 def test_one_poisoned_answer_ends_one_request_and_nothing_is_paid_twice(
@@ -147,3 +155,39 @@ def test_a_key_a_server_echoes_in_headers_is_nowhere_in_what_is_kept(
     finally:
         engine.dispose()
     assert KEY not in repr(dumped)
+
+
+def test_an_absurd_announced_limit_slows_the_run_but_cannot_stall_it(
+    client: batchrun.Client, hostile: HostileServer
+) -> None:
+    # Every answer announces 0.0001 requests a minute; the floor is 1 % of the 60,000
+    # configured, so 20 requests take about 2 s instead of 140 days.
+    batch = client.submit(lines(["tiny_limit"] * 20), endpoint="hostile")
+
+    result = client.run(batch.id, stop_on_signals=False, rpm=60_000, max_runtime_s=60)
+
+    assert result.exit_code == ExitCode.OK
+    assert client.status(batch.id).request_counts.succeeded == 20
+
+
+def test_a_ten_hour_retry_after_is_kept_and_said_in_progress(
+    client: batchrun.Client, hostile: HostileServer
+) -> None:
+    batch = client.submit(lines(["retry_after_10h", "normal"]), endpoint="hostile")
+    events: list[RunEvent] = []
+
+    client.run(
+        batch.id,
+        stop_on_signals=False,
+        max_concurrency=1,
+        max_runtime_s=2,
+        progress_interval_s=0.2,
+        on_event=events.append,
+    )
+
+    assert sends(hostile) == {"q0": 1}, "the server asked to wait 10 hours"
+    said = [progress_line(event.snapshot) for event in events if isinstance(event, Progress)]
+    assert any(
+        re.search(r"waiting (10h00m|9h59m) for retry-after from hostile", line) for line in said
+    ), said
+    assert client.status(batch.id).request_counts.processing == 2

@@ -15,7 +15,7 @@ from batchrun.limits.limiter import Limiter
 from batchrun.store.store import Store
 from batchrun.transport.auth import RequestHeaders
 from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
-from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from batchrun.transport.endpoints import SIMULATOR, Endpoint, builtin_endpoints
 
 FAST_RETRIES = DispatchConfig(max_attempts=4, retry_initial_delay_s=1.0, retry_max_delay_s=8.0)
 
@@ -29,11 +29,14 @@ async def dispatch(
     *,
     config: DispatchConfig = FAST_RETRIES,
     limits: RateLimits | None = None,
+    endpoint: Endpoint | None = None,
 ) -> RunReport:
     """Run one batch to completion against ``app`` through a real httpx client. The limiter
     keeps its buckets in memory here, so virtual time stays exact; the shared bank is tested
     on its own in virtual time (test_shared_limits.py)."""
-    return await run_dispatcher(store, batch_id, app, config=config, limits=limits)
+    return await run_dispatcher(
+        store, batch_id, app, config=config, limits=limits, endpoint=endpoint
+    )
 
 
 async def run_dispatcher(
@@ -44,9 +47,10 @@ async def run_dispatcher(
     config: DispatchConfig = FAST_RETRIES,
     limits: RateLimits | None = None,
     during: Callable[[Dispatcher], Awaitable[None]] | None = None,
+    endpoint: Endpoint | None = None,
 ) -> RunReport:
     """:func:`dispatch`, with ``during(dispatcher)`` running alongside (to stop it, say)."""
-    endpoint = builtin_endpoints({})[SIMULATOR]
+    endpoint = endpoint or builtin_endpoints({})[SIMULATOR]
     async with create_http_client(
         timeout_s=60, max_connections=config.max_concurrency, transport=in_process_transport(app)
     ) as http:

@@ -34,15 +34,24 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BACKOFF = Backoff(initial_delay_s=1.0, max_delay_s=60.0)
 
 
-def claimed(*, attempts: int = 1, failures: int = 0) -> ClaimedRequest:
-    return ClaimedRequest(7, "msgbatch_x", "q-1", "claude-haiku-4-5", 100, "{}", attempts, failures)
+def claimed(
+    *, attempts: int = 1, failures: int = 0, last_error: str | None = None
+) -> ClaimedRequest:
+    return ClaimedRequest(
+        7, "msgbatch_x", "q-1", "claude-haiku-4-5", 100, "{}", attempts, failures, None, last_error
+    )
 
 
 def decided(
-    outcome: Outcome, *, attempts: int = 1, failures: int = 0, max_attempts: int = 3
+    outcome: Outcome,
+    *,
+    attempts: int = 1,
+    failures: int = 0,
+    max_attempts: int = 3,
+    last_error: str | None = None,
 ) -> Decision:
     return decide(
-        claimed(attempts=attempts, failures=failures),
+        claimed(attempts=attempts, failures=failures, last_error=last_error),
         outcome,
         endpoint="gw",
         key_hint="GW_KEY",
@@ -140,30 +149,8 @@ def test_a_body_that_is_not_json_twice_in_a_row_ends_the_request() -> None:
         at_most_once=True,
         raw_body="{",
     )
-    first = decide(
-        claimed(),
-        cut,
-        endpoint="gw",
-        key_hint="K",
-        max_attempts=8,
-        backoff=BACKOFF,
-        now=NOW,
-        latency_ms=1,
-        input_estimate=1,
-        jitter=0.0,
-    )
-    again = decide(
-        ClaimedRequest(7, "b", "q-1", "m", 100, "{}", 1, 1, last_error=cut.reason),
-        cut,
-        endpoint="gw",
-        key_hint="K",
-        max_attempts=8,
-        backoff=BACKOFF,
-        now=NOW,
-        latency_ms=1,
-        input_estimate=1,
-        jitter=0.0,
-    )
+    first = decided(cut, max_attempts=8)
+    again = decided(cut, failures=1, max_attempts=8, last_error=cut.reason)
 
     assert isinstance(first, Retry)
     assert isinstance(again, Finish)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import struct
 import zlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,6 +25,7 @@ from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
 from batchrun.records import Retryable, ServerLimits, Succeeded, Usage, error_body
 from batchrun.simulator import ModelLimits, SimulatorConfig, create_app
 from batchrun.store.store import Store
+from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
 from batchrun.transport.ratelimit_headers import dimensions_named, parse_server_limits
 from tests.conftest import memory_grown_by, request_line, submit
 from tests.dispatch.helpers import dispatch
@@ -382,10 +385,20 @@ async def test_count_tokens_replaces_the_estimate_with_the_endpoints_count(
         sqlite_store, [request_line(f"r{i}", "word " * (20 * i + 5)) for i in range(8)]
     )
 
-    await dispatch(sqlite_store, batch_id, app, config=DispatchConfig(count_tokens=True))
+    # 120 a minute, not the default 100: looptime rounds virtual time to 1 us, and at a 0.6 s
+    # interval aiolimiter's float remainder (1e-16) is re-timed for the same virtual instant
+    # forever; a real clock moves on (checked by hand: 0.0, 0.601, 1.202, ... s).
+    endpoint = replace(builtin_endpoints({})[SIMULATOR], count_tokens_rpm=120.0)
+    await dispatch(
+        sqlite_store, batch_id, app, config=DispatchConfig(count_tokens=True), endpoint=endpoint
+    )
 
     assert app.stats.count_tokens_received == 8
     assert store_estimate_errors(sqlite_store, batch_id) == [0.0] * 8
+    # count_tokens has its own limit: one call per interval (0.5 s here), never a burst.
+    counted_at = [e.loop_time for e in app.stats.log if e.path.endswith("/count_tokens")]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(counted_at)]
+    assert min(gaps) >= 0.5 - 1e-6
 
 
 @pytest.mark.asyncio
