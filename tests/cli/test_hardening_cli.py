@@ -257,6 +257,29 @@ def test_help_answers_to_h_shows_examples_and_no_bool_types() -> None:
     assert "--install-completion" in helped("--help")
 
 
+def test_the_shell_completes_commands_and_options() -> None:
+    def completions(words: str) -> list[str]:
+        done = subprocess.run(
+            [BATCHRUN],
+            env={
+                **os.environ,
+                "_BATCHRUN_COMPLETE": "complete_bash",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split()) - 1),
+            },
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.split()
+
+    assert completions("batchrun su") == ["submit"]
+    assert completions("batchrun run --max-r") == ["--max-runtime"]
+    assert "complete -o default -F _batchrun_completion batchrun" in helped(
+        "--show-completion", "bash"
+    )
+
+
 def test_batchrun_imports_posix_only_modules_only_where_it_uses_them() -> None:
     package = Path(__file__).resolve().parents[2] / "batchrun"
     at_top = [
