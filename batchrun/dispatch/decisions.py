@@ -65,14 +65,14 @@ class Retry:
 @dataclass(frozen=True)
 class Unsent:
     """Claimed but never sent (a pause, a drain, a shutdown while waiting): back to the queue
-    as it was, the claim's attempt taken back."""
+    as it was (a claim counts no attempt)."""
 
     request_id: int
 
 
 @dataclass(frozen=True)
 class Released:
-    """Interrupted while in flight (a forced shutdown): back to the queue; the attempt stands,
+    """Interrupted while in flight (a forced shutdown): back to the queue, counted as a send,
     since the endpoint may have received it."""
 
     request_id: int

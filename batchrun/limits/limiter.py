@@ -131,14 +131,12 @@ class _KeyState:
         """The per-minute limit in force for a dimension, or None. What a server announces
         and what was learned never go below :meth:`floor`: a server announcing a limit of
         0.0001 a minute would otherwise stall the run for good."""
-        configured = self.configured.get(dimension)
         floor = self.floor(dimension)
-        candidates = [configured] + [
-            max(value, floor)
-            for value in (self.announced.get(dimension), self.learned.get(dimension))
-            if value is not None
-        ]
-        found = [value for value in candidates if value is not None]
+        heard = (self.announced.get(dimension), self.learned.get(dimension))
+        found = [max(value, floor) for value in heard if value is not None]
+        configured = self.configured.get(dimension)
+        if configured is not None:
+            found.append(configured)
         return min(found) if found else None
 
     def floor(self, dimension: str) -> float:

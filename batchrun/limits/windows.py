@@ -29,8 +29,7 @@ class RecentValues(Generic[Value]):
 
     def at(self, now: float) -> Iterator[Value]:
         """The values of the ``span_s`` seconds up to ``now``, oldest first."""
-        self._forget_before(now - self._span_s)
-        return (value for _, value in self._entries)
+        return (value for _, value in self.timed(now))
 
     def timed(self, now: float) -> Iterator[tuple[float, Value]]:
         """The values of the ``span_s`` seconds up to ``now`` with their times, oldest first."""

@@ -128,8 +128,9 @@ class Leases(StoreBase):
             )
 
     def release_leases(self, owners: Sequence[str]) -> int:
-        """Return the running requests of these (dead) workers to the queue at once; their
-        attempts stand, as they may have been sent."""
+        """Return the running requests of these (dead) workers to the queue at once. Their
+        attempts are left as they are: a send a dead worker had in flight was never
+        recorded, and cannot be told from a claim it never sent."""
         with self._write() as conn:
             result = conn.execute(
                 update(t.requests)

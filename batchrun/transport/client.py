@@ -21,7 +21,8 @@ import asyncio
 import json
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -151,8 +152,8 @@ class MessagesClient:
         try:
             # count_tokens has its own rate limit (100 a minute at Anthropic's first tier):
             # one call per interval, without bursts.
-            async with self._count_tokens_pacer:
-                response = await self._http.post(
+            async with self._count_tokens_pacer, _client_for(self._http) as client:
+                response = await client.post(
                     self._count_tokens_url,
                     content=json.dumps(body).encode(),
                     headers=self._headers,
@@ -253,10 +254,21 @@ async def _post(
     headers: Mapping[str, str],
     max_bytes: int,
 ) -> _Answer:
-    if isinstance(http, ClientPool):
-        return await http.post_read(url, content=content, headers=headers, max_bytes=max_bytes)
-    async with http.stream("POST", url, content=content, headers=headers) as response:
+    async with (
+        _client_for(http) as client,
+        client.stream("POST", url, content=content, headers=headers) as response,
+    ):
         return await _read(response, max_bytes)
+
+
+@asynccontextmanager
+async def _client_for(http: httpx.AsyncClient | ClientPool) -> AsyncIterator[httpx.AsyncClient]:
+    """The client to send one request on: a pool's least busy one, held while in use."""
+    if isinstance(http, ClientPool):
+        async with http.least_busy() as client:
+            yield client
+    else:
+        yield http
 
 
 class ClientPool:
@@ -273,27 +285,20 @@ class ClientPool:
         self._clients = clients
         self._in_flight = [0] * len(clients)
 
-    async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
-        """POST on the least busy client."""
+    @asynccontextmanager
+    async def least_busy(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The client with the fewest requests in flight, counted as busy while held."""
         index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
         self._in_flight[index] += 1
         try:
-            return await self._clients[index].post(url, content=content, headers=headers)
+            yield self._clients[index]
         finally:
             self._in_flight[index] -= 1
 
-    async def post_read(
-        self, url: str, *, content: bytes, headers: Mapping[str, str], max_bytes: int
-    ) -> _Answer:
-        """POST on the least busy client and read the answer, up to ``max_bytes``."""
-        index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-        self._in_flight[index] += 1
-        try:
-            client = self._clients[index]
-            async with client.stream("POST", url, content=content, headers=headers) as response:
-                return await _read(response, max_bytes)
-        finally:
-            self._in_flight[index] -= 1
+    async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        """POST on the least busy client (an httpx client's ``post``, for bench/throughput.py)."""
+        async with self.least_busy() as client:
+            return await client.post(url, content=content, headers=headers)
 
     async def __aenter__(self) -> ClientPool:
         return self
