@@ -196,6 +196,12 @@ results = Table(
         nullable=True,
         comment="what the server sent, when body is not it (normalised, clamped or refused)",
     ),
+    Column(
+        "endpoint",
+        String(100),
+        nullable=True,
+        comment="the endpoint that answered (for a pool: the member)",
+    ),
     Index(None, "batch_id", "result_type"),
 )
 
@@ -221,4 +227,16 @@ rate_pauses = Table(
     Column("endpoint", String(100), primary_key=True),
     Column("model", String(200), primary_key=True),
     Column("paused_until", Float, nullable=False, comment="Unix seconds"),
+)
+
+# How each endpoint fares as the workers see it (a pool member taken out of rotation after
+# failures, or halted by bad credentials): written when it changes, read by `status`.
+endpoint_health = Table(
+    "endpoint_health",
+    metadata,
+    Column("endpoint", String(100), primary_key=True),
+    Column("state", String(16), nullable=False, comment="closed, open or halted"),
+    Column("reason", Text, nullable=True, comment="why it was taken out"),
+    Column("until", Float, nullable=True, comment="Unix seconds of the next probe"),
+    Column("updated_at", Float, nullable=False, comment="Unix seconds"),
 )
