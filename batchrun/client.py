@@ -210,7 +210,7 @@ class Client:
                 f"{MAX_NAME_CHARS}"
             )
         known = self.endpoints()
-        target = known.get(endpoint or known.default).name
+        target = known.check(endpoint or known.default)
         store = self._store()
         with open_requests(requests) as (stream, source):
             batch_id = submit_requests(
@@ -250,7 +250,7 @@ class Client:
         from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, plan_file
 
         known = self.endpoints()
-        target = known.get(endpoint or known.default)
+        target = known.for_planning(known.check(endpoint or known.default))
         with open_requests(requests) as (stream, source):
             return plan_file(
                 stream,
@@ -273,7 +273,17 @@ class Client:
         store = self._store()
         batch = store.get_batch(batch_id)
         stats = store.batch_stats(batch_id)
-        return BatchStatus.build(batch, stats, cost_of(stats.usage, self.prices()))
+        pool = self.endpoints().pools.get(batch.endpoint)
+        members = pool.endpoint_names if pool is not None else ()
+        names = {share.endpoint for share in stats.endpoints} | set(members)
+        health = store.endpoint_health(sorted(names)) if len(names) > 1 else {}
+        return BatchStatus.build(
+            batch,
+            stats,
+            cost_of(stats.usage, self.prices()),
+            members=members,
+            health=health,
+        )
 
     def list(self) -> builtins.list[BatchObject]:
         """Every batch, newest first."""
@@ -455,7 +465,6 @@ class Client:
         Returns the :class:`~batchrun.ops.session.RunResult`: the exit code the CLI would
         give, and the last pass's batches, counts, tokens and costs.
         """
-        from batchrun.dispatch.config import DEFAULT_MAX_CONCURRENCY
         from batchrun.limits.buckets import DEFAULT_BURST_S
         from batchrun.limits.limiter import LimiterSettings
         from batchrun.ops.runlock import run_lock
@@ -470,7 +479,7 @@ class Client:
         known = self.endpoints()
         options = RunOptions(
             batch_ids=tuple(batch_ids),
-            target=known.get(endpoint) if endpoint is not None else None,
+            target=known.check(endpoint) if endpoint is not None else None,
             max_cost_usd=max_cost_usd,
             max_runtime_s=max_runtime_s,
             forever=forever,
@@ -480,7 +489,7 @@ class Client:
                 burst_s=burst_s or DEFAULT_BURST_S, output_reservation=output_reservation
             ),
             timeout_s=timeout_s,
-            max_concurrency=max_concurrency or DEFAULT_MAX_CONCURRENCY,
+            max_concurrency=max_concurrency,
             max_attempts=max_attempts,
             count_tokens=count_tokens,
             progress_interval_s=progress_interval_s,

@@ -12,7 +12,7 @@ Frozen dataclasses only; this module imports nothing of batchrun's.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -230,6 +230,8 @@ class FinishedRequest:
     body: str | None = None
     # What the server sent, when ``body`` is not it (normalised, clamped or refused).
     raw_body: str | None = None
+    # The endpoint that answered (for a batch sent through a pool: the member).
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,28 @@ class ErrorCount:
 
 
 @dataclass(frozen=True)
+class EndpointHealth:
+    """An endpoint's state as a worker last published it (``batchrun.dispatch.routing``):
+    closed (in rotation), open (out after failures, probed again at ``until``) or halted
+    (bad credentials); times in Unix seconds."""
+
+    endpoint: str
+    state: str
+    reason: str | None
+    until: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class EndpointShare:
+    """How many of a batch's results an endpoint answered, and how many lately."""
+
+    endpoint: str
+    answered: int
+    recent: int
+
+
+@dataclass(frozen=True)
 class BatchStats:
     """What ``status`` adds to a batch's counts: tokens per model (for cost), when the first
     request was sent and the last result came, the most frequent errors, and the budget."""
@@ -336,6 +360,8 @@ class BatchStats:
     last_completed_at: datetime | None
     errors: Sequence[ErrorCount]
     max_cost_usd: float | None
+    # Who answered: each endpoint's results, and those of the minute up to the last one.
+    endpoints: Sequence[EndpointShare] = ()
 
 
 @dataclass(frozen=True)
@@ -364,3 +390,49 @@ class ResultDetail:
     completed_at: datetime | None
     # What the server sent, when the stored Message is not it (normalised, clamped, refused).
     raw_body: str | None = None
+    # The endpoint that answered (for a pool: the member).
+    endpoint: str | None = None
+
+
+# -- pools: several endpoints used as one ([pools.NAME] in the config file) -----------------
+#
+# A batch submitted to a pool is stored with the pool's name; a run sends each of its requests
+# to one member, each member under its own limits (``batchrun.dispatch.routing`` says which,
+# and takes a failing member out of rotation). A member may name models differently (a
+# gateway's ``vendor/claude-sonnet-4.5`` for ``claude-sonnet-4-5``): its ``models`` map
+# rewrites the request's model for that member, whose limits are looked up under that name.
+
+DEFAULT_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    """One endpoint of a pool: its name, its weight (its share counts this many times its
+    limits), and the model names it uses instead of the request's."""
+
+    endpoint: str
+    weight: float = DEFAULT_WEIGHT
+    models: Mapping[str, str] = field(default_factory=dict)
+
+    def model_for(self, model: str) -> str:
+        """The model name this member is sent for a request of ``model``."""
+        return self.models.get(model, model)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Endpoints used as one, under the pool's name."""
+
+    name: str
+    members: tuple[PoolMember, ...]
+    # Where the definition came from (the config file).
+    source: str = ""
+
+    @property
+    def endpoint_names(self) -> tuple[str, ...]:
+        return tuple(member.endpoint for member in self.members)
+
+
+def route_of(name: str, pools: Mapping[str, Pool]) -> Pool:
+    """The pool called ``name``, or a pool of the one endpoint of that name."""
+    return pools.get(name) or Pool(name, (PoolMember(name),))

@@ -28,9 +28,10 @@ TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 class Simulator:
     """`batchrun simulate` in its own process on 127.0.0.1; ``args`` go to the command."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [BATCHRUN, "simulate", "--port", "0", *args],
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

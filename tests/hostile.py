@@ -9,7 +9,9 @@ its body; without one it gets a normal Anthropic Message. ``server.log`` records
 Modes (see :data:`MODES`): ``openai``, ``foreign``, ``not_json``, ``deep``, ``usage_2_63``,
 ``usage_2_31``, ``negative_usage``, ``retry_after_huge``, ``retry_after_ms_huge``,
 ``reset_9999``, ``retry_after_10h``, ``tiny_limit``, ``drip``, ``endless``, ``gzip_bomb``,
-``oversized``, ``echo_key``.
+``oversized``, ``echo_key``, and for streamed requests ``sse_pings`` (a stream that starts,
+then sends pings forever) and ``sse_drip`` (a stream whose next event never ends: a byte of
+it every ``drip_interval_s``).
 """
 
 from __future__ import annotations
@@ -170,6 +172,19 @@ class HostileServer:
                 while True:
                     writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                     await writer.drain()
+            case "sse_pings" | "sse_drip":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+                writer.write(b"transfer-encoding: chunked\r\n\r\n")
+                start = {"type": "message_start", "message": {**message(), "content": []}}
+                event = f"event: message_start\ndata: {json.dumps(start)}\n\n".encode()
+                ping = b'event: ping\ndata: {"type": "ping"}\n\n'
+                drip = mode == "sse_drip"
+                writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                while True:
+                    piece = b"x" if drip else ping
+                    writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(self.drip_interval_s if drip else 0.01)
             case "gzip_bomb":
                 return await self._send(writer, 200, self.bomb, {"content-encoding": "gzip"})
             case "oversized":

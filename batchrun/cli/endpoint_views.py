@@ -50,6 +50,14 @@ def endpoints_lines(known: Endpoints, env: Mapping[str, str]) -> list[str]:
         if endpoint.extra_body:
             lines.append(f"  extra_body: {', '.join(endpoint.extra_body)}")
         lines.append(f"  defined in: {' + '.join(endpoint.sources)}")
+    for name, pool in sorted(known.pools.items()):
+        lines.append(f"{name} (pool, default)" if name == known.default else f"{name} (pool)")
+        for member in pool.members:
+            details = [f"weight {member.weight:g}"] if member.weight != 1 else []
+            details += [f"{model} as {alias}" for model, alias in member.models.items()]
+            more = f" ({', '.join(details)})" if details else ""
+            lines.append(f"  member:     {member.endpoint}{more}")
+        lines.append(f"  defined in: {pool.source}")
     lines.append(f"default endpoint: {known.default} (from {known.default_source})")
     lines.append(f"config file: {known.config_path or 'none found'}")
     return lines
@@ -90,4 +98,16 @@ def endpoints_json(known: Endpoints, env: Mapping[str, str]) -> dict[str, Any]:
         "default_from": known.default_source,
         "config_file": str(known.config_path) if known.config_path else None,
         "data": data,
+        "pools": [
+            {
+                "name": name,
+                "members": [
+                    {"endpoint": m.endpoint, "weight": m.weight, "models": dict(m.models)}
+                    for m in pool.members
+                ],
+                "default": name == known.default,
+                "source": pool.source,
+            }
+            for name, pool in sorted(known.pools.items())
+        ],
     }

@@ -9,6 +9,7 @@ the run's events (:data:`batchrun.ops.session.RunEvent`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from rich.console import Console, Group
@@ -21,6 +22,7 @@ from batchrun.cli.consoles import print_json
 from batchrun.cli.text import amount_text, duration_text
 from batchrun.cli.views import run_summary_lines
 from batchrun.config.prices import describe_cost
+from batchrun.dispatch.routing import MemberSnapshot
 from batchrun.limits.limiter import Wait
 from batchrun.ops.monitor import KeyProgress, ProgressSnapshot
 from batchrun.ops.session import Note, PassFinished, PassResult, Progress, RunEvent
@@ -62,6 +64,20 @@ def _wait_text(wait: Wait) -> str:
     )
 
 
+def _member_text(member: MemberSnapshot, members: Sequence[MemberSnapshot]) -> str:
+    """A pool member: its share of the answers, its rate and its state."""
+    total = sum(m.answered for m in members) or 1
+    state = {
+        "closed": "in rotation",
+        "open": f"out for {duration_text(member.open_for_s)} ({member.reason})",
+        "halted": f"out ({member.reason})",
+    }[member.status]
+    return (
+        f"{member.endpoint} {member.answered:,} ({member.answered / total:.0%}), "
+        f"{amount_text(member.per_minute)}/min, {state}"
+    )
+
+
 def progress_line(snapshot: ProgressSnapshot) -> str:
     """One plain line: counts, throughput, the binding limit, ETA and cost."""
     s = snapshot
@@ -80,6 +96,8 @@ def progress_line(snapshot: ProgressSnapshot) -> str:
             f"binding: {_use_text(busiest, busiest.binding)} on {busiest.endpoint} {busiest.model}"
         )
     parts.extend(_wait_text(wait) for wait in s.waits)
+    if s.members:
+        parts.append("pool: " + ", ".join(_member_text(m, s.members) for m in s.members))
     parts.append(f"ETA {_eta_text(s)}")
     parts.append(f"cost {describe_cost(s.cost)}")
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -132,6 +150,9 @@ def progress_table(snapshot: ProgressSnapshot) -> Group:
         ]
         binds = f" · binds: {key.binding}" if key.binding else ""
         head.add_row(f"{key.endpoint}", f"{key.model}: {', '.join(uses)}{binds}")
+    for member in s.members:
+        style = "yellow" if member.status != "closed" else ""
+        head.add_row("pool member", Text(_member_text(member, s.members), style=style))
     bar = progress_bar(s.done, s.total, per_min=s.requests_per_min, eta=_eta_text(s))
     return Group(bar, head)
 

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 from batchrun.cli.consoles import stderr
 from batchrun.cli.options import duration_option, with_limit_options
 from batchrun.cli.text import plural
-from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY
+from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS
 from batchrun.errors import ExitCode
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S
@@ -36,8 +36,14 @@ def run(
         ),
     ] = None,
     max_concurrency: Annotated[
-        int, typer.Option(min=1, help="Requests in flight at once.")
-    ] = DEFAULT_MAX_CONCURRENCY,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests in flight at most. Default: worked out from each endpoint's limits "
+            "and latency (rate x latency), at least 256 and at most 4,096.",
+            show_default=False,
+        ),
+    ] = None,
     output_reservation: Annotated[
         OutputReservationChoice,
         typer.Option(

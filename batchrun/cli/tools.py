@@ -49,10 +49,53 @@ def simulate(
     latency_jitter_s: Annotated[
         float, typer.Option("--latency-jitter-s", help="Random extra seconds, up to this.")
     ] = 0.0,
+    latency_per_output_token_s: Annotated[
+        float,
+        typer.Option(
+            "--latency-per-output-token-s",
+            help="Extra seconds per output token; a stream sends its tokens over that time.",
+        ),
+    ] = 0.0,
     output_tokens: Annotated[int, typer.Option(help="Reply length in tokens.")] = 40,
     error_rate: Annotated[float, typer.Option(help="Share of answers that are 500s.")] = 0.0,
     overloaded_rate: Annotated[float, typer.Option(help="Share of 529 answers.")] = 0.0,
+    stream_cut_rate: Annotated[
+        float, typer.Option(help="Share of streamed answers cut after half their events.")
+    ] = 0.0,
+    idle_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-timeout-s",
+            help="Drop a connection silent this long, as proxies do: non-streamed answers "
+            "slower than this never arrive.",
+            min=0.001,
+        ),
+    ] = None,
+    ping_interval_s: Annotated[
+        float,
+        typer.Option(
+            "--ping-interval-s", help="Seconds between pings of a waiting stream.", min=0.001
+        ),
+    ] = 1.0,
+    log_messages: Annotated[
+        bool,
+        typer.Option(
+            "--log-messages",
+            help="Keep each Message answered in the stats' log (GET /_simulator/stats).",
+        ),
+    ] = False,
+    log_size: Annotated[
+        int, typer.Option(help="Requests the stats' log keeps (the most recent).", min=0)
+    ] = 1000,
     seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Require the key held by this environment variable (x-api-key or "
+            "Authorization: Bearer); others get 401, as a server given a wrong key answers.",
+            show_default=False,
+        ),
+    ] = None,
     ratelimit_headers: Annotated[
         bool,
         typer.Option(
@@ -68,15 +111,25 @@ def simulate(
     Prompts may force behaviour with [[sim:status=500:times=2]] and similar directives (see
     the simulator page of the docs).
 
+    A request with "stream": true is answered with server-sent events, its latency spread
+    over them.
+
     Examples:
 
         batchrun simulate --port 8765 --rpm 600 --latency-s 1.5
         ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_API_KEY=x batchrun run
+        batchrun simulate --output-tokens 4000 --latency-per-output-token-s 0.004 --idle-timeout-s 5
     """
     from batchrun.simulator.config import SimulatorConfig
     from batchrun.simulator.server import serve
 
+    required_key = None
+    if api_key_env is not None:
+        required_key = os.environ.get(api_key_env, "").strip()
+        if not required_key:
+            raise typer.BadParameter(f"{api_key_env} is not set", param_hint="--api-key-env")
     config = SimulatorConfig.from_options(
+        required_api_key=required_key,
         rpm=rpm,
         tpm=tpm,
         itpm=itpm,
@@ -84,11 +137,17 @@ def simulate(
         burst_s=burst_s,
         latency_s=latency_s,
         latency_jitter_s=latency_jitter_s,
+        latency_per_output_token_s=latency_per_output_token_s,
         output_tokens=output_tokens,
         error_500=error_rate,
         overloaded_529=overloaded_rate,
+        stream_cut=stream_cut_rate,
         seed=seed,
         send_ratelimit_headers=ratelimit_headers,
+        idle_timeout_s=idle_timeout_s,
+        stream_ping_interval_s=ping_interval_s,
+        log_size=log_size,
+        log_messages=log_messages,
     )
 
     def announce(actual_port: int) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from batchrun.cli.text import amount_text, plural, when_text
 from batchrun.config.prices import describe_cost, format_usd
-from batchrun.export.batch_object import BatchObject, BatchStatus
+from batchrun.export.batch_object import BatchObject, BatchStatus, EndpointUseModel
 from batchrun.input.reader import MAX_PRINTED_PROBLEMS
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ def status_table(batch: BatchStatus) -> Table:
                 f"{amount_text(rate.tokens_per_min)} tokens/min",
             )
         )
+    if len(batch.endpoints) > 1:
+        for index, use in enumerate(batch.endpoints):
+            rows.append(("answered by" if index == 0 else "", _endpoint_use_text(use)))
     for index, error in enumerate(batch.errors):
         example = (error.example or "").replace("\n", " ")
         if len(example) > _EXAMPLE_CHARS:
@@ -80,6 +83,16 @@ def status_table(batch: BatchStatus) -> Table:
     for label, value in rows:
         table.add_row(label, value)
     return table
+
+
+def _endpoint_use_text(use: EndpointUseModel) -> str:
+    """One endpoint of a batch: answers, share, rate in its last minute, and state."""
+    text = f"{use.endpoint}: {use.answered:,} ({use.share:.0%}), {use.per_min:,}/min at the end"
+    if use.state == "open":
+        text += f"; out of rotation until {when_text(use.retry_at)}: {use.reason}"
+    elif use.state == "halted":
+        text += f"; out: {use.reason}"
+    return text
 
 
 def status_line(batch: BatchStatus) -> str:

@@ -24,13 +24,15 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from batchrun.config.durations import parse_duration_s
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.errors import ConfigError
 from batchrun.limits.dimensions import DIMENSIONS, RateLimits
+from batchrun.limits.families import entry_problem
+from batchrun.records import Pool, PoolMember
 from batchrun.transport.auth import AUTH_STYLES, secret_header_names
 from batchrun.transport.endpoints import Endpoints, EndpointSettings, resolve_endpoints
 
@@ -53,6 +55,7 @@ _TYPE_NAMES = {
     "dict_type": "a table",
     "model_type": "a table",
     "bool_type": "true or false",
+    "list_type": "an array",
 }
 
 
@@ -67,6 +70,8 @@ class Settings:
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     # How long ended batches are kept before `batchrun prune` deletes them (None: kept).
     retention_s: float | None = None
+    # [pools.NAME]: several endpoints used as one.
+    pools: Mapping[str, Pool] = field(default_factory=dict)
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this file and the key: ``FILE: KEY: problem``."""
@@ -136,6 +141,7 @@ def load_settings(path: Path | None) -> Settings:
         endpoints={name: table.to_settings(name) for name, table in parsed.endpoints.items()},
         prices={model: table.to_price() for model, table in parsed.prices.items()},
         retention_s=(None if parsed.retention is None else parse_duration_s(parsed.retention)),
+        pools={name: table.to_pool(name, str(path)) for name, table in parsed.pools.items()},
     )
 
 
@@ -227,6 +233,12 @@ def _check_dimension(value: str) -> str:
     return value
 
 
+def _check_limits_entry(value: str) -> str:
+    if problem := entry_problem(value):
+        raise _fail(problem)
+    return value
+
+
 def _check_extra_key(value: str) -> str:
     if value in ("model", "messages", "max_tokens"):
         raise _fail("every request sets it, so it would never apply")
@@ -261,8 +273,15 @@ class _EndpointTable(_Table):
     max_response_bytes: Annotated[int, Field(ge=1024)] | None = None
     # /v1/messages/count_tokens calls a minute with `run --count-tokens` (default 100).
     count_tokens_rpm: PositiveNumber | None = None
-    # Per model ("*": every other model): dimension name → limit per minute.
-    limits: dict[str, dict[Annotated[str, AfterValidator(_check_dimension)], PositiveNumber]] = {}
+    # Requests with a larger max_tokens are streamed; 0 streams every request (default: the
+    # official SDK's rule, 21,333, or 8,192 for Opus 4 and 4.1).
+    stream_threshold_tokens: Annotated[int, Field(ge=0)] | None = None
+    # Per model, family pattern ("claude-sonnet-4*": shared) or "*" (each other model):
+    # dimension name → limit per minute.
+    limits: dict[
+        Annotated[str, AfterValidator(_check_limits_entry)],
+        dict[Annotated[str, AfterValidator(_check_dimension)], PositiveNumber],
+    ] = {}
 
     def to_settings(self, name: str) -> EndpointSettings:
         return EndpointSettings(
@@ -278,6 +297,7 @@ class _EndpointTable(_Table):
             max_attempts=self.max_attempts,
             max_response_bytes=self.max_response_bytes,
             count_tokens_rpm=self.count_tokens_rpm,
+            stream_threshold_tokens=self.stream_threshold_tokens,
             limits={model: RateLimits(values) for model, values in self.limits.items()},
             fields_set=frozenset(self.model_fields_set),
         )
@@ -308,15 +328,54 @@ def _check_retention(value: str) -> str:
     return value
 
 
+class _MemberTable(_Table):
+    endpoint: EndpointName
+    # The member's share counts this many times its limits (default 1).
+    weight: PositiveNumber = 1.0
+    # The request's model → the name this member knows it by.
+    models: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = {}
+
+    def to_member(self) -> PoolMember:
+        return PoolMember(self.endpoint, self.weight, dict(self.models))
+
+
+def _member_table(value: Any) -> Any:
+    """A member named alone ("NAME") is the table {endpoint = "NAME"}."""
+    return {"endpoint": value} if isinstance(value, str) else value
+
+
+def _check_members(value: list[_MemberTable]) -> list[_MemberTable]:
+    if not value:
+        raise _fail("name at least one endpoint")
+    names = [item.endpoint for item in value]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise _fail(f'lists "{twice[0]}" twice; name each endpoint once')
+    return value
+
+
+class _PoolTable(_Table):
+    # Endpoint names, or tables {endpoint = "NAME", weight = 2, models = {...}}.
+    members: Annotated[
+        list[Annotated[_MemberTable, BeforeValidator(_member_table)]],
+        AfterValidator(_check_members),
+    ]
+
+    def to_pool(self, name: str, source: str) -> Pool:
+        return Pool(name, tuple(item.to_member() for item in self.members), source)
+
+
 class _ConfigFile(_Table):
     default_endpoint: EndpointName | None = None
     # How long ended batches are kept, e.g. "30d"; `batchrun prune` deletes older ones.
     retention: Annotated[str, AfterValidator(_check_retention)] | None = None
     endpoints: dict[EndpointName, _EndpointTable] = {}
+    pools: dict[EndpointName, _PoolTable] = {}
     prices: dict[Annotated[str, Field(min_length=1)], _PriceTable] = {}
 
 
 _MODELS: dict[int, type[BaseModel]] = {0: _ConfigFile, 2: _EndpointTable}
+# By the length of an unknown key's location: pools.NAME.KEY, pools.NAME.members[i].KEY.
+_POOL_MODELS: dict[int, type[BaseModel]] = {3: _PoolTable, 5: _MemberTable}
 
 
 # -- pydantic errors → one line each ------------------------------------------------------
@@ -324,9 +383,12 @@ _MODELS: dict[int, type[BaseModel]] = {0: _ConfigFile, 2: _EndpointTable}
 
 def _key(loc: Sequence[int | str]) -> str:
     """A location as the user would write it in TOML: endpoints.x.limits."*".rpm."""
-    parts = []
+    parts: list[str] = []
     for part in loc:
         if part == "[key]":
+            continue
+        if isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"
             continue
         text = str(part)
         parts.append(text if _BARE_KEY_RE.fullmatch(text) else '"' + text.replace('"', '\\"') + '"')
@@ -364,7 +426,9 @@ def _unknown_key(loc: Sequence[int | str]) -> str:
             "API keys do not belong in the config file; export the key as an environment "
             f'variable and name it with api_key_env = "{variable}"{where}'
         )
-    model = _PriceTable if loc[0] == "prices" else _MODELS.get(len(loc) - 1)
+    model = {"prices": _PriceTable, "pools": _POOL_MODELS.get(len(loc))}.get(
+        str(loc[0]), _MODELS.get(len(loc) - 1)
+    )
     known = sorted(model.model_fields) if model is not None else []
     if close := difflib.get_close_matches(key, known, n=1, cutoff=0.6):
         return f'unknown key; did you mean "{close[0]}"?'
@@ -402,6 +466,7 @@ def endpoints_of(settings: Settings, env: Mapping[str, str]) -> Endpoints:
         env,
         config_path=settings.path,
         default_endpoint=settings.default_endpoint,
+        pools=settings.pools,
     )
 
 

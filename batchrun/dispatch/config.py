@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_RETRY_INITIAL_DELAY_S = 1.0
 DEFAULT_RETRY_MAX_DELAY_S = 60.0
-# Requests in flight at once. Rate limits pace the sends; this only caps sockets and memory,
-# so it is high enough that 500 RPM at 20 s latency (about 170 in flight) is not throttled.
-DEFAULT_MAX_CONCURRENCY = 256
+# Requests in flight at once are worked out from the limits and the latency unless
+# max_concurrency is given (batchrun.dispatch.capacity): at least this many...
+BASE_IN_FLIGHT = 256
+# ... and at most this many (or fewer when the process may open fewer files).
+MAX_IN_FLIGHT = 4096
 # A running request's lease: a worker renews it every lease_s / 4; a worker that dies stops
 # renewing, and after lease_s its requests return to the queue.
 DEFAULT_LEASE_S = 60.0
@@ -34,7 +36,9 @@ DEFAULT_WRITE_BATCH_SIZE = 500
 class DispatchConfig:
     """How a worker dispatches: concurrency, retries, leases and polling."""
 
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    # Requests in flight at most; None: from the limits and latency, up to the ceiling.
+    max_concurrency: int | None = None
+    in_flight_ceiling: int = MAX_IN_FLIGHT
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     retry_initial_delay_s: float = DEFAULT_RETRY_INITIAL_DELAY_S
     retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -137,9 +137,19 @@ def decide(
     """
     match outcome:
         case Succeeded():
-            return Finish(_succeeded(request, outcome, now, latency_ms, input_estimate))
+            return Finish(
+                replace(
+                    _succeeded(request, outcome, now, latency_ms, input_estimate),
+                    endpoint=endpoint,
+                )
+            )
         case Fatal(error=error, http_status=status, raw_body=raw_body):
-            return Finish(_errored(request, error, status, now, latency_ms, raw_body))
+            return Finish(
+                replace(
+                    _errored(request, error, status, now, latency_ms, raw_body),
+                    endpoint=endpoint,
+                )
+            )
         case Halt(kind=kind, detail=detail):
             message = HALT_MESSAGES[kind]
             return Pause(
@@ -149,7 +159,9 @@ def decide(
             failures = request.failures + (0 if outcome.rate_limited else 1)
             again = outcome.at_most_once and request.last_error == outcome.reason
             if failures >= max_attempts or again:
-                return Finish(_gave_up(request, outcome, now, latency_ms))
+                return Finish(
+                    replace(_gave_up(request, outcome, now, latency_ms), endpoint=endpoint)
+                )
             delay_s = retry_delay_s(
                 failures, retry_after_s=outcome.retry_after_s, backoff=backoff, jitter=jitter
             )

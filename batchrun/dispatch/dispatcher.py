@@ -17,18 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
-from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Mapping
 
+from batchrun.dispatch.capacity import Capacity
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.config import DispatchConfig
 from batchrun.dispatch.decisions import (
     Backoff,
-    Decision,
     Finish,
     Pause,
     Released,
@@ -38,12 +34,17 @@ from batchrun.dispatch.decisions import (
     after_stop,
     decide,
 )
-from batchrun.dispatch.owners import is_dead_here, new_owner_id
+from batchrun.dispatch.health import publish
+from batchrun.dispatch.leases import LeaseKeeper
+from batchrun.dispatch.owners import new_owner_id
+from batchrun.dispatch.report import DispatchProgress, RunReport
+from batchrun.dispatch.routing import Assignment, Halted, Router
+from batchrun.dispatch.seams import RunObserver, Sender
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.dispatch.writer import GroupWriter
 from batchrun.input.estimate import estimate_input_tokens
 from batchrun.limits.limiter import Demand, Limiter, Permit
-from batchrun.records import ClaimedRequest, Fatal, Outcome, Retryable, error_body
+from batchrun.records import ClaimedRequest, Fatal, Outcome, Pool, error_body
 
 log = logging.getLogger(__name__)
 
@@ -54,62 +55,10 @@ _CLAIM_CHUNK = 64
 # max_concurrency; under a rate limit, how many are in flight then follows from the rate
 # and the latency, instead of a fixed number of requests being held waiting.
 _MAX_WAITING = 32
+# Waits shorter than this are not waited (see _dispatch_loop).
+_CLOCK_RESOLUTION_S = 1e-6
 # What the limiter is told about a reservation that was never used.
 _NOT_SENT = Fatal(error_body("api_error", "not sent"), 0)
-
-
-class Sender(Protocol):
-    """Sends one Messages request to one endpoint."""
-
-    @property
-    def key_hint(self) -> str:
-        """What the user should check when authentication fails (e.g. the key variable)."""
-        ...
-
-    async def send(self, params_json: str) -> Outcome:
-        """POST the body and classify the answer."""
-        ...
-
-    async def count_tokens(self, params_json: str) -> int | None:
-        """The endpoint's input-token count of the body, or None."""
-        ...
-
-
-@dataclass
-class RunReport:
-    """What one run did."""
-
-    sent: int = 0
-    succeeded: int = 0
-    errored: int = 0
-    canceled: int = 0
-    retried: int = 0
-    rate_limited: int = 0
-    paused: dict[str, str] = field(default_factory=dict)
-    error_types: Counter[str] = field(default_factory=Counter)
-    interrupted: str | None = None
-    released: int = 0
-    # Requests not sent because another worker had taken them over meanwhile.
-    lost_leases: int = 0
-    # Batches this run stopped sending because they were canceled meanwhile.
-    canceled_batches: set[str] = field(default_factory=set)
-    # The latest failure, short ("HTTP 529 overloaded_error"), for progress lines.
-    last_failure: str | None = None
-
-    def count(self, decision: Decision, outcome: Outcome) -> None:
-        """Count what an answer led to."""
-        if isinstance(outcome, Retryable) and outcome.rate_limited:
-            self.rate_limited += 1
-        match decision:
-            case Finish(result=result) if result.result_type == "succeeded":
-                self.succeeded += 1
-            case Finish(result=result):
-                self.errored += 1
-                self.error_types[result.error_type or "api_error"] += 1
-                self.last_failure = result.error_type
-            case Retry(retry=retry):
-                self.retried += 1
-                self.last_failure = retry.last_error
 
 
 class Dispatcher:
@@ -125,7 +74,12 @@ class Dispatcher:
         rng: random.Random | None = None,
         owner: str | None = None,
         observer: RunObserver | None = None,
+        pools: Mapping[str, Pool] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``senders`` by endpoint name; a batch whose endpoint is one of ``pools`` is sent
+        through the pool's members. ``clock``: Unix seconds for what is published to other
+        processes (endpoint health)."""
         self._db = db
         self._senders = senders
         self._limiter = limiter
@@ -141,12 +95,14 @@ class Dispatcher:
         # Why each stopped batch stopped.
         self._stop_kinds: dict[str, StopKind] = {}
         self._sending: dict[asyncio.Task[None], ClaimedRequest] = {}
-        # When each held request's lease was taken or last renewed (loop time).
-        self._leased_at: dict[int, float] = {}
         self._force_stop = asyncio.Event()
         self._observer = observer
         self._backoff = Backoff(config.retry_initial_delay_s, config.retry_max_delay_s)
         self._drained: set[str] = set()
+        self.router = Router(pools or {}, limiter)
+        self._unix_clock = clock
+        # Requests in flight at most: the config's, or worked out from the limits.
+        self._capacity = Capacity(config, self.router, limiter)
         if observer is not None:
             observer.attach(self, limiter)
 
@@ -154,13 +110,16 @@ class Dispatcher:
         """Dispatch every queued request of these batches (id → endpoint name) until none is
         left; returns what was done. Canceled and paused batches stop early."""
         self._clock = LoopClock()
-        self._send_slots = asyncio.Semaphore(self._config.max_concurrency)
+        self._send_slots = asyncio.Semaphore(self._capacity.ceiling)
         self._endpoints = dict(batch_endpoints)
         self._active = dict(batch_endpoints)
         self._stop_events = {batch_id: asyncio.Event() for batch_id in batch_endpoints}
         ids = list(batch_endpoints)
         await self._db.clear_pauses(ids)
-        await self._reclaim_abandoned_requests()
+        self._leases = LeaseKeeper(
+            db=self._db, owner=self.owner, lease_s=self._config.lease_s, clock=self._clock
+        )
+        await self._leases.reclaim_abandoned()
         writer = GroupWriter(
             db=self._db,
             owner=self.owner,
@@ -169,7 +128,10 @@ class Dispatcher:
         )
         self._write = writer.write
         writer.start()
-        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="batchrun-heartbeat")
+        heartbeat = asyncio.create_task(
+            self._leases.heartbeat(lambda: [request.id for request in self._tasks.values()]),
+            name="batchrun-heartbeat",
+        )
         try:
             await self._dispatch_loop()
         finally:
@@ -217,30 +179,23 @@ class Dispatcher:
                 *(self._write(Released(request.id)) for request in interrupted.values())
             )
 
-    async def _reclaim_abandoned_requests(self) -> None:
-        """Requests of workers that died: at once for dead processes on this host, after
-        their lease for the others."""
-        owners = await self._db.lease_owners()
-        dead = [owner for owner in owners if owner and is_dead_here(owner)]
-        if dead:
-            released = await self._db.release_leases(dead)
-            log.info("took back %d requests of %d stopped workers", released, len(dead))
-        await self._db.reclaim_expired_leases(self._clock.now())
-
     # -- the loop ---------------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_control_check = 0.0
         while True:
-            if loop.time() >= next_control_check:
+            # Within a microsecond counts as due: a wait of 1e-15 s returns at once without
+            # the clock moving (a fake clock cannot move by that), and the loop would spin.
+            if loop.time() >= next_control_check - _CLOCK_RESOLUTION_S:
                 await self._apply_controls()
                 next_control_check = loop.time() + self._config.control_poll_s
             self._raise_task_errors()
             if not self._active:
                 return
             room = min(
-                self._config.max_concurrency - len(self._tasks), _MAX_WAITING - self._waiting
+                self._capacity.now(loop.time(), waiting=_MAX_WAITING) - len(self._tasks),
+                _MAX_WAITING - self._waiting,
             )
             claimed: list[ClaimedRequest] = []
             if room > 0:
@@ -251,9 +206,8 @@ class Dispatcher:
                     now=self._clock.now(),
                     lease_s=self._config.lease_s,
                 )
-            claimed_at = self._clock.monotonic()
+            self._leases.taken(claimed)
             for request in claimed:
-                self._leased_at[request.id] = claimed_at
                 task = asyncio.create_task(self._process(request))
                 self._tasks[task] = request
                 task.add_done_callback(self._forget_task)
@@ -275,7 +229,7 @@ class Dispatcher:
         if task.cancelled() or task.exception() is None:
             request = self._tasks.pop(task, None)
             if request is not None:
-                self._leased_at.pop(request.id, None)
+                self._leases.forget(request.id)
 
     def _raise_task_errors(self) -> None:
         for task in list(self._tasks):
@@ -310,24 +264,42 @@ class Dispatcher:
     # -- one request ------------------------------------------------------------------------
 
     async def _process(self, request: ClaimedRequest) -> None:
-        endpoint = self._endpoints[request.batch_id]
+        route = self._endpoints[request.batch_id]
         self._waiting += 1
         try:
-            permit = await self._wait_for_turn(request, endpoint)
+            turn = await self._wait_for_turn(request, route)
         finally:
             self._waiting -= 1
-        if permit is None:
+        if turn is None:
             return
-        if not await self._still_held(request):
+        assignment, permit = turn
+        outcome: Outcome | None = None
+        try:
+            outcome, latency_ms = await self._send(request, assignment, permit)
+        finally:
+            if outcome is None:
+                self.router.abandon(assignment)
+        if outcome is not None:
+            await self._answered(request, route, assignment, permit, outcome, latency_ms)
+
+    async def _send(
+        self, request: ClaimedRequest, assignment: Assignment, permit: Permit
+    ) -> tuple[Outcome | None, int]:
+        """Send the request to its assigned endpoint; (None, 0) if it must not be sent after
+        all (its lease was lost, or the observer paused its batch)."""
+        if not await self._leases.still_held(request):
             # Another worker took it over while this one was not looking (frozen, or cut off
             # from the database longer than a lease): sending now would pay for it twice.
             self._limiter.settle(permit, _NOT_SENT)
             self.report.lost_leases += 1
             log.warning("request %s: its lease was lost; not sending it", request.custom_id)
-            return
+            return None, 0
         if self._observer is not None and not await self._admitted(request, permit):
-            return
-        sender = self._senders[endpoint]
+            return None, 0
+        sender = self._senders[assignment.endpoint]
+        params_json = request.params_json
+        if assignment.model != request.model:
+            params_json = _with_model(params_json, assignment.model)
         loop = asyncio.get_running_loop()
         async with self._send_slots:
             task = asyncio.current_task()
@@ -335,10 +307,24 @@ class Dispatcher:
             self._sending[task] = request
             try:
                 started = loop.time()
-                outcome = await sender.send(request.params_json)
+                outcome = await sender.send(params_json)
                 latency_ms = round((loop.time() - started) * 1000)
             finally:
                 del self._sending[task]
+        return outcome, latency_ms
+
+    async def _answered(
+        self,
+        request: ClaimedRequest,
+        route: str,
+        assignment: Assignment,
+        permit: Permit,
+        outcome: Outcome,
+        latency_ms: int,
+    ) -> None:
+        """Settle the limits, learn where to send next, and record what became of it."""
+        endpoint = assignment.endpoint
+        sender = self._senders[endpoint]
         self.report.sent += 1
         self._limiter.settle(permit, outcome)
         if self._observer is not None:
@@ -356,9 +342,23 @@ class Dispatcher:
             jitter=self._rng.random(),
         )
         self.report.count(decision, outcome)
+        transition = self.router.finished(
+            route,
+            assignment,
+            outcome,
+            latency_s=latency_ms / 1000,
+            halt_reason=decision.reason if isinstance(decision, Pause) else "",
+        )
+        if transition is not None and len(self.router.route(route).members) > 1:
+            now = self._unix_clock() if self._unix_clock is not None else None
+            await publish(self._db, route, transition, now=now)
         match decision:
-            case Pause(reason=reason):
-                await self._pause(request, reason)
+            case Pause():
+                if self.router.all_halted(route):
+                    await self._pause(request, self.router.halt_reasons(route))
+                else:
+                    # Another member of the pool will take it.
+                    await self._write(Unsent(request.id))
             case Retry(retry=retry):
                 log.debug(
                     "request %s: %s; retrying at %s",
@@ -370,64 +370,68 @@ class Dispatcher:
             case Finish():
                 await self._write(decision)
 
-    async def _wait_for_turn(self, request: ClaimedRequest, endpoint: str) -> Permit | None:
-        """Wait for the limiter; None (and the request handed back) if the batch stops first."""
+    async def _wait_for_turn(
+        self, request: ClaimedRequest, route: str
+    ) -> tuple[Assignment, Permit] | None:
+        """Wait for an endpoint of the route and its limiter; None (and the request handed
+        back) if the batch stops first."""
         stop = self._stop_events[request.batch_id]
         if not stop.is_set():
-            raw_estimate = request.estimated_input_tokens
-            if self._config.count_tokens:
-                counted = await self._senders[endpoint].count_tokens(request.params_json)
-                raw_estimate = counted or raw_estimate
-            if raw_estimate is None:
-                raw_estimate = estimate_input_tokens(json.loads(request.params_json))
-            demand = Demand(raw_estimate, request.max_tokens)
-            turn = asyncio.ensure_future(self._limiter.acquire((endpoint, request.model), demand))
+            turn = asyncio.ensure_future(self._assign_and_acquire(request, route))
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait({turn, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             if turn.done() and not stop.is_set():
-                return turn.result()
+                found = turn.result()
+                if isinstance(found, Halted):
+                    await self._pause(request, "; ".join(found.reasons))
+                    return None
+                return found
             turn.cancel()
-            if turn.done() and not turn.cancelled():
+            await asyncio.gather(turn, return_exceptions=True)
+            if not turn.cancelled() and isinstance(granted := turn.result(), tuple):
                 # Granted just as the batch stopped: give the reservation back.
-                self._limiter.settle(turn.result(), _NOT_SENT)
+                self._limiter.settle(granted[1], _NOT_SENT)
+                self.router.abandon(granted[0])
         kind = self._stop_kinds.get(request.batch_id, "shutdown")
         if kind == "canceling":
             self.report.canceled += 1
         await self._write(after_stop(request, kind))
         return None
 
-    async def _heartbeat_loop(self) -> None:
-        """Keep the leases of held requests alive, and return dead workers' requests."""
-        interval_s = self._config.lease_s / 4
+    async def _assign_and_acquire(
+        self, request: ClaimedRequest, route: str
+    ) -> tuple[Assignment, Permit] | Halted:
+        """An endpoint of the route (see ``dispatch.routing``), then its limiter's permit;
+        again if the endpoint left the rotation while the request waited for its limits."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval_s)
-            held = [request.id for request in self._tasks.values()]
-            await self._renew(held)
-            await self._db.reclaim_expired_leases(self._clock.now())
+            assignment = await self.router.assign(route, request.model, request.params_json)
+            if isinstance(assignment, Halted):
+                return assignment
+            try:
+                demand = await self._demand(request, assignment.endpoint)
+                key = (assignment.endpoint, assignment.model)
+                # Counted once per bucket: the models of a family share one.
+                self._capacity.used(self._limiter.key_for(*key), loop.time())
+                permit = await self._limiter.acquire(key, demand)
+            except BaseException:
+                self.router.abandon(assignment)
+                raise
+            if self.router.state(assignment.endpoint).usable(loop.time()):
+                return assignment, permit
+            self._limiter.settle(permit, _NOT_SENT)
+            self.router.abandon(assignment)
 
-    async def _renew(self, request_ids: list[int]) -> set[int]:
-        """Renew the leases of these requests; returns those this worker still holds."""
-        renewed_at = self._clock.monotonic()
-        renewed = await self._db.renew_leases(
-            owner=self.owner,
-            request_ids=request_ids,
-            now=self._clock.now(),
-            lease_s=self._config.lease_s,
-        )
-        for request_id in renewed:
-            self._leased_at[request_id] = renewed_at
-        return renewed
-
-    async def _still_held(self, request: ClaimedRequest) -> bool:
-        """Whether this worker still holds the request's lease. Asks the database only when
-        the lease has not been renewed for half its length: the heartbeat renews every
-        quarter, so that happens only after the worker stood still (a SIGSTOP, a frozen
-        machine, a database unreachable for a while)."""
-        leased_at = self._leased_at.get(request.id, -math.inf)
-        if self._clock.monotonic() - leased_at < self._config.lease_s / 2:
-            return True
-        return request.id in await self._renew([request.id])
+    async def _demand(self, request: ClaimedRequest, endpoint: str) -> Demand:
+        """What the request may cost: its input estimate (or count) and its max_tokens."""
+        raw_estimate = request.estimated_input_tokens
+        if self._config.count_tokens:
+            counted = await self._senders[endpoint].count_tokens(request.params_json)
+            raw_estimate = counted or raw_estimate
+        if raw_estimate is None:
+            raw_estimate = estimate_input_tokens(json.loads(request.params_json))
+        return Demand(raw_estimate, request.max_tokens)
 
     # -- observing and stopping a run from outside (progress, budgets, time limits) --------
 
@@ -460,6 +464,11 @@ class Dispatcher:
             self._drained.add(batch_id)
             self._stop(batch_id, "drained")
 
+    @property
+    def uses_pools(self) -> bool:
+        """Whether some batch of the run is sent through a pool of several endpoints."""
+        return any(len(self.router.route(name).members) > 1 for name in self._endpoints.values())
+
     def progress(self) -> DispatchProgress:
         """A read-only snapshot of the work in hand."""
         return DispatchProgress(
@@ -470,28 +479,8 @@ class Dispatcher:
         )
 
 
-@dataclass(frozen=True)
-class DispatchProgress:
-    """Requests this worker holds: being sent (or recorded), and waiting for the limiter."""
-
-    in_flight: int
-    waiting: int
-    active_batches: tuple[str, ...]
-    draining: bool
-
-
-class RunObserver(Protocol):
-    """Watches a run from inside the dispatcher: sees each request before it is sent and
-    each answer, and may stop a batch (a budget)."""
-
-    def attach(self, dispatcher: Dispatcher, limiter: Limiter) -> None:
-        """Called once, when the dispatcher is made (to read its progress, or drain it)."""
-        ...
-
-    def admit(self, request: ClaimedRequest, permit: Permit) -> str | None:
-        """Called just before ``request`` is sent; a reason instead pauses its batch."""
-        ...
-
-    def settled(self, request: ClaimedRequest, permit: Permit, outcome: Outcome) -> None:
-        """Called when the answer to a sent request is in, before it is recorded."""
-        ...
+def _with_model(params_json: str, model: str) -> str:
+    """The request body with another model name (a pool member that names it differently)."""
+    params = json.loads(params_json)
+    params["model"] = model
+    return json.dumps(params, ensure_ascii=False, separators=(",", ":"))

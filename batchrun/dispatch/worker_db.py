@@ -2,7 +2,7 @@
 
 Everything a running worker asks of the database goes through one :class:`WorkerDatabase`:
 the dispatch loop's claims and control checks, the group writer's commits, the shared rate
-buckets of the limiter's bank, the run monitor's budget reads, and the run's planning before
+records of the limiter's bank, the run monitor's budget reads, and the run's planning before
 and reports after. They share one database thread (:class:`DatabaseThread`), so a worker's
 statements run in order, on one connection at a time, never contending with each other for
 SQLite's write lock, and every one of them is retried the same way while a Postgres
@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from batchrun.dispatch.dbthread import DEFAULT_RETRY_DELAYS_S, DatabaseThread
-from batchrun.limits.banks import PendingChanges
+from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.records import (
     BatchSummary,
     ClaimedRequest,
@@ -132,17 +132,29 @@ class WorkerDatabase:
         endpoint: str,
         model: str,
         costs: Mapping[str, float],
-        rates: Mapping[str, tuple[float, float]],
+        policy: KeyPolicy,
         changes: PendingChanges,
         now: float,
-    ) -> tuple[float, float]:
+    ) -> tuple[Grant, KeyRecord]:
         return await self._thread.call(
             self._store.rates.take,
             endpoint=endpoint,
             model=model,
             costs=costs,
-            rates=rates,
+            policy=policy,
             changes=changes,
+            now=now,
+        )
+
+    async def record_endpoint_health(
+        self, *, endpoint: str, state: str, reason: str | None, until: float | None, now: float
+    ) -> None:
+        await self._thread.call(
+            self._store.record_endpoint_health,
+            endpoint=endpoint,
+            state=state,
+            reason=reason,
+            until=until,
             now=now,
         )
 

@@ -11,14 +11,14 @@ frequent errors and the tokens per model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_serializer
 
 from batchrun.config.prices import CostTotal
-from batchrun.records import BatchStats, BatchSummary
+from batchrun.records import BatchStats, BatchSummary, EndpointHealth, EndpointShare
 
 
 class RequestCountsModel(BaseModel):
@@ -117,6 +117,25 @@ class ModelUsageModel(BaseModel):
     cache_read_input_tokens: int
 
 
+class EndpointUseModel(BaseModel):
+    """One endpoint that answered a batch (or a member of its pool): its results, its share
+    of them, its answers in the minute up to the last result, and its state as last
+    published by a worker (``ok``, ``open``: out after failures until ``retry_at``,
+    ``halted``: out for bad credentials) with the reason."""
+
+    endpoint: str
+    answered: int
+    share: float
+    per_min: int
+    state: str | None
+    reason: str | None
+    retry_at: datetime | None
+
+    @field_serializer("retry_at")
+    def _iso(self, value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+
 class BatchStatus(BatchObject):
     """The batch object with what ``status`` adds: cost, budget, timings, throughput (from the
     first send to the last answer), the most frequent errors and tokens per model."""
@@ -130,12 +149,23 @@ class BatchStatus(BatchObject):
     throughput: ThroughputModel | None
     errors: list[ErrorTypeModel]
     usage_by_model: list[ModelUsageModel]
+    # Who answered (several endpoints: a pool, or a batch moved); empty before any answer.
+    endpoints: list[EndpointUseModel] = Field(default_factory=list)
     # The file the requests came from; shown by `status`, not part of the JSON.
     source: str | None = Field(default=None, exclude=True)
 
     @classmethod
-    def build(cls, batch: BatchSummary, stats: BatchStats, cost: CostTotal) -> BatchStatus:
-        """The status of ``batch`` from its stats and what it cost."""
+    def build(
+        cls,
+        batch: BatchSummary,
+        stats: BatchStats,
+        cost: CostTotal,
+        *,
+        members: Sequence[str] = (),
+        health: Mapping[str, EndpointHealth] | None = None,
+    ) -> BatchStatus:
+        """The status of ``batch`` from its stats and what it cost; ``members``: the
+        endpoints of its pool (listed even before they answer), ``health``: their states."""
         rates = throughput_per_min(batch, stats)
         return cls(
             **_summary_fields(batch),
@@ -163,6 +193,7 @@ class BatchStatus(BatchObject):
                 )
                 for u in stats.usage
             ],
+            endpoints=endpoint_uses(stats.endpoints, members, health or {}),
             source=batch.source,
         )
 
@@ -192,3 +223,31 @@ def throughput_per_min(batch: BatchSummary, stats: BatchStats) -> tuple[float, f
 def batch_objects(batches: Sequence[BatchSummary]) -> list[BatchObject]:
     """The batch objects of ``batches``, in their order."""
     return [BatchObject.from_summary(batch) for batch in batches]
+
+
+def endpoint_uses(
+    shares: Sequence[EndpointShare], members: Sequence[str], health: Mapping[str, EndpointHealth]
+) -> list[EndpointUseModel]:
+    """Each endpoint that answered, then each pool member that did not, with its state."""
+    answered = {share.endpoint: share for share in shares}
+    names = list(answered) + [name for name in members if name not in answered]
+    total = sum(share.answered for share in shares) or 1
+    found = []
+    for name in names:
+        share = answered.get(name, EndpointShare(name, 0, 0))
+        state = health.get(name)
+        retry_at = None
+        if state is not None and state.state == "open" and state.until is not None:
+            retry_at = datetime.fromtimestamp(state.until, UTC)
+        found.append(
+            EndpointUseModel(
+                endpoint=name,
+                answered=share.answered,
+                share=round(share.answered / total, 4),
+                per_min=share.recent,
+                state=None if state is None else ("ok" if state.state == "closed" else state.state),
+                reason=None if state is None else state.reason,
+                retry_at=retry_at,
+            )
+        )
+    return found

@@ -50,6 +50,7 @@ COLUMNS = (
     "started_at",
     "completed_at",
     "raw_body",
+    "endpoint",
 )
 
 
@@ -122,6 +123,7 @@ def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[d
             "started_at": _when(row.started_at),
             "completed_at": _when(row.completed_at),
             "raw_body": row.raw_body,
+            "endpoint": row.endpoint,
         }
 
 

@@ -1,40 +1,34 @@
-"""Where the limiter keeps its bucket levels: in memory, or in the database for all workers.
+"""Where the limiter keeps each key's record: in memory, or in the database for all workers.
 
-The limiter decides what to take and learns from answers; a bank only holds levels, rates
-and pauses. :class:`LocalBank` serves one worker (event-loop time, no I/O);
-:class:`DatabaseBank` shares them between every worker of a database, so several processes
-or hosts together stay under one limit. It reaches the database through the worker's one
-route there (``batchrun.dispatch.worker_db``), passed in as :class:`SharedBuckets`: this
-layer imports no storage.
+The limiter decides what to take and what an answer taught; a bank holds each endpoint ×
+model's :class:`~batchrun.limits.keyrecord.KeyRecord` (buckets, pause, announced and learned
+limits, what the server let through, the ramp) and applies both with the record's own rules.
+:class:`LocalBank` serves one worker (event-loop time, no I/O); :class:`DatabaseBank` shares
+the records between every worker of a database, so several processes or hosts together stay
+under one limit and learn it once. It reaches the database through the worker's one route
+there (``batchrun.dispatch.worker_db``), passed in as :class:`SharedBuckets`: this layer
+imports no storage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from batchrun.limits.buckets import TokenBucket
+from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
 
 LimitKey = tuple[str, str]
 
-
-@dataclass
-class PendingChanges:
-    """What a worker learned about a key since it last wrote it to the shared buckets."""
-
-    deltas: dict[str, float] = field(default_factory=dict)
-    clamps: dict[str, float] = field(default_factory=dict)
-    pause_until: float = 0.0
-
-    def empty(self) -> bool:
-        return not self.deltas and not self.clamps and not self.pause_until
+# A key with no limit in force skips the database between visits this far apart; a visit
+# still brings the pauses, announced and learned limits other workers wrote.
+UNLIMITED_VISIT_S = 1.0
 
 
 class SharedBuckets(Protocol):
-    """The database's rate buckets (``Store.rates.take``, awaited)."""
+    """The database's rate records (``Store.rates.take``, awaited)."""
 
     async def take_rates(
         self,
@@ -42,95 +36,63 @@ class SharedBuckets(Protocol):
         endpoint: str,
         model: str,
         costs: Mapping[str, float],
-        rates: Mapping[str, tuple[float, float]],
+        policy: KeyPolicy,
         changes: PendingChanges,
         now: float,
-    ) -> tuple[float, float]:
-        """Apply ``changes``, then take ``costs`` if every bucket has them; returns (seconds
-        to wait, 0 when taken; the key's pause end in Unix seconds)."""
+    ) -> tuple[Grant, KeyRecord]:
+        """Apply ``changes`` to the key's record, then take ``costs`` if every bucket in
+        force has them; returns the grant and the record as the take left it."""
         ...
 
 
 class Bank(Protocol):
-    """Bucket levels and pauses per endpoint × model."""
+    """Records per endpoint × model, on the bank's clock."""
 
-    async def take(
-        self,
-        key: LimitKey,
-        costs: Mapping[str, float],
-        rates: Mapping[str, tuple[float, float]],
-    ) -> float:
-        """Take ``costs`` if every bucket has them; seconds to wait first (0: taken)."""
+    def now(self) -> float:
+        """The bank's clock, in seconds: the times of changes and records count on it."""
         ...
 
-    def correct(self, key: LimitKey, deltas: Mapping[str, float]) -> None:
-        """Give back (positive) or take more (negative) after a response."""
+    async def take(self, key: LimitKey, costs: Mapping[str, float], policy: KeyPolicy) -> Grant:
+        """Take ``costs`` (per dimension) from every bucket in force if all have them."""
         ...
 
-    def clamp(self, key: LimitKey, dimension: str, remaining: float) -> None:
-        """Never count on more than the server says remains."""
+    def update(self, key: LimitKey, changes: PendingChanges, policy: KeyPolicy) -> None:
+        """Record what an answer taught (corrections, pauses, limits, usage)."""
         ...
 
-    def pause(self, key: LimitKey, seconds: float) -> None:
-        """Send nothing for this key for ``seconds``."""
+    def record(self, key: LimitKey) -> KeyRecord | None:
+        """The key's record as this worker knows it now (for reading), or None."""
         ...
 
 
 class LocalBank:
-    """Buckets in memory, on the event loop's clock: one worker."""
+    """Records in memory, on the event loop's clock: one worker."""
 
     def __init__(self) -> None:
-        self._buckets: dict[tuple[LimitKey, str], TokenBucket] = {}
-        self._paused_until: dict[LimitKey, float] = {}
+        self._records: dict[LimitKey, KeyRecord] = {}
 
-    def _now(self) -> float:
+    def now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    async def take(
-        self,
-        key: LimitKey,
-        costs: Mapping[str, float],
-        rates: Mapping[str, tuple[float, float]],
-    ) -> float:
-        now = self._now()
-        wait_s = self._paused_until.get(key, 0.0) - now
-        buckets = {}
-        for dimension, (rate, capacity) in rates.items():
-            bucket = self._buckets.get((key, dimension))
-            if bucket is None:
-                bucket = TokenBucket(rate, capacity, 0.0, now)
-                self._buckets[(key, dimension)] = bucket
-            elif (bucket.rate_per_s, bucket.capacity) != (rate, capacity):
-                bucket.set_rate(rate, capacity / rate, now)
-            buckets[dimension] = bucket
-            wait_s = max(wait_s, bucket.wait_s(costs[dimension], now))
-        if wait_s <= 0:
-            for dimension, bucket in buckets.items():
-                bucket.take(costs[dimension], now)
-        return max(wait_s, 0.0)
+    async def take(self, key: LimitKey, costs: Mapping[str, float], policy: KeyPolicy) -> Grant:
+        record = self._records.setdefault(key, KeyRecord())
+        return record.take(costs, policy, self.now())
 
-    def correct(self, key: LimitKey, deltas: Mapping[str, float]) -> None:
-        now = self._now()
-        for dimension, delta in deltas.items():
-            bucket = self._buckets.get((key, dimension))
-            if bucket is not None:
-                bucket.adjust(delta, now)
+    def update(self, key: LimitKey, changes: PendingChanges, policy: KeyPolicy) -> None:
+        record = self._records.setdefault(key, KeyRecord())
+        record.apply(changes, policy.configured, self.now())
 
-    def clamp(self, key: LimitKey, dimension: str, remaining: float) -> None:
-        bucket = self._buckets.get((key, dimension))
-        if bucket is not None:
-            bucket.clamp(remaining, self._now())
-
-    def pause(self, key: LimitKey, seconds: float) -> None:
-        until = self._now() + seconds
-        self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
+    def record(self, key: LimitKey) -> KeyRecord | None:
+        return self._records.get(key)
 
 
 class DatabaseBank:
-    """Buckets in the job database, shared by every worker that uses it.
+    """Records in the job database, shared by every worker that uses it.
 
-    Corrections, clamps and pauses are collected in memory and written with the key's next
-    take, so a response costs no extra round trip; a take is one transaction.
+    What an answer teaches is collected in memory and written with the key's next take, so
+    a response costs no extra round trip; a take is one transaction, and brings back the
+    record as every worker left it. Between takes, this worker reads the record it last
+    brought back with its own changes since applied.
     """
 
     def __init__(self, shared: SharedBuckets, *, clock: Callable[[], float] = time.time) -> None:
@@ -138,45 +100,40 @@ class DatabaseBank:
         self._shared = shared
         self._clock = clock
         self._pending: dict[LimitKey, PendingChanges] = {}
-        self._paused_until: dict[LimitKey, float] = {}
+        self._records: dict[LimitKey, KeyRecord] = {}
+        self._visited_at: dict[LimitKey, float] = {}
 
-    def _changes(self, key: LimitKey) -> PendingChanges:
-        return self._pending.setdefault(key, PendingChanges())
+    def now(self) -> float:
+        return self._clock()
 
-    async def take(
-        self,
-        key: LimitKey,
-        costs: Mapping[str, float],
-        rates: Mapping[str, tuple[float, float]],
-    ) -> float:
+    async def take(self, key: LimitKey, costs: Mapping[str, float], policy: KeyPolicy) -> Grant:
         now = self._clock()
+        known = self._records.get(key)
+        pending = self._pending.get(key)
+        if (
+            not (pending and (pending.pause_until or pending.announced or pending.rate_limited))
+            and not (known.limits(policy.configured, now) if known else policy.configured)
+            and now - self._visited_at.get(key, -math.inf) < UNLIMITED_VISIT_S
+        ):
+            # No limit in force, and nothing learned that could set one or a pause: only a
+            # pause can hold it back; what answers used is written with the next visit.
+            return Grant(max((known.paused_until if known else 0.0) - now, 0.0))
         changes = self._pending.pop(key, None) or PendingChanges()
-        if not rates and changes.empty():
-            # No limit in force: only a pause this worker knows of can hold it back.
-            return max(self._paused_until.get(key, 0.0) - now, 0.0)
         endpoint, model = key
-        wait_s, paused_until = await self._shared.take_rates(
-            endpoint=endpoint,
-            model=model,
-            costs={d: costs[d] for d in rates},
-            rates=rates,
-            changes=changes,
-            now=now,
+        grant, record = await self._shared.take_rates(
+            endpoint=endpoint, model=model, costs=costs, policy=policy, changes=changes, now=now
         )
-        self._paused_until[key] = max(self._paused_until.get(key, 0.0), paused_until)
-        return wait_s
+        if (newer := self._pending.get(key)) is not None:
+            # Learned while the take was on its way: not in the record yet.
+            record.apply(newer, policy.configured, self._clock())
+        self._records[key] = record
+        self._visited_at[key] = now
+        return grant
 
-    def correct(self, key: LimitKey, deltas: Mapping[str, float]) -> None:
-        pending = self._changes(key).deltas
-        for dimension, delta in deltas.items():
-            pending[dimension] = pending.get(dimension, 0.0) + delta
+    def update(self, key: LimitKey, changes: PendingChanges, policy: KeyPolicy) -> None:
+        self._pending.setdefault(key, PendingChanges()).merge(changes)
+        record = self._records.setdefault(key, KeyRecord())
+        record.apply(changes, policy.configured, self._clock())
 
-    def clamp(self, key: LimitKey, dimension: str, remaining: float) -> None:
-        clamps = self._changes(key).clamps
-        clamps[dimension] = min(clamps.get(dimension, remaining), remaining)
-
-    def pause(self, key: LimitKey, seconds: float) -> None:
-        until = self._clock() + seconds
-        changes = self._changes(key)
-        changes.pause_until = max(changes.pause_until, until)
-        self._paused_until[key] = max(self._paused_until.get(key, 0.0), until)
+    def record(self, key: LimitKey) -> KeyRecord | None:
+        return self._records.get(key)

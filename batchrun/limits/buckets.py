@@ -11,6 +11,7 @@ capacity.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Bucket size in seconds of refill: the most that is ever sent in one burst. Small, because a
@@ -53,6 +54,13 @@ class TokenBucket:
             return 0.0
         return (needed - self.level) / self.rate_per_s
 
+    def full_at(self) -> float:
+        """When the bucket fills up (or filled, at the latest: a bucket found full when it was
+        last updated may have been full before), with no more taken; infinity at rate 0."""
+        if self.rate_per_s <= 0:
+            return math.inf
+        return self.updated_at + max(self.capacity - self.level, 0.0) / self.rate_per_s
+
     def take(self, cost: float, now: float) -> None:
         """Take ``cost`` (after :meth:`wait_s` said 0)."""
         self._refill(now)
@@ -68,9 +76,10 @@ class TokenBucket:
         self._refill(now)
         self.level = min(self.level, at_most)
 
-    def set_rate(self, rate_per_s: float, burst_s: float, now: float) -> None:
-        """Change the rate from now on (a learned or announced limit)."""
+    def set_rate(self, rate_per_s: float, capacity: float, now: float) -> None:
+        """Change the rate and the capacity from now on (a learned or announced limit, a
+        ramp)."""
         self._refill(now)
         self.rate_per_s = rate_per_s
-        self.capacity = rate_per_s * burst_s
+        self.capacity = capacity
         self.level = min(self.level, self.capacity)

@@ -24,7 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.dispatch.dispatcher import Dispatcher, DispatchProgress
+from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.report import DispatchProgress
+from batchrun.dispatch.routing import MemberSnapshot
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import DIMENSIONS, Amounts
 from batchrun.limits.limiter import Limiter, LimitKey, Permit, Wait
@@ -106,6 +108,8 @@ class ProgressSnapshot:
     waits: tuple[Wait, ...] = ()
     # The latest transient failure, as a short reason ("HTTP 529 overloaded_error").
     last_failure: str | None = None
+    # Each endpoint of a pool: its answers, rate and state (empty without pools).
+    members: tuple[MemberSnapshot, ...] = ()
 
 
 class RunMonitor:
@@ -284,7 +288,15 @@ class RunMonitor:
             stopping=self.time_limit_reached,
             waits=tuple(self._limiter.waits()) if self._limiter else (),
             last_failure=report.last_failure if report else None,
+            members=self._members(dispatcher),
         )
+
+    @staticmethod
+    def _members(dispatcher: Dispatcher | None) -> tuple[MemberSnapshot, ...]:
+        """The endpoints of the run's pools, when it sends through a pool."""
+        if dispatcher is None or not dispatcher.uses_pools:
+            return ()
+        return tuple(dispatcher.router.snapshot())
 
     def _key_progress(self, key: LimitKey, totals: Amounts, scale: float) -> KeyProgress:
         uses = []

@@ -14,13 +14,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from batchrun.dispatch.clock import LoopClock
-from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, DispatchConfig
-from batchrun.dispatch.dispatcher import Dispatcher, RunObserver, RunReport, Sender
+from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, MAX_IN_FLIGHT, DispatchConfig
+from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.seams import RunObserver, Sender
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import UnknownEndpointError
 from batchrun.limits.banks import DatabaseBank
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter, LimiterSettings, LimitKey
+from batchrun.records import Pool
 from batchrun.transport.client import (
     HttpTransport,
     MessagesClient,
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
     from batchrun.simulator.config import SimulatorConfig
 
 log = logging.getLogger(__name__)
+
+# Open files kept for what is not a request in flight: the database, logs, the simulator.
+RESERVED_FILES = 256
 
 
 @dataclass(frozen=True)
@@ -60,18 +66,40 @@ async def plan_run(db: WorkerDatabase, batch_ids: Sequence[str]) -> RunPlan:
 
 
 def run_endpoints(plan: RunPlan, known: Endpoints) -> dict[str, Endpoint]:
-    """The endpoints the plan's batches use, by name; UnknownEndpointError if a batch names
-    one that is no longer defined (a config file changed or is not found)."""
+    """The endpoints the plan's batches use, by name (a pool's members for a batch on a
+    pool); UnknownEndpointError if a batch names one that is no longer defined (a config file
+    changed or is not found)."""
     used: dict[str, Endpoint] = {}
     for batch_id, name in plan.batches.items():
-        if name not in known.by_name:
+        if name not in known.by_name and name not in known.pools:
             raise UnknownEndpointError(
                 f"batch {batch_id} uses endpoint {name!r}, which is not defined here; define "
                 f"it in the config file, or move the batch with `batchrun run {batch_id} "
                 "--endpoint NAME`"
             )
-        used[name] = known.by_name[name]
+        used.update(known.members(name))
     return used
+
+
+def in_flight_ceiling() -> int:
+    """The most requests a worker may hold in flight on this machine: MAX_IN_FLIGHT, or
+    fewer when the process may open fewer files (each request in flight holds a socket).
+    The soft limit on open files is raised to the hard one first, as servers do."""
+    try:
+        import resource
+    except ImportError:  # Windows: no RLIMIT_NOFILE; sockets are not counted the same way.
+        return MAX_IN_FLIGHT
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = MAX_IN_FLIGHT + RESERVED_FILES
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    return max(1, min(MAX_IN_FLIGHT, soft - RESERVED_FILES))
 
 
 async def move_batches(db: WorkerDatabase, plan: RunPlan, endpoint: str) -> RunPlan:
@@ -85,15 +113,20 @@ async def move_batches(db: WorkerDatabase, plan: RunPlan, endpoint: str) -> RunP
 def dispatch_config(
     endpoints: Mapping[str, Endpoint],
     *,
-    max_concurrency: int,
+    max_concurrency: int | None,
     max_attempts: int | None,
     count_tokens: bool = False,
 ) -> DispatchConfig:
     """The dispatch settings: ``max_attempts`` for every endpoint when given, else each
-    endpoint's own max_attempts, else the default."""
+    endpoint's own max_attempts, else the default. ``max_concurrency`` None: worked out
+    from the limits, up to what this machine allows (:func:`in_flight_ceiling`)."""
+    ceiling = in_flight_ceiling() if max_concurrency is None else max_concurrency
     if max_attempts is not None:
         return DispatchConfig(
-            max_concurrency=max_concurrency, max_attempts=max_attempts, count_tokens=count_tokens
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            count_tokens=count_tokens,
+            in_flight_ceiling=ceiling,
         )
     own = {
         name: endpoint.max_attempts
@@ -105,6 +138,7 @@ def dispatch_config(
         max_attempts=DEFAULT_MAX_ATTEMPTS,
         max_attempts_by_endpoint=own,
         count_tokens=count_tokens,
+        in_flight_ceiling=ceiling,
     )
 
 
@@ -131,6 +165,7 @@ async def dispatch_batches(
     simulator: SimulatorConfig | None = None,
     observer: RunObserver | None = None,
     on_start: Callable[[Dispatcher], None] | None = None,
+    pools: Mapping[str, Pool] | None = None,
 ) -> RunReport:
     """Dispatch these batches (id → endpoint name) until no work is left.
 
@@ -141,6 +176,7 @@ async def dispatch_batches(
     before it runs (to stop it from outside: a signal, a time limit).
     """
     headers = {name: auth_headers(endpoint, env) for name, endpoint in endpoints.items()}
+    clock = unix_clock()
     async with AsyncExitStack() as stack:
         senders: dict[str, Sender] = {}
         for name, endpoint in endpoints.items():
@@ -149,7 +185,7 @@ async def dispatch_batches(
             http = await stack.enter_async_context(
                 create_http_client(
                     timeout_s=attempt_timeout_s,
-                    max_connections=dispatch.max_concurrency,
+                    max_connections=dispatch.max_concurrency or dispatch.in_flight_ceiling,
                     transport=transport,
                 )
             )
@@ -168,10 +204,12 @@ async def dispatch_batches(
                 overrides=overrides,
                 settings=limiter_settings,
                 # The buckets live in the database, so every worker using it shares the limits.
-                bank=DatabaseBank(db, clock=unix_clock()),
+                bank=DatabaseBank(db, clock=clock),
             ),
             config=dispatch,
             observer=observer,
+            pools=pools,
+            clock=clock,
         )
         if on_start is not None:
             on_start(dispatcher)

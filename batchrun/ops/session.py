@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.dispatch.config import DEFAULT_MAX_CONCURRENCY
-from batchrun.dispatch.dispatcher import Dispatcher, RunReport
+from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import ExitCode
 from batchrun.export.batch_object import BatchObject, cost_json
@@ -43,7 +43,7 @@ from batchrun.ops.runner import (
     run_endpoints,
 )
 from batchrun.records import BatchSummary
-from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
+from batchrun.transport.endpoints import Endpoints, auth_headers
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
@@ -56,7 +56,7 @@ class RunOptions:
 
     batch_ids: tuple[str, ...] = ()
     # Move the batches' remaining requests to this endpoint, for this run and later ones.
-    target: Endpoint | None = None
+    target: str | None = None
     max_cost_usd: float | None = None
     max_runtime_s: float | None = None
     forever: bool = False
@@ -64,7 +64,8 @@ class RunOptions:
     overrides: RateLimits = field(default_factory=RateLimits)
     limiter_settings: LimiterSettings = field(default_factory=LimiterSettings)
     timeout_s: float | None = None
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    # None: worked out from the limits and latency (batchrun.dispatch.capacity).
+    max_concurrency: int | None = None
     max_attempts: int | None = None
     count_tokens: bool = False
     # How often a Progress event goes out; None: never.
@@ -258,8 +259,9 @@ class RunSession:
             plan = RunPlan(kept, plan.skipped)
         if options.target is not None and plan.batches:
             # Checked before anything is moved, so a missing key leaves the batches as they were.
-            auth_headers(options.target, self._env)
-            plan = await move_batches(db, plan, options.target.name)
+            for endpoint in self._known.members(options.target).values():
+                auth_headers(endpoint, self._env)
+            plan = await move_batches(db, plan, options.target)
         if options.max_cost_usd is not None:
             for batch_id in plan.batches:
                 await db.set_max_cost(batch_id, options.max_cost_usd)
@@ -315,6 +317,7 @@ class RunSession:
                 limiter_settings=options.limiter_settings,
                 timeout_s=options.timeout_s,
                 observer=monitor,
+                pools=self._known.pools,
                 on_start=self._started,
             )
             snapshot = monitor.snapshot()

@@ -10,8 +10,8 @@ url: ...``. Behaviour per request can be forced with ``[[sim:...]]`` directives 
 (see :mod:`batchrun.simulator.directives`).
 
 Holds: ``app`` (the ASGI app), ``config``, ``buckets`` (its own rate limits), ``directives``,
-``faults``, ``responses``, ``tokens`` (its own token counts), ``validation``, ``stats``, and
-``server`` (uvicorn on a socket).
+``faults``, ``responses``, ``streaming`` (answers as server-sent events), ``tokens`` (its own
+token counts), ``validation``, ``stats``, and ``server`` (uvicorn on a socket).
 May import: nothing of batchrun's but the image-size formula (``batchrun.input.images``): it
 is an independent oracle, so batchrun's own estimates are tested against something else.
 Its names are loaded on first use, so the in-process endpoint does not load uvicorn.
@@ -23,13 +23,15 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchrun.simulator.app import SimulatedConnectionCut, SimulatorApp, create_app
+    from batchrun.simulator.app import SimulatorApp, create_app
+    from batchrun.simulator.asgi import SimulatedConnectionCut, SimulatedIdleCut
     from batchrun.simulator.config import FaultRates, ModelLimits, SimulatorConfig
     from batchrun.simulator.server import running_simulator, serve
     from batchrun.simulator.stats import RequestLogEntry, SimulatorStats
 
 _HOMES = {
-    "SimulatedConnectionCut": "app",
+    "SimulatedConnectionCut": "asgi",
+    "SimulatedIdleCut": "asgi",
     "SimulatorApp": "app",
     "create_app": "app",
     "FaultRates": "config",
@@ -45,6 +47,7 @@ __all__ = [
     "ModelLimits",
     "RequestLogEntry",
     "SimulatedConnectionCut",
+    "SimulatedIdleCut",
     "SimulatorApp",
     "SimulatorConfig",
     "SimulatorStats",

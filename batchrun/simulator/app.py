@@ -14,6 +14,16 @@ settlement → delivery faults (hang, cut, malformed, not_message) → the Messa
 faults cost no rate limit; delivery faults come after admission, as if the server did the
 work and the answer got lost.
 
+With ``"stream": true`` the Message goes out as server-sent events (``simulator.streaming``):
+the headers and ``message_start`` at once, then the latency spread over the events, with
+pings while nothing else is sent. ``cut`` and ``stream_cut`` drop the connection after half
+the events, ``malformed`` sends an event that is not JSON. The events make up exactly the
+Message the same request would have been answered unstreamed (same seed, same order).
+
+With ``idle_timeout_s``, an answer that would leave the connection silent longer than that
+is dropped after it, as proxies do: a non-streamed answer slower than that never comes (the
+connection closes without a byte; in-process, httpx makes that a 500 with no body).
+
 The ``cut`` fault sends the headers (with the full ``content-length``) and half the body, then
 raises :class:`SimulatedConnectionCut`. Under uvicorn the connection is closed, so the client
 sees a truncated response (httpx raises ``RemoteProtocolError``). In-process, batchrun's
@@ -35,10 +45,13 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from batchrun.simulator.asgi import (
+    CLOSE_CONNECTION,
     Headers,
     Receive,
     Scope,
     Send,
+    SimulatedConnectionCut,
+    SimulatedIdleCut,
     lifespan,
     logged_headers,
     presented_key,
@@ -55,10 +68,11 @@ from batchrun.simulator.directives import (
     DirectiveError,
     parse_directives,
 )
-from batchrun.simulator.faults import CUT, HANG, MALFORMED, NOT_MESSAGE, Chaos
+from batchrun.simulator.faults import CUT, HANG, MALFORMED, NOT_MESSAGE, STREAM_CUT, Chaos, Fault
 from batchrun.simulator.responses import (
     JSON_CONTENT_TYPE,
     MALFORMED_BODY,
+    MALFORMED_EVENT,
     NOT_MESSAGE_BODY,
     SPEND_LIMIT_ERROR_CODE,
     SPEND_LIMIT_MESSAGE,
@@ -68,12 +82,14 @@ from batchrun.simulator.responses import (
     error_body,
 )
 from batchrun.simulator.stats import RequestLogEntry, SimulatorStats
+from batchrun.simulator.streaming import (
+    SSE_CONTENT_TYPE,
+    EventSender,
+    delta_chars,
+    message_events,
+)
 from batchrun.simulator.tokens import count_input_tokens
 from batchrun.simulator.validation import count_params_error, message_params_error, parse_object
-
-
-class SimulatedConnectionCut(ConnectionError):
-    """The simulator dropped the connection in the middle of a response (a ``cut`` fault)."""
 
 
 @dataclass(slots=True)
@@ -90,6 +106,7 @@ class _Exchange:
     model: str | None = None
     buckets: ModelBuckets | None = None
     should_retry: bool | None = None
+    streamed: bool = False
 
 
 class SimulatorApp:
@@ -174,6 +191,9 @@ class SimulatorApp:
                 return
             ex.should_retry = directive.should_retry
 
+        ex.streamed = params.get("stream") is True
+        if ex.streamed:
+            self.stats.streamed += 1
         input_tokens = count_input_tokens(params)
         max_tokens: int = params["max_tokens"]
         target = self.config.output_tokens
@@ -181,8 +201,11 @@ class SimulatorApp:
             target = directive.output_tokens
         output_tokens = min(max_tokens, target)
         fault = self._chaos.pick(directive, reception)
+        if fault == STREAM_CUT and not ex.streamed:
+            fault = None
         if isinstance(fault, int):
-            await _sleep(self._chaos.latency_s(directive, 0))
+            delay_s = self._chaos.latency_s(directive, 0)
+            await self._silence(scope, ex, delay_s)
             await self._status_fault(ex, fault, directive)
             return
         if ex.buckets is not None:
@@ -196,11 +219,18 @@ class SimulatorApp:
             if rejection is not None:
                 await self._rate_limited(ex, rejection)
                 return
-        await _sleep(self._chaos.latency_s(directive, output_tokens))
-        if ex.buckets is not None:
-            self._limiter.settle_output(
-                ex.buckets, self._clock(), output_tokens=output_tokens, max_tokens=max_tokens
-            )
+        first_token_s, tokens_s = self._chaos.latency_parts_s(directive, output_tokens)
+        if ex.streamed and fault not in (HANG, NOT_MESSAGE):
+            answer = self._message(ex, params, directive, input_tokens, output_tokens, target)
+            try:
+                await self._stream(ex, receive, answer, fault, first_token_s, tokens_s)
+            finally:
+                self._settle(ex, output_tokens, max_tokens)
+            return
+        try:
+            await self._silence(scope, ex, first_token_s + tokens_s)
+        finally:
+            self._settle(ex, output_tokens, max_tokens)
 
         if fault == HANG:
             self._record(ex, HANG)
@@ -210,24 +240,116 @@ class SimulatorApp:
         elif fault == NOT_MESSAGE:
             await self._answer(ex, 200, NOT_MESSAGE_BODY)
         else:
-            answer = build_message(
-                params,
-                ids=self._ids,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                capped=target > max_tokens,
-            )
+            answer = self._message(ex, params, directive, input_tokens, output_tokens, target)
             if fault == CUT:
                 await self._cut(ex, answer)
-            if directive.echo_key:
-                # Some gateways hand the key back: as the request-id, and in the reply.
-                key = (presented_key(ex.headers)[0] or b"none").decode("latin-1")
-                ex.request_id = key
-                echoed = json.loads(answer)
-                echoed["content"] = [{"type": "text", "text": f"your key is {key}"}]
-                answer = json.dumps(echoed).encode()
             self.stats.record_success(ex.received_at, input_tokens, output_tokens)
-            await self._answer(ex, 200, answer)
+            await self._answer(ex, 200, answer, message=answer)
+
+    def _message(
+        self,
+        ex: _Exchange,
+        params: dict[str, object],
+        directive: Directive,
+        input_tokens: int,
+        output_tokens: int,
+        target: int,
+    ) -> bytes:
+        """The Message answering ``params`` (the same whether it is streamed or not)."""
+        answer = build_message(
+            params,
+            ids=self._ids,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            capped=target > output_tokens,
+        )
+        if directive.echo_key:
+            # Some gateways hand the key back: as the request-id, and in the reply.
+            key = (presented_key(ex.headers)[0] or b"none").decode("latin-1")
+            ex.request_id = key
+            echoed = json.loads(answer)
+            echoed["content"] = [{"type": "text", "text": f"your key is {key}"}]
+            answer = json.dumps(echoed).encode()
+        return answer
+
+    def _settle(self, ex: _Exchange, output_tokens: int, max_tokens: int) -> None:
+        if ex.buckets is not None:
+            self._limiter.settle_output(
+                ex.buckets, self._clock(), output_tokens=output_tokens, max_tokens=max_tokens
+            )
+
+    async def _silence(self, scope: Scope, ex: _Exchange, delay_s: float) -> None:
+        """Wait ``delay_s`` before answering; with ``idle_timeout_s`` shorter than that,
+        drop the connection after ``idle_timeout_s`` instead, without an answer."""
+        idle_timeout_s = self.config.idle_timeout_s
+        if idle_timeout_s is None or delay_s <= idle_timeout_s:
+            await _sleep(delay_s)
+            return
+        await asyncio.sleep(idle_timeout_s)
+        self._record(ex, "idle_cut")
+        close = scope.get(CLOSE_CONNECTION)
+        if close is not None:
+            close()
+        raise SimulatedIdleCut(f"simulated idle timeout: no byte within {idle_timeout_s:g} s")
+
+    async def _stream(
+        self,
+        ex: _Exchange,
+        receive: Receive,
+        answer: bytes,
+        fault: Fault,
+        first_token_s: float,
+        tokens_s: float,
+    ) -> None:
+        """Send ``answer`` as server-sent events: ``message_start`` at once, the first token
+        after ``first_token_s``, the output spread over ``tokens_s``."""
+        message = json.loads(answer)
+        usage = message["usage"]
+        per_token_s = tokens_s / max(usage["output_tokens"], 1)
+        events = message_events(message, piece_chars=delta_chars(per_token_s))
+        output_chars = sum(event.output_chars for event in events)
+        waits_s = [tokens_s * event.output_chars / max(output_chars, 1) for event in events]
+        if not output_chars:
+            waits_s[-2] = tokens_s  # no text to spread it over: before message_delta
+        waits_s[1] += first_token_s
+        cut_at = len(events) // 2 if fault in (CUT, STREAM_CUT) else None
+        gone = asyncio.ensure_future(wait_for_disconnect(receive))
+        sender = EventSender(
+            ex.send,
+            ping_interval_s=self.config.stream_ping_interval_s,
+            idle_timeout_s=self.config.idle_timeout_s,
+            client_gone=gone.done,
+        )
+        try:
+            await sender.start(self._headers(ex, None))
+            await sender.event(events[0])
+            await sender.ping()
+            for index in range(1, len(events)):
+                try:
+                    await sender.wait(waits_s[index])
+                except SimulatedIdleCut:
+                    self._record(ex, "idle_cut")
+                    raise
+                if sender.client_gone:
+                    self._record(ex, "abandoned")
+                    return
+                if index == cut_at:
+                    self._record(ex, CUT)
+                    raise SimulatedConnectionCut("simulated cut: the stream stopped midway")
+                if index == 1 and fault == MALFORMED:
+                    await sender.raw(MALFORMED_EVENT)
+                if index == len(events) - 1:
+                    if fault == MALFORMED:
+                        self._record(ex, "200")
+                    else:
+                        self._record(ex, "200", message=answer)
+                        self.stats.record_success(
+                            ex.received_at, usage["input_tokens"], usage["output_tokens"]
+                        )
+                await sender.event(events[index])
+            await sender.end()
+        finally:
+            gone.cancel()
 
     async def _count_tokens(self, scope: Scope, body: bytes, send: Send) -> None:
         ex = self._exchange(scope, send, body, is_message=False)
@@ -292,9 +414,15 @@ class SimulatorApp:
         raise SimulatedConnectionCut("simulated cut: connection closed in mid-response")
 
     async def _answer(
-        self, ex: _Exchange, status: int, body: bytes, extra: Headers | None = None
+        self,
+        ex: _Exchange,
+        status: int,
+        body: bytes,
+        extra: Headers | None = None,
+        *,
+        message: bytes | None = None,
     ) -> None:
-        self._record(ex, str(status))
+        self._record(ex, str(status), message=message)
         headers = self._headers(ex, body)
         if extra:
             headers.extend(extra)
@@ -302,8 +430,11 @@ class SimulatorApp:
             headers.append((b"x-should-retry", b"true" if ex.should_retry else b"false"))
         await send_response(ex.send, status, headers, body)
 
-    def _headers(self, ex: _Exchange, body: bytes) -> Headers:
-        headers = _json_headers(body)
+    def _headers(self, ex: _Exchange, body: bytes | None) -> Headers:
+        """The answer's headers; ``body`` None for an event stream (no length known)."""
+        headers = [SSE_CONTENT_TYPE, (b"cache-control", b"no-cache")]
+        if body is not None:
+            headers = _json_headers(body)
         headers.append((b"request-id", ex.request_id.encode()))
         if ex.buckets is not None and self.config.send_ratelimit_headers:
             now = self._clock()
@@ -342,11 +473,12 @@ class SimulatorApp:
             headers=dict(scope["headers"]),
         )
 
-    def _record(self, ex: _Exchange, status: str) -> None:
+    def _record(self, ex: _Exchange, status: str, *, message: bytes | None = None) -> None:
         stats = self.stats
         if ex.is_message:
             stats.by_status[status] = stats.by_status.get(status, 0) + 1
         if stats.log_size:
+            kept = message.decode() if message is not None and self.config.log_messages else None
             stats.log.append(
                 RequestLogEntry(
                     path=ex.path,
@@ -356,6 +488,8 @@ class SimulatorApp:
                     request_id=ex.request_id,
                     body_sha256=ex.digest.hex(),
                     headers=logged_headers(ex.headers),
+                    streamed=ex.streamed,
+                    message=kept,
                 )
             )
 

@@ -13,6 +13,18 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 API_KEY_DIGEST_PREFIX_CHARS = 12
+# A request's scope holds a callable under this key when its server can close the connection
+# without an answer (uvicorn, see server.py); in-process there is none.
+CLOSE_CONNECTION = "batchrun.simulator.close_connection"
+
+
+class SimulatedConnectionCut(ConnectionError):
+    """The simulator dropped the connection in the middle of a response (a ``cut`` fault)."""
+
+
+class SimulatedIdleCut(SimulatedConnectionCut):
+    """The simulator dropped a connection that stayed silent longer than its
+    ``idle_timeout_s``, as a proxy would."""
 
 
 async def read_body(receive: Receive) -> bytes | None:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 DEFAULT_OUTPUT_TOKENS = 40
+# Seconds between the pings of a streamed answer that is waiting (for its first token, or
+# for a slow one), so a proxy's idle timeout does not cut it.
+DEFAULT_STREAM_PING_INTERVAL_S = 1.0
 DEFAULT_BURST_S = 60.0
 DEFAULT_LOG_SIZE = 1000
 # The model key whose limits apply to every model without its own entry.
@@ -55,8 +58,11 @@ class FaultRates:
     """Probabilities (0–1, summing to at most 1) of random faults per message request.
 
     ``error_500`` and ``overloaded_529`` answer before the rate limiter looks at the request;
-    ``hang`` (never answer), ``cut`` (drop the connection mid-body) and ``malformed`` (200
-    with a body that is not JSON) happen after it, so the request has used up its limits.
+    ``hang`` (never answer), ``cut`` (drop the connection mid-body; a streamed answer after
+    half its events) and ``malformed`` (200 with a body that is not JSON; a stream with an
+    event that is not) happen after it, so the request has used up its limits.
+    ``stream_cut`` cuts streamed answers only, after half their events; a non-streamed
+    answer that draws it is not affected.
     """
 
     error_500: float = 0.0
@@ -64,9 +70,17 @@ class FaultRates:
     hang: float = 0.0
     cut: float = 0.0
     malformed: float = 0.0
+    stream_cut: float = 0.0
 
     def __post_init__(self) -> None:
-        rates = (self.error_500, self.overloaded_529, self.hang, self.cut, self.malformed)
+        rates = (
+            self.error_500,
+            self.overloaded_529,
+            self.hang,
+            self.cut,
+            self.malformed,
+            self.stream_cut,
+        )
         if any(not 0.0 <= rate <= 1.0 for rate in rates):
             raise ValueError("FaultRates values must be probabilities between 0 and 1")
         if sum(rates) > 1.0 + 1e-9:
@@ -75,7 +89,14 @@ class FaultRates:
     @property
     def total(self) -> float:
         """The probability that some fault happens."""
-        return self.error_500 + self.overloaded_529 + self.hang + self.cut + self.malformed
+        return (
+            self.error_500
+            + self.overloaded_529
+            + self.hang
+            + self.cut
+            + self.malformed
+            + self.stream_cut
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +112,17 @@ class SimulatorConfig:
     - ``output_tokens``: reply length unless a directive says otherwise (capped by
       ``max_tokens``).
     - ``latency_s`` + uniform ``[0, latency_jitter_s)`` + ``latency_per_output_token_s`` per
-      output token: the time before a reply.
+      output token: the time before a reply. A streamed reply (``"stream": true``) spreads
+      it: the fixed part and the jitter before the first token, then the tokens over time.
+    - ``idle_timeout_s``: drop the connection of an answer that sends no bytes for this
+      long, as proxies do: a non-streamed answer slower than this is cut after it (no
+      answer at all); a streamed one survives on its events and pings, sent at least every
+      ``stream_ping_interval_s``. ``None``: never.
     - ``seed``: seeds fault draws, jitter and generated ids (``None``: unpredictable).
     - ``required_api_key``: when set, requests must carry it (``x-api-key`` or
       ``Authorization: Bearer``). It is never shown by ``repr`` nor sent back.
-    - ``log_size``: how many recent requests :class:`SimulatorStats` keeps.
+    - ``log_size``: how many recent requests :class:`SimulatorStats` keeps;
+      ``log_messages``: whether its entries keep the Message answered (streamed or not).
     """
 
     limits: Mapping[str, ModelLimits] = field(default_factory=dict)
@@ -110,6 +137,9 @@ class SimulatorConfig:
     send_retry_after: bool = True
     required_api_key: str | None = field(default=None, repr=False)
     log_size: int = DEFAULT_LOG_SIZE
+    log_messages: bool = False
+    idle_timeout_s: float | None = None
+    stream_ping_interval_s: float = DEFAULT_STREAM_PING_INTERVAL_S
 
     def __post_init__(self) -> None:
         if self.otpm_counts not in ("actual", "max_tokens"):
@@ -121,6 +151,12 @@ class SimulatorConfig:
             raise ValueError("SimulatorConfig latencies must be finite and not negative")
         if self.log_size < 0:
             raise ValueError("SimulatorConfig.log_size must not be negative")
+        if self.idle_timeout_s is not None and not (
+            self.idle_timeout_s > 0 and math.isfinite(self.idle_timeout_s)
+        ):
+            raise ValueError("SimulatorConfig.idle_timeout_s must be a positive number or None")
+        if not (self.stream_ping_interval_s > 0 and math.isfinite(self.stream_ping_interval_s)):
+            raise ValueError("SimulatorConfig.stream_ping_interval_s must be positive")
 
     def limits_for(self, model: str) -> ModelLimits | None:
         """The limits that apply to ``model``, or ``None`` when it is unlimited."""
@@ -147,9 +183,14 @@ class SimulatorConfig:
         hang: float = 0.0,
         cut: float = 0.0,
         malformed: float = 0.0,
+        stream_cut: float = 0.0,
         seed: int | None = None,
         required_api_key: str | None = None,
         send_ratelimit_headers: bool = True,
+        idle_timeout_s: float | None = None,
+        stream_ping_interval_s: float = DEFAULT_STREAM_PING_INTERVAL_S,
+        log_size: int = DEFAULT_LOG_SIZE,
+        log_messages: bool = False,
     ) -> SimulatorConfig:
         """Build a config from flat command-line values; the limits apply to every model."""
         limits = ModelLimits(rpm=rpm, itpm=itpm, otpm=otpm, tpm=tpm, burst_s=burst_s)
@@ -165,8 +206,13 @@ class SimulatorConfig:
                 hang=hang,
                 cut=cut,
                 malformed=malformed,
+                stream_cut=stream_cut,
             ),
             seed=seed,
             required_api_key=required_api_key,
             send_ratelimit_headers=send_ratelimit_headers,
+            idle_timeout_s=idle_timeout_s,
+            stream_ping_interval_s=stream_ping_interval_s,
+            log_size=log_size,
+            log_messages=log_messages,
         )

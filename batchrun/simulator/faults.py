@@ -17,9 +17,10 @@ HANG = "hang"
 CUT = "cut"
 MALFORMED = "malformed"
 NOT_MESSAGE = "not_message"
+STREAM_CUT = "stream_cut"
 
 # An HTTP error status (answered before the rate limiter), a delivery fault (after it:
-# HANG, CUT, MALFORMED, NOT_MESSAGE) or None.
+# HANG, CUT, MALFORMED, NOT_MESSAGE, STREAM_CUT) or None.
 Fault = int | str | None
 
 
@@ -37,6 +38,7 @@ class Chaos:
                 (HANG, faults.hang),
                 (CUT, faults.cut),
                 (MALFORMED, faults.malformed),
+                (STREAM_CUT, faults.stream_cut),
             )
             if rate > 0.0
         )
@@ -69,10 +71,17 @@ class Chaos:
 
     def latency_s(self, directive: Directive, output_tokens: int) -> float:
         """Seconds to wait before answering: the directive's, or the configured latency."""
+        first_token_s, tokens_s = self.latency_parts_s(directive, output_tokens)
+        return first_token_s + tokens_s
+
+    def latency_parts_s(self, directive: Directive, output_tokens: int) -> tuple[float, float]:
+        """The latency in two parts, as a stream spreads it: seconds before the first token
+        (the fixed latency and the jitter; a directive's latency whole), and seconds for
+        the output tokens. One draw from the random stream, as :meth:`latency_s` makes."""
         if directive.latency_s is not None:
-            return directive.latency_s
+            return directive.latency_s, 0.0
         config = self._config
-        latency_s = config.latency_s + config.latency_per_output_token_s * output_tokens
+        first_token_s = config.latency_s
         if config.latency_jitter_s > 0.0:
-            latency_s += self._rng.random() * config.latency_jitter_s
-        return latency_s
+            first_token_s += self._rng.random() * config.latency_jitter_s
+        return first_token_s, config.latency_per_output_token_s * output_tokens

@@ -61,6 +61,8 @@ SPEND_LIMIT_ERROR_CODE = "enforced_spend_limit_reached"
 
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 MALFORMED_BODY = b'{"id":"msg_simulated","type":"message","content":[{"type":"text","text":"trun'
+# The event a malformed stream sends: its data is cut short.
+MALFORMED_EVENT = b'event: content_block_start\ndata: {"type":"content_block_start","ind\n\n'
 NOT_MESSAGE_BODY = b'{"ok":true}'
 
 _FILLER_WORDS = (

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from batchrun.simulator.app import SimulatedConnectionCut, SimulatorApp, create_app
+from batchrun.simulator.app import SimulatorApp, create_app
+from batchrun.simulator.asgi import CLOSE_CONNECTION, SimulatedConnectionCut
 from batchrun.simulator.config import SimulatorConfig
 
 LOOPBACK_HOST = "127.0.0.1"
@@ -36,6 +38,18 @@ def _hide_simulated_cuts() -> None:
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(existing, _HideSimulatedCuts) for existing in logger.filters):
         logger.addFilter(_HideSimulatedCuts())
+
+
+class _H11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with a way for the app to drop a connection without
+    answering (as a proxy's idle timeout does): ``scope[CLOSE_CONNECTION]()``. An app that
+    raises without having answered otherwise gets uvicorn's 500."""
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        # The request's task has been created but has not run yet: it sees the key.
+        if self.scope is not None:
+            self.scope.setdefault(CLOSE_CONNECTION, self.transport.close)  # type: ignore[misc]
 
 
 class _Server(uvicorn.Server):
@@ -69,6 +83,7 @@ def _server(
         port=port,
         log_level="warning",
         access_log=False,
+        http=_H11Protocol,
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,

@@ -19,11 +19,15 @@ from batchrun.simulator.config import DEFAULT_LOG_SIZE
 class RequestLogEntry:
     """One API request as the simulator saw it.
 
-    ``status`` is the HTTP status as a string, or ``"hang"`` / ``"cut"``. ``loop_time`` is
-    the server's event-loop clock at reception. ``headers`` holds ``anthropic-version``,
-    ``anthropic-beta`` and ``content-type`` (``None`` when absent), ``auth_scheme``
-    (``"x-api-key"``, ``"bearer"`` or ``"none"``) and ``api_key_sha256_prefix`` (the first 12
-    hex digits of the key's SHA-256, never the key).
+    ``status`` is the HTTP status as a string, or ``"hang"``, ``"cut"``, ``"idle_cut"``
+    (dropped after ``idle_timeout_s`` without a byte) or ``"abandoned"`` (the client left a
+    stream before its end). ``loop_time`` is the server's event-loop clock at reception.
+    ``headers`` holds ``anthropic-version``, ``anthropic-beta`` and ``content-type``
+    (``None`` when absent), ``auth_scheme`` (``"x-api-key"``, ``"bearer"`` or ``"none"``)
+    and ``api_key_sha256_prefix`` (the first 12 hex digits of the key's SHA-256, never the
+    key). ``streamed``: the request asked for ``"stream": true``. ``message``: the Message
+    answered (as JSON text; for a stream, the Message its events make up), kept with
+    ``log_messages`` for answers that were 200s.
     """
 
     path: str
@@ -33,6 +37,8 @@ class RequestLogEntry:
     request_id: str
     body_sha256: str
     headers: dict[str, str | None]
+    streamed: bool = False
+    message: str | None = None
 
 
 @dataclass(slots=True)
@@ -40,8 +46,9 @@ class SimulatorStats:
     """Counters over message requests (``POST .../messages``) since start or reset.
 
     - ``received``: every message request, whatever the answer;
-    - ``by_status``: answers by HTTP status (``"200"``, ``"429"``...), plus ``"hang"`` and
-      ``"cut"`` for answers never completed;
+    - ``by_status``: answers by HTTP status (``"200"``, ``"429"``...), plus ``"hang"``,
+      ``"cut"``, ``"idle_cut"`` and ``"abandoned"`` for answers never completed;
+    - ``streamed``: message requests that asked for ``"stream": true``;
     - ``distinct_bodies`` / ``duplicate_receptions``: byte-identical bodies are the same
       request, so a duplicate reception is a resend (a retry or a double dispatch);
     - ``per_model``: message requests by model;
@@ -62,6 +69,7 @@ class SimulatorStats:
     output_tokens_total: int = 0
     admitted_by_second: dict[int, list[int]] = field(default_factory=dict)
     count_tokens_received: int = 0
+    streamed: int = 0
     log: deque[RequestLogEntry] = field(default_factory=deque)
     # Receptions by body SHA-256 digest; kept out of exports (it grows with every body).
     _receptions: dict[bytes, int] = field(default_factory=dict, init=False, repr=False)
@@ -97,6 +105,7 @@ class SimulatorStats:
         """Forget everything, in place (holders of this object see the reset)."""
         self.received = self.distinct_bodies = self.duplicate_receptions = 0
         self.input_tokens_total = self.output_tokens_total = self.count_tokens_received = 0
+        self.streamed = 0
         self.by_status.clear()
         self.per_model.clear()
         self.admitted_by_second.clear()
@@ -116,6 +125,7 @@ class SimulatorStats:
             "output_tokens_total": self.output_tokens_total,
             "admitted_by_second": {k: list(v) for k, v in self.admitted_by_second.items()},
             "count_tokens_received": self.count_tokens_received,
+            "streamed": self.streamed,
             "log": [asdict(entry) for entry in self.log],
         }
 
@@ -140,5 +150,6 @@ class SimulatorStats:
             output_tokens_total=data["output_tokens_total"],
             admitted_by_second={int(k): list(v) for k, v in data["admitted_by_second"].items()},
             count_tokens_received=data["count_tokens_received"],
+            streamed=data.get("streamed", 0),
             log=deque(RequestLogEntry(**entry) for entry in data["log"]),
         )

@@ -37,8 +37,8 @@ def message_params_error(params: Mapping[str, Any]) -> str | None:
         return "max_tokens: Input should be a valid integer"
     if max_tokens < 1:
         return "max_tokens: Input should be greater than or equal to 1"
-    if params.get("stream") is True:
-        return "stream: streaming is not supported by the batchrun simulator; send stream=false"
+    if "stream" in params and not isinstance(params["stream"], bool):
+        return "stream: Input should be a valid boolean"
     return None
 
 

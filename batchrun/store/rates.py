@@ -1,27 +1,32 @@
-"""Rate-limit buckets shared by every worker of a database (Postgres, or SQLite on one host).
+"""Rate-limit records shared by every worker of a database (Postgres, or SQLite on one host).
 
-Each endpoint × model × limit is one row; a worker takes capacity in one transaction that
-locks the key's rows (FOR UPDATE on Postgres; SQLite serialises writers), refills them to
-now, applies the corrections the worker has learned since its last visit, and takes the cost
-if every bucket has it. The arithmetic is the same :class:`batchrun.buckets.TokenBucket` the
-single-worker limiter uses; times are Unix seconds from the workers' clocks (kept in sync by
-NTP; a skew well under a second is harmless).
+A limiter key (endpoint × model or family pattern) is one ``rate_keys`` row (its pause, ramp
+and what the server let through) and one ``rate_buckets`` row per limit (its bucket, and the
+limits the server announced and the workers learned). A take is one transaction: it locks the
+key's row (an upsert, which creates it the first time; SQLite serialises writers anyway),
+reads the key's record, applies the changes the worker learned since its last visit, takes
+the cost if every bucket in force has it, and writes the record back. The rules are
+:class:`batchrun.limits.keyrecord.KeyRecord`'s, the same code a single worker runs in
+memory; times are Unix seconds from the workers' clocks (kept in sync by NTP; a skew well
+under a second is harmless).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import Engine, case, select, update
+from sqlalchemy import Engine, Row, select, update
 
-from batchrun.limits.banks import PendingChanges
 from batchrun.limits.buckets import TokenBucket
+from batchrun.limits.dimensions import Amounts
+from batchrun.limits.keyrecord import DimensionRecord, Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.store import tables as t
 from batchrun.store.database import transaction, upsert_insert
 
 
 class RateStore:
-    """Statements on the shared rate buckets and pauses."""
+    """Statements on the shared rate records."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -33,89 +38,114 @@ class RateStore:
         endpoint: str,
         model: str,
         costs: Mapping[str, float],
-        rates: Mapping[str, tuple[float, float]],
+        policy: KeyPolicy,
         changes: PendingChanges,
         now: float,
-    ) -> tuple[float, float]:
-        """Take ``costs`` from the key's buckets (rate per second and capacity per limit in
-        ``rates``) if all of them have it, after applying ``changes``; returns (seconds to
-        wait, 0 when taken; the key's pause end in Unix seconds)."""
+    ) -> tuple[Grant, KeyRecord]:
+        """Apply ``changes`` to the key's record, then take ``costs`` (per dimension) from its
+        buckets in force (``policy``: the worker's configured limits, bucket size and ramp) if
+        all of them have it; returns the grant and the record as written."""
+        k = t.rate_keys.c
         b = t.rate_buckets.c
-        key = (b.endpoint == endpoint) & (b.model == model)
         with transaction(self._engine, write=True) as conn:
-            if changes.pause_until:
-                self._pause(conn, endpoint, model, changes.pause_until)
-            if rates:
+            insert = self._insert(t.rate_keys).values(
+                endpoint=endpoint,
+                model=model,
+                paused_until=0.0,
+                admitted_requests=0.0,
+                admitted_input_tokens=0.0,
+                admitted_output_tokens=0.0,
+                admitted_at=now,
+            )
+            # The no-op update on conflict locks an existing row until the commit: takes of
+            # one key run one at a time, whichever worker makes them.
+            key_row = conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["endpoint", "model"], set_={"paused_until": k.paused_until}
+                ).returning(*t.rate_keys.c)
+            ).one()
+            bucket_rows = conn.execute(
+                select(t.rate_buckets).where(b.endpoint == endpoint, b.model == model)
+            ).all()
+            record = _record(key_row, bucket_rows)
+            grant = record.take(costs, policy, now, changes)
+            conn.execute(
+                update(t.rate_keys)
+                .where(k.endpoint == endpoint, k.model == model)
+                .values(**_key_values(record))
+            )
+            if record.dimensions:
+                statement = self._insert(t.rate_buckets)
+                columns = [c.name for c in t.rate_buckets.c if not c.primary_key]
                 conn.execute(
-                    self._insert(t.rate_buckets).on_conflict_do_nothing(),
+                    statement.on_conflict_do_update(
+                        index_elements=["endpoint", "model", "dimension"],
+                        set_={name: statement.excluded[name] for name in columns},
+                    ),
                     [
-                        {
-                            "endpoint": endpoint,
-                            "model": model,
-                            "dimension": dimension,
-                            "level": 0.0,
-                            "rate_per_s": rate,
-                            "capacity": capacity,
-                            "updated_at": now,
-                        }
-                        for dimension, (rate, capacity) in rates.items()
+                        _bucket_values(endpoint, model, dimension, item, now)
+                        for dimension, item in record.dimensions.items()
                     ],
                 )
-            rows = conn.execute(
-                select(b.dimension, b.rate_per_s, b.capacity, b.level, b.updated_at)
-                .where(key)
-                .with_for_update()
-            ).all()
-            paused_until = (
-                conn.execute(
-                    select(t.rate_pauses.c.paused_until).where(
-                        t.rate_pauses.c.endpoint == endpoint, t.rate_pauses.c.model == model
-                    )
-                ).scalar_one_or_none()
-                or 0.0
-            )
-            buckets = {row.dimension: TokenBucket(*row[1:]) for row in rows}
-            wait_s = max(paused_until - now, 0.0)
-            for dimension, bucket in buckets.items():
-                if dimension in rates:
-                    rate, capacity = rates[dimension]
-                    if (bucket.rate_per_s, bucket.capacity) != (rate, capacity):
-                        bucket.set_rate(rate, capacity / rate, now)
-                if dimension in changes.deltas:
-                    bucket.adjust(changes.deltas[dimension], now)
-                if dimension in changes.clamps:
-                    bucket.clamp(changes.clamps[dimension], now)
-                if dimension in costs:
-                    wait_s = max(wait_s, bucket.wait_s(costs[dimension], now))
-            if wait_s <= 0:
-                for dimension, cost in costs.items():
-                    if dimension in buckets:
-                        buckets[dimension].take(cost, now)
-            for dimension, bucket in buckets.items():
-                bucket.available(now)
-                conn.execute(
-                    update(t.rate_buckets)
-                    .where(key, b.dimension == dimension)
-                    .values(
-                        level=bucket.level,
-                        rate_per_s=bucket.rate_per_s,
-                        capacity=bucket.capacity,
-                        updated_at=bucket.updated_at,
-                    )
-                )
-        return wait_s, paused_until
+        return grant, record
 
-    def _pause(self, conn: object, endpoint: str, model: str, until: float) -> None:
-        p = t.rate_pauses.c
-        statement = self._insert(t.rate_pauses).values(
-            endpoint=endpoint, model=model, paused_until=until
+
+def _record(key_row: Row[Any], bucket_rows: Sequence[Row[Any]]) -> KeyRecord:
+    dimensions = {}
+    for row in bucket_rows:
+        bucket = None
+        if row.rate_per_s > 0:
+            bucket = TokenBucket(row.rate_per_s, row.capacity, row.level, row.updated_at)
+        dimensions[row.dimension] = DimensionRecord(
+            bucket=bucket,
+            announced=row.announced,
+            learned=row.learned,
+            learned_at=row.learned_at or 0.0,
         )
-        later = case(
-            (statement.excluded.paused_until > p.paused_until, statement.excluded.paused_until),
-            else_=p.paused_until,
-        )
-        conn.execute(  # type: ignore[attr-defined]
-            statement.on_conflict_do_update(
-                index_elements=["endpoint", "model"], set_={"paused_until": later}
-            )
-        )
+    return KeyRecord(
+        dimensions=dimensions,
+        paused_until=key_row.paused_until,
+        lowered_at=key_row.lowered_at,
+        ramp_started_at=key_row.ramp_started_at,
+        ramp_from=key_row.ramp_from,
+        admitted=Amounts(
+            key_row.admitted_requests,
+            key_row.admitted_input_tokens,
+            key_row.admitted_output_tokens,
+        ),
+        admitted_at=key_row.admitted_at,
+        measured_since=key_row.measured_since,
+    )
+
+
+def _key_values(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "paused_until": record.paused_until,
+        "lowered_at": record.lowered_at,
+        "ramp_started_at": record.ramp_started_at,
+        "ramp_from": record.ramp_from,
+        "admitted_requests": record.admitted.requests,
+        "admitted_input_tokens": record.admitted.input_tokens,
+        "admitted_output_tokens": record.admitted.output_tokens,
+        "admitted_at": record.admitted_at,
+        "measured_since": record.measured_since,
+    }
+
+
+def _bucket_values(
+    endpoint: str, model: str, dimension: str, item: DimensionRecord, now: float
+) -> dict[str, Any]:
+    # A limit heard of but not in force yet has no bucket: a rate of 0 says so.
+    bucket = item.bucket or TokenBucket(0.0, 0.0, 0.0, now)
+    return {
+        "endpoint": endpoint,
+        "model": model,
+        "dimension": dimension,
+        "level": bucket.level,
+        "rate_per_s": bucket.rate_per_s,
+        "capacity": bucket.capacity,
+        "updated_at": bucket.updated_at,
+        "announced": item.announced,
+        "learned": item.learned,
+        "learned_at": item.learned_at if item.learned is not None else None,
+    }

@@ -10,7 +10,7 @@ results here, a batch's later course in ``lifecycle.py``, claims and leases in
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -46,6 +46,7 @@ from batchrun.store.database import (
     create_database_engine,
     upgrade_database,
 )
+from batchrun.store.health import HealthStore
 from batchrun.store.leases import Leases
 from batchrun.store.lifecycle import BatchLifecycle
 
@@ -53,7 +54,7 @@ from batchrun.store.lifecycle import BatchLifecycle
 _EXPORT_CHUNK_ROWS = 1000
 
 
-class Store(BatchLifecycle, Leases):
+class Store(BatchLifecycle, Leases, HealthStore):
     """All reads and writes of batches, requests and results."""
 
     @classmethod
@@ -271,6 +272,7 @@ class Store(BatchLifecycle, Leases):
                     "completed_at": item.completed_at,
                     "body": item.body,
                     "raw_body": item.raw_body,
+                    "endpoint": _fit(item.endpoint, t.results.c.endpoint),
                 }
             )
         conn.execute(
@@ -398,6 +400,11 @@ class Store(BatchLifecycle, Leases):
             last_completed_at=last_completed,
             errors=[ErrorCount(kind or "unknown", n, example) for kind, n, example in errors],
             max_cost_usd=max_cost,
+            endpoints=(
+                self.answers_by_endpoint(batch_id, last_completed - timedelta(minutes=1))
+                if last_completed is not None
+                else []
+            ),
         )
 
     def iter_result_details(self, batch_id: str, only: str | None = None) -> Iterator[ResultDetail]:
@@ -428,6 +435,7 @@ class Store(BatchLifecycle, Leases):
                 req.started_at,
                 res.completed_at,
                 res.raw_body,
+                res.endpoint,
             )
             .select_from(
                 t.requests.join(t.batches, t.batches.c.id == req.batch_id).outerjoin(

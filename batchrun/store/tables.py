@@ -205,28 +205,69 @@ results = Table(
     Index(None, "batch_id", "result_type"),
 )
 
-# The rate-limit buckets that workers share (see batchrun.limits.limiter and
-# batchrun.limits.banks): one row per endpoint × model × limit. Times are Unix seconds from
-# the workers' clocks.
+# The rate-limit records that workers share (see batchrun.limits.keyrecord, which has the
+# rules, and batchrun.limits.banks): one row per limiter key (endpoint × model, or × family
+# pattern) in rate_keys, and one per key × limit in rate_buckets. A take locks the key's
+# rate_keys row. Times are Unix seconds from the workers' clocks.
 rate_buckets = Table(
     "rate_buckets",
     metadata,
     Column("endpoint", String(100), primary_key=True),
-    Column("model", String(200), primary_key=True),
+    Column("model", String(200), primary_key=True, comment="a model or a family pattern"),
     Column("dimension", String(8), primary_key=True, comment="rpm, tpm, itpm or otpm"),
     Column("level", Float, nullable=False, comment="capacity left; negative is debt"),
     Column("rate_per_s", Float, nullable=False),
     Column("capacity", Float, nullable=False),
     Column("updated_at", Float, nullable=False, comment="Unix seconds"),
+    Column(
+        "announced",
+        Float,
+        nullable=True,
+        comment="the limit per minute the server announced last (anthropic-ratelimit-*-limit)",
+    ),
+    Column(
+        "learned",
+        Float,
+        nullable=True,
+        comment="a lower limit per minute learned from 429s, as at learned_at; climbs from there",
+    ),
+    Column("learned_at", Float, nullable=True, comment="Unix seconds"),
 )
 
-# A pause of an endpoint × model after a 429 or 529, seen by every worker.
-rate_pauses = Table(
-    "rate_pauses",
+rate_keys = Table(
+    "rate_keys",
     metadata,
     Column("endpoint", String(100), primary_key=True),
-    Column("model", String(200), primary_key=True),
-    Column("paused_until", Float, nullable=False, comment="Unix seconds"),
+    Column("model", String(200), primary_key=True, comment="a model or a family pattern"),
+    Column(
+        "paused_until",
+        Float,
+        nullable=False,
+        comment="Unix seconds: nothing is sent before (after a 429 or 529)",
+    ),
+    Column(
+        "lowered_at",
+        Float,
+        nullable=True,
+        comment="the latest decrease of a learned limit (the cool-down counts from it)",
+    ),
+    Column("ramp_started_at", Float, nullable=True, comment="the start-up ramp's start"),
+    Column(
+        "ramp_from",
+        Float,
+        nullable=True,
+        comment="when the ramp's climb starts (the first answer, at the latest a minute on)",
+    ),
+    Column(
+        "admitted_requests",
+        Float,
+        nullable=False,
+        comment="what the server let through lately: a sum decaying with time, as at admitted_at",
+    ),
+    Column("admitted_input_tokens", Float, nullable=False),
+    Column("admitted_output_tokens", Float, nullable=False),
+    Column("admitted_at", Float, nullable=False, comment="Unix seconds"),
+    Column("measured_since", Float, nullable=True, comment="since when the admitted sums count"),
 )
 
 # How each endpoint fares as the workers see it (a pool member taken out of rotation after

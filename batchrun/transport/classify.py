@@ -8,6 +8,7 @@ its official SDK's retry rules:
 - 408, 409, 429, 5xx and 529 are transient; other 4xx are final;
 - 401, 402, 403 and a 429 that reports a spend limit would fail every request of the batch
   the same way, so they halt the batch instead of producing one errored result each;
+- an ``error`` event in a stream counts as the status of its type (``status_for_error_type``);
 - a 200 is a success when its body is a Message, or an OpenAI-shaped chat completion (made
   into a Message, the original kept: ``transport.foreign``); a 200 whose body is not JSON
   (cut short) is worth one more try; well-formed JSON that is no Message is final, kept;
@@ -86,6 +87,28 @@ MAX_MODEL_CHARS = 200
 MAX_STOP_REASON_CHARS = 64
 MAX_REQUEST_ID_CHARS = 200
 MALFORMED = "malformed response"
+
+
+# The HTTP status an error type stands for: an ``error`` event in a stream (sent after its
+# 200) is judged as the unstreamed answer with that status would be. Types not listed (a
+# gateway's own) count as a server error.
+_STATUS_BY_ERROR_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def status_for_error_type(error_type: str) -> int:
+    """The HTTP status that goes with an Anthropic error type (500 for an unknown type)."""
+    return _STATUS_BY_ERROR_TYPE.get(error_type, 500)
 
 
 def error_type_for_status(status: int) -> str:

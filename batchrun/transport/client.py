@@ -7,6 +7,15 @@ the entire body (a server dripping one byte at a time cannot hold it longer), an
 read in pieces up to ``max_response_bytes`` after decompression (an endless body or a gzip
 bomb is cut off, not held in memory).
 
+Long generations are streamed (``transport.streaming`` says when): the request goes out with
+``"stream": true`` and the server-sent events are assembled, as they arrive, into the Message
+a non-streamed call would have returned, which is then classified like a 200 JSON body. For
+such a request ``timeout_s`` bounds the wait for the next event that carries part of the
+message (pings do not count), not the whole attempt: a healthy stream may last an hour, a
+stream that stops progressing, or only pings, is cut after ``timeout_s``. An ``error``
+event counts as the HTTP status of its error type; a stream that ends before
+``message_stop``, or sends an event that does not fit, is worth another attempt.
+
 The API key stays here. Header values are checked before the first request, because httpx
 and h11 quote an unsendable value (a pasted line break, a typographic quote) in their
 exception text, which would otherwise be stored as every request's error. And the key is
@@ -20,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import httpx
 import orjson
@@ -38,12 +49,26 @@ from batchrun.transport.auth import (
     redact_bytes,
     secret_header_names,
 )
-from batchrun.transport.classify import classify_response
+from batchrun.transport.classify import (
+    MAX_REQUEST_ID_CHARS,
+    classify_response,
+    status_for_error_type,
+)
 from batchrun.transport.endpoints import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT_S,
     Endpoint,
+)
+from batchrun.transport.streaming import (
+    MessageAssembler,
+    StreamBroken,
+    StreamComplete,
+    StreamEnd,
+    StreamError,
+    StreamTooLarge,
+    message_json,
+    should_stream,
 )
 
 log = logging.getLogger(__name__)
@@ -57,8 +82,12 @@ _COUNT_TOKENS_KEYS = frozenset(
 USER_AGENT = f"batchrun/{__version__}"
 # zlib's window bits per content-encoding that the transport inflates itself, within the cap.
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-# What an errored result keeps of an answer that was too large.
+# What an errored result keeps of an answer that was too large (or of a broken stream).
 _KEPT_OF_TOO_LARGE = 64 * 1024
+# The most a decompressed piece of a streamed body may be, so a gzip bomb arrives in pieces
+# the assembler can refuse one by one.
+_STREAM_PIECE_BYTES = 64 * 1024
+_EVENT_STREAM = "text/event-stream"
 # How requests reach a server: a socket (None) or an ASGI app in-process.
 HttpTransport = httpx.AsyncBaseTransport
 # Connections per httpx client in a ClientPool.
@@ -77,8 +106,10 @@ class MessagesClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        """``timeout_s`` bounds each attempt as a whole; answers over ``max_response_bytes``
-        (decompressed) are cut off and the request errors."""
+        """``timeout_s`` bounds each attempt as a whole (a streamed one: the wait for each
+        event that carries part of the message); answers over ``max_response_bytes``
+        (decompressed; for a stream, the assembled message) are cut off and the request
+        errors. Requests are streamed by the endpoint's ``stream_threshold_tokens``."""
         self._http = http
         self._timeout_s = timeout_s
         self._max_response_bytes = max_response_bytes
@@ -88,6 +119,7 @@ class MessagesClient:
         self._headers = {"user-agent": USER_AGENT, **headers.headers}
         self._key_hint = endpoint.api_key_env or "the endpoint's credentials"
         self._extra_body = dict(endpoint.extra_body)
+        self._stream_threshold_tokens = endpoint.stream_threshold_tokens
         self._secrets = headers.secrets
         check_header_values(
             self._headers, endpoint=endpoint.name, key_hint=self._key_hint, secrets=self._secrets
@@ -100,11 +132,17 @@ class MessagesClient:
     async def send(self, params_json: str) -> Outcome:
         """POST ``params_json`` and classify the answer (never raises for network trouble)."""
         try:
+            params: dict[str, Any] = orjson.loads(params_json)
+        except orjson.JSONDecodeError:
+            params = {}  # not for this module to judge: sent as it is
+        if should_stream(params, self._stream_threshold_tokens):
+            return await self._send_streamed(params)
+        try:
             async with asyncio.timeout(self._timeout_s):
                 answer = await _post(
                     self._http,
                     self._url,
-                    content=self._body(params_json),
+                    content=self._body(params_json, params),
                     headers=self._headers,
                     max_bytes=self._max_response_bytes,
                 )
@@ -116,10 +154,105 @@ class MessagesClient:
             return self._transport_failure("timeout_error", "could not connect in time", exc)
         except httpx.HTTPError as exc:
             return self._transport_failure("api_error", "the connection failed", exc)
+        return self._classified(answer)
+
+    def _classified(self, answer: _Answer) -> Outcome:
         if answer.too_large:
             return self._too_large(answer)
         headers = {name: self._redact_text(value) for name, value in answer.headers.items()}
         return classify_response(answer.status, headers, self._redact_bytes(answer.body))
+
+    async def _send_streamed(self, params: dict[str, Any]) -> Outcome:
+        """Send with ``"stream": true``; ``timeout_s`` bounds the wait for each event that
+        carries part of the message, not the whole attempt."""
+        body = orjson.dumps({**self._extra_body, **params, "stream": True})
+        loop = asyncio.get_running_loop()
+        progress = _Progress()
+        try:
+            async with asyncio.timeout(self._timeout_s) as deadline:
+
+                def progressed() -> None:
+                    deadline.reschedule(loop.time() + self._timeout_s)
+
+                answer = await _post_streamed(
+                    self._http,
+                    self._url,
+                    content=body,
+                    headers=self._headers,
+                    max_bytes=self._max_response_bytes,
+                    progress=progress,
+                    progressed=progressed,
+                )
+        except (TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+            if progress.streaming:
+                detail = (
+                    f"the stream stalled: no event within {self._timeout_s:g} s after "
+                    f"{progress.events} events (timeout_s)"
+                )
+            else:
+                detail = f"no answer within {self._timeout_s:g} s (timeout_s)"
+            return Retryable(
+                reason=detail,
+                error=error_body("timeout_error", detail),
+                raw_body=self._kept(progress),
+            )
+        except httpx.TimeoutException as exc:
+            return self._transport_failure("timeout_error", "could not connect in time", exc)
+        except httpx.HTTPError as exc:
+            if progress.streaming:
+                return self._stream_outcome(
+                    progress.headers,
+                    StreamBroken(f"the stream was cut after {progress.events} events"),
+                    progress,
+                    exc,
+                )
+            return self._transport_failure("api_error", "the connection failed", exc)
+        if isinstance(answer, _Answer):
+            # Not an event stream: an error status, or a server that ignored "stream".
+            return self._classified(answer)
+        return self._stream_outcome(progress.headers, answer, progress)
+
+    def _stream_outcome(
+        self,
+        raw_headers: Mapping[str, str],
+        end: StreamEnd,
+        progress: _Progress,
+        exc: httpx.HTTPError | None = None,
+    ) -> Outcome:
+        """What a streamed answer that ended with ``end`` means: its Message (or its error
+        event) classified exactly as the same answer unstreamed would be."""
+        headers = {name: self._redact_text(value) for name, value in raw_headers.items()}
+        match end:
+            case StreamComplete(message=message):
+                return classify_response(200, headers, self._redact_bytes(message_json(message)))
+            case StreamError(body=error):
+                error_type = str(error["error"].get("type", ""))
+                status = status_for_error_type(error_type)
+                outcome = classify_response(
+                    status, headers, self._redact_bytes(orjson.dumps(error))
+                )
+                if isinstance(outcome, Retryable):
+                    reason = f"error event in the stream: {error_type} (HTTP {status} unstreamed)"
+                    outcome = replace(outcome, reason=self._redact_text(reason))
+                return outcome
+            case StreamTooLarge(limit_bytes=limit):
+                detail = (
+                    f"the streamed message grew past {limit:,} bytes (max_response_bytes); "
+                    "it was cut off, and the first bytes of the stream are kept"
+                )
+                return Fatal(error_body("api_error", detail), 200, raw_body=self._kept(progress))
+            case StreamBroken(reason=reason):
+                if exc is not None:
+                    name = type(exc).__name__
+                    reason = f"{reason} ({name}: {exc})" if str(exc) else f"{reason} ({name})"
+                reason = self._redact_text(reason)
+                request_id = headers.get("request-id") or headers.get("x-request-id")
+                request_id = request_id and request_id[:MAX_REQUEST_ID_CHARS]
+                return Retryable(
+                    reason=reason,
+                    error=error_body("api_error", reason, request_id),
+                    raw_body=self._kept(progress),
+                )
 
     def _too_large(self, answer: _Answer) -> Fatal:
         limit = self._max_response_bytes
@@ -131,6 +264,12 @@ class MessagesClient:
         return Fatal(
             error_body("api_error", detail), answer.status, raw_body=kept.decode(errors="replace")
         )
+
+    def _kept(self, progress: _Progress) -> str | None:
+        """The first bytes of a stream, as an errored result keeps them (keys cut out)."""
+        if not progress.head:
+            return None
+        return self._redact_bytes(bytes(progress.head)).decode(errors="replace")
 
     def _transport_failure(self, error_type: str, what: str, exc: httpx.HTTPError) -> Retryable:
         name = type(exc).__name__
@@ -170,15 +309,15 @@ class MessagesClient:
             return None
         return counted if isinstance(counted, int) and counted > 0 else None
 
-    def _body(self, params_json: str) -> bytes:
+    def _body(self, params_json: str, params: Mapping[str, Any]) -> bytes:
         """The request body: the stored params, on top of the endpoint's ``extra_body``.
 
-        Without an ``extra_body`` the stored JSON is sent as it is, unparsed; with one, the
-        request's own params win on a conflict.
+        Without an ``extra_body`` the stored JSON is sent as it is, not re-encoded; with one,
+        the request's own params win on a conflict.
         """
         if not self._extra_body:
             return params_json.encode()
-        return orjson.dumps({**self._extra_body, **orjson.loads(params_json)})
+        return orjson.dumps({**self._extra_body, **params})
 
 
 def check_header_values(
@@ -246,6 +385,75 @@ async def _read(response: httpx.Response, max_bytes: int) -> _Answer:
     return _Answer(response.status_code, response.headers, b"".join(pieces))
 
 
+@dataclass
+class _Progress:
+    """How far a streamed answer got: its headers, once an event stream began, the events
+    that carried part of the message, and the first bytes (kept if it fails)."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    streaming: bool = False
+    events: int = 0
+    head: bytearray = field(default_factory=bytearray)
+
+    def keep(self, piece: bytes) -> None:
+        room = _KEPT_OF_TOO_LARGE - len(self.head)
+        if room > 0:
+            self.head += piece[:room]
+
+
+async def _post_streamed(
+    http: httpx.AsyncClient | ClientPool,
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    max_bytes: int,
+    progress: _Progress,
+    progressed: Callable[[], None],
+) -> _Answer | StreamEnd:
+    """POST a streaming request: how its event stream ended, or the whole answer when it is
+    not an event stream (an error status, or a server that does not stream). ``progressed``
+    is called whenever an event carried part of the message."""
+    async with (
+        _client_for(http) as client,
+        client.stream("POST", url, content=content, headers=headers) as response,
+    ):
+        content_type = response.headers.get("content-type", "").strip().lower()
+        if response.status_code != 200 or not content_type.startswith(_EVENT_STREAM):
+            return await _read(response, max_bytes)
+        progress.headers, progress.streaming = response.headers, True
+        assembler = MessageAssembler(max_bytes=max_bytes)
+        async for piece in _pieces(response):
+            progress.keep(piece)
+            end = assembler.feed(piece)
+            if assembler.events != progress.events:
+                progress.events = assembler.events
+                progressed()
+            if end is not None:
+                return end
+        return assembler.finish()
+
+
+async def _pieces(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives, decompressed in pieces of at most ``_STREAM_PIECE_BYTES``."""
+    wbits = _WBITS.get(response.headers.get("content-encoding", "").strip().lower())
+    if wbits is None:
+        async for piece in response.aiter_bytes():
+            yield piece
+        return
+    inflate = zlib.decompressobj(wbits)
+    async for raw in response.aiter_raw():
+        data = raw
+        while data:
+            try:
+                piece = inflate.decompress(data, _STREAM_PIECE_BYTES)
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"the compressed body is corrupt: {exc}") from exc
+            data = inflate.unconsumed_tail
+            yield piece
+    yield inflate.flush()
+
+
 async def _post(
     http: httpx.AsyncClient | ClientPool,
     url: str,
@@ -279,21 +487,40 @@ class ClientPool:
     one client spends most of a fast run there (bench/throughput.py: 400 requests/s with one
     client of 64 connections, 740 with eight of 8). Each request goes to the client with the
     fewest requests in flight.
+
+    Clients are made when they are needed (when every client made so far is full), up to
+    ``len(sizes)`` of them: a run allowed 4,096 requests in flight but sending a few dozen
+    at a time makes a handful, not 512 clients with a TLS context each.
     """
 
-    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
-        self._clients = clients
-        self._in_flight = [0] * len(clients)
+    def __init__(self, make: Callable[[int], httpx.AsyncClient], sizes: Sequence[int]) -> None:
+        """``make(n)`` makes a client of ``n`` connections; ``sizes``: the connections of
+        each client the pool may make, in order."""
+        self._make = make
+        self._sizes = list(sizes)
+        self._clients: list[httpx.AsyncClient] = []
+        self._in_flight: list[int] = []
 
     @asynccontextmanager
     async def least_busy(self) -> AsyncIterator[httpx.AsyncClient]:
         """The client with the fewest requests in flight, counted as busy while held."""
-        index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        index = self._pick()
         self._in_flight[index] += 1
         try:
             yield self._clients[index]
         finally:
             self._in_flight[index] -= 1
+
+    def _pick(self) -> int:
+        if self._clients:
+            index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+            if self._in_flight[index] < self._sizes[index] or len(self._clients) == len(
+                self._sizes
+            ):
+                return index
+        self._clients.append(self._make(self._sizes[len(self._clients)]))
+        self._in_flight.append(0)
+        return len(self._clients) - 1
 
     async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
         """POST on the least busy client (an httpx client's ``post``, for bench/throughput.py)."""
@@ -315,19 +542,23 @@ def create_http_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> ClientPool:
     """HTTP clients for ``max_connections`` concurrent requests, in shards of
-    ``CONNECTIONS_PER_CLIENT`` (one client for an in-process transport)."""
+    ``CONNECTIONS_PER_CLIENT`` made as needed (one client for an in-process transport), all
+    sharing one TLS context (making one costs milliseconds of CPU)."""
     timeout = httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s))
     sizes = [max_connections] if transport is not None else _shard_sizes(max_connections)
-    return ClientPool(
-        [
-            httpx.AsyncClient(
-                timeout=timeout,
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                transport=transport,
-            )
-            for size in sizes
-        ]
-    )
+    tls: list[ssl.SSLContext] = []
+
+    def make(size: int) -> httpx.AsyncClient:
+        if transport is None and not tls:
+            tls.append(httpx.create_ssl_context())
+        return httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            transport=transport,
+            verify=tls[0] if tls else True,
+        )
+
+    return ClientPool(make, sizes)
 
 
 def _shard_sizes(max_connections: int) -> list[int]:

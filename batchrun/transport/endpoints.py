@@ -18,6 +18,8 @@ from typing import Any
 
 from batchrun.errors import ConfigError, MissingApiKeyError, UnknownEndpointError
 from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.families import entry_for
+from batchrun.records import Pool
 from batchrun.transport.auth import AUTH_STYLES, RequestHeaders, request_headers
 
 # A long generation (tens of thousands of output tokens) can take many minutes without
@@ -62,6 +64,7 @@ class EndpointSettings:
     max_attempts: int | None = None
     max_response_bytes: int | None = None
     count_tokens_rpm: float | None = None
+    stream_threshold_tokens: int | None = None
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
     fields_set: frozenset[str] = frozenset()
 
@@ -88,7 +91,11 @@ class Endpoint:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     # How many /v1/messages/count_tokens calls a minute `run --count-tokens` makes at most.
     count_tokens_rpm: float = DEFAULT_COUNT_TOKENS_RPM
-    # Limits per model; the key "*" applies to every model not named.
+    # Requests whose max_tokens is above this are streamed (0: every request); None: the
+    # official SDK's rule (batchrun.transport.streaming.stream_threshold_tokens).
+    stream_threshold_tokens: int | None = None
+    # Limits per model, per family pattern ("claude-sonnet-4*": one limit the family shares),
+    # and "*": for each model no other entry covers (batchrun.limits.families).
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
     # Where the definition came from, in order: "built-in", a config file, a variable.
     sources: tuple[str, ...] = (BUILTIN,)
@@ -103,8 +110,10 @@ class Endpoint:
         return self.name == SIMULATOR
 
     def limits_for(self, model: str) -> RateLimits | None:
-        """The limits of ``model`` here: its own, else those of "*", else None."""
-        return self.limits.get(model, self.limits.get("*"))
+        """The limits of ``model`` here: its own, else its family's (the longest pattern that
+        matches it, shared with the family's other models), else those of "*", else None."""
+        entry = entry_for(model, self.limits)
+        return None if entry is None else self.limits[entry]
 
 
 def _langdock(region: str) -> Endpoint:
@@ -183,15 +192,53 @@ class Endpoints:
     default: str
     default_source: str
     config_path: Path | None = None
+    # Pools by name: several endpoints used as one (batchrun.transport.pools).
+    pools: Mapping[str, Pool] = field(default_factory=dict)
 
     def get(self, name: str) -> Endpoint:
         """The endpoint called ``name``; UnknownEndpointError naming the known ones if none."""
         if name not in self.by_name:
+            pools = f"; pools: {', '.join(sorted(self.pools))}" if self.pools else ""
             raise UnknownEndpointError(
                 f"unknown endpoint {name!r}; known endpoints: {', '.join(sorted(self.by_name))}"
-                " (`batchrun endpoints` lists them; a config file can define more)"
+                f"{pools} (`batchrun endpoints` lists them; a config file can define more)"
             )
         return self.by_name[name]
+
+    def check(self, name: str) -> str:
+        """``name`` if it is an endpoint or a pool (wherever an endpoint is accepted, a pool
+        is too); UnknownEndpointError naming the known ones if neither."""
+        if name in self.pools:
+            return name
+        return self.get(name).name
+
+    def for_planning(self, name: str) -> Endpoint:
+        """The endpoint ``name``; for a pool, one endpoint standing for all its members, whose
+        limits per model are the sums of theirs (a dimension some member does not limit is
+        unlimited), for `estimate`."""
+        pool = self.pools.get(name)
+        if pool is None:
+            return self.get(name)
+        members = [(member, self.get(member.endpoint)) for member in pool.members]
+        models = {model for _, endpoint in members for model in endpoint.limits}
+        combined: dict[str, RateLimits] = {}
+        for model in sorted(models):
+            each = [ep.limits_for(m.model_for(model)) or RateLimits() for m, ep in members]
+            summed = {
+                dimension: sum(limits.get(dimension) or 0.0 for limits in each)
+                for dimension in {d for limits in each for d, _ in limits.items()}
+                if all(limits.get(dimension) is not None for limits in each)
+            }
+            if summed:
+                combined[model] = RateLimits(summed)
+        return Endpoint(name=pool.name, base_url="", limits=combined, sources=(pool.source,))
+
+    def members(self, name: str) -> dict[str, Endpoint]:
+        """The endpoints a batch on ``name`` is sent to: a pool's members, or the one."""
+        pool = self.pools.get(name)
+        if pool is None:
+            return {name: self.get(name)}
+        return {member: self.get(member) for member in pool.endpoint_names}
 
 
 def resolve_endpoints(
@@ -200,33 +247,59 @@ def resolve_endpoints(
     *,
     config_path: Path | None = None,
     default_endpoint: str | None = None,
+    pools: Mapping[str, Pool] | None = None,
 ) -> Endpoints:
     """The built-in endpoints, changed or added to by the config file's ``tables`` (read from
-    ``config_path``), then by the environment. Raises ConfigError naming the file and key for
-    a definition that cannot work (a new endpoint without base_url, a key-less auth
-    style...)."""
+    ``config_path``), then by the environment; and the file's ``pools`` of them. Raises
+    ConfigError naming the file and key for a definition that cannot work (a new endpoint
+    without base_url, a key-less auth style, a pool of unknown endpoints...)."""
     resolved = builtin_endpoints({})
     for name, table in tables.items():
         resolved[name] = _overlay(resolved.get(name), table, config_path)
     resolved = {name: _apply_env(endpoint, env) for name, endpoint in resolved.items()}
+    pools = dict(pools or {})
+    _check_pools(pools, resolved, config_path)
+    names = sorted(resolved) + sorted(pools)
     default, source = DEFAULT_ENDPOINT, BUILTIN
     if default_endpoint is not None:
-        if default_endpoint not in resolved:
+        if default_endpoint not in resolved and default_endpoint not in pools:
             raise _file_error(
                 config_path,
                 "default_endpoint",
-                f'unknown endpoint "{default_endpoint}"; '
-                f"known endpoints: {', '.join(sorted(resolved))}",
+                f'unknown endpoint "{default_endpoint}"; known endpoints and pools: '
+                f"{', '.join(names)}",
             )
         default, source = default_endpoint, str(config_path)
     if named := env.get(ENDPOINT_ENV, "").strip():
-        if named not in resolved:
+        if named not in resolved and named not in pools:
             raise UnknownEndpointError(
                 f"{ENDPOINT_ENV} names unknown endpoint {named!r}; "
-                f"known endpoints: {', '.join(sorted(resolved))}"
+                f"known endpoints and pools: {', '.join(names)}"
             )
         default, source = named, ENDPOINT_ENV
-    return Endpoints(resolved, default, source, config_path)
+    return Endpoints(resolved, default, source, config_path, pools)
+
+
+def _check_pools(
+    pools: Mapping[str, Pool], endpoints: Mapping[str, Endpoint], path: Path | None
+) -> None:
+    """A pool's name must not be an endpoint's, and its members must be endpoints."""
+    for name, pool in pools.items():
+        if name in endpoints:
+            raise _file_error(
+                path,
+                f"pools.{name}",
+                f'"{name}" is already an endpoint; give the pool a name of its own',
+            )
+        for index, member in enumerate(pool.members):
+            if member.endpoint not in endpoints:
+                known = ", ".join(sorted(endpoints))
+                raise _file_error(
+                    path,
+                    f"pools.{name}.members[{index}]",
+                    f'unknown endpoint "{member.endpoint}"; known endpoints: {known}'
+                    + (" (a pool cannot hold another pool)" if member.endpoint in pools else ""),
+                )
 
 
 def _file_error(path: Path | None, key: str, problem: str) -> ConfigError:
@@ -276,6 +349,11 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
         max_attempts=table.max_attempts if table.max_attempts is not None else base.max_attempts,
         max_response_bytes=table.max_response_bytes or base.max_response_bytes,
         count_tokens_rpm=table.count_tokens_rpm or base.count_tokens_rpm,
+        stream_threshold_tokens=(
+            base.stream_threshold_tokens
+            if table.stream_threshold_tokens is None
+            else table.stream_threshold_tokens
+        ),
         limits={**base.limits, **table.limits},
         sources=(*base.sources, str(path)),
     )

@@ -8,7 +8,8 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 
 from batchrun.dispatch.config import DispatchConfig
-from batchrun.dispatch.dispatcher import Dispatcher, RunReport
+from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter
@@ -52,7 +53,9 @@ async def run_dispatcher(
     """:func:`dispatch`, with ``during(dispatcher)`` running alongside (to stop it, say)."""
     endpoint = endpoint or builtin_endpoints({})[SIMULATOR]
     async with create_http_client(
-        timeout_s=60, max_connections=config.max_concurrency, transport=in_process_transport(app)
+        timeout_s=60,
+        max_connections=config.max_concurrency or config.in_flight_ceiling,
+        transport=in_process_transport(app),
     ) as http:
         sender = MessagesClient(http, endpoint=endpoint, headers=NO_AUTH)
         db = WorkerDatabase(store)

@@ -8,10 +8,11 @@ import threading
 import time
 
 from batchrun.dispatch.config import DispatchConfig
-from batchrun.dispatch.dispatcher import Dispatcher, RunReport
+from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
-from batchrun.limits.limiter import Limiter
+from batchrun.limits.limiter import Limiter, LimiterSettings
 from batchrun.records import Outcome
 from batchrun.simulator import SimulatorApp, create_app
 from batchrun.store.store import Store
@@ -22,24 +23,26 @@ from tests.dispatch.helpers import NO_AUTH
 
 LEASE_S = 1.0
 FROZEN_S = 3.0
-# The limiter's buckets start empty: the first worker's first send (and freeze) at 1 s.
-FIRST_SEND_S = 1.0
+# The limiter's buckets start empty, at one a minute: the first worker's first send (alone:
+# the gentle start) at 1 s, its second (which freezes) at 2 s.
+FREEZE_AT_S = 2.0
 
 
 class FreezesOnce:
-    """A sender whose first send blocks its whole event loop, as a stopped process would."""
+    """A sender whose second send blocks its whole event loop, as a stopped process would
+    (the first goes alone and answers: the gentle start)."""
 
     def __init__(self, client: MessagesClient) -> None:
         self._client = client
-        self._frozen = False
+        self._sends = 0
 
     @property
     def key_hint(self) -> str:
         return self._client.key_hint
 
     async def send(self, params_json: str) -> Outcome:
-        if not self._frozen:
-            self._frozen = True
+        self._sends += 1
+        if self._sends == 2:
             time.sleep(FROZEN_S)  # noqa: ASYNC251 - the point: nothing on this loop runs
         return await self._client.send(params_json)
 
@@ -60,7 +63,8 @@ async def work(
             dispatcher = Dispatcher(
                 db=db,
                 senders={SIMULATOR: FreezesOnce(client) if freeze else client},
-                limiter=Limiter(overrides=limits),
+                # Timed from the start: without the start-up ramp.
+                limiter=Limiter(overrides=limits, settings=LimiterSettings(ramp_s=0)),
                 config=DispatchConfig(max_concurrency=4, lease_s=LEASE_S),
             )
             return await dispatcher.run({batch_id: SIMULATOR})
@@ -76,8 +80,8 @@ def test_a_worker_that_stood_still_past_its_lease_does_not_send_what_was_taken_o
     batch_id = submit(store, [request_line(f"r{i}", f"question {i}") for i in range(6)])
     frozen_report: list[RunReport] = []
 
-    # The first worker holds four requests: one in flight (and frozen), three waiting for
-    # the limiter (one a second).
+    # The first worker sends one request and then holds four: one in flight (and frozen),
+    # three waiting for the limiter (one a second).
     frozen = threading.Thread(
         target=lambda: frozen_report.append(
             asyncio.run(work(store, batch_id, app, freeze=True, limits=RateLimits(rpm=60)))
@@ -85,8 +89,8 @@ def test_a_worker_that_stood_still_past_its_lease_does_not_send_what_was_taken_o
     )
     frozen.start()
     # Once the first worker's leases have run out (a lease after its last renewal, when it
-    # froze), the second takes its four and the two left, and sends them.
-    time.sleep(FIRST_SEND_S + LEASE_S + 0.5)
+    # froze), the second takes its four and the one left, and sends them.
+    time.sleep(FREEZE_AT_S + LEASE_S + 0.5)
     other = asyncio.run(work(store, batch_id, app, freeze=False, limits=None))
     frozen.join(30)
 
@@ -98,6 +102,6 @@ def test_a_worker_that_stood_still_past_its_lease_does_not_send_what_was_taken_o
     # saw that their batch had ended meanwhile).
     assert app.stats.duplicate_receptions <= 1
     assert report.lost_leases >= 1
-    assert report.sent == 1
+    assert report.sent == 2
     assert app.stats.received == 6 + app.stats.duplicate_receptions
-    assert other.sent == 6
+    assert other.sent == 5

@@ -31,6 +31,8 @@ from tests.conftest import memory_grown_by, request_line, submit
 from tests.dispatch.helpers import dispatch
 
 KEY = ("ep", "claude-sonnet-4-5")
+# The pacing arithmetic alone, without the start-up ramp (tested in test_limits_shared).
+NO_RAMP = LimiterSettings(ramp_s=0)
 
 
 def succeeded(input_tokens: int, output_tokens: int, limits: ServerLimits | None = None):
@@ -146,7 +148,7 @@ def test_429_messages_name_the_limit(message: str, named: set[str]) -> None:
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_sends_are_paced_from_the_first_request_without_a_burst() -> None:
-    limiter = Limiter({KEY: RateLimits(rpm=600)})
+    limiter = Limiter({KEY: RateLimits(rpm=600)}, settings=NO_RAMP)
     loop = asyncio.get_running_loop()
     start = loop.time()
     granted = []
@@ -161,7 +163,8 @@ async def test_sends_are_paced_from_the_first_request_without_a_burst() -> None:
 @pytest.mark.looptime
 async def test_unused_reservations_are_given_back() -> None:
     limiter = Limiter(
-        {KEY: RateLimits(tpm=6000)}, settings=LimiterSettings(output_reservation="max_tokens")
+        {KEY: RateLimits(tpm=6000)},
+        settings=LimiterSettings(output_reservation="max_tokens", ramp_s=0),
     )
     loop = asyncio.get_running_loop()
     # 100 tokens/s; a bucket of 1 s. Each request reserves 10 input + 90 output = 100.
@@ -176,7 +179,7 @@ async def test_unused_reservations_are_given_back() -> None:
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_cache_reads_do_not_count_towards_itpm() -> None:
-    limiter = Limiter({KEY: RateLimits(itpm=6000)})  # 100 input tokens a second
+    limiter = Limiter({KEY: RateLimits(itpm=6000)}, settings=NO_RAMP)  # 100 input tokens/s
     loop = asyncio.get_running_loop()
     permit = await limiter.acquire(KEY, Demand(100, 10))
     usage = Usage(input_tokens=10, output_tokens=5, cache_read_input_tokens=90)
@@ -218,7 +221,7 @@ async def test_announced_limits_replace_higher_configured_ones() -> None:
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_the_server_remaining_capacity_keeps_the_local_bucket_honest() -> None:
-    limiter = Limiter({KEY: RateLimits(rpm=600)})
+    limiter = Limiter({KEY: RateLimits(rpm=600)}, settings=NO_RAMP)
     loop = asyncio.get_running_loop()
     permit = await limiter.acquire(KEY, Demand(10, 10))
     await asyncio.sleep(5)  # our bucket is full again: 10 requests

@@ -114,15 +114,16 @@ async def test_a_batch_expiring_during_a_run_expires_its_unsent_requests(store: 
     app = create_app(SimulatorConfig(latency_s=10.0))
     batch_id = submit(store, [request_line(f"r{i}", f"q{i}") for i in range(20)])
     batch = store.get_batch(batch_id)
-    # Expire 25 s after submitting: with 2 in flight and 10 s each, 3 waves get sent.
+    # Expire 25 s after submitting: with 10 s answers, the first request alone, then two
+    # waves of 2 get sent.
     store.requeue(batch_id, states=[], now=NOW, expires_at=batch.created_at + timedelta(seconds=25))
 
     await dispatch(store, batch_id, app, config=DispatchConfig(max_concurrency=2))
 
     batch = store.get_batch(batch_id)
     assert batch.processing_status == "ended"
-    assert batch.counts.succeeded == app.stats.received == 6
-    assert batch.counts.expired == 14
+    assert batch.counts.succeeded == app.stats.received == 5
+    assert batch.counts.expired == 15
 
 
 @pytest.mark.asyncio
@@ -144,9 +145,9 @@ async def test_a_stop_lets_requests_in_flight_finish_and_keeps_the_rest_queued(
     batch = store.get_batch(batch_id)
     assert report.interrupted == "interrupted by test"
     assert report.released == 0
-    # Waves at 0 s and 5 s; the second was in flight at the stop and was recorded.
-    assert batch.counts.succeeded == app.stats.received == 8
-    assert batch.counts.processing == 42
+    # The first request alone at 0 s, a wave of 4 at 5 s, in flight at the stop and recorded.
+    assert batch.counts.succeeded == app.stats.received == 5
+    assert batch.counts.processing == 45
     assert store.seconds_until_ready([batch_id], NOW) == 0.0  # queued, not running
     claimed = _claim(store, batch_id, 50, now=datetime.now(UTC))
     assert {item.attempts for item in claimed} == {0}  # none counted a send it never made

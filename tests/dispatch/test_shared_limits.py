@@ -8,25 +8,29 @@ from collections.abc import Callable
 import pytest
 
 from batchrun.dispatch.worker_db import WorkerDatabase
-from batchrun.limits.banks import DatabaseBank, PendingChanges
+from batchrun.limits.banks import DatabaseBank
 from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
 from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
 from batchrun.records import Retryable, Succeeded, Usage, error_body
 from batchrun.store.store import Store
 
 KEY = ("ep", "claude-sonnet-4-5")
-RPM_600 = {"rpm": (10.0, 10.0)}  # 10 a second, a bucket of 1 s
+# 10 a second, a bucket of 1 s; no ramp.
+RPM_600 = KeyPolicy(configured=RateLimits(rpm=600), burst_s=1.0, ramp_s=0)
 
 
 def take(store: Store, now: float, *, cost: float = 1.0, changes: PendingChanges | None = None):
-    return store.rates.take(
+    """(seconds to wait, the key's pause end)."""
+    grant, record = store.rates.take(
         endpoint=KEY[0],
         model=KEY[1],
         costs={"rpm": cost},
-        rates=RPM_600,
+        policy=RPM_600,
         changes=changes or PendingChanges(),
         now=now,
     )
+    return grant.wait_s, record.paused_until
 
 
 def test_a_shared_bucket_starts_empty_and_refills_at_its_rate(store: Store) -> None:
@@ -63,7 +67,10 @@ async def test_limiters_sharing_the_database_stay_under_one_limit_together(
 
     dbs = [WorkerDatabase(store) for _ in range(3)]
     banks = [DatabaseBank(db, clock=clock) for db in dbs]
-    limiters = [Limiter({KEY: RateLimits(rpm=600)}, bank=bank) for bank in banks]
+    limiters = [
+        Limiter({KEY: RateLimits(rpm=600)}, settings=LimiterSettings(ramp_s=0), bank=bank)
+        for bank in banks
+    ]
     granted = 0
 
     async def worker(limiter: Limiter) -> None:
@@ -120,7 +127,7 @@ async def test_the_shared_bank_gives_back_what_answers_did_not_use(store: Store)
     db = WorkerDatabase(store)
     limiter = Limiter(
         {KEY: RateLimits(otpm=6000)},
-        settings=LimiterSettings(output_reservation="max_tokens"),
+        settings=LimiterSettings(output_reservation="max_tokens", ramp_s=0),
         bank=DatabaseBank(db, clock=_unix_clock(loop)),
     )
     start, granted = loop.time(), 0

@@ -10,10 +10,11 @@ import pytest
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.dispatch.config import DispatchConfig
-from batchrun.dispatch.dispatcher import Dispatcher, RunReport
+from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
-from batchrun.limits.limiter import Demand, Limiter, Permit
+from batchrun.limits.limiter import Demand, Limiter, LimiterSettings, Permit
 from batchrun.ops.budget import BudgetGuard
 from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
 from batchrun.records import ClaimedRequest, FinishedRequest, Succeeded, Usage
@@ -75,7 +76,8 @@ async def dispatch(
         dispatcher = Dispatcher(
             db=db,
             senders={SIMULATOR: sender},
-            limiter=Limiter(overrides=limits),
+            # Counts are timed from the start: without the start-up ramp.
+            limiter=Limiter(overrides=limits, settings=LimiterSettings(ramp_s=0)),
             config=DispatchConfig(max_concurrency=max_concurrency),
             observer=monitor,
         )

@@ -13,7 +13,7 @@ from rich.console import Console
 from batchrun.cli.progress import RunDisplay, progress_line, progress_table
 from batchrun.config.prices import PriceTable
 from batchrun.limits.dimensions import RateLimits
-from batchrun.limits.limiter import Demand, Limiter
+from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
 from batchrun.ops.monitor import RunMonitor
 from batchrun.ops.session import Progress
 from batchrun.records import ClaimedRequest, Retryable, ServerLimits, Succeeded, Usage, error_body
@@ -75,7 +75,8 @@ async def test_a_long_retry_after_is_said_in_progress(caplog: pytest.LogCaptureF
 @pytest.mark.looptime
 async def test_the_first_seconds_show_the_steady_rate_not_the_first_burst() -> None:
     loop = asyncio.get_running_loop()
-    limiter = Limiter({KEY: RateLimits(rpm=600)})
+    # Without the start-up ramp, which holds the first seconds below the limit anyway.
+    limiter = Limiter({KEY: RateLimits(rpm=600)}, settings=LimiterSettings(ramp_s=0))
     monitor = RunMonitor(prices=PriceTable(), counts={}, guard=None)
     monitor._limiter, monitor._started = limiter, loop.time()
     request = ClaimedRequest(1, "b", "c", KEY[1], 10, "{}", 0, 0)

@@ -256,7 +256,7 @@ USER_TURN = [{"role": "user", "content": "hi"}]
         (json.dumps({"model": MODEL, "max_tokens": 5}).encode(), "messages: Field required"),
         (json.dumps({**params(), "messages": []}).encode(), "at least one message"),
         (json.dumps({**params(), "messages": "hi"}).encode(), "valid list"),
-        (json.dumps(params(stream=True)).encode(), "streaming is not supported"),
+        (json.dumps(params(stream="yes")).encode(), "stream: Input should be a valid boolean"),
     ],
 )
 @pytest.mark.asyncio

@@ -21,7 +21,7 @@ from batchrun.config.prices import PriceTable
 from batchrun.errors import ConfigError
 from batchrun.export.formats import EXPORT_FORMATS, ExportFormat
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension, RateLimits
-from batchrun.limits.limiter import Demand, Limiter
+from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
 from batchrun.ops.monitor import RunMonitor
 from batchrun.ops.planning import ModelPlan
 from batchrun.records import ClaimedRequest, ResultDetail, Succeeded, Usage
@@ -108,8 +108,8 @@ def test_without_the_registration_the_same_key_is_refused(tmp_path: Path) -> Non
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_the_limiter_paces_a_new_dimension_by_its_measure(weighted: Dimension) -> None:
-    # 6,000 weighted tokens a minute; each request weighs 10 + 4 × 15 = 70.
-    limiter = Limiter({("gw", "m"): RateLimits(wtpm=6000)})
+    # 6,000 weighted tokens a minute; each request weighs 10 + 4 × 15 = 70 (no start-up ramp).
+    limiter = Limiter({("gw", "m"): RateLimits(wtpm=6000)}, settings=LimiterSettings(ramp_s=0))
     loop = asyncio.get_running_loop()
     start, granted = loop.time(), 0
     while loop.time() - start < 60:
