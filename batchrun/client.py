@@ -273,8 +273,7 @@ class Client:
         store = self._store()
         batch = store.get_batch(batch_id)
         stats = store.batch_stats(batch_id)
-        pool = self.endpoints().pools.get(batch.endpoint)
-        members = pool.endpoint_names if pool is not None else ()
+        members = self._pool_members(batch.endpoint)
         names = {share.endpoint for share in stats.endpoints} | set(members)
         health = store.endpoint_health(sorted(names)) if len(names) > 1 else {}
         return BatchStatus.build(
@@ -284,6 +283,15 @@ class Client:
             members=members,
             health=health,
         )
+
+    def _pool_members(self, name: str) -> tuple[str, ...]:
+        """The members of the pool ``name`` (none for an endpoint). A config file that does
+        not load leaves them out rather than stopping `status`: it still shows who answered."""
+        try:
+            pool = self.endpoints().pools.get(name)
+        except BatchrunError:
+            return ()
+        return pool.endpoint_names if pool is not None else ()
 
     def list(self) -> builtins.list[BatchObject]:
         """Every batch, newest first."""
