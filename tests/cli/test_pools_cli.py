@@ -86,3 +86,15 @@ def test_estimate_plans_a_pool_at_the_sum_of_its_members_limits(
 
     assert both["endpoint"] == "langdock"
     assert both["models"][0]["limits"]["rpm"] == 2 * one["models"][0]["limits"]["rpm"]
+
+
+def test_status_still_works_when_the_config_file_does_not_load(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    batch_id = submit(cli, tmp_path, [request_line("r1")], "simulator")
+    (tmp_path / "batchrun.toml").write_text('[pools.claude]\nmembers = ["nope"]\n')
+
+    shown = invoke(cli, "status", batch_id, "--json")
+
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["id"] == batch_id
