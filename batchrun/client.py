@@ -37,7 +37,7 @@ from batchrun.errors import BatchrunError, BatchStateError, ConfigError, Databas
 if TYPE_CHECKING:
     from batchrun.config.file import Settings
     from batchrun.config.prices import PriceTable
-    from batchrun.export.batch_object import BatchObject, BatchStatus
+    from batchrun.export.batch_object import BatchObject, BatchStatus, ProviderBatchModel
     from batchrun.input.sources import Requests
     from batchrun.limits.dimensions import RateLimits
     from batchrun.ops.planning import FilePlan
@@ -181,6 +181,8 @@ class Client:
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
         on_skipped: Callable[[str], None] | None = None,
+        lane: str = "realtime",
+        reuse: bool = False,
     ) -> BatchObject:
         """Validate every request and store them as one batch, in one transaction (with its
         budget ``max_cost_usd``); returns the batch object.
@@ -193,11 +195,17 @@ class Client:
         ``$BATCHRUN_ENDPOINT``, else the config file's default, else ``anthropic``.
         ``expires_in_s`` (default 24 h) is when unsent requests expire; ``max_requests`` and
         ``max_file_bytes`` (default Anthropic's 100,000 and 256 MB) cap the batch.
+        ``lane``: ``realtime`` (the Messages API), ``batch`` (the endpoint's batch API, at
+        its discount) or ``auto`` (the batch API while the deadline leaves time for real
+        time to finish what it leaves; see "Paying less" in the docs). ``reuse``: a request
+        whose params already succeeded in this database is answered from the stored answer
+        (nothing sent, cost 0), and identical params in the batch are sent once.
         """
         from batchrun.export.batch_object import BatchObject
         from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S, submit_requests
         from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
         from batchrun.input.sources import open_requests
+        from batchrun.lanes import check_lane
 
         if expires_in_s is None:
             expires_in_s = DEFAULT_EXPIRES_IN_S
@@ -211,6 +219,7 @@ class Client:
             )
         known = self.endpoints()
         target = known.check(endpoint or known.default)
+        check_lane(lane, known, target)
         store = self._store()
         with open_requests(requests) as (stream, source):
             batch_id = submit_requests(
@@ -227,6 +236,8 @@ class Client:
                 skip_invalid=skip_invalid,
                 on_skipped=on_skipped,
                 max_cost_usd=max_cost_usd,
+                lane=lane,
+                reuse=reuse,
             )
         return BatchObject.from_summary(store.get_batch(batch_id))
 
@@ -240,19 +251,27 @@ class Client:
         limits: Mapping[str, float | None] | None = None,
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
+        lane: str = "realtime",
+        expires_in_s: float | None = None,
     ) -> FilePlan:
         """Plan ``requests`` for an endpoint before spending: requests, input tokens, output
         tokens (expected at ``output_share`` of max_tokens, 0.3 unless given, and worst
-        case), cost, and how
-        long the endpoint's limits (``limits`` replacing them, per minute by dimension name)
-        make it take. Nothing is stored or sent."""
+        case), cost, and how long the endpoint's limits (``limits`` replacing them, per
+        minute by dimension name) make it take; with a batch API, the batch lane's cost and
+        typical time too, and which lane ``lane`` would use (``auto``: for a deadline
+        ``expires_in_s`` away, 24 h unless given). Nothing is stored or sent."""
+        from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S
         from batchrun.input.sources import open_requests
+        from batchrun.lanes import check_lane, lane_endpoint
         from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, plan_file
 
         known = self.endpoints()
-        target = known.for_planning(known.check(endpoint or known.default))
+        name = known.check(endpoint or known.default)
+        check_lane(lane, known, name)
+        target = known.for_planning(name)
+        batch_endpoint = lane_endpoint(known, name)
         with open_requests(requests) as (stream, source):
-            return plan_file(
+            plan = plan_file(
                 stream,
                 source=source,
                 endpoint=target,
@@ -263,6 +282,11 @@ class Client:
                 max_requests=max_requests,
                 max_file_bytes=max_file_bytes,
             )
+        return plan.with_lanes(
+            None if batch_endpoint is None else batch_endpoint.batch_api,
+            lane=lane,
+            deadline_s=DEFAULT_EXPIRES_IN_S if expires_in_s is None else expires_in_s,
+        )
 
     def status(self, batch_id: str) -> BatchStatus:
         """The batch object with cost, budget, timings, throughput and frequent errors (what
@@ -282,7 +306,49 @@ class Client:
             cost_of(stats.usage, self.prices()),
             members=members,
             health=health,
+            provider_batches=store.provider_batches_of([batch_id]),
         )
+
+    def provider_batches(self, batch_id: str) -> builtins.list[ProviderBatchModel]:
+        """The batch's provider batches (batch lane), oldest first; BatchNotFoundError if
+        there is no such batch."""
+        from batchrun.export.batch_object import ProviderBatchModel
+
+        store = self._store()
+        store.get_batch(batch_id)
+        return [ProviderBatchModel.of(row) for row in store.provider_batches_of([batch_id])]
+
+    def settle_provider_batch(self, batch_id: str, row_id: int, *, provider_id: str | None) -> str:
+        """Settle the create of provider-batch record ``row_id`` (an ambiguous or unsettled
+        one): ``provider_id`` names the provider batch that holds its requests (adopted, its
+        results imported by the next run); None says the create did not happen (the
+        requests go back to the batch lane). Returns what was done; BatchStateError if the
+        record is not one of the batch's, or is settled already."""
+        store = self._store()
+        row = store.provider_batch(row_id)
+        if row is None or row.batch_id != batch_id:
+            raise BatchStateError(
+                f"batch {batch_id} has no provider-batch record {row_id}; "
+                f"`batchrun lanes {batch_id}` lists them"
+            )
+        if row.state not in ("intent", "ambiguous"):
+            raise BatchStateError(
+                f"provider-batch record {row_id} is {row.state}; only an ambiguous or "
+                "unsettled create can be settled"
+            )
+        if provider_id is not None:
+            if provider_id in store.claimed_provider_ids(row.endpoint):
+                raise BatchStateError(
+                    f"provider batch {provider_id} is already recorded for another record"
+                )
+            store.provider_batch_created(
+                row_id, provider_id=provider_id, created_at=None, next_poll_at=_now()
+            )
+            return f"record {row_id} is provider batch {provider_id}; the next run imports it"
+        back = store.provider_batch_not_created(
+            row_id, note="a person said the create did not happen", lane="batch", now=_now()
+        )
+        return f"record {row_id} was not created; {back:,} requests go back to the batch lane"
 
     def _pool_members(self, name: str) -> tuple[str, ...]:
         """The members of the pool ``name`` (none for an endpoint). A config file that does
@@ -299,13 +365,27 @@ class Client:
 
         return batch_objects(self._store().list_batches())
 
-    def cancel(self, batch_id: str) -> BatchObject:
+    def cancel(self, batch_id: str, *, on_note: Callable[[str], None] | None = None) -> BatchObject:
         """Cancel a batch: queued requests are canceled at once; a worker running it stops
-        sending it within a second, and requests in flight are still recorded."""
+        sending it within a second, and requests in flight are still recorded. Its provider
+        batches (batch lane) are canceled at the provider; what they finished is imported by
+        the next run and kept (``on_note`` hears about each)."""
+        import asyncio
+
         from batchrun.export.batch_object import BatchObject
+        from batchrun.ops.lanes import cancel_provider_batches
 
         store = self._store()
         store.cancel_batch(batch_id, _now())
+        if store.provider_batches_of([batch_id], open_only=True):
+            notes = asyncio.run(
+                cancel_provider_batches(
+                    store, batch_id, known=self.endpoints(), env=self._env, now=_now()
+                )
+            )
+            for note in notes:
+                if on_note is not None:
+                    on_note(note)
         return BatchObject.from_summary(store.get_batch(batch_id))
 
     def requeue(
@@ -441,6 +521,7 @@ class Client:
         self,
         *batch_ids: str,
         endpoint: str | None = None,
+        lane: str | None = None,
         max_concurrency: int | None = None,
         max_attempts: int | None = None,
         timeout_s: float | None = None,
@@ -462,6 +543,8 @@ class Client:
         - ``limits``: per-minute limits by dimension name (``rpm=600``, ``tpm=60_000``,
           ``itpm``, ``otpm``...), for every model, replacing the endpoints' own.
         - ``endpoint``: move the named batches' remaining requests there, for good.
+        - ``lane``: send the batches' queued requests in this lane (``realtime``, ``batch``
+          or ``auto``) from now on.
         - ``max_cost_usd``: a budget per batch, stored; a batch that would pass it pauses.
         - ``max_runtime_s``: stop claiming after this long and let what is in flight finish.
         - ``forever``: look for new work every ``poll_interval_s`` until stopped.
@@ -488,6 +571,7 @@ class Client:
         options = RunOptions(
             batch_ids=tuple(batch_ids),
             target=known.check(endpoint) if endpoint is not None else None,
+            lane=lane,
             max_cost_usd=max_cost_usd,
             max_runtime_s=max_runtime_s,
             forever=forever,

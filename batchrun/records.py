@@ -138,6 +138,11 @@ class NewBatch:
     expires_at: datetime
     # The budget in USD, stored in the same transaction as the batch (None: no budget).
     max_cost_usd: float | None = None
+    # "realtime", "batch" (the provider's batch API) or "auto" (see batchrun.lanes).
+    lane: str = "realtime"
+    # submit --reuse: answer requests whose params already succeeded in this database from
+    # the stored answer, and send identical params within the batch once.
+    reuse: bool = False
 
 
 # Invalid lines kept by `submit --skip-invalid` that have no usable custom_id of their own
@@ -173,6 +178,11 @@ class NewRequest:
     params_json: str
     estimated_input_tokens: int | None = None
     rejected: RejectedLine | None = None
+    # SHA-256 of the params as canonical JSON (batchrun.input.digests), for submit --reuse.
+    params_digest: str | None = None
+    # The key of its cached prompt prefix (None: no cache_control breakpoint): requests of
+    # the batch with the same key form a prompt-cache group.
+    cache_prefix: str | None = None
 
 
 def placeholder_custom_ids(line_nos: Iterable[int], taken: Collection[str]) -> dict[int, str]:
@@ -232,6 +242,10 @@ class FinishedRequest:
     raw_body: str | None = None
     # The endpoint that answered (for a batch sent through a pool: the member).
     endpoint: str | None = None
+    # "batch" when a provider batch answered it (None: real time), and the share of the list
+    # price that lane bills (None: all of it).
+    lane: str | None = None
+    cost_factor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +283,13 @@ class TokenTotals:
     cache_read_input_tokens: int = 0
 
 
+def cache_hit_rate(read_tokens: int | None, write_tokens: int | None) -> float | None:
+    """Prompt-cache reads ÷ (reads + writes), rounded to 4 places; None when both are 0 (or
+    unknown): nothing was cached."""
+    read, write = read_tokens or 0, write_tokens or 0
+    return None if read + write == 0 else round(read / (read + write), 4)
+
+
 @dataclass(frozen=True)
 class BatchSummary:
     """A batch as ``status`` and ``list`` show it."""
@@ -284,6 +305,8 @@ class BatchSummary:
     paused_reason: str | None
     counts: RequestCounts = field(default_factory=RequestCounts)
     tokens: TokenTotals = field(default_factory=TokenTotals)
+    # realtime, batch or auto (batchrun.lanes).
+    lane: str = "realtime"
 
     @property
     def processing_status(self) -> ProcessingStatus:
@@ -316,6 +339,10 @@ class ModelTokens:
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    # Where these were answered (realtime or batch), and the share of the list price paid
+    # there (the batch discount; 0 for answers reused from the database).
+    lane: str = "realtime"
+    cost_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -362,6 +389,8 @@ class BatchStats:
     max_cost_usd: float | None
     # Who answered: each endpoint's results, and those of the minute up to the last one.
     endpoints: Sequence[EndpointShare] = ()
+    # Results that are a stored answer (submit --reuse, or a duplicate's original): not sent.
+    reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -392,6 +421,12 @@ class ResultDetail:
     raw_body: str | None = None
     # The endpoint that answered (for a pool: the member).
     endpoint: str | None = None
+    # The batch whose stored answer this is (submit --reuse), None when it was sent.
+    reused_from: str | None = None
+    # The share of the list price paid (0 when reused); None is 1.
+    cost_factor: float | None = None
+    # Where it was answered: realtime, or batch (a provider batch); None before lanes.
+    lane: str | None = None
 
 
 # -- pools: several endpoints used as one ([pools.NAME] in the config file) -----------------
@@ -436,3 +471,79 @@ class Pool:
 def route_of(name: str, pools: Mapping[str, Pool]) -> Pool:
     """The pool called ``name``, or a pool of the one endpoint of that name."""
     return pools.get(name) or Pool(name, (PoolMember(name),))
+
+
+# -- the batch lane (provider batches) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderIntent:
+    """Requests just taken into a provider batch that is about to be created: the intent
+    row's id, and each request's line of the create body (``{"custom_id", "params"}``)."""
+
+    row_id: int
+    batch_id: str
+    endpoint: str
+    lines: list[bytes]
+    body_bytes: int
+
+
+@dataclass(frozen=True)
+class ProviderBatchRow:
+    """A provider batch as batchrun recorded it (see ``store.tables.provider_batches``)."""
+
+    id: int
+    batch_id: str
+    endpoint: str
+    state: str
+    provider_id: str | None
+    request_count: int
+    body_bytes: int
+    intent_at: datetime
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+    imported_at: datetime | None = None
+    cancel_at: datetime | None = None
+    cancel_sent_at: datetime | None = None
+    next_poll_at: datetime | None = None
+    polls: int = 0
+    poll_failures: int = 0
+    status: str | None = None
+    counts: str | None = None
+    results_url: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """A provider batch's request going back to the queue, in the real-time lane (the
+    provider expired it, failed it transiently, or canceled it at the auto lane's cut-off)."""
+
+    custom_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportedResult:
+    """A provider batch's final answer for one request (``request_id`` and ``batch_id`` are
+    filled in by the store from the custom_id)."""
+
+    custom_id: str
+    result: FinishedRequest
+
+
+@dataclass(frozen=True)
+class ImportTally:
+    """What an import chunk did: results stored, requests requeued, lines matching no request
+    the provider batch holds (already imported, or unknown)."""
+
+    stored: int = 0
+    requeued: int = 0
+    unmatched: int = 0
+
+    def __add__(self, other: ImportTally) -> ImportTally:
+        return ImportTally(
+            self.stored + other.stored,
+            self.requeued + other.requeued,
+            self.unmatched + other.unmatched,
+        )

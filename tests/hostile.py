@@ -6,6 +6,11 @@ headers that echo the key. A request picks its answer with ``<<hostile:MODE>>`` 
 its body; without one it gets a normal Anthropic Message. ``server.log`` records each request
 (its mode and headers) so a test can count what was paid for.
 
+A provider batch API answers on any path holding ``/batches`` (see :meth:`HostileServer._batch`):
+the create's mode (from the directive in its body) decides how that batch and its results
+misbehave: ``batch_echo_key`` (a 401 quoting the key), ``batch_not_json`` (a 200 that is no
+batch object), ``batch_poisoned`` (results with poisoned usage, garbage and echoed keys).
+
 Modes (see :data:`MODES`): ``openai``, ``foreign``, ``not_json``, ``deep``, ``usage_2_63``,
 ``usage_2_31``, ``negative_usage``, ``retry_after_huge``, ``retry_after_ms_huge``,
 ``reset_9999``, ``retry_after_10h``, ``tiny_limit``, ``drip``, ``endless``, ``gzip_bomb``,
@@ -68,6 +73,9 @@ class HostileServer:
 
     url: str = ""
     log: list[Request] = field(default_factory=list)
+    # The batch API's one batch: how its create asked it to misbehave, and its custom_ids.
+    batch_mode: str = "normal"
+    batch_ids: list[str] = field(default_factory=list)
     # Seconds between the bytes of `drip`.
     drip_interval_s: float = 3.0
     # Built once, before a test measures memory: a gzip of 300 MB of zeros, and a Message
@@ -93,7 +101,11 @@ class HostileServer:
                 found = _DIRECTIVE.search(body)
                 mode = found.group(1).decode() if found else "normal"
                 self.log.append(Request(mode, headers, body))
-                keep_open = await self._answer(mode, headers, writer)
+                method, path = [*lines[0].split(" "), "", ""][:2]
+                if "/batches" in path:
+                    keep_open = await self._batch(method, path, mode, headers, body, writer)
+                else:
+                    keep_open = await self._answer(mode, headers, writer)
                 if not keep_open:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -191,6 +203,72 @@ class HostileServer:
                 return await self._send(writer, 200, self.oversized)
             case _:
                 return await self._json(writer, message())
+
+    async def _batch(
+        self,
+        method: str,
+        path: str,
+        mode: str,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """A provider batch API: one batch at a time, misbehaving as its create asked."""
+        key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        if method == "POST" and path.endswith("/batches"):
+            self.batch_mode = mode
+            self.batch_ids = [
+                item["custom_id"] for item in json.loads(body or b"{}").get("requests", [])
+            ]
+            if mode == "batch_echo_key":
+                error = {
+                    "type": "error",
+                    "error": {"type": "authentication_error", "message": f"bad key {key}"},
+                }
+                return await self._send(writer, 401, json.dumps(error).encode())
+            if mode == "batch_not_json":
+                return await self._send(writer, 200, b"<html>created?</html>")
+            return await self._json(writer, self._batch_object(ended=False))
+        if method == "GET" and "?" in path:
+            return await self._json(writer, {"data": [], "has_more": False})
+        if method == "GET" and path.endswith("/results"):
+            lines = []
+            for index, custom_id in enumerate(self.batch_ids):
+                if index == 0:
+                    result = {"type": "succeeded", "message": message(f"fine, {key}")}
+                elif index == 1:
+                    result = {"type": "succeeded", "message": message(input_tokens=2**63)}
+                elif index == 2:
+                    lines.append(b'{"custom_id": "' + custom_id.encode() + b'", "result": {')
+                    continue
+                else:
+                    result = {"type": "succeeded", "message": message()}
+                lines.append(json.dumps({"custom_id": custom_id, "result": result}).encode())
+            lines.append(
+                json.dumps({"custom_id": "stranger", "result": {"type": "expired"}}).encode()
+            )
+            return await self._send(writer, 200, b"\n".join(lines) + b"\n")
+        return await self._json(writer, self._batch_object(ended=True))
+
+    def _batch_object(self, *, ended: bool) -> dict[str, Any]:
+        count = len(self.batch_ids)
+        return {
+            "id": "msgbatch_hostile",
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": {
+                "processing": 0 if ended else count,
+                "succeeded": count if ended else 0,
+                "errored": 0,
+                "canceled": 0,
+                "expired": 0,
+            },
+            "created_at": "2026-12-02T00:00:00Z",
+            "ended_at": "2026-12-02T00:01:00Z" if ended else None,
+            "results_url": f"{self.url}/v1/messages/batches/msgbatch_hostile/results"
+            if ended
+            else None,
+        }
 
     async def _json(
         self,

@@ -68,6 +68,22 @@ def submit(
             show_default=False,
         ),
     ] = None,
+    lane: Annotated[
+        str,
+        typer.Option(
+            help="realtime (the Messages API), batch (the endpoint's batch API: half price, "
+            "results within hours) or auto (batch while the deadline leaves time for real "
+            "time to finish what the provider leaves).",
+        ),
+    ] = "realtime",
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse",
+            help="Answer requests whose params already succeeded in this database from the "
+            "stored answer (nothing sent, cost 0); send identical params in the file once.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -118,6 +134,8 @@ def submit(
         max_requests=max_requests,
         max_file_bytes=max_file_bytes,
         on_skipped=skipped.append,
+        lane=lane,
+        reuse=reuse,
     )
     if as_json:
         print_json(batch.model_dump(mode="json"))
@@ -254,7 +272,9 @@ def cancel(
     """
     from batchrun.cli.context import client_of
 
-    batch = client_of(ctx).cancel(batch_id)
+    batch = client_of(ctx).cancel(
+        batch_id, on_note=lambda note: stderr.print(f"{batch_id}: {note}", markup=False)
+    )
     if as_json:
         print_json(batch.model_dump(mode="json"))
     else:

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchrun.cli.consoles import print_json, stderr, stdout
-from batchrun.cli.options import with_limit_options
+from batchrun.cli.options import duration_option, with_limit_options
 from batchrun.cli.text import duration_text
 from batchrun.config.prices import CostTotal, describe_cost, format_usd
 from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, FilePlan, ModelPlan, plan_json
@@ -39,10 +39,21 @@ def estimate(
             help="Share of max_tokens a reply is expected to use (the worst case uses all).",
         ),
     ] = DEFAULT_OUTPUT_SHARE,
+    lane: Annotated[
+        str,
+        typer.Option(
+            help="The lane you mean to use (realtime, batch or auto): marked in the output; "
+            "both lanes are shown when the endpoint has a batch API.",
+        ),
+    ] = "realtime",
+    expires_in: Annotated[
+        str, typer.Option(help="With --lane auto: the batch's deadline, as for submit.")
+    ] = "24h",
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
 ) -> None:
     """Estimate a request file before spending: requests, input tokens, output tokens
-    (expected and worst case), cost, and how long the endpoint's limits make it take.
+    (expected and worst case), cost, and how long the endpoint's limits make it take; with a
+    batch API, the batch lane's cost, saving and typical time.
     Nothing is stored or sent. A limit flag (--rpm ...) replaces the endpoint's limit for
     every model.
 
@@ -51,7 +62,13 @@ def estimate(
     from batchrun.cli.context import client_of
 
     plan = client_of(ctx).estimate(
-        file, endpoint=endpoint, model=model, output_share=output_share, limits=limits
+        file,
+        endpoint=endpoint,
+        model=model,
+        output_share=output_share,
+        limits=limits,
+        lane=lane,
+        expires_in_s=duration_option(expires_in, "--expires-in"),
     )
     print_estimate(plan, as_json=as_json)
 
@@ -116,6 +133,8 @@ def estimate_table(plan: FilePlan) -> Group:
             _, binding = _model_duration(slowest, worst=is_worst)
             text = f"{duration_text(minutes * 60)}, bound by {binding} for {slowest.model}"
         totals.add_row(label, text)
+    for label, text in _lane_rows(plan, expected, worst, missing):
+        totals.add_row(label, text)
     lines = [Text("per model:", style="bold")]
     for m in plan.models:
         how_long, binding = _model_duration(m, worst=False)
@@ -128,3 +147,25 @@ def estimate_table(plan: FilePlan) -> Group:
             )
         )
     return Group(totals, Text(""), *lines)
+
+
+def _lane_rows(
+    plan: FilePlan, expected: float, worst: float, missing: dict[str, int]
+) -> list[tuple[str, str]]:
+    """The batch lane's cost, saving and time, and the lane chosen, when there is one."""
+    api = plan.batch_api
+    if api is None:
+        return []
+    mark = {plan.chosen: " (chosen)"}
+    saved = CostTotal(expected * (1 - api.discount), missing)
+    auto = " by --lane auto" if plan.lane == "auto" else ""
+    return [
+        (
+            "batch lane",
+            f"{describe_cost(CostTotal(expected * api.discount, missing))} expected, "
+            f"{describe_cost(CostTotal(worst * api.discount, missing))} at most "
+            f"({api.discount:.0%} of the price; saves {describe_cost(saved)}); typically "
+            f"{duration_text(api.typical_s)}, at most 24h{mark.get('batch', '')}",
+        ),
+        ("lane", f"{plan.chosen}{auto}"),
+    ]

@@ -132,8 +132,21 @@ def run(
             "On Postgres workers always share.",
         ),
     ] = False,
+    lane: Annotated[
+        str | None,
+        typer.Option(
+            help="Send the batches' queued requests in this lane from now on: realtime, "
+            "batch (the endpoint's batch API, at its discount) or auto. Default: each "
+            "batch's own (submit --lane).",
+            show_default=False,
+        ),
+    ] = None,
     poll_interval: Annotated[
-        str, typer.Option(help="With --forever: how often to look for new work.")
+        str,
+        typer.Option(
+            help="With --forever: how often to look for new work. Batch lane: the least "
+            "time between two polls of one provider batch."
+        ),
     ] = "30s",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")
@@ -182,6 +195,7 @@ def run(
         result = client_of(ctx).run(
             *(batch_ids or ()),
             endpoint=endpoint,
+            lane=lane,
             max_concurrency=max_concurrency,
             max_attempts=max_attempts,
             timeout_s=timeout_s,

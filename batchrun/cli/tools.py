@@ -103,6 +103,41 @@ def simulate(
             help="Send anthropic-ratelimit-* headers (without them, a 429 has only retry-after).",
         ),
     ] = True,
+    batch_processing_s: Annotated[
+        float,
+        typer.Option(
+            "--batch-processing-s", help="Seconds from a batch's creation to its end.", min=0.0
+        ),
+    ] = 2.0,
+    batch_expired_rate: Annotated[
+        float,
+        typer.Option(
+            "--batch-expired-rate",
+            help="Share of batch requests that end expired.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.0,
+    batch_cancel_s: Annotated[
+        float,
+        typer.Option("--batch-cancel-s", help="Seconds from a batch's cancel to its end.", min=0.0),
+    ] = 0.5,
+    batch_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--batch-concurrency",
+            help="Batch requests processed at once; a wave does not see its own cache writes.",
+            min=1,
+        ),
+    ] = 50,
+    cache_min_tokens: Annotated[
+        int,
+        typer.Option(
+            "--cache-min-tokens",
+            help="Shortest prompt-cache prefix, in tokens, that is written or read.",
+            min=0,
+        ),
+    ] = 1024,
 ) -> None:
     """Serve the built-in Messages API simulator on 127.0.0.1 (Ctrl-C stops it).
 
@@ -112,7 +147,8 @@ def simulate(
     the simulator page of the docs).
 
     A request with "stream": true is answered with server-sent events, its latency spread
-    over them.
+    over them. The Message Batches API (/v1/messages/batches, and AIMLAPI's /v1/batches) and
+    prompt caching (cache_control) are simulated too.
 
     Examples:
 
@@ -148,6 +184,11 @@ def simulate(
         stream_ping_interval_s=ping_interval_s,
         log_size=log_size,
         log_messages=log_messages,
+        batch_processing_s=batch_processing_s,
+        batch_expired_rate=batch_expired_rate,
+        batch_cancel_s=batch_cancel_s,
+        batch_concurrency=batch_concurrency,
+        cache_min_tokens=cache_min_tokens,
     )
 
     def announce(actual_port: int) -> None:

@@ -29,8 +29,8 @@ def _state(batch: BatchObject) -> str:
 
 
 def status_table(batch: BatchStatus) -> Table:
-    """One batch: identity, state, counts, tokens, cost, budget, timings, throughput and its
-    most frequent errors."""
+    """One batch: identity, state, counts (with the reused answers), tokens and the cache hit
+    rate, cost, budget, timings, throughput and its most frequent errors."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -45,6 +45,7 @@ def status_table(batch: BatchStatus) -> Table:
         ("requests", f"{total:,}"),
         ("  processing", f"{counts.processing:,}"),
         ("  succeeded", f"{counts.succeeded:,}"),
+        *([("    reused", f"{batch.reused:,}")] if batch.reused else []),
         ("  errored", f"{counts.errored:,}"),
         ("  canceled", f"{counts.canceled:,}"),
         ("  expired", f"{counts.expired:,}"),
@@ -52,11 +53,14 @@ def status_table(batch: BatchStatus) -> Table:
         ("output tokens", f"{tokens.output_tokens:,}"),
         ("cache write tokens", f"{tokens.cache_creation_input_tokens:,}"),
         ("cache read tokens", f"{tokens.cache_read_input_tokens:,}"),
+        ("cache hit rate", _rate_text(batch.cache_hit_rate)),
         ("created", when_text(batch.created_at)),
         ("expires", when_text(batch.expires_at)),
         ("cancel initiated", when_text(batch.cancel_initiated_at)),
         ("ended", when_text(batch.ended_at)),
         ("cost", describe_cost(batch.cost)),
+        *_lane_rows(batch),
+        *_provider_rows(batch),
     ]
     if batch.max_cost_usd is not None:
         rows.append(("max cost", format_usd(batch.max_cost_usd)))
@@ -83,6 +87,11 @@ def status_table(batch: BatchStatus) -> Table:
     for label, value in rows:
         table.add_row(label, value)
     return table
+
+
+def _rate_text(rate: float | None) -> str:
+    """A share as a percentage with one decimal, or "-" when there is none."""
+    return "-" if rate is None else f"{rate:.1%}"
 
 
 def _endpoint_use_text(use: EndpointUseModel) -> str:
@@ -213,3 +222,28 @@ def run_summary_lines(done: PassResult) -> list[str]:
             "the next `batchrun run` continues them"
         )
     return lines
+
+
+def _provider_rows(batch: BatchStatus) -> list[tuple[str, str]]:
+    """The lane, and each provider batch of the batch lane with its state."""
+    if batch.lane == "realtime" and not batch.provider_batches:
+        return []
+    rows = [("lane", batch.lane)]
+    for item in batch.provider_batches:
+        name = item.provider_id or f"(intent {item.id})"
+        state = item.state + (f", {item.provider_status}" if item.provider_status else "")
+        text = f"{name} on {item.endpoint}: {item.request_count:,} requests, {state}"
+        if item.note:
+            text += f"; {item.note}"
+        rows.append(("  provider batch", text))
+    return rows
+
+
+def _lane_rows(batch: BatchStatus) -> list[tuple[str, str]]:
+    """Cost per lane and the saving, once more than real time was used (batch lane, reuse)."""
+    cost = batch.cost
+    if set(cost.by_lane) <= {"realtime"} and cost.saved_usd == 0:
+        return []
+    rows = [(f"  {lane}", format_usd(usd)) for lane, usd in sorted(cost.by_lane.items())]
+    rows.append(("  saved", format_usd(cost.saved_usd)))
+    return rows

@@ -34,6 +34,7 @@ from batchrun.limits.dimensions import DIMENSIONS, RateLimits
 from batchrun.limits.families import entry_problem
 from batchrun.records import Pool, PoolMember
 from batchrun.transport.auth import AUTH_STYLES, secret_header_names
+from batchrun.transport.batch_styles import BATCH_API_STYLES
 from batchrun.transport.endpoints import Endpoints, EndpointSettings, resolve_endpoints
 
 CONFIG_ENV = "BATCHRUN_CONFIG"
@@ -247,6 +248,13 @@ def _check_extra_key(value: str) -> str:
     return value
 
 
+def _check_batch_api(value: str) -> str:
+    if value != "none" and value not in BATCH_API_STYLES:
+        known = ", ".join(f'"{name}"' for name in (*BATCH_API_STYLES.names(), "none"))
+        raise _fail(f"unknown batch API {value!r}; the batch APIs are {known}")
+    return value
+
+
 EndpointName = Annotated[str, AfterValidator(_check_name)]
 EnvName = Annotated[str, AfterValidator(_check_env_name)]
 PositiveNumber = Annotated[float, Field(gt=0)]
@@ -276,6 +284,15 @@ class _EndpointTable(_Table):
     # Requests with a larger max_tokens are streamed; 0 streams every request (default: the
     # official SDK's rule, 21,333, or 8,192 for Opus 4 and 4.1).
     stream_threshold_tokens: Annotated[int, Field(ge=0)] | None = None
+    # The server-side batch API (the batch lane): "anthropic", "aimlapi" or "none"; its
+    # collection's path, the most requests and bytes per provider batch, the share of the
+    # list price it bills, and how long a provider batch typically takes (planning, auto).
+    batch_api: Annotated[str, AfterValidator(_check_batch_api)] | None = None
+    batch_path: Annotated[str, AfterValidator(_check_path)] | None = None
+    batch_max_requests: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    batch_max_bytes: Annotated[int, Field(ge=1024)] | None = None
+    batch_discount: Annotated[float, Field(ge=0, le=1)] | None = None
+    batch_typical_s: PositiveNumber | None = None
     # Per model, family pattern ("claude-sonnet-4*": shared) or "*" (each other model):
     # dimension name → limit per minute.
     limits: dict[
@@ -299,6 +316,12 @@ class _EndpointTable(_Table):
             count_tokens_rpm=self.count_tokens_rpm,
             stream_threshold_tokens=self.stream_threshold_tokens,
             limits={model: RateLimits(values) for model, values in self.limits.items()},
+            batch_api=self.batch_api,
+            batch_path=self.batch_path,
+            batch_max_requests=self.batch_max_requests,
+            batch_max_bytes=self.batch_max_bytes,
+            batch_discount=self.batch_discount,
+            batch_typical_s=self.batch_typical_s,
             fields_set=frozenset(self.model_fields_set),
         )
 

@@ -1,5 +1,9 @@
 """What requests cost: a price table per model, and costs derived from stored token usage.
 
+Each result also keeps the share of the list price its lane bills (``cost_factor``: the
+batch API's discount, 0 for an answer reused from the database), so costs are known per
+lane, with what the discounts saved.
+
 Cost is never stored: it is derived from the token counts each result keeps (input, output,
 cache write, cache read), at status, export and budget time, so a corrected price table
 re-prices everything at once. A model without a price has an *unknown* cost, shown as
@@ -143,21 +147,34 @@ class PriceTable:
 @dataclass(frozen=True)
 class CostTotal:
     """A sum of costs: what could be priced, and the models that could not (model → number of
-    requests), whose cost is unknown."""
+    requests), whose cost is unknown; the priced part per lane, and what it would have cost
+    at the list price (real time, nothing reused)."""
 
     known_usd: float = 0.0
     unpriced: Mapping[str, int] = field(default_factory=dict)
+    by_lane: Mapping[str, float] = field(default_factory=dict)
+    list_usd: float = 0.0
 
     @property
     def usd(self) -> float | None:
         """The total, or None when part of it is unknown."""
         return None if self.unpriced else self.known_usd
 
+    @property
+    def saved_usd(self) -> float:
+        """What the batch discount and reused answers saved against the list price."""
+        return max(self.list_usd - self.known_usd, 0.0)
+
     def __add__(self, other: CostTotal) -> CostTotal:
         unpriced = dict(self.unpriced)
         for model, count in other.unpriced.items():
             unpriced[model] = unpriced.get(model, 0) + count
-        return CostTotal(self.known_usd + other.known_usd, unpriced)
+        by_lane = dict(self.by_lane)
+        for lane, usd in other.by_lane.items():
+            by_lane[lane] = by_lane.get(lane, 0.0) + usd
+        return CostTotal(
+            self.known_usd + other.known_usd, unpriced, by_lane, self.list_usd + other.list_usd
+        )
 
 
 def cost_of(tokens: Iterable[ModelTokens], prices: PriceTable) -> CostTotal:
@@ -169,13 +186,14 @@ def cost_of(tokens: Iterable[ModelTokens], prices: PriceTable) -> CostTotal:
             if item.input_tokens or item.output_tokens or item.requests:
                 total = total + CostTotal(0.0, {item.model: max(item.requests, 1)})
             continue
-        usd = price.cost_usd(
+        list_usd = price.cost_usd(
             input_tokens=item.input_tokens,
             output_tokens=item.output_tokens,
             cache_creation_input_tokens=item.cache_creation_input_tokens,
             cache_read_input_tokens=item.cache_read_input_tokens,
         )
-        total = total + CostTotal(usd)
+        usd = list_usd * item.cost_factor
+        total = total + CostTotal(usd, by_lane={item.lane: usd}, list_usd=list_usd)
     return total
 
 

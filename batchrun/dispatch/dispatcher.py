@@ -39,7 +39,7 @@ from batchrun.dispatch.leases import LeaseKeeper
 from batchrun.dispatch.owners import new_owner_id
 from batchrun.dispatch.report import DispatchProgress, RunReport
 from batchrun.dispatch.routing import Assignment, Halted, Router
-from batchrun.dispatch.seams import RunObserver, Sender
+from batchrun.dispatch.seams import Linger, RunObserver, Sender
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.dispatch.writer import GroupWriter
 from batchrun.input.estimate import estimate_input_tokens
@@ -76,10 +76,13 @@ class Dispatcher:
         observer: RunObserver | None = None,
         pools: Mapping[str, Pool] | None = None,
         clock: Callable[[], float] | None = None,
+        linger: Linger | None = None,
     ) -> None:
         """``senders`` by endpoint name; a batch whose endpoint is one of ``pools`` is sent
         through the pool's members. ``clock``: Unix seconds for what is published to other
-        processes (endpoint health)."""
+        processes (endpoint health). ``linger``: while it is active, an empty queue is
+        waited on instead of ending the run (requests may come back from the batch lane)."""
+        self._linger = linger
         self._db = db
         self._senders = senders
         self._limiter = limiter
@@ -222,7 +225,10 @@ class Dispatcher:
                 continue
             wait_s = await self._db.seconds_until_ready(list(self._active), self._clock.now())
             if wait_s is None:
-                return
+                if self._linger is None or not self._linger.active():
+                    return
+                await self._linger.wait(until_control)
+                continue
             await asyncio.sleep(min(wait_s, until_control) if wait_s > 0 else 0)
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:

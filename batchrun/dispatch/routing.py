@@ -39,12 +39,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
+from batchrun.input.digests import cache_prefix_key
 from batchrun.limits.windows import RecentValues
 from batchrun.records import Fatal, Halt, Outcome, Pool, PoolMember, Retryable, Succeeded, route_of
 
@@ -368,53 +368,3 @@ def _rendezvous(prefix: str, member: PoolMember) -> float:
     digest = hashlib.blake2b(f"{prefix}\0{member.endpoint}".encode(), digest_size=8).digest()
     unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
     return -math.log(unit) / member.weight
-
-
-def cache_prefix_key(params_json: str) -> str | None:
-    """A key for the request's cached prompt prefix: the model and everything up to its last
-    ``cache_control`` breakpoint (tools, then system, then messages, as the API caches them);
-    None when the request has no breakpoint."""
-    if "cache_control" not in params_json:
-        return None
-    try:
-        params = json.loads(params_json)
-    except ValueError:
-        return None
-    if not isinstance(params, dict):
-        return None
-    parts: list[Any] = [params.get("model")]
-    prefix_end = 0
-    for item in _prompt_parts(params):
-        parts.append(item)
-        if isinstance(item, dict) and "cache_control" in item:
-            prefix_end = len(parts)
-    if prefix_end == 0:
-        return None
-    text = json.dumps(parts[:prefix_end], sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def _prompt_parts(params: Mapping[str, Any]) -> list[Any]:
-    """The prompt as the cache sees it, block by block: tools, system, then each message's
-    content blocks (a string content is one part)."""
-    parts: list[Any] = []
-    tools = params.get("tools")
-    if isinstance(tools, list):
-        parts.extend(tools)
-    system = params.get("system")
-    if isinstance(system, list):
-        parts.extend(system)
-    elif system is not None:
-        parts.append({"system": system})
-    messages = params.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            role = message.get("role")
-            if isinstance(content, list):
-                parts.extend({"role": role, **b} if isinstance(b, dict) else b for b in content)
-            else:
-                parts.append({"role": role, "content": content})
-    return parts

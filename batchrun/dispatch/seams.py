@@ -45,3 +45,17 @@ class RunObserver(Protocol):
     def settled(self, request: ClaimedRequest, permit: Permit, outcome: Outcome) -> None:
         """Called when the answer to a sent request is in, before it is recorded."""
         ...
+
+
+class Linger(Protocol):
+    """Work that may come back to the queue while the dispatcher has nothing to send (the
+    batch lane: requests a provider batch expired). The dispatcher waits for it instead of
+    ending."""
+
+    def active(self) -> bool:
+        """True while more work may still come."""
+        ...
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return when work may have come, when no more can come, or after ``timeout_s``."""
+        ...

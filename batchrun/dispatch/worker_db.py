@@ -14,9 +14,9 @@ return what the store returns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from batchrun.dispatch.dbthread import DEFAULT_RETRY_DELAYS_S, DatabaseThread
 from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
@@ -24,7 +24,12 @@ from batchrun.records import (
     BatchSummary,
     ClaimedRequest,
     FinishedRequest,
+    ImportedResult,
+    ImportTally,
     ModelTokens,
+    ProviderBatchRow,
+    ProviderIntent,
+    Requeue,
     RetryLater,
 )
 
@@ -157,6 +162,113 @@ class WorkerDatabase:
             until=until,
             now=now,
         )
+
+    # -- the batch lane (provider batches) --------------------------------------------------
+
+    async def take_for_provider_batch(
+        self,
+        *,
+        batch_id: str,
+        endpoint: str,
+        max_requests: int,
+        max_bytes: int,
+        now: datetime,
+        cancel_at: datetime | None = None,
+        make_line: Callable[[str, str], bytes] | None = None,
+    ) -> ProviderIntent | None:
+        extra = {} if make_line is None else {"make_line": make_line}
+        return await self._thread.call(
+            self._store.take_for_provider_batch,
+            batch_id=batch_id,
+            endpoint=endpoint,
+            max_requests=max_requests,
+            max_bytes=max_bytes,
+            now=now,
+            cancel_at=cancel_at,
+            **extra,
+        )
+
+    async def provider_batch_created(
+        self, row_id: int, *, provider_id: str, created_at: datetime | None, next_poll_at: datetime
+    ) -> None:
+        await self._thread.call(
+            self._store.provider_batch_created,
+            row_id,
+            provider_id=provider_id,
+            created_at=created_at,
+            next_poll_at=next_poll_at,
+        )
+
+    async def provider_batch_not_created(
+        self, row_id: int, *, note: str, lane: str, now: datetime
+    ) -> int:
+        return await self._thread.call(
+            self._store.provider_batch_not_created, row_id, note=note, lane=lane, now=now
+        )
+
+    async def provider_batch_ambiguous(self, row_id: int, note: str) -> None:
+        await self._thread.call(self._store.provider_batch_ambiguous, row_id, note)
+
+    async def provider_batches_of(
+        self, batch_ids: Sequence[str], *, open_only: bool = False
+    ) -> list[ProviderBatchRow]:
+        return await self._thread.call(
+            self._store.provider_batches_of, batch_ids, open_only=open_only
+        )
+
+    async def claimed_provider_ids(self, endpoint: str) -> set[str]:
+        return await self._thread.call(self._store.claimed_provider_ids, endpoint)
+
+    async def take_provider_poll(
+        self, row_id: int, *, now: datetime, next_poll_at: datetime
+    ) -> bool:
+        return await self._thread.call(
+            self._store.take_provider_poll, row_id, now=now, next_poll_at=next_poll_at
+        )
+
+    async def provider_batch_polled(self, row_id: int, **found: Any) -> None:
+        await self._thread.call(self._store.provider_batch_polled, row_id, **found)
+
+    async def provider_cancel_sent(self, row_id: int, now: datetime) -> None:
+        await self._thread.call(self._store.provider_cancel_sent, row_id, now)
+
+    async def import_provider_results(
+        self,
+        row_id: int,
+        results: Sequence[ImportedResult],
+        requeues: Sequence[Requeue],
+        *,
+        now: datetime,
+    ) -> ImportTally:
+        return await self._thread.call(
+            self._store.import_provider_results, row_id, results, requeues, now=now
+        )
+
+    async def close_provider_batch(
+        self, row_id: int, *, now: datetime, leftover_reason: str, requeue: bool
+    ) -> int:
+        return await self._thread.call(
+            self._store.close_provider_batch,
+            row_id,
+            now=now,
+            leftover_reason=leftover_reason,
+            requeue=requeue,
+        )
+
+    async def set_queued_lane(self, batch_id: str, lane: str) -> int:
+        return await self._thread.call(self._store.set_queued_lane, batch_id, lane)
+
+    async def set_batch_lane(self, batch_id: str, lane: str) -> None:
+        await self._thread.call(self._store.set_batch_lane, batch_id, lane)
+
+    async def batch_lanes(self, batch_ids: Sequence[str]) -> dict[str, str]:
+        return await self._thread.call(self._store.batch_lanes, batch_ids)
+
+    async def queued_by_model(self, batch_id: str) -> list[tuple[str, int, int, int]]:
+        return await self._thread.call(self._store.queued_by_model, batch_id)
+
+    async def lane_work(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        return await self._thread.call(self._store.lane_work, batch_ids)
 
     # -- reads for planning, budgets and reports ------------------------------------------
 

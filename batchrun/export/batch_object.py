@@ -2,11 +2,12 @@
 the Python API and ``--json`` give it.
 
 :class:`BatchObject` mirrors ``MessageBatch`` field for field (so the official SDK's type
-parses it), plus batchrun's own fields: ``name``, ``endpoint``, ``usage`` and
-``paused_reason``. Unlike Anthropic's, the counts are live while the batch runs.
+parses it), plus batchrun's own fields: ``name``, ``endpoint``, ``usage``,
+``paused_reason`` and ``cache_hit_rate``. Unlike Anthropic's, the counts are live while the
+batch runs.
 
 :class:`BatchStatus` is what ``status`` adds: cost, budget, timings, throughput, the most
-frequent errors and the tokens per model.
+frequent errors, the tokens per model and how many results were reused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_serializer
 
 from batchrun.config.prices import CostTotal
-from batchrun.records import BatchStats, BatchSummary, EndpointHealth, EndpointShare
+from batchrun.records import (
+    BatchStats,
+    BatchSummary,
+    EndpointHealth,
+    EndpointShare,
+    ProviderBatchRow,
+    cache_hit_rate,
+)
 
 
 class RequestCountsModel(BaseModel):
@@ -53,6 +61,8 @@ class BatchObject(BaseModel):
     endpoint: str
     usage: UsageTotalsModel
     paused_reason: str | None
+    # Prompt-cache reads ÷ (reads + writes) over the batch's results; null when neither.
+    cache_hit_rate: float | None = None
 
     @classmethod
     def from_summary(cls, batch: BatchSummary) -> BatchObject:
@@ -84,6 +94,9 @@ def _summary_fields(batch: BatchSummary) -> dict[str, Any]:
             cache_read_input_tokens=tokens.cache_read_input_tokens,
         ),
         "paused_reason": batch.paused_reason,
+        "cache_hit_rate": cache_hit_rate(
+            tokens.cache_read_input_tokens, tokens.cache_creation_input_tokens
+        ),
     }
 
 
@@ -94,6 +107,8 @@ def cost_json(total: CostTotal) -> dict[str, Any]:
         "cost_usd": None if total.usd is None else round(total.usd, 8),
         "cost_usd_known": round(total.known_usd, 8),
         "unpriced_models": sorted(total.unpriced),
+        "cost_usd_by_lane": {lane: round(usd, 8) for lane, usd in sorted(total.by_lane.items())},
+        "saved_usd": round(total.saved_usd, 8),
     }
 
 
@@ -115,6 +130,46 @@ class ModelUsageModel(BaseModel):
     output_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
+    lane: str = "realtime"
+    cost_factor: float = 1.0
+
+
+class ProviderBatchModel(BaseModel):
+    """One provider batch of the batch lane, as batchrun recorded it."""
+
+    id: int
+    provider_id: str | None
+    endpoint: str
+    state: str
+    request_count: int
+    provider_status: str | None
+    intent_at: datetime
+    created_at: datetime | None
+    ended_at: datetime | None
+    imported_at: datetime | None
+    cancel_at: datetime | None
+    note: str | None
+
+    @classmethod
+    def of(cls, row: ProviderBatchRow) -> ProviderBatchModel:
+        return cls(
+            id=row.id,
+            provider_id=row.provider_id,
+            endpoint=row.endpoint,
+            state=row.state,
+            request_count=row.request_count,
+            provider_status=row.status,
+            intent_at=row.intent_at,
+            created_at=row.created_at,
+            ended_at=row.ended_at,
+            imported_at=row.imported_at,
+            cancel_at=row.cancel_at,
+            note=row.note,
+        )
+
+    @field_serializer("intent_at", "created_at", "ended_at", "imported_at", "cancel_at")
+    def _iso(self, value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
 
 
 class EndpointUseModel(BaseModel):
@@ -143,6 +198,12 @@ class BatchStatus(BatchObject):
     cost_usd: float | None
     cost_usd_known: float
     unpriced_models: list[str]
+    # Per lane (realtime, batch) and what the batch discount and reused answers saved.
+    cost_usd_by_lane: dict[str, float] = Field(default_factory=dict)
+    saved_usd: float = 0.0
+    # The batch's lane choice, and its provider batches (the batch lane).
+    lane: str = "realtime"
+    provider_batches: list[ProviderBatchModel] = Field(default_factory=list)
     max_cost_usd: float | None
     started_at: datetime | None
     last_completed_at: datetime | None
@@ -151,6 +212,8 @@ class BatchStatus(BatchObject):
     usage_by_model: list[ModelUsageModel]
     # Who answered (several endpoints: a pool, or a batch moved); empty before any answer.
     endpoints: list[EndpointUseModel] = Field(default_factory=list)
+    # Results that are a stored answer (submit --reuse, or a duplicate of the batch).
+    reused: int = 0
     # The file the requests came from; shown by `status`, not part of the JSON.
     source: str | None = Field(default=None, exclude=True)
 
@@ -163,6 +226,7 @@ class BatchStatus(BatchObject):
         *,
         members: Sequence[str] = (),
         health: Mapping[str, EndpointHealth] | None = None,
+        provider_batches: Sequence[ProviderBatchRow] = (),
     ) -> BatchStatus:
         """The status of ``batch`` from its stats and what it cost; ``members``: the
         endpoints of its pool (listed even before they answer), ``health``: their states."""
@@ -190,11 +254,16 @@ class BatchStatus(BatchObject):
                     output_tokens=u.output_tokens,
                     cache_creation_input_tokens=u.cache_creation_input_tokens,
                     cache_read_input_tokens=u.cache_read_input_tokens,
+                    lane=u.lane,
+                    cost_factor=u.cost_factor,
                 )
                 for u in stats.usage
             ],
             endpoints=endpoint_uses(stats.endpoints, members, health or {}),
+            reused=stats.reused,
             source=batch.source,
+            lane=batch.lane,
+            provider_batches=[ProviderBatchModel.of(row) for row in provider_batches],
         )
 
     @field_serializer("started_at", "last_completed_at")
@@ -204,7 +273,12 @@ class BatchStatus(BatchObject):
     @property
     def cost(self) -> CostTotal:
         """The cost as a sum: what could be priced, and the models that could not."""
-        return CostTotal(self.cost_usd_known, dict.fromkeys(self.unpriced_models, 1))
+        return CostTotal(
+            self.cost_usd_known,
+            dict.fromkeys(self.unpriced_models, 1),
+            dict(self.cost_usd_by_lane),
+            self.cost_usd_known + self.saved_usd,
+        )
 
 
 def throughput_per_min(batch: BatchSummary, stats: BatchStats) -> tuple[float, float] | None:

@@ -8,8 +8,12 @@ export takes constant memory whatever the batch size.
 - ``text``: the text blocks of the reply, joined with a newline;
 - ``tool_use``: the reply's tool_use blocks as ``[{"id", "name", "input"}]`` (in CSV, that
   list as JSON text);
-- ``cost_usd``: derived from the tokens and the price table; empty (null) when the model has
-  no price, never 0;
+- ``cost_usd``: derived from the tokens and the price table, times the share of the list
+  price the result's lane bills (0 for a reused answer); empty (null) when the model has no
+  price;
+- ``reused``/``reused_from``: the answer is a stored one (``submit --reuse``, or a duplicate
+  of the batch), from that batch; nothing was sent for it;
+- ``cache_hit_rate``: cache reads ÷ (cache reads + cache writes), null when both are 0;
 - times are UTC, ISO 8601 (``2026-11-22T05:40:00.123Z``); ``created_at`` is when the batch
   was submitted, ``started_at`` the first send, ``completed_at`` when the result was stored.
 """
@@ -24,7 +28,7 @@ from typing import IO, Any
 
 from batchrun.config.prices import PriceTable
 from batchrun.errors import DatabaseError
-from batchrun.records import ResultDetail
+from batchrun.records import ResultDetail, cache_hit_rate
 
 COLUMNS = (
     "batch_id",
@@ -51,6 +55,10 @@ COLUMNS = (
     "completed_at",
     "raw_body",
     "endpoint",
+    "lane",
+    "reused",
+    "reused_from",
+    "cache_hit_rate",
 )
 
 
@@ -96,7 +104,8 @@ def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[d
                     output_tokens=row.output_tokens or 0,
                     cache_creation_input_tokens=row.cache_creation_input_tokens or 0,
                     cache_read_input_tokens=row.cache_read_input_tokens or 0,
-                ),
+                )
+                * (1.0 if row.cost_factor is None else row.cost_factor),
                 8,
             )
         yield {
@@ -124,6 +133,12 @@ def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[d
             "completed_at": _when(row.completed_at),
             "raw_body": row.raw_body,
             "endpoint": row.endpoint,
+            "lane": row.lane,
+            "reused": row.reused_from is not None,
+            "reused_from": row.reused_from,
+            "cache_hit_rate": cache_hit_rate(
+                row.cache_read_input_tokens, row.cache_creation_input_tokens
+            ),
         }
 
 

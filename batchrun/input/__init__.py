@@ -4,6 +4,7 @@ and store the batch in one transaction.
 Holds: ``sources`` (a file, stdin, a stream or Python objects as JSON lines), ``reader``
 (file-level rules: BOM, blank lines, duplicates, caps), ``validation`` and ``content`` (one
 line's checks), ``wording`` (how problems are worded), ``images`` and ``estimate`` (input-token
-estimates), ``ingest`` (stream into the store).
+estimates), ``digests`` (the params digest for reuse, the cached prompt prefix's key),
+``ingest`` (stream into the store).
 May import: ``batchrun.records`` and ``batchrun.errors``; the store only for types.
 """

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, BinaryIO
 
 from batchrun.errors import InputFileError
+from batchrun.input.digests import cache_prefix_key, params_digest
 from batchrun.input.estimate import estimate_input_tokens
 from batchrun.input.reader import (
     MAX_FILE_BYTES,
@@ -97,6 +98,8 @@ def submit_requests(
     skip_invalid: bool = False,
     on_skipped: Callable[[str], None] | None = None,
     max_cost_usd: float | None = None,
+    lane: str = "realtime",
+    reuse: bool = False,
 ) -> str:
     """Validate and store every request of ``stream`` as a new batch; returns its id.
 
@@ -105,6 +108,8 @@ def submit_requests(
     errored requests instead, and ``on_skipped`` gets each of their problems as a
     ``file:line: problem`` line; only a problem with the whole file is raised then.
     ``max_cost_usd`` is the batch's budget, stored in the same transaction as the batch.
+    ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.lanes`); ``reuse``
+    answers requests whose params already succeeded from the stored answer.
     """
     batch = NewBatch(
         id=new_batch_id(),
@@ -114,6 +119,8 @@ def submit_requests(
         created_at=now,
         expires_at=now + timedelta(seconds=expires_in_s),
         max_cost_usd=max_cost_usd,
+        lane=lane,
+        reuse=reuse,
     )
     problems = _Problems()
 
@@ -148,6 +155,8 @@ def submit_requests(
                     max_tokens=item.max_tokens,
                     params_json=item.params_json,
                     estimated_input_tokens=estimate_input_tokens(item.params),
+                    params_digest=params_digest(item.params),
+                    cache_prefix=cache_prefix_key(item.params_json, item.params),
                 )
         if refused:
             # Raised inside the store's transaction, so it rolls back everything stored.

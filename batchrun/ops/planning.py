@@ -17,12 +17,16 @@ Per model (the limiter paces each endpoint × model on its own, so models run si
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.errors import InputFileError
+from batchrun.lanes import AUTO
+from batchrun.lanes.auto import auto_lane
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
+from batchrun.transport.endpoints import PROVIDER_BATCH_LIFETIME_S, BatchApi
 
 if TYPE_CHECKING:
     from batchrun.transport.endpoints import Endpoint
@@ -74,12 +78,32 @@ class ModelPlan:
 
 @dataclass
 class FilePlan:
-    """A whole file: its models, and the totals."""
+    """A whole file: its models, and the totals; with a batch API, the batch lane's terms
+    and the lane ``lane`` would use (``chosen``)."""
 
     source: str
     endpoint: str
     output_share: float
     models: list[ModelPlan]
+    batch_api: BatchApi | None = None
+    lane: str = "realtime"
+    chosen: str = "realtime"
+
+    def with_lanes(self, batch_api: BatchApi | None, *, lane: str, deadline_s: float) -> FilePlan:
+        """This plan with the batch lane's terms, and the lane ``lane`` takes (for ``auto``:
+        its choice for a deadline ``deadline_s`` away, by the expected duration)."""
+        chosen = lane
+        if lane == AUTO and batch_api is not None:
+            now = datetime.now(UTC)
+            minutes, _ = self.duration(worst=False)
+            chosen, _ = auto_lane(
+                now=now,
+                deadline=now + timedelta(seconds=deadline_s),
+                realtime_s=None if minutes is None else minutes * 60,
+                typical_s=batch_api.typical_s,
+                poll_interval_s=0.0,
+            )
+        return replace(self, batch_api=batch_api, lane=lane, chosen=chosen)
 
     @property
     def requests(self) -> int:
@@ -236,4 +260,32 @@ def plan_json(plan: FilePlan) -> dict[str, Any]:
         "unpriced_models": unpriced,
         "duration": durations,
         "models": models,
+        "lanes": _lanes_json(plan, expected, worst, unpriced),
+        "lane": plan.lane,
+        "chosen_lane": plan.chosen,
     }
+
+
+def _lanes_json(
+    plan: FilePlan, expected: float, worst: float, unpriced: list[str]
+) -> dict[str, Any]:
+    """Cost and time of each lane the endpoint offers."""
+    minutes, _ = plan.duration(worst=False)
+    lanes: dict[str, Any] = {
+        "realtime": {
+            "expected_cost_usd": None if unpriced else round(expected, 8),
+            "worst_cost_usd": None if unpriced else round(worst, 8),
+            "expected_minutes": None if minutes is None else round(minutes, 3),
+        }
+    }
+    api = plan.batch_api
+    if api is not None:
+        lanes["batch"] = {
+            "expected_cost_usd": None if unpriced else round(expected * api.discount, 8),
+            "worst_cost_usd": None if unpriced else round(worst * api.discount, 8),
+            "saved_usd": None if unpriced else round(expected * (1 - api.discount), 8),
+            "discount": api.discount,
+            "typical_minutes": round(api.typical_s / 60, 3),
+            "at_most_minutes": round(PROVIDER_BATCH_LIFETIME_S / 60, 3),
+        }
+    return lanes

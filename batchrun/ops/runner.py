@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, MAX_IN_FLIGHT, DispatchConfig
 from batchrun.dispatch.dispatcher import Dispatcher
 from batchrun.dispatch.report import RunReport
-from batchrun.dispatch.seams import RunObserver, Sender
+from batchrun.dispatch.seams import Linger, RunObserver, Sender
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import UnknownEndpointError
 from batchrun.limits.banks import DatabaseBank
@@ -43,10 +43,13 @@ RESERVED_FILES = 256
 
 @dataclass(frozen=True)
 class RunPlan:
-    """The batches a run will dispatch (id → endpoint name) and those it skips (id → why)."""
+    """The batches a run will dispatch (id → endpoint name), those it skips (id → why), and
+    canceled ones whose provider batches still need their results imported (id → endpoint
+    name; the batch lane only)."""
 
     batches: dict[str, str]
     skipped: dict[str, str]
+    lane_only: dict[str, str] = field(default_factory=dict)
 
 
 async def plan_run(db: WorkerDatabase, batch_ids: Sequence[str]) -> RunPlan:
@@ -54,15 +57,20 @@ async def plan_run(db: WorkerDatabase, batch_ids: Sequence[str]) -> RunPlan:
     chosen = list(batch_ids) or await db.batches_with_open_work()
     batches: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    lane_only: dict[str, str] = {}
     for batch_id in chosen:
         batch = await db.get_batch(batch_id)
-        if batch.processing_status != "in_progress":
+        if batch.processing_status == "canceling" and await db.provider_batches_of(
+            [batch_id], open_only=True
+        ):
+            lane_only[batch_id] = batch.endpoint
+        elif batch.processing_status != "in_progress":
             skipped[batch_id] = batch.processing_status
         elif batch.counts.processing == 0:
             skipped[batch_id] = "nothing left to send"
         else:
             batches[batch_id] = batch.endpoint
-    return RunPlan(batches, skipped)
+    return RunPlan(batches, skipped, lane_only)
 
 
 def run_endpoints(plan: RunPlan, known: Endpoints) -> dict[str, Endpoint]:
@@ -166,6 +174,8 @@ async def dispatch_batches(
     observer: RunObserver | None = None,
     on_start: Callable[[Dispatcher], None] | None = None,
     pools: Mapping[str, Pool] | None = None,
+    linger: Linger | None = None,
+    simulator_transport: HttpTransport | None = None,
 ) -> RunReport:
     """Dispatch these batches (id → endpoint name) until no work is left.
 
@@ -173,14 +183,18 @@ async def dispatch_batches(
     None leaves each endpoint's own. ``observer`` watches the run (progress, budgets).
     Every endpoint's key is checked before the first request is sent, so a missing key is
     one clear error rather than a batch full of failures. ``on_start`` gets the dispatcher
-    before it runs (to stop it from outside: a signal, a time limit).
+    before it runs (to stop it from outside: a signal, a time limit). ``linger``: work that
+    may come back while the queue is empty (the batch lane). ``simulator_transport``: the
+    run's in-process simulator, shared with the batch lane (else one is made).
     """
     headers = {name: auth_headers(endpoint, env) for name, endpoint in endpoints.items()}
     clock = unix_clock()
     async with AsyncExitStack() as stack:
         senders: dict[str, Sender] = {}
         for name, endpoint in endpoints.items():
-            transport = _simulator_transport(simulator) if endpoint.in_process else None
+            transport = None
+            if endpoint.in_process:
+                transport = simulator_transport or _simulator_transport(simulator)
             attempt_timeout_s = timeout_s or endpoint.timeout_s or DEFAULT_TIMEOUT_S
             http = await stack.enter_async_context(
                 create_http_client(
@@ -210,10 +224,16 @@ async def dispatch_batches(
             observer=observer,
             pools=pools,
             clock=clock,
+            linger=linger,
         )
         if on_start is not None:
             on_start(dispatcher)
         return await dispatcher.run(batches)
+
+
+def simulator_transport(config: SimulatorConfig | None = None) -> HttpTransport:
+    """An in-process simulator for one run (its real-time and batch lanes share it)."""
+    return _simulator_transport(config)
 
 
 def _simulator_transport(config: SimulatorConfig | None) -> HttpTransport:

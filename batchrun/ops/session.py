@@ -30,9 +30,11 @@ from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import ExitCode
 from batchrun.export.batch_object import BatchObject, cost_json
+from batchrun.lanes import AUTO, check_lane
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import LimiterSettings
 from batchrun.ops.budget import BudgetGuard
+from batchrun.ops.lanes import LaneRun, start_lane
 from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
 from batchrun.ops.runner import (
     RunPlan,
@@ -41,9 +43,11 @@ from batchrun.ops.runner import (
     move_batches,
     plan_run,
     run_endpoints,
+    simulator_transport,
 )
 from batchrun.records import BatchSummary
-from batchrun.transport.endpoints import Endpoints, auth_headers
+from batchrun.transport.client import HttpTransport
+from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
@@ -57,6 +61,9 @@ class RunOptions:
     batch_ids: tuple[str, ...] = ()
     # Move the batches' remaining requests to this endpoint, for this run and later ones.
     target: str | None = None
+    # Send the batches' queued requests in this lane (realtime, batch, auto), for this run
+    # and later ones; None: each batch's own.
+    lane: str | None = None
     max_cost_usd: float | None = None
     max_runtime_s: float | None = None
     forever: bool = False
@@ -180,6 +187,13 @@ class RunSession:
         self._stopping: str | None = None
         self._stop_event = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
+        # The in-process simulator of this run, made on first use: both lanes talk to it.
+        self._simulator_made: HttpTransport | None = None
+
+    def _simulator(self) -> HttpTransport:
+        if self._simulator_made is None:
+            self._simulator_made = simulator_transport()
+        return self._simulator_made
 
     async def run(self) -> RunResult:
         """Run one pass, or passes until the time limit or Ctrl-C (``forever``). With
@@ -265,6 +279,13 @@ class RunSession:
         if options.max_cost_usd is not None:
             for batch_id in plan.batches:
                 await db.set_max_cost(batch_id, options.max_cost_usd)
+        if options.lane is not None:
+            for batch_name in plan.batches.values():
+                check_lane(options.lane, self._known, batch_name)
+            for batch_id in plan.batches:
+                await db.set_batch_lane(batch_id, options.lane)
+                if options.lane != AUTO:
+                    await db.set_queued_lane(batch_id, options.lane)
         if not options.forever:
             for batch_id, why in plan.skipped.items():
                 self._emit(Note(f"{batch_id}: {why}; nothing to run"))
@@ -281,7 +302,7 @@ class RunSession:
     ) -> PassResult | None:
         options = self._options
         plan = await self._plan(db, exclude)
-        if not plan.batches:
+        if not plan.batches and not plan.lane_only:
             return None
         ids = list(plan.batches)
         endpoints = run_endpoints(plan, self._known)
@@ -299,9 +320,24 @@ class RunSession:
             db=db,
         )
         watcher = None
-        if options.progress_interval_s is not None:
-            watcher = asyncio.create_task(self._watch(monitor, options.progress_interval_s))
+        stack = contextlib.AsyncExitStack()
+        lane: LaneRun | None = None
         try:
+            await stack.__aenter__()
+            lane = await start_lane(
+                db,
+                stack,
+                plan.batches | plan.lane_only,
+                known=self._known,
+                env=self._env,
+                poll_interval_s=options.poll_interval_s,
+                overrides=options.overrides,
+                simulator=self._simulator,
+                on_note=lambda text: self._emit(Note(text)),
+            )
+            # Started here: a missing or broken key is reported before any progress line.
+            if options.progress_interval_s is not None:
+                watcher = asyncio.create_task(self._watch(monitor, options.progress_interval_s))
             report = await dispatch_batches(
                 db,
                 plan.batches,
@@ -319,14 +355,26 @@ class RunSession:
                 observer=monitor,
                 pools=self._known.pools,
                 on_start=self._started,
+                linger=None if lane is None else lane.driver,
+                simulator_transport=self._simulator() if _in_process(endpoints) else None,
             )
+            if lane is not None:
+                stop = report.interrupted is not None or monitor.time_limit_reached
+                lane_report = await lane.finish(stop=stop)
+                for batch_id, why in lane_report.paused.items():
+                    report.paused.setdefault(batch_id, why)
             snapshot = monitor.snapshot()
         finally:
             self._dispatcher = None
+            if lane is not None and not lane.task.done():
+                lane.driver.stop()
+                await asyncio.gather(lane.task, return_exceptions=True)
+            await stack.aclose()
             monitor.close()
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+        ids += [batch_id for batch_id in plan.lane_only if batch_id not in ids]
         batches = tuple([await db.get_batch(batch_id) for batch_id in ids])
         stopped = monitor.time_limit_reached and any(b.counts.processing for b in batches)
         # Canceled while this pass ran: seen by the dispatcher's watch, or (when the cancel
@@ -335,7 +383,9 @@ class RunSession:
         canceled = report.canceled_batches | {
             b.id
             for b in batches
-            if b.cancel_initiated_at is not None and before[b.id].cancel_initiated_at is None
+            if b.cancel_initiated_at is not None
+            and b.id in before
+            and before[b.id].cancel_initiated_at is None
         }
         done = PassResult(
             batches=batches,
@@ -355,6 +405,10 @@ class RunSession:
         while True:
             self._emit(Progress(monitor.snapshot()))
             await asyncio.sleep(interval_s)
+
+
+def _in_process(endpoints: Mapping[str, Endpoint]) -> bool:
+    return any(endpoint.in_process for endpoint in endpoints.values())
 
 
 def _exit_code(

@@ -1,4 +1,5 @@
-"""A realistic Anthropic Messages API server for tests, benchmarks and the offline demo.
+"""A realistic Anthropic Messages API server (with Message Batches and prompt caching) for
+tests, benchmarks and the offline demo.
 
 In-process::
 
@@ -11,7 +12,9 @@ url: ...``. Behaviour per request can be forced with ``[[sim:...]]`` directives 
 
 Holds: ``app`` (the ASGI app), ``config``, ``buckets`` (its own rate limits), ``directives``,
 ``faults``, ``responses``, ``streaming`` (answers as server-sent events), ``tokens`` (its own
-token counts), ``validation``, ``stats``, and ``server`` (uvicorn on a socket).
+token counts), ``caching`` (prompt caching), ``batches`` and ``batch_api`` (the Message
+Batches API, and AIMLAPI's flavour of it), ``validation``, ``stats``, and ``server`` (uvicorn
+on a socket).
 May import: nothing of batchrun's but the image-size formula (``batchrun.input.images``): it
 is an independent oracle, so batchrun's own estimates are tested against something else.
 Its names are loaded on first use, so the in-process endpoint does not load uvicorn.

@@ -4,15 +4,18 @@ Routes (any prefix works for the API routes, as gateways mount them elsewhere):
 
 - ``POST …/messages``: a Message, an error, or a fault;
 - ``POST …/messages/count_tokens``: ``{"input_tokens": N}``;
+- ``…/messages/batches…`` and AIMLAPI's ``…/batches…``: the Message Batches API
+  (``simulator.batch_api``, processed by ``simulator.batches``);
 - ``GET /_simulator/stats``: :class:`SimulatorStats` as JSON; ``POST /_simulator/reset``
   clears stats, buckets, directive counts and random streams;
 - anything else: 404 ``not_found_error`` (405 for a wrong method on an API route).
 
-A message request goes through: authentication (401) → body checks (400) → directives →
-error faults (directive ``status``, random 500/529) → rate limits (429) → latency → output
-settlement → delivery faults (hang, cut, malformed, not_message) → the Message. Error
-faults cost no rate limit; delivery faults come after admission, as if the server did the
-work and the answer got lost.
+A message request goes through: authentication (401) → body checks (400, ``cache_control``
+markers included) → directives → error faults (directive ``status``, random 500/529) → prompt
+cache lookup (``simulator.caching``) → rate limits (429; cache reads do not count) → latency
+→ output settlement and cache writes → delivery faults (hang, cut, malformed, not_message) →
+the Message. Error faults cost no rate limit; delivery faults come after admission, as if
+the server did the work and the answer got lost.
 
 With ``"stream": true`` the Message goes out as server-sent events (``simulator.streaming``):
 the headers and ``message_start`` at once, then the latency spread over the events, with
@@ -31,7 +34,9 @@ transport (``ASGITransport(raise_app_exceptions=False)``) hands the client the 2
 body, which it treats as malformed; a plain ``ASGITransport`` re-raises the exception.
 
 Time is the running event loop's clock only; wall time serves only the ``*-reset`` headers,
-through an anchor taken when the app first sees a loop.
+through an anchor taken when the app first sees a loop, and the timestamps of batches
+(``config.wall_clock``). Batches and the prompt cache keep loop times: they belong to the
+loop they were made on.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from batchrun.simulator.asgi import (
     CLOSE_CONNECTION,
@@ -59,7 +64,10 @@ from batchrun.simulator.asgi import (
     send_response,
     wait_for_disconnect,
 )
+from batchrun.simulator.batch_api import BatchApi, match_batch_route
+from batchrun.simulator.batches import Batches
 from batchrun.simulator.buckets import ModelBuckets, RateLimiter, Rejection
+from batchrun.simulator.caching import CachePlan, PromptCache
 from batchrun.simulator.config import SimulatorConfig
 from batchrun.simulator.directives import (
     MARKER,
@@ -80,8 +88,9 @@ from batchrun.simulator.responses import (
     build_message,
     default_error_message,
     error_body,
+    reply_tokens,
 )
-from batchrun.simulator.stats import RequestLogEntry, SimulatorStats
+from batchrun.simulator.stats import RequestLogEntry, SimulatorStats, request_fingerprint
 from batchrun.simulator.streaming import (
     SSE_CONTENT_TYPE,
     EventSender,
@@ -89,7 +98,7 @@ from batchrun.simulator.streaming import (
     message_events,
 )
 from batchrun.simulator.tokens import count_input_tokens
-from batchrun.simulator.validation import count_params_error, message_params_error, parse_object
+from batchrun.simulator.validation import checked_breakpoints, count_params_error, parse_object
 
 
 @dataclass(slots=True)
@@ -107,6 +116,8 @@ class _Exchange:
     buckets: ModelBuckets | None = None
     should_retry: bool | None = None
     streamed: bool = False
+    plan: CachePlan | None = None
+    fingerprint: str = ""
 
 
 class SimulatorApp:
@@ -119,6 +130,11 @@ class SimulatorApp:
         self._limited = bool(config.limits)
         self._chaos = Chaos(config)
         self._ids = IdMaker(config.seed)
+        self._cache = PromptCache(
+            min_tokens=config.cache_min_tokens, history_s=config.batch_processing_s
+        )
+        self._batches = Batches(config, self.stats, self._cache, self._ids)
+        self._batch_api = BatchApi(self._batches, authorized=self._authorized, clock=self._clock)
         key = config.required_api_key
         self._api_key = None if key is None else key.encode()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,11 +142,14 @@ class SimulatorApp:
         self._wall_anchor = 0.0
 
     def reset(self) -> None:
-        """Back to the initial state: stats, buckets, directive counts and random streams."""
+        """Back to the initial state: stats, buckets, directive counts, random streams, the
+        prompt cache and every batch."""
         self.stats.clear()
         self._limiter.reset()
         self._chaos.reset()
-        self._ids = IdMaker(self.config.seed)
+        self._ids.reset()
+        self._cache.clear()
+        self._batches.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -141,6 +160,10 @@ class SimulatorApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        route = match_batch_route(path) if "/batches" in path else None
+        if route is not None:
+            await self._batch_api.handle(scope, receive, send, route)
+            return
         is_message = path.endswith("/messages")
         if is_message or path.endswith("/messages/count_tokens"):
             if method != "POST":
@@ -154,6 +177,7 @@ class SimulatorApp:
             else:
                 await self._count_tokens(scope, body, send)
         elif path == "/_simulator/stats" and method == "GET":
+            self._batches.advance(self._clock())
             stats = self.stats.to_json().encode()
             await send_response(send, 200, _json_headers(stats), stats)
         elif path == "/_simulator/reset" and method == "POST":
@@ -178,9 +202,9 @@ class SimulatorApp:
             self.stats.per_model[model] = self.stats.per_model.get(model, 0) + 1
             if self._limited:
                 ex.buckets = self._limiter.buckets_for(model, ex.received_at)
-        problem = message_params_error(params)
-        if problem is not None:
-            await self._error(ex, 400, problem)
+        points = checked_breakpoints(params)
+        if isinstance(points, str):
+            await self._error(ex, 400, points)
             return
         directive = NO_DIRECTIVE
         if MARKER in body:
@@ -196,10 +220,9 @@ class SimulatorApp:
             self.stats.streamed += 1
         input_tokens = count_input_tokens(params)
         max_tokens: int = params["max_tokens"]
-        target = self.config.output_tokens
-        if directive.output_tokens is not None:
-            target = directive.output_tokens
-        output_tokens = min(max_tokens, target)
+        output_tokens, capped = reply_tokens(
+            max_tokens, directive.output_tokens, self.config.output_tokens
+        )
         fault = self._chaos.pick(directive, reception)
         if fault == STREAM_CUT and not ex.streamed:
             fault = None
@@ -208,6 +231,8 @@ class SimulatorApp:
             await self._silence(scope, ex, delay_s)
             await self._status_fault(ex, fault, directive)
             return
+        self._batches.advance(ex.received_at)
+        plan = self._cache.plan(points, input_tokens, ex.received_at)
         if ex.buckets is not None:
             rejection = self._limiter.admit(
                 ex.buckets,
@@ -215,13 +240,18 @@ class SimulatorApp:
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 max_tokens=max_tokens,
+                cache_read_input_tokens=plan.read_tokens,
             )
             if rejection is not None:
                 await self._rate_limited(ex, rejection)
                 return
+        self._cache.touch(plan, ex.received_at)
+        ex.plan = plan
+        ex.fingerprint = request_fingerprint(params)
+        usage = plan.usage(output_tokens, "standard")
         first_token_s, tokens_s = self._chaos.latency_parts_s(directive, output_tokens)
         if ex.streamed and fault not in (HANG, NOT_MESSAGE):
-            answer = self._message(ex, params, directive, input_tokens, output_tokens, target)
+            answer = self._message(ex, params, directive, usage, capped)
             try:
                 await self._stream(ex, receive, answer, fault, first_token_s, tokens_s)
             finally:
@@ -240,10 +270,10 @@ class SimulatorApp:
         elif fault == NOT_MESSAGE:
             await self._answer(ex, 200, NOT_MESSAGE_BODY)
         else:
-            answer = self._message(ex, params, directive, input_tokens, output_tokens, target)
+            answer = self._message(ex, params, directive, usage, capped)
             if fault == CUT:
                 await self._cut(ex, answer)
-            self.stats.record_success(ex.received_at, input_tokens, output_tokens)
+            self.stats.record_success(ex.received_at, usage, fingerprint=ex.fingerprint)
             await self._answer(ex, 200, answer, message=answer)
 
     def _message(
@@ -251,18 +281,11 @@ class SimulatorApp:
         ex: _Exchange,
         params: dict[str, object],
         directive: Directive,
-        input_tokens: int,
-        output_tokens: int,
-        target: int,
+        usage: dict[str, Any],
+        capped: bool,
     ) -> bytes:
         """The Message answering ``params`` (the same whether it is streamed or not)."""
-        answer = build_message(
-            params,
-            ids=self._ids,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            capped=target > output_tokens,
-        )
+        answer = build_message(params, ids=self._ids, usage=usage, capped=capped)
         if directive.echo_key:
             # Some gateways hand the key back: as the request-id, and in the reply.
             key = (presented_key(ex.headers)[0] or b"none").decode("latin-1")
@@ -273,10 +296,15 @@ class SimulatorApp:
         return answer
 
     def _settle(self, ex: _Exchange, output_tokens: int, max_tokens: int) -> None:
+        """The work is done: charge the output, make the cache writes readable."""
+        now = self._clock()
         if ex.buckets is not None:
             self._limiter.settle_output(
-                ex.buckets, self._clock(), output_tokens=output_tokens, max_tokens=max_tokens
+                ex.buckets, now, output_tokens=output_tokens, max_tokens=max_tokens
             )
+        if ex.plan is not None and ex.plan.writes:
+            self._batches.advance(now)
+            self._cache.write(ex.plan, now)
 
     async def _silence(self, scope: Scope, ex: _Exchange, delay_s: float) -> None:
         """Wait ``delay_s`` before answering; with ``idle_timeout_s`` shorter than that,
@@ -343,9 +371,7 @@ class SimulatorApp:
                         self._record(ex, "200")
                     else:
                         self._record(ex, "200", message=answer)
-                        self.stats.record_success(
-                            ex.received_at, usage["input_tokens"], usage["output_tokens"]
-                        )
+                        self.stats.record_success(ex.received_at, usage, fingerprint=ex.fingerprint)
                 await sender.event(events[index])
             await sender.end()
         finally:

@@ -27,14 +27,34 @@ class SimulatedIdleCut(SimulatedConnectionCut):
     ``idle_timeout_s``, as a proxy would."""
 
 
+class Oversized:
+    """What :func:`read_body` returns for a body over its ``max_bytes``."""
+
+
+OVERSIZED = Oversized()
+
+
 async def read_body(receive: Receive) -> bytes | None:
     """The whole request body, or ``None`` if the client went away first."""
+    body = await read_body_within(receive, None)
+    return None if isinstance(body, Oversized) else body
+
+
+async def read_body_within(receive: Receive, max_bytes: int | None) -> bytes | Oversized | None:
+    """The whole request body, or ``None`` if the client went away first, or
+    :data:`OVERSIZED` as soon as it is known to be longer than ``max_bytes`` (it is not read
+    further)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            return OVERSIZED
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

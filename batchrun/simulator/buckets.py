@@ -5,9 +5,12 @@ A limit of ``L`` per minute with a burst of ``burst_s`` seconds is a bucket of c
 admitted only if every bucket of its model has room for it:
 
 - requests (RPM): 1;
-- input tokens (ITPM): the request's input tokens (the simulator never reads from a cache);
-- tokens (TPM, combined): input + output tokens. The simulator knows the reply length before
-  replying, so it asks for the actual output up front rather than estimating it;
+- input tokens (ITPM): the request's input tokens except those read from the prompt cache
+  (``cache_read_input_tokens`` do not count, ``cache_creation_input_tokens`` do, as Anthropic
+  documents for current models);
+- tokens (TPM, combined): the same input tokens + output tokens. The simulator knows the
+  reply length before replying, so it asks for the actual output up front rather than
+  estimating it;
 - output tokens (OTPM): with ``otpm_counts="actual"`` only that the bucket is not exhausted
   (1 token), the actual output being charged when the reply is made, which may overdraw
   the bucket; with ``"max_tokens"``, ``max_tokens`` is needed and reserved, and the unused
@@ -197,9 +200,14 @@ class RateLimiter:
         input_tokens: int,
         output_tokens: int,
         max_tokens: int,
+        cache_read_input_tokens: int = 0,
     ) -> Rejection | None:
-        """Take what the request needs from every bucket, or return why it cannot."""
+        """Take what the request needs from every bucket, or return why it cannot.
+
+        ``input_tokens`` is the whole input, ``cache_read_input_tokens`` the part of it read
+        from the prompt cache, which no bucket counts."""
         buckets.refill(now)
+        input_tokens -= cache_read_input_tokens
         output_needed = 1 if self._otpm_counts == "actual" else max_tokens
         needs = (
             (buckets.requests, "requests", 1),

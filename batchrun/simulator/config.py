@@ -1,14 +1,16 @@
-"""Settings of the simulated Messages API: rate limits, latency, faults.
+"""Settings of the simulated Messages API: rate limits, latency, faults, batches, caching.
 
 Everything is a frozen dataclass with units in the field names. The defaults describe a
-perfect server: unlimited, zero latency, no faults, 40 output tokens per reply.
+perfect server: unlimited, zero latency, no faults, 40 output tokens per reply; batches end
+two seconds after their creation; prompt caching as Anthropic documents it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 DEFAULT_OUTPUT_TOKENS = 40
@@ -19,6 +21,17 @@ DEFAULT_BURST_S = 60.0
 DEFAULT_LOG_SIZE = 1000
 # The model key whose limits apply to every model without its own entry.
 ANY_MODEL = "*"
+# Message Batches: time from creation to the end of processing, and from a cancel to the end
+# (both on the event-loop clock); requests processed at once (see simulator.batches).
+DEFAULT_BATCH_PROCESSING_S = 2.0
+DEFAULT_BATCH_CANCEL_S = 0.5
+DEFAULT_BATCH_CONCURRENCY = 50
+# Anthropic's limits per batch: 100,000 requests or 256 MB (taken as 256,000,000 bytes).
+DEFAULT_BATCH_MAX_REQUESTS = 100_000
+DEFAULT_BATCH_MAX_BYTES = 256_000_000
+# Prompt caching: shorter prefixes are neither written nor read (Anthropic: 1024 for most
+# models, more for some).
+DEFAULT_CACHE_MIN_TOKENS = 1024
 
 OtpmCounting = Literal["actual", "max_tokens"]
 
@@ -123,6 +136,16 @@ class SimulatorConfig:
       ``Authorization: Bearer``). It is never shown by ``repr`` nor sent back.
     - ``log_size``: how many recent requests :class:`SimulatorStats` keeps;
       ``log_messages``: whether its entries keep the Message answered (streamed or not).
+    - Message Batches (``simulator.batches``): a batch ends ``batch_processing_s`` after its
+      creation, or ``batch_cancel_s`` after a cancel if that comes first; it processes its
+      requests ``batch_concurrency`` at a time; a share ``batch_expired_rate`` of its
+      requests ends ``expired``; a create with more than ``batch_max_requests`` requests is a
+      400, a body over ``batch_max_bytes`` a 413.
+    - ``cache_min_tokens``: prompt-cache prefixes shorter than this are neither written nor
+      read (``simulator.caching``).
+    - ``wall_clock``: the time of day for the batches' ``created_at`` and other timestamps
+      (``None``: ``datetime.now(UTC)``); tests pass a fixed one. Every delay still runs on
+      the event-loop clock.
     """
 
     limits: Mapping[str, ModelLimits] = field(default_factory=dict)
@@ -140,6 +163,14 @@ class SimulatorConfig:
     log_messages: bool = False
     idle_timeout_s: float | None = None
     stream_ping_interval_s: float = DEFAULT_STREAM_PING_INTERVAL_S
+    batch_processing_s: float = DEFAULT_BATCH_PROCESSING_S
+    batch_cancel_s: float = DEFAULT_BATCH_CANCEL_S
+    batch_concurrency: int = DEFAULT_BATCH_CONCURRENCY
+    batch_expired_rate: float = 0.0
+    batch_max_requests: int = DEFAULT_BATCH_MAX_REQUESTS
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS
+    wall_clock: Callable[[], datetime] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.otpm_counts not in ("actual", "max_tokens"):
@@ -157,6 +188,17 @@ class SimulatorConfig:
             raise ValueError("SimulatorConfig.idle_timeout_s must be a positive number or None")
         if not (self.stream_ping_interval_s > 0 and math.isfinite(self.stream_ping_interval_s)):
             raise ValueError("SimulatorConfig.stream_ping_interval_s must be positive")
+        batch_delays = (self.batch_processing_s, self.batch_cancel_s)
+        if any(not (value >= 0 and math.isfinite(value)) for value in batch_delays):
+            raise ValueError("SimulatorConfig batch delays must be finite and not negative")
+        if not 0.0 <= self.batch_expired_rate <= 1.0:
+            raise ValueError("SimulatorConfig.batch_expired_rate must be between 0 and 1")
+        positive = ("batch_concurrency", "batch_max_requests", "batch_max_bytes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"SimulatorConfig.{name} must be at least 1")
+        if self.cache_min_tokens < 0:
+            raise ValueError("SimulatorConfig.cache_min_tokens must not be negative")
 
     def limits_for(self, model: str) -> ModelLimits | None:
         """The limits that apply to ``model``, or ``None`` when it is unlimited."""
@@ -191,6 +233,11 @@ class SimulatorConfig:
         stream_ping_interval_s: float = DEFAULT_STREAM_PING_INTERVAL_S,
         log_size: int = DEFAULT_LOG_SIZE,
         log_messages: bool = False,
+        batch_processing_s: float = DEFAULT_BATCH_PROCESSING_S,
+        batch_expired_rate: float = 0.0,
+        batch_cancel_s: float = DEFAULT_BATCH_CANCEL_S,
+        batch_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
+        cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS,
     ) -> SimulatorConfig:
         """Build a config from flat command-line values; the limits apply to every model."""
         limits = ModelLimits(rpm=rpm, itpm=itpm, otpm=otpm, tpm=tpm, burst_s=burst_s)
@@ -215,4 +262,9 @@ class SimulatorConfig:
             stream_ping_interval_s=stream_ping_interval_s,
             log_size=log_size,
             log_messages=log_messages,
+            batch_processing_s=batch_processing_s,
+            batch_expired_rate=batch_expired_rate,
+            batch_cancel_s=batch_cancel_s,
+            batch_concurrency=batch_concurrency,
+            cache_min_tokens=cache_min_tokens,
         )

@@ -76,7 +76,12 @@ class IdMaker:
     """Anthropic-style ids (``msg_``, ``req_``, ``toolu_`` + 24 base62 characters)."""
 
     def __init__(self, seed: int | None) -> None:
-        self._rng = random.Random(None if seed is None else f"ids:{seed}")
+        self._seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart the stream of ids from the seed."""
+        self._rng = random.Random(None if self._seed is None else f"ids:{self._seed}")
 
     def make(self, prefix: str) -> str:
         """A new id with ``prefix``."""
@@ -116,8 +121,7 @@ def message_body(
     model: str,
     content: list[dict[str, Any]],
     stop_reason: str,
-    input_tokens: int,
-    output_tokens: int,
+    usage: Mapping[str, Any],
 ) -> bytes:
     """A complete non-streaming ``Message``."""
     return json.dumps(
@@ -129,30 +133,32 @@ def message_body(
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "service_tier": "standard",
-            },
+            "usage": dict(usage),
         },
         ensure_ascii=False,
     ).encode()
+
+
+def reply_tokens(max_tokens: int, directed: int | None, default: int) -> tuple[int, bool]:
+    """The reply's output tokens: a directive's ``output_tokens`` (``directed``) or the
+    configured length, capped by ``max_tokens``; and whether that cap cut it short."""
+    asked = default if directed is None else directed
+    return min(max_tokens, asked), asked > max_tokens
 
 
 def build_message(
     params: Mapping[str, Any],
     *,
     ids: IdMaker,
-    input_tokens: int,
-    output_tokens: int,
+    usage: Mapping[str, Any],
     capped: bool,
 ) -> bytes:
-    """The Message answering ``params``: a forced ``tool_use`` block, or reply text.
+    """The Message answering ``params``: a forced ``tool_use`` block, or reply text as long as
+    ``usage["output_tokens"]``. Both the Messages route and batches answer with it.
 
     ``capped`` means ``max_tokens`` cut the reply short (``stop_reason: "max_tokens"``).
     """
+    output_tokens: int = usage["output_tokens"]
     tool_name = forced_tool_name(params)
     content: list[dict[str, Any]]
     if tool_name is not None:
@@ -167,8 +173,7 @@ def build_message(
         model=params["model"],
         content=content,
         stop_reason="max_tokens" if capped else stop_reason,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
+        usage=usage,
     )
 
 

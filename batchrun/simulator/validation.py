@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from batchrun.simulator.caching import Breakpoint, read_breakpoints
+
 _ROLES = ("user", "assistant")
 
 
@@ -40,6 +42,13 @@ def message_params_error(params: Mapping[str, Any]) -> str | None:
     if "stream" in params and not isinstance(params["stream"], bool):
         return "stream: Input should be a valid boolean"
     return None
+
+
+def checked_breakpoints(params: Mapping[str, Any]) -> tuple[Breakpoint, ...] | str:
+    """The prompt-cache breakpoints of a ``POST /v1/messages`` body, or what is wrong with
+    the body (its ``cache_control`` markers included)."""
+    problem = message_params_error(params)
+    return problem if problem is not None else read_breakpoints(params)
 
 
 def count_params_error(params: Mapping[str, Any]) -> str | None:

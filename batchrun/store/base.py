@@ -43,35 +43,46 @@ class StoreBase:
         self, conn: Connection, batch_id: str, state: str, now: datetime
     ) -> None:
         """Result rows for requests that reached ``state`` without a response."""
-        req = t.requests.c
-        has_result = exists().where(t.results.c.request_id == req.id)
-        conn.execute(
-            insert(t.results).from_select(
-                ["request_id", "batch_id", "custom_id", "result_type", "attempts", "completed_at"],
-                select(
-                    req.id,
-                    req.batch_id,
-                    req.custom_id,
-                    literal(state),
-                    req.attempts,
-                    literal(now, t.UtcDateTime()),
-                ).where(req.batch_id == batch_id, req.state == state, ~has_result),
-            )
-        )
+        insert_bare_results(conn, batch_id, state, now)
 
     def _end_finished_batches(
         self, conn: Connection, batch_ids: Sequence[str], now: datetime
     ) -> None:
-        open_request = exists().where(
-            t.requests.c.batch_id == t.batches.c.id, t.requests.c.state.in_(t.OPEN_STATES)
-        )
-        conn.execute(
-            update(t.batches)
-            .where(t.batches.c.id.in_(batch_ids), t.batches.c.ended_at.is_(None), ~open_request)
-            .values(ended_at=now)
-        )
+        end_finished_batches(conn, batch_ids, now)
 
     # -- results ------------------------------------------------------------------------
+
+
+def insert_bare_results(conn: Connection, batch_id: str, state: str, now: datetime) -> None:
+    """Result rows for the batch's requests that reached ``state`` without a response (and
+    have no result row yet)."""
+    req = t.requests.c
+    has_result = exists().where(t.results.c.request_id == req.id)
+    conn.execute(
+        insert(t.results).from_select(
+            ["request_id", "batch_id", "custom_id", "result_type", "attempts", "completed_at"],
+            select(
+                req.id,
+                req.batch_id,
+                req.custom_id,
+                literal(state),
+                req.attempts,
+                literal(now, t.UtcDateTime()),
+            ).where(req.batch_id == batch_id, req.state == state, ~has_result),
+        )
+    )
+
+
+def end_finished_batches(conn: Connection, batch_ids: Sequence[str], now: datetime) -> None:
+    """Mark ended, at ``now``, those of these batches that have no open request left."""
+    open_request = exists().where(
+        t.requests.c.batch_id == t.batches.c.id, t.requests.c.state.in_(t.OPEN_STATES)
+    )
+    conn.execute(
+        update(t.batches)
+        .where(t.batches.c.id.in_(batch_ids), t.batches.c.ended_at.is_(None), ~open_request)
+        .values(ended_at=now)
+    )
 
 
 def batch_not_found(batch_id: str) -> BatchNotFoundError:

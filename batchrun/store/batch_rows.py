@@ -5,7 +5,10 @@ A rejected line (``submit --skip-invalid``) becomes an errored request with its 
 so that ``results`` has one line per input line. A rejected line without a usable custom_id
 is first stored as ``#N`` (N its line number), which no real custom_id can equal, and renamed
 to its placeholder once the whole file is stored and every real custom_id is known: the file
-is streamed, so a later line may use the id a placeholder would have taken.
+is streamed, so a later line may use the id a placeholder would have taken. For each chunk
+`batchrun.store.reuse` decides which requests are answered from a stored result (``submit
+--reuse``) and what the others wait for: a duplicate's original, a prompt-cache group's
+leader.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from batchrun.records import PLACEHOLDER_PREFIX, NewBatch, NewRequest, placeholder_custom_ids
 from batchrun.store import tables as t
+from batchrun.store.reuse import NewRequestPlan
 
 # Rows per INSERT round trip while ingesting, and the most request text one holds: a file
 # of large requests (images) is written in smaller chunks, so memory stays flat.
@@ -28,7 +32,10 @@ _UNNAMED_PREFIX = "#"
 def insert_batch(
     conn: Connection, batch: NewBatch, new_requests: Iterable[NewRequest]
 ) -> tuple[int, int]:
-    """Insert the batch and all its requests; returns (requests, of which rejected)."""
+    """Insert the batch and all its requests; returns (requests, of which final already:
+    rejected, or answered from a stored result with ``batch.reuse``). Requests sharing a
+    cached prompt prefix, and with ``batch.reuse`` duplicates, are set to wait for the first
+    of them (see `batchrun.store.reuse`)."""
     conn.execute(
         insert(t.batches).values(
             id=batch.id,
@@ -39,18 +46,23 @@ def insert_batch(
             created_at=batch.created_at,
             expires_at=batch.expires_at,
             max_cost_usd=batch.max_cost_usd,
+            lane=batch.lane,
         )
     )
     count = 0
-    rejected = 0
+    final = 0
     unnamed: list[tuple[int, int]] = []
+    plan = NewRequestPlan(
+        batch.id, batch.created_at, reuse=batch.reuse, leaders_in_real_time=batch.lane == t.BATCH
+    )
     for chunk in _chunks(new_requests):
-        rejected += _insert_chunk(conn, batch, chunk, unnamed)
+        final += _insert_chunk(conn, batch, chunk, unnamed, plan)
+        final += plan.complete(conn, chunk)
         count += len(chunk)
     if unnamed:
         _name_unnamed(conn, batch.id, unnamed)
     conn.execute(update(t.batches).where(t.batches.c.id == batch.id).values(request_count=count))
-    return count, rejected
+    return count, final
 
 
 def _chunks(requests: Iterable[NewRequest]) -> Iterator[list[NewRequest]]:
@@ -72,10 +84,15 @@ def _insert_chunk(
     batch: NewBatch,
     chunk: Sequence[NewRequest],
     unnamed: list[tuple[int, int]],
+    plan: NewRequestPlan,
 ) -> int:
-    """Insert one chunk of requests, and the results of its rejected lines; returns how many
-    were rejected. Appends (request id, line_no) of the unnamed ones to ``unnamed``."""
-    rows = [_request_row(batch.id, request) for request in chunk]
+    """Insert one chunk of requests, as ``plan`` decides them, and the results of its
+    rejected lines; returns how many were rejected. Appends (request id, line_no) of the
+    unnamed ones to ``unnamed``."""
+    # The batch lane's requests wait for a provider batch; "auto" decides at run time.
+    lane = t.BATCH if batch.lane == t.BATCH else t.REALTIME
+    rows = [_request_row(batch.id, request, lane) for request in chunk]
+    plan.decide(conn, chunk, rows)
     if all(request.rejected is None for request in chunk):
         conn.execute(insert(t.requests), rows)
         return 0
@@ -128,7 +145,7 @@ def _name_unnamed(conn: Connection, batch_id: str, unnamed: Sequence[tuple[int, 
     )
 
 
-def _request_row(batch_id: str, request: NewRequest) -> dict[str, Any]:
+def _request_row(batch_id: str, request: NewRequest, lane: str) -> dict[str, Any]:
     custom_id = request.custom_id
     if custom_id is None:
         custom_id = f"{_UNNAMED_PREFIX}{request.line_no}"
@@ -144,4 +161,8 @@ def _request_row(batch_id: str, request: NewRequest) -> dict[str, Any]:
         "attempts": 0,
         "failures": 0,
         "last_error": None if request.rejected is None else request.rejected.message,
+        "lane": lane,
+        "params_digest": request.params_digest,
+        "wait_for": None,
+        "copy_of": None,
     }

@@ -54,8 +54,9 @@ class HealthStore(StoreBase):
         return {row.endpoint: EndpointHealth(*row) for row in rows}
 
     def answers_by_endpoint(self, batch_id: str, since: datetime) -> list[EndpointShare]:
-        """For each endpoint that answered the batch: its succeeded and errored results, and
-        how many of them came after ``since``; most answers first."""
+        """For each endpoint that answered the batch: its succeeded and errored results (not
+        the reused ones: nothing was sent for them), and how many of them came after
+        ``since``; most answers first."""
         res = t.results.c
         answered = res.result_type.in_([t.SUCCEEDED, t.ERRORED])
         recent = func.sum(case((res.completed_at >= since, 1), else_=0))
@@ -63,7 +64,12 @@ class HealthStore(StoreBase):
         with self._read() as conn:
             rows = conn.execute(
                 select(res.endpoint, total, recent)
-                .where(res.batch_id == batch_id, answered, res.endpoint.is_not(None))
+                .where(
+                    res.batch_id == batch_id,
+                    answered,
+                    res.endpoint.is_not(None),
+                    res.reused_from.is_(None),
+                )
                 .group_by(res.endpoint)
                 .order_by(total.desc(), res.endpoint)
             ).all()

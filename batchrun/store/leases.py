@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
+    ColumnElement,
+    exists,
     func,
     or_,
     select,
@@ -18,6 +20,19 @@ from batchrun.records import (
 from batchrun.store import tables as t
 from batchrun.store.base import StoreBase
 
+# How soon a worker looks again when every queued request waits for another one to answer.
+WAITING_RECHECK_S = 0.5
+
+
+def not_waiting() -> ColumnElement[bool]:
+    """True for a request that waits for nothing open (``wait_for`` unset, or final)."""
+    req = t.requests.c
+    leader = t.requests.alias("leader")
+    return or_(
+        req.wait_for.is_(None),
+        ~exists().where(leader.c.id == req.wait_for, leader.c.state.in_(t.OPEN_STATES)),
+    )
+
 
 class Leases(StoreBase):
     """Statements on requests being claimed, held and released."""
@@ -25,8 +40,9 @@ class Leases(StoreBase):
     def claim(
         self, *, owner: str, batch_ids: Sequence[str], limit: int, now: datetime, lease_s: float
     ) -> list[ClaimedRequest]:
-        """Take up to ``limit`` ready queued requests of these batches, in input order, under
-        a lease for ``owner``. One statement, safe against other workers
+        """Take up to ``limit`` ready queued requests of these batches' real-time lane, in
+        input order, under a lease for ``owner``: not before their ``not_before``, nor while
+        the request they wait for is open. One statement, safe against other workers
         (FOR UPDATE SKIP LOCKED on Postgres; SQLite serialises writers)."""
         req = t.requests.c
         ready = (
@@ -34,7 +50,9 @@ class Leases(StoreBase):
             .where(
                 req.state == t.QUEUED,
                 req.batch_id.in_(batch_ids),
+                req.lane == t.REALTIME,
                 or_(req.not_before.is_(None), req.not_before <= now),
+                not_waiting(),
             )
             .order_by(req.id)
             .limit(limit)
@@ -69,17 +87,29 @@ class Leases(StoreBase):
         return claimed
 
     def seconds_until_ready(self, batch_ids: Sequence[str], now: datetime) -> float | None:
-        """Seconds until the earliest queued request of these batches may be sent: 0 if one
-        is ready now, None if none is queued."""
+        """Seconds until the earliest queued real-time request of these batches may be sent:
+        0 if one is ready now, None if none is queued. Requests waiting for an open request
+        (``wait_for``) count as ready in ``WAITING_RECHECK_S``: what they wait for is
+        answered by this worker or another."""
         req = t.requests.c
+        realtime_queued = (
+            req.state == t.QUEUED,
+            req.batch_id.in_(batch_ids),
+            req.lane == t.REALTIME,
+        )
         with self._read() as conn:
             queued, with_not_before, earliest = conn.execute(
                 select(func.count(), func.count(req.not_before), func.min(req.not_before)).where(
-                    req.state == t.QUEUED, req.batch_id.in_(batch_ids)
+                    *realtime_queued, not_waiting()
                 )
             ).one()
+            waiting = 0
+            if queued == 0:
+                waiting = conn.execute(
+                    select(func.count()).where(*realtime_queued, req.wait_for.is_not(None))
+                ).scalar_one()
         if queued == 0:
-            return None
+            return None if waiting == 0 else WAITING_RECHECK_S
         if with_not_before < queued or earliest is None:
             return 0.0
         wait_s: float = max((earliest - now).total_seconds(), 0.0)

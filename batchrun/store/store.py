@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Engine,
     and_,
     bindparam,
     exists,
@@ -29,10 +30,13 @@ from batchrun.records import (
     BatchSummary,
     ErrorCount,
     FinishedRequest,
+    ImportedResult,
+    ImportTally,
     ModelTokens,
     NewBatch,
     NewRequest,
     RequestCounts,
+    Requeue,
     ResultDetail,
     ResultRow,
     RetryLater,
@@ -49,13 +53,28 @@ from batchrun.store.database import (
 from batchrun.store.health import HealthStore
 from batchrun.store.leases import Leases
 from batchrun.store.lifecycle import BatchLifecycle
+from batchrun.store.provider_batches import (
+    ProviderBatches,
+    apply_requeues,
+    batches_of_provider_batch,
+    close_provider_batch,
+    prepare_import,
+)
+from batchrun.store.reuse import batches_with_copies, settle_copies
 
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
 
 
-class Store(BatchLifecycle, Leases, HealthStore):
+class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches):
     """All reads and writes of batches, requests and results."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # Batches found to have no copies (``submit --reuse`` duplicates): copies are made
+        # only when a batch is stored, so this stays true, and their results skip the look
+        # for copies.
+        self._without_copies: set[str] = set()
 
     @classmethod
     def open(cls, url: str, *, sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Store:
@@ -80,11 +99,13 @@ class Store(BatchLifecycle, Leases, HealthStore):
         the transaction is rolled back and nothing of the batch is stored. A request with
         ``rejected`` set (an invalid line kept by ``submit --skip-invalid``) is stored errored
         with its result row; one without a custom_id is named ``line-N`` once every real
-        custom_id of the batch is known. A batch whose lines are all invalid ends at once.
+        custom_id of the batch is known. With ``batch.reuse``, requests whose params
+        succeeded before are answered from that result, and duplicates wait for their first
+        (see ``batchrun.store.reuse``). A batch with nothing left to send ends at once.
         """
         with self._write() as conn:
-            count, rejected = insert_batch(conn, batch, new_requests)
-            if rejected:
+            count, final = insert_batch(conn, batch, new_requests)
+            if final:
                 self._end_finished_batches(conn, [batch.id], batch.created_at)
         return count
 
@@ -174,7 +195,8 @@ class Store(BatchLifecycle, Leases, HealthStore):
 
         - ``finished``: a result row each, and the request's final state. A request that
           already has a result (another worker finished it after this one's lease ran out)
-          keeps the first: every request has exactly one result.
+          keeps the first: every request has exactly one result. The queued copies of those
+          that succeeded (``submit --reuse`` duplicates) succeed with them.
         - ``retries``: sent once more, back to the queue until their ``not_before``.
         - ``unsent``: claimed but never sent (a halt, a shutdown): back to the queue as they
           were.
@@ -188,6 +210,7 @@ class Store(BatchLifecycle, Leases, HealthStore):
         with self._write() as conn:
             if finished:
                 self._record_finished(conn, finished)
+                self._settle_copies(conn, finished, now)
             req = t.requests.c
             mine = and_(req.state == t.RUNNING, req.lease_owner == owner)
             if retries:
@@ -240,7 +263,24 @@ class Store(BatchLifecycle, Leases, HealthStore):
             if batch_ids:
                 self._end_finished_batches(conn, sorted(batch_ids), now)
 
-    def _record_finished(self, conn: Connection, finished: Sequence[FinishedRequest]) -> None:
+    def _settle_copies(
+        self, conn: Connection, finished: Sequence[FinishedRequest], now: datetime
+    ) -> None:
+        """:func:`settle_copies` for the requests of ``finished`` that succeeded, in batches
+        that have copies."""
+        succeeded = [item for item in finished if item.result_type == t.SUCCEEDED]
+        unknown = {item.batch_id for item in succeeded} - self._without_copies
+        if not unknown:
+            return
+        having = batches_with_copies(conn, unknown)
+        self._without_copies.update(unknown - having)
+        ids = [item.request_id for item in succeeded if item.batch_id in having]
+        if ids:
+            settle_copies(conn, ids, now)
+
+    def _record_finished(
+        self, conn: Connection, finished: Sequence[FinishedRequest], *, from_state: str = t.RUNNING
+    ) -> None:
         # Values are fitted to their columns here too: one out-of-range value would fail the
         # whole group's transaction, and every result in it with it.
         rows: list[dict[str, Any]] = []
@@ -273,6 +313,8 @@ class Store(BatchLifecycle, Leases, HealthStore):
                     "body": item.body,
                     "raw_body": item.raw_body,
                     "endpoint": _fit(item.endpoint, t.results.c.endpoint),
+                    "lane": item.lane,
+                    "cost_factor": item.cost_factor,
                 }
             )
         conn.execute(
@@ -286,7 +328,7 @@ class Store(BatchLifecycle, Leases, HealthStore):
         )
         conn.execute(
             update(t.requests)
-            .where(req.id.in_([item.request_id for item in finished]), req.state == t.RUNNING)
+            .where(req.id.in_([item.request_id for item in finished]), req.state == from_state)
             .values(
                 state=final_state,
                 attempts=req.attempts + 1,
@@ -294,6 +336,41 @@ class Store(BatchLifecycle, Leases, HealthStore):
                 lease_expires_at=None,
             )
         )
+
+    def import_provider_results(
+        self,
+        row_id: int,
+        results: Sequence[ImportedResult],
+        requeues: Sequence[Requeue],
+        *,
+        now: datetime,
+    ) -> ImportTally:
+        """Store one chunk of a provider batch's results in one transaction: final results
+        for the requests it still holds, and the requests going back to the real-time queue.
+        Lines for requests it no longer holds (imported before a crash) change nothing, so
+        an import can run again from the start. Batches left with nothing open end."""
+        with self._write() as conn:
+            finished, back, tally = prepare_import(conn, row_id, results, requeues)
+            if finished:
+                self._record_finished(conn, finished, from_state=t.PROVIDER)
+                settle_copies(conn, [item.request_id for item in finished], now)
+            apply_requeues(conn, back)
+            self._end_finished_batches(conn, batches_of_provider_batch(conn, row_id), now)
+        return tally
+
+    def close_provider_batch(
+        self, row_id: int, *, now: datetime, leftover_reason: str, requeue: bool = True
+    ) -> int:
+        """The provider batch's results are all in: requests it still holds go back to the
+        real-time queue, or end errored when some lines could not be read (``requeue``
+        False; see ``provider_batches.close_provider_batch``); the row ends ``imported``.
+        Returns how many it still held."""
+        with self._write() as conn:
+            back = close_provider_batch(
+                conn, row_id, now=now, leftover_reason=leftover_reason, requeue=requeue
+            )
+            self._end_finished_batches(conn, batches_of_provider_batch(conn, row_id), now)
+        return back
 
     def iter_results(self, batch_id: str) -> Iterator[ResultRow]:
         """Every request of the batch with its result (if any), in input order, streamed."""
@@ -345,10 +422,13 @@ class Store(BatchLifecycle, Leases, HealthStore):
             return {row.id: row.max_cost_usd for row in rows}
 
     def usage_by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
-        """Token totals of the results that report usage, per batch and model (the model the
-        response names, else the request's), for pricing."""
+        """Token totals of the results that report usage, per batch, model (the model the
+        response names, else the request's), lane and share of the list price paid, for
+        pricing."""
         req, res = t.requests.c, t.results.c
         model = func.coalesce(res.model, req.model)
+        lane = func.coalesce(res.lane, t.REALTIME)
+        factor = func.coalesce(res.cost_factor, 1.0)
         statement = (
             select(
                 res.batch_id,
@@ -358,22 +438,36 @@ class Store(BatchLifecycle, Leases, HealthStore):
                 func.coalesce(func.sum(res.output_tokens), 0),
                 func.coalesce(func.sum(res.cache_creation_input_tokens), 0),
                 func.coalesce(func.sum(res.cache_read_input_tokens), 0),
+                lane,
+                factor,
             )
             .select_from(t.results.join(t.requests, req.id == res.request_id))
             .where(res.batch_id.in_(batch_ids), res.input_tokens.is_not(None))
-            .group_by(res.batch_id, model)
-            .order_by(res.batch_id, model)
+            .group_by(res.batch_id, model, lane, factor)
+            .order_by(res.batch_id, model, lane, factor)
         )
         with self._read() as conn:
             rows = conn.execute(statement).all()
         found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
-        for batch_id, name, *figures in rows:
-            found.setdefault(batch_id, []).append(ModelTokens(name, *map(int, figures)))
+        for batch_id, name, count, tokens_in, tokens_out, writes, reads, lane_name, share in rows:
+            found.setdefault(batch_id, []).append(
+                ModelTokens(
+                    name,
+                    int(count),
+                    int(tokens_in),
+                    int(tokens_out),
+                    int(writes),
+                    int(reads),
+                    lane=lane_name,
+                    cost_factor=float(share),
+                )
+            )
         return found
 
     def batch_stats(self, batch_id: str, *, top_errors: int = 5) -> BatchStats:
         """Tokens per model, the first send and the last answer, the ``top_errors`` most
-        frequent error types of errored results (with one message each) and the budget."""
+        frequent error types of errored results (with one message each), the budget, and how
+        many results are stored answers (reused)."""
         req, res = t.requests.c, t.results.c
         answered = res.result_type.in_([t.SUCCEEDED, t.ERRORED])
         with self._read() as conn:
@@ -394,6 +488,9 @@ class Store(BatchLifecycle, Leases, HealthStore):
             max_cost = conn.execute(
                 select(t.batches.c.max_cost_usd).where(t.batches.c.id == batch_id)
             ).scalar()
+            reused = conn.execute(
+                select(func.count()).where(res.batch_id == batch_id, res.reused_from.is_not(None))
+            ).scalar_one()
         return BatchStats(
             usage=self.usage_by_model([batch_id])[batch_id],
             first_started_at=first_started,
@@ -405,6 +502,7 @@ class Store(BatchLifecycle, Leases, HealthStore):
                 if last_completed is not None
                 else []
             ),
+            reused=int(reused),
         )
 
     def iter_result_details(self, batch_id: str, only: str | None = None) -> Iterator[ResultDetail]:
@@ -436,6 +534,9 @@ class Store(BatchLifecycle, Leases, HealthStore):
                 res.completed_at,
                 res.raw_body,
                 res.endpoint,
+                res.reused_from,
+                res.cost_factor,
+                res.lane,
             )
             .select_from(
                 t.requests.join(t.batches, t.batches.c.id == req.batch_id).outerjoin(
@@ -468,6 +569,7 @@ def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSumma
         paused_reason=row["paused_reason"],
         counts=counts,
         tokens=tokens,
+        lane=row["lane"],
     )
 
 

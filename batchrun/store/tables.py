@@ -15,6 +15,21 @@ Request states and the only transitions between them::
                          retry-after), a halt of the batch (authentication, billing), or a lease
                          that expired because its worker died
     running → canceled   the batch was canceled while the worker held the request unsent
+    queued  → provider   taken into a provider batch (batch lane), in the same transaction as
+                         that provider batch's intent row (see batchrun.lanes)
+    provider → succeeded | errored | canceled | expired
+                         its provider batch's result was imported (result row written with it)
+    provider → queued    the provider expired it or failed it transiently, or canceled it at
+                         the auto lane's cut-off (now in the real-time lane); or the create is
+                         known not to have happened (back in the batch lane)
+    (new)   → succeeded  ``submit --reuse``: the same params already succeeded (any batch); a
+                         copy of that result row is written in the same transaction
+    queued  → succeeded  a copy (``copy_of``, ``submit --reuse``): the request it waits for
+                         succeeded; a copy of its result row is written in the same transaction
+
+A queued request with ``wait_for`` set is not claimed while that request is open (the first
+of a prompt-cache group answers alone; a duplicate waits for its original). Only requests of
+the ``realtime`` lane are claimed by the dispatcher; ``batch`` ones go to provider batches.
 
 succeeded, errored, canceled and expired are final: each final request has exactly one row in
 ``results`` (primary key ``request_id``), written in the same transaction as the final state.
@@ -51,8 +66,24 @@ SUCCEEDED = "succeeded"
 ERRORED = "errored"
 CANCELED = "canceled"
 EXPIRED = "expired"
+# Held by a provider batch (the batch lane): sent there, or about to be.
+PROVIDER = "provider"
 FINAL_STATES = (SUCCEEDED, ERRORED, CANCELED, EXPIRED)
-OPEN_STATES = (QUEUED, RUNNING)
+OPEN_STATES = (QUEUED, RUNNING, PROVIDER)
+
+# The lanes a request can take (requests.lane, results.lane), and a batch's choice among them
+# (batches.lane: one of these or "auto").
+REALTIME = "realtime"
+BATCH = "batch"
+AUTO = "auto"
+
+# A provider batch's record (provider_batches.state):
+INTENT = "intent"  # about to be created; whether it was is not known yet
+CREATED = "created"  # the provider has it (provider_id known); polled until it ends
+IMPORTED = "imported"  # its results are in the results table
+NOT_CREATED = "not_created"  # known never to have been created; its requests went back
+AMBIGUOUS = "ambiguous"  # a create whose fate the evidence cannot settle; needs a person
+PROVIDER_OPEN_STATES = (INTENT, CREATED, AMBIGUOUS)
 
 # Alembic names constraints from this, so migrations are identical on both backends.
 NAMING_CONVENTION = {
@@ -115,6 +146,13 @@ batches = Table(
         nullable=True,
         comment="budget: no request is sent that could take the batch's cost past it",
     ),
+    Column(
+        "lane",
+        String(8),
+        nullable=False,
+        server_default="realtime",
+        comment="realtime, batch (the provider's batch API) or auto",
+    ),
 )
 
 requests = Table(
@@ -147,10 +185,44 @@ requests = Table(
     Column("lease_expires_at", UtcDateTime, nullable=True),
     Column("last_error", Text, nullable=True, comment="the latest transient failure"),
     Column("started_at", UtcDateTime, nullable=True, comment="first claim"),
+    Column(
+        "lane",
+        String(8),
+        nullable=False,
+        server_default="realtime",
+        comment="where it is sent next: realtime (the dispatcher) or batch (a provider batch)",
+    ),
+    Column(
+        "provider_batch",
+        ForeignKey("provider_batches.id", ondelete="SET NULL"),
+        nullable=True,
+        comment="the provider batch that holds it (state provider) or last held it",
+    ),
+    Column(
+        "params_digest",
+        String(64),
+        nullable=True,
+        comment="SHA-256 of the params as canonical JSON (sorted keys), for submit --reuse",
+    ),
+    Column(
+        "wait_for",
+        _BigId,
+        nullable=True,
+        comment="not claimed while this request is open (prompt-cache group, duplicate)",
+    ),
+    Column(
+        "copy_of",
+        _BigId,
+        nullable=True,
+        comment="a duplicate in its batch: takes this request's result if it succeeds",
+    ),
     UniqueConstraint("batch_id", "custom_id"),
     Index(None, "batch_id", "line_no"),
     Index(None, "batch_id", "state"),
     Index(None, "state", "batch_id", "id"),
+    Index(None, "params_digest"),
+    Index(None, "provider_batch", "custom_id"),
+    Index(None, "copy_of"),
 )
 
 results = Table(
@@ -202,7 +274,59 @@ results = Table(
         nullable=True,
         comment="the endpoint that answered (for a pool: the member)",
     ),
+    Column(
+        "lane",
+        String(8),
+        nullable=True,
+        comment="realtime (also when null) or batch: where it was answered",
+    ),
+    Column(
+        "cost_factor",
+        Float,
+        nullable=True,
+        comment="the share of the list price paid (the batch discount; 0 when reused); null is 1",
+    ),
+    Column(
+        "reused_from",
+        String(64),
+        nullable=True,
+        comment="the batch whose stored answer this is (submit --reuse): nothing was sent",
+    ),
     Index(None, "batch_id", "result_type"),
+)
+
+# The provider batches of the batch lane (see batchrun.lanes for the create protocol: the
+# intent row is written, with its requests moved to state provider, before the create is sent).
+provider_batches = Table(
+    "provider_batches",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("endpoint", String(100), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("provider_id", String(200), nullable=True, comment="the provider's batch id"),
+    Column("request_count", Integer, nullable=False),
+    Column("body_bytes", BigInteger, nullable=False, comment="size of the create body"),
+    Column("intent_at", UtcDateTime, nullable=False, comment="database clock, before the create"),
+    Column("created_at", UtcDateTime, nullable=True, comment="the provider's created_at"),
+    Column("ended_at", UtcDateTime, nullable=True, comment="the provider's ended_at"),
+    Column("imported_at", UtcDateTime, nullable=True),
+    Column(
+        "cancel_at",
+        UtcDateTime,
+        nullable=True,
+        comment="auto lane: cancel it if it has not ended by then (real time takes over)",
+    ),
+    Column("cancel_sent_at", UtcDateTime, nullable=True, comment="when batchrun canceled it"),
+    Column("next_poll_at", UtcDateTime, nullable=True),
+    Column("polls", Integer, nullable=False, default=0),
+    Column("poll_failures", Integer, nullable=False, default=0),
+    Column("status", String(16), nullable=True, comment="the provider's processing_status"),
+    Column("counts", Text, nullable=True, comment="the provider's request_counts, JSON"),
+    Column("results_url", Text, nullable=True),
+    Column("note", Text, nullable=True, comment="the latest problem, or why it is ambiguous"),
+    UniqueConstraint("endpoint", "provider_id"),
+    Index(None, "batch_id", "state"),
 )
 
 # The rate-limit records that workers share (see batchrun.limits.keyrecord, which has the

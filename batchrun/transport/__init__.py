@@ -3,9 +3,10 @@ answers are read.
 
 Holds: ``endpoints`` (built-in endpoints, and their resolution from the config file and the
 environment), ``auth`` (the auth-styles registry, secret headers, redaction), ``client`` (the
-HTTP client: the only module of batchrun that imports httpx), ``classify`` (an answer →
+HTTP client; it and ``batch_api`` are batchrun's httpx importers), ``classify`` (an answer →
 an ``Outcome`` value), ``ratelimit_headers`` (what a server says about its limits),
 ``streaming`` (when a request is streamed; its events → the final Message), ``sse`` (the
-server-sent events format).
+server-sent events format), ``batch_styles`` (the provider batch API styles registry) and
+``batch_api`` (the client of a provider's batch API: the batch lane's HTTP).
 May import: ``limits`` (the dimension registry, ``RateLimits``), ``records``, ``errors``.
 """

@@ -156,7 +156,7 @@ class MessagesClient:
             return self._transport_failure("api_error", "the connection failed", exc)
         return self._classified(answer)
 
-    def _classified(self, answer: _Answer) -> Outcome:
+    def _classified(self, answer: Answer) -> Outcome:
         if answer.too_large:
             return self._too_large(answer)
         headers = {name: self._redact_text(value) for name, value in answer.headers.items()}
@@ -207,7 +207,7 @@ class MessagesClient:
                     exc,
                 )
             return self._transport_failure("api_error", "the connection failed", exc)
-        if isinstance(answer, _Answer):
+        if isinstance(answer, Answer):
             # Not an event stream: an error status, or a server that ignored "stream".
             return self._classified(answer)
         return self._stream_outcome(progress.headers, answer, progress)
@@ -254,7 +254,7 @@ class MessagesClient:
                     raw_body=self._kept(progress),
                 )
 
-    def _too_large(self, answer: _Answer) -> Fatal:
+    def _too_large(self, answer: Answer) -> Fatal:
         limit = self._max_response_bytes
         detail = (
             f"the answer (HTTP {answer.status}) was larger than {limit:,} bytes "
@@ -348,7 +348,7 @@ def check_header_values(
 
 
 @dataclass(frozen=True)
-class _Answer:
+class Answer:
     """An HTTP answer read whole, or up to the size cap (``too_large``)."""
 
     status: int
@@ -357,7 +357,7 @@ class _Answer:
     too_large: bool = False
 
 
-async def _read(response: httpx.Response, max_bytes: int) -> _Answer:
+async def read_capped(response: httpx.Response, max_bytes: int) -> Answer:
     """The body in pieces, decompressed, stopping once it passes ``max_bytes``. gzip and
     deflate are decompressed here, never more than the cap at a time, so a small body that
     inflates to gigabytes (a gzip bomb) costs no more memory than the cap."""
@@ -379,10 +379,10 @@ async def _read(response: httpx.Response, max_bytes: int) -> _Answer:
         size += len(piece)
         pieces.append(piece)
         if size > max_bytes:
-            return _Answer(response.status_code, response.headers, b"".join(pieces), True)
+            return Answer(response.status_code, response.headers, b"".join(pieces), True)
     if inflate is not None:
         pieces.append(inflate.flush())
-    return _Answer(response.status_code, response.headers, b"".join(pieces))
+    return Answer(response.status_code, response.headers, b"".join(pieces))
 
 
 @dataclass
@@ -410,7 +410,7 @@ async def _post_streamed(
     max_bytes: int,
     progress: _Progress,
     progressed: Callable[[], None],
-) -> _Answer | StreamEnd:
+) -> Answer | StreamEnd:
     """POST a streaming request: how its event stream ended, or the whole answer when it is
     not an event stream (an error status, or a server that does not stream). ``progressed``
     is called whenever an event carried part of the message."""
@@ -420,7 +420,7 @@ async def _post_streamed(
     ):
         content_type = response.headers.get("content-type", "").strip().lower()
         if response.status_code != 200 or not content_type.startswith(_EVENT_STREAM):
-            return await _read(response, max_bytes)
+            return await read_capped(response, max_bytes)
         progress.headers, progress.streaming = response.headers, True
         assembler = MessageAssembler(max_bytes=max_bytes)
         async for piece in _pieces(response):
@@ -461,12 +461,12 @@ async def _post(
     content: bytes,
     headers: Mapping[str, str],
     max_bytes: int,
-) -> _Answer:
+) -> Answer:
     async with (
         _client_for(http) as client,
         client.stream("POST", url, content=content, headers=headers) as response,
     ):
-        return await _read(response, max_bytes)
+        return await read_capped(response, max_bytes)
 
 
 @asynccontextmanager

@@ -44,8 +44,34 @@ DEFAULT_ENDPOINT = "anthropic"
 BUILTIN = "built-in"
 # Langdock documents 500 RPM and 60,000 TPM (input + output) per model and workspace.
 LANGDOCK_LIMITS = RateLimits(rpm=500, tpm=60_000)
+# A provider batch's size limits (Anthropic's, also the default for other batch APIs), the
+# share of the list price a batch pays, and how long one typically takes (Anthropic: "most
+# batches finish within 1 hour"; AIMLAPI: "within up to 1 hour").
+DEFAULT_BATCH_MAX_REQUESTS = 100_000
+DEFAULT_BATCH_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_BATCH_DISCOUNT = 0.5
+DEFAULT_BATCH_TYPICAL_S = 3600.0
+# The longest a provider keeps a batch processing before expiring what is left (Anthropic).
+PROVIDER_BATCH_LIFETIME_S = 24 * 3600.0
+ANTHROPIC_BATCH_PATH = "/v1/messages/batches"
+AIMLAPI_BATCH_PATH = "/v1/batches"
 # Settings the in-process simulator cannot take: it has no URL and checks no key.
 _SIMULATOR_FIXED = ("base_url", "messages_path", "auth", "api_key_env")
+
+
+@dataclass(frozen=True)
+class BatchApi:
+    """An endpoint's server-side batch API (the batch lane): its style (a name in
+    ``batchrun.transport.batch_api.BATCH_API_STYLES``), the path of its batches collection,
+    the most requests and bytes one provider batch takes, the share of the list price it
+    bills, and how long a batch typically takes (for planning and the auto lane)."""
+
+    style: str = "anthropic"
+    path: str = ANTHROPIC_BATCH_PATH
+    max_requests: int = DEFAULT_BATCH_MAX_REQUESTS
+    max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    discount: float = DEFAULT_BATCH_DISCOUNT
+    typical_s: float = DEFAULT_BATCH_TYPICAL_S
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,13 @@ class EndpointSettings:
     count_tokens_rpm: float | None = None
     stream_threshold_tokens: int | None = None
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    # batch_api ("anthropic", "aimlapi" or "none") and the batch_* settings beside it.
+    batch_api: str | None = None
+    batch_path: str | None = None
+    batch_max_requests: int | None = None
+    batch_max_bytes: int | None = None
+    batch_discount: float | None = None
+    batch_typical_s: float | None = None
     fields_set: frozenset[str] = frozenset()
 
 
@@ -97,12 +130,21 @@ class Endpoint:
     # Limits per model, per family pattern ("claude-sonnet-4*": one limit the family shares),
     # and "*": for each model no other entry covers (batchrun.limits.families).
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    # The server-side batch API (the batch lane); None: the endpoint has none.
+    batch_api: BatchApi | None = None
     # Where the definition came from, in order: "built-in", a config file, a variable.
     sources: tuple[str, ...] = (BUILTIN,)
 
     @property
     def messages_url(self) -> str:
         return self.base_url.rstrip("/") + "/" + self.messages_path.lstrip("/")
+
+    @property
+    def batches_url(self) -> str:
+        """The URL of the batch API's collection; ValueError without one."""
+        if self.batch_api is None:
+            raise ValueError(f"endpoint {self.name} has no batch API")
+        return self.base_url.rstrip("/") + "/" + self.batch_api.path.lstrip("/")
 
     @property
     def in_process(self) -> bool:
@@ -137,6 +179,7 @@ def builtin_endpoints(env: Mapping[str, str]) -> dict[str, Endpoint]:
             auth="x-api-key",
             api_key_env=ANTHROPIC_API_KEY_ENV,
             headers={"anthropic-version": ANTHROPIC_VERSION},
+            batch_api=BatchApi(),
         ),
         _langdock("eu"),
         _langdock("us"),
@@ -147,12 +190,14 @@ def builtin_endpoints(env: Mapping[str, str]) -> dict[str, Endpoint]:
             auth="bearer",
             api_key_env="AIMLAPI_API_KEY",
             headers={"anthropic-version": ANTHROPIC_VERSION},
+            batch_api=BatchApi(style="aimlapi", path=AIMLAPI_BATCH_PATH),
         ),
         Endpoint(
             name=SIMULATOR,
             base_url="http://simulator.invalid",
             auth="none",
             headers={"anthropic-version": ANTHROPIC_VERSION},
+            batch_api=BatchApi(),
         ),
     ]
     return {endpoint.name: _apply_env(endpoint, env) for endpoint in builtins}
@@ -355,8 +400,18 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
             else table.stream_threshold_tokens
         ),
         limits={**base.limits, **table.limits},
+        batch_api=_batch_api(base.batch_api, table),
         sources=(*base.sources, str(path)),
     )
+    batch_settings = [
+        key for key in table.fields_set if key.startswith("batch_") and key != "batch_api"
+    ]
+    if merged.batch_api is None and batch_settings and table.batch_api != "none":
+        raise _file_error(
+            path,
+            f"{prefix}.{sorted(batch_settings)[0]}",
+            'this endpoint has no batch API; set batch_api = "anthropic" (or "aimlapi") too',
+        )
     if AUTH_STYLES.get(merged.auth).needs_key and merged.api_key_env is None:
         raise _file_error(
             path,
@@ -365,6 +420,35 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
             'that holds the key (or set auth = "none")',
         )
     return merged
+
+
+def _batch_api(base: BatchApi | None, table: EndpointSettings) -> BatchApi | None:
+    """The endpoint's batch API: the built-in's (or none) with the file's batch_* settings on
+    top. ``batch_api = "none"`` removes it; a style change starts from that style's path."""
+    if table.batch_api == "none":
+        return None
+    if table.batch_api is not None and (base is None or table.batch_api != base.style):
+        default_path = AIMLAPI_BATCH_PATH if table.batch_api == "aimlapi" else ANTHROPIC_BATCH_PATH
+        base = BatchApi(style=table.batch_api, path=default_path)
+    settings = (
+        table.batch_path,
+        table.batch_max_requests,
+        table.batch_max_bytes,
+        table.batch_discount,
+        table.batch_typical_s,
+    )
+    if base is None:
+        return None
+    if all(value is None for value in settings):
+        return base
+    return replace(
+        base,
+        path=table.batch_path or base.path,
+        max_requests=table.batch_max_requests or base.max_requests,
+        max_bytes=table.batch_max_bytes or base.max_bytes,
+        discount=base.discount if table.batch_discount is None else table.batch_discount,
+        typical_s=table.batch_typical_s or base.typical_s,
+    )
 
 
 def auth_headers(endpoint: Endpoint, env: Mapping[str, str]) -> RequestHeaders:

@@ -74,5 +74,6 @@ def test_the_top_of_the_package_holds_about_a_dozen_entries() -> None:
         p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and not p.name.startswith(".")
     )
 
-    # The style guide's own layout, with __main__.py and py.typed.
-    assert len(entries) <= 17, entries
+    # The style guide's own layout (lanes/ and, to come, server/ included), with
+    # __main__.py, py.typed, client.py (the public API) and registry.py.
+    assert len(entries) <= 19, entries

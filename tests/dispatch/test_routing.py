@@ -1,4 +1,4 @@
-"""The router on its own: breakers, the gentle start and prefix keys, in virtual time."""
+"""The router on its own: breakers and the gentle start, in virtual time."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from batchrun.dispatch.routing import (
     Assignment,
     Halted,
     Router,
-    cache_prefix_key,
 )
 from batchrun.limits.limiter import Limiter
 from batchrun.records import Halt, Pool, PoolMember, Retryable, Succeeded, Usage, error_body
@@ -118,18 +117,3 @@ async def test_a_pool_whose_members_all_refuse_the_key_is_halted() -> None:
     halted = await router.assign("p", "m", PARAMS)
     assert isinstance(halted, Halted)
     assert set(halted.reasons) == {"a no", "b no"}
-
-
-def test_the_cache_prefix_key_covers_everything_up_to_the_last_breakpoint() -> None:
-    system = [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}]
-
-    def key(custom_id: str, text: str, **params: object) -> str | None:
-        return cache_prefix_key(json.dumps(request_line(custom_id, text, **params)["params"]))
-
-    first = key("a", "question one", system=system)
-    assert first is not None
-    assert first == key("b", "question two", system=system)
-    assert first != key("c", "question one", system=system, model="claude-opus-4-1")
-    assert first != key("d", "question one", system=[{**system[0], "text": "other rules"}])
-    assert key("e", "question one") is None
-    assert key("f", "question one", system="rules") is None

@@ -1,0 +1,51 @@
+"""Lanes: the ways a batch's requests reach the provider. ``realtime`` is the Messages API
+(the dispatcher); ``batch`` is the endpoint's server-side batch API (half price, results
+within hours); ``auto`` chooses per run (:mod:`batchrun.lanes.auto`).
+
+Holds: ``driver`` (the batch lane at work: create, reconcile, poll, cancel, import),
+``reconcile`` (after a crash: was a create's batch made?), ``results`` (a provider result
+line → a stored result or a request back in the queue), ``auto`` (the auto lane's choice and
+cut-off).
+May import: ``dispatch`` (the worker's database, the loop clock), ``transport`` (the batch
+API client), ``store`` (the body line format), ``records``, ``errors``.
+
+Never paying twice, in short (the architecture page has the whole design): requests move
+into a provider batch (state ``provider``) in the same transaction that writes its intent
+row, before the create is sent; nothing in state ``provider`` is ever claimed for real time;
+requests leave it only through an import of the provider's results, or when the create is
+known not to have happened (refused, or absent from the provider's list once no create in
+flight could still land). When the evidence cannot settle it, the requests stay held and a
+person decides (``batchrun lanes``).
+"""
+
+from __future__ import annotations
+
+from batchrun.errors import ConfigError
+from batchrun.transport.endpoints import Endpoint, Endpoints
+
+REALTIME = "realtime"
+BATCH = "batch"
+AUTO = "auto"
+LANES = (REALTIME, BATCH, AUTO)
+
+
+def lane_endpoint(known: Endpoints, name: str) -> Endpoint | None:
+    """The endpoint whose batch API a batch on ``name`` uses: the endpoint itself, or for a
+    pool its first member with a batch API; None if there is none."""
+    for endpoint in known.members(name).values():
+        if endpoint.batch_api is not None:
+            return endpoint
+    return None
+
+
+def check_lane(lane: str, known: Endpoints, name: str) -> None:
+    """ConfigError unless ``lane`` is a lane and, for batch and auto, ``name`` has a batch
+    API."""
+    if lane not in LANES:
+        raise ConfigError(f"unknown lane {lane!r}; the lanes are {', '.join(LANES)}")
+    if lane != REALTIME and lane_endpoint(known, name) is None:
+        raise ConfigError(
+            f"endpoint {name!r} has no batch API, so --lane {lane} cannot be used with it; "
+            'set batch_api = "anthropic" (or "aimlapi") in its [endpoints] table, or use '
+            "--lane realtime"
+        )

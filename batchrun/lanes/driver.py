@@ -1,0 +1,460 @@
+"""The batch lane at work: create provider batches, reconcile unknown creates, poll, cancel,
+import.
+
+One :class:`LaneDriver` runs beside the real-time dispatcher in a run. Each round it
+
+1. moves the ready batch-lane requests of each batch into provider batches: the intent row
+   and the requests' move to state ``provider`` are one transaction, then the create is sent
+   (one at a time per run, so at most one create per worker is ever in doubt);
+2. settles intent rows whose create answer was lost (:mod:`batchrun.lanes.reconcile`);
+3. cancels provider batches of canceled batches, and those past the auto lane's cut-off;
+4. polls each created provider batch at most once per ``poll_interval_s`` (shared by every
+   worker through ``next_poll_at``; longer after failures, and as ``retry-after`` asks);
+5. imports the results of ended ones in chunks (each chunk one transaction; a line for a
+   request already imported changes nothing, so an import interrupted by a crash runs again
+   from the start), then closes them.
+
+Requests that come back (expired, transient errors, the auto cut-off) are queued in the
+real-time lane, and the dispatcher, lingering while the driver is active, is woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from batchrun.dispatch.clock import LoopClock
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.lanes.reconcile import Adopt, Ambiguous, NotCreated, reconcile
+from batchrun.lanes.results import ImportContext, read_result_line
+from batchrun.records import BatchSummary, ImportedResult, ImportTally, ProviderBatchRow, Requeue
+from batchrun.store.provider_batches import request_line
+from batchrun.transport.batch_api import (
+    BatchApiClient,
+    CallFailed,
+    ProviderBatchInfo,
+    created_batch_body,
+)
+from batchrun.transport.endpoints import Endpoint
+
+log = logging.getLogger(__name__)
+
+# The longest wait between two polls of one provider batch after failures.
+MAX_POLL_BACKOFF_S = 600.0
+# How long after an intent a create still in flight could land (beyond its timeout).
+CREATE_GRACE_MARGIN_S = 30.0
+# While batch-lane requests wait for a real-time leader, look again this often.
+WAITING_RECHECK_S = 1.0
+
+
+@dataclass
+class LaneReport:
+    """What the batch lane did in a run."""
+
+    created: int = 0
+    imported: int = 0
+    requeued: int = 0
+    stored: int = 0
+    unreadable_lines: int = 0
+    # Batches the lane cannot go on with, and why (bad credentials, an ambiguous create).
+    paused: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaneTarget:
+    """Where a batch's batch-lane requests go: the endpoint with the batch API, its client,
+    and the auto lane's cut-off (when real time takes over), if any."""
+
+    endpoint: Endpoint
+    client: BatchApiClient
+    cancel_at: datetime | None = None
+
+
+class LaneDriver:
+    """Runs the batch lane of some batches until nothing is left in it."""
+
+    def __init__(
+        self,
+        db: WorkerDatabase,
+        targets: Mapping[str, LaneTarget],
+        *,
+        poll_interval_s: float,
+        create_timeout_s: float,
+        on_note: Callable[[str], None] | None = None,
+    ) -> None:
+        """``targets`` by batch id. ``create_timeout_s`` bounds a create; an intent older
+        than it (plus a margin) whose batch the provider does not list was never created."""
+        self._db = db
+        self._targets = dict(targets)
+        self._poll_interval_s = poll_interval_s
+        self._grace_s = create_timeout_s + CREATE_GRACE_MARGIN_S
+        self._note = on_note or (lambda _text: None)
+        self._clock = LoopClock()
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._done = False
+        self._create_not_before: dict[str, float] = {}
+        self._max_bytes: dict[str, int] = {}
+        self.report = LaneReport()
+
+    # -- what the dispatcher sees (batchrun.dispatch.seams.Linger) --------------------------
+
+    def active(self) -> bool:
+        """True while requests may still come back from the batch lane."""
+        return not self._done
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until requests came back to the queue, the driver finished, or ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        except TimeoutError:
+            return
+        self._changed.clear()
+
+    def stop(self) -> None:
+        """Finish the step in progress (a create or an import chunk), then stop."""
+        self._stopping = True
+        self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> LaneReport:
+        """Work the lane until nothing is left in it, or until stopped."""
+        try:
+            while not self._stopping:
+                next_s = await self._round()
+                if next_s is None:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(next_s, 0.0))
+        finally:
+            self._done = True
+            self._changed.set()
+        return self.report
+
+    async def _round(self) -> float | None:
+        """One round over every batch; seconds until the next is due, None when done."""
+        batch_ids = list(self._targets)
+        summaries = {batch_id: await self._db.get_batch(batch_id) for batch_id in batch_ids}
+        for batch_id, summary in summaries.items():
+            if self._stopping:
+                return None
+            if summary.paused_reason is None and summary.cancel_initiated_at is None:
+                await self._create_all(batch_id)
+        waits: list[float] = []
+        rows = await self._db.provider_batches_of(batch_ids, open_only=True)
+        for row in rows:
+            if self._stopping:
+                return None
+            wait_s = await self._attend(row, summaries[row.batch_id])
+            if wait_s is not None:
+                waits.append(wait_s)
+        work = await self._db.lane_work(batch_ids)
+        for batch_id, per_lane in work.items():
+            summary = await self._db.get_batch(batch_id)
+            if (
+                per_lane.get("batch")
+                and summary.paused_reason is None
+                and summary.cancel_initiated_at is None
+            ):
+                waits.append(self._create_wait_s(self._targets[batch_id].endpoint.name))
+        return min(waits) if waits else None
+
+    def _create_wait_s(self, endpoint: str) -> float:
+        loop_now = asyncio.get_running_loop().time()
+        return max(self._create_not_before.get(endpoint, 0.0) - loop_now, WAITING_RECHECK_S)
+
+    # -- creating ---------------------------------------------------------------------------
+
+    async def _create_all(self, batch_id: str) -> None:
+        target = self._targets[batch_id]
+        endpoint = target.endpoint
+        api = endpoint.batch_api
+        assert api is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if loop.time() < self._create_not_before.get(endpoint.name, 0.0):
+                return
+            intent = await self._db.take_for_provider_batch(
+                batch_id=batch_id,
+                endpoint=endpoint.name,
+                max_requests=api.max_requests,
+                max_bytes=self._max_bytes.get(endpoint.name, api.max_bytes),
+                now=self._clock.now(),
+                cancel_at=target.cancel_at,
+                make_line=_line_maker(endpoint),
+            )
+            if intent is None:
+                return
+            body = created_batch_body(intent.lines)
+            count = len(intent.lines)
+            del intent.lines[:]
+            answer = await target.client.create(body)
+            del body
+            if isinstance(answer, ProviderBatchInfo):
+                await self._db.provider_batch_created(
+                    intent.row_id,
+                    provider_id=answer.id,
+                    created_at=answer.created_at,
+                    next_poll_at=self._clock.now() + timedelta(seconds=self._poll_interval_s),
+                )
+                self.report.created += 1
+                self._note(
+                    f"{batch_id}: provider batch {answer.id} created on {endpoint.name} with "
+                    f"{count:,} requests"
+                )
+                continue
+            if not await self._create_failed(
+                batch_id, intent.row_id, answer, api.max_bytes, alone=count == 1
+            ):
+                return
+
+    async def _create_failed(
+        self,
+        batch_id: str,
+        row_id: int,
+        failed: CallFailed,
+        configured_bytes: int,
+        *,
+        alone: bool,
+    ) -> bool:
+        """Settle a failed create (``alone``: of a single request); True to go on creating."""
+        endpoint = self._targets[batch_id].endpoint.name
+        now = self._clock.now()
+        loop = asyncio.get_running_loop()
+        if failed.kind == "unknown_outcome":
+            # Left as an intent: reconciled against the provider's list before anything else.
+            self._note(
+                f"{batch_id}: a create on {endpoint} may or may not have happened "
+                f"({failed.message}); checking the provider's list before going on"
+            )
+            return False
+        if failed.kind == "too_large" and alone:
+            # One request too large for a provider batch goes in real time, where its own
+            # size limit applies.
+            await self._db.provider_batch_not_created(
+                row_id, note=failed.message, lane="realtime", now=now
+            )
+            self._changed.set()
+            return True
+        await self._db.provider_batch_not_created(
+            row_id, note=failed.message, lane="batch", now=now
+        )
+        if failed.kind == "too_large":
+            current = self._max_bytes.get(endpoint, configured_bytes)
+            self._max_bytes[endpoint] = max(current // 2, 1024)
+            return True
+        if failed.kind in ("auth", "final"):
+            why = f"the batch API of {endpoint} refused the create: {failed.message}"
+            await self._db.pause_batch(batch_id, why)
+            self.report.paused[batch_id] = why
+            return False
+        delay_s = failed.retry_after_s or self._poll_interval_s
+        self._create_not_before[endpoint] = loop.time() + delay_s
+        return False
+
+    # -- one provider batch -----------------------------------------------------------------
+
+    async def _attend(self, row: ProviderBatchRow, summary: BatchSummary) -> float | None:
+        """Do what the row needs now; seconds until it needs attention again (None: it
+        needs none from this run)."""
+        target = self._targets[row.batch_id]
+        now = self._clock.now()
+        if row.state == "ambiguous":
+            self.report.paused[row.batch_id] = row.note or "a provider batch is ambiguous"
+            return None
+        if row.next_poll_at is not None and row.next_poll_at > now:
+            due_s = (row.next_poll_at - now).total_seconds()
+            if row.state == "created" and await self._cancel_if_due(row, summary, target, now):
+                return 0.0
+            return due_s
+        interval = timedelta(seconds=self._poll_interval_s)
+        if not await self._db.take_provider_poll(row.id, now=now, next_poll_at=now + interval):
+            return self._poll_interval_s
+        if row.state == "intent":
+            return await self._reconcile(row, target, now)
+        assert row.provider_id is not None
+        await self._cancel_if_due(row, summary, target, now)
+        info = await target.client.retrieve(row.provider_id)
+        if isinstance(info, CallFailed):
+            return await self._poll_failed(row, info)
+        if not info.ended:
+            await self._db.provider_batch_polled(
+                row.id, status=info.status, counts=dict(info.counts)
+            )
+            return self._poll_interval_s
+        await self._db.provider_batch_polled(
+            row.id,
+            status=info.status,
+            counts=dict(info.counts),
+            results_url=info.results_url,
+            ended_at=info.ended_at,
+        )
+        await self._import(row, info, summary, target)
+        return 0.0
+
+    async def _cancel_if_due(
+        self, row: ProviderBatchRow, summary: BatchSummary, target: LaneTarget, now: datetime
+    ) -> bool:
+        """Cancel the provider batch if its batch is canceling or the cut-off passed."""
+        if row.cancel_sent_at is not None or row.provider_id is None:
+            return False
+        canceling = summary.cancel_initiated_at is not None
+        cut_off = row.cancel_at is not None and now >= row.cancel_at
+        if not canceling and not cut_off:
+            return False
+        answer = await target.client.cancel(row.provider_id)
+        if isinstance(answer, CallFailed) and answer.kind == "transient":
+            return False
+        await self._db.provider_cancel_sent(row.id, now)
+        why = "its batch was canceled" if canceling else "the auto lane's cut-off passed"
+        self._note(f"{row.batch_id}: provider batch {row.provider_id} canceled ({why})")
+        return True
+
+    async def _poll_failed(self, row: ProviderBatchRow, failed: CallFailed) -> float:
+        if failed.kind == "not_found":
+            # The provider no longer knows it (deleted; a simulator that restarted): what it
+            # held was never answered, so it goes back into the batch lane.
+            back = await self._db.provider_batch_not_created(
+                row.id,
+                note=f"the provider does not know it: {failed.message}",
+                lane="batch",
+                now=self._clock.now(),
+            )
+            self._note(
+                f"{row.batch_id}: provider batch {row.provider_id} is unknown to the "
+                f"provider; its {back:,} requests go back to the batch lane"
+            )
+            return 0.0
+        backoff_s = min(self._poll_interval_s * 2.0 ** (row.poll_failures + 1), MAX_POLL_BACKOFF_S)
+        wait_s = float(max(backoff_s, failed.retry_after_s or 0.0))
+        await self._db.provider_batch_polled(
+            row.id,
+            failed_note=failed.message,
+            next_poll_at=self._clock.now() + timedelta(seconds=wait_s),
+        )
+        log.warning(
+            "provider batch %s: %s; next look in %g s", row.provider_id, failed.message, wait_s
+        )
+        return wait_s
+
+    async def _reconcile(self, row: ProviderBatchRow, target: LaneTarget, now: datetime) -> float:
+        client = target.client
+        if not client.can_list:
+            if now - row.intent_at < timedelta(seconds=self._grace_s):
+                return self._poll_interval_s
+            await self._db.provider_batch_ambiguous(
+                row.id,
+                f"a create on {client.endpoint} was interrupted and its batch API lists no "
+                "batches, so whether it happened cannot be checked",
+            )
+            return 0.0
+        listed = await client.recent(row.intent_at - timedelta(minutes=10))
+        if isinstance(listed, CallFailed):
+            return await self._poll_failed(row, listed)
+        known = await self._db.claimed_provider_ids(row.endpoint)
+        verdict = reconcile(row, listed, known_ids=known, now=now, grace_s=self._grace_s)
+        match verdict:
+            case Adopt(batch=batch):
+                await self._db.provider_batch_created(
+                    row.id, provider_id=batch.id, created_at=batch.created_at, next_poll_at=now
+                )
+                self._note(
+                    f"{row.batch_id}: an interrupted create had made provider batch "
+                    f"{batch.id}; its results will be imported"
+                )
+                return 0.0
+            case NotCreated(why=why):
+                await self._db.provider_batch_not_created(row.id, note=why, lane="batch", now=now)
+                return 0.0
+            case Ambiguous(why=why):
+                await self._db.provider_batch_ambiguous(row.id, why)
+                self.report.paused[row.batch_id] = why
+                return 0.0
+        wait_s: float = min(self._poll_interval_s, self._grace_s)
+        return wait_s
+
+    async def _import(
+        self,
+        row: ProviderBatchRow,
+        info: ProviderBatchInfo,
+        summary: BatchSummary,
+        target: LaneTarget,
+    ) -> None:
+        api = target.endpoint.batch_api
+        assert api is not None
+        now = self._clock.now()
+        context = ImportContext(
+            provider_id=info.id,
+            endpoint=target.endpoint.name,
+            discount=api.discount,
+            now=now,
+            canceling=summary.cancel_initiated_at is not None,
+            deadline_passed=now >= summary.expires_at,
+        )
+        tally = ImportTally()
+        unreadable = 0
+
+        async def handle(lines: list[bytes]) -> None:
+            nonlocal tally, unreadable
+            results: list[ImportedResult] = []
+            requeues: list[Requeue] = []
+            for line in lines:
+                read = read_result_line(line, context)
+                if read is None:
+                    unreadable += 1
+                elif isinstance(read, Requeue):
+                    requeues.append(read)
+                else:
+                    results.append(read)
+            tally = tally + await self._db.import_provider_results(
+                row.id, results, requeues, now=self._clock.now()
+            )
+
+        failed = await target.client.results(info, handle)
+        if failed is not None:
+            await self._poll_failed(row, failed)
+            return
+        leftover = await self._db.close_provider_batch(
+            row.id,
+            now=self._clock.now(),
+            leftover_reason=(
+                f"provider batch {info.id} gave no readable result for it"
+                if unreadable
+                else f"provider batch {info.id} gave no result for it"
+            ),
+            requeue=unreadable == 0,
+        )
+        self.report.imported += 1
+        self.report.stored += tally.stored
+        self.report.requeued += tally.requeued + (leftover if not unreadable else 0)
+        self.report.unreadable_lines += unreadable
+        back = tally.requeued + (leftover if not unreadable else 0)
+        self._note(
+            f"{row.batch_id}: provider batch {info.id} imported: {tally.stored:,} results"
+            + (f", {back:,} back to real time" if back else "")
+            + (f", {unreadable:,} unreadable lines" if unreadable else "")
+        )
+        if back:
+            self._changed.set()
+
+
+def _line_maker(endpoint: Endpoint) -> Callable[[str, str], bytes]:
+    """A request's line of the create body: its params, with the endpoint's ``extra_body``
+    under them (the request's own params win), as the real-time client sends them."""
+    if not endpoint.extra_body:
+        return request_line
+    extra = dict(endpoint.extra_body)
+
+    def make(custom_id: str, params_json: str) -> bytes:
+        params = {**extra, **json.loads(params_json)}
+        return request_line(custom_id, json.dumps(params, separators=(",", ":")))
+
+    return make

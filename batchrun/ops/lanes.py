@@ -1,0 +1,182 @@
+"""A run's batch lane: which batches use it, the auto lane's choice, and the driver's wiring
+(batch API clients with the run's keys, on the run's simulator when in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from batchrun.dispatch.clock import LoopClock
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.errors import BatchrunError
+from batchrun.lanes import AUTO, BATCH, REALTIME, lane_endpoint
+from batchrun.lanes.auto import auto_lane
+from batchrun.lanes.driver import LaneDriver, LaneReport, LaneTarget
+from batchrun.limits.dimensions import RateLimits
+from batchrun.ops.planning import ModelPlan
+from batchrun.transport.batch_api import (
+    CREATE_TIMEOUT_S,
+    BatchApiClient,
+    CallFailed,
+    open_batch_api,
+)
+from batchrun.transport.client import HttpTransport
+from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
+
+if TYPE_CHECKING:
+    from batchrun.store.store import Store
+
+
+@dataclass
+class LaneRun:
+    """The batch lane of one pass: its driver and the task running it."""
+
+    driver: LaneDriver
+    task: asyncio.Task[LaneReport]
+
+    async def finish(self, *, stop: bool) -> LaneReport:
+        """Wait for the driver (stopping it first when the run was told to stop)."""
+        if stop:
+            self.driver.stop()
+        return await self.task
+
+
+async def start_lane(
+    db: WorkerDatabase,
+    stack: AsyncExitStack,
+    batches: Mapping[str, str],
+    *,
+    known: Endpoints,
+    env: Mapping[str, str],
+    poll_interval_s: float,
+    overrides: RateLimits,
+    simulator: Callable[[], HttpTransport],
+    on_note: Callable[[str], None],
+) -> LaneRun | None:
+    """Start the batch lane for those of ``batches`` (id → endpoint name) that use it (lane
+    batch or auto, or a provider batch still open); None when none does. An auto batch's
+    queued requests are sent to the lane it chooses now."""
+    ids = list(batches)
+    lanes = await db.batch_lanes(ids)
+    open_rows = await db.provider_batches_of(ids, open_only=True)
+    with_rows = {row.batch_id: row.endpoint for row in open_rows}
+    targets: dict[str, LaneTarget] = {}
+    clients: dict[str, BatchApiClient] = {}
+    now = LoopClock().now()
+    for batch_id, name in batches.items():
+        lane = lanes.get(batch_id, REALTIME)
+        if lane == REALTIME and batch_id not in with_rows:
+            continue
+        endpoint = lane_endpoint(known, name)
+        if endpoint is None and batch_id in with_rows:
+            endpoint = known.get(with_rows[batch_id])
+        if endpoint is None or endpoint.batch_api is None:
+            continue
+        cancel_at = None
+        if lane == AUTO:
+            summary = await db.get_batch(batch_id)
+            realtime_s = await _realtime_s(db, batch_id, endpoint, overrides)
+            choice, cancel_at = auto_lane(
+                now=now,
+                deadline=summary.expires_at,
+                realtime_s=realtime_s,
+                typical_s=endpoint.batch_api.typical_s,
+                poll_interval_s=poll_interval_s,
+            )
+            moved = await db.set_queued_lane(batch_id, choice)
+            if moved:
+                where = "the batch lane" if choice == BATCH else "real time"
+                until = f" until {cancel_at:%Y-%m-%d %H:%M} UTC" if cancel_at else ""
+                on_note(f"{batch_id}: auto lane: {moved:,} queued requests go to {where}{until}")
+        if endpoint.name not in clients:
+            transport = simulator() if endpoint.in_process else None
+            clients[endpoint.name] = await stack.enter_async_context(
+                open_batch_api(
+                    endpoint,
+                    auth_headers(endpoint, env),
+                    transport=transport,
+                    create_timeout_s=endpoint.timeout_s,
+                )
+            )
+        client = clients[endpoint.name]
+        targets[batch_id] = LaneTarget(endpoint, client, cancel_at)
+    if not targets:
+        return None
+    driver = LaneDriver(
+        db,
+        targets,
+        poll_interval_s=poll_interval_s,
+        create_timeout_s=_create_timeout_s(targets.values()),
+        on_note=on_note,
+    )
+    return LaneRun(driver, asyncio.create_task(driver.run(), name="batchrun-lane"))
+
+
+def _create_timeout_s(targets: Iterable[LaneTarget]) -> float:
+    """The longest a create can take among the targets (their endpoints' timeout_s)."""
+    timeouts = [target.endpoint.timeout_s or CREATE_TIMEOUT_S for target in targets]
+    return max(timeouts, default=CREATE_TIMEOUT_S)
+
+
+async def _realtime_s(
+    db: WorkerDatabase, batch_id: str, endpoint: Endpoint, overrides: RateLimits
+) -> float | None:
+    """Seconds real time needs for the batch's queued requests under the endpoint's limits
+    (every reply assumed to use its max_tokens), or None when a model has no limit."""
+    slowest = 0.0
+    for model, count, input_tokens, max_output in await db.queued_by_model(batch_id):
+        limits = endpoint.limits_for(model) or RateLimits()
+        plan = ModelPlan(
+            model=model,
+            requests=count,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output,
+            limits=overrides.merged_over(limits),
+        )
+        minutes, _ = plan.duration(max_output)
+        if minutes is None:
+            return None
+        slowest = max(slowest, minutes * 60.0)
+    return slowest
+
+
+async def cancel_provider_batches(
+    store: Store, batch_id: str, *, known: Endpoints, env: Mapping[str, str], now: datetime
+) -> list[str]:
+    """Ask the provider to cancel the batch's open provider batches (what they finished
+    stays, and is imported by the next run); returns what a person should know. An endpoint
+    whose key is not set here is left to the next run, which cancels them itself."""
+    notes: list[str] = []
+    for row in store.provider_batches_of([batch_id], open_only=True):
+        if row.provider_id is None or row.cancel_sent_at is not None:
+            continue
+        endpoint = known.by_name.get(row.endpoint)
+        if endpoint is None or endpoint.batch_api is None or endpoint.in_process:
+            notes.append(f"provider batch {row.provider_id}: the next run cancels it")
+            continue
+        try:
+            headers = auth_headers(endpoint, env)
+        except BatchrunError as exc:
+            notes.append(
+                f"provider batch {row.provider_id}: not canceled now ({exc.message}); "
+                "the next run cancels it"
+            )
+            continue
+        async with open_batch_api(endpoint, headers) as client:
+            answer = await client.cancel(row.provider_id)
+        if isinstance(answer, CallFailed) and answer.kind == "transient":
+            notes.append(
+                f"provider batch {row.provider_id}: cancel failed ({answer.message}); "
+                "the next run tries again"
+            )
+            continue
+        store.provider_cancel_sent(row.id, now)
+        notes.append(
+            f"provider batch {row.provider_id}: canceled at the provider; the next run imports "
+            "what it finished"
+        )
+    return notes

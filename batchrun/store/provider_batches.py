@@ -1,0 +1,480 @@
+"""The batch lane's records: provider batches, from the intent row written before a create to
+the import of their results.
+
+The protocol these statements serve is described in ``batchrun.lanes``; the rule that makes
+it safe is that requests move into a provider batch (state ``provider``) in the same
+transaction that writes its ``intent`` row, before anything is sent, and leave it only when
+its results are imported or its create is known not to have happened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, literal, or_, select, update
+
+from batchrun.records import (
+    ImportedResult,
+    ImportTally,
+    ProviderBatchRow,
+    ProviderIntent,
+    Requeue,
+)
+from batchrun.store import tables as t
+from batchrun.store.base import StoreBase, insert_bare_results
+from batchrun.store.leases import not_waiting
+
+# Candidate requests read per round trip while filling a provider batch.
+_TAKE_CHUNK_ROWS = 2000
+# The create body's own bytes around the request lines: {"requests":[ and ]}.
+_BODY_OVERHEAD_BYTES = 16
+
+
+def request_line(custom_id: str, params_json: str) -> bytes:
+    """One request of a create body, as the provider receives it."""
+    return (
+        b'{"custom_id":'
+        + json.dumps(custom_id).encode()
+        + b',"params":'
+        + params_json.encode()
+        + b"}"
+    )
+
+
+class ProviderBatches(StoreBase):
+    """Statements on provider batches and the requests they hold."""
+
+    def take_for_provider_batch(
+        self,
+        *,
+        batch_id: str,
+        endpoint: str,
+        max_requests: int,
+        max_bytes: int,
+        now: datetime,
+        cancel_at: datetime | None = None,
+        make_line: Callable[[str, str], bytes] = request_line,
+    ) -> ProviderIntent | None:
+        """Move the batch's ready batch-lane requests (in input order, up to ``max_requests``
+        and a create body of ``max_bytes``) into a new provider batch in state ``intent``, in
+        one transaction; returns them with their body lines, or None if none is ready.
+        Safe against other workers (FOR UPDATE SKIP LOCKED on Postgres). ``make_line``
+        makes a request's body line from its custom_id and params (the sizes count it)."""
+        req = t.requests.c
+        with self._write() as conn:
+            chosen: list[int] = []
+            lines: list[bytes] = []
+            size = _BODY_OVERHEAD_BYTES
+            last_id = 0
+            full = False
+            while not full and len(chosen) < max_requests:
+                rows = conn.execute(
+                    select(req.id, req.custom_id, req.params)
+                    .where(
+                        req.batch_id == batch_id,
+                        req.state == t.QUEUED,
+                        req.lane == t.BATCH,
+                        req.id > last_id,
+                        not_waiting(),
+                    )
+                    .order_by(req.id)
+                    .limit(min(_TAKE_CHUNK_ROWS, max_requests - len(chosen)))
+                    .with_for_update(skip_locked=True)
+                ).all()
+                if not rows:
+                    break
+                for request_id, custom_id, params in rows:
+                    line = make_line(custom_id, params)
+                    if size + len(line) + 1 > max_bytes and chosen:
+                        full = True
+                        break
+                    chosen.append(request_id)
+                    lines.append(line)
+                    size += len(line) + 1
+                    last_id = request_id
+                    if len(chosen) >= max_requests:
+                        break
+            if not chosen:
+                return None
+            row_id = conn.execute(
+                insert(t.provider_batches)
+                .values(
+                    batch_id=batch_id,
+                    endpoint=endpoint,
+                    state=t.INTENT,
+                    request_count=len(chosen),
+                    body_bytes=size,
+                    intent_at=now,
+                    cancel_at=cancel_at,
+                    polls=0,
+                    poll_failures=0,
+                )
+                .returning(t.provider_batches.c.id)
+            ).scalar_one()
+            for start in range(0, len(chosen), _TAKE_CHUNK_ROWS):
+                conn.execute(
+                    update(t.requests)
+                    .where(req.id.in_(chosen[start : start + _TAKE_CHUNK_ROWS]))
+                    .values(state=t.PROVIDER, provider_batch=row_id, lease_owner=None)
+                )
+        return ProviderIntent(row_id, batch_id, endpoint, lines, size)
+
+    def provider_batch_created(
+        self, row_id: int, *, provider_id: str, created_at: datetime | None, next_poll_at: datetime
+    ) -> None:
+        """The provider has the batch (the create answered, or reconciliation found it)."""
+        with self._write() as conn:
+            conn.execute(
+                update(t.provider_batches)
+                .where(
+                    t.provider_batches.c.id == row_id,
+                    t.provider_batches.c.state.in_((t.INTENT, t.AMBIGUOUS)),
+                )
+                .values(
+                    state=t.CREATED,
+                    provider_id=provider_id,
+                    created_at=created_at,
+                    next_poll_at=next_poll_at,
+                    note=None,
+                )
+            )
+
+    def provider_batch_not_created(
+        self, row_id: int, *, note: str, lane: str = t.BATCH, now: datetime
+    ) -> int:
+        """The create is known not to have happened: the row ends ``not_created`` and its
+        requests go back to the queue in ``lane``; returns how many."""
+        req = t.requests.c
+        with self._write() as conn:
+            conn.execute(
+                update(t.provider_batches)
+                .where(t.provider_batches.c.id == row_id)
+                .values(state=t.NOT_CREATED, note=note, imported_at=now)
+            )
+            back = conn.execute(
+                update(t.requests)
+                .where(req.provider_batch == row_id, req.state == t.PROVIDER)
+                .values(state=t.QUEUED, lane=lane, provider_batch=None, last_error=note)
+            ).rowcount
+        return int(back)
+
+    def provider_batch_ambiguous(self, row_id: int, note: str) -> None:
+        """The fate of the create cannot be told: its requests stay held (never sent again
+        by batchrun) until a person settles it (``batchrun lanes``)."""
+        with self._write() as conn:
+            conn.execute(
+                update(t.provider_batches)
+                .where(t.provider_batches.c.id == row_id)
+                .values(state=t.AMBIGUOUS, note=note)
+            )
+
+    def provider_batches_of(
+        self, batch_ids: Sequence[str], *, open_only: bool = False
+    ) -> list[ProviderBatchRow]:
+        """The provider batches of these batches (only the open ones: intent, created,
+        ambiguous), oldest first."""
+        pb = t.provider_batches.c
+        statement = select(t.provider_batches).where(pb.batch_id.in_(batch_ids))
+        if open_only:
+            statement = statement.where(pb.state.in_(t.PROVIDER_OPEN_STATES))
+        with self._read() as conn:
+            rows = conn.execute(statement.order_by(pb.id)).all()
+        return [ProviderBatchRow(**row._mapping) for row in rows]
+
+    def provider_batch(self, row_id: int) -> ProviderBatchRow | None:
+        """One provider batch record, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(t.provider_batches).where(t.provider_batches.c.id == row_id)
+            ).one_or_none()
+        return None if row is None else ProviderBatchRow(**row._mapping)
+
+    def claimed_provider_ids(self, endpoint: str) -> set[str]:
+        """The provider batch ids this database already knows on ``endpoint``."""
+        pb = t.provider_batches.c
+        with self._read() as conn:
+            return set(
+                conn.scalars(
+                    select(pb.provider_id).where(
+                        pb.endpoint == endpoint, pb.provider_id.is_not(None)
+                    )
+                )
+            )
+
+    def take_provider_poll(self, row_id: int, *, now: datetime, next_poll_at: datetime) -> bool:
+        """Reserve the next look at a provider batch: True (and ``next_poll_at`` moved on)
+        if it was due, False if another worker looked since (at most one poll per interval,
+        whatever the number of workers)."""
+        pb = t.provider_batches.c
+        with self._write() as conn:
+            changed = conn.execute(
+                update(t.provider_batches)
+                .where(
+                    pb.id == row_id,
+                    pb.state.in_(t.PROVIDER_OPEN_STATES),
+                    or_(pb.next_poll_at.is_(None), pb.next_poll_at <= now),
+                )
+                .values(next_poll_at=next_poll_at, polls=pb.polls + 1)
+            ).rowcount
+        return bool(changed)
+
+    def provider_batch_polled(
+        self,
+        row_id: int,
+        *,
+        status: str | None = None,
+        counts: Mapping[str, int] | None = None,
+        results_url: str | None = None,
+        ended_at: datetime | None = None,
+        next_poll_at: datetime | None = None,
+        failed_note: str | None = None,
+    ) -> None:
+        """What a poll found: the provider's status and counts, or (``failed_note``) why it
+        failed, with the next poll's time."""
+        pb = t.provider_batches.c
+        values: dict[str, Any] = {}
+        if failed_note is not None:
+            values.update(note=failed_note, poll_failures=pb.poll_failures + 1)
+        else:
+            values.update(poll_failures=0, note=None)
+        if status is not None:
+            values["status"] = status
+        if counts is not None:
+            values["counts"] = json.dumps(dict(counts), sort_keys=True)
+        if results_url is not None:
+            values["results_url"] = results_url
+        if ended_at is not None:
+            values["ended_at"] = ended_at
+        if next_poll_at is not None:
+            values["next_poll_at"] = next_poll_at
+        with self._write() as conn:
+            conn.execute(update(t.provider_batches).where(pb.id == row_id).values(**values))
+
+    def provider_cancel_sent(self, row_id: int, now: datetime) -> None:
+        """batchrun asked the provider to cancel the batch."""
+        with self._write() as conn:
+            conn.execute(
+                update(t.provider_batches)
+                .where(t.provider_batches.c.id == row_id)
+                .values(cancel_sent_at=now)
+            )
+
+    def set_queued_lane(self, batch_id: str, lane: str) -> int:
+        """Send the batch's queued requests to ``lane`` from now on (the auto lane's choice);
+        returns how many. A prompt-cache group's first request keeps real time."""
+        req = t.requests.c
+        with self._write() as conn:
+            leaders = select(req.wait_for).where(
+                req.batch_id == batch_id, req.wait_for.is_not(None), req.copy_of.is_(None)
+            )
+            statement = update(t.requests).where(
+                req.batch_id == batch_id, req.state == t.QUEUED, req.lane != lane
+            )
+            if lane == t.BATCH:
+                statement = statement.where(req.id.not_in(leaders.scalar_subquery()))
+            return int(conn.execute(statement.values(lane=lane)).rowcount)
+
+    def set_batch_lane(self, batch_id: str, lane: str) -> None:
+        """Store the batch's lane choice (realtime, batch or auto)."""
+        with self._write() as conn:
+            conn.execute(update(t.batches).where(t.batches.c.id == batch_id).values(lane=lane))
+
+    def batch_lanes(self, batch_ids: Sequence[str]) -> dict[str, str]:
+        """Each batch's lane choice."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.batches.c.id, t.batches.c.lane).where(t.batches.c.id.in_(batch_ids))
+            ).all()
+        return {batch_id: lane for batch_id, lane in rows}
+
+    def queued_by_model(self, batch_id: str) -> list[tuple[str, int, int, int]]:
+        """Per model of the batch's queued requests: (model, requests, estimated input
+        tokens, sum of max_tokens), for planning."""
+        req = t.requests.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    req.model,
+                    func.count(),
+                    func.coalesce(func.sum(req.estimated_input_tokens), 0),
+                    func.coalesce(func.sum(req.max_tokens), 0),
+                )
+                .where(req.batch_id == batch_id, req.state == t.QUEUED)
+                .group_by(req.model)
+            ).all()
+        return [(model, int(n), int(tokens), int(out)) for model, n, tokens, out in rows]
+
+    def lane_work(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per batch, its queued requests per lane and its requests held by provider batches
+        (key ``provider``)."""
+        req = t.requests.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(req.batch_id, req.state, req.lane, func.count())
+                .where(req.batch_id.in_(batch_ids), req.state.in_((t.QUEUED, t.PROVIDER)))
+                .group_by(req.batch_id, req.state, req.lane)
+            ).all()
+        found: dict[str, dict[str, int]] = {batch_id: {} for batch_id in batch_ids}
+        for batch_id, state, lane, count in rows:
+            key = t.PROVIDER if state == t.PROVIDER else lane
+            found[batch_id][key] = found[batch_id].get(key, 0) + int(count)
+        return found
+
+
+def match_imported(
+    conn: Connection, row_id: int, custom_ids: Sequence[str]
+) -> dict[str, tuple[int, str, int]]:
+    """The requests the provider batch still holds among ``custom_ids``: custom_id →
+    (request id, batch id, attempts)."""
+    req = t.requests.c
+    found: dict[str, tuple[int, str, int]] = {}
+    for start in range(0, len(custom_ids), _TAKE_CHUNK_ROWS):
+        rows = conn.execute(
+            select(req.custom_id, req.id, req.batch_id, req.attempts).where(
+                req.provider_batch == row_id,
+                req.state == t.PROVIDER,
+                req.custom_id.in_(custom_ids[start : start + _TAKE_CHUNK_ROWS]),
+            )
+        ).all()
+        for custom_id, request_id, batch_id, attempts in rows:
+            found[custom_id] = (request_id, batch_id, attempts)
+    return found
+
+
+def prepare_import(
+    conn: Connection,
+    row_id: int,
+    results: Sequence[ImportedResult],
+    requeues: Sequence[Requeue],
+) -> tuple[list[Any], list[dict[str, Any]], ImportTally]:
+    """Match a chunk of a provider batch's results to the requests it holds: the finished
+    requests to record (with ids filled in) and the requeues to apply; lines for requests
+    it no longer holds (imported before a crash, or unknown) are counted as unmatched."""
+    wanted = [item.custom_id for item in results] + [item.custom_id for item in requeues]
+    held = match_imported(conn, row_id, wanted)
+    finished = []
+    seen: set[str] = set()
+    for item in results:
+        found = held.get(item.custom_id)
+        if found is None or item.custom_id in seen:
+            continue
+        seen.add(item.custom_id)
+        request_id, batch_id, attempts = found
+        finished.append(
+            replace(item.result, request_id=request_id, batch_id=batch_id, attempts=attempts + 1)
+        )
+    back: list[dict[str, Any]] = []
+    for requeue in requeues:
+        found = held.get(requeue.custom_id)
+        if found is None or requeue.custom_id in seen:
+            continue
+        seen.add(requeue.custom_id)
+        back.append({"rid": found[0], "err": requeue.reason})
+    unmatched = len(wanted) - len(seen)
+    return finished, back, ImportTally(len(finished), len(back), unmatched)
+
+
+def apply_requeues(conn: Connection, back: Sequence[dict[str, Any]]) -> None:
+    """Put these provider-held requests back in the queue, in the real-time lane, the send
+    counted (``rid``: request id, ``err``: why)."""
+    if not back:
+        return
+    req = t.requests.c
+    conn.execute(
+        update(t.requests)
+        .where(req.id == bindparam("rid"), req.state == t.PROVIDER)
+        .values(
+            state=t.QUEUED,
+            lane=t.REALTIME,
+            attempts=req.attempts + 1,
+            not_before=None,
+            last_error=bindparam("err"),
+        ),
+        list(back),
+    )
+
+
+def close_provider_batch(
+    conn: Connection, row_id: int, *, now: datetime, leftover_reason: str, requeue: bool
+) -> int:
+    """After the last result line: the requests the provider batch still holds (it gave no
+    result for them) go back to the real-time queue (``requeue``), or, when some of its
+    lines could not be read (one of them may be theirs, and billed), end errored with
+    ``leftover_reason``; in a batch being canceled they end canceled. The row ends
+    ``imported``. Returns how many there were."""
+    req = t.requests.c
+    canceling = conn.execute(
+        select(t.batches.c.cancel_initiated_at)
+        .select_from(
+            t.batches.join(t.provider_batches, t.provider_batches.c.batch_id == t.batches.c.id)
+        )
+        .where(t.provider_batches.c.id == row_id)
+    ).scalar_one_or_none()
+    if canceling is not None:
+        back = conn.execute(
+            update(t.requests)
+            .where(req.provider_batch == row_id, req.state == t.PROVIDER)
+            .values(state=t.CANCELED)
+        ).rowcount
+        for batch_id in batches_of_provider_batch(conn, row_id):
+            insert_bare_results(conn, batch_id, t.CANCELED, now)
+    elif requeue:
+        back = conn.execute(
+            update(t.requests)
+            .where(req.provider_batch == row_id, req.state == t.PROVIDER)
+            .values(state=t.QUEUED, lane=t.REALTIME, last_error=leftover_reason)
+        ).rowcount
+    else:
+        body = json.dumps(
+            {"type": "error", "error": {"type": "api_error", "message": leftover_reason}}
+        )
+        conn.execute(
+            insert(t.results).from_select(
+                [
+                    "request_id",
+                    "batch_id",
+                    "custom_id",
+                    "attempts",
+                    "result_type",
+                    "error_type",
+                    "error_message",
+                    "body",
+                    "completed_at",
+                    "lane",
+                ],
+                select(
+                    req.id,
+                    req.batch_id,
+                    req.custom_id,
+                    req.attempts + 1,
+                    literal(t.ERRORED),
+                    literal("api_error"),
+                    literal(leftover_reason),
+                    literal(body),
+                    literal(now, t.UtcDateTime()),
+                    literal(t.BATCH),
+                ).where(req.provider_batch == row_id, req.state == t.PROVIDER),
+            )
+        )
+        back = conn.execute(
+            update(t.requests)
+            .where(req.provider_batch == row_id, req.state == t.PROVIDER)
+            .values(state=t.ERRORED, attempts=req.attempts + 1)
+        ).rowcount
+    conn.execute(
+        update(t.provider_batches)
+        .where(t.provider_batches.c.id == row_id)
+        .values(state=t.IMPORTED, imported_at=now)
+    )
+    return int(back)
+
+
+def batches_of_provider_batch(conn: Connection, row_id: int) -> list[str]:
+    """The batch a provider batch belongs to (as a list, for ending finished batches)."""
+    return list(
+        conn.scalars(select(t.provider_batches.c.batch_id).where(t.provider_batches.c.id == row_id))
+    )
