@@ -15,20 +15,17 @@ from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import BatchrunError
 from batchrun.lanes import AUTO, BATCH, REALTIME, lane_endpoint
 from batchrun.lanes.auto import auto_lane
-from batchrun.lanes.driver import LaneDriver, LaneReport, LaneTarget
 from batchrun.limits.dimensions import RateLimits
 from batchrun.ops.planning import ModelPlan
-from batchrun.transport.batch_api import (
-    CREATE_TIMEOUT_S,
-    BatchApiClient,
-    CallFailed,
-    open_batch_api,
-)
 from batchrun.transport.client import HttpTransport
 from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
 
 if TYPE_CHECKING:
+    from batchrun.lanes.driver import LaneDriver, LaneReport, LaneTarget
     from batchrun.store.store import Store
+    from batchrun.transport.batch_api import BatchApiClient
+
+# The driver and the batch API client load only for a run that uses the batch lane.
 
 
 @dataclass
@@ -63,6 +60,11 @@ async def start_lane(
     ids = list(batches)
     lanes = await db.batch_lanes(ids)
     open_rows = await db.provider_batches_of(ids, open_only=True)
+    if not open_rows and all(lanes.get(batch_id, REALTIME) == REALTIME for batch_id in ids):
+        return None
+    from batchrun.lanes.driver import LaneDriver, LaneTarget
+    from batchrun.transport.batch_api import open_batch_api
+
     with_rows = {row.batch_id: row.endpoint for row in open_rows}
     targets: dict[str, LaneTarget] = {}
     clients: dict[str, BatchApiClient] = {}
@@ -118,6 +120,8 @@ async def start_lane(
 
 def _create_timeout_s(targets: Iterable[LaneTarget]) -> float:
     """The longest a create can take among the targets (their endpoints' timeout_s)."""
+    from batchrun.transport.batch_api import CREATE_TIMEOUT_S
+
     timeouts = [target.endpoint.timeout_s or CREATE_TIMEOUT_S for target in targets]
     return max(timeouts, default=CREATE_TIMEOUT_S)
 
@@ -150,6 +154,8 @@ async def cancel_provider_batches(
     """Ask the provider to cancel the batch's open provider batches (what they finished
     stays, and is imported by the next run); returns what a person should know. An endpoint
     whose key is not set here is left to the next run, which cancels them itself."""
+    from batchrun.transport.batch_api import CallFailed, open_batch_api
+
     notes: list[str] = []
     for row in store.provider_batches_of([batch_id], open_only=True):
         if row.provider_id is None or row.cancel_sent_at is not None:

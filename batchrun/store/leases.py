@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -24,8 +25,10 @@ from batchrun.store.base import StoreBase
 WAITING_RECHECK_S = 0.5
 
 
+@functools.cache
 def not_waiting() -> ColumnElement[bool]:
-    """True for a request that waits for nothing open (``wait_for`` unset, or final)."""
+    """True for a request that waits for nothing open (``wait_for`` unset, or final). Built
+    once: making the alias on every claim cost more than the claim's own statement."""
     req = t.requests.c
     leader = t.requests.alias("leader")
     return or_(
