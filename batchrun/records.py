@@ -489,6 +489,14 @@ class ProviderIntent:
 
 
 @dataclass(frozen=True)
+class BudgetStop:
+    """No provider batch was made: the next ready request's worst case (``next_usd``) is
+    more than the budget leaves."""
+
+    next_usd: float
+
+
+@dataclass(frozen=True)
 class ProviderBatchRow:
     """A provider batch as batchrun recorded it (see ``store.tables.provider_batches``)."""
 

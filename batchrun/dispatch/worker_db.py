@@ -22,6 +22,7 @@ from batchrun.dispatch.dbthread import DEFAULT_RETRY_DELAYS_S, DatabaseThread
 from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.records import (
     BatchSummary,
+    BudgetStop,
     ClaimedRequest,
     FinishedRequest,
     ImportedResult,
@@ -175,8 +176,10 @@ class WorkerDatabase:
         now: datetime,
         cancel_at: datetime | None = None,
         make_line: Callable[[str, str], bytes] | None = None,
-    ) -> ProviderIntent | None:
-        extra = {} if make_line is None else {"make_line": make_line}
+        max_cost_usd: float | None = None,
+        worst_cost_usd: Callable[[str, int, int], float] | None = None,
+    ) -> ProviderIntent | BudgetStop | None:
+        extra: dict[str, Any] = {} if make_line is None else {"make_line": make_line}
         return await self._thread.call(
             self._store.take_for_provider_batch,
             batch_id=batch_id,
@@ -185,6 +188,8 @@ class WorkerDatabase:
             max_bytes=max_bytes,
             now=now,
             cancel_at=cancel_at,
+            max_cost_usd=max_cost_usd,
+            worst_cost_usd=worst_cost_usd,
             **extra,
         )
 
@@ -264,8 +269,10 @@ class WorkerDatabase:
     async def batch_lanes(self, batch_ids: Sequence[str]) -> dict[str, str]:
         return await self._thread.call(self._store.batch_lanes, batch_ids)
 
-    async def queued_by_model(self, batch_id: str) -> list[tuple[str, int, int, int]]:
-        return await self._thread.call(self._store.queued_by_model, batch_id)
+    async def queued_by_model(
+        self, batch_id: str, *, state: str = "queued"
+    ) -> list[tuple[str, int, int, int]]:
+        return await self._thread.call(self._store.queued_by_model, batch_id, state=state)
 
     async def lane_work(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         return await self._thread.call(self._store.lane_work, batch_ids)

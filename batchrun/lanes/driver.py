@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,7 +32,14 @@ from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.lanes.reconcile import Adopt, Ambiguous, NotCreated, reconcile
 from batchrun.lanes.results import ImportContext, read_result_line
-from batchrun.records import BatchSummary, ImportedResult, ImportTally, ProviderBatchRow, Requeue
+from batchrun.records import (
+    BatchSummary,
+    BudgetStop,
+    ImportedResult,
+    ImportTally,
+    ProviderBatchRow,
+    Requeue,
+)
 from batchrun.store.provider_batches import request_line
 from batchrun.transport.batch_api import (
     BatchApiClient,
@@ -66,13 +73,24 @@ class LaneReport:
 
 
 @dataclass(frozen=True)
+class BatchBudget:
+    """A batch's budget as the lane sees it: what may still be committed (the budget less
+    what was spent and what provider batches hold, at their worst case; None: no budget),
+    and a request's worst-case cost in this lane (model, input estimate, max_tokens)."""
+
+    remaining_usd: Callable[[], Awaitable[float | None]]
+    worst_cost_usd: Callable[[str, int, int], float]
+
+
+@dataclass(frozen=True)
 class LaneTarget:
     """Where a batch's batch-lane requests go: the endpoint with the batch API, its client,
-    and the auto lane's cut-off (when real time takes over), if any."""
+    the auto lane's cut-off (when real time takes over), if any, and its budget."""
 
     endpoint: Endpoint
     client: BatchApiClient
     cancel_at: datetime | None = None
+    budget: BatchBudget | None = None
 
 
 class LaneDriver:
@@ -182,6 +200,7 @@ class LaneDriver:
         while not self._stopping:
             if loop.time() < self._create_not_before.get(endpoint.name, 0.0):
                 return
+            limit_usd = None if target.budget is None else await target.budget.remaining_usd()
             intent = await self._db.take_for_provider_batch(
                 batch_id=batch_id,
                 endpoint=endpoint.name,
@@ -190,8 +209,13 @@ class LaneDriver:
                 now=self._clock.now(),
                 cancel_at=target.cancel_at,
                 make_line=_line_maker(endpoint),
+                max_cost_usd=limit_usd,
+                worst_cost_usd=None if target.budget is None else target.budget.worst_cost_usd,
             )
             if intent is None:
+                return
+            if isinstance(intent, BudgetStop):
+                await self._over_budget(batch_id, limit_usd or 0.0, intent.next_usd)
                 return
             body = created_batch_body(intent.lines)
             count = len(intent.lines)
@@ -215,6 +239,21 @@ class LaneDriver:
                 batch_id, intent.row_id, answer, api.max_bytes, alone=count == 1
             ):
                 return
+
+    async def _over_budget(self, batch_id: str, left_usd: float, next_usd: float) -> None:
+        """Pause the batch when its budget leaves room for none of its ready batch-lane
+        requests, once nothing its provider batches hold is still to come back (their
+        answers may cost less than their worst case and free some of the budget)."""
+        work = (await self._db.lane_work([batch_id]))[batch_id]
+        if work.get("provider"):
+            return
+        why = (
+            f"max-cost reached: ${max(left_usd, 0):.4f} of the budget is left and the next "
+            f"request in the batch lane may cost up to ${next_usd:.4f}; raise the budget with "
+            f"`batchrun run {batch_id} --max-cost USD`"
+        )
+        await self._db.pause_batch(batch_id, why)
+        self.report.paused[batch_id] = why
 
     async def _create_failed(
         self,

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from batchrun.config.prices import PriceTable, cost_of
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import BatchrunError
@@ -21,7 +23,7 @@ from batchrun.transport.client import HttpTransport
 from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
 
 if TYPE_CHECKING:
-    from batchrun.lanes.driver import LaneDriver, LaneReport, LaneTarget
+    from batchrun.lanes.driver import BatchBudget, LaneDriver, LaneReport, LaneTarget
     from batchrun.store.store import Store
     from batchrun.transport.batch_api import BatchApiClient
 
@@ -53,6 +55,7 @@ async def start_lane(
     overrides: RateLimits,
     simulator: Callable[[], HttpTransport],
     on_note: Callable[[str], None],
+    prices: PriceTable,
 ) -> LaneRun | None:
     """Start the batch lane for those of ``batches`` (id → endpoint name) that use it (lane
     batch or auto, or a provider batch still open); None when none does. An auto batch's
@@ -64,6 +67,8 @@ async def start_lane(
         return None
     from batchrun.lanes.driver import LaneDriver, LaneTarget
     from batchrun.transport.batch_api import open_batch_api
+
+    budgets = await db.max_costs(ids)
 
     with_rows = {row.batch_id: row.endpoint for row in open_rows}
     targets: dict[str, LaneTarget] = {}
@@ -105,7 +110,11 @@ async def start_lane(
                 )
             )
         client = clients[endpoint.name]
-        targets[batch_id] = LaneTarget(endpoint, client, cancel_at)
+        budget_usd = budgets.get(batch_id)
+        budget = None
+        if budget_usd is not None:
+            budget = _budget(db, batch_id, budget_usd, prices, endpoint.batch_api.discount)
+        targets[batch_id] = LaneTarget(endpoint, client, cancel_at, budget)
     if not targets:
         return None
     driver = LaneDriver(
@@ -116,6 +125,29 @@ async def start_lane(
         on_note=on_note,
     )
     return LaneRun(driver, asyncio.create_task(driver.run(), name="batchrun-lane"))
+
+
+def _budget(
+    db: WorkerDatabase, batch_id: str, budget_usd: float, prices: PriceTable, discount: float
+) -> BatchBudget:
+    """The batch's budget for the lane: the worst case of a request at the lane's discount
+    (a model without a price never fits: its cost cannot be counted), and what is left of the
+    budget after what was spent and what provider batches hold at their worst case."""
+    from batchrun.lanes.driver import BatchBudget
+
+    def worst_usd(model: str, input_estimate: int, max_tokens: int) -> float:
+        price = prices.price_for(model)
+        if price is None:
+            return math.inf
+        return price.cost_usd(input_tokens=input_estimate, output_tokens=max_tokens) * discount
+
+    async def remaining_usd() -> float | None:
+        usage = (await db.usage_by_model([batch_id])).get(batch_id, [])
+        spent = cost_of(usage, prices).known_usd
+        held = await db.queued_by_model(batch_id, state="provider")
+        return budget_usd - spent - sum(worst_usd(m, est, out) for m, _, est, out in held)
+
+    return BatchBudget(remaining_usd, worst_usd)
 
 
 def _create_timeout_s(targets: Iterable[LaneTarget]) -> float:

@@ -334,6 +334,7 @@ class RunSession:
                 overrides=options.overrides,
                 simulator=self._simulator,
                 on_note=lambda text: self._emit(Note(text)),
+                prices=self._prices,
             )
             # Started here: a missing or broken key is reported before any progress line.
             if options.progress_interval_s is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, insert, literal, or_, select, update
 
 from batchrun.records import (
+    BudgetStop,
     ImportedResult,
     ImportTally,
     ProviderBatchRow,
@@ -58,22 +59,36 @@ class ProviderBatches(StoreBase):
         now: datetime,
         cancel_at: datetime | None = None,
         make_line: Callable[[str, str], bytes] = request_line,
-    ) -> ProviderIntent | None:
+        max_cost_usd: float | None = None,
+        worst_cost_usd: Callable[[str, int, int], float] | None = None,
+    ) -> ProviderIntent | BudgetStop | None:
         """Move the batch's ready batch-lane requests (in input order, up to ``max_requests``
         and a create body of ``max_bytes``) into a new provider batch in state ``intent``, in
         one transaction; returns them with their body lines, or None if none is ready.
         Safe against other workers (FOR UPDATE SKIP LOCKED on Postgres). ``make_line``
-        makes a request's body line from its custom_id and params (the sizes count it)."""
+        makes a request's body line from its custom_id and params (the sizes count it). With
+        ``max_cost_usd``, the requests taken cost at most that in the worst case, by
+        ``worst_cost_usd(model, input estimate, max_tokens)`` (a budget); BudgetStop when
+        not even the first ready request fits."""
         req = t.requests.c
         with self._write() as conn:
             chosen: list[int] = []
             lines: list[bytes] = []
             size = _BODY_OVERHEAD_BYTES
+            worst_usd = 0.0
             last_id = 0
             full = False
+            stopped_at: float | None = None
             while not full and len(chosen) < max_requests:
                 rows = conn.execute(
-                    select(req.id, req.custom_id, req.params)
+                    select(
+                        req.id,
+                        req.custom_id,
+                        req.params,
+                        req.model,
+                        req.estimated_input_tokens,
+                        req.max_tokens,
+                    )
                     .where(
                         req.batch_id == batch_id,
                         req.state == t.QUEUED,
@@ -87,11 +102,17 @@ class ProviderBatches(StoreBase):
                 ).all()
                 if not rows:
                     break
-                for request_id, custom_id, params in rows:
+                for request_id, custom_id, params, model, estimate, max_tokens in rows:
                     line = make_line(custom_id, params)
                     if size + len(line) + 1 > max_bytes and chosen:
                         full = True
                         break
+                    if max_cost_usd is not None and worst_cost_usd is not None:
+                        cost = worst_cost_usd(model, estimate or 0, max_tokens)
+                        if worst_usd + cost > max_cost_usd:
+                            full, stopped_at = True, cost
+                            break
+                        worst_usd += cost
                     chosen.append(request_id)
                     lines.append(line)
                     size += len(line) + 1
@@ -99,7 +120,7 @@ class ProviderBatches(StoreBase):
                     if len(chosen) >= max_requests:
                         break
             if not chosen:
-                return None
+                return None if stopped_at is None else BudgetStop(stopped_at)
             row_id = conn.execute(
                 insert(t.provider_batches)
                 .values(
@@ -291,9 +312,12 @@ class ProviderBatches(StoreBase):
             ).all()
         return {batch_id: lane for batch_id, lane in rows}
 
-    def queued_by_model(self, batch_id: str) -> list[tuple[str, int, int, int]]:
-        """Per model of the batch's queued requests: (model, requests, estimated input
-        tokens, sum of max_tokens), for planning."""
+    def queued_by_model(
+        self, batch_id: str, *, state: str = t.QUEUED
+    ) -> list[tuple[str, int, int, int]]:
+        """Per model of the batch's requests in ``state`` (queued; provider: held by provider
+        batches): (model, requests, estimated input tokens, sum of max_tokens), for planning
+        and budgets."""
         req = t.requests.c
         with self._read() as conn:
             rows = conn.execute(
@@ -303,7 +327,7 @@ class ProviderBatches(StoreBase):
                     func.coalesce(func.sum(req.estimated_input_tokens), 0),
                     func.coalesce(func.sum(req.max_tokens), 0),
                 )
-                .where(req.batch_id == batch_id, req.state == t.QUEUED)
+                .where(req.batch_id == batch_id, req.state == state)
                 .group_by(req.model)
             ).all()
         return [(model, int(n), int(tokens), int(out)) for model, n, tokens, out in rows]

@@ -428,3 +428,22 @@ def test_duplicates_in_the_batch_lane_are_sent_once_and_share_the_answer(
     assert simulator.stats.batch_requests_received == 5 and simulator.stats.received == 0
     by_text = Counter(r["text"] for r in records)
     assert len(by_text) == 5 and set(by_text.values()) == {4}
+
+
+def test_the_batch_lane_keeps_the_budget(cli: CliRunner, tmp_path: Path) -> None:
+    # Worst case of one request here: (about 8 input + 256 output tokens) at Sonnet 4.5's
+    # price, halved: about $0.0019; answers use 40 output tokens, about $0.0003.
+    simulator = create_app(SimulatorConfig(batch_processing_s=0.1))
+    with running_simulator(app=simulator) as url:
+        configure(tmp_path, url)
+        batch_id = submit(cli, tmp_path, "--lane", "batch", "--max-cost", "0.01", count=60)
+        ran = invoke(cli, "run", batch_id, "--poll-interval", "0.1s")
+        final = status(cli, batch_id)
+
+    assert ran.exit_code == 4, ran.output
+    assert "max-cost reached" in ran.stderr
+    assert final["cost_usd"] <= 0.01  # type: ignore[operator]
+    succeeded = final["request_counts"]["succeeded"]  # type: ignore[index]
+    assert 5 < succeeded < 60
+    assert len(final["provider_batches"]) >= 2  # type: ignore[arg-type]
+    assert simulator.stats.received == 0 and simulator.stats.paid_twice == 0
