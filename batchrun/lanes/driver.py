@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from batchrun.transport.batch_api import (
     ProviderBatchInfo,
     created_batch_body,
 )
+from batchrun.transport.client import request_body
 from batchrun.transport.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
@@ -176,12 +176,10 @@ class LaneDriver:
                 waits.append(wait_s)
         work = await self._db.lane_work(batch_ids)
         for batch_id, per_lane in work.items():
-            summary = await self._db.get_batch(batch_id)
-            if (
-                per_lane.get("batch")
-                and summary.paused_reason is None
-                and summary.cancel_initiated_at is None
-            ):
+            summary = summaries[batch_id]
+            # Paused in this round (a refused create, the budget): nothing more to wait for.
+            paused = summary.paused_reason is not None or batch_id in self.report.paused
+            if per_lane.get("batch") and not paused and summary.cancel_initiated_at is None:
                 waits.append(self._create_wait_s(self._targets[batch_id].endpoint.name))
         return min(waits) if waits else None
 
@@ -486,14 +484,13 @@ class LaneDriver:
 
 
 def _line_maker(endpoint: Endpoint) -> Callable[[str, str], bytes]:
-    """A request's line of the create body: its params, with the endpoint's ``extra_body``
-    under them (the request's own params win), as the real-time client sends them."""
+    """A request's line of the create body: its params with the endpoint's ``extra_body``,
+    as the real-time client sends them (``transport.client.request_body``)."""
     if not endpoint.extra_body:
         return request_line
     extra = dict(endpoint.extra_body)
 
     def make(custom_id: str, params_json: str) -> bytes:
-        params = {**extra, **json.loads(params_json)}
-        return request_line(custom_id, json.dumps(params, separators=(",", ":")))
+        return request_line(custom_id, request_body(params_json, None, extra).decode())
 
     return make

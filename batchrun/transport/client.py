@@ -315,9 +315,20 @@ class MessagesClient:
         Without an ``extra_body`` the stored JSON is sent as it is, not re-encoded; with one,
         the request's own params win on a conflict.
         """
-        if not self._extra_body:
-            return params_json.encode()
-        return orjson.dumps({**self._extra_body, **params})
+        return request_body(params_json, params, self._extra_body)
+
+
+def request_body(
+    params_json: str, params: Mapping[str, Any] | None, extra_body: Mapping[str, Any]
+) -> bytes:
+    """A request's body as an endpoint receives it (the Messages API, or a line of a provider
+    batch): the stored params on top of the endpoint's ``extra_body``, the request's own
+    winning; without an ``extra_body`` the stored JSON as it is, not re-encoded."""
+    if not extra_body:
+        return params_json.encode()
+    if params is None:
+        params = orjson.loads(params_json)
+    return orjson.dumps({**extra_body, **params})
 
 
 def check_header_values(

@@ -118,3 +118,27 @@ def test_poisoned_results_end_only_their_own_requests(
     assert "1 unreadable lines" in ran.stderr
     assert KEY not in everything_stored(sqlite_url)
     assert KEY not in invoke(cli, "results", batch_id).stdout
+
+
+def test_a_provider_batch_carries_the_endpoints_extra_body_under_each_request(
+    cli: CliRunner, tmp_path: Path, server: HostileServer
+) -> None:
+    config = tmp_path / "batchrun.toml"
+    config.write_text(config.read_text() + "[endpoints.hostile.extra_body]\ntemperature = 0.25\n")
+    lines = [request_line("own", "q", temperature=0.9), request_line("plain", "q")]
+    (tmp_path / "requests.jsonl").write_bytes(jsonl(lines))
+    submitted = invoke(
+        cli, "submit", str(tmp_path / "requests.jsonl"), "--endpoint", "hostile", "--lane", "batch"
+    )
+
+    ran = invoke(cli, "run", submitted.stdout.strip(), "--poll-interval", "0.2s")
+
+    # The hostile server poisons its results' second line whatever the mode: only the create
+    # body matters here.
+    assert ran.exit_code == 3, ran.output
+    created = [json.loads(r.body) for r in server.log if b'"requests"' in r.body]
+    assert len(created) == 1
+    temperatures = {
+        item["custom_id"]: item["params"]["temperature"] for item in created[0]["requests"]
+    }
+    assert temperatures == {"own": 0.9, "plain": 0.25}
