@@ -143,6 +143,8 @@ class NewBatch:
     # submit --reuse: answer requests whose params already succeeded in this database from
     # the stored answer, and send identical params within the batch once.
     reuse: bool = False
+    # The id of the `batchrun serve` key that created it (None: made outside the server).
+    owner: str | None = None
 
 
 # Invalid lines kept by `submit --skip-invalid` that have no usable custom_id of their own
@@ -307,6 +309,8 @@ class BatchSummary:
     tokens: TokenTotals = field(default_factory=TokenTotals)
     # realtime, batch or auto (batchrun.lanes).
     lane: str = "realtime"
+    # The id of the `batchrun serve` key that created it (None: made outside the server).
+    owner: str | None = None
 
     @property
     def processing_status(self) -> ProcessingStatus:

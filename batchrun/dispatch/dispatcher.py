@@ -10,6 +10,10 @@ A claimed request is handled by its own task. Its write goes to the group writer
 (``dispatch.writer``); the request's task finishes only after that commit, so a result is
 durable before it counts. Retries are data: a transient failure sends the request back to the
 queue with a ``not_before``, so a crash during a back-off loses nothing.
+
+Batches may join a dispatch while it runs (:meth:`Dispatcher.join`): a long-running worker
+(``run --forever``, ``serve``) starts a batch submitted meanwhile at once instead of after the
+work in hand, which may take hours.
 """
 
 from __future__ import annotations
@@ -102,6 +106,16 @@ class Dispatcher:
         self._observer = observer
         self._backoff = Backoff(config.retry_initial_delay_s, config.retry_max_delay_s)
         self._drained: set[str] = set()
+        # Batches added by join(), and how many joins there were (the loop checks it to see
+        # whether batches joined while it awaited the database).
+        self._joined: set[str] = set()
+        self._joins = 0
+        # Whether join() may add batches: while run()'s dispatch loop runs.
+        self._joinable = False
+        # Which claim group goes first next time (see _claim).
+        self._claim_turn = 0
+        # Resolved by join() to wake the loop from its wait (made when the loop waits).
+        self._nudge: asyncio.Future[None] | None = None
         self.router = Router(pools or {}, limiter)
         self._unix_clock = clock
         # Requests in flight at most: the config's, or worked out from the limits.
@@ -135,14 +149,55 @@ class Dispatcher:
             self._leases.heartbeat(lambda: [request.id for request in self._tasks.values()]),
             name="batchrun-heartbeat",
         )
+        self._joinable = True
         try:
             await self._dispatch_loop()
         finally:
+            self._joinable = False
             heartbeat.cancel()
             await self._finish_in_flight()
             await writer.close()
             await asyncio.gather(heartbeat, return_exceptions=True)
         return self.report
+
+    def join(self, batch_endpoints: Mapping[str, str]) -> set[str]:
+        """Add batches (id → endpoint name) to the dispatch :meth:`run` is doing, and return
+        the ids that joined. A worker that runs for long (``run --forever``, ``serve``) thus
+        starts a batch submitted meanwhile at once, instead of after the batches in hand.
+
+        A batch joins when its endpoint is one this dispatcher has a sender for, or a pool
+        whose members it all has: the limits, senders and routes are the run's, made when it
+        started. From then on it is one of the run's batches (controls, pauses, progress),
+        and shares every claim with them (see :meth:`_claim`), so it starts even when the
+        others hold more queued requests than the run can take at once.
+
+        Nothing joins before :meth:`run` started, after its loop ended, or while it stops or
+        drains; a batch this dispatch has already had (running, or stopped: ended, paused,
+        canceled) is left as it is. The caller checks what the store knows: the batch is in
+        progress, not paused, in the real-time lane, without a budget the observer cannot
+        keep. Call it on the event loop that runs :meth:`run`."""
+        if not self._joinable or self.report.interrupted is not None or self._drained:
+            return set()
+        joined: set[str] = set()
+        for batch_id, name in batch_endpoints.items():
+            if batch_id in self._endpoints or not self._sends_to(name):
+                continue
+            self._endpoints[batch_id] = name
+            self._active[batch_id] = name
+            self._stop_events[batch_id] = asyncio.Event()
+            self._joined.add(batch_id)
+            joined.add(batch_id)
+        if joined:
+            self._joins += 1
+            log.info("joined the run: %s", ", ".join(sorted(joined)))
+            if self._nudge is not None and not self._nudge.done():
+                self._nudge.set_result(None)
+        return joined
+
+    def _sends_to(self, name: str) -> bool:
+        """Whether every endpoint of the route ``name`` (a pool, or one endpoint) has a
+        sender here."""
+        return all(member.endpoint in self._senders for member in self.router.route(name).members)
 
     def request_stop(self, reason: str) -> None:
         """Stop dispatching (Ctrl-C, SIGTERM): nothing new is sent, requests in flight get
@@ -202,13 +257,7 @@ class Dispatcher:
             )
             claimed: list[ClaimedRequest] = []
             if room > 0:
-                claimed = await self._db.claim(
-                    owner=self.owner,
-                    batch_ids=list(self._active),
-                    limit=min(room, _CLAIM_CHUNK),
-                    now=self._clock.now(),
-                    lease_s=self._config.lease_s,
-                )
+                claimed = await self._claim(min(room, _CLAIM_CHUNK))
             self._leases.taken(claimed)
             for request in claimed:
                 task = asyncio.create_task(self._process(request))
@@ -220,16 +269,66 @@ class Dispatcher:
             until_control = max(next_control_check - loop.time(), 0.0)
             if self._tasks:
                 await asyncio.wait(
-                    list(self._tasks), timeout=until_control, return_when=asyncio.FIRST_COMPLETED
+                    [*self._tasks, self._nudged()],
+                    timeout=until_control,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 continue
+            joins = self._joins
             wait_s = await self._db.seconds_until_ready(list(self._active), self._clock.now())
+            if joins != self._joins:
+                # A batch joined while the database was asked about the others.
+                continue
             if wait_s is None:
                 if self._linger is None or not self._linger.active():
                     return
                 await self._linger.wait(until_control)
                 continue
-            await asyncio.sleep(min(wait_s, until_control) if wait_s > 0 else 0)
+            if wait_s > 0:
+                await asyncio.wait([self._nudged()], timeout=min(wait_s, until_control))
+            else:
+                await asyncio.sleep(0)
+
+    def _nudged(self) -> asyncio.Future[None]:
+        """What join() resolves to end the loop's wait, so a joining batch starts now."""
+        if self._nudge is None or self._nudge.done():
+            self._nudge = asyncio.get_running_loop().create_future()
+        return self._nudge
+
+    async def _claim(self, limit: int) -> list[ClaimedRequest]:
+        """Claim up to ``limit`` ready requests. The run's own batches are claimed together,
+        in input order (as before any join). Once batches joined, each of them is a group of
+        its own next to that one, and every claim is split between the groups, a different
+        group first each time, the last taking what the others left: a joined batch starts
+        even when the run's batches hold more queued requests than it can take at once."""
+        groups = self._claim_groups()
+        share = -(-limit // len(groups))
+        claimed: list[ClaimedRequest] = []
+        for index, batch_ids in enumerate(groups):
+            wanted = limit - len(claimed)
+            if index < len(groups) - 1:
+                wanted = min(wanted, share)
+            if wanted <= 0:
+                break
+            claimed += await self._db.claim(
+                owner=self.owner,
+                batch_ids=batch_ids,
+                limit=wanted,
+                now=self._clock.now(),
+                lease_s=self._config.lease_s,
+            )
+        return claimed
+
+    def _claim_groups(self) -> list[list[str]]:
+        """The active batches in claim groups (see :meth:`_claim`), in this claim's order."""
+        joined = [batch_id for batch_id in self._active if batch_id in self._joined]
+        if not joined:
+            return [list(self._active)]
+        own = [batch_id for batch_id in self._active if batch_id not in self._joined]
+        groups = ([own] if own else []) + [[batch_id] for batch_id in joined]
+        first = self._claim_turn % len(groups)
+        self._claim_turn += 1
+        return groups[first:] + groups[:first]
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:

@@ -12,13 +12,14 @@ from collections.abc import Iterable, Iterator
 from typing import IO
 
 from batchrun.config.prices import PriceTable
-from batchrun.records import ResultDetail
+from batchrun.records import ResultDetail, ResultRow
 
 _BARE_RESULTS = {"canceled", "expired"}
 
 
-def anthropic_lines(rows: Iterable[ResultDetail]) -> Iterator[str]:
-    """The Anthropic results line of every finished request (without newline)."""
+def anthropic_lines(rows: Iterable[ResultDetail | ResultRow]) -> Iterator[str]:
+    """The Anthropic results line of every finished request (without newline); requests
+    still open are skipped."""
     for row in rows:
         head = '{"custom_id":' + json.dumps(row.custom_id) + ',"result":{"type":'
         if row.state == "succeeded" and row.body is not None:

@@ -71,8 +71,8 @@ class _Problems:
         else:
             self.hidden += len(item.problems)
 
-    def error(self, source: str) -> InputFileError:
-        messages = format_problems(self.shown, source=source, max_problems=10**9)
+    def error(self, source: str, locate: Callable[[int], str] | None) -> InputFileError:
+        messages = format_problems(self.shown, source=source, max_problems=10**9, locate=locate)
         lines = messages[:MAX_PRINTED_PROBLEMS]
         hidden = self.hidden + len(messages) - len(lines)
         if hidden:
@@ -100,6 +100,8 @@ def submit_requests(
     max_cost_usd: float | None = None,
     lane: str = "realtime",
     reuse: bool = False,
+    owner: str | None = None,
+    locate: Callable[[int], str] | None = None,
 ) -> str:
     """Validate and store every request of ``stream`` as a new batch; returns its id.
 
@@ -109,8 +111,11 @@ def submit_requests(
     ``file:line: problem`` line; only a problem with the whole file is raised then.
     ``max_cost_usd`` is the batch's budget, stored in the same transaction as the batch.
     ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.lanes`); ``reuse``
-    answers requests whose params already succeeded from the stored answer.
+    answers requests whose params already succeeded from the stored answer. ``owner``: the
+    id of the server key the batch belongs to. ``locate`` names where a line is in messages
+    (default ``source:line``).
     """
+    where = locate or (lambda line_no: f"{source}:{line_no}")
     batch = NewBatch(
         id=new_batch_id(),
         name=name,
@@ -121,6 +126,7 @@ def submit_requests(
         max_cost_usd=max_cost_usd,
         lane=lane,
         reuse=reuse,
+        owner=owner,
     )
     problems = _Problems()
 
@@ -140,7 +146,7 @@ def submit_requests(
             elif isinstance(item, InvalidLine):
                 problems.add(item)
                 if skip_invalid:
-                    lines = [f"{source}:{item.line_no}: {problem}" for problem in item.problems]
+                    lines = [f"{where(item.line_no)}: {problem}" for problem in item.problems]
                     if on_skipped is not None:
                         for line in lines:
                             on_skipped(line)
@@ -160,7 +166,7 @@ def submit_requests(
                 )
         if refused:
             # Raised inside the store's transaction, so it rolls back everything stored.
-            raise problems.error(source)
+            raise problems.error(source, locate)
 
     store.create_batch(batch, new_requests())
     return batch.id

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, TypeAlias
 
@@ -232,19 +232,23 @@ def format_problems(
     *,
     source: str,
     max_problems: int = MAX_PRINTED_PROBLEMS,
+    locate: Callable[[int], str] | None = None,
 ) -> list[str]:
-    """Format problems as the CLI prints them, one per line: ``file:line: message``.
+    """Format problems as the CLI prints them, one per line: ``file:line: message``
+    (``locate(line_no)`` instead of ``file:line`` when given: the server says
+    ``requests[3]``).
 
     Lists at most ``max_problems``, then "… and N more problems". A `FileProblem`'s message
     already names the file and is printed as-is.
     """
+    where = locate or (lambda line_no: f"{source}:{line_no}")
     lines: list[str] = []
     hidden = 0
     for item in items:
         if isinstance(item, FileProblem):
             messages = [item.message]
         else:
-            messages = [f"{source}:{item.line_no}: {problem}" for problem in item.problems]
+            messages = [f"{where(item.line_no)}: {problem}" for problem in item.problems]
         for message in messages:
             if len(lines) < max_problems:
                 lines.append(message)

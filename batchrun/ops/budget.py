@@ -58,6 +58,11 @@ class BudgetGuard:
         }
         self._held: dict[int, tuple[str, float]] = {}
 
+    def add(self, batch_id: str, budget_usd: float, spent: CostTotal) -> None:
+        """Keep the budget of a batch that joined the run in progress (``run --forever``);
+        ``spent``: its recorded cost. A batch the guard already keeps is left as it is."""
+        self._accounts.setdefault(batch_id, _Account(budget_usd, spent.known_usd))
+
     @property
     def batch_ids(self) -> list[str]:
         """The batches that have a budget."""

@@ -145,6 +145,12 @@ class RunMonitor:
         self._first_answer_at: float | None = None
         self.time_limit_reached = False
 
+    def add_batches(self, counts: Mapping[str, RequestCounts]) -> None:
+        """Count batches that joined the run in progress (``counts``: each one's request
+        counts when it joined), so the totals and the ETA cover them too."""
+        self._total += sum(c.total for c in counts.values())
+        self._done_before += sum(c.total - c.processing for c in counts.values())
+
     # -- the observer ---------------------------------------------------------------------------
 
     def attach(self, dispatcher: Dispatcher, limiter: Limiter) -> None:

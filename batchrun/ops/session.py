@@ -4,7 +4,10 @@ pass after pass until stopped (``forever``).
 A pass plans the batches (moving them to another endpoint and storing a new budget when asked),
 dispatches them with a :class:`~batchrun.ops.monitor.RunMonitor` watching (progress, budgets,
 the time limit), then reports. ``forever`` repeats passes, ``poll_interval_s`` apart while
-there is nothing to do, until the time limit or Ctrl-C.
+there is nothing to do (or at once when :meth:`RunSession.wake` is called), until the time
+limit or Ctrl-C. While a forever pass dispatches, batches submitted meanwhile join it when
+they can be sent the way it sends (:meth:`RunSession._join_new`), so a new batch starts within
+about a second rather than after the pass, which may take hours.
 
 Nothing here prints. What a run has to tell goes out as :data:`RunEvent` values to the
 caller's ``on_event``: a :class:`Note` for a person, a :class:`Progress` snapshot every
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,12 +29,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
+from batchrun.dispatch.config import DEFAULT_CONTROL_POLL_S
 from batchrun.dispatch.dispatcher import Dispatcher
 from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import ExitCode
 from batchrun.export.batch_object import BatchObject, cost_json
-from batchrun.lanes import AUTO, check_lane
+from batchrun.lanes import AUTO, REALTIME, check_lane
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import LimiterSettings
 from batchrun.ops.budget import BudgetGuard
@@ -51,6 +56,12 @@ from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
+
+log = logging.getLogger(__name__)
+
+# How often a forever pass looks for batches to join it, unless woken: as often as the
+# dispatcher looks for cancellations, so a new batch starts within about a second.
+JOIN_POLL_S = DEFAULT_CONTROL_POLL_S
 
 
 @dataclass(frozen=True)
@@ -185,8 +196,12 @@ class RunSession:
         self._emit = on_event or _ignore
         # Why the run was asked to stop (a signal), and the dispatch it must stop.
         self._stopping: str | None = None
-        self._stop_event = asyncio.Event()
         self._dispatcher: Dispatcher | None = None
+        # Set by a stop or wake(): ends an idle wait and makes a pass look for batches to
+        # join now. Cleared before each look, so a wake during one causes another.
+        self._wakeup = asyncio.Event()
+        # The loop run() runs on, for wake() from other threads; None when not running.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # The in-process simulator of this run, made on first use: both lanes talk to it.
         self._simulator_made: HttpTransport | None = None
 
@@ -199,17 +214,41 @@ class RunSession:
         """Run one pass, or passes until the time limit or Ctrl-C (``forever``). With
         ``stop_on_signals``, Ctrl-C and SIGTERM stop it gracefully, dispatching or idle."""
         db = WorkerDatabase(self._store)
+        self._loop = asyncio.get_running_loop()
         try:
             with _signals_stop(self._request_stop, enabled=self._options.stop_on_signals):
                 return await self._run(db)
         finally:
+            self._loop = None
             db.close()
+
+    def wake(self) -> None:
+        """Look for new work now (a batch was just submitted): an idle forever run plans a
+        pass at once instead of after the rest of ``poll_interval_s``, and a forever pass
+        in progress looks for batches to join it at once. Safe to call from any thread, and
+        before :meth:`run` started or after it ended (it does nothing then)."""
+        loop = self._loop
+        if loop is None:
+            return
+        # The loop may close between the read above and the call: then there is no run.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    def stop(self, reason: str) -> None:
+        """Stop the run as Ctrl-C does (a host program shutting down): requests in flight
+        are recorded, no new pass starts. Call it on the run's own loop."""
+        self._request_stop(reason)
+
+    @property
+    def live_report(self) -> RunReport | None:
+        """What the pass dispatching now has done so far (None between passes)."""
+        return self._dispatcher.report if self._dispatcher is not None else None
 
     def _request_stop(self, reason: str) -> None:
         """Stop the run: the dispatch in progress drains (a second stop ends it at once), and
         no new pass starts."""
         self._stopping = reason
-        self._stop_event.set()
+        self._wakeup.set()
         if self._dispatcher is not None:
             self._dispatcher.request_stop(reason)
 
@@ -238,6 +277,8 @@ class RunSession:
                 return RunResult(ExitCode.OK, last, passes)
             if self._stopping is not None:
                 return self._idle_result(last, passes)
+            # Cleared before looking: a wake() from now on ends the idle wait below.
+            self._wakeup.clear()
             done = await self._pass(db, deadline, exclude=paused_here)
             if done is not None:
                 last, passes, idle_said = done, passes + 1, False
@@ -254,7 +295,7 @@ class RunSession:
             if deadline is not None:
                 pause_s = min(pause_s, max(deadline - loop.time(), 0.0))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), pause_s)
+                await asyncio.wait_for(self._wakeup.wait(), pause_s)
 
     def _idle_result(self, last: PassResult | None, passes: int) -> RunResult:
         """How a run that is not dispatching ends: interrupted if a stop came, else done."""
@@ -271,6 +312,18 @@ class RunSession:
         if exclude:
             kept = {b: e for b, e in plan.batches.items() if b not in exclude}
             plan = RunPlan(kept, plan.skipped)
+        plan = await self._apply_options(db, plan)
+        if not options.forever:
+            for batch_id, why in plan.skipped.items():
+                self._emit(Note(f"{batch_id}: {why}; nothing to run"))
+            if not plan.batches and not options.batch_ids:
+                self._emit(Note("no batch has queued requests"))
+        return plan
+
+    async def _apply_options(self, db: WorkerDatabase, plan: RunPlan) -> RunPlan:
+        """Store the run's endpoint, budget and lane options on the plan's batches; returns
+        the plan with the batches' endpoints as they are now."""
+        options = self._options
         if options.target is not None and plan.batches:
             # Checked before anything is moved, so a missing key leaves the batches as they were.
             for endpoint in self._known.members(options.target).values():
@@ -286,11 +339,6 @@ class RunSession:
                 await db.set_batch_lane(batch_id, options.lane)
                 if options.lane != AUTO:
                     await db.set_queued_lane(batch_id, options.lane)
-        if not options.forever:
-            for batch_id, why in plan.skipped.items():
-                self._emit(Note(f"{batch_id}: {why}; nothing to run"))
-            if not plan.batches and not options.batch_ids:
-                self._emit(Note("no batch has queued requests"))
         return plan
 
     async def _costs(self, db: WorkerDatabase, batch_ids: list[str]) -> dict[str, CostTotal]:
@@ -320,6 +368,9 @@ class RunSession:
             db=db,
         )
         watcher = None
+        joiner = None
+        # Batches that joined this pass while it ran (see _join_new): as they were then.
+        joined: dict[str, BatchSummary] = {}
         stack = contextlib.AsyncExitStack()
         lane: LaneRun | None = None
         try:
@@ -339,6 +390,19 @@ class RunSession:
             # Started here: a missing or broken key is reported before any progress line.
             if options.progress_interval_s is not None:
                 watcher = asyncio.create_task(self._watch(monitor, options.progress_interval_s))
+            if options.forever:
+                joiner = asyncio.create_task(
+                    self._join_new(
+                        db,
+                        set(plan.batches) | set(plan.lane_only) | exclude,
+                        sent_to=set(endpoints),
+                        monitor=monitor,
+                        guard=guard,
+                        joined=joined,
+                        budgets=budgets,
+                    ),
+                    name="batchrun-join",
+                )
             report = await dispatch_batches(
                 db,
                 plan.batches,
@@ -367,6 +431,9 @@ class RunSession:
             snapshot = monitor.snapshot()
         finally:
             self._dispatcher = None
+            if joiner is not None:
+                joiner.cancel()
+                await asyncio.gather(joiner, return_exceptions=True)
             if lane is not None and not lane.task.done():
                 lane.driver.stop()
                 await asyncio.gather(lane.task, return_exceptions=True)
@@ -376,6 +443,8 @@ class RunSession:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
         ids += [batch_id for batch_id in plan.lane_only if batch_id not in ids]
+        ids += [batch_id for batch_id in joined if batch_id not in ids]
+        before |= joined
         batches = tuple([await db.get_batch(batch_id) for batch_id in ids])
         stopped = monitor.time_limit_reached and any(b.counts.processing for b in batches)
         # Canceled while this pass ran: seen by the dispatcher's watch, or (when the cancel
@@ -399,6 +468,118 @@ class RunSession:
         )
         self._emit(PassFinished(done))
         return done
+
+    async def _join_new(
+        self,
+        db: WorkerDatabase,
+        ignored: set[str],
+        *,
+        sent_to: set[str],
+        monitor: RunMonitor,
+        guard: BudgetGuard | None,
+        joined: dict[str, BatchSummary],
+        budgets: dict[str, float | None],
+    ) -> None:
+        """While a forever pass dispatches: every JOIN_POLL_S, and at once when woken, add the
+        batches with open work that it does not have (nor ``ignored``) to its dispatch.
+
+        A batch joins when it is in progress, not paused, in the real-time lane (the batch
+        lane's driver is started per pass), on endpoints the pass sends to (``sent_to``), and
+        without a budget unless the pass keeps budgets (``guard``); the run's options
+        (endpoint, lane, budget) are stored on it first, as a pass would. Each joined batch
+        goes into ``joined`` and ``budgets``, and into the monitor's totals. The others wait
+        for the next pass, as before; once one of them does, no more batches join: this pass
+        then ends with the work it has, and the waiting batch is not held back by a stream of
+        new ones."""
+        seen = set(ignored)
+        while True:
+            self._wakeup.clear()
+            dispatcher = self._dispatcher
+            if dispatcher is not None and self._stopping is None:
+                try:
+                    waiting = await self._join_round(
+                        db,
+                        dispatcher,
+                        seen,
+                        sent_to=sent_to,
+                        monitor=monitor,
+                        guard=guard,
+                        joined=joined,
+                        budgets=budgets,
+                    )
+                except Exception as exc:  # a database hiccup must not end the pass
+                    log.warning("could not look for batches to join the run: %s", exc)
+                else:
+                    if waiting:
+                        return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), JOIN_POLL_S)
+
+    async def _join_round(
+        self,
+        db: WorkerDatabase,
+        dispatcher: Dispatcher,
+        seen: set[str],
+        *,
+        sent_to: set[str],
+        monitor: RunMonitor,
+        guard: BudgetGuard | None,
+        joined: dict[str, BatchSummary],
+        budgets: dict[str, float | None],
+    ) -> bool:
+        """One look of :meth:`_join_new`. Adds to ``seen`` every batch it settled (joined, or
+        not to join in this pass); returns whether one of them waits for the next pass."""
+        found: dict[str, BatchSummary] = {}
+        for batch_id in await db.batches_with_open_work():
+            if batch_id in seen:
+                continue
+            batch = await db.get_batch(batch_id)
+            # Canceling, or paused (a pass clears the pause of what it starts; a join does
+            # not): left to the next pass, as before.
+            if batch.processing_status == "in_progress" and batch.paused_reason is None:
+                found[batch_id] = batch
+            else:
+                seen.add(batch_id)
+        if not found:
+            return False
+        plan = await self._apply_options(db, RunPlan({b: s.endpoint for b, s in found.items()}, {}))
+        ids = list(plan.batches)
+        lanes = await db.batch_lanes(ids)
+        found_budgets = await db.max_costs(ids)
+        with_provider_batches = {
+            row.batch_id for row in await db.provider_batches_of(ids, open_only=True)
+        }
+        candidates: dict[str, str] = {}
+        waiting = False
+        for batch_id, name in plan.batches.items():
+            pool = self._known.pools.get(name)
+            members = pool.endpoint_names if pool is not None else (name,)
+            if (
+                lanes.get(batch_id, REALTIME) != REALTIME
+                or batch_id in with_provider_batches
+                or (found_budgets.get(batch_id) is not None and guard is None)
+                or not set(members) <= sent_to
+            ):
+                seen.add(batch_id)
+                waiting = True
+            else:
+                candidates[batch_id] = name
+        budgeted = [b for b in candidates if found_budgets.get(b) is not None]
+        spent = await self._costs(db, budgeted) if budgeted else {}
+        # No await from here on: the guard keeps a budget before its batch's first claim.
+        # What the dispatcher does not take now (it is starting, or stopping) is looked at
+        # again next time.
+        added = dispatcher.join(candidates)
+        for batch_id in added:
+            budget = found_budgets.get(batch_id)
+            if budget is not None and guard is not None:
+                guard.add(batch_id, budget, spent[batch_id])
+            joined[batch_id] = found[batch_id]
+            budgets[batch_id] = budget
+            self._emit(Note(f"{batch_id}: joined the run in progress"))
+        monitor.add_batches({batch_id: found[batch_id].counts for batch_id in added})
+        seen.update(added)
+        return waiting
 
     async def _watch(self, monitor: RunMonitor, interval_s: float) -> None:
         # A first snapshot at once: a log shows the run started, and what it has to do.

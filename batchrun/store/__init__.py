@@ -3,8 +3,10 @@
 Holds: ``tables`` (the schema, with the request state machine written out), ``store`` (the
 ``Store`` class: batches and results) with ``base``, ``lifecycle`` (cancel, pause, expiry,
 requeue), ``leases`` (claims), ``batch_rows`` (writing a new batch), ``reuse`` (answers
-reused at submit, what a new request waits for, copies settled) and ``rates`` (shared rate
-buckets), ``database`` (engines, migrations, and driver errors as messages).
+reused at submit, what a new request waits for, copies settled), ``provider_batches`` (the
+batch lane's records), ``tallies`` (totals for /metrics), ``timeline`` (per-minute series,
+errors and limits for the dashboard) and ``rates`` (shared rate buckets), ``database``
+(engines, migrations, and driver errors as messages).
 May import: ``limits`` (bucket arithmetic), ``records``, ``errors``. With the migrations, the
 only importer of SQLAlchemy and Alembic.
 """

@@ -47,6 +47,7 @@ def insert_batch(
             expires_at=batch.expires_at,
             max_cost_usd=batch.max_cost_usd,
             lane=batch.lane,
+            owner=batch.owner,
         )
     )
     count = 0

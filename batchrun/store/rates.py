@@ -14,6 +14,7 @@ under a second is harmless).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, Row, select, update
@@ -23,6 +24,21 @@ from batchrun.limits.dimensions import Amounts
 from batchrun.limits.keyrecord import DimensionRecord, Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.store import tables as t
 from batchrun.store.database import transaction, upsert_insert
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    """One limit of a limiter key as the last take left it (``rate_buckets``): ``level`` is
+    the capacity left at ``updated_at`` (Unix seconds; negative is debt), refilling at
+    ``rate_per_s`` up to ``capacity``. A rate of 0 is a limit heard of but not in force."""
+
+    endpoint: str
+    model: str
+    dimension: str
+    level: float
+    rate_per_s: float
+    capacity: float
+    updated_at: float
 
 
 class RateStore:
@@ -88,6 +104,27 @@ class RateStore:
                     ],
                 )
         return grant, record
+
+    def buckets(self) -> list[BucketRow]:
+        """Every key's buckets as last written (see :class:`BucketRow`), sorted by endpoint,
+        model and dimension."""
+        b = t.rate_buckets.c
+        with transaction(self._engine, write=False) as conn:
+            key = (b.endpoint, b.model, b.dimension)
+            rows = conn.execute(
+                select(*key, b.level, b.rate_per_s, b.capacity, b.updated_at).order_by(*key)
+            ).all()
+        return [BucketRow(*row) for row in rows]
+
+    def paused_keys(self, now: float) -> dict[tuple[str, str], float]:
+        """The keys paused at ``now`` (Unix seconds) by a 429 or 529: (endpoint, model) →
+        Unix seconds the pause ends."""
+        k = t.rate_keys.c
+        with transaction(self._engine, write=False) as conn:
+            rows = conn.execute(
+                select(k.endpoint, k.model, k.paused_until).where(k.paused_until > now)
+            ).all()
+        return {(endpoint, model): until for endpoint, model, until in rows}
 
 
 def _record(key_row: Row[Any], bucket_rows: Sequence[Row[Any]]) -> KeyRecord:

@@ -20,7 +20,9 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
+    literal,
     select,
+    tuple_,
     update,
 )
 
@@ -61,12 +63,14 @@ from batchrun.store.provider_batches import (
     prepare_import,
 )
 from batchrun.store.reuse import batches_with_copies, settle_copies
+from batchrun.store.tallies import Tallies
+from batchrun.store.timeline import Timelines
 
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
 
 
-class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches):
+class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timelines):
     """All reads and writes of batches, requests and results."""
 
     def __init__(self, engine: Engine) -> None:
@@ -125,9 +129,53 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches):
             rows = conn.execute(
                 select(t.batches).order_by(t.batches.c.created_at.desc(), t.batches.c.id.desc())
             ).all()
-            ids = [row.id for row in rows]
-            counts = self._counts(conn, ids)
-            tokens = self._tokens(conn, ids)
+            return self._summaries(conn, rows)
+
+    def page_batches(
+        self,
+        owner: str | None,
+        *,
+        limit: int,
+        before_id: str | None = None,
+        after_id: str | None = None,
+    ) -> tuple[list[BatchSummary], bool]:
+        """One page of ``owner``'s batches (None: those made outside the server), newest
+        first, as Anthropic's list pages them: ``after_id`` gives the ``limit`` batches just
+        older than that batch, ``before_id`` the ``limit`` just newer (still newest first).
+        Returns the page and whether more batches lie beyond it in that direction;
+        BatchNotFoundError if the cursor is not one of ``owner``'s batches."""
+        b = t.batches.c
+        mine = b.owner.is_(None) if owner is None else b.owner == owner
+        with self._read() as conn:
+            query = select(t.batches).where(mine)
+            cursor_id = before_id or after_id
+            if cursor_id is not None:
+                cursor = conn.execute(
+                    select(b.created_at, b.id).where(mine, b.id == cursor_id)
+                ).one_or_none()
+                if cursor is None:
+                    raise batch_not_found(cursor_id)
+                key = tuple_(b.created_at, b.id)
+                # Typed as the columns, so the time compares as the stored form.
+                at = tuple_(literal(cursor[0], b.created_at.type), literal(cursor[1], b.id.type))
+                if before_id is not None:
+                    query = query.where(key > at).order_by(b.created_at, b.id)
+                else:
+                    query = query.where(key < at)
+            if before_id is None:
+                query = query.order_by(b.created_at.desc(), b.id.desc())
+            rows = list(conn.execute(query.limit(limit + 1)).all())
+            more = len(rows) > limit
+            rows = rows[:limit]
+            if before_id is not None:
+                rows.reverse()
+            return self._summaries(conn, rows), more
+
+    def _summaries(self, conn: Connection, rows: Sequence[Any]) -> list[BatchSummary]:
+        """Batch rows as summaries, with their counts and token totals, in the same order."""
+        ids = [row.id for row in rows]
+        counts = self._counts(conn, ids)
+        tokens = self._tokens(conn, ids)
         return [
             _summary(
                 row._mapping,
@@ -570,6 +618,7 @@ def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSumma
         counts=counts,
         tokens=tokens,
         lane=row["lane"],
+        owner=row["owner"],
     )
 
 

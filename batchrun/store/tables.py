@@ -153,6 +153,14 @@ batches = Table(
         server_default="realtime",
         comment="realtime, batch (the provider's batch API) or auto",
     ),
+    Column(
+        "owner",
+        String(64),
+        nullable=True,
+        comment="the id of the serve key that created it (a hash, never the key)",
+    ),
+    # `batchrun serve` lists a key's batches newest first, a page at a time.
+    Index(None, "owner", "created_at", "id"),
 )
 
 requests = Table(

@@ -1,0 +1,11 @@
+"""``batchrun serve``: Anthropic's Message Batches API over the job store, a dashboard, and
+Prometheus metrics.
+
+Holds: ``keys`` (server keys, tenants, dashboard sessions), ``errors`` (Anthropic's error
+bodies), ``bodies`` (a create body read as request lines, streaming), ``service`` (the
+store calls behind each route, off the event loop), ``api`` (the ``/v1/messages/batches``
+routes), ``workers`` (dispatch inside the server), ``dashboard`` and ``metrics``, ``app``
+(the ASGI app that puts them together).
+May import: ``batchrun.client`` and everything below it; FastAPI and Starlette are imported
+here only. Nothing below imports this package.
+"""

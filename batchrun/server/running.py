@@ -1,0 +1,171 @@
+"""Start the server: check that it may run without keys, build the app from a
+:class:`~batchrun.Client`'s database and endpoints, and serve it with uvicorn until SIGINT or
+SIGTERM (uvicorn's own handlers; the app's lifespan then stops the workers gracefully)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI
+
+from batchrun.errors import ConfigError
+from batchrun.server.app import create_app
+from batchrun.server.keys import KEYS_ENV, ServerKeys
+from batchrun.server.service import BatchService
+from batchrun.server.workers import InProcessWorkers
+
+if TYPE_CHECKING:
+    from batchrun.client import Client
+    from batchrun.store.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# Seconds a stopping server gives requests in flight (the workers' own grace is inside it).
+SHUTDOWN_GRACE_S = 60
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``batchrun serve`` is asked for."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    # The endpoint of new batches (None: the config's default); a create may name another.
+    endpoint: str | None = None
+    # In-process dispatch workers; 0: separate `batchrun run --forever` workers do it.
+    workers: int = 1
+    public_url: str | None = None
+    insecure_no_auth: bool = False
+    access_log: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(keys: ServerKeys, settings: ServeSettings) -> None:
+    """ConfigError unless the server has keys, or runs without them on purpose and on a
+    loopback address only."""
+    if keys.required:
+        if settings.insecure_no_auth:
+            raise ConfigError(
+                f"--insecure-no-auth was given but {KEYS_ENV} holds keys; drop one of them"
+            )
+        return
+    if not settings.insecure_no_auth:
+        raise ConfigError(
+            f"set {KEYS_ENV} to the keys clients must present (comma-separated), or pass "
+            "--insecure-no-auth to serve without keys on a loopback address"
+        )
+    if not is_loopback(settings.host):
+        raise ConfigError(
+            f"--insecure-no-auth only serves a loopback address (127.0.0.1, ::1), not "
+            f"{settings.host}; set {KEYS_ENV} to serve other hosts"
+        )
+
+
+@dataclass
+class Server:
+    """The app and what it holds open."""
+
+    app: FastAPI
+    service: BatchService
+    store: Store
+
+    def close(self) -> None:
+        self.service.close()
+        self.store.close()
+
+
+def build_server(
+    client: Client,
+    *,
+    env: Mapping[str, str],
+    keys: ServerKeys,
+    settings: ServeSettings,
+    routers: Callable[[BatchService, ServerKeys, InProcessWorkers | None], Sequence[APIRouter]]
+    | None = None,
+) -> Server:
+    """The server over ``client``'s database, endpoints and prices."""
+    from batchrun.store.store import Store
+
+    check_auth(keys, settings)
+    if settings.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, not {settings.workers}")
+    known = client.endpoints()
+    prices = client.prices()
+    store = Store.open(client.database_url)
+    workers = None
+    if settings.workers:
+        workers = InProcessWorkers(
+            store, count=settings.workers, known=known, prices=prices, env=env
+        )
+    try:
+        service = BatchService(
+            store,
+            known=known,
+            prices=prices,
+            env=env,
+            default_endpoint=settings.endpoint or known.default,
+            on_created=workers.wake if workers is not None else None,
+        )
+    except BaseException:
+        store.close()
+        raise
+    app = create_app(
+        service,
+        keys,
+        workers=workers,
+        public_url=settings.public_url,
+        routers=routers(service, keys, workers) if routers is not None else (),
+    )
+    return Server(app, service, store)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, telling ``on_ready`` the address once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None] | None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_ready is not None:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self._on_ready(f"http://{shown}:{port}")
+
+
+def serve(
+    server: Server, settings: ServeSettings, *, on_ready: Callable[[str], None] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; ``on_ready`` gets the base URL once it listens."""
+    config = uvicorn.Config(
+        server.app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.access_log,
+        server_header=False,
+        # X-Forwarded-Proto/For from a proxy on this machine (uvicorn's default trust).
+        proxy_headers=True,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+    try:
+        _Uvicorn(config, on_ready).run()
+    finally:
+        server.close()
