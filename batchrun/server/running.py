@@ -121,6 +121,7 @@ def build_server(
             env=env,
             default_endpoint=settings.endpoint or known.default,
             on_created=workers.wake if workers is not None else None,
+            sends_here=workers is not None,
         )
     except BaseException:
         store.close()

@@ -28,7 +28,7 @@ from batchrun.ops.lanes import cancel_provider_batches
 from batchrun.records import BatchSummary
 from batchrun.server.bodies import request_lines, request_position
 from batchrun.server.errors import ApiError, api_error_of
-from batchrun.transport.endpoints import Endpoints
+from batchrun.transport.endpoints import Endpoints, auth_headers
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
@@ -44,6 +44,8 @@ SUMMARY_TTL_S = 0.5
 STORE_THREADS = 4
 # Bytes of results lines sent at a time.
 RESULTS_CHUNK_BYTES = 256 * 1024
+# Cached summaries kept before the stale ones are dropped.
+MAX_CACHED_BATCHES = 10_000
 # How often batches past their expiry are expired when no worker is running here.
 EXPIRE_EVERY_S = 5.0
 
@@ -67,12 +69,19 @@ class BatchService:
         default_endpoint: str,
         on_created: Callable[[], None] | None = None,
         summary_ttl_s: float = SUMMARY_TTL_S,
+        sends_here: bool = False,
     ) -> None:
+        """``sends_here``: this process's workers send the batches, so an endpoint whose key
+        is not set here is refused at create (and as the default, at start) instead of
+        stopping the workers later."""
         self.store = store
         self.known = known
         self.prices = prices
         self._env = env
         self.default_endpoint = known.check(default_endpoint)
+        self._sends_here = sends_here
+        if sends_here:
+            self._check_keys(self.default_endpoint)
         self._on_created = on_created
         self._ttl_s = summary_ttl_s
         self._pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="batchrun-serve")
@@ -104,6 +113,8 @@ class BatchService:
         ``endpoint`` (default: the server's); 400 naming each bad ``requests[i]``."""
         try:
             target = self.known.check(endpoint or self.default_endpoint)
+            if self._sends_here:
+                self._check_keys(target)
         except BatchrunError as exc:
             raise ApiError(400, f"batchrun-endpoint: {exc}") from None
         try:
@@ -113,6 +124,12 @@ class BatchService:
         if self._on_created is not None:
             self._on_created()
         return await self.get(owner, batch_id, fresh=True)
+
+    def _check_keys(self, endpoint: str) -> None:
+        """MissingApiKeyError (naming the variable, never a key) unless every endpoint a
+        batch on ``endpoint`` is sent to has its key in this process's environment."""
+        for member in self.known.members(endpoint).values():
+            auth_headers(member, self._env)
 
     def _create(self, owner: str | None, body: IO[bytes], endpoint: str) -> str:
         try:
@@ -135,6 +152,13 @@ class BatchService:
         cached = self._cache.get(batch_id)
         if cached is not None and not fresh and cached.until > loop.time():
             summary = cached.summary
+        elif fresh:
+            # Its own read: one already under way may have begun before the change.
+            try:
+                summary = await self._call(self.store.get_batch, batch_id)
+            except ApiError as exc:
+                raise _unknown(batch_id) if exc.status == 404 else exc from None
+            self._cache[batch_id] = _Cached(loop.time() + self._ttl_s, summary)
         else:
             summary = await self._read_summary(batch_id)
         if summary.owner != owner:
@@ -157,6 +181,9 @@ class BatchService:
             raise _unknown(batch_id) if _is_unknown(exc) else exc from None
         else:
             future.set_result(summary)
+            if len(self._cache) >= MAX_CACHED_BATCHES:
+                now = loop.time()
+                self._cache = {k: v for k, v in self._cache.items() if v.until > now}
             self._cache[batch_id] = _Cached(loop.time() + self._ttl_s, summary)
             return summary
         finally:

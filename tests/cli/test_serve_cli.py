@@ -66,3 +66,9 @@ def test_serve_is_listed_in_help(cli: CliRunner) -> None:
     result = cli.invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
     assert "--workers" in result.output and "--insecure-no-auth" in result.output
+
+
+def test_sending_here_needs_the_default_endpoints_key_at_start(cli: CliRunner) -> None:
+    result = serve(cli, "--endpoint", "anthropic", BATCHRUN_SERVE_API_KEYS=GOOD_KEY)
+    assert result.exit_code != 0
+    assert "ANTHROPIC_API_KEY" in result.output

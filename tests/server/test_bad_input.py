@@ -272,3 +272,17 @@ def test_the_openapi_document_describes_every_route_of_the_api(http: httpx.Clien
     batch = document["components"]["schemas"]["BatchObject"]
     assert {"id", "processing_status", "request_counts", "results_url"} <= set(batch["properties"])
     assert "/metrics" not in paths and "/" not in paths
+
+
+def test_a_body_larger_than_the_memory_spool_is_read_from_its_temporary_file(
+    http: httpx.Client,
+) -> None:
+    from batchrun.server.api import SPOOL_MEMORY_BYTES
+
+    text = "x" * 4000
+    count = SPOOL_MEMORY_BYTES // 4000 + 200
+    body = {"requests": [request_line(f"big{i}", f"{i} {text}") for i in range(count)]}
+    response = http.post(BATCHES, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["request_counts"]["processing"] == count
+    http.post(f"{BATCHES}/{response.json()['id']}/cancel")

@@ -195,6 +195,13 @@ def test_the_batchrun_endpoint_header_picks_a_known_endpoint(served: str) -> Non
             extra_headers={"batchrun-endpoint": "nowhere"},
         )
     assert "batchrun-endpoint" in str(unknown.value) and "nowhere" in str(unknown.value)
+    # The workers in this server could not send it: refused now, not stuck later.
+    with pytest.raises(anthropic.BadRequestError) as keyless:
+        client.messages.batches.create(
+            requests=requests(1),  # type: ignore[arg-type]
+            extra_headers={"batchrun-endpoint": "anthropic"},
+        )
+    assert "ANTHROPIC_API_KEY" in str(keyless.value)
     chosen = client.messages.batches.create(
         requests=requests(1),  # type: ignore[arg-type]
         extra_headers={"batchrun-endpoint": "simulator"},
@@ -219,3 +226,19 @@ def test_a_batch_belongs_to_the_keys_id_and_no_key_reaches_the_database_or_the_l
     for key in (KEY_A, KEY_B, KEY_B[:-1] + "X"):
         assert key.encode() not in stored
         assert key not in caplog.text
+
+
+def test_an_api_only_server_never_sends_and_a_separate_run_does(
+    db_url: str, tmp_path: Path
+) -> None:
+    import batchrun
+
+    env = server_env(tmp_path)
+    with running_server(db_url, env, workers=0) as (url, _server):
+        client = sdk(url)
+        batch = client.messages.batches.create(requests=requests(20))  # type: ignore[arg-type]
+        time.sleep(1.0)
+        assert client.messages.batches.retrieve(batch.id).request_counts.processing == 20
+        with batchrun.Client(db_url, env={"HOME": str(tmp_path)}, cwd=tmp_path) as worker:
+            worker.run(stop_on_signals=False)
+        assert wait_until_ended(client, batch.id).request_counts.succeeded == 20
