@@ -556,7 +556,7 @@ def pollers_and_dispatch(server: ServeProcess, args: argparse.Namespace) -> None
         where = (
             "the worker process"
             if args.separate_worker
-            else "the server, whose one event loop serves the pollers too"
+            else "the server (a thread of its own; the interpreter is shared with the API)"
         )
         show_dispatch(
             f"CPU-bound: {args.cpu_requests:,} requests on the instant simulator inside {where} "
