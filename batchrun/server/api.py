@@ -85,13 +85,19 @@ class Api:
         server needs a key and this is not one of its keys."""
         return request_owner(self.keys, request.headers)
 
-    def batch_json(self, request: Request, batch: BatchSummary) -> Response:
+    def batch_object(self, request: Request, batch: BatchSummary) -> BatchObject:
         """The batch object, with the absolute ``results_url`` once it ended."""
         item = BatchObject.from_summary(batch)
         if batch.processing_status == "ended":
             base = self.public_url or str(request.base_url).rstrip("/")
             item.results_url = f"{base}/v1/messages/batches/{batch.id}/results"
-        return Response(item.model_dump_json().encode(), media_type=JSON)
+        return item
+
+    def batch_json(self, request: Request, batch: BatchSummary) -> Response:
+        """:meth:`batch_object` as the response."""
+        return Response(
+            self.batch_object(request, batch).model_dump_json().encode(), media_type=JSON
+        )
 
     def _routes(self) -> None:
         router = self.router
@@ -158,11 +164,7 @@ class Api:
             batches, more = await self.service.page(
                 owner, limit=limit, before_id=before_id, after_id=after_id
             )
-            data = [BatchObject.from_summary(batch) for batch in batches]
-            for item, batch in zip(data, batches, strict=True):
-                if batch.processing_status == "ended":
-                    base = self.public_url or str(request.base_url).rstrip("/")
-                    item.results_url = f"{base}/v1/messages/batches/{batch.id}/results"
+            data = [self.batch_object(request, batch) for batch in batches]
             page = BatchPage(
                 data=data,
                 has_more=more,

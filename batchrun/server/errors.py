@@ -15,13 +15,7 @@ from typing import Final
 
 import orjson
 
-from batchrun.errors import (
-    BatchNotFoundError,
-    BatchrunError,
-    BatchStateError,
-    DatabaseError,
-    UnknownEndpointError,
-)
+from batchrun.errors import BatchNotFoundError, BatchrunError, DatabaseError
 from batchrun.records import error_body
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -67,6 +61,4 @@ def api_error_of(exc: BatchrunError) -> ApiError:
         return ApiError(404, str(exc).split(";")[0])
     if isinstance(exc, DatabaseError):
         return ApiError(503, "the job store cannot be reached right now; retry shortly")
-    if isinstance(exc, BatchStateError | UnknownEndpointError):
-        return ApiError(400, str(exc))
     return ApiError(400, str(exc))
