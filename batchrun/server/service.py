@@ -86,7 +86,7 @@ class BatchService:
         self._ttl_s = summary_ttl_s
         self._pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="batchrun-serve")
         self._cache: dict[str, _Cached] = {}
-        self._reading: dict[str, asyncio.Future[BatchSummary]] = {}
+        self._reading: dict[str, asyncio.Task[BatchSummary]] = {}
 
     def close(self) -> None:
         """Let the store threads go (the store itself belongs to the caller)."""
@@ -154,11 +154,7 @@ class BatchService:
             summary = cached.summary
         elif fresh:
             # Its own read: one already under way may have begun before the change.
-            try:
-                summary = await self._call(self.store.get_batch, batch_id)
-            except ApiError as exc:
-                raise _unknown(batch_id) if exc.status == 404 else exc from None
-            self._cache[batch_id] = _Cached(loop.time() + self._ttl_s, summary)
+            summary = self._remember(batch_id, await self._get_batch(batch_id))
         else:
             summary = await self._read_summary(batch_id)
         if summary.owner != owner:
@@ -166,28 +162,34 @@ class BatchService:
         return summary
 
     async def _read_summary(self, batch_id: str) -> BatchSummary:
-        """One read of the batch shared by everyone asking while it runs."""
-        reading = self._reading.get(batch_id)
-        if reading is not None:
-            return await asyncio.shield(reading)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[BatchSummary] = loop.create_future()
-        self._reading[batch_id] = future
+        """One read of the batch shared by everyone asking while it runs. The read is a task
+        of its own, so an asker that goes away (its client hung up) leaves it to the rest."""
+        task = self._reading.get(batch_id)
+        if task is None:
+            task = asyncio.create_task(self._get_batch(batch_id))
+            self._reading[batch_id] = task
+            task.add_done_callback(lambda done: self._read_done(batch_id, done))
+        return await asyncio.shield(task)
+
+    def _read_done(self, batch_id: str, task: asyncio.Task[BatchSummary]) -> None:
+        del self._reading[batch_id]
+        # exception() also marks a failure as seen: the askers got it.
+        if not task.cancelled() and task.exception() is None:
+            self._remember(batch_id, task.result())
+
+    async def _get_batch(self, batch_id: str) -> BatchSummary:
         try:
-            summary = await self._call(self.store.get_batch, batch_id)
-        except BaseException as exc:
-            future.set_exception(_unknown(batch_id) if _is_unknown(exc) else exc)
-            future.exception()  # retrieved here: no "never retrieved" warning
-            raise _unknown(batch_id) if _is_unknown(exc) else exc from None
-        else:
-            future.set_result(summary)
-            if len(self._cache) >= MAX_CACHED_BATCHES:
-                now = loop.time()
-                self._cache = {k: v for k, v in self._cache.items() if v.until > now}
-            self._cache[batch_id] = _Cached(loop.time() + self._ttl_s, summary)
-            return summary
-        finally:
-            del self._reading[batch_id]
+            return await self._call(self.store.get_batch, batch_id)
+        except ApiError as exc:
+            raise _unknown(batch_id) if exc.status == 404 else exc from None
+
+    def _remember(self, batch_id: str, summary: BatchSummary) -> BatchSummary:
+        """Keep ``summary`` for ``summary_ttl_s`` (dropping stale ones past a size)."""
+        now = asyncio.get_running_loop().time()
+        if len(self._cache) >= MAX_CACHED_BATCHES:
+            self._cache = {k: v for k, v in self._cache.items() if v.until > now}
+        self._cache[batch_id] = _Cached(now + self._ttl_s, summary)
+        return summary
 
     async def page(
         self,
@@ -302,10 +304,6 @@ def _close(lines: Iterator[str]) -> None:
 
 def _unknown(batch_id: str) -> ApiError:
     return ApiError(404, f"no message batch {batch_id!r}")
-
-
-def _is_unknown(exc: BaseException) -> bool:
-    return isinstance(exc, ApiError) and exc.status == 404
 
 
 def _one_line(message: str) -> str:
