@@ -248,16 +248,35 @@ class FinishedRequest:
     # price that lane bills (None: all of it).
     lane: str | None = None
     cost_factor: float | None = None
+    # When the final attempt was sent (None: not sent from here, e.g. a provider batch's).
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SendFailure:
+    """One send that failed transiently and went back to the queue (what the report's 429,
+    retry and latency charts count): when it was sent, to which endpoint (a pool's member),
+    how long the answer took, its HTTP status (None: no answer, a transport failure) and the
+    error type it carried."""
+
+    batch_id: str
+    sent_at: datetime
+    latency_ms: int | None
+    endpoint: str | None
+    http_status: int | None
+    error_type: str | None
 
 
 @dataclass(frozen=True)
 class RetryLater:
-    """A request going back to the queue until ``not_before``."""
+    """A request going back to the queue until ``not_before``; ``failed`` records the send
+    that failed (None where no send is to be recorded)."""
 
     request_id: int
     not_before: datetime
     failures: int
     last_error: str | None
+    failed: SendFailure | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from batchrun.records import (
     Outcome,
     Retryable,
     RetryLater,
+    SendFailure,
     Succeeded,
 )
 
@@ -135,12 +136,14 @@ def decide(
     200 whose body was cut) ends it the second time in a row. ``jitter`` is a number in
     [0, 1) that spreads back-offs.
     """
+    sent_at = now - timedelta(milliseconds=latency_ms)
     match outcome:
         case Succeeded():
             return Finish(
                 replace(
                     _succeeded(request, outcome, now, latency_ms, input_estimate),
                     endpoint=endpoint,
+                    sent_at=sent_at,
                 )
             )
         case Fatal(error=error, http_status=status, raw_body=raw_body):
@@ -148,6 +151,7 @@ def decide(
                 replace(
                     _errored(request, error, status, now, latency_ms, raw_body),
                     endpoint=endpoint,
+                    sent_at=sent_at,
                 )
             )
         case Halt(kind=kind, detail=detail):
@@ -160,7 +164,11 @@ def decide(
             again = outcome.at_most_once and request.last_error == outcome.reason
             if failures >= max_attempts or again:
                 return Finish(
-                    replace(_gave_up(request, outcome, now, latency_ms), endpoint=endpoint)
+                    replace(
+                        _gave_up(request, outcome, now, latency_ms),
+                        endpoint=endpoint,
+                        sent_at=sent_at,
+                    )
                 )
             delay_s = retry_delay_s(
                 failures, retry_after_s=outcome.retry_after_s, backoff=backoff, jitter=jitter
@@ -171,8 +179,23 @@ def decide(
                     not_before=now + timedelta(seconds=delay_s),
                     failures=failures,
                     last_error=outcome.reason,
+                    failed=SendFailure(
+                        batch_id=request.batch_id,
+                        sent_at=sent_at,
+                        latency_ms=latency_ms,
+                        endpoint=endpoint,
+                        http_status=outcome.http_status,
+                        error_type=_error_type(outcome.error),
+                    ),
                 )
             )
+
+
+def _error_type(error: Mapping[str, object]) -> str | None:
+    """The ``type`` of an API error object, if it has one."""
+    inner = error.get("error")
+    kind = inner.get("type") if isinstance(inner, dict) else None
+    return str(kind) if kind else None
 
 
 def after_stop(request: ClaimedRequest, kind: StopKind) -> Write:

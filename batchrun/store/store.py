@@ -20,6 +20,7 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
+    insert,
     literal,
     select,
     tuple_,
@@ -53,6 +54,7 @@ from batchrun.store.database import (
     upgrade_database,
 )
 from batchrun.store.health import HealthStore
+from batchrun.store.history import Histories
 from batchrun.store.leases import Leases
 from batchrun.store.lifecycle import BatchLifecycle
 from batchrun.store.provider_batches import (
@@ -70,7 +72,7 @@ from batchrun.store.timeline import Timelines
 _EXPORT_CHUNK_ROWS = 1000
 
 
-class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timelines):
+class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timelines, Histories):
     """All reads and writes of batches, requests and results."""
 
     def __init__(self, engine: Engine) -> None:
@@ -284,6 +286,7 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
                         for item in retries
                     ],
                 )
+                self._record_send_failures(conn, retries)
             for ids, sent in ((unsent, 0), (released, 1)):
                 if ids:
                     conn.execute(
@@ -310,6 +313,25 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
                 batch_ids.update(touched)
             if batch_ids:
                 self._end_finished_batches(conn, sorted(batch_ids), now)
+
+    def _record_send_failures(self, conn: Connection, retries: Sequence[RetryLater]) -> None:
+        """A ``send_failures`` row for each retry that carries its failed send. Recorded
+        even when the request's lease had run out meanwhile: the send happened either way."""
+        rows = [
+            {
+                "batch_id": failed.batch_id,
+                "request_id": item.request_id,
+                "sent_at": failed.sent_at,
+                "latency_ms": _int32(failed.latency_ms),
+                "endpoint": _fit(failed.endpoint, t.send_failures.c.endpoint),
+                "http_status": _int32(failed.http_status),
+                "error_type": _fit(failed.error_type, t.send_failures.c.error_type),
+            }
+            for item in retries
+            if (failed := item.failed) is not None
+        ]
+        if rows:
+            conn.execute(insert(t.send_failures), rows)
 
     def _settle_copies(
         self, conn: Connection, finished: Sequence[FinishedRequest], now: datetime
@@ -354,6 +376,7 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
                     "error_type": _fit(item.error_type, t.results.c.error_type),
                     "error_message": item.error_message,
                     "latency_ms": _int32(item.latency_ms),
+                    "sent_at": item.sent_at,
                     "estimated_input_tokens": _int32(item.estimated_input_tokens),
                     "attempts": item.attempts,
                     "request_ref": _fit(item.request_ref, t.results.c.request_ref),

@@ -261,6 +261,12 @@ results = Table(
         comment="the calibrated input estimate the limiter reserved for the final attempt",
     ),
     Column("latency_ms", Integer, nullable=True, comment="of the final attempt"),
+    Column(
+        "sent_at",
+        UtcDateTime,
+        nullable=True,
+        comment="when the final attempt was sent (null: not sent in real time)",
+    ),
     Column("attempts", Integer, nullable=False),
     Column("request_ref", String(200), nullable=True, comment="the API's request-id"),
     Column("completed_at", UtcDateTime, nullable=False),
@@ -301,6 +307,24 @@ results = Table(
         comment="the batch whose stored answer this is (submit --reuse): nothing was sent",
     ),
     Index(None, "batch_id", "result_type"),
+)
+
+# Every real-time send that failed transiently and went back to the queue (a 429, a 529, a
+# 5xx, a transport failure): what `batchrun report` draws as 429s and retries over time, and
+# counts in the latency of each endpoint. The final attempt of a request is its result row.
+send_failures = Table(
+    "send_failures",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("request_id", ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Column("sent_at", UtcDateTime, nullable=False),
+    Column("latency_ms", Integer, nullable=True),
+    Column("endpoint", String(100), nullable=True, comment="for a pool: the member"),
+    Column("http_status", Integer, nullable=True, comment="null: no answer (transport)"),
+    Column("error_type", String(64), nullable=True),
+    Index(None, "batch_id", "sent_at"),
+    Index(None, "request_id"),
 )
 
 # The provider batches of the batch lane (see batchrun.lanes for the create protocol: the
