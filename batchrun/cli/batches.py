@@ -361,12 +361,14 @@ def results(
     ] = None,
 ) -> None:
     """Write the results of a batch in input order: Anthropic's batch results format (one
-    JSON line per request), or flat records (JSON lines or CSV) for analytics.
+    JSON line per request), or flat records (JSON lines, CSV or Parquet) for analytics.
+    Parquet is binary, so it needs -o FILE, and pyarrow (pip install 'batchrun[parquet]').
 
     Examples:
 
         batchrun results msgbatch_01 -o results.jsonl
         batchrun results msgbatch_01 --format csv --only errored -o errors.csv
+        batchrun results msgbatch_01 --format parquet -o results.parquet
     """
     from batchrun.cli.context import client_of
 
@@ -374,7 +376,13 @@ def results(
     _check_choice(only, _RESULT_STATES, "--only")
     chosen = EXPORT_FORMATS.get(export_format)
     to_file = output is not None and output != "-"
-    target = output if to_file else (sys.stdout.buffer if chosen.binary else sys.stdout)
+    if chosen.binary and not to_file:
+        # Bytes on a terminal are noise, and a Parquet reader needs the whole file (its
+        # index is at the end), so a pipe gains nothing over a file.
+        raise typer.BadParameter(
+            f"--format {export_format} writes a binary file; pass -o FILE", param_hint="--output"
+        )
+    target = output if to_file else sys.stdout
     assert target is not None
     count = client_of(ctx).export(
         batch_id,

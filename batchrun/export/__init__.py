@@ -1,7 +1,8 @@
 """Results out: the export formats registry and the batch object.
 
-Holds: ``formats`` (the registry: ``anthropic``, ``flat``, ``csv``), ``anthropic`` and
-``flat`` (the writers), ``atomic`` (files written whole or not at all), ``batch_object``
-(Anthropic's ``MessageBatch`` shape, and what ``status`` adds).
-May import: ``config`` (prices), ``records``, ``errors``.
+Holds: ``formats`` (the registry: ``anthropic``, ``flat``, ``csv``, ``parquet``),
+``anthropic``, ``flat`` and ``parquet`` (the writers), ``atomic`` (files written whole or not
+at all), ``batch_object`` (Anthropic's ``MessageBatch`` shape, and what ``status`` adds).
+May import: ``config`` (prices), ``records``, ``errors``; pyarrow (only here, and only when
+the ``parquet`` format writes).
 """

@@ -2,8 +2,9 @@
 
 Where the ``anthropic`` format writes Anthropic's results format (nested, as the SDK parses
 it), this module writes one flat record per finished request, with the same columns in both
-formats (the docs list them). Rows stream from the store and are written one at a time, so an
-export takes constant memory whatever the batch size.
+formats (the docs list them; ``export.parquet`` writes them typed, from :func:`flat_values`).
+Rows stream from the store and are written one at a time, so an export takes constant memory
+whatever the batch size.
 
 - ``text``: the text blocks of the reply, joined with a newline;
 - ``tool_use``: the reply's tool_use blocks as ``[{"id", "name", "input"}]`` (in CSV, that
@@ -60,6 +61,12 @@ COLUMNS = (
     "reused_from",
     "cache_hit_rate",
 )
+# The columns that hold times: datetimes in :func:`flat_values`, ISO 8601 text in
+# :func:`flat_records`.
+TIME_COLUMNS = ("created_at", "started_at", "completed_at")
+# ``cost_usd`` is rounded to this many decimal places (a hundredth of a micro-dollar: a
+# token's price can be a few hundredths of a micro-dollar, e.g. cache reads at a discount).
+COST_USD_DECIMALS = 8
 
 
 def _when(value: datetime | None) -> str | None:
@@ -91,8 +98,10 @@ def _reply(row: ResultDetail) -> tuple[str | None, list[dict[str, Any]]]:
     return "\n".join(texts), tools
 
 
-def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
-    """One flat record per row, with :data:`COLUMNS` as keys, in the rows' order."""
+def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
+    """One flat record per row, with :data:`COLUMNS` as keys, in the rows' order, holding
+    Python values: times as datetimes (UTC), ``tool_use`` as a list, ``cost_usd`` as a float
+    rounded to :data:`COST_USD_DECIMALS` places. Each format spells them its own way."""
     for row in rows:
         text, tools = _reply(row)
         cost = None
@@ -106,7 +115,7 @@ def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[d
                     cache_read_input_tokens=row.cache_read_input_tokens or 0,
                 )
                 * (1.0 if row.cost_factor is None else row.cost_factor),
-                8,
+                COST_USD_DECIMALS,
             )
         yield {
             "batch_id": row.batch_id,
@@ -128,9 +137,9 @@ def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[d
             "request_id": row.request_ref,
             "error_type": row.error_type,
             "error_message": row.error_message,
-            "created_at": _when(row.created_at),
-            "started_at": _when(row.started_at),
-            "completed_at": _when(row.completed_at),
+            "created_at": row.created_at,
+            "started_at": row.started_at,
+            "completed_at": row.completed_at,
             "raw_body": row.raw_body,
             "endpoint": row.endpoint,
             "lane": row.lane,
@@ -140,6 +149,20 @@ def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[d
                 row.cache_read_input_tokens, row.cache_creation_input_tokens
             ),
         }
+
+
+def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
+    """:func:`flat_values` with the times as ISO 8601 text (``2026-11-22T05:40:00.123Z``), as
+    the JSON and CSV exports write them."""
+    for record in flat_values(rows, prices):
+        for column in TIME_COLUMNS:
+            record[column] = _when(record[column])
+        yield record
+
+
+def tool_use_json(tools: list[dict[str, Any]]) -> str | None:
+    """The ``tool_use`` column as text (CSV, Parquet): the list as JSON, None when empty."""
+    return json.dumps(tools, ensure_ascii=False) if tools else None
 
 
 def write_flat_jsonl(rows: Iterable[ResultDetail], stream: IO[str], prices: PriceTable) -> int:
@@ -158,8 +181,7 @@ def write_csv(rows: Iterable[ResultDetail], stream: IO[str], prices: PriceTable)
     writer.writerow(COLUMNS)
     count = 0
     for record in flat_records(rows, prices):
-        tools = record["tool_use"]
-        record["tool_use"] = json.dumps(tools, ensure_ascii=False) if tools else None
+        record["tool_use"] = tool_use_json(record["tool_use"])
         writer.writerow(["" if record[c] is None else record[c] for c in COLUMNS])
         count += 1
     return count

@@ -4,7 +4,8 @@ read.
 A format has a name, a one-line description, and a writer that takes the finished requests
 of a batch (:class:`~batchrun.records.ResultDetail`, in input order, streamed from the store)
 and the price table, writes them to a stream and returns how many it wrote. A binary format
-(``binary=True``) gets a byte stream; the others a UTF-8 text stream.
+(``binary=True``) gets a byte stream, and ``results`` writes it only to a file (``-o``), never
+to standard output; the others get a UTF-8 text stream.
 
 Adding a format is one :meth:`ExportFormats.register` call (or one entry in
 :data:`EXPORT_FORMATS` below) and its writer.
@@ -20,6 +21,7 @@ from batchrun.config.prices import PriceTable
 from batchrun.errors import ConfigError
 from batchrun.export.anthropic import write_anthropic
 from batchrun.export.flat import write_csv, write_flat_jsonl
+from batchrun.export.parquet import write_parquet
 from batchrun.records import ResultDetail
 from batchrun.registry import Registry
 
@@ -66,5 +68,11 @@ EXPORT_FORMATS = ExportFormats(
             write_flat_jsonl,
         ),
         ExportFormat("csv", "the flat columns as CSV", write_csv),
+        ExportFormat(
+            "parquet",
+            "the flat columns, typed, as Parquet (needs -o and pyarrow: batchrun[parquet])",
+            write_parquet,
+            binary=True,
+        ),
     ]
 )

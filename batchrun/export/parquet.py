@@ -1,0 +1,115 @@
+"""The ``parquet`` export format: the flat columns, typed, in a Parquet file.
+
+The columns are the flat export's (:data:`~batchrun.export.flat.COLUMNS`, same names, same
+order), and the values come from the same row builder
+(:func:`~batchrun.export.flat.flat_values`), so a Parquet export says what a flat one says.
+What Parquet adds is types: times are ``timestamp[us, tz=UTC]``, counts ``int64``,
+``cost_usd`` a decimal, ``reused`` a boolean; ``tool_use`` is JSON text, as in CSV, since a
+tool's ``input`` has no fixed shape.
+
+Rows are written in row groups of :data:`ROW_GROUP_ROWS`, each built from the store's stream
+and written before the next is read, so an export of 100,000 results holds one group in
+memory, not the batch.
+
+pyarrow is an optional extra (``pip install 'batchrun[parquet]'``) and is imported only
+when this format writes, so neither ``--help`` nor the other formats load it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from itertools import islice
+from typing import IO, Any
+
+from batchrun.config.prices import PriceTable
+from batchrun.errors import ConfigError
+from batchrun.export.flat import COLUMNS, COST_USD_DECIMALS, flat_values, tool_use_json
+from batchrun.records import ResultDetail
+
+# Rows per row group: a reader skips or reads a group as a whole, and the writer holds one
+# in memory (measured: about 65 MB above pyarrow's own for 10,000 short replies; a peak RSS
+# of 150 MB for 100,000 results as for 20,000).
+ROW_GROUP_ROWS = 10_000
+# Decimal digits of `cost_usd` in all. A decimal, not a float, because it is money: a sum in
+# DuckDB or pandas is then exact, not off in the 16th digit. The scale is the flat export's
+# rounding, so the value is the number the JSON and CSV show; 18 digits is the most a
+# Parquet reader stores in 64 bits, which leaves 10 before the point.
+COST_USD_PRECISION = 18
+_COST_QUANTUM = Decimal(1).scaleb(-COST_USD_DECIMALS)
+# zstd: the text columns take about half the space they take with Parquet's default
+# (snappy: 6.2 MB against 3.4 MB for 100,000 simulator replies), and DuckDB, pandas, polars
+# and Spark read it.
+_COMPRESSION = "zstd"
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    """The ``pyarrow`` and ``pyarrow.parquet`` modules; a ConfigError saying how to install
+    them when they are missing."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "pyarrow"
+        why = "" if missing else f" (importing it failed: {exc})"
+        raise ConfigError(
+            f"--format parquet needs pyarrow{why}: pip install 'batchrun[parquet]'"
+        ) from None
+    return pyarrow, pyarrow.parquet
+
+
+def parquet_schema(pa: Any) -> Any:
+    """The pyarrow schema of the export: :data:`COLUMNS` in order, every field nullable."""
+    types = {
+        "line": pa.int64(),
+        "input_tokens": pa.int64(),
+        "output_tokens": pa.int64(),
+        "cache_creation_input_tokens": pa.int64(),
+        "cache_read_input_tokens": pa.int64(),
+        "cost_usd": pa.decimal128(COST_USD_PRECISION, COST_USD_DECIMALS),
+        "attempts": pa.int64(),
+        "latency_ms": pa.int64(),
+        "http_status": pa.int64(),
+        "created_at": pa.timestamp("us", tz="UTC"),
+        "started_at": pa.timestamp("us", tz="UTC"),
+        "completed_at": pa.timestamp("us", tz="UTC"),
+        "reused": pa.bool_(),
+        "cache_hit_rate": pa.float64(),
+    }
+    # The other columns are text. A new flat column that is not fails loudly on its first
+    # row (pyarrow refuses a number for a string), rather than being exported as text.
+    return pa.schema([pa.field(name, types.get(name, pa.string())) for name in COLUMNS])
+
+
+def _parquet_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
+    for record in flat_values(rows, prices):
+        record["tool_use"] = tool_use_json(record["tool_use"])
+        cost = record["cost_usd"]
+        if cost is not None:
+            # Through its repr: the float's shortest spelling is the rounded decimal.
+            record["cost_usd"] = Decimal(repr(cost)).quantize(_COST_QUANTUM)
+        yield record
+
+
+def write_parquet(
+    rows: Iterable[ResultDetail],
+    stream: IO[bytes],
+    prices: PriceTable,
+    *,
+    row_group_rows: int = ROW_GROUP_ROWS,
+) -> int:
+    """Write the rows as a Parquet file, ``row_group_rows`` per row group, to a binary
+    stream; returns how many. A ConfigError before anything is written if pyarrow is
+    missing."""
+    pa, pq = _pyarrow()
+    schema = parquet_schema(pa)
+    records = _parquet_values(rows, prices)
+    count = 0
+    # Given a stream rather than a path, the writer leaves it open for atomic_output.
+    with pq.ParquetWriter(stream, schema, compression=_COMPRESSION) as writer:
+        while group := list(islice(records, row_group_rows)):
+            writer.write_table(
+                pa.Table.from_pylist(group, schema=schema), row_group_size=row_group_rows
+            )
+            count += len(group)
+    return count
