@@ -15,6 +15,7 @@ this module reads ``os.environ``: the CLI passes the environment in.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import re
 import tomllib
@@ -23,8 +24,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from batchrun.config.durations import parse_duration_s
@@ -36,6 +46,8 @@ from batchrun.records import Pool, PoolMember
 from batchrun.transport.auth import AUTH_STYLES, secret_header_names
 from batchrun.transport.batch_styles import BATCH_API_STYLES
 from batchrun.transport.endpoints import Endpoints, EndpointSettings, resolve_endpoints
+
+log = logging.getLogger(__name__)
 
 CONFIG_ENV = "BATCHRUN_CONFIG"
 LOCAL_CONFIG_NAME = "batchrun.toml"
@@ -73,6 +85,10 @@ class Settings:
     retention_s: float | None = None
     # [pools.NAME]: several endpoints used as one.
     pools: Mapping[str, Pool] = field(default_factory=dict)
+    # [notify]: the webhook `run` tells when a batch ends, pauses or expires: its URL, or the
+    # environment variable that holds it (a URL with a token in it is a secret).
+    notify_url: str | None = None
+    notify_url_env: str | None = None
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this file and the key: ``FILE: KEY: problem``."""
@@ -143,7 +159,54 @@ def load_settings(path: Path | None) -> Settings:
         prices={model: table.to_price() for model, table in parsed.prices.items()},
         retention_s=(None if parsed.retention is None else parse_duration_s(parsed.retention)),
         pools={name: table.to_pool(name, str(path)) for name, table in parsed.pools.items()},
+        notify_url=parsed.notify.url if parsed.notify is not None else None,
+        notify_url_env=parsed.notify.url_env if parsed.notify is not None else None,
     )
+
+
+def notify_url_problem(url: str) -> str | None:
+    """What is wrong with a webhook URL for notifications (None: nothing). The text never
+    quotes the URL, which may hold a token."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError when it is no port number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or re.search(r"[\s\x00-\x1f\x7f]", url)
+    ):
+        return (
+            "must be an http:// or https:// URL with a host, such as "
+            '"https://hooks.example.com/services/..."'
+        )
+    return None
+
+
+def notify_url_of(settings: Settings, env: Mapping[str, str]) -> str | None:
+    """The webhook URL of the file's ``[notify]`` table: ``url``, or the value of the variable
+    that ``url_env`` names (not set: None, with a warning, so the run goes on untold); None
+    without the table. ConfigError naming the file and the variable when its value is no
+    http(s) URL."""
+    if settings.notify_url is not None:
+        return settings.notify_url
+    name = settings.notify_url_env
+    if name is None:
+        return None
+    value = env.get(name, "").strip()
+    if not value:
+        log.warning(
+            "%s: notify.url_env: $%s is not set, so this run notifies no one; export the "
+            "webhook URL in it",
+            settings.path,
+            name,
+        )
+        return None
+    if problem := notify_url_problem(value):
+        raise settings.error("notify.url_env", f"${name} {problem}")
+    return value
 
 
 # -- the file's schema (pydantic, at the edge) ---------------------------------------------
@@ -387,6 +450,27 @@ class _PoolTable(_Table):
         return Pool(name, tuple(item.to_member() for item in self.members), source)
 
 
+def _check_notify_url(value: str) -> str:
+    if problem := notify_url_problem(value):
+        raise _fail(problem)
+    return value
+
+
+class _NotifyTable(_Table):
+    # The webhook URL, or the variable that holds it (for a URL that carries a token).
+    url: Annotated[str, AfterValidator(_check_notify_url)] | None = None
+    url_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> _NotifyTable:
+        if (self.url is None) == (self.url_env is None):
+            raise _fail(
+                "give url (the webhook URL) or url_env (the environment variable that holds "
+                "it, for a URL with a token in it), one of them"
+            )
+        return self
+
+
 class _ConfigFile(_Table):
     default_endpoint: EndpointName | None = None
     # How long ended batches are kept, e.g. "30d"; `batchrun prune` deletes older ones.
@@ -394,6 +478,7 @@ class _ConfigFile(_Table):
     endpoints: dict[EndpointName, _EndpointTable] = {}
     pools: dict[EndpointName, _PoolTable] = {}
     prices: dict[Annotated[str, Field(min_length=1)], _PriceTable] = {}
+    notify: _NotifyTable | None = None
 
 
 _MODELS: dict[int, type[BaseModel]] = {0: _ConfigFile, 2: _EndpointTable}
@@ -449,9 +534,11 @@ def _unknown_key(loc: Sequence[int | str]) -> str:
             "API keys do not belong in the config file; export the key as an environment "
             f'variable and name it with api_key_env = "{variable}"{where}'
         )
-    model = {"prices": _PriceTable, "pools": _POOL_MODELS.get(len(loc))}.get(
-        str(loc[0]), _MODELS.get(len(loc) - 1)
-    )
+    model = {
+        "prices": _PriceTable,
+        "pools": _POOL_MODELS.get(len(loc)),
+        "notify": _NotifyTable,
+    }.get(str(loc[0]), _MODELS.get(len(loc) - 1))
     known = sorted(model.model_fields) if model is not None else []
     if close := difflib.get_close_matches(key, known, n=1, cutoff=0.6):
         return f'unknown key; did you mean "{close[0]}"?'

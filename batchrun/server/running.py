@@ -99,7 +99,9 @@ def build_server(
     routers: Callable[[BatchService, ServerKeys, InProcessWorkers | None], Sequence[APIRouter]]
     | None = None,
 ) -> Server:
-    """The server over ``client``'s database, endpoints and prices."""
+    """The server over ``client``'s database, endpoints and prices (and the config file's
+    ``[notify]`` webhook, told by its workers)."""
+    from batchrun.config.file import notify_url_of
     from batchrun.store.store import Store
 
     check_auth(keys, settings)
@@ -107,11 +109,17 @@ def build_server(
         raise ConfigError(f"--workers must be 0 or more, not {settings.workers}")
     known = client.endpoints()
     prices = client.prices()
+    notify_url = notify_url_of(client.settings(), env) if settings.workers else None
     store = Store.open(client.database_url)
     workers = None
     if settings.workers:
         workers = InProcessWorkers(
-            store, count=settings.workers, known=known, prices=prices, env=env
+            store,
+            count=settings.workers,
+            known=known,
+            prices=prices,
+            env=env,
+            notify_url=notify_url,
         )
     try:
         service = BatchService(

@@ -59,8 +59,12 @@ class InProcessWorkers:
         prices: PriceTable,
         env: Mapping[str, str],
         options: RunOptions | None = None,
+        notify_url: str | None = None,
     ) -> None:
+        """``notify_url``: the webhook each session tells of the batches that end, pause or
+        expire (as ``run --notify``); None: none."""
         self._store = store
+        self._notify_url = notify_url
         self._known = known
         self._prices = prices
         self._env = env
@@ -111,7 +115,13 @@ class InProcessWorkers:
                 self._finished_rate_limited += event.result.report.rate_limited
 
     def session(self) -> RunSession:
-        """A new forever run session over the store."""
+        """A new forever run session over the store (with a notifier of its own: each
+        session has its own event loop)."""
+        notifier = None
+        if self._notify_url:
+            from batchrun.transport.notify import WebhookNotifier
+
+            notifier = WebhookNotifier(self._notify_url)
         return RunSession(
             self._store,
             known=self._known,
@@ -119,6 +129,7 @@ class InProcessWorkers:
             env=self._env,
             options=self._options,
             on_event=self.heard,
+            notifier=notifier,
         )
 
     async def stop(self) -> None:
