@@ -41,10 +41,12 @@ if TYPE_CHECKING:
     from batchrun.input.sources import Requests
     from batchrun.limits.dimensions import RateLimits
     from batchrun.ops.planning import FilePlan
-    from batchrun.ops.session import RunEvent, RunResult
-    from batchrun.records import ResultDetail
+    from batchrun.ops.report.data import ReportData
+    from batchrun.ops.session import RunEvent, RunResult, RunSession
+    from batchrun.records import BatchStats, BatchSummary, ResultDetail
     from batchrun.store.store import Store
     from batchrun.transport.endpoints import Endpoints
+    from batchrun.transport.notify import WebhookNotifier
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -291,16 +293,40 @@ class Client:
     def status(self, batch_id: str) -> BatchStatus:
         """The batch object with cost, budget, timings, throughput and frequent errors (what
         ``status --json`` prints); BatchNotFoundError if there is no such batch."""
+        return self._status(batch_id)[0]
+
+    def report(self, batch_id: str) -> ReportData:
+        """What ``batchrun report`` draws of the batch (its status, sends against its
+        limits, failures over time, latency per endpoint, cost over time); render it with
+        :func:`batchrun.ops.report.page.render_report`. BatchNotFoundError if there is no
+        such batch."""
+        from batchrun.ops.report.data import ERROR_TYPES_SHOWN, gather_report
+
+        status, stats, batch = self._status(batch_id, top_errors=ERROR_TYPES_SHOWN)
+        return gather_report(
+            self._store(),
+            batch=batch,
+            status=status,
+            errors=stats.errors,
+            known=self.endpoints(),
+            prices=self.prices(),
+            now=_now(),
+        )
+
+    def _status(
+        self, batch_id: str, *, top_errors: int = 5
+    ) -> tuple[BatchStatus, BatchStats, BatchSummary]:
+        """The status of the batch, with the stats and the summary it was built from."""
         from batchrun.config.prices import cost_of
         from batchrun.export.batch_object import BatchStatus
 
         store = self._store()
         batch = store.get_batch(batch_id)
-        stats = store.batch_stats(batch_id)
+        stats = store.batch_stats(batch_id, top_errors=top_errors)
         members = self._pool_members(batch.endpoint)
         names = {share.endpoint for share in stats.endpoints} | set(members)
         health = store.endpoint_health(sorted(names)) if len(names) > 1 else {}
-        return BatchStatus.build(
+        status = BatchStatus.build(
             batch,
             stats,
             cost_of(stats.usage, self.prices()),
@@ -308,6 +334,7 @@ class Client:
             health=health,
             provider_batches=store.provider_batches_of([batch_id]),
         )
+        return status, stats, batch
 
     def provider_batches(self, batch_id: str) -> builtins.list[ProviderBatchModel]:
         """The batch's provider batches (batch lane), oldest first; BatchNotFoundError if
@@ -536,6 +563,8 @@ class Client:
         on_event: Callable[[RunEvent], None] | None = None,
         progress_interval_s: float | None = None,
         stop_on_signals: bool = False,
+        on_session: Callable[[RunSession], None] | None = None,
+        notify_url: str | None = None,
         **limits: float | None,
     ) -> RunResult:
         """Run batches on the caller's event loop; see :meth:`run`.
@@ -552,6 +581,17 @@ class Client:
           database, ``wait`` waits for it, ``share`` works alongside it.
         - ``on_event`` gets what the run has to say (notes, progress every
           ``progress_interval_s``, each pass's result).
+        - ``on_session`` gets the run's :class:`~batchrun.ops.session.RunSession` once it
+          holds the run lock, before it sends, for a host that watches the run from another
+          thread: its :meth:`~batchrun.ops.session.RunSession.counters` (the 429s, which
+          the database does not keep) are what ``run --metrics-port`` serves beside the
+          database's numbers. The run itself serves nothing: the metrics server belongs to
+          the layer above this API (``batchrun.server.run_metrics``), so the CLI starts it,
+          hands it the session's counters through this hook, and stops it after the run.
+        - ``notify_url``: a webhook (http or https) that gets a small JSON document when a
+          batch ends, is canceled, expires, pauses or is interrupted (see "Notifications" in
+          the docs); delivery is tried a few seconds and never fails the run. None: the
+          config file's ``[notify]``; ``""``: none, whatever the file says.
 
         Returns the :class:`~batchrun.ops.session.RunResult`: the exit code the CLI would
         give, and the last pass's batches, counts, tokens and costs.
@@ -568,6 +608,7 @@ class Client:
         if lock not in ("exclusive", "wait", "share"):
             raise ConfigError(f"lock must be exclusive, wait or share, not {lock!r}")
         known = self.endpoints()
+        notifier = self._notifier(notify_url)
         options = RunOptions(
             batch_ids=tuple(batch_ids),
             target=known.check(endpoint) if endpoint is not None else None,
@@ -598,9 +639,31 @@ class Client:
         ):
             store = await _off_loop(self._store)
             session = RunSession(
-                store, known=known, prices=prices, env=self._env, options=options, on_event=on_event
+                store,
+                known=known,
+                prices=prices,
+                env=self._env,
+                options=options,
+                on_event=on_event,
+                notifier=notifier,
             )
+            if on_session is not None:
+                on_session(session)
             return await session.run()
+
+    def _notifier(self, notify_url: str | None) -> WebhookNotifier | None:
+        """The run's webhook notifier: ``notify_url``, else the config file's (see arun)."""
+        from batchrun.config.file import notify_url_of, notify_url_problem
+
+        if notify_url is None:
+            notify_url = notify_url_of(self.settings(), self._env)
+        elif notify_url and (problem := notify_url_problem(notify_url)):
+            raise ConfigError(f"notify_url: {problem}")
+        if not notify_url:
+            return None
+        from batchrun.transport.notify import WebhookNotifier
+
+        return WebhookNotifier(notify_url)
 
     # -- the async twins of the rest ------------------------------------------------------
 

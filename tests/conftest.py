@@ -22,6 +22,9 @@ from sqlalchemy.engine import make_url
 from batchrun.input.ingest import submit_requests
 from batchrun.store.store import Store
 
+# Headless Chromium and the screenshot folder, for the tests of web pages.
+from tests.browsing import artifacts, browser  # noqa: F401
+
 POSTGRES_URL_VARIABLE = "BATCHRUN_TEST_POSTGRES_URL"
 # Variables that choose or reach an endpoint, which a developer's shell may set.
 ENDPOINT_VARIABLES = (

@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperGroup, TyperOption
 
 from batchrun import __version__
-from batchrun.cli import batches, estimate, lanes, run, serve, tools
+from batchrun.cli import batches, estimate, lanes, report, run, serve, tools
 from batchrun.cli.consoles import stderr
 from batchrun.cli.context import Options
 from batchrun.errors import BatchrunError, ExitCode
@@ -154,6 +154,7 @@ def build_app() -> typer.Typer:
     run.add_commands(app)
     batches.add_commands(app)
     lanes.add_commands(app)
+    report.add_commands(app)
     serve.add_commands(app)
     tools.add_commands(app)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -16,6 +16,11 @@ from batchrun.errors import ExitCode
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S
 
+if TYPE_CHECKING:
+    from batchrun.client import Client
+    from batchrun.ops.metrics import ProcessCounters
+    from batchrun.ops.session import RunSession
+
 # How often a plain progress line is written without a terminal, and the live view redrawn.
 _DEFAULT_LOG_INTERVAL = "30s"
 _LIVE_REFRESH_S = 0.5
@@ -24,6 +29,33 @@ _LIVE_REFRESH_S = 0.5
 class OutputReservationChoice(StrEnum):
     learned = "learned"
     max_tokens = "max_tokens"
+
+
+class _RunMetrics:
+    """``--metrics-port``: the run's metrics server (listening from creation, so a taken
+    port stops the command before anything is sent), fed the counters of the run's session."""
+
+    def __init__(self, client: Client, *, host: str, port: int, quiet: bool) -> None:
+        from batchrun.server.run_metrics import start_run_metrics
+
+        self._session: RunSession | None = None
+        self._server = start_run_metrics(client, host=host, port=port, counters=self._counters)
+        # Port 0 is said even with --quiet: there is no other way to learn it.
+        if not quiet or port == 0:
+            stderr.print(f"batchrun run: metrics at {self._server.url}", markup=False)
+
+    def watch(self, session: RunSession) -> None:
+        """Count the 429s of this session (the run's)."""
+        self._session = session
+
+    def _counters(self) -> ProcessCounters:
+        from batchrun.ops.metrics import ProcessCounters
+
+        session = self._session
+        return session.counters() if session is not None else ProcessCounters()
+
+    def close(self) -> None:
+        self._server.close()
 
 
 def run(
@@ -158,6 +190,37 @@ def run(
         str,
         typer.Option(help="Without a terminal: how often to write a progress line."),
     ] = _DEFAULT_LOG_INTERVAL,
+    notify: Annotated[
+        str | None,
+        typer.Option(
+            "--notify",
+            metavar="URL",
+            help="POST a small JSON document to this webhook (http or https) when a batch "
+            "ends, is canceled, expires, pauses (with the reason) or is interrupted, with the "
+            "command that continues it. Tried for about 10 s; a failure is logged, never "
+            "fatal. Default: the config file's [notify]; '' turns it off.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="While the run runs, serve Prometheus metrics at "
+            "http://HOST:PORT/metrics, the same as `serve`'s: requests by state, sends, "
+            "retries, this run's 429s, tokens, cost, in flight and rate-limit use per "
+            "endpoint and model (of the whole database). 0 picks a free port and prints it.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            help="The address --metrics-port listens on. The metrics need no key: 0.0.0.0 "
+            "exposes them to the network."
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Send the queued requests of batches and record every response; exits when done.
 
@@ -187,7 +250,16 @@ def run(
     max_runtime_s = duration_option(max_runtime, "--max-runtime")
     poll_interval_s = duration_option(poll_interval, "--poll-interval") or 0.0
     log_interval_s = max(duration_option(progress_interval, "--progress-interval") or 0, 0.1)
+    if notify:
+        from batchrun.config.file import notify_url_problem
+
+        if problem := notify_url_problem(notify):
+            # The URL is not repeated: it may hold a token.
+            raise typer.BadParameter(problem, param_hint="--notify")
     live = stderr.is_terminal and not quiet
+    metrics = None
+    if metrics_port is not None:
+        metrics = _RunMetrics(client_of(ctx), host=metrics_host, port=metrics_port, quiet=quiet)
     display = RunDisplay(
         stderr, live=live, quiet=quiet, as_json=as_json, json_indent=None if forever else 2
     )
@@ -210,10 +282,14 @@ def run(
             on_event=display,
             progress_interval_s=None if quiet else _LIVE_REFRESH_S if live else log_interval_s,
             stop_on_signals=True,
+            notify_url=notify,
+            on_session=None if metrics is None else metrics.watch,
             **limits,
         )
     finally:
         display.close()
+        if metrics is not None:
+            metrics.close()
     if result.exit_code != ExitCode.OK:
         raise typer.Exit(int(result.exit_code))
 

@@ -3,7 +3,9 @@ instants (``2026-11-22 05:40:00 UTC``) and counts of things (``1 request``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from batchrun.export.status_rows import amount_text, when_text
+
+__all__ = ["amount_text", "duration_text", "plural", "when_text"]
 
 
 def duration_text(seconds: float) -> str:
@@ -14,22 +16,6 @@ def duration_text(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-def amount_text(value: float) -> str:
-    """A per-minute amount, short: ``58``, ``12.3k``, ``1.2M``."""
-    if value >= 1_000_000:
-        return f"{value / 1_000_000:.1f}M"
-    if value >= 10_000:
-        return f"{value / 1000:.0f}k"
-    if value >= 1000:
-        return f"{value / 1000:.1f}k"
-    return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.1f}"
-
-
-def when_text(value: datetime | None) -> str:
-    """An instant in UTC, or ``-``."""
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
 
 
 def plural(count: int, noun: str) -> str:

@@ -11,97 +11,24 @@ from typing import TYPE_CHECKING
 from rich import box
 from rich.table import Table
 
-from batchrun.cli.text import amount_text, plural, when_text
+from batchrun.cli.text import plural
 from batchrun.config.prices import describe_cost, format_usd
-from batchrun.export.batch_object import BatchObject, BatchStatus, EndpointUseModel
+from batchrun.export.batch_object import BatchObject, BatchStatus
+from batchrun.export.status_rows import state_text, status_rows
 from batchrun.input.reader import MAX_PRINTED_PROBLEMS
 
 if TYPE_CHECKING:
     from batchrun.ops.session import PassResult
 
-# An error message in the status table is cut to this many characters.
-_EXAMPLE_CHARS = 100
-
-
-def _state(batch: BatchObject) -> str:
-    status = batch.processing_status
-    return f"{status} (paused: {batch.paused_reason})" if batch.paused_reason else status
-
 
 def status_table(batch: BatchStatus) -> Table:
-    """One batch: identity, state, counts (with the reused answers), tokens and the cache hit
-    rate, cost, budget, timings, throughput and its most frequent errors."""
+    """One batch as ``status`` shows it (:func:`~batchrun.export.status_rows.status_rows`)."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    counts, tokens = batch.request_counts, batch.usage
-    total = sum(counts.model_dump().values())
-    rows = [
-        ("batch", batch.id),
-        ("name", batch.name or "-"),
-        ("status", _state(batch)),
-        ("endpoint", batch.endpoint),
-        ("source", batch.source or "-"),
-        ("requests", f"{total:,}"),
-        ("  processing", f"{counts.processing:,}"),
-        ("  succeeded", f"{counts.succeeded:,}"),
-        *([("    reused", f"{batch.reused:,}")] if batch.reused else []),
-        ("  errored", f"{counts.errored:,}"),
-        ("  canceled", f"{counts.canceled:,}"),
-        ("  expired", f"{counts.expired:,}"),
-        ("input tokens", f"{tokens.input_tokens:,}"),
-        ("output tokens", f"{tokens.output_tokens:,}"),
-        ("cache write tokens", f"{tokens.cache_creation_input_tokens:,}"),
-        ("cache read tokens", f"{tokens.cache_read_input_tokens:,}"),
-        ("cache hit rate", _rate_text(batch.cache_hit_rate)),
-        ("created", when_text(batch.created_at)),
-        ("expires", when_text(batch.expires_at)),
-        ("cancel initiated", when_text(batch.cancel_initiated_at)),
-        ("ended", when_text(batch.ended_at)),
-        ("cost", describe_cost(batch.cost)),
-        *_lane_rows(batch),
-        *_provider_rows(batch),
-    ]
-    if batch.max_cost_usd is not None:
-        rows.append(("max cost", format_usd(batch.max_cost_usd)))
-    rows.append(("first sent", when_text(batch.started_at)))
-    rows.append(("last result", when_text(batch.last_completed_at)))
-    if batch.throughput is not None:
-        rate = batch.throughput
-        rows.append(
-            (
-                "throughput",
-                f"{amount_text(rate.requests_per_min)} requests/min, "
-                f"{amount_text(rate.tokens_per_min)} tokens/min",
-            )
-        )
-    if len(batch.endpoints) > 1:
-        for index, use in enumerate(batch.endpoints):
-            rows.append(("answered by" if index == 0 else "", _endpoint_use_text(use)))
-    for index, error in enumerate(batch.errors):
-        example = (error.example or "").replace("\n", " ")
-        if len(example) > _EXAMPLE_CHARS:
-            example = example[: _EXAMPLE_CHARS - 1] + "…"
-        label = "errors" if index == 0 else ""
-        rows.append((label, f"{error.count:,} × {error.type}: {example}".rstrip(": ")))
-    for label, value in rows:
+    for label, value in status_rows(batch):
         table.add_row(label, value)
     return table
-
-
-def _rate_text(rate: float | None) -> str:
-    """A share as a percentage with one decimal, or "-" when there is none."""
-    return "-" if rate is None else f"{rate:.1%}"
-
-
-def _endpoint_use_text(use: EndpointUseModel) -> str:
-    """One endpoint of a batch: answers, share, rate in its last minute, and state."""
-    text = f"{use.endpoint}: {use.answered:,} ({use.share:.0%}), {use.per_min:,}/min at the end"
-    if use.state == "open":
-        text += f"; out of rotation until {when_text(use.retry_at)}: {use.reason}"
-    elif use.state == "halted":
-        text += f"; out: {use.reason}"
-    return text
 
 
 def status_line(batch: BatchStatus) -> str:
@@ -109,7 +36,7 @@ def status_line(batch: BatchStatus) -> str:
     c = batch.request_counts
     total = sum(c.model_dump().values())
     return (
-        f"{batch.id}: {_state(batch)}; {total - c.processing:,}/{total:,} done, "
+        f"{batch.id}: {state_text(batch)}; {total - c.processing:,}/{total:,} done, "
         f"{c.succeeded:,} succeeded, {c.errored:,} errored; cost {describe_cost(batch.cost)}"
     )
 
@@ -132,7 +59,7 @@ def _batch_row(batch: BatchObject) -> list[str]:
     return [
         batch.id,
         batch.name or "",
-        _state(batch),
+        state_text(batch),
         batch.endpoint,
         f"{total:,}",
         f"{total - counts.processing:,}",
@@ -191,7 +118,7 @@ def run_summary_lines(done: PassResult) -> list[str]:
         counts = summary.counts
         # A batch this run paused gets its reason on its own line below, once.
         batch = BatchObject.from_summary(summary)
-        state = "in_progress (paused)" if batch.id in report.paused else _state(batch)
+        state = "in_progress (paused)" if batch.id in report.paused else state_text(batch)
         lines.append(
             f"{batch.id}: {state}; {counts.succeeded:,} succeeded, "
             f"{counts.errored:,} errored, {counts.canceled:,} canceled, "
@@ -222,28 +149,3 @@ def run_summary_lines(done: PassResult) -> list[str]:
             "the next `batchrun run` continues them"
         )
     return lines
-
-
-def _provider_rows(batch: BatchStatus) -> list[tuple[str, str]]:
-    """The lane, and each provider batch of the batch lane with its state."""
-    if batch.lane == "realtime" and not batch.provider_batches:
-        return []
-    rows = [("lane", batch.lane)]
-    for item in batch.provider_batches:
-        name = item.provider_id or f"(intent {item.id})"
-        state = item.state + (f", {item.provider_status}" if item.provider_status else "")
-        text = f"{name} on {item.endpoint}: {item.request_count:,} requests, {state}"
-        if item.note:
-            text += f"; {item.note}"
-        rows.append(("  provider batch", text))
-    return rows
-
-
-def _lane_rows(batch: BatchStatus) -> list[tuple[str, str]]:
-    """Cost per lane and the saving, once more than real time was used (batch lane, reuse)."""
-    cost = batch.cost
-    if set(cost.by_lane) <= {"realtime"} and cost.saved_usd == 0:
-        return []
-    rows = [(f"  {lane}", format_usd(usd)) for lane, usd in sorted(cost.by_lane.items())]
-    rows.append(("  saved", format_usd(cost.saved_usd)))
-    return rows

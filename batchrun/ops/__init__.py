@@ -4,8 +4,9 @@ wiring of one dispatch.
 Holds: ``session`` (one run: passes, events, exit code), ``runner`` (endpoints → HTTP
 clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
 ``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
-``lanes`` (a run's batch lane), ``metrics`` (the snapshot /metrics shows) and ``timeline``
-(the dashboard's figures: throughput, limits, series).
+``lanes`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each
+once), ``metrics`` (the snapshot /metrics shows) and ``timeline`` (the dashboard's figures:
+throughput, limits, series).
 May import: ``export``, ``config``, ``lanes``, ``dispatch``, ``transport``, ``limits``, ``input``,
 ``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.
 """

@@ -1,11 +1,12 @@
 """What batchrun is doing, for monitoring: one snapshot of the job database (and, where only
 the sending process knows a number, of that process's counters).
 
-``batchrun serve`` keeps a :class:`MetricsGatherer` and turns its :class:`MetricsSnapshot`
-into Prometheus metrics at each scrape (:mod:`batchrun.server.metrics`);
-:func:`gather_metrics` is one snapshot read in full. The job table is shared by every worker
-of the database, so the numbers read from it are right whichever processes do the sending,
-and survive their restarts. Where each number comes from:
+``batchrun serve`` (and ``batchrun run --metrics-port``) keeps a :class:`MetricsGatherer`
+and turns its :class:`MetricsSnapshot` into Prometheus metrics at each scrape
+(:mod:`batchrun.server.metrics`); :func:`gather_metrics` is one snapshot read in full. The
+job table is shared by every worker of the database, so the numbers read from it are right
+whichever processes do the sending, and survive their restarts. Where each number comes
+from:
 
 - **requests per state**: ``requests.state``, per endpoint × model × state. The state is
   batchrun's own (``tables.py`` has the transitions); :data:`ANTHROPIC_STATES` maps it to the
@@ -24,12 +25,13 @@ and survive their restarts. Where each number comes from:
 - **rate-limit utilisation**: the ``rate_buckets`` the workers share (see
   :mod:`batchrun.store.rates`), as the last take wrote them, refilled to ``now``; and the
   pauses a 429 or 529 set, from ``rate_keys.paused_until``.
-- **429s**: not stored. A 429 sends the request back to the queue like any transient failure
-  (``last_error`` keeps only the latest failure, and ``failures`` leaves 429s out on purpose:
-  they are pacing, not failures), so the database cannot count them. Only the
-  :class:`~batchrun.dispatch.report.RunReport` of the process that received them can: pass
-  :class:`ProcessCounters` when the sending happens in this process; without it the
-  snapshot has no 429 count.
+- **failed sends** (429s, 529s, other 5xx, transport failures) that sent a request back to
+  the queue: ``send_failures``, a row per failed send, per endpoint sent to (a pool's
+  member) × requested model × reason. A final failure is the request's result, counted with
+  the errored requests.
+- **429s of this process**: the :class:`~batchrun.dispatch.report.RunReport` of the runs in
+  this process count every 429 they received, final ones too; pass
+  :class:`ProcessCounters` when the sending happens in this process.
 
 Labels are endpoint, model, state and dimension only: no batch or request ids, so the number
 of series stays that of the endpoints × models in use. For requests, tokens and cost the
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
     from batchrun.dispatch.report import RunReport
     from batchrun.store.rates import BucketRow
     from batchrun.store.store import Store
-    from batchrun.store.tallies import RequestTally
+    from batchrun.store.tallies import FailedSendCount, RequestTally
 
 # batchrun's request states → the key of Anthropic's MessageBatch request_counts.
 ANTHROPIC_STATES = {
@@ -162,6 +164,7 @@ class MetricsSnapshot:
     pauses: tuple[KeyPause, ...]
     process: ProcessCounters | None
     gathered_s: float
+    failed_sends: tuple[FailedSendCount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,10 +199,10 @@ class MetricsGatherer:
         clock, which the workers' rate records count in too). ``process``: the 429s of the
         runs in this process, when the sending happens here.
 
-        Four read transactions: the batches (id, endpoint, end); the totals of the batches
+        Five read transactions: the batches (id, endpoint, end); the totals of the batches
         not kept from before (two grouped statements: open requests through the state index,
-        final ones from their results); the rate buckets; the paused keys. Blocking: call it
-        off the event loop.
+        final ones from their results); the rate buckets; the paused keys; the failed sends.
+        Blocking: call it off the event loop.
 
         Measured once on 100,000 requests (2 kB prompts, 1 kB answers, two models; warm
         caches; 2 vCPUs shared with other test runs, so the figures are on the high side):
@@ -215,6 +218,7 @@ class MetricsGatherer:
         tallies = self._tallies()
         bucket_rows = self._store.rates.buckets()
         paused = self._store.rates.paused_keys(now)
+        failed_sends = tuple(self._store.failed_send_counts())
         gathered_s = time.perf_counter() - started
         return MetricsSnapshot(
             requests=_request_counts(tallies),
@@ -226,6 +230,7 @@ class MetricsGatherer:
             ),
             process=process,
             gathered_s=gathered_s,
+            failed_sends=failed_sends,
         )
 
     def _tallies(self) -> list[Tally]:

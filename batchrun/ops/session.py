@@ -12,7 +12,9 @@ about a second rather than after the pass, which may take hours.
 Nothing here prints. What a run has to tell goes out as :data:`RunEvent` values to the
 caller's ``on_event``: a :class:`Note` for a person, a :class:`Progress` snapshot every
 ``progress_interval_s``, and a :class:`PassFinished` with each pass's :class:`PassResult`. The
-CLI turns them into a live view or log lines; the Python API leaves them to the caller.
+CLI turns them into a live view or log lines; the Python API leaves them to the caller. With a
+``notifier``, batches that end, pause, expire or are interrupted are told to a webhook as well
+(:mod:`batchrun.ops.notices`), while the run goes on.
 
 Every database call goes through the run's one :class:`~batchrun.dispatch.worker_db.WorkerDatabase`.
 """
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,7 +43,9 @@ from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import LimiterSettings
 from batchrun.ops.budget import BudgetGuard
 from batchrun.ops.lanes import LaneRun, start_lane
+from batchrun.ops.metrics import ProcessCounters
 from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
+from batchrun.ops.notices import RunNotices
 from batchrun.ops.runner import (
     RunPlan,
     dispatch_batches,
@@ -56,6 +61,7 @@ from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
+    from batchrun.transport.notify import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +193,17 @@ class RunSession:
         env: Mapping[str, str],
         options: RunOptions,
         on_event: Callable[[RunEvent], None] | None = None,
+        notifier: WebhookNotifier | None = None,
     ) -> None:
+        """``notifier``: where batches that end, pause, expire or are interrupted are told
+        (:mod:`batchrun.ops.notices`); None: nowhere."""
         self._store = store
         self._known = known
         self._prices = prices
         self._env = env
         self._options = options
         self._emit = on_event or _ignore
+        self._notices = None if notifier is None else RunNotices(notifier, prices=prices)
         # Why the run was asked to stop (a signal), and the dispatch it must stop.
         self._stopping: str | None = None
         self._dispatcher: Dispatcher | None = None
@@ -204,6 +214,10 @@ class RunSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         # The in-process simulator of this run, made on first use: both lanes talk to it.
         self._simulator_made: HttpTransport | None = None
+        # The 429s of the passes that ended. Changed with _dispatcher under _counting, so
+        # counters() on another thread never sees a pass counted twice or not at all.
+        self._rate_limited_before = 0
+        self._counting = threading.Lock()
 
     def _simulator(self) -> HttpTransport:
         if self._simulator_made is None:
@@ -217,8 +231,14 @@ class RunSession:
         self._loop = asyncio.get_running_loop()
         try:
             with _signals_stop(self._request_stop, enabled=self._options.stop_on_signals):
-                return await self._run(db)
+                result = await self._run(db)
+            # Outside the signal handlers: a second Ctrl-C ends this bounded wait too.
+            if self._notices is not None:
+                await self._notices.drain()
+            return result
         finally:
+            if self._notices is not None:
+                await self._notices.abort()
             self._loop = None
             db.close()
 
@@ -243,6 +263,15 @@ class RunSession:
     def live_report(self) -> RunReport | None:
         """What the pass dispatching now has done so far (None between passes)."""
         return self._dispatcher.report if self._dispatcher is not None else None
+
+    def counters(self) -> ProcessCounters:
+        """What only this process knows of the run's sending so far: the 429s of every
+        pass, the one dispatching now included (what ``run --metrics-port`` serves). Never
+        lower than before. Safe to call from any thread."""
+        with self._counting:
+            dispatcher = self._dispatcher
+            live = dispatcher.report.rate_limited if dispatcher is not None else 0
+            return ProcessCounters(rate_limited=self._rate_limited_before + live)
 
     def _request_stop(self, reason: str) -> None:
         """Stop the run: the dispatch in progress drains (a second stop ends it at once), and
@@ -360,6 +389,8 @@ class RunSession:
             guard = BudgetGuard(self._prices, budgets, await self._costs(db, ids))
         loop = asyncio.get_running_loop()
         before = {batch_id: await db.get_batch(batch_id) for batch_id in ids}
+        if self._notices is not None:
+            self._notices.begin_pass(before)
         monitor = RunMonitor(
             prices=self._prices,
             counts={batch_id: batch.counts for batch_id, batch in before.items()},
@@ -369,6 +400,7 @@ class RunSession:
         )
         watcher = None
         joiner = None
+        teller = None
         # Batches that joined this pass while it ran (see _join_new): as they were then.
         joined: dict[str, BatchSummary] = {}
         stack = contextlib.AsyncExitStack()
@@ -390,6 +422,15 @@ class RunSession:
             # Started here: a missing or broken key is reported before any progress line.
             if options.progress_interval_s is not None:
                 watcher = asyncio.create_task(self._watch(monitor, options.progress_interval_s))
+            if self._notices is not None:
+                teller = asyncio.create_task(
+                    self._notices.watch(
+                        db,
+                        lambda: [*plan.batches, *plan.lane_only, *joined],
+                        lambda: self.live_report.paused if self.live_report is not None else {},
+                    ),
+                    name="batchrun-notify-watch",
+                )
             if options.forever:
                 joiner = asyncio.create_task(
                     self._join_new(
@@ -430,7 +471,10 @@ class RunSession:
                     report.paused.setdefault(batch_id, why)
             snapshot = monitor.snapshot()
         finally:
-            self._dispatcher = None
+            with self._counting:
+                if self._dispatcher is not None:
+                    self._rate_limited_before += self._dispatcher.report.rate_limited
+                self._dispatcher = None
             if joiner is not None:
                 joiner.cancel()
                 await asyncio.gather(joiner, return_exceptions=True)
@@ -442,6 +486,9 @@ class RunSession:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            if teller is not None:
+                teller.cancel()
+                await asyncio.gather(teller, return_exceptions=True)
         ids += [batch_id for batch_id in plan.lane_only if batch_id not in ids]
         ids += [batch_id for batch_id in joined if batch_id not in ids]
         before |= joined
@@ -466,6 +513,10 @@ class RunSession:
             budgets=budgets,
             exit_code=_exit_code(report, batches, stopped=stopped, canceled=bool(canceled)),
         )
+        if self._notices is not None:
+            self._notices.pass_ended(
+                batches, costs=done.costs, paused=report.paused, interrupted=report.interrupted
+            )
         self._emit(PassFinished(done))
         return done
 

@@ -12,7 +12,9 @@ A batch's limits are those of the keys its requests are sent under (endpoint × 
 family pattern; for a pool, each member's, with the member's model names): per dimension,
 the configured limit, the one the server announced, a lower one the workers learned from
 429s, and the lowest of them (``limit``), each summed over the keys (a dimension is left
-out when one of the keys has no limit in it). The limit of the dimension the batch uses
+out when one of the keys has no limit in it). A key with none of the three but a bucket in
+force (a limit given to ``run`` as a flag, which is not stored otherwise) counts the
+bucket's rate. The limit of the dimension the batch uses
 the largest share of is the binding one. The limits are shared with whatever else is sent
 under the same keys; the rates are the batch's own.
 
@@ -478,6 +480,9 @@ def _limit_uses(
             heard = None if row is None else row.announced
             lowered = None if row is None else row.learned
             least = _lowest(mine, heard, lowered)
+            if least is None and row is not None:
+                # A limit given to `run` (--rpm ...) is stored only as the bucket's rate.
+                least = row.in_force
             configured.append(mine)
             announced.append(heard)
             lowest.append(least)

@@ -1,10 +1,11 @@
 """Prometheus metrics: a :class:`~batchrun.ops.metrics.MetricsSnapshot` in the text format.
 
-The server gathers a snapshot at each scrape (with one
-:class:`~batchrun.ops.metrics.MetricsGatherer`, off the event loop) and answers
-``GET /metrics`` with :func:`render_metrics`; this module imports no web framework. Each
-rendering uses its own :class:`~prometheus_client.CollectorRegistry` (never the
-process-wide default one), so the numbers are the snapshot's and nothing else.
+Both ``GET /metrics`` pages, ``serve``'s (:mod:`batchrun.server.scrape`) and
+``run --metrics-port``'s (:mod:`batchrun.server.run_metrics`), are a :class:`MetricsPage`:
+a snapshot from one :class:`~batchrun.ops.metrics.MetricsGatherer`, gathered off the event
+loop at most once a second, rendered by :func:`render_metrics`; this module imports no web
+framework. Each rendering uses its own :class:`~prometheus_client.CollectorRegistry` (never
+the process-wide default one), so the numbers are the snapshot's and nothing else.
 
 Metrics (labels in brackets; :mod:`batchrun.ops.metrics` says where each number comes from):
 
@@ -27,15 +28,20 @@ Metrics (labels in brackets; :mod:`batchrun.ops.metrics` says where each number 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from batchrun.ops.metrics import MetricsSnapshot
+from batchrun.ops.metrics import MetricsGatherer, MetricsSnapshot, ProcessCounters
 
+# A scrape this soon after the last one gets the same figures.
+MIN_SCRAPE_INTERVAL_S = 1.0
 # The kinds of tokens, as the API's usage names them (without "_tokens").
 TOKEN_KINDS = ("input", "output", "cache_creation_input", "cache_read_input")
 _KEY = ("endpoint", "model")
@@ -165,6 +171,16 @@ class SnapshotCollector(Collector):
 
     def _process(self) -> Iterator[Metric]:
         snap = self._snapshot
+        failed = CounterMetricFamily(
+            "batchrun_failed_sends",
+            "Sends that failed transiently and went back to the queue, per endpoint sent to "
+            "(a pool's member), requested model and reason: rate_limited (429), overloaded "
+            "(529), server_error (other 5xx), transport (no answer), other.",
+            labels=("endpoint", "model", "reason"),
+        )
+        for item in snap.failed_sends:
+            failed.add_metric((item.endpoint, item.model, item.reason), item.count)
+        yield failed
         if snap.process is not None:
             yield CounterMetricFamily(
                 "batchrun_rate_limited_total",
@@ -185,3 +201,53 @@ def render_metrics(snapshot: MetricsSnapshot) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snapshot))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class MetricsPage:
+    """The metrics page of one store, gathered at most once per ``min_interval_s``.
+
+    A snapshot costs a few grouped reads (about 0.4 s with an open batch of 100,000
+    requests; see :class:`~batchrun.ops.metrics.MetricsGatherer`), so scrapes take turns and
+    one made within ``min_interval_s`` of the last is answered from it: several Prometheus
+    servers, or a scraper gone wild, cost no more than one. ``counters`` gives this
+    process's own counts (the 429s of the runs sending here; None when it sends nothing)
+    and is called from the scraping thread, so it must be safe to call from any thread.
+    """
+
+    def __init__(
+        self,
+        gatherer: MetricsGatherer,
+        counters: Callable[[], ProcessCounters | None],
+        *,
+        min_interval_s: float = MIN_SCRAPE_INTERVAL_S,
+    ) -> None:
+        self._gatherer = gatherer
+        self._counters = counters
+        self._min_interval_s = min_interval_s
+        # One gather at a time (the gatherer is not thread-safe, and one is enough).
+        self._turn = threading.Lock()
+        # (time.monotonic() when gathered, body, content type); replaced whole, so
+        # recent() reads it without the lock.
+        self._last: tuple[float, bytes, str] | None = None
+
+    def recent(self) -> tuple[bytes, str] | None:
+        """The last page (body, content type) if it is fresh enough; None when a scrape
+        must gather. Never blocks: an event loop may call it."""
+        last = self._last
+        if last is None or time.monotonic() - last[0] >= self._min_interval_s:
+            return None
+        return last[1], last[2]
+
+    def render(self) -> tuple[bytes, str]:
+        """The page (body, content type): :meth:`recent`'s, else a new snapshot rendered.
+        Blocking (database reads): call it off the event loop. Any thread."""
+        with self._turn:
+            if (page := self.recent()) is not None:
+                return page
+            snapshot = self._gatherer.gather()
+            # Read after the database: every 429 behind the answers the snapshot shows is
+            # in it, so a snapshot with every request done has the run's final count.
+            snapshot = replace(snapshot, process=self._counters())
+            body, content_type = render_metrics(snapshot)
+            self._last = (time.monotonic(), body, content_type)
+            return body, content_type

@@ -1,10 +1,8 @@
 """``GET /metrics``: the job database (and this process's own counters) in Prometheus's text
 format, for holders of a server key (a scraper sends ``Authorization: Bearer KEY``).
 
-A snapshot costs a few grouped reads (about 0.4 s with an open batch of 100,000 requests;
-see :class:`~batchrun.ops.metrics.MetricsGatherer`), so scrapes take turns and one made
-within ``MIN_SCRAPE_INTERVAL_S`` of the last is answered from it: several Prometheus
-servers, or a scraper gone wild, cost no more than one.
+The page is a :class:`~batchrun.server.metrics.MetricsPage` (as ``run --metrics-port``'s):
+scrapes take turns, and one made within a second of the last is answered from it.
 """
 
 from __future__ import annotations
@@ -17,11 +15,8 @@ from fastapi.responses import Response
 
 from batchrun.ops.metrics import MetricsGatherer, ProcessCounters
 from batchrun.server.keys import ServerKeys, request_owner
-from batchrun.server.metrics import render_metrics
+from batchrun.server.metrics import MetricsPage
 from batchrun.server.service import BatchService
-
-# A scrape this soon after the last one gets the same figures.
-MIN_SCRAPE_INTERVAL_S = 1.0
 
 
 def metrics_router(
@@ -32,20 +27,16 @@ def metrics_router(
     """The ``/metrics`` route over ``service``'s store; ``counters`` gives this process's
     own counts (the 429s of the in-process workers; None when it sends nothing)."""
     router = APIRouter()
-    gatherer = MetricsGatherer(service.store, prices=service.prices)
+    page = MetricsPage(MetricsGatherer(service.store, prices=service.prices), counters)
+    # Scrapes wait for their turn here, not on a thread of the store's pool each.
     turn = asyncio.Lock()
-    last: list[tuple[float, bytes, str]] = []
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         request_owner(keys, request.headers)
-        loop = asyncio.get_running_loop()
         async with turn:
-            if not last or loop.time() - last[0][0] >= MIN_SCRAPE_INTERVAL_S:
-                snapshot = await service.call(gatherer.gather, process=counters())
-                body, content_type = render_metrics(snapshot)
-                last[:] = [(loop.time(), body, content_type)]
-            _, body, content_type = last[0]
+            fresh = page.recent()
+            body, content_type = fresh if fresh is not None else await service.call(page.render)
         return Response(body, headers={"content-type": content_type})
 
     return router

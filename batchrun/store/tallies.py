@@ -6,13 +6,17 @@ return a few rows per batch × model × state, never one per request; and a read
 the totals of ended batches (which do not change while ``ended_at`` stays the same) and ask
 only for the others.
 
-Two statements, each reading only what it must (on SQLite a row's columns after ``params``
-or ``body`` cost a walk through the prompt's or answer's overflow pages):
+Two statements for the requests, each reading only what it must (on SQLite a row's columns
+after ``params`` or ``body`` cost a walk through the prompt's or answer's overflow pages):
 
 - open requests (queued, running, provider), found through the ``(state, batch_id, id)``
   index, from ``requests``;
 - final requests from their result rows (a final request has exactly one, written with its
   final state, with the same ``attempts``), joined to ``requests`` for the requested model.
+
+One more groups the failed sends (``send_failures``: 429s, 529s, 5xx, transport failures)
+by endpoint, model and reason; it reads every failed send the database holds, which stays
+small beside the requests (a failure is a row only until its batch is deleted).
 """
 
 from __future__ import annotations
@@ -63,6 +67,18 @@ class RequestTally:
     output_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
+
+
+@dataclass(frozen=True)
+class FailedSendCount:
+    """Sends that failed transiently and went back to the queue, of one endpoint (a pool's
+    member) × requested model × ``reason``: ``rate_limited`` (429), ``overloaded`` (529),
+    ``server_error`` (another 5xx), ``transport`` (no answer) or ``other``."""
+
+    endpoint: str
+    model: str
+    reason: str
+    count: int
 
 
 class Tallies(StoreBase):
@@ -125,6 +141,29 @@ class Tallies(StoreBase):
             )
         tallies.sort(key=_order)
         return tallies
+
+    def failed_send_counts(self) -> list[FailedSendCount]:
+        """Every failed send the database holds, counted per endpoint × model × reason
+        (see :class:`FailedSendCount`), sorted. One grouped statement."""
+        fail, req = t.send_failures.c, t.requests.c
+        status = fail.http_status
+        reason = case(
+            (status == 429, "rate_limited"),
+            (status == 529, "overloaded"),
+            (status.between(500, 599), "server_error"),
+            (status.is_(None), "transport"),
+            else_="other",
+        ).label("reason")
+        endpoint = func.coalesce(fail.endpoint, "unknown").label("answered_by")
+        statement = (
+            select(endpoint, req.model, reason, func.count())
+            .select_from(t.send_failures.join(t.requests, req.id == fail.request_id))
+            .group_by(endpoint, req.model, reason)
+            .order_by(endpoint, req.model, reason)
+        )
+        with self._read() as conn:
+            rows = conn.execute(statement).all()
+        return [FailedSendCount(name, model, why, int(n)) for name, model, why, n in rows]
 
 
 def _open_requests(batch_ids: Collection[str] | None) -> Select[Any]:

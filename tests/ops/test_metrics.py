@@ -23,10 +23,10 @@ from batchrun.ops.metrics import (
     bucket_use,
     gather_metrics,
 )
-from batchrun.records import FinishedRequest, RetryLater, TokenTotals, Usage
+from batchrun.records import FinishedRequest, RetryLater, SendFailure, TokenTotals, Usage
 from batchrun.store.rates import BucketRow
 from batchrun.store.store import Store
-from batchrun.store.tallies import RequestTally
+from batchrun.store.tallies import FailedSendCount, RequestTally
 from tests.conftest import request_line, submit
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -130,7 +130,15 @@ def test_the_snapshot_counts_states_sends_tokens_cost_and_holds(store: Store) ->
             # No model named: priced as the request's, which has no price.
             _answer(claimed["x"], batch_id, "x", Usage(5, 5), model=None),
         ],
-        retries=[RetryLater(claimed["r1"], NOW, 0, "HTTP 429 rate_limit_error")],
+        retries=[
+            RetryLater(
+                claimed["r1"],
+                NOW,
+                0,
+                "HTTP 429 rate_limit_error",
+                SendFailure(batch_id, NOW, 30, "simulator", 429, "rate_limit_error"),
+            )
+        ],
         unsent=[claimed["r2"]],
     )
     (again,) = store.claim(owner="w1", batch_ids=[batch_id], limit=1, now=NOW, lease_s=60)
@@ -190,6 +198,7 @@ def test_the_snapshot_counts_states_sends_tokens_cost_and_holds(store: Store) ->
     assert rpm.utilisation == pytest.approx(0.5)  # empty at 1000 s, half refilled since
     assert snapshot.pauses == (KeyPause("simulator", SONNET, pytest.approx(12.0)),)
     assert snapshot.process == ProcessCounters(rate_limited=3)
+    assert snapshot.failed_sends == (FailedSendCount("simulator", SONNET, "rate_limited", 1),)
     assert snapshot.gathered_s > 0
 
 

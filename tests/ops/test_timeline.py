@@ -209,6 +209,38 @@ def test_learned_and_announced_limits_lower_the_configured_one(sqlite_store: Sto
     )
 
 
+def test_a_limit_given_to_run_as_a_flag_is_the_bucket_in_force(sqlite_store: Store) -> None:
+    # `run --rpm 600` on an endpoint with no limits configured and none announced: only the
+    # shared bucket's rate says what the workers kept to.
+    plain = Endpoint("plain", "http://plain.invalid")
+    batch_id = _answered(sqlite_store, "plain", [20.0, 10.0])
+    with sqlite_store._write() as conn:
+        conn.execute(
+            insert(t.rate_buckets),
+            {
+                "endpoint": "plain",
+                "model": SONNET,
+                "dimension": "rpm",
+                "rate_per_s": 10.0,
+                "level": 1.0,
+                "capacity": 10.0,
+                "updated_at": 0.0,
+            },
+        )
+    data = DashboardData(sqlite_store, known=_known(plain), prices=PRICES)
+
+    (card,) = data.cards([sqlite_store.get_batch(batch_id)], now=NOW)
+
+    (limit,) = card.limits
+    assert (limit.dimension, limit.configured, limit.limit, limit.in_force) == (
+        "rpm",
+        None,
+        600.0,
+        600.0,
+    )
+    assert limit.binding
+
+
 def test_the_series_has_every_minute_and_marks_the_one_still_filling(
     sqlite_store: Store,
 ) -> None:

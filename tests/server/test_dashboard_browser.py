@@ -1,16 +1,10 @@
-"""The dashboard in a real browser: headless Chromium (Debian's ``chromium`` package) driven
-by Playwright against a real `batchrun serve` while a batch runs. The screenshots are kept
-as test artifacts (``$BATCHRUN_TEST_ARTIFACTS``, else ``test-artifacts/`` in the
-repository).
-
-Without Chromium or Playwright these tests skip locally and fail under ``CI=true``, so a CI
-run cannot pass without looking at the pages."""
+"""The dashboard in a real browser (``tests.browsing``: headless Debian Chromium under
+Playwright) against a real `batchrun serve` while a batch runs; screenshots are kept as test
+artifacts."""
 
 from __future__ import annotations
 
 import io
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,46 +20,12 @@ from tests.server.serving import KEY_A, running_server, server_env
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS_VARIABLE = "BATCHRUN_TEST_ARTIFACTS"
-REPOSITORY = Path(__file__).parents[2]
 # A name that would run a script if a page used it as markup.
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 # Long enough for the pages to see the batch run: 2 requests a second at most.
 RUNNING_REQUESTS = 120
 RPM = 120
 WAIT_MS = 30_000
-
-
-def _missing(what: str) -> None:
-    message = f"{what}; install it with `apt-get install chromium` and `pip install playwright`"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"browser tests must run under CI: {message}")
-    pytest.skip(message)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium under Playwright (never a downloaded browser)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("Playwright is not installed")
-    if not CHROMIUM.exists():
-        _missing(f"no Chromium at {CHROMIUM}")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-@pytest.fixture
-def artifacts() -> Path:
-    folder = Path(os.environ.get(ARTIFACTS_VARIABLE) or REPOSITORY / "test-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _gateway(url: str) -> str:

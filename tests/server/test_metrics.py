@@ -120,6 +120,9 @@ def test_a_scrape_agrees_with_status_on_counts_tokens_and_cost(
     assert _sum(scraped["batchrun_sends"]) == 9 == report.sent
     assert _sum(scraped["batchrun_retries"]) == 1 == report.retried
     assert _sum(scraped["batchrun_rate_limited"]) == 1 == report.rate_limited
+    # The database saw it too, whichever process sent it.
+    assert _sum(scraped["batchrun_failed_sends"], reason="rate_limited") == 1
+    assert _sum(scraped["batchrun_failed_sends"]) == 1
     assert _sum(scraped["batchrun_requests_in_flight"]) == 0
     utilisation = scraped["batchrun_rate_limit_utilisation_ratio"]
     assert {sample.labels["dimension"] for sample in utilisation} == {"rpm"}
@@ -139,6 +142,7 @@ def test_every_metric_is_prefixed_documented_and_typed() -> None:
     types = {family.name: family.type for family in families}
     assert {name for name, kind in types.items() if kind == "counter"} == {
         *COUNTERS,
+        "batchrun_failed_sends",
         "batchrun_rate_limited",
     }
     text = body.decode("utf-8")
