@@ -297,9 +297,8 @@ class Client:
 
     def report(self, batch_id: str) -> ReportData:
         """What ``batchrun report`` draws of the batch (its status, sends against its
-        limits, failures over time, latency per endpoint, cost over time); render it with
-        :func:`batchrun.ops.report.page.render_report`. BatchNotFoundError if there is no
-        such batch."""
+        limits, failures over time, latency per endpoint, cost over time), as values;
+        :meth:`report_html` renders it. BatchNotFoundError if there is no such batch."""
         from batchrun.ops.report.data import ERROR_TYPES_SHOWN, gather_report
 
         status, stats, batch = self._status(batch_id, top_errors=ERROR_TYPES_SHOWN)
@@ -312,6 +311,13 @@ class Client:
             prices=self.prices(),
             now=_now(),
         )
+
+    def report_html(self, batch_id: str) -> str:
+        """The page ``batchrun report`` writes: one self-contained HTML document with the
+        charts of :meth:`report`. BatchNotFoundError if there is no such batch."""
+        from batchrun.ops.report.page import render_report
+
+        return render_report(self.report(batch_id))
 
     def _status(
         self, batch_id: str, *, top_errors: int = 5
@@ -674,6 +680,10 @@ class Client:
     async def astatus(self, batch_id: str) -> BatchStatus:
         """:meth:`status` off the event loop."""
         return await _off_loop(self.status, batch_id)
+
+    async def areport_html(self, batch_id: str) -> str:
+        """:meth:`report_html` off the event loop."""
+        return await _off_loop(self.report_html, batch_id)
 
     async def alist(self) -> builtins.list[BatchObject]:
         """:meth:`list` off the event loop."""

@@ -39,9 +39,8 @@ def report(
     """
     from batchrun.cli.context import client_of
     from batchrun.export.atomic import atomic_output
-    from batchrun.ops.report.page import render_report
 
-    page = render_report(client_of(ctx).report(batch_id))
+    page = client_of(ctx).report_html(batch_id)
     if output == "-":
         if open_page:
             raise typer.BadParameter("--open needs a file, not stdout", param_hint="--open")

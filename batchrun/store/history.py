@@ -90,21 +90,25 @@ class LatencySpread:
     max_ms: int
 
 
+def epoch_bucket(
+    column: ColumnElement[Any], width_s: int, *, dialect: str, name: str
+) -> ColumnElement[int]:
+    """A time ``column`` as whole buckets of ``width_s`` seconds since the Unix epoch,
+    labelled ``name``. The width is a literal, not a bound parameter: the expression appears
+    in GROUP BY as in the select list."""
+    if dialect == "sqlite":
+        # Stored as naive UTC text; strftime('%s') reads it as UTC.
+        seconds: ColumnElement[Any] = cast(func.strftime(literal_column("'%s'"), column), Integer)
+    else:
+        seconds = cast(func.floor(extract("epoch", column)), BigInteger)
+    return (seconds // literal_column(str(int(width_s)), Integer)).label(name)
+
+
 class Histories(StoreBase):
     """Statements on a batch's whole history."""
 
     def _bucket(self, column: ColumnElement[Any], width_s: int) -> ColumnElement[int]:
-        """``column`` as whole buckets of ``width_s`` seconds since the Unix epoch. The
-        width is a literal, not a bound parameter: the expression appears in GROUP BY as in
-        the select list."""
-        if self._engine.dialect.name == "sqlite":
-            # Stored as naive UTC text; strftime('%s') reads it as UTC.
-            seconds: ColumnElement[Any] = cast(
-                func.strftime(literal_column("'%s'"), column), Integer
-            )
-        else:
-            seconds = cast(func.floor(extract("epoch", column)), BigInteger)
-        return (seconds // literal_column(str(int(width_s)), Integer)).label("bucket")
+        return epoch_bucket(column, width_s, dialect=self._engine.dialect.name, name="bucket")
 
     def send_series(self, batch_id: str, *, width_s: int) -> list[SendBucket]:
         """The batch's real-time sends per bucket of ``width_s`` seconds (see

@@ -18,14 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
-    Integer,
     Select,
     and_,
     case,
-    cast,
-    extract,
     func,
     literal_column,
     select,
@@ -33,6 +29,7 @@ from sqlalchemy import (
 
 from batchrun.store import tables as t
 from batchrun.store.base import StoreBase
+from batchrun.store.history import epoch_bucket
 
 # The series covers at most this many minutes (a day) that had answers.
 MAX_SERIES_POINTS = 1440
@@ -150,17 +147,10 @@ class Timelines(StoreBase):
     """Statements on a batch over time."""
 
     def _epoch_minute(self) -> ColumnElement[int]:
-        """``results.completed_at`` as whole minutes since the Unix epoch. No bound
-        parameters in it: it appears in GROUP BY as it does in the select list."""
-        column = t.results.c.completed_at
-        if self._engine.dialect.name == "sqlite":
-            # Stored as naive UTC text; strftime('%s') reads it as UTC.
-            seconds: ColumnElement[Any] = cast(
-                func.strftime(literal_column("'%s'"), column), Integer
-            )
-        else:
-            seconds = cast(func.floor(extract("epoch", column)), BigInteger)
-        return (seconds // literal_column("60", Integer)).label("minute")
+        """``results.completed_at`` as whole minutes since the Unix epoch."""
+        return epoch_bucket(
+            t.results.c.completed_at, 60, dialect=self._engine.dialect.name, name="minute"
+        )
 
     def minute_series(
         self, batch_id: str, *, max_points: int = MAX_SERIES_POINTS

@@ -210,8 +210,10 @@ async def test_the_async_twins_run_on_the_callers_loop(client: batchrun.Client) 
     result = await client.arun(batch.id, on_event=events.append, progress_interval_s=0.01)
     lines = [line async for line in client.aresults(batch.id)]
     status = await client.astatus(batch.id)
+    page = await client.areport_html(batch.id)
 
     assert result.exit_code == ExitCode.OK
+    assert page.startswith("<!DOCTYPE html>") and batch.id in page
     assert [line["custom_id"] for line in lines] == ["q0", "q1", "q2"]
     assert status.request_counts.succeeded == 3
     assert isinstance(events[-1], PassFinished)
