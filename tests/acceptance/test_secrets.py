@@ -1,5 +1,5 @@
 """The API key never leaves the process: not into the database (nor its WAL and shared-memory
-files), the logs at -vv, status, list, the results export or an error message."""
+files), the logs at -vv, status, list, the results export, the report or an error message."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def test_the_api_key_reaches_no_file_log_or_output(tmp_path: Path) -> None:
             (["results", failing_id, "-o", str(tmp_path / "results.jsonl")], 0),
             (["results", failing_id, "--format", "flat", "-o", str(tmp_path / "flat.jsonl")], 0),
             (["results", billing_id, "--partial"], 0),
+            (["report", failing_id, "-o", str(tmp_path / "report.html")], 0),
+            (["report", billing_id, "-o", str(tmp_path / "billing.html")], 0),
         )
         # The database, its -wal and -shm files, the exports (and the request files).
         files = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
@@ -99,6 +101,7 @@ def test_the_api_key_reaches_no_file_log_or_output(tmp_path: Path) -> None:
     assert "Invalid request (simulated). (API key presented: [redacted])" in exported
     assert "your key is [redacted]" in exported
     assert '"request_id":"[redacted]"' in files["flat.jsonl"].decode()
+    assert "invalid_request_error" in files["report.html"].decode()
     assert "billing reasons: Your credit balance is too low" in text
     assert "(API key presented: [redacted])" in text
     for needle in NEEDLES:
