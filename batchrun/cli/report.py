@@ -47,7 +47,7 @@ def report(
         sys.stdout.write(page)
         return
     path = Path(output or f"report-{batch_id}.html")
-    with atomic_output(path) as stream:
+    with atomic_output(path, what="the report", instead="-o - to write it to stdout") as stream:
         stream.write(page)
     stderr.print(f"wrote the report of {batch_id} to {path}", markup=False)
     if open_page and not webbrowser.open(path.resolve().as_uri()):

@@ -74,6 +74,27 @@ def test_results_through_a_link_to_a_file_replace_the_file_and_keep_the_link(
     assert len(real.read_text().splitlines()) == 2
 
 
+def test_results_get_a_new_files_permissions_or_keep_the_replaced_ones(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    batch_id = finished(cli, tmp_path)
+    private = tmp_path / "private.jsonl"
+    private.write_text("old\n")
+    private.chmod(0o600)
+    umask = os.umask(0o027)
+    try:
+        made = invoke(cli, "results", batch_id, "-o", str(tmp_path / "new.jsonl"))
+        kept = invoke(cli, "results", batch_id, "-o", str(private))
+    finally:
+        os.umask(umask)
+
+    assert made.exit_code == kept.exit_code == 0, made.output + kept.output
+    # Not the temporary file's 0600: what open() would have made, and what was there.
+    assert stat.S_IMODE((tmp_path / "new.jsonl").stat().st_mode) == 0o640
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert len(private.read_text().splitlines()) == 2
+
+
 def test_output_to_a_full_disk_is_one_line_and_exit_1(sqlite_url: str, tmp_path: Path) -> None:
     env = clean_env(sqlite_url, HOME=str(tmp_path))
     subprocess.run([BATCHRUN, "db", "upgrade"], env=env, check=True, capture_output=True)
