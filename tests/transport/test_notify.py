@@ -88,7 +88,11 @@ async def test_failures_that_last_are_logged_with_the_host_only(
     assert not delivered
     assert 1 < len(receiver.posts) < 50
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "HTTP 500" in warning.getMessage() and receiver.host in warning.getMessage()
+    message = warning.getMessage()
+    assert receiver.host in message
+    # The last try's reason: its 500, or, on a busy machine, no answer within what was left
+    # of the window.
+    assert "HTTP 500" in message or "no answer within" in message, message
     no_secret_in(caplog)
 
 
