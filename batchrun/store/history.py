@@ -90,6 +90,23 @@ class LatencySpread:
     max_ms: int
 
 
+def realtime_answers() -> ColumnElement[bool]:
+    """Results that are answers sent in real time (what the rate limits count): succeeded
+    or errored, not by a provider batch, not reused from the database."""
+    res = t.results.c
+    return and_(
+        res.result_type.in_([t.SUCCEEDED, t.ERRORED]),
+        func.coalesce(res.lane, t.REALTIME) == t.REALTIME,
+        res.reused_from.is_(None),
+    )
+
+
+def limit_input_tokens() -> ColumnElement[Any]:
+    """A result's input tokens as the limits count them: input plus cache writes."""
+    res = t.results.c
+    return func.coalesce(res.input_tokens, 0) + func.coalesce(res.cache_creation_input_tokens, 0)
+
+
 def epoch_bucket(
     column: ColumnElement[Any], width_s: int, *, dialect: str, name: str
 ) -> ColumnElement[int]:
@@ -117,28 +134,18 @@ class Histories(StoreBase):
         res, fail = t.results.c, t.send_failures.c
         sent_at = func.coalesce(res.sent_at, res.completed_at)
         bucket = self._bucket(sent_at, width_s)
-        realtime = and_(
-            func.coalesce(res.lane, t.REALTIME) == t.REALTIME, res.reused_from.is_(None)
-        )
         errored = res.result_type == t.ERRORED
         throttled = and_(errored, res.error_type.in_([RATE_LIMITED, OVERLOADED]))
         answers = (
             select(
                 bucket,
                 func.count(),
-                func.sum(
-                    func.coalesce(res.input_tokens, 0)
-                    + func.coalesce(res.cache_creation_input_tokens, 0)
-                ),
+                func.sum(limit_input_tokens()),
                 func.sum(func.coalesce(res.output_tokens, 0)),
                 func.sum(case((errored, 1), else_=0)),
                 func.sum(case((throttled, 1), else_=0)),
             )
-            .where(
-                res.batch_id == batch_id,
-                res.result_type.in_([t.SUCCEEDED, t.ERRORED]),
-                realtime,
-            )
+            .where(res.batch_id == batch_id, realtime_answers())
             .group_by(literal_column("bucket"))
         )
         failed_bucket = self._bucket(fail.sent_at, width_s)
@@ -263,10 +270,4 @@ class Histories(StoreBase):
     def _timed_answers(batch_id: str) -> tuple[ColumnElement[bool], ...]:
         """The batch's answers sent in real time whose latency is known."""
         res = t.results.c
-        return (
-            res.batch_id == batch_id,
-            res.result_type.in_([t.SUCCEEDED, t.ERRORED]),
-            res.latency_ms.is_not(None),
-            func.coalesce(res.lane, t.REALTIME) == t.REALTIME,
-            res.reused_from.is_(None),
-        )
+        return (res.batch_id == batch_id, realtime_answers(), res.latency_ms.is_not(None))

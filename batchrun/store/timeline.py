@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 from batchrun.store import tables as t
 from batchrun.store.base import StoreBase
-from batchrun.store.history import epoch_bucket
+from batchrun.store.history import epoch_bucket, limit_input_tokens, realtime_answers
 
 # The series covers at most this many minutes (a day) that had answers.
 MAX_SERIES_POINTS = 1440
@@ -128,21 +128,6 @@ class RateLimitRow:
     paused_until: float
 
 
-def _realtime_answers() -> ColumnElement[bool]:
-    """Results that are answers sent in real time (what the rate limits count)."""
-    res = t.results.c
-    return and_(
-        res.result_type.in_([t.SUCCEEDED, t.ERRORED]),
-        func.coalesce(res.lane, t.REALTIME) == t.REALTIME,
-        res.reused_from.is_(None),
-    )
-
-
-def _input_tokens() -> ColumnElement[Any]:
-    res = t.results.c
-    return func.coalesce(res.input_tokens, 0) + func.coalesce(res.cache_creation_input_tokens, 0)
-
-
 class Timelines(StoreBase):
     """Statements on a batch over time."""
 
@@ -169,14 +154,14 @@ class Timelines(StoreBase):
             select(
                 minute,
                 func.count(),
-                func.sum(_input_tokens()),
+                func.sum(limit_input_tokens()),
                 func.sum(func.coalesce(res.output_tokens, 0)),
                 func.sum(case((errored, 1), else_=0)),
                 func.sum(
                     case((and_(errored, res.error_type.in_(THROTTLE_ERROR_TYPES)), 1), else_=0)
                 ),
             )
-            .where(res.batch_id == batch_id, _realtime_answers())
+            .where(res.batch_id == batch_id, realtime_answers())
             .group_by(literal_column("minute"))
             .order_by(literal_column("minute").desc())
             .limit(max_points)
@@ -226,7 +211,7 @@ class Timelines(StoreBase):
                 func.min(res.completed_at),
                 func.max(res.completed_at),
                 func.sum(case((recent, 1), else_=0)),
-                func.sum(case((recent, _input_tokens()), else_=0)),
+                func.sum(case((recent, limit_input_tokens()), else_=0)),
                 func.sum(case((recent, output), else_=0)),
             )
             .where(

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from batchrun.records import FinishedRequest, RetryLater, SendFailure, Usage
 from batchrun.store.history import CostBucket, LatencySpread, SendBucket
 from batchrun.store.store import Store
 from tests.conftest import request_line, submit
-
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-SONNET = "claude-sonnet-4-5"
-
-
-def _claimed(store: Store, batch_id: str, at: datetime = NOW) -> dict[str, int]:
-    claimed = store.claim(owner="w1", batch_ids=[batch_id], limit=100, now=at, lease_s=600)
-    return {item.custom_id: item.id for item in claimed}
+from tests.store.test_timeline import NOW, SONNET, _claimed
 
 
 def _answer(

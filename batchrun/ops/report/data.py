@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -185,43 +186,42 @@ def trailing_rates(
 ) -> Iterator[RatePoint]:
     """Per bucket from the first send to the last (empty buckets included), the sends per
     minute over the ``window_s`` ending with the bucket."""
-    if not sends:
-        return
-    per_bucket = {bucket.start: bucket for bucket in sends}
-    step = timedelta(seconds=width_s)
     span = max(1, window_s // width_s)
-    window: list[SendBucket] = []
     scale = SECONDS_PER_MINUTE / (span * width_s)
-    at = sends[0].start
-    while at <= sends[-1].start:
-        window.append(per_bucket.get(at) or SendBucket(at))
-        if len(window) > span:
-            window.pop(0)
+    window: deque[SendBucket] = deque(maxlen=span)
+    step = timedelta(seconds=width_s)
+    for bucket in _every_bucket(sends, width_s):
+        window.append(bucket)
         yield RatePoint(
-            at + step,
+            bucket.start + step,
             sum(item.answered + item.failed for item in window) * scale,
             sum(item.input_tokens for item in window) * scale,
             sum(item.output_tokens for item in window) * scale,
         )
-        at += step
 
 
 def _failures(sends: Sequence[SendBucket], width_s: int) -> Iterator[FailurePoint]:
     """Per bucket from the first send to the last, what failed in it."""
-    if not sends:
-        return
-    per_bucket = {bucket.start: bucket for bucket in sends}
-    step = timedelta(seconds=width_s)
-    at = sends[0].start
-    while at <= sends[-1].start:
-        item = per_bucket.get(at) or SendBucket(at)
+    for item in _every_bucket(sends, width_s):
         yield FailurePoint(
-            at,
+            item.start,
             retried=item.failed,
             rate_limited=item.rate_limited + item.errored_throttled,
             overloaded=item.overloaded,
             errored=item.errored,
         )
+
+
+def _every_bucket(sends: Sequence[SendBucket], width_s: int) -> Iterator[SendBucket]:
+    """``sends`` (oldest first, buckets without sends left out) with the empty buckets
+    between them filled in."""
+    if not sends:
+        return
+    per_bucket = {bucket.start: bucket for bucket in sends}
+    step = timedelta(seconds=width_s)
+    at = sends[0].start
+    while at <= sends[-1].start:
+        yield per_bucket.get(at) or SendBucket(at)
         at += step
 
 
