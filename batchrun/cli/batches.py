@@ -362,7 +362,7 @@ def results(
 ) -> None:
     """Write the results of a batch in input order: Anthropic's batch results format (one
     JSON line per request), or flat records (JSON lines, CSV or Parquet) for analytics.
-    Parquet is binary, so it needs -o FILE, and pyarrow (pip install 'batchrun[parquet]').
+    Parquet is binary, so it needs -o FILE, and pyarrow (pip install pyarrow).
 
     Examples:
 

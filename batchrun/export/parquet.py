@@ -11,8 +11,9 @@ Rows are written in row groups of :data:`ROW_GROUP_ROWS`, each built from the st
 and written before the next is read, so an export of 100,000 results holds one group in
 memory, not the batch.
 
-pyarrow is an optional extra (``pip install 'batchrun[parquet]'``) and is imported only
-when this format writes, so neither ``--help`` nor the other formats load it.
+pyarrow is an optional extra (``pip install 'batchrun-llm[parquet]'``, or ``pip install
+pyarrow``) and is imported only when this format writes, so neither ``--help`` nor the other
+formats load it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _pyarrow() -> tuple[Any, Any]:
         missing = isinstance(exc, ModuleNotFoundError) and exc.name == "pyarrow"
         why = "" if missing else f" (importing it failed: {exc})"
         raise ConfigError(
-            f"--format parquet needs pyarrow{why}: pip install 'batchrun[parquet]'"
+            f"--format parquet needs pyarrow{why}: pip install pyarrow (or 'batchrun-llm[parquet]')"
         ) from None
     return pyarrow, pyarrow.parquet
 

@@ -78,7 +78,7 @@ def create_database_engine(
         except ImportError:
             raise DatabaseError(
                 "Postgres needs the psycopg driver (psycopg 3), which this installation "
-                "lacks: pip install 'batchrun[postgres]'"
+                "lacks: pip install 'batchrun-llm[postgres]' (or pip install 'psycopg[binary]')"
             ) from None
         return create_engine(parsed, pool_pre_ping=True)
     if backend != "sqlite":
@@ -245,7 +245,7 @@ def upgrade_database(engine: Engine) -> tuple[str | None, str]:
         if before is not None and before not in known:
             raise DatabaseError(
                 f"the database is at schema revision {before!r}, written by a newer batchrun; "
-                "upgrade batchrun (pip install -U batchrun) to use it"
+                "upgrade batchrun (pip install -U batchrun-llm) to use it"
             )
         with engine.begin() as connection:
             command.upgrade(_alembic_config(connection), "head")

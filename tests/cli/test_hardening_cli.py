@@ -168,7 +168,7 @@ def test_a_database_url_batchrun_cannot_use_is_one_line(
 def test_postgres_without_its_driver_says_which_extra_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As on a plain `pip install batchrun`: importing psycopg fails.
+    # As on a plain `pip install batchrun-llm`: importing psycopg fails.
     monkeypatch.setitem(sys.modules, "psycopg", None)
 
     result = CliRunner().invoke(
@@ -176,7 +176,7 @@ def test_postgres_without_its_driver_says_which_extra_to_install(
     )
 
     assert result.exit_code == 1
-    assert "pip install 'batchrun[postgres]'" in result.stderr
+    assert "pip install 'batchrun-llm[postgres]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -200,6 +200,6 @@ def test_without_pyarrow_parquet_says_how_to_install_it(tmp_path: Path) -> None:
 
     assert ran.returncode == 1
     assert ran.stderr.strip() == (
-        "error: --format parquet needs pyarrow: pip install 'batchrun[parquet]'"
+        "error: --format parquet needs pyarrow: pip install pyarrow (or 'batchrun-llm[parquet]')"
     )
     assert [p.name for p in tmp_path.iterdir() if "out.parquet" in p.name] == []
