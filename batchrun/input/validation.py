@@ -22,6 +22,11 @@ Decisions:
   accepts.
 - Lines are parsed with orjson, which is strict JSON (no NaN/Infinity) and reports a column.
   Integers beyond 64 bits become floats, as orjson reads them.
+- A line may nest objects and arrays at most `MAX_JSON_DEPTH` levels deep (the line itself is
+  level 1, ``params`` level 2). Messages need about 8 (a tool result's content blocks), a
+  tool's ``input_schema`` two per nested schema; deeper lines cannot be written by orjson
+  (255) and would crash whatever walks them recursively, so they are refused here, naming
+  the field.
 """
 
 from __future__ import annotations
@@ -58,18 +63,25 @@ __all__ = [
     "IMAGE_MEDIA_TYPES",
     "IMAGE_SOURCE_TYPES",
     "MAX_IMAGE_BASE64_BYTES",
+    "MAX_JSON_DEPTH",
     "MAX_LINE_BYTES",
     "MAX_PROBLEMS_PER_LINE",
     "MESSAGE_ROLES",
     "MIB",
     "InvalidLine",
     "ValidRequest",
+    "deep_problem",
+    "nested_too_deep",
     "oversized_line",
     "validate_line",
 ]
 
 # The Messages API request size limit (32 MB); one line is one request.
 MAX_LINE_BYTES = 32 * MIB
+# Levels of objects and arrays one request line may nest (the line is level 1, params 2):
+# generous for any Messages request (tool schemas, tool results), far below orjson's limit
+# of 255 for writing and Python's recursion limit.
+MAX_JSON_DEPTH = 128
 
 CUSTOM_ID_MAX_CHARS = 64
 # The largest max_tokens and the longest model id stored (the job table's columns). No model
@@ -84,6 +96,9 @@ OPENAI_LINE_KEYS: frozenset[str] = frozenset({"custom_id", "method", "url", "bod
 MESSAGES_URL_SUFFIX = "/messages"
 
 _SHOWN_UNKNOWN_KEYS = 5
+_SHOWN_PLACE_CHARS = 80
+# The tokens a scan for the place of too deep a nesting needs: strings whole, brackets, ":".
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +146,18 @@ def validate_line(
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit exceeded"):
+            # orjson reads at most 1024 levels; the place is found by a scan of the tokens.
+            place, found_id = _deep_place(raw)
+            custom_id = _check_custom_id({"custom_id": found_id}, [])
+            return InvalidLine(line_no, custom_id, (deep_problem(place),))
         return InvalidLine(line_no, None, (_parse_problem(raw, exc),))
+    # Only a line with more openers than the limit can be too deep: most skip the walk.
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:
+        deep_place = nested_too_deep(obj)
+        if deep_place is not None:
+            line_id = _check_custom_id(obj, []) if isinstance(obj, dict) else None
+            return InvalidLine(line_no, line_id, (deep_problem(deep_place),))
     if not isinstance(obj, dict):
         return InvalidLine(
             line_no,
@@ -175,6 +201,82 @@ def oversized_line(line_no: int, size_bytes: int, *, max_line_bytes: int) -> Inv
             "make the request smaller (fewer or smaller images and documents)",
         ),
     )
+
+
+def nested_too_deep(value: object, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Where ``value`` (level 1) nests objects and arrays more than ``max_depth`` levels deep:
+    the keys of its first two levels (``.params.metadata``; ``""`` for ``value`` itself, and
+    the path stops at the first array); None when it does not. Walks without recursion, so
+    any depth is safe."""
+    # (container, its level, the keys on the way, whether more keys are added).
+    stack: list[tuple[object, int, str, bool]] = [(value, 1, "", True)]
+    while stack:
+        container, depth, place, open_place = stack.pop()
+        if depth > max_depth:
+            return place
+        if isinstance(container, dict):
+            for key, child in container.items():
+                if isinstance(child, dict | list):
+                    more = open_place and place.count(".") < 2
+                    stack.append((child, depth + 1, place + f".{key}" if more else place, more))
+        elif isinstance(container, list):
+            stack.extend((child, depth + 1, place, False) for child in container)
+    return None
+
+
+def deep_problem(place: str) -> str:
+    """The problem of a line (or the field ``place`` of it) nested past MAX_JSON_DEPTH."""
+    where = place.removeprefix(".") or "line"
+    if len(where) > _SHOWN_PLACE_CHARS:
+        where = where[:_SHOWN_PLACE_CHARS] + "…"
+    return (
+        f"{where} nests objects and arrays deeper than {MAX_JSON_DEPTH} levels, the most a "
+        "request line may have (no Messages API request needs that many); flatten it"
+    )
+
+
+def _deep_place(raw: bytes) -> tuple[str, object]:
+    """The first two keys on the way into a line too deep for orjson to read (as
+    :func:`nested_too_deep` says them) and the line's custom_id (None if not met on the way).
+    Read as tokens (strings whole, brackets, ``:``), stopping past the limit."""
+    keys: list[str] = []
+    kinds: list[bytes] = []
+    custom_id: object = None
+    depth = 0
+    last: bytes = b""
+    key: bytes | None = None
+    for match in _TOKENS.finditer(raw):
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+            kinds.append(token)
+            if depth > MAX_JSON_DEPTH:
+                break
+        elif token in (b"}", b"]"):
+            depth -= 1
+            del kinds[max(depth, 0) :]
+            del keys[max(depth, 0) :]
+        elif token == b":":
+            key = last if last.startswith(b'"') else None
+            if key is not None and depth <= 2:
+                del keys[depth - 1 :]
+                keys.append(_json_text(key))
+        elif token.startswith(b'"') and last == b":" and depth == 1 and key == b'"custom_id"':
+            custom_id = _json_text(token)
+        last = token
+    # The keys up to the first array on the way.
+    arrays = [level for level, kind in enumerate(kinds) if kind == b"["]
+    shown = keys[: min([2, *arrays])]
+    return "".join(f".{part}" for part in shown), custom_id
+
+
+def _json_text(token: bytes) -> str:
+    """A JSON string token's text (``""`` if it is not valid)."""
+    try:
+        text = orjson.loads(token)
+    except orjson.JSONDecodeError:
+        return ""
+    return text if isinstance(text, str) else ""
 
 
 # --- the line as a whole ---------------------------------------------------------------------

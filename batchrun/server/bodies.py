@@ -6,25 +6,40 @@ memory; the elements are then parsed one by one with ijson's C parser and each i
 as one JSON line, so ``submit``'s rules, wording and single transaction apply unchanged.
 Element ``i`` is line ``i + 1``; :func:`request_position` names it ``requests[i]``.
 
-Other top-level fields are ignored. A body that is not JSON, is cut short, or has no
-``requests`` array raises :class:`~batchrun.server.errors.ApiError` (400) as it is met,
-which rolls back what was stored.
+Other top-level fields are ignored. A body that is not JSON, is cut short, has no
+``requests`` array, or nests deeper than a request line may (``MAX_JSON_DEPTH``) raises
+:class:`~batchrun.server.errors.ApiError` (400) as it is met, which rolls back what was
+stored. The depth is checked while parsing, before a level is built: the parser keeps the
+path of every open level, so a body of a million ``[`` would otherwise need terabytes.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, BinaryIO
 
 import ijson
 import orjson
 
+from batchrun.input.validation import MAX_JSON_DEPTH, deep_problem
 from batchrun.server.errors import ApiError
 
 # Anthropic's limits per batch.
 MAX_BATCH_REQUESTS = 100_000
 MAX_BODY_BYTES = 256 * 1024 * 1024
+# Levels above a request line in the body: the body's object and its requests array.
+_BODY_LEVELS = 2
+# ijson builds each open level's dotted path of keys, copying its parent's: a long path
+# (megabyte keys) under many small containers costs time quadratic in the body. No request
+# has keys this long on the way to an object or array.
+MAX_KEY_PATH_CHARS = 64 * 1024
+# Bytes the parser is fed at a time: it makes all the events of a piece before the depth
+# check sees the first, so a piece bounds the levels (and paths) built past the limit.
+_PARSE_PIECE_BYTES = 4096
+_OPENS = frozenset({"start_map", "start_array"})
+_CLOSES = frozenset({"end_map", "end_array"})
 # The create body's shape, for messages.
 _SHAPE = '{"requests": [{"custom_id": "...", "params": {...}}, ...]}'
 
@@ -42,7 +57,8 @@ def request_lines(body: IO[bytes], *, max_requests: int = MAX_BATCH_REQUESTS) ->
 class _RequestLines(io.RawIOBase):
     def __init__(self, body: IO[bytes], max_requests: int) -> None:
         self._body = body
-        self._items = ijson.items(body, "requests.item", use_float=True)
+        events = _depth_checked(ijson.parse(body, use_float=True, buf_size=_PARSE_PIECE_BYTES))
+        self._items = ijson.items(events, "requests.item")
         self._max_requests = max_requests
         self._count = 0
         self._pending = b""
@@ -70,6 +86,10 @@ class _RequestLines(io.RawIOBase):
             return b""
         except ijson.JSONError as exc:
             raise ApiError(400, _not_json(exc, self._count)) from None
+        except _TooDeep as exc:
+            raise ApiError(400, _too_deep(exc.prefix, self._count)) from None
+        except _KeysTooLong as exc:
+            raise ApiError(400, _keys_too_long(exc.prefix, self._count)) from None
         self._count += 1
         if self._count > self._max_requests:
             raise ApiError(
@@ -78,6 +98,60 @@ class _RequestLines(io.RawIOBase):
                 "may hold; split them into several batches",
             )
         return _encode(item) + b"\n"
+
+
+class _TooDeep(Exception):
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix[:200])
+        self.prefix = prefix
+
+
+class _KeysTooLong(Exception):
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix[:200])
+        self.prefix = prefix
+
+
+def _depth_checked(
+    events: Iterable[tuple[str, str, Any]],
+) -> Iterator[tuple[str, str, Any]]:
+    """``events`` as they come, raising _TooDeep at the first level past the limit and
+    _KeysTooLong at the first object or array whose path of keys is too long."""
+    limit = MAX_JSON_DEPTH + _BODY_LEVELS
+    depth = 0
+    for event in events:
+        kind = event[1]
+        if kind in _OPENS:
+            depth += 1
+            if depth > limit:
+                raise _TooDeep(event[0])
+            if len(event[0]) > MAX_KEY_PATH_CHARS:
+                raise _KeysTooLong(event[0])
+        elif kind in _CLOSES:
+            depth -= 1
+        yield event
+
+
+def _too_deep(prefix: str, parsed: int) -> str:
+    """The problem of a body nested past the limit at ``prefix`` (ijson's dotted path)."""
+    parts = prefix.split(".")
+    if parts[:2] != ["requests", "item"]:
+        return (
+            f"the body nests objects and arrays deeper than {MAX_JSON_DEPTH + _BODY_LEVELS} "
+            f"levels; send {_SHAPE}"
+        )
+    # The keys up to the first array on the way, as validation says them.
+    keys = parts[2:4]
+    place = "".join(f".{part}" for part in keys[: keys.index("item") if "item" in keys else 2])
+    return f"{request_position(parsed + 1)}: {deep_problem(place)}"
+
+
+def _keys_too_long(prefix: str, parsed: int) -> str:
+    where = request_position(parsed + 1) if prefix.startswith("requests.item.") else "the body"
+    return (
+        f"{where}: the keys on the way to an object or array are longer than "
+        f"{MAX_KEY_PATH_CHARS:,} characters together; no Messages API request has such keys"
+    )
 
 
 def _encode(item: object) -> bytes:

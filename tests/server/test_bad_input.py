@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchrun.input.validation import MAX_JSON_DEPTH
+from tests.cli.test_deep_params import deep_raw
 from tests.conftest import request_line
 from tests.server.serving import KEY_A, running_server, server_env
 
@@ -125,6 +127,47 @@ def test_a_wrong_type_in_any_field_names_the_request_and_stores_nothing(
     assert "requests[1]" in message and said in message
     assert "requests[0]" not in message and "requests[2]" not in message
     assert stored(http) == before
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 300, 5_000])
+def test_params_nested_past_the_limit_are_400_naming_the_request(
+    http: httpx.Client, levels: int
+) -> None:
+    before = stored(http)
+    body = b'{"requests": [%s, %s]}' % (
+        json.dumps(request_line("ok0")).encode(),
+        deep_raw("deep", levels, kind="object"),
+    )
+    response = http.post(BATCHES, content=body, headers={"content-type": "application/json"})
+    message = assert_api_error(response, 400, "invalid_request_error")
+    assert message.startswith("requests[1]: params.metadata nests objects and arrays deeper")
+    assert f"{MAX_JSON_DEPTH} levels" in message
+    assert stored(http) == before
+
+
+def test_a_body_a_million_levels_deep_is_refused_at_once_without_reading_it_whole(
+    http: httpx.Client,
+) -> None:
+    # 2 MB of "[": a parser that keeps every level's path would need terabytes.
+    levels = 1_000_000
+    body = b'{"requests": [' + b"[" * levels + b"]" * levels + b"]}"
+    response = http.post(BATCHES, content=body, headers={"content-type": "application/json"})
+    message = assert_api_error(response, 400, "invalid_request_error")
+    assert message.startswith("requests[0]: line nests objects and arrays deeper")
+    body = b'{"other": ' + b'{"a":' * levels + b"0" + b"}" * levels + b"}"
+    response = http.post(BATCHES, content=body, headers={"content-type": "application/json"})
+    assert "the body nests objects and arrays deeper" in assert_api_error(response, 400)
+
+
+def test_megabyte_keys_over_many_small_arrays_are_refused_at_once(http: httpx.Client) -> None:
+    # Each "[]" under a 1 MB key made the parser copy the 1 MB path: minutes for 3 MB.
+    body = b'{"requests": [{"custom_id": "a", "params": {"%s": [%s]}}]}' % (
+        b"k" * 1_000_000,
+        b",".join([b"[]"] * 1_000_000),
+    )
+    response = http.post(BATCHES, content=body, headers={"content-type": "application/json"})
+    message = assert_api_error(response, 400, "invalid_request_error")
+    assert message.startswith("requests[0]: the keys on the way to an object or array")
 
 
 def test_duplicate_custom_ids_name_both_requests(http: httpx.Client) -> None:
