@@ -82,6 +82,8 @@ class Retryable:
     at_most_once: bool = False
     # What the server sent, when it is kept with the result should no attempt be left.
     raw_body: str | None = None
+    # A 200 whose body is not a Message: the endpoint's failure (a pool's breaker counts it).
+    unreadable: bool = False
 
     @property
     def rate_limited(self) -> bool:
@@ -98,6 +100,9 @@ class Fatal:
     error: ErrorBody
     http_status: int
     raw_body: str | None = None
+    # A 200 whose body is not a Message: the endpoint's failure as much as the request's (a
+    # pool's breaker counts it, and another member may be asked once).
+    unreadable: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ batch object), ``batch_poisoned`` (results with poisoned usage, garbage and echo
 Modes (see :data:`MODES`): ``openai``, ``foreign``, ``not_json``, ``deep``, ``usage_2_63``,
 ``usage_2_31``, ``negative_usage``, ``retry_after_huge``, ``retry_after_ms_huge``,
 ``reset_9999``, ``retry_after_10h``, ``tiny_limit``, ``drip``, ``endless``, ``gzip_bomb``,
-``oversized``, ``echo_key``, and for streamed requests ``sse_pings`` (a stream that starts,
-then sends pings forever) and ``sse_drip`` (a stream whose next event never ends: a byte of
-it every ``drip_interval_s``).
+``oversized``, ``echo_key``, ``html_login`` (a 200 whose body is an HTML login page, as a
+gateway that lost its session sends), and for streamed requests ``sse_pings`` (a stream that
+starts, then sends pings forever) and ``sse_drip`` (a stream whose next event never ends: a
+byte of it every ``drip_interval_s``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class HostileServer:
     batch_ids: list[str] = field(default_factory=list)
     # Seconds between the bytes of `drip`.
     drip_interval_s: float = 3.0
+    # The mode of a request without a directive (a server that always misbehaves one way).
+    default_mode: str = "normal"
     # Built once, before a test measures memory: a gzip of 300 MB of zeros, and a Message
     # of 40 MB.
     bomb: bytes = field(default_factory=lambda: _gzip_bomb(300 * _MIB))
@@ -99,7 +102,7 @@ class HostileServer:
                 length = int(headers.get("content-length", "0"))
                 body = await reader.readexactly(length) if length else b""
                 found = _DIRECTIVE.search(body)
-                mode = found.group(1).decode() if found else "normal"
+                mode = found.group(1).decode() if found else self.default_mode
                 self.log.append(Request(mode, headers, body))
                 method, path = [*lines[0].split(" "), "", ""][:2]
                 if "/batches" in path:
@@ -137,6 +140,9 @@ class HostileServer:
                 return await self._send(writer, 200, b'{"hello": "world"}')
             case "not_json":
                 return await self._send(writer, 200, b'{"type": "message", "content": [')
+            case "html_login":
+                page = b"<!doctype html><html><body><form action=/login>Sign in</form></html>"
+                return await self._send(writer, 200, page, content_type="text/html")
             case "deep":
                 return await self._send(writer, 200, _deep(100_000))
             case "usage_2_63":
@@ -290,9 +296,11 @@ class HostileServer:
         status: int,
         body: bytes,
         headers: dict[str, str] | None = None,
+        *,
+        content_type: str = "application/json",
     ) -> bool:
         reason = {200: "OK", 429: "Too Many Requests"}.get(status, "Error")
-        head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json"]
+        head = [f"HTTP/1.1 {status} {reason}", f"content-type: {content_type}"]
         head += [f"{name}: {value}" for name, value in (headers or {}).items()]
         head.append(f"content-length: {len(body)}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())

@@ -5,7 +5,8 @@ becomes of the request, as a value the loop matches on:
 
 - :class:`Finish`: a result to record, succeeded or errored (a final failure, or a transient
   one with no attempt left);
-- :class:`Retry`: back to the queue until a time, after a transient failure;
+- :class:`Retry`: back to the queue until a time, after a transient failure (or, in a pool,
+  at once after an answer that could not be read: another member takes it, once);
 - :class:`Pause`: a failure every request of the batch would share (credentials, billing, a
   spend limit): the batch pauses and this request goes back unsent.
 
@@ -44,6 +45,10 @@ HALT_MESSAGES = {
 # Up to this share of a back-off is taken off at random, so that many requests failing
 # together do not come back together.
 BACKOFF_JITTER_SHARE = 0.25
+# How ``last_error`` begins after a pool member's answer could not be read (a 200 that is no
+# Message): "unreadable answer from NAME: ...". The retry stores it, so the next try (in this
+# worker or another, after a crash too) knows which member to avoid and that it is the last.
+UNREADABLE_FROM = "unreadable answer from "
 
 
 # -- writes: how a request leaves a worker --------------------------------------------------
@@ -128,6 +133,7 @@ def decide(
     latency_ms: int,
     input_estimate: int,
     jitter: float,
+    failover: bool = False,
 ) -> Decision:
     """What becomes of ``request`` after ``outcome``.
 
@@ -135,9 +141,25 @@ def decide(
     waiting them out is pacing); a failure worth one more try at most (``at_most_once``: a
     200 whose body was cut) ends it the second time in a row. ``jitter`` is a number in
     [0, 1) that spreads back-offs.
+
+    ``failover``: other endpoints may take the request (a pool of several members). An
+    answer that could not be read (``unreadable``: a 200 that is no Message) is then sent
+    once more, at once, to another member (:func:`unreadable_from` names the one to avoid),
+    counted as an attempt; a second unreadable answer in a row, or the last attempt, ends it
+    errored. Without ``failover`` such answers are judged as classified: a body that is not
+    JSON is tried once more, JSON that is no Message is final.
     """
     sent_at = now - timedelta(milliseconds=latency_ms)
     match outcome:
+        case Retryable(unreadable=True) | Fatal(unreadable=True) if failover:
+            return _unreadable(
+                request,
+                outcome,
+                endpoint=endpoint,
+                max_attempts=max_attempts,
+                now=now,
+                latency_ms=latency_ms,
+            )
         case Succeeded():
             return Finish(
                 replace(
@@ -163,13 +185,16 @@ def decide(
             failures = request.failures + (0 if outcome.rate_limited else 1)
             again = outcome.at_most_once and request.last_error == outcome.reason
             if failures >= max_attempts or again:
-                return Finish(
-                    replace(
-                        _gave_up(request, outcome, now, latency_ms),
-                        endpoint=endpoint,
-                        sent_at=sent_at,
-                    )
+                result = _gave_up(
+                    request,
+                    outcome.reason,
+                    outcome.error,
+                    outcome.http_status,
+                    now,
+                    latency_ms,
+                    outcome.raw_body,
                 )
+                return Finish(replace(result, endpoint=endpoint, sent_at=sent_at))
             delay_s = retry_delay_s(
                 failures, retry_after_s=outcome.retry_after_s, backoff=backoff, jitter=jitter
             )
@@ -189,6 +214,55 @@ def decide(
                     ),
                 )
             )
+
+
+def unreadable_from(last_error: str | None) -> str | None:
+    """The pool member whose unreadable answer made the request's latest failure (see
+    :data:`UNREADABLE_FROM`), or None: the next try should go to another member."""
+    if last_error is None or not last_error.startswith(UNREADABLE_FROM):
+        return None
+    # Endpoint names hold no ':' (config.file), so the name ends at the first one.
+    return last_error[len(UNREADABLE_FROM) :].split(":", 1)[0] or None
+
+
+def _unreadable(
+    request: ClaimedRequest,
+    outcome: Retryable | Fatal,
+    *,
+    endpoint: str,
+    max_attempts: int,
+    now: datetime,
+    latency_ms: int,
+) -> Decision:
+    """A pool member answered 200 with no Message: once to another member, at once; the
+    second time in a row (or on the last attempt) errored, with what the server sent kept."""
+    sent_at = now - timedelta(milliseconds=latency_ms)
+    inner = outcome.error.get("error")
+    said = str(inner.get("message", "")) if isinstance(inner, dict) else ""
+    detail = outcome.reason if isinstance(outcome, Retryable) else said
+    reason = f"{UNREADABLE_FROM}{endpoint}: {detail}"
+    failures = request.failures + 1
+    if unreadable_from(request.last_error) is not None or failures >= max_attempts:
+        result = _gave_up(
+            request, reason, outcome.error, outcome.http_status, now, latency_ms, outcome.raw_body
+        )
+        return Finish(replace(result, endpoint=endpoint, sent_at=sent_at))
+    return Retry(
+        RetryLater(
+            request_id=request.id,
+            not_before=now,
+            failures=failures,
+            last_error=reason,
+            failed=SendFailure(
+                batch_id=request.batch_id,
+                sent_at=sent_at,
+                latency_ms=latency_ms,
+                endpoint=endpoint,
+                http_status=outcome.http_status,
+                error_type=_error_type(outcome.error),
+            ),
+        )
+    )
 
 
 def _error_type(error: Mapping[str, object]) -> str | None:
@@ -250,19 +324,28 @@ def _succeeded(
 
 
 def _gave_up(
-    request: ClaimedRequest, outcome: Retryable, now: datetime, latency_ms: int
+    request: ClaimedRequest,
+    reason: str,
+    error_body: Mapping[str, object],
+    http_status: int | None,
+    now: datetime,
+    latency_ms: int,
+    raw_body: str | None,
 ) -> FinishedRequest:
-    """The errored result of a request whose attempts ran out; its message says so first."""
-    error = dict(outcome.error)
-    inner = dict(error["error"])
+    """The errored result of a request whose attempts ran out (the latest failure:
+    ``reason``, with the error object ``error_body``); its message says so first."""
+    error = dict(error_body)
+    found = error.get("error")
+    inner = dict(found) if isinstance(found, dict) else {"type": "api_error"}
     said = str(inner.get("message", ""))
     # A transport failure's message is its reason; it is said once.
-    more = "" if said == outcome.reason else f". {said}"
+    # An unreadable answer's reason ends with the message already.
+    more = "" if said == reason or (said and reason.endswith(said)) else f". {said}"
     inner["message"] = (
-        f"gave up after {request.attempts + 1} attempts; last failure: {outcome.reason}{more}"
+        f"gave up after {request.attempts + 1} attempts; last failure: {reason}{more}"
     ).strip()
     error["error"] = inner
-    return _errored(request, error, outcome.http_status, now, latency_ms, outcome.raw_body)
+    return _errored(request, error, http_status, now, latency_ms, raw_body)
 
 
 def _errored(

@@ -37,6 +37,7 @@ from batchrun.dispatch.decisions import (
     Unsent,
     after_stop,
     decide,
+    unreadable_from,
 )
 from batchrun.dispatch.health import publish
 from batchrun.dispatch.leases import LeaseKeeper
@@ -445,6 +446,7 @@ class Dispatcher:
             latency_ms=latency_ms,
             input_estimate=permit.input_estimate,
             jitter=self._rng.random(),
+            failover=len(self.router.route(route).members) > 1,
         )
         self.report.count(decision, outcome)
         transition = self.router.finished(
@@ -511,7 +513,12 @@ class Dispatcher:
         again if the endpoint left the rotation while the request waited for its limits."""
         loop = asyncio.get_running_loop()
         while True:
-            assignment = await self.router.assign(route, request.model, request.params_json)
+            assignment = await self.router.assign(
+                route,
+                request.model,
+                request.params_json,
+                avoid=unreadable_from(request.last_error),
+            )
             if isinstance(assignment, Halted):
                 return assignment
             try:

@@ -21,13 +21,20 @@ decides, request by request:
   prefix's order. Requests sharing a prefix thus stay on one member while it keeps up, and
   spill to a second (which writes the cache once) only when it cannot.
 - **Failover.** In a pool of two or more, a member that fails :data:`FAILURES_TO_OPEN`
-  times in a row (connection errors, timeouts, 5xx, 529) is taken out of rotation for
+  times in a row (connection errors, timeouts, 5xx, 529, and 200s whose body is not a
+  Message: an HTML login page, a body that is not JSON, JSON of another shape) is taken out
+  of rotation for
   :data:`FIRST_OPEN_S`, doubling up to :data:`MAX_OPEN_S` while its probes fail (a circuit
   breaker: after the wait one probe goes, alone; an answer closes the breaker). Its share
   flows to the others. Bad credentials (401, 403, billing) take a member out for the rest of
   the run, and its requests go back to the queue unsent for the others; only when every
   member is out that way does the batch pause. When every member is out for failures, the
   requests wait for the first probe instead of using up their attempts.
+- **One more member for an unreadable answer.** A request whose answer could not be read is
+  sent once more, at once, to another member (``avoid``: the one that gave it; see
+  ``dispatch.decisions.unreadable_from``), waiting for one to be in rotation if need be; a
+  second unreadable answer in a row ends it errored. Such an answer may have been billed, so
+  a request is never sent more than once after one.
 
 A single endpoint has no breaker: its failures are retried with back-off and count against
 each request's attempts, as they always did. Nothing here does I/O; time comes in as
@@ -61,6 +68,8 @@ UNLIMITED_RATE_PER_S = 1_000_000.0
 # The others wait for the first request's answer this long at most: a wrong key's 401 comes
 # back in well under a second, while a long generation's answer may take minutes.
 FIRST_ANSWER_WAIT_S = 10.0
+# Why a member that answers 200s with no Message in them is out of rotation.
+UNREADABLE_REASON = "answers 200 with a body that is not a Message"
 # Shares and rates in progress views are over this window.
 RATE_WINDOW_S = 60.0
 # How much each new latency moves the average.
@@ -180,10 +189,14 @@ class Router:
 
     # -- choosing ---------------------------------------------------------------------------
 
-    async def assign(self, route: str, model: str, params_json: str) -> Assignment | Halted:
+    async def assign(
+        self, route: str, model: str, params_json: str, *, avoid: str | None = None
+    ) -> Assignment | Halted:
         """Wait until a member of ``route`` may take a request for ``model``; returns where it
         goes (counted as outstanding there until :meth:`finished` or :meth:`abandon`), or
-        :class:`Halted` when every member is out for bad credentials."""
+        :class:`Halted` when every member is out for bad credentials. ``avoid``: a member not
+        to use while another one is not out for bad credentials (its answer to this request
+        could not be read)."""
         pool = self.route(route)
         prefix = cache_prefix_key(params_json)
         loop = asyncio.get_running_loop()
@@ -194,7 +207,7 @@ class Router:
                 self._started_at = now
             # A request with a cached prefix waits a little for its member's first answer.
             patient = prefix is not None and now - asked_at < AFFINITY_SLACK_S
-            choice = self._choose(pool, model, prefix, now, patient=patient)
+            choice = self._choose(pool, model, prefix, now, patient=patient, avoid=avoid)
             if isinstance(choice, Assignment | Halted):
                 return choice
             changed = self._changed
@@ -205,17 +218,34 @@ class Router:
                 await asyncio.wait_for(changed.wait(), timeout=choice)
 
     def _choose(
-        self, pool: Pool, model: str, prefix: str | None, now: float, *, patient: bool = False
+        self,
+        pool: Pool,
+        model: str,
+        prefix: str | None,
+        now: float,
+        *,
+        patient: bool = False,
+        avoid: str | None = None,
     ) -> Assignment | Halted | float | None:
         """An assignment; Halted; or how long to wait before trying again (None: until
         something changes). ``patient``: wait for the prefix's member while its first
-        request is out, rather than go to another."""
+        request is out, rather than go to another. ``avoid``: see :meth:`assign`."""
         states = {member.endpoint: self.state(member.endpoint) for member in pool.members}
         if all(state.status == "halted" for state in states.values()):
             return Halted(tuple(dict.fromkeys(state.reason for state in states.values())))
-        usable = [m for m in pool.members if states[m.endpoint].usable(now)]
+        members = pool.members
+        if avoid is not None:
+            others = tuple(
+                m for m in members if m.endpoint != avoid and states[m.endpoint].status != "halted"
+            )
+            members = others or members
+        usable = [m for m in members if states[m.endpoint].usable(now)]
         if not usable:
-            reopen = min(s.open_until for s in states.values() if s.status == "open")
+            reopen = min(
+                states[m.endpoint].open_until
+                for m in members
+                if states[m.endpoint].status == "open"
+            )
             return max(reopen - now, 0.0)
         starting = []
         for member in usable:
@@ -298,10 +328,11 @@ class Router:
                 state.status, state.reason = "halted", halt_reason
                 state.tested, state.gentle_since = False, None
             case Retryable(http_status=status) if status is None or status >= 500:
-                state.consecutive_failures += 1
-                probe_failed = state.status == "open"
-                if breakers and (probe_failed or state.consecutive_failures >= FAILURES_TO_OPEN):
-                    self._open(state, outcome.reason, now)
+                self._failed(state, outcome.reason, now, breakers=breakers)
+            case Retryable(unreadable=True) | Fatal(unreadable=True):
+                # A 200 that is no Message (a login page, a proxy's error): the member is
+                # broken, not the request.
+                self._failed(state, UNREADABLE_REASON, now, breakers=breakers)
             case Succeeded() | Fatal() | Retryable():
                 # An answer past authentication: the endpoint works.
                 self._answered(state, now, latency_s, success=isinstance(outcome, Succeeded))
@@ -311,6 +342,12 @@ class Router:
         return Transition(
             state.endpoint, state.status, state.reason, max(state.open_until - now, 0.0)
         )
+
+    def _failed(self, state: MemberState, reason: str, now: float, *, breakers: bool) -> None:
+        state.consecutive_failures += 1
+        probe_failed = state.status == "open"
+        if breakers and (probe_failed or state.consecutive_failures >= FAILURES_TO_OPEN):
+            self._open(state, reason, now)
 
     def _open(self, state: MemberState, reason: str, now: float) -> None:
         state.status, state.reason = "open", reason

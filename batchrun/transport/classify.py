@@ -12,6 +12,8 @@ its official SDK's retry rules:
 - a 200 is a success when its body is a Message, or an OpenAI-shaped chat completion (made
   into a Message, the original kept: ``transport.foreign``); a 200 whose body is not JSON
   (cut short) is worth one more try; well-formed JSON that is no Message is final, kept;
+  both are ``unreadable``: a failure of the endpoint too (a pool's breaker counts them, and
+  another member is asked once: ``dispatch.routing``);
 - nothing a server sends may end more than its one request: numbers out of range, nesting
   too deep, absurd waits and over-long strings are refused or clamped here, so the store
   never sees them.
@@ -166,6 +168,7 @@ def _classify_success(
             http_status=200,
             at_most_once=True,
             raw_body=raw,
+            unreadable=True,
         )
     message = parsed
     normalised = False
@@ -247,7 +250,7 @@ def _usage_json(usage: Usage) -> dict[str, int]:
 def _refused(why: str, raw: str, request_id: str | None) -> Fatal:
     """A 200 that cannot be recorded as a Message: final, with what the server sent kept."""
     message = f"The endpoint answered 200 but {why}; the answer is kept as the raw body."
-    return Fatal(error_body("api_error", message, request_id), 200, raw_body=raw)
+    return Fatal(error_body("api_error", message, request_id), 200, raw_body=raw, unreadable=True)
 
 
 def _clip(value: str | None, limit: int) -> str | None:
