@@ -81,11 +81,12 @@ def _member_text(member: MemberSnapshot, members: Sequence[MemberSnapshot]) -> s
 def progress_line(snapshot: ProgressSnapshot) -> str:
     """One plain line: counts, throughput, the binding limit, ETA and cost."""
     s = snapshot
+    errored = f"{s.errored:,} errored" + (f" (last: {s.last_error})" if s.last_error else "")
     parts = [
-        f"{s.done:,}/{s.total:,} done ({s.succeeded:,} succeeded, {s.errored:,} errored, "
-        f"{s.canceled:,} canceled in this run)",
+        f"{s.done:,}/{s.total:,} done ({s.succeeded:,} succeeded, {errored}, "
+        f"{s.canceled:,} canceled since the run started)",
         f"{s.retried:,} retried, {s.rate_limited:,} rate-limited"
-        + (f" (last: {s.last_failure})" if s.last_failure else ""),
+        + (f" (last retry: {s.last_retry})" if s.last_retry else ""),
         f"{s.in_flight:,} in flight",
         f"{amount_text(s.requests_per_min)} requests/min, "
         f"{amount_text(s.tokens_per_min)} tokens/min",
@@ -126,7 +127,7 @@ def progress_table(snapshot: ProgressSnapshot) -> Group:
     head.add_column(style="bold", no_wrap=True)
     head.add_column()
     head.add_row(
-        "this run",
+        "since start",
         f"{s.succeeded:,} succeeded, {s.errored:,} errored, {s.canceled:,} canceled, "
         f"{s.retried:,} retried, {s.rate_limited:,} rate-limited",
     )
@@ -142,8 +143,10 @@ def progress_table(snapshot: ProgressSnapshot) -> Group:
         head.add_row("paused", Text(f"{batch_id}: {reason}", style="yellow"))
     for wait in s.waits:
         head.add_row("waiting", Text(_wait_text(wait).removeprefix("waiting "), style="yellow"))
-    if s.last_failure:
-        head.add_row("last failure", s.last_failure)
+    if s.last_retry:
+        head.add_row("last retry", s.last_retry)
+    if s.last_error:
+        head.add_row("last error", s.last_error)
     for key in s.keys:
         uses = [_use_text(key, use.dimension) for use in key.uses if use.limit is not None] or [
             "no limit"
@@ -198,8 +201,11 @@ class RunDisplay:
                 self._finished(result)
 
     def _finished(self, done: PassResult) -> None:
+        # What the batches' stored counts say now: a cancel from elsewhere, the batch lane's
+        # imports and other workers' answers count in the last line too.
+        snapshot = done.snapshot.recounted({batch.id: batch.counts for batch in done.batches})
         if self._view is not None:
-            self._view.update(progress_table(done.snapshot), refresh=True)
+            self._view.update(progress_table(snapshot), refresh=True)
             self._view.stop()
             self._view = None
         if self._as_json:
@@ -207,7 +213,7 @@ class RunDisplay:
         if self._quiet:
             return
         if not self._live:
-            self._say(progress_line(done.snapshot))
+            self._say(progress_line(snapshot))
         if self._as_json:
             return
         for line in run_summary_lines(done):

@@ -28,8 +28,10 @@ class RunReport:
     lost_leases: int = 0
     # Batches this run stopped sending because they were canceled meanwhile.
     canceled_batches: set[str] = field(default_factory=set)
-    # The latest failure, short ("HTTP 529 overloaded_error"), for progress lines.
-    last_failure: str | None = None
+    # For progress lines: the latest failure that was retried, short ("HTTP 529
+    # overloaded_error"), and the error type of the latest request that ended errored.
+    last_retry: str | None = None
+    last_error: str | None = None
 
     def count(self, decision: Decision, outcome: Outcome) -> None:
         """Count what an answer led to."""
@@ -41,10 +43,10 @@ class RunReport:
             case Finish(result=result):
                 self.errored += 1
                 self.error_types[result.error_type or "api_error"] += 1
-                self.last_failure = result.error_type
+                self.last_error = result.error_type or "api_error"
             case Retry(retry=retry):
                 self.retried += 1
-                self.last_failure = retry.last_error
+                self.last_retry = retry.last_error
 
 
 @dataclass(frozen=True)

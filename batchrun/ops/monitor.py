@@ -18,6 +18,7 @@ what the displays show (:mod:`batchrun.cli.progress`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S = 60.0
 # Below this much history a rate or an ETA would be noise.
 MIN_RATE_WINDOW_S = 2.0
+# How often the run's batches' counts are read again: what the progress lines count besides
+# this worker's answers (a cancel from another process, the batch lane's imports, other
+# workers). A counts read per batch, from the counters the store maintains.
+COUNTS_REFRESH_S = 1.0
 # With several workers, how often a budget re-reads what every worker has spent, and how long
 # it waits for this worker's group commit first.
 BUDGET_REFRESH_S = 15.0
@@ -81,7 +86,10 @@ class KeyProgress:
 @dataclass(frozen=True)
 class ProgressSnapshot:
     """A run at one moment. Counts are requests; ``done`` includes what earlier runs
-    finished; tokens and cost are this run's."""
+    finished; ``succeeded``, ``errored`` and ``canceled`` are what ended since the run
+    started (this worker's answers, the batch lane's imports, a cancel from elsewhere);
+    ``requests_per_min`` is the requests this worker finished (succeeded or errored) per
+    minute; tokens and cost are this run's."""
 
     elapsed_s: float
     total: int
@@ -106,10 +114,42 @@ class ProgressSnapshot:
     stopping: bool = False
     # The endpoint × models held back by a server's request to wait, and why.
     waits: tuple[Wait, ...] = ()
-    # The latest transient failure, as a short reason ("HTTP 529 overloaded_error").
-    last_failure: str | None = None
+    # The latest failure that was retried, as a short reason ("HTTP 529 overloaded_error").
+    last_retry: str | None = None
+    # The error type of the latest request that ended errored ("invalid_request_error").
+    last_error: str | None = None
     # Each endpoint of a pool: its answers, rate and state (empty without pools).
     members: tuple[MemberSnapshot, ...] = ()
+    # Each batch's request counts when it joined the run: what recounted() measures from.
+    counts_at_start: Mapping[str, RequestCounts] = field(default_factory=dict)
+
+    def recounted(self, counts_now: Mapping[str, RequestCounts]) -> ProgressSnapshot:
+        """This snapshot with the done and ended counts the batches' stored counts show
+        (``counts_now``, by batch id), where they show more than this worker saw."""
+        done, ended = _ended_since(self.counts_at_start, counts_now)
+        return dataclasses.replace(
+            self,
+            done=max(self.done, done),
+            succeeded=max(self.succeeded, ended.succeeded),
+            errored=max(self.errored, ended.errored),
+            canceled=max(self.canceled, ended.canceled),
+            eta_s=0.0 if done >= self.total else self.eta_s,
+        )
+
+
+def _ended_since(
+    start: Mapping[str, RequestCounts], now: Mapping[str, RequestCounts]
+) -> tuple[int, RequestCounts]:
+    """Of the batches in ``start``: the requests done now (every state but processing), and
+    those that ended in each state since ``start`` (``now`` missing a batch: no change)."""
+    done = succeeded = errored = canceled = 0
+    for batch_id, before in start.items():
+        after = now.get(batch_id, before)
+        done += after.total - after.processing
+        succeeded += max(after.succeeded - before.succeeded, 0)
+        errored += max(after.errored - before.errored, 0)
+        canceled += max(after.canceled - before.canceled, 0)
+    return done, RequestCounts(succeeded=succeeded, errored=errored, canceled=canceled)
 
 
 class RunMonitor:
@@ -129,6 +169,9 @@ class RunMonitor:
         self._prices = prices
         self._total = sum(c.total for c in counts.values())
         self._done_before = sum(c.total - c.processing for c in counts.values())
+        self._counts_at_start = dict(counts)
+        # The batches' counts as last read (COUNTS_REFRESH_S).
+        self._counts_now: dict[str, RequestCounts] = {}
         self._guard = guard
         self._max_runtime_s = max_runtime_s
         self._db = db
@@ -150,6 +193,7 @@ class RunMonitor:
         counts when it joined), so the totals and the ETA cover them too."""
         self._total += sum(c.total for c in counts.values())
         self._done_before += sum(c.total - c.processing for c in counts.values())
+        self._counts_at_start |= counts
 
     # -- the observer ---------------------------------------------------------------------------
 
@@ -163,6 +207,8 @@ class RunMonitor:
             self._deadline = loop.call_later(max(self._max_runtime_s, 0.0), self._time_up)
         if self._guard is not None and self._guard.batch_ids and self._db is not None:
             self._tasks.append(asyncio.create_task(self._refresh_budgets(self._db)))
+        if self._db is not None:
+            self._tasks.append(asyncio.create_task(self._refresh_counts(self._db)))
 
     def admit(self, request: ClaimedRequest, permit: Permit) -> str | None:
         """Let the request go unless its batch's budget says no."""
@@ -234,6 +280,19 @@ class RunMonitor:
                 {batch_id: cost_of(items, self._prices) for batch_id, items in usage.items()}
             )
 
+    async def _refresh_counts(self, db: WorkerDatabase) -> None:
+        """Read the counts of the run's batches that had work left, every COUNTS_REFRESH_S."""
+        while True:
+            await asyncio.sleep(COUNTS_REFRESH_S)
+            for batch_id in list(self._counts_at_start):
+                known = self._counts_now.get(batch_id)
+                if known is not None and known.processing == 0:
+                    continue
+                try:
+                    self._counts_now[batch_id] = (await db.get_batch(batch_id)).counts
+                except Exception as exc:  # a database hiccup must not end the run
+                    log.debug("could not re-read the counts of %s: %s", batch_id, exc)
+
     def close(self) -> None:
         """Stop the timers and background reads (the run is over)."""
         if self._deadline is not None:
@@ -253,7 +312,8 @@ class RunMonitor:
         now = asyncio.get_running_loop().time()
         started = now if self._started is None else self._started
         done_here = (report.succeeded + report.errored + report.canceled) if report else 0
-        self._done_samples.append((now, done_here))
+        finished_here = (report.succeeded + report.errored) if report else 0
+        self._done_samples.append((now, finished_here))
         # Rates count from the first answer (before it, nothing could be measured). While the
         # window still holds that start, it may hold the buckets' first burst too (a bucket
         # that filled while nothing was sent): the first burst_s seconds of answers are left
@@ -267,9 +327,14 @@ class RunMonitor:
         span_s = min(RATE_WINDOW_S, now - first - skip_s)
         scale = 60.0 / span_s if span_s >= MIN_RATE_WINDOW_S else 0.0
         keys = tuple(self._key_progress(key, totals, scale) for key, totals in per_key.items())
-        everything = sum(per_key.values(), Amounts())
-        requests_per_min = everything.requests * scale
-        tokens_per_min = (everything.input_tokens + everything.output_tokens) * scale
+        # The run's own rates count every answer of the window (a 400 is as much work done as
+        # a success), over the time they took: the limits' shares above leave the first
+        # burst out, and count what the limits count.
+        requests_per_min = self._finished_per_min(now)
+        answered = sum((used for _, (_, used) in self._uses.timed(now)), Amounts())
+        span_s = min(RATE_WINDOW_S, now - started)
+        answered_tokens = answered.input_tokens + answered.output_tokens
+        tokens_per_min = answered_tokens * 60.0 / span_s if span_s > 0 else 0.0
         return ProgressSnapshot(
             elapsed_s=now - started,
             total=self._total,
@@ -288,14 +353,16 @@ class RunMonitor:
             cache_creation_input_tokens=self._tokens[2],
             cache_read_input_tokens=self._tokens[3],
             cost=self._cost,
-            eta_s=self._eta_s(now, self._total - self._done_before - done_here),
+            eta_s=self._eta_s(self._total - self._done_before - done_here, requests_per_min),
             keys=keys,
             paused=dict(report.paused) if report else {},
             stopping=self.time_limit_reached,
             waits=tuple(self._limiter.waits()) if self._limiter else (),
-            last_failure=report.last_failure if report else None,
+            last_retry=report.last_retry if report else None,
+            last_error=report.last_error if report else None,
             members=self._members(dispatcher),
-        )
+            counts_at_start=dict(self._counts_at_start),
+        ).recounted(self._counts_now)
 
     @staticmethod
     def _members(dispatcher: Dispatcher | None) -> tuple[MemberSnapshot, ...]:
@@ -313,14 +380,23 @@ class RunMonitor:
         binding = max(limited, key=lambda use: use.share or 0.0).dimension if limited else None
         return KeyProgress(key[0], key[1], tuple(uses), binding)
 
-    def _eta_s(self, now: float, remaining: int) -> float | None:
-        """Time left at the rate requests finished over the last minute."""
+    def _finished_per_min(self, now: float) -> float:
+        """Requests this worker finished (succeeded or errored) per minute, over the last
+        minute or since the run started (the samples each snapshot takes)."""
         while len(self._done_samples) > 2 and self._done_samples[1][0] <= now - RATE_WINDOW_S:
             self._done_samples.popleft()
-        then, done_then = self._done_samples[0]
-        _, done_now = self._done_samples[-1]
+        then, finished_then = self._done_samples[0]
+        _, finished_now = self._done_samples[-1]
+        if now <= then or finished_now <= finished_then:
+            return 0.0
+        return (finished_now - finished_then) * 60.0 / (now - then)
+
+    def _eta_s(self, remaining: int, per_min: float) -> float | None:
+        """Time left at the rate requests finished over the last minute (None while that
+        rate is not known: no answer yet, or less than MIN_RATE_WINDOW_S of history)."""
         if remaining <= 0:
             return 0.0
-        if now - then < MIN_RATE_WINDOW_S or done_now <= done_then:
+        then = self._done_samples[0][0]
+        if self._done_samples[-1][0] - then < MIN_RATE_WINDOW_S or per_min <= 0:
             return None
-        return remaining * (now - then) / (done_now - done_then)
+        return remaining * 60.0 / per_min
