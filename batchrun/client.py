@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from batchrun.limits.dimensions import RateLimits
     from batchrun.ops.planning import FilePlan
     from batchrun.ops.report.data import ReportData
+    from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunEvent, RunResult, RunSession
     from batchrun.records import BatchStats, BatchSummary, ResultDetail
     from batchrun.store.store import Store
@@ -289,6 +290,16 @@ class Client:
             lane=lane,
             deadline_s=DEFAULT_EXPIRES_IN_S if expires_in_s is None else expires_in_s,
         )
+
+    def waiting_reason(self, batch_id: str) -> WaitingBatch | None:
+        """Why a run from here would leave the batch waiting, sending nothing of it: a key or
+        ``headers_env`` variable of its endpoint is not set in this environment, or its
+        endpoint is not defined (any more); None when it can be sent. What ``submit`` warns
+        about; a run reports it in :attr:`~batchrun.ops.session.RunResult.waiting`."""
+        from batchrun.ops.runner import waiting_reason
+
+        batch = self._store().get_batch(batch_id)
+        return waiting_reason(batch_id, batch.endpoint, self.endpoints(), self._env)
 
     def status(self, batch_id: str) -> BatchStatus:
         """The batch object with cost, budget, timings, throughput and frequent errors (what

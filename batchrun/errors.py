@@ -51,8 +51,11 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.ERRORED_RESULTS: "`run` finished, but some requests ended `errored`",
     ExitCode.PAUSED: (
         "`run` paused a batch: the endpoint rejected the credentials, billing or spend limit, "
-        "or the batch's budget (`--max-cost`) would be passed. Its requests stay queued; fix "
-        "the cause (or raise the budget) and run it again."
+        "or the batch's budget (`--max-cost`) would be passed; or it left a batch waiting, "
+        "nothing of it sent, because its endpoint cannot be used here (its key or a "
+        "`headers_env` variable is not set, or the endpoint is not defined) while the other "
+        "batches ran. Its requests stay queued; fix the cause (or raise the budget) and run "
+        "it again."
     ),
     ExitCode.TIME_LIMIT: (
         "`run` stopped at its time limit (`--max-runtime`) with work left. Nothing is paused; "
@@ -96,6 +99,15 @@ class ConfigError(BatchrunError):
 
 class MissingApiKeyError(ConfigError):
     """No API key is set for this endpoint."""
+
+    def __init__(
+        self, message: str | None = None, *, variable: str | None = None, what: str | None = None
+    ) -> None:
+        super().__init__(message)
+        # The environment variable that is not set, and what it holds ("the API key for
+        # endpoint 'x'"), for callers that word their own line (a run leaves the batch waiting).
+        self.variable = variable
+        self.what = what
 
 
 class UnknownEndpointError(BatchrunError):

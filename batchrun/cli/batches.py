@@ -143,6 +143,11 @@ def submit(
         sys.stdout.write(batch.id + "\n")
     for line in submit_summary_lines(batch, skipped):
         stderr.print(line, markup=False)
+    if (waits := client.waiting_reason(batch.id)) is not None:
+        stderr.print(
+            f"warning: {waits.reason}; until then `batchrun run` leaves {batch.id} waiting",
+            markup=False,
+        )
 
 
 def status(

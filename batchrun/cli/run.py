@@ -17,9 +17,11 @@ from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from batchrun.client import Client
     from batchrun.ops.metrics import ProcessCounters
-    from batchrun.ops.session import RunSession
+    from batchrun.ops.session import RunEvent, RunSession
 
 # How often a plain progress line is written without a terminal, and the live view redrawn.
 _DEFAULT_LOG_INTERVAL = "30s"
@@ -181,7 +183,13 @@ def run(
         ),
     ] = "30s",
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress and no summary: only errors, and one line per batch that "
+            "pauses or waits (why, and the command that continues it).",
+        ),
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one summary object on stdout at the end.")
@@ -228,9 +236,11 @@ def run(
     --endpoint moves it. A limit flag (--rpm, --tpm, --itpm, --otpm) replaces that limit of
     the endpoints for every model of the run. On a terminal a live view shows progress,
     throughput against each limit, the ETA and the cost; otherwise a progress line is logged
-    every --progress-interval. Exit codes: 0 done, 3 some results errored, 4 a batch paused,
-    5 stopped at --max-runtime, 6 another run holds the SQLite database, 7 a batch was
-    canceled while it ran.
+    every --progress-interval. A batch whose endpoint cannot be used here (its key or a
+    headers_env variable is not set, the endpoint is not defined) waits, nothing of it sent,
+    while the others run. Exit codes: 0 done, 3 some results errored, 4 a batch paused or
+    waits, 5 stopped at --max-runtime, 6 another run holds the SQLite database, 7 a batch
+    was canceled while it ran; when several apply, the first of 130, 4, 7, 5, 3.
 
     Examples:
 
@@ -279,7 +289,7 @@ def run(
             forever=forever,
             poll_interval_s=poll_interval_s,
             lock="share" if share else "wait" if wait else "exclusive",
-            on_event=display,
+            on_event=_with_pauses_said(display) if quiet else display,
             progress_interval_s=None if quiet else _LIVE_REFRESH_S if live else log_interval_s,
             stop_on_signals=True,
             notify_url=notify,
@@ -292,6 +302,21 @@ def run(
             metrics.close()
     if result.exit_code != ExitCode.OK:
         raise typer.Exit(int(result.exit_code))
+
+
+def _with_pauses_said(display: Callable[[RunEvent], None]) -> Callable[[RunEvent], None]:
+    """``display`` (quiet), and after each pass one line on stderr per batch it paused or
+    left waiting: with ``--quiet`` this is all a cron job mails, so a pause is never silent."""
+    from batchrun.cli.views import paused_lines
+    from batchrun.ops.session import PassFinished
+
+    def on_event(event: RunEvent) -> None:
+        display(event)
+        if isinstance(event, PassFinished):
+            for line in paused_lines(event.result):
+                stderr.print(line, markup=False, highlight=False)
+
+    return on_event
 
 
 def resume(

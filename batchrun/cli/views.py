@@ -109,6 +109,15 @@ def submit_summary_lines(batch: BatchObject, skipped: Sequence[str]) -> list[str
     return [*lines, stored]
 
 
+def paused_lines(done: PassResult) -> list[str]:
+    """One line per batch the pass paused or left waiting: the batch, why, and the command
+    that continues it (printed even with ``run -q``: cron mails only what is printed)."""
+    return [
+        f"{batch_id} paused: {reason}; fix it, then `batchrun run {batch_id}`"
+        for batch_id, reason in done.report.paused.items()
+    ]
+
+
 def run_summary_lines(done: PassResult) -> list[str]:
     """What a finished pass prints: one line per batch, the run's own figures, its cost, each
     batch's cost against its budget, and why it stopped early."""
@@ -128,8 +137,7 @@ def run_summary_lines(done: PassResult) -> list[str]:
         f"this run: {report.sent:,} sent, {report.retried:,} retried, "
         f"{report.rate_limited:,} rate-limited"
     )
-    for batch_id, reason in report.paused.items():
-        lines.append(f"{batch_id} paused: {reason}; fix it, then `batchrun run {batch_id}`")
+    lines.extend(paused_lines(done))
     lines.append(f"cost of this run: {describe_cost(done.snapshot.cost)}")
     for summary in done.batches:
         budget = done.budgets.get(summary.id)

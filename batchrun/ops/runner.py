@@ -19,7 +19,7 @@ from batchrun.dispatch.dispatcher import Dispatcher
 from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.seams import Linger, RunObserver, Sender
 from batchrun.dispatch.worker_db import WorkerDatabase
-from batchrun.errors import UnknownEndpointError
+from batchrun.errors import MissingApiKeyError, UnknownEndpointError
 from batchrun.limits.banks import DatabaseBank
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter, LimiterSettings, LimitKey
@@ -42,14 +42,29 @@ RESERVED_FILES = 256
 
 
 @dataclass(frozen=True)
+class WaitingBatch:
+    """A batch a run left waiting because its endpoint cannot be used here: a key or
+    ``headers_env`` variable is not set, or the endpoint (or pool) is not defined. Nothing of
+    it was sent and nothing errored; its requests stay queued, and are not paused in the
+    database (a worker that has the key sends them). ``reason`` says what is wrong and the
+    fix; ``variable`` is the variable that is not set (None: the endpoint is not defined)."""
+
+    batch_id: str
+    endpoint: str
+    reason: str
+    variable: str | None = None
+
+
+@dataclass(frozen=True)
 class RunPlan:
-    """The batches a run will dispatch (id → endpoint name), those it skips (id → why), and
+    """The batches a run will dispatch (id → endpoint name), those it skips (id → why),
     canceled ones whose provider batches still need their results imported (id → endpoint
-    name; the batch lane only)."""
+    name; the batch lane only), and those it leaves waiting (:class:`WaitingBatch`)."""
 
     batches: dict[str, str]
     skipped: dict[str, str]
     lane_only: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, WaitingBatch] = field(default_factory=dict)
 
 
 async def plan_run(db: WorkerDatabase, batch_ids: Sequence[str]) -> RunPlan:
@@ -71,6 +86,48 @@ async def plan_run(db: WorkerDatabase, batch_ids: Sequence[str]) -> RunPlan:
         else:
             batches[batch_id] = batch.endpoint
     return RunPlan(batches, skipped, lane_only)
+
+
+def waiting_reason(
+    batch_id: str,
+    name: str,
+    known: Endpoints,
+    env: Mapping[str, str],
+    *,
+    also: Sequence[str] = (),
+) -> WaitingBatch | None:
+    """Why a batch on endpoint (or pool) ``name`` cannot be sent from here, or None when it
+    can: the endpoint is not defined, or a variable of one of its endpoints (a pool's every
+    member, and ``also``: the endpoints of its open provider batches) is not set."""
+    defined = [*known.by_name, *known.pools]
+    for wanted in (name, *also):
+        if wanted not in known.by_name and wanted not in known.pools:
+            where = f"in {known.config_path}" if known.config_path else "in any config file"
+            return WaitingBatch(
+                batch_id,
+                name,
+                f"{'its endpoint' if wanted == name else 'the endpoint of its provider batches'} "
+                f"{wanted!r} is not defined {where} (defined: "
+                f"{', '.join(sorted(defined))}); define it again, or move the batch with "
+                f"`batchrun run {batch_id} --endpoint NAME`",
+            )
+    endpoints = {**known.members(name)}
+    for other in also:
+        endpoints.update(known.members(other))
+    for endpoint in endpoints.values():
+        try:
+            auth_headers(endpoint, env)
+        except MissingApiKeyError as exc:
+            variable = exc.variable or "a variable"
+            what = exc.what or f"a value of endpoint {endpoint.name!r}"
+            return WaitingBatch(
+                batch_id,
+                name,
+                f"{variable} is not set here ({what} is read from it); set it where the "
+                "run starts (for cron: in the crontab or in the script it runs)",
+                exc.variable,
+            )
+    return None
 
 
 def run_endpoints(plan: RunPlan, known: Endpoints) -> dict[str, Endpoint]:

@@ -48,12 +48,14 @@ from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
 from batchrun.ops.notices import RunNotices
 from batchrun.ops.runner import (
     RunPlan,
+    WaitingBatch,
     dispatch_batches,
     dispatch_config,
     move_batches,
     plan_run,
     run_endpoints,
     simulator_transport,
+    waiting_reason,
 )
 from batchrun.records import BatchSummary
 from batchrun.transport.client import HttpTransport
@@ -100,8 +102,9 @@ class RunOptions:
 @dataclass(frozen=True)
 class PassResult:
     """What one pass did: its batches as they are now, the dispatcher's report, the last
-    progress snapshot, whether the time limit stopped it, costs and budgets by batch, and
-    the exit code it earns."""
+    progress snapshot, whether the time limit stopped it, costs and budgets by batch, the
+    exit code it earns, and the batches it left waiting because their endpoint cannot be
+    used here (also in ``report.paused``, with the same reason)."""
 
     batches: tuple[BatchSummary, ...]
     report: RunReport
@@ -110,6 +113,7 @@ class PassResult:
     costs: Mapping[str, CostTotal]
     budgets: Mapping[str, float | None]
     exit_code: ExitCode
+    waiting: tuple[WaitingBatch, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """What ``run --json`` prints: each batch (the batch object with its cost and budget),
@@ -138,6 +142,7 @@ class PassResult:
             "batches": batches,
             "run": run,
             "paused": dict(report.paused),
+            "waiting": {w.batch_id: w.reason for w in self.waiting},
             "stopped_by_time_limit": self.stopped_by_time_limit,
             "exit_code": int(self.exit_code),
         }
@@ -145,12 +150,15 @@ class PassResult:
 
 @dataclass(frozen=True)
 class RunResult:
-    """How a run ended: its exit code, its last pass (None when there was nothing to run)
-    and how many passes it made."""
+    """How a run ended: its exit code, its last pass (None when there was nothing to run),
+    how many passes it made, and every batch it left waiting because its endpoint cannot be
+    used here (a key or header variable not set, an endpoint not defined): nothing of them
+    was sent, and the exit code is PAUSED (4) unless an interruption comes first."""
 
     exit_code: ExitCode
     last: PassResult | None = None
     passes: int = 0
+    waiting: tuple[WaitingBatch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -294,26 +302,28 @@ class RunSession:
             done = await self._pass(db, deadline, exclude=set())
             if done is None:
                 return self._idle_result(None, 0)
-            return RunResult(done.exit_code, done, 1)
-        # Batches this run paused (credentials, budget) are not retried every poll; a new
-        # run of that batch retries them.
+            return RunResult(done.exit_code, done, 1, done.waiting)
+        # Batches this run paused (credentials, budget) or left waiting (a key not set here)
+        # are not retried every poll; a new run of that batch retries them.
         paused_here: set[str] = set()
+        waiting: dict[str, WaitingBatch] = {}
         idle_said = False
         last: PassResult | None = None
         passes = 0
         while True:
             if deadline is not None and loop.time() >= deadline:
-                return RunResult(ExitCode.OK, last, passes)
+                return RunResult(ExitCode.OK, last, passes, tuple(waiting.values()))
             if self._stopping is not None:
-                return self._idle_result(last, passes)
+                return self._idle_result(last, passes, tuple(waiting.values()))
             # Cleared before looking: a wake() from now on ends the idle wait below.
             self._wakeup.clear()
             done = await self._pass(db, deadline, exclude=paused_here)
             if done is not None:
                 last, passes, idle_said = done, passes + 1, False
                 paused_here.update(done.report.paused)
+                waiting.update((w.batch_id, w) for w in done.waiting)
                 if done.stopped_by_time_limit or done.report.interrupted:
-                    return RunResult(done.exit_code, last, passes)
+                    return RunResult(done.exit_code, last, passes, tuple(waiting.values()))
                 continue
             if not idle_said:
                 self._emit(
@@ -326,12 +336,14 @@ class RunSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), pause_s)
 
-    def _idle_result(self, last: PassResult | None, passes: int) -> RunResult:
+    def _idle_result(
+        self, last: PassResult | None, passes: int, waiting: tuple[WaitingBatch, ...] = ()
+    ) -> RunResult:
         """How a run that is not dispatching ends: interrupted if a stop came, else done."""
         if self._stopping is None:
-            return RunResult(ExitCode.OK, last, passes)
+            return RunResult(ExitCode.OK, last, passes, waiting)
         self._emit(Note(f"{self._stopping}: nothing was in flight; stopped"))
-        return RunResult(ExitCode.INTERRUPTED, last, passes)
+        return RunResult(ExitCode.INTERRUPTED, last, passes, waiting)
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -345,19 +357,21 @@ class RunSession:
         if not options.forever:
             for batch_id, why in plan.skipped.items():
                 self._emit(Note(f"{batch_id}: {why}; nothing to run"))
-            if not plan.batches and not options.batch_ids:
+            if not plan.batches and not plan.waiting and not options.batch_ids:
                 self._emit(Note("no batch has queued requests"))
         return plan
 
     async def _apply_options(self, db: WorkerDatabase, plan: RunPlan) -> RunPlan:
         """Store the run's endpoint, budget and lane options on the plan's batches; returns
-        the plan with the batches' endpoints as they are now."""
+        the plan with the batches' endpoints as they are now, and with the batches whose
+        endpoint cannot be used here set apart as waiting (no option is stored on those)."""
         options = self._options
         if options.target is not None and plan.batches:
             # Checked before anything is moved, so a missing key leaves the batches as they were.
             for endpoint in self._known.members(options.target).values():
                 auth_headers(endpoint, self._env)
             plan = await move_batches(db, plan, options.target)
+        plan = await self._set_waiting_apart(db, plan)
         if options.max_cost_usd is not None:
             for batch_id in plan.batches:
                 await db.set_max_cost(batch_id, options.max_cost_usd)
@@ -370,6 +384,38 @@ class RunSession:
                     await db.set_queued_lane(batch_id, options.lane)
         return plan
 
+    async def _set_waiting_apart(self, db: WorkerDatabase, plan: RunPlan) -> RunPlan:
+        """The plan without the batches whose endpoint cannot be used from here (a key or
+        ``headers_env`` variable not set, an endpoint or pool not defined), which go to its
+        ``waiting``, each told once as a Note. Nothing is written: the batch stays queued,
+        and a worker with the key (or the next run here) sends it."""
+        ids = [*plan.batches, *plan.lane_only]
+        if not ids:
+            return plan
+        providers: dict[str, set[str]] = {}
+        for row in await db.provider_batches_of(ids, open_only=True):
+            providers.setdefault(row.batch_id, set()).add(row.endpoint)
+        waiting = dict(plan.waiting)
+        for batch_id, name in (plan.batches | plan.lane_only).items():
+            also = sorted(providers.get(batch_id, set()) - {name})
+            found = waiting_reason(batch_id, name, self._known, self._env, also=also)
+            if found is not None:
+                waiting[batch_id] = found
+                self._emit(
+                    Note(
+                        f"{batch_id}: left waiting, nothing sent: {found.reason}; then "
+                        f"`batchrun run {batch_id}`"
+                    )
+                )
+        if len(waiting) == len(plan.waiting):
+            return plan
+        return RunPlan(
+            {b: name for b, name in plan.batches.items() if b not in waiting},
+            plan.skipped,
+            {b: name for b, name in plan.lane_only.items() if b not in waiting},
+            waiting,
+        )
+
     async def _costs(self, db: WorkerDatabase, batch_ids: list[str]) -> dict[str, CostTotal]:
         usage = await db.usage_by_model(batch_ids)
         return {batch_id: cost_of(usage.get(batch_id, []), self._prices) for batch_id in batch_ids}
@@ -377,9 +423,8 @@ class RunSession:
     async def _pass(
         self, db: WorkerDatabase, deadline: float | None, *, exclude: set[str]
     ) -> PassResult | None:
-        options = self._options
         plan = await self._plan(db, exclude)
-        if not plan.batches and not plan.lane_only:
+        if not plan.batches and not plan.lane_only and not plan.waiting:
             return None
         ids = list(plan.batches)
         endpoints = run_endpoints(plan, self._known)
@@ -389,8 +434,9 @@ class RunSession:
             guard = BudgetGuard(self._prices, budgets, await self._costs(db, ids))
         loop = asyncio.get_running_loop()
         before = {batch_id: await db.get_batch(batch_id) for batch_id in ids}
+        waiting_before = {batch_id: await db.get_batch(batch_id) for batch_id in plan.waiting}
         if self._notices is not None:
-            self._notices.begin_pass(before)
+            self._notices.begin_pass(before | waiting_before)
         monitor = RunMonitor(
             prices=self._prices,
             counts={batch_id: batch.counts for batch_id, batch in before.items()},
@@ -398,11 +444,70 @@ class RunSession:
             max_runtime_s=None if deadline is None else deadline - loop.time(),
             db=db,
         )
+        # Batches that joined this pass while it ran (see _join_new): as they were then.
+        joined: dict[str, BatchSummary] = {}
+        if plan.batches or plan.lane_only:
+            report, snapshot = await self._dispatch(
+                db, plan, endpoints, monitor, guard, budgets, exclude=exclude, joined=joined
+            )
+        else:
+            # Every batch of the pass waits (its endpoint cannot be used here): nothing to send.
+            report, snapshot = RunReport(), monitor.snapshot()
+            monitor.close()
+        for batch_id, found in plan.waiting.items():
+            report.paused.setdefault(batch_id, found.reason)
+        ids += [batch_id for batch_id in plan.lane_only if batch_id not in ids]
+        ids += [batch_id for batch_id in joined if batch_id not in ids]
+        ids += [batch_id for batch_id in plan.waiting if batch_id not in ids]
+        before |= joined | waiting_before
+        batches = tuple([await db.get_batch(batch_id) for batch_id in ids])
+        stopped = monitor.time_limit_reached and any(b.counts.processing for b in batches)
+        # Canceled while this pass ran: seen by the dispatcher's watch, or (when the cancel
+        # emptied the queue before the watch looked, and the pass simply ran out of work) by
+        # the batch's own record.
+        canceled = report.canceled_batches | {
+            b.id
+            for b in batches
+            if b.cancel_initiated_at is not None
+            and b.id in before
+            and before[b.id].cancel_initiated_at is None
+        }
+        done = PassResult(
+            batches=batches,
+            report=report,
+            snapshot=snapshot,
+            stopped_by_time_limit=stopped,
+            costs=await self._costs(db, ids),
+            budgets=budgets,
+            exit_code=_exit_code(report, batches, stopped=stopped, canceled=bool(canceled)),
+            waiting=tuple(plan.waiting.values()),
+        )
+        if self._notices is not None:
+            self._notices.pass_ended(
+                batches, costs=done.costs, paused=report.paused, interrupted=report.interrupted
+            )
+        self._emit(PassFinished(done))
+        return done
+
+    async def _dispatch(
+        self,
+        db: WorkerDatabase,
+        plan: RunPlan,
+        endpoints: dict[str, Endpoint],
+        monitor: RunMonitor,
+        guard: BudgetGuard | None,
+        budgets: dict[str, float | None],
+        *,
+        exclude: set[str],
+        joined: dict[str, BatchSummary],
+    ) -> tuple[RunReport, ProgressSnapshot]:
+        """Send the plan's batches (and run its batch lane) with ``monitor`` watching, joining
+        new batches into ``joined`` in a forever run; returns the dispatcher's report and the
+        last snapshot."""
+        options = self._options
         watcher = None
         joiner = None
         teller = None
-        # Batches that joined this pass while it ran (see _join_new): as they were then.
-        joined: dict[str, BatchSummary] = {}
         stack = contextlib.AsyncExitStack()
         lane: LaneRun | None = None
         try:
@@ -435,7 +540,7 @@ class RunSession:
                 joiner = asyncio.create_task(
                     self._join_new(
                         db,
-                        set(plan.batches) | set(plan.lane_only) | exclude,
+                        set(plan.batches) | set(plan.lane_only) | set(plan.waiting) | exclude,
                         sent_to=set(endpoints),
                         monitor=monitor,
                         guard=guard,
@@ -489,36 +594,7 @@ class RunSession:
             if teller is not None:
                 teller.cancel()
                 await asyncio.gather(teller, return_exceptions=True)
-        ids += [batch_id for batch_id in plan.lane_only if batch_id not in ids]
-        ids += [batch_id for batch_id in joined if batch_id not in ids]
-        before |= joined
-        batches = tuple([await db.get_batch(batch_id) for batch_id in ids])
-        stopped = monitor.time_limit_reached and any(b.counts.processing for b in batches)
-        # Canceled while this pass ran: seen by the dispatcher's watch, or (when the cancel
-        # emptied the queue before the watch looked, and the pass simply ran out of work) by
-        # the batch's own record.
-        canceled = report.canceled_batches | {
-            b.id
-            for b in batches
-            if b.cancel_initiated_at is not None
-            and b.id in before
-            and before[b.id].cancel_initiated_at is None
-        }
-        done = PassResult(
-            batches=batches,
-            report=report,
-            snapshot=snapshot,
-            stopped_by_time_limit=stopped,
-            costs=await self._costs(db, ids),
-            budgets=budgets,
-            exit_code=_exit_code(report, batches, stopped=stopped, canceled=bool(canceled)),
-        )
-        if self._notices is not None:
-            self._notices.pass_ended(
-                batches, costs=done.costs, paused=report.paused, interrupted=report.interrupted
-            )
-        self._emit(PassFinished(done))
-        return done
+        return report, snapshot
 
     async def _join_new(
         self,
@@ -594,6 +670,8 @@ class RunSession:
         if not found:
             return False
         plan = await self._apply_options(db, RunPlan({b: s.endpoint for b, s in found.items()}, {}))
+        # A batch whose endpoint cannot be used here waits; the next pass says so.
+        seen.update(plan.waiting)
         ids = list(plan.batches)
         lanes = await db.batch_lanes(ids)
         found_budgets = await db.max_costs(ids)

@@ -474,6 +474,8 @@ def _required(env: Mapping[str, str], variable: str, what: str) -> str:
     if not value:
         raise MissingApiKeyError(
             f"{variable} is not set; export it with {what} "
-            "(or try batchrun offline with --endpoint simulator)"
+            "(or try batchrun offline with --endpoint simulator)",
+            variable=variable,
+            what=what,
         )
     return value

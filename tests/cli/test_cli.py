@@ -224,8 +224,9 @@ def test_a_missing_api_key_names_the_variable(cli: CliRunner) -> None:
 
     run = invoke(cli, "run", batch_id)
 
-    assert run.exit_code == 1
-    assert "ANTHROPIC_API_KEY is not set" in run.stderr
+    # The batch waits (nothing sent, still queued), named with the variable: exit 4.
+    assert run.exit_code == 4
+    assert f"{batch_id} paused: ANTHROPIC_API_KEY is not set" in run.stderr
 
 
 def test_the_anthropic_endpoint_sends_the_key_and_version_headers(cli: CliRunner) -> None:

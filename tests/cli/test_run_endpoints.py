@@ -129,9 +129,10 @@ def test_a_batch_whose_endpoint_is_no_longer_defined_says_how_to_move_it(
 
     result = invoke(cli, "run", batch_id)
 
-    assert result.exit_code == 1
-    assert f"batch {batch_id} uses endpoint 'gone', which is not defined here" in result.stderr
-    assert "--endpoint NAME" in result.stderr
+    # The batch waits (nothing sent, still queued): exit 4, with the way out.
+    assert result.exit_code == 4
+    assert f"{batch_id} paused: its endpoint 'gone' is not defined" in result.stderr
+    assert f"`batchrun run {batch_id} --endpoint NAME`" in result.stderr
 
 
 def test_extra_body_reaches_every_request_and_request_params_win(
