@@ -6,8 +6,11 @@ at once), and at the end of the file the transaction is rolled back: a batch is 
 or not at all.
 
 With ``skip_invalid`` (``submit --skip-invalid``) an invalid line is stored too, as an errored
-request whose result is an ``invalid_request_error`` carrying the line's problems, so the
-results still have one line per input line, in input order. A line without a usable
+request carrying the line's problems (``file:line: problem`` each), so the results still have
+one line per input line, in input order. Its error type is ``invalid_input``, so that
+``status``, the report, the dashboard and the flat exports count bad lines apart from what the
+API refused; the Anthropic-format result keeps the API's own ``invalid_request_error`` (its
+format knows no other type for a bad request) with the same message. A line without a usable
 custom_id (missing, invalid, or a duplicate) gets the placeholder ``line-N`` (see
 `batchrun.records.placeholder_custom_ids`). Problems with the file as a whole (no requests,
 over a cap, UTF-16) still reject it whole.
@@ -44,8 +47,11 @@ if TYPE_CHECKING:
 DEFAULT_EXPIRES_IN_S = 24 * 3600.0
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_RANDOM_CHARS = 24
-# What the Messages API answers a malformed request with.
+# What the Messages API answers a malformed request with: the type of a bad line's result in
+# the Anthropic format, whose parsers know only the API's error types.
 REJECTED_ERROR_TYPE = "invalid_request_error"
+# The stored (and flat-exported) error type of a bad line: not the API's answer to anything.
+INVALID_INPUT_ERROR_TYPE = "invalid_input"
 
 
 def new_batch_id() -> str:
@@ -173,8 +179,9 @@ def submit_requests(
 
 
 def _rejected_request(item: InvalidLine, message: str) -> NewRequest:
-    """An invalid line as an errored request: its result is the API's own kind of error for
-    a bad request, whose message lists the line's problems (``file:line: problem`` each)."""
+    """An invalid line as an errored request of type ``invalid_input``, whose message lists
+    the line's problems (``file:line: problem`` each); its Anthropic-format result is the
+    API's own kind of error for a bad request, with that message."""
     body = error_body(REJECTED_ERROR_TYPE, message)
     return NewRequest(
         line_no=item.line_no,
@@ -184,7 +191,7 @@ def _rejected_request(item: InvalidLine, message: str) -> NewRequest:
         # The line may not be JSON, or not UTF-8, or 32 MiB long: nothing of it is kept.
         params_json="null",
         rejected=RejectedLine(
-            error_type=REJECTED_ERROR_TYPE,
+            error_type=INVALID_INPUT_ERROR_TYPE,
             message=message,
             body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
         ),
