@@ -533,21 +533,25 @@ class Client:
         format: str = "anthropic",
         only: ResultState | None = None,
         partial: bool = False,
+        csv_raw: bool = False,
     ) -> int:
         """Write the batch's results in an export format (``anthropic``, ``flat``, ``csv``,
         or any registered one) to a file, atomically (a reader sees the old file or the
-        new one, never half of one), or to an open stream; returns how many."""
+        new one, never half of one), or to an open stream; returns how many. CSV text
+        cells that a spreadsheet would run as a formula get a leading ``'`` unless
+        ``csv_raw`` (for programs that read the file)."""
         from batchrun.export.atomic import atomic_output
         from batchrun.export.formats import EXPORT_FORMATS
 
         chosen = EXPORT_FORMATS.get(format)
+        write = chosen.writer(raw=csv_raw)
         rows = self._result_rows(batch_id, partial=partial, only=only)
         try:
             prices = self.prices() if chosen.uses_prices else _no_prices()
             if isinstance(output, str | os.PathLike):
                 with atomic_output(output, binary=chosen.binary) as stream:
-                    return chosen.write(rows, stream, prices)
-            return chosen.write(rows, output, prices)
+                    return write(rows, stream, prices)
+            return write(rows, output, prices)
         finally:
             _close(rows)
 

@@ -9,15 +9,19 @@ its body; without one it gets a normal Anthropic Message. ``server.log`` records
 A provider batch API answers on any path holding ``/batches`` (see :meth:`HostileServer._batch`):
 the create's mode (from the directive in its body) decides how that batch and its results
 misbehave: ``batch_echo_key`` (a 401 quoting the key), ``batch_not_json`` (a 200 that is no
-batch object), ``batch_poisoned`` (results with poisoned usage, garbage and echoed keys).
+batch object), ``batch_poisoned`` (results with poisoned usage, garbage and echoed keys),
+``batch_odd`` (results whose text, model, stop_reason and error messages hold a lone
+surrogate and a NUL).
 
 Modes (see :data:`MODES`): ``openai``, ``foreign``, ``not_json``, ``deep``, ``usage_2_63``,
 ``usage_2_31``, ``negative_usage``, ``retry_after_huge``, ``retry_after_ms_huge``,
 ``reset_9999``, ``retry_after_10h``, ``tiny_limit``, ``drip``, ``endless``, ``gzip_bomb``,
-``oversized``, ``echo_key``, ``html_login`` (a 200 whose body is an HTML login page, as a
-gateway that lost its session sends), and for streamed requests ``sse_pings`` (a stream that
-starts, then sends pings forever) and ``sse_drip`` (a stream whose next event never ends: a
-byte of it every ``drip_interval_s``).
+``oversized``, ``echo_key``, ``odd_text`` (a Message whose text holds a lone surrogate
+and a NUL, as JSON escapes), ``odd_fields`` (those in its model and stop_reason too),
+``odd_400`` and ``odd_500`` (errors whose message holds them), ``html_login`` (a 200 whose
+body is an HTML login page, as a gateway that lost its session sends), and for streamed requests
+``sse_pings`` (a stream that starts, then sends pings forever) and ``sse_drip`` (a stream
+whose next event never ends: a byte of it every ``drip_interval_s``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,24 @@ def message(text: str = "hello", **usage: int) -> dict[str, Any]:
         "stop_sequence": None,
         "usage": {"input_tokens": 10, "output_tokens": 5, **usage},
     }
+
+
+# A lone surrogate and a NUL: json.dumps writes them as the escapes \ud800 and \u0000,
+# which JSON allows and no database text column takes as they are.
+ODD_TEXT = "\ud800 and \x00 end"
+
+
+def _odd_result(index: int) -> dict[str, Any]:
+    """A result line of a ``batch_odd`` provider batch: every third one a Message whose
+    text, model and stop_reason hold :data:`ODD_TEXT`, every third an error whose message
+    does, the others plain."""
+    if index % 3 == 0:
+        odd = {**message(ODD_TEXT), "model": "claude-haiku-4-5" + ODD_TEXT}
+        return {"type": "succeeded", "message": {**odd, "stop_reason": "end_turn" + ODD_TEXT}}
+    if index % 3 == 1:
+        error = {"type": "invalid_request_error", "message": "bad" + ODD_TEXT}
+        return {"type": "errored", "error": {"type": "error", "error": error}}
+    return {"type": "succeeded", "message": message()}
 
 
 def _deep(levels: int) -> bytes:
@@ -203,6 +225,16 @@ class HostileServer:
                     writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                     await writer.drain()
                     await asyncio.sleep(self.drip_interval_s if drip else 0.01)
+            case "odd_text":
+                return await self._json(writer, message(ODD_TEXT))
+            case "odd_fields":
+                odd = {**message(ODD_TEXT), "model": "claude-haiku-4-5" + ODD_TEXT}
+                return await self._json(writer, {**odd, "stop_reason": "end_turn" + ODD_TEXT})
+            case "odd_400" | "odd_500":
+                status = 400 if mode == "odd_400" else 500
+                kind = "invalid_request_error" if status == 400 else "api_error"
+                error = {"type": "error", "error": {"type": kind, "message": "bad" + ODD_TEXT}}
+                return await self._send(writer, status, json.dumps(error).encode())
             case "gzip_bomb":
                 return await self._send(writer, 200, self.bomb, {"content-encoding": "gzip"})
             case "oversized":
@@ -240,7 +272,9 @@ class HostileServer:
         if method == "GET" and path.endswith("/results"):
             lines = []
             for index, custom_id in enumerate(self.batch_ids):
-                if index == 0:
+                if self.batch_mode == "batch_odd":
+                    result = _odd_result(index)
+                elif index == 0:
                     result = {"type": "succeeded", "message": message(f"fine, {key}")}
                 elif index == 1:
                     result = {"type": "succeeded", "message": message(input_tokens=2**63)}

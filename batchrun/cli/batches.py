@@ -364,10 +364,20 @@ def results(
             show_default=False,
         ),
     ] = None,
+    csv_raw: Annotated[
+        bool,
+        typer.Option(
+            "--csv-raw",
+            help="CSV: write text cells starting with = + - @ tab or CR as they are; by "
+            "default they get a leading ' so that a spreadsheet shows them as text instead of "
+            "running them as formulas (numbers are never changed).",
+        ),
+    ] = False,
 ) -> None:
     """Write the results of a batch in input order: Anthropic's batch results format (one
     JSON line per request), or flat records (JSON lines, CSV or Parquet) for analytics.
-    Parquet is binary, so it needs -o FILE, and pyarrow (pip install pyarrow).
+    Parquet is binary, so it needs -o FILE, and pyarrow (pip install pyarrow). CSV text
+    cells that a spreadsheet would run as a formula get a leading ' (--csv-raw: as they are).
 
     Examples:
 
@@ -395,6 +405,7 @@ def results(
         format=export_format,
         only=only,  # type: ignore[arg-type]
         partial=partial,
+        csv_raw=csv_raw,
     )
     if to_file:
         stderr.print(f"wrote {count:,} results to {output}")

@@ -11,25 +11,37 @@ whatever the batch size.
   list as JSON text);
 - ``cost_usd``: derived from the tokens and the price table, times the share of the list
   price the result's lane bills (0 for a reused answer); empty (null) when the model has no
-  price;
+  price; ``cost_usd_exact`` is the same amount as fixed-point decimal text (``0.00123400``),
+  and a decimal in Parquet, for sums that must not drift;
+- ``model``: the model the response names, else the request's; null for an input line that
+  named none (``submit --skip-invalid``);
 - ``reused``/``reused_from``: the answer is a stored one (``submit --reuse``, or a duplicate
   of the batch), from that batch; nothing was sent for it;
 - ``cache_hit_rate``: cache reads ÷ (cache reads + cache writes), null when both are 0;
 - times are UTC, ISO 8601 (``2026-11-22T05:40:00.123Z``); ``created_at`` is when the batch
-  was submitted, ``started_at`` the first send, ``completed_at`` when the result was stored.
+  was submitted, ``started_at`` the first send, ``completed_at`` when the result was stored;
+- text leaves as UTF-8: a NUL or a lone surrogate an answer held (as a JSON escape) is
+  U+FFFD in ``text`` and ``tool_use``, as in every stored text column (``store.textsafe``);
+- CSV cells of text that a spreadsheet would run as a formula (starting with ``=``, ``+``,
+  ``-``, ``@``, a tab or a carriage return) get a leading ``'`` unless ``formulas`` is
+  asked for (``--csv-raw``); numbers, and text that is just a number, are never changed
+  (see :func:`neutralise_formula`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from decimal import Decimal
 from typing import IO, Any
 
 from batchrun.config.prices import PriceTable
 from batchrun.errors import DatabaseError
 from batchrun.records import ResultDetail, cache_hit_rate
+from batchrun.store.textsafe import safe_text, safe_value
 
 COLUMNS = (
     "batch_id",
@@ -45,6 +57,7 @@ COLUMNS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
     "cost_usd",
+    "cost_usd_exact",
     "attempts",
     "latency_ms",
     "http_status",
@@ -67,6 +80,14 @@ TIME_COLUMNS = ("created_at", "started_at", "completed_at")
 # ``cost_usd`` is rounded to this many decimal places (a hundredth of a micro-dollar: a
 # token's price can be a few hundredths of a micro-dollar, e.g. cache reads at a discount).
 COST_USD_DECIMALS = 8
+_COST_QUANTUM = Decimal(1).scaleb(-COST_USD_DECIMALS)
+# A text cell starting with one of these is a formula to a spreadsheet (OWASP's list for CSV
+# injection): "=", "+", "-" and "@" start one, and a leading tab or carriage return is
+# skipped by some spreadsheets before they look.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Text that is a plain decimal number ("-5", "+1.5e3") runs nothing: it is left as it is, so
+# that a spreadsheet reads it as the number it is.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def _when(value: datetime | None) -> str | None:
@@ -92,16 +113,17 @@ def _reply(row: ResultDetail) -> tuple[str | None, list[dict[str, Any]]]:
         if not isinstance(block, dict):
             continue
         if block.get("type") == "text":
-            texts.append(str(block.get("text", "")))
+            texts.append(safe_text(str(block.get("text", ""))))
         elif block.get("type") == "tool_use":
-            tools.append({k: block.get(k) for k in ("id", "name", "input")})
+            tools.append({k: safe_value(block.get(k)) for k in ("id", "name", "input")})
     return "\n".join(texts), tools
 
 
 def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
     """One flat record per row, with :data:`COLUMNS` as keys, in the rows' order, holding
     Python values: times as datetimes (UTC), ``tool_use`` as a list, ``cost_usd`` as a float
-    rounded to :data:`COST_USD_DECIMALS` places. Each format spells them its own way."""
+    rounded to :data:`COST_USD_DECIMALS` places and ``cost_usd_exact`` as that Decimal (with
+    exactly that many places). Each format spells them its own way."""
     for row in rows:
         text, tools = _reply(row)
         cost = None
@@ -122,7 +144,8 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
             "custom_id": row.custom_id,
             "line": row.line_no,
             "status": row.state,
-            "model": row.model,
+            # A bad input line kept by --skip-invalid names no model: null, not "".
+            "model": row.model or None,
             "stop_reason": row.stop_reason,
             "text": text,
             "tool_use": tools,
@@ -131,6 +154,8 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
             "cache_creation_input_tokens": row.cache_creation_input_tokens,
             "cache_read_input_tokens": row.cache_read_input_tokens,
             "cost_usd": cost,
+            # Through its repr: the float's shortest spelling is the rounded decimal.
+            "cost_usd_exact": None if cost is None else Decimal(repr(cost)).quantize(_COST_QUANTUM),
             "attempts": row.attempts,
             "latency_ms": row.latency_ms,
             "http_status": row.http_status,
@@ -152,11 +177,14 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
 
 
 def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
-    """:func:`flat_values` with the times as ISO 8601 text (``2026-11-22T05:40:00.123Z``), as
-    the JSON and CSV exports write them."""
+    """:func:`flat_values` with the times as ISO 8601 text (``2026-11-22T05:40:00.123Z``) and
+    ``cost_usd_exact`` as fixed-point text (``0.00123400``), as the JSON and CSV exports
+    write them."""
     for record in flat_values(rows, prices):
         for column in TIME_COLUMNS:
             record[column] = _when(record[column])
+        exact = record["cost_usd_exact"]
+        record["cost_usd_exact"] = None if exact is None else f"{exact:f}"
         yield record
 
 
@@ -174,14 +202,41 @@ def write_flat_jsonl(rows: Iterable[ResultDetail], stream: IO[str], prices: Pric
     return count
 
 
-def write_csv(rows: Iterable[ResultDetail], stream: IO[str], prices: PriceTable) -> int:
+def neutralise_formula(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as the text it is: text starting with one of
+    :data:`FORMULA_STARTS` gets a leading ``'`` (OWASP's advice against CSV injection), which
+    spreadsheets take as "this cell is text" and do not display. Numbers are returned as they
+    are, negative ones included, and so is text that is nothing but a decimal number (an
+    answer ``-5``): neither can run anything."""
+    if (
+        isinstance(value, str)
+        and value.startswith(FORMULA_STARTS)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
+
+
+def write_csv(
+    rows: Iterable[ResultDetail], stream: IO[str], prices: PriceTable, *, formulas: bool = False
+) -> int:
     """Write a header and one CSV row per row (RFC 4180: CRLF, quoted as needed; nulls
-    empty; ``tool_use`` as JSON text, empty when there is none); returns how many rows."""
+    empty; ``tool_use`` as JSON text, empty when there is none); returns how many rows.
+    Text cells that would start a formula are neutralised (:func:`neutralise_formula`)
+    unless ``formulas`` is true (for programs that read the file, not spreadsheets)."""
     writer = csv.writer(stream, lineterminator="\r\n")
     writer.writerow(COLUMNS)
     count = 0
     for record in flat_records(rows, prices):
         record["tool_use"] = tool_use_json(record["tool_use"])
-        writer.writerow(["" if record[c] is None else record[c] for c in COLUMNS])
+        cells = ["" if record[c] is None else record[c] for c in COLUMNS]
+        writer.writerow(cells if formulas else [neutralise_formula(cell) for cell in cells])
         count += 1
     return count
+
+
+def write_csv_with_formulas(
+    rows: Iterable[ResultDetail], stream: IO[str], prices: PriceTable
+) -> int:
+    """:func:`write_csv` with every cell as it is (``results --format csv --csv-raw``)."""
+    return write_csv(rows, stream, prices, formulas=True)

@@ -7,6 +7,10 @@ and the price table, writes them to a stream and returns how many it wrote. A bi
 (``binary=True``) gets a byte stream, and ``results`` writes it only to a file (``-o``), never
 to standard output; the others get a UTF-8 text stream.
 
+A format whose cells a spreadsheet may open (``csv``) neutralises formulas, and names in
+``raw_write`` the writer that leaves every cell as it is (``results --csv-raw``,
+``Client.export(csv_raw=True)``), for programs that read the file.
+
 Adding a format is one :meth:`ExportFormats.register` call (or one entry in
 :data:`EXPORT_FORMATS` below) and its writer.
 """
@@ -20,7 +24,7 @@ from typing import IO, Any
 from batchrun.config.prices import PriceTable
 from batchrun.errors import ConfigError
 from batchrun.export.anthropic import write_anthropic
-from batchrun.export.flat import write_csv, write_flat_jsonl
+from batchrun.export.flat import write_csv, write_csv_with_formulas, write_flat_jsonl
 from batchrun.export.parquet import write_parquet
 from batchrun.records import ResultDetail
 from batchrun.registry import Registry
@@ -38,6 +42,20 @@ class ExportFormat:
     binary: bool = False
     # Whether the writer prices rows (loading the price table is skipped otherwise).
     uses_prices: bool = True
+    # For a format whose text cells are neutralised against spreadsheet formulas: the writer
+    # that leaves them as they are.
+    raw_write: Writer | None = None
+
+    def writer(self, *, raw: bool = False) -> Writer:
+        """The writer; with ``raw``, the one that leaves formula-like cells as they are
+        (ConfigError for a format that changes none)."""
+        if not raw:
+            return self.write
+        if self.raw_write is None:
+            raise ConfigError(
+                f"csv_raw (--csv-raw) is for --format csv; format {self.name!r} changes no cell"
+            )
+        return self.raw_write
 
 
 class ExportFormats(Registry[ExportFormat]):
@@ -67,7 +85,12 @@ EXPORT_FORMATS = ExportFormats(
             "one flat JSON object per request (text, tokens, cost, timings)",
             write_flat_jsonl,
         ),
-        ExportFormat("csv", "the flat columns as CSV", write_csv),
+        ExportFormat(
+            "csv",
+            "the flat columns as CSV, formulas neutralised (see --csv-raw)",
+            write_csv,
+            raw_write=write_csv_with_formulas,
+        ),
         ExportFormat(
             "parquet",
             "the flat columns, typed, as Parquet (needs -o and pyarrow: batchrun[parquet])",

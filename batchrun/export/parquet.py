@@ -4,8 +4,9 @@ The columns are the flat export's (:data:`~batchrun.export.flat.COLUMNS`, same n
 order), and the values come from the same row builder
 (:func:`~batchrun.export.flat.flat_values`), so a Parquet export says what a flat one says.
 What Parquet adds is types: times are ``timestamp[us, tz=UTC]``, counts ``int64``,
-``cost_usd`` a decimal, ``reused`` a boolean; ``tool_use`` is JSON text, as in CSV, since a
-tool's ``input`` has no fixed shape.
+``cost_usd`` a ``float64`` (what pandas and polars compute with) and ``cost_usd_exact`` the
+same amount as a decimal (exact sums), ``reused`` a boolean; ``tool_use`` is JSON text, as in
+CSV, since a tool's ``input`` has no fixed shape.
 
 Rows are written in row groups of :data:`ROW_GROUP_ROWS`, each built from the store's stream
 and written before the next is read, so an export of 100,000 results holds one group in
@@ -19,7 +20,6 @@ formats load it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from decimal import Decimal
 from itertools import islice
 from typing import IO, Any
 
@@ -32,12 +32,12 @@ from batchrun.records import ResultDetail
 # in memory (measured: about 65 MB above pyarrow's own for 10,000 short replies; a peak RSS
 # of 150 MB for 100,000 results as for 20,000).
 ROW_GROUP_ROWS = 10_000
-# Decimal digits of `cost_usd` in all. A decimal, not a float, because it is money: a sum in
-# DuckDB or pandas is then exact, not off in the 16th digit. The scale is the flat export's
+# Decimal digits of `cost_usd_exact` in all. A decimal beside the float `cost_usd` because it
+# is money: a sum in DuckDB is then exact, not off in the 16th digit (pandas reads it as
+# Python Decimal objects, which is why `cost_usd` is a float). The scale is the flat export's
 # rounding, so the value is the number the JSON and CSV show; 18 digits is the most a
 # Parquet reader stores in 64 bits, which leaves 10 before the point.
 COST_USD_PRECISION = 18
-_COST_QUANTUM = Decimal(1).scaleb(-COST_USD_DECIMALS)
 # zstd: the text columns take about half the space they take with Parquet's default
 # (snappy: 6.2 MB against 3.4 MB for 100,000 simulator replies), and DuckDB, pandas, polars
 # and Spark read it.
@@ -67,7 +67,8 @@ def parquet_schema(pa: Any) -> Any:
         "output_tokens": pa.int64(),
         "cache_creation_input_tokens": pa.int64(),
         "cache_read_input_tokens": pa.int64(),
-        "cost_usd": pa.decimal128(COST_USD_PRECISION, COST_USD_DECIMALS),
+        "cost_usd": pa.float64(),
+        "cost_usd_exact": pa.decimal128(COST_USD_PRECISION, COST_USD_DECIMALS),
         "attempts": pa.int64(),
         "latency_ms": pa.int64(),
         "http_status": pa.int64(),
@@ -85,10 +86,6 @@ def parquet_schema(pa: Any) -> Any:
 def _parquet_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:
     for record in flat_values(rows, prices):
         record["tool_use"] = tool_use_json(record["tool_use"])
-        cost = record["cost_usd"]
-        if cost is not None:
-            # Through its repr: the float's shortest spelling is the rounded decimal.
-            record["cost_usd"] = Decimal(repr(cost)).quantize(_COST_QUANTUM)
         yield record
 
 

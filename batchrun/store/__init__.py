@@ -6,7 +6,8 @@ requeue), ``leases`` (claims), ``batch_rows`` (writing a new batch), ``reuse`` (
 reused at submit, what a new request waits for, copies settled), ``provider_batches`` (the
 batch lane's records), ``tallies`` (totals for /metrics), ``timeline`` (per-minute series,
 errors and limits for the dashboard) and ``rates`` (shared rate buckets), ``database``
-(engines, migrations, and driver errors as messages).
+(engines, migrations, and driver errors as messages), ``textsafe`` (text every column takes:
+lone surrogates and NULs made safe at the write boundary, and for the exports).
 May import: ``limits`` (bucket arithmetic), ``records``, ``errors``. With the migrations, the
 only importer of SQLAlchemy and Alembic.
 """

@@ -60,6 +60,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from batchrun.store.textsafe import safe_json_text, safe_text
+
 QUEUED = "queued"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
@@ -119,16 +121,48 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class SafeString(TypeDecorator[str]):
+    """A ``VARCHAR(n)``/``VARCHAR`` that stores any str: a NUL or a lone surrogate (which an
+    answer's JSON may hold as an escape) becomes U+FFFD (``textsafe.safe_text``)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else safe_text(value)
+
+
+class SafeText(TypeDecorator[str]):
+    """A ``TEXT`` that stores any str, as :class:`SafeString` does."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else safe_text(value)
+
+
+class JsonText(TypeDecorator[str]):
+    """A ``TEXT`` holding JSON: a raw NUL or lone surrogate is stored as its JSON escape
+    (``textsafe.safe_json_text``), so the JSON keeps exactly the value it had."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else safe_json_text(value)
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres wants 64 bits for big tables.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 batches = Table(
     "batches",
     metadata,
-    Column("id", String(64), primary_key=True),
-    Column("name", String(200), nullable=True),
-    Column("endpoint", String(100), nullable=False),
-    Column("source", Text, nullable=True, comment="the file the requests came from"),
+    Column("id", SafeString(64), primary_key=True),
+    Column("name", SafeString(200), nullable=True),
+    Column("endpoint", SafeString(100), nullable=False),
+    Column("source", SafeText, nullable=True, comment="the file the requests came from"),
     Column("request_count", Integer, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
@@ -136,7 +170,7 @@ batches = Table(
     Column("ended_at", UtcDateTime, nullable=True),
     Column(
         "paused_reason",
-        Text,
+        SafeText,
         nullable=True,
         comment="why dispatch stopped (e.g. authentication failed); cleared by the next run",
     ),
@@ -148,14 +182,14 @@ batches = Table(
     ),
     Column(
         "lane",
-        String(8),
+        SafeString(8),
         nullable=False,
         server_default="realtime",
         comment="realtime, batch (the provider's batch API) or auto",
     ),
     Column(
         "owner",
-        String(64),
+        SafeString(64),
         nullable=True,
         comment="the id of the serve key that created it (a hash, never the key)",
     ),
@@ -169,17 +203,17 @@ requests = Table(
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
     Column("line_no", Integer, nullable=False, comment="1-based line in the submitted file"),
-    Column("custom_id", String(64), nullable=False),
-    Column("model", String(200), nullable=False),
+    Column("custom_id", SafeString(64), nullable=False),
+    Column("model", SafeString(200), nullable=False),
     Column("max_tokens", Integer, nullable=False),
-    Column("params", Text, nullable=False, comment="Messages API body, JSON"),
+    Column("params", JsonText, nullable=False, comment="Messages API body, JSON"),
     Column(
         "estimated_input_tokens",
         Integer,
         nullable=True,
         comment="raw input-token estimate made at submit (see batchrun.input.estimate)",
     ),
-    Column("state", String(16), nullable=False),
+    Column("state", SafeString(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0, comment="times sent"),
     Column(
         "failures",
@@ -189,13 +223,13 @@ requests = Table(
         comment="transient failures that used up the retry budget",
     ),
     Column("not_before", UtcDateTime, nullable=True, comment="earliest next send (back-off)"),
-    Column("lease_owner", String(200), nullable=True),
+    Column("lease_owner", SafeString(200), nullable=True),
     Column("lease_expires_at", UtcDateTime, nullable=True),
-    Column("last_error", Text, nullable=True, comment="the latest transient failure"),
+    Column("last_error", SafeText, nullable=True, comment="the latest transient failure"),
     Column("started_at", UtcDateTime, nullable=True, comment="first claim"),
     Column(
         "lane",
-        String(8),
+        SafeString(8),
         nullable=False,
         server_default="realtime",
         comment="where it is sent next: realtime (the dispatcher) or batch (a provider batch)",
@@ -208,7 +242,7 @@ requests = Table(
     ),
     Column(
         "params_digest",
-        String(64),
+        SafeString(64),
         nullable=True,
         comment="SHA-256 of the params as canonical JSON (sorted keys), for submit --reuse",
     ),
@@ -243,17 +277,17 @@ results = Table(
         primary_key=True,
     ),
     Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
-    Column("custom_id", String(64), nullable=False),
-    Column("result_type", String(16), nullable=False),
+    Column("custom_id", SafeString(64), nullable=False),
+    Column("result_type", SafeString(16), nullable=False),
     Column("http_status", Integer, nullable=True),
-    Column("model", String(200), nullable=True),
-    Column("stop_reason", String(64), nullable=True),
+    Column("model", SafeString(200), nullable=True),
+    Column("stop_reason", SafeString(64), nullable=True),
     Column("input_tokens", Integer, nullable=True),
     Column("output_tokens", Integer, nullable=True),
     Column("cache_creation_input_tokens", Integer, nullable=True),
     Column("cache_read_input_tokens", Integer, nullable=True),
-    Column("error_type", String(64), nullable=True),
-    Column("error_message", Text, nullable=True),
+    Column("error_type", SafeString(64), nullable=True),
+    Column("error_message", SafeText, nullable=True),
     Column(
         "estimated_input_tokens",
         Integer,
@@ -268,29 +302,29 @@ results = Table(
         comment="when the final attempt was sent (null: not sent in real time)",
     ),
     Column("attempts", Integer, nullable=False),
-    Column("request_ref", String(200), nullable=True, comment="the API's request-id"),
+    Column("request_ref", SafeString(200), nullable=True, comment="the API's request-id"),
     Column("completed_at", UtcDateTime, nullable=False),
     Column(
         "body",
-        Text,
+        JsonText,
         nullable=True,
         comment="the Message (succeeded) or the error response (errored), JSON",
     ),
     Column(
         "raw_body",
-        Text,
+        JsonText,
         nullable=True,
         comment="what the server sent, when body is not it (normalised, clamped or refused)",
     ),
     Column(
         "endpoint",
-        String(100),
+        SafeString(100),
         nullable=True,
         comment="the endpoint that answered (for a pool: the member)",
     ),
     Column(
         "lane",
-        String(8),
+        SafeString(8),
         nullable=True,
         comment="realtime (also when null) or batch: where it was answered",
     ),
@@ -302,7 +336,7 @@ results = Table(
     ),
     Column(
         "reused_from",
-        String(64),
+        SafeString(64),
         nullable=True,
         comment="the batch whose stored answer this is (submit --reuse): nothing was sent",
     ),
@@ -320,9 +354,9 @@ send_failures = Table(
     Column("request_id", ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
     Column("sent_at", UtcDateTime, nullable=False),
     Column("latency_ms", Integer, nullable=True),
-    Column("endpoint", String(100), nullable=True, comment="for a pool: the member"),
+    Column("endpoint", SafeString(100), nullable=True, comment="for a pool: the member"),
     Column("http_status", Integer, nullable=True, comment="null: no answer (transport)"),
-    Column("error_type", String(64), nullable=True),
+    Column("error_type", SafeString(64), nullable=True),
     Index(None, "batch_id", "sent_at"),
     Index(None, "request_id"),
 )
@@ -334,9 +368,9 @@ provider_batches = Table(
     metadata,
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
-    Column("endpoint", String(100), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("provider_id", String(200), nullable=True, comment="the provider's batch id"),
+    Column("endpoint", SafeString(100), nullable=False),
+    Column("state", SafeString(16), nullable=False),
+    Column("provider_id", SafeString(200), nullable=True, comment="the provider's batch id"),
     Column("request_count", Integer, nullable=False),
     Column("body_bytes", BigInteger, nullable=False, comment="size of the create body"),
     Column("intent_at", UtcDateTime, nullable=False, comment="database clock, before the create"),
@@ -353,10 +387,10 @@ provider_batches = Table(
     Column("next_poll_at", UtcDateTime, nullable=True),
     Column("polls", Integer, nullable=False, default=0),
     Column("poll_failures", Integer, nullable=False, default=0),
-    Column("status", String(16), nullable=True, comment="the provider's processing_status"),
-    Column("counts", Text, nullable=True, comment="the provider's request_counts, JSON"),
-    Column("results_url", Text, nullable=True),
-    Column("note", Text, nullable=True, comment="the latest problem, or why it is ambiguous"),
+    Column("status", SafeString(16), nullable=True, comment="the provider's processing_status"),
+    Column("counts", JsonText, nullable=True, comment="the provider's request_counts, JSON"),
+    Column("results_url", SafeText, nullable=True),
+    Column("note", SafeText, nullable=True, comment="the latest problem, or why it is ambiguous"),
     UniqueConstraint("endpoint", "provider_id"),
     Index(None, "batch_id", "state"),
 )
@@ -368,9 +402,9 @@ provider_batches = Table(
 rate_buckets = Table(
     "rate_buckets",
     metadata,
-    Column("endpoint", String(100), primary_key=True),
-    Column("model", String(200), primary_key=True, comment="a model or a family pattern"),
-    Column("dimension", String(8), primary_key=True, comment="rpm, tpm, itpm or otpm"),
+    Column("endpoint", SafeString(100), primary_key=True),
+    Column("model", SafeString(200), primary_key=True, comment="a model or a family pattern"),
+    Column("dimension", SafeString(8), primary_key=True, comment="rpm, tpm, itpm or otpm"),
     Column("level", Float, nullable=False, comment="capacity left; negative is debt"),
     Column("rate_per_s", Float, nullable=False),
     Column("capacity", Float, nullable=False),
@@ -393,8 +427,8 @@ rate_buckets = Table(
 rate_keys = Table(
     "rate_keys",
     metadata,
-    Column("endpoint", String(100), primary_key=True),
-    Column("model", String(200), primary_key=True, comment="a model or a family pattern"),
+    Column("endpoint", SafeString(100), primary_key=True),
+    Column("model", SafeString(200), primary_key=True, comment="a model or a family pattern"),
     Column(
         "paused_until",
         Float,
@@ -431,9 +465,9 @@ rate_keys = Table(
 endpoint_health = Table(
     "endpoint_health",
     metadata,
-    Column("endpoint", String(100), primary_key=True),
-    Column("state", String(16), nullable=False, comment="closed, open or halted"),
-    Column("reason", Text, nullable=True, comment="why it was taken out"),
+    Column("endpoint", SafeString(100), primary_key=True),
+    Column("state", SafeString(16), nullable=False, comment="closed, open or halted"),
+    Column("reason", SafeText, nullable=True, comment="why it was taken out"),
     Column("until", Float, nullable=True, comment="Unix seconds of the next probe"),
     Column("updated_at", Float, nullable=False, comment="Unix seconds"),
 )

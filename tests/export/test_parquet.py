@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import create_engine, text
@@ -35,7 +36,8 @@ DUCKDB_TYPES = {
     "output_tokens": "BIGINT",
     "cache_creation_input_tokens": "BIGINT",
     "cache_read_input_tokens": "BIGINT",
-    "cost_usd": "DECIMAL(18,8)",
+    "cost_usd": "DOUBLE",
+    "cost_usd_exact": "DECIMAL(18,8)",
     "attempts": "BIGINT",
     "latency_ms": "BIGINT",
     "http_status": "BIGINT",
@@ -70,8 +72,8 @@ def _as_flat(record: dict[str, Any]) -> dict[str, Any]:
             spelled[column] = (
                 spelled[column].astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
             )
-    if isinstance(spelled["cost_usd"], Decimal):
-        spelled["cost_usd"] = float(spelled["cost_usd"])
+    if isinstance(spelled["cost_usd_exact"], Decimal):
+        spelled["cost_usd_exact"] = f"{spelled['cost_usd_exact']:f}"
     spelled["tool_use"] = json.loads(spelled["tool_use"]) if spelled["tool_use"] else []
     return spelled
 
@@ -97,12 +99,59 @@ def test_parquet_has_the_flat_columns_typed_and_the_flat_values(
     assert count == len(expected) == 7
     assert read == expected
     assert {row["status"] for row in read} == {"succeeded", "errored"}
-    # Costs add up exactly in SQL, and the errored row's usage is null, not 0.
+    # Exact costs add up exactly in SQL, and the errored row's usage is null, not 0.
     ((total, unpriced),) = duckdb.sql(
-        f"SELECT sum(cost_usd), count(*) FILTER (cost_usd IS NULL) FROM '{target}'"
+        f"SELECT sum(cost_usd_exact), count(*) FILTER (cost_usd IS NULL) FROM '{target}'"
     ).fetchall()
-    assert total == sum(Decimal(repr(r["cost_usd"])) for r in expected if r["cost_usd"])
+    exact = [Decimal(r["cost_usd_exact"]) for r in expected if r["cost_usd_exact"]]
+    assert total == sum(exact)
+    assert exact == [Decimal(repr(r["cost_usd"])) for r in expected if r["cost_usd"]]
     assert unpriced == 1
+
+
+def test_parquet_cost_is_a_float_to_compute_with_beside_the_exact_decimal(
+    client: batchrun.Client, tmp_path: Path
+) -> None:
+    batch_id = _finished_batch(client)
+    target = tmp_path / "out.parquet"
+
+    client.export(batch_id, target, format="parquet")
+
+    table = pq.read_table(target)
+    assert str(table.schema.field("cost_usd").type) == "double"
+    assert str(table.schema.field("cost_usd_exact").type) == "decimal128(18, 8)"
+    floats = table.column("cost_usd").to_pylist()
+    exact = table.column("cost_usd_exact").to_pylist()
+    assert all(isinstance(value, float) for value in floats if value is not None)
+    # What pandas does with the column (`frame.cost_usd * 1.1`), pyarrow does here.
+    raised = pc.multiply(table.column("cost_usd"), 1.1).to_pylist()
+    assert [value for value in raised if value is not None] == pytest.approx(
+        [value * 1.1 for value in floats if value is not None]
+    )
+    assert [None if v is None else float(v) for v in exact] == floats
+
+
+def test_a_bad_input_line_names_no_model_in_the_exports(
+    client: batchrun.Client, tmp_path: Path
+) -> None:
+    lines: list[Any] = [request_line("good"), {"custom_id": "bad", "params": {"max_tokens": 5}}]
+    batch = client.submit(lines, endpoint="simulator", skip_invalid=True)
+    client.run(batch.id, stop_on_signals=False)
+    flat = io.StringIO()
+
+    client.export(batch.id, flat, format="flat")
+    client.export(batch.id, tmp_path / "out.parquet", format="parquet")
+
+    models = {
+        row["custom_id"]: row["model"] for row in map(json.loads, flat.getvalue().split("\n")[:-1])
+    }
+    assert models == {"good": "claude-sonnet-4-5", "bad": None}
+    table = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert {row["custom_id"]: row["model"] for row in table} == models
+    ((nulls,),) = duckdb.sql(
+        f"SELECT count(*) FROM '{tmp_path / 'out.parquet'}' WHERE model IS NULL"
+    ).fetchall()
+    assert nulls == 1
 
 
 def test_parquet_rows_are_written_in_row_groups(tmp_path: Path) -> None:
