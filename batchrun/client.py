@@ -256,13 +256,17 @@ class Client:
         max_file_bytes: int | None = None,
         lane: str = "realtime",
         expires_in_s: float | None = None,
+        skip_invalid: bool = False,
     ) -> FilePlan:
         """Plan ``requests`` for an endpoint before spending: requests, input tokens, output
         tokens (expected at ``output_share`` of max_tokens, 0.3 unless given, and worst
         case), cost, and how long the endpoint's limits (``limits`` replacing them, per
         minute by dimension name) make it take; with a batch API, the batch lane's cost and
         typical time too, and which lane ``lane`` would use (``auto``: for a deadline
-        ``expires_in_s`` away, 24 h unless given). Nothing is stored or sent."""
+        ``expires_in_s`` away, 24 h unless given). Nothing is stored or sent. Invalid lines
+        raise :class:`InputFileError`, unless ``skip_invalid``: then the plan covers the
+        valid lines and counts the others (``FilePlan.invalid_lines``), as
+        ``submit(skip_invalid=True)`` would store them."""
         from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S
         from batchrun.input.sources import open_requests
         from batchrun.lanes import check_lane, lane_endpoint
@@ -284,6 +288,7 @@ class Client:
                 default_model=model,
                 max_requests=max_requests,
                 max_file_bytes=max_file_bytes,
+                skip_invalid=skip_invalid,
             )
         return plan.with_lanes(
             None if batch_endpoint is None else batch_endpoint.batch_api,

@@ -119,6 +119,7 @@ def submit(
             model=model,
             max_requests=max_requests,
             max_file_bytes=max_file_bytes,
+            skip_invalid=skip_invalid,
         )
         print_estimate(plan, as_json=as_json)
         return

@@ -49,13 +49,22 @@ def estimate(
     expires_in: Annotated[
         str, typer.Option(help="With --lane auto: the batch's deadline, as for submit.")
     ] = "24h",
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            help="Plan the valid lines and leave the invalid ones out (as submit "
+            "--skip-invalid records them: errored, never sent), saying how many and naming "
+            "the first problems, instead of refusing the file."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
 ) -> None:
     """Estimate a request file before spending: requests, input tokens, output tokens
     (expected and worst case), cost, and how long the endpoint's limits make it take; with a
     batch API, the batch lane's cost, saving and typical time.
     Nothing is stored or sent. A limit flag (--rpm ...) replaces the endpoint's limit for
-    every model.
+    every model. An invalid line refuses the file (every problem listed), unless
+    --skip-invalid is given.
 
     Example: `batchrun estimate requests.jsonl --endpoint langdock-eu --output-share 0.5`
     """
@@ -69,17 +78,30 @@ def estimate(
         limits=limits,
         lane=lane,
         expires_in_s=duration_option(expires_in, "--expires-in"),
+        skip_invalid=skip_invalid,
     )
     print_estimate(plan, as_json=as_json)
 
 
 def print_estimate(plan: FilePlan, *, as_json: bool) -> None:
-    """The plan as a table (and a note that nothing was stored or sent), or as JSON."""
+    """The plan as a table (and a note that nothing was stored or sent), or as JSON; the
+    invalid lines it left out (``--skip-invalid``) first, on stderr, as ``submit`` warns."""
+    for problem in plan.invalid_problems:
+        stderr.print(f"warning: {problem}")
+    if plan.invalid_lines:
+        stderr.print(
+            f"skipped {_count(plan.invalid_lines, 'invalid line')}: the estimate covers "
+            f"{_count(plan.requests, 'valid request')}"
+        )
     if as_json:
         print_json(plan_json(plan))
     else:
         stdout.print(estimate_table(plan))
         stderr.print("estimate only: nothing was stored or sent")
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def add_commands(app: typer.Typer) -> None:
@@ -114,6 +136,12 @@ def estimate_table(plan: FilePlan) -> Group:
     totals.add_row("file", plan.source)
     totals.add_row("endpoint", plan.endpoint)
     totals.add_row("requests", f"{plan.requests:,}")
+    if plan.invalid_lines:
+        totals.add_row(
+            "invalid lines",
+            f"{plan.invalid_lines:,} skipped (not planned; submit --skip-invalid records "
+            "them as errored results, never sent)",
+        )
     totals.add_row("input tokens", f"{plan.input_tokens:,} (estimated)")
     totals.add_row(
         "output tokens",

@@ -29,10 +29,13 @@ from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.transport.endpoints import PROVIDER_BATCH_LIFETIME_S, BatchApi
 
 if TYPE_CHECKING:
+    from batchrun.input.validation import InvalidLine
     from batchrun.transport.endpoints import Endpoint
 
 # Share of max_tokens a reply is assumed to use in the expected case.
 DEFAULT_OUTPUT_SHARE = 0.3
+# With skip_invalid: the problems of invalid lines a plan names (file:line), at most.
+INVALID_PROBLEMS_SHOWN = 5
 
 
 @dataclass
@@ -88,6 +91,10 @@ class FilePlan:
     batch_api: BatchApi | None = None
     lane: str = "realtime"
     chosen: str = "realtime"
+    # With skip_invalid: the invalid lines left out of the plan, and the first problems
+    # (``file:line: problem``, then "… and N more problems").
+    invalid_lines: int = 0
+    invalid_problems: tuple[str, ...] = ()
 
     def with_lanes(self, batch_api: BatchApi | None, *, lane: str, deadline_s: float) -> FilePlan:
         """This plan with the batch lane's terms, and the lane ``lane`` takes (for ``auto``:
@@ -156,10 +163,15 @@ def plan_file(
     default_model: str | None = None,
     max_requests: int | None = None,
     max_file_bytes: int | None = None,
+    skip_invalid: bool = False,
 ) -> FilePlan:
     """Read and check a request file the way ``submit`` does, and plan it for ``endpoint``.
 
-    Raises InputFileError listing the problems (file:line) if any line is invalid.
+    Raises InputFileError listing the problems (file:line) if any line is invalid; with
+    ``skip_invalid`` (as ``submit --skip-invalid`` stores them: errored, never sent) the
+    valid lines are planned and the invalid ones counted, the first
+    :data:`INVALID_PROBLEMS_SHOWN` problems named. A problem with the whole file (no
+    requests, over a cap) refuses it either way.
     """
     # The reader and its checks load only when a file is planned (not for `--help`).
     from batchrun.input.estimate import estimate_input_tokens
@@ -180,7 +192,11 @@ def plan_file(
     models: dict[str, ModelPlan] = {}
     problems: list[InvalidLine | FileProblem] = []
     hidden = 0
+    skipped = _Skipped(source)
     for _, item in read_requests(stream, source=source, default_model=default_model, **sizes):
+        if skip_invalid and isinstance(item, InvalidLine):
+            skipped.add(item)
+            continue
         if isinstance(item, InvalidLine | FileProblem):
             if len(problems) < MAX_PRINTED_PROBLEMS:
                 problems.append(item)
@@ -206,7 +222,38 @@ def plan_file(
         lines.append("nothing was estimated; fix the lines above and try again")
         raise InputFileError("\n".join(lines))
     ordered = sorted(models.values(), key=lambda m: (-m.requests, m.model))
-    return FilePlan(source, endpoint.name, output_share, ordered)
+    return FilePlan(
+        source,
+        endpoint.name,
+        output_share,
+        ordered,
+        invalid_lines=skipped.lines,
+        invalid_problems=skipped.named(),
+    )
+
+
+class _Skipped:
+    """The invalid lines a plan leaves out: how many, and their first problems by name."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines = 0
+        self.shown: list[str] = []
+        self.hidden = 0
+
+    def add(self, item: InvalidLine) -> None:
+        """Count an invalid line and keep its problems while few."""
+        self.lines += 1
+        for problem in item.problems:
+            if len(self.shown) < INVALID_PROBLEMS_SHOWN:
+                self.shown.append(f"{self.source}:{item.line_no}: {problem}")
+            else:
+                self.hidden += 1
+
+    def named(self) -> tuple[str, ...]:
+        more = self.hidden
+        tail = [f"… and {more:,} more problem{'s' if more != 1 else ''}"] if more else []
+        return (*self.shown, *tail)
 
 
 def _minutes_json(plan: ModelPlan, output: int) -> dict[str, Any]:
@@ -263,6 +310,8 @@ def plan_json(plan: FilePlan) -> dict[str, Any]:
         "lanes": _lanes_json(plan, expected, worst, unpriced),
         "lane": plan.lane,
         "chosen_lane": plan.chosen,
+        "invalid_lines": plan.invalid_lines,
+        "invalid_problems": list(plan.invalid_problems),
     }
 
 
