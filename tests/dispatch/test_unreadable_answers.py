@@ -44,6 +44,7 @@ from batchrun.store.store import Store
 from batchrun.transport.classify import classify_response
 from tests.conftest import request_line, submit
 from tests.dispatch.test_pools import answered_by, run_pool
+from tests.hostile import message
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LOGIN_PAGE = b"<!doctype html><html><body><form action=/login>Sign in</form></html>"
@@ -82,6 +83,10 @@ def decided(
 def test_answers_that_are_no_message_are_classified_unreadable() -> None:
     assert isinstance(NOT_JSON, Retryable) and NOT_JSON.unreadable
     assert isinstance(NOT_A_MESSAGE, Fatal) and NOT_A_MESSAGE.unreadable
+    poisoned = classify_response(200, {}, json.dumps(message(input_tokens=2**63)).encode())
+    assert isinstance(poisoned, Fatal) and poisoned.unreadable
+    # A Message is no failure of anyone's.
+    assert isinstance(classify_response(200, {}, json.dumps(message()).encode()), Succeeded)
     # Errors and cut connections are not: the breaker already counts those it should.
     assert not getattr(classify_response(400, {}, b"{}"), "unreadable", False)
 
