@@ -18,7 +18,8 @@ Modes (see :data:`MODES`): ``openai``, ``foreign``, ``not_json``, ``deep``, ``us
 ``reset_9999``, ``retry_after_10h``, ``tiny_limit``, ``drip``, ``endless``, ``gzip_bomb``,
 ``oversized``, ``echo_key``, ``odd_text`` (a Message whose text holds a lone surrogate
 and a NUL, as JSON escapes), ``odd_fields`` (those in its model and stop_reason too),
-``odd_400`` and ``odd_500`` (errors whose message holds them), ``html_login`` (a 200 whose
+``odd_400`` and ``odd_500`` (errors whose message holds them), ``sse_odd`` (a streamed
+answer holding them in its text and stop_reason), ``html_login`` (a 200 whose
 body is an HTML login page, as a gateway that lost its session sends), and for streamed requests
 ``sse_pings`` (a stream that starts, then sends pings forever) and ``sse_drip`` (a stream
 whose next event never ends: a byte of it every ``drip_interval_s``).
@@ -70,6 +71,25 @@ def _odd_result(index: int) -> dict[str, Any]:
         error = {"type": "invalid_request_error", "message": "bad" + ODD_TEXT}
         return {"type": "errored", "error": {"type": "error", "error": error}}
     return {"type": "succeeded", "message": message()}
+
+
+def _odd_stream() -> bytes:
+    """A whole streamed answer whose text and stop_reason hold :data:`ODD_TEXT` (escaped)."""
+    start = {"type": "message_start", "message": {**message(), "content": []}}
+    block = {"type": "text", "text": ""}
+    events: list[dict[str, Any]] = [
+        start,
+        {"type": "content_block_start", "index": 0, "content_block": block},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": ODD_TEXT},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn" + ODD_TEXT}, "usage": {}},
+        {"type": "message_stop"},
+    ]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
 
 
 def _deep(levels: int) -> bytes:
@@ -212,6 +232,12 @@ class HostileServer:
                 while True:
                     writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                     await writer.drain()
+            case "sse_odd":
+                body = _odd_stream()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+                writer.write(f"content-length: {len(body)}\r\n\r\n".encode() + body)
+                await writer.drain()
+                return True
             case "sse_pings" | "sse_drip":
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
                 writer.write(b"transfer-encoding: chunked\r\n\r\n")

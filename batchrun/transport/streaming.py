@@ -290,7 +290,7 @@ class MessageAssembler:
                 if not isinstance(citations, list):
                     citations = block.value["citations"] = []
                 citations.append(citation)
-                self._size += len(orjson.dumps(citation))
+                self._size += _json_size(citation)
 
     def _message_delta(self, message: dict[str, Any], data: dict[str, Any]) -> None:
         delta = data.get("delta")
@@ -309,7 +309,7 @@ class MessageAssembler:
                 merged = message["usage"] = {}
             # Cumulative counts: each one present replaces the earlier one.
             merged.update({key: value for key, value in usage.items() if value is not None})
-        self._size += len(orjson.dumps(data))
+        self._size += _json_size(data)
 
     def _count(self, data: str) -> None:
         self.events += 1
@@ -332,6 +332,15 @@ def _event_data(event: ServerSentEvent) -> dict[str, Any]:
         name = f" {event.event!r}" if event.event else ""
         raise _Malformed(f"the data of an event{name} is not a JSON object with a type")
     return data
+
+
+def _json_size(value: Any) -> int:
+    """The bytes of ``value`` as compact JSON, for the size cap. orjson refuses a str holding
+    a lone surrogate (an escape a server may send); the standard library writes its escape."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return len(json.dumps(value, separators=(",", ":")))
 
 
 def _loads(text: str) -> Any:

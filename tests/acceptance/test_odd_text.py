@@ -37,7 +37,9 @@ WAIT_S = 60.0
 
 def mode_of(index: int) -> str:
     """10 % of the answers are 200s with the odd text, 5 % 400s carrying it; a few put it in
-    the model and stop_reason too, or in a 500 (retried, then final)."""
+    the model and stop_reason too, in a streamed answer, or in a 500 (retried, then final)."""
+    if index % 50 == 21:
+        return "sse_odd"
     if index % 10 == 3:
         return "odd_fields" if index % 40 == 3 else "odd_text"
     if index % 20 == 7:
@@ -48,7 +50,15 @@ def mode_of(index: int) -> str:
 
 
 def request_lines(count: int = REQUESTS) -> list[dict[str, Any]]:
-    return [request_line(f"r{i}", f"q{i} <<hostile:{mode_of(i)}>>") for i in range(count)]
+    # 32,000 max_tokens: streamed, by the SDK's rule.
+    return [
+        request_line(
+            f"r{i}",
+            f"q{i} <<hostile:{mode_of(i)}>>",
+            max_tokens=32_000 if mode_of(i) == "sse_odd" else 256,
+        )
+        for i in range(count)
+    ]
 
 
 def sends(server: HostileServer) -> Counter[str]:
@@ -113,13 +123,15 @@ def check_exports(found: dict[str, Any], expected: dict[str, str]) -> None:
     for custom_id, mode in expected.items():
         line = found["anthropic"][custom_id]["result"]
         flat = found["flat"][custom_id]
-        if mode in ("odd_text", "odd_fields"):
+        if mode in ("odd_text", "odd_fields", "sse_odd"):
             assert line["message"]["content"][0]["text"] == ODD_TEXT
             for name in ("flat", "csv", "parquet"):
                 assert found[name][custom_id]["text"] == SAFE_TEXT, (name, custom_id)
         if mode == "odd_fields":
             assert line["message"]["model"] == "claude-haiku-4-5" + ODD_TEXT
             assert flat["model"] == "claude-haiku-4-5" + SAFE_TEXT
+        if mode in ("odd_fields", "sse_odd"):
+            assert line["message"]["stop_reason"] == "end_turn" + ODD_TEXT
             assert flat["stop_reason"] == "end_turn" + SAFE_TEXT
         if mode in ("odd_400", "odd_500"):
             # A 500's message is said after the retries it took ("gave up after 2 attempts").
