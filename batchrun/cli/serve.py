@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from batchrun.cli.consoles import stderr
+from batchrun.cli.options import duration_option
 
 
 def serve(
@@ -37,7 +38,38 @@ def serve(
         str | None,
         typer.Option(
             help="The URL clients reach this server at, behind a reverse proxy (for "
-            "results_url); default: the host each request came to.",
+            "results_url; its host is served). Default: the request's Host if allowed, "
+            "else the address it came in on.",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Host names served besides the loopback names and the --public-url host "
+            "(comma-separated, any port); results_url may then name them. With keys, "
+            "other Hosts are refused (421) once this is given; '*' serves and trusts any.",
+            show_default=False,
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="Time a request's line and headers may take, then 408 and close [default: 10s].",
+            show_default=False,
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="Time a request body may pause between two reads, then close [default: 30s].",
+            show_default=False,
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="Connections open at once; more are answered 503 and closed [default: 500].",
             show_default=False,
         ),
     ] = None,
@@ -70,6 +102,15 @@ def serve(
     from batchrun.server.running import ServeSettings, build_server
     from batchrun.server.running import serve as run_server
 
+    limits = {
+        name: value
+        for name, value in (
+            ("header_timeout_s", duration_option(header_timeout, "--header-timeout")),
+            ("body_timeout_s", duration_option(body_timeout, "--body-timeout")),
+            ("max_connections", max_connections),
+        )
+        if value is not None
+    }
     settings = ServeSettings(
         host=host,
         port=port,
@@ -78,6 +119,8 @@ def serve(
         public_url=public_url,
         insecure_no_auth=insecure_no_auth,
         access_log=access_log,
+        allowed_hosts=tuple(allowed_hosts.split(",")) if allowed_hosts else (),
+        **limits,  # type: ignore[arg-type]
     )
     server = build_server(
         client_of(ctx),

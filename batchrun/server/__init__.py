@@ -5,7 +5,10 @@ Holds: ``keys`` (server keys, tenants, dashboard sessions), ``errors`` (Anthropi
 bodies), ``bodies`` (a create body read as request lines, streaming), ``service`` (the
 store calls behind each route, off the event loop), ``api`` (the ``/v1/messages/batches``
 routes), ``workers`` (dispatch inside the server), ``dashboard`` and ``metrics``, ``app``
-(the ASGI app that puts them together); and ``run_metrics``, the ``/metrics`` server of
+(the ASGI app that puts them together), ``hosts`` (the Host names served and trusted for
+``results_url``, against DNS rebinding), ``connections`` (uvicorn's h11 protocol with header
+and body deadlines and a connection cap, against slowloris), ``running`` (start it with
+uvicorn); and ``run_metrics``, the ``/metrics`` server of
 ``batchrun run --metrics-port`` (the standard library's HTTP server, no FastAPI).
 May import: ``batchrun.client`` and everything below it; FastAPI and Starlette are imported
 here only. Nothing below imports this package.

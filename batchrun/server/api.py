@@ -3,7 +3,9 @@
 Batch objects are encoded straight to JSON bytes (the routes are polled hundreds of times a
 second); the response models below are for the OpenAPI document. ``results_url`` is the
 absolute URL of the batch's results once it ended, built from ``public_url`` when the
-server sits behind a proxy, else from the request's own host.
+server sits behind a proxy, else from the request's Host when the host policy trusts it
+(:mod:`batchrun.server.hosts`), else from the address the connection came in on: never
+from a Host a client made up.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from batchrun.export.batch_object import BatchObject
 from batchrun.records import BatchSummary
 from batchrun.server.bodies import MAX_BATCH_REQUESTS, MAX_BODY_BYTES
 from batchrun.server.errors import ApiError
+from batchrun.server.hosts import HostPolicy, host_name, request_host
 from batchrun.server.keys import ServerKeys, request_owner
 from batchrun.server.service import BatchService
 
@@ -72,11 +75,17 @@ class Api:
     """The routes, bound to one service and one set of keys."""
 
     def __init__(
-        self, service: BatchService, keys: ServerKeys, *, public_url: str | None = None
+        self,
+        service: BatchService,
+        keys: ServerKeys,
+        *,
+        public_url: str | None = None,
+        hosts: HostPolicy | None = None,
     ) -> None:
         self.service = service
         self.keys = keys
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.hosts = hosts or HostPolicy.of(authenticated=keys.required, public_url=public_url)
         self.router = APIRouter(prefix="/v1/messages/batches", responses=_ERRORS)
         self._routes()
 
@@ -89,9 +98,24 @@ class Api:
         """The batch object, with the absolute ``results_url`` once it ended."""
         item = BatchObject.from_summary(batch)
         if batch.processing_status == "ended":
-            base = self.public_url or str(request.base_url).rstrip("/")
-            item.results_url = f"{base}/v1/messages/batches/{batch.id}/results"
+            item.results_url = f"{self.base_url(request)}/v1/messages/batches/{batch.id}/results"
         return item
+
+    def base_url(self, request: Request) -> str:
+        """Where clients reach this server: ``public_url``, else the request's Host if the
+        policy trusts it, else the address the connection came in on."""
+        if self.public_url:
+            return self.public_url
+        host = request_host(request.scope)
+        if self.hosts.trusts(host_name(host) if host is not None else None):
+            return str(request.base_url).rstrip("/")
+        server = request.scope.get("server")
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        if not server:
+            return root
+        address, port = str(server[0]), server[1]
+        shown = f"[{address}]" if ":" in address else address
+        return f"{request.url.scheme}://{shown}{f':{port}' if port else ''}{root}"
 
     def batch_json(self, request: Request, batch: BatchSummary) -> Response:
         """:meth:`batch_object` as the response."""

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from batchrun import __version__
 from batchrun.server.api import Api
 from batchrun.server.errors import ApiError, error_json, new_request_id
+from batchrun.server.hosts import HostCheck, HostPolicy
 from batchrun.server.keys import ServerKeys
 from batchrun.server.service import BatchService
 from batchrun.server.workers import InProcessWorkers
@@ -35,10 +36,15 @@ def create_app(
     *,
     workers: InProcessWorkers | None = None,
     public_url: str | None = None,
+    hosts: HostPolicy | None = None,
     routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The app serving ``service`` to holders of ``keys``; ``workers`` dispatch in this
-    process (None: other processes do); ``routers`` are mounted beside the API."""
+    process (None: other processes do); ``hosts`` says which Host headers are served
+    (default: those of a server with ``keys`` and ``public_url`` and no --allowed-hosts);
+    ``routers`` are mounted beside the API."""
+    if hosts is None:
+        hosts = HostPolicy.of(authenticated=keys.required, public_url=public_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -62,7 +68,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    api = Api(service, keys, public_url=public_url)
+    api = Api(service, keys, public_url=public_url, hosts=hosts)
     app.include_router(api.router)
     for router in routers:
         app.include_router(router)
@@ -70,6 +76,8 @@ def create_app(
         app.state.workers = workers
     app.state.api = api
     _error_handlers(app)
+    # Outermost: a Host the server does not answer to reaches no route.
+    app.add_middleware(HostCheck, policy=hosts)
     return app
 
 

@@ -15,6 +15,14 @@ from fastapi import APIRouter, FastAPI
 
 from batchrun.errors import ConfigError
 from batchrun.server.app import create_app
+from batchrun.server.connections import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    ConnectionLimits,
+    guarded_protocol,
+)
+from batchrun.server.hosts import HostPolicy
 from batchrun.server.keys import KEYS_ENV, ServerKeys
 from batchrun.server.service import BatchService
 from batchrun.server.workers import InProcessWorkers
@@ -44,6 +52,24 @@ class ServeSettings:
     public_url: str | None = None
     insecure_no_auth: bool = False
     access_log: bool = False
+    # Host names served besides loopback and the public URL's (see batchrun.server.hosts).
+    allowed_hosts: tuple[str, ...] = ()
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The deadlines and the cap of the server's connections; ConfigError for a value
+        out of range."""
+        for flag, value in (
+            ("--header-timeout", self.header_timeout_s),
+            ("--body-timeout", self.body_timeout_s),
+        ):
+            if not value > 0:
+                raise ConfigError(f"{flag} must be more than 0 seconds, not {value:g}")
+        if self.max_connections < 1:
+            raise ConfigError(f"--max-connections must be 1 or more, not {self.max_connections}")
+        return ConnectionLimits(self.header_timeout_s, self.body_timeout_s, self.max_connections)
 
 
 def is_loopback(host: str) -> bool:
@@ -105,6 +131,12 @@ def build_server(
     from batchrun.store.store import Store
 
     check_auth(keys, settings)
+    settings.connection_limits()
+    hosts = HostPolicy.of(
+        authenticated=keys.required,
+        public_url=settings.public_url,
+        allowed_hosts=settings.allowed_hosts,
+    )
     if settings.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, not {settings.workers}")
     known = client.endpoints()
@@ -139,6 +171,7 @@ def build_server(
         keys,
         workers=workers,
         public_url=settings.public_url,
+        hosts=hosts,
         routers=routers(service, keys, workers) if routers is not None else (),
     )
     return Server(app, service, store)
@@ -159,14 +192,14 @@ class _Uvicorn(uvicorn.Server):
             self._on_ready(f"http://{shown}:{port}")
 
 
-def serve(
-    server: Server, settings: ServeSettings, *, on_ready: Callable[[str], None] | None = None
-) -> None:
-    """Serve until SIGINT or SIGTERM; ``on_ready`` gets the base URL once it listens."""
-    config = uvicorn.Config(
+def uvicorn_config(server: Server, settings: ServeSettings) -> uvicorn.Config:
+    """uvicorn's configuration for ``server``: its address, the connections' deadlines and
+    cap (:mod:`batchrun.server.connections`), no access log unless asked for."""
+    return uvicorn.Config(
         server.app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(settings.connection_limits()),
         log_config=None,
         access_log=settings.access_log,
         server_header=False,
@@ -174,7 +207,13 @@ def serve(
         proxy_headers=True,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
+
+
+def serve(
+    server: Server, settings: ServeSettings, *, on_ready: Callable[[str], None] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; ``on_ready`` gets the base URL once it listens."""
     try:
-        _Uvicorn(config, on_ready).run()
+        _Uvicorn(uvicorn_config(server, settings), on_ready).run()
     finally:
         server.close()

@@ -72,3 +72,35 @@ def test_sending_here_needs_the_default_endpoints_key_at_start(cli: CliRunner) -
     result = serve(cli, "--endpoint", "anthropic", BATCHRUN_SERVE_API_KEYS=GOOD_KEY)
     assert result.exit_code != 0
     assert "ANTHROPIC_API_KEY" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "keys", "fragment"),
+    [
+        (["--insecure-no-auth", "--allowed-hosts", "*"], None, "DNS rebinding"),
+        (["--allowed-hosts", "https://x.example/"], GOOD_KEY, "is not a host name"),
+        (["--header-timeout", "0s"], GOOD_KEY, "is not a positive duration"),
+        (["--body-timeout", "soon"], GOOD_KEY, "--body-timeout"),
+        (["--max-connections", "0"], GOOD_KEY, "--max-connections must be 1 or more"),
+    ],
+)
+def test_unusable_host_and_connection_limits_are_refused_before_it_listens(
+    cli: CliRunner, args: list[str], keys: str | None, fragment: str
+) -> None:
+    env = {"BATCHRUN_SERVE_API_KEYS": keys} if keys else {}
+    result = serve(cli, *args, **env)
+    assert result.exit_code != 0
+    assert fragment in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_help_states_the_connection_limits_in_force(cli: CliRunner) -> None:
+    from batchrun.server.connections import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_CONNECTIONS
+
+    result = cli.invoke(app, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert f"[default: {HEADER_TIMEOUT_S:g}s]" in text
+    assert f"[default: {BODY_TIMEOUT_S:g}s]" in text
+    assert f"[default: {MAX_CONNECTIONS}]" in text
+    assert "--allowed-hosts" in text

@@ -8,13 +8,14 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from batchrun.client import Client
 from batchrun.server.keys import KEYS_ENV, ServerKeys
 from batchrun.server.routes import extra_routers
-from batchrun.server.running import Server, ServeSettings, build_server
+from batchrun.server.running import Server, ServeSettings, build_server, uvicorn_config
 
 # Long enough for MIN_KEY_CHARS; what tests present.
 KEY_A = "key-a-0123456789abcdef"
@@ -36,14 +37,18 @@ def running_server(
     endpoint: str = "simulator",
     insecure_no_auth: bool = False,
     config: Path | None = None,
+    **options: Any,
 ) -> Iterator[tuple[str, Server]]:
-    """Serve ``db_url`` on a free loopback port; yields the base URL and the server."""
+    """Serve ``db_url`` on a free loopback port, with uvicorn configured as `batchrun serve`
+    configures it; ``options`` are more :class:`ServeSettings` fields. Yields the base URL
+    and the server."""
     settings = ServeSettings(
         host="127.0.0.1",
         port=0,
         endpoint=endpoint,
         workers=workers,
         insecure_no_auth=insecure_no_auth,
+        **options,
     )
     client = Client(db_url, env=env, config=config, cwd=Path(env["HOME"]))
     server = build_server(
@@ -53,9 +58,7 @@ def running_server(
         settings=settings,
         routers=extra_routers,
     )
-    uv = uvicorn.Server(
-        uvicorn.Config(server.app, host="127.0.0.1", port=0, log_config=None, access_log=False)
-    )
+    uv = uvicorn.Server(uvicorn_config(server, settings))
     thread = threading.Thread(target=uv.run, name="batchrun-test-serve", daemon=True)
     thread.start()
     try:
