@@ -21,10 +21,12 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 import batchrun
+from batchrun.cli.app import app
 from batchrun.errors import ExitCode
-from tests.conftest import request_line
+from tests.conftest import cli_env, request_line
 from tests.hostile import ODD_TEXT, HostileServer, running_hostile_server
 from tests.server.serving import KEY_A, running_server, server_env
 
@@ -141,13 +143,17 @@ def check_exports(found: dict[str, Any], expected: dict[str, str]) -> None:
                 assert message.endswith("bad" + SAFE_TEXT), (name, custom_id)
 
 
-def check_pages(client: batchrun.Client, batch_id: str) -> None:
-    """status, the report's data and its page read the batch."""
+def check_pages(client: batchrun.Client, batch_id: str, db_url: str, home: Path) -> None:
+    """status (the API's and the command's), the report's data and its page read the
+    batch."""
     status = client.status(batch_id)
     assert status.request_counts.processing == 0
     page = client.report_html(batch_id)
     page.encode("utf-8")
     assert batch_id in page
+    shown = CliRunner(env=cli_env(db_url, home)).invoke(app, ["status", batch_id])
+    assert shown.exit_code == 0, shown.output
+    assert "bad\ufffd and \ufffd end" in shown.stdout
 
 
 def check_served_views(base: str, headers: dict[str, str], batch_id: str) -> None:
@@ -187,7 +193,7 @@ def test_odd_answers_in_real_time_are_recorded_once_sent_once_and_read_everywher
         0,
     )
     check_exports(exported(client, batch.id, tmp_path), expected)
-    check_pages(client, batch.id)
+    check_pages(client, batch.id, db_url, tmp_path)
     home = tmp_path / "served"
     home.mkdir()
     with running_server(db_url, {"HOME": str(home)}, insecure_no_auth=True, workers=0) as (
@@ -217,7 +223,7 @@ def test_odd_result_lines_of_a_provider_batch_are_imported_once(
     counts = client.status(batch.id).request_counts
     assert (counts.succeeded, counts.errored, counts.processing) == (6, 3, 0)
     check_exports(exported(client, batch.id, tmp_path), expected)
-    check_pages(client, batch.id)
+    check_pages(client, batch.id, db_url, tmp_path)
 
 
 def test_odd_answers_under_serve_are_recorded_once_and_served(
@@ -255,4 +261,4 @@ def test_odd_answers_under_serve_are_recorded_once_and_served(
     assert lines["r7"]["error"]["error"]["message"] == "bad" + ODD_TEXT
     with batchrun.Client(db_url, config=config, env=env, cwd=tmp_path) as client:
         check_exports(exported(client, created["id"], tmp_path), expected)
-        check_pages(client, created["id"])
+        check_pages(client, created["id"], db_url, tmp_path)
