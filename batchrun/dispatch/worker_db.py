@@ -35,6 +35,7 @@ from batchrun.records import (
 )
 
 if TYPE_CHECKING:
+    from batchrun.store.run_limits import LimitRecord
     from batchrun.store.store import Store
 
 
@@ -151,6 +152,9 @@ class WorkerDatabase:
             changes=changes,
             now=now,
         )
+
+    async def record_run_limits(self, rows: Sequence[LimitRecord]) -> None:
+        await self._thread.call(self._store.run_limits.record, rows)
 
     async def record_endpoint_health(
         self, *, endpoint: str, state: str, reason: str | None, until: float | None, now: float

@@ -5,8 +5,9 @@ Holds: ``session`` (one run: passes, events, exit code), ``runner`` (endpoints �
 clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
 ``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
 ``lanes`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each
-once), ``metrics`` (the snapshot /metrics shows) and ``timeline`` (the dashboard's figures:
-throughput, limits, series).
+once), ``metrics`` (the snapshot /metrics shows), ``timeline`` (the dashboard's figures:
+throughput, limits, series), ``limit_recorder`` (records the limits a run sends each batch
+under), ``run_limits`` (reads them back per run) and ``report`` (``batchrun report``).
 May import: ``export``, ``config``, ``lanes``, ``dispatch``, ``transport``, ``limits``, ``input``,
 ``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.
 """

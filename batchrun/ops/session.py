@@ -43,6 +43,7 @@ from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import LimiterSettings
 from batchrun.ops.budget import BudgetGuard
 from batchrun.ops.lanes import LaneRun, start_lane
+from batchrun.ops.limit_recorder import LimitRecorder
 from batchrun.ops.metrics import ProcessCounters
 from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
 from batchrun.ops.notices import RunNotices
@@ -226,6 +227,8 @@ class RunSession:
         # counters() on another thread never sees a pass counted twice or not at all.
         self._rate_limited_before = 0
         self._counting = threading.Lock()
+        # The limits this run sends each batch under, recorded for its report.
+        self._limit_records = LimitRecorder(known=known, overrides=options.overrides)
 
     def _simulator(self) -> HttpTransport:
         if self._simulator_made is None:
@@ -563,7 +566,7 @@ class RunSession:
                 overrides=options.overrides,
                 limiter_settings=options.limiter_settings,
                 timeout_s=options.timeout_s,
-                observer=monitor,
+                observer=self._limit_records.watching(monitor, db),
                 pools=self._known.pools,
                 on_start=self._started,
                 linger=None if lane is None else lane.driver,
@@ -588,6 +591,7 @@ class RunSession:
                 await asyncio.gather(lane.task, return_exceptions=True)
             await stack.aclose()
             monitor.close()
+            await self._limit_records.pass_ended()
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)

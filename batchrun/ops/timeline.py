@@ -8,15 +8,20 @@ whichever workers send the batch. A batch still in progress is measured over the
 :data:`MIN_SPAN_S` at least); an ended one over its whole span, from its first answer to its
 last.
 
-A batch's limits are those of the keys its requests are sent under (endpoint × model or
-family pattern; for a pool, each member's, with the member's model names): per dimension,
-the configured limit, the one the server announced, a lower one the workers learned from
-429s, and the lowest of them (``limit``), each summed over the keys (a dimension is left
-out when one of the keys has no limit in it). A key with none of the three but a bucket in
-force (a limit given to ``run`` as a flag, which is not stored otherwise) counts the
-bucket's rate. The limit of the dimension the batch uses
-the largest share of is the binding one. The limits are shared with whatever else is sent
-under the same keys; the rates are the batch's own.
+A batch's limits are those its latest run sent it under, as that run recorded them
+(:mod:`batchrun.ops.run_limits`): per dimension the limit given as a flag, the configured
+one, the one the server announced, the lowest a learned limit took it to, and the limit in
+force at the end of the run (``limit``), each summed over the keys the run sent it under
+(a dimension is left out when one of the keys has no limit in it); every run's are on the
+card too (``runs``). A batch no run has recorded limits for (not sent yet, or sent before
+batchrun recorded them) shows the limits of the keys its requests would be sent under as
+the database holds them now (``limits_recorded`` false): endpoint × model or family
+pattern, for a pool each member's, with the member's model names; a key with no
+configured, announced or learned limit but a bucket in force counts the bucket's rate. While
+a batch is in progress ``in_force`` is the workers' bucket rate now (lower during the
+start-up ramp). The limit of the dimension the batch uses the largest share of is the
+binding one. The limits are shared with whatever else is sent under the same keys; the rates
+are the batch's own.
 
 Blocking (store reads): the server calls these on its store threads.
 """
@@ -33,6 +38,7 @@ from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.lanes import REALTIME
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension
 from batchrun.limits.families import entry_for, is_family
+from batchrun.ops.run_limits import RunLimits, runs_of
 from batchrun.records import BatchSummary, ModelTokens, route_of
 from batchrun.store.timeline import MinuteCounts, UsageGroup
 from batchrun.transport.endpoints import Endpoints
@@ -95,7 +101,9 @@ class LimitUse:
     """One dimension of a batch's limits, per minute (see the module): ``configured``,
     ``announced``, ``learned`` (None when not known or not lower), ``limit`` (the lowest),
     ``in_force`` (the workers' bucket rate now: lower during the start-up ramp; None before
-    any send), and the batch's ``rate`` in the dimension with its share of the limit."""
+    any send and once a batch with recorded limits ended), the batch's ``rate`` in the
+    dimension with its share of the limit, and ``flag`` (a limit given to the run that sent
+    it, as ``--rpm``; recorded limits only)."""
 
     dimension: str
     measures: Measure
@@ -107,11 +115,13 @@ class LimitUse:
     rate: float | None
     utilisation: float | None
     binding: bool = False
+    flag: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "dimension": self.dimension,
             "measures": self.measures,
+            "flag": self.flag,
             "configured": self.configured,
             "announced": self.announced,
             "learned": self.learned,
@@ -134,6 +144,14 @@ class BatchCard:
     error_types: tuple[tuple[str, int], ...]
     first_answer_at: datetime | None
     last_answer_at: datetime | None
+    # The limits each run sent the batch under, oldest first (empty: none recorded; then
+    # ``limits`` are those of its keys now).
+    runs: tuple[RunLimits, ...] = ()
+
+    @property
+    def limits_recorded(self) -> bool:
+        """Whether ``limits`` are those a run recorded (its latest), not today's."""
+        return bool(self.runs)
 
     @property
     def binding(self) -> LimitUse | None:
@@ -195,6 +213,14 @@ class BatchCard:
                 "window": self.throughput.window,
             },
             "binding": None if binding is None else binding.as_json(),
+            "limits_recorded": self.limits_recorded,
+            "limits_run": None
+            if not self.runs
+            else {
+                "run_id": self.runs[-1].run_id,
+                "started_at": self.runs[-1].started_at,
+                "first_sent_at": self.runs[-1].first_sent_at,
+            },
             "error_types": [{"type": kind, "count": n} for kind, n in self.error_types],
             "first_answer_at": self.first_answer_at,
             "last_answer_at": self.last_answer_at,
@@ -219,6 +245,7 @@ class BatchTimeline:
             "batch": self.card.as_json(),
             "models": list(self.models),
             "limits": [use.as_json() for use in self.card.limits],
+            "runs": [run.as_json() for run in self.card.runs],
             "series": {
                 "minute_s": 60,
                 "partial_last": self.partial_last,
@@ -303,6 +330,10 @@ class DashboardData:
             batch.id: _limit_keys(batch.endpoint, models[batch.id], self.known) for batch in batches
         }
         endpoints = sorted({endpoint for found in keys.values() for endpoint, _ in found})
+        recorded = self.store.run_limits.of_batches(ids)
+        endpoints = sorted(
+            {*endpoints, *(row.endpoint for found in recorded.values() for row in found)}
+        )
         rows = {
             (row.endpoint, row.model, row.dimension): row
             for row in self.store.rate_limit_rows(endpoints)
@@ -312,15 +343,22 @@ class DashboardData:
             mine = groups.get(batch.id, [])
             sent = _Sent.of(mine)
             throughput = _throughput(batch, sent, since=since, now=now)
+            runs = runs_of(recorded.get(batch.id, ()))
+            limits = (
+                _recorded_uses(runs[-1], rows, throughput, running=batch.ended_at is None)
+                if runs
+                else _limit_uses(keys[batch.id], rows, throughput, self.known)
+            )
             cards.append(
                 BatchCard(
                     batch=batch,
                     cost=cost_of(_priced(mine), self.prices),
                     throughput=throughput,
-                    limits=_limit_uses(keys[batch.id], rows, throughput, self.known),
+                    limits=limits,
                     error_types=tuple(errors.get(batch.id, [])),
                     first_answer_at=sent.first_at,
                     last_answer_at=sent.last_at,
+                    runs=runs,
                 )
             )
         return cards
@@ -505,6 +543,47 @@ def _limit_uses(
                 utilisation=None if rate is None else rate / limit,
             )
         )
+    return _mark_binding(uses)
+
+
+def _recorded_uses(
+    run: RunLimits,
+    rows: Mapping[tuple[str, str, str], RateLimitRow],
+    throughput: Throughput | None,
+    *,
+    running: bool,
+) -> tuple[LimitUse, ...]:
+    """The batch's limits as its latest run recorded them (see the module), the binding one
+    marked."""
+    uses = []
+    for limit in run.limits:
+        if limit.limit is None:
+            continue
+        dimension = DIMENSIONS.get(limit.dimension)
+        in_force = None
+        if running:
+            found = [rows.get((endpoint, model, limit.dimension)) for endpoint, model in run.keys]
+            in_force = _summed([None if row is None else row.in_force for row in found])
+        rate = None if throughput is None else dimension.measure(throughput.amounts)
+        uses.append(
+            LimitUse(
+                dimension=limit.dimension,
+                measures=measure_of(dimension),
+                configured=limit.configured,
+                announced=limit.announced,
+                learned=limit.learned,
+                limit=limit.limit,
+                in_force=in_force,
+                rate=rate,
+                utilisation=None if rate is None else rate / limit.limit,
+                flag=limit.flag,
+            )
+        )
+    return _mark_binding(uses)
+
+
+def _mark_binding(uses: Sequence[LimitUse]) -> tuple[LimitUse, ...]:
+    """``uses`` with the one of the largest share used marked binding."""
     measured = [use for use in uses if use.utilisation is not None]
     if not measured:
         return tuple(uses)

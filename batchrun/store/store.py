@@ -65,6 +65,7 @@ from batchrun.store.provider_batches import (
     prepare_import,
 )
 from batchrun.store.reuse import batches_with_copies, settle_copies
+from batchrun.store.run_limits import RunLimitStore
 from batchrun.store.tallies import Tallies
 from batchrun.store.timeline import Timelines
 
@@ -77,6 +78,8 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
+        # The limits each run sent a batch under (the report's and the dashboard's).
+        self.run_limits = RunLimitStore(engine)
         # Batches found to have no copies (``submit --reuse`` duplicates): copies are made
         # only when a batch is stored, so this stays true, and their results skip the look
         # for copies.

@@ -471,3 +471,30 @@ endpoint_health = Table(
     Column("until", Float, nullable=True, comment="Unix seconds of the next probe"),
     Column("updated_at", Float, nullable=False, comment="Unix seconds"),
 )
+
+# The limits each run sent a batch under (``batchrun.store.run_limits``): per run, batch and
+# limiter key (endpoint × model or family pattern), a row saying when the run first sent the
+# batch under the key (``source`` "sent", no dimension), then a row per limit and source when
+# it is first seen and each time it changes by more than a few percent (a bounded number per
+# run). A row holds from ``since`` until the next row of the same run, batch, key, dimension
+# and source; a null value ends that source's limit (a learned limit climbed back).
+batch_limits = Table(
+    "batch_limits",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", String(32), nullable=False, comment="one run (or serve worker session)"),
+    Column("run_started_at", UtcDateTime, nullable=False),
+    Column("endpoint", String(100), nullable=False, comment="for a pool: the member"),
+    Column("model", String(200), nullable=False, comment="a model or a family pattern"),
+    Column("dimension", String(8), nullable=True, comment="rpm, tpm, itpm or otpm; null: sent"),
+    Column(
+        "source",
+        String(16),
+        nullable=False,
+        comment="flag, configured, announced, learned, sent",
+    ),
+    Column("value", Float, nullable=True, comment="per minute; null: no limit from this source"),
+    Column("since", UtcDateTime, nullable=False),
+    Index(None, "batch_id", "run_started_at"),
+)

@@ -10,9 +10,11 @@ minute would flatten. Latency percentiles are exact (nearest rank over every ans
 latency in whole milliseconds), read from a stream of distinct latencies; memory stays that
 of a few hundred buckets whatever the batch's size.
 
-The limits are what the dashboard shows (:mod:`batchrun.ops.timeline`): per dimension the
-lowest of the configured, announced and learned limits of the keys the batch was sent under,
-as the store holds them now, with the binding one (the largest share used) marked.
+The limits are what the dashboard shows (:mod:`batchrun.ops.timeline`): those the latest
+run that sent the batch recorded (per dimension the flag, configured, announced and learned
+limits of the keys it sent the batch under, and the one in force), with the binding one (the
+largest share used) marked, and every run's (:mod:`batchrun.ops.run_limits`). A batch no run
+recorded limits for shows those of its keys as the store holds them now.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
+from batchrun.ops.run_limits import RunLimits
 from batchrun.ops.timeline import DashboardData, LimitUse
 from batchrun.records import BatchSummary, ErrorCount, ModelTokens
 from batchrun.store.history import CostBucket, LatencySpread, SendBucket
@@ -118,10 +121,18 @@ class ReportData:
     costs: tuple[CostLine, ...]
     cost: CostTotal
     lanes: tuple[str, ...]
+    # The limits each run sent the batch under, oldest first; ``limits`` are the latest's
+    # (empty: no run recorded any, and ``limits`` are those of the batch's keys now).
+    runs: tuple[RunLimits, ...] = ()
 
     @property
     def binding(self) -> LimitUse | None:
         return next((use for use in self.limits if use.binding), None)
+
+    @property
+    def limits_recorded(self) -> bool:
+        """Whether ``limits`` are those a run recorded, not today's."""
+        return bool(self.runs)
 
 
 def gather_report(
@@ -159,6 +170,7 @@ def gather_report(
         costs=tuple(cost_lines(cost_buckets, prices)),
         cost=status.cost,
         lanes=tuple(sorted({bucket.lane for bucket in cost_buckets})),
+        runs=card.runs,
     )
 
 

@@ -18,6 +18,8 @@ from itertools import accumulate
 
 from batchrun.config.prices import format_usd
 from batchrun.export.status_rows import amount_text, status_rows, when_text
+from batchrun.limits.dimensions import DIMENSIONS
+from batchrun.ops.limit_recorder import CHANGE_SHARE
 from batchrun.ops.report.charts import (
     Bar,
     Series,
@@ -27,10 +29,13 @@ from batchrun.ops.report.charts import (
     time_chart,
 )
 from batchrun.ops.report.data import LatencyStats, ReportData
-from batchrun.ops.timeline import LimitUse
+from batchrun.ops.run_limits import RunLimits
+from batchrun.ops.timeline import LimitUse, measure_of
 
 # Error messages in the errors table are cut to this many characters.
 MESSAGE_CHARS = 300
+# The limits table of each run lists this many runs, the newest.
+RUNS_SHOWN = 10
 
 _MEASURE_TITLES = {
     "requests": "requests",
@@ -127,19 +132,73 @@ def _limit_text(value: float | None) -> str:
 
 
 def _limits(data: ReportData) -> str:
+    runs = data.runs
+    if runs:
+        latest = runs[-1]
+        which = "latest run" if len(runs) > 1 else "run"
+        started = when_text(latest.started_at)
+        if not data.limits:
+            said = [
+                _note(
+                    f"No rate limit was known to the {which} that sent this batch (started "
+                    f"{started}): none was configured or given as a flag, and no answer "
+                    "announced one."
+                )
+            ]
+        else:
+            said = [
+                _limits_table(data),
+                _note(
+                    f"{_binding_text(data)} Limits are those the {which} that sent this batch "
+                    f"(started {started}) recorded, at its end: a flag given to the run "
+                    "replaces the configured limit; the limit in force is the lowest of that, "
+                    'the announced and the learned one; "in force now" is the workers\' '
+                    "rate while the batch runs. They are shared with anything else "
+                    "sent under the same endpoint and model keys."
+                ),
+            ]
+        if len(runs) > 1 or any(limit.changes for run in runs for limit in run.limits):
+            said.append(_runs_table(runs))
+        return _section("limits", "Rate limits", *said)
     if not data.limits:
         return _section(
             "limits",
             "Rate limits",
             _note(
-                "No rate limit is known for the keys this batch was sent under: none is "
-                "configured, and no answer announced one."
+                "No rate limit is known for the keys this batch is sent under: none is "
+                "configured, and no answer announced one. No run has recorded the limits it "
+                "sent this batch under yet."
             ),
         )
+    return _section(
+        "limits",
+        "Rate limits",
+        _limits_table(data),
+        _note(
+            _binding_text(data) + " No run has recorded the limits it sent this batch under "
+            "(it was not sent yet, or was sent by an older batchrun): these are the limits "
+            "of the endpoint and model keys it is sent under, as the database holds them "
+            "now, shared with anything else sent under the same keys."
+        ),
+    )
+
+
+def _binding_text(data: ReportData) -> str:
+    binding = data.binding
+    if binding is not None and binding.utilisation is not None:
+        return (
+            f"The binding limit is {binding.dimension}: the batch used "
+            f"{binding.utilisation:.0%} of it on average from its first answer to its last."
+        )
+    return "No limit was measured against yet."
+
+
+def _limits_table(data: ReportData) -> str:
     rows = [
         (
             use.dimension + (" (binding)" if use.binding else ""),
             _MEASURE_TITLES[use.measures],
+            _limit_text(use.flag),
             _limit_text(use.configured),
             _limit_text(use.announced),
             _limit_text(use.learned),
@@ -150,36 +209,67 @@ def _limits(data: ReportData) -> str:
         )
         for use in data.limits
     ]
-    binding = data.binding
-    said = (
-        f"The binding limit is {binding.dimension}: the batch used "
-        f"{binding.utilisation or 0:.0%} of it on average from its first answer to its last."
-        if binding is not None and binding.utilisation is not None
-        else "No limit was measured against yet."
+    return _table(
+        (
+            "limit",
+            "counts",
+            "flag",
+            "configured",
+            "announced",
+            "learned",
+            "in force now",
+            "in force",
+            "batch's rate",
+            "used",
+        ),
+        rows,
+        numeric=range(2, 10),
     )
-    return _section(
-        "limits",
-        "Rate limits",
-        _table(
-            (
-                "limit",
-                "counts",
-                "configured",
-                "announced",
-                "learned",
-                "in force",
-                "lowest",
-                "batch's rate",
-                "used",
-            ),
-            rows,
-            numeric=range(2, 9),
+
+
+def _runs_table(runs: Sequence[RunLimits]) -> str:
+    """Each run's limits (newest first, at most :data:`RUNS_SHOWN`), with how the limit in
+    force changed during the run."""
+    rows = []
+    shown = list(reversed(runs))[:RUNS_SHOWN]
+    for run in shown:
+        started = when_text(run.started_at)
+        if not run.limits:
+            rows.append((started, "-", "-", "-", "-", "-", "-", "-", "no limit known"))
+        for limit in run.limits:
+            changes = f"{limit.changes:,}" + (" (more not recorded)" if limit.capped else "")
+            rows.append(
+                (
+                    started,
+                    limit.dimension,
+                    _limit_text(limit.flag),
+                    _limit_text(limit.configured),
+                    _limit_text(limit.announced),
+                    _limit_text(limit.learned),
+                    _limit_text(limit.limit),
+                    _limit_text(limit.lowest),
+                    changes,
+                )
+            )
+    left = len(runs) - len(shown)
+    more = f" The {left:,} oldest runs are left out." if left else ""
+    return _table(
+        (
+            "run started",
+            "limit",
+            "flag",
+            "configured",
+            "announced",
+            "learned",
+            "in force at the end",
+            "lowest in force",
+            "changes",
         ),
-        _note(
-            said + " Limits are those of the endpoint and model keys the batch was sent "
-            "under, as the database holds them now, shared with anything else sent under "
-            "the same keys."
-        ),
+        rows,
+        numeric=range(2, 9),
+    ) + _note(
+        "Each run that sent this batch, newest first, with the limits it recorded: a change "
+        f"is recorded when a limit moves by more than {CHANGE_SHARE:.0%}.{more}"
     )
 
 
@@ -229,23 +319,50 @@ def _rates(data: ReportData) -> str:
             chart_id="chart-requests",
             title="Requests sent per minute",
             y_unit="/min",
-            series=[requests],
+            series=[requests, *_limit_steps(data, ["requests"])],
             thresholds=_thresholds(data.limits, ["requests"]),
         ),
         time_chart(
             chart_id="chart-tokens",
             title="Tokens sent per minute",
             y_unit="/min",
-            series=token_series,
+            series=[
+                *token_series,
+                *_limit_steps(data, ["input_tokens", "output_tokens", "tokens"]),
+            ],
             thresholds=_thresholds(data.limits, ["input_tokens", "output_tokens", "tokens"]),
         ),
         _note(
             f"Each point is a rate per minute over the {window} before it, placed when the "
             "requests were sent (retried sends included; input tokens as limits count them: "
             "input plus cache writes). Answers reused from the database and those a "
-            "provider batch gave were not sent in real time and are left out."
+            "provider batch gave were not sent in real time and are left out. The dashed "
+            "lines are the limits the latest run ended with; when a limit changed during a "
+            "run, or runs had different ones, a step line shows the limit in force over time."
         ),
     )
+
+
+def _limit_steps(data: ReportData, measures: Iterable[str]) -> list[Series]:
+    """For each dimension counting one of ``measures`` whose limit in force changed (in a
+    run, or from one run to the next), a step line of it over the runs, held to the last
+    rate point."""
+    wanted = set(measures)
+    steps: dict[str, list[tuple[float, float]]] = {}
+    for run in data.runs:
+        for limit in run.limits:
+            if measure_of(DIMENSIONS.get(limit.dimension)) not in wanted:
+                continue
+            points = steps.setdefault(limit.dimension, [])
+            points += [(at.timestamp(), value) for at, value in limit.steps if value is not None]
+    found = []
+    for dimension, points in steps.items():
+        if len({value for _, value in points}) < 2:
+            continue
+        if data.rates and data.rates[-1].at.timestamp() > points[-1][0]:
+            points.append((data.rates[-1].at.timestamp(), points[-1][1]))
+        found.append(Series(f"{dimension} limit in force", points, kind="step"))
+    return found
 
 
 def _failures(data: ReportData) -> str:

@@ -93,7 +93,11 @@ function drawCards(body) {
 }
 
 function limitLabel(limit) {
-  const source = limit.learned !== null ? "learned" : limit.configured === limit.limit ? "configured" : "announced";
+  const source =
+    limit.learned !== null ? "learned"
+    : limit.flag !== null && limit.flag === limit.limit ? "flag"
+    : limit.configured === limit.limit ? "configured"
+    : "announced";
   return `${limit.dimension} ${fmtCompact(limit.limit)} (${source})${limit.binding ? " · binding" : ""}`;
 }
 
@@ -156,11 +160,29 @@ function drawCharts(body) {
   document.getElementById("chart-tokens").replaceChildren(tokens.chart, tokens.legend);
 }
 
-function drawLimits(limits) {
+// Whose limits these are: those the latest run that sent the batch recorded, or (none
+// recorded: not sent yet, or sent by an older batchrun) those of its keys now.
+function limitsSource(body) {
+  const run = body.batch.limits_run;
+  const binding = " The binding limit is the one the batch uses the largest share of.";
+  if (!run) {
+    return "Per minute, for the endpoint and models this batch is sent with, as known now (no run has recorded the limits it sent this batch under), shared with anything else sent there." + binding;
+  }
+  const which = body.runs.length > 1 ? `the latest of ${body.runs.length} runs` : "the run";
+  return `Per minute, as ${which} that sent this batch (started ${fmtTime(run.started_at)}) recorded them: a flag given to the run replaces the configured limit; in force is the workers' rate now.` + binding;
+}
+
+function drawLimits(body) {
+  const limits = body.limits;
+  document.getElementById("limits-source").textContent = limitsSource(body);
+  document.getElementById("no-limits").textContent = body.batch.limits_recorded
+    ? "No rate limit was known to the run that sent this batch: none was configured or given as a flag, and no answer announced one."
+    : "No rate limit is configured or known for this endpoint and these models.";
   const rows = limits.map((limit) =>
     el("tr", { cls: limit.binding ? "binding" : "", attrs: { "data-dimension": limit.dimension } }, [
       el("td", {}, [el("strong", { text: limit.dimension }), limit.binding ? el("span", { cls: "badge badge-binding", text: "binding" }) : null]),
       el("td", { cls: "muted", text: DIMENSION_UNITS[limit.measures] }),
+      el("td", { cls: "num", text: fmtInt(limit.flag) }),
       el("td", { cls: "num", text: fmtInt(limit.configured) }),
       el("td", { cls: "num", text: fmtInt(limit.announced) }),
       el("td", { cls: "num", text: fmtInt(limit.learned) }),
@@ -219,7 +241,7 @@ async function load() {
   drawHead(body.batch);
   drawCards(body);
   drawCharts(body);
-  drawLimits(body.limits);
+  drawLimits(body);
   drawErrors(body);
   showStatus("Updated " + fmtTime(body.now), true);
 }

@@ -1,0 +1,197 @@
+"""The limits each run sent a batch under, read back from what the run recorded
+(``batch_limits``, written by :mod:`batchrun.ops.limit_recorder`): what the report and the
+dashboard show of a batch that was sent, instead of the limits its endpoint has today.
+
+Per run and dimension, summed over the keys the run sent the batch under (endpoint × model
+or family pattern; a pool's members each), as the dashboard sums them: the ``flag``,
+``configured`` and ``announced`` limits as the run last recorded them; the limit in force
+over time (``steps``: per key the lowest of the flag, else the configured limit, the
+announced and the learned one; a dimension one of the keys has no limit in is unlimited);
+the limit in force at the end (``limit``) and the lowest it took (``lowest``); and
+``learned``, the lowest limit in force while a learned limit was the one in force.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from batchrun.limits.dimensions import DIMENSIONS
+from batchrun.ops.limit_recorder import MAX_CHANGES_PER_LIMIT
+from batchrun.store.run_limits import (
+    ANNOUNCED,
+    CONFIGURED,
+    FLAG,
+    LEARNED,
+    SENT,
+    LimitRecord,
+)
+
+Key = tuple[str, str]
+# Values of one key: (dimension, source) → per minute.
+_Values = dict[tuple[str, str], float]
+
+
+@dataclass(frozen=True)
+class RunLimit:
+    """One dimension of the limits one run sent a batch under (see the module)."""
+
+    dimension: str
+    flag: float | None
+    configured: float | None
+    announced: float | None
+    learned: float | None
+    limit: float | None
+    lowest: float | None
+    steps: tuple[tuple[datetime, float | None], ...]
+    capped: bool
+
+    @property
+    def changes(self) -> int:
+        """How often the limit in force changed during the run (as recorded)."""
+        return max(len(self.steps) - 1, 0)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dimension": self.dimension,
+            "flag": self.flag,
+            "configured": self.configured,
+            "announced": self.announced,
+            "learned": _round(self.learned),
+            "limit": _round(self.limit),
+            "lowest": _round(self.lowest),
+            "changes": self.changes,
+            "capped": self.capped,
+        }
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """The limits one run sent a batch under: the run (``run_id``, ``started_at``), when it
+    first sent the batch, the keys it sent it under, and per dimension with a limit the
+    :class:`RunLimit` (none: no limit was known to the run)."""
+
+    run_id: str
+    started_at: datetime
+    first_sent_at: datetime
+    keys: tuple[Key, ...]
+    limits: tuple[RunLimit, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "first_sent_at": self.first_sent_at,
+            "keys": [{"endpoint": endpoint, "model": model} for endpoint, model in self.keys],
+            "limits": [limit.as_json() for limit in self.limits],
+        }
+
+
+def runs_of(records: Iterable[LimitRecord]) -> tuple[RunLimits, ...]:
+    """The runs of one batch's records (in the order they were written), oldest first."""
+    by_run: dict[str, list[LimitRecord]] = {}
+    for record in records:
+        by_run.setdefault(record.run_id, []).append(record)
+    runs = [_run(rows) for rows in by_run.values()]
+    return tuple(sorted(runs, key=lambda run: (run.started_at, run.first_sent_at)))
+
+
+def _run(rows: Sequence[LimitRecord]) -> RunLimits:
+    """One run's limits from its rows (see the module)."""
+    ordered = sorted(rows, key=lambda row: row.since)
+    keys: dict[Key, _Values] = {}
+    counts: dict[tuple[Key, str, str], int] = {}
+    steps: dict[str, list[tuple[datetime, float | None]]] = {}
+    learned: dict[str, float] = {}
+    index = 0
+    while index < len(ordered):
+        at = ordered[index].since
+        while index < len(ordered) and ordered[index].since == at:
+            row = ordered[index]
+            index += 1
+            key = (row.endpoint, row.model)
+            values = keys.setdefault(key, {})
+            if row.source == SENT or row.dimension is None:
+                continue
+            counts[(key, row.dimension, row.source)] = (
+                counts.get((key, row.dimension, row.source), 0) + 1
+            )
+            if row.value is None:
+                values.pop((row.dimension, row.source), None)
+            else:
+                values[(row.dimension, row.source)] = row.value
+        for dimension in DIMENSIONS.names():
+            if not any(d == dimension for values in keys.values() for d, _ in values):
+                continue
+            in_force = _summed([_in_force(values, dimension) for values in keys.values()])
+            series = steps.setdefault(dimension, [])
+            if not series or series[-1][1] != in_force:
+                series.append((at, in_force))
+            if in_force is not None and any(
+                _learned_binds(values, dimension) for values in keys.values()
+            ):
+                learned[dimension] = min(learned.get(dimension, in_force), in_force)
+    limits = []
+    for dimension in DIMENSIONS.names():
+        if not steps.get(dimension):
+            continue
+        series = steps[dimension]
+        present = [value for _, value in series if value is not None]
+        limits.append(
+            RunLimit(
+                dimension=dimension,
+                flag=_summed([values.get((dimension, FLAG)) for values in keys.values()]),
+                configured=_summed(
+                    [values.get((dimension, CONFIGURED)) for values in keys.values()]
+                ),
+                announced=_summed([values.get((dimension, ANNOUNCED)) for values in keys.values()]),
+                learned=learned.get(dimension),
+                limit=series[-1][1],
+                lowest=min(present) if present else None,
+                steps=tuple(series),
+                capped=any(
+                    n >= MAX_CHANGES_PER_LIMIT
+                    for (_, counted, _), n in counts.items()
+                    if counted == dimension
+                ),
+            )
+        )
+    first = ordered[0]
+    return RunLimits(
+        run_id=first.run_id,
+        started_at=first.run_started_at,
+        first_sent_at=first.since,
+        keys=tuple(keys),
+        limits=tuple(limits),
+    )
+
+
+def _in_force(values: _Values, dimension: str) -> float | None:
+    """A key's limit in force: the lowest of its flag (else its configured limit), its
+    announced and its learned limit."""
+    flag = values.get((dimension, FLAG))
+    base = flag if flag is not None else values.get((dimension, CONFIGURED))
+    found = [
+        value
+        for value in (base, values.get((dimension, ANNOUNCED)), values.get((dimension, LEARNED)))
+        if value is not None
+    ]
+    return min(found) if found else None
+
+
+def _learned_binds(values: _Values, dimension: str) -> bool:
+    learned = values.get((dimension, LEARNED))
+    return learned is not None and learned == _in_force(values, dimension)
+
+
+def _summed(values: Sequence[float | None]) -> float | None:
+    """The sum, or None if any is missing (one key without a limit leaves it unlimited)."""
+    if not values or any(value is None for value in values):
+        return None
+    return sum(value for value in values if value is not None)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

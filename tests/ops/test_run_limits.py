@@ -1,0 +1,311 @@
+"""The limits a batch ran under (``batch_limits``, ``batchrun.ops.limit_recorder`` and
+``batchrun.ops.run_limits``): real runs against the simulator record the limits of each run
+per batch (flags, configured, announced, learned), and the report and the dashboard show the
+batch's own, not today's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+import batchrun
+from batchrun.config.prices import PriceTable
+from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.limiter import Limiter
+from batchrun.ops.limit_recorder import MAX_CHANGES_PER_LIMIT, LimitRecorder
+from batchrun.ops.monitor import RunMonitor
+from batchrun.ops.run_limits import runs_of
+from batchrun.ops.timeline import DashboardData
+from batchrun.records import ServerLimits, Succeeded, Usage
+from batchrun.simulator import ModelLimits, SimulatorConfig, running_simulator
+from batchrun.store.run_limits import LimitRecord
+from batchrun.store.store import Store
+from batchrun.transport.endpoints import Endpoints, builtin_endpoints
+from tests.conftest import request_line, submit
+
+T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def client(db_url: str, tmp_path: Path) -> Iterator[batchrun.Client]:
+    """A client on a fresh database that sees no config file and no key of this machine."""
+    with batchrun.Client(db_url, env={"HOME": str(tmp_path)}, cwd=tmp_path) as opened:
+        yield opened
+
+
+def _submit(client: batchrun.Client, name: str, prompts: list[str], endpoint: str) -> str:
+    lines = [request_line(f"{name}-{i}", prompt) for i, prompt in enumerate(prompts)]
+    return client.submit(lines, endpoint=endpoint, name=name).id
+
+
+def _card_limits(client: batchrun.Client, batch_id: str) -> dict[str, tuple[float | None, ...]]:
+    """The dashboard card's limits of the batch: dimension → (flag, configured, limit)."""
+    store = Store.open(client.database_url)
+    try:
+        batch = store.get_batch(batch_id)
+        data = DashboardData(store, known=client.endpoints(), prices=client.prices())
+        (card,) = data.cards([batch], now=datetime.now(UTC))
+        json = card.as_json()
+        assert json["limits_recorded"] is True
+        assert json["limits_run"] is not None
+        return {use.dimension: (use.flag, use.configured, use.limit) for use in card.limits}
+    finally:
+        store.close()
+
+
+def test_each_batch_shows_the_limits_of_the_run_that_sent_it_not_a_later_runs(
+    client: batchrun.Client,
+) -> None:
+    first = _submit(client, "first", ["one", "two", "three"], "simulator")
+    assert client.run(first, rpm=600).exit_code == 0
+    second = _submit(client, "second", ["four", "five"], "simulator")
+    assert client.run(second, rpm=900).exit_code == 0
+
+    for batch_id, rpm in ((first, 600.0), (second, 900.0)):
+        report = client.report(batch_id)
+        (limit,) = report.limits
+        assert (limit.dimension, limit.flag, limit.configured, limit.limit) == (
+            "rpm",
+            rpm,
+            None,
+            rpm,
+        )
+        (run,) = report.runs
+        assert [(item.dimension, item.flag, item.lowest) for item in run.limits] == [
+            ("rpm", rpm, rpm)
+        ]
+        page = client.report_html(batch_id)
+        assert "No rate limit" not in page
+        assert f"{rpm:,.0f}/min" in page
+        assert _card_limits(client, batch_id) == {"rpm": (rpm, None, rpm)}
+
+
+def test_a_batch_sent_with_no_limit_known_says_so_after_a_later_run_with_a_flag(
+    client: batchrun.Client,
+) -> None:
+    unlimited = _submit(client, "unlimited", ["one", "two"], "simulator")
+    assert client.run(unlimited).exit_code == 0
+    later = _submit(client, "later", ["three"], "simulator")
+    assert client.run(later, rpm=900).exit_code == 0
+
+    report = client.report(unlimited)
+    assert report.limits == ()
+    (run,) = report.runs
+    assert run.limits == () and run.keys == (("simulator", "claude-sonnet-4-5"),)
+    assert "No rate limit was known to the run that sent this batch" in client.report_html(
+        unlimited
+    )
+    assert _card_limits(client, unlimited) == {}
+
+
+def test_a_batch_sent_by_two_runs_shows_the_latest_and_lists_each(
+    client: batchrun.Client,
+) -> None:
+    batch_id = _submit(client, "twice", [f"q{i}" for i in range(20)], "simulator")
+    # The time limit stops the first run after a few sends; the second sends the rest.
+    assert client.run(batch_id, rpm=600, max_runtime_s=0.5).exit_code == 5
+    assert client.run(batch_id, rpm=900).exit_code == 0
+
+    report = client.report(batch_id)
+    first, second = report.runs
+    assert [(limit.dimension, limit.flag) for limit in first.limits] == [("rpm", 600.0)]
+    assert [(limit.dimension, limit.flag) for limit in second.limits] == [("rpm", 900.0)]
+    assert first.started_at < second.started_at
+    (limit,) = report.limits
+    assert (limit.flag, limit.limit) == (900.0, 900.0)
+    page = client.report_html(batch_id)
+    assert "the latest run that sent this batch" in page
+    assert "run started" in page and "600/min" in page and "900/min" in page
+    assert 'data-series="rpm limit in force"' in page
+
+
+def test_announced_and_learned_limits_are_recorded_with_the_run_that_met_them(
+    db_url: str, tmp_path: Path
+) -> None:
+    # The server announces an output-token limit in its headers; requests are limited by
+    # the configured 1,200 a minute, until a 429 without a retry-after teaches a lower
+    # limit (a quarter off: too little history to measure from) that creeps back up.
+    simulator = SimulatorConfig(limits={"*": ModelLimits(otpm=600_000)})
+    prompts = [f"q{i}" for i in range(12)]
+    prompts[1] = "q1 [[sim:status=429:times=1]]"
+    with running_simulator(simulator) as url:
+        config = tmp_path / "batchrun.toml"
+        config.write_text(
+            f'[endpoints.sim]\nbase_url = "{url}"\nauth = "none"\n'
+            '[endpoints.sim.limits."*"]\nrpm = 1200\n'
+        )
+        with batchrun.Client(db_url, config=config, env={"HOME": str(tmp_path)}) as client:
+            batch_id = _submit(client, "heard", prompts, "sim")
+            assert client.run(batch_id, itpm=5_000_000).exit_code == 0
+            report = client.report(batch_id)
+            page = client.report_html(batch_id)
+
+    (run,) = report.runs
+    limits = {limit.dimension: limit for limit in run.limits}
+    rpm = limits["rpm"]
+    assert (rpm.configured, rpm.announced, rpm.flag) == (1200.0, None, None)
+    assert rpm.steps[0][1] == 1200.0
+    assert (rpm.learned, rpm.lowest) == (900.0, 900.0)
+    assert limits["otpm"].announced == limits["otpm"].limit == 600_000.0
+    # The page draws the limit in force over time, and lists the run with its changes.
+    assert 'data-series="rpm limit in force"' in page
+    assert "lowest in force" in page and "900/min" in page
+    # The 429 named no limit: every limit in force was lowered, the flag's too.
+    itpm = limits["itpm"]
+    assert (itpm.flag, itpm.configured, itpm.learned) == (5_000_000.0, None, 3_750_000.0)
+    assert itpm.steps[0][1] == 5_000_000.0
+
+
+def _row(
+    at_s: float,
+    dimension: str | None,
+    source: str,
+    value: float | None,
+    *,
+    run: str = "r1",
+    model: str = "m",
+) -> LimitRecord:
+    return LimitRecord(
+        batch_id="b",
+        run_id=run,
+        run_started_at=T0 if run == "r1" else T0 + timedelta(hours=1),
+        endpoint="e",
+        model=model,
+        dimension=dimension,
+        source=source,
+        value=value,
+        since=T0 + timedelta(seconds=at_s),
+    )
+
+
+def test_a_runs_limit_in_force_is_the_flag_else_the_configured_one_lowered_by_what_was_heard() -> (
+    None
+):
+    rows = [
+        _row(0, None, "sent", None),
+        _row(0, "rpm", "configured", 1000.0),
+        _row(0, "rpm", "flag", 2000.0),
+        _row(1, "rpm", "announced", 1500.0),
+        _row(5, "rpm", "learned", 900.0),
+        _row(20, "rpm", "learned", None),
+        # A second key of the same run adds its limits; until it is sent, it counts nothing.
+        _row(30, None, "sent", None, model="n"),
+        _row(30, "rpm", "configured", 100.0, model="n"),
+        # A later run.
+        _row(0, None, "sent", None, run="r2"),
+        _row(0, "otpm", "configured", 50.0, run="r2"),
+    ]
+
+    first, second = runs_of(rows)
+
+    (rpm,) = first.limits
+    assert [(int((at - T0).total_seconds()), value) for at, value in rpm.steps] == [
+        (0, 2000.0),
+        (1, 1500.0),
+        (5, 900.0),
+        (20, 1500.0),
+        (30, 1600.0),
+    ]
+    assert (rpm.flag, rpm.configured, rpm.announced) == (None, 1100.0, None)
+    assert (rpm.limit, rpm.lowest, rpm.learned, rpm.changes) == (1600.0, 900.0, 900.0, 4)
+    assert first.keys == (("e", "m"), ("e", "n"))
+    assert [limit.dimension for limit in second.limits] == ["otpm"]
+
+
+def test_the_recorded_rows_go_with_their_batch(store: Store) -> None:
+    batch_id = submit(store, [request_line("a", "hello")])
+    rows = [
+        LimitRecord(batch_id, "r1", T0, "simulator", "m" * 300, None, "sent", None, T0),
+        LimitRecord(batch_id, "r1", T0, "simulator", "m", "rpm", "flag", 600.0, T0),
+    ]
+    store.run_limits.record(rows)
+
+    found = store.run_limits.of_batches([batch_id, "other"])
+    assert [(row.model, row.source, row.value) for row in found[batch_id]] == [
+        ("m" * 200, "sent", None),
+        ("m", "flag", 600.0),
+    ]
+    assert found[batch_id][0].since == T0 and "other" not in found
+    store.cancel_batch(batch_id, T0)
+    store.delete_batch(batch_id)
+    assert store.run_limits.of_batches([batch_id]) == {}
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_limit_is_written_again_only_when_it_moves_by_more_than_five_percent_and_boundedly(
+    sqlite_store: Store,
+) -> None:
+    batch_id = submit(sqlite_store, [request_line("a", "hello")])
+    key = ("simulator", "claude-sonnet-4-5")
+    flags = RateLimits(rpm=600)
+    recorder = LimitRecorder(
+        known=Endpoints(builtin_endpoints({}), "simulator", "test"), overrides=flags
+    )
+    db = WorkerDatabase(sqlite_store)
+    monitor = RunMonitor(prices=PriceTable(), counts={})
+    recorder.watching(monitor, db)
+    recorder.attach(Limiter(overrides=flags))
+
+    def announce(rpm: float) -> Succeeded:
+        heard = ServerLimits(limits={"rpm": rpm})
+        return Succeeded("{}", None, "end_turn", Usage(1, 1), None, server_limits=heard)
+
+    try:
+        recorder.sending(batch_id, key)
+        for rpm in (1000.0, 1030.0, 1100.0, 1090.0, 500.0):
+            await asyncio.sleep(1.0)
+            recorder.answered(batch_id, key, announce(rpm))
+        for step in range(2 * MAX_CHANGES_PER_LIMIT):
+            await asyncio.sleep(1.0)
+            recorder.answered(batch_id, key, announce(2000.0 if step % 2 else 4000.0))
+        await recorder.pass_ended()
+    finally:
+        db.close()
+
+    rows = sqlite_store.run_limits.of_batches([batch_id])[batch_id]
+    assert [(row.source, row.value) for row in rows[:5]] == [
+        ("sent", None),
+        ("flag", 600.0),
+        ("announced", 1000.0),
+        ("announced", 1100.0),
+        ("announced", 500.0),
+    ]
+    announced = [row for row in rows if row.source == "announced"]
+    assert len(announced) == MAX_CHANGES_PER_LIMIT
+    assert len(rows) == 2 + MAX_CHANGES_PER_LIMIT
+    (run,) = runs_of(rows)
+    (limit,) = run.limits
+    assert limit.capped and limit.lowest == 500.0 and limit.flag == 600.0
+
+
+def test_serve_records_the_limits_its_workers_send_a_batch_under(
+    db_url: str, tmp_path: Path
+) -> None:
+    from tests.server.serving import KEY_A, running_server, server_env
+    from tests.server.test_dashboard import DATA, _create, _ended
+
+    home = tmp_path / "home"
+    home.mkdir()
+    config = tmp_path / "batchrun.toml"
+    config.write_text('[endpoints.simulator.limits."*"]\nrpm = 6000\n')
+    with running_server(db_url, server_env(home), config=config) as (base, _):
+        batch_id = _create(base, KEY_A, [request_line(f"r{i}") for i in range(4)])
+        _ended(base, KEY_A, batch_id)
+        body = httpx.get(f"{base}{DATA}/{batch_id}", headers={"x-api-key": KEY_A}).json()
+
+    assert body["batch"]["limits_recorded"] is True
+    assert body["batch"]["limits_run"]["run_id"] == body["runs"][0]["run_id"]
+    (run,) = body["runs"]
+    assert run["keys"] == [{"endpoint": "simulator", "model": "claude-sonnet-4-5"}]
+    assert [(item["dimension"], item["configured"], item["limit"]) for item in run["limits"]] == [
+        ("rpm", 6000, 6000)
+    ]
+    (limit,) = body["limits"]
+    assert (limit["dimension"], limit["flag"], limit["limit"]) == ("rpm", None, 6000)
