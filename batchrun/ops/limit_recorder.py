@@ -64,6 +64,10 @@ MAX_CHANGES_PER_LIMIT = 100
 CHECK_INTERVAL_S = 1.0
 # Rows waiting are written this often.
 FLUSH_INTERVAL_S = 1.0
+# What was recorded is kept for this many batch × key pairs (a run of serve may see a great
+# many batches); past it, the half looked at longest ago is forgotten: a batch of it that
+# sends again is recorded as if first seen (its rows again; what it shows is the same).
+PAIRS_KEPT = 10_000
 # A limit in force this much under every other source's is a learned one (float noise aside).
 _LOWER_BY = 1e-9
 
@@ -90,10 +94,13 @@ class LimitRecorder:
         overrides: RateLimits,
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        pairs_kept: int = PAIRS_KEPT,
     ) -> None:
         """``known``: the endpoints (their configured limits); ``overrides``: the run's
-        limit flags; ``clock``: UTC now (by default the event loop's, anchored once)."""
+        limit flags; ``clock``: UTC now (by default the event loop's, anchored once);
+        ``pairs_kept``: see :data:`PAIRS_KEPT`."""
         self.run_id = run_id or uuid.uuid4().hex
+        self._pairs_kept = max(pairs_kept, 2)
         self.started_at: datetime | None = None
         self._known = known
         self._overrides = overrides
@@ -197,6 +204,8 @@ class LimitRecorder:
         record = self._pairs.get(pair)
         first = record is None
         if record is None:
+            if len(self._pairs) >= self._pairs_kept:
+                self._forget_oldest()
             record = self._pairs[pair] = _PairRecord()
         elif not force and loop_now - record.checked_at < CHECK_INTERVAL_S:
             return
@@ -221,6 +230,13 @@ class LimitRecorder:
             record.values[limit] = new
             dimension, source = limit
             self._queue(batch_id, endpoint, model, dimension, source, new, now)
+
+    def _forget_oldest(self) -> None:
+        """Forget the half of the pairs looked at longest ago (see :data:`PAIRS_KEPT`)."""
+        by_age = sorted(self._pairs, key=lambda pair: self._pairs[pair].checked_at)
+        for pair in by_age[: len(by_age) // 2]:
+            del self._pairs[pair]
+            self._this_pass.discard(pair)
 
     def _queue(
         self,

@@ -285,6 +285,38 @@ async def test_a_limit_is_written_again_only_when_it_moves_by_more_than_five_per
     assert limit.capped and limit.lowest == 500.0 and limit.flag == 600.0
 
 
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_run_of_many_batches_keeps_a_bounded_record_and_still_records_each(
+    sqlite_store: Store,
+) -> None:
+    batch_ids = [submit(sqlite_store, [request_line(f"b{i}", "hello")]) for i in range(5)]
+    key = ("simulator", "claude-sonnet-4-5")
+    flags = RateLimits(rpm=600)
+    recorder = LimitRecorder(
+        known=Endpoints(builtin_endpoints({}), "simulator", "test"), overrides=flags, pairs_kept=2
+    )
+    db = WorkerDatabase(sqlite_store)
+    recorder.watching(RunMonitor(prices=PriceTable(), counts={}), db)
+    recorder.attach(Limiter(overrides=flags))
+    try:
+        for batch_id in [*batch_ids, batch_ids[0]]:
+            await asyncio.sleep(1.0)
+            recorder.sending(batch_id, key)
+        await recorder.pass_ended()
+    finally:
+        db.close()
+
+    found = sqlite_store.run_limits.of_batches(batch_ids)
+    # The first batch was forgotten by the time it sent again: recorded afresh.
+    assert [row.source for row in found[batch_ids[0]]] == ["sent", "flag", "sent", "flag"]
+    for batch_id in batch_ids:
+        (run,) = runs_of(found[batch_id])
+        assert [(limit.dimension, limit.flag, limit.changes) for limit in run.limits] == [
+            ("rpm", 600.0, 0)
+        ]
+
+
 def test_serve_records_the_limits_its_workers_send_a_batch_under(
     db_url: str, tmp_path: Path
 ) -> None:
