@@ -10,7 +10,9 @@ or family pattern), per dimension, it keeps four sources apart:
 - ``configured``: the endpoint's limit in the config file;
 - ``announced``: the latest ``anthropic-ratelimit-*-limit`` the run's answers carried;
 - ``learned``: the limit the limiter applies when it is lower than all of those (learned
-  from 429s; it climbs back with time).
+  from 429s; it climbs back with time). Only once an answer under the key came in this run:
+  before it, a lower limit in the shared record may be one a server announced to another
+  run or worker, which this run cannot tell from a learned one.
 
 It writes what it saw when the run first sends a batch under a key (a ``sent`` row, then a
 row per source that has a limit), and afterwards a source's new value when it differs from
@@ -110,6 +112,8 @@ class LimitRecorder:
         # The pairs of the pass in progress, looked at once more when it ends.
         self._this_pass: set[Pair] = set()
         self._announced: dict[LimitKey, dict[str, float]] = {}
+        # Keys with an answer in this run: their announced limits are known to it.
+        self._answered: set[LimitKey] = set()
         self._pending: list[LimitRecord] = []
         self._writer: asyncio.Task[None] | None = None
         # Set when a pass ends: the writer writes what is left and stops (never cancelled
@@ -159,6 +163,7 @@ class LimitRecorder:
 
     def answered(self, batch_id: str, key: LimitKey, outcome: Outcome) -> None:
         """The answer to a request of ``batch_id`` sent under ``key``."""
+        self._answered.add(key)
         match outcome:
             case Succeeded(server_limits=heard) | Retryable(server_limits=heard) if heard:
                 if heard.limits:
@@ -185,8 +190,10 @@ class LimitRecorder:
             if self._limiter is not None:
                 in_force = self._limiter.limit_in_force(key, dimension)
             learned = None
-            if in_force is not None and (
-                not ceilings or in_force < min(ceilings) * (1 - _LOWER_BY)
+            if (
+                in_force is not None
+                and key in self._answered
+                and (not ceilings or in_force < min(ceilings) * (1 - _LOWER_BY))
             ):
                 learned = in_force
             for source, value in ((FLAG, flag), (CONFIGURED, mine), (ANNOUNCED, heard)):

@@ -17,7 +17,7 @@ import batchrun
 from batchrun.config.prices import PriceTable
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
-from batchrun.limits.limiter import Limiter
+from batchrun.limits.limiter import Demand, Limiter
 from batchrun.ops.limit_recorder import MAX_CHANGES_PER_LIMIT, LimitRecorder
 from batchrun.ops.monitor import RunMonitor
 from batchrun.ops.run_limits import runs_of
@@ -26,7 +26,7 @@ from batchrun.records import ServerLimits, Succeeded, Usage
 from batchrun.simulator import ModelLimits, SimulatorConfig, running_simulator
 from batchrun.store.run_limits import LimitRecord
 from batchrun.store.store import Store
-from batchrun.transport.endpoints import Endpoints, builtin_endpoints
+from batchrun.transport.endpoints import Endpoint, Endpoints, builtin_endpoints
 from tests.conftest import request_line, submit
 
 T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
@@ -315,6 +315,48 @@ async def test_a_run_of_many_batches_keeps_a_bounded_record_and_still_records_ea
         assert [(limit.dimension, limit.flag, limit.changes) for limit in run.limits] == [
             ("rpm", 600.0, 0)
         ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_limit_announced_before_the_run_is_not_taken_for_a_learned_one(
+    sqlite_store: Store,
+) -> None:
+    # The shared record already holds a limit a server announced to an earlier run (300 a
+    # minute, under the configured 1,200): the limiter applies it from the first send.
+    batch_id = submit(sqlite_store, [request_line("a", "hello")], endpoint="gw")
+    key = ("gw", "claude-sonnet-4-5")
+    gateway = Endpoint("gw", "http://gw.invalid", limits={"*": RateLimits(rpm=1200)})
+    limiter = Limiter({("gw", "*"): RateLimits(rpm=1200)})
+    permit = await limiter.acquire(key, Demand(10, 10))
+    limiter.settle(permit, _announcing(300.0))
+    assert limiter.limit_in_force(key, "rpm") == 300.0
+    recorder = LimitRecorder(known=Endpoints({"gw": gateway}, "gw", "test"), overrides=RateLimits())
+    db = WorkerDatabase(sqlite_store)
+    recorder.watching(RunMonitor(prices=PriceTable(), counts={}), db)
+    recorder.attach(limiter)
+    try:
+        recorder.sending(batch_id, key)
+        await asyncio.sleep(1.0)
+        recorder.answered(batch_id, key, _announcing(300.0))
+        await recorder.pass_ended()
+    finally:
+        db.close()
+
+    rows = sqlite_store.run_limits.of_batches([batch_id])[batch_id]
+    assert [(row.source, row.value) for row in rows] == [
+        ("sent", None),
+        ("configured", 1200.0),
+        ("announced", 300.0),
+    ]
+    (run,) = runs_of(rows)
+    (limit,) = run.limits
+    assert (limit.announced, limit.learned, limit.limit) == (300.0, None, 300.0)
+
+
+def _announcing(rpm: float) -> Succeeded:
+    heard = ServerLimits(limits={"rpm": rpm})
+    return Succeeded("{}", None, "end_turn", Usage(1, 1), None, server_limits=heard)
 
 
 def test_serve_records_the_limits_its_workers_send_a_batch_under(
