@@ -28,6 +28,7 @@ whose next event never ends: a byte of it every ``drip_interval_s``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import re
@@ -92,10 +93,65 @@ def _odd_stream() -> bytes:
     return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
 
 
+# The provider batch modes whose results come from another origin or a redirect
+# (``batch_foreign_url``: its results_url names ``elsewhere``, which must never be asked;
+# ``batch_redirect_foreign``: its results answer a 307 to ``elsewhere``;
+# ``batch_redirect_same``: a 307 to a path of its own), hold duplicates far apart
+# (``batch_far_duplicates``), never end (``batch_trickle``: a line that never ends;
+# ``batch_endless``: lines for ever), or are plain (``batch_plain``, what ``elsewhere``
+# serves: set its batch_mode and batch_ids).
+BATCH_RESULT_MODES = frozenset(
+    {
+        "batch_foreign_url",
+        "batch_redirect_foreign",
+        "batch_redirect_same",
+        "batch_far_duplicates",
+        "batch_trickle",
+        "batch_endless",
+        "batch_plain",
+    }
+)
+# The cookie every answer in those modes sets.
+COOKIE = "hostile-cookie-0123456789"
+
+
+def _batch_error(error_type: str) -> dict[str, Any]:
+    error = {"type": error_type, "message": f"{error_type} (hostile)"}
+    return {"type": "errored", "error": {"type": "error", "error": error}}
+
+
+def _result_line(custom_id: str, result: dict[str, Any]) -> bytes:
+    return json.dumps({"custom_id": custom_id, "result": result}).encode() + b"\n"
+
+
+def _plain_line(custom_id: str) -> bytes:
+    return _result_line(custom_id, {"type": "succeeded", "message": message()})
+
+
+def _odd_stream() -> bytes:
+    """A whole streamed answer whose text and stop_reason hold :data:`ODD_TEXT` (escaped)."""
+    start = {"type": "message_start", "message": {**message(), "content": []}}
+    block = {"type": "text", "text": ""}
+    events: list[dict[str, Any]] = [
+        start,
+        {"type": "content_block_start", "index": 0, "content_block": block},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": ODD_TEXT},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn" + ODD_TEXT}, "usage": {}},
+        {"type": "message_stop"},
+    ]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
 def _deep(levels: int) -> bytes:
     return b"[" * levels + b"]" * levels
 
 
+@functools.cache
 def _gzip_bomb(size: int) -> bytes:
     """``size`` bytes of zeros, gzipped (about 1/1000 of that on the wire)."""
     return gzip.compress(b"\0" * size, compresslevel=9)
@@ -119,6 +175,9 @@ class HostileServer:
     # The batch API's one batch: how its create asked it to misbehave, and its custom_ids.
     batch_mode: str = "normal"
     batch_ids: list[str] = field(default_factory=list)
+    # Another origin (a second server's url) that the batch modes in
+    # :data:`BATCH_RESULT_MODES` point results at.
+    elsewhere: str = ""
     # Seconds between the bytes of `drip`.
     drip_interval_s: float = 3.0
     # The mode of a request without a directive (a server that always misbehaves one way).
@@ -293,6 +352,9 @@ class HostileServer:
             if mode == "batch_not_json":
                 return await self._send(writer, 200, b"<html>created?</html>")
             return await self._json(writer, self._batch_object(ended=False))
+        mine = self.batch_mode in BATCH_RESULT_MODES
+        if method == "GET" and mine and ("/results" in path or "?" not in path):
+            return await self._batch_results(path, writer)
         if method == "GET" and "?" in path:
             return await self._json(writer, {"data": [], "has_more": False})
         if method == "GET" and path.endswith("/results"):
@@ -315,6 +377,46 @@ class HostileServer:
             )
             return await self._send(writer, 200, b"\n".join(lines) + b"\n")
         return await self._json(writer, self._batch_object(ended=True))
+
+    async def _batch_results(self, path: str, writer: asyncio.StreamWriter) -> bool:
+        """The batch (ended) and its results in the modes of :data:`BATCH_RESULT_MODES`;
+        every answer sets a cookie (it must never reach another origin)."""
+        cookie = {"set-cookie": f"hostile_session={COOKIE}; Path=/"}
+        results_path = "/v1/messages/batches/msgbatch_hostile/results"
+        mode = self.batch_mode
+        if "/results" not in path:
+            ended = self._batch_object(ended=True)
+            if mode == "batch_foreign_url":
+                ended["results_url"] = f"{self.elsewhere}{results_path}?sig=foreign-signature"
+            return await self._json(writer, ended, cookie)
+        if mode == "batch_redirect_foreign":
+            moved = {"location": f"{self.elsewhere}{results_path}"} | cookie
+            return await self._send(writer, 307, b"", moved)
+        if mode == "batch_redirect_same" and not path.endswith("/moved"):
+            return await self._send(writer, 307, b"", {"location": f"{results_path}/moved"})
+        ids = self.batch_ids
+        if mode == "batch_far_duplicates":
+            # The first two requests fail first (one transient, one final error), and
+            # succeed after every other line: more than an import chunk later.
+            failed = [
+                _result_line(ids[0], _batch_error("overloaded_error")),
+                _result_line(ids[1], _batch_error("invalid_request_error")),
+            ]
+            body = b"".join([*failed, *map(_plain_line, ids[2:]), *map(_plain_line, ids[:2])])
+            return await self._send(writer, 200, body, cookie)
+        if mode in ("batch_trickle", "batch_endless"):
+            # Every line but the last at once, then a line that never ends (a space every
+            # drip_interval_s), or lines for a stranger as fast as the reader takes them.
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/binary\r\n")
+            writer.write(b"transfer-encoding: chunked\r\n\r\n")
+            first = b"".join(map(_plain_line, ids[:-1] if mode == "batch_trickle" else ids))
+            writer.write(f"{len(first):x}\r\n".encode() + first + b"\r\n")
+            more = b" " if mode == "batch_trickle" else _plain_line("stranger") * 1000
+            while True:
+                writer.write(f"{len(more):x}\r\n".encode() + more + b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(self.drip_interval_s if mode == "batch_trickle" else 0)
+        return await self._send(writer, 200, b"".join(map(_plain_line, ids)), cookie)
 
     def _batch_object(self, *, ended: bool) -> dict[str, Any]:
         count = len(self.batch_ids)

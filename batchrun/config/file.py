@@ -349,13 +349,16 @@ class _EndpointTable(_Table):
     stream_threshold_tokens: Annotated[int, Field(ge=0)] | None = None
     # The server-side batch API (the batch lane): "anthropic", "aimlapi" or "none"; its
     # collection's path, the most requests and bytes per provider batch, the share of the
-    # list price it bills, and how long a provider batch typically takes (planning, auto).
+    # list price it bills, how long a provider batch typically takes (planning, auto), and
+    # the bounds of one provider batch's results download (16 GiB and 4 hours by default).
     batch_api: Annotated[str, AfterValidator(_check_batch_api)] | None = None
     batch_path: Annotated[str, AfterValidator(_check_path)] | None = None
     batch_max_requests: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     batch_max_bytes: Annotated[int, Field(ge=1024)] | None = None
     batch_discount: Annotated[float, Field(ge=0, le=1)] | None = None
     batch_typical_s: PositiveNumber | None = None
+    batch_results_max_bytes: Annotated[int, Field(ge=1024)] | None = None
+    batch_results_max_s: PositiveNumber | None = None
     # Per model, family pattern ("claude-sonnet-4*": shared) or "*" (each other model):
     # dimension name → limit per minute.
     limits: dict[
@@ -385,6 +388,8 @@ class _EndpointTable(_Table):
             batch_max_bytes=self.batch_max_bytes,
             batch_discount=self.batch_discount,
             batch_typical_s=self.batch_typical_s,
+            batch_results_max_bytes=self.batch_results_max_bytes,
+            batch_results_max_s=self.batch_results_max_s,
             fields_set=frozenset(self.model_fields_set),
         )
 

@@ -4,8 +4,9 @@ within hours); ``auto`` chooses per run (:mod:`batchrun.lanes.auto`).
 
 Holds: ``driver`` (the batch lane at work: create, reconcile, poll, cancel, import),
 ``reconcile`` (after a crash: was a create's batch made?), ``results`` (a provider result
-line → a stored result or a request back in the queue), ``auto`` (the auto lane's choice and
-cut-off).
+line → a stored result or a request back in the queue), ``importing`` (a results file into
+the store, a success winning over any other line for its request), ``auto`` (the auto
+lane's choice and cut-off).
 May import: ``dispatch`` (the worker's database, the loop clock), ``transport`` (the batch
 API client), ``store`` (the body line format), ``records``, ``errors``.
 

@@ -10,9 +10,12 @@ One :class:`LaneDriver` runs beside the real-time dispatcher in a run. Each roun
 3. cancels provider batches of canceled batches, and those past the auto lane's cut-off;
 4. polls each created provider batch at most once per ``poll_interval_s`` (shared by every
    worker through ``next_poll_at``; longer after failures, and as ``retry-after`` asks);
-5. imports the results of ended ones in chunks (each chunk one transaction; a line for a
-   request already imported changes nothing, so an import interrupted by a crash runs again
-   from the start), then closes them.
+5. imports the results of ended ones as they are read (:mod:`batchrun.lanes.importing`:
+   successes at once, the other lines after the whole file, so a success always wins; a
+   line for a request already imported changes nothing, so an import interrupted by a crash
+   or a stop runs again from the start), then closes them. A download past the endpoint's
+   bounds (``batch_results_max_bytes``, ``batch_results_max_s``) keeps what it imported and
+   pauses the batch, naming the bound; a stop ends a download at once.
 
 Requests that come back (expired, transient errors, the auto cut-off) are queued in the
 real-time lane, and the dispatcher, lingering while the driver is active, is woken.
@@ -29,15 +32,13 @@ from datetime import datetime, timedelta
 
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
+from batchrun.lanes.importing import ResultsImport
 from batchrun.lanes.reconcile import Adopt, Ambiguous, NotCreated, reconcile
-from batchrun.lanes.results import ImportContext, read_result_line
+from batchrun.lanes.results import ImportContext
 from batchrun.records import (
     BatchSummary,
     BudgetStop,
-    ImportedResult,
-    ImportTally,
     ProviderBatchRow,
-    Requeue,
 )
 from batchrun.store.provider_batches import request_line
 from batchrun.transport.batch_api import (
@@ -116,6 +117,10 @@ class LaneDriver:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
+        # Set by stop(): ends a results download at once.
+        self._stop_event = asyncio.Event()
+        # Provider batches whose results download passed a bound: left alone in this run.
+        self._cut_off: set[int] = set()
         self._done = False
         self._create_not_before: dict[str, float] = {}
         self._max_bytes: dict[str, int] = {}
@@ -136,8 +141,10 @@ class LaneDriver:
         self._changed.clear()
 
     def stop(self) -> None:
-        """Finish the step in progress (a create or an import chunk), then stop."""
+        """Finish the step in progress (a create or an import chunk; a results download
+        stops at once, what it read imported), then stop."""
         self._stopping = True
+        self._stop_event.set()
         self._wake.set()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -304,6 +311,8 @@ class LaneDriver:
         needs none from this run)."""
         target = self._targets[row.batch_id]
         now = self._clock.now()
+        if row.id in self._cut_off:
+            return None
         if row.state == "ambiguous":
             self.report.paused[row.batch_id] = row.note or "a provider batch is ambiguous"
             return None
@@ -436,28 +445,19 @@ class LaneDriver:
             canceling=summary.cancel_initiated_at is not None,
             deadline_passed=now >= summary.expires_at,
         )
-        tally = ImportTally()
-        unreadable = 0
-
-        async def handle(lines: list[bytes]) -> None:
-            nonlocal tally, unreadable
-            results: list[ImportedResult] = []
-            requeues: list[Requeue] = []
-            for line in lines:
-                read = read_result_line(line, context)
-                if read is None:
-                    unreadable += 1
-                elif isinstance(read, Requeue):
-                    requeues.append(read)
-                else:
-                    results.append(read)
-            tally = tally + await self._db.import_provider_results(
-                row.id, results, requeues, now=self._clock.now()
-            )
-
-        failed = await target.client.results(info, handle)
+        if self._stopping:
+            return
+        importing = ResultsImport(self._db, row.id, context, self._clock)
+        try:
+            failed = await target.client.results(info, importing.handle, stop=self._stop_event)
+            if failed is None:
+                await importing.finish()
+        finally:
+            importing.close()
+        tally, unreadable = importing.tally, importing.unreadable
+        self.report.stored += tally.stored
         if failed is not None:
-            await self._poll_failed(row, failed)
+            await self._download_ended(row, info, failed, tally.stored, target)
             return
         leftover = await self._db.close_provider_batch(
             row.id,
@@ -470,7 +470,6 @@ class LaneDriver:
             requeue=unreadable == 0,
         )
         self.report.imported += 1
-        self.report.stored += tally.stored
         self.report.requeued += tally.requeued + (leftover if not unreadable else 0)
         self.report.unreadable_lines += unreadable
         back = tally.requeued + (leftover if not unreadable else 0)
@@ -481,6 +480,40 @@ class LaneDriver:
         )
         if back:
             self._changed.set()
+
+    async def _download_ended(
+        self,
+        row: ProviderBatchRow,
+        info: ProviderBatchInfo,
+        failed: CallFailed,
+        stored: int,
+        target: LaneTarget,
+    ) -> None:
+        """A results download that ended before the file did: the successes it read are in;
+        the rest of the file is read again from the start by a later import."""
+        kept = f"{stored:,} results read before were imported"
+        if failed.kind == "stopped":
+            self._note(
+                f"{row.batch_id}: provider batch {info.id}: reading its results stopped; "
+                f"{kept}, the next run reads the rest"
+            )
+            return
+        if failed.kind == "cut_off":
+            # Another try would end the same way: the batch waits for a person (a larger
+            # bound, or a look at the provider).
+            why = (
+                f"provider batch {info.id}: {failed.message}; {kept}; raise the bound in "
+                f"[endpoints.{target.endpoint.name}] of the config file if the file is that "
+                f"large, then `batchrun run {row.batch_id}` reads it again"
+            )
+            self._cut_off.add(row.id)
+            await self._db.provider_batch_polled(row.id, failed_note=failed.message)
+            await self._db.pause_batch(row.batch_id, why)
+            self.report.paused[row.batch_id] = why
+            return
+        if stored:
+            self._note(f"{row.batch_id}: provider batch {info.id}: {kept}")
+        await self._poll_failed(row, failed)
 
 
 def _line_maker(endpoint: Endpoint) -> Callable[[str, str], bytes]:

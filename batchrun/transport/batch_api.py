@@ -5,7 +5,8 @@ Two styles, in the :data:`BATCH_API_STYLES` registry:
 - ``anthropic``: Anthropic's Message Batches API. ``POST {path}`` creates, ``GET
   {path}/{id}`` retrieves, ``GET {path}?limit=&after_id=`` lists newest first,
   ``POST {path}/{id}/cancel`` cancels, and the results are read from the batch's
-  ``results_url`` once it has ended (JSONL, one line per request, in any order).
+  ``results_url`` once it has ended (JSONL, one line per request, in any order), or from
+  ``{path}/{id}/results`` when that URL names another origin.
 - ``aimlapi``: AIMLAPI's ``POST {path}`` (201), ``GET {path}?batch_id=ID`` (the batch while it
   runs; its results as JSONL once finished) and ``POST {path}/cancel/{id}``. Its response
   bodies are not documented: batchrun reads them as Anthropic's batch object (also taking
@@ -19,10 +20,22 @@ that prove nothing was created (a refusal, a connection never made) from those t
 unknown (``unknown_outcome``: a timeout or a server error after the body was sent), which
 the lane must reconcile before creating again. Keys never appear in what is returned: the
 answers are redacted as the Messages client's are.
+
+Credentials (the key, ``headers_env`` values, cookies) go only to the endpoint's own origin
+(the scheme, host and port of its ``base_url``). A ``results_url`` on another origin is not
+fetched: the results are read from the endpoint's own results path instead (said once per
+host in the log, the host only). No call follows a redirect, except the results download:
+to the same origin with the credentials, to another origin without any (as a browser
+drops them; a gateway may hand the file to storage), at most ``MAX_RESULTS_REDIRECTS`` hops.
+
+The results download is bounded as a whole (the endpoint's ``batch_results_max_bytes`` and
+``batch_results_max_s``), hands what it read to the caller as it arrives (complete lines, at
+least every ``RESULTS_FLUSH_S``), and ends within moments of a stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -50,6 +63,12 @@ LIST_PAGE_SIZE = 100
 LIST_MAX_PAGES = 20
 # The longest result line read (a Message is well under this; a longer line is refused).
 MAX_RESULT_LINE_BYTES = DEFAULT_MAX_RESPONSE_BYTES
+# Complete result lines wait at most this long before they are handed on (imported).
+RESULTS_FLUSH_S = 1.0
+# Redirects followed by a results download (no other call follows any).
+MAX_RESULTS_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _MESSAGE_CHARS = 300
 
 FailureKind = Literal[
@@ -60,6 +79,8 @@ FailureKind = Literal[
     "too_large",  # 413: the create body is over the provider's limit
     "unknown_outcome",  # a create that may or may not have happened
     "unsupported",  # the style cannot do this (AIMLAPI has no list)
+    "cut_off",  # the results download passed its size or time bound
+    "stopped",  # the results download was stopped (the run is stopping)
 ]
 
 
@@ -114,6 +135,11 @@ class BatchApiClient:
         self._http = http
         self._style = BATCH_API_STYLES.get(endpoint.batch_api.style)
         self._url = endpoint.batches_url
+        self._origin = origin_of(endpoint.base_url)
+        self._results_max_bytes = endpoint.batch_api.results_max_bytes
+        self._results_max_s = endpoint.batch_api.results_max_s
+        # Hosts of other origins a results_url or a redirect named, each said once.
+        self._foreign_told: set[str] = set()
         self._headers = {"user-agent": USER_AGENT, **headers.headers}
         self._secrets = headers.secrets
         self._call_timeout_s = call_timeout_s
@@ -212,43 +238,210 @@ class BatchApiClient:
         return self._failure(response.status_code, response.headers, response.content)
 
     async def results(
-        self, info: ProviderBatchInfo, handle: LineHandler, *, chunk_lines: int = 1000
+        self,
+        info: ProviderBatchInfo,
+        handle: LineHandler,
+        *,
+        chunk_lines: int = 1000,
+        stop: asyncio.Event | None = None,
     ) -> CallFailed | None:
-        """Stream the ended batch's results to ``handle`` in chunks of lines (each line one
-        request's result, redacted); None once every line was handled."""
+        """Stream the ended batch's results to ``handle`` in chunks of complete lines (each
+        one request's result, redacted), in order and as they arrive: a chunk goes on once
+        it holds ``chunk_lines`` lines or its first line waited ``RESULTS_FLUSH_S``. None
+        once every line was handled; else why the download ended early (``stopped``: ``stop``
+        was set; ``cut_off``: past the endpoint's bounds; ``transient`` or ``final``), every
+        complete line read before that handled all the same."""
         if not info.results_url:
             return CallFailed("transient", f"batch {info.id} has no results_url yet")
-        headers = {**self._headers, "accept": "application/binary"}
-        timeout = httpx.Timeout(self._create_timeout_s, connect=self._call_timeout_s)
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self._results_max_s
+        # The network side reads into this; only the handling below touches the database,
+        # so the reading can be cut off at any moment without cutting an import in two.
+        arrived: asyncio.Queue[list[bytes] | CallFailed | None] = asyncio.Queue(maxsize=8)
+        reader = asyncio.create_task(self._read_results(info, arrived), name="batchrun-results")
+        stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        getter: asyncio.Future[list[bytes] | CallFailed | None] | None = None
+        chunk: list[bytes] = []
+        flush_at = 0.0
+        outcome: CallFailed | None = None
         try:
-            async with self._http.stream(
-                "GET", info.results_url, headers=headers, timeout=timeout
-            ) as response:
-                if response.status_code != 200:
-                    answer = await read_capped(response, 64 * 1024)
-                    return self._failure(answer.status, answer.headers, answer.body)
-                chunk: list[bytes] = []
-                pending = b""
-                async for piece in response.aiter_bytes():
-                    pending += piece
-                    if len(pending) > MAX_RESULT_LINE_BYTES and b"\n" not in pending:
-                        return CallFailed(
-                            "final", f"a result line of batch {info.id} is over the size limit"
-                        )
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if line.strip():
-                            chunk.append(redact_bytes(line, self._secrets))
-                    if len(chunk) >= chunk_lines:
-                        await handle(chunk)
-                        chunk = []
-                if pending.strip():
-                    chunk.append(redact_bytes(pending, self._secrets))
-                if chunk:
+            while True:
+                if stopped is not None and stopped.done():
+                    outcome = CallFailed(
+                        "stopped", f"reading the results of batch {info.id} stopped"
+                    )
+                    break
+                now = loop.time()
+                if now >= ends_at:
+                    outcome = CallFailed(
+                        "cut_off",
+                        f"reading the results of batch {info.id} took longer than "
+                        f"{self._results_max_s:g} s (the endpoint's batch_results_max_s)",
+                    )
+                    break
+                if chunk and now >= flush_at:
                     await handle(chunk)
+                    chunk = []
+                    continue
+                wait_s = min(ends_at, flush_at) - now if chunk else ends_at - now
+                if getter is None:
+                    getter = asyncio.ensure_future(arrived.get())
+                waiting: set[asyncio.Future[Any]] = {getter}
+                if stopped is not None:
+                    waiting.add(stopped)
+                await asyncio.wait(waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    continue
+                item, getter = getter.result(), None
+                if item is None or isinstance(item, CallFailed):
+                    outcome = item
+                    break
+                if not chunk:
+                    flush_at = loop.time() + RESULTS_FLUSH_S
+                chunk.extend(item)
+                while len(chunk) >= chunk_lines:
+                    await handle(chunk[:chunk_lines])
+                    chunk = chunk[chunk_lines:]
+                    flush_at = loop.time() + RESULTS_FLUSH_S
+        finally:
+            for waiter in (getter, stopped, reader):
+                if waiter is not None:
+                    waiter.cancel()
+            await asyncio.gather(
+                *(w for w in (getter, stopped, reader) if w is not None), return_exceptions=True
+            )
+        # What was read before the end, whatever ended it, is handled.
+        while not arrived.empty():
+            item = arrived.get_nowait()
+            if isinstance(item, list):
+                chunk.extend(item)
+        for start in range(0, len(chunk), chunk_lines):
+            await handle(chunk[start : start + chunk_lines])
+        return outcome
+
+    async def _read_results(
+        self, info: ProviderBatchInfo, arrived: asyncio.Queue[list[bytes] | CallFailed | None]
+    ) -> None:
+        """Read the results into ``arrived`` (lists of complete lines, redacted), then None
+        at their end or CallFailed; following redirects, with the credentials only while they
+        stay on the endpoint's own origin."""
+        url = self._results_url_of(info)
+        credentialed = True
+        try:
+            for _ in range(MAX_RESULTS_REDIRECTS + 1):
+                async with self._results_stream(url, credentialed=credentialed) as response:
+                    location = response.headers.get("location")
+                    if response.status_code in _REDIRECT_STATUSES and location:
+                        url = str(response.url.join(location))
+                        if credentialed and not self._is_own(url):
+                            credentialed = False
+                            self._tell_foreign(info.id, url, "redirected its results")
+                        continue
+                    if response.status_code != 200:
+                        answer = await read_capped(response, 64 * 1024)
+                        await arrived.put(self._failure(answer.status, answer.headers, answer.body))
+                        return
+                    await arrived.put(await self._lines_of(response, info.id, arrived))
+                    return
+            await arrived.put(
+                CallFailed(
+                    "final",
+                    f"the results of batch {info.id} were redirected more than "
+                    f"{MAX_RESULTS_REDIRECTS} times",
+                )
+            )
         except httpx.HTTPError as exc:
-            return CallFailed("transient", self._describe("reading the results failed", exc))
+            await arrived.put(
+                CallFailed("transient", self._describe("reading the results failed", exc))
+            )
+
+    async def _lines_of(
+        self,
+        response: httpx.Response,
+        batch_id: str,
+        arrived: asyncio.Queue[list[bytes] | CallFailed | None],
+    ) -> CallFailed | None:
+        """Put the body's complete lines into ``arrived`` as they come; None at its end, or
+        CallFailed past the size bound or a line over the size limit."""
+        size = 0
+        pending = bytearray()
+        async for piece in response.aiter_bytes():
+            size += len(piece)
+            if size > self._results_max_bytes:
+                return CallFailed(
+                    "cut_off",
+                    f"the results of batch {batch_id} passed {self._results_max_bytes:,} bytes "
+                    "(the endpoint's batch_results_max_bytes)",
+                )
+            pending += piece
+            end = pending.rfind(b"\n")
+            if end < 0:
+                if len(pending) > MAX_RESULT_LINE_BYTES:
+                    return CallFailed(
+                        "final", f"a result line of batch {batch_id} is over the size limit"
+                    )
+                continue
+            lines = bytes(pending[:end]).split(b"\n")
+            del pending[: end + 1]
+            found = [redact_bytes(line, self._secrets) for line in lines if line.strip()]
+            if found:
+                await arrived.put(found)
+        if pending.strip():
+            await arrived.put([redact_bytes(bytes(pending), self._secrets)])
         return None
+
+    @asynccontextmanager
+    async def _results_stream(
+        self, url: str, *, credentialed: bool
+    ) -> AsyncIterator[httpx.Response]:
+        """A results GET: on the endpoint's client with its headers, or (another origin) on a
+        client of its own that carries no credential and no cookie."""
+        timeout = httpx.Timeout(self._create_timeout_s, connect=self._call_timeout_s)
+        if credentialed:
+            headers = {**self._headers, "accept": "application/binary"}
+            async with self._http.stream("GET", url, headers=headers, timeout=timeout) as answer:
+                yield answer
+            return
+        bare = {"user-agent": USER_AGENT, "accept": "application/binary"}
+        async with (
+            httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http,
+            http.stream("GET", url, headers=bare) as answer,
+        ):
+            yield answer
+
+    def _results_url_of(self, info: ProviderBatchInfo) -> str:
+        """The batch's results_url when it is on the endpoint's own origin; else the
+        endpoint's own results path for the batch."""
+        given = info.results_url or ""
+        if self._is_own(given):
+            return given
+        url, query = self._style.results(self._url, info.id)
+        self._tell_foreign(info.id, given, "names a results_url")
+        return _with_query(url, query)
+
+    def _is_own(self, url: str) -> bool:
+        """Whether ``url`` is on the endpoint's own origin (and names no user of its own)."""
+        origin = origin_of(url)
+        return origin is not None and origin == self._origin and not httpx.URL(url).userinfo
+
+    def _tell_foreign(self, batch_id: str, url: str, what: str) -> None:
+        """Log, once per host, that a batch pointed at another origin (the host only: a
+        URL's path and query may hold a token)."""
+        origin = origin_of(url)
+        host = origin[1] if origin is not None else "an unreadable URL"
+        if host in self._foreign_told:
+            return
+        self._foreign_told.add(host)
+        log.warning(
+            "provider batch %s %s on another origin (%s); credentials go only to the "
+            "endpoint's own origin, so %s",
+            batch_id,
+            what,
+            host,
+            "the results are read from the endpoint's own results path"
+            if what.startswith("names")
+            else "it is followed without them",
+        )
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -298,6 +491,19 @@ class BatchApiClient:
     def _describe(self, what: str, exc: httpx.HTTPError) -> str:
         name = type(exc).__name__
         return redact(f"{what} ({name}: {exc})" if str(exc) else f"{what} ({name})", self._secrets)
+
+
+def origin_of(url: str) -> tuple[str, str, int | None] | None:
+    """A URL's origin: its scheme, host and port (the scheme's default when not given);
+    None when it has none."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    scheme, host = parsed.scheme.lower(), parsed.host.lower()
+    if not scheme or not host:
+        return None
+    return scheme, host, parsed.port or _DEFAULT_PORTS.get(scheme)
 
 
 def _with_query(url: str, query: Mapping[str, str]) -> str:
@@ -386,7 +592,10 @@ async def open_batch_api(
     """A client of ``endpoint``'s batch API on its own HTTP connection pool (``transport``:
     the in-process simulator's)."""
     timeout = httpx.Timeout(CALL_TIMEOUT_S, connect=10.0)
-    async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
+    # No redirect is followed with the credentials (the results download decides its own).
+    async with httpx.AsyncClient(
+        timeout=timeout, transport=transport, follow_redirects=False
+    ) as http:
         yield BatchApiClient(
             http,
             endpoint=endpoint,

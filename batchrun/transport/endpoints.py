@@ -51,6 +51,11 @@ DEFAULT_BATCH_MAX_REQUESTS = 100_000
 DEFAULT_BATCH_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_BATCH_DISCOUNT = 0.5
 DEFAULT_BATCH_TYPICAL_S = 3600.0
+# The bounds of one provider batch's results download, as a whole: far above what
+# Anthropic's largest batch gives (100,000 results of a 256 MB batch; a few GB with long
+# answers, read in minutes), low enough that an endless or trickling download ends.
+DEFAULT_BATCH_RESULTS_MAX_BYTES = 16 * 1024**3
+DEFAULT_BATCH_RESULTS_MAX_S = 4 * 3600.0
 # The longest a provider keeps a batch processing before expiring what is left (Anthropic).
 PROVIDER_BATCH_LIFETIME_S = 24 * 3600.0
 ANTHROPIC_BATCH_PATH = "/v1/messages/batches"
@@ -64,7 +69,8 @@ class BatchApi:
     """An endpoint's server-side batch API (the batch lane): its style (a name in
     ``batchrun.transport.batch_api.BATCH_API_STYLES``), the path of its batches collection,
     the most requests and bytes one provider batch takes, the share of the list price it
-    bills, and how long a batch typically takes (for planning and the auto lane)."""
+    bills, how long a batch typically takes (for planning and the auto lane), and the bounds
+    of one batch's results download (bytes and seconds, the whole download)."""
 
     style: str = "anthropic"
     path: str = ANTHROPIC_BATCH_PATH
@@ -72,6 +78,8 @@ class BatchApi:
     max_bytes: int = DEFAULT_BATCH_MAX_BYTES
     discount: float = DEFAULT_BATCH_DISCOUNT
     typical_s: float = DEFAULT_BATCH_TYPICAL_S
+    results_max_bytes: int = DEFAULT_BATCH_RESULTS_MAX_BYTES
+    results_max_s: float = DEFAULT_BATCH_RESULTS_MAX_S
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ class EndpointSettings:
     batch_max_bytes: int | None = None
     batch_discount: float | None = None
     batch_typical_s: float | None = None
+    batch_results_max_bytes: int | None = None
+    batch_results_max_s: float | None = None
     fields_set: frozenset[str] = frozenset()
 
 
@@ -436,6 +446,8 @@ def _batch_api(base: BatchApi | None, table: EndpointSettings) -> BatchApi | Non
         table.batch_max_bytes,
         table.batch_discount,
         table.batch_typical_s,
+        table.batch_results_max_bytes,
+        table.batch_results_max_s,
     )
     if base is None:
         return None
@@ -448,6 +460,8 @@ def _batch_api(base: BatchApi | None, table: EndpointSettings) -> BatchApi | Non
         max_bytes=table.batch_max_bytes or base.max_bytes,
         discount=base.discount if table.batch_discount is None else table.batch_discount,
         typical_s=table.batch_typical_s or base.typical_s,
+        results_max_bytes=table.batch_results_max_bytes or base.results_max_bytes,
+        results_max_s=table.batch_results_max_s or base.results_max_s,
     )
 
 

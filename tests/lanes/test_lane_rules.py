@@ -12,7 +12,7 @@ from batchrun.lanes.auto import CANCEL_SETTLE_S, REALTIME_SAFETY, auto_lane
 from batchrun.lanes.reconcile import Adopt, Ambiguous, NotCreated, WaitAndSee, reconcile
 from batchrun.lanes.results import ImportContext, read_result_line
 from batchrun.records import ImportedResult, ProviderBatchRow, Requeue
-from batchrun.transport.batch_api import ProviderBatchInfo
+from batchrun.transport.batch_api import ProviderBatchInfo, origin_of
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 MESSAGE = {
@@ -175,3 +175,20 @@ def test_auto_takes_real_time_when_the_provider_would_likely_finish_after_the_cu
     )
 
     assert (lane, cut_off) == ("realtime", None)
+
+
+@pytest.mark.parametrize(
+    ("url", "same"),
+    [
+        ("https://gw.example.com/v1/messages/batches/b/results", True),
+        ("https://GW.example.com:443/prefix/results?x=1", True),
+        ("http://gw.example.com/v1/messages/batches/b/results", False),
+        ("https://gw.example.com:8443/v1/messages/batches/b/results", False),
+        ("https://api.anthropic.com/v1/messages/batches/b/results", False),
+        ("https://gw.example.com.evil.test/results", False),
+        ("//gw.example.com/results", False),
+        ("not a url", False),
+    ],
+)
+def test_only_the_endpoints_own_scheme_host_and_port_are_its_origin(url: str, same: bool) -> None:
+    assert (origin_of(url) == origin_of("https://gw.example.com/anthropic")) is same
