@@ -33,8 +33,14 @@ from:
   this process count every 429 they received, final ones too; pass
   :class:`ProcessCounters` when the sending happens in this process.
 
-Labels are endpoint, model, state and dimension only: no batch or request ids, so the number
-of series stays that of the endpoints × models in use. For requests, tokens and cost the
+Labels are endpoint, model, state and dimension only: no batch or request ids. A request's
+``model`` is any text its submitter chose, and every scraper sees the labels, so a model is
+its own label only when batchrun knows it: it has a price (built in or the config file's
+``[prices]``) or the config file names it (or its family pattern) in an endpoint's
+``limits``. Every other model is counted under :data:`OTHER_MODEL` (``other``), added up
+(for rate limits: the highest of the models it gathers), so the number of series stays that
+of the endpoints × known models, whatever tenants send. Endpoints are config names already
+(a create must name a configured one). For requests, tokens and cost the
 endpoint is the batch's as it is now (a pool's name for a pool; ``run --endpoint`` moves a
 batch's history with it) and the model is the one the request names; for rate limits they
 are the limiter key's: the endpoint sent to (a pool's member) and the model or family
@@ -47,8 +53,8 @@ requeueing errored results, lowers them (Prometheus reads that as a counter rese
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -61,6 +67,7 @@ if TYPE_CHECKING:
     from batchrun.store.rates import BucketRow
     from batchrun.store.store import Store
     from batchrun.store.tallies import FailedSendCount, RequestTally
+    from batchrun.transport.endpoints import Endpoints
 
 # batchrun's request states → the key of Anthropic's MessageBatch request_counts.
 ANTHROPIC_STATES = {
@@ -73,8 +80,39 @@ ANTHROPIC_STATES = {
     "expired": "expired",
 }
 SECONDS_PER_MINUTE = 60.0
+# The model label of every model batchrun does not know (see the module).
+OTHER_MODEL = "other"
+# A limits entry that covers every model: it names none.
+_EVERY_MODEL = "*"
 # Up to this many batches to read are named in the statement; more, and every batch is read.
 _MAX_LISTED_BATCHES = 500
+
+
+@dataclass(frozen=True)
+class ModelLabels:
+    """A model's label in the metrics: its name if it has a price in ``prices`` or is in
+    ``named`` (models and family patterns the config file's limits name), else
+    :data:`OTHER_MODEL`."""
+
+    prices: PriceTable
+    named: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, prices: PriceTable, endpoints: Endpoints | None = None) -> ModelLabels:
+        """The labels of a server or run priced with ``prices``, whose ``endpoints`` name
+        models in their limits."""
+        named = frozenset(
+            entry
+            for endpoint in (endpoints.by_name.values() if endpoints is not None else ())
+            for entry in endpoint.limits
+            if entry != _EVERY_MODEL
+        )
+        return cls(prices, named)
+
+    def __call__(self, model: str) -> str:
+        if model in self.named or self.prices.price_for(model) is not None:
+            return model
+        return OTHER_MODEL
 
 
 @dataclass(frozen=True)
@@ -185,9 +223,13 @@ class MetricsGatherer:
     everything. Not thread-safe: one snapshot at a time.
     """
 
-    def __init__(self, store: Store, *, prices: PriceTable) -> None:
+    def __init__(
+        self, store: Store, *, prices: PriceTable, labels: ModelLabels | None = None
+    ) -> None:
+        """``labels``: which models are labelled by name (default: the priced ones)."""
         self._store = store
         self._prices = prices
+        self._label = labels or ModelLabels(prices)
         # Ended batches: batch id → (its ended_at, its totals).
         self._ended: dict[str, tuple[datetime, tuple[RequestTally, ...]]] = {}
 
@@ -220,17 +262,17 @@ class MetricsGatherer:
         paused = self._store.rates.paused_keys(now)
         failed_sends = tuple(self._store.failed_send_counts())
         gathered_s = time.perf_counter() - started
+        label = self._label
         return MetricsSnapshot(
-            requests=_request_counts(tallies),
-            models=_model_totals(tallies, self._prices),
-            buckets=tuple(use for row in bucket_rows if (use := bucket_use(row, now)) is not None),
-            pauses=tuple(
-                KeyPause(endpoint, model, until - now)
-                for (endpoint, model), until in sorted(paused.items())
+            requests=_request_counts(tallies, label),
+            models=_model_totals(tallies, self._prices, label),
+            buckets=_bucket_uses(
+                (use for row in bucket_rows if (use := bucket_use(row, now)) is not None), label
             ),
+            pauses=_pauses(((key, until - now) for key, until in paused.items()), label),
             process=process,
             gathered_s=gathered_s,
-            failed_sends=failed_sends,
+            failed_sends=_failed_sends(failed_sends, label),
         )
 
     def _tallies(self) -> list[Tally]:
@@ -267,10 +309,12 @@ def gather_metrics(
     prices: PriceTable,
     now_unix_s: float | None = None,
     process: ProcessCounters | None = None,
+    labels: ModelLabels | None = None,
 ) -> MetricsSnapshot:
     """One snapshot of ``store``, read in full (:meth:`MetricsGatherer.gather` without
     anything kept from before)."""
-    return MetricsGatherer(store, prices=prices).gather(now_unix_s=now_unix_s, process=process)
+    gatherer = MetricsGatherer(store, prices=prices, labels=labels)
+    return gatherer.gather(now_unix_s=now_unix_s, process=process)
 
 
 def bucket_use(row: BucketRow, now_unix_s: float) -> BucketUse | None:
@@ -291,18 +335,22 @@ def bucket_use(row: BucketRow, now_unix_s: float) -> BucketUse | None:
     )
 
 
-def _request_counts(tallies: Iterable[Tally]) -> tuple[RequestCount, ...]:
+def _request_counts(
+    tallies: Iterable[Tally], label: Callable[[str], str]
+) -> tuple[RequestCount, ...]:
     counts: dict[tuple[str, str, str], int] = {}
     for tally in tallies:
-        key = (tally.endpoint, tally.item.model, tally.item.state)
+        key = (tally.endpoint, label(tally.item.model), tally.item.state)
         counts[key] = counts.get(key, 0) + tally.item.requests
     return tuple(RequestCount(*key, count) for key, count in sorted(counts.items()))
 
 
-def _model_totals(tallies: Iterable[Tally], prices: PriceTable) -> tuple[ModelTotals, ...]:
+def _model_totals(
+    tallies: Iterable[Tally], prices: PriceTable, label: Callable[[str], str]
+) -> tuple[ModelTotals, ...]:
     grouped: dict[tuple[str, str], list[RequestTally]] = {}
     for tally in tallies:
-        grouped.setdefault((tally.endpoint, tally.item.model), []).append(tally.item)
+        grouped.setdefault((tally.endpoint, label(tally.item.model)), []).append(tally.item)
     totals = []
     for (endpoint, model), items in sorted(grouped.items()):
         sends = sum(item.sends for item in items)
@@ -343,3 +391,46 @@ def _model_totals(tallies: Iterable[Tally], prices: PriceTable) -> tuple[ModelTo
             )
         )
     return tuple(totals)
+
+
+def _bucket_uses(uses: Iterable[BucketUse], label: Callable[[str], str]) -> tuple[BucketUse, ...]:
+    """The buckets by labelled key: several models under one label show the highest
+    utilisation, debt and limit among them."""
+    merged: dict[tuple[str, str, str], BucketUse] = {}
+    for use in uses:
+        use = replace(use, model=label(use.model))
+        key = (use.endpoint, use.model, use.dimension)
+        seen = merged.get(key)
+        if seen is not None:
+            use = replace(
+                use,
+                utilisation=max(use.utilisation, seen.utilisation),
+                debt_s=max(use.debt_s, seen.debt_s),
+                limit_per_min=max(use.limit_per_min, seen.limit_per_min),
+            )
+        merged[key] = use
+    return tuple(merged.values())
+
+
+def _pauses(
+    pauses: Iterable[tuple[tuple[str, str], float]], label: Callable[[str], str]
+) -> tuple[KeyPause, ...]:
+    """The paused keys by labelled key, each with its longest pause."""
+    longest: dict[tuple[str, str], float] = {}
+    for (endpoint, model), remaining_s in pauses:
+        key = (endpoint, label(model))
+        longest[key] = max(remaining_s, longest.get(key, remaining_s))
+    return tuple(KeyPause(*key, remaining_s) for key, remaining_s in sorted(longest.items()))
+
+
+def _failed_sends(
+    counts: Iterable[FailedSendCount], label: Callable[[str], str]
+) -> tuple[FailedSendCount, ...]:
+    """The failed sends by labelled model, added up."""
+    merged: dict[tuple[str, str, str], FailedSendCount] = {}
+    for item in counts:
+        item = replace(item, model=label(item.model))
+        key = (item.endpoint, item.model, item.reason)
+        seen = merged.get(key)
+        merged[key] = item if seen is None else replace(item, count=item.count + seen.count)
+    return tuple(merged.values())

@@ -7,7 +7,9 @@ loop at most once a second, rendered by :func:`render_metrics`; this module impo
 framework. Each rendering uses its own :class:`~prometheus_client.CollectorRegistry` (never
 the process-wide default one), so the numbers are the snapshot's and nothing else.
 
-Metrics (labels in brackets; :mod:`batchrun.ops.metrics` says where each number comes from):
+Metrics (labels in brackets; :mod:`batchrun.ops.metrics` says where each number comes from,
+and why a model batchrun does not know, priced or named in the config, is labelled
+``other``):
 
 ==========================================  =======  ==========================================
 ``batchrun_requests``                       gauge    endpoint, model, state, anthropic_state

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from batchrun.errors import BatchrunError, ConfigError
-from batchrun.ops.metrics import MetricsGatherer, ProcessCounters
+from batchrun.ops.metrics import MetricsGatherer, ModelLabels, ProcessCounters
 from batchrun.server.metrics import MetricsPage
 
 if TYPE_CHECKING:
@@ -150,11 +150,13 @@ def start_run_metrics(
     server = RunMetricsServer(host=host, port=port)
     try:
         prices = client.prices()
+        labels = ModelLabels.of(prices, client.endpoints())
         store = Store.open(client.database_url)
     except BaseException:
         server.close()
         raise
-    server.serve(MetricsPage(MetricsGatherer(store, prices=prices), counters), store=store)
+    gatherer = MetricsGatherer(store, prices=prices, labels=labels)
+    server.serve(MetricsPage(gatherer, counters), store=store)
     return server
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from batchrun.ops.metrics import MetricsGatherer, ProcessCounters
+from batchrun.ops.metrics import MetricsGatherer, ModelLabels, ProcessCounters
 from batchrun.server.keys import ServerKeys, request_owner
 from batchrun.server.metrics import MetricsPage
 from batchrun.server.service import BatchService
@@ -27,7 +27,9 @@ def metrics_router(
     """The ``/metrics`` route over ``service``'s store; ``counters`` gives this process's
     own counts (the 429s of the in-process workers; None when it sends nothing)."""
     router = APIRouter()
-    page = MetricsPage(MetricsGatherer(service.store, prices=service.prices), counters)
+    labels = ModelLabels.of(service.prices, service.known)
+    gatherer = MetricsGatherer(service.store, prices=service.prices, labels=labels)
+    page = MetricsPage(gatherer, counters)
     # Scrapes wait for their turn here, not on a thread of the store's pool each.
     turn = asyncio.Lock()
 

@@ -162,7 +162,8 @@ def test_the_snapshot_counts_states_sends_tokens_cost_and_holds(store: Store) ->
         RequestCount("simulator", SONNET, "queued", 1),
         RequestCount("simulator", SONNET, "running", 1),
         RequestCount("simulator", SONNET, "succeeded", 2),
-        RequestCount("simulator", "mystery", "succeeded", 1),
+        # Unpriced and named nowhere: counted under "other" (the label a tenant cannot pick).
+        RequestCount("simulator", "other", "succeeded", 1),
     )
     assert [item.anthropic_state for item in snapshot.requests] == [
         "processing",
@@ -184,7 +185,7 @@ def test_the_snapshot_counts_states_sends_tokens_cost_and_holds(store: Store) ->
         ),
         ModelTotals(
             "simulator",
-            "mystery",
+            "other",
             sends=1,
             retries=0,
             in_flight=0,
