@@ -104,6 +104,16 @@ def test_a_batch_sent_with_no_limit_known_says_so_after_a_later_run_with_a_flag(
     assert _card_limits(client, unlimited) == {}
 
 
+def test_a_batch_not_sent_yet_says_no_run_recorded_its_limits(client: batchrun.Client) -> None:
+    waiting = _submit(client, "waiting", ["one"], "simulator")
+
+    report = client.report(waiting)
+
+    assert (report.limits_recorded, report.runs, report.limits) == (False, (), ())
+    page = client.report_html(waiting)
+    assert "No run has recorded limits for it: nothing of it was sent in real time yet" in page
+
+
 def test_a_batch_sent_by_two_runs_shows_the_latest_and_lists_each(
     client: batchrun.Client,
 ) -> None:

@@ -36,6 +36,11 @@ from batchrun.ops.timeline import LimitUse, measure_of
 MESSAGE_CHARS = 300
 # The limits table of each run lists this many runs, the newest.
 RUNS_SHOWN = 10
+# Why a batch may have no recorded limits.
+_NOT_RECORDED = (
+    "nothing of it was sent in real time yet, it went only to provider batches (which have "
+    "no rate limits), or it was sent before batchrun recorded limits (schema revision 0011)"
+)
 
 _MEASURE_TITLES = {
     "requests": "requests",
@@ -166,8 +171,8 @@ def _limits(data: ReportData) -> str:
             "Rate limits",
             _note(
                 "No rate limit is known for the keys this batch is sent under: none is "
-                "configured, and no answer announced one. No run has recorded the limits it "
-                "sent this batch under yet."
+                "configured, and no answer announced one. No run has recorded limits for it: "
+                f"{_NOT_RECORDED}."
             ),
         )
     return _section(
@@ -175,10 +180,10 @@ def _limits(data: ReportData) -> str:
         "Rate limits",
         _limits_table(data),
         _note(
-            _binding_text(data) + " No run has recorded the limits it sent this batch under "
-            "(it was not sent yet, or was sent by an older batchrun): these are the limits "
-            "of the endpoint and model keys it is sent under, as the database holds them "
-            "now, shared with anything else sent under the same keys."
+            f"{_binding_text(data)} No run has recorded limits for this batch "
+            f"({_NOT_RECORDED}): these are the limits of the endpoint and model keys it is "
+            "sent under, as the database holds them now, shared with anything else sent "
+            "under the same keys."
         ),
     )
 

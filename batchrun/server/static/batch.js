@@ -166,7 +166,7 @@ function limitsSource(body) {
   const run = body.batch.limits_run;
   const binding = " The binding limit is the one the batch uses the largest share of.";
   if (!run) {
-    return "Per minute, for the endpoint and models this batch is sent with, as known now (no run has recorded the limits it sent this batch under), shared with anything else sent there." + binding;
+    return "Per minute, for the endpoint and models this batch is sent with, as known now (no run has recorded limits for it: nothing of it was sent in real time yet, it went only to provider batches, or it was sent before batchrun recorded limits), shared with anything else sent there." + binding;
   }
   const which = body.runs.length > 1 ? `the latest of ${body.runs.length} runs` : "the run";
   return `Per minute, as ${which} that sent this batch (started ${fmtTime(run.started_at)}) recorded them: a flag given to the run replaces the configured limit; in force is the workers' rate now.` + binding;
