@@ -18,7 +18,7 @@ Modes (see :data:`MODES`): ``openai``, ``foreign``, ``not_json``, ``deep``, ``us
 ``reset_9999``, ``retry_after_10h``, ``tiny_limit``, ``drip``, ``endless``, ``gzip_bomb``,
 ``oversized``, ``echo_key``, ``odd_text`` (a Message whose text holds a lone surrogate
 and a NUL, as JSON escapes), ``odd_fields`` (those in its model and stop_reason too),
-``odd_400`` and ``odd_500`` (errors whose message holds them), ``sse_odd`` (a streamed
+``odd_400``, ``odd_402`` and ``odd_500`` (errors whose message holds them), ``sse_odd`` (a streamed
 answer holding them in its text and stop_reason), ``html_login`` (a 200 whose
 body is an HTML login page, as a gateway that lost its session sends), and for streamed requests
 ``sse_pings`` (a stream that starts, then sends pings forever) and ``sse_drip`` (a stream
@@ -315,9 +315,9 @@ class HostileServer:
             case "odd_fields":
                 odd = {**message(ODD_TEXT), "model": "claude-haiku-4-5" + ODD_TEXT}
                 return await self._json(writer, {**odd, "stop_reason": "end_turn" + ODD_TEXT})
-            case "odd_400" | "odd_500":
-                status = 400 if mode == "odd_400" else 500
-                kind = "invalid_request_error" if status == 400 else "api_error"
+            case "odd_400" | "odd_402" | "odd_500":
+                status = int(mode.removeprefix("odd_"))
+                kind = {400: "invalid_request_error", 402: "billing_error"}.get(status, "api_error")
                 error = {"type": "error", "error": {"type": kind, "message": "bad" + ODD_TEXT}}
                 return await self._send(writer, status, json.dumps(error).encode())
             case "gzip_bomb":

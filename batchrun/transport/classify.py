@@ -41,6 +41,7 @@ from batchrun.records import (
     Usage,
     error_body,
 )
+from batchrun.store.textsafe import safe_text
 from batchrun.transport.foreign import message_from_openai
 from batchrun.transport.ratelimit_headers import dimensions_named, parse_server_limits
 
@@ -140,7 +141,8 @@ def classify_response(
         retry_after_s = None if reset_s is None else min(reset_s, MAX_WAIT_S)
     halt = _halt_kind(status, error)
     if halt is not None and should_retry != "true":
-        return Halt(halt, status, str(error["error"].get("message", "")))
+        # Said to people (the pause reason run prints) as well as stored: text that prints.
+        return Halt(halt, status, safe_text(str(error["error"].get("message", ""))))
     if should_retry == "false":
         return Fatal(error, status)
     if should_retry == "true" or status in _TRANSIENT_STATUSES or status >= 500:

@@ -26,7 +26,9 @@ from typer.testing import CliRunner
 import batchrun
 from batchrun.cli.app import app
 from batchrun.errors import ExitCode
-from tests.conftest import cli_env, request_line
+from tests.clitools import batchrun as run_command
+from tests.clitools import clean_env
+from tests.conftest import cli_env, jsonl, request_line
 from tests.hostile import ODD_TEXT, HostileServer, running_hostile_server
 from tests.server.serving import KEY_A, running_server, server_env
 
@@ -262,3 +264,24 @@ def test_odd_answers_under_serve_are_recorded_once_and_served(
     with batchrun.Client(db_url, config=config, env=env, cwd=tmp_path) as client:
         check_exports(exported(client, created["id"], tmp_path), expected)
         check_pages(client, created["id"], db_url, tmp_path)
+
+
+def test_a_pause_for_a_message_holding_odd_text_is_printed_as_text(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'batchrun.db'}"
+    env = clean_env(
+        db_url,
+        HOME=str(tmp_path),
+        HOSTILE_KEY=KEY,
+        BATCHRUN_CONFIG=str(config_file(tmp_path, hostile)),
+    )
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(jsonl([request_line("r0", "q0 <<hostile:odd_402>>")]))
+    batch_id = run_command("submit", str(requests), "--endpoint", "hostile", env=env).stdout
+
+    ran = run_command("run", "-q", batch_id.strip(), env=env)
+
+    assert ran.returncode == ExitCode.PAUSED, ran.stderr
+    assert "billing reasons: bad\ufffd and \ufffd end" in ran.stderr
+    assert "\x00" not in ran.stderr and "\\ud800" not in ran.stderr

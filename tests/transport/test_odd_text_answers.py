@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from batchrun.records import Fatal, Succeeded
-from batchrun.store.textsafe import safe_json_text
+from batchrun.records import Fatal, Halt, Succeeded
+from batchrun.store.textsafe import safe_json_text, safe_text
 from batchrun.transport.classify import classify_response
 from batchrun.transport.streaming import MessageAssembler, StreamComplete, message_json
 
@@ -51,6 +51,16 @@ def test_an_error_holding_the_escapes_keeps_its_message() -> None:
 
     assert isinstance(outcome, Fatal)
     assert outcome.error["error"]["message"] == "bad" + ODD
+
+
+def test_a_halt_says_the_message_as_text_that_prints() -> None:
+    error = {"type": "error", "error": {"type": "billing_error", "message": "bad" + ODD}}
+
+    outcome = classify_response(402, {}, json.dumps(error).encode())
+
+    # The pause reason `run` prints, and stores: no NUL, nothing a UTF-8 terminal refuses.
+    assert isinstance(outcome, Halt)
+    assert outcome.detail == "bad" + safe_text(ODD) == "bad\ufffd and \ufffd end"
 
 
 def test_a_streamed_answer_holding_the_escapes_assembles_into_the_message() -> None:
