@@ -22,6 +22,7 @@ from batchrun.errors import (
     MissingApiKeyError,
     RunLockedError,
     UnknownEndpointError,
+    UnpricedModelsError,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "MissingApiKeyError",
     "RunLockedError",
     "UnknownEndpointError",
+    "UnpricedModelsError",
     "__version__",
 ]
 

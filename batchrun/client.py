@@ -27,10 +27,18 @@ import builtins
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from batchrun.errors import BatchrunError, BatchStateError, ConfigError, DatabaseError
 
@@ -44,7 +52,7 @@ if TYPE_CHECKING:
     from batchrun.ops.report.data import ReportData
     from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunEvent, RunResult, RunSession
-    from batchrun.records import BatchStats, BatchSummary, ResultDetail
+    from batchrun.records import BatchStats, BatchSummary, NewBatch, NewRequest, ResultDetail
     from batchrun.store.store import Store
     from batchrun.transport.endpoints import Endpoints
     from batchrun.transport.notify import WebhookNotifier
@@ -60,6 +68,38 @@ MAX_NAME_CHARS = 200
 _ASYNC_RESULT_CHUNK = 1000
 ResultState = Literal["succeeded", "errored", "canceled", "expired"]
 LockMode = Literal["exclusive", "wait", "share"]
+
+
+class _RefusingUnpriced:
+    """A store whose ``create_batch`` refuses a batch with a budget whose requests use a
+    model without a price (UnpricedModelsError), inside its transaction, so that nothing of
+    it is stored; every other method is the store's."""
+
+    def __init__(self, store: Store, prices: PriceTable, known: Endpoints) -> None:
+        self._store = store
+        self._prices = prices
+        self._known = known
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def create_batch(self, batch: NewBatch, new_requests: Iterable[NewRequest]) -> int:
+        from batchrun.ops.budget import config_file_name, unpriced_models, unpriced_refusal
+
+        def checked() -> Iterator[NewRequest]:
+            models: set[str] = set()
+            for request in new_requests:
+                if request.rejected is None:
+                    models.add(request.model)
+                yield request
+            if unpriced := unpriced_models(models, self._prices):
+                raise unpriced_refusal(
+                    {batch.source or "the requests": unpriced},
+                    config_file=config_file_name(self._known),
+                    nothing="stored",
+                )
+
+        return self._store.create_batch(batch, checked())
 
 
 def default_database_url(env: Mapping[str, str]) -> str:
@@ -186,9 +226,16 @@ class Client:
         on_skipped: Callable[[str], None] | None = None,
         lane: str = "realtime",
         reuse: bool = False,
+        hold_unpriced: bool = False,
     ) -> BatchObject:
         """Validate every request and store them as one batch, in one transaction (with its
         budget ``max_cost_usd``); returns the batch object.
+
+        A budget cannot be kept for a model without a price: with ``max_cost_usd``, a file
+        that uses one is refused (UnpricedModelsError naming the models and the price table
+        to add; nothing is stored), unless ``hold_unpriced``: then runs send the priced
+        requests within the budget and hold those of unpriced models, unsent, until a price
+        is added.
 
         ``requests`` is a path (``"-"``: standard input), a binary stream, or an iterable of
         request objects ``{"custom_id": ..., "params": {...}}``. If any request is invalid,
@@ -224,9 +271,12 @@ class Client:
         target = known.check(endpoint or known.default)
         check_lane(lane, known, target)
         store = self._store()
+        storing: Store = store
+        if max_cost_usd is not None and not hold_unpriced:
+            storing = cast("Store", _RefusingUnpriced(store, self.prices(), known))
         with open_requests(requests) as (stream, source):
             batch_id = submit_requests(
-                store,
+                storing,
                 stream,
                 source=source,
                 endpoint=target,
@@ -355,6 +405,7 @@ class Client:
             members=members,
             health=health,
             provider_batches=store.provider_batches_of([batch_id]),
+            held_unpriced=store.held_by_model([batch_id]).get(batch_id),
         )
         return status, stats, batch
 
@@ -582,6 +633,7 @@ class Client:
         burst_s: float | None = None,
         count_tokens: bool = False,
         max_cost_usd: float | None = None,
+        hold_unpriced: bool = False,
         max_runtime_s: float | None = None,
         forever: bool = False,
         poll_interval_s: float = 30.0,
@@ -601,6 +653,9 @@ class Client:
         - ``lane``: send the batches' queued requests in this lane (``realtime``, ``batch``
           or ``auto``) from now on.
         - ``max_cost_usd``: a budget per batch, stored; a batch that would pass it pauses.
+          A batch with queued requests of a model without a price is refused
+          (UnpricedModelsError, exit code 2: nothing stored or sent) unless
+          ``hold_unpriced``: then those requests are held, unsent, and the rest run.
         - ``max_runtime_s``: stop claiming after this long and let what is in flight finish.
         - ``forever``: look for new work every ``poll_interval_s`` until stopped.
         - ``lock``: on SQLite, ``exclusive`` raises RunLockedError when another run holds the
@@ -640,6 +695,7 @@ class Client:
             target=known.check(endpoint) if endpoint is not None else None,
             lane=lane,
             max_cost_usd=max_cost_usd,
+            hold_unpriced=hold_unpriced,
             max_runtime_s=max_runtime_s,
             forever=forever,
             poll_interval_s=poll_interval_s,

@@ -7,7 +7,8 @@ else that escapes is a bug and keeps its traceback. The tree::
     BatchrunError                   exit 1 unless noted
     ├── InputFileError              a request file cannot be read or has invalid lines
     ├── ConfigError                 a setting, flag or environment variable is wrong or missing
-    │   └── MissingApiKeyError      the endpoint's key variable is not set
+    │   ├── MissingApiKeyError      the endpoint's key variable is not set
+    │   └── UnpricedModelsError     a budget for models without a price (exit 2)
     ├── UnknownEndpointError        a batch or flag names an endpoint batchrun does not know
     ├── BatchNotFoundError          no batch has that id
     ├── BatchStateError             the batch is in a state that does not allow the command
@@ -47,15 +48,18 @@ EXIT_CODES: dict[ExitCode, str] = {
         "an error you can fix (bad request file, bad config file, unknown batch or endpoint, "
         "missing key, database problem), explained on stderr, one line per problem"
     ),
-    ExitCode.USAGE: "wrong command-line usage",
+    ExitCode.USAGE: (
+        "wrong command-line usage, or a budget (`--max-cost`) for a model that has no price "
+        "(nothing was stored or sent; price it in the config file, or `--hold-unpriced`)"
+    ),
     ExitCode.ERRORED_RESULTS: "`run` finished, but some requests ended `errored`",
     ExitCode.PAUSED: (
         "`run` paused a batch: the endpoint rejected the credentials, billing or spend limit, "
         "or the batch's budget (`--max-cost`) would be passed; or it left a batch waiting, "
         "nothing of it sent, because its endpoint cannot be used here (its key or a "
         "`headers_env` variable is not set, or the endpoint is not defined) while the other "
-        "batches ran. Its requests stay queued; fix the cause (or raise the budget) and run "
-        "it again."
+        "batches ran; or it holds requests whose model has no price (`--hold-unpriced`). Its "
+        "requests stay queued; fix the cause (or raise the budget) and run it again."
     ),
     ExitCode.TIME_LIMIT: (
         "`run` stopped at its time limit (`--max-runtime`) with work left. Nothing is paused; "
@@ -108,6 +112,12 @@ class MissingApiKeyError(ConfigError):
         # endpoint 'x'"), for callers that word their own line (a run leaves the batch waiting).
         self.variable = variable
         self.what = what
+
+
+class UnpricedModelsError(ConfigError):
+    """A budget (max-cost) cannot be kept for models without a price."""
+
+    exit_code = ExitCode.USAGE
 
 
 class UnknownEndpointError(BatchrunError):

@@ -64,10 +64,20 @@ def submit(
         typer.Option(
             min=0.0,
             help="Budget in USD, stored with the batch: no request is sent that could take "
-            "its cost past it (the batch pauses; raise it with run --max-cost).",
+            "its cost past it (the batch pauses; raise it with run --max-cost). A file with "
+            "a model that has no price is refused, unless --hold-unpriced.",
             show_default=False,
         ),
     ] = None,
+    hold_unpriced: Annotated[
+        bool,
+        typer.Option(
+            "--hold-unpriced",
+            help="With --max-cost: store the batch even when some models have no price; "
+            "their requests stay queued, unsent, until the config file gives them one (or "
+            "the batch is canceled or expires), and the others run within the budget.",
+        ),
+    ] = False,
     lane: Annotated[
         str,
         typer.Option(
@@ -137,6 +147,7 @@ def submit(
         on_skipped=skipped.append,
         lane=lane,
         reuse=reuse,
+        hold_unpriced=hold_unpriced,
     )
     if as_json:
         print_json(batch.model_dump(mode="json"))

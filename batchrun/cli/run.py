@@ -129,10 +129,21 @@ def run(
         typer.Option(
             min=0.0,
             help="Budget in USD per batch, stored with the batches this run sends: no request "
-            "is sent that could take a batch's cost past it; the batch pauses (exit 4).",
+            "is sent that could take a batch's cost past it; the batch pauses (exit 4). "
+            "Refused (exit 2) for a batch with a model that has no price, unless "
+            "--hold-unpriced.",
             show_default=False,
         ),
     ] = None,
+    hold_unpriced: Annotated[
+        bool,
+        typer.Option(
+            "--hold-unpriced",
+            help="With --max-cost: hold the requests of models that have no price (queued, "
+            "unsent, until the config file prices them or the batch is canceled) and run "
+            "the others within the budget.",
+        ),
+    ] = False,
     max_runtime: Annotated[
         str | None,
         typer.Option(
@@ -285,6 +296,7 @@ def run(
             burst_s=burst_s,
             count_tokens=count_tokens,
             max_cost_usd=max_cost,
+            hold_unpriced=hold_unpriced,
             max_runtime_s=max_runtime_s,
             forever=forever,
             poll_interval_s=poll_interval_s,

@@ -125,6 +125,15 @@ class WorkerDatabase:
     async def pause_batch(self, batch_id: str, reason: str) -> None:
         await self._thread.call(self._store.pause_batch, batch_id, reason)
 
+    async def hold_models(self, batch_id: str, models: Sequence[str]) -> int:
+        return await self._thread.call(self._store.hold_models, batch_id, models)
+
+    async def release_held(self, batch_id: str, models: Sequence[str], lane: str) -> int:
+        return await self._thread.call(self._store.release_held, batch_id, models, lane)
+
+    async def held_by_model(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        return await self._thread.call(self._store.held_by_model, batch_ids)
+
     async def set_endpoint(self, batch_id: str, endpoint: str) -> None:
         await self._thread.call(self._store.set_endpoint, batch_id, endpoint)
 

@@ -216,6 +216,9 @@ class BatchStatus(BatchObject):
     reused: int = 0
     # The file the requests came from; shown by `status`, not part of the JSON.
     source: str | None = Field(default=None, exclude=True)
+    # Queued requests held, unsent, per model: their model has no price and the batch a
+    # budget (submit/run --hold-unpriced); a run sends them once the model has a price.
+    held_unpriced: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
     def build(
@@ -227,9 +230,11 @@ class BatchStatus(BatchObject):
         members: Sequence[str] = (),
         health: Mapping[str, EndpointHealth] | None = None,
         provider_batches: Sequence[ProviderBatchRow] = (),
+        held_unpriced: Mapping[str, int] | None = None,
     ) -> BatchStatus:
         """The status of ``batch`` from its stats and what it cost; ``members``: the
-        endpoints of its pool (listed even before they answer), ``health``: their states."""
+        endpoints of its pool (listed even before they answer), ``health``: their states;
+        ``held_unpriced``: its held requests per model."""
         rates = throughput_per_min(batch, stats)
         return cls(
             **_summary_fields(batch),
@@ -264,6 +269,7 @@ class BatchStatus(BatchObject):
             source=batch.source,
             lane=batch.lane,
             provider_batches=[ProviderBatchModel.of(row) for row in provider_batches],
+            held_unpriced=dict(held_unpriced or {}),
         )
 
     @field_serializer("started_at", "last_completed_at")

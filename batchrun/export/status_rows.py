@@ -72,6 +72,15 @@ def status_rows(batch: BatchStatus) -> list[tuple[str, str]]:
     ]
     if batch.max_cost_usd is not None:
         rows.append(("max cost", format_usd(batch.max_cost_usd)))
+    if batch.held_unpriced:
+        models = ", ".join(f"{model}: {n:,}" for model, n in batch.held_unpriced.items())
+        rows.append(
+            (
+                "held",
+                f"{sum(batch.held_unpriced.values()):,} ({models}), unsent: no price to keep "
+                "the max cost with; add one to the config file, or cancel the batch",
+            )
+        )
     rows.append(("first sent", when_text(batch.started_at)))
     rows.append(("last result", when_text(batch.last_completed_at)))
     if batch.throughput is not None:

@@ -14,11 +14,84 @@ may under-count their spending by what they spent since its last refresh.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from batchrun.config.prices import CostTotal, PriceTable, format_usd
+from batchrun.errors import UnpricedModelsError
 from batchrun.records import Succeeded, Usage
+
+if TYPE_CHECKING:
+    from batchrun.transport.endpoints import Endpoints
+
+# The flag (and, from Python, the argument) that holds only the unpriced requests of a batch
+# with a budget, instead of refusing the budget.
+HOLD_UNPRICED_FLAG = "--hold-unpriced"
+
+
+def unpriced_models(models: Iterable[str], prices: PriceTable) -> list[str]:
+    """The models of ``models`` that have no price (so a budget cannot count what their
+    requests cost), sorted; the same rule as ``estimate``'s (:meth:`PriceTable.price_for`)."""
+    return sorted({model for model in models if prices.price_for(model) is None})
+
+
+def price_snippet(models: Iterable[str]) -> str:
+    """The config-file tables that give ``models`` a price (the figures are placeholders)."""
+    return "\n".join(
+        f'[prices."{model}"]\n'
+        "input = 3.0    # USD per million input tokens: this model's price\n"
+        "output = 15.0  # USD per million output tokens"
+        for model in models
+    )
+
+
+def config_file_name(known: Endpoints) -> str:
+    """The config file prices go in: the one in use, else where one would be read."""
+    if known.config_path is not None:
+        return str(known.config_path)
+    return "./batchrun.toml, or the file --config names"
+
+
+def held_reason(batch_id: str, held: Mapping[str, int], budget_usd: float | None) -> str:
+    """Why a batch with a budget holds the requests of models without a price (``held``:
+    model → requests held), and the two ways on: a price, or a cancel."""
+    models = sorted(held)
+    count = sum(held.values())
+    budget = "its max-cost" if budget_usd is None else f"max-cost {format_usd(budget_usd)}"
+    tables = " ".join(f'[prices."{model}"]' for model in models)
+    return (
+        f"{count:,} request{'s' if count != 1 else ''} of {', '.join(models)} "
+        f"{'are' if count != 1 else 'is'} held, unsent: no price, so {budget} cannot be kept "
+        f"for {'them' if count != 1 else 'it'}; add {tables} to the config file (the next run "
+        f"sends them), or end the batch without them with `batchrun cancel {batch_id}`"
+    )
+
+
+def unpriced_refusal(
+    unpriced: Mapping[str, list[str]], *, config_file: str, nothing: str
+) -> UnpricedModelsError:
+    """The error that refuses a budget for batches with unpriced models (``unpriced``: by
+    what they are, a batch id or the request file, the models), naming them and the fix:
+    the TOML that prices them, or holding their requests. ``nothing``: what was not done
+    ("stored", "sent")."""
+    models = sorted({model for found in unpriced.values() for model in found})
+    several = len(models) > 1
+    if len(unpriced) == 1:
+        where = next(iter(unpriced))
+    else:
+        where = "; ".join(f"{what}: {', '.join(found)}" for what, found in unpriced.items())
+    return UnpricedModelsError(
+        f"--max-cost cannot be kept for {', '.join(models)}: "
+        f"{'they have' if several else 'it has'} no price, so what "
+        f"{'their' if several else 'its'} requests cost cannot be counted (in {where}); "
+        f"nothing was {nothing}. Add {'their prices' if several else 'its price'} to the "
+        f"config file ({config_file}):\n"
+        f"{price_snippet(models)}\n"
+        f"or pass {HOLD_UNPRICED_FLAG} (hold_unpriced=True from Python): the other requests run "
+        "within the budget, and these models' requests stay queued, unsent, until a price is "
+        "added (or the batch is canceled or expires)"
+    )
 
 
 @dataclass

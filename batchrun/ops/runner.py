@@ -44,10 +44,12 @@ RESERVED_FILES = 256
 @dataclass(frozen=True)
 class WaitingBatch:
     """A batch a run left waiting because its endpoint cannot be used here: a key or
-    ``headers_env`` variable is not set, or the endpoint (or pool) is not defined. Nothing of
-    it was sent and nothing errored; its requests stay queued, and are not paused in the
-    database (a worker that has the key sends them). ``reason`` says what is wrong and the
-    fix; ``variable`` is the variable that is not set (None: the endpoint is not defined)."""
+    ``headers_env`` variable is not set, or the endpoint (or pool) is not defined (or, in a
+    later pass of ``run --forever``, because its ``--max-cost`` cannot be kept: a model has
+    no price). Nothing of it was sent and nothing errored; its requests stay queued, and are
+    not paused in the database (a worker that has the key sends them). ``reason`` says what
+    is wrong and the fix; ``variable`` is the variable that is not set (None: the endpoint
+    is not defined)."""
 
     batch_id: str
     endpoint: str

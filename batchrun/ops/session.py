@@ -38,10 +38,17 @@ from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import ExitCode
 from batchrun.export.batch_object import BatchObject, cost_json
-from batchrun.lanes import AUTO, REALTIME, check_lane
+from batchrun.lanes import AUTO, BATCH, REALTIME, check_lane
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import LimiterSettings
-from batchrun.ops.budget import BudgetGuard
+from batchrun.ops.budget import (
+    HOLD_UNPRICED_FLAG,
+    BudgetGuard,
+    config_file_name,
+    held_reason,
+    unpriced_models,
+    unpriced_refusal,
+)
 from batchrun.ops.lanes import LaneRun, start_lane
 from batchrun.ops.limit_recorder import LimitRecorder
 from batchrun.ops.metrics import ProcessCounters
@@ -85,6 +92,9 @@ class RunOptions:
     # and later ones; None: each batch's own.
     lane: str | None = None
     max_cost_usd: float | None = None
+    # With max_cost_usd: hold the requests of models without a price instead of refusing
+    # the budget for their batches (UnpricedModelsError).
+    hold_unpriced: bool = False
     max_runtime_s: float | None = None
     forever: bool = False
     poll_interval_s: float = 30.0
@@ -115,6 +125,9 @@ class PassResult:
     budgets: Mapping[str, float | None]
     exit_code: ExitCode
     waiting: tuple[WaitingBatch, ...] = ()
+    # Per batch with a budget: its requests held because their model has no price, per
+    # model (they stay queued, unsent; the reason is in report.paused).
+    held: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """What ``run --json`` prints: each batch (the batch object with its cost and budget),
@@ -144,6 +157,7 @@ class PassResult:
             "run": run,
             "paused": dict(report.paused),
             "waiting": {w.batch_id: w.reason for w in self.waiting},
+            "held": {batch_id: dict(models) for batch_id, models in self.held.items()},
             "stopped_by_time_limit": self.stopped_by_time_limit,
             "exit_code": int(self.exit_code),
         }
@@ -227,6 +241,9 @@ class RunSession:
         # counters() on another thread never sees a pass counted twice or not at all.
         self._rate_limited_before = 0
         self._counting = threading.Lock()
+        # Whether a pass was planned: the first refuses a budget it cannot keep (unpriced
+        # models); later ones (forever) leave such a batch waiting instead of ending.
+        self._planned = False
         # The limits this run sends each batch under, recorded for its report.
         self._limit_records = LimitRecorder(known=known, overrides=options.overrides)
 
@@ -357,6 +374,7 @@ class RunSession:
             kept = {b: e for b, e in plan.batches.items() if b not in exclude}
             plan = RunPlan(kept, plan.skipped)
         plan = await self._apply_options(db, plan)
+        self._planned = True
         if not options.forever:
             for batch_id, why in plan.skipped.items():
                 self._emit(Note(f"{batch_id}: {why}; nothing to run"))
@@ -369,6 +387,9 @@ class RunSession:
         the plan with the batches' endpoints as they are now, and with the batches whose
         endpoint cannot be used here set apart as waiting (no option is stored on those)."""
         options = self._options
+        if options.max_cost_usd is not None and not options.hold_unpriced and plan.batches:
+            # Before anything is stored or moved: a refusal leaves the batches as they were.
+            plan = await self._refuse_unpriced(db, plan)
         if options.target is not None and plan.batches:
             # Checked before anything is moved, so a missing key leaves the batches as they were.
             for endpoint in self._known.members(options.target).values():
@@ -385,7 +406,64 @@ class RunSession:
                 await db.set_batch_lane(batch_id, options.lane)
                 if options.lane != AUTO:
                     await db.set_queued_lane(batch_id, options.lane)
+        await self._hold_unpriced(db, list(plan.batches))
         return plan
+
+    async def _unpriced_of(self, db: WorkerDatabase, batch_id: str) -> list[str]:
+        """The models of the batch's queued requests that have no price."""
+        return unpriced_models([row[0] for row in await db.queued_by_model(batch_id)], self._prices)
+
+    async def _refuse_unpriced(self, db: WorkerDatabase, plan: RunPlan) -> RunPlan:
+        """``--max-cost`` for batches with queued requests of models without a price, and
+        no ``--hold-unpriced``: the first pass refuses the run (UnpricedModelsError, nothing
+        stored or sent); a later one (forever) leaves those batches waiting."""
+        unpriced = {}
+        for batch_id in plan.batches:
+            if found := await self._unpriced_of(db, batch_id):
+                unpriced[batch_id] = found
+        if not unpriced:
+            return plan
+        if not self._planned:
+            raise unpriced_refusal(
+                {f"batch {batch_id}": found for batch_id, found in unpriced.items()},
+                config_file=config_file_name(self._known),
+                nothing="sent",
+            )
+        waiting = dict(plan.waiting)
+        for batch_id, found in unpriced.items():
+            waiting[batch_id] = WaitingBatch(
+                batch_id,
+                plan.batches[batch_id],
+                f"it has requests of {', '.join(found)}, which have no price, so this run's "
+                f"--max-cost cannot be kept for it; add the price to the config file, or run "
+                f"it with {HOLD_UNPRICED_FLAG}",
+            )
+        kept = {b: name for b, name in plan.batches.items() if b not in unpriced}
+        return RunPlan(kept, plan.skipped, plan.lane_only, waiting)
+
+    async def _hold_unpriced(self, db: WorkerDatabase, batch_ids: list[str]) -> None:
+        """In the batches with a budget: hold the queued requests of models without a price
+        (no lane sends them, so the priced ones run within the budget instead of the whole
+        batch pausing), and give back to the batch's lane those whose model has a price now."""
+        budgets = await db.max_costs(batch_ids)
+        budgeted = [batch_id for batch_id in batch_ids if budgets.get(batch_id) is not None]
+        if not budgeted:
+            return
+        held = await db.held_by_model(budgeted)
+        lanes = await db.batch_lanes(budgeted)
+        for batch_id in budgeted:
+            unpriced = await self._unpriced_of(db, batch_id)
+            priced_now = [model for model in held.get(batch_id, {}) if model not in unpriced]
+            if priced_now:
+                lane = BATCH if lanes.get(batch_id) == BATCH else REALTIME
+                released = await db.release_held(batch_id, priced_now, lane)
+                self._emit(
+                    Note(
+                        f"{batch_id}: {released:,} held requests of {', '.join(priced_now)} "
+                        "have a price now and are sent"
+                    )
+                )
+            await db.hold_models(batch_id, unpriced)
 
     async def _set_waiting_apart(self, db: WorkerDatabase, plan: RunPlan) -> RunPlan:
         """The plan without the batches whose endpoint cannot be used from here (a key or
@@ -462,6 +540,9 @@ class RunSession:
         ids += [batch_id for batch_id in plan.lane_only if batch_id not in ids]
         ids += [batch_id for batch_id in joined if batch_id not in ids]
         ids += [batch_id for batch_id in plan.waiting if batch_id not in ids]
+        held = await db.held_by_model(ids)
+        for batch_id, models in held.items():
+            report.paused.setdefault(batch_id, held_reason(batch_id, models, budgets.get(batch_id)))
         before |= joined | waiting_before
         batches = tuple([await db.get_batch(batch_id) for batch_id in ids])
         stopped = monitor.time_limit_reached and any(b.counts.processing for b in batches)
@@ -484,6 +565,7 @@ class RunSession:
             budgets=budgets,
             exit_code=_exit_code(report, batches, stopped=stopped, canceled=bool(canceled)),
             waiting=tuple(plan.waiting.values()),
+            held=held,
         )
         if self._notices is not None:
             self._notices.pass_ended(

@@ -55,6 +55,62 @@ class BatchLifecycle(StoreBase):
                 update(t.batches).where(t.batches.c.id == batch_id).values(paused_reason=reason)
             )
 
+    def hold_models(self, batch_id: str, models: Sequence[str]) -> int:
+        """Hold the batch's queued requests of these models (lane ``held``: neither the
+        dispatcher nor the batch lane takes them; they stay queued, so the batch does not
+        end, and cancel and expiry finish them as any queued request); returns how many."""
+        if not models:
+            return 0
+        req = t.requests.c
+        with self._write() as conn:
+            return int(
+                conn.execute(
+                    update(t.requests)
+                    .where(
+                        req.batch_id == batch_id,
+                        req.state == t.QUEUED,
+                        req.model.in_(models),
+                        req.lane != t.HELD,
+                    )
+                    .values(lane=t.HELD)
+                ).rowcount
+            )
+
+    def release_held(self, batch_id: str, models: Sequence[str], lane: str) -> int:
+        """Give the batch's held requests of these models back to ``lane`` (their model has a
+        price now); returns how many."""
+        if not models:
+            return 0
+        req = t.requests.c
+        with self._write() as conn:
+            return int(
+                conn.execute(
+                    update(t.requests)
+                    .where(
+                        req.batch_id == batch_id,
+                        req.state == t.QUEUED,
+                        req.lane == t.HELD,
+                        req.model.in_(models),
+                    )
+                    .values(lane=lane)
+                ).rowcount
+            )
+
+    def held_by_model(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per batch that has any, its held requests (see :meth:`hold_models`) per model."""
+        req = t.requests.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(req.batch_id, req.model, func.count())
+                .where(req.batch_id.in_(batch_ids), req.state == t.QUEUED, req.lane == t.HELD)
+                .group_by(req.batch_id, req.model)
+                .order_by(req.batch_id, req.model)
+            ).all()
+        held: dict[str, dict[str, int]] = {}
+        for batch_id, model, count in rows:
+            held.setdefault(batch_id, {})[model] = int(count)
+        return held
+
     def clear_pauses(self, batch_ids: Sequence[str]) -> None:
         """Forget the pause reasons of these batches (a new run tries again)."""
         with self._write() as conn:

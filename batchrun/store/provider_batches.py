@@ -286,14 +286,18 @@ class ProviderBatches(StoreBase):
 
     def set_queued_lane(self, batch_id: str, lane: str) -> int:
         """Send the batch's queued requests to ``lane`` from now on (the auto lane's choice);
-        returns how many. A prompt-cache group's first request keeps real time."""
+        returns how many. A prompt-cache group's first request keeps real time; held requests
+        (no price for a budget) stay held."""
         req = t.requests.c
         with self._write() as conn:
             leaders = select(req.wait_for).where(
                 req.batch_id == batch_id, req.wait_for.is_not(None), req.copy_of.is_(None)
             )
             statement = update(t.requests).where(
-                req.batch_id == batch_id, req.state == t.QUEUED, req.lane != lane
+                req.batch_id == batch_id,
+                req.state == t.QUEUED,
+                req.lane != lane,
+                req.lane != t.HELD,
             )
             if lane == t.BATCH:
                 statement = statement.where(req.id.not_in(leaders.scalar_subquery()))

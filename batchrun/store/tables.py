@@ -78,6 +78,9 @@ OPEN_STATES = (QUEUED, RUNNING, PROVIDER)
 REALTIME = "realtime"
 BATCH = "batch"
 AUTO = "auto"
+# requests.lane of a queued request no lane sends: its model has no price and its batch a
+# budget (submit/run --hold-unpriced); a run gives it back to its lane once it has a price.
+HELD = "held"
 
 # A provider batch's record (provider_batches.state):
 INTENT = "intent"  # about to be created; whether it was is not known yet

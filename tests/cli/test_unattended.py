@@ -274,3 +274,138 @@ def test_run_quiet_prints_nothing_when_nothing_paused(
 
     assert ran.exit_code == ExitCode.OK, ran.output
     assert ran.output == ""
+
+
+# -- item 6: a budget with models that have no price ----------------------------------------
+
+UNPRICED = "gpt-4o-mini-unpriced"
+
+
+def mixed_file(tmp_path: Path, priced: int = 3, unpriced: int = 2) -> Path:
+    path = tmp_path / "mixed.jsonl"
+    lines = [request_line(f"p-{i}") for i in range(priced)]
+    lines += [request_line(f"u-{i}", model=UNPRICED) for i in range(unpriced)]
+    path.write_bytes(jsonl(lines))
+    return path
+
+
+def price_table(model: str) -> str:
+    return f'[prices."{model}"]\ninput = 1.0\noutput = 2.0\n'
+
+
+def test_submit_max_cost_with_an_unpriced_model_is_refused_naming_it_and_the_price_to_add(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    result = invoke(cli, "submit", str(mixed_file(tmp_path)), "--max-cost", "5")
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert UNPRICED in result.stderr
+    assert f'[prices."{UNPRICED}"]' in result.stderr
+    assert "--hold-unpriced" in result.stderr
+    listed = invoke(cli, "list", "--json")
+    assert json.loads(listed.stdout)["data"] == []
+
+
+def test_run_max_cost_on_a_batch_with_an_unpriced_model_is_refused_and_sends_nothing(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    stored = invoke(cli, "submit", str(mixed_file(tmp_path)), "--endpoint", "simulator")
+    assert stored.exit_code == 0, stored.output
+    batch_id = stored.stdout.strip()
+
+    ran = invoke(cli, "run", batch_id, "--max-cost", "5")
+
+    assert ran.exit_code == ExitCode.USAGE, ran.output
+    assert "Traceback" not in ran.output
+    assert UNPRICED in ran.stderr
+    assert batch_id in ran.stderr
+    assert status(cli, batch_id)["max_cost_usd"] is None
+    assert counts(cli, batch_id)["processing"] == 5
+
+
+def test_hold_unpriced_sends_the_priced_requests_and_holds_the_others_until_a_price_is_added(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    stored = invoke(
+        cli,
+        "submit",
+        str(mixed_file(tmp_path)),
+        "--endpoint",
+        "simulator",
+        "--max-cost",
+        "5",
+        "--hold-unpriced",
+    )
+    assert stored.exit_code == 0, stored.output
+    batch_id = stored.stdout.strip()
+
+    ran = invoke(cli, "run", "-q")
+
+    # The priced requests ran; the unpriced ones wait, unsent, and say so.
+    assert ran.exit_code == ExitCode.PAUSED, ran.output
+    assert counts(cli, batch_id) == {
+        "processing": 2,
+        "succeeded": 3,
+        "errored": 0,
+        "canceled": 0,
+        "expired": 0,
+    }
+    (line,) = ran.stderr.splitlines()
+    assert line.startswith(f"{batch_id} paused: 2 requests of {UNPRICED} are held")
+    assert f'[prices."{UNPRICED}"]' in line
+    assert line.endswith(f"`batchrun run {batch_id}`")
+    shown = status(cli, batch_id)
+    assert shown["processing_status"] == "in_progress"
+    assert shown["held_unpriced"] == {UNPRICED: 2}
+    assert lines_naming(invoke(cli, "status", batch_id).stdout, "held", f"2 ({UNPRICED}: 2)")
+
+    # A rerun sends nothing more and says the same; the batch does not end.
+    again = invoke(cli, "run", "-q")
+    assert again.exit_code == ExitCode.PAUSED, again.output
+    assert counts(cli, batch_id)["succeeded"] == 3
+
+    # A price lets them go.
+    write_config(tmp_path, price_table(UNPRICED))
+    priced = invoke(cli, "run", "-q")
+    assert priced.exit_code == ExitCode.OK, priced.output
+    assert priced.output == ""
+    assert counts(cli, batch_id)["succeeded"] == 5
+    assert status(cli, batch_id)["processing_status"] == "ended"
+    assert status(cli, batch_id)["held_unpriced"] == {}
+
+
+def test_cancel_ends_a_batch_whose_unpriced_requests_are_held(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    path = str(mixed_file(tmp_path))
+    stored = invoke(cli, "submit", path, "--endpoint", "simulator", "--max-cost", "5")
+    assert stored.exit_code == ExitCode.USAGE
+    stored = invoke(
+        cli, "submit", path, "--endpoint", "simulator", "--max-cost", "5", "--hold-unpriced"
+    )
+    batch_id = stored.stdout.strip()
+    assert invoke(cli, "run").exit_code == ExitCode.PAUSED
+
+    canceled = invoke(cli, "cancel", batch_id)
+
+    assert canceled.exit_code == 0, canceled.output
+    assert status(cli, batch_id)["processing_status"] == "ended"
+    assert counts(cli, batch_id)["canceled"] == 2
+    assert counts(cli, batch_id)["succeeded"] == 3
+
+
+def test_run_hold_unpriced_keeps_a_new_budget_for_the_priced_requests_only(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    stored = invoke(cli, "submit", str(mixed_file(tmp_path)), "--endpoint", "simulator")
+    batch_id = stored.stdout.strip()
+
+    ran = invoke(cli, "run", batch_id, "--max-cost", "5", "--hold-unpriced")
+
+    assert ran.exit_code == ExitCode.PAUSED, ran.output
+    assert status(cli, batch_id)["max_cost_usd"] == 5
+    assert counts(cli, batch_id)["succeeded"] == 3
+    assert counts(cli, batch_id)["processing"] == 2
+    assert lines_naming(ran.stderr, batch_id, "held", UNPRICED)
