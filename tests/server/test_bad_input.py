@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchrun.input.validation import MAX_JSON_DEPTH
-from tests.cli.test_deep_params import deep_raw
+from tests.cli.test_deep_params import deep_line, deep_raw
 from tests.conftest import request_line
 from tests.server.serving import KEY_A, running_server, server_env
 
@@ -143,6 +143,17 @@ def test_params_nested_past_the_limit_are_400_naming_the_request(
     assert message.startswith("requests[1]: params.metadata nests objects and arrays deeper")
     assert f"{MAX_JSON_DEPTH} levels" in message
     assert stored(http) == before
+
+
+def test_a_request_at_the_depth_limit_with_long_keys_is_stored(http: httpx.Client) -> None:
+    before = stored(http)
+    long_keys: Any = {}
+    for level in range(20):
+        long_keys = {f"key_{level}_" + "x" * 150: long_keys}
+    lines = [deep_line("edge", MAX_JSON_DEPTH), request_line("keys", metadata=long_keys)]
+    response = http.post(BATCHES, json={"requests": lines})
+    assert response.status_code == 200, response.text
+    assert stored(http) == before + 1
 
 
 def test_a_body_a_million_levels_deep_is_refused_at_once_without_reading_it_whole(
