@@ -53,6 +53,22 @@ def until_closed(raw: socket.socket) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
+def read_answer(raw: socket.socket) -> bytes:
+    """One whole answer with a content-length: its head, then its body."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += raw.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += raw.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def served_now(url: str) -> bool:
     with httpx.Client(base_url=url, headers={"x-api-key": KEY_A}, timeout=PATIENCE_S) as client:
         return client.get(BATCHES).status_code == 200
@@ -73,6 +89,22 @@ def test_a_request_head_that_stops_coming_is_answered_408_and_closed(
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert HEADER_TIMEOUT_S * 0.8 <= took_s < PATIENCE_S
     assert served_now(url)
+
+
+def test_the_next_request_on_a_kept_alive_connection_has_the_same_deadline(
+    served: tuple[str, int],
+) -> None:
+    _url, port = served
+    with connect(port) as raw:
+        raw.sendall(
+            f"GET {BATCHES} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {KEY_A}\r\n\r\n".encode()
+        )
+        first = read_answer(raw)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+        raw.sendall(b"GET /v1/mess")
+        answer, took_s = until_closed(raw)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert HEADER_TIMEOUT_S * 0.8 <= took_s < PATIENCE_S
 
 
 def test_a_head_trickled_a_byte_at_a_time_is_cut_off_at_the_deadline_not_at_each_pause(
