@@ -11,6 +11,7 @@ else that escapes is a bug and keeps its traceback. The tree::
     │   └── UnpricedModelsError     a budget for models without a price (exit 2)
     ├── UnknownEndpointError        a batch or flag names an endpoint batchrun does not know
     ├── BatchNotFoundError          no batch has that id
+    │   └── AmbiguousBatchError     a prefix or name matches several batches
     ├── BatchStateError             the batch is in a state that does not allow the command
     ├── DatabaseError               the database cannot be opened, migrated or written
     │   └── DatabaseUnavailableError  the connection was lost (worth retrying)
@@ -126,6 +127,10 @@ class UnknownEndpointError(BatchrunError):
 
 class BatchNotFoundError(BatchrunError):
     """No batch has that id; `batchrun list` shows the batches in this database."""
+
+
+class AmbiguousBatchError(BatchNotFoundError):
+    """More than one batch matches; give more of the id (`batchrun list` shows them)."""
 
 
 class BatchStateError(BatchrunError):

@@ -40,7 +40,16 @@ def _silence_stdout() -> None:
 
 class _BatchrunGroup(TyperGroup):
     """Turns user errors into one line on stderr and their exit code; bugs keep their
-    traceback."""
+    traceback. Takes ``--verbose N`` as N times ``-v``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        valued = {
+            name
+            for param in self.params
+            if isinstance(param, TyperOption) and not (param.is_flag or param.count)
+            for name in param.opts
+        }
+        return super().parse_args(ctx, _counted_verbose(args, valued))
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
@@ -64,6 +73,37 @@ class _BatchrunGroup(TyperGroup):
             _silence_stdout()
             stderr.print(f"error: cannot write the output: {exc.strerror}", markup=False)
             raise typer.Exit(int(ExitCode.ERROR)) from None
+
+
+def _counted_verbose(args: list[str], valued: set[str]) -> list[str]:
+    """``--verbose 2`` and ``--verbose=2`` (before the command) as ``-v -v``: -v is a count,
+    but a number after it can only mean how much. ``valued``: the options before the command
+    that take a value (``--db URL``), whose value is not the command."""
+    out: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg in valued:
+            out += [arg, *[value for value in [next(rest, None)] if value is not None]]
+            continue
+        if arg in ("--verbose", "-v") or arg.startswith("--verbose="):
+            number = arg.partition("=")[2] if "=" in arg else None
+            if number is None:
+                following = next(rest, None)
+                if following is not None and not following.isdigit():
+                    out += [arg, following]
+                    continue
+                number = following
+            if number is not None and number.isdigit():
+                out += ["-v"] * int(number)
+                continue
+            out.append(arg)
+            continue
+        out.append(arg)
+        if not arg.startswith("-") or arg == "--":
+            # The command: what follows is its own.
+            out += rest
+            break
+    return out
 
 
 def _print_version() -> None:
@@ -96,7 +136,14 @@ def _main_options(
         ),
     ] = None,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="Log more (-vv for debug).")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Log more: -v info, -vv (or --verbose 2) debug.",
+            show_default=False,
+        ),
     ] = 0,
     version: Annotated[
         bool,
@@ -164,14 +211,16 @@ app = build_app()
 
 
 def command() -> TyperGroup:
-    """The app as a click command, with flags shown without a ``<bool>`` type."""
+    """The app as a click command, with flags (and counted flags such as -v) shown without
+    a ``<bool>`` or ``<int>`` type."""
     built = typer.main.get_command(app)
     assert isinstance(built, TyperGroup)
     pending: list[object] = [built]
     while pending:
         command = pending.pop()
         for param in getattr(command, "params", []):
-            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            counted = param.is_flag or param.count if isinstance(param, TyperOption) else False
+            if isinstance(param, TyperOption) and counted and param.metavar is None:
                 param.metavar = ""
         _untyped_help_option(command)
         if isinstance(command, TyperGroup):

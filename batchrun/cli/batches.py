@@ -9,10 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from batchrun.cli.batch_ids import (
+    batch_argument,
+    complete_choices,
+    complete_endpoints,
+)
 from batchrun.cli.consoles import print_json, stderr, stdout
 from batchrun.cli.options import duration_option
 from batchrun.cli.text import plural
-from batchrun.errors import ExitCode
+from batchrun.errors import ConfigError, ExitCode
 from batchrun.export.formats import EXPORT_FORMATS
 
 if TYPE_CHECKING:
@@ -34,6 +39,7 @@ def submit(
             help="Where the requests go; `batchrun endpoints` lists them. Default: "
             "$BATCHRUN_ENDPOINT, else default_endpoint in the config file, else anthropic.",
             show_default=False,
+            autocompletion=complete_endpoints,
         ),
     ] = None,
     model: Annotated[
@@ -164,7 +170,7 @@ def submit(
 
 def status(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    batch_id: Annotated[str, batch_argument()],
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
     watch: Annotated[
         bool, typer.Option("--watch", help="Refresh until the batch ends (Ctrl-C stops).")
@@ -174,8 +180,8 @@ def status(
     ] = 2.0,
 ) -> None:
     """Show a batch: state, request counts, tokens, cost, throughput, when it started and
-    ended, and its most frequent errors. With --watch, refresh until the batch ends (exit
-    0) or pauses (exit 4).
+    ended, and its most frequent errors. With --watch, refresh until the batch ends or
+    pauses, and exit as `run` does: 0 done, 3 some results errored, 4 paused, 7 canceled.
 
     Examples: `batchrun status msgbatch_01 --json` · `batchrun status msgbatch_01 --watch`
     """
@@ -203,6 +209,8 @@ def status(
     if watch and now.paused_reason is not None and now.processing_status != "ended":
         stderr.print(f"{batch_id} is paused: {now.paused_reason}", markup=False)
         raise typer.Exit(int(ExitCode.PAUSED))
+    if watch and (code := _watch_exit_code(now)) != ExitCode.OK:
+        raise typer.Exit(int(code))
 
 
 def _watch(
@@ -250,6 +258,18 @@ def _watch(
         now = client.status(batch_id)
 
 
+def _watch_exit_code(batch: BatchStatus) -> ExitCode:
+    """How ``status --watch`` ends for a batch that ended, as ``run`` would have: canceled
+    (7), else some results errored (3), else 0."""
+    if batch.processing_status != "ended":
+        return ExitCode.OK
+    if batch.cancel_initiated_at is not None:
+        return ExitCode.CANCELED
+    if batch.request_counts.errored:
+        return ExitCode.ERRORED_RESULTS
+    return ExitCode.OK
+
+
 def _done(batch: BatchStatus) -> int:
     counts = batch.request_counts
     return counts.succeeded + counts.errored + counts.canceled + counts.expired
@@ -279,7 +299,7 @@ def list_batches(
 
 def cancel(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    batch_id: Annotated[str, batch_argument()],
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Cancel a batch: queued requests are canceled at once; a running worker stops sending
@@ -300,7 +320,7 @@ def cancel(
 
 def delete(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    batch_id: Annotated[str, batch_argument()],
 ) -> None:
     """Delete an ended batch with its requests and results. A batch that has not ended must
     be canceled first (as with Anthropic's batches). On SQLite the space is reused for new
@@ -340,8 +360,14 @@ def prune(
     """
     from batchrun.cli.context import client_of
 
-    older_than_s = duration_option(older_than, "--older-than")
-    deleted = client_of(ctx).prune(older_than_s=older_than_s, reclaim_space=vacuum)
+    older_than_s = duration_option(older_than, "--older-than", unit_required=True)
+    client = client_of(ctx)
+    if older_than_s is None and client.settings().retention_s is None:
+        raise ConfigError(
+            "say how old an ended batch must be to go: --older-than 30d, or "
+            'retention = "30d" in the config file'
+        )
+    deleted = client.prune(older_than_s=older_than_s, reclaim_space=vacuum)
     stderr.print(f"deleted {plural(len(deleted), 'batch')}", markup=False)
     for batch_id in deleted:
         sys.stdout.write(batch_id + "\n")
@@ -355,7 +381,7 @@ def _check_choice(value: str | None, choices: tuple[str, ...], flag: str) -> str
 
 def results(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    batch_id: Annotated[str, batch_argument()],
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Write to this file (atomically).")
     ] = None,
@@ -367,6 +393,7 @@ def results(
         typer.Option(
             "--format",
             help="; ".join(f"{f.name}: {f.description}" for f in EXPORT_FORMATS) + ".",
+            autocompletion=complete_choices(EXPORT_FORMATS.names),
         ),
     ] = "anthropic",
     only: Annotated[
@@ -374,6 +401,7 @@ def results(
         typer.Option(
             help="Only the requests that ended this way: " + ", ".join(_RESULT_STATES) + ".",
             show_default=False,
+            autocompletion=complete_choices(lambda: _RESULT_STATES),
         ),
     ] = None,
     csv_raw: Annotated[

@@ -10,10 +10,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from batchrun.cli.batch_ids import complete_endpoints
 from batchrun.cli.consoles import print_json, stderr, stdout
 from batchrun.cli.options import duration_option, with_limit_options
-from batchrun.cli.text import duration_text
-from batchrun.config.prices import CostTotal, describe_cost, format_usd
+from batchrun.cli.text import duration_text, plural
+from batchrun.config.prices import format_usd
 from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, FilePlan, ModelPlan, plan_json
 
 
@@ -26,6 +27,7 @@ def estimate(
         typer.Option(
             help="The endpoint whose limits pace the batch. Default: as for submit.",
             show_default=False,
+            autocompletion=complete_endpoints,
         ),
     ] = None,
     model: Annotated[
@@ -150,9 +152,16 @@ def estimate_table(plan: FilePlan) -> Group:
     )
     totals.add_row(
         "cost",
-        f"{describe_cost(CostTotal(expected, missing))} expected, "
-        f"{describe_cost(CostTotal(worst, missing))} at most",
+        f"{_cost_text(expected, missing)} expected, {_cost_text(worst, missing)} at most",
     )
+    if missing:
+        # Said once, here; the costs above and below say only "unknown".
+        totals.add_row(
+            "no price",
+            f"{', '.join(sorted(missing))}: add "
+            + (f'[prices."{next(iter(missing))}"]' if len(missing) == 1 else '[prices."MODEL"]')
+            + " to the config file",
+        )
     for label, is_worst in (("duration", False), ("at most", True)):
         minutes, slowest = plan.duration(worst=is_worst)
         if minutes is None or slowest is None:
@@ -168,13 +177,21 @@ def estimate_table(plan: FilePlan) -> Group:
         how_long, binding = _model_duration(m, worst=False)
         lines.append(
             Text(
-                f"  {m.model}: {m.requests:,} requests, {m.input_tokens:,} input tokens, "
+                f"  {m.model}: {plural(m.requests, 'request')}, {m.input_tokens:,} input tokens, "
                 f"{m.expected_output_tokens:,} output tokens (max {m.max_output_tokens:,}), "
                 f"{format_usd(m.cost_usd(m.expected_output_tokens))} "
                 f"(max {format_usd(m.cost_usd(m.max_output_tokens))}), {how_long} ({binding})"
             )
         )
     return Group(totals, Text(""), *lines)
+
+
+def _cost_text(usd: float, unpriced: dict[str, int]) -> str:
+    """A cost whose unpriced part is "unknown" (the models without a price are named once,
+    on a row of their own)."""
+    if not unpriced:
+        return format_usd(usd)
+    return f"{format_usd(usd)} + unknown" if usd > 0 else "unknown"
 
 
 def _lane_rows(
@@ -185,14 +202,14 @@ def _lane_rows(
     if api is None:
         return []
     mark = {plan.chosen: " (chosen)"}
-    saved = CostTotal(expected * (1 - api.discount), missing)
+    saved = _cost_text(expected * (1 - api.discount), missing)
     auto = " by --lane auto" if plan.lane == "auto" else ""
     return [
         (
             "batch lane",
-            f"{describe_cost(CostTotal(expected * api.discount, missing))} expected, "
-            f"{describe_cost(CostTotal(worst * api.discount, missing))} at most "
-            f"({api.discount:.0%} of the price; saves {describe_cost(saved)}); typically "
+            f"{_cost_text(expected * api.discount, missing)} expected, "
+            f"{_cost_text(worst * api.discount, missing)} at most "
+            f"({api.discount:.0%} of the price; saves {saved}); typically "
             f"{duration_text(api.typical_s)}, at most 24h{mark.get('batch', '')}",
         ),
         ("lane", f"{plan.chosen}{auto}"),

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
+from batchrun.cli.batch_ids import batch_argument
 from batchrun.cli.consoles import print_json, stderr, stdout
 
 
 def lanes(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    batch_id: Annotated[str, batch_argument()],
     adopt: Annotated[
         str | None,
         typer.Option(

@@ -56,13 +56,13 @@ def with_limit_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def duration_option(value: str | None, flag: str) -> float | None:
+def duration_option(value: str | None, flag: str, *, unit_required: bool = False) -> float | None:
     """A duration flag's value in seconds (None when not given); a usage error naming the
-    flag when it cannot be read."""
+    flag when it cannot be read (or, with ``unit_required``, has no unit)."""
     if value is None:
         return None
     try:
-        return parse_duration_s(value, what=flag)
+        return parse_duration_s(value, what=flag, unit_required=unit_required)
     except ConfigError as exc:
         # BadParameter names the flag itself.
         raise typer.BadParameter(exc.message.removeprefix(f"{flag}: "), param_hint=flag) from None

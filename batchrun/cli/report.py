@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 
+from batchrun.cli.batch_ids import batch_argument
 from batchrun.cli.consoles import stderr
 
 
 def report(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    batch_id: Annotated[str, batch_argument()],
     output: Annotated[
         str | None,
         typer.Option(

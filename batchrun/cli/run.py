@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer.core import TyperGroup
 
+from batchrun.cli.batch_ids import batch_argument, complete_endpoints, resolve_batch_ids
 from batchrun.cli.consoles import stderr
 from batchrun.cli.options import duration_option, with_limit_options
 from batchrun.cli.text import plural
@@ -65,8 +66,10 @@ def run(
     limits: dict[str, float],
     batch_ids: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Batches to run; default: every batch with queued work.", show_default=False
+        batch_argument(
+            "Batches to run (ids, unique prefixes, names or `last`); default: every batch "
+            "with queued work.",
+            resolve=False,
         ),
     ] = None,
     max_concurrency: Annotated[
@@ -122,6 +125,7 @@ def run(
             help="Move the batches' remaining requests to this endpoint, for this run and "
             "later ones (needs batch ids).",
             show_default=False,
+            autocompletion=complete_endpoints,
         ),
     ] = None,
     max_cost: Annotated[
@@ -277,6 +281,9 @@ def run(
         if problem := notify_url_problem(notify):
             # The URL is not repeated: it may hold a token.
             raise typer.BadParameter(problem, param_hint="--notify")
+    if batch_ids:
+        # After the checks of the command line: a usage error says so before any lookup.
+        batch_ids = resolve_batch_ids(client_of(ctx), batch_ids)
     live = stderr.is_terminal and not quiet
     metrics = None
     if metrics_port is not None:
@@ -333,7 +340,7 @@ def _with_pauses_said(display: Callable[[RunEvent], None]) -> Callable[[RunEvent
 
 def resume(
     ctx: typer.Context,
-    batch_id: Annotated[str, typer.Argument(help="The batch id.")],
+    batch_id: Annotated[str, batch_argument()],
     retry_errored: Annotated[
         bool, typer.Option(help="Send the errored requests again too (attempts are kept).")
     ] = False,

@@ -157,7 +157,11 @@ def load_settings(path: Path | None) -> Settings:
         default_endpoint=parsed.default_endpoint,
         endpoints={name: table.to_settings(name) for name, table in parsed.endpoints.items()},
         prices={model: table.to_price() for model, table in parsed.prices.items()},
-        retention_s=(None if parsed.retention is None else parse_duration_s(parsed.retention)),
+        retention_s=(
+            None
+            if parsed.retention is None
+            else parse_duration_s(parsed.retention, unit_required=True)
+        ),
         pools={name: table.to_pool(name, str(path)) for name, table in parsed.pools.items()},
         notify_url=parsed.notify.url if parsed.notify is not None else None,
         notify_url_env=parsed.notify.url_env if parsed.notify is not None else None,
@@ -413,7 +417,7 @@ class _PriceTable(_Table):
 
 def _check_retention(value: str) -> str:
     try:
-        parse_duration_s(value, what="retention")
+        parse_duration_s(value, what="retention", unit_required=True)
     except ConfigError as exc:
         raise _fail(exc.message.removeprefix("retention: ")) from None
     return value

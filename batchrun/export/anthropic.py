@@ -1,13 +1,16 @@
 """The ``anthropic`` export format: one JSON line per request in Anthropic's batch results
 format, which the official SDK's ``MessageBatchIndividualResponse`` parses.
 
-Lines come in input order. A succeeded line carries the stored response text as is (it is
-already compact JSON), so exporting does not parse and re-encode every Message.
+Lines come in input order. A line carries the stored response text without parsing and
+re-encoding it, only with the whitespace between JSON tokens taken out: every line is compact
+JSON, as the API writes it, whatever spacing a server used, and what is inside a string (its
+escapes included) stays exactly as received.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import IO
 
@@ -15,6 +18,16 @@ from batchrun.config.prices import PriceTable
 from batchrun.records import ResultDetail, ResultRow
 
 _BARE_RESULTS = {"canceled", "expired"}
+# A JSON string, matched whole (so its contents are kept), or whitespace between tokens.
+_STRING_OR_SPACE = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+')
+
+
+def compact_json(text: str) -> str:
+    """``text`` (JSON) without the whitespace between its tokens; strings are untouched."""
+    if " " not in text and "\n" not in text and "\t" not in text and "\r" not in text:
+        return text
+    # An unmatched group is replaced by nothing: whitespace goes, strings stay.
+    return _STRING_OR_SPACE.sub(r"\1", text)
 
 
 def anthropic_lines(rows: Iterable[ResultDetail | ResultRow]) -> Iterator[str]:
@@ -23,9 +36,9 @@ def anthropic_lines(rows: Iterable[ResultDetail | ResultRow]) -> Iterator[str]:
     for row in rows:
         head = '{"custom_id":' + json.dumps(row.custom_id) + ',"result":{"type":'
         if row.state == "succeeded" and row.body is not None:
-            yield head + '"succeeded","message":' + row.body + "}}"
+            yield head + '"succeeded","message":' + compact_json(row.body) + "}}"
         elif row.state == "errored" and row.body is not None:
-            yield head + '"errored","error":' + row.body + "}}"
+            yield head + '"errored","error":' + compact_json(row.body) + "}}"
         elif row.state in _BARE_RESULTS:
             yield head + '"' + row.state + '"}}'
 

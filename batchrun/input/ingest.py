@@ -85,6 +85,9 @@ class _Problems:
             lines.append(f"… and {hidden:,} more problem{'s' if hidden != 1 else ''}")
         if self.file_problem is not None:
             lines.insert(0, self.file_problem.message)
+        if self.file_problem is not None and not self.shown and not self.hidden:
+            # The file alone (empty, say): one line, with no lines "above" to fix.
+            return InputFileError(f"{self.file_problem.message}; nothing was stored")
         lines.append("nothing was stored; fix the lines above and submit again")
         return InputFileError("\n".join(lines))
 

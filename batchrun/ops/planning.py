@@ -219,6 +219,9 @@ def plan_file(
         lines = format_problems(problems, source=source)
         if hidden:
             lines.append(f"… and {hidden:,} more invalid lines")
+        if not hidden and all(isinstance(item, FileProblem) for item in problems):
+            # The file alone (empty, say): one line, with no lines "above" to fix.
+            raise InputFileError(f"{'; '.join(lines)}; nothing was estimated")
         lines.append("nothing was estimated; fix the lines above and try again")
         raise InputFileError("\n".join(lines))
     ordered = sorted(models.values(), key=lambda m: (-m.requests, m.model))

@@ -132,14 +132,30 @@ def database_error(exc: DBAPIError, *, engine: Engine, doing: str) -> DatabaseEr
     return DatabaseError(f"cannot {doing} the database {where}: {detail}")
 
 
+def connect(engine: Engine) -> Connection:
+    """A connection of ``engine``'s pool. A server that cannot be reached gives
+    `DatabaseUnavailableError` saying so (not that a connection was lost: there may never
+    have been one), which the worker's database thread retries like a lost connection."""
+    try:
+        return engine.connect()
+    except DBAPIError as exc:
+        if engine.url.get_backend_name() == "sqlite":
+            raise database_error(exc, engine=engine, doing="open") from None
+        where = engine.url.render_as_string(hide_password=True)
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database {where} ({_short(exc)}); check that the server "
+            "is running and that the URL's host, port, user and database are right"
+        ) from None
+
+
 @contextmanager
 def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
     """One transaction (a write one takes SQLite's write lock at BEGIN); a driver error
     leaves as the one-line `DatabaseError` of :func:`database_error`, and a lost connection
     as `DatabaseUnavailableError`, which the worker's database thread retries. Every store
     statement runs in one of these."""
+    connection = connect(engine)
     try:
-        connection = engine.connect()
         if write:
             connection = connection.execution_options(**{WRITE_OPTION: True})
         with connection as conn, conn.begin():
@@ -218,7 +234,7 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None for an empty database."""
     try:
-        with engine.connect() as connection:
+        with connect(engine) as connection:
             if not inspect(connection).has_table(_VERSION_TABLE):
                 return None
             found = connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).first()

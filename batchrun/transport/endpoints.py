@@ -11,7 +11,8 @@ environment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,8 @@ class Endpoints:
         if name not in self.by_name:
             pools = f"; pools: {', '.join(sorted(self.pools))}" if self.pools else ""
             raise UnknownEndpointError(
-                f"unknown endpoint {name!r}; known endpoints: {', '.join(sorted(self.by_name))}"
+                f"unknown endpoint {name!r}{did_you_mean(name, [*self.by_name, *self.pools])}; "
+                f"known endpoints: {', '.join(sorted(self.by_name))}"
                 f"{pools} (`batchrun endpoints` lists them; a config file can define more)"
             )
         return self.by_name[name]
@@ -296,6 +298,21 @@ class Endpoints:
         return {member: self.get(member) for member in pool.endpoint_names}
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'NAME'?)`` naming the known names close to a mistyped one (all of
+    those as close as the closest, as with langdock-eu and langdock-us), or ""."""
+    names = sorted(set(known))
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, name.lower(), k.lower()).ratio(), k) for k in names),
+        reverse=True,
+    )
+    if not scored or scored[0][0] < 0.6:
+        return ""
+    best = scored[0][0]
+    close = sorted(k for score, k in scored if score >= best - 1e-9)
+    return f" (did you mean {' or '.join(repr(k) for k in close)}?)"
+
+
 def resolve_endpoints(
     tables: Mapping[str, EndpointSettings],
     env: Mapping[str, str],
@@ -321,14 +338,14 @@ def resolve_endpoints(
             raise _file_error(
                 config_path,
                 "default_endpoint",
-                f'unknown endpoint "{default_endpoint}"; known endpoints and pools: '
-                f"{', '.join(names)}",
+                f'unknown endpoint "{default_endpoint}"{did_you_mean(default_endpoint, names)}; '
+                f"known endpoints and pools: {', '.join(names)}",
             )
         default, source = default_endpoint, str(config_path)
     if named := env.get(ENDPOINT_ENV, "").strip():
         if named not in resolved and named not in pools:
             raise UnknownEndpointError(
-                f"{ENDPOINT_ENV} names unknown endpoint {named!r}; "
+                f"{ENDPOINT_ENV} names unknown endpoint {named!r}{did_you_mean(named, names)}; "
                 f"known endpoints and pools: {', '.join(names)}"
             )
         default, source = named, ENDPOINT_ENV

@@ -248,8 +248,9 @@ INVALID = [
     ),
     pytest.param(
         'default_endpoint = "langdock"\n',
-        'default_endpoint: unknown endpoint "langdock"; known endpoints and pools: aimlapi, '
-        "anthropic, langdock-eu, langdock-us, simulator",
+        "default_endpoint: unknown endpoint \"langdock\" (did you mean 'langdock-eu' or "
+        "'langdock-us'?); known endpoints and pools: aimlapi, anthropic, langdock-eu, "
+        "langdock-us, simulator",
         id="unknown-default",
     ),
     pytest.param(
