@@ -96,13 +96,16 @@ def _odd_stream() -> bytes:
 # The provider batch modes whose results come from another origin or a redirect
 # (``batch_foreign_url``: its results_url names ``elsewhere``, which must never be asked;
 # ``batch_redirect_foreign``: its results answer a 307 to ``elsewhere``;
-# ``batch_redirect_same``: a 307 to a path of its own), hold duplicates far apart
-# (``batch_far_duplicates``), never end (``batch_trickle``: a line that never ends;
-# ``batch_endless``: lines for ever), or are plain (``batch_plain``, what ``elsewhere``
-# serves: set its batch_mode and batch_ids).
+# ``batch_redirect_same``: a 307 to a path of its own; ``batch_foreign_no_own``: its
+# results_url names ``elsewhere`` and its own results path answers 404), hold duplicates
+# far apart (``batch_far_duplicates``), never end (``batch_trickle``: a line that never
+# ends; ``batch_endless``: lines for ever), never answer a poll (``batch_hang``), or are
+# plain (``batch_plain``, what ``elsewhere`` serves: set its batch_mode and batch_ids).
 BATCH_RESULT_MODES = frozenset(
     {
         "batch_foreign_url",
+        "batch_foreign_no_own",
+        "batch_hang",
         "batch_redirect_foreign",
         "batch_redirect_same",
         "batch_far_duplicates",
@@ -385,10 +388,15 @@ class HostileServer:
         results_path = "/v1/messages/batches/msgbatch_hostile/results"
         mode = self.batch_mode
         if "/results" not in path:
+            if mode == "batch_hang":
+                await asyncio.sleep(3600)
             ended = self._batch_object(ended=True)
-            if mode == "batch_foreign_url":
+            if mode in ("batch_foreign_url", "batch_foreign_no_own"):
                 ended["results_url"] = f"{self.elsewhere}{results_path}?sig=foreign-signature"
             return await self._json(writer, ended, cookie)
+        if mode == "batch_foreign_no_own":
+            error = {"type": "error", "error": {"type": "not_found_error", "message": "no"}}
+            return await self._send(writer, 404, json.dumps(error).encode(), cookie)
         if mode == "batch_redirect_foreign":
             moved = {"location": f"{self.elsewhere}{results_path}"} | cookie
             return await self._send(writer, 307, b"", moved)

@@ -121,6 +121,8 @@ class LaneDriver:
         self._stop_event = asyncio.Event()
         # Provider batches whose results download passed a bound: left alone in this run.
         self._cut_off: set[int] = set()
+        # True while a create is in flight (see creating).
+        self._creating = False
         self._done = False
         self._create_not_before: dict[str, float] = {}
         self._max_bytes: dict[str, int] = {}
@@ -139,6 +141,13 @@ class LaneDriver:
         except TimeoutError:
             return
         self._changed.clear()
+
+    @property
+    def creating(self) -> bool:
+        """True while a create is in flight: cutting it off would leave it in doubt (to be
+        reconciled, or settled by a person where the provider lists no batches), so a stop
+        lets it end (it is bounded by the create timeout)."""
+        return self._creating
 
     def stop(self) -> None:
         """Finish the step in progress (a create or an import chunk; a results download
@@ -205,45 +214,50 @@ class LaneDriver:
         while not self._stopping:
             if loop.time() < self._create_not_before.get(endpoint.name, 0.0):
                 return
-            limit_usd = None if target.budget is None else await target.budget.remaining_usd()
-            intent = await self._db.take_for_provider_batch(
-                batch_id=batch_id,
-                endpoint=endpoint.name,
-                max_requests=api.max_requests,
-                max_bytes=self._max_bytes.get(endpoint.name, api.max_bytes),
-                now=self._clock.now(),
-                cancel_at=target.cancel_at,
-                make_line=_line_maker(endpoint),
-                max_cost_usd=limit_usd,
-                worst_cost_usd=None if target.budget is None else target.budget.worst_cost_usd,
-            )
-            if intent is None:
-                return
-            if isinstance(intent, BudgetStop):
-                await self._over_budget(batch_id, limit_usd or 0.0, intent.next_usd)
-                return
-            body = created_batch_body(intent.lines)
-            count = len(intent.lines)
-            del intent.lines[:]
-            answer = await target.client.create(body)
-            del body
-            if isinstance(answer, ProviderBatchInfo):
-                await self._db.provider_batch_created(
-                    intent.row_id,
-                    provider_id=answer.id,
-                    created_at=answer.created_at,
-                    next_poll_at=self._clock.now() + timedelta(seconds=self._poll_interval_s),
+            # From the intent row to the create's outcome recorded: see creating.
+            self._creating = True
+            try:
+                limit_usd = None if target.budget is None else await target.budget.remaining_usd()
+                intent = await self._db.take_for_provider_batch(
+                    batch_id=batch_id,
+                    endpoint=endpoint.name,
+                    max_requests=api.max_requests,
+                    max_bytes=self._max_bytes.get(endpoint.name, api.max_bytes),
+                    now=self._clock.now(),
+                    cancel_at=target.cancel_at,
+                    make_line=_line_maker(endpoint),
+                    max_cost_usd=limit_usd,
+                    worst_cost_usd=None if target.budget is None else target.budget.worst_cost_usd,
                 )
-                self.report.created += 1
-                self._note(
-                    f"{batch_id}: provider batch {answer.id} created on {endpoint.name} with "
-                    f"{count:,} requests"
-                )
-                continue
-            if not await self._create_failed(
-                batch_id, intent.row_id, answer, api.max_bytes, alone=count == 1
-            ):
-                return
+                if intent is None:
+                    return
+                if isinstance(intent, BudgetStop):
+                    await self._over_budget(batch_id, limit_usd or 0.0, intent.next_usd)
+                    return
+                body = created_batch_body(intent.lines)
+                count = len(intent.lines)
+                del intent.lines[:]
+                answer = await target.client.create(body)
+                del body
+                if isinstance(answer, ProviderBatchInfo):
+                    await self._db.provider_batch_created(
+                        intent.row_id,
+                        provider_id=answer.id,
+                        created_at=answer.created_at,
+                        next_poll_at=self._clock.now() + timedelta(seconds=self._poll_interval_s),
+                    )
+                    self.report.created += 1
+                    self._note(
+                        f"{batch_id}: provider batch {answer.id} created on {endpoint.name} with "
+                        f"{count:,} requests"
+                    )
+                    continue
+                if not await self._create_failed(
+                    batch_id, intent.row_id, answer, api.max_bytes, alone=count == 1
+                ):
+                    return
+            finally:
+                self._creating = False
 
     async def _over_budget(self, batch_id: str, left_usd: float, next_usd: float) -> None:
         """Pause the batch when its budget leaves room for none of its ready batch-lane
@@ -481,6 +495,14 @@ class LaneDriver:
         if back:
             self._changed.set()
 
+    async def _stop_reading(self, row: ProviderBatchRow, failed: CallFailed, why: str) -> None:
+        """Leave the provider batch alone for this run, its requests held, and pause its
+        batch with ``why``."""
+        self._cut_off.add(row.id)
+        await self._db.provider_batch_polled(row.id, failed_note=failed.message)
+        await self._db.pause_batch(row.batch_id, why)
+        self.report.paused[row.batch_id] = why
+
     async def _download_ended(
         self,
         row: ProviderBatchRow,
@@ -501,15 +523,26 @@ class LaneDriver:
         if failed.kind == "cut_off":
             # Another try would end the same way: the batch waits for a person (a larger
             # bound, or a look at the provider).
-            why = (
+            await self._stop_reading(
+                row,
+                failed,
                 f"provider batch {info.id}: {failed.message}; {kept}; raise the bound in "
                 f"[endpoints.{target.endpoint.name}] of the config file if the file is that "
-                f"large, then `batchrun run {row.batch_id}` reads it again"
+                f"large, then `batchrun run {row.batch_id}` reads it again",
             )
-            self._cut_off.add(row.id)
-            await self._db.provider_batch_polled(row.id, failed_note=failed.message)
-            await self._db.pause_batch(row.batch_id, why)
-            self.report.paused[row.batch_id] = why
+            return
+        if failed.kind in ("not_found", "auth"):
+            # The provider said the batch ended: a 404 (or a refusal) of its results does not
+            # mean it never ran, and its requests may have been billed, so none is sent
+            # again; the batch waits for a person.
+            await self._stop_reading(
+                row,
+                failed,
+                f"provider batch {info.id} has ended but {target.endpoint.name} did not give "
+                f"its results ({failed.message}); {kept}; the rest stay held (they may have "
+                f"been billed): check the provider, then `batchrun run {row.batch_id}` reads "
+                "them again",
+            )
             return
         if stored:
             self._note(f"{row.batch_id}: provider batch {info.id}: {kept}")

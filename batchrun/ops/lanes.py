@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 
 # The driver and the batch API client load only for a run that uses the batch lane.
 
+# After a stop (Ctrl-C, SIGTERM, --max-runtime), the lane's step in progress gets this
+# long to end by itself (a results download ends at once); then a poll, a list or a cancel
+# is cut off as a crash would cut it, which the lane survives (an import runs again from
+# the start, a cancel is sent again). A create in flight is let end (its timeout bounds it).
+STOP_GRACE_S = 3.0
+
 
 @dataclass
 class LaneRun:
@@ -38,10 +44,20 @@ class LaneRun:
     task: asyncio.Task[LaneReport]
 
     async def finish(self, *, stop: bool) -> LaneReport:
-        """Wait for the driver (stopping it first when the run was told to stop)."""
-        if stop:
-            self.driver.stop()
-        return await self.task
+        """Wait for the driver (stopping it first when the run was told to stop: a step that
+        does not end within ``STOP_GRACE_S``, such as a poll the provider never answers, is
+        cut off; a create in flight is not, see ``LaneDriver.creating``)."""
+        if not stop:
+            return await self.task
+        self.driver.stop()
+        done, _ = await asyncio.wait({self.task}, timeout=STOP_GRACE_S)
+        while not done and self.driver.creating:
+            done, _ = await asyncio.wait({self.task}, timeout=STOP_GRACE_S)
+        if done:
+            return self.task.result()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        return self.driver.report
 
 
 async def start_lane(

@@ -137,6 +137,24 @@ def test_results_redirected_within_the_endpoints_origin_keep_the_credentials(
     assert foreign.log == []
 
 
+def test_an_ended_batch_whose_endpoint_does_not_serve_its_results_pauses_sending_nothing_again(
+    cli: CliRunner, tmp_path: Path, server: HostileServer, foreign: HostileServer
+) -> None:
+    # Its results_url names another origin, and the endpoint's own results path is a 404:
+    # the provider said the batch ended, so its requests may have been billed.
+    configure(tmp_path, server)
+    batch_id = submit(cli, tmp_path, "batch_foreign_no_own")
+
+    ran = invoke(cli, "run", batch_id, "--poll-interval", "0.2s")
+
+    assert ran.exit_code == 4, ran.output
+    assert "did not give its results" in ran.stderr and "HTTP 404" in ran.stderr
+    assert foreign.log == []
+    assert sum(1 for r in server.log if b'"requests"' in r.body) == 1, "created once"
+    assert messages_sent(server) == 0
+    assert statuses(cli, batch_id) == {}
+
+
 def test_a_success_far_after_an_error_for_the_same_request_wins_and_nothing_is_sent_twice(
     cli: CliRunner, tmp_path: Path, server: HostileServer
 ) -> None:
