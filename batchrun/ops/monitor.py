@@ -170,8 +170,10 @@ class RunMonitor:
         self._total = sum(c.total for c in counts.values())
         self._done_before = sum(c.total - c.processing for c in counts.values())
         self._counts_at_start = dict(counts)
-        # The batches' counts as last read (COUNTS_REFRESH_S).
+        # The batches' counts as last read (COUNTS_REFRESH_S), from the first snapshot on:
+        # a run nobody watches (serve's workers) reads none.
         self._counts_now: dict[str, RequestCounts] = {}
+        self._counting = False
         self._guard = guard
         self._max_runtime_s = max_runtime_s
         self._db = db
@@ -207,8 +209,6 @@ class RunMonitor:
             self._deadline = loop.call_later(max(self._max_runtime_s, 0.0), self._time_up)
         if self._guard is not None and self._guard.batch_ids and self._db is not None:
             self._tasks.append(asyncio.create_task(self._refresh_budgets(self._db)))
-        if self._db is not None:
-            self._tasks.append(asyncio.create_task(self._refresh_counts(self._db)))
 
     def admit(self, request: ClaimedRequest, permit: Permit) -> str | None:
         """Let the request go unless its batch's budget says no."""
@@ -310,6 +310,9 @@ class RunMonitor:
             dispatcher.progress() if dispatcher is not None else DispatchProgress(0, 0, (), False)
         )
         now = asyncio.get_running_loop().time()
+        if not self._counting and self._db is not None and self._started is not None:
+            self._counting = True
+            self._tasks.append(asyncio.create_task(self._refresh_counts(self._db)))
         started = now if self._started is None else self._started
         done_here = (report.succeeded + report.errored + report.canceled) if report else 0
         finished_here = (report.succeeded + report.errored) if report else 0
