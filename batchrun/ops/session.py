@@ -332,7 +332,9 @@ class RunSession:
         passes = 0
         while True:
             if deadline is not None and loop.time() >= deadline:
-                return RunResult(ExitCode.OK, last, passes, tuple(waiting.values()))
+                # A batch paused or left waiting by an earlier pass still is: say so.
+                code = ExitCode.PAUSED if paused_here else ExitCode.OK
+                return RunResult(code, last, passes, tuple(waiting.values()))
             if self._stopping is not None:
                 return self._idle_result(last, passes, tuple(waiting.values()))
             # Cleared before looking: a wake() from now on ends the idle wait below.
@@ -343,7 +345,10 @@ class RunSession:
                 paused_here.update(done.report.paused)
                 waiting.update((w.batch_id, w) for w in done.waiting)
                 if done.stopped_by_time_limit or done.report.interrupted:
-                    return RunResult(done.exit_code, last, passes, tuple(waiting.values()))
+                    code = done.exit_code
+                    if paused_here and code in _BELOW_PAUSED:
+                        code = ExitCode.PAUSED
+                    return RunResult(code, last, passes, tuple(waiting.values()))
                 continue
             if not idle_said:
                 self._emit(
@@ -806,6 +811,10 @@ class RunSession:
 
 def _in_process(endpoints: Mapping[str, Endpoint]) -> bool:
     return any(endpoint.in_process for endpoint in endpoints.values())
+
+
+# The exit codes a pause goes before (see _exit_code).
+_BELOW_PAUSED = (ExitCode.OK, ExitCode.CANCELED, ExitCode.TIME_LIMIT, ExitCode.ERRORED_RESULTS)
 
 
 def _exit_code(

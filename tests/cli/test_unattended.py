@@ -409,3 +409,102 @@ def test_run_hold_unpriced_keeps_a_new_budget_for_the_priced_requests_only(
     assert counts(cli, batch_id)["succeeded"] == 3
     assert counts(cli, batch_id)["processing"] == 2
     assert lines_naming(ran.stderr, batch_id, "held", UNPRICED)
+
+
+def test_a_pool_with_one_member_whose_key_is_not_set_waits_naming_that_variable(
+    cli: CliRunner, tmp_path: Path, simulator: tuple[SimulatorApp, str]
+) -> None:
+    sim, url = simulator
+    env = {KEY_A: "key-a"}
+    write_config(
+        tmp_path,
+        keyed_endpoint("gw-a", url, KEY_A),
+        keyed_endpoint("gw-b", url, KEY_B),
+        '[pools.both]\nmembers = ["gw-a", "gw-b"]\n',
+    )
+    alone = submit(cli, tmp_path, "alone", "gw-a", 2, **env)
+    pooled = submit(cli, tmp_path, "pooled", "both", 2, **env)
+
+    ran = invoke(cli, "run", **env)
+
+    assert ran.exit_code == ExitCode.PAUSED, ran.output
+    assert counts(cli, alone)["succeeded"] == 2
+    assert counts(cli, pooled)["processing"] == 2
+    assert sim.stats.received == 2
+    assert lines_naming(ran.stderr, pooled, KEY_B), ran.stderr
+
+
+def test_the_python_api_holds_unpriced_requests_and_reports_them_typed(
+    tmp_path: Path, db_url: str
+) -> None:
+    env = {"HOME": str(tmp_path / "home")}
+    with batchrun.Client(db_url, env=env, cwd=tmp_path) as client:
+        with pytest.raises(batchrun.UnpricedModelsError) as refused:
+            client.submit(mixed_file(tmp_path), endpoint="simulator", max_cost_usd=5)
+        assert refused.value.exit_code == ExitCode.USAGE
+        assert client.list() == []
+        batch = client.submit(
+            mixed_file(tmp_path), endpoint="simulator", max_cost_usd=5, hold_unpriced=True
+        )
+
+        result = client.run(batch.id)
+
+        assert result.exit_code == ExitCode.PAUSED
+        assert result.last is not None
+        assert result.last.held == {batch.id: {UNPRICED: 2}}
+        assert "held" in result.last.report.paused[batch.id]
+        assert client.status(batch.id).held_unpriced == {UNPRICED: 2}
+        assert client.status(batch.id).request_counts.succeeded == 3
+
+
+def test_held_requests_stay_out_of_the_batch_lane_while_the_priced_ones_go_there(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    sim = create_app(SimulatorConfig(batch_processing_s=0.2))
+    with running_simulator(app=sim) as url:
+        (tmp_path / "batchrun.toml").write_text(
+            f'[endpoints.sim]\nbase_url = "{url}"\nauth = "none"\nbatch_api = "anthropic"\n'
+        )
+        stored = invoke(
+            cli,
+            "submit",
+            str(mixed_file(tmp_path)),
+            "--endpoint",
+            "sim",
+            "--lane",
+            "batch",
+            "--max-cost",
+            "5",
+            "--hold-unpriced",
+        )
+        assert stored.exit_code == 0, stored.output
+        batch_id = stored.stdout.strip()
+
+        ran = invoke(cli, "run", batch_id, "--poll-interval", "0.2s", "-q")
+
+        assert ran.exit_code == ExitCode.PAUSED, ran.output
+        assert sim.stats.batch_requests_received == 3
+        assert sim.stats.received == 0
+        assert counts(cli, batch_id)["succeeded"] == 3
+        assert status(cli, batch_id)["held_unpriced"] == {UNPRICED: 2}
+        assert lines_naming(ran.stderr, batch_id, "held")
+
+
+def test_run_forever_sends_the_others_says_the_waiting_batch_once_and_exits_paused(
+    cli: CliRunner, tmp_path: Path, simulator: tuple[SimulatorApp, str]
+) -> None:
+    sim, url = simulator
+    env = {KEY_A: "key-a"}
+    write_config(tmp_path, keyed_endpoint("gw-a", url, KEY_A), keyed_endpoint("gw-b", url, KEY_B))
+    a = submit(cli, tmp_path, "a", "gw-a", 2, **env)
+    b = submit(cli, tmp_path, "b", "gw-b", 2, **env)
+
+    ran = invoke(
+        cli, "run", "--forever", "--max-runtime", "2s", "--poll-interval", "0.2s", "-q", **env
+    )
+
+    assert ran.exit_code == ExitCode.PAUSED, ran.output
+    assert counts(cli, a)["succeeded"] == 2
+    assert counts(cli, b)["processing"] == 2
+    assert sim.stats.received == 2
+    assert len(lines_naming(ran.stderr, b, KEY_B)) == 1, ran.stderr
