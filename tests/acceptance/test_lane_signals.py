@@ -81,8 +81,13 @@ def test_a_signal_during_an_endless_results_download_ends_the_run_keeping_what_i
             while not downloading(server) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert downloading(server)
-            # The four complete lines came at once; the fifth never ends.
-            time.sleep(2.0)
+            # The four complete lines came at once and are imported while the fifth, which
+            # never ends, is still being read.
+            succeeded = "SELECT count(*) FROM results WHERE result_type = 'succeeded'"
+            while scalar(db_url, succeeded) < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert scalar(db_url, succeeded) == 4
+            assert worker.poll() is None
             sent_at = time.monotonic()
             worker.send_signal(signum)
             _, stderr = worker.communicate(timeout=30)
