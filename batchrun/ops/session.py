@@ -390,7 +390,10 @@ class RunSession:
     async def _apply_options(self, db: WorkerDatabase, plan: RunPlan) -> RunPlan:
         """Store the run's endpoint, budget and lane options on the plan's batches; returns
         the plan with the batches' endpoints as they are now, and with the batches whose
-        endpoint cannot be used here set apart as waiting (no option is stored on those)."""
+        endpoint cannot be used here set apart as waiting (no option is stored on those).
+        A budget this run sets for a batch with unpriced models is refused unless
+        ``hold_unpriced`` (see :meth:`_refuse_unpriced`); in every batch with a budget, the
+        requests of unpriced models are held (see :meth:`_hold_unpriced`)."""
         options = self._options
         if options.max_cost_usd is not None and not options.hold_unpriced and plan.batches:
             # Before anything is stored or moved: a refusal leaves the batches as they were.
@@ -423,8 +426,11 @@ class RunSession:
         no ``--hold-unpriced``: the first pass refuses the run (UnpricedModelsError, nothing
         stored or sent); a later one (forever) leaves those batches waiting."""
         unpriced = {}
+        # Models whose requests a batch holds already were let in with --hold-unpriced.
+        held = await db.held_by_model(list(plan.batches))
         for batch_id in plan.batches:
-            if found := await self._unpriced_of(db, batch_id):
+            found = await self._unpriced_of(db, batch_id)
+            if found := [model for model in found if model not in held.get(batch_id, {})]:
                 unpriced[batch_id] = found
         if not unpriced:
             return plan

@@ -508,3 +508,20 @@ def test_run_forever_sends_the_others_says_the_waiting_batch_once_and_exits_paus
     assert counts(cli, b)["processing"] == 2
     assert sim.stats.received == 2
     assert len(lines_naming(ran.stderr, b, KEY_B)) == 1, ran.stderr
+
+
+def test_raising_the_budget_of_a_batch_that_holds_unpriced_requests_needs_no_flag_again(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    path = str(mixed_file(tmp_path))
+    stored = invoke(
+        cli, "submit", path, "--endpoint", "simulator", "--max-cost", "5", "--hold-unpriced"
+    )
+    batch_id = stored.stdout.strip()
+    assert invoke(cli, "run", batch_id).exit_code == ExitCode.PAUSED
+
+    raised = invoke(cli, "run", batch_id, "--max-cost", "10")
+
+    assert raised.exit_code == ExitCode.PAUSED, raised.output
+    assert status(cli, batch_id)["max_cost_usd"] == 10
+    assert status(cli, batch_id)["held_unpriced"] == {UNPRICED: 2}
