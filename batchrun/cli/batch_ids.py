@@ -108,7 +108,7 @@ def batch_argument(help: str = BATCH_HELP, *, resolve: bool = True) -> Any:
         help=help,
         callback=_resolve if resolve else None,
         autocompletion=complete_batch_ids,
-        metavar="BATCH",
+        metavar="BATCH_ID",
         show_default=False,
     )
 
