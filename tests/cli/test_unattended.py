@@ -525,3 +525,17 @@ def test_raising_the_budget_of_a_batch_that_holds_unpriced_requests_needs_no_fla
     assert raised.exit_code == ExitCode.PAUSED, raised.output
     assert status(cli, batch_id)["max_cost_usd"] == 10
     assert status(cli, batch_id)["held_unpriced"] == {UNPRICED: 2}
+
+
+def test_run_quiet_prints_a_pause_for_rejected_credentials(cli: CliRunner, tmp_path: Path) -> None:
+    with running_simulator(SimulatorConfig(required_api_key="right-key")) as url:
+        write_config(tmp_path, keyed_endpoint("gw-a", url, KEY_A))
+        batch_id = submit(cli, tmp_path, "a", "gw-a", 2, **{KEY_A: "wrong-key"})
+
+        ran = invoke(cli, "run", "-q", **{KEY_A: "wrong-key"})
+
+    assert ran.exit_code == ExitCode.PAUSED, ran.output
+    (line,) = ran.stderr.splitlines()
+    assert line.startswith(f"{batch_id} paused: authentication failed")
+    assert "wrong-key" not in line
+    assert line.endswith(f"`batchrun run {batch_id}`")
