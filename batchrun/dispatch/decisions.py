@@ -49,6 +49,10 @@ BACKOFF_JITTER_SHARE = 0.25
 # Message): "unreadable answer from NAME: ...". The retry stores it, so the next try (in this
 # worker or another, after a crash too) knows which member to avoid and that it is the last.
 UNREADABLE_FROM = "unreadable answer from "
+# The stored error type of a result whose last answer was a 200 with no Message in it (status,
+# the report and the flat exports count it apart from the API's own errors); the exported
+# error object keeps the API's ``api_error``, the only type its parsers know for it.
+INVALID_RESPONSE_ERROR_TYPE = "invalid_response"
 
 
 # -- writes: how a request leaves a worker --------------------------------------------------
@@ -169,13 +173,10 @@ def decide(
                 )
             )
         case Fatal(error=error, http_status=status, raw_body=raw_body):
-            return Finish(
-                replace(
-                    _errored(request, error, status, now, latency_ms, raw_body),
-                    endpoint=endpoint,
-                    sent_at=sent_at,
-                )
+            result = _errored(
+                request, error, status, now, latency_ms, raw_body, _stored_type(outcome)
             )
+            return Finish(replace(result, endpoint=endpoint, sent_at=sent_at))
         case Halt(kind=kind, detail=detail):
             message = HALT_MESSAGES[kind]
             return Pause(
@@ -193,6 +194,7 @@ def decide(
                     now,
                     latency_ms,
                     outcome.raw_body,
+                    _stored_type(outcome),
                 )
                 return Finish(replace(result, endpoint=endpoint, sent_at=sent_at))
             delay_s = retry_delay_s(
@@ -210,10 +212,16 @@ def decide(
                         latency_ms=latency_ms,
                         endpoint=endpoint,
                         http_status=outcome.http_status,
-                        error_type=_error_type(outcome.error),
+                        error_type=_stored_type(outcome) or _error_type(outcome.error),
                     ),
                 )
             )
+
+
+def _stored_type(outcome: Retryable | Fatal) -> str | None:
+    """The error type a result of ``outcome`` is stored with when it is not the error
+    object's own: :data:`INVALID_RESPONSE_ERROR_TYPE` for an answer that could not be read."""
+    return INVALID_RESPONSE_ERROR_TYPE if outcome.unreadable else None
 
 
 def unreadable_from(last_error: str | None) -> str | None:
@@ -244,7 +252,14 @@ def _unreadable(
     failures = request.failures + 1
     if unreadable_from(request.last_error) is not None or failures >= max_attempts:
         result = _gave_up(
-            request, reason, outcome.error, outcome.http_status, now, latency_ms, outcome.raw_body
+            request,
+            reason,
+            outcome.error,
+            outcome.http_status,
+            now,
+            latency_ms,
+            outcome.raw_body,
+            INVALID_RESPONSE_ERROR_TYPE,
         )
         return Finish(replace(result, endpoint=endpoint, sent_at=sent_at))
     return Retry(
@@ -259,7 +274,7 @@ def _unreadable(
                 latency_ms=latency_ms,
                 endpoint=endpoint,
                 http_status=outcome.http_status,
-                error_type=_error_type(outcome.error),
+                error_type=INVALID_RESPONSE_ERROR_TYPE,
             ),
         )
     )
@@ -331,6 +346,7 @@ def _gave_up(
     now: datetime,
     latency_ms: int,
     raw_body: str | None,
+    stored_type: str | None = None,
 ) -> FinishedRequest:
     """The errored result of a request whose attempts ran out (the latest failure:
     ``reason``, with the error object ``error_body``); its message says so first."""
@@ -345,7 +361,7 @@ def _gave_up(
         f"gave up after {request.attempts + 1} attempts; last failure: {reason}{more}"
     ).strip()
     error["error"] = inner
-    return _errored(request, error, http_status, now, latency_ms, raw_body)
+    return _errored(request, error, http_status, now, latency_ms, raw_body, stored_type)
 
 
 def _errored(
@@ -355,11 +371,13 @@ def _errored(
     now: datetime,
     latency_ms: int,
     raw_body: str | None = None,
+    stored_type: str | None = None,
 ) -> FinishedRequest:
     """The errored result of ``request``, carrying the API's error object ``error`` (and what
-    the server sent, when that was not the error object)."""
+    the server sent, when that was not the error object); stored under the error object's
+    type, or ``stored_type`` when given."""
     inner = error.get("error")
-    error_type = str(inner.get("type")) if isinstance(inner, dict) else "api_error"
+    error_type = stored_type or (str(inner.get("type")) if isinstance(inner, dict) else "api_error")
     message = str(inner.get("message", "")) if isinstance(inner, dict) else ""
     request_ref = error.get("request_id")
     return FinishedRequest(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pytest
 
 from batchrun.dispatch.decisions import (
+    INVALID_RESPONSE_ERROR_TYPE,
     UNREADABLE_FROM,
     Backoff,
     Decision,
@@ -115,7 +116,9 @@ def test_a_second_unreadable_answer_in_a_row_ends_the_request_with_what_was_sent
     assert isinstance(decision, Finish)
     result = decision.result
     assert (result.result_type, result.http_status, result.endpoint) == ("errored", 200, "garbage")
-    assert result.error_type == "api_error"
+    # Stored apart from the API's own errors; the error object keeps the API's type.
+    assert result.error_type == INVALID_RESPONSE_ERROR_TYPE
+    assert result.body is not None and json.loads(result.body)["error"]["type"] == "api_error"
     assert result.error_message is not None
     assert result.error_message.startswith(
         f"gave up after 2 attempts; last failure: {UNREADABLE_FROM}garbage: "
@@ -130,7 +133,9 @@ def test_the_last_attempt_ends_an_unreadable_answer_whatever_came_before() -> No
 
 
 def test_without_another_member_json_that_is_no_message_stays_final() -> None:
-    assert isinstance(decided(NOT_A_MESSAGE, failover=False), Finish)
+    final = decided(NOT_A_MESSAGE, failover=False)
+    assert isinstance(final, Finish)
+    assert final.result.error_type == INVALID_RESPONSE_ERROR_TYPE
     # ... and a body that is not JSON is tried once more, as before.
     assert isinstance(decided(NOT_JSON, failover=False), Retry)
 
