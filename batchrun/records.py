@@ -155,6 +155,10 @@ class NewBatch:
 # Invalid lines kept by `submit --skip-invalid` that have no usable custom_id of their own
 # (missing, invalid or a duplicate) are named after their line: line-17.
 PLACEHOLDER_PREFIX = "line-"
+# The stored error type of an invalid line kept by `submit --skip-invalid`, apart from the API's
+# errors (its Anthropic-format result keeps the API's invalid_request_error). Nothing of such a
+# line can be sent, so retrying a batch's errored requests leaves it as it is.
+INVALID_INPUT_ERROR_TYPE = "invalid_input"
 
 
 @dataclass(frozen=True)

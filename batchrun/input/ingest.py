@@ -7,7 +7,8 @@ or not at all.
 
 With ``skip_invalid`` (``submit --skip-invalid``) an invalid line is stored too, as an errored
 request carrying the line's problems (``file:line: problem`` each), so the results still have
-one line per input line, in input order. Its error type is ``invalid_input``, so that
+one line per input line, in input order. Its error type is ``invalid_input``
+(:data:`~batchrun.records.INVALID_INPUT_ERROR_TYPE`), so that
 ``status``, the report, the dashboard and the flat exports count bad lines apart from what the
 API refused; the Anthropic-format result keeps the API's own ``invalid_request_error`` (its
 format knows no other type for a bad request) with the same message. A line without a usable
@@ -38,7 +39,13 @@ from batchrun.input.reader import (
     read_requests,
 )
 from batchrun.input.validation import InvalidLine
-from batchrun.records import NewBatch, NewRequest, RejectedLine, error_body
+from batchrun.records import (
+    INVALID_INPUT_ERROR_TYPE,
+    NewBatch,
+    NewRequest,
+    RejectedLine,
+    error_body,
+)
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
@@ -50,8 +57,6 @@ _ID_RANDOM_CHARS = 24
 # What the Messages API answers a malformed request with: the type of a bad line's result in
 # the Anthropic format, whose parsers know only the API's error types.
 REJECTED_ERROR_TYPE = "invalid_request_error"
-# The stored (and flat-exported) error type of a bad line: not the API's answer to anything.
-INVALID_INPUT_ERROR_TYPE = "invalid_input"
 
 
 def new_batch_id() -> str:

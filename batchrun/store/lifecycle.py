@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 
 from batchrun.errors import BatchStateError, DatabaseError
+from batchrun.records import INVALID_INPUT_ERROR_TYPE
 from batchrun.store import tables as t
 from batchrun.store.base import StoreBase, batch_not_found
 
@@ -181,8 +182,10 @@ class BatchLifecycle(StoreBase):
     ) -> int:
         """Put the batch's requests in ``states`` (canceled, expired, errored) back in the
         queue, dropping their results; attempts are kept, the retry budget starts afresh and
-        the last error stays in ``last_error``. The batch is in progress again (its cancel
-        and end are cleared; ``expires_at`` sets a new expiry). Returns how many."""
+        the last error stays in ``last_error``. Invalid input lines (``submit
+        --skip-invalid``) stay errored: nothing of them can be sent. The batch is in progress
+        again (its cancel and end are cleared; ``expires_at`` sets a new expiry). Returns
+        how many."""
         req, res = t.requests.c, t.results.c
         with self._write() as conn:
             batch = conn.execute(
@@ -190,7 +193,12 @@ class BatchLifecycle(StoreBase):
             ).one_or_none()
             if batch is None:
                 raise batch_not_found(batch_id)
-            chosen = select(req.id).where(req.batch_id == batch_id, req.state.in_(states))
+            bad_lines = select(res.request_id).where(
+                res.batch_id == batch_id, res.error_type == INVALID_INPUT_ERROR_TYPE
+            )
+            chosen = select(req.id).where(
+                req.batch_id == batch_id, req.state.in_(states), req.id.not_in(bad_lines)
+            )
             last_error = select(res.error_message).where(res.request_id == req.id).scalar_subquery()
             conn.execute(
                 update(t.requests)

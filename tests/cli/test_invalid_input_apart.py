@@ -120,3 +120,30 @@ def test_bad_lines_are_invalid_input_everywhere_apart_from_api_errors(
     finally:
         store.close()
     assert counted == {INVALID_INPUT: 3, "invalid_request_error": 2}
+
+
+def test_retrying_the_errored_requests_leaves_the_bad_lines_as_they_were(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "requests.jsonl"
+    lines(path)
+    batch_id = invoke(cli, "submit", str(path), "--skip-invalid").stdout.strip()
+    assert invoke(cli, "run", batch_id, "--endpoint", "simulator").exit_code == 3
+    before = invoke(cli, "results", batch_id, "--format", "flat").stdout
+
+    resumed = invoke(cli, "resume", batch_id, "--retry-errored", "--endpoint", "simulator")
+
+    assert resumed.exit_code == 3, resumed.output
+    after = invoke(cli, "results", batch_id, "--format", "flat").stdout
+    bad_before = [
+        row for row in map(json.loads, before.splitlines()) if row["error_type"] == INVALID_INPUT
+    ]
+    bad_after = [
+        row for row in map(json.loads, after.splitlines()) if row["error_type"] == INVALID_INPUT
+    ]
+    # Nothing of a bad line can be sent ("null" stands for its params): it keeps its result.
+    assert len(bad_after) == 3 and bad_after == bad_before
+    refused = [
+        row for row in map(json.loads, after.splitlines()) if row["custom_id"].startswith("refused")
+    ]
+    assert [row["attempts"] for row in refused] == [2, 2]
