@@ -446,7 +446,7 @@ class Dispatcher:
             latency_ms=latency_ms,
             input_estimate=permit.input_estimate,
             jitter=self._rng.random(),
-            failover=len(self.router.route(route).members) > 1,
+            failover=self.router.can_fail_over(route, endpoint),
         )
         self.report.count(decision, outcome)
         transition = self.router.finished(

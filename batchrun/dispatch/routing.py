@@ -291,6 +291,15 @@ class Router:
         """Whether every member of the route is out for bad credentials."""
         return all(self.state(m.endpoint).status == "halted" for m in self.route(route).members)
 
+    def can_fail_over(self, route: str, endpoint: str) -> bool:
+        """Whether a member of ``route`` other than ``endpoint`` may still take its requests
+        (one not out for bad credentials): where an answer that could not be read is sent
+        again."""
+        return any(
+            member.endpoint != endpoint and self.state(member.endpoint).status != "halted"
+            for member in self.route(route).members
+        )
+
     def halt_reasons(self, route: str) -> str:
         """Why the route's halted members are out, each reason once."""
         reasons = (self.state(m.endpoint).reason for m in self.route(route).members)

@@ -256,3 +256,27 @@ async def test_when_every_member_answers_garbage_each_request_goes_to_two_member
         row.error_message and f"last failure: {UNREADABLE_FROM}" in row.error_message
         for row in rows
     )
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_with_the_other_members_refusing_the_key_the_single_endpoint_rule_applies(
+    store: Store,
+) -> None:
+    apps = {
+        "locked": create_app(SimulatorConfig(required_api_key="sk-right")),
+        "garbage": create_app(SimulatorConfig(latency_s=0.5)),
+    }
+    lines = [request_line(f"r{i}", f"[[sim:not_message=1]] q {i}") for i in range(6)]
+    batch_id = submit(store, lines, endpoint="claude")
+
+    await run_pool(store, batch_id, apps)
+
+    # No other member can take them: JSON that is no Message is final, as on one endpoint,
+    # instead of being sent to the same member again.
+    assert apps["locked"].stats.received == 1
+    assert apps["garbage"].stats.received == 6
+    rows = list(store.iter_result_details(batch_id))
+    assert {(row.state, row.error_type, row.attempts) for row in rows} == {
+        ("errored", INVALID_RESPONSE_ERROR_TYPE, 1)
+    }
