@@ -146,12 +146,13 @@ def decide(
     200 whose body was cut) ends it the second time in a row. ``jitter`` is a number in
     [0, 1) that spreads back-offs.
 
-    ``failover``: other endpoints may take the request (a pool of several members). An
-    answer that could not be read (``unreadable``: a 200 that is no Message) is then sent
-    once more, at once, to another member (:func:`unreadable_from` names the one to avoid),
-    counted as an attempt; a second unreadable answer in a row, or the last attempt, ends it
-    errored. Without ``failover`` such answers are judged as classified: a body that is not
-    JSON is tried once more, JSON that is no Message is final.
+    ``failover``: another endpoint may take the request (a member of its pool not out for
+    bad credentials). An answer that could not be read (``unreadable``: a 200 that is no
+    Message) is then sent once more, at once, to another member (:func:`unreadable_from`
+    names the one to avoid), counted as an attempt; a second unreadable answer in a row, or
+    the last attempt, ends it errored. Without ``failover`` such answers are judged as
+    classified: a body that is not JSON is tried once more, JSON that is no Message is final.
+    Either way the result is stored as :data:`INVALID_RESPONSE_ERROR_TYPE`.
     """
     sent_at = now - timedelta(milliseconds=latency_ms)
     match outcome:
