@@ -74,25 +74,6 @@ def _odd_result(index: int) -> dict[str, Any]:
     return {"type": "succeeded", "message": message()}
 
 
-def _odd_stream() -> bytes:
-    """A whole streamed answer whose text and stop_reason hold :data:`ODD_TEXT` (escaped)."""
-    start = {"type": "message_start", "message": {**message(), "content": []}}
-    block = {"type": "text", "text": ""}
-    events: list[dict[str, Any]] = [
-        start,
-        {"type": "content_block_start", "index": 0, "content_block": block},
-        {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "text_delta", "text": ODD_TEXT},
-        },
-        {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn" + ODD_TEXT}, "usage": {}},
-        {"type": "message_stop"},
-    ]
-    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
-
-
 # The provider batch modes whose results come from another origin or a redirect
 # (``batch_foreign_url``: its results_url names ``elsewhere``, which must never be asked;
 # ``batch_redirect_foreign``: its results answer a 307 to ``elsewhere``;
