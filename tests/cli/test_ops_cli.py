@@ -130,7 +130,8 @@ def test_an_unknown_model_makes_the_estimate_unknown_not_zero(
 
     assert plan["expected_cost_usd"] is None
     assert plan["unpriced_models"] == ["my-finetune"]
-    assert "unknown (no price for my-finetune" in people
+    assert "+ unknown expected" in people
+    assert 'my-finetune: add [prices."my-finetune"] to the config file' in people
     # The anthropic endpoint has no limits of its own: no duration can be promised.
     assert plan["duration"]["expected"]["minutes"] is None
 
