@@ -162,6 +162,8 @@ class HostileServer:
     # Another origin (a second server's url) that the batch modes in
     # :data:`BATCH_RESULT_MODES` point results at.
     elsewhere: str = ""
+    # What ``batch_foreign_no_own``'s own results path answers: 404, 401 or 403.
+    own_results_status: int = 404
     # Seconds between the bytes of `drip`.
     drip_interval_s: float = 3.0
     # The mode of a request without a directive (a server that always misbehaves one way).
@@ -376,8 +378,12 @@ class HostileServer:
                 ended["results_url"] = f"{self.elsewhere}{results_path}?sig=foreign-signature"
             return await self._json(writer, ended, cookie)
         if mode == "batch_foreign_no_own":
-            error = {"type": "error", "error": {"type": "not_found_error", "message": "no"}}
-            return await self._send(writer, 404, json.dumps(error).encode(), cookie)
+            kind = {401: "authentication_error", 403: "permission_error"}.get(
+                self.own_results_status, "not_found_error"
+            )
+            error = {"type": "error", "error": {"type": kind, "message": "no"}}
+            body = json.dumps(error).encode()
+            return await self._send(writer, self.own_results_status, body, cookie)
         if mode == "batch_redirect_foreign":
             moved = {"location": f"{self.elsewhere}{results_path}"} | cookie
             return await self._send(writer, 307, b"", moved)

@@ -137,18 +137,21 @@ def test_results_redirected_within_the_endpoints_origin_keep_the_credentials(
     assert foreign.log == []
 
 
+@pytest.mark.parametrize("status", [404, 401, 403])
 def test_an_ended_batch_whose_endpoint_does_not_serve_its_results_pauses_sending_nothing_again(
-    cli: CliRunner, tmp_path: Path, server: HostileServer, foreign: HostileServer
+    cli: CliRunner, tmp_path: Path, server: HostileServer, foreign: HostileServer, status: int
 ) -> None:
-    # Its results_url names another origin, and the endpoint's own results path is a 404:
-    # the provider said the batch ended, so its requests may have been billed.
+    # Its results_url names another origin, and the endpoint's own results path refuses
+    # (not found, or the key may not read them): the provider said the batch ended, so its
+    # requests may have been billed.
+    server.own_results_status = status
     configure(tmp_path, server)
     batch_id = submit(cli, tmp_path, "batch_foreign_no_own")
 
     ran = invoke(cli, "run", batch_id, "--poll-interval", "0.2s")
 
     assert ran.exit_code == 4, ran.output
-    assert "did not give its results" in ran.stderr and "HTTP 404" in ran.stderr
+    assert "did not give its results" in ran.stderr and f"HTTP {status}" in ran.stderr
     assert foreign.log == []
     assert sum(1 for r in server.log if b'"requests"' in r.body) == 1, "created once"
     assert messages_sent(server) == 0
