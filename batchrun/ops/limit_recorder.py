@@ -51,10 +51,9 @@ from batchrun.store.run_limits import (
 from batchrun.transport.endpoints import Endpoints
 
 if TYPE_CHECKING:
-    from batchrun.dispatch.dispatcher import Dispatcher
-    from batchrun.dispatch.seams import RunObserver
+    from batchrun.dispatch.seams import DispatcherView, LimiterView, RunObserver
     from batchrun.dispatch.worker_db import WorkerDatabase
-    from batchrun.limits.limiter import Limiter, LimitKey, Permit
+    from batchrun.limits.limiter import LimitKey, Permit
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class LimitRecorder:
         self._known = known
         self._overrides = overrides
         self._clock = clock
-        self._limiter: Limiter | None = None
+        self._limiter: LimiterView | None = None
         self._pairs: dict[Pair, _PairRecord] = {}
         # The pairs of the pass in progress, looked at once more when it ends.
         self._this_pass: set[Pair] = set()
@@ -129,7 +128,7 @@ class LimitRecorder:
         self._db = db
         return RecordingObserver(observer, self)
 
-    def attach(self, limiter: Limiter) -> None:
+    def attach(self, limiter: LimiterView) -> None:
         """A pass starts with ``limiter``: start writing in the background."""
         self._limiter = limiter
         self._this_pass = set()
@@ -293,7 +292,7 @@ class RecordingObserver:
         self._inner = inner
         self._recorder = recorder
 
-    def attach(self, dispatcher: Dispatcher, limiter: Limiter) -> None:
+    def attach(self, dispatcher: DispatcherView, limiter: LimiterView) -> None:
         self._inner.attach(dispatcher, limiter)
         self._recorder.attach(limiter)
 

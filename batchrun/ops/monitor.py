@@ -25,12 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.dispatch.dispatcher import Dispatcher
 from batchrun.dispatch.report import DispatchProgress
 from batchrun.dispatch.routing import MemberSnapshot
+from batchrun.dispatch.seams import DispatcherView, LimiterView
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import DIMENSIONS, Amounts
-from batchrun.limits.limiter import Limiter, LimitKey, Permit, Wait
+from batchrun.limits.limiter import LimitKey, Permit, Wait
 from batchrun.limits.windows import RecentValues
 from batchrun.ops.budget import BudgetGuard
 from batchrun.records import (
@@ -182,8 +182,8 @@ class RunMonitor:
         self._done_samples: deque[tuple[float, int]] = deque()
         self._tokens = [0, 0, 0, 0]
         self._cost = CostTotal()
-        self._dispatcher: Dispatcher | None = None
-        self._limiter: Limiter | None = None
+        self._dispatcher: DispatcherView | None = None
+        self._limiter: LimiterView | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._deadline: asyncio.TimerHandle | None = None
         self._started: float | None = None
@@ -199,7 +199,7 @@ class RunMonitor:
 
     # -- the observer ---------------------------------------------------------------------------
 
-    def attach(self, dispatcher: Dispatcher, limiter: Limiter) -> None:
+    def attach(self, dispatcher: DispatcherView, limiter: LimiterView) -> None:
         """Start watching ``dispatcher``; starts the time limit and the budget refresh."""
         self._dispatcher, self._limiter = dispatcher, limiter
         loop = asyncio.get_running_loop()
@@ -368,7 +368,7 @@ class RunMonitor:
         ).recounted(self._counts_now)
 
     @staticmethod
-    def _members(dispatcher: Dispatcher | None) -> tuple[MemberSnapshot, ...]:
+    def _members(dispatcher: DispatcherView | None) -> tuple[MemberSnapshot, ...]:
         """The endpoints of the run's pools, when it sends through a pool."""
         if dispatcher is None or not dispatcher.uses_pools:
             return ()
