@@ -1,6 +1,6 @@
 """Watching one run: what it has done, how fast, against which limits, and at what cost.
 
-:class:`RunMonitor` is the dispatcher's observer (:class:`~batchrun.dispatcher.RunObserver`).
+:class:`RunMonitor` is the dispatcher's observer (:class:`~batchrun.dispatch.seams.RunObserver`).
 It sees every request just before it is sent and every answer, and from them keeps:
 
 - the throughput of the last minute per endpoint × model, in the limiter's own units (a

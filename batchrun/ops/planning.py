@@ -3,7 +3,7 @@ make it take. Nothing is stored and nothing is sent.
 
 Per model (the limiter paces each endpoint × model on its own, so models run side by side):
 
-- input tokens: batchrun's own estimate (:func:`batchrun.estimate.estimate_input_tokens`,
+- input tokens: batchrun's own estimate (:func:`batchrun.input.estimate.estimate_input_tokens`,
   about 3.5 characters per token plus images), the one ``submit`` stores;
 - output tokens: the worst case is the sum of ``max_tokens``; the expected case assumes
   replies use ``output_share`` of it (30 % unless told otherwise);

@@ -4,7 +4,8 @@ Prometheus metrics.
 Holds: ``keys`` (server keys, tenants, dashboard sessions), ``errors`` (Anthropic's error
 bodies), ``bodies`` (a create body read as request lines, streaming), ``service`` (the
 store calls behind each route, off the event loop), ``api`` (the ``/v1/messages/batches``
-routes), ``workers`` (dispatch inside the server), ``dashboard`` and ``metrics``, ``app``
+routes), ``workers`` (dispatch inside the server), ``dashboard`` and ``metrics`` (with
+``scrape``, ``serve``'s ``/metrics`` route, and ``routes``, which mounts both), ``app``
 (the ASGI app that puts them together), ``hosts`` (the Host names served and trusted for
 ``results_url``, against DNS rebinding), ``connections`` (uvicorn's h11 protocol with header
 and body deadlines and a connection cap, against slowloris), ``running`` (start it with

@@ -10,11 +10,11 @@ On a socket: ``serve(config, port=0, on_ready=print)`` or ``with running_simulat
 url: ...``. Behaviour per request can be forced with ``[[sim:...]]`` directives in the prompt
 (see :mod:`batchrun.simulator.directives`).
 
-Holds: ``app`` (the ASGI app), ``config``, ``buckets`` (its own rate limits), ``directives``,
-``faults``, ``responses``, ``streaming`` (answers as server-sent events), ``tokens`` (its own
-token counts), ``caching`` (prompt caching), ``batches`` and ``batch_api`` (the Message
-Batches API, and AIMLAPI's flavour of it), ``validation``, ``stats``, and ``server`` (uvicorn
-on a socket).
+Holds: ``app`` (the ASGI app) and ``asgi`` (its plumbing), ``config``, ``buckets`` (its own
+rate limits), ``directives``, ``faults``, ``responses``, ``streaming`` (answers as
+server-sent events), ``tokens`` (its own token counts), ``caching`` (prompt caching),
+``batches`` and ``batch_api`` (the Message Batches API, and AIMLAPI's flavour of it),
+``validation``, ``stats``, and ``server`` (uvicorn on a socket).
 May import: nothing of batchrun's but the image-size formula (``batchrun.input.images``): it
 is an independent oracle, so batchrun's own estimates are tested against something else.
 Its names are loaded on first use, so the in-process endpoint does not load uvicorn.

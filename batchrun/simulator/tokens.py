@@ -13,7 +13,7 @@ where ``C`` counts the characters (code points) of:
   block as compact JSON;
 - ``tools`` as compact JSON with sorted keys.
 
-Images cost what :mod:`batchrun.simulator.images` says. ``/v1/messages`` and
+Images cost what :mod:`batchrun.input.images` says. ``/v1/messages`` and
 ``/v1/messages/count_tokens`` use the same count, and it is never below 1.
 """
 

@@ -5,8 +5,9 @@ Holds: ``tables`` (the schema, with the request state machine written out), ``st
 requeue), ``leases`` (claims), ``batch_rows`` (writing a new batch), ``reuse`` (answers
 reused at submit, what a new request waits for, copies settled), ``provider_batches`` (the
 batch lane's records), ``tallies`` (totals for /metrics), ``timeline`` (per-minute series,
-errors and limits for the dashboard), ``run_limits`` (the limits each run sent a batch
-under) and ``rates`` (shared rate buckets), ``database``
+errors and limits for the dashboard), ``history`` (a batch's sends, failures, costs and
+latencies for ``batchrun report``), ``health`` (how each endpoint fares), ``run_limits``
+(the limits each run sent a batch under) and ``rates`` (shared rate buckets), ``database``
 (engines, migrations, and driver errors as messages), ``textsafe`` (text every column takes:
 lone surrogates and NULs made safe at the write boundary, and for the exports).
 May import: ``limits`` (bucket arithmetic), ``records``, ``errors``. With the migrations, the

@@ -5,7 +5,8 @@ Holds: ``endpoints`` (built-in endpoints, and their resolution from the config f
 environment), ``auth`` (the auth-styles registry, secret headers, redaction), ``client`` (the
 HTTP client; it and ``batch_api`` are batchrun's httpx importers), ``classify`` (an answer →
 an ``Outcome`` value), ``ratelimit_headers`` (what a server says about its limits),
-``streaming`` (when a request is streamed; its events → the final Message), ``sse`` (the
+``foreign`` (answers in another API's shape made into Messages), ``streaming`` (when a
+request is streamed; its events → the final Message), ``sse`` (the
 server-sent events format), ``batch_styles`` (the provider batch API styles registry),
 ``batch_api`` (the client of a provider's batch API: the batch lane's HTTP) and ``notify``
 (POSTs a run's notifications to a webhook; an httpx importer too).

@@ -1,2 +1,3 @@
-"""The HTML report of one batch: its data read from the store (data), its SVG charts
-(charts) and the page (page). Imports ops-level and lower modules only."""
+"""The HTML report of one batch: its data read from the store (``data``), its SVG charts
+(``charts``, drawn with ``bars``, ``layout``, ``axes`` and ``svg``) and the page (``page``).
+Imports ops-level and lower modules only."""
