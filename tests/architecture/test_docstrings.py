@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -371,6 +372,27 @@ def test_every_module_path_in_the_docs_resolves() -> None:
                     broken.append(f"{page.relative_to(ROOT)}:{number}: {reference} names nothing")
 
     assert not broken, _broken(broken)
+
+
+def _drawn_layers(page: str) -> list[set[str]]:
+    """The layers drawn on the architecture page: the top-level packages of each row of the
+    first picture under "## Layers", top to bottom."""
+    section = page.split("\n## Layers\n", 1)[1]
+    picture = section.split("```text\n", 1)[1].split("```", 1)[0]
+    rows = []
+    for line in picture.splitlines():
+        if line.startswith("│"):
+            rows.append(set(re.findall(r"\bbatchrun\.\w+\b(?!\.)", line)))
+    return rows
+
+
+def test_the_architecture_page_draws_the_layers_the_contract_checks() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    (layers,) = [contract for contract in contracts if contract["type"] == "layers"]
+    checked = [{name.strip() for name in layer.split("|")} for layer in layers["layers"]]
+
+    assert _drawn_layers((DOCS / "architecture.md").read_text()) == checked
 
 
 def test_the_checker_tells_a_real_name_from_a_missing_one() -> None:
