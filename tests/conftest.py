@@ -77,6 +77,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``pytest.mark.sqlite_only`` (on a test or in a module's ``pytestmark``): its
+    ``db_url``, and so its ``store``, is the SQLite file only. For loop logic whose subject
+    is not SQL; the store, shared limits, clusters, lease loss, recovery and acceptance keep
+    both backends. It turns into a direct parametrization, which pytest lets win over the
+    fixture's own params; a test of the module that uses no database is left alone."""
+    if "db_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("sqlite_only"):
+        # First among the test's parametrizations, as the fixture's own is: same test ids.
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize("db_url", ["sqlite"], indirect=True), append=False
+        )
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """For tests about SQLite itself (files, WAL, several processes on one machine)."""

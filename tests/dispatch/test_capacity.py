@@ -14,7 +14,8 @@ from batchrun.store.store import Store
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import run_dispatcher
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
+# Loop logic, not SQL: SQLite only (the store's tests run both backends).
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.sqlite_only]
 
 
 async def peak_in_flight(

@@ -19,7 +19,8 @@ from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH, dispatch, results_by_id
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
+# Loop logic, not SQL: SQLite only (the store's tests run both backends).
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.sqlite_only]
 
 
 async def test_every_request_gets_one_succeeded_result_with_usage(store: Store) -> None:

@@ -18,7 +18,8 @@ from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import NO_AUTH, run_dispatcher
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
+# Loop logic, not SQL: SQLite only (the store's tests run both backends).
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.sqlite_only]
 
 
 async def ended_at(store: Store, batch_id: str, *, within_s: float) -> float:

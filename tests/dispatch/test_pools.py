@@ -31,7 +31,8 @@ from batchrun.transport.endpoints import Endpoint
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
+# Loop logic, not SQL: SQLite only (the store's tests run both backends).
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.sqlite_only]
 
 POOL = "claude"
 

@@ -47,6 +47,9 @@ from tests.conftest import request_line, submit
 from tests.dispatch.test_pools import answered_by, run_pool
 from tests.hostile import message
 
+# Loop logic, not SQL: the whole runs use SQLite only (the store's tests run both backends).
+pytestmark = pytest.mark.sqlite_only
+
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LOGIN_PAGE = b"<!doctype html><html><body><form action=/login>Sign in</form></html>"
 # What classify makes of a login page (not JSON) and of JSON of another shape.
