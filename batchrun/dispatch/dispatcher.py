@@ -586,8 +586,6 @@ class Dispatcher:
         return DispatchProgress(
             in_flight=len(self._tasks) - self._waiting,
             waiting=self._waiting,
-            active_batches=tuple(self._active),
-            draining=bool(self._drained),
         )
 
 

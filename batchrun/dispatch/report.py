@@ -55,5 +55,3 @@ class DispatchProgress:
 
     in_flight: int
     waiting: int
-    active_batches: tuple[str, ...]
-    draining: bool

@@ -62,13 +62,8 @@ WAITING_RECHECK_S = 1.0
 
 @dataclass
 class LaneReport:
-    """What the batch lane did in a run."""
+    """What the batch lane leaves to the run when it ends."""
 
-    created: int = 0
-    imported: int = 0
-    requeued: int = 0
-    stored: int = 0
-    unreadable_lines: int = 0
     # Batches the lane cannot go on with, and why (bad credentials, an ambiguous create).
     paused: dict[str, str] = field(default_factory=dict)
 
@@ -246,7 +241,6 @@ class LaneDriver:
                         created_at=answer.created_at,
                         next_poll_at=self._clock.now() + timedelta(seconds=self._poll_interval_s),
                     )
-                    self.report.created += 1
                     self._note(
                         f"{batch_id}: provider batch {answer.id} created on {endpoint.name} with "
                         f"{count:,} requests"
@@ -469,7 +463,6 @@ class LaneDriver:
         finally:
             importing.close()
         tally, unreadable = importing.tally, importing.unreadable
-        self.report.stored += tally.stored
         if failed is not None:
             await self._download_ended(row, info, failed, tally.stored, target)
             return
@@ -483,9 +476,6 @@ class LaneDriver:
             ),
             requeue=unreadable == 0,
         )
-        self.report.imported += 1
-        self.report.requeued += tally.requeued + (leftover if not unreadable else 0)
-        self.report.unreadable_lines += unreadable
         back = tally.requeued + (leftover if not unreadable else 0)
         self._note(
             f"{row.batch_id}: provider batch {info.id} imported: {tally.stored:,} results"

@@ -46,7 +46,6 @@ class ResultsImport:
         self._aside = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
         self.tally = ImportTally()
         self.unreadable = 0
-        self.set_aside = 0
 
     async def handle(self, lines: list[bytes]) -> None:
         """Import the succeeded lines among ``lines`` now; keep the others aside."""
@@ -59,7 +58,6 @@ class ResultsImport:
                 successes.append(read)
             else:
                 self._aside.write(line.replace(b"\n", b" ") + b"\n")
-                self.set_aside += 1
         if successes:
             await self._store(successes, [])
 

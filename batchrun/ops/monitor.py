@@ -306,9 +306,7 @@ class RunMonitor:
         """The run now (before :meth:`attach`: nothing done yet)."""
         dispatcher = self._dispatcher
         report = dispatcher.report if dispatcher is not None else None
-        work = (
-            dispatcher.progress() if dispatcher is not None else DispatchProgress(0, 0, (), False)
-        )
+        work = dispatcher.progress() if dispatcher is not None else DispatchProgress(0, 0)
         now = asyncio.get_running_loop().time()
         if not self._counting and self._db is not None and self._started is not None:
             self._counting = True
