@@ -13,6 +13,9 @@ from batchrun.simulator import SimulatorConfig, running_simulator
 from tests.conftest import request_line
 from tests.server.serving import KEY_A, running_server, server_env
 
+# How often the test looks at the batch and the page (not a wait for anything to happen).
+POLL_S = 0.05
+
 
 def scrape(http: httpx.Client) -> dict[str, float]:
     """Every sample summed by metric name and chosen labels: ``name{state=...}`` keys."""
@@ -51,17 +54,21 @@ def test_metrics_need_a_key_move_during_a_run_and_agree_at_the_end(
             batch_id = created.json()["id"]
             seen_sends: list[float] = []
             deadline = time.monotonic() + 120
+            # Until the batch has ended and a page gathered since says so (a page is gathered
+            # at most once a second; scrapes meanwhile get the last one).
             while True:
                 batch = http.get(
                     f"/v1/messages/batches/{batch_id}", headers={"x-api-key": KEY_A}
                 ).json()
-                seen_sends.append(scrape(http).get("batchrun_sends_total", 0.0))
-                if batch["processing_status"] == "ended":
+                final = scrape(http)
+                seen_sends.append(final.get("batchrun_sends_total", 0.0))
+                if (
+                    batch["processing_status"] == "ended"
+                    and final.get("batchrun_requests{succeeded}") == 80
+                ):
                     break
                 assert time.monotonic() < deadline
-                time.sleep(1.1)
-            time.sleep(1.1)
-            final = scrape(http)
+                time.sleep(POLL_S)
 
     assert seen_sends == sorted(seen_sends) and len(set(seen_sends)) >= 2
     assert final["batchrun_requests{succeeded}"] == batch["request_counts"]["succeeded"] == 80
