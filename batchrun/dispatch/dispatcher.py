@@ -202,7 +202,7 @@ class Dispatcher:
 
     def request_stop(self, reason: str) -> None:
         """Stop dispatching (Ctrl-C, SIGTERM): nothing new is sent, requests in flight get
-        ``config.shutdown_grace_s`` to finish and be recorded, the rest go back to the
+        :attr:`DispatchConfig.shutdown_grace_s` to finish and be recorded, the rest go back to the
         queue. A second call stops at once."""
         if self.report.interrupted is not None:
             self._force_stop.set()

@@ -35,8 +35,8 @@ body, which it treats as malformed; a plain ``ASGITransport`` re-raises the exce
 
 Time is the running event loop's clock only; wall time serves only the ``*-reset`` headers,
 through an anchor taken when the app first sees a loop, and the timestamps of batches
-(``config.wall_clock``). Batches and the prompt cache keep loop times: they belong to the
-loop they were made on.
+(:attr:`SimulatorConfig.wall_clock`). Batches and the prompt cache keep loop times: they
+belong to the loop they were made on.
 """
 
 from __future__ import annotations

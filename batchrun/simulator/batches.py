@@ -234,7 +234,7 @@ class Batches:
         return newest[start:at], start > 0
 
     def wall_now(self) -> datetime:
-        """The wall clock (``config.wall_clock``, or the system's) in UTC."""
+        """The wall clock (:attr:`SimulatorConfig.wall_clock`, or the system's) in UTC."""
         clock = self.config.wall_clock
         now = datetime.now(UTC) if clock is None else clock()
         return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)

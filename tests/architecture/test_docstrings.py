@@ -279,12 +279,17 @@ def _docstrings(
 
 
 def _literal_paths(text: str) -> Iterator[str]:
-    """``batchrun.x.y`` names and ``x/y.py`` files written as literals in a docstring."""
+    """``batchrun.x.y`` names, ``x/y.py`` files, and ``x.y`` names when ``x`` is one of
+    batchrun's subpackages (``transport.client``), written as literals in a docstring."""
     for literal in LITERAL.findall(text):
         literal = literal.strip()
-        is_name = DOTTED_BATCHRUN.fullmatch(literal) and not _is_file_name(literal)
-        if is_name or (PY_PATH.match(literal) and "/" in literal):
+        if _is_file_name(literal):
+            if PY_PATH.match(literal) and "/" in literal:
+                yield literal
+        elif DOTTED_BATCHRUN.fullmatch(literal):
             yield literal
+        elif IDENTIFIER_PATH.match(literal) and literal.split(".")[0] in SUBPACKAGES:
+            yield f"batchrun.{literal}"
 
 
 def _is_file_name(dotted: str) -> bool:
@@ -336,6 +341,7 @@ def test_every_reference_in_a_docstring_resolves() -> None:
 
 
 TOP_LEVEL = {name.rpartition(".")[2] for name in modules() if name.count(".") == 1}
+SUBPACKAGES = {name for name in TOP_LEVEL if modules()[f"batchrun.{name}"].is_package}
 
 
 def _doc_references(text: str, short_names: bool) -> Iterator[str]:
@@ -405,3 +411,14 @@ def test_the_checker_tells_a_real_name_from_a_missing_one() -> None:
     assert not resolves("batchrun.no_such_module")
     assert not resolves("batchrun.client.Client.no_such_method")
     assert not resolves_from(session, None, "NoSuchName")
+    # Literals in docstrings and code spans in docs are read too.
+    assert list(_literal_paths("see ``transport.gone`` and ``store/gone.py``")) == [
+        "batchrun.transport.gone",
+        "store/gone.py",
+    ]
+    assert not resolves("batchrun.transport.gone")
+    assert not _file_exists("store/gone.py")
+    assert list(_doc_references("`batchrun.ops.gone` in `ops/gone.py`", False)) == [
+        "batchrun.ops.gone",
+        "ops/gone.py",
+    ]
