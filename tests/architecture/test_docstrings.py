@@ -380,6 +380,28 @@ def test_every_module_path_in_the_docs_resolves() -> None:
     assert not broken, _broken(broken)
 
 
+def _layout_entries(page: str) -> list[Path]:
+    """The files and folders the layout on the architecture page lists: indented entries
+    are inside ``batchrun/``, the others at the top of the repository."""
+    section = page.split("\n## The layout\n", 1)[1]
+    picture = section.split("```text\n", 1)[1].split("```", 1)[0]
+    entries = []
+    for line in picture.splitlines():
+        if match := re.match(r"^(  )?([\w.]+/?)(?:\s|$)", line):
+            inside, name = match.groups()
+            entries.append((PACKAGE if inside else ROOT) / name)
+    return entries
+
+
+def test_the_architecture_pages_layout_lists_what_is_there() -> None:
+    """Every file and folder the layout names exists, and every subpackage is in it."""
+    listed = _layout_entries((DOCS / "architecture.md").read_text())
+    subpackages = {path.parent for path in PACKAGE.glob("*/__init__.py")}
+
+    assert [path for path in listed if not path.exists()] == []
+    assert sorted(subpackages - set(listed)) == []
+
+
 def _drawn_layers(page: str) -> list[set[str]]:
     """The layers drawn on the architecture page: the top-level packages of each row of the
     first picture under "## Layers", top to bottom."""
