@@ -302,4 +302,4 @@ class WorkerDatabase:
         return await self._thread.call(self._store.max_costs, batch_ids)
 
     async def usage_by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
-        return await self._thread.call(self._store.usage_by_model, batch_ids)
+        return await self._thread.call(self._store.usage.by_model, batch_ids)

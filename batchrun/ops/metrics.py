@@ -17,8 +17,9 @@ from:
 - **sends**: the sum of the requests' ``attempts`` (a send, not a claim, counts one; an
   answer reused at submit counts none; a final request's result row keeps the same number,
   and is where it is read). **retries**: the sends beyond each request's first.
-- **tokens** by kind and **cost**: the usage each result row keeps (``results``), as
-  ``status`` adds it up (answers reused from the database included, at their cost factor of
+- **tokens** by kind and **cost**: the usage each answer keeps (``results``), read by the
+  one statement ``status`` reads it with too (:func:`batchrun.store.usage.read_usage`, per
+  requested model here) (answers reused from the database included, at their cost factor of
   0); cost is :func:`~batchrun.config.prices.cost_of` that usage with the prices given,
   per the model the answer names and the lane's share of the list price. Results whose model
   has no price are counted apart: their cost is unknown, not 0.
@@ -60,13 +61,14 @@ from typing import TYPE_CHECKING
 
 from batchrun.config.prices import PriceTable, cost_of
 from batchrun.limits.buckets import TokenBucket
-from batchrun.records import ModelTokens, TokenTotals
+from batchrun.records import TokenTotals
 
 if TYPE_CHECKING:
     from batchrun.dispatch.report import RunReport
     from batchrun.store.rates import BucketRow
     from batchrun.store.store import Store
     from batchrun.store.tallies import FailedSendCount, RequestTally
+    from batchrun.store.usage import Usage
     from batchrun.transport.endpoints import Endpoints
 
 # batchrun's request states → the key of Anthropic's MessageBatch request_counts.
@@ -213,6 +215,15 @@ class Tally:
     item: RequestTally
 
 
+@dataclass(frozen=True)
+class Used:
+    """A batch's :class:`~batchrun.store.usage.Usage` (per requested model) with the
+    batch's endpoint."""
+
+    endpoint: str
+    item: Usage
+
+
 class MetricsGatherer:
     """Snapshots of one store, priced with ``prices``, for a scrape every few seconds.
 
@@ -230,8 +241,8 @@ class MetricsGatherer:
         self._store = store
         self._prices = prices
         self._label = labels or ModelLabels(prices)
-        # Ended batches: batch id → (its ended_at, its totals).
-        self._ended: dict[str, tuple[datetime, tuple[RequestTally, ...]]] = {}
+        # Ended batches: batch id → (its ended_at, its request totals, its usage).
+        self._ended: dict[str, tuple[datetime, tuple[RequestTally, ...], tuple[Usage, ...]]] = {}
 
     def gather(
         self, *, now_unix_s: float | None = None, process: ProcessCounters | None = None
@@ -257,7 +268,7 @@ class MetricsGatherer:
         """
         started = time.perf_counter()
         now = time.time() if now_unix_s is None else now_unix_s
-        tallies = self._tallies()
+        tallies, used = self._tallies()
         bucket_rows = self._store.rates.buckets()
         paused = self._store.rates.paused_keys(now)
         failed_sends = tuple(self._store.failed_send_counts())
@@ -265,7 +276,7 @@ class MetricsGatherer:
         label = self._label
         return MetricsSnapshot(
             requests=_request_counts(tallies, label),
-            models=_model_totals(tallies, self._prices, label),
+            models=_model_totals(tallies, used, self._prices, label),
             buckets=_bucket_uses(
                 (use for row in bucket_rows if (use := bucket_use(row, now)) is not None), label
             ),
@@ -275,8 +286,9 @@ class MetricsGatherer:
             failed_sends=_failed_sends(failed_sends, label),
         )
 
-    def _tallies(self) -> list[Tally]:
-        """Every batch's totals with its endpoint: kept ones, and the others read now."""
+    def _tallies(self) -> tuple[list[Tally], list[Used]]:
+        """Every batch's totals and usage with its endpoint: kept ones, and the others read
+        now."""
         batches = self._store.batch_ends()
         ended = {batch.id: batch.ended_at for batch in batches if batch.ended_at is not None}
         self._ended = {
@@ -288,19 +300,30 @@ class MetricsGatherer:
         # A long list of ids makes a long statement (and SQLite takes at most 32,766
         # parameters): past a few hundred, every batch is read.
         listed = unread if len(unread) <= _MAX_LISTED_BATCHES else None
-        fresh: dict[str, list[RequestTally]] = {batch_id: [] for batch_id in unread}
-        for tally in self._store.request_tallies(listed):
+        fresh: dict[str, tuple[list[RequestTally], list[Usage]]] = {
+            batch_id: ([], []) for batch_id in unread
+        }
+        totals = self._store.request_tallies(listed)
+        for tally in totals.requests:
             if tally.batch_id in fresh:
-                fresh[tally.batch_id].append(tally)
-        for batch_id, items in fresh.items():
+                fresh[tally.batch_id][0].append(tally)
+        for usage in totals.usage:
+            if usage.batch_id in fresh:
+                fresh[usage.batch_id][1].append(usage)
+        for batch_id, (items, usages) in fresh.items():
             if (ended_at := ended.get(batch_id)) is not None:
-                self._ended[batch_id] = (ended_at, tuple(items))
+                self._ended[batch_id] = (ended_at, tuple(items), tuple(usages))
         found: list[Tally] = []
+        used: list[Used] = []
         for batch in batches:
             kept = self._ended.get(batch.id)
-            totals = kept[1] if kept is not None else fresh[batch.id]
-            found.extend(Tally(batch.endpoint, item) for item in totals)
-        return found
+            if kept is not None:
+                _, batch_tallies, batch_usage = kept
+            else:
+                batch_tallies, batch_usage = tuple(fresh[batch.id][0]), tuple(fresh[batch.id][1])
+            found.extend(Tally(batch.endpoint, item) for item in batch_tallies)
+            used.extend(Used(batch.endpoint, item) for item in batch_usage)
+        return found, used
 
 
 def gather_metrics(
@@ -346,33 +369,25 @@ def _request_counts(
 
 
 def _model_totals(
-    tallies: Iterable[Tally], prices: PriceTable, label: Callable[[str], str]
+    tallies: Iterable[Tally],
+    used: Iterable[Used],
+    prices: PriceTable,
+    label: Callable[[str], str],
 ) -> tuple[ModelTotals, ...]:
     grouped: dict[tuple[str, str], list[RequestTally]] = {}
     for tally in tallies:
         grouped.setdefault((tally.endpoint, label(tally.item.model)), []).append(tally.item)
+    usages: dict[tuple[str, str], list[Usage]] = {}
+    for use in used:
+        requested = use.item.requested_model or use.item.model
+        usages.setdefault((use.endpoint, label(requested)), []).append(use.item)
     totals = []
     for (endpoint, model), items in sorted(grouped.items()):
         sends = sum(item.sends for item in items)
+        mine = usages.get((endpoint, model), [])
         # Priced as the answer names its model (status does the same), counted under the
         # request's, so every metric of a request has the same labels.
-        cost = cost_of(
-            (
-                ModelTokens(
-                    item.answered_model or item.model,
-                    item.with_usage,
-                    item.input_tokens,
-                    item.output_tokens,
-                    item.cache_creation_input_tokens,
-                    item.cache_read_input_tokens,
-                    lane=item.lane,
-                    cost_factor=item.cost_factor,
-                )
-                for item in items
-                if item.with_usage
-            ),
-            prices,
-        )
+        cost = cost_of((usage.tokens() for usage in mine if usage.with_usage), prices)
         totals.append(
             ModelTotals(
                 endpoint=endpoint,
@@ -381,10 +396,10 @@ def _model_totals(
                 retries=sends - sum(item.sent for item in items),
                 in_flight=sum(item.requests for item in items if item.state == "running"),
                 tokens=TokenTotals(
-                    sum(item.input_tokens for item in items),
-                    sum(item.output_tokens for item in items),
-                    sum(item.cache_creation_input_tokens for item in items),
-                    sum(item.cache_read_input_tokens for item in items),
+                    sum(usage.input_tokens for usage in mine),
+                    sum(usage.output_tokens for usage in mine),
+                    sum(usage.cache_creation_input_tokens for usage in mine),
+                    sum(usage.cache_read_input_tokens for usage in mine),
                 ),
                 cost_usd=cost.known_usd,
                 unpriced_results=sum(cost.unpriced.values()),

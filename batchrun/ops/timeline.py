@@ -6,7 +6,9 @@ Throughput is measured from the stored answers (``results.completed_at``), so it
 whichever workers send the batch. A batch still in progress is measured over the last
 :data:`RECENT_WINDOW_S` (or since its first answer, if that is later, but over
 :data:`MIN_SPAN_S` at least); an ended one over its whole span, from its first answer to its
-last.
+last. The answers per minute are the report's series
+(:func:`batchrun.store.series.read_answer_series`), one minute wide: each answer counts in
+the minute it was sent, as the rate limits count it.
 
 A batch's limits are those its latest run sent it under, as that run recorded them
 (:mod:`batchrun.ops.run_limits`): per dimension the limit given as a flag, the configured
@@ -39,8 +41,9 @@ from batchrun.lanes import REALTIME
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension
 from batchrun.limits.families import entry_for, is_family
 from batchrun.ops.run_limits import RunLimits, runs_of
-from batchrun.records import BatchSummary, ModelTokens, route_of
-from batchrun.store.timeline import MinuteCounts, UsageGroup
+from batchrun.records import BatchSummary, route_of
+from batchrun.store.series import AnswerBucket
+from batchrun.store.usage import Usage, priced
 from batchrun.transport.endpoints import Endpoints
 
 if TYPE_CHECKING:
@@ -234,7 +237,7 @@ class BatchTimeline:
     the batch is in progress), the latest errors and the requests being retried."""
 
     card: BatchCard
-    points: tuple[MinuteCounts, ...]
+    points: tuple[AnswerBucket, ...]
     partial_last: bool
     latest_errors: tuple[LatestError, ...]
     retrying: tuple[RetryingRequest, ...]
@@ -251,8 +254,8 @@ class BatchTimeline:
                 "partial_last": self.partial_last,
                 "points": [
                     {
-                        "t": point.minute,
-                        "requests": point.requests,
+                        "t": point.start,
+                        "requests": point.answered,
                         "input_tokens": point.input_tokens,
                         "output_tokens": point.output_tokens,
                         "errored": point.errored,
@@ -319,8 +322,8 @@ class DashboardData:
         if not ids:
             return []
         since = now - timedelta(seconds=RECENT_WINDOW_S)
-        groups: dict[str, list[UsageGroup]] = {}
-        for group in self.store.batch_usage(ids, since=since):
+        groups: dict[str, list[Usage]] = {}
+        for group in self.store.usage.of_batches(ids, since=since):
             groups.setdefault(group.batch_id, []).append(group)
         errors: dict[str, list[tuple[str, int]]] = {}
         for item in self.store.error_types(ids):
@@ -352,7 +355,7 @@ class DashboardData:
             cards.append(
                 BatchCard(
                     batch=batch,
-                    cost=cost_of(_priced(mine), self.prices),
+                    cost=cost_of(priced(mine), self.prices),
                     throughput=throughput,
                     limits=limits,
                     error_types=tuple(errors.get(batch.id, [])),
@@ -371,13 +374,13 @@ class DashboardData:
         socket). The server keeps what it computed a while, longer the longer it took
         (``batchrun.server.dashboard``), so open pages do not multiply this."""
         (card,) = self.cards([batch], now=now)
-        series = self.store.minute_series(batch.id)
+        series = self.store.series.answers(batch.id, width_s=60, max_buckets=SERIES_MINUTES)
         running = batch.ended_at is None
         points = _contiguous(series, until=_minute_of(now) if running else None)
         return BatchTimeline(
             card=card,
             points=points,
-            partial_last=running and bool(points) and points[-1].minute == _minute_of(now),
+            partial_last=running and bool(points) and points[-1].start == _minute_of(now),
             latest_errors=tuple(self.store.latest_errors(batch.id, limit=LATEST_ERRORS)),
             retrying=tuple(self.store.retrying_requests(batch.id, limit=RETRYING_SHOWN)),
             models=self.models([batch.id])[batch.id],
@@ -398,40 +401,22 @@ class _Sent:
     recent_output_tokens: int = 0
 
     @classmethod
-    def of(cls, groups: Iterable[UsageGroup]) -> _Sent:
+    def of(cls, groups: Iterable[Usage]) -> _Sent:
         found = cls()
         for group in groups:
             if not group.sent or group.lane != REALTIME:
                 continue
             found = cls(
-                found.answered + group.answered,
+                found.answered + group.answers,
                 found.input_tokens + group.input_tokens + group.cache_creation_input_tokens,
                 found.output_tokens + group.output_tokens,
                 _earliest(found.first_at, group.first_at),
                 _latest(found.last_at, group.last_at),
-                found.recent_requests + group.recent_requests,
+                found.recent_requests + group.recent_answers,
                 found.recent_input_tokens + group.recent_input_tokens,
                 found.recent_output_tokens + group.recent_output_tokens,
             )
         return found
-
-
-def _priced(groups: Iterable[UsageGroup]) -> list[ModelTokens]:
-    """The token totals that price a batch, as ``usage_by_model`` gives them."""
-    return [
-        ModelTokens(
-            group.model,
-            group.with_usage,
-            group.input_tokens,
-            group.output_tokens,
-            group.cache_creation_input_tokens,
-            group.cache_read_input_tokens,
-            lane=group.lane,
-            cost_factor=group.cost_factor,
-        )
-        for group in groups
-        if group.with_usage
-    ]
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -611,19 +596,19 @@ def _minute_of(moment: datetime) -> datetime:
 
 
 def _contiguous(
-    series: Sequence[MinuteCounts], *, until: datetime | None
-) -> tuple[MinuteCounts, ...]:
+    series: Sequence[AnswerBucket], *, until: datetime | None
+) -> tuple[AnswerBucket, ...]:
     """``series`` with the minutes between its points (and up to ``until``) as zeros, the
     last :data:`SERIES_MINUTES` of them."""
     if not series:
         return ()
-    last = max(series[-1].minute, until) if until is not None else series[-1].minute
-    first = max(series[0].minute, last - (SERIES_MINUTES - 1) * _MINUTE)
-    by_minute = {point.minute: point for point in series}
+    last = max(series[-1].start, until) if until is not None else series[-1].start
+    first = max(series[0].start, last - (SERIES_MINUTES - 1) * _MINUTE)
+    by_minute = {point.start: point for point in series}
     points = []
     minute = first
     while minute <= last:
-        points.append(by_minute.get(minute) or MinuteCounts(minute, 0, 0, 0, 0, 0))
+        points.append(by_minute.get(minute) or AnswerBucket(minute))
         minute += _MINUTE
     return tuple(points)
 

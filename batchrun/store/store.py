@@ -35,7 +35,6 @@ from batchrun.records import (
     FinishedRequest,
     ImportedResult,
     ImportTally,
-    ModelTokens,
     NewBatch,
     NewRequest,
     RequestCounts,
@@ -66,8 +65,10 @@ from batchrun.store.provider_batches import (
 )
 from batchrun.store.reuse import batches_with_copies, settle_copies
 from batchrun.store.run_limits import RunLimitStore
+from batchrun.store.series import SeriesReads
 from batchrun.store.tallies import Tallies
 from batchrun.store.timeline import Timelines
+from batchrun.store.usage import UsageReads
 
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
@@ -80,6 +81,10 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
         super().__init__(engine)
         # The limits each run sent a batch under (the report's and the dashboard's).
         self.run_limits = RunLimitStore(engine)
+        # Usage by model (status, budgets, dashboard, report, metrics) and answers per time
+        # bucket (dashboard, report): one statement each.
+        self.usage = UsageReads(engine)
+        self.series = SeriesReads(engine)
         # Batches found to have no copies (``submit --reuse`` duplicates): copies are made
         # only when a batch is stored, so this stays true, and their results skip the look
         # for copies.
@@ -495,49 +500,6 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
             )
             return {row.id: row.max_cost_usd for row in rows}
 
-    def usage_by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
-        """Token totals of the results that report usage, per batch, model (the model the
-        response names, else the request's), lane and share of the list price paid, for
-        pricing."""
-        req, res = t.requests.c, t.results.c
-        model = func.coalesce(res.model, req.model)
-        lane = func.coalesce(res.lane, t.REALTIME)
-        factor = func.coalesce(res.cost_factor, 1.0)
-        statement = (
-            select(
-                res.batch_id,
-                model,
-                func.count(),
-                func.coalesce(func.sum(res.input_tokens), 0),
-                func.coalesce(func.sum(res.output_tokens), 0),
-                func.coalesce(func.sum(res.cache_creation_input_tokens), 0),
-                func.coalesce(func.sum(res.cache_read_input_tokens), 0),
-                lane,
-                factor,
-            )
-            .select_from(t.results.join(t.requests, req.id == res.request_id))
-            .where(res.batch_id.in_(batch_ids), res.input_tokens.is_not(None))
-            .group_by(res.batch_id, model, lane, factor)
-            .order_by(res.batch_id, model, lane, factor)
-        )
-        with self._read() as conn:
-            rows = conn.execute(statement).all()
-        found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
-        for batch_id, name, count, tokens_in, tokens_out, writes, reads, lane_name, share in rows:
-            found.setdefault(batch_id, []).append(
-                ModelTokens(
-                    name,
-                    int(count),
-                    int(tokens_in),
-                    int(tokens_out),
-                    int(writes),
-                    int(reads),
-                    lane=lane_name,
-                    cost_factor=float(share),
-                )
-            )
-        return found
-
     def batch_stats(self, batch_id: str, *, top_errors: int = 5) -> BatchStats:
         """Tokens per model, the first send and the last answer, the ``top_errors`` most
         frequent error types of errored results (with one message each), the budget, and how
@@ -566,7 +528,7 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
                 select(func.count()).where(res.batch_id == batch_id, res.reused_from.is_not(None))
             ).scalar_one()
         return BatchStats(
-            usage=self.usage_by_model([batch_id])[batch_id],
+            usage=self.usage.by_model([batch_id])[batch_id],
             first_started_at=first_started,
             last_completed_at=last_completed,
             errors=[ErrorCount(kind or "unknown", n, example) for kind, n, example in errors],

@@ -14,6 +14,9 @@ after ``params`` or ``body`` cost a walk through the prompt's or answer's overfl
 - final requests from their result rows (a final request has exactly one, written with its
   final state, with the same ``attempts``), joined to ``requests`` for the requested model.
 
+What the answers used is read in the same transaction by the one statement of usage by
+model (:func:`batchrun.store.usage.read_usage`), per requested model too.
+
 One more groups the failed sends (``send_failures``: 429s, 529s, 5xx, transport failures)
 by endpoint, model and reason; it reads every failed send the database holds, which stays
 small beside the requests (a failure is a row only until its batch is deleted).
@@ -30,6 +33,7 @@ from sqlalchemy import Select, case, func, select
 
 from batchrun.store import tables as t
 from batchrun.store.base import StoreBase
+from batchrun.store.usage import Usage, read_usage
 
 
 @dataclass(frozen=True)
@@ -43,30 +47,25 @@ class BatchEnd:
 
 @dataclass(frozen=True)
 class RequestTally:
-    """Requests of one batch × model × state with the same kind of result (the model that
-    answered, the lane, the share of the list price paid), and what they sent and used.
-
-    ``model`` is the request's. ``answered_model`` is the one the result names (None
-    without a result, or when the result names none); ``lane`` and ``cost_factor`` are the
-    result's (``realtime`` and 1.0 without one). ``sends`` sums the requests' attempts,
-    ``sent`` counts the requests sent at least once; ``with_usage`` counts the results that
-    report usage, whose tokens the token fields add up.
-    """
+    """Requests of one batch × requested model × state, and what they sent: ``sends`` sums
+    the requests' attempts, ``sent`` counts the requests sent at least once."""
 
     batch_id: str
     model: str
     state: str
-    answered_model: str | None
-    lane: str
-    cost_factor: float
     requests: int
     sends: int
     sent: int
-    with_usage: int
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
+
+
+@dataclass(frozen=True)
+class RequestTotals:
+    """The totals of some batches, read in one transaction: their requests per state
+    (``requests``, see :class:`RequestTally`) and what their answers used, per requested
+    model too (``usage``, see :class:`~batchrun.store.usage.Usage`)."""
+
+    requests: tuple[RequestTally, ...]
+    usage: tuple[Usage, ...]
 
 
 @dataclass(frozen=True)
@@ -91,56 +90,21 @@ class Tallies(StoreBase):
             rows = conn.execute(select(b.id, b.endpoint, b.ended_at).order_by(b.id)).all()
         return [BatchEnd(*row) for row in rows]
 
-    def request_tallies(self, batch_ids: Collection[str] | None = None) -> list[RequestTally]:
+    def request_tallies(self, batch_ids: Collection[str] | None = None) -> RequestTotals:
         """The requests of these batches (None: of every batch) totalled per batch × model ×
-        state × kind of result (see :class:`RequestTally`), in one read transaction; sorted
-        by batch, model and state."""
+        state (sorted by those), and their usage by model per requested model
+        (:func:`~batchrun.store.usage.read_usage`), in one read transaction (see
+        :class:`RequestTotals`)."""
         with self._read() as conn:
             unanswered = conn.execute(_open_requests(batch_ids)).all()
             answered = conn.execute(_final_requests(batch_ids)).all()
+            usage = read_usage(conn, batch_ids, per_requested_model=True)
         tallies = [
-            RequestTally(
-                batch_id=batch_id,
-                model=model,
-                state=state,
-                answered_model=None,
-                lane=t.REALTIME,
-                cost_factor=1.0,
-                requests=int(requests),
-                sends=int(sends),
-                sent=int(sent),
-                with_usage=0,
-                input_tokens=0,
-                output_tokens=0,
-                cache_creation_input_tokens=0,
-                cache_read_input_tokens=0,
-            )
-            for batch_id, model, state, requests, sends, sent in unanswered
+            RequestTally(batch_id, model, state, *(int(value) for value in numbers))
+            for batch_id, model, state, *numbers in [*unanswered, *answered]
         ]
-        for batch_id, model, state, answered_model, lane, factor, *numbers in answered:
-            requests, sends, sent, with_usage, tokens_in, tokens_out, writes, reads = (
-                int(value) for value in numbers
-            )
-            tallies.append(
-                RequestTally(
-                    batch_id=batch_id,
-                    model=model,
-                    state=state,
-                    answered_model=answered_model,
-                    lane=lane,
-                    cost_factor=float(factor),
-                    requests=requests,
-                    sends=sends,
-                    sent=sent,
-                    with_usage=with_usage,
-                    input_tokens=tokens_in,
-                    output_tokens=tokens_out,
-                    cache_creation_input_tokens=writes,
-                    cache_read_input_tokens=reads,
-                )
-            )
-        tallies.sort(key=_order)
-        return tallies
+        tallies.sort(key=lambda tally: (tally.batch_id, tally.model, tally.state))
+        return RequestTotals(tuple(tallies), tuple(usage))
 
     def failed_send_counts(self) -> list[FailedSendCount]:
         """Every failed send the database holds, counted per endpoint × model × reason
@@ -184,38 +148,15 @@ def _open_requests(batch_ids: Collection[str] | None) -> Select[Any]:
 
 def _final_requests(batch_ids: Collection[str] | None) -> Select[Any]:
     req, res = t.requests.c, t.results.c
-    groups = (
-        res.batch_id,
-        req.model,
-        res.result_type,
-        res.model,
-        func.coalesce(res.lane, t.REALTIME),
-        func.coalesce(res.cost_factor, 1.0),
-    )
+    groups = (res.batch_id, req.model, res.result_type)
     statement = (
         select(
             *groups,
             func.count(),
             func.coalesce(func.sum(res.attempts), 0),
             func.coalesce(func.sum(case((res.attempts > 0, 1), else_=0)), 0),
-            func.count(res.input_tokens),
-            func.coalesce(func.sum(res.input_tokens), 0),
-            func.coalesce(func.sum(res.output_tokens), 0),
-            func.coalesce(func.sum(res.cache_creation_input_tokens), 0),
-            func.coalesce(func.sum(res.cache_read_input_tokens), 0),
         )
         .select_from(t.results.join(t.requests, req.id == res.request_id))
         .group_by(*groups)
     )
     return statement if batch_ids is None else statement.where(res.batch_id.in_(batch_ids))
-
-
-def _order(tally: RequestTally) -> tuple[str, str, str, str, str, float]:
-    return (
-        tally.batch_id,
-        tally.model,
-        tally.state,
-        tally.answered_model or "",
-        tally.lane,
-        tally.cost_factor,
-    )

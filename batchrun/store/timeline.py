@@ -1,84 +1,24 @@
-"""A batch over time, for the dashboard of ``batchrun serve``: answers per minute, recent
-throughput, error types and the latest errors, and the rate limits in force.
+"""A batch's errors and limits, for the dashboard of ``batchrun serve``: error types and the
+latest errors, requests being retried, the models requests name, and the rate limits the
+workers share.
 
 The dashboard polls these every two seconds for each open page, so each method is one
-statement that groups in the database and returns a few rows per batch (at most one per
-minute for the series), never one per request. Answers are counted by
-``results.completed_at``; what rate limits count is what was sent in real time, so the
-series and the recent throughput leave out answers reused from the database (nothing was
-sent) and those a provider batch gave (the batch lane does not draw on the limits).
-Input tokens count as the limits count them: input plus cache writes.
+statement that groups in the database and returns a few rows per batch, never one per
+request. Its answers per minute are :mod:`batchrun.store.series`; what was used and what it
+cost, :mod:`batchrun.store.usage`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    and_,
-    case,
-    func,
-    literal_column,
-    select,
-)
+from sqlalchemy import Select, and_, func, select
 
 from batchrun.store import tables as t
 from batchrun.store.base import StoreBase
-from batchrun.store.history import epoch_bucket, limit_input_tokens, realtime_answers
-
-# The series covers at most this many minutes (a day) that had answers.
-MAX_SERIES_POINTS = 1440
-# Error types that say the server pushed back (throttling rather than a bad request).
-THROTTLE_ERROR_TYPES = ("rate_limit_error", "overloaded_error")
-
-
-@dataclass(frozen=True)
-class MinuteCounts:
-    """The real-time answers of one batch in one minute (``minute``: its start, UTC):
-    succeeded plus errored ``requests``, their tokens, how many of them ``errored``, and how
-    many of those were throttled (a final 429 or 529: rate_limit_error, overloaded_error)."""
-
-    minute: datetime
-    requests: int
-    input_tokens: int
-    output_tokens: int
-    errored: int
-    throttled: int
-
-
-@dataclass(frozen=True)
-class UsageGroup:
-    """A batch's answers (succeeded and errored results) of one kind: the model that
-    answered (the request's when the answer names none), the lane, the share of the list
-    price paid, and whether they were ``sent`` (False: reused from the database).
-
-    ``answered`` counts them, ``with_usage`` those that report usage, whose tokens the token
-    fields add up; ``first_at`` and ``last_at`` are the first and last ``completed_at``;
-    the ``recent_*`` fields count those completed at the window's start or later, with
-    their input tokens as limits count them (input plus cache writes) and output tokens.
-    """
-
-    batch_id: str
-    model: str
-    lane: str
-    cost_factor: float
-    sent: bool
-    answered: int
-    with_usage: int
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    first_at: datetime | None
-    last_at: datetime | None
-    recent_requests: int
-    recent_input_tokens: int
-    recent_output_tokens: int
 
 
 @dataclass(frozen=True)
@@ -130,137 +70,6 @@ class RateLimitRow:
 
 class Timelines(StoreBase):
     """Statements on a batch over time."""
-
-    def _epoch_minute(self) -> ColumnElement[int]:
-        """``results.completed_at`` as whole minutes since the Unix epoch."""
-        return epoch_bucket(
-            t.results.c.completed_at, 60, dialect=self._engine.dialect.name, name="minute"
-        )
-
-    def minute_series(
-        self, batch_id: str, *, max_points: int = MAX_SERIES_POINTS
-    ) -> list[MinuteCounts]:
-        """The batch's real-time answers per minute of ``completed_at`` (see
-        :class:`MinuteCounts`), oldest first: the latest ``max_points`` minutes that had any
-        (minutes without answers are not returned). One grouped statement over the batch's
-        results. Measured on a 100,000-request batch with every result stored (2 kB prompts,
-        1 kB answers) answered over 6 hours (360 points): 0.16 s on SQLite (a file on local
-        disk), 0.13 s on Postgres 15 (local socket), warm caches.
-        """
-        res = t.results.c
-        minute = self._epoch_minute()
-        errored = res.result_type == t.ERRORED
-        statement = (
-            select(
-                minute,
-                func.count(),
-                func.sum(limit_input_tokens()),
-                func.sum(func.coalesce(res.output_tokens, 0)),
-                func.sum(case((errored, 1), else_=0)),
-                func.sum(
-                    case((and_(errored, res.error_type.in_(THROTTLE_ERROR_TYPES)), 1), else_=0)
-                ),
-            )
-            .where(res.batch_id == batch_id, realtime_answers())
-            .group_by(literal_column("minute"))
-            .order_by(literal_column("minute").desc())
-            .limit(max_points)
-        )
-        with self._read() as conn:
-            rows = conn.execute(statement).all()
-        return [
-            MinuteCounts(
-                datetime.fromtimestamp(int(at) * 60, UTC),
-                int(count),
-                int(tokens_in or 0),
-                int(tokens_out or 0),
-                int(failed or 0),
-                int(throttled or 0),
-            )
-            for at, count, tokens_in, tokens_out, failed, throttled in reversed(rows)
-        ]
-
-    def batch_usage(self, batch_ids: Sequence[str], *, since: datetime) -> list[UsageGroup]:
-        """The answers of these batches grouped by kind (see :class:`UsageGroup`), with the
-        window of recent answers starting at ``since``: what prices them and measures their
-        throughput, in one grouped statement over their results. The request's model is
-        looked up only for an answer that names none (no join with the requests: on a large
-        batch that join is most of the time of ``usage_by_model``). Measured on a
-        100,000-request batch with every result stored (2 kB prompts, 1 kB answers): 0.21 s
-        on SQLite (a file on local disk), 0.14 s on Postgres 15 (local socket), warm caches;
-        ``usage_by_model`` alone took 0.28 s and 0.27 s.
-        """
-        res, req = t.results.c, t.requests.c
-        requested = select(req.model).where(req.id == res.request_id).scalar_subquery()
-        model = func.coalesce(res.model, requested)
-        lane = func.coalesce(res.lane, t.REALTIME)
-        factor = func.coalesce(res.cost_factor, 1.0)
-        sent = case((res.reused_from.is_(None), 1), else_=0)
-        groups = (res.batch_id, model, lane, factor, sent)
-        recent = res.completed_at >= since
-        output = func.coalesce(res.output_tokens, 0)
-        statement = (
-            select(
-                *groups,
-                func.count(),
-                func.count(res.input_tokens),
-                func.coalesce(func.sum(res.input_tokens), 0),
-                func.coalesce(func.sum(res.output_tokens), 0),
-                func.coalesce(func.sum(res.cache_creation_input_tokens), 0),
-                func.coalesce(func.sum(res.cache_read_input_tokens), 0),
-                func.min(res.completed_at),
-                func.max(res.completed_at),
-                func.sum(case((recent, 1), else_=0)),
-                func.sum(case((recent, limit_input_tokens()), else_=0)),
-                func.sum(case((recent, output), else_=0)),
-            )
-            .where(
-                res.batch_id.in_(list(batch_ids)),
-                res.result_type.in_([t.SUCCEEDED, t.ERRORED]),
-            )
-            .group_by(*groups)
-            .order_by(*groups)
-        )
-        with self._read() as conn:
-            rows = conn.execute(statement).all()
-        return [
-            UsageGroup(
-                batch_id,
-                name,
-                lane_name,
-                float(share),
-                bool(was_sent),
-                int(count),
-                int(priced),
-                int(tokens_in),
-                int(tokens_out),
-                int(writes),
-                int(reads),
-                _utc(first),
-                _utc(last),
-                int(n or 0),
-                int(n_in or 0),
-                int(n_out or 0),
-            )
-            for (
-                batch_id,
-                name,
-                lane_name,
-                share,
-                was_sent,
-                count,
-                priced,
-                tokens_in,
-                tokens_out,
-                writes,
-                reads,
-                first,
-                last,
-                n,
-                n_in,
-                n_out,
-            ) in rows
-        ]
 
     def error_types(self, batch_ids: Sequence[str]) -> list[ErrorTypeCount]:
         """Every error type of these batches' errored results with its count (types unknown
@@ -359,14 +168,3 @@ class Timelines(StoreBase):
             )
             for endpoint, model, dimension, rate, announced, learned, paused in rows
         ]
-
-
-def _utc(value: Any) -> datetime | None:
-    """An aggregate's time as an aware UTC datetime: ``min``/``max`` of a column come back
-    without its type's conversion on SQLite (text there)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

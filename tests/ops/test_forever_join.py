@@ -159,7 +159,7 @@ async def test_a_batch_lane_batch_submitted_mid_pass_waits_for_the_next_pass_and
     assert store.get_batch(long).counts.succeeded == 2
     assert passes(events)[:2] == [{long}, {in_batch_lane}]
     assert not any(isinstance(e, Note) and "joined" in e.text for e in events)
-    lanes = {tokens.lane for tokens in store.usage_by_model([in_batch_lane])[in_batch_lane]}
+    lanes = {tokens.lane for tokens in store.usage.by_model([in_batch_lane])[in_batch_lane]}
     assert lanes == {"batch"}
 
 
@@ -184,7 +184,7 @@ async def test_a_batch_that_joins_a_pass_keeping_budgets_is_held_to_its_own_budg
     await running
 
     batch = store.get_batch(budgeted)
-    spent = cost_of(store.usage_by_model([budgeted])[budgeted], PriceTable())
+    spent = cost_of(store.usage.by_model([budgeted])[budgeted], PriceTable())
     assert long_was_running
     assert Note(f"{budgeted}: joined the run in progress") in events
     assert batch.paused_reason is not None and "max-cost $0.0030 reached" in batch.paused_reason

@@ -26,7 +26,7 @@ from batchrun.ops.metrics import (
 from batchrun.records import FinishedRequest, RetryLater, SendFailure, TokenTotals, Usage
 from batchrun.store.rates import BucketRow
 from batchrun.store.store import Store
-from batchrun.store.tallies import FailedSendCount, RequestTally
+from batchrun.store.tallies import FailedSendCount, RequestTotals
 from tests.conftest import request_line, submit
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -71,7 +71,7 @@ class ReadCountingStore(Store):
 
     asked: list[set[str] | None]
 
-    def request_tallies(self, batch_ids: Collection[str] | None = None) -> list[RequestTally]:
+    def request_tallies(self, batch_ids: Collection[str] | None = None) -> RequestTotals:
         self.asked.append(None if batch_ids is None else set(batch_ids))
         return super().request_tallies(batch_ids)
 

@@ -24,8 +24,10 @@ from batchrun.ops.report.data import (
 )
 from batchrun.ops.report.page import render_report
 from batchrun.records import FinishedRequest
-from batchrun.store.history import CostBucket, LatencySpread, SendBucket
+from batchrun.store.history import LatencySpread
+from batchrun.store.series import AnswerBucket
 from batchrun.store.store import Store
+from batchrun.store.usage import Usage
 from tests.conftest import request_line, submit
 from tests.store.test_history import NOW, _claimed, _history
 
@@ -63,8 +65,8 @@ def test_rates_look_back_a_minute_on_long_runs_and_a_tenth_of_short_ones(
 
 def test_trailing_rates_fill_empty_buckets_and_scale_to_a_minute() -> None:
     sends = [
-        SendBucket(NOW, answered=10, input_tokens=1000, output_tokens=100, failed=2),
-        SendBucket(NOW + timedelta(seconds=20), answered=6, input_tokens=600, output_tokens=60),
+        AnswerBucket(NOW, answered=10, input_tokens=1000, output_tokens=100, failed=2),
+        AnswerBucket(NOW + timedelta(seconds=20), answered=6, input_tokens=600, output_tokens=60),
     ]
 
     rates = list(trailing_rates(sends, width_s=10, window_s=20))
@@ -116,14 +118,21 @@ def test_histogram_edges_are_log_spaced_over_a_wide_spread_and_linear_otherwise(
     assert histogram_edges(500, 500) == [500, 501]
 
 
+def _usage(
+    start: datetime, model: str, lane: str, factor: float, tokens_in: int, tokens_out: int
+) -> Usage:
+    """One answer with usage, read per bucket."""
+    return Usage("b", model, lane, factor, True, 1, 1, tokens_in, tokens_out, 0, 0, start=start)
+
+
 def test_cost_lines_price_each_model_and_lane_per_bucket() -> None:
     prices = PriceTable({"m": ModelPrice.standard(1.0, 10.0)})
     later = NOW + timedelta(minutes=1)
     buckets = [
-        CostBucket(NOW, "m", "realtime", 1.0, 1, 1_000_000, 0, 0, 0),
-        CostBucket(later, "m", "realtime", 1.0, 1, 0, 100_000, 0, 0),
-        CostBucket(later, "m", "batch", 0.5, 1, 1_000_000, 0, 0, 0),
-        CostBucket(later, "unpriced", "realtime", 1.0, 1, 10, 10, 0, 0),
+        _usage(NOW, "m", "realtime", 1.0, 1_000_000, 0),
+        _usage(later, "m", "realtime", 1.0, 0, 100_000),
+        _usage(later, "m", "batch", 0.5, 1_000_000, 0),
+        _usage(later, "unpriced", "realtime", 1.0, 10, 10),
     ]
 
     lines = {line.name: line for line in cost_lines(buckets, prices)}

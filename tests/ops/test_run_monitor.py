@@ -42,7 +42,7 @@ def monitor_for(
     prices = PriceTable()
     guard = None
     if budget is not None:
-        spent = {batch_id: cost_of(store.usage_by_model([batch_id])[batch_id], prices)}
+        spent = {batch_id: cost_of(store.usage.by_model([batch_id])[batch_id], prices)}
         guard = BudgetGuard(prices, {batch_id: budget}, spent)
     return RunMonitor(
         prices=prices,
@@ -101,7 +101,7 @@ async def test_a_budget_pauses_the_batch_before_it_could_be_passed(store: Store)
     )
 
     batch = store.get_batch(batch_id)
-    spent = cost_of(store.usage_by_model([batch_id])[batch_id], PriceTable())
+    spent = cost_of(store.usage.by_model([batch_id])[batch_id], PriceTable())
     assert batch_id in report.paused
     assert "max-cost $0.0030 reached" in report.paused[batch_id]
     assert batch.paused_reason == report.paused[batch_id]

@@ -251,7 +251,7 @@ def test_the_series_has_every_minute_and_marks_the_one_still_filling(
     timeline = data.timeline(sqlite_store.get_batch(batch_id), now=NOW)
 
     minute = NOW.replace(second=0)
-    assert [(point.minute, point.requests) for point in timeline.points] == [
+    assert [(point.start, point.answered) for point in timeline.points] == [
         (minute - timedelta(minutes=3), 1),
         (minute - timedelta(minutes=2), 0),
         (minute - timedelta(minutes=1), 1),
@@ -270,3 +270,38 @@ def test_the_series_has_every_minute_and_marks_the_one_still_filling(
     }
     assert body["latest_errors"] == []
     assert body["retrying"] == []
+
+
+def test_the_dashboard_places_an_answer_in_the_minute_it_was_sent_as_the_report_does(
+    sqlite_store: Store,
+) -> None:
+    # Sent at 12:01:50, answered 20 s later at 12:02:10: one time axis (when it was sent)
+    # for the dashboard's series and the report's.
+    batch_id = submit(sqlite_store, [request_line("slow")], endpoint="simulator")
+    (item,) = sqlite_store.claim(owner="w", batch_ids=[batch_id], limit=1, now=NOW, lease_s=600)
+    sent_at = NOW.replace(second=0) - timedelta(minutes=2) + timedelta(seconds=50)
+    sqlite_store.record(
+        owner="w",
+        now=NOW,
+        finished=[
+            FinishedRequest(
+                request_id=item.id,
+                batch_id=batch_id,
+                custom_id=item.custom_id,
+                result_type="succeeded",
+                attempts=1,
+                sent_at=sent_at,
+                completed_at=sent_at + timedelta(seconds=20),
+                model=SONNET,
+                usage=Usage(10, 10),
+            )
+        ],
+    )
+    data = DashboardData(sqlite_store, known=_known(Endpoint("simulator", "")), prices=PRICES)
+
+    points = data.timeline(sqlite_store.get_batch(batch_id), now=NOW).points
+
+    sent_minute = sent_at.replace(second=0)
+    assert [(point.start, point.answered) for point in points if point.answered] == [
+        (sent_minute, 1)
+    ]

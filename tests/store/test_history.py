@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from batchrun.records import FinishedRequest, RetryLater, SendFailure, Usage
-from batchrun.store.history import CostBucket, LatencySpread, SendBucket
+from batchrun.store.history import LatencySpread
+from batchrun.store.series import AnswerBucket
 from batchrun.store.store import Store
 from tests.conftest import request_line, submit
 from tests.store.test_timeline import NOW, SONNET, _claimed
@@ -84,38 +85,44 @@ def _history(store: Store) -> str:
     return batch_id
 
 
-def test_send_series_buckets_sends_and_failed_sends_by_when_they_were_sent(store: Store) -> None:
+def test_answer_series_buckets_sends_and_failed_sends_by_when_they_were_sent(store: Store) -> None:
     batch_id = _history(store)
 
-    series = store.send_series(batch_id, width_s=30)
+    series = store.series.answers(batch_id, width_s=30)
 
     assert series == [
         # r0 and r1; input counts cache writes; the 429 and the 529 failed sends.
-        SendBucket(NOW, answered=2, input_tokens=205, output_tokens=20, failed=2,
-                   rate_limited=1, overloaded=1),
+        AnswerBucket(NOW, answered=2, input_tokens=205, output_tokens=20, failed=2,
+                     rate_limited=1, overloaded=1),
         # r2 (a final 429) and r3; r4 came from a provider batch: not sent in real time.
-        SendBucket(NOW + timedelta(seconds=30), answered=2, input_tokens=100, output_tokens=10,
-                   failed=1, errored=1, errored_throttled=1),
+        AnswerBucket(NOW + timedelta(seconds=30), answered=2, input_tokens=100,
+                     output_tokens=10, failed=1, errored=1, throttled=1),
     ]  # fmt: skip
     assert all(bucket.start.tzinfo is not None for bucket in series)
 
 
-def test_send_series_of_a_batch_without_sends_is_empty(store: Store) -> None:
+def test_answer_series_of_a_batch_without_sends_is_empty(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
 
-    assert store.send_series(batch_id, width_s=60) == []
+    assert store.series.answers(batch_id, width_s=60) == []
 
 
-def test_cost_series_groups_usage_by_bucket_model_and_lane(store: Store) -> None:
+def test_usage_per_bucket_groups_by_bucket_model_and_lane(store: Store) -> None:
     batch_id = _history(store)
 
-    found = store.cost_series(batch_id, width_s=60)
+    found = [
+        (usage.start, usage.model, usage.lane, usage.cost_factor, usage.with_usage,
+         usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens,
+         usage.cache_read_input_tokens)
+        for usage in store.usage.of_batches([batch_id], width_s=60)
+        if usage.with_usage
+    ]  # fmt: skip
 
     # Placed by completed_at: r0 at 1 s, r1 at 28 s, r3 at 52 s, r4 (batch lane) at 59 s;
     # the errored r2 reports no usage.
     assert found == [
-        CostBucket(NOW, SONNET, "batch", 0.5, 1, 1000, 100, 0, 0),
-        CostBucket(NOW, SONNET, "realtime", 1.0, 3, 300, 30, 5, 7),
+        (NOW, SONNET, "batch", 0.5, 1, 1000, 100, 0, 0),
+        (NOW, SONNET, "realtime", 1.0, 3, 300, 30, 5, 7),
     ]
 
 
@@ -136,4 +143,4 @@ def test_deleting_a_batch_deletes_its_send_failures(store: Store) -> None:
 
     store.delete_batch(batch_id)
 
-    assert store.send_series(batch_id, width_s=30) == []
+    assert store.series.answers(batch_id, width_s=30) == []

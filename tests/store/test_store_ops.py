@@ -118,7 +118,7 @@ def test_usage_is_summed_per_batch_and_model_with_cache_tokens(store: Store) -> 
         now=now,
     )
 
-    usage = store.usage_by_model([batch_id, "msgbatch_other"])
+    usage = store.usage.by_model([batch_id, "msgbatch_other"])
 
     assert usage["msgbatch_other"] == []
     assert usage[batch_id] == [

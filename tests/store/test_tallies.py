@@ -14,7 +14,7 @@ from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
 from batchrun.records import FinishedRequest, RetryLater, Usage
 from batchrun.store.rates import BucketRow
 from batchrun.store.store import Store
-from batchrun.store.tallies import BatchEnd, RequestTally
+from batchrun.store.tallies import BatchEnd, RequestTally, RequestTotals
 from tests.conftest import request_line, submit
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -46,10 +46,8 @@ def _finished(
 
 
 def _tally(batch_id: str, model: str, state: str, **fields: Any) -> RequestTally:
-    """One request of the batch that was never sent and has no result, unless ``fields``
-    say otherwise."""
-    empty = RequestTally(batch_id, model, state, None, "realtime", 1.0, 1, 0, 0, 0, 0, 0, 0, 0)
-    return replace(empty, **fields)
+    """One request of the batch that was never sent, unless ``fields`` say otherwise."""
+    return replace(RequestTally(batch_id, model, state, 1, 0, 0), **fields)
 
 
 def _batch_in_every_state(store: Store) -> str:
@@ -92,22 +90,26 @@ def _batch_in_every_state(store: Store) -> str:
 def test_request_tallies_total_each_batch_model_state_and_kind_of_result(store: Store) -> None:
     batch_id = _batch_in_every_state(store)
 
-    tallies = store.request_tallies()
+    totals = store.request_tallies()
 
-    assert tallies == [
-        _tally(
-            batch_id, HAIKU, "succeeded", requests=1, sends=1, sent=1, with_usage=1,
-            input_tokens=7, output_tokens=3,
-        ),
+    assert totals.requests == (
+        _tally(batch_id, HAIKU, "succeeded", sends=1, sent=1),
         _tally(batch_id, SONNET, "errored", sends=1, sent=1),
         # "again" was sent once and waits for its retry; "unsent" was claimed, never sent.
         _tally(batch_id, SONNET, "queued", requests=2, sends=1, sent=1),
         _tally(batch_id, SONNET, "running"),
-        _tally(
-            batch_id, SONNET, "succeeded", answered_model=f"{SONNET}-20250929", sends=1,
-            sent=1, with_usage=1, input_tokens=10, output_tokens=5,
-            cache_creation_input_tokens=2, cache_read_input_tokens=1,
-        ),
+        _tally(batch_id, SONNET, "succeeded", sends=1, sent=1),
+    )
+    # What the answers used, per requested model and the model the answer names.
+    assert [
+        (usage.requested_model, usage.model, usage.answers, usage.with_usage,
+         usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens,
+         usage.cache_read_input_tokens)
+        for usage in totals.usage
+    ] == [
+        (HAIKU, HAIKU, 1, 1, 7, 3, 0, 0),
+        (SONNET, SONNET, 1, 0, 0, 0, 0, 0),
+        (SONNET, f"{SONNET}-20250929", 1, 1, 10, 5, 2, 1),
     ]  # fmt: skip
 
 
@@ -116,9 +118,14 @@ def test_request_tallies_read_only_the_batches_asked_for(store: Store) -> None:
     canceled = submit(store, [request_line("a"), request_line("b")])
     store.cancel_batch(canceled, NOW)
 
-    assert store.request_tallies([canceled]) == [_tally(canceled, SONNET, "canceled", requests=2)]
-    assert {tally.batch_id for tally in store.request_tallies([busy])} == {busy}
-    assert store.request_tallies([]) == []
+    assert store.request_tallies([canceled]).requests == (
+        _tally(canceled, SONNET, "canceled", requests=2),
+    )
+    assert store.request_tallies([canceled]).usage == ()
+    busy_totals = store.request_tallies([busy])
+    assert {tally.batch_id for tally in busy_totals.requests} == {busy}
+    assert {usage.batch_id for usage in busy_totals.usage} == {busy}
+    assert store.request_tallies([]) == RequestTotals((), ())
 
 
 def test_request_tallies_count_the_sends_of_a_requeued_request_once(store: Store) -> None:
@@ -129,7 +136,9 @@ def test_request_tallies_count_the_sends_of_a_requeued_request_once(store: Store
     store.requeue(batch_id, states=["errored"], now=NOW)
 
     # The result is gone; the request is open again with its one send.
-    assert store.request_tallies() == [_tally(batch_id, SONNET, "queued", sends=1, sent=1)]
+    assert store.request_tallies() == RequestTotals(
+        (_tally(batch_id, SONNET, "queued", sends=1, sent=1),), ()
+    )
 
 
 def test_batch_ends_give_each_batch_its_endpoint_and_end(store: Store) -> None:

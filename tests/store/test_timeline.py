@@ -1,4 +1,6 @@
-"""The dashboard's statements (``batchrun.store.timeline``) on SQLite and Postgres."""
+"""The dashboard's statements (``batchrun.store.timeline``, and the answers per minute and
+usage it reads from ``batchrun.store.series`` and ``batchrun.store.usage``) on SQLite and
+Postgres."""
 
 from __future__ import annotations
 
@@ -10,14 +12,10 @@ from batchrun.input.ingest import submit_requests
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
 from batchrun.records import FinishedRequest, RetryLater, Usage
+from batchrun.store.series import AnswerBucket
 from batchrun.store.store import Store
-from batchrun.store.timeline import (
-    ErrorTypeCount,
-    MinuteCounts,
-    RateLimitRow,
-    RetryingRequest,
-    UsageGroup,
-)
+from batchrun.store.timeline import ErrorTypeCount, RateLimitRow, RetryingRequest
+from batchrun.store.usage import Usage as AnswerUsage
 from tests.conftest import jsonl, request_line, submit
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -80,32 +78,32 @@ def _batch_with_answers(store: Store) -> str:
     return batch_id
 
 
-def test_minute_series_groups_real_time_answers_by_minute_oldest_first(store: Store) -> None:
+def test_answers_per_minute_group_real_time_answers_oldest_first(store: Store) -> None:
     batch_id = _batch_with_answers(store)
 
-    series = store.minute_series(batch_id)
+    series = store.series.answers(batch_id, width_s=60)
 
     assert series == [
         # input counts cache writes (as the limits do): 100 + 5; the 429 has no usage.
-        MinuteCounts(NOW, 2, 105, 20, errored=1, throttled=1),
-        MinuteCounts(NOW + timedelta(minutes=1), 2, 30, 3, errored=1, throttled=0),
-        MinuteCounts(NOW + timedelta(minutes=3), 1, 0, 0, errored=1, throttled=1),
+        AnswerBucket(NOW, 2, 105, 20, errored=1, throttled=1),
+        AnswerBucket(NOW + timedelta(minutes=1), 2, 30, 3, errored=1, throttled=0, failed=0),
+        AnswerBucket(NOW + timedelta(minutes=3), 1, 0, 0, errored=1, throttled=1),
     ]
-    assert all(point.minute.tzinfo is not None for point in series)
+    assert all(point.start.tzinfo is not None for point in series)
 
 
-def test_minute_series_keeps_the_latest_minutes_when_bounded(store: Store) -> None:
+def test_answers_per_minute_keep_the_latest_minutes_when_bounded(store: Store) -> None:
     batch_id = _batch_with_answers(store)
 
-    series = store.minute_series(batch_id, max_points=2)
+    series = store.series.answers(batch_id, width_s=60, max_buckets=2)
 
-    assert [point.minute for point in series] == [
+    assert [point.start for point in series] == [
         NOW + timedelta(minutes=1),
         NOW + timedelta(minutes=3),
     ]
 
 
-def test_minute_series_leaves_out_reused_answers_and_canceled_requests(store: Store) -> None:
+def test_answers_per_minute_leave_out_reused_answers_and_canceled_requests(store: Store) -> None:
     lines = [request_line("a", "same prompt"), request_line("b", "other prompt")]
     first = submit(store, lines[:1])
     ids = _claimed(store, first)
@@ -118,46 +116,47 @@ def test_minute_series_leaves_out_reused_answers_and_canceled_requests(store: St
 
     assert store.get_batch(second).counts.succeeded == 1
     assert store.get_batch(second).counts.canceled == 1
-    assert store.minute_series(second) == []
-    assert len(store.minute_series(first)) == 1
+    assert store.series.answers(second, width_s=60) == []
+    assert len(store.series.answers(first, width_s=60)) == 1
 
 
-def test_batch_usage_groups_answers_by_kind_with_the_recent_window(store: Store) -> None:
+def test_usage_groups_answers_by_kind_with_the_recent_window(store: Store) -> None:
     batch_id = _batch_with_answers(store)
     idle = submit(store, [request_line("x")])
 
-    found = store.batch_usage([batch_id, idle], since=NOW + timedelta(seconds=70))
+    found = store.usage.of_batches([batch_id, idle], since=NOW + timedelta(seconds=70))
 
     assert found == [
         # Answered by a provider batch: in the cost, not in the real-time rates.
-        UsageGroup(
+        AnswerUsage(
             batch_id, SONNET, "batch", 1.0, True, 1, 1, 1000, 1000, 0, 0,
-            NOW + timedelta(seconds=80), NOW + timedelta(seconds=80), 1, 1000, 1000,
+            NOW + timedelta(seconds=80), NOW + timedelta(seconds=80),
+            recent_answers=1, recent_input_tokens=1000, recent_output_tokens=1000,
         ),
-        UsageGroup(
+        AnswerUsage(
             batch_id, SONNET, "realtime", 1.0, True,
-            answered=5, with_usage=2,
+            answers=5, with_usage=2,
             input_tokens=130, output_tokens=23,
             cache_creation_input_tokens=5, cache_read_input_tokens=7,
             first_at=NOW + timedelta(seconds=10), last_at=NOW + timedelta(seconds=190),
             # r2 (70 s), r3 (75 s) and r4 (190 s); input as limits count it.
-            recent_requests=3, recent_input_tokens=30, recent_output_tokens=3,
+            recent_answers=3, recent_input_tokens=30, recent_output_tokens=3,
         ),
     ]  # fmt: skip
 
 
-def test_batch_usage_names_the_requested_model_when_the_answer_names_none(store: Store) -> None:
+def test_usage_names_the_requested_model_when_the_answer_names_none(store: Store) -> None:
     batch_id = submit(store, [request_line("a", model=HAIKU)])
     ids = _claimed(store, batch_id)
     answer = _answer(ids, batch_id, "a", 5, error_type="api_error")
     store.record(owner="w1", now=NOW, finished=[replace(answer, model=None)])
 
-    (group,) = store.batch_usage([batch_id], since=NOW)
+    (group,) = store.usage.of_batches([batch_id], since=NOW)
 
-    assert (group.model, group.answered, group.with_usage) == (HAIKU, 1, 0)
+    assert (group.model, group.answers, group.with_usage) == (HAIKU, 1, 0)
 
 
-def test_batch_usage_tells_reused_answers_apart(store: Store) -> None:
+def test_usage_tells_reused_answers_apart(store: Store) -> None:
     lines = [request_line("a", "same prompt")]
     first = submit(store, lines)
     ids = _claimed(store, first)
@@ -166,7 +165,7 @@ def test_batch_usage_tells_reused_answers_apart(store: Store) -> None:
         store, io.BytesIO(jsonl(lines)), source="t", endpoint="simulator", now=NOW, reuse=True
     )
 
-    (group,) = store.batch_usage([second], since=NOW)
+    (group,) = store.usage.of_batches([second], since=NOW)
 
     assert (group.sent, group.cost_factor, group.with_usage) == (False, 0.0, 1)
 

@@ -31,7 +31,9 @@ from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.ops.run_limits import RunLimits
 from batchrun.ops.timeline import DashboardData, LimitUse
 from batchrun.records import BatchSummary, ErrorCount, ModelTokens
-from batchrun.store.history import CostBucket, LatencySpread, SendBucket
+from batchrun.store.history import LatencySpread
+from batchrun.store.series import AnswerBucket
+from batchrun.store.usage import Usage
 from batchrun.transport.endpoints import Endpoints
 
 if TYPE_CHECKING:
@@ -150,11 +152,13 @@ def gather_report(
     the cost series, the latencies)."""
     first, last = _span(status, now)
     width_s = bucket_width_s((last - first).total_seconds())
-    sends = store.send_series(batch.id, width_s=width_s)
+    sends = store.series.answers(batch.id, width_s=width_s)
     sent_span_s = _sent_span_s(sends, width_s)
     window = window_s(sent_span_s, width_s)
     card = DashboardData(store, known=known, prices=prices).cards([batch], now=now)[0]
-    cost_buckets = store.cost_series(batch.id, width_s=width_s)
+    cost_buckets = [
+        usage for usage in store.usage.of_batches([batch.id], width_s=width_s) if usage.with_usage
+    ]
     return ReportData(
         status=status,
         generated_at=now,
@@ -194,13 +198,13 @@ def window_s(sent_span_s: float, width_s: int) -> int:
 
 
 def trailing_rates(
-    sends: Sequence[SendBucket], *, width_s: int, window_s: int
+    sends: Sequence[AnswerBucket], *, width_s: int, window_s: int
 ) -> Iterator[RatePoint]:
     """Per bucket from the first send to the last (empty buckets included), the sends per
     minute over the ``window_s`` ending with the bucket."""
     span = max(1, window_s // width_s)
     scale = SECONDS_PER_MINUTE / (span * width_s)
-    window: deque[SendBucket] = deque(maxlen=span)
+    window: deque[AnswerBucket] = deque(maxlen=span)
     step = timedelta(seconds=width_s)
     for bucket in _every_bucket(sends, width_s):
         window.append(bucket)
@@ -212,19 +216,19 @@ def trailing_rates(
         )
 
 
-def _failures(sends: Sequence[SendBucket], width_s: int) -> Iterator[FailurePoint]:
+def _failures(sends: Sequence[AnswerBucket], width_s: int) -> Iterator[FailurePoint]:
     """Per bucket from the first send to the last, what failed in it."""
     for item in _every_bucket(sends, width_s):
         yield FailurePoint(
             item.start,
             retried=item.failed,
-            rate_limited=item.rate_limited + item.errored_throttled,
+            rate_limited=item.rate_limited + item.throttled,
             overloaded=item.overloaded,
             errored=item.errored,
         )
 
 
-def _every_bucket(sends: Sequence[SendBucket], width_s: int) -> Iterator[SendBucket]:
+def _every_bucket(sends: Sequence[AnswerBucket], width_s: int) -> Iterator[AnswerBucket]:
     """``sends`` (oldest first, buckets without sends left out) with the empty buckets
     between them filled in."""
     if not sends:
@@ -233,7 +237,7 @@ def _every_bucket(sends: Sequence[SendBucket], width_s: int) -> Iterator[SendBuc
     step = timedelta(seconds=width_s)
     at = sends[0].start
     while at <= sends[-1].start:
-        yield per_bucket.get(at) or SendBucket(at)
+        yield per_bucket.get(at) or AnswerBucket(at)
         at += step
 
 
@@ -311,22 +315,15 @@ def histogram_edges(min_ms: int, max_ms: int, bins: int = LATENCY_BINS) -> list[
     return [*edges, high + 1.0]
 
 
-def cost_lines(buckets: Sequence[CostBucket], prices: PriceTable) -> Iterator[CostLine]:
-    """Per model × lane, the cost of each bucket and in all (reused answers cost 0)."""
+def cost_lines(buckets: Sequence[Usage], prices: PriceTable) -> Iterator[CostLine]:
+    """Per model × lane, the cost of each bucket and in all (reused answers cost 0), from
+    usage read per bucket (each with its ``start``)."""
     grouped: dict[tuple[str, str], dict[datetime, list[ModelTokens]]] = {}
     for bucket in buckets:
-        tokens = ModelTokens(
-            bucket.model,
-            bucket.answers,
-            bucket.input_tokens,
-            bucket.output_tokens,
-            bucket.cache_creation_input_tokens,
-            bucket.cache_read_input_tokens,
-            lane=bucket.lane,
-            cost_factor=bucket.cost_factor,
-        )
+        if bucket.start is None:
+            raise ValueError("cost_lines needs usage read per bucket (with width_s)")
         per_bucket = grouped.setdefault((bucket.model, bucket.lane), {})
-        per_bucket.setdefault(bucket.start, []).append(tokens)
+        per_bucket.setdefault(bucket.start, []).append(bucket.tokens())
     for (model, lane), per_bucket in sorted(grouped.items()):
         points = []
         total = CostTotal()
@@ -346,7 +343,7 @@ def _span(status: BatchStatus, now: datetime) -> tuple[datetime, datetime]:
     return _utc(first), _utc(max(last, first))
 
 
-def _sent_span_s(sends: Sequence[SendBucket], width_s: int) -> float:
+def _sent_span_s(sends: Sequence[AnswerBucket], width_s: int) -> float:
     if not sends:
         return 0.0
     return (sends[-1].start - sends[0].start).total_seconds() + width_s
