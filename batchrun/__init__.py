@@ -1,8 +1,12 @@
 """batchrun: a batch job runner for Anthropic-format Messages APIs.
 
 The public API is :class:`Client` (see :mod:`batchrun.client`), the errors it raises
-(:class:`BatchrunError` and its subclasses, in :mod:`batchrun.errors`) and ``__version__``.
-``Client`` is imported on first use, so ``import batchrun`` stays cheap.
+(:class:`BatchrunError` and its subclasses, in :mod:`batchrun.errors`), every type it takes,
+returns or hands to a callback (``RunResult``, ``BatchObject``, ``Limits``...) and
+``__version__``: all of them importable from here and listed in ``__all__``. Import them from
+here, not from the modules that define them: those are internal and may move (``_LAZY``
+is the one place that says where each lives). ``Client`` and the types load on first use, so
+``import batchrun`` stays cheap.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import (
+    AmbiguousBatchError,
     BatchNotFoundError,
     BatchrunError,
     BatchStateError,
@@ -23,33 +28,119 @@ from batchrun.errors import (
     RunLockedError,
     UnknownEndpointError,
     UnpricedModelsError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
-    from batchrun.client import Client
+    from batchrun.client import Client, Limits, LockMode, ResultState
+    from batchrun.config.file import Settings
+    from batchrun.config.prices import CostTotal, PriceTable
+    from batchrun.dispatch.report import RunReport
+    from batchrun.export.batch_object import BatchObject, BatchStatus, ProviderBatchModel
+    from batchrun.input.sources import Requests
+    from batchrun.ops.metrics import ProcessCounters
+    from batchrun.ops.monitor import ProgressSnapshot
+    from batchrun.ops.planning import FilePlan, ModelPlan
+    from batchrun.ops.report.data import ReportData
+    from batchrun.ops.runner import WaitingBatch
+    from batchrun.ops.session import (
+        Note,
+        PassFinished,
+        PassResult,
+        Progress,
+        RunEvent,
+        RunResult,
+        RunSession,
+    )
+    from batchrun.transport.endpoints import Endpoints
 
 __version__ = "0.1.0"
+
+# Where each name loaded on first use lives (the same as the imports above, which are for
+# type checkers): the Client, and every type it takes, returns or hands to a callback.
+_LAZY: dict[str, str] = {
+    "BatchObject": "batchrun.export.batch_object",
+    "BatchStatus": "batchrun.export.batch_object",
+    "Client": "batchrun.client",
+    "CostTotal": "batchrun.config.prices",
+    "Endpoints": "batchrun.transport.endpoints",
+    "FilePlan": "batchrun.ops.planning",
+    "Limits": "batchrun.client",
+    "LockMode": "batchrun.client",
+    "ModelPlan": "batchrun.ops.planning",
+    "Note": "batchrun.ops.session",
+    "PassFinished": "batchrun.ops.session",
+    "PassResult": "batchrun.ops.session",
+    "PriceTable": "batchrun.config.prices",
+    "ProcessCounters": "batchrun.ops.metrics",
+    "Progress": "batchrun.ops.session",
+    "ProgressSnapshot": "batchrun.ops.monitor",
+    "ProviderBatchModel": "batchrun.export.batch_object",
+    "ReportData": "batchrun.ops.report.data",
+    "Requests": "batchrun.input.sources",
+    "ResultState": "batchrun.client",
+    "RunEvent": "batchrun.ops.session",
+    "RunReport": "batchrun.dispatch.report",
+    "RunResult": "batchrun.ops.session",
+    "RunSession": "batchrun.ops.session",
+    "Settings": "batchrun.config.file",
+    "WaitingBatch": "batchrun.ops.runner",
+}
+
 __all__ = [
+    "AmbiguousBatchError",
     "BatchNotFoundError",
+    "BatchObject",
     "BatchStateError",
+    "BatchStatus",
     "BatchrunError",
     "Client",
     "ConfigError",
+    "CostTotal",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "Endpoints",
     "ExitCode",
+    "FilePlan",
     "InputFileError",
+    "Limits",
+    "LockMode",
     "MissingApiKeyError",
+    "ModelPlan",
+    "Note",
+    "PassFinished",
+    "PassResult",
+    "PriceTable",
+    "ProcessCounters",
+    "Progress",
+    "ProgressSnapshot",
+    "ProviderBatchModel",
+    "ReportData",
+    "Requests",
+    "ResultState",
+    "RunEvent",
     "RunLockedError",
+    "RunReport",
+    "RunResult",
+    "RunSession",
+    "Settings",
     "UnknownEndpointError",
     "UnpricedModelsError",
+    "UsageError",
+    "WaitingBatch",
     "__version__",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Client":
-        # Loaded by name, so the layers below can import `batchrun` (for __version__) without
-        # depending on the API above them.
-        return import_module("batchrun.client").Client
+    # Loaded by name, so the layers below can import `batchrun` (for __version__) without
+    # depending on the API above them, and `import batchrun` loads none of it.
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'batchrun' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -7,7 +7,7 @@ tasks, test fixtures), without shelling out. The ``batchrun`` command is a thin 
 
     with batchrun.Client(db="sqlite:///jobs.db") as client:
         batch = client.submit("requests.jsonl", endpoint="simulator")
-        result = client.run(batch.id, rpm=600)      # blocks until no work is left
+        result = client.run(batch.id, limits={"rpm": 600})  # blocks until no work is left
         for line in client.results(batch.id):       # Anthropic's results format, input order
             print(line["custom_id"], line["result"]["type"])
 
@@ -35,12 +35,19 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
-from batchrun.errors import BatchrunError, BatchStateError, ConfigError, DatabaseError
+from batchrun.errors import (
+    BatchrunError,
+    BatchStateError,
+    ConfigError,
+    DatabaseError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from batchrun.config.file import Settings
@@ -68,6 +75,8 @@ MAX_NAME_CHARS = 200
 _ASYNC_RESULT_CHUNK = 1000
 ResultState = Literal["succeeded", "errored", "canceled", "expired"]
 LockMode = Literal["exclusive", "wait", "share"]
+# Per-minute limits by dimension name (``{"rpm": 600, "tpm": 60_000}``); None: no limit.
+Limits = Mapping[str, float | None]
 
 
 class _RefusingUnpriced:
@@ -515,11 +524,50 @@ class Client:
         *,
         retry_errored: bool = False,
         expires_in_s: float | None = None,
-        **run_options: Any,
+        endpoint: str | None = None,
+        lane: str | None = None,
+        limits: Limits | None = None,
+        max_concurrency: int | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        output_reservation: Literal["learned", "max_tokens"] = "learned",
+        burst_s: float | None = None,
+        count_tokens: bool = False,
+        max_cost_usd: float | None = None,
+        hold_unpriced: bool = False,
+        max_runtime_s: float | None = None,
+        poll_interval_s: float = 30.0,
+        lock: LockMode = "exclusive",
+        on_event: Callable[[RunEvent], None] | None = None,
+        progress_interval_s: float | None = None,
+        stop_on_signals: bool = True,
+        on_session: Callable[[RunSession], None] | None = None,
+        notify_url: str | None = None,
     ) -> RunResult:
-        """:meth:`requeue`, then :meth:`run` the batch (``run_options`` as for run)."""
+        """:meth:`requeue`, then :meth:`run` the batch (the other arguments as for run)."""
         self.requeue(batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s)
-        return self.run(batch_id, **run_options)
+        return self.run(
+            batch_id,
+            endpoint=endpoint,
+            lane=lane,
+            limits=limits,
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            output_reservation=output_reservation,
+            burst_s=burst_s,
+            count_tokens=count_tokens,
+            max_cost_usd=max_cost_usd,
+            hold_unpriced=hold_unpriced,
+            max_runtime_s=max_runtime_s,
+            poll_interval_s=poll_interval_s,
+            lock=lock,
+            on_event=on_event,
+            progress_interval_s=progress_interval_s,
+            stop_on_signals=stop_on_signals,
+            on_session=on_session,
+            notify_url=notify_url,
+        )
 
     def delete(self, batch_id: str) -> None:
         """Delete an ended batch with its requests and results (as Anthropic's batches: a
@@ -613,19 +661,65 @@ class Client:
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, *batch_ids: str, **options: Any) -> RunResult:
+    def run(
+        self,
+        *batch_ids: str,
+        endpoint: str | None = None,
+        lane: str | None = None,
+        limits: Limits | None = None,
+        max_concurrency: int | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        output_reservation: Literal["learned", "max_tokens"] = "learned",
+        burst_s: float | None = None,
+        count_tokens: bool = False,
+        max_cost_usd: float | None = None,
+        hold_unpriced: bool = False,
+        max_runtime_s: float | None = None,
+        forever: bool = False,
+        poll_interval_s: float = 30.0,
+        lock: LockMode = "exclusive",
+        on_event: Callable[[RunEvent], None] | None = None,
+        progress_interval_s: float | None = None,
+        stop_on_signals: bool = True,
+        on_session: Callable[[RunSession], None] | None = None,
+        notify_url: str | None = None,
+    ) -> RunResult:
         """Send the queued requests of these batches (every batch with queued work when none
         is named) and record every response; returns when no work is left (or, with
-        ``forever``, when stopped). Options as for :meth:`arun`; Ctrl-C and SIGTERM stop it
-        gracefully unless ``stop_on_signals=False``."""
-        options.setdefault("stop_on_signals", True)
-        return _blocking(self.arun(*batch_ids, **options), "run", "arun")
+        ``forever``, when stopped). Arguments as for :meth:`arun`; Ctrl-C and SIGTERM stop
+        it gracefully unless ``stop_on_signals=False``."""
+        work = self.arun(
+            *batch_ids,
+            endpoint=endpoint,
+            lane=lane,
+            limits=limits,
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            output_reservation=output_reservation,
+            burst_s=burst_s,
+            count_tokens=count_tokens,
+            max_cost_usd=max_cost_usd,
+            hold_unpriced=hold_unpriced,
+            max_runtime_s=max_runtime_s,
+            forever=forever,
+            poll_interval_s=poll_interval_s,
+            lock=lock,
+            on_event=on_event,
+            progress_interval_s=progress_interval_s,
+            stop_on_signals=stop_on_signals,
+            on_session=on_session,
+            notify_url=notify_url,
+        )
+        return _blocking(work, "run", "arun")
 
     async def arun(
         self,
         *batch_ids: str,
         endpoint: str | None = None,
         lane: str | None = None,
+        limits: Limits | None = None,
         max_concurrency: int | None = None,
         max_attempts: int | None = None,
         timeout_s: float | None = None,
@@ -643,12 +737,12 @@ class Client:
         stop_on_signals: bool = False,
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
-        **limits: float | None,
     ) -> RunResult:
         """Run batches on the caller's event loop; see :meth:`run`.
 
-        - ``limits``: per-minute limits by dimension name (``rpm=600``, ``tpm=60_000``,
-          ``itpm``, ``otpm``...), for every model, replacing the endpoints' own.
+        - ``limits``: per-minute limits by dimension name (``{"rpm": 600, "tpm": 60_000}``;
+          ``itpm``, ``otpm``...), for every model, replacing the endpoints' own; None for a
+          dimension: no limit. A name that is not a dimension is a ConfigError naming them.
         - ``endpoint``: move the named batches' remaining requests there, for good.
         - ``lane``: send the batches' queued requests in this lane (``realtime``, ``batch``
           or ``auto``) from now on.
@@ -682,10 +776,7 @@ class Client:
         from batchrun.ops.runlock import run_lock
         from batchrun.ops.session import Note, RunOptions, RunSession
 
-        if endpoint is not None and not batch_ids:
-            raise ConfigError("endpoint: name the batches to move")
-        if forever and batch_ids:
-            raise ConfigError("forever runs every batch with queued work; it takes no batch ids")
+        check_run_arguments(batch_ids, endpoint=endpoint, forever=forever, notify_url=notify_url)
         if lock not in ("exclusive", "wait", "share"):
             raise ConfigError(f"lock must be exclusive, wait or share, not {lock!r}")
         known = self.endpoints()
@@ -735,12 +826,10 @@ class Client:
 
     def _notifier(self, notify_url: str | None) -> WebhookNotifier | None:
         """The run's webhook notifier: ``notify_url``, else the config file's (see arun)."""
-        from batchrun.config.file import notify_url_of, notify_url_problem
+        from batchrun.config.file import notify_url_of
 
         if notify_url is None:
             notify_url = notify_url_of(self.settings(), self._env)
-        elif notify_url and (problem := notify_url_problem(notify_url)):
-            raise ConfigError(f"notify_url: {problem}")
         if not notify_url:
             return None
         from batchrun.transport.notify import WebhookNotifier
@@ -749,9 +838,40 @@ class Client:
 
     # -- the async twins of the rest ------------------------------------------------------
 
-    async def asubmit(self, requests: Requests, **options: Any) -> BatchObject:
+    async def asubmit(
+        self,
+        requests: Requests,
+        *,
+        endpoint: str | None = None,
+        name: str | None = None,
+        model: str | None = None,
+        expires_in_s: float | None = None,
+        skip_invalid: bool = False,
+        max_cost_usd: float | None = None,
+        max_requests: int | None = None,
+        max_file_bytes: int | None = None,
+        on_skipped: Callable[[str], None] | None = None,
+        lane: str = "realtime",
+        reuse: bool = False,
+        hold_unpriced: bool = False,
+    ) -> BatchObject:
         """:meth:`submit` off the event loop."""
-        return await _off_loop(self.submit, requests, **options)
+        return await _off_loop(
+            self.submit,
+            requests,
+            endpoint=endpoint,
+            name=name,
+            model=model,
+            expires_in_s=expires_in_s,
+            skip_invalid=skip_invalid,
+            max_cost_usd=max_cost_usd,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+            on_skipped=on_skipped,
+            lane=lane,
+            reuse=reuse,
+            hold_unpriced=hold_unpriced,
+        )
 
     async def astatus(self, batch_id: str) -> BatchStatus:
         """:meth:`status` off the event loop."""
@@ -775,13 +895,52 @@ class Client:
         *,
         retry_errored: bool = False,
         expires_in_s: float | None = None,
-        **run_options: Any,
+        endpoint: str | None = None,
+        lane: str | None = None,
+        limits: Limits | None = None,
+        max_concurrency: int | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        output_reservation: Literal["learned", "max_tokens"] = "learned",
+        burst_s: float | None = None,
+        count_tokens: bool = False,
+        max_cost_usd: float | None = None,
+        hold_unpriced: bool = False,
+        max_runtime_s: float | None = None,
+        poll_interval_s: float = 30.0,
+        lock: LockMode = "exclusive",
+        on_event: Callable[[RunEvent], None] | None = None,
+        progress_interval_s: float | None = None,
+        stop_on_signals: bool = False,
+        on_session: Callable[[RunSession], None] | None = None,
+        notify_url: str | None = None,
     ) -> RunResult:
         """:meth:`resume` on the caller's event loop."""
         await _off_loop(
             self.requeue, batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s
         )
-        return await self.arun(batch_id, **run_options)
+        return await self.arun(
+            batch_id,
+            endpoint=endpoint,
+            lane=lane,
+            limits=limits,
+            max_concurrency=max_concurrency,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            output_reservation=output_reservation,
+            burst_s=burst_s,
+            count_tokens=count_tokens,
+            max_cost_usd=max_cost_usd,
+            hold_unpriced=hold_unpriced,
+            max_runtime_s=max_runtime_s,
+            poll_interval_s=poll_interval_s,
+            lock=lock,
+            on_event=on_event,
+            progress_interval_s=progress_interval_s,
+            stop_on_signals=stop_on_signals,
+            on_session=on_session,
+            notify_url=notify_url,
+        )
 
     async def aresults(
         self, batch_id: str, *, partial: bool = False, only: ResultState | None = None
@@ -804,10 +963,45 @@ class Client:
                 await loop.run_in_executor(pool, lines.close)
 
     async def aexport(
-        self, batch_id: str, output: str | os.PathLike[str] | IO[Any], **options: Any
+        self,
+        batch_id: str,
+        output: str | os.PathLike[str] | IO[Any],
+        *,
+        format: str = "anthropic",
+        only: ResultState | None = None,
+        partial: bool = False,
+        csv_raw: bool = False,
     ) -> int:
         """:meth:`export` off the event loop."""
-        return await _off_loop(self.export, batch_id, output, **options)
+        return await _off_loop(
+            self.export,
+            batch_id,
+            output,
+            format=format,
+            only=only,
+            partial=partial,
+            csv_raw=csv_raw,
+        )
+
+
+def check_run_arguments(
+    batch_ids: Sequence[str], *, endpoint: str | None, forever: bool, notify_url: str | None
+) -> None:
+    """The rules between :meth:`Client.run`'s arguments, in one place for the Client and the
+    CLI (which checks them before it looks anything up): UsageError naming the argument.
+    A ``notify_url`` is never quoted: it may hold a token."""
+    if endpoint is not None and not batch_ids:
+        raise UsageError(argument="endpoint", problem="name the batches to move")
+    if forever and batch_ids:
+        raise UsageError(
+            argument="forever",
+            problem="runs every batch with queued work; it takes no batch ids",
+        )
+    if notify_url:
+        from batchrun.config.file import notify_url_problem
+
+        if problem := notify_url_problem(notify_url):
+            raise UsageError(argument="notify_url", problem=problem)
 
 
 def _take(lines: Generator[dict[str, Any], None, None]) -> builtins.list[dict[str, Any]]:

@@ -8,7 +8,8 @@ else that escapes is a bug and keeps its traceback. The tree::
     ├── InputFileError              a request file cannot be read or has invalid lines
     ├── ConfigError                 a setting, flag or environment variable is wrong or missing
     │   ├── MissingApiKeyError      the endpoint's key variable is not set
-    │   └── UnpricedModelsError     a budget for models without a price (exit 2)
+    │   ├── UnpricedModelsError     a budget for models without a price (exit 2)
+    │   └── UsageError              arguments that do not go together (exit 2)
     ├── UnknownEndpointError        a batch or flag names an endpoint batchrun does not know
     ├── BatchNotFoundError          no batch has that id
     │   └── AmbiguousBatchError     a prefix or name matches several batches
@@ -27,6 +28,11 @@ tested against it.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
 
 
 class ExitCode(IntEnum):
@@ -97,6 +103,12 @@ class BatchrunError(Exception):
 class InputFileError(BatchrunError):
     """The request file cannot be used."""
 
+    def __init__(self, message: str | None = None, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message or "\n".join(problems) or None)
+        # The problems the message lists, one ``source:line: what; how to fix`` each (the
+        # first ones when there are many); empty when the file as a whole cannot be read.
+        self.problems: tuple[str, ...] = tuple(problems)
+
 
 class ConfigError(BatchrunError):
     """A setting is invalid."""
@@ -120,21 +132,71 @@ class UnpricedModelsError(ConfigError):
 
     exit_code = ExitCode.USAGE
 
+    def __init__(self, message: str | None = None, *, models: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        # The models without a price, sorted.
+        self.models: tuple[str, ...] = tuple(sorted(models))
+
+
+class UsageError(ConfigError):
+    """These arguments do not go together."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(
+        self, message: str | None = None, *, argument: str | None = None, problem: str = ""
+    ) -> None:
+        if message is None and argument is not None and problem:
+            message = f"{argument}: {problem}"
+        super().__init__(message)
+        # The argument at fault as Python names it (``notify_url``), and what is wrong with
+        # it, worded to follow its name: the CLI shows the problem after its own flag.
+        self.argument = argument
+        self.problem = problem or self.message
+
 
 class UnknownEndpointError(BatchrunError):
     """No endpoint has that name."""
+
+    def __init__(self, message: str | None = None, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        # The name that is not an endpoint (or pool).
+        self.endpoint = endpoint
 
 
 class BatchNotFoundError(BatchrunError):
     """No batch has that id; `batchrun list` shows the batches in this database."""
 
+    def __init__(self, message: str | None = None, *, batch_id: str | None = None) -> None:
+        if message is None and batch_id is not None:
+            message = f"no batch {batch_id!r} in this database; `batchrun list` shows its batches"
+        super().__init__(message)
+        # The id (or prefix, name, 'last') that names no batch.
+        self.batch_id = batch_id
+
 
 class AmbiguousBatchError(BatchNotFoundError):
     """More than one batch matches; give more of the id (`batchrun list` shows them)."""
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        batch_id: str | None = None,
+        matches: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message, batch_id=batch_id)
+        # The ids of the batches that match (the message may list only the first ones).
+        self.matches: tuple[str, ...] = tuple(matches)
+
 
 class BatchStateError(BatchrunError):
     """The batch is not in a state that allows this."""
+
+    def __init__(self, message: str | None = None, *, batch_id: str | None = None) -> None:
+        super().__init__(message)
+        # The batch whose state does not allow it.
+        self.batch_id = batch_id
 
 
 class DatabaseError(BatchrunError):
@@ -149,3 +211,16 @@ class RunLockedError(BatchrunError):
     """Another `batchrun run` is using this database."""
 
     exit_code = ExitCode.LOCKED
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        pid: int | None = None,
+        since: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        # The other run's process id and when it took the lock, as it wrote them (None when
+        # it had not written them yet, or they cannot be read).
+        self.pid = pid
+        self.since = since

@@ -42,7 +42,7 @@ def match_batch(ref: str, batches: Sequence[BatchObject]) -> str:
     if ref == LAST:
         if not batches:
             raise BatchNotFoundError(
-                "no batch yet, so no `last`; `batchrun submit FILE` stores one"
+                "no batch yet, so no `last`; `batchrun submit FILE` stores one", batch_id=ref
             )
         return batches[0].id
     named = [batch for batch in batches if batch.name == ref]
@@ -57,7 +57,8 @@ def match_batch(ref: str, batches: Sequence[BatchObject]) -> str:
         return _one(ref, prefixed, "have ids starting with", "give more of the id")
     raise BatchNotFoundError(
         f"no batch {ref!r} in this database (not an id, a prefix of one, a name or `last`); "
-        "`batchrun list` shows its batches"
+        "`batchrun list` shows its batches",
+        batch_id=ref,
     )
 
 
@@ -66,7 +67,11 @@ def _one(ref: str, found: Sequence[BatchObject], how: str, fix: str) -> str:
         return found[0].id
     listed = ", ".join(_described(batch) for batch in found[:MAX_LISTED])
     more = f" and {len(found) - MAX_LISTED:,} more" if len(found) > MAX_LISTED else ""
-    raise AmbiguousBatchError(f"{len(found):,} batches {how} {ref!r}: {listed}{more}; {fix}")
+    raise AmbiguousBatchError(
+        f"{len(found):,} batches {how} {ref!r}: {listed}{more}; {fix}",
+        batch_id=ref,
+        matches=[batch.id for batch in found],
+    )
 
 
 def _described(batch: BatchObject) -> str:

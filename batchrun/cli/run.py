@@ -61,6 +61,10 @@ class _RunMetrics:
         self._server.close()
 
 
+# The flag of each Client.run argument whose name is not the flag's (see check_run_arguments).
+_FLAGS = {"notify_url": "--notify"}
+
+
 def run(
     ctx: typer.Context,
     limits: dict[str, float],
@@ -264,23 +268,20 @@ def run(
     """
     from batchrun.cli.context import client_of
     from batchrun.cli.progress import RunDisplay
+    from batchrun.client import check_run_arguments
+    from batchrun.errors import UsageError
 
-    if endpoint is not None and not batch_ids:
-        raise typer.BadParameter("name the batches to move", param_hint="--endpoint")
-    if forever and batch_ids:
-        raise typer.BadParameter(
-            "--forever runs every batch with queued work; it takes no batch ids",
-            param_hint="--forever",
+    try:
+        check_run_arguments(
+            batch_ids or (), endpoint=endpoint, forever=forever, notify_url=notify or None
         )
+    except UsageError as exc:
+        # The Client's rule and wording, shown after the flag as typer shows a usage error.
+        flag = _FLAGS.get(exc.argument or "", f"--{(exc.argument or '').replace('_', '-')}")
+        raise typer.BadParameter(exc.problem, param_hint=flag) from None
     max_runtime_s = duration_option(max_runtime, "--max-runtime")
     poll_interval_s = duration_option(poll_interval, "--poll-interval") or 0.0
     log_interval_s = max(duration_option(progress_interval, "--progress-interval") or 0, 0.1)
-    if notify:
-        from batchrun.config.file import notify_url_problem
-
-        if problem := notify_url_problem(notify):
-            # The URL is not repeated: it may hold a token.
-            raise typer.BadParameter(problem, param_hint="--notify")
     if batch_ids:
         # After the checks of the command line: a usage error says so before any lookup.
         batch_ids = resolve_batch_ids(client_of(ctx), batch_ids)
@@ -313,7 +314,7 @@ def run(
             stop_on_signals=True,
             notify_url=notify,
             on_session=None if metrics is None else metrics.watch,
-            **limits,
+            limits=limits,
         )
     finally:
         display.close()

@@ -94,7 +94,7 @@ class _Problems:
             # The file alone (empty, say): one line, with no lines "above" to fix.
             return InputFileError(f"{self.file_problem.message}; nothing was stored")
         lines.append("nothing was stored; fix the lines above and submit again")
-        return InputFileError("\n".join(lines))
+        return InputFileError("\n".join(lines), problems=messages[:MAX_PRINTED_PROBLEMS])
 
 
 def submit_requests(

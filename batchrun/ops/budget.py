@@ -90,7 +90,8 @@ def unpriced_refusal(
         f"{price_snippet(models)}\n"
         f"or pass {HOLD_UNPRICED_FLAG} (hold_unpriced=True from Python): the other requests run "
         "within the budget, and these models' requests stay queued, unsent, until a price is "
-        "added (or the batch is canceled or expires)"
+        "added (or the batch is canceled or expires)",
+        models=models,
     )
 
 

@@ -217,13 +217,16 @@ def plan_file(
         plan.max_output_tokens += item.max_tokens
     if problems:
         lines = format_problems(problems, source=source)
+        listed = format_problems(
+            [item for item in problems if isinstance(item, InvalidLine)], source=source
+        )
         if hidden:
             lines.append(f"… and {hidden:,} more invalid lines")
         if not hidden and all(isinstance(item, FileProblem) for item in problems):
             # The file alone (empty, say): one line, with no lines "above" to fix.
             raise InputFileError(f"{'; '.join(lines)}; nothing was estimated")
         lines.append("nothing was estimated; fix the lines above and try again")
-        raise InputFileError("\n".join(lines))
+        raise InputFileError("\n".join(lines), problems=listed)
     ordered = sorted(models.values(), key=lambda m: (-m.requests, m.model))
     return FilePlan(
         source,

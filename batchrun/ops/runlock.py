@@ -15,6 +15,7 @@ lock is taken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -38,13 +39,35 @@ def lock_path(database_url: str) -> Path | None:
     return database.with_name(database.name + LOCK_SUFFIX)
 
 
-def _holder(path: Path) -> str:
-    """Who holds the lock, as its holder wrote it: "pid N since TIME" (or "")."""
+def _holder(path: Path) -> tuple[int, str] | None:
+    """Who holds the lock, as its holder wrote it: its pid and since when (an ISO time), or
+    None when that cannot be read (the holder has not written it yet)."""
     try:
         info = json.loads(path.read_text(encoding="utf-8") or "{}")
-        return f"pid {info['pid']}, running since {info['since']}"
+        pid, since = info["pid"], info["since"]
     except (OSError, ValueError, KeyError, TypeError):
-        return ""
+        return None
+    if not isinstance(pid, int) or not isinstance(since, str):
+        return None
+    return pid, since
+
+
+def _locked_error(path: Path) -> RunLockedError:
+    """The error for a run that finds the lock taken, naming the run that holds it."""
+    holder = _holder(path)
+    pid = since = None
+    who = ""
+    if holder is not None:
+        pid, written = holder
+        who = f" (pid {pid}, running since {written})"
+        with contextlib.suppress(ValueError):
+            since = datetime.fromisoformat(written)
+    return RunLockedError(
+        f"another `batchrun run`{who} is using {path.with_suffix('')}; it will finish the "
+        "work, so this run stops here. Pass --wait to wait for it instead",
+        pid=pid,
+        since=since,
+    )
 
 
 @asynccontextmanager
@@ -77,15 +100,11 @@ async def run_lock(
                 _lock_now(fd)
                 break
             except BlockingIOError:
-                holder = _holder(path)
-                who = f" ({holder})" if holder else ""
                 if not wait:
-                    raise RunLockedError(
-                        f"another `batchrun run`{who} is using {path.with_suffix('')}; "
-                        "it will finish the work, so this run stops here. Pass --wait to "
-                        "wait for it instead"
-                    ) from None
+                    raise _locked_error(path) from None
                 if not announced and on_wait is not None:
+                    holder = _holder(path)
+                    who = f" (pid {holder[0]}, running since {holder[1]})" if holder else ""
                     on_wait(f"waiting for another `batchrun run`{who} to finish")
                     announced = True
                 await asyncio.sleep(WAIT_POLL_S)

@@ -142,7 +142,8 @@ def run_endpoints(plan: RunPlan, known: Endpoints) -> dict[str, Endpoint]:
             raise UnknownEndpointError(
                 f"batch {batch_id} uses endpoint {name!r}, which is not defined here; define "
                 f"it in the config file, or move the batch with `batchrun run {batch_id} "
-                "--endpoint NAME`"
+                "--endpoint NAME`",
+                endpoint=name,
             )
         used.update(known.members(name))
     return used

@@ -87,6 +87,4 @@ def end_finished_batches(conn: Connection, batch_ids: Sequence[str], now: dateti
 
 def batch_not_found(batch_id: str) -> BatchNotFoundError:
     """The error for an unknown batch id, with the command that lists the known ones."""
-    return BatchNotFoundError(
-        f"no batch {batch_id!r} in this database; `batchrun list` shows its batches"
-    )
+    return BatchNotFoundError(batch_id=batch_id)

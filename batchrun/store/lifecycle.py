@@ -260,7 +260,8 @@ class BatchLifecycle(StoreBase):
             if _ended_at(conn, batch_id) is None:
                 raise BatchStateError(
                     f"batch {batch_id} has not ended; only ended batches can be deleted "
-                    f"(`batchrun cancel {batch_id}` first)"
+                    f"(`batchrun cancel {batch_id}` first)",
+                    batch_id=batch_id,
                 )
             self._delete(conn, [batch_id])
 

@@ -486,9 +486,7 @@ class Store(BatchLifecycle, Leases, HealthStore, ProviderBatches, Tallies, Timel
                 .values(max_cost_usd=max_cost_usd)
             ).rowcount
         if not changed:
-            raise BatchNotFoundError(
-                f"no batch {batch_id!r} in this database; `batchrun list` shows its batches"
-            )
+            raise BatchNotFoundError(batch_id=batch_id)
 
     def max_costs(self, batch_ids: Sequence[str]) -> dict[str, float | None]:
         """The budget of each of these batches (None: no budget), by id."""

@@ -258,7 +258,8 @@ class Endpoints:
             raise UnknownEndpointError(
                 f"unknown endpoint {name!r}{did_you_mean(name, [*self.by_name, *self.pools])}; "
                 f"known endpoints: {', '.join(sorted(self.by_name))}"
-                f"{pools} (`batchrun endpoints` lists them; a config file can define more)"
+                f"{pools} (`batchrun endpoints` lists them; a config file can define more)",
+                endpoint=name,
             )
         return self.by_name[name]
 
@@ -346,7 +347,8 @@ def resolve_endpoints(
         if named not in resolved and named not in pools:
             raise UnknownEndpointError(
                 f"{ENDPOINT_ENV} names unknown endpoint {named!r}{did_you_mean(named, names)}; "
-                f"known endpoints and pools: {', '.join(names)}"
+                f"known endpoints and pools: {', '.join(names)}",
+                endpoint=named,
             )
         default, source = named, ENDPOINT_ENV
     return Endpoints(resolved, default, source, config_path, pools)

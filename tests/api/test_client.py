@@ -68,7 +68,7 @@ def test_submit_run_status_and_results_from_python(client: batchrun.Client) -> N
     batch = client.submit(
         (request_line(f"q-{i}") for i in range(5)), endpoint="simulator", name="from python"
     )
-    result = client.run(batch.id, rpm=6000, stop_on_signals=False)
+    result = client.run(batch.id, limits={"rpm": 6000}, stop_on_signals=False)
     status = client.status(batch.id)
     lines = list(client.results(batch.id))
 
@@ -158,7 +158,7 @@ def test_a_run_whose_batch_is_canceled_meanwhile_exits_7(client: batchrun.Client
 
     result = client.run(
         batch.id,
-        rpm=120,
+        limits={"rpm": 120},
         progress_interval_s=0.1,
         on_event=cancel_once_started,
         stop_on_signals=False,
@@ -193,7 +193,7 @@ def test_mistakes_are_batchrun_errors_with_exit_codes(client: batchrun.Client) -
     with pytest.raises(BatchNotFoundError) as missing:
         client.status("msgbatch_nope")
     with pytest.raises(ConfigError, match="unknown rate limit 'rpmm'"):
-        client.run(rpmm=5)
+        client.run(limits={"rpmm": 5})
     with pytest.raises(ConfigError, match="unknown export format 'xml'"):
         client.export("msgbatch_nope", io.StringIO(), format="xml")
 

@@ -164,7 +164,7 @@ def test_an_absurd_announced_limit_slows_the_run_but_cannot_stall_it(
     # configured, so 20 requests take about 2 s instead of 140 days.
     batch = client.submit(lines(["tiny_limit"] * 20), endpoint="hostile")
 
-    result = client.run(batch.id, stop_on_signals=False, rpm=60_000, max_runtime_s=60)
+    result = client.run(batch.id, stop_on_signals=False, limits={"rpm": 60_000}, max_runtime_s=60)
 
     assert result.exit_code == ExitCode.OK
     assert client.status(batch.id).request_counts.succeeded == 20

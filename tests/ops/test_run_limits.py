@@ -63,9 +63,9 @@ def test_each_batch_shows_the_limits_of_the_run_that_sent_it_not_a_later_runs(
     client: batchrun.Client,
 ) -> None:
     first = _submit(client, "first", ["one", "two", "three"], "simulator")
-    assert client.run(first, rpm=600).exit_code == 0
+    assert client.run(first, limits={"rpm": 600}).exit_code == 0
     second = _submit(client, "second", ["four", "five"], "simulator")
-    assert client.run(second, rpm=900).exit_code == 0
+    assert client.run(second, limits={"rpm": 900}).exit_code == 0
 
     for batch_id, rpm in ((first, 600.0), (second, 900.0)):
         report = client.report(batch_id)
@@ -92,7 +92,7 @@ def test_a_batch_sent_with_no_limit_known_says_so_after_a_later_run_with_a_flag(
     unlimited = _submit(client, "unlimited", ["one", "two"], "simulator")
     assert client.run(unlimited).exit_code == 0
     later = _submit(client, "later", ["three"], "simulator")
-    assert client.run(later, rpm=900).exit_code == 0
+    assert client.run(later, limits={"rpm": 900}).exit_code == 0
 
     report = client.report(unlimited)
     assert report.limits == ()
@@ -119,8 +119,8 @@ def test_a_batch_sent_by_two_runs_shows_the_latest_and_lists_each(
 ) -> None:
     batch_id = _submit(client, "twice", [f"q{i}" for i in range(20)], "simulator")
     # The time limit stops the first run after a few sends; the second sends the rest.
-    assert client.run(batch_id, rpm=600, max_runtime_s=0.5).exit_code == 5
-    assert client.run(batch_id, rpm=900).exit_code == 0
+    assert client.run(batch_id, limits={"rpm": 600}, max_runtime_s=0.5).exit_code == 5
+    assert client.run(batch_id, limits={"rpm": 900}).exit_code == 0
 
     report = client.report(batch_id)
     first, second = report.runs
@@ -152,7 +152,7 @@ def test_announced_and_learned_limits_are_recorded_with_the_run_that_met_them(
         )
         with batchrun.Client(db_url, config=config, env={"HOME": str(tmp_path)}) as client:
             batch_id = _submit(client, "heard", prompts, "sim")
-            assert client.run(batch_id, itpm=5_000_000).exit_code == 0
+            assert client.run(batch_id, limits={"itpm": 5_000_000}).exit_code == 0
             report = client.report(batch_id)
             page = client.report_html(batch_id)
 

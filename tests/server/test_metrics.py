@@ -84,7 +84,7 @@ def test_a_scrape_agrees_with_status_on_counts_tokens_and_cost(
         [request_line(f"c-{i}", model="claude-haiku-4-5") for i in range(2)], endpoint="simulator"
     )
     client.cancel(canceled.id)
-    result = client.run(ran.id, rpm=6000, stop_on_signals=False)
+    result = client.run(ran.id, limits={"rpm": 6000}, stop_on_signals=False)
     waiting = client.submit([request_line("later")], endpoint="simulator")
     assert result.last is not None
     report = result.last.report
