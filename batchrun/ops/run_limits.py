@@ -125,7 +125,7 @@ def _run(rows: Sequence[LimitRecord]) -> RunLimits:
         for dimension in DIMENSIONS.names():
             if not any(d == dimension for values in keys.values() for d, _ in values):
                 continue
-            in_force = _summed([_in_force(values, dimension) for values in keys.values()])
+            in_force = summed_limit([_key_in_force(values, dimension) for values in keys.values()])
             series = steps.setdefault(dimension, [])
             if not series or series[-1][1] != in_force:
                 series.append((at, in_force))
@@ -142,11 +142,13 @@ def _run(rows: Sequence[LimitRecord]) -> RunLimits:
         limits.append(
             RunLimit(
                 dimension=dimension,
-                flag=_summed([values.get((dimension, FLAG)) for values in keys.values()]),
-                configured=_summed(
+                flag=summed_limit([values.get((dimension, FLAG)) for values in keys.values()]),
+                configured=summed_limit(
                     [values.get((dimension, CONFIGURED)) for values in keys.values()]
                 ),
-                announced=_summed([values.get((dimension, ANNOUNCED)) for values in keys.values()]),
+                announced=summed_limit(
+                    [values.get((dimension, ANNOUNCED)) for values in keys.values()]
+                ),
                 learned=learned.get(dimension),
                 limit=series[-1][1],
                 lowest=min(present) if present else None,
@@ -168,29 +170,31 @@ def _run(rows: Sequence[LimitRecord]) -> RunLimits:
     )
 
 
-def _in_force(values: _Values, dimension: str) -> float | None:
-    """A key's limit in force: the lowest of its flag (else its configured limit), its
-    announced and its learned limit."""
+def key_limit(base: float | None, announced: float | None, learned: float | None) -> float | None:
+    """A key's limit in force: the lowest of its ``base`` (the flag given to ``run``, else
+    its configured limit), its announced and its learned limit; None when it has none. The
+    one rule the dashboard and the report show limits by (a value of 0 or less is none)."""
+    found = [value for value in (base, announced, learned) if value is not None and value > 0]
+    return min(found) if found else None
+
+
+def summed_limit(values: Sequence[float | None]) -> float | None:
+    """A batch's limit over the keys it is sent under: the sum of theirs, or None if any is
+    missing (one key without a limit leaves it unlimited)."""
+    if not values or any(value is None for value in values):
+        return None
+    return sum(value for value in values if value is not None)
+
+
+def _key_in_force(values: _Values, dimension: str) -> float | None:
     flag = values.get((dimension, FLAG))
     base = flag if flag is not None else values.get((dimension, CONFIGURED))
-    found = [
-        value
-        for value in (base, values.get((dimension, ANNOUNCED)), values.get((dimension, LEARNED)))
-        if value is not None
-    ]
-    return min(found) if found else None
+    return key_limit(base, values.get((dimension, ANNOUNCED)), values.get((dimension, LEARNED)))
 
 
 def _learned_binds(values: _Values, dimension: str) -> bool:
     learned = values.get((dimension, LEARNED))
-    return learned is not None and learned == _in_force(values, dimension)
-
-
-def _summed(values: Sequence[float | None]) -> float | None:
-    """The sum, or None if any is missing (one key without a limit leaves it unlimited)."""
-    if not values or any(value is None for value in values):
-        return None
-    return sum(value for value in values if value is not None)
+    return learned is not None and learned == _key_in_force(values, dimension)
 
 
 def _round(value: float | None) -> float | None:

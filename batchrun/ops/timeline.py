@@ -40,7 +40,7 @@ from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.lanes import REALTIME
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension
 from batchrun.limits.families import entry_for, is_family
-from batchrun.ops.run_limits import RunLimits, runs_of
+from batchrun.ops.run_limits import RunLimits, key_limit, runs_of, summed_limit
 from batchrun.records import BatchSummary, route_of
 from batchrun.store.series import AnswerBucket
 from batchrun.store.usage import Usage, priced
@@ -502,7 +502,7 @@ def _limit_uses(
             mine = _configured(endpoint, model, known).get(name)
             heard = None if row is None else row.announced
             lowered = None if row is None else row.learned
-            least = _lowest(mine, heard, lowered)
+            least = key_limit(mine, heard, lowered)
             if least is None and row is not None:
                 # A limit given to `run` (--rpm ...) is stored only as the bucket's rate.
                 least = row.in_force
@@ -511,7 +511,7 @@ def _limit_uses(
             lowest.append(least)
             in_force.append(None if row is None else row.in_force)
             learned = learned or (lowered is not None and least == lowered)
-        limit = _summed(lowest)
+        limit = summed_limit(lowest)
         if limit is None:
             continue
         rate = None if throughput is None else dimension.measure(throughput.amounts)
@@ -519,11 +519,11 @@ def _limit_uses(
             LimitUse(
                 dimension=name,
                 measures=measure_of(dimension),
-                configured=_summed(configured),
-                announced=_summed(announced),
+                configured=summed_limit(configured),
+                announced=summed_limit(announced),
                 learned=limit if learned else None,
                 limit=limit,
-                in_force=_summed(in_force),
+                in_force=summed_limit(in_force),
                 rate=rate,
                 utilisation=None if rate is None else rate / limit,
             )
@@ -548,7 +548,7 @@ def _recorded_uses(
         in_force = None
         if running:
             found = [rows.get((endpoint, model, limit.dimension)) for endpoint, model in run.keys]
-            in_force = _summed([None if row is None else row.in_force for row in found])
+            in_force = summed_limit([None if row is None else row.in_force for row in found])
         rate = None if throughput is None else dimension.measure(throughput.amounts)
         uses.append(
             LimitUse(
@@ -574,18 +574,6 @@ def _mark_binding(uses: Sequence[LimitUse]) -> tuple[LimitUse, ...]:
         return tuple(uses)
     top = max(measured, key=lambda use: use.utilisation or 0.0)
     return tuple(replace(use, binding=True) if use is top else use for use in uses)
-
-
-def _summed(values: Sequence[float | None]) -> float | None:
-    """The sum, or None if any is missing (one key without a limit leaves it unlimited)."""
-    if not values or any(value is None for value in values):
-        return None
-    return sum(value for value in values if value is not None)
-
-
-def _lowest(*values: float | None) -> float | None:
-    present = [value for value in values if value is not None and value > 0]
-    return min(present) if present else None
 
 
 # -- the series -------------------------------------------------------------------------------

@@ -3,12 +3,15 @@ per minute against its rate limits, 429s, retries and errors over time, answer l
 endpoint, cost over time and tokens by kind.
 
 Time is cut into buckets of :func:`bucket_width_s` seconds, about :data:`TARGET_BUCKETS` over
-the batch's span. A rate per minute is read over a trailing window (:func:`window_s`): a
-minute when the batch sent for :data:`LONG_RUN_S` or more, so the line compares with a limit
-per minute as the limiter counts it; a shorter window for a short run, which a trailing
-minute would flatten. Latency percentiles are exact (nearest rank over every answer's
-latency in whole milliseconds), read from a stream of distinct latencies; memory stays that
-of a few hundred buckets whatever the batch's size.
+the batch's span. Sends, failures and errors are placed by when they were sent (the
+dashboard's series, :func:`batchrun.store.series.read_answer_series`); cost by when each
+answer came (:func:`batchrun.store.usage.read_usage`, per bucket). A rate per minute is
+read over a trailing window (:func:`window_s`): a minute when the batch sent for
+:data:`LONG_RUN_S` or more, so the line compares with a limit per minute as the limiter
+counts it; a shorter window for a short run, which a trailing minute would flatten.
+Latency percentiles are exact (nearest rank over every answer's latency in whole
+milliseconds), read from a stream of distinct latencies; memory stays that of a few hundred
+buckets whatever the batch's size.
 
 The limits are what the dashboard shows (:mod:`batchrun.ops.timeline`): those the latest
 run that sent the batch recorded (per dimension the flag, configured, announced and learned
@@ -148,8 +151,8 @@ def gather_report(
     now: datetime,
 ) -> ReportData:
     """The report of ``batch`` (whose ``status`` and ``errors`` the caller read): a handful
-    of grouped reads of the store (the dashboard's card for the limits, the send series,
-    the cost series, the latencies)."""
+    of grouped reads of the store (the dashboard's card for the limits, the answers per
+    bucket, the usage per bucket, the latencies)."""
     first, last = _span(status, now)
     width_s = bucket_width_s((last - first).total_seconds())
     sends = store.series.answers(batch.id, width_s=width_s)

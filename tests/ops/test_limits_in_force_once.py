@@ -1,0 +1,57 @@
+"""The limits in force that the dashboard and the report show are computed in one place:
+a key's limit (the lowest of the flag or configured limit, the announced and the learned
+one) and a batch's (summed over its keys, none when a key has none) are
+``batchrun.ops.run_limits``'s, which the dashboard's card reads whether a run recorded the
+limits or not, and the report reads the card."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import batchrun.ops
+from batchrun.ops.run_limits import key_limit, summed_limit
+
+OPS = Path(batchrun.ops.__file__).parent
+
+
+def _defined(path: Path) -> set[str]:
+    return {
+        node.name
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+def test_only_run_limits_defines_the_limit_in_force_rules() -> None:
+    rules = {"key_limit", "summed_limit", "_summed", "_lowest", "_in_force"}
+    found = {
+        str(path.relative_to(OPS)): sorted(_defined(path) & rules)
+        for path in sorted(OPS.rglob("*.py"))
+        if _defined(path) & rules
+    }
+    assert found == {"run_limits.py": ["key_limit", "summed_limit"]}
+
+
+@pytest.mark.parametrize(
+    ("base", "announced", "learned", "limit"),
+    [
+        (500.0, None, None, 500.0),
+        (500.0, 400.0, None, 400.0),
+        (500.0, 400.0, 300.0, 300.0),
+        (None, 400.0, None, 400.0),
+        (None, None, None, None),
+    ],
+)
+def test_a_keys_limit_is_the_lowest_it_knows(
+    base: float | None, announced: float | None, learned: float | None, limit: float | None
+) -> None:
+    assert key_limit(base, announced, learned) == limit
+
+
+def test_a_batchs_limit_is_none_when_one_key_has_none() -> None:
+    assert summed_limit([100.0, 50.0]) == 150.0
+    assert summed_limit([100.0, None]) is None
+    assert summed_limit([]) is None
