@@ -42,16 +42,16 @@ if TYPE_CHECKING:
     from batchrun.ops.monitor import ProgressSnapshot
     from batchrun.ops.planning import FilePlan, ModelPlan
     from batchrun.ops.report.data import ReportData
-    from batchrun.ops.runner import WaitingBatch
-    from batchrun.ops.session import (
+    from batchrun.ops.run_types import (
         Note,
         PassFinished,
         PassResult,
         Progress,
         RunEvent,
         RunResult,
-        RunSession,
     )
+    from batchrun.ops.runner import WaitingBatch
+    from batchrun.ops.session import RunSession
     from batchrun.transport.endpoints import Endpoints
 
 __version__ = "0.1.0"
@@ -68,20 +68,20 @@ _LAZY: dict[str, str] = {
     "Limits": "batchrun.client",
     "LockMode": "batchrun.client",
     "ModelPlan": "batchrun.ops.planning",
-    "Note": "batchrun.ops.session",
-    "PassFinished": "batchrun.ops.session",
-    "PassResult": "batchrun.ops.session",
+    "Note": "batchrun.ops.run_types",
+    "PassFinished": "batchrun.ops.run_types",
+    "PassResult": "batchrun.ops.run_types",
     "PriceTable": "batchrun.config.prices",
     "ProcessCounters": "batchrun.ops.metrics",
-    "Progress": "batchrun.ops.session",
+    "Progress": "batchrun.ops.run_types",
     "ProgressSnapshot": "batchrun.ops.monitor",
     "ProviderBatchModel": "batchrun.export.batch_object",
     "ReportData": "batchrun.ops.report.data",
     "Requests": "batchrun.input.sources",
     "ResultState": "batchrun.client",
-    "RunEvent": "batchrun.ops.session",
+    "RunEvent": "batchrun.ops.run_types",
     "RunReport": "batchrun.dispatch.report",
-    "RunResult": "batchrun.ops.session",
+    "RunResult": "batchrun.ops.run_types",
     "RunSession": "batchrun.ops.session",
     "Settings": "batchrun.config.file",
     "WaitingBatch": "batchrun.ops.runner",

@@ -1,7 +1,10 @@
 """A run as a whole: planning, budgets, progress, the time limit, the run lock, and the
 wiring of one dispatch.
 
-Holds: ``session`` (one run: passes, events, exit code), ``runner`` (endpoints → HTTP
+Holds: ``session`` (one run: passes of plan → dispatch → summarise), ``run_types`` (what a
+run takes and gives: options, events, results, the exit-code rule), ``pass_plan`` (the
+batches of a pass, with the run's options stored on them), ``forever`` (the joiner that adds
+batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP
 clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
 ``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
 ``lanes`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture
-def client(db_url: str, tmp_path: Path) -> batchrun.Client:
+def client(db_url: str, tmp_path: Path) -> Iterator[batchrun.Client]:
     """A client on a fresh database that sees no config file and no key of this machine."""
     with batchrun.Client(db_url, env={"HOME": str(tmp_path)}, cwd=tmp_path) as opened:
         yield opened
