@@ -12,10 +12,9 @@ after ``params`` or ``body`` cost a walk through the prompt's or answer's overfl
 - open requests (queued, running, provider), found through the ``(state, batch_id, id)``
   index, from ``requests``;
 - final requests from their result rows (a final request has exactly one, written with its
-  final state, with the same ``attempts``), joined to ``requests`` for the requested model.
-
-What the answers used is read in the same transaction by the one statement of usage by
-model (:func:`batchrun.store.usage.read_usage`), per requested model too.
+  final state, with the same ``attempts``), joined to ``requests`` for the requested model:
+  the one statement of usage by model (:func:`batchrun.store.usage.read_usage`), asked per
+  request, so the same scan gives the requests per final state and what they used.
 
 One more groups the failed sends (``send_failures``: 429s, 529s, 5xx, transport failures)
 by endpoint, model and reason; it reads every failed send the database holds, which stays
@@ -92,19 +91,23 @@ class Tallies(StoreBase):
 
     def request_tallies(self, batch_ids: Collection[str] | None = None) -> RequestTotals:
         """The requests of these batches (None: of every batch) totalled per batch × model ×
-        state (sorted by those), and their usage by model per requested model
+        state (sorted by those), and their results' usage per requested model and state
         (:func:`~batchrun.store.usage.read_usage`), in one read transaction (see
         :class:`RequestTotals`)."""
         with self._read() as conn:
             unanswered = conn.execute(_open_requests(batch_ids)).all()
-            answered = conn.execute(_final_requests(batch_ids)).all()
-            usage = read_usage(conn, batch_ids, per_requested_model=True)
-        tallies = [
-            RequestTally(batch_id, model, state, *(int(value) for value in numbers))
-            for batch_id, model, state, *numbers in [*unanswered, *answered]
-        ]
-        tallies.sort(key=lambda tally: (tally.batch_id, tally.model, tally.state))
-        return RequestTotals(tuple(tallies), tuple(usage))
+            usage = read_usage(conn, batch_ids, per_request=True)
+        found: dict[tuple[str, str, str], list[int]] = {}
+        for batch_id, model, state, *numbers in unanswered:
+            found[(batch_id, model, state)] = [int(value) for value in numbers]
+        for item in usage:
+            key = (item.batch_id, item.requested_model or item.model, item.state or "")
+            totals = found.setdefault(key, [0, 0, 0])
+            totals[0] += item.answers
+            totals[1] += item.sends
+            totals[2] += item.sent_once
+        tallies = tuple(RequestTally(*key, *numbers) for key, numbers in sorted(found.items()))
+        return RequestTotals(tallies, tuple(usage))
 
     def failed_send_counts(self) -> list[FailedSendCount]:
         """Every failed send the database holds, counted per endpoint × model × reason
@@ -144,19 +147,3 @@ def _open_requests(batch_ids: Collection[str] | None) -> Select[Any]:
         .group_by(*groups)
     )
     return statement if batch_ids is None else statement.where(req.batch_id.in_(batch_ids))
-
-
-def _final_requests(batch_ids: Collection[str] | None) -> Select[Any]:
-    req, res = t.requests.c, t.results.c
-    groups = (res.batch_id, req.model, res.result_type)
-    statement = (
-        select(
-            *groups,
-            func.count(),
-            func.coalesce(func.sum(res.attempts), 0),
-            func.coalesce(func.sum(case((res.attempts > 0, 1), else_=0)), 0),
-        )
-        .select_from(t.results.join(t.requests, req.id == res.request_id))
-        .group_by(*groups)
-    )
-    return statement if batch_ids is None else statement.where(res.batch_id.in_(batch_ids))

@@ -121,7 +121,11 @@ def test_request_tallies_read_only_the_batches_asked_for(store: Store) -> None:
     assert store.request_tallies([canceled]).requests == (
         _tally(canceled, SONNET, "canceled", requests=2),
     )
-    assert store.request_tallies([canceled]).usage == ()
+    # Canceled results count as requests and used nothing.
+    assert [
+        (usage.state, usage.answers, usage.with_usage, usage.sends)
+        for usage in store.request_tallies([canceled]).usage
+    ] == [("canceled", 2, 0, 0)]
     busy_totals = store.request_tallies([busy])
     assert {tally.batch_id for tally in busy_totals.requests} == {busy}
     assert {usage.batch_id for usage in busy_totals.usage} == {busy}

@@ -129,13 +129,13 @@ def test_usage_groups_answers_by_kind_with_the_recent_window(store: Store) -> No
     assert found == [
         # Answered by a provider batch: in the cost, not in the real-time rates.
         AnswerUsage(
-            batch_id, SONNET, "batch", 1.0, True, 1, 1, 1000, 1000, 0, 0,
-            NOW + timedelta(seconds=80), NOW + timedelta(seconds=80),
+            batch_id, SONNET, "batch", 1.0, True, 1, 1, 1000, 1000, 0, 0, sends=1, sent_once=1,
+            first_at=NOW + timedelta(seconds=80), last_at=NOW + timedelta(seconds=80),
             recent_answers=1, recent_input_tokens=1000, recent_output_tokens=1000,
         ),
         AnswerUsage(
             batch_id, SONNET, "realtime", 1.0, True,
-            answers=5, with_usage=2,
+            answers=5, with_usage=2, sends=5, sent_once=5,
             input_tokens=130, output_tokens=23,
             cache_creation_input_tokens=5, cache_read_input_tokens=7,
             first_at=NOW + timedelta(seconds=10), last_at=NOW + timedelta(seconds=190),
