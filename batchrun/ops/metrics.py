@@ -254,8 +254,9 @@ class MetricsGatherer:
 
         Five read transactions: the batches (id, endpoint, end); the totals of the batches
         not kept from before (two grouped statements: open requests through the state index,
-        final ones from their results); the rate buckets; the paused keys; the failed sends.
-        Blocking: call it off the event loop.
+        final ones and their usage from their results, by
+        :func:`~batchrun.store.usage.read_usage`); the rate buckets; the paused keys; the
+        failed sends. Blocking: call it off the event loop.
 
         Measured once on 100,000 requests (2 kB prompts, 1 kB answers, two models; warm
         caches; 2 vCPUs shared with other test runs, so the figures are on the high side):
@@ -265,6 +266,10 @@ class MetricsGatherer:
         - one open batch of 100,000 (99,000 answered, 1,000 queued): every snapshot
           0.36-0.58 s on SQLite, 0.32-0.38 s on Postgres (grouping the open batch's result
           rows is most of it).
+
+        Measured again when the usage statement became the one ``status`` reads too (one
+        batch of 50,000 answered, SQLite, warm caches, 2 vCPUs shared): the first snapshot
+        0.18 s, against 0.16 s before.
         """
         started = time.perf_counter()
         now = time.time() if now_unix_s is None else now_unix_s
