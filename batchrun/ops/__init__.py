@@ -1,7 +1,8 @@
 """A run as a whole: planning, budgets, progress, the time limit, the run lock, and the
 wiring of one dispatch.
 
-Holds: ``session`` (one run: passes of plan → dispatch → summarise), ``run_types`` (what a
+Holds: ``session`` (one run: one pass, or passes until stopped), ``passes`` (one pass: plan →
+dispatch → summarise, its side tasks on the dispatch's exit stack), ``run_types`` (what a
 run takes and gives: options, events, results, the exit-code rule), ``pass_plan`` (the
 batches of a pass, with the run's options stored on them), ``forever`` (the joiner that adds
 batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP

@@ -13,6 +13,7 @@ import pytest
 
 from batchrun.config.prices import PriceTable
 from batchrun.ops import forever
+from batchrun.ops.passes import PassRunner
 from batchrun.ops.session import PassFinished, Progress, RunEvent, RunOptions, RunSession
 from batchrun.store.store import Store
 from batchrun.transport.endpoints import resolve_endpoints
@@ -31,12 +32,13 @@ def _awaited_calls(function: object) -> list[str]:
 
 
 def test_a_pass_is_plan_then_dispatch_then_summarise() -> None:
-    assert _awaited_calls(RunSession._pass) == ["_plan", "_dispatch", "_summarise"]
+    assert _awaited_calls(PassRunner.run_pass) == ["_plan", "_dispatch", "_summarise"]
 
 
 def test_the_forever_joiner_lives_in_its_own_module() -> None:
     assert forever.ForeverJoiner.__module__ == "batchrun.ops.forever"
-    assert not [name for name in vars(RunSession) if "join" in name and name != "_joiner"]
+    for cls in (RunSession, PassRunner):
+        assert not [name for name in vars(cls) if "join" in name and name != "_joiner"]
 
 
 @pytest.mark.asyncio
