@@ -39,7 +39,7 @@ from collections.abc import (
 )
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, get_args
 
 from batchrun.errors import (
     BatchrunError,
@@ -74,6 +74,8 @@ MAX_NAME_CHARS = 200
 # Results fetched per hop when iterating them asynchronously.
 _ASYNC_RESULT_CHUNK = 1000
 ResultState = Literal["succeeded", "errored", "canceled", "expired"]
+# The states a result ends in, as ``only`` takes them.
+RESULT_STATES: tuple[str, ...] = get_args(ResultState)
 LockMode = Literal["exclusive", "wait", "share"]
 # Per-minute limits by dimension name (``{"rpm": 600, "tpm": 60_000}``); None: no limit.
 Limits = Mapping[str, float | None]
@@ -603,6 +605,7 @@ class Client:
     def _result_rows(
         self, batch_id: str, *, partial: bool, only: str | None
     ) -> Iterator[ResultDetail]:
+        check_export_arguments(only=only)
         store = self._store()
         batch = store.get_batch(batch_id)
         if batch.processing_status != "ended" and not partial:
@@ -610,8 +613,6 @@ class Client:
                 f"batch {batch_id} has not ended ({batch.counts.processing:,} requests still "
                 "processing); run it to the end, or pass --partial for the finished ones"
             )
-        if only is not None and only not in ("succeeded", "errored", "canceled", "expired"):
-            raise ConfigError(f"only must be succeeded, errored, canceled or expired, not {only!r}")
         return store.iter_result_details(batch_id, only)
 
     def results(
@@ -647,6 +648,7 @@ class Client:
         from batchrun.export.atomic import atomic_output
         from batchrun.export.formats import EXPORT_FORMATS
 
+        check_export_arguments(format=format, only=only)
         chosen = EXPORT_FORMATS.get(format)
         write = chosen.writer(raw=csv_raw)
         rows = self._result_rows(batch_id, partial=partial, only=only)
@@ -1002,6 +1004,22 @@ def check_run_arguments(
 
         if problem := notify_url_problem(notify_url):
             raise UsageError(argument="notify_url", problem=problem)
+
+
+def check_export_arguments(*, format: str = "anthropic", only: str | None = None) -> None:
+    """The rules of :meth:`Client.export`'s and :meth:`Client.results`' arguments, in one
+    place for the Client and the CLI (which checks them before it looks anything up):
+    UsageError naming the argument (the format registry words an unknown format)."""
+    from batchrun.export.formats import EXPORT_FORMATS
+
+    try:
+        EXPORT_FORMATS.get(format)
+    except ConfigError as exc:
+        raise UsageError(argument="format", problem=exc.message) from None
+    if only is not None and only not in RESULT_STATES:
+        raise UsageError(
+            argument="only", problem=f"{only!r} is not one of {', '.join(RESULT_STATES)}"
+        )
 
 
 def _take(lines: Generator[dict[str, Any], None, None]) -> builtins.list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from batchrun.cli.batch_ids import (
     complete_endpoints,
 )
 from batchrun.cli.consoles import print_json, stderr, stdout
-from batchrun.cli.options import duration_option
+from batchrun.cli.options import duration_option, flag_error
 from batchrun.cli.text import plural
 from batchrun.errors import ConfigError, ExitCode
 from batchrun.export.formats import EXPORT_FORMATS
@@ -373,12 +373,6 @@ def prune(
         sys.stdout.write(batch_id + "\n")
 
 
-def _check_choice(value: str | None, choices: tuple[str, ...], flag: str) -> str | None:
-    if value is not None and value not in choices:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=flag)
-    return value
-
-
 def results(
     ctx: typer.Context,
     batch_id: Annotated[str, batch_argument()],
@@ -426,9 +420,14 @@ def results(
         batchrun results msgbatch_01 --format parquet -o results.parquet
     """
     from batchrun.cli.context import client_of
+    from batchrun.client import check_export_arguments
+    from batchrun.errors import UsageError
 
-    _check_choice(export_format, EXPORT_FORMATS.names(), "--format")
-    _check_choice(only, _RESULT_STATES, "--only")
+    try:
+        check_export_arguments(format=export_format, only=only)
+    except UsageError as exc:
+        # The Client's rule and wording, after the flag.
+        raise flag_error(exc) from None
     chosen = EXPORT_FORMATS.get(export_format)
     to_file = output is not None and output != "-"
     if chosen.binary and not to_file:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from batchrun.config.durations import parse_duration_s
-from batchrun.errors import ConfigError
+from batchrun.errors import ConfigError, UsageError
 from batchrun.limits.dimensions import DIMENSIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,6 +54,14 @@ def with_limit_options(command: F) -> F:
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper  # type: ignore[return-value]
+
+
+def flag_error(exc: UsageError, flags: Mapping[str, str] | None = None) -> typer.BadParameter:
+    """The Client's UsageError as typer shows a usage error: its problem, in the Client's
+    words, after the flag of its argument (``--name`` unless ``flags`` names another)."""
+    argument = exc.argument or ""
+    flag = (flags or {}).get(argument, "--" + argument.replace("_", "-"))
+    return typer.BadParameter(exc.problem, param_hint=flag)
 
 
 def duration_option(value: str | None, flag: str, *, unit_required: bool = False) -> float | None:

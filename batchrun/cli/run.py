@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from batchrun.cli.batch_ids import batch_argument, complete_endpoints, resolve_batch_ids
 from batchrun.cli.consoles import stderr
-from batchrun.cli.options import duration_option, with_limit_options
+from batchrun.cli.options import duration_option, flag_error, with_limit_options
 from batchrun.cli.text import plural
 from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS
 from batchrun.errors import ExitCode
@@ -276,9 +276,8 @@ def run(
             batch_ids or (), endpoint=endpoint, forever=forever, notify_url=notify or None
         )
     except UsageError as exc:
-        # The Client's rule and wording, shown after the flag as typer shows a usage error.
-        flag = _FLAGS.get(exc.argument or "", f"--{(exc.argument or '').replace('_', '-')}")
-        raise typer.BadParameter(exc.problem, param_hint=flag) from None
+        # The Client's rule and wording, after the flag.
+        raise flag_error(exc, _FLAGS) from None
     max_runtime_s = duration_option(max_runtime, "--max-runtime")
     poll_interval_s = duration_option(poll_interval, "--poll-interval") or 0.0
     log_interval_s = max(duration_option(progress_interval, "--progress-interval") or 0, 0.1)

@@ -186,3 +186,39 @@ def test_arguments_that_do_not_go_together_are_one_rule_with_one_wording(
     assert "s3cr3t" not in error.message and "s3cr3t" not in shown.output
     assert client.status(batch.id).request_counts.processing == 1
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "flags"),
+    [({"format": "xml"}, ["--format", "xml"]), ({"only": "bogus"}, ["--only", "bogus"])],
+    ids=["format", "only"],
+)
+def test_an_export_argument_is_one_rule_with_one_wording(
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: dict[str, Any],
+    flags: list[str],
+) -> None:
+    client = batchrun.Client(sqlite_url, env={"HOME": str(tmp_path)}, cwd=tmp_path)
+    batch = client.submit([request_line("a")], endpoint="simulator")
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(batchrun.UsageError) as exported:
+        client.export(batch.id, tmp_path / "out", partial=True, **arguments)
+    with pytest.raises(batchrun.UsageError) as read:
+        list(client.results("msgbatch_nope", only=arguments.get("only", "bogus")))
+    shown = CliRunner().invoke(
+        app,
+        ["results", batch.id, "--partial", *flags],
+        env={"BATCHRUN_DATABASE_URL": sqlite_url, "HOME": str(tmp_path)},
+    )
+
+    error = exported.value
+    assert error.argument == next(iter(arguments))
+    assert error.exit_code == shown.exit_code == batchrun.ExitCode.USAGE
+    assert " ".join(error.problem.split()[:4]) in " ".join(shown.stderr.split())
+    # The rule is checked before the batch is looked up.
+    assert read.value.argument == "only"
+    assert not (tmp_path / "out").exists()
+    client.close()
