@@ -312,7 +312,7 @@ class Client:
         endpoint: str | None = None,
         model: str | None = None,
         output_share: float | None = None,
-        limits: Mapping[str, float | None] | None = None,
+        limits: Limits | None = None,
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
         lane: str = "realtime",
