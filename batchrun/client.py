@@ -440,17 +440,20 @@ class Client:
         if row is None or row.batch_id != batch_id:
             raise BatchStateError(
                 f"batch {batch_id} has no provider-batch record {row_id}; "
-                f"`batchrun lanes {batch_id}` lists them"
+                f"`batchrun lanes {batch_id}` lists them",
+                batch_id=batch_id,
             )
         if row.state not in ("intent", "ambiguous"):
             raise BatchStateError(
                 f"provider-batch record {row_id} is {row.state}; only an ambiguous or "
-                "unsettled create can be settled"
+                "unsettled create can be settled",
+                batch_id=batch_id,
             )
         if provider_id is not None:
             if provider_id in store.claimed_provider_ids(row.endpoint):
                 raise BatchStateError(
-                    f"provider batch {provider_id} is already recorded for another record"
+                    f"provider batch {provider_id} is already recorded for another record",
+                    batch_id=batch_id,
                 )
             store.provider_batch_created(
                 row_id, provider_id=provider_id, created_at=None, next_poll_at=_now()
@@ -516,7 +519,8 @@ class Client:
         if new_expiry is None and batch.expires_at <= _now():
             raise BatchStateError(
                 f"batch {batch_id} expired at {batch.expires_at:%Y-%m-%d %H:%M UTC}; pass "
-                "--expires-in 24h (or another duration) to give it more time"
+                "--expires-in 24h (or another duration) to give it more time",
+                batch_id=batch_id,
             )
         return store.requeue(batch_id, states=states, now=_now(), expires_at=new_expiry)
 
@@ -611,7 +615,8 @@ class Client:
         if batch.processing_status != "ended" and not partial:
             raise BatchStateError(
                 f"batch {batch_id} has not ended ({batch.counts.processing:,} requests still "
-                "processing); run it to the end, or pass --partial for the finished ones"
+                "processing); run it to the end, or pass --partial for the finished ones",
+                batch_id=batch_id,
             )
         return store.iter_result_details(batch_id, only)
 

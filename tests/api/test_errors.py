@@ -52,10 +52,12 @@ def test_a_reference_that_matches_several_batches_names_them_all(
 def test_a_batch_in_the_wrong_state_names_it(client: batchrun.Client) -> None:
     batch = client.submit([request_line("a")], endpoint="simulator")
 
-    with pytest.raises(batchrun.BatchStateError) as raised:
+    with pytest.raises(batchrun.BatchStateError) as deleted:
         client.delete(batch.id)
+    with pytest.raises(batchrun.BatchStateError) as read:
+        list(client.results(batch.id))
 
-    assert raised.value.batch_id == batch.id
+    assert deleted.value.batch_id == read.value.batch_id == batch.id
 
 
 def test_a_request_file_with_bad_lines_lists_each_problem(
