@@ -60,26 +60,16 @@ class BatchLifecycle(StoreBase):
         """Hold the batch's queued requests of these models (lane ``held``: neither the
         dispatcher nor the batch lane takes them; they stay queued, so the batch does not
         end, and cancel and expiry finish them as any queued request); returns how many."""
-        if not models:
-            return 0
-        req = t.requests.c
-        with self._write() as conn:
-            return int(
-                conn.execute(
-                    update(t.requests)
-                    .where(
-                        req.batch_id == batch_id,
-                        req.state == t.QUEUED,
-                        req.model.in_(models),
-                        req.lane != t.HELD,
-                    )
-                    .values(lane=t.HELD)
-                ).rowcount
-            )
+        return self._move_queued(batch_id, models, held=False, lane=t.HELD)
 
     def release_held(self, batch_id: str, models: Sequence[str], lane: str) -> int:
         """Give the batch's held requests of these models back to ``lane`` (their model has a
         price now); returns how many."""
+        return self._move_queued(batch_id, models, held=True, lane=lane)
+
+    def _move_queued(self, batch_id: str, models: Sequence[str], *, held: bool, lane: str) -> int:
+        """Put the batch's queued requests of these models that are (``held``) or are not
+        held in ``lane``; returns how many."""
         if not models:
             return 0
         req = t.requests.c
@@ -90,8 +80,8 @@ class BatchLifecycle(StoreBase):
                     .where(
                         req.batch_id == batch_id,
                         req.state == t.QUEUED,
-                        req.lane == t.HELD,
                         req.model.in_(models),
+                        req.lane == t.HELD if held else req.lane != t.HELD,
                     )
                     .values(lane=lane)
                 ).rowcount
