@@ -32,14 +32,13 @@ from collections.abc import (
     Callable,
     Coroutine,
     Generator,
-    Iterable,
     Iterator,
     Mapping,
     Sequence,
 )
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, get_args
+from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, get_args
 
 from batchrun.errors import (
     BatchrunError,
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
     from batchrun.ops.report.data import ReportData
     from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunEvent, RunResult, RunSession
-    from batchrun.records import BatchStats, BatchSummary, NewBatch, NewRequest, ResultDetail
+    from batchrun.records import BatchStats, BatchSummary, ResultDetail
     from batchrun.store.store import Store
     from batchrun.transport.endpoints import Endpoints
     from batchrun.transport.notify import WebhookNotifier
@@ -81,36 +80,23 @@ LockMode = Literal["exclusive", "wait", "share"]
 Limits = Mapping[str, float | None]
 
 
-class _RefusingUnpriced:
-    """A store whose ``create_batch`` refuses a batch with a budget whose requests use a
-    model without a price (UnpricedModelsError), inside its transaction, so that nothing of
-    it is stored; every other method is the store's."""
+def _unpriced_refusal(
+    prices: PriceTable, known: Endpoints, source: str | None
+) -> Callable[[set[str]], None]:
+    """The check a submit with a budget makes of its requests' models: UnpricedModelsError
+    for models without a price, raised inside the store's transaction so that nothing of
+    the batch is stored."""
+    from batchrun.ops.budget import config_file_name, unpriced_models, unpriced_refusal
 
-    def __init__(self, store: Store, prices: PriceTable, known: Endpoints) -> None:
-        self._store = store
-        self._prices = prices
-        self._known = known
+    def check(models: set[str]) -> None:
+        if unpriced := unpriced_models(models, prices):
+            raise unpriced_refusal(
+                {source or "the requests": unpriced},
+                config_file=config_file_name(known),
+                nothing="stored",
+            )
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def create_batch(self, batch: NewBatch, new_requests: Iterable[NewRequest]) -> int:
-        from batchrun.ops.budget import config_file_name, unpriced_models, unpriced_refusal
-
-        def checked() -> Iterator[NewRequest]:
-            models: set[str] = set()
-            for request in new_requests:
-                if request.rejected is None:
-                    models.add(request.model)
-                yield request
-            if unpriced := unpriced_models(models, self._prices):
-                raise unpriced_refusal(
-                    {batch.source or "the requests": unpriced},
-                    config_file=config_file_name(self._known),
-                    nothing="stored",
-                )
-
-        return self._store.create_batch(batch, checked())
+    return check
 
 
 def default_database_url(env: Mapping[str, str]) -> str:
@@ -196,7 +182,7 @@ class Client:
             from batchrun.store.store import Store
 
             self._store_cache = Store.open(self.database_url)
-        self._store_cache.expire_due(_now())
+        self._store_cache.lifecycle.expire_due(_now())
         return self._store_cache
 
     def upgrade_database(self) -> tuple[str | None, str]:
@@ -282,12 +268,10 @@ class Client:
         target = known.check(endpoint or known.default)
         check_lane(lane, known, target)
         store = self._store()
-        storing: Store = store
-        if max_cost_usd is not None and not hold_unpriced:
-            storing = cast("Store", _RefusingUnpriced(store, self.prices(), known))
+        refuse_unpriced = max_cost_usd is not None and not hold_unpriced
         with open_requests(requests) as (stream, source):
             batch_id = submit_requests(
-                storing,
+                store,
                 stream,
                 source=source,
                 endpoint=target,
@@ -302,8 +286,11 @@ class Client:
                 max_cost_usd=max_cost_usd,
                 lane=lane,
                 reuse=reuse,
+                check_models=(
+                    _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
+                ),
             )
-        return BatchObject.from_summary(store.get_batch(batch_id))
+        return BatchObject.from_summary(store.batches.get(batch_id))
 
     def estimate(
         self,
@@ -364,7 +351,7 @@ class Client:
         about; a run reports it in :attr:`~batchrun.ops.session.RunResult.waiting`."""
         from batchrun.ops.runner import waiting_reason
 
-        batch = self._store().get_batch(batch_id)
+        batch = self._store().batches.get(batch_id)
         return waiting_reason(batch_id, batch.endpoint, self.endpoints(), self._env)
 
     def status(self, batch_id: str) -> BatchStatus:
@@ -404,19 +391,19 @@ class Client:
         from batchrun.export.batch_object import BatchStatus
 
         store = self._store()
-        batch = store.get_batch(batch_id)
-        stats = store.batch_stats(batch_id, top_errors=top_errors)
+        batch = store.batches.get(batch_id)
+        stats = store.batches.stats(batch_id, top_errors=top_errors)
         members = self._pool_members(batch.endpoint)
         names = {share.endpoint for share in stats.endpoints} | set(members)
-        health = store.endpoint_health(sorted(names)) if len(names) > 1 else {}
+        health = store.health.of_endpoints(sorted(names)) if len(names) > 1 else {}
         status = BatchStatus.build(
             batch,
             stats,
             cost_of(stats.usage, self.prices()),
             members=members,
             health=health,
-            provider_batches=store.provider_batches_of([batch_id]),
-            held_unpriced=store.held_by_model([batch_id]).get(batch_id),
+            provider_batches=store.provider_batches.of_batches([batch_id]),
+            held_unpriced=store.lifecycle.held_by_model([batch_id]).get(batch_id),
         )
         return status, stats, batch
 
@@ -426,8 +413,8 @@ class Client:
         from batchrun.export.batch_object import ProviderBatchModel
 
         store = self._store()
-        store.get_batch(batch_id)
-        return [ProviderBatchModel.of(row) for row in store.provider_batches_of([batch_id])]
+        store.batches.get(batch_id)
+        return [ProviderBatchModel.of(row) for row in store.provider_batches.of_batches([batch_id])]
 
     def settle_provider_batch(self, batch_id: str, row_id: int, *, provider_id: str | None) -> str:
         """Settle the create of provider-batch record ``row_id`` (an ambiguous or unsettled
@@ -436,7 +423,7 @@ class Client:
         requests go back to the batch lane). Returns what was done; BatchStateError if the
         record is not one of the batch's, or is settled already."""
         store = self._store()
-        row = store.provider_batch(row_id)
+        row = store.provider_batches.get(row_id)
         if row is None or row.batch_id != batch_id:
             raise BatchStateError(
                 f"batch {batch_id} has no provider-batch record {row_id}; "
@@ -450,16 +437,16 @@ class Client:
                 batch_id=batch_id,
             )
         if provider_id is not None:
-            if provider_id in store.claimed_provider_ids(row.endpoint):
+            if provider_id in store.provider_batches.claimed_ids(row.endpoint):
                 raise BatchStateError(
                     f"provider batch {provider_id} is already recorded for another record",
                     batch_id=batch_id,
                 )
-            store.provider_batch_created(
+            store.provider_batches.created(
                 row_id, provider_id=provider_id, created_at=None, next_poll_at=_now()
             )
             return f"record {row_id} is provider batch {provider_id}; the next run imports it"
-        back = store.provider_batch_not_created(
+        back = store.provider_batches.not_created(
             row_id, note="a person said the create did not happen", lane="batch", now=_now()
         )
         return f"record {row_id} was not created; {back:,} requests go back to the batch lane"
@@ -477,7 +464,7 @@ class Client:
         """Every batch, newest first."""
         from batchrun.export.batch_object import batch_objects
 
-        return batch_objects(self._store().list_batches())
+        return batch_objects(self._store().batches.all())
 
     def cancel(self, batch_id: str, *, on_note: Callable[[str], None] | None = None) -> BatchObject:
         """Cancel a batch: queued requests are canceled at once; a worker running it stops
@@ -490,8 +477,8 @@ class Client:
         from batchrun.ops.lanes import cancel_provider_batches
 
         store = self._store()
-        store.cancel_batch(batch_id, _now())
-        if store.provider_batches_of([batch_id], open_only=True):
+        store.lifecycle.cancel(batch_id, _now())
+        if store.provider_batches.of_batches([batch_id], open_only=True):
             notes = asyncio.run(
                 cancel_provider_batches(
                     store, batch_id, known=self.endpoints(), env=self._env, now=_now()
@@ -500,7 +487,7 @@ class Client:
             for note in notes:
                 if on_note is not None:
                     on_note(note)
-        return BatchObject.from_summary(store.get_batch(batch_id))
+        return BatchObject.from_summary(store.batches.get(batch_id))
 
     def requeue(
         self, batch_id: str, *, retry_errored: bool = False, expires_in_s: float | None = None
@@ -515,14 +502,14 @@ class Client:
             new_expiry = _now() + timedelta(seconds=expires_in_s)
             states.append("expired")
         store = self._store()
-        batch = store.get_batch(batch_id)
+        batch = store.batches.get(batch_id)
         if new_expiry is None and batch.expires_at <= _now():
             raise BatchStateError(
                 f"batch {batch_id} expired at {batch.expires_at:%Y-%m-%d %H:%M UTC}; pass "
                 "--expires-in 24h (or another duration) to give it more time",
                 batch_id=batch_id,
             )
-        return store.requeue(batch_id, states=states, now=_now(), expires_at=new_expiry)
+        return store.lifecycle.requeue(batch_id, states=states, now=_now(), expires_at=new_expiry)
 
     def resume(
         self,
@@ -578,7 +565,7 @@ class Client:
     def delete(self, batch_id: str) -> None:
         """Delete an ended batch with its requests and results (as Anthropic's batches: a
         batch that has not ended must be canceled first)."""
-        self._store().delete_batch(batch_id)
+        self._store().lifecycle.delete(batch_id)
 
     def prune(
         self, *, older_than_s: float | None = None, reclaim_space: bool = True
@@ -595,10 +582,10 @@ class Client:
             )
         _check_positive(older_than_s, "older_than_s")
         store = self._store()
-        deleted = store.prune_batches(_now() - timedelta(seconds=older_than_s))
+        deleted = store.lifecycle.prune(_now() - timedelta(seconds=older_than_s))
         if deleted and reclaim_space:
             try:
-                store.reclaim_space()
+                store.lifecycle.reclaim_space()
             except DatabaseError as exc:
                 # The batches are gone; only the file stays as large as it was.
                 log.warning("%s", exc.message)
@@ -611,14 +598,14 @@ class Client:
     ) -> Iterator[ResultDetail]:
         check_export_arguments(only=only)
         store = self._store()
-        batch = store.get_batch(batch_id)
+        batch = store.batches.get(batch_id)
         if batch.processing_status != "ended" and not partial:
             raise BatchStateError(
                 f"batch {batch_id} has not ended ({batch.counts.processing:,} requests still "
                 "processing); run it to the end, or pass --partial for the finished ones",
                 batch_id=batch_id,
             )
-        return store.iter_result_details(batch_id, only)
+        return store.results.iter_details(batch_id, only)
 
     def results(
         self, batch_id: str, *, partial: bool = False, only: ResultState | None = None

@@ -254,7 +254,7 @@ def seed(store: Store, tmp: Path, count: int, *, start: datetime, rng: random.Ra
     owner = "bench"
     for index in range(math.ceil(count / CHUNK_REQUESTS)):
         at = history.chunk_start(index)
-        claimed = store.claim(
+        claimed = store.leases.claim(
             owner=owner, batch_ids=[batch_id], limit=CHUNK_REQUESTS, now=at, lease_s=LEASE_S
         )
         failures = history.failures(claimed, at)
@@ -268,7 +268,7 @@ def seed(store: Store, tmp: Path, count: int, *, start: datetime, rng: random.Ra
             ]
             if not failing:
                 break
-            store.record(
+            store.results.record(
                 owner=owner,
                 now=at,
                 retries=[
@@ -276,14 +276,14 @@ def seed(store: Store, tmp: Path, count: int, *, start: datetime, rng: random.Ra
                     for item, sent in failing
                 ],
             )
-            again = store.claim(
+            again = store.leases.claim(
                 owner=owner, batch_ids=[batch_id], limit=len(failing), now=at, lease_s=LEASE_S
             )
             assert {item.id for item in again} == {item.id for item, _ in failing}
         finished = [
             history.answer(item, at, sends) for item, sends in zip(claimed, failures, strict=True)
         ]
-        store.record(
+        store.results.record(
             owner=owner, now=max(item.completed_at for item in finished), finished=finished
         )
     return batch_id

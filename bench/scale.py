@@ -155,9 +155,9 @@ def status_store_ms(db_url: str, batch_id: str) -> float:
 
     store = Store.open(db_url)
     try:
-        store.get_batch(batch_id)  # warm the connection, as the command's own first query
+        store.batches.get(batch_id)  # warm the connection, as the command's own first query
         started = time.perf_counter()
-        store.get_batch(batch_id)
+        store.batches.get(batch_id)
         return (time.perf_counter() - started) * 1000
     finally:
         store.close()

@@ -8,8 +8,9 @@ statements run in order, on one connection at a time, never contending with each
 SQLite's write lock, and every one of them is retried the same way while a Postgres
 connection is lost.
 
-The methods are the store's own (``batchrun.store``), one each, with the same arguments; they
-return what the store returns.
+Each method awaits one method of one of the store's sections (``batchrun.store``), with the
+same arguments, and returns what it returns; the names are the dispatcher's (``claim``,
+``record``, ``get_batch``), and the body names the section's method it runs.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class WorkerDatabase:
         self, *, owner: str, batch_ids: Sequence[str], limit: int, now: datetime, lease_s: float
     ) -> list[ClaimedRequest]:
         return await self._thread.call(
-            self._store.claim,
+            self._store.leases.claim,
             owner=owner,
             batch_ids=batch_ids,
             limit=limit,
@@ -67,23 +68,23 @@ class WorkerDatabase:
         )
 
     async def seconds_until_ready(self, batch_ids: Sequence[str], now: datetime) -> float | None:
-        return await self._thread.call(self._store.seconds_until_ready, batch_ids, now)
+        return await self._thread.call(self._store.leases.seconds_until_ready, batch_ids, now)
 
     async def renew_leases(
         self, *, owner: str, request_ids: Sequence[int], now: datetime, lease_s: float
     ) -> set[int]:
         return await self._thread.call(
-            self._store.renew_leases, owner=owner, request_ids=request_ids, now=now, lease_s=lease_s
+            self._store.leases.renew, owner=owner, request_ids=request_ids, now=now, lease_s=lease_s
         )
 
     async def reclaim_expired_leases(self, now: datetime) -> int:
-        return await self._thread.call(self._store.reclaim_expired_leases, now)
+        return await self._thread.call(self._store.leases.reclaim_expired, now)
 
     async def lease_owners(self) -> list[str]:
-        return await self._thread.call(self._store.lease_owners)
+        return await self._thread.call(self._store.leases.owners)
 
     async def release_leases(self, owners: Sequence[str]) -> int:
-        return await self._thread.call(self._store.release_leases, owners)
+        return await self._thread.call(self._store.leases.release, owners)
 
     # -- results --------------------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class WorkerDatabase:
         expired: Sequence[int] = (),
     ) -> None:
         await self._thread.call(
-            self._store.record,
+            self._store.results.record,
             owner=owner,
             now=now,
             finished=finished,
@@ -114,31 +115,31 @@ class WorkerDatabase:
     # -- the batches' course --------------------------------------------------------------
 
     async def expire_due(self, now: datetime) -> list[str]:
-        return await self._thread.call(self._store.expire_due, now)
+        return await self._thread.call(self._store.lifecycle.expire_due, now)
 
     async def stopped_batches(self, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
-        return await self._thread.call(self._store.stopped_batches, batch_ids, now)
+        return await self._thread.call(self._store.lifecycle.stopped, batch_ids, now)
 
     async def clear_pauses(self, batch_ids: Sequence[str]) -> None:
-        await self._thread.call(self._store.clear_pauses, batch_ids)
+        await self._thread.call(self._store.lifecycle.clear_pauses, batch_ids)
 
     async def pause_batch(self, batch_id: str, reason: str) -> None:
-        await self._thread.call(self._store.pause_batch, batch_id, reason)
+        await self._thread.call(self._store.lifecycle.pause, batch_id, reason)
 
     async def hold_models(self, batch_id: str, models: Sequence[str]) -> int:
-        return await self._thread.call(self._store.hold_models, batch_id, models)
+        return await self._thread.call(self._store.lifecycle.hold_models, batch_id, models)
 
     async def release_held(self, batch_id: str, models: Sequence[str], lane: str) -> int:
-        return await self._thread.call(self._store.release_held, batch_id, models, lane)
+        return await self._thread.call(self._store.lifecycle.release_held, batch_id, models, lane)
 
     async def held_by_model(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        return await self._thread.call(self._store.held_by_model, batch_ids)
+        return await self._thread.call(self._store.lifecycle.held_by_model, batch_ids)
 
     async def set_endpoint(self, batch_id: str, endpoint: str) -> None:
-        await self._thread.call(self._store.set_endpoint, batch_id, endpoint)
+        await self._thread.call(self._store.lifecycle.set_endpoint, batch_id, endpoint)
 
     async def set_max_cost(self, batch_id: str, max_cost_usd: float | None) -> None:
-        await self._thread.call(self._store.set_max_cost, batch_id, max_cost_usd)
+        await self._thread.call(self._store.batches.set_max_cost, batch_id, max_cost_usd)
 
     # -- shared rate buckets --------------------------------------------------------------
 
@@ -169,7 +170,7 @@ class WorkerDatabase:
         self, *, endpoint: str, state: str, reason: str | None, until: float | None, now: float
     ) -> None:
         await self._thread.call(
-            self._store.record_endpoint_health,
+            self._store.health.record,
             endpoint=endpoint,
             state=state,
             reason=reason,
@@ -194,7 +195,7 @@ class WorkerDatabase:
     ) -> ProviderIntent | BudgetStop | None:
         extra: dict[str, Any] = {} if make_line is None else {"make_line": make_line}
         return await self._thread.call(
-            self._store.take_for_provider_batch,
+            self._store.provider_batches.take,
             batch_id=batch_id,
             endpoint=endpoint,
             max_requests=max_requests,
@@ -210,7 +211,7 @@ class WorkerDatabase:
         self, row_id: int, *, provider_id: str, created_at: datetime | None, next_poll_at: datetime
     ) -> None:
         await self._thread.call(
-            self._store.provider_batch_created,
+            self._store.provider_batches.created,
             row_id,
             provider_id=provider_id,
             created_at=created_at,
@@ -221,34 +222,34 @@ class WorkerDatabase:
         self, row_id: int, *, note: str, lane: str, now: datetime
     ) -> int:
         return await self._thread.call(
-            self._store.provider_batch_not_created, row_id, note=note, lane=lane, now=now
+            self._store.provider_batches.not_created, row_id, note=note, lane=lane, now=now
         )
 
     async def provider_batch_ambiguous(self, row_id: int, note: str) -> None:
-        await self._thread.call(self._store.provider_batch_ambiguous, row_id, note)
+        await self._thread.call(self._store.provider_batches.ambiguous, row_id, note)
 
     async def provider_batches_of(
         self, batch_ids: Sequence[str], *, open_only: bool = False
     ) -> list[ProviderBatchRow]:
         return await self._thread.call(
-            self._store.provider_batches_of, batch_ids, open_only=open_only
+            self._store.provider_batches.of_batches, batch_ids, open_only=open_only
         )
 
     async def claimed_provider_ids(self, endpoint: str) -> set[str]:
-        return await self._thread.call(self._store.claimed_provider_ids, endpoint)
+        return await self._thread.call(self._store.provider_batches.claimed_ids, endpoint)
 
     async def take_provider_poll(
         self, row_id: int, *, now: datetime, next_poll_at: datetime
     ) -> bool:
         return await self._thread.call(
-            self._store.take_provider_poll, row_id, now=now, next_poll_at=next_poll_at
+            self._store.provider_batches.take_poll, row_id, now=now, next_poll_at=next_poll_at
         )
 
     async def provider_batch_polled(self, row_id: int, **found: Any) -> None:
-        await self._thread.call(self._store.provider_batch_polled, row_id, **found)
+        await self._thread.call(self._store.provider_batches.polled, row_id, **found)
 
     async def provider_cancel_sent(self, row_id: int, now: datetime) -> None:
-        await self._thread.call(self._store.provider_cancel_sent, row_id, now)
+        await self._thread.call(self._store.provider_batches.cancel_sent, row_id, now)
 
     async def import_provider_results(
         self,
@@ -259,14 +260,14 @@ class WorkerDatabase:
         now: datetime,
     ) -> ImportTally:
         return await self._thread.call(
-            self._store.import_provider_results, row_id, results, requeues, now=now
+            self._store.provider_batches.import_results, row_id, results, requeues, now=now
         )
 
     async def close_provider_batch(
         self, row_id: int, *, now: datetime, leftover_reason: str, requeue: bool
     ) -> int:
         return await self._thread.call(
-            self._store.close_provider_batch,
+            self._store.provider_batches.close,
             row_id,
             now=now,
             leftover_reason=leftover_reason,
@@ -274,32 +275,32 @@ class WorkerDatabase:
         )
 
     async def set_queued_lane(self, batch_id: str, lane: str) -> int:
-        return await self._thread.call(self._store.set_queued_lane, batch_id, lane)
+        return await self._thread.call(self._store.lanes.set_queued, batch_id, lane)
 
     async def set_batch_lane(self, batch_id: str, lane: str) -> None:
-        await self._thread.call(self._store.set_batch_lane, batch_id, lane)
+        await self._thread.call(self._store.lanes.set_batch, batch_id, lane)
 
     async def batch_lanes(self, batch_ids: Sequence[str]) -> dict[str, str]:
-        return await self._thread.call(self._store.batch_lanes, batch_ids)
+        return await self._thread.call(self._store.lanes.of_batches, batch_ids)
 
     async def queued_by_model(
         self, batch_id: str, *, state: str = "queued"
     ) -> list[tuple[str, int, int, int]]:
-        return await self._thread.call(self._store.queued_by_model, batch_id, state=state)
+        return await self._thread.call(self._store.lanes.queued_by_model, batch_id, state=state)
 
     async def lane_work(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        return await self._thread.call(self._store.lane_work, batch_ids)
+        return await self._thread.call(self._store.lanes.work, batch_ids)
 
     # -- reads for planning, budgets and reports ------------------------------------------
 
     async def get_batch(self, batch_id: str) -> BatchSummary:
-        return await self._thread.call(self._store.get_batch, batch_id)
+        return await self._thread.call(self._store.batches.get, batch_id)
 
     async def batches_with_open_work(self) -> list[str]:
-        return await self._thread.call(self._store.batches_with_open_work)
+        return await self._thread.call(self._store.batches.with_open_work)
 
     async def max_costs(self, batch_ids: Sequence[str]) -> dict[str, float | None]:
-        return await self._thread.call(self._store.max_costs, batch_ids)
+        return await self._thread.call(self._store.batches.max_costs, batch_ids)
 
     async def usage_by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
         return await self._thread.call(self._store.usage.by_model, batch_ids)

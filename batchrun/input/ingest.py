@@ -116,6 +116,7 @@ def submit_requests(
     reuse: bool = False,
     owner: str | None = None,
     locate: Callable[[int], str] | None = None,
+    check_models: Callable[[set[str]], None] | None = None,
 ) -> str:
     """Validate and store every request of ``stream`` as a new batch; returns its id.
 
@@ -127,7 +128,9 @@ def submit_requests(
     ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.lanes`); ``reuse``
     answers requests whose params already succeeded from the stored answer. ``owner``: the
     id of the server key the batch belongs to. ``locate`` names where a line is in messages
-    (default ``source:line``).
+    (default ``source:line``). ``check_models`` is called with the models of the valid
+    requests once every line is read, inside the store's transaction: if it raises, nothing of
+    the batch is stored (a budget refusing models without a price).
     """
     where = locate or (lambda line_no: f"{source}:{line_no}")
     batch = NewBatch(
@@ -153,6 +156,7 @@ def submit_requests(
             max_file_bytes=max_file_bytes,
         )
         refused = False
+        models: set[str] = set()
         for line_no, item in items:
             if isinstance(item, FileProblem):
                 problems.add(item)
@@ -168,6 +172,7 @@ def submit_requests(
                 else:
                     refused = True
             elif not refused:
+                models.add(item.model)
                 yield NewRequest(
                     line_no=line_no,
                     custom_id=item.custom_id,
@@ -181,8 +186,10 @@ def submit_requests(
         if refused:
             # Raised inside the store's transaction, so it rolls back everything stored.
             raise problems.error(source, locate)
+        if check_models is not None:
+            check_models(models)
 
-    store.create_batch(batch, new_requests())
+    store.batches.create(batch, new_requests())
     return batch.id
 
 

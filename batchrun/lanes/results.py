@@ -9,7 +9,8 @@
 - ``canceled``: stored canceled when the batch is being canceled; otherwise (the auto lane's
   cut-off canceled it) back to the queue in real time.
 - A line that cannot be read gives None: the caller counts it; its request is not sent again
-  (it may have been billed), see ``Store.close_provider_batch``.
+  (it may have been billed), see ``ProviderBatches.close``
+  (:mod:`batchrun.store.provider_batches`).
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ async def cancel_provider_batches(
     from batchrun.transport.batch_api import CallFailed, open_batch_api
 
     notes: list[str] = []
-    for row in store.provider_batches_of([batch_id], open_only=True):
+    for row in store.provider_batches.of_batches([batch_id], open_only=True):
         if row.provider_id is None or row.cancel_sent_at is not None:
             continue
         endpoint = known.by_name.get(row.endpoint)
@@ -228,7 +228,7 @@ async def cancel_provider_batches(
                 "the next run tries again"
             )
             continue
-        store.provider_cancel_sent(row.id, now)
+        store.provider_batches.cancel_sent(row.id, now)
         notes.append(
             f"provider batch {row.provider_id}: canceled at the provider; the next run imports "
             "what it finished"

@@ -276,7 +276,7 @@ class MetricsGatherer:
         tallies, used = self._tallies()
         bucket_rows = self._store.rates.buckets()
         paused = self._store.rates.paused_keys(now)
-        failed_sends = tuple(self._store.failed_send_counts())
+        failed_sends = tuple(self._store.tallies.failed_sends())
         gathered_s = time.perf_counter() - started
         label = self._label
         return MetricsSnapshot(
@@ -294,7 +294,7 @@ class MetricsGatherer:
     def _tallies(self) -> tuple[list[Tally], list[Used]]:
         """Every batch's totals and usage with its endpoint: kept ones, and the others read
         now."""
-        batches = self._store.batch_ends()
+        batches = self._store.tallies.batch_ends()
         ended = {batch.id: batch.ended_at for batch in batches if batch.ended_at is not None}
         self._ended = {
             batch_id: kept
@@ -308,7 +308,7 @@ class MetricsGatherer:
         fresh: dict[str, tuple[list[RequestTally], list[Usage]]] = {
             batch_id: ([], []) for batch_id in unread
         }
-        totals = self._store.request_tallies(listed)
+        totals = self._store.tallies.requests(listed)
         for tally in totals.requests:
             if tally.batch_id in fresh:
                 fresh[tally.batch_id][0].append(tally)

@@ -48,7 +48,7 @@ from batchrun.transport.endpoints import Endpoints
 
 if TYPE_CHECKING:
     from batchrun.store.store import Store
-    from batchrun.store.timeline import (
+    from batchrun.store.timelines import (
         LatestError,
         RateLimitRow,
         RetryingRequest,
@@ -305,7 +305,7 @@ class DashboardData:
         """The models the requests of these batches name, by batch id."""
         with self._lock:
             missing = [batch_id for batch_id in batch_ids if batch_id not in self._models]
-        found = self.store.request_models(missing) if missing else {}
+        found = self.store.timelines.request_models(missing) if missing else {}
         with self._lock:
             for batch_id in missing:
                 if len(self._models) >= MODELS_KEPT:
@@ -326,7 +326,7 @@ class DashboardData:
         for group in self.store.usage.of_batches(ids, since=since):
             groups.setdefault(group.batch_id, []).append(group)
         errors: dict[str, list[tuple[str, int]]] = {}
-        for item in self.store.error_types(ids):
+        for item in self.store.timelines.error_types(ids):
             errors.setdefault(item.batch_id, []).append((item.error_type, item.count))
         models = self.models(ids)
         keys = {
@@ -339,7 +339,7 @@ class DashboardData:
         )
         rows = {
             (row.endpoint, row.model, row.dimension): row
-            for row in self.store.rate_limit_rows(endpoints)
+            for row in self.store.timelines.rate_limit_rows(endpoints)
         }
         cards = []
         for batch in batches:
@@ -381,8 +381,8 @@ class DashboardData:
             card=card,
             points=points,
             partial_last=running and bool(points) and points[-1].start == _minute_of(now),
-            latest_errors=tuple(self.store.latest_errors(batch.id, limit=LATEST_ERRORS)),
-            retrying=tuple(self.store.retrying_requests(batch.id, limit=RETRYING_SHOWN)),
+            latest_errors=tuple(self.store.timelines.latest_errors(batch.id, limit=LATEST_ERRORS)),
+            retrying=tuple(self.store.timelines.retrying_requests(batch.id, limit=RETRYING_SHOWN)),
             models=self.models([batch.id])[batch.id],
         )
 

@@ -179,7 +179,7 @@ class BatchService:
 
     async def _get_batch(self, batch_id: str) -> BatchSummary:
         try:
-            return await self._call(self.store.get_batch, batch_id)
+            return await self._call(self.store.batches.get, batch_id)
         except ApiError as exc:
             raise _unknown(batch_id) if exc.status == 404 else exc from None
 
@@ -204,7 +204,7 @@ class BatchService:
             raise ApiError(400, "give before_id or after_id, not both")
         try:
             return await self._call(
-                self.store.page_batches,
+                self.store.batches.page,
                 owner,
                 limit=limit,
                 before_id=before_id,
@@ -225,8 +225,10 @@ class BatchService:
         are canceled at the provider too."""
         await self.get(owner, batch_id, fresh=True)
         now = _now()
-        await self._call(self.store.cancel_batch, batch_id, now)
-        open_provider = await self._call(self.store.provider_batches_of, [batch_id], open_only=True)
+        await self._call(self.store.lifecycle.cancel, batch_id, now)
+        open_provider = await self._call(
+            self.store.provider_batches.of_batches, [batch_id], open_only=True
+        )
         if open_provider:
             notes = await cancel_provider_batches(
                 self.store, batch_id, known=self.known, env=self._env, now=now
@@ -238,7 +240,7 @@ class BatchService:
     async def delete(self, owner: str | None, batch_id: str) -> None:
         """Delete ``owner``'s ended batch with its requests and results."""
         await self.get(owner, batch_id, fresh=True)
-        await self._call(self.store.delete_batch, batch_id)
+        await self._call(self.store.lifecycle.delete, batch_id)
         self._cache.pop(batch_id, None)
 
     async def results(
@@ -260,7 +262,7 @@ class BatchService:
         # One thread reads the whole result set, so its database cursor stays on it.
         with ThreadPoolExecutor(1, thread_name_prefix="batchrun-results") as reader:
             loop = asyncio.get_running_loop()
-            lines = anthropic_lines(self.store.iter_results(batch_id))
+            lines = anthropic_lines(self.store.results.iter_rows(batch_id))
             try:
                 while chunk := await loop.run_in_executor(reader, _take, lines):
                     yield chunk
@@ -274,7 +276,7 @@ class BatchService:
         an API-only server right when none runs)."""
         while True:
             try:
-                expired = await self._call(self.store.expire_due, _now())
+                expired = await self._call(self.store.lifecycle.expire_due, _now())
             except ApiError as exc:
                 log.warning("expiring batches: %s", exc.message)
             else:

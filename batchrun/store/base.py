@@ -1,5 +1,6 @@
-"""What every part of the store shares: the engine, transactions, and the statements
-that several parts use (final results without a response; ending finished batches)."""
+"""What every section of the store shares: the engine and its transactions
+(:class:`Section`), and the connection-level statements several sections run (final
+results without a response; ending finished batches; the error for an unknown batch)."""
 
 from __future__ import annotations
 
@@ -20,37 +21,22 @@ from sqlalchemy import (
 from batchrun.errors import BatchNotFoundError
 from batchrun.store import tables as t
 from batchrun.store.database import transaction, upsert_insert
-from batchrun.store.rates import RateStore
 
 
-class StoreBase:
-    """Connections and transactions for the store's statements."""
+class Section:
+    """One section of the store: its statements, each in its own transaction on the shared
+    engine. A section holds no state of its own beyond caches of facts that never change
+    once true."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._insert = upsert_insert(engine)
-        self.rates = RateStore(engine)
 
     def _write(self) -> AbstractContextManager[Connection]:
         return transaction(self._engine, write=True)
 
     def _read(self) -> AbstractContextManager[Connection]:
         return transaction(self._engine, write=False)
-
-    # -- batches ------------------------------------------------------------------------
-
-    def _insert_bare_results(
-        self, conn: Connection, batch_id: str, state: str, now: datetime
-    ) -> None:
-        """Result rows for requests that reached ``state`` without a response."""
-        insert_bare_results(conn, batch_id, state, now)
-
-    def _end_finished_batches(
-        self, conn: Connection, batch_ids: Sequence[str], now: datetime
-    ) -> None:
-        end_finished_batches(conn, batch_ids, now)
-
-    # -- results ------------------------------------------------------------------------
 
 
 def insert_bare_results(conn: Connection, batch_id: str, state: str, now: datetime) -> None:

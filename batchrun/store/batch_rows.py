@@ -1,6 +1,7 @@
 """Writing a new batch: its row, its requests in chunks, and the results of rejected lines.
 
-Called by `Store.create_batch` inside its transaction. A valid line becomes a queued request.
+Called by `Batches.create` (`store.batches`) inside its transaction. A valid line becomes a
+queued request.
 A rejected line (``submit --skip-invalid``) becomes an errored request with its result row,
 so that ``results`` has one line per input line. A rejected line without a usable custom_id
 is first stored as ``#N`` (N its line number), which no real custom_id can equal, and renamed

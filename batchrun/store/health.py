@@ -14,13 +14,13 @@ from sqlalchemy import case, func, select
 
 from batchrun.records import EndpointHealth, EndpointShare
 from batchrun.store import tables as t
-from batchrun.store.base import StoreBase
+from batchrun.store.base import Section
 
 
-class HealthStore(StoreBase):
+class Health(Section):
     """Statements on endpoint health and on who answered."""
 
-    def record_endpoint_health(
+    def record(
         self, *, endpoint: str, state: str, reason: str | None, until: float | None, now: float
     ) -> None:
         """Store the endpoint's state (closed, open or halted) as of ``now`` (Unix seconds);
@@ -42,7 +42,7 @@ class HealthStore(StoreBase):
                 )
             )
 
-    def endpoint_health(self, endpoints: Sequence[str]) -> dict[str, EndpointHealth]:
+    def of_endpoints(self, endpoints: Sequence[str]) -> dict[str, EndpointHealth]:
         """The last published state of each of these endpoints that has one."""
         h = t.endpoint_health.c
         with self._read() as conn:

@@ -19,7 +19,7 @@ from batchrun.records import (
     ClaimedRequest,
 )
 from batchrun.store import tables as t
-from batchrun.store.base import StoreBase
+from batchrun.store.base import Section
 
 # How soon a worker looks again when every queued request waits for another one to answer.
 WAITING_RECHECK_S = 0.5
@@ -37,7 +37,7 @@ def not_waiting() -> ColumnElement[bool]:
     )
 
 
-class Leases(StoreBase):
+class Leases(Section):
     """Statements on requests being claimed, held and released."""
 
     def claim(
@@ -118,7 +118,7 @@ class Leases(StoreBase):
         wait_s: float = max((earliest - now).total_seconds(), 0.0)
         return wait_s
 
-    def renew_leases(
+    def renew(
         self, *, owner: str, request_ids: Sequence[int], now: datetime, lease_s: float
     ) -> set[int]:
         """Extend the lease on those of these requests this owner still holds; returns their
@@ -139,7 +139,7 @@ class Leases(StoreBase):
             )
             return set(renewed)
 
-    def reclaim_expired_leases(self, now: datetime) -> int:
+    def reclaim_expired(self, now: datetime) -> int:
         """Return running requests whose lease ran out (their worker died) to the queue."""
         with self._write() as conn:
             result = conn.execute(
@@ -149,7 +149,7 @@ class Leases(StoreBase):
             )
             return int(result.rowcount)
 
-    def lease_owners(self) -> list[str]:
+    def owners(self) -> list[str]:
         """The workers that hold running requests."""
         with self._read() as conn:
             return list(
@@ -160,7 +160,7 @@ class Leases(StoreBase):
                 )
             )
 
-    def release_leases(self, owners: Sequence[str]) -> int:
+    def release(self, owners: Sequence[str]) -> int:
         """Return the running requests of these (dead) workers to the queue at once. Their
         attempts are left as they are: a send a dead worker had in flight was never
         recorded, and cannot be told from a claim it never sent."""

@@ -19,13 +19,18 @@ from sqlalchemy import (
 from batchrun.errors import BatchStateError, DatabaseError
 from batchrun.records import INVALID_INPUT_ERROR_TYPE
 from batchrun.store import tables as t
-from batchrun.store.base import StoreBase, batch_not_found
+from batchrun.store.base import (
+    Section,
+    batch_not_found,
+    end_finished_batches,
+    insert_bare_results,
+)
 
 
-class BatchLifecycle(StoreBase):
+class BatchLifecycle(Section):
     """Statements that change a batch's course."""
 
-    def cancel_batch(self, batch_id: str, now: datetime) -> None:
+    def cancel(self, batch_id: str, now: datetime) -> None:
         """Start canceling: queued requests (and running ones whose worker is gone) become
         canceled at once; the batch ends when its in-flight requests are recorded."""
         with self._write() as conn:
@@ -37,7 +42,7 @@ class BatchLifecycle(StoreBase):
                 .values(cancel_initiated_at=now)
             )
             self._finish_unsent(conn, batch_id, t.CANCELED, now)
-            self._end_finished_batches(conn, [batch_id], now)
+            end_finished_batches(conn, [batch_id], now)
 
     def set_endpoint(self, batch_id: str, endpoint: str) -> None:
         """Store ``endpoint`` (a name, never a key) as the batch's endpoint, so runs started
@@ -49,7 +54,7 @@ class BatchLifecycle(StoreBase):
         if not changed:
             raise batch_not_found(batch_id)
 
-    def pause_batch(self, batch_id: str, reason: str) -> None:
+    def pause(self, batch_id: str, reason: str) -> None:
         """Record why dispatch of this batch stopped; its queue is kept."""
         with self._write() as conn:
             conn.execute(
@@ -111,7 +116,7 @@ class BatchLifecycle(StoreBase):
                 .values(paused_reason=None)
             )
 
-    def stopped_batches(self, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
+    def stopped(self, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
         """Of these batches, those no worker should dispatch: id → why ("ended",
         "canceling", "expired", or the pause reason)."""
         b = t.batches.c
@@ -159,7 +164,7 @@ class BatchLifecycle(StoreBase):
                 if self._finish_unsent(conn, batch_id, t.EXPIRED, now):
                     expired.append(batch_id)
             if due:
-                self._end_finished_batches(conn, due, now)
+                end_finished_batches(conn, due, now)
             return expired
 
     def requeue(
@@ -237,12 +242,12 @@ class BatchLifecycle(StoreBase):
             .values(state=state, lease_owner=None, lease_expires_at=None)
         ).rowcount
         if changed:
-            self._insert_bare_results(conn, batch_id, state, now)
+            insert_bare_results(conn, batch_id, state, now)
         return int(changed)
 
     # -- removing data ------------------------------------------------------------------------
 
-    def delete_batch(self, batch_id: str) -> None:
+    def delete(self, batch_id: str) -> None:
         """Delete an ended batch with its requests and results, in one transaction.
         BatchNotFoundError if there is none; BatchStateError if it has not ended (as with
         Anthropic's batches: cancel it first)."""
@@ -255,7 +260,7 @@ class BatchLifecycle(StoreBase):
                 )
             self._delete(conn, [batch_id])
 
-    def prune_batches(self, ended_before: datetime) -> list[str]:
+    def prune(self, ended_before: datetime) -> list[str]:
         """Delete every batch that ended before ``ended_before``, with its requests and
         results, in one transaction; returns their ids."""
         with self._write() as conn:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, bindparam, insert, literal, or_, select, update
 
 from batchrun.records import (
     BudgetStop,
@@ -26,8 +26,10 @@ from batchrun.records import (
     Requeue,
 )
 from batchrun.store import tables as t
-from batchrun.store.base import StoreBase, insert_bare_results
+from batchrun.store.base import Section, end_finished_batches, insert_bare_results
 from batchrun.store.leases import not_waiting
+from batchrun.store.recording import record_finished
+from batchrun.store.reuse import settle_copies
 
 # Candidate requests read per round trip while filling a provider batch.
 _TAKE_CHUNK_ROWS = 2000
@@ -46,10 +48,10 @@ def request_line(custom_id: str, params_json: str) -> bytes:
     )
 
 
-class ProviderBatches(StoreBase):
+class ProviderBatches(Section):
     """Statements on provider batches and the requests they hold."""
 
-    def take_for_provider_batch(
+    def take(
         self,
         *,
         batch_id: str,
@@ -144,7 +146,7 @@ class ProviderBatches(StoreBase):
                 )
         return ProviderIntent(row_id, batch_id, endpoint, lines, size)
 
-    def provider_batch_created(
+    def created(
         self, row_id: int, *, provider_id: str, created_at: datetime | None, next_poll_at: datetime
     ) -> None:
         """The provider has the batch (the create answered, or reconciliation found it)."""
@@ -164,9 +166,7 @@ class ProviderBatches(StoreBase):
                 )
             )
 
-    def provider_batch_not_created(
-        self, row_id: int, *, note: str, lane: str = t.BATCH, now: datetime
-    ) -> int:
+    def not_created(self, row_id: int, *, note: str, lane: str = t.BATCH, now: datetime) -> int:
         """The create is known not to have happened: the row ends ``not_created`` and its
         requests go back to the queue in ``lane``; returns how many."""
         req = t.requests.c
@@ -183,7 +183,7 @@ class ProviderBatches(StoreBase):
             ).rowcount
         return int(back)
 
-    def provider_batch_ambiguous(self, row_id: int, note: str) -> None:
+    def ambiguous(self, row_id: int, note: str) -> None:
         """The fate of the create cannot be told: its requests stay held (never sent again
         by batchrun) until a person settles it (``batchrun lanes``)."""
         with self._write() as conn:
@@ -193,7 +193,7 @@ class ProviderBatches(StoreBase):
                 .values(state=t.AMBIGUOUS, note=note)
             )
 
-    def provider_batches_of(
+    def of_batches(
         self, batch_ids: Sequence[str], *, open_only: bool = False
     ) -> list[ProviderBatchRow]:
         """The provider batches of these batches (only the open ones: intent, created,
@@ -206,7 +206,7 @@ class ProviderBatches(StoreBase):
             rows = conn.execute(statement.order_by(pb.id)).all()
         return [ProviderBatchRow(**row._mapping) for row in rows]
 
-    def provider_batch(self, row_id: int) -> ProviderBatchRow | None:
+    def get(self, row_id: int) -> ProviderBatchRow | None:
         """One provider batch record, or None."""
         with self._read() as conn:
             row = conn.execute(
@@ -214,7 +214,7 @@ class ProviderBatches(StoreBase):
             ).one_or_none()
         return None if row is None else ProviderBatchRow(**row._mapping)
 
-    def claimed_provider_ids(self, endpoint: str) -> set[str]:
+    def claimed_ids(self, endpoint: str) -> set[str]:
         """The provider batch ids this database already knows on ``endpoint``."""
         pb = t.provider_batches.c
         with self._read() as conn:
@@ -226,7 +226,7 @@ class ProviderBatches(StoreBase):
                 )
             )
 
-    def take_provider_poll(self, row_id: int, *, now: datetime, next_poll_at: datetime) -> bool:
+    def take_poll(self, row_id: int, *, now: datetime, next_poll_at: datetime) -> bool:
         """Reserve the next look at a provider batch: True (and ``next_poll_at`` moved on)
         if it was due, False if another worker looked since (at most one poll per interval,
         whatever the number of workers)."""
@@ -243,7 +243,7 @@ class ProviderBatches(StoreBase):
             ).rowcount
         return bool(changed)
 
-    def provider_batch_polled(
+    def polled(
         self,
         row_id: int,
         *,
@@ -275,7 +275,7 @@ class ProviderBatches(StoreBase):
         with self._write() as conn:
             conn.execute(update(t.provider_batches).where(pb.id == row_id).values(**values))
 
-    def provider_cancel_sent(self, row_id: int, now: datetime) -> None:
+    def cancel_sent(self, row_id: int, now: datetime) -> None:
         """batchrun asked the provider to cancel the batch."""
         with self._write() as conn:
             conn.execute(
@@ -284,73 +284,40 @@ class ProviderBatches(StoreBase):
                 .values(cancel_sent_at=now)
             )
 
-    def set_queued_lane(self, batch_id: str, lane: str) -> int:
-        """Send the batch's queued requests to ``lane`` from now on (the auto lane's choice);
-        returns how many. A prompt-cache group's first request keeps real time; held requests
-        (no price for a budget) stay held."""
-        req = t.requests.c
+    def import_results(
+        self,
+        row_id: int,
+        results: Sequence[ImportedResult],
+        requeues: Sequence[Requeue],
+        *,
+        now: datetime,
+    ) -> ImportTally:
+        """Store one chunk of a provider batch's results in one transaction: final results
+        for the requests it still holds, and the requests going back to the real-time queue.
+        Lines for requests it no longer holds (imported before a crash) change nothing, so
+        an import can run again from the start. Batches left with nothing open end."""
         with self._write() as conn:
-            leaders = select(req.wait_for).where(
-                req.batch_id == batch_id, req.wait_for.is_not(None), req.copy_of.is_(None)
-            )
-            statement = update(t.requests).where(
-                req.batch_id == batch_id,
-                req.state == t.QUEUED,
-                req.lane != lane,
-                req.lane != t.HELD,
-            )
-            if lane == t.BATCH:
-                statement = statement.where(req.id.not_in(leaders.scalar_subquery()))
-            return int(conn.execute(statement.values(lane=lane)).rowcount)
+            finished, back, tally = prepare_import(conn, row_id, results, requeues)
+            if finished:
+                record_finished(conn, finished, from_state=t.PROVIDER)
+                settle_copies(conn, [item.request_id for item in finished], now)
+            apply_requeues(conn, back)
+            end_finished_batches(conn, batches_of_provider_batch(conn, row_id), now)
+        return tally
 
-    def set_batch_lane(self, batch_id: str, lane: str) -> None:
-        """Store the batch's lane choice (realtime, batch or auto)."""
+    def close(
+        self, row_id: int, *, now: datetime, leftover_reason: str, requeue: bool = True
+    ) -> int:
+        """The provider batch's results are all in: requests it still holds go back to the
+        real-time queue, or end errored when some lines could not be read (``requeue``
+        False; see :func:`close_provider_batch`); the row ends ``imported``. Returns how
+        many it still held."""
         with self._write() as conn:
-            conn.execute(update(t.batches).where(t.batches.c.id == batch_id).values(lane=lane))
-
-    def batch_lanes(self, batch_ids: Sequence[str]) -> dict[str, str]:
-        """Each batch's lane choice."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(t.batches.c.id, t.batches.c.lane).where(t.batches.c.id.in_(batch_ids))
-            ).all()
-        return {batch_id: lane for batch_id, lane in rows}
-
-    def queued_by_model(
-        self, batch_id: str, *, state: str = t.QUEUED
-    ) -> list[tuple[str, int, int, int]]:
-        """Per model of the batch's requests in ``state`` (queued; provider: held by provider
-        batches): (model, requests, estimated input tokens, sum of max_tokens), for planning
-        and budgets."""
-        req = t.requests.c
-        with self._read() as conn:
-            rows = conn.execute(
-                select(
-                    req.model,
-                    func.count(),
-                    func.coalesce(func.sum(req.estimated_input_tokens), 0),
-                    func.coalesce(func.sum(req.max_tokens), 0),
-                )
-                .where(req.batch_id == batch_id, req.state == state)
-                .group_by(req.model)
-            ).all()
-        return [(model, int(n), int(tokens), int(out)) for model, n, tokens, out in rows]
-
-    def lane_work(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Per batch, its queued requests per lane and its requests held by provider batches
-        (key ``provider``)."""
-        req = t.requests.c
-        with self._read() as conn:
-            rows = conn.execute(
-                select(req.batch_id, req.state, req.lane, func.count())
-                .where(req.batch_id.in_(batch_ids), req.state.in_((t.QUEUED, t.PROVIDER)))
-                .group_by(req.batch_id, req.state, req.lane)
-            ).all()
-        found: dict[str, dict[str, int]] = {batch_id: {} for batch_id in batch_ids}
-        for batch_id, state, lane, count in rows:
-            key = t.PROVIDER if state == t.PROVIDER else lane
-            found[batch_id][key] = found[batch_id].get(key, 0) + int(count)
-        return found
+            back = close_provider_batch(
+                conn, row_id, now=now, leftover_reason=leftover_reason, requeue=requeue
+            )
+            end_finished_batches(conn, batches_of_provider_batch(conn, row_id), now)
+        return back
 
 
 def match_imported(

@@ -1,6 +1,6 @@
 """Answers per time bucket: the one statement behind the dashboard's answers per minute and
 the report's sends over time (:func:`read_answer_series`), and the column expressions it
-shares with :mod:`batchrun.store.usage` and :mod:`batchrun.store.history`.
+shares with :mod:`batchrun.store.usage` and :mod:`batchrun.store.latencies`.
 
 **The time axis is when the answer was sent** (``results.sent_at``: when its final attempt
 left; answers stored before that column existed fall back to ``completed_at``), and failed

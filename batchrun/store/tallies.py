@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 
 from batchrun.store import tables as t
-from batchrun.store.base import StoreBase
+from batchrun.store.base import Section
 from batchrun.store.usage import Usage, read_usage
 
 
@@ -79,7 +79,7 @@ class FailedSendCount:
     count: int
 
 
-class Tallies(StoreBase):
+class Tallies(Section):
     """Statements that total the job table."""
 
     def batch_ends(self) -> list[BatchEnd]:
@@ -89,7 +89,7 @@ class Tallies(StoreBase):
             rows = conn.execute(select(b.id, b.endpoint, b.ended_at).order_by(b.id)).all()
         return [BatchEnd(*row) for row in rows]
 
-    def request_tallies(self, batch_ids: Collection[str] | None = None) -> RequestTotals:
+    def requests(self, batch_ids: Collection[str] | None = None) -> RequestTotals:
         """The requests of these batches (None: of every batch) totalled per batch × model ×
         state (sorted by those), and their results' usage per requested model and state
         (:func:`~batchrun.store.usage.read_usage`), in one read transaction (see
@@ -109,7 +109,7 @@ class Tallies(StoreBase):
         tallies = tuple(RequestTally(*key, *numbers) for key, numbers in sorted(found.items()))
         return RequestTotals(tallies, tuple(usage))
 
-    def failed_send_counts(self) -> list[FailedSendCount]:
+    def failed_sends(self) -> list[FailedSendCount]:
         """Every failed send the database holds, counted per endpoint × model × reason
         (see :class:`FailedSendCount`), sorted. One grouped statement."""
         fail, req = t.send_failures.c, t.requests.c

@@ -201,7 +201,7 @@ def test_status_watch_stops_on_a_pause_with_its_exit_code(
     batch_id = submit(env, tmp_path, 3)
     store = Store.open(sqlite_url)
     try:
-        store.pause_batch(batch_id, "authentication failed for endpoint anthropic")
+        store.lifecycle.pause(batch_id, "authentication failed for endpoint anthropic")
     finally:
         store.close()
 

@@ -192,6 +192,6 @@ def test_a_port_in_use_stops_the_run_before_it_sends(sqlite_url: str, tmp_path: 
     )
     store = Store.open(sqlite_url)
     try:
-        assert store.get_batch(batch_id).counts.processing == 1
+        assert store.batches.get(batch_id).counts.processing == 1
     finally:
         store.close()

@@ -116,7 +116,7 @@ def test_garbled_files_are_stored_whole_or_not_at_all(tmp_path: Path) -> None:
         parts: list[Piece], bom: bool, final_newline: bool, skip_invalid: bool, max_requests: int
     ) -> None:
         data = content_of(parts, bom, final_newline)
-        before = {batch.id for batch in store.list_batches()}
+        before = {batch.id for batch in store.batches.all()}
         try:
             batch_id: str | None = submit_requests(
                 store,
@@ -137,7 +137,7 @@ def test_garbled_files_are_stored_whole_or_not_at_all(tmp_path: Path) -> None:
             else:
                 assert lines[-1] == "nothing was stored; fix the lines above and submit again"
                 assert all(line.startswith(("fuzz.jsonl", "… and ")) for line in lines[:-1])
-        new = {batch.id for batch in store.list_batches()} - before
+        new = {batch.id for batch in store.batches.all()} - before
         want = expected(parts, data, skip_invalid, max_requests)
         if want is None:
             assert batch_id is None
@@ -145,7 +145,7 @@ def test_garbled_files_are_stored_whole_or_not_at_all(tmp_path: Path) -> None:
         else:
             assert new == {batch_id}
             assert batch_id is not None
-            counts = store.get_batch(batch_id).counts
+            counts = store.batches.get(batch_id).counts
             assert (counts.processing, counts.errored, counts.total) == (*want, sum(want))
 
     try:

@@ -116,7 +116,7 @@ def test_bad_lines_are_invalid_input_everywhere_apart_from_api_errors(
     # The dashboard's cards: the error types they show come from this one grouped read.
     store = Store.open(db_url)
     try:
-        counted = {item.error_type: item.count for item in store.error_types([batch_id])}
+        counted = {item.error_type: item.count for item in store.timelines.error_types([batch_id])}
     finally:
         store.close()
     assert counted == {INVALID_INPUT: 3, "invalid_request_error": 2}

@@ -77,7 +77,7 @@ async def run_dispatcher(
 
 def results_by_id(store: Store, batch_id: str) -> Mapping[str, dict[str, object]]:
     found = {}
-    for row in store.iter_results(batch_id):
+    for row in store.results.iter_rows(batch_id):
         found[row.custom_id] = {
             "state": row.state,
             "body": json.loads(row.body) if row.body else None,

@@ -50,10 +50,10 @@ async def test_a_leader_answers_before_any_follower_is_sent_and_they_then_go_tog
     # Together, not one by one: all 20 within one answer's latency.
     assert received[-1] - received[1] < LATENCY_S
     assert asyncio.get_running_loop().time() - started < LEADER_LATENCY_S + 3 * LATENCY_S
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.counts.succeeded == 21
     # One cache write (the leader), twenty reads.
-    details = {row.custom_id: row for row in store.iter_result_details(batch_id)}
+    details = {row.custom_id: row for row in store.results.iter_details(batch_id)}
     assert details["lead"].cache_creation_input_tokens
     assert not details["lead"].cache_read_input_tokens
     assert all(details[f"f{i}"].cache_read_input_tokens for i in range(20))
@@ -73,7 +73,7 @@ async def test_followers_of_a_leader_that_failed_are_sent_without_waiting_longer
 
     await dispatch(store, batch_id, app)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert (batch.counts.errored, batch.counts.succeeded) == (1, 5)
     assert app.stats.received == 6
 
@@ -95,7 +95,7 @@ async def test_a_duplicate_with_reuse_is_not_sent_when_its_original_succeeds(
     report = await dispatch(store, batch_id, app)
 
     assert app.stats.received == report.sent == 2
-    answers = {row.custom_id: row for row in store.iter_result_details(batch_id)}
+    answers = {row.custom_id: row for row in store.results.iter_details(batch_id)}
     assert answers["b"].body == answers["a"].body
     assert answers["b"].reused_from == batch_id
-    assert store.get_batch(batch_id).processing_status == "ended"
+    assert store.batches.get(batch_id).processing_status == "ended"

@@ -38,7 +38,7 @@ async def peak_in_flight(
     await run_dispatcher(
         store, batch_id, app, config=config, limits=RateLimits(rpm=rpm), during=watch
     )
-    assert store.get_batch(batch_id).counts.succeeded == count
+    assert store.batches.get(batch_id).counts.succeeded == count
     return peak, loop.time() - started
 
 

@@ -35,7 +35,7 @@ async def test_a_database_that_stays_gone_is_retried_then_reported() -> None:
         started = loop.time()
 
         with pytest.raises(DatabaseUnavailableError) as raised:
-            await thread.call(store.list_batches)
+            await thread.call(store.batches.all)
 
         thread.close()
         store.close()

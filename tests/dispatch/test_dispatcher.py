@@ -29,7 +29,7 @@ async def test_every_request_gets_one_succeeded_result_with_usage(store: Store) 
 
     report = await dispatch(store, batch_id, app)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.processing_status == "ended"
     assert batch.counts.succeeded == 40
     assert report.sent == 40
@@ -53,7 +53,7 @@ async def test_transient_failures_are_retried_after_a_back_off(store: Store) -> 
 
     report = await dispatch(store, batch_id, app)
 
-    assert store.get_batch(batch_id).counts.succeeded == 1
+    assert store.batches.get(batch_id).counts.succeeded == 1
     assert report.retried == 2
     assert app.stats.received == 3
     # Back-offs of about 1 s and 2 s (up to 25 % jitter off).
@@ -72,7 +72,7 @@ async def test_each_transient_kind_is_retried_until_it_succeeds(
 
     await dispatch(store, batch_id, app)
 
-    assert store.get_batch(batch_id).counts.succeeded == 1
+    assert store.batches.get(batch_id).counts.succeeded == 1
     assert app.stats.received == 2
 
 
@@ -82,7 +82,7 @@ async def test_a_200_that_is_json_but_no_message_is_not_sent_again(store: Store)
 
     await dispatch(store, batch_id, app)
 
-    assert store.get_batch(batch_id).counts.errored == 1
+    assert store.batches.get(batch_id).counts.errored == 1
     assert app.stats.received == 1
 
 
@@ -92,7 +92,7 @@ async def test_a_request_that_keeps_failing_ends_errored_with_the_api_error(stor
 
     report = await dispatch(store, batch_id, app)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert (batch.counts.succeeded, batch.counts.errored) == (1, 1)
     assert app.stats.received == 1 + FAST_RETRIES.max_attempts
     error = results_by_id(store, batch_id)["doomed"]["body"]
@@ -110,7 +110,7 @@ async def test_final_client_errors_are_not_retried(store: Store, status: int) ->
 
     await dispatch(store, batch_id, app)
 
-    assert store.get_batch(batch_id).counts.errored == 1
+    assert store.batches.get(batch_id).counts.errored == 1
     assert app.stats.received == 1
 
 
@@ -123,7 +123,7 @@ async def test_a_429_waits_out_retry_after_without_using_an_attempt(store: Store
     report = await dispatch(store, batch_id, app, config=DispatchConfig(max_attempts=2))
 
     # Five 429s with a 2-attempt budget: rate limits do not spend the budget.
-    assert store.get_batch(batch_id).counts.succeeded == 1
+    assert store.batches.get(batch_id).counts.succeeded == 1
     assert report.rate_limited == 5
     assert loop.time() - started >= 5 * 90
 
@@ -134,7 +134,7 @@ async def test_an_authentication_failure_pauses_the_batch_and_keeps_its_queue(st
 
     report = await dispatch(store, batch_id, app)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch_id in report.paused
     assert "authentication failed" in report.paused[batch_id]
     assert batch.paused_reason == report.paused[batch_id]
@@ -142,7 +142,7 @@ async def test_an_authentication_failure_pauses_the_batch_and_keeps_its_queue(st
     assert batch.counts.errored == 0
     # The first request went alone, and the others waited for its answer: one 401.
     assert app.stats.received == 1
-    assert store.seconds_until_ready([batch_id], batch.created_at) == 0.0
+    assert store.leases.seconds_until_ready([batch_id], batch.created_at) == 0.0
 
 
 async def test_a_cancel_from_elsewhere_stops_dispatch_and_in_flight_requests_finish(
@@ -154,13 +154,13 @@ async def test_a_cancel_from_elsewhere_stops_dispatch_and_in_flight_requests_fin
 
     async def cancel_soon() -> None:
         await asyncio.sleep(12)
-        store.cancel_batch(batch_id, store.get_batch(batch_id).created_at)
+        store.lifecycle.cancel(batch_id, store.batches.get(batch_id).created_at)
 
     canceler = asyncio.create_task(cancel_soon())
     report = await dispatch(store, batch_id, app, config=config)
     await canceler
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.processing_status == "ended"
     assert batch.cancel_initiated_at is not None
     # The first request went alone (t=0), then waves of 10 (t=5, 10 s); the second wave
@@ -168,7 +168,7 @@ async def test_a_cancel_from_elsewhere_stops_dispatch_and_in_flight_requests_fin
     assert batch.counts.succeeded == 21
     assert batch.counts.canceled == 79
     assert app.stats.received == report.sent == 21
-    states = [row.state for row in store.iter_results(batch_id)]
+    states = [row.state for row in store.results.iter_rows(batch_id)]
     assert len(states) == 100
     assert set(states) == {"succeeded", "canceled"}
 
@@ -186,7 +186,7 @@ async def test_rpm_limit_paces_sends_from_the_first_request(store: Store) -> Non
     # more requests), then one a second: 31 requests need about 33 s.
     elapsed = loop.time() - started
     assert 32.5 <= elapsed < 34
-    assert store.get_batch(batch_id).counts.succeeded == 31
+    assert store.batches.get(batch_id).counts.succeeded == 31
 
 
 async def test_a_transport_failure_is_retried(store: Store) -> None:
@@ -214,4 +214,4 @@ async def test_a_transport_failure_is_retried(store: Store) -> None:
             db.close()
 
     assert report.retried == 1
-    assert store.get_batch(batch_id).counts.succeeded == 1
+    assert store.batches.get(batch_id).counts.succeeded == 1

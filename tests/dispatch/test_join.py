@@ -26,7 +26,7 @@ async def ended_at(store: Store, batch_id: str, *, within_s: float) -> float:
     """The loop time at which the batch ended, looking every 0.1 s."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
-    while store.get_batch(batch_id).processing_status != "ended":
+    while store.batches.get(batch_id).processing_status != "ended":
         assert loop.time() < deadline, f"{batch_id} did not end within {within_s} s"
         await asyncio.sleep(0.1)
     return loop.time()
@@ -58,8 +58,8 @@ async def test_a_joined_batch_gets_a_share_of_the_claims_ahead_of_older_queued_w
 
     assert len(joined) == 1
     (short,) = joined
-    assert store.get_batch(short).counts.succeeded == 2
-    assert store.get_batch(long).counts.succeeded == 30
+    assert store.batches.get(short).counts.succeeded == 2
+    assert store.batches.get(long).counts.succeeded == 30
     assert report.sent == 32
     # Claimed after `long` in input order, `short` would have ended with it (~160 s). It
     # takes every other slot that frees up instead (one at 10 s, 20 s...), and is done by
@@ -85,7 +85,7 @@ async def test_join_of_an_endpoint_without_a_sender_or_of_a_batch_in_hand_joins_
     await run_dispatcher(store, batch_id, app, during=join_what_cannot)
 
     assert answers == [set(), set(), set()]
-    assert store.get_batch(other).counts.processing == 1
+    assert store.batches.get(other).counts.processing == 1
     assert app.stats.received == 1
 
 
@@ -112,6 +112,6 @@ async def test_join_before_run_starts_or_after_it_returned_joins_nothing(store: 
             db.close()
 
     assert before == after == set()
-    assert store.get_batch(batch_id).counts.succeeded == 1
-    assert store.get_batch(later).counts.processing == 1
+    assert store.batches.get(batch_id).counts.succeeded == 1
+    assert store.batches.get(later).counts.processing == 1
     assert app.stats.received == 1

@@ -94,7 +94,7 @@ def test_a_worker_that_stood_still_past_its_lease_does_not_send_what_was_taken_o
     other = asyncio.run(work(store, batch_id, app, freeze=False, limits=None))
     frozen.join(30)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.counts.succeeded == 6
     (report,) = frozen_report
     # Only the request that was in flight when the worker froze may have been sent twice;

@@ -332,7 +332,7 @@ async def test_a_configured_limit_twice_the_servers_converges_on_the_servers(
 
     await dispatch(store, batch_id, app, limits=RateLimits(rpm=1200))
 
-    assert store.get_batch(batch_id).counts.succeeded == 1500
+    assert store.batches.get(batch_id).counts.succeeded == 1500
     floor, ceiling = (0.95, 0.05) if headers else (0.90, 0.10)
     assert utilisation(app, limit_per_min=600, column="requests", skip_s=30) >= floor
     assert rejected_share(app) <= ceiling
@@ -369,7 +369,7 @@ def store_estimate_errors(store: Store, batch_id: str) -> list[float]:
 
     from batchrun.store import tables as t
 
-    with store._read() as conn:  # reading the analysts' columns directly
+    with store.engine.connect() as conn:  # reading the analysts' columns directly
         rows = conn.execute(
             select(t.results.c.estimated_input_tokens, t.results.c.input_tokens)
             .where(t.results.c.batch_id == batch_id)

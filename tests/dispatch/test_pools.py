@@ -79,7 +79,7 @@ async def run_pool(
 
 
 def answered_by(store: Store, batch_id: str) -> Counter[str | None]:
-    return Counter(row.endpoint for row in store.iter_result_details(batch_id))
+    return Counter(row.endpoint for row in store.results.iter_details(batch_id))
 
 
 async def test_a_pool_sends_at_the_sum_of_its_members_limits(store: Store) -> None:
@@ -95,7 +95,7 @@ async def test_a_pool_sends_at_the_sum_of_its_members_limits(store: Store) -> No
     report = await run_pool(store, batch_id, apps, limits=limits)
 
     elapsed_s = loop.time() - started
-    assert store.get_batch(batch_id).counts.succeeded == 300
+    assert store.batches.get(batch_id).counts.succeeded == 300
     assert report.rate_limited == 0
     # 300 requests at 600 a minute: 30 s, plus the gentle start and the last answers.
     assert elapsed_s < 30 + 8
@@ -149,13 +149,13 @@ async def test_a_failing_member_is_taken_out_and_the_others_finish_the_batch(
 
     await run_pool(store, batch_id, apps)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.counts.succeeded == 200
     assert answered_by(store, batch_id) == {"good": 200}
     # Taken out after FAILURES_TO_OPEN failures in a row; then one lone probe per opening
     # (10 s, 20 s, ...) while the run lasts.
     assert apps["down"].stats.received <= FAILURES_TO_OPEN + 4
-    health = store.endpoint_health(["down", "good"])
+    health = store.health.of_endpoints(["down", "good"])
     assert health["down"].state == "open"
     assert "good" not in health
 
@@ -171,12 +171,12 @@ async def test_bad_credentials_take_one_member_out_with_one_401_and_the_batch_go
 
     report = await run_pool(store, batch_id, apps)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert report.paused == {}
     assert batch.counts.succeeded == 100
     assert apps["locked"].stats.received == 1
     assert answered_by(store, batch_id) == {"good": 100}
-    health = store.endpoint_health(["locked"])["locked"]
+    health = store.health.of_endpoints(["locked"])["locked"]
     assert health.state == "halted"
     assert health.reason is not None and "authentication failed" in health.reason
 
@@ -193,7 +193,7 @@ async def test_when_every_member_refuses_the_key_the_batch_pauses_after_one_401_
     assert "endpoint a" in report.paused[batch_id]
     assert "endpoint b" in report.paused[batch_id]
     assert [app.stats.received for app in apps.values()] == [1, 1]
-    assert store.get_batch(batch_id).counts.processing == 50
+    assert store.batches.get(batch_id).counts.processing == 50
 
 
 def cached_request(custom_id: str, system: str) -> dict[str, object]:
@@ -213,7 +213,7 @@ async def test_requests_sharing_a_cached_prefix_go_to_one_member(store: Store) -
     await run_pool(store, batch_id, apps)
 
     member_of: dict[str, set[str | None]] = {}
-    for row in store.iter_result_details(batch_id):
+    for row in store.results.iter_details(batch_id):
         index = int(row.custom_id[1:]) % len(prompts)
         member_of.setdefault(prompts[index], set()).add(row.endpoint)
     # Each prefix stayed on one member, and the prefixes are spread over the members.
@@ -251,4 +251,4 @@ async def test_a_member_gets_the_model_name_it_knows(store: Store) -> None:
 
     assert set(apps["gw"].stats.per_model) == {"vendor/claude-sonnet-4.5"}
     assert set(apps["a"].stats.per_model) == {"claude-sonnet-4-5"}
-    assert store.get_batch(batch_id).counts.succeeded == 40
+    assert store.batches.get(batch_id).counts.succeeded == 40

@@ -228,10 +228,10 @@ async def test_a_member_answering_bodies_that_are_not_json_leaves_no_request_err
 
     await run_pool(store, batch_id, apps)
 
-    assert store.get_batch(batch_id).counts.succeeded == 100
+    assert store.batches.get(batch_id).counts.succeeded == 100
     assert answered_by(store, batch_id) == {"good": 100}
     assert apps["garbage"].stats.received <= FAILURES_TO_OPEN + 4
-    health = store.endpoint_health(["garbage"])["garbage"]
+    health = store.health.of_endpoints(["garbage"])["garbage"]
     assert (health.state, health.reason) == ("open", UNREADABLE_REASON)
 
 
@@ -248,12 +248,12 @@ async def test_when_every_member_answers_garbage_each_request_goes_to_two_member
 
     await run_pool(store, batch_id, apps)
 
-    assert store.get_batch(batch_id).counts.errored == 4
+    assert store.batches.get(batch_id).counts.errored == 4
     # Each request was sent twice, once to each member: never twice to the same one.
     per_member = [Counter(entry.body_sha256 for entry in app.stats.log) for app in apps.values()]
     assert all(set(sends.values()) == {1} for sends in per_member)
     assert set(per_member[0]) == set(per_member[1]) and len(per_member[0]) == 4
-    rows = list(store.iter_result_details(batch_id))
+    rows = list(store.results.iter_details(batch_id))
     assert all(row.attempts == 2 for row in rows)
     assert all(
         row.error_message and f"last failure: {UNREADABLE_FROM}" in row.error_message
@@ -279,7 +279,7 @@ async def test_with_the_other_members_refusing_the_key_the_single_endpoint_rule_
     # instead of being sent to the same member again.
     assert apps["locked"].stats.received == 1
     assert apps["garbage"].stats.received == 6
-    rows = list(store.iter_result_details(batch_id))
+    rows = list(store.results.iter_details(batch_id))
     assert {(row.state, row.error_type, row.attempts) for row in rows} == {
         ("errored", INVALID_RESPONSE_ERROR_TYPE, 1)
     }

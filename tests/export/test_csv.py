@@ -59,7 +59,7 @@ def answered(db_url: str, tmp_path: Path) -> Iterator[tuple[batchrun.Client, str
         )
         store = Store.open(db_url)
         try:
-            claimed = store.claim(
+            claimed = store.leases.claim(
                 owner="w", batch_ids=[batch.id], limit=len(texts) + 1, now=NOW, lease_s=60
             )
             finished = [
@@ -79,7 +79,7 @@ def answered(db_url: str, tmp_path: Path) -> Iterator[tuple[batchrun.Client, str
                 )
                 for item in claimed
             ]
-            store.record(owner="w", now=NOW, finished=finished)
+            store.results.record(owner="w", now=NOW, finished=finished)
         finally:
             store.close()
         yield client, batch.id

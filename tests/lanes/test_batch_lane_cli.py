@@ -167,7 +167,7 @@ def _intent(db_url: str, batch_id: str) -> list[bytes]:
     the batch's requests; returns their body lines."""
     store = Store.open(db_url)
     try:
-        intent = store.take_for_provider_batch(
+        intent = store.provider_batches.take(
             batch_id=batch_id,
             endpoint="sim",
             max_requests=100_000,

@@ -68,7 +68,7 @@ async def until(condition: Callable[[], bool], *, within_s: float) -> float:
 
 
 def ended(store: Store, batch_id: str) -> Callable[[], bool]:
-    return lambda: store.get_batch(batch_id).processing_status == "ended"
+    return lambda: store.batches.get(batch_id).processing_status == "ended"
 
 
 def passes(events: list[RunEvent]) -> list[set[str]]:
@@ -95,14 +95,14 @@ async def test_a_batch_submitted_while_a_long_batch_runs_gets_its_results_within
     short = submit(store, [request_line(f"b{i}") for i in range(2)])
     submitted_at = loop.time()
     short_ended_at = await until(ended(store, short), within_s=60)
-    long_was_running = store.get_batch(long).processing_status == "in_progress"
+    long_was_running = store.batches.get(long).processing_status == "in_progress"
     result: RunResult = await running
 
     # The join task looks every 0.5 s, and the dispatcher claims what joined at once.
     assert short_ended_at - submitted_at < 1.5
     assert long_was_running
-    assert store.get_batch(short).counts.succeeded == 2
-    assert store.get_batch(long).counts.succeeded == 4
+    assert store.batches.get(short).counts.succeeded == 2
+    assert store.batches.get(long).counts.succeeded == 4
     assert Note(f"{short}: joined the run in progress") in events
     # One pass did both: the pass reports the batch that joined it.
     assert passes(events) == [{long, short}]
@@ -129,7 +129,7 @@ async def test_wake_makes_an_idle_forever_session_look_for_work_at_once(store: S
 
     # Without the wake, the session would have looked again only 600 s after going idle.
     assert done_at - woken_at < 2
-    assert store.get_batch(batch_id).counts.succeeded == 1
+    assert store.batches.get(batch_id).counts.succeeded == 1
     assert passes(events) == [{batch_id}]
     assert result.passes == 1
 
@@ -146,17 +146,17 @@ async def test_a_batch_lane_batch_submitted_mid_pass_waits_for_the_next_pass_and
     in_batch_lane = submit_with(store, [request_line(f"c{i}") for i in range(3)], lane="batch")
     await asyncio.sleep(5)
     # The first pass is still busy with `long`, and has not taken the new batch.
-    waiting = store.get_batch(in_batch_lane)
-    provider_batches_then = store.provider_batches_of([in_batch_lane])
-    long_was_running = store.get_batch(long).processing_status == "in_progress"
+    waiting = store.batches.get(in_batch_lane)
+    provider_batches_then = store.provider_batches.of_batches([in_batch_lane])
+    long_was_running = store.batches.get(long).processing_status == "in_progress"
     await until(ended(store, in_batch_lane), within_s=200)
     await running
 
     assert long_was_running
     assert waiting.counts.processing == 3
     assert provider_batches_then == []
-    assert store.get_batch(in_batch_lane).counts.succeeded == 3
-    assert store.get_batch(long).counts.succeeded == 2
+    assert store.batches.get(in_batch_lane).counts.succeeded == 3
+    assert store.batches.get(long).counts.succeeded == 2
     assert passes(events)[:2] == [{long}, {in_batch_lane}]
     assert not any(isinstance(e, Note) and "joined" in e.text for e in events)
     lanes = {tokens.lane for tokens in store.usage.by_model([in_batch_lane])[in_batch_lane]}
@@ -179,15 +179,15 @@ async def test_a_batch_that_joins_a_pass_keeping_budgets_is_held_to_its_own_budg
         for i in range(50)
     ]
     budgeted = submit_with(store, lines, max_cost_usd=budget)
-    await until(lambda: store.get_batch(budgeted).paused_reason is not None, within_s=60)
-    long_was_running = store.get_batch(long).processing_status == "in_progress"
+    await until(lambda: store.batches.get(budgeted).paused_reason is not None, within_s=60)
+    long_was_running = store.batches.get(long).processing_status == "in_progress"
     await running
 
-    batch = store.get_batch(budgeted)
+    batch = store.batches.get(budgeted)
     spent = cost_of(store.usage.by_model([budgeted])[budgeted], PriceTable())
     assert long_was_running
     assert Note(f"{budgeted}: joined the run in progress") in events
     assert batch.paused_reason is not None and "max-cost $0.0030 reached" in batch.paused_reason
     assert 0 < batch.counts.succeeded < 50
     assert spent.usd is not None and spent.usd <= budget
-    assert store.get_batch(long).counts.succeeded == 4
+    assert store.batches.get(long).counts.succeeded == 4

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import cached_property
 
 import pytest
+from sqlalchemy import Engine
 
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.dispatch.report import RunReport
@@ -26,7 +28,7 @@ from batchrun.ops.metrics import (
 from batchrun.records import FinishedRequest, RetryLater, SendFailure, TokenTotals, Usage
 from batchrun.store.rates import BucketRow
 from batchrun.store.store import Store
-from batchrun.store.tallies import FailedSendCount, RequestTotals
+from batchrun.store.tallies import FailedSendCount, RequestTotals, Tallies
 from tests.conftest import request_line, submit
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -58,22 +60,34 @@ def _answer(
 
 
 def _answer_all(store: Store, batch_id: str, usage: Usage, *, owner: str = "w1") -> None:
-    claimed = store.claim(owner=owner, batch_ids=[batch_id], limit=100, now=NOW, lease_s=60)
-    store.record(
+    claimed = store.leases.claim(owner=owner, batch_ids=[batch_id], limit=100, now=NOW, lease_s=60)
+    store.results.record(
         owner=owner,
         now=NOW,
         finished=[_answer(item.id, batch_id, item.custom_id, usage) for item in claimed],
     )
 
 
+class _CountingTallies(Tallies):
+    """Real tallies that note which batches each totals read asked for (None: all)."""
+
+    def __init__(self, engine: Engine, asked: list[set[str] | None]) -> None:
+        super().__init__(engine)
+        self.asked = asked
+
+    def requests(self, batch_ids: Collection[str] | None = None) -> RequestTotals:
+        self.asked.append(None if batch_ids is None else set(batch_ids))
+        return super().requests(batch_ids)
+
+
 class ReadCountingStore(Store):
-    """A real store that notes which batches each totals read asked for (None: all)."""
+    """A real store whose tallies note which batches each totals read asked for."""
 
     asked: list[set[str] | None]
 
-    def request_tallies(self, batch_ids: Collection[str] | None = None) -> RequestTotals:
-        self.asked.append(None if batch_ids is None else set(batch_ids))
-        return super().request_tallies(batch_ids)
+    @cached_property
+    def tallies(self) -> Tallies:
+        return _CountingTallies(self._engine, self.asked)
 
 
 @pytest.fixture
@@ -120,9 +134,11 @@ def test_the_snapshot_counts_states_sends_tokens_cost_and_holds(store: Store) ->
     )
     claimed = {
         item.custom_id: item.id
-        for item in store.claim(owner="w1", batch_ids=[batch_id], limit=10, now=NOW, lease_s=60)
+        for item in store.leases.claim(
+            owner="w1", batch_ids=[batch_id], limit=10, now=NOW, lease_s=60
+        )
     }
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         finished=[
@@ -141,10 +157,10 @@ def test_the_snapshot_counts_states_sends_tokens_cost_and_holds(store: Store) ->
         ],
         unsent=[claimed["r2"]],
     )
-    (again,) = store.claim(owner="w1", batch_ids=[batch_id], limit=1, now=NOW, lease_s=60)
+    (again,) = store.leases.claim(owner="w1", batch_ids=[batch_id], limit=1, now=NOW, lease_s=60)
     assert (again.custom_id, again.attempts) == ("r1", 1)
     answer = _answer(again.id, batch_id, "r1", Usage(10, 20, 30, 40), attempts=2)
-    store.record(owner="w1", now=NOW, finished=[answer])
+    store.results.record(owner="w1", now=NOW, finished=[answer])
     store.rates.take(
         endpoint="simulator",
         model=SONNET,
@@ -236,13 +252,13 @@ def test_a_gatherer_sees_a_requeued_batch_again_and_forgets_a_deleted_one(
     kept = submit(store, [request_line("a")])
     _answer_all(store, kept, Usage(100, 10))
     canceled = submit(store, [request_line("b"), request_line("c")])
-    store.cancel_batch(canceled, NOW)
+    store.lifecycle.cancel(canceled, NOW)
     gatherer = MetricsGatherer(store, prices=PRICES)
     gatherer.gather(now_unix_s=0.0)
 
-    store.requeue(canceled, states=["canceled"], now=NOW)
+    store.lifecycle.requeue(canceled, states=["canceled"], now=NOW)
     requeued = gatherer.gather(now_unix_s=0.0)
-    store.delete_batch(kept)
+    store.lifecycle.delete(kept)
     deleted = gatherer.gather(now_unix_s=0.0)
 
     assert store.asked[1:] == [{canceled}, {canceled}]

@@ -81,13 +81,13 @@ async def test_a_cancel_from_elsewhere_is_counted_in_full_in_the_progress_lines(
     await asyncio.sleep(12)
 
     # What `batchrun cancel` does from another terminal.
-    store.cancel_batch(batch_id, datetime.now(UTC))
+    store.lifecycle.cancel(batch_id, datetime.now(UTC))
     canceled_at = loop.time()
     result: RunResult = await running
 
-    counts = store.get_batch(batch_id).counts
+    counts = store.batches.get(batch_id).counts
     assert counts.canceled > 1800
-    assert store.get_batch(other).counts.succeeded == 3
+    assert store.batches.get(other).counts.succeeded == 3
     assert result.exit_code == 7
     last = shown.progress[-1]
     assert f"2,003/2,003 done ({counts.succeeded + 3:,} succeeded, 0 errored, " in last
@@ -111,7 +111,7 @@ async def test_the_last_error_is_shown_with_the_errors_and_not_with_the_rate_lim
 
     await session(store, shown, progress_interval_s=60).run()
 
-    assert store.get_batch(batch_id).counts.errored == 1
+    assert store.batches.get(batch_id).counts.errored == 1
     last = shown.progress[-1]
     assert "1 errored (last: invalid_request_error)" in last
     assert "1 retried, 1 rate-limited (last retry: HTTP 429 rate_limit_error)" in last
@@ -151,7 +151,7 @@ async def test_results_the_batch_lane_imports_are_counted_as_done(store: Store) 
 
     await session(store, shown, poll_interval_s=1, progress_interval_s=1).run()
 
-    assert store.get_batch(batch_id).counts.succeeded == 5
+    assert store.batches.get(batch_id).counts.succeeded == 5
     (imported_at,) = [at for at, line in shown.timed if "imported: 5 results" in line]
     # The last line, and any periodic one a second or more after the import.
     later = [line for at, line in shown.timed if " progress: " in line and at > imported_at + 1]

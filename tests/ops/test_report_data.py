@@ -24,7 +24,7 @@ from batchrun.ops.report.data import (
 )
 from batchrun.ops.report.page import render_report
 from batchrun.records import FinishedRequest
-from batchrun.store.history import LatencySpread
+from batchrun.store.latencies import LatencySpread
 from batchrun.store.series import AnswerBucket
 from batchrun.store.store import Store
 from batchrun.store.usage import Usage
@@ -157,7 +157,7 @@ def test_the_page_of_a_batch_draws_every_section_and_escapes_what_servers_said(
     batch_id = _history(store)
     other = submit(store, [request_line("x")])
     ids = _claimed(store, other)
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         finished=[

@@ -48,7 +48,7 @@ def _card_limits(client: batchrun.Client, batch_id: str) -> dict[str, tuple[floa
     """The dashboard card's limits of the batch: dimension → (flag, configured, limit)."""
     store = Store.open(client.database_url)
     try:
-        batch = store.get_batch(batch_id)
+        batch = store.batches.get(batch_id)
         data = DashboardData(store, known=client.endpoints(), prices=client.prices())
         (card,) = data.cards([batch], now=datetime.now(UTC))
         json = card.as_json()
@@ -242,8 +242,8 @@ def test_the_recorded_rows_go_with_their_batch(store: Store) -> None:
         ("m", "flag", 600.0),
     ]
     assert found[batch_id][0].since == T0 and "other" not in found
-    store.cancel_batch(batch_id, T0)
-    store.delete_batch(batch_id)
+    store.lifecycle.cancel(batch_id, T0)
+    store.lifecycle.delete(batch_id)
     assert store.run_limits.of_batches([batch_id]) == {}
 
 

@@ -46,7 +46,7 @@ def monitor_for(
         guard = BudgetGuard(prices, {batch_id: budget}, spent)
     return RunMonitor(
         prices=prices,
-        counts={batch_id: store.get_batch(batch_id).counts},
+        counts={batch_id: store.batches.get(batch_id).counts},
         guard=guard,
         max_runtime_s=max_runtime_s,
     )
@@ -100,7 +100,7 @@ async def test_a_budget_pauses_the_batch_before_it_could_be_passed(store: Store)
         store, batch_id, monitor_for(store, batch_id, budget=budget), max_concurrency=1, app=app
     )
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     spent = cost_of(store.usage.by_model([batch_id])[batch_id], PriceTable())
     assert batch_id in report.paused
     assert "max-cost $0.0030 reached" in report.paused[batch_id]
@@ -122,7 +122,7 @@ async def test_a_budgeted_batch_of_a_model_without_price_does_not_send(store: St
 
     assert app.stats.received == 0
     assert "model my-finetune has no price" in report.paused[batch_id]
-    assert store.get_batch(batch_id).counts.processing == 1
+    assert store.batches.get(batch_id).counts.processing == 1
 
 
 async def test_the_time_limit_drains_the_run_and_leaves_the_rest_queued(store: Store) -> None:
@@ -133,7 +133,7 @@ async def test_the_time_limit_drains_the_run_and_leaves_the_rest_queued(store: S
 
     report = await dispatch(store, batch_id, monitor, limits=RateLimits(rpm=60))
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert monitor.time_limit_reached
     assert report.paused == {}
     assert batch.paused_reason is None
@@ -142,8 +142,10 @@ async def test_the_time_limit_drains_the_run_and_leaves_the_rest_queued(store: S
     assert batch.counts.processing == 30 - batch.counts.succeeded
     assert loop.time() - started < 8
     # Claimed but unsent requests went back as they were: no attempt used.
-    assert store.claim(owner="o", batch_ids=[batch_id], limit=100, now=batch.created_at, lease_s=1)
-    again = store.claim(
+    assert store.leases.claim(
+        owner="o", batch_ids=[batch_id], limit=100, now=batch.created_at, lease_s=1
+    )
+    again = store.leases.claim(
         owner="o2", batch_ids=[batch_id], limit=100, now=batch.created_at, lease_s=1
     )
     assert again == []
@@ -202,7 +204,7 @@ async def test_a_budget_counts_what_another_worker_spends_meanwhile(store: Store
     db = WorkerDatabase(store)
     monitor = RunMonitor(
         prices=PriceTable(),
-        counts={batch_id: store.get_batch(batch_id).counts},
+        counts={batch_id: store.batches.get(batch_id).counts},
         guard=guard,
         db=db,
     )
@@ -210,9 +212,11 @@ async def test_a_budget_counts_what_another_worker_spends_meanwhile(store: Store
     async def other_worker() -> None:
         # Another process finishes one request that cost $0.9999 ($1.25/MTok output).
         await asyncio.sleep(3)
-        now = store.get_batch(batch_id).created_at + timedelta(seconds=3)
-        (claimed,) = store.claim(owner="other", batch_ids=[batch_id], limit=1, now=now, lease_s=60)
-        store.record(
+        now = store.batches.get(batch_id).created_at + timedelta(seconds=3)
+        (claimed,) = store.leases.claim(
+            owner="other", batch_ids=[batch_id], limit=1, now=now, lease_s=60
+        )
+        store.results.record(
             owner="other",
             now=now,
             finished=[
@@ -239,7 +243,7 @@ async def test_a_budget_counts_what_another_worker_spends_meanwhile(store: Store
 
     # Paused once the refresh (every 15 s) saw the other worker's spending.
     assert "max-cost $1.00 reached" in report.paused[batch_id]
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert 10 <= batch.counts.succeeded <= 25
     assert batch.counts.processing > 30
 

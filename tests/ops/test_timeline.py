@@ -39,7 +39,7 @@ def _answered(store: Store, endpoint: str, seconds_ago: list[float], **usage: in
         [request_line(f"r{i}") for i in range(len(seconds_ago) + 1)],
         endpoint=endpoint,
     )
-    claimed = store.claim(owner="w", batch_ids=[batch_id], limit=100, now=NOW, lease_s=600)
+    claimed = store.leases.claim(owner="w", batch_ids=[batch_id], limit=100, now=NOW, lease_s=600)
     finished = [
         FinishedRequest(
             request_id=item.id,
@@ -53,7 +53,7 @@ def _answered(store: Store, endpoint: str, seconds_ago: list[float], **usage: in
         )
         for item, ago in zip(claimed, seconds_ago, strict=False)
     ]
-    store.record(owner="w", now=NOW, finished=finished)
+    store.results.record(owner="w", now=NOW, finished=finished)
     return batch_id
 
 
@@ -74,7 +74,7 @@ def test_the_binding_limit_is_the_one_the_batch_uses_the_largest_share_of(
     batch_id = _answered(sqlite_store, "gw", [float(i) for i in range(60, 0, -2)], output=16)
     data = DashboardData(sqlite_store, known=_known(gateway), prices=PRICES)
 
-    (card,) = data.cards([sqlite_store.get_batch(batch_id)], now=NOW)
+    (card,) = data.cards([sqlite_store.batches.get(batch_id)], now=NOW)
 
     assert card.throughput is not None
     assert card.throughput.window == "recent"
@@ -92,8 +92,10 @@ def test_the_binding_limit_is_the_one_the_batch_uses_the_largest_share_of(
 def test_an_ended_batch_is_measured_over_its_whole_span(sqlite_store: Store) -> None:
     gateway = Endpoint("gw", "http://gw.invalid", limits={"*": RateLimits(rpm=600)})
     batch_id = submit(sqlite_store, [request_line(f"r{i}") for i in range(3)], endpoint="gw")
-    claimed = sqlite_store.claim(owner="w", batch_ids=[batch_id], limit=9, now=NOW, lease_s=60)
-    sqlite_store.record(
+    claimed = sqlite_store.leases.claim(
+        owner="w", batch_ids=[batch_id], limit=9, now=NOW, lease_s=60
+    )
+    sqlite_store.results.record(
         owner="w",
         now=NOW,
         finished=[
@@ -111,7 +113,7 @@ def test_an_ended_batch_is_measured_over_its_whole_span(sqlite_store: Store) -> 
     )
     data = DashboardData(sqlite_store, known=_known(gateway), prices=PRICES)
 
-    (card,) = data.cards([sqlite_store.get_batch(batch_id)], now=NOW)
+    (card,) = data.cards([sqlite_store.batches.get(batch_id)], now=NOW)
 
     # 3 answers from the first to the last a minute apart: 3 a minute, long after they came.
     assert card.batch.ended_at is not None
@@ -132,7 +134,7 @@ def test_a_pool_adds_up_its_members_limits(sqlite_store: Store) -> None:
     batch_id = _answered(sqlite_store, "both", [5.0])
     data = DashboardData(sqlite_store, known=_known(*members, pools={"both": pool}), prices=PRICES)
 
-    (card,) = data.cards([sqlite_store.get_batch(batch_id)], now=NOW)
+    (card,) = data.cards([sqlite_store.batches.get(batch_id)], now=NOW)
 
     assert {use.dimension: use.limit for use in card.limits} == {"rpm": 120.0, "itpm": 2000.0}
 
@@ -146,7 +148,7 @@ def test_a_family_pattern_is_one_limit_for_all_its_models(sqlite_store: Store) -
     data = DashboardData(sqlite_store, known=_known(shared, each), prices=PRICES)
 
     cards = data.cards(
-        [sqlite_store.get_batch(on_shared), sqlite_store.get_batch(on_each)], now=NOW
+        [sqlite_store.batches.get(on_shared), sqlite_store.batches.get(on_each)], now=NOW
     )
 
     assert [[(use.dimension, use.limit) for use in card.limits] for card in cards] == [
@@ -167,7 +169,7 @@ def test_learned_and_announced_limits_lower_the_configured_one(sqlite_store: Sto
         {"dimension": "otpm", "rate_per_s": 10.0, "announced": 800.0, "learned": None},
         {"dimension": "itpm", "rate_per_s": 0.0, "announced": 5000.0, "learned": None},
     ]
-    with sqlite_store._write() as conn:
+    with sqlite_store.engine.begin() as conn:
         conn.execute(
             insert(t.rate_buckets),
             [
@@ -185,7 +187,7 @@ def test_learned_and_announced_limits_lower_the_configured_one(sqlite_store: Sto
         )
     data = DashboardData(sqlite_store, known=_known(gateway), prices=PRICES)
 
-    (card,) = data.cards([sqlite_store.get_batch(batch_id)], now=NOW)
+    (card,) = data.cards([sqlite_store.batches.get(batch_id)], now=NOW)
 
     limits = {use.dimension: use for use in card.limits}
     assert limits["rpm"] == LimitUse(
@@ -214,7 +216,7 @@ def test_a_limit_given_to_run_as_a_flag_is_the_bucket_in_force(sqlite_store: Sto
     # shared bucket's rate says what the workers kept to.
     plain = Endpoint("plain", "http://plain.invalid")
     batch_id = _answered(sqlite_store, "plain", [20.0, 10.0])
-    with sqlite_store._write() as conn:
+    with sqlite_store.engine.begin() as conn:
         conn.execute(
             insert(t.rate_buckets),
             {
@@ -229,7 +231,7 @@ def test_a_limit_given_to_run_as_a_flag_is_the_bucket_in_force(sqlite_store: Sto
         )
     data = DashboardData(sqlite_store, known=_known(plain), prices=PRICES)
 
-    (card,) = data.cards([sqlite_store.get_batch(batch_id)], now=NOW)
+    (card,) = data.cards([sqlite_store.batches.get(batch_id)], now=NOW)
 
     (limit,) = card.limits
     assert (limit.dimension, limit.configured, limit.limit, limit.in_force) == (
@@ -248,7 +250,7 @@ def test_the_series_has_every_minute_and_marks_the_one_still_filling(
     batch_id = _answered(sqlite_store, "simulator", [200.0, 70.0, 5.0])
     data = DashboardData(sqlite_store, known=_known(Endpoint("simulator", "")), prices=PRICES)
 
-    timeline = data.timeline(sqlite_store.get_batch(batch_id), now=NOW)
+    timeline = data.timeline(sqlite_store.batches.get(batch_id), now=NOW)
 
     minute = NOW.replace(second=0)
     assert [(point.start, point.answered) for point in timeline.points] == [
@@ -278,9 +280,11 @@ def test_the_dashboard_places_an_answer_in_the_minute_it_was_sent_as_the_report_
     # Sent at 12:01:50, answered 20 s later at 12:02:10: one time axis (when it was sent)
     # for the dashboard's series and the report's.
     batch_id = submit(sqlite_store, [request_line("slow")], endpoint="simulator")
-    (item,) = sqlite_store.claim(owner="w", batch_ids=[batch_id], limit=1, now=NOW, lease_s=600)
+    (item,) = sqlite_store.leases.claim(
+        owner="w", batch_ids=[batch_id], limit=1, now=NOW, lease_s=600
+    )
     sent_at = NOW.replace(second=0) - timedelta(minutes=2) + timedelta(seconds=50)
-    sqlite_store.record(
+    sqlite_store.results.record(
         owner="w",
         now=NOW,
         finished=[
@@ -299,7 +303,7 @@ def test_the_dashboard_places_an_answer_in_the_minute_it_was_sent_as_the_report_
     )
     data = DashboardData(sqlite_store, known=_known(Endpoint("simulator", "")), prices=PRICES)
 
-    points = data.timeline(sqlite_store.get_batch(batch_id), now=NOW).points
+    points = data.timeline(sqlite_store.batches.get(batch_id), now=NOW).points
 
     sent_minute = sent_at.replace(second=0)
     assert [(point.start, point.answered) for point in points if point.answered] == [

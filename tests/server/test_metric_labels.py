@@ -45,9 +45,9 @@ def test_unknown_models_are_counted_under_other_with_every_total_kept(store: Sto
     lines = [request_line("priced", model=SONNET), request_line("configured", model="my-gw-llm")]
     lines += [request_line(f"t{i}", model=model) for i, model in enumerate(TENANT_MODELS)]
     batch_id = submit(store, lines)
-    claimed = store.claim(owner="w1", batch_ids=[batch_id], limit=100, now=NOW, lease_s=60)
+    claimed = store.leases.claim(owner="w1", batch_ids=[batch_id], limit=100, now=NOW, lease_s=60)
     retry = [item for item in claimed if item.custom_id in ("t0", "t1")]
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         retries=[

@@ -221,7 +221,7 @@ def test_a_batch_belongs_to_the_keys_id_and_no_key_reaches_the_database_or_the_l
         wait_until_ended(client, batch.id)
         with pytest.raises(anthropic.AuthenticationError):
             sdk(url, KEY_B[:-1] + "X").messages.batches.retrieve(batch.id)
-        assert server.store.get_batch(batch.id).owner == key_id(KEY_A)
+        assert server.store.batches.get(batch.id).owner == key_id(KEY_A)
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("batchrun.db*"))
     for key in (KEY_A, KEY_B, KEY_B[:-1] + "X"):
         assert key.encode() not in stored

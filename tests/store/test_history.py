@@ -1,15 +1,15 @@
-"""The report's statements (``batchrun.store.history``) on SQLite and Postgres."""
+"""The report's statements (``batchrun.store.latencies``) on SQLite and Postgres."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from batchrun.records import FinishedRequest, RetryLater, SendFailure, Usage
-from batchrun.store.history import LatencySpread
+from batchrun.store.latencies import LatencySpread
 from batchrun.store.series import AnswerBucket
 from batchrun.store.store import Store
 from tests.conftest import request_line, submit
-from tests.store.test_timeline import NOW, SONNET, _claimed
+from tests.store.test_timelines import NOW, SONNET, _claimed
 
 
 def _answer(
@@ -61,7 +61,7 @@ def _history(store: Store) -> str:
     sends retried, a final 429, an answer given by a provider batch."""
     batch_id = submit(store, [request_line(f"r{i}") for i in range(8)])
     ids = _claimed(store, batch_id)
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         retries=[
@@ -70,7 +70,7 @@ def _history(store: Store) -> str:
             RetryLater(ids["r7"], NOW, 1, "timed out", _failure(batch_id, 41, None, None)),
         ],
     )
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         finished=[
@@ -129,8 +129,8 @@ def test_usage_per_bucket_groups_by_bucket_model_and_lane(store: Store) -> None:
 def test_latencies_stream_per_endpoint_in_order_with_their_spread(store: Store) -> None:
     batch_id = _history(store)
 
-    spreads = store.latency_spreads(batch_id)
-    rows = list(store.iter_latencies(batch_id))
+    spreads = store.latencies.spreads(batch_id)
+    rows = list(store.latencies.iter_answers(batch_id))
 
     # The provider batch's answer has no real-time latency.
     assert spreads == [LatencySpread("eu", 3, 500, 2000), LatencySpread("us", 1, 3000, 3000)]
@@ -139,8 +139,8 @@ def test_latencies_stream_per_endpoint_in_order_with_their_spread(store: Store) 
 
 def test_deleting_a_batch_deletes_its_send_failures(store: Store) -> None:
     batch_id = _history(store)
-    store.cancel_batch(batch_id, NOW)
+    store.lifecycle.cancel(batch_id, NOW)
 
-    store.delete_batch(batch_id)
+    store.lifecycle.delete(batch_id)
 
     assert store.series.answers(batch_id, width_s=30) == []

@@ -54,7 +54,7 @@ def test_token_usage_is_summed_by_one_function_besides_the_batch_totals() -> Non
         for function in _functions_that(_sums_cache_reads, module)
     }
     # ``_tokens``: a batch's token totals for its summary (not per model).
-    assert found == {("usage.py", "read_usage"), ("store.py", "_tokens")}
+    assert found == {("usage.py", "read_usage"), ("batches.py", "_tokens")}
 
 
 def test_time_buckets_are_cut_in_the_series_and_usage_modules_only() -> None:

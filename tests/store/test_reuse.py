@@ -80,8 +80,10 @@ def answer(
 ) -> list[str]:
     """Claim what is claimable now and record every claimed request as ``result_type``;
     returns the custom_ids claimed."""
-    claimed = store.claim(owner="w1", batch_ids=[batch_id], limit=100, now=now, lease_s=LEASE_S)
-    store.record(
+    claimed = store.leases.claim(
+        owner="w1", batch_ids=[batch_id], limit=100, now=now, lease_s=LEASE_S
+    )
+    store.results.record(
         owner="w1",
         now=now,
         finished=[
@@ -124,7 +126,7 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
         now=LATER,
     )
 
-    batch = store.get_batch(second)
+    batch = store.batches.get(second)
     assert batch.counts.succeeded == 2
     assert batch.processing_status == "ended"
     assert batch.ended_at == LATER
@@ -151,10 +153,10 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
     assert copy["cost_factor"] == 0
     assert copy["attempts"] == 0 and new["x"]["attempts"] == 0
     assert copy["latency_ms"] is None
-    assert store.batch_stats(second).reused == 2
-    assert store.batch_stats(first).reused == 0
-    assert [row.reused_from for row in store.iter_result_details(second)] == [first, first]
-    assert store.claim(owner="w", batch_ids=[second], limit=10, now=LATER, lease_s=60) == []
+    assert store.batches.stats(second).reused == 2
+    assert store.batches.stats(first).reused == 0
+    assert [row.reused_from for row in store.results.iter_details(second)] == [first, first]
+    assert store.leases.claim(owner="w", batch_ids=[second], limit=10, now=LATER, lease_s=60) == []
 
 
 def test_without_reuse_the_same_params_are_queued_and_sent_again(store: Store) -> None:
@@ -163,8 +165,8 @@ def test_without_reuse_the_same_params_are_queued_and_sent_again(store: Store) -
 
     second = put(store, [request_line("a", "question one")], now=LATER)
 
-    assert store.get_batch(second).counts.processing == 1
-    assert store.batch_stats(second).reused == 0
+    assert store.batches.get(second).counts.processing == 1
+    assert store.batches.stats(second).reused == 0
 
 
 def test_only_succeeded_results_are_reused_and_the_lowest_request_id_is_the_source(
@@ -187,7 +189,7 @@ def test_only_succeeded_results_are_reused_and_the_lowest_request_id_is_the_sour
     copied = result_of(engine, found["a"]["id"])
     assert copied["body"] == '{"type":"message","id":"older"}'
     assert copied["reused_from"] == older
-    assert store.get_batch(reusing).processing_status == "in_progress"
+    assert store.batches.get(reusing).processing_status == "in_progress"
 
 
 def test_params_that_differ_only_in_key_order_are_reused_but_another_model_is_not(
@@ -238,7 +240,7 @@ def test_duplicates_wait_for_their_first_and_take_its_result_when_it_succeeds(
 
     assert answer(store, batch_id) == ["a", "b"]
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.counts.succeeded == 4
     assert batch.processing_status == "ended"
     original = result_of(engine, first)
@@ -249,7 +251,7 @@ def test_duplicates_wait_for_their_first_and_take_its_result_when_it_succeeds(
         assert copy["reused_from"] == batch_id
         assert copy["cost_factor"] == 0
         assert copy["attempts"] == 0
-    assert store.batch_stats(batch_id).reused == 2
+    assert store.batches.stats(batch_id).reused == 2
 
 
 def test_duplicates_of_a_request_that_errored_are_sent_themselves(
@@ -264,17 +266,19 @@ def test_duplicates_of_a_request_that_errored_are_sent_themselves(
     assert found["c"]["state"] == "succeeded"
     assert result_of(engine, found["c"]["id"])["reused_from"] is None
     assert result_of(engine, found["c"]["id"])["attempts"] == 1
-    assert store.get_batch(batch_id).processing_status == "ended"
+    assert store.batches.get(batch_id).processing_status == "ended"
 
 
 def test_queued_duplicates_are_canceled_with_the_batch(store: Store) -> None:
     batch_id = put(store, [request_line("a", "same"), request_line("c", "same")], reuse=True)
-    claimed = store.claim(owner="w1", batch_ids=[batch_id], limit=10, now=NOW, lease_s=LEASE_S)
+    claimed = store.leases.claim(
+        owner="w1", batch_ids=[batch_id], limit=10, now=NOW, lease_s=LEASE_S
+    )
     assert [request.custom_id for request in claimed] == ["a"]
 
-    store.cancel_batch(batch_id, NOW)
+    store.lifecycle.cancel(batch_id, NOW)
 
-    states = {row.custom_id: row.state for row in store.iter_results(batch_id)}
+    states = {row.custom_id: row.state for row in store.results.iter_rows(batch_id)}
     assert states == {"a": "running", "c": "canceled"}
 
 
@@ -302,7 +306,7 @@ def test_reuse_and_duplicates_work_across_ingest_chunks(
         assert found[f"r{i}"]["copy_of"] == firsts[i % 4]
     assert found["again"]["state"] == "succeeded"
     assert answer(store, batch_id) == ["r0", "r1", "r2", "r3"]
-    assert store.get_batch(batch_id).counts.succeeded == 11
+    assert store.batches.get(batch_id).counts.succeeded == 11
 
 
 # -- prompt-cache groups ------------------------------------------------------------------

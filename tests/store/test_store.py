@@ -18,7 +18,9 @@ LEASE_S = 60.0
 
 
 def _claim(store: Store, batch_id: str, limit: int = 10, *, owner: str = "w1", now: datetime = NOW):
-    return store.claim(owner=owner, batch_ids=[batch_id], limit=limit, now=now, lease_s=LEASE_S)
+    return store.leases.claim(
+        owner=owner, batch_ids=[batch_id], limit=limit, now=now, lease_s=LEASE_S
+    )
 
 
 def _succeeded(
@@ -43,12 +45,12 @@ def _succeeded(
 def test_create_batch_stores_every_request_in_input_order(store: Store) -> None:
     batch_id = submit(store, [request_line(f"r{i}") for i in range(2500)])
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
 
     assert batch.counts.processing == 2500
     assert batch.processing_status == "in_progress"
     assert batch.expires_at - batch.created_at == timedelta(hours=24)
-    rows = list(store.iter_results(batch_id))
+    rows = list(store.results.iter_rows(batch_id))
     assert [row.custom_id for row in rows] == [f"r{i}" for i in range(2500)]
     assert [row.line_no for row in rows[:3]] == [1, 2, 3]
 
@@ -60,12 +62,12 @@ def test_create_batch_stores_nothing_when_a_line_is_invalid(store: Store) -> Non
     with pytest.raises(InputFileError, match=r"test\.jsonl:1401: "):
         submit(store, lines)
 
-    assert store.list_batches() == []
+    assert store.batches.all() == []
 
 
 def test_get_batch_of_unknown_id_names_the_fix(store: Store) -> None:
     with pytest.raises(BatchNotFoundError, match="batchrun list"):
-        store.get_batch("msgbatch_nope")
+        store.batches.get("msgbatch_nope")
 
 
 def test_list_batches_is_newest_first(store: Store) -> None:
@@ -80,7 +82,7 @@ def test_list_batches_is_newest_first(store: Store) -> None:
         now=NOW + timedelta(seconds=1),
     )
 
-    assert [batch.id for batch in store.list_batches()] == [second, first]
+    assert [batch.id for batch in store.batches.all()] == [second, first]
 
 
 def test_claim_takes_ready_requests_in_order_and_counts_no_send(store: Store) -> None:
@@ -98,34 +100,34 @@ def test_claim_takes_ready_requests_in_order_and_counts_no_send(store: Store) ->
 def test_claim_skips_requests_whose_back_off_has_not_passed(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
     (item,) = _claim(store, batch_id)
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         retries=[RetryLater(item.id, NOW + timedelta(seconds=30), failures=1, last_error="x")],
     )
 
     assert _claim(store, batch_id, now=NOW + timedelta(seconds=29)) == []
-    assert store.seconds_until_ready([batch_id], NOW) == pytest.approx(30)
+    assert store.leases.seconds_until_ready([batch_id], NOW) == pytest.approx(30)
     (again,) = _claim(store, batch_id, now=NOW + timedelta(seconds=30))
     assert (again.attempts, again.failures, again.last_error) == (1, 1, "x")
 
 
 def test_seconds_until_ready_is_none_without_queued_requests(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
-    assert store.seconds_until_ready([batch_id], NOW) == 0.0
+    assert store.leases.seconds_until_ready([batch_id], NOW) == 0.0
     _claim(store, batch_id)
-    assert store.seconds_until_ready([batch_id], NOW) is None
+    assert store.leases.seconds_until_ready([batch_id], NOW) is None
 
 
 def test_record_writes_one_result_and_ends_the_batch(store: Store) -> None:
     batch_id = submit(store, [request_line("a"), request_line("b")])
     a, b = _claim(store, batch_id)
 
-    store.record(owner="w1", now=NOW, finished=[_succeeded(a.id, batch_id, "a")])
-    assert store.get_batch(batch_id).processing_status == "in_progress"
-    store.record(owner="w1", now=NOW, finished=[_succeeded(b.id, batch_id, "b")])
+    store.results.record(owner="w1", now=NOW, finished=[_succeeded(a.id, batch_id, "a")])
+    assert store.batches.get(batch_id).processing_status == "in_progress"
+    store.results.record(owner="w1", now=NOW, finished=[_succeeded(b.id, batch_id, "b")])
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.processing_status == "ended"
     assert batch.ended_at == NOW
     assert batch.counts.succeeded == 2
@@ -139,7 +141,7 @@ def test_record_writes_one_result_and_ends_the_batch(store: Store) -> None:
 def test_a_second_result_for_the_same_request_is_ignored(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
     (a,) = _claim(store, batch_id)
-    store.record(owner="w1", now=NOW, finished=[_succeeded(a.id, batch_id, "a")])
+    store.results.record(owner="w1", now=NOW, finished=[_succeeded(a.id, batch_id, "a")])
 
     errored = FinishedRequest(
         request_id=a.id,
@@ -150,9 +152,9 @@ def test_a_second_result_for_the_same_request_is_ignored(store: Store) -> None:
         completed_at=NOW,
         body="{}",
     )
-    store.record(owner="w2", now=NOW, finished=[errored])
+    store.results.record(owner="w2", now=NOW, finished=[errored])
 
-    (row,) = store.iter_results(batch_id)
+    (row,) = store.results.iter_rows(batch_id)
     assert row.state == "succeeded"
     assert row.body == '{"type":"message"}'
 
@@ -161,7 +163,7 @@ def test_unsent_requests_return_to_the_queue_without_the_attempt(store: Store) -
     batch_id = submit(store, [request_line("a")])
     (a,) = _claim(store, batch_id)
 
-    store.record(owner="w1", now=NOW, unsent=[a.id])
+    store.results.record(owner="w1", now=NOW, unsent=[a.id])
 
     (again,) = _claim(store, batch_id)
     assert again.attempts == 0
@@ -171,18 +173,20 @@ def test_cancel_cancels_queued_requests_and_waits_for_running_ones(store: Store)
     batch_id = submit(store, [request_line(f"r{i}") for i in range(4)])
     held, unsent = _claim(store, batch_id, limit=2)
 
-    store.cancel_batch(batch_id, NOW)
+    store.lifecycle.cancel(batch_id, NOW)
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.processing_status == "canceling"
     assert (batch.counts.canceled, batch.counts.processing) == (2, 2)
-    assert store.stopped_batches([batch_id], NOW) == {batch_id: "canceling"}
-    store.record(owner="w1", now=NOW, finished=[_succeeded(held.id, batch_id, held.custom_id)])
-    store.record(owner="w1", now=NOW, canceled=[unsent.id])
-    batch = store.get_batch(batch_id)
+    assert store.lifecycle.stopped([batch_id], NOW) == {batch_id: "canceling"}
+    store.results.record(
+        owner="w1", now=NOW, finished=[_succeeded(held.id, batch_id, held.custom_id)]
+    )
+    store.results.record(owner="w1", now=NOW, canceled=[unsent.id])
+    batch = store.batches.get(batch_id)
     assert batch.processing_status == "ended"
     assert (batch.counts.succeeded, batch.counts.canceled) == (1, 3)
-    assert [row.state for row in store.iter_results(batch_id)] == [
+    assert [row.state for row in store.results.iter_rows(batch_id)] == [
         "succeeded",
         "canceled",
         "canceled",
@@ -193,11 +197,11 @@ def test_cancel_cancels_queued_requests_and_waits_for_running_ones(store: Store)
 def test_cancel_of_an_ended_batch_changes_nothing(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
     (a,) = _claim(store, batch_id)
-    store.record(owner="w1", now=NOW, finished=[_succeeded(a.id, batch_id, "a")])
+    store.results.record(owner="w1", now=NOW, finished=[_succeeded(a.id, batch_id, "a")])
 
-    store.cancel_batch(batch_id, NOW + timedelta(seconds=5))
+    store.lifecycle.cancel(batch_id, NOW + timedelta(seconds=5))
 
-    batch = store.get_batch(batch_id)
+    batch = store.batches.get(batch_id)
     assert batch.cancel_initiated_at is None
     assert batch.counts.succeeded == 1
 
@@ -205,9 +209,9 @@ def test_cancel_of_an_ended_batch_changes_nothing(store: Store) -> None:
 def test_expired_leases_return_to_the_queue(store: Store) -> None:
     batch_id = submit(store, [request_line("a"), request_line("b")])
     _a, b = _claim(store, batch_id)
-    store.renew_leases(owner="w1", request_ids=[b.id], now=NOW + timedelta(seconds=50), lease_s=60)
+    store.leases.renew(owner="w1", request_ids=[b.id], now=NOW + timedelta(seconds=50), lease_s=60)
 
-    assert store.reclaim_expired_leases(NOW + timedelta(seconds=61)) == 1
+    assert store.leases.reclaim_expired(NOW + timedelta(seconds=61)) == 1
 
     (again,) = _claim(store, batch_id, owner="w2", now=NOW + timedelta(seconds=61))
     # Whether the dead worker sent it is unknown: no send is counted for it.
@@ -216,29 +220,29 @@ def test_expired_leases_return_to_the_queue(store: Store) -> None:
 
 def test_pause_is_reported_until_cleared(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
-    store.pause_batch(batch_id, "authentication failed")
+    store.lifecycle.pause(batch_id, "authentication failed")
 
-    assert store.stopped_batches([batch_id], NOW) == {batch_id: "authentication failed"}
-    assert store.get_batch(batch_id).paused_reason == "authentication failed"
-    store.clear_pauses([batch_id])
-    assert store.stopped_batches([batch_id], NOW) == {}
+    assert store.lifecycle.stopped([batch_id], NOW) == {batch_id: "authentication failed"}
+    assert store.batches.get(batch_id).paused_reason == "authentication failed"
+    store.lifecycle.clear_pauses([batch_id])
+    assert store.lifecycle.stopped([batch_id], NOW) == {}
 
 
 def test_batches_with_open_work_leaves_out_finished_batches(store: Store) -> None:
     done = submit(store, [request_line("a")])
     (a,) = _claim(store, done)
-    store.record(owner="w1", now=NOW, finished=[_succeeded(a.id, done, "a")])
+    store.results.record(owner="w1", now=NOW, finished=[_succeeded(a.id, done, "a")])
     open_ = submit(store, [request_line("a")])
 
-    assert store.batches_with_open_work() == [open_]
+    assert store.batches.with_open_work() == [open_]
 
 
 def test_set_endpoint_stores_the_new_name_and_refuses_unknown_batches(store: Store) -> None:
     batch_id = submit(store, [request_line("a")], endpoint="anthropic")
 
-    store.set_endpoint(batch_id, "langdock-eu")
+    store.lifecycle.set_endpoint(batch_id, "langdock-eu")
 
-    assert store.get_batch(batch_id).endpoint == "langdock-eu"
-    assert [b.endpoint for b in store.list_batches()] == ["langdock-eu"]
+    assert store.batches.get(batch_id).endpoint == "langdock-eu"
+    assert [b.endpoint for b in store.batches.all()] == ["langdock-eu"]
     with pytest.raises(BatchNotFoundError):
-        store.set_endpoint("msgbatch_missing", "simulator")
+        store.lifecycle.set_endpoint("msgbatch_missing", "simulator")

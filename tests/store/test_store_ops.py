@@ -24,7 +24,7 @@ def finish(
 ) -> None:
     """Claim every request of the batch and record the given outcome for each custom_id
     (None: leave it queued)."""
-    claimed = store.claim(owner=OWNER, batch_ids=[batch_id], limit=100, now=now, lease_s=60)
+    claimed = store.leases.claim(owner=OWNER, batch_ids=[batch_id], limit=100, now=now, lease_s=60)
     finished, unsent = [], []
     for request in claimed:
         template = outcomes[request.custom_id]
@@ -41,7 +41,7 @@ def finish(
                 }
             )
         )
-    store.record(owner=OWNER, now=now, finished=finished, unsent=unsent)
+    store.results.record(owner=OWNER, now=now, finished=finished, unsent=unsent)
 
 
 def succeeded(at: datetime, usage: Usage, *, model: str | None = None) -> FinishedRequest:
@@ -86,12 +86,12 @@ def test_a_budget_is_stored_per_batch_and_can_be_replaced(store: Store) -> None:
     first = submit(store, [request_line("a")])
     second = submit(store, [request_line("b")])
 
-    store.set_max_cost(first, 12.5)
-    assert store.max_costs([first, second]) == {first: 12.5, second: None}
-    store.set_max_cost(first, None)
-    assert store.max_costs([first]) == {first: None}
+    store.batches.set_max_cost(first, 12.5)
+    assert store.batches.max_costs([first, second]) == {first: 12.5, second: None}
+    store.batches.set_max_cost(first, None)
+    assert store.batches.max_costs([first]) == {first: None}
     with pytest.raises(BatchNotFoundError):
-        store.set_max_cost("msgbatch_missing", 1.0)
+        store.batches.set_max_cost("msgbatch_missing", 1.0)
 
 
 def test_usage_is_summed_per_batch_and_model_with_cache_tokens(store: Store) -> None:
@@ -131,7 +131,7 @@ def test_batch_stats_give_timings_and_the_most_frequent_errors(store: Store) -> 
     start = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
     lines = [request_line(f"r{i}") for i in range(6)]
     batch_id = submit(store, lines)
-    store.set_max_cost(batch_id, 3.0)
+    store.batches.set_max_cost(batch_id, 3.0)
     finish(
         store,
         batch_id,
@@ -146,7 +146,7 @@ def test_batch_stats_give_timings_and_the_most_frequent_errors(store: Store) -> 
         now=start,
     )
 
-    stats = store.batch_stats(batch_id, top_errors=2)
+    stats = store.batches.stats(batch_id, top_errors=2)
 
     assert stats.first_started_at == start
     assert stats.last_completed_at == start + timedelta(seconds=30)
@@ -173,8 +173,8 @@ def test_result_details_stream_finished_requests_in_input_order(store: Store) ->
         now=now,
     )
 
-    rows = list(store.iter_result_details(batch_id))
-    only = list(store.iter_result_details(batch_id, "succeeded"))
+    rows = list(store.results.iter_details(batch_id))
+    only = list(store.results.iter_details(batch_id, "succeeded"))
 
     assert [(r.custom_id, r.line_no, r.state) for r in rows] == [
         ("x", 1, "errored"),

@@ -64,9 +64,9 @@ def _batch_in_every_state(store: Store) -> str:
             request_line("held", model=SONNET),
         ],
     )
-    claimed = store.claim(owner="w1", batch_ids=[batch_id], limit=10, now=NOW, lease_s=60)
+    claimed = store.leases.claim(owner="w1", batch_ids=[batch_id], limit=10, now=NOW, lease_s=60)
     ids = {item.custom_id: item.id for item in claimed}
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         finished=[
@@ -90,7 +90,7 @@ def _batch_in_every_state(store: Store) -> str:
 def test_request_tallies_total_each_batch_model_state_and_kind_of_result(store: Store) -> None:
     batch_id = _batch_in_every_state(store)
 
-    totals = store.request_tallies()
+    totals = store.tallies.requests()
 
     assert totals.requests == (
         _tally(batch_id, HAIKU, "succeeded", sends=1, sent=1),
@@ -116,31 +116,33 @@ def test_request_tallies_total_each_batch_model_state_and_kind_of_result(store: 
 def test_request_tallies_read_only_the_batches_asked_for(store: Store) -> None:
     busy = _batch_in_every_state(store)
     canceled = submit(store, [request_line("a"), request_line("b")])
-    store.cancel_batch(canceled, NOW)
+    store.lifecycle.cancel(canceled, NOW)
 
-    assert store.request_tallies([canceled]).requests == (
+    assert store.tallies.requests([canceled]).requests == (
         _tally(canceled, SONNET, "canceled", requests=2),
     )
     # Canceled results count as requests and used nothing.
     assert [
         (usage.state, usage.answers, usage.with_usage, usage.sends)
-        for usage in store.request_tallies([canceled]).usage
+        for usage in store.tallies.requests([canceled]).usage
     ] == [("canceled", 2, 0, 0)]
-    busy_totals = store.request_tallies([busy])
+    busy_totals = store.tallies.requests([busy])
     assert {tally.batch_id for tally in busy_totals.requests} == {busy}
     assert {usage.batch_id for usage in busy_totals.usage} == {busy}
-    assert store.request_tallies([]) == RequestTotals((), ())
+    assert store.tallies.requests([]) == RequestTotals((), ())
 
 
 def test_request_tallies_count_the_sends_of_a_requeued_request_once(store: Store) -> None:
     batch_id = submit(store, [request_line("a")])
-    (item,) = store.claim(owner="w1", batch_ids=[batch_id], limit=1, now=NOW, lease_s=60)
-    store.record(owner="w1", now=NOW, finished=[_finished(item.id, batch_id, "a", "errored")])
+    (item,) = store.leases.claim(owner="w1", batch_ids=[batch_id], limit=1, now=NOW, lease_s=60)
+    store.results.record(
+        owner="w1", now=NOW, finished=[_finished(item.id, batch_id, "a", "errored")]
+    )
 
-    store.requeue(batch_id, states=["errored"], now=NOW)
+    store.lifecycle.requeue(batch_id, states=["errored"], now=NOW)
 
     # The result is gone; the request is open again with its one send.
-    assert store.request_tallies() == RequestTotals(
+    assert store.tallies.requests() == RequestTotals(
         (_tally(batch_id, SONNET, "queued", sends=1, sent=1),), ()
     )
 
@@ -148,9 +150,9 @@ def test_request_tallies_count_the_sends_of_a_requeued_request_once(store: Store
 def test_batch_ends_give_each_batch_its_endpoint_and_end(store: Store) -> None:
     open_id = submit(store, [request_line("a")], endpoint="simulator")
     ended_id = submit(store, [request_line("a")], endpoint="anthropic")
-    store.cancel_batch(ended_id, NOW)
+    store.lifecycle.cancel(ended_id, NOW)
 
-    ends = {end.id: end for end in store.batch_ends()}
+    ends = {end.id: end for end in store.tallies.batch_ends()}
 
     assert ends == {
         open_id: BatchEnd(open_id, "simulator", None),

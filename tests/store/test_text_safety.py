@@ -85,7 +85,7 @@ def _stored(db_url: str, table: Any, *columns: str) -> list[tuple[Any, ...]]:
 
 def test_a_result_full_of_odd_text_is_stored_with_its_json_exact(store: Store, db_url: str) -> None:
     batch_id = submit(store, [request_line("a"), request_line("b")])
-    a, b = store.claim(owner="w1", batch_ids=[batch_id], limit=2, now=NOW, lease_s=60)
+    a, b = store.leases.claim(owner="w1", batch_ids=[batch_id], limit=2, now=NOW, lease_s=60)
     message = {"type": "message", "content": [{"type": "text", "text": ODD}], "model": ODD}
     body = json.dumps(message, separators=(",", ":"), ensure_ascii=False)  # raw surrogates
     odd = FinishedRequest(
@@ -113,9 +113,9 @@ def test_a_result_full_of_odd_text_is_stored_with_its_json_exact(store: Store, d
         failed=SendFailure(batch_id, NOW, 5, "e" + ODD, 500, "api" + ODD),
     )
 
-    store.record(owner="w1", now=NOW, finished=[odd], retries=[retry])
-    store.pause_batch(batch_id, "halted: " + ODD)
-    store.record_endpoint_health(endpoint="e" + ODD, state="open", reason=ODD, until=1.0, now=1.0)
+    store.results.record(owner="w1", now=NOW, finished=[odd], retries=[retry])
+    store.lifecycle.pause(batch_id, "halted: " + ODD)
+    store.health.record(endpoint="e" + ODD, state="open", reason=ODD, until=1.0, now=1.0)
 
     ((model, stop, message_text, ref, stored_body, raw, endpoint),) = _stored(
         db_url,
@@ -142,7 +142,7 @@ def test_a_result_full_of_odd_text_is_stored_with_its_json_exact(store: Store, d
     assert _stored(db_url, t.send_failures, "endpoint", "error_type") == [
         ("e" + SAFE, "api" + SAFE)
     ]
-    assert store.get_batch(batch_id).paused_reason == "halted: " + SAFE
+    assert store.batches.get(batch_id).paused_reason == "halted: " + SAFE
     assert _stored(db_url, t.endpoint_health, "reason") == [(SAFE,)]
 
 

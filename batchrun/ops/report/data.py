@@ -34,7 +34,7 @@ from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.ops.run_limits import RunLimits
 from batchrun.ops.timeline import DashboardData, LimitUse
 from batchrun.records import BatchSummary, ErrorCount, ModelTokens
-from batchrun.store.history import LatencySpread
+from batchrun.store.latencies import LatencySpread
 from batchrun.store.series import AnswerBucket
 from batchrun.store.usage import Usage
 from batchrun.transport.endpoints import Endpoints
@@ -172,7 +172,7 @@ def gather_report(
         failures=tuple(_failures(sends, width_s)),
         errors=tuple(errors),
         latencies=tuple(
-            latency_stats(store.latency_spreads(batch.id), store.iter_latencies(batch.id))
+            latency_stats(store.latencies.spreads(batch.id), store.latencies.iter_answers(batch.id))
         ),
         costs=tuple(cost_lines(cost_buckets, prices)),
         cost=status.cost,

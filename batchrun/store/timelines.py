@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, select
 
 from batchrun.store import tables as t
-from batchrun.store.base import StoreBase
+from batchrun.store.base import Section
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class RateLimitRow:
     paused_until: float
 
 
-class Timelines(StoreBase):
+class Timelines(Section):
     """Statements on a batch over time."""
 
     def error_types(self, batch_ids: Sequence[str]) -> list[ErrorTypeCount]:

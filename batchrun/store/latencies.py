@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, func, literal_column, select
 
 from batchrun.store import tables as t
-from batchrun.store.base import StoreBase
+from batchrun.store.base import Section
 from batchrun.store.series import realtime_answers
 
 # How many rows the database hands over at a time while latencies stream.
@@ -33,10 +33,10 @@ class LatencySpread:
     max_ms: int
 
 
-class Histories(StoreBase):
+class Latencies(Section):
     """Statements on a batch's whole history."""
 
-    def latency_spreads(self, batch_id: str) -> list[LatencySpread]:
+    def spreads(self, batch_id: str) -> list[LatencySpread]:
         """Per endpoint that answered the batch in real time (unknown: ``unknown``), how
         many answers have a latency, and the least and most. One grouped statement."""
         res = t.results.c
@@ -54,7 +54,7 @@ class Histories(StoreBase):
             for name, count, least, most in rows
         ]
 
-    def iter_latencies(self, batch_id: str) -> Iterator[tuple[str, int, int]]:
+    def iter_answers(self, batch_id: str) -> Iterator[tuple[str, int, int]]:
         """``(endpoint, latency_ms, how many answers took it)`` for the batch's real-time
         answers, ordered by endpoint then latency, streamed: one row per distinct latency of
         an endpoint (in whole milliseconds), so memory stays that of a chunk."""

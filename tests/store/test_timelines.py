@@ -1,4 +1,4 @@
-"""The dashboard's statements (``batchrun.store.timeline``, and the answers per minute and
+"""The dashboard's statements (``batchrun.store.timelines``, and the answers per minute and
 usage it reads from ``batchrun.store.series`` and ``batchrun.store.usage``) on SQLite and
 Postgres."""
 
@@ -14,7 +14,7 @@ from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
 from batchrun.records import FinishedRequest, RetryLater, Usage
 from batchrun.store.series import AnswerBucket
 from batchrun.store.store import Store
-from batchrun.store.timeline import ErrorTypeCount, RateLimitRow, RetryingRequest
+from batchrun.store.timelines import ErrorTypeCount, RateLimitRow, RetryingRequest
 from batchrun.store.usage import Usage as AnswerUsage
 from tests.conftest import jsonl, request_line, submit
 
@@ -25,7 +25,7 @@ _STATUSES = {"rate_limit_error": 429, "overloaded_error": 529}
 
 
 def _claimed(store: Store, batch_id: str) -> dict[str, int]:
-    claimed = store.claim(owner="w1", batch_ids=[batch_id], limit=100, now=NOW, lease_s=600)
+    claimed = store.leases.claim(owner="w1", batch_ids=[batch_id], limit=100, now=NOW, lease_s=600)
     return {item.custom_id: item.id for item in claimed}
 
 
@@ -61,7 +61,7 @@ def _batch_with_answers(store: Store) -> str:
     provider batch, and two still open."""
     batch_id = submit(store, [request_line(f"r{i}") for i in range(8)])
     ids = _claimed(store, batch_id)
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         finished=[
@@ -107,15 +107,15 @@ def test_answers_per_minute_leave_out_reused_answers_and_canceled_requests(store
     lines = [request_line("a", "same prompt"), request_line("b", "other prompt")]
     first = submit(store, lines[:1])
     ids = _claimed(store, first)
-    store.record(owner="w1", now=NOW, finished=[_answer(ids, first, "a", 5)])
+    store.results.record(owner="w1", now=NOW, finished=[_answer(ids, first, "a", 5)])
     # The same params again with reuse: answered from the first batch, nothing sent.
     second = submit_requests(
         store, io.BytesIO(jsonl(lines)), source="t", endpoint="simulator", now=NOW, reuse=True
     )
-    store.cancel_batch(second, NOW + timedelta(seconds=1))
+    store.lifecycle.cancel(second, NOW + timedelta(seconds=1))
 
-    assert store.get_batch(second).counts.succeeded == 1
-    assert store.get_batch(second).counts.canceled == 1
+    assert store.batches.get(second).counts.succeeded == 1
+    assert store.batches.get(second).counts.canceled == 1
     assert store.series.answers(second, width_s=60) == []
     assert len(store.series.answers(first, width_s=60)) == 1
 
@@ -149,7 +149,7 @@ def test_usage_names_the_requested_model_when_the_answer_names_none(store: Store
     batch_id = submit(store, [request_line("a", model=HAIKU)])
     ids = _claimed(store, batch_id)
     answer = _answer(ids, batch_id, "a", 5, error_type="api_error")
-    store.record(owner="w1", now=NOW, finished=[replace(answer, model=None)])
+    store.results.record(owner="w1", now=NOW, finished=[replace(answer, model=None)])
 
     (group,) = store.usage.of_batches([batch_id], since=NOW)
 
@@ -160,7 +160,7 @@ def test_usage_tells_reused_answers_apart(store: Store) -> None:
     lines = [request_line("a", "same prompt")]
     first = submit(store, lines)
     ids = _claimed(store, first)
-    store.record(owner="w1", now=NOW, finished=[_answer(ids, first, "a", 5)])
+    store.results.record(owner="w1", now=NOW, finished=[_answer(ids, first, "a", 5)])
     second = submit_requests(
         store, io.BytesIO(jsonl(lines)), source="t", endpoint="simulator", now=NOW, reuse=True
     )
@@ -174,12 +174,12 @@ def test_error_types_counts_each_type_most_frequent_first(store: Store) -> None:
     batch_id = _batch_with_answers(store)
     other = submit(store, [request_line("y")])
     ids = _claimed(store, other)
-    store.record(
+    store.results.record(
         owner="w1", now=NOW, finished=[_answer(ids, other, "y", 1, error_type="api_error")]
     )
     more = submit(store, [request_line(f"z{i}") for i in range(2)])
     ids = _claimed(store, more)
-    store.record(
+    store.results.record(
         owner="w1",
         now=NOW,
         finished=[
@@ -188,7 +188,7 @@ def test_error_types_counts_each_type_most_frequent_first(store: Store) -> None:
         ],
     )
 
-    found = store.error_types([batch_id, more])
+    found = store.timelines.error_types([batch_id, more])
 
     assert [item for item in found if item.batch_id == more] == [
         ErrorTypeCount(more, "overloaded_error", 2)
@@ -203,7 +203,7 @@ def test_error_types_counts_each_type_most_frequent_first(store: Store) -> None:
 def test_latest_errors_are_newest_first_and_limited(store: Store) -> None:
     batch_id = _batch_with_answers(store)
 
-    latest = store.latest_errors(batch_id, limit=2)
+    latest = store.timelines.latest_errors(batch_id, limit=2)
 
     assert [(error.custom_id, error.error_type, error.http_status) for error in latest] == [
         ("r4", "overloaded_error", 529),
@@ -216,7 +216,7 @@ def test_latest_errors_are_newest_first_and_limited(store: Store) -> None:
 def test_retrying_requests_are_open_requests_whose_last_send_failed(store: Store) -> None:
     batch_id = _batch_with_answers(store)
 
-    assert store.retrying_requests(batch_id, limit=5) == [
+    assert store.timelines.retrying_requests(batch_id, limit=5) == [
         RetryingRequest("r6", "HTTP 529 overloaded_error", 1)
     ]
 
@@ -228,7 +228,7 @@ def test_request_models_are_the_models_requests_name_per_batch(store: Store) -> 
     )
     single = submit(store, [request_line("d")])
 
-    assert store.request_models([mixed, single, "msgbatch_none"]) == {
+    assert store.timelines.request_models([mixed, single, "msgbatch_none"]) == {
         mixed: [HAIKU, SONNET],
         single: [SONNET],
     }
@@ -253,7 +253,7 @@ def test_rate_limit_rows_read_the_shared_limits_of_the_endpoints_asked(store: St
         now=1000.0,
     )
 
-    rows = store.rate_limit_rows(["ep"])
+    rows = store.timelines.rate_limit_rows(["ep"])
 
     by_dimension = {row.dimension: row for row in rows}
     assert by_dimension["rpm"] == RateLimitRow(
@@ -261,4 +261,4 @@ def test_rate_limit_rows_read_the_shared_limits_of_the_endpoints_asked(store: St
     )
     assert by_dimension["otpm"].announced == 8000.0
     assert {row.endpoint for row in rows} == {"ep"}
-    assert store.rate_limit_rows([]) == []
+    assert store.timelines.rate_limit_rows([]) == []
