@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from batchrun.errors import BatchrunError, ConfigError
-from batchrun.ops.metrics import MetricsGatherer, ModelLabels, ProcessCounters
+from batchrun.ops.views.metrics import MetricsGatherer, ModelLabels, ProcessCounters
 from batchrun.server.metrics import MetricsPage
 
 if TYPE_CHECKING:

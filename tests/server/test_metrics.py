@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 import batchrun
-from batchrun.ops.metrics import (
+from batchrun.ops.views.metrics import (
     BucketUse,
     KeyPause,
     MetricsSnapshot,

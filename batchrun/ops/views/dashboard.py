@@ -11,7 +11,7 @@ last. The answers per minute are the report's series
 the minute it was sent, as the rate limits count it.
 
 A batch's limits are those its latest run sent it under, as that run recorded them
-(:mod:`batchrun.ops.run_limits`): per dimension the limit given as a flag, the configured
+(:mod:`batchrun.ops.views.run_limits`): per dimension the limit given as a flag, the configured
 one, the one the server announced, the lowest a learned limit took it to, and the limit in
 force at the end of the run (``limit``), each summed over the keys the run sent it under
 (a dimension is left out when one of the keys has no limit in it); every run's are on the
@@ -40,7 +40,7 @@ from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.lanes import REALTIME
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension
 from batchrun.limits.families import entry_for, is_family
-from batchrun.ops.run_limits import RunLimits, key_limit, runs_of, summed_limit
+from batchrun.ops.views.run_limits import RunLimits, key_limit, runs_of, summed_limit
 from batchrun.records import BatchSummary, route_of
 from batchrun.store.series import AnswerBucket
 from batchrun.store.usage import Usage, priced

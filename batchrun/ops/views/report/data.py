@@ -13,10 +13,10 @@ Latency percentiles are exact (nearest rank over every answer's latency in whole
 milliseconds), read from a stream of distinct latencies; memory stays that of a few hundred
 buckets whatever the batch's size.
 
-The limits are what the dashboard shows (:mod:`batchrun.ops.timeline`): those the latest
+The limits are what the dashboard shows (:mod:`batchrun.ops.views.dashboard`): those the latest
 run that sent the batch recorded (per dimension the flag, configured, announced and learned
 limits of the keys it sent the batch under, and the one in force), with the binding one (the
-largest share used) marked, and every run's (:mod:`batchrun.ops.run_limits`). A batch no run
+largest share used) marked, and every run's (:mod:`batchrun.ops.views.run_limits`). A batch no run
 recorded limits for shows those of its keys as the store holds them now.
 """
 
@@ -31,8 +31,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.ops.run_limits import RunLimits
-from batchrun.ops.timeline import DashboardData, LimitUse
+from batchrun.ops.views.dashboard import DashboardData, LimitUse
+from batchrun.ops.views.run_limits import RunLimits
 from batchrun.records import BatchSummary, ErrorCount, ModelTokens
 from batchrun.store.history import LatencySpread
 from batchrun.store.series import AnswerBucket
