@@ -44,13 +44,13 @@ if TYPE_CHECKING:
         Note,
         PassFinished,
         PassResult,
+        ProcessCounters,
         Progress,
         RunEvent,
         RunResult,
     )
     from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunSession
-    from batchrun.ops.views.metrics import ProcessCounters
     from batchrun.ops.views.report.data import ReportData
     from batchrun.transport.endpoints import Endpoints
 
@@ -72,7 +72,7 @@ _LAZY: dict[str, str] = {
     "PassFinished": "batchrun.ops.run_types",
     "PassResult": "batchrun.ops.run_types",
     "PriceTable": "batchrun.config.prices",
-    "ProcessCounters": "batchrun.ops.views.metrics",
+    "ProcessCounters": "batchrun.ops.run_types",
     "Progress": "batchrun.ops.run_types",
     "ProgressSnapshot": "batchrun.ops.monitor",
     "ProviderBatchModel": "batchrun.export.batch_object",

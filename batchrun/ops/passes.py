@@ -40,6 +40,7 @@ from batchrun.ops.run_types import (
     Note,
     PassFinished,
     PassResult,
+    ProcessCounters,
     Progress,
     RunEvent,
     RunOptions,
@@ -52,7 +53,6 @@ from batchrun.ops.runner import (
     run_endpoints,
     simulator_transport,
 )
-from batchrun.ops.views.metrics import ProcessCounters
 from batchrun.records import BatchSummary
 from batchrun.transport.client import HttpTransport
 from batchrun.transport.endpoints import Endpoint, Endpoints

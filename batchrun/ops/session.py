@@ -39,13 +39,13 @@ from batchrun.ops.run_types import (
     Note,
     PassFinished,
     PassResult,
+    ProcessCounters,
     Progress,
     RunEvent,
     RunOptions,
     RunResult,
 )
 from batchrun.ops.runner import WaitingBatch
-from batchrun.ops.views.metrics import ProcessCounters
 from batchrun.transport.endpoints import Endpoints
 
 if TYPE_CHECKING:

@@ -40,7 +40,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from batchrun.ops.views.metrics import MetricsGatherer, MetricsSnapshot, ProcessCounters
+from batchrun.ops.run_types import ProcessCounters
+from batchrun.ops.views.metrics import MetricsGatherer, MetricsSnapshot
 
 # A scrape this soon after the last one gets the same figures.
 MIN_SCRAPE_INTERVAL_S = 1.0

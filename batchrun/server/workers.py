@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from batchrun.config.prices import PriceTable
 from batchrun.errors import BatchrunError
+from batchrun.ops.run_types import ProcessCounters
 from batchrun.ops.session import PassFinished, RunEvent, RunOptions, RunSession
-from batchrun.ops.views.metrics import ProcessCounters
 from batchrun.transport.endpoints import Endpoints
 
 if TYPE_CHECKING:

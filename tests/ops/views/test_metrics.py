@@ -13,12 +13,12 @@ from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.dispatch.report import RunReport
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
+from batchrun.ops.run_types import ProcessCounters
 from batchrun.ops.views.metrics import (
     BucketUse,
     KeyPause,
     MetricsGatherer,
     ModelTotals,
-    ProcessCounters,
     RequestCount,
     bucket_use,
     gather_metrics,
