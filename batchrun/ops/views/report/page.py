@@ -20,7 +20,7 @@ from batchrun.config.prices import format_usd
 from batchrun.export.status_rows import amount_text, status_rows, when_text
 from batchrun.limits.dimensions import DIMENSIONS
 from batchrun.ops.limit_recorder import CHANGE_SHARE
-from batchrun.ops.views.dashboard import LimitUse, measure_of
+from batchrun.ops.views.limits import LimitUse, measure_of
 from batchrun.ops.views.report.charts import (
     Bar,
     Series,
