@@ -1,16 +1,17 @@
 """A run as a whole: planning, budgets, progress, the time limit, the run lock, and the
-wiring of one dispatch. ``ops/`` runs a run; its ``views`` read.
+wiring of one dispatch. ``ops/`` runs a run; its ``views`` read what runs leave behind.
 
 Holds: ``session`` (one run: one pass, or passes until stopped), ``passes`` (one pass: plan →
 dispatch → summarise, its side tasks on the dispatch's exit stack), ``run_types`` (what a
 run takes and gives: options, events, results, the exit-code rule), ``pass_plan`` (the
 batches of a pass, with the run's options stored on them), ``forever`` (the joiner that adds
-batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP clients →
-limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit), ``budget``,
-``planning`` (``estimate``), ``runlock`` (one run per SQLite database), ``lanes`` (a run's
-batch lane), ``notices`` (a run's webhook notifications: which, when, each once),
-``limit_recorder`` (records the limits a run sends each batch under) and ``views`` (the
-read models: /metrics, the dashboard, the limits runs recorded, ``batchrun report``).
+batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP
+clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
+``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
+``lanes`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each
+once), ``limit_recorder`` (records the limits a run sends each batch under) and ``views``
+(the read models: /metrics, the dashboard, the limits in force, ``batchrun report``).
 May import: ``export``, ``config``, ``lanes``, ``dispatch``, ``transport``, ``limits``, ``input``,
-``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.
+``store``, ``records``, ``errors``, and the simulator for the in-process endpoint. The run
+modules never import ``views`` (an import contract in pyproject.toml checks it).
 """

@@ -8,6 +8,7 @@ and tokens per minute, which the card shows and the limits measure use by), ``ru
 (the limits each run recorded, read back per run) and ``report`` (``batchrun report``: its
 data, charts and page).
 May import: what :mod:`batchrun.ops` may, and the values the run modules give (``run_types``,
-``limit_recorder``'s constants). The report reads the limits through ``limits``, never
-through ``dashboard``.
+``limit_recorder``'s constants); the run modules never import ``views``. The report reads
+the limits through ``limits``, never through ``dashboard``. Import contracts in
+pyproject.toml check both rules.
 """
