@@ -38,20 +38,20 @@ if TYPE_CHECKING:
     from batchrun.dispatch.report import RunReport
     from batchrun.export.batch_object import BatchObject, BatchStatus, ProviderBatchModel
     from batchrun.input.sources import Requests
-    from batchrun.ops.metrics import ProcessCounters
     from batchrun.ops.monitor import ProgressSnapshot
     from batchrun.ops.planning import FilePlan, ModelPlan
-    from batchrun.ops.report.data import ReportData
     from batchrun.ops.run_types import (
         Note,
         PassFinished,
         PassResult,
+        ProcessCounters,
         Progress,
         RunEvent,
         RunResult,
     )
     from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunSession
+    from batchrun.ops.views.report.data import ReportData
     from batchrun.transport.endpoints import Endpoints
 
 __version__ = "0.1.0"
@@ -72,11 +72,11 @@ _LAZY: dict[str, str] = {
     "PassFinished": "batchrun.ops.run_types",
     "PassResult": "batchrun.ops.run_types",
     "PriceTable": "batchrun.config.prices",
-    "ProcessCounters": "batchrun.ops.metrics",
+    "ProcessCounters": "batchrun.ops.run_types",
     "Progress": "batchrun.ops.run_types",
     "ProgressSnapshot": "batchrun.ops.monitor",
     "ProviderBatchModel": "batchrun.export.batch_object",
-    "ReportData": "batchrun.ops.report.data",
+    "ReportData": "batchrun.ops.views.report.data",
     "Requests": "batchrun.input.sources",
     "ResultState": "batchrun.client",
     "RunEvent": "batchrun.ops.run_types",

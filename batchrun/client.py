@@ -55,9 +55,9 @@ if TYPE_CHECKING:
     from batchrun.input.sources import Requests
     from batchrun.limits.dimensions import RateLimits
     from batchrun.ops.planning import FilePlan
-    from batchrun.ops.report.data import ReportData
     from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunEvent, RunResult, RunSession
+    from batchrun.ops.views.report.data import ReportData
     from batchrun.records import BatchStats, BatchSummary, ResultDetail
     from batchrun.store.store import Store
     from batchrun.transport.endpoints import Endpoints
@@ -363,7 +363,7 @@ class Client:
         """What ``batchrun report`` draws of the batch (its status, sends against its
         limits, failures over time, latency per endpoint, cost over time), as values;
         :meth:`report_html` renders it. BatchNotFoundError if there is no such batch."""
-        from batchrun.ops.report.data import ERROR_TYPES_SHOWN, gather_report
+        from batchrun.ops.views.report.data import ERROR_TYPES_SHOWN, gather_report
 
         status, stats, batch = self._status(batch_id, top_errors=ERROR_TYPES_SHOWN)
         return gather_report(
@@ -379,7 +379,7 @@ class Client:
     def report_html(self, batch_id: str) -> str:
         """The page ``batchrun report`` writes: one self-contained HTML document with the
         charts of :meth:`report`. BatchNotFoundError if there is no such batch."""
-        from batchrun.ops.report.page import render_report
+        from batchrun.ops.views.report.page import render_report
 
         return render_report(self.report(batch_id))
 

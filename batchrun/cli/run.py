@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from batchrun.client import Client
-    from batchrun.ops.metrics import ProcessCounters
+    from batchrun.ops.run_types import ProcessCounters
     from batchrun.ops.session import RunEvent, RunSession
 
 # How often a plain progress line is written without a terminal, and the live view redrawn.
@@ -52,7 +52,7 @@ class _RunMetrics:
         self._session = session
 
     def _counters(self) -> ProcessCounters:
-        from batchrun.ops.metrics import ProcessCounters
+        from batchrun.ops.run_types import ProcessCounters
 
         session = self._session
         return session.counters() if session is not None else ProcessCounters()

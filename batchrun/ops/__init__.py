@@ -1,5 +1,5 @@
 """A run as a whole: planning, budgets, progress, the time limit, the run lock, and the
-wiring of one dispatch.
+wiring of one dispatch. ``ops/`` runs a run; its ``views`` read what runs leave behind.
 
 Holds: ``session`` (one run: one pass, or passes until stopped), ``passes`` (one pass: plan →
 dispatch → summarise, its side tasks on the dispatch's exit stack), ``run_types`` (what a
@@ -9,9 +9,9 @@ batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP
 clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
 ``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
 ``lanes`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each
-once), ``metrics`` (the snapshot /metrics shows), ``timeline`` (the dashboard's figures:
-throughput, limits, series), ``limit_recorder`` (records the limits a run sends each batch
-under), ``run_limits`` (reads them back per run) and ``report`` (``batchrun report``).
+once), ``limit_recorder`` (records the limits a run sends each batch under) and ``views``
+(the read models: /metrics, the dashboard, the limits in force, ``batchrun report``).
 May import: ``export``, ``config``, ``lanes``, ``dispatch``, ``transport``, ``limits``, ``input``,
-``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.
+``store``, ``records``, ``errors``, and the simulator for the in-process endpoint. The run
+modules never import ``views`` (an import contract in pyproject.toml checks it).
 """

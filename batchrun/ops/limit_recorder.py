@@ -1,5 +1,5 @@
 """Recording the limits a run sends each batch under (``batch_limits``, read back by
-:mod:`batchrun.ops.run_limits` for the report and the dashboard).
+:mod:`batchrun.ops.views.run_limits` for the report and the dashboard).
 
 A :class:`LimitRecorder` lives as long as a run (a ``batchrun run``, or a worker session of
 ``serve``) and watches each of its passes through :class:`RecordingObserver`, which wraps the

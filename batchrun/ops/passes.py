@@ -33,7 +33,6 @@ from batchrun.ops.budget import BudgetGuard, held_reason
 from batchrun.ops.forever import ForeverJoiner
 from batchrun.ops.lanes import LaneRun, start_lane
 from batchrun.ops.limit_recorder import LimitRecorder
-from batchrun.ops.metrics import ProcessCounters
 from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
 from batchrun.ops.notices import RunNotices
 from batchrun.ops.pass_plan import PassPlanner, batch_costs
@@ -41,6 +40,7 @@ from batchrun.ops.run_types import (
     Note,
     PassFinished,
     PassResult,
+    ProcessCounters,
     Progress,
     RunEvent,
     RunOptions,

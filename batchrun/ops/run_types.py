@@ -1,7 +1,8 @@
 """The values a run takes and gives: :class:`RunOptions` (what it is asked to do), the
 :data:`RunEvent` values it tells its caller as it goes (:class:`Note`, :class:`Progress`,
 :class:`PassFinished`), what a pass did (:class:`PassResult`), how the run ended
-(:class:`RunResult`), and the rule that picks a pass's exit code (:func:`pass_exit_code`).
+(:class:`RunResult`), what only its process knows (:class:`ProcessCounters`), and the rule
+that picks a pass's exit code (:func:`pass_exit_code`).
 
 Plain values: :mod:`batchrun.ops.session` makes them, the CLI and the Python API read them
 (``batchrun`` exports them).
@@ -9,7 +10,7 @@ Plain values: :mod:`batchrun.ops.session` makes them, the CLI and the Python API
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,19 @@ class RunResult:
     last: PassResult | None = None
     passes: int = 0
     waiting: tuple[WaitingBatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProcessCounters:
+    """What only the process that received the answers knows, for its /metrics
+    (:mod:`batchrun.ops.views.metrics`): the 429s of its runs so far."""
+
+    rate_limited: int = 0
+
+    @classmethod
+    def of_reports(cls, reports: Iterable[RunReport]) -> ProcessCounters:
+        """The counters of these runs (or passes of one run) added up."""
+        return cls(rate_limited=sum(report.rate_limited for report in reports))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import ExitCode
 from batchrun.ops.forever import JOIN_POLL_S
-from batchrun.ops.metrics import ProcessCounters
 from batchrun.ops.notices import RunNotices
 from batchrun.ops.passes import PassRunner
 from batchrun.ops.run_types import (
@@ -40,6 +39,7 @@ from batchrun.ops.run_types import (
     Note,
     PassFinished,
     PassResult,
+    ProcessCounters,
     Progress,
     RunEvent,
     RunOptions,

@@ -18,7 +18,7 @@ instead (``x-api-key`` or ``Authorization: Bearer``). Without server keys
 is answered as an unknown one (404).
 
 The pages poll, and on a large batch the reads behind them take a fraction of a second
-(see :class:`~batchrun.ops.timeline.DashboardData`). So each answer is computed once for
+(see :class:`~batchrun.ops.views.dashboard.DashboardData`). So each answer is computed once for
 everyone asking meanwhile and kept for at least MIN_KEEP_S, or KEEP_PER_COST times as long
 as it took: however many pages are open, the dashboard keeps the store threads busy a fifth
 of the time at most. The ``now`` of an answer says when it was computed.
@@ -39,7 +39,7 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from batchrun.ops.timeline import DashboardData
+from batchrun.ops.views.dashboard import DashboardData
 from batchrun.server.errors import ApiError
 from batchrun.server.keys import SESSION_COOKIE, ServerKeys, presented_key
 from batchrun.server.service import BatchService

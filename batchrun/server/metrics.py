@@ -1,13 +1,13 @@
-"""Prometheus metrics: a :class:`~batchrun.ops.metrics.MetricsSnapshot` in the text format.
+"""Prometheus metrics: a :class:`~batchrun.ops.views.metrics.MetricsSnapshot` in the text format.
 
 Both ``GET /metrics`` pages, ``serve``'s (:mod:`batchrun.server.scrape`) and
 ``run --metrics-port``'s (:mod:`batchrun.server.run_metrics`), are a :class:`MetricsPage`:
-a snapshot from one :class:`~batchrun.ops.metrics.MetricsGatherer`, gathered off the event
+a snapshot from one :class:`~batchrun.ops.views.metrics.MetricsGatherer`, gathered off the event
 loop at most once a second, rendered by :func:`render_metrics`; this module imports no web
 framework. Each rendering uses its own :class:`~prometheus_client.CollectorRegistry` (never
 the process-wide default one), so the numbers are the snapshot's and nothing else.
 
-Metrics (labels in brackets; :mod:`batchrun.ops.metrics` says where each number comes from,
+Metrics (labels in brackets; :mod:`batchrun.ops.views.metrics` says where each number comes from,
 and why a model batchrun does not know, priced or named in the config, is labelled
 ``other``):
 
@@ -40,7 +40,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from batchrun.ops.metrics import MetricsGatherer, MetricsSnapshot, ProcessCounters
+from batchrun.ops.run_types import ProcessCounters
+from batchrun.ops.views.metrics import MetricsGatherer, MetricsSnapshot
 
 # A scrape this soon after the last one gets the same figures.
 MIN_SCRAPE_INTERVAL_S = 1.0
@@ -209,7 +210,7 @@ class MetricsPage:
     """The metrics page of one store, gathered at most once per ``min_interval_s``.
 
     A snapshot costs a few grouped reads (about 0.4 s with an open batch of 100,000
-    requests; see :class:`~batchrun.ops.metrics.MetricsGatherer`), so scrapes take turns and
+    requests; see :class:`~batchrun.ops.views.metrics.MetricsGatherer`), so scrapes take turns and
     one made within ``min_interval_s`` of the last is answered from it: several Prometheus
     servers, or a scraper gone wild, cost no more than one. ``counters`` gives this
     process's own counts (the 429s of the runs sending here; None when it sends nothing)

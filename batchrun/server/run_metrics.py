@@ -22,11 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from batchrun.errors import BatchrunError, ConfigError
-from batchrun.ops.metrics import MetricsGatherer, ModelLabels, ProcessCounters
+from batchrun.ops.views.metrics import MetricsGatherer, ModelLabels
 from batchrun.server.metrics import MetricsPage
 
 if TYPE_CHECKING:
     from batchrun.client import Client
+    from batchrun.ops.run_types import ProcessCounters
     from batchrun.store.store import Store
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from batchrun.ops.metrics import MetricsGatherer, ModelLabels, ProcessCounters
+from batchrun.ops.run_types import ProcessCounters
+from batchrun.ops.views.metrics import MetricsGatherer, ModelLabels
 from batchrun.server.keys import ServerKeys, request_owner
 from batchrun.server.metrics import MetricsPage
 from batchrun.server.service import BatchService

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from batchrun.config.prices import PriceTable
 from batchrun.errors import BatchrunError
-from batchrun.ops.metrics import ProcessCounters
+from batchrun.ops.run_types import ProcessCounters
 from batchrun.ops.session import PassFinished, RunEvent, RunOptions, RunSession
 from batchrun.transport.endpoints import Endpoints
 

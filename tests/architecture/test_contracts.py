@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "batchrun"
@@ -77,3 +78,25 @@ def test_the_top_of_the_package_holds_about_a_dozen_entries() -> None:
     # The style guide's own layout (lanes/ and, to come, server/ included), with
     # __main__.py, py.typed, client.py (the public API) and registry.py.
     assert len(entries) <= 19, entries
+
+
+def test_every_run_module_of_ops_is_held_to_the_views_contract() -> None:
+    # The contract names the run modules one by one: a new one must join it.
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    (contract,) = [
+        contract
+        for contract in config["tool"]["importlinter"]["contracts"]
+        if contract.get("forbidden_modules") == ["batchrun.ops.views"]
+    ]
+    run_modules = {
+        f"batchrun.ops.{path.stem}"
+        for path in (PACKAGE / "ops").glob("*.py")
+        if path.name != "__init__.py"
+    }
+    run_modules |= {
+        f"batchrun.ops.{path.name}"
+        for path in (PACKAGE / "ops").iterdir()
+        if (path / "__init__.py").exists() and path.name != "views"
+    }
+
+    assert set(contract["source_modules"]) == run_modules

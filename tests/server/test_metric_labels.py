@@ -16,7 +16,8 @@ import batchrun
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
-from batchrun.ops.metrics import OTHER_MODEL, ModelLabels, ProcessCounters, gather_metrics
+from batchrun.ops.run_types import ProcessCounters
+from batchrun.ops.views.metrics import OTHER_MODEL, ModelLabels, gather_metrics
 from batchrun.records import RetryLater, SendFailure
 from batchrun.server.metrics import render_metrics
 from batchrun.server.run_metrics import start_run_metrics

@@ -14,12 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 import batchrun
-from batchrun.ops.metrics import (
+from batchrun.ops.run_types import ProcessCounters
+from batchrun.ops.views.metrics import (
     BucketUse,
     KeyPause,
     MetricsSnapshot,
     ModelTotals,
-    ProcessCounters,
     RequestCount,
     gather_metrics,
 )

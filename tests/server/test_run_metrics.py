@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import batchrun
 from batchrun.config.prices import PriceTable
 from batchrun.errors import ConfigError
-from batchrun.ops.metrics import MetricsGatherer, ProcessCounters
+from batchrun.ops.run_types import ProcessCounters
 from batchrun.ops.session import RunSession
+from batchrun.ops.views.metrics import MetricsGatherer
 from batchrun.server.metrics import MetricsPage
 from batchrun.server.run_metrics import RunMetricsServer, start_run_metrics
 from batchrun.store.store import Store

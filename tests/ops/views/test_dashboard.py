@@ -1,4 +1,4 @@
-"""The dashboard's numbers (``batchrun.ops.timeline``): throughput, a batch's limits and the
+"""The dashboard's numbers (``batchrun.ops.views.dashboard``): throughput, a batch's limits and the
 binding one, the per-minute series, from a real store."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from sqlalchemy import insert
 
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.limits.dimensions import DIMENSIONS, RateLimits
-from batchrun.ops.timeline import DashboardData, LimitUse, measure_of
+from batchrun.ops.views.dashboard import DashboardData
+from batchrun.ops.views.limits import LimitUse, measure_of
 from batchrun.records import FinishedRequest, Pool, PoolMember, Usage
 from batchrun.store import tables as t
 from batchrun.store.store import Store

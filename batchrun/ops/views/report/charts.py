@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from batchrun.ops.report.axes import Scale, si, time_ticks, value_ticks, with_unit
-from batchrun.ops.report.bars import Bar, bar_chart, histogram
-from batchrun.ops.report.layout import (
+from batchrun.ops.views.report.axes import Scale, si, time_ticks, value_ticks, with_unit
+from batchrun.ops.views.report.bars import Bar, bar_chart, histogram
+from batchrun.ops.views.report.layout import (
     MIN_WIDTH_PX,
     PAD_PX,
     LegendItem,
@@ -46,7 +46,7 @@ from batchrun.ops.report.layout import (
     with_headroom,
     x_axis,
 )
-from batchrun.ops.report.svg import (
+from batchrun.ops.views.report.svg import (
     BINDING_COLOUR,
     THRESHOLD_COLOUR,
     THRESHOLD_DASHES,
@@ -61,7 +61,7 @@ from batchrun.ops.report.svg import (
     text_width,
     through,
 )
-from batchrun.ops.report.svg import title as title_element
+from batchrun.ops.views.report.svg import title as title_element
 
 __all__ = ["Bar", "Series", "Threshold", "bar_chart", "histogram", "time_chart"]
 

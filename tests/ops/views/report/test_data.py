@@ -1,5 +1,5 @@
-"""The report's data (``batchrun.ops.report.data``): buckets, trailing rates, exact latency
-percentiles, costs; and the page built from a real store (``batchrun.ops.report.page``)."""
+"""The report's data (``batchrun.ops.views.report.data``): buckets, trailing rates, exact latency
+percentiles, costs; and the page built from a real store (``batchrun.ops.views.report.page``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from batchrun.client import Client
 from batchrun.config.prices import ModelPrice, PriceTable
-from batchrun.ops.report.data import (
+from batchrun.ops.views.report.data import (
     bucket_width_s,
     cost_lines,
     histogram_edges,
@@ -22,7 +22,7 @@ from batchrun.ops.report.data import (
     trailing_rates,
     window_s,
 )
-from batchrun.ops.report.page import render_report
+from batchrun.ops.views.report.page import render_report
 from batchrun.records import FinishedRequest
 from batchrun.store.latencies import LatencySpread
 from batchrun.store.series import AnswerBucket

@@ -9,7 +9,7 @@ import html
 import re
 from collections.abc import Iterable, Sequence
 
-from batchrun.ops.report.axes import coord
+from batchrun.ops.views.report.axes import coord
 
 SVG_NS = "http://www.w3.org/2000/svg"
 # Okabe & Ito's colour-blind-safe palette, most distinct first; series take them in turn.

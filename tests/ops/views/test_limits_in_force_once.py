@@ -1,8 +1,9 @@
 """The limits in force that the dashboard and the report show are computed in one place:
 a key's limit (the lowest of the flag or configured limit, the announced and the learned
 one) and a batch's (summed over its keys, none when a key has none) are
-``batchrun.ops.run_limits``'s, which the dashboard's card reads whether a run recorded the
-limits or not, and the report reads the card."""
+``batchrun.ops.views.run_limits``'s; a batch's rows of limits (``LimitUse``, recorded by a
+run or its keys' now) are ``batchrun.ops.views.limits``'s, which the dashboard's card and
+the report both read."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import batchrun.ops
-from batchrun.ops.run_limits import key_limit, summed_limit
+from batchrun.ops.views.run_limits import key_limit, summed_limit
 
 OPS = Path(batchrun.ops.__file__).parent
 
@@ -25,14 +26,26 @@ def _defined(path: Path) -> set[str]:
     }
 
 
-def test_only_run_limits_defines_the_limit_in_force_rules() -> None:
-    rules = {"key_limit", "summed_limit", "_summed", "_lowest", "_in_force"}
+def test_only_the_limits_views_define_the_limit_in_force_rules() -> None:
+    rules = {
+        "key_limit",
+        "summed_limit",
+        "_summed",
+        "_lowest",
+        "_in_force",
+        "measure_of",
+        "_limit_uses",
+        "_recorded_uses",
+    }
     found = {
-        str(path.relative_to(OPS)): sorted(_defined(path) & rules)
+        path.relative_to(OPS).as_posix(): sorted(_defined(path) & rules)
         for path in sorted(OPS.rglob("*.py"))
         if _defined(path) & rules
     }
-    assert found == {"run_limits.py": ["key_limit", "summed_limit"]}
+    assert found == {
+        "views/limits.py": ["_limit_uses", "_recorded_uses", "measure_of"],
+        "views/run_limits.py": ["key_limit", "summed_limit"],
+    }
 
 
 @pytest.mark.parametrize(

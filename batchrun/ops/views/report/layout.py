@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from batchrun.ops.report.axes import Scale, coord, si
-from batchrun.ops.report.svg import (
+from batchrun.ops.views.report.axes import Scale, coord, si
+from batchrun.ops.views.report.svg import (
     AXIS_COLOUR,
     FONT_FAMILY,
     FONT_SIZE_PX,

@@ -1,4 +1,4 @@
-"""The report's SVG charts (``batchrun.ops.report.charts``): pure functions, checked by
+"""The report's SVG charts (``batchrun.ops.views.report.charts``): pure functions, checked by
 parsing their output as XML and reading the markup hooks the page and its tests rely on."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun.ops.report.axes import nice_step, si, time_label, value_ticks, with_unit
-from batchrun.ops.report.charts import (
+from batchrun.ops.views.report.axes import nice_step, si, time_label, value_ticks, with_unit
+from batchrun.ops.views.report.charts import (
     Bar,
     Series,
     Threshold,
@@ -21,7 +21,7 @@ from batchrun.ops.report.charts import (
     histogram,
     time_chart,
 )
-from batchrun.ops.report.svg import bare, steps
+from batchrun.ops.views.report.svg import bare, steps
 
 SVG = "{http://www.w3.org/2000/svg}"
 # 2026-11-22 12:00:00 UTC.

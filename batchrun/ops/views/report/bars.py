@@ -10,8 +10,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from batchrun.ops.report.axes import Scale, linear_ticks, log_ticks, si, value_ticks, with_unit
-from batchrun.ops.report.layout import (
+from batchrun.ops.views.report.axes import (
+    Scale,
+    linear_ticks,
+    log_ticks,
+    si,
+    value_ticks,
+    with_unit,
+)
+from batchrun.ops.views.report.layout import (
     MIN_WIDTH_PX,
     PAD_PX,
     LegendItem,
@@ -24,7 +31,7 @@ from batchrun.ops.report.layout import (
     with_headroom,
     x_axis,
 )
-from batchrun.ops.report.svg import (
+from batchrun.ops.views.report.svg import (
     CHAR_WIDTH_PX,
     MARK_COLOUR,
     MARK_DASHES,
@@ -35,7 +42,7 @@ from batchrun.ops.report.svg import (
     text,
     text_width,
 )
-from batchrun.ops.report.svg import title as title_element
+from batchrun.ops.views.report.svg import title as title_element
 
 BAR_ROW_PX = 22
 BAR_THICKNESS_PX = 15

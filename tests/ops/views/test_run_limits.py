@@ -1,5 +1,5 @@
 """The limits a batch ran under (``batch_limits``, ``batchrun.ops.limit_recorder`` and
-``batchrun.ops.run_limits``): real runs against the simulator record the limits of each run
+``batchrun.ops.views.run_limits``): real runs against the simulator record the limits of each run
 per batch (flags, configured, announced, learned), and the report and the dashboard show the
 batch's own, not today's."""
 
@@ -20,8 +20,8 @@ from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Demand, Limiter
 from batchrun.ops.limit_recorder import MAX_CHANGES_PER_LIMIT, LimitRecorder
 from batchrun.ops.monitor import RunMonitor
-from batchrun.ops.run_limits import runs_of
-from batchrun.ops.timeline import DashboardData
+from batchrun.ops.views.dashboard import DashboardData
+from batchrun.ops.views.run_limits import runs_of
 from batchrun.records import ServerLimits, Succeeded, Usage
 from batchrun.simulator import ModelLimits, SimulatorConfig, running_simulator
 from batchrun.store.run_limits import LimitRecord

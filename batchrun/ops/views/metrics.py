@@ -64,7 +64,7 @@ from batchrun.limits.buckets import TokenBucket
 from batchrun.records import TokenTotals
 
 if TYPE_CHECKING:
-    from batchrun.dispatch.report import RunReport
+    from batchrun.ops.run_types import ProcessCounters
     from batchrun.store.rates import BucketRow
     from batchrun.store.store import Store
     from batchrun.store.tallies import FailedSendCount, RequestTally
@@ -177,19 +177,6 @@ class KeyPause:
     endpoint: str
     model: str
     remaining_s: float
-
-
-@dataclass(frozen=True)
-class ProcessCounters:
-    """What only the process that received the answers knows (see the module): the 429s
-    of its runs so far."""
-
-    rate_limited: int = 0
-
-    @classmethod
-    def of_reports(cls, reports: Iterable[RunReport]) -> ProcessCounters:
-        """The counters of these runs (or passes of one run) added up."""
-        return cls(rate_limited=sum(report.rate_limited for report in reports))
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.dispatch.report import RunReport
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
-from batchrun.ops.metrics import (
+from batchrun.ops.run_types import ProcessCounters
+from batchrun.ops.views.metrics import (
     BucketUse,
     KeyPause,
     MetricsGatherer,
     ModelTotals,
-    ProcessCounters,
     RequestCount,
     bucket_use,
     gather_metrics,
@@ -273,7 +273,7 @@ def test_a_gatherer_sees_a_requeued_batch_again_and_forgets_a_deleted_one(
 def test_a_gatherer_reads_every_batch_when_too_many_would_be_named(
     counting_store: ReadCountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("batchrun.ops.metrics._MAX_LISTED_BATCHES", 1)
+    monkeypatch.setattr("batchrun.ops.views.metrics._MAX_LISTED_BATCHES", 1)
     store = counting_store
     first = submit(store, [request_line("a")], endpoint="simulator")
     submit(store, [request_line("b")], endpoint="anthropic")

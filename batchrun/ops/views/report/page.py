@@ -6,7 +6,7 @@ server or a config file is escaped.
 Sections: the summary (what ``batchrun status`` shows), the limits, sends per minute
 against them, failures over time, errors by type, latency per endpoint, cost over time and
 tokens by kind. Each chart is an ``<svg class="chart">`` whose series carry
-``data-series`` (see :mod:`batchrun.ops.report.charts`).
+``data-series`` (see :mod:`batchrun.ops.views.report.charts`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from batchrun.config.prices import format_usd
 from batchrun.export.status_rows import amount_text, status_rows, when_text
 from batchrun.limits.dimensions import DIMENSIONS
 from batchrun.ops.limit_recorder import CHANGE_SHARE
-from batchrun.ops.report.charts import (
+from batchrun.ops.views.limits import LimitUse, measure_of
+from batchrun.ops.views.report.charts import (
     Bar,
     Series,
     Threshold,
@@ -28,9 +29,8 @@ from batchrun.ops.report.charts import (
     histogram,
     time_chart,
 )
-from batchrun.ops.report.data import LatencyStats, ReportData
-from batchrun.ops.run_limits import RunLimits
-from batchrun.ops.timeline import LimitUse, measure_of
+from batchrun.ops.views.report.data import LatencyStats, ReportData
+from batchrun.ops.views.run_limits import RunLimits
 
 # Error messages in the errors table are cut to this many characters.
 MESSAGE_CHARS = 300

@@ -13,11 +13,12 @@ Latency percentiles are exact (nearest rank over every answer's latency in whole
 milliseconds), read from a stream of distinct latencies; memory stays that of a few hundred
 buckets whatever the batch's size.
 
-The limits are what the dashboard shows (:mod:`batchrun.ops.timeline`): those the latest
-run that sent the batch recorded (per dimension the flag, configured, announced and learned
-limits of the keys it sent the batch under, and the one in force), with the binding one (the
-largest share used) marked, and every run's (:mod:`batchrun.ops.run_limits`). A batch no run
-recorded limits for shows those of its keys as the store holds them now.
+The limits are what the dashboard shows, read by the same function
+(:func:`batchrun.ops.views.limits.limits_of`): those the latest run that sent the batch
+recorded (per dimension the flag, configured, announced and learned limits of the keys it
+sent the batch under, and the one in force), with the binding one (the largest share used)
+marked, and every run's (:mod:`batchrun.ops.views.run_limits`). A batch no run recorded
+limits for shows those of its keys as the store holds them now.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.ops.run_limits import RunLimits
-from batchrun.ops.timeline import DashboardData, LimitUse
+from batchrun.ops.views.limits import LimitUse, limits_of
+from batchrun.ops.views.run_limits import RunLimits
 from batchrun.records import BatchSummary, ErrorCount, ModelTokens
 from batchrun.store.latencies import LatencySpread
 from batchrun.store.series import AnswerBucket
@@ -151,14 +152,14 @@ def gather_report(
     now: datetime,
 ) -> ReportData:
     """The report of ``batch`` (whose ``status`` and ``errors`` the caller read): a handful
-    of grouped reads of the store (the dashboard's card for the limits, the answers per
-    bucket, the usage per bucket, the latencies)."""
+    of grouped reads of the store (the limits in force as the dashboard's card shows them,
+    the answers per bucket, the usage per bucket, the latencies)."""
     first, last = _span(status, now)
     width_s = bucket_width_s((last - first).total_seconds())
     sends = store.series.answers(batch.id, width_s=width_s)
     sent_span_s = _sent_span_s(sends, width_s)
     window = window_s(sent_span_s, width_s)
-    card = DashboardData(store, known=known, prices=prices).cards([batch], now=now)[0]
+    batch_limits = limits_of(store, batch, known=known, now=now)
     cost_buckets = [
         usage for usage in store.usage.of_batches([batch.id], width_s=width_s) if usage.with_usage
     ]
@@ -168,7 +169,7 @@ def gather_report(
         width_s=width_s,
         window_s=window,
         rates=tuple(trailing_rates(sends, width_s=width_s, window_s=window)),
-        limits=card.limits,
+        limits=batch_limits.limits,
         failures=tuple(_failures(sends, width_s)),
         errors=tuple(errors),
         latencies=tuple(
@@ -177,7 +178,7 @@ def gather_report(
         costs=tuple(cost_lines(cost_buckets, prices)),
         cost=status.cost,
         lanes=tuple(sorted({bucket.lane for bucket in cost_buckets})),
-        runs=card.runs,
+        runs=batch_limits.runs,
     )
 
 
