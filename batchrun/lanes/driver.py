@@ -47,8 +47,8 @@ from batchrun.transport.batch_api import (
     ProviderBatchInfo,
     created_batch_body,
 )
-from batchrun.transport.client import request_body
 from batchrun.transport.endpoints import Endpoint
+from batchrun.transport.messages import request_body
 
 log = logging.getLogger(__name__)
 
@@ -541,7 +541,7 @@ class LaneDriver:
 
 def _line_maker(endpoint: Endpoint) -> Callable[[str, str], bytes]:
     """A request's line of the create body: its params with the endpoint's ``extra_body``,
-    as the real-time client sends them (``transport.client.request_body``)."""
+    as the real-time client sends them (``transport.messages.request_body``)."""
     if not endpoint.extra_body:
         return request_line
     extra = dict(endpoint.extra_body)

@@ -19,8 +19,8 @@ from batchrun.lanes import AUTO, BATCH, REALTIME, lane_endpoint
 from batchrun.lanes.auto import auto_lane
 from batchrun.limits.dimensions import RateLimits
 from batchrun.ops.planning import ModelPlan
-from batchrun.transport.client import HttpTransport
 from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
+from batchrun.transport.http import HttpTransport
 
 if TYPE_CHECKING:
     from batchrun.lanes.driver import BatchBudget, LaneDriver, LaneReport, LaneTarget

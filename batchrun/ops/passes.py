@@ -54,8 +54,8 @@ from batchrun.ops.runner import (
     simulator_transport,
 )
 from batchrun.records import BatchSummary
-from batchrun.transport.client import HttpTransport
 from batchrun.transport.endpoints import Endpoint, Endpoints
+from batchrun.transport.http import HttpTransport
 
 
 @dataclass

@@ -24,13 +24,9 @@ from batchrun.limits.banks import DatabaseBank
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter, LimiterSettings, LimitKey
 from batchrun.records import Pool
-from batchrun.transport.client import (
-    HttpTransport,
-    MessagesClient,
-    create_http_client,
-    in_process_transport,
-)
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S, Endpoint, Endpoints, auth_headers
+from batchrun.transport.http import HttpTransport, create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 
 if TYPE_CHECKING:
     from batchrun.simulator.config import SimulatorConfig

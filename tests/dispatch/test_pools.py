@@ -26,8 +26,9 @@ from batchrun.simulator.app import SimulatorApp
 from batchrun.simulator.config import FaultRates, ModelLimits
 from batchrun.store.store import Store
 from batchrun.transport.auth import RequestHeaders
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import Endpoint
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH
 

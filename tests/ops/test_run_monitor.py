@@ -21,8 +21,9 @@ from batchrun.records import ClaimedRequest, FinishedRequest, Succeeded, Usage
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
 from batchrun.transport.auth import RequestHeaders
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import memory_grown_by, request_line, submit
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
