@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from batchrun.dispatch.config import DEFAULT_CONTROL_POLL_S
+from batchrun.dispatch.settings import DEFAULT_CONTROL_POLL_S
 from batchrun.lanes import REALTIME
 from batchrun.ops.pass_plan import PassPlanner, batch_costs
 from batchrun.ops.runner import RunPlan

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.config.prices import PriceTable
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.ops.budget import BudgetGuard, held_reason
 from batchrun.ops.forever import ForeverJoiner

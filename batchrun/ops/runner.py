@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from batchrun.dispatch.clock import LoopClock
-from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, MAX_IN_FLIGHT, DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.seams import Linger, RunObserver, Sender
+from batchrun.dispatch.settings import DEFAULT_MAX_ATTEMPTS, MAX_IN_FLIGHT, DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import MissingApiKeyError, UnknownEndpointError
 from batchrun.limits.banks import DatabaseBank

@@ -7,9 +7,9 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
 from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.routing import FAILURES_TO_OPEN
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter, LimitKey

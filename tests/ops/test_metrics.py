@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from batchrun.config.prices import ModelPrice, PriceTable
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.counts import RunReport
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
 from batchrun.ops.metrics import (

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Demand, Limiter, LimiterSettings, Permit
