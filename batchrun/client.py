@@ -262,11 +262,11 @@ class Client:
         whose params already succeeded in this database is answered from the stored answer
         (nothing sent, cost 0), and identical params in the batch are sent once.
         """
+        from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
         from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S, submit_requests
         from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
         from batchrun.input.sources import open_requests
-        from batchrun.lanes import check_lane
 
         if expires_in_s is None:
             expires_in_s = DEFAULT_EXPIRES_IN_S
@@ -328,9 +328,9 @@ class Client:
         raise :class:`InputFileError`, unless ``skip_invalid``: then the plan covers the
         valid lines and counts the others (``FilePlan.invalid_lines``), as
         ``submit(skip_invalid=True)`` would store them."""
+        from batchrun.batch_lane import check_lane, lane_endpoint
         from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S
         from batchrun.input.sources import open_requests
-        from batchrun.lanes import check_lane, lane_endpoint
         from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, plan_file
 
         known = self.endpoints()
@@ -487,7 +487,7 @@ class Client:
         import asyncio
 
         from batchrun.export.batch_object import BatchObject
-        from batchrun.ops.lanes import cancel_provider_batches
+        from batchrun.ops.lane_wiring import cancel_provider_batches
 
         store = self._store()
         store.cancel_batch(batch_id, _now())

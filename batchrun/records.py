@@ -143,7 +143,7 @@ class NewBatch:
     expires_at: datetime
     # The budget in USD, stored in the same transaction as the batch (None: no budget).
     max_cost_usd: float | None = None
-    # "realtime", "batch" (the provider's batch API) or "auto" (see batchrun.lanes).
+    # "realtime", "batch" (the provider's batch API) or "auto" (see batchrun.batch_lane).
     lane: str = "realtime"
     # submit --reuse: answer requests whose params already succeeded in this database from
     # the stored answer, and send identical params within the batch once.
@@ -335,7 +335,7 @@ class BatchSummary:
     paused_reason: str | None
     counts: RequestCounts = field(default_factory=RequestCounts)
     tokens: TokenTotals = field(default_factory=TokenTotals)
-    # realtime, batch or auto (batchrun.lanes).
+    # realtime, batch or auto (batchrun.batch_lane).
     lane: str = "realtime"
     # The id of the `batchrun serve` key that created it (None: made outside the server).
     owner: str | None = None

@@ -124,7 +124,7 @@ def submit_requests(
     errored requests instead, and ``on_skipped`` gets each of their problems as a
     ``file:line: problem`` line; only a problem with the whole file is raised then.
     ``max_cost_usd`` is the batch's budget, stored in the same transaction as the batch.
-    ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.lanes`); ``reuse``
+    ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.batch_lane`); ``reuse``
     answers requests whose params already succeeded from the stored answer. ``owner``: the
     id of the server key the batch belongs to. ``locate`` names where a line is in messages
     (default ``source:line``).

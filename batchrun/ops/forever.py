@@ -17,8 +17,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from batchrun.batch_lane import REALTIME
 from batchrun.dispatch.settings import DEFAULT_CONTROL_POLL_S
-from batchrun.lanes import REALTIME
 from batchrun.ops.pass_plan import PassPlanner, batch_costs
 from batchrun.ops.runner import RunPlan
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from batchrun.batch_lane import AUTO, BATCH, REALTIME, check_lane
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.lanes import AUTO, BATCH, REALTIME, check_lane
 from batchrun.ops.budget import (
     HOLD_UNPRICED_FLAG,
     config_file_name,

@@ -31,7 +31,7 @@ from batchrun.dispatch.dispatcher import Dispatcher
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.ops.budget import BudgetGuard, held_reason
 from batchrun.ops.forever import ForeverJoiner
-from batchrun.ops.lanes import LaneRun, start_lane
+from batchrun.ops.lane_wiring import LaneRun, start_lane
 from batchrun.ops.limit_recorder import LimitRecorder
 from batchrun.ops.metrics import ProcessCounters
 from batchrun.ops.monitor import ProgressSnapshot, RunMonitor

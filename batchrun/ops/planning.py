@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from batchrun.batch_lane import AUTO
+from batchrun.batch_lane.auto import auto_lane
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.errors import InputFileError
-from batchrun.lanes import AUTO
-from batchrun.lanes.auto import auto_lane
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.transport.endpoints import PROVIDER_BATCH_LIFETIME_S, BatchApi
 

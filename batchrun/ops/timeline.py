@@ -36,8 +36,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from batchrun.batch_lane import REALTIME
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.lanes import REALTIME
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension
 from batchrun.limits.families import entry_for, is_family
 from batchrun.ops.run_limits import RunLimits, key_limit, runs_of, summed_limit

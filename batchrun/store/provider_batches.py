@@ -1,7 +1,7 @@
 """The batch lane's records: provider batches, from the intent row written before a create to
 the import of their results.
 
-The protocol these statements serve is described in ``batchrun.lanes``; the rule that makes
+The protocol these statements serve is described in ``batchrun.batch_lane``; the rule that makes
 it safe is that requests move into a provider batch (state ``provider``) in the same
 transaction that writes its ``intent`` row, before anything is sent, and leave it only when
 its results are imported or its create is known not to have happened.

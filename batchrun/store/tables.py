@@ -16,7 +16,7 @@ Request states and the only transitions between them::
                          that expired because its worker died
     running → canceled   the batch was canceled while the worker held the request unsent
     queued  → provider   taken into a provider batch (batch lane), in the same transaction as
-                         that provider batch's intent row (see batchrun.lanes)
+                         that provider batch's intent row (see batchrun.batch_lane)
     provider → succeeded | errored | canceled | expired
                          its provider batch's result was imported (result row written with it)
     provider → queued    the provider expired it or failed it transiently, or canceled it at
@@ -364,7 +364,7 @@ send_failures = Table(
     Index(None, "request_id"),
 )
 
-# The provider batches of the batch lane (see batchrun.lanes for the create protocol: the
+# The provider batches of the batch lane (see batchrun.batch_lane for the create protocol: the
 # intent row is written, with its requests moved to state provider, before the create is sent).
 provider_batches = Table(
     "provider_batches",

@@ -1,6 +1,7 @@
-"""Lanes: the ways a batch's requests reach the provider. ``realtime`` is the Messages API
-(the dispatcher); ``batch`` is the endpoint's server-side batch API (half price, results
-within hours); ``auto`` chooses per run (:mod:`batchrun.lanes.auto`).
+"""The batch lane: a batch's requests sent through the endpoint's server-side batch API (half
+price, results within hours) instead of the Messages API. The lanes, in all: ``realtime`` is
+the Messages API (the dispatcher); ``batch`` is this one; ``auto`` chooses per run
+(:mod:`batchrun.batch_lane.auto`).
 
 Holds: ``driver`` (the batch lane at work: create, reconcile, poll, cancel, import),
 ``reconcile`` (after a crash: was a create's batch made?), ``results`` (a provider result

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from batchrun.lanes import BATCH, REALTIME
+from batchrun.batch_lane import BATCH, REALTIME
 
 REALTIME_SAFETY = 2.0
 # How long a provider takes to stop a batch after a cancel (requests in flight finish).

@@ -6,11 +6,11 @@ One :class:`LaneDriver` runs beside the real-time dispatcher in a run. Each roun
 1. moves the ready batch-lane requests of each batch into provider batches: the intent row
    and the requests' move to state ``provider`` are one transaction, then the create is sent
    (one at a time per run, so at most one create per worker is ever in doubt);
-2. settles intent rows whose create answer was lost (:mod:`batchrun.lanes.reconcile`);
+2. settles intent rows whose create answer was lost (:mod:`batchrun.batch_lane.reconcile`);
 3. cancels provider batches of canceled batches, and those past the auto lane's cut-off;
 4. polls each created provider batch at most once per ``poll_interval_s`` (shared by every
    worker through ``next_poll_at``; longer after failures, and as ``retry-after`` asks);
-5. imports the results of ended ones as they are read (:mod:`batchrun.lanes.importing`:
+5. imports the results of ended ones as they are read (:mod:`batchrun.batch_lane.importing`:
    successes at once, the other lines after the whole file, so a success always wins; a
    line for a request already imported changes nothing, so an import interrupted by a crash
    or a stop runs again from the start), then closes them. A download past the endpoint's
@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from batchrun.batch_lane.importing import ResultsImport
+from batchrun.batch_lane.reconcile import Adopt, Ambiguous, NotCreated, reconcile
+from batchrun.batch_lane.results import ImportContext
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
-from batchrun.lanes.importing import ResultsImport
-from batchrun.lanes.reconcile import Adopt, Ambiguous, NotCreated, reconcile
-from batchrun.lanes.results import ImportContext
 from batchrun.records import (
     BatchSummary,
     BudgetStop,
