@@ -48,6 +48,7 @@ from batchrun.errors import (
     DatabaseError,
     UsageError,
 )
+from batchrun.records import Lane
 
 if TYPE_CHECKING:
     from batchrun.config.file import Settings
@@ -235,7 +236,7 @@ class Client:
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
         on_skipped: Callable[[str], None] | None = None,
-        lane: str = "realtime",
+        lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
     ) -> BatchObject:
@@ -315,7 +316,7 @@ class Client:
         limits: Limits | None = None,
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
-        lane: str = "realtime",
+        lane: str = Lane.REALTIME,
         expires_in_s: float | None = None,
         skip_invalid: bool = False,
     ) -> FilePlan:
@@ -460,7 +461,7 @@ class Client:
             )
             return f"record {row_id} is provider batch {provider_id}; the next run imports it"
         back = store.provider_batch_not_created(
-            row_id, note="a person said the create did not happen", lane="batch", now=_now()
+            row_id, note="a person said the create did not happen", lane=Lane.BATCH, now=_now()
         )
         return f"record {row_id} was not created; {back:,} requests go back to the batch lane"
 
@@ -858,7 +859,7 @@ class Client:
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
         on_skipped: Callable[[str], None] | None = None,
-        lane: str = "realtime",
+        lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
     ) -> BatchObject:

@@ -38,6 +38,7 @@ from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.records import (
     BatchSummary,
     BudgetStop,
+    Lane,
     ProviderBatchRow,
 )
 from batchrun.store.provider_batches import request_line
@@ -190,7 +191,7 @@ class LaneDriver:
             summary = summaries[batch_id]
             # Paused in this round (a refused create, the budget): nothing more to wait for.
             paused = summary.paused_reason is not None or batch_id in self.report.paused
-            if per_lane.get("batch") and not paused and summary.cancel_initiated_at is None:
+            if per_lane.get(Lane.BATCH) and not paused and summary.cancel_initiated_at is None:
                 waits.append(self._create_wait_s(self._targets[batch_id].endpoint.name))
         return min(waits) if waits else None
 
@@ -292,12 +293,12 @@ class LaneDriver:
             # One request too large for a provider batch goes in real time, where its own
             # size limit applies.
             await self._db.provider_batch_not_created(
-                row_id, note=failed.message, lane="realtime", now=now
+                row_id, note=failed.message, lane=Lane.REALTIME, now=now
             )
             self._changed.set()
             return True
         await self._db.provider_batch_not_created(
-            row_id, note=failed.message, lane="batch", now=now
+            row_id, note=failed.message, lane=Lane.BATCH, now=now
         )
         if failed.kind == "too_large":
             current = self._max_bytes.get(endpoint, configured_bytes)
@@ -379,7 +380,7 @@ class LaneDriver:
             back = await self._db.provider_batch_not_created(
                 row.id,
                 note=f"the provider does not know it: {failed.message}",
-                lane="batch",
+                lane=Lane.BATCH,
                 now=self._clock.now(),
             )
             self._note(
@@ -426,7 +427,9 @@ class LaneDriver:
                 )
                 return 0.0
             case NotCreated(why=why):
-                await self._db.provider_batch_not_created(row.id, note=why, lane="batch", now=now)
+                await self._db.provider_batch_not_created(
+                    row.id, note=why, lane=Lane.BATCH, now=now
+                )
                 return 0.0
             case Ambiguous(why=why):
                 await self._db.provider_batch_ambiguous(row.id, why)

@@ -41,6 +41,7 @@ from batchrun.input.reader import (
 from batchrun.input.validation import InvalidLine
 from batchrun.records import (
     INVALID_INPUT_ERROR_TYPE,
+    Lane,
     NewBatch,
     NewRequest,
     RejectedLine,
@@ -112,7 +113,7 @@ def submit_requests(
     skip_invalid: bool = False,
     on_skipped: Callable[[str], None] | None = None,
     max_cost_usd: float | None = None,
-    lane: str = "realtime",
+    lane: str = Lane.REALTIME,
     reuse: bool = False,
     owner: str | None = None,
     locate: Callable[[int], str] | None = None,

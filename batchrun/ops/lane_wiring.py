@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from batchrun.batch_lane import AUTO, BATCH, REALTIME, lane_endpoint
+from batchrun.batch_lane import lane_endpoint
 from batchrun.batch_lane.auto import auto_lane
 from batchrun.config.prices import PriceTable, cost_of
 from batchrun.dispatch.clock import LoopClock
@@ -20,6 +20,7 @@ from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import BatchrunError
 from batchrun.limits.dimensions import RateLimits
 from batchrun.ops.planning import ModelPlan
+from batchrun.records import Lane
 from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
 from batchrun.transport.http import HttpTransport
 
@@ -80,7 +81,9 @@ async def start_lane(
     ids = list(batches)
     lanes = await db.batch_lanes(ids)
     open_rows = await db.provider_batches_of(ids, open_only=True)
-    if not open_rows and all(lanes.get(batch_id, REALTIME) == REALTIME for batch_id in ids):
+    if not open_rows and all(
+        lanes.get(batch_id, Lane.REALTIME) == Lane.REALTIME for batch_id in ids
+    ):
         return None
     from batchrun.batch_lane.driver import LaneDriver, LaneTarget
     from batchrun.transport.batch_api import open_batch_api
@@ -92,8 +95,8 @@ async def start_lane(
     clients: dict[str, BatchApiClient] = {}
     now = LoopClock().now()
     for batch_id, name in batches.items():
-        lane = lanes.get(batch_id, REALTIME)
-        if lane == REALTIME and batch_id not in with_rows:
+        lane = lanes.get(batch_id, Lane.REALTIME)
+        if lane == Lane.REALTIME and batch_id not in with_rows:
             continue
         endpoint = lane_endpoint(known, name)
         if endpoint is None and batch_id in with_rows:
@@ -101,7 +104,7 @@ async def start_lane(
         if endpoint is None or endpoint.batch_api is None:
             continue
         cancel_at = None
-        if lane == AUTO:
+        if lane == Lane.AUTO:
             summary = await db.get_batch(batch_id)
             realtime_s = await _realtime_s(db, batch_id, endpoint, overrides)
             choice, cancel_at = auto_lane(
@@ -113,7 +116,7 @@ async def start_lane(
             )
             moved = await db.set_queued_lane(batch_id, choice)
             if moved:
-                where = "the batch lane" if choice == BATCH else "real time"
+                where = "the batch lane" if choice == Lane.BATCH else "real time"
                 until = f" until {cancel_at:%Y-%m-%d %H:%M} UTC" if cancel_at else ""
                 on_note(f"{batch_id}: auto lane: {moved:,} queued requests go to {where}{until}")
         if endpoint.name not in clients:

@@ -36,12 +36,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from batchrun.batch_lane import REALTIME
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension
 from batchrun.limits.families import entry_for, is_family
 from batchrun.ops.run_limits import RunLimits, key_limit, runs_of, summed_limit
-from batchrun.records import BatchSummary, route_of
+from batchrun.records import BatchSummary, Lane, route_of
 from batchrun.store.series import AnswerBucket
 from batchrun.store.usage import Usage, priced
 from batchrun.transport.endpoints import Endpoints
@@ -404,7 +403,7 @@ class _Sent:
     def of(cls, groups: Iterable[Usage]) -> _Sent:
         found = cls()
         for group in groups:
-            if not group.sent or group.lane != REALTIME:
+            if not group.sent or group.lane != Lane.REALTIME:
                 continue
             found = cls(
                 found.answered + group.answers,

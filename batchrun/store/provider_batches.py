@@ -21,6 +21,7 @@ from batchrun.records import (
     BudgetStop,
     ImportedResult,
     ImportTally,
+    Lane,
     ProviderBatchRow,
     ProviderIntent,
     Requeue,
@@ -92,7 +93,7 @@ class ProviderBatches(StoreBase):
                     .where(
                         req.batch_id == batch_id,
                         req.state == t.QUEUED,
-                        req.lane == t.BATCH,
+                        req.lane == Lane.BATCH,
                         req.id > last_id,
                         not_waiting(),
                     )
@@ -165,7 +166,7 @@ class ProviderBatches(StoreBase):
             )
 
     def provider_batch_not_created(
-        self, row_id: int, *, note: str, lane: str = t.BATCH, now: datetime
+        self, row_id: int, *, note: str, lane: str = Lane.BATCH, now: datetime
     ) -> int:
         """The create is known not to have happened: the row ends ``not_created`` and its
         requests go back to the queue in ``lane``; returns how many."""
@@ -299,7 +300,7 @@ class ProviderBatches(StoreBase):
                 req.lane != lane,
                 req.lane != t.HELD,
             )
-            if lane == t.BATCH:
+            if lane == Lane.BATCH:
                 statement = statement.where(req.id.not_in(leaders.scalar_subquery()))
             return int(conn.execute(statement.values(lane=lane)).rowcount)
 
@@ -417,7 +418,7 @@ def apply_requeues(conn: Connection, back: Sequence[dict[str, Any]]) -> None:
         .where(req.id == bindparam("rid"), req.state == t.PROVIDER)
         .values(
             state=t.QUEUED,
-            lane=t.REALTIME,
+            lane=Lane.REALTIME,
             attempts=req.attempts + 1,
             not_before=None,
             last_error=bindparam("err"),
@@ -454,7 +455,7 @@ def close_provider_batch(
         back = conn.execute(
             update(t.requests)
             .where(req.provider_batch == row_id, req.state == t.PROVIDER)
-            .values(state=t.QUEUED, lane=t.REALTIME, last_error=leftover_reason)
+            .values(state=t.QUEUED, lane=Lane.REALTIME, last_error=leftover_reason)
         ).rowcount
     else:
         body = json.dumps(
@@ -484,7 +485,7 @@ def close_provider_batch(
                     literal(leftover_reason),
                     literal(body),
                     literal(now, t.UtcDateTime()),
-                    literal(t.BATCH),
+                    literal(Lane.BATCH.value),  # .value: a plain str binds as a string
                 ).where(req.provider_batch == row_id, req.state == t.PROVIDER),
             )
         )

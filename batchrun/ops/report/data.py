@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.ops.run_limits import RunLimits
 from batchrun.ops.timeline import DashboardData, LimitUse
-from batchrun.records import BatchSummary, ErrorCount, ModelTokens
+from batchrun.records import BatchSummary, ErrorCount, Lane, ModelTokens
 from batchrun.store.history import LatencySpread
 from batchrun.store.series import AnswerBucket
 from batchrun.store.usage import Usage
@@ -107,7 +107,7 @@ class CostLine:
 
     @property
     def name(self) -> str:
-        return self.model if self.lane == "realtime" else f"{self.model} ({self.lane})"
+        return self.model if self.lane == Lane.REALTIME else f"{self.model} ({self.lane})"
 
 
 @dataclass(frozen=True)
