@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from batchrun.client import Client, Limits, LockMode, ResultState
     from batchrun.config.file import Settings
     from batchrun.config.prices import CostTotal, PriceTable
-    from batchrun.dispatch.report import RunReport
+    from batchrun.dispatch.counts import RunReport
     from batchrun.export.batch_object import BatchObject, BatchStatus, ProviderBatchModel
     from batchrun.input.sources import Requests
     from batchrun.ops.monitor import ProgressSnapshot
@@ -80,7 +80,7 @@ _LAZY: dict[str, str] = {
     "Requests": "batchrun.input.sources",
     "ResultState": "batchrun.client",
     "RunEvent": "batchrun.ops.run_types",
-    "RunReport": "batchrun.dispatch.report",
+    "RunReport": "batchrun.dispatch.counts",
     "RunResult": "batchrun.ops.run_types",
     "RunSession": "batchrun.ops.session",
     "Settings": "batchrun.config.file",

@@ -47,6 +47,7 @@ from batchrun.errors import (
     DatabaseError,
     UsageError,
 )
+from batchrun.records import Lane
 
 if TYPE_CHECKING:
     from batchrun.config.file import Settings
@@ -221,7 +222,7 @@ class Client:
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
         on_skipped: Callable[[str], None] | None = None,
-        lane: str = "realtime",
+        lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
     ) -> BatchObject:
@@ -248,11 +249,11 @@ class Client:
         whose params already succeeded in this database is answered from the stored answer
         (nothing sent, cost 0), and identical params in the batch are sent once.
         """
+        from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
         from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S, submit_requests
         from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
         from batchrun.input.sources import open_requests
-        from batchrun.lanes import check_lane
 
         if expires_in_s is None:
             expires_in_s = DEFAULT_EXPIRES_IN_S
@@ -302,7 +303,7 @@ class Client:
         limits: Limits | None = None,
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
-        lane: str = "realtime",
+        lane: str = Lane.REALTIME,
         expires_in_s: float | None = None,
         skip_invalid: bool = False,
     ) -> FilePlan:
@@ -315,9 +316,9 @@ class Client:
         raise :class:`InputFileError`, unless ``skip_invalid``: then the plan covers the
         valid lines and counts the others (``FilePlan.invalid_lines``), as
         ``submit(skip_invalid=True)`` would store them."""
+        from batchrun.batch_lane import check_lane, lane_endpoint
         from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S
         from batchrun.input.sources import open_requests
-        from batchrun.lanes import check_lane, lane_endpoint
         from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, plan_file
 
         known = self.endpoints()
@@ -447,7 +448,7 @@ class Client:
             )
             return f"record {row_id} is provider batch {provider_id}; the next run imports it"
         back = store.provider_batches.not_created(
-            row_id, note="a person said the create did not happen", lane="batch", now=_now()
+            row_id, note="a person said the create did not happen", lane=Lane.BATCH, now=_now()
         )
         return f"record {row_id} was not created; {back:,} requests go back to the batch lane"
 
@@ -474,7 +475,7 @@ class Client:
         import asyncio
 
         from batchrun.export.batch_object import BatchObject
-        from batchrun.ops.lanes import cancel_provider_batches
+        from batchrun.ops.lane_wiring import cancel_provider_batches
 
         store = self._store()
         store.lifecycle.cancel(batch_id, _now())
@@ -845,7 +846,7 @@ class Client:
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
         on_skipped: Callable[[str], None] | None = None,
-        lane: str = "realtime",
+        lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
     ) -> BatchObject:

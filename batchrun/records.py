@@ -6,6 +6,7 @@
 - An answer's way across the transport seam: an :data:`Outcome` (:class:`Succeeded`,
   :class:`Retryable`, :class:`Fatal` or :class:`Halt`), with the :class:`Usage` and the
   :class:`ServerLimits` it reported. Errors cross as values, never as exceptions.
+- The lanes a batch's requests can take, named once: :class:`Lane`.
 
 Frozen dataclasses only; this module imports nothing of batchrun's.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 ErrorBody = dict[str, Any]
@@ -131,6 +133,25 @@ def error_body(error_type: str, message: str, request_id: str | None = None) -> 
 ProcessingStatus = Literal["in_progress", "canceling", "ended"]
 
 
+class Lane(StrEnum):
+    """The ways a batch's requests reach the provider (``--lane``), named once.
+
+    A member is its value: stored, exported and printed as the plain string
+    (``json.dumps(Lane.REALTIME)`` is ``"realtime"``), and equal to that string as read back
+    from the database. A request is sent on ``REALTIME`` or ``BATCH``; a batch chooses among
+    all three.
+    """
+
+    REALTIME = "realtime"
+    """The Messages API, one request at a time: the dispatcher sends it."""
+    BATCH = "batch"
+    """The endpoint's server-side batch API (half price, results within hours): the batch
+    lane (:mod:`batchrun.batch_lane`) sends it in a provider batch."""
+    AUTO = "auto"
+    """A batch's choice made per run: the batch lane while its deadline leaves time for a
+    provider batch, else real time (:mod:`batchrun.batch_lane.auto`)."""
+
+
 @dataclass(frozen=True)
 class NewBatch:
     """A batch about to be stored."""
@@ -143,8 +164,8 @@ class NewBatch:
     expires_at: datetime
     # The budget in USD, stored in the same transaction as the batch (None: no budget).
     max_cost_usd: float | None = None
-    # "realtime", "batch" (the provider's batch API) or "auto" (see batchrun.lanes).
-    lane: str = "realtime"
+    # A Lane: realtime, batch (the provider's batch API) or auto (see batchrun.batch_lane).
+    lane: str = Lane.REALTIME
     # submit --reuse: answer requests whose params already succeeded in this database from
     # the stored answer, and send identical params within the batch once.
     reuse: bool = False
@@ -253,7 +274,7 @@ class FinishedRequest:
     raw_body: str | None = None
     # The endpoint that answered (for a batch sent through a pool: the member).
     endpoint: str | None = None
-    # "batch" when a provider batch answered it (None: real time), and the share of the list
+    # Lane.BATCH when a provider batch answered it (None: real time), and the share of the list
     # price that lane bills (None: all of it).
     lane: str | None = None
     cost_factor: float | None = None
@@ -335,8 +356,8 @@ class BatchSummary:
     paused_reason: str | None
     counts: RequestCounts = field(default_factory=RequestCounts)
     tokens: TokenTotals = field(default_factory=TokenTotals)
-    # realtime, batch or auto (batchrun.lanes).
-    lane: str = "realtime"
+    # A Lane: realtime, batch or auto (batchrun.batch_lane).
+    lane: str = Lane.REALTIME
     # The id of the `batchrun serve` key that created it (None: made outside the server).
     owner: str | None = None
 
@@ -373,7 +394,7 @@ class ModelTokens:
     cache_read_input_tokens: int = 0
     # Where these were answered (realtime or batch), and the share of the list price paid
     # there (the batch discount; 0 for answers reused from the database).
-    lane: str = "realtime"
+    lane: str = Lane.REALTIME
     cost_factor: float = 1.0
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 from common import BATCHRUN, Simulator, machine_cpu_s, scratch_postgres
 
-from batchrun.transport.client import ClientPool, create_http_client
+from batchrun.transport.http import ClientPool, create_http_client
 
 CONCURRENCY = 64
 HEADERS = {

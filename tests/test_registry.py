@@ -32,8 +32,8 @@ from batchrun.transport.auth import (
     request_headers,
     secret_header_names,
 )
-from batchrun.transport.client import check_header_values
 from batchrun.transport.endpoints import auth_headers
+from batchrun.transport.http import check_header_values
 from batchrun.transport.ratelimit_headers import dimensions_named, parse_server_limits
 from tests.conftest import jsonl, request_line
 

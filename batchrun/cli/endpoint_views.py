@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS
+from batchrun.dispatch.settings import DEFAULT_MAX_ATTEMPTS
 from batchrun.limits.dimensions import RateLimits
 from batchrun.transport.auth import AUTH_STYLES
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S, Endpoints

@@ -16,6 +16,7 @@ from batchrun.cli.options import duration_option, with_limit_options
 from batchrun.cli.text import duration_text, plural
 from batchrun.config.prices import format_usd
 from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, FilePlan, ModelPlan, plan_json
+from batchrun.records import Lane
 
 
 def estimate(
@@ -203,14 +204,14 @@ def _lane_rows(
         return []
     mark = {plan.chosen: " (chosen)"}
     saved = _cost_text(expected * (1 - api.discount), missing)
-    auto = " by --lane auto" if plan.lane == "auto" else ""
+    auto = " by --lane auto" if plan.lane == Lane.AUTO else ""
     return [
         (
             "batch lane",
             f"{_cost_text(expected * api.discount, missing)} expected, "
             f"{_cost_text(worst * api.discount, missing)} at most "
             f"({api.discount:.0%} of the price; saves {saved}); typically "
-            f"{duration_text(api.typical_s)}, at most 24h{mark.get('batch', '')}",
+            f"{duration_text(api.typical_s)}, at most 24h{mark.get(Lane.BATCH, '')}",
         ),
         ("lane", f"{plan.chosen}{auto}"),
     ]

@@ -12,7 +12,7 @@ from batchrun.cli.batch_ids import batch_argument, complete_endpoints, resolve_b
 from batchrun.cli.consoles import stderr
 from batchrun.cli.options import duration_option, flag_error, with_limit_options
 from batchrun.cli.text import plural
-from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS
+from batchrun.dispatch.settings import DEFAULT_MAX_ATTEMPTS
 from batchrun.errors import ExitCode
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S

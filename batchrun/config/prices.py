@@ -193,7 +193,8 @@ def cost_of(tokens: Iterable[ModelTokens], prices: PriceTable) -> CostTotal:
             cache_read_input_tokens=item.cache_read_input_tokens,
         )
         usd = list_usd * item.cost_factor
-        total = total + CostTotal(usd, by_lane={item.lane: usd}, list_usd=list_usd)
+        # str(): a plain str key even for a Lane member (orjson refuses str subclasses as keys).
+        total = total + CostTotal(usd, by_lane={str(item.lane): usd}, list_usd=list_usd)
     return total
 
 

@@ -9,7 +9,7 @@ requests that wait for the limiter; never below :data:`BASE_IN_FLIGHT` (what was
 everything before, and what endpoints without limits get), never above the ceiling.
 
 The ceiling guards what each request in flight holds: a socket (a file descriptor) and its
-body and answer in memory. It is :data:`~batchrun.dispatch.config.MAX_IN_FLIGHT`, or less
+body and answer in memory. It is :data:`~batchrun.dispatch.settings.MAX_IN_FLIGHT`, or less
 when the process may open fewer files (the soft ``RLIMIT_NOFILE`` minus
 :data:`~batchrun.ops.runner.RESERVED_FILES` for the database,
 logs and the rest); at about 100 KB per request (a large prompt and its answer) 4,096 in
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from batchrun.dispatch.config import BASE_IN_FLIGHT, DispatchConfig
+from batchrun.dispatch.settings import BASE_IN_FLIGHT, DispatchConfig
 
 if TYPE_CHECKING:
     from batchrun.dispatch.routing import RateView, Router

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 
 from batchrun.dispatch.capacity import Capacity
 from batchrun.dispatch.clock import LoopClock
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import DispatchProgress, RunReport
 from batchrun.dispatch.decisions import (
     Backoff,
     Finish,
@@ -42,9 +42,9 @@ from batchrun.dispatch.decisions import (
 from batchrun.dispatch.health import publish
 from batchrun.dispatch.leases import LeaseKeeper
 from batchrun.dispatch.owners import new_owner_id
-from batchrun.dispatch.report import DispatchProgress, RunReport
 from batchrun.dispatch.routing import Assignment, Halted, Router
 from batchrun.dispatch.seams import Linger, RunObserver, Sender
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.dispatch.writer import GroupWriter
 from batchrun.input.estimate import estimate_input_tokens

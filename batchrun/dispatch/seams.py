@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from batchrun.records import ClaimedRequest, Outcome
 
 if TYPE_CHECKING:
-    from batchrun.dispatch.report import DispatchProgress, RunReport
+    from batchrun.dispatch.counts import DispatchProgress, RunReport
     from batchrun.dispatch.routing import MemberSnapshot
     from batchrun.limits.limiter import Permit, Wait
 

@@ -24,6 +24,7 @@ from batchrun.records import (
     BatchSummary,
     EndpointHealth,
     EndpointShare,
+    Lane,
     ProviderBatchRow,
     cache_hit_rate,
 )
@@ -130,7 +131,7 @@ class ModelUsageModel(BaseModel):
     output_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
-    lane: str = "realtime"
+    lane: str = Lane.REALTIME
     cost_factor: float = 1.0
 
 
@@ -202,7 +203,7 @@ class BatchStatus(BatchObject):
     cost_usd_by_lane: dict[str, float] = Field(default_factory=dict)
     saved_usd: float = 0.0
     # The batch's lane choice, and its provider batches (the batch lane).
-    lane: str = "realtime"
+    lane: str = Lane.REALTIME
     provider_batches: list[ProviderBatchModel] = Field(default_factory=list)
     max_cost_usd: float | None
     started_at: datetime | None

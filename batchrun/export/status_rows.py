@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from batchrun.config.prices import describe_cost, format_usd
+from batchrun.records import Lane
 
 if TYPE_CHECKING:
     from batchrun.export.batch_object import BatchObject, BatchStatus, EndpointUseModel
@@ -121,7 +122,7 @@ def _endpoint_use_text(use: EndpointUseModel) -> str:
 
 def _provider_rows(batch: BatchStatus) -> list[tuple[str, str]]:
     """The lane, and each provider batch of the batch lane with its state."""
-    if batch.lane == "realtime" and not batch.provider_batches:
+    if batch.lane == Lane.REALTIME and not batch.provider_batches:
         return []
     rows = [("lane", batch.lane)]
     for item in batch.provider_batches:
@@ -137,7 +138,7 @@ def _provider_rows(batch: BatchStatus) -> list[tuple[str, str]]:
 def _lane_rows(batch: BatchStatus) -> list[tuple[str, str]]:
     """Cost per lane and the saving, once more than real time was used (batch lane, reuse)."""
     cost = batch.cost
-    if set(cost.by_lane) <= {"realtime"} and cost.saved_usd == 0:
+    if set(cost.by_lane) <= {Lane.REALTIME} and cost.saved_usd == 0:
         return []
     rows = [(f"  {lane}", format_usd(usd)) for lane, usd in sorted(cost.by_lane.items())]
     rows.append(("  saved", format_usd(cost.saved_usd)))

@@ -41,6 +41,7 @@ from batchrun.input.reader import (
 from batchrun.input.validation import InvalidLine
 from batchrun.records import (
     INVALID_INPUT_ERROR_TYPE,
+    Lane,
     NewBatch,
     NewRequest,
     RejectedLine,
@@ -112,7 +113,7 @@ def submit_requests(
     skip_invalid: bool = False,
     on_skipped: Callable[[str], None] | None = None,
     max_cost_usd: float | None = None,
-    lane: str = "realtime",
+    lane: str = Lane.REALTIME,
     reuse: bool = False,
     owner: str | None = None,
     locate: Callable[[int], str] | None = None,
@@ -125,7 +126,7 @@ def submit_requests(
     errored requests instead, and ``on_skipped`` gets each of their problems as a
     ``file:line: problem`` line; only a problem with the whole file is raised then.
     ``max_cost_usd`` is the batch's budget, stored in the same transaction as the batch.
-    ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.lanes`); ``reuse``
+    ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.batch_lane`); ``reuse``
     answers requests whose params already succeeded from the stored answer. ``owner``: the
     id of the server key the batch belongs to. ``locate`` names where a line is in messages
     (default ``source:line``). ``check_models`` is called with the models of the valid

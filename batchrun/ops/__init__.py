@@ -8,10 +8,10 @@ batches of a pass, with the run's options stored on them), ``forever`` (the join
 batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP
 clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
 ``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
-``lanes`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each
+``lane_wiring`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each
 once), ``limit_recorder`` (records the limits a run sends each batch under) and ``views``
 (the read models: /metrics, the dashboard, the limits in force, ``batchrun report``).
-May import: ``export``, ``config``, ``lanes``, ``dispatch``, ``transport``, ``limits``, ``input``,
-``store``, ``records``, ``errors``, and the simulator for the in-process endpoint. The run
-modules never import ``views`` (an import contract in pyproject.toml checks it).
+May import: ``export``, ``config``, ``batch_lane``, ``dispatch``, ``transport``, ``limits``,
+``input``, ``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.
+The run modules never import ``views`` (an import contract in pyproject.toml checks it).
 """

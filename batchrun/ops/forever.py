@@ -17,10 +17,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from batchrun.dispatch.config import DEFAULT_CONTROL_POLL_S
-from batchrun.lanes import REALTIME
+from batchrun.dispatch.settings import DEFAULT_CONTROL_POLL_S
 from batchrun.ops.pass_plan import PassPlanner, batch_costs
 from batchrun.ops.runner import RunPlan
+from batchrun.records import Lane
 
 if TYPE_CHECKING:
     from batchrun.config.prices import PriceTable
@@ -140,7 +140,7 @@ class ForeverJoiner:
             pool = self._known.pools.get(name)
             members = pool.endpoint_names if pool is not None else (name,)
             if (
-                lanes.get(batch_id, REALTIME) != REALTIME
+                lanes.get(batch_id, Lane.REALTIME) != Lane.REALTIME
                 or batch_id in with_provider_batches
                 or (found_budgets.get(batch_id) is not None and guard is None)
                 or not set(members) <= self._sent_to

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.dispatch.report import DispatchProgress
+from batchrun.dispatch.counts import DispatchProgress
 from batchrun.dispatch.routing import MemberSnapshot
 from batchrun.dispatch.seams import DispatcherView, LimiterView
 from batchrun.dispatch.worker_db import WorkerDatabase

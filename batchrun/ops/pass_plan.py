@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from batchrun.batch_lane import check_lane
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.lanes import AUTO, BATCH, REALTIME, check_lane
 from batchrun.ops.budget import (
     HOLD_UNPRICED_FLAG,
     config_file_name,
@@ -23,6 +23,7 @@ from batchrun.ops.budget import (
     unpriced_refusal,
 )
 from batchrun.ops.runner import RunPlan, WaitingBatch, move_batches, plan_run, waiting_reason
+from batchrun.records import Lane
 from batchrun.transport.endpoints import Endpoints, auth_headers
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class PassPlanner:
                 check_lane(options.lane, self._known, batch_name)
             for batch_id in plan.batches:
                 await db.set_batch_lane(batch_id, options.lane)
-                if options.lane != AUTO:
+                if options.lane != Lane.AUTO:
                     await db.set_queued_lane(batch_id, options.lane)
         await self._hold_unpriced(db, list(plan.batches))
         return plan
@@ -157,7 +158,7 @@ class PassPlanner:
             unpriced = await self._unpriced_of(db, batch_id)
             priced_now = [model for model in held.get(batch_id, {}) if model not in unpriced]
             if priced_now:
-                lane = BATCH if lanes.get(batch_id) == BATCH else REALTIME
+                lane = Lane.BATCH if lanes.get(batch_id) == Lane.BATCH else Lane.REALTIME
                 released = await db.release_held(batch_id, priced_now, lane)
                 self._on_note(
                     f"{batch_id}: {released:,} held requests of {', '.join(priced_now)} "

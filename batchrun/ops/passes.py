@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.config.prices import PriceTable
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.ops.budget import BudgetGuard, held_reason
 from batchrun.ops.forever import ForeverJoiner
-from batchrun.ops.lanes import LaneRun, start_lane
+from batchrun.ops.lane_wiring import LaneRun, start_lane
 from batchrun.ops.limit_recorder import LimitRecorder
 from batchrun.ops.monitor import ProgressSnapshot, RunMonitor
 from batchrun.ops.notices import RunNotices
@@ -54,8 +54,8 @@ from batchrun.ops.runner import (
     simulator_transport,
 )
 from batchrun.records import BatchSummary
-from batchrun.transport.client import HttpTransport
 from batchrun.transport.endpoints import Endpoint, Endpoints
+from batchrun.transport.http import HttpTransport
 
 
 @dataclass

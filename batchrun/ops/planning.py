@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from batchrun.batch_lane.auto import auto_lane
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.errors import InputFileError
-from batchrun.lanes import AUTO
-from batchrun.lanes.auto import auto_lane
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
+from batchrun.records import Lane
 from batchrun.transport.endpoints import PROVIDER_BATCH_LIFETIME_S, BatchApi
 
 if TYPE_CHECKING:
@@ -89,8 +89,8 @@ class FilePlan:
     output_share: float
     models: list[ModelPlan]
     batch_api: BatchApi | None = None
-    lane: str = "realtime"
-    chosen: str = "realtime"
+    lane: str = Lane.REALTIME
+    chosen: str = Lane.REALTIME
     # With skip_invalid: the invalid lines left out of the plan, and the first problems
     # (``file:line: problem``, then "… and N more problems").
     invalid_lines: int = 0
@@ -100,7 +100,7 @@ class FilePlan:
         """This plan with the batch lane's terms, and the lane ``lane`` takes (for ``auto``:
         its choice for a deadline ``deadline_s`` away, by the expected duration)."""
         chosen = lane
-        if lane == AUTO and batch_api is not None:
+        if lane == Lane.AUTO and batch_api is not None:
             now = datetime.now(UTC)
             minutes, _ = self.duration(worst=False)
             chosen, _ = auto_lane(
@@ -326,8 +326,9 @@ def _lanes_json(
 ) -> dict[str, Any]:
     """Cost and time of each lane the endpoint offers."""
     minutes, _ = plan.duration(worst=False)
+    # Plain-str keys (.value): orjson refuses a str subclass as a key.
     lanes: dict[str, Any] = {
-        "realtime": {
+        Lane.REALTIME.value: {
             "expected_cost_usd": None if unpriced else round(expected, 8),
             "worst_cost_usd": None if unpriced else round(worst, 8),
             "expected_minutes": None if minutes is None else round(minutes, 3),
@@ -335,7 +336,7 @@ def _lanes_json(
     }
     api = plan.batch_api
     if api is not None:
-        lanes["batch"] = {
+        lanes[Lane.BATCH.value] = {
             "expected_cost_usd": None if unpriced else round(expected * api.discount, 8),
             "worst_cost_usd": None if unpriced else round(worst * api.discount, 8),
             "saved_usd": None if unpriced else round(expected * (1 - api.discount), 8),

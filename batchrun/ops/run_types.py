@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.config.prices import CostTotal
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.counts import RunReport
 from batchrun.errors import ExitCode
 from batchrun.export.batch_object import BatchObject, cost_json
 from batchrun.limits.dimensions import RateLimits

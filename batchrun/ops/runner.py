@@ -14,23 +14,19 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from batchrun.dispatch.clock import LoopClock
-from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS, MAX_IN_FLIGHT, DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.seams import Linger, RunObserver, Sender
+from batchrun.dispatch.settings import DEFAULT_MAX_ATTEMPTS, MAX_IN_FLIGHT, DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import MissingApiKeyError, UnknownEndpointError
 from batchrun.limits.banks import DatabaseBank
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter, LimiterSettings, LimitKey
 from batchrun.records import Pool
-from batchrun.transport.client import (
-    HttpTransport,
-    MessagesClient,
-    create_http_client,
-    in_process_transport,
-)
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S, Endpoint, Endpoints, auth_headers
+from batchrun.transport.http import HttpTransport, create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 
 if TYPE_CHECKING:
     from batchrun.simulator.config import SimulatorConfig

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from batchrun.config.prices import PriceTable
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import ExitCode
 from batchrun.ops.forever import JOIN_POLL_S

@@ -24,7 +24,7 @@ from batchrun.config.prices import PriceTable
 from batchrun.errors import BatchrunError, InputFileError
 from batchrun.export.anthropic import anthropic_lines
 from batchrun.input.ingest import submit_requests
-from batchrun.ops.lanes import cancel_provider_batches
+from batchrun.ops.lane_wiring import cancel_provider_batches
 from batchrun.records import BatchSummary
 from batchrun.server.bodies import request_lines, request_position
 from batchrun.server.errors import ApiError, api_error_of

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from batchrun.records import PLACEHOLDER_PREFIX, NewBatch, NewRequest, placeholder_custom_ids
+from batchrun.records import PLACEHOLDER_PREFIX, Lane, NewBatch, NewRequest, placeholder_custom_ids
 from batchrun.store import tables as t
 from batchrun.store.reuse import NewRequestPlan
 
@@ -55,7 +55,7 @@ def insert_batch(
     final = 0
     unnamed: list[tuple[int, int]] = []
     plan = NewRequestPlan(
-        batch.id, batch.created_at, reuse=batch.reuse, leaders_in_real_time=batch.lane == t.BATCH
+        batch.id, batch.created_at, reuse=batch.reuse, leaders_in_real_time=batch.lane == Lane.BATCH
     )
     for chunk in _chunks(new_requests):
         final += _insert_chunk(conn, batch, chunk, unnamed, plan)
@@ -92,7 +92,7 @@ def _insert_chunk(
     rejected lines; returns how many were rejected. Appends (request id, line_no) of the
     unnamed ones to ``unnamed``."""
     # The batch lane's requests wait for a provider batch; "auto" decides at run time.
-    lane = t.BATCH if batch.lane == t.BATCH else t.REALTIME
+    lane = Lane.BATCH if batch.lane == Lane.BATCH else Lane.REALTIME
     rows = [_request_row(batch.id, request, lane) for request in chunk]
     plan.decide(conn, chunk, rows)
     if all(request.rejected is None for request in chunk):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select, update
 
+from batchrun.records import Lane
 from batchrun.store import tables as t
 from batchrun.store.base import Section
 
@@ -29,7 +30,7 @@ class Lanes(Section):
                 req.lane != lane,
                 req.lane != t.HELD,
             )
-            if lane == t.BATCH:
+            if lane == Lane.BATCH:
                 statement = statement.where(req.id.not_in(leaders.scalar_subquery()))
             return int(conn.execute(statement.values(lane=lane)).rowcount)
 

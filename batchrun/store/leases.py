@@ -17,6 +17,7 @@ from sqlalchemy import (
 
 from batchrun.records import (
     ClaimedRequest,
+    Lane,
 )
 from batchrun.store import tables as t
 from batchrun.store.base import Section
@@ -53,7 +54,7 @@ class Leases(Section):
             .where(
                 req.state == t.QUEUED,
                 req.batch_id.in_(batch_ids),
-                req.lane == t.REALTIME,
+                req.lane == Lane.REALTIME,
                 or_(req.not_before.is_(None), req.not_before <= now),
                 not_waiting(),
             )
@@ -98,7 +99,7 @@ class Leases(Section):
         realtime_queued = (
             req.state == t.QUEUED,
             req.batch_id.in_(batch_ids),
-            req.lane == t.REALTIME,
+            req.lane == Lane.REALTIME,
         )
         with self._read() as conn:
             queued, with_not_before, earliest = conn.execute(

@@ -1,7 +1,7 @@
 """The batch lane's records: provider batches, from the intent row written before a create to
 the import of their results.
 
-The protocol these statements serve is described in ``batchrun.lanes``; the rule that makes
+The protocol these statements serve is described in ``batchrun.batch_lane``; the rule that makes
 it safe is that requests move into a provider batch (state ``provider``) in the same
 transaction that writes its ``intent`` row, before anything is sent, and leave it only when
 its results are imported or its create is known not to have happened.
@@ -21,6 +21,7 @@ from batchrun.records import (
     BudgetStop,
     ImportedResult,
     ImportTally,
+    Lane,
     ProviderBatchRow,
     ProviderIntent,
     Requeue,
@@ -94,7 +95,7 @@ class ProviderBatches(Section):
                     .where(
                         req.batch_id == batch_id,
                         req.state == t.QUEUED,
-                        req.lane == t.BATCH,
+                        req.lane == Lane.BATCH,
                         req.id > last_id,
                         not_waiting(),
                     )
@@ -166,7 +167,7 @@ class ProviderBatches(Section):
                 )
             )
 
-    def not_created(self, row_id: int, *, note: str, lane: str = t.BATCH, now: datetime) -> int:
+    def not_created(self, row_id: int, *, note: str, lane: str = Lane.BATCH, now: datetime) -> int:
         """The create is known not to have happened: the row ends ``not_created`` and its
         requests go back to the queue in ``lane``; returns how many."""
         req = t.requests.c
@@ -384,7 +385,7 @@ def apply_requeues(conn: Connection, back: Sequence[dict[str, Any]]) -> None:
         .where(req.id == bindparam("rid"), req.state == t.PROVIDER)
         .values(
             state=t.QUEUED,
-            lane=t.REALTIME,
+            lane=Lane.REALTIME,
             attempts=req.attempts + 1,
             not_before=None,
             last_error=bindparam("err"),
@@ -421,7 +422,7 @@ def close_provider_batch(
         back = conn.execute(
             update(t.requests)
             .where(req.provider_batch == row_id, req.state == t.PROVIDER)
-            .values(state=t.QUEUED, lane=t.REALTIME, last_error=leftover_reason)
+            .values(state=t.QUEUED, lane=Lane.REALTIME, last_error=leftover_reason)
         ).rowcount
     else:
         body = json.dumps(
@@ -451,7 +452,7 @@ def close_provider_batch(
                     literal(leftover_reason),
                     literal(body),
                     literal(now, t.UtcDateTime()),
-                    literal(t.BATCH),
+                    literal(Lane.BATCH.value),  # .value: a plain str binds as a string
                 ).where(req.provider_batch == row_id, req.state == t.PROVIDER),
             )
         )

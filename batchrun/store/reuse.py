@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import FromClause
 
-from batchrun.records import NewRequest
+from batchrun.records import Lane, NewRequest
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches
 from batchrun.store.database import upsert_insert
@@ -225,7 +225,7 @@ class NewRequestPlan:
                 leader = self._leaders.get(prefix)
                 if leader is None:
                     if self._leaders_in_real_time:
-                        row_at[plan.leaders[prefix]]["lane"] = t.REALTIME
+                        row_at[plan.leaders[prefix]]["lane"] = Lane.REALTIME
                 elif leader not in self._led:
                     self._led.add(leader)
                     plan.led_earlier.append(leader)
@@ -280,7 +280,7 @@ class NewRequestPlan:
         _set_waits(conn, waits)
         if self._leaders_in_real_time and plan.led_earlier:
             conn.execute(
-                update(t.requests).where(req.id.in_(plan.led_earlier)).values(lane=t.REALTIME)
+                update(t.requests).where(req.id.in_(plan.led_earlier)).values(lane=Lane.REALTIME)
             )
         return self._copy_reused(conn, [(ids[line], cid, src) for line, cid, src in plan.reused])
 

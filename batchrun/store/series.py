@@ -38,6 +38,7 @@ from sqlalchemy import (
     select,
 )
 
+from batchrun.records import Lane
 from batchrun.store import tables as t
 from batchrun.store.database import transaction
 
@@ -76,7 +77,7 @@ def realtime_answers() -> ColumnElement[bool]:
     res = t.results.c
     return and_(
         res.result_type.in_([t.SUCCEEDED, t.ERRORED]),
-        func.coalesce(res.lane, t.REALTIME) == t.REALTIME,
+        func.coalesce(res.lane, Lane.REALTIME) == Lane.REALTIME,
         res.reused_from.is_(None),
     )
 

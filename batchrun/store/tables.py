@@ -16,7 +16,7 @@ Request states and the only transitions between them::
                          that expired because its worker died
     running → canceled   the batch was canceled while the worker held the request unsent
     queued  → provider   taken into a provider batch (batch lane), in the same transaction as
-                         that provider batch's intent row (see batchrun.lanes)
+                         that provider batch's intent row (see batchrun.batch_lane)
     provider → succeeded | errored | canceled | expired
                          its provider batch's result was imported (result row written with it)
     provider → queued    the provider expired it or failed it transiently, or canceled it at
@@ -60,6 +60,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from batchrun.records import Lane
 from batchrun.store.textsafe import safe_json_text, safe_text
 
 QUEUED = "queued"
@@ -73,11 +74,8 @@ PROVIDER = "provider"
 FINAL_STATES = (SUCCEEDED, ERRORED, CANCELED, EXPIRED)
 OPEN_STATES = (QUEUED, RUNNING, PROVIDER)
 
-# The lanes a request can take (requests.lane, results.lane), and a batch's choice among them
-# (batches.lane: one of these or "auto").
-REALTIME = "realtime"
-BATCH = "batch"
-AUTO = "auto"
+# The lanes (batchrun.records.Lane): requests.lane and results.lane hold realtime or batch,
+# batches.lane any of the three.
 # requests.lane of a queued request no lane sends: its model has no price and its batch a
 # budget (submit/run --hold-unpriced); a run gives it back to its lane once it has a price.
 HELD = "held"
@@ -187,7 +185,7 @@ batches = Table(
         "lane",
         SafeString(8),
         nullable=False,
-        server_default="realtime",
+        server_default=Lane.REALTIME,
         comment="realtime, batch (the provider's batch API) or auto",
     ),
     Column(
@@ -234,7 +232,7 @@ requests = Table(
         "lane",
         SafeString(8),
         nullable=False,
-        server_default="realtime",
+        server_default=Lane.REALTIME,
         comment="where it is sent next: realtime (the dispatcher) or batch (a provider batch)",
     ),
     Column(
@@ -364,7 +362,7 @@ send_failures = Table(
     Index(None, "request_id"),
 )
 
-# The provider batches of the batch lane (see batchrun.lanes for the create protocol: the
+# The provider batches of the batch lane (see batchrun.batch_lane for the create protocol: the
 # intent row is written, with its requests moved to state provider, before the create is sent).
 provider_batches = Table(
     "provider_batches",

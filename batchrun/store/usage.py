@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, select
 
-from batchrun.records import ModelTokens
+from batchrun.records import Lane, ModelTokens
 from batchrun.store import tables as t
 from batchrun.store.database import transaction
 from batchrun.store.series import epoch_bucket, limit_input_tokens
@@ -110,7 +110,7 @@ def read_usage(
         groups += [req.model, res.result_type]
     groups += [
         model,
-        func.coalesce(res.lane, t.REALTIME),
+        func.coalesce(res.lane, Lane.REALTIME),
         func.coalesce(res.cost_factor, 1.0),
         case((res.reused_from.is_(None), 1), else_=0),
     ]

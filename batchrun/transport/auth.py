@@ -8,8 +8,9 @@ Everything that must treat credentials with care reads this module:
   (:func:`secret_header_names`): keys live in the environment;
 - :func:`request_headers` builds the headers of a run and lists the secret values in them:
   the key, and every header value taken from the environment (``headers_env``);
-- the client (``transport.client``) refuses secret values HTTP cannot carry without quoting
-  them, and cuts them out of anything a server echoes back (:func:`redact`).
+- the HTTP plumbing (``transport.http``) refuses secret values HTTP cannot carry without
+  quoting them, and the senders cut them out of anything a server echoes back
+  (:func:`redact`).
 
 Adding an auth style is one ``AUTH_STYLES.register(AuthStyle(...))`` call (or one entry in
 :data:`AUTH_STYLES`).

@@ -49,8 +49,8 @@ import httpx
 from batchrun.transport.auth import RequestHeaders, redact, redact_bytes
 from batchrun.transport.batch_styles import BATCH_API_STYLES
 from batchrun.transport.classify import parse_retry_after_s
-from batchrun.transport.client import USER_AGENT, read_capped
 from batchrun.transport.endpoints import DEFAULT_MAX_RESPONSE_BYTES, Endpoint
+from batchrun.transport.http import USER_AGENT, read_capped
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What an HTTP answer means: a status, headers and a body in, an :data:`Outcome` value out.
 
-``classify_response`` is pure; the client (``transport.client``) produces the
+``classify_response`` is pure; the Messages sender (``transport.messages``) produces the
 transport-failure outcomes itself. The rules follow the Anthropic API's documented errors and
 its official SDK's retry rules:
 

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 import httpx
 from aiolimiter import AsyncLimiter
 
-from batchrun import __version__
 from batchrun.transport.classify import parse_retry_after_s
+from batchrun.transport.http import USER_AGENT
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ _TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
 # What a log line keeps of an answer's reason phrase or of an error's text.
 _MAX_REASON_CHARS = 60
 _MAX_ERROR_CHARS = 160
-USER_AGENT = f"batchrun/{__version__}"
 
 
 def webhook_host(url: str) -> str:

@@ -15,7 +15,7 @@ thinking blocks, the concatenated ``partial_json`` of a tool-use block parsed in
 passed through as its start block. ``message_delta`` sets stop_reason and stop_sequence, and
 each usage field it carries replaces the one from ``message_start``.
 
-Pure: bytes in, values out; the client (``transport.client``) does the reading.
+Pure: bytes in, values out; the Messages sender (``transport.messages``) does the reading.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def test_the_top_of_the_package_holds_about_a_dozen_entries() -> None:
         p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and not p.name.startswith(".")
     )
 
-    # The style guide's own layout (lanes/ and, to come, server/ included), with
+    # The style guide's own layout (batch_lane/ and, to come, server/ included), with
     # __main__.py, py.typed, client.py (the public API) and registry.py.
     assert len(entries) <= 19, entries
 

@@ -280,7 +280,7 @@ def _docstrings(
 
 def _literal_paths(text: str) -> Iterator[str]:
     """``batchrun.x.y`` names, ``x/y.py`` files, and ``x.y`` names when ``x`` is one of
-    batchrun's subpackages (``transport.client``), written as literals in a docstring."""
+    batchrun's subpackages (``transport.http``), written as literals in a docstring."""
     for literal in LITERAL.findall(text):
         literal = literal.strip()
         if _is_file_name(literal):

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from batchrun.cli.app import app
-from batchrun.dispatch.config import DEFAULT_MAX_ATTEMPTS
+from batchrun.dispatch.settings import DEFAULT_MAX_ATTEMPTS
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter
 from batchrun.ops.runner import dispatch_config, rate_limits

@@ -7,16 +7,17 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter
 from batchrun.store.store import Store
 from batchrun.transport.auth import RequestHeaders
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, Endpoint, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 
 FAST_RETRIES = DispatchConfig(max_attempts=4, retry_initial_delay_s=1.0, retry_max_delay_s=8.0)
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
 from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.limits.dimensions import RateLimits
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store

@@ -24,8 +24,9 @@ from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
 from batchrun.records import Retryable, ServerLimits, Succeeded, Usage, error_body
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH
 

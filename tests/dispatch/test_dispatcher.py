@@ -7,15 +7,16 @@ import asyncio
 import httpx
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
 from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
-from batchrun.transport.client import MessagesClient, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from batchrun.transport.http import in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH, dispatch, results_by_id
 

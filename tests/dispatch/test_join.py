@@ -7,14 +7,15 @@ import asyncio
 
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
 from batchrun.dispatch.dispatcher import Dispatcher
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.limiter import Limiter
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import NO_AUTH, run_dispatcher
 

@@ -7,17 +7,18 @@ import asyncio
 import threading
 import time
 
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter, LimiterSettings
 from batchrun.records import Outcome
 from batchrun.simulator import SimulatorApp, create_app
 from batchrun.store.store import Store
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import NO_AUTH
 

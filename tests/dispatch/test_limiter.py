@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.input.estimate import estimate_input_tokens
 from batchrun.limits.buckets import TokenBucket
 from batchrun.limits.dimensions import RateLimits

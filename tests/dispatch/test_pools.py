@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
 from batchrun.dispatch.routing import FAILURES_TO_OPEN
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Limiter, LimitKey
@@ -26,8 +26,9 @@ from batchrun.simulator.app import SimulatorApp
 from batchrun.simulator.config import FaultRates, ModelLimits
 from batchrun.store.store import Store
 from batchrun.transport.auth import RequestHeaders
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import Endpoint
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import request_line, submit
 from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH
 

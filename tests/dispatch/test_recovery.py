@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchrun.dispatch.config import DispatchConfig
 from batchrun.dispatch.owners import is_dead_here, new_owner_id
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.records import FinishedRequest
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store

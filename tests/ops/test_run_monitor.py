@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
-from batchrun.dispatch.config import DispatchConfig
+from batchrun.dispatch.counts import RunReport
 from batchrun.dispatch.dispatcher import Dispatcher
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import Demand, Limiter, LimiterSettings, Permit
@@ -21,8 +21,9 @@ from batchrun.records import ClaimedRequest, FinishedRequest, Succeeded, Usage
 from batchrun.simulator import SimulatorConfig, create_app
 from batchrun.store.store import Store
 from batchrun.transport.auth import RequestHeaders
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.conftest import memory_grown_by, request_line, submit
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]

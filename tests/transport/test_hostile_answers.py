@@ -14,8 +14,9 @@ from anthropic.types import Message
 from batchrun.records import Fatal, Outcome, Retryable, Succeeded, Usage
 from batchrun.transport.auth import REDACTED
 from batchrun.transport.classify import MAX_WAIT_S
-from batchrun.transport.client import MessagesClient, create_http_client
 from batchrun.transport.endpoints import auth_headers, builtin_endpoints
+from batchrun.transport.http import create_http_client
+from batchrun.transport.messages import MessagesClient
 from tests.hostile import HostileServer, running_hostile_server
 
 pytestmark = pytest.mark.asyncio

@@ -1,4 +1,4 @@
-"""The transport against the simulator on a real socket: headers, timeouts, cut bodies."""
+"""The Messages sender against the simulator on a real socket: headers, timeouts, cut bodies."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 
 from batchrun.records import Retryable, Succeeded
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, auth_headers, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 
 pytestmark = pytest.mark.asyncio
 
@@ -105,33 +106,3 @@ async def test_a_refused_connection_is_retryable() -> None:
 
     assert isinstance(outcome, Retryable)
     assert "connection failed" in outcome.reason
-
-
-async def test_a_large_pool_makes_clients_only_as_requests_need_them() -> None:
-    # 4,096 connections allowed would be 512 clients of 8, each with its own TLS setup, if
-    # they were all made up front; requests one at a time need one.
-    app = create_app(SimulatorConfig())
-    with running_simulator(app=app) as url:
-        async with create_http_client(timeout_s=10, max_connections=4096) as pool:
-            for _ in range(3):
-                async with pool.least_busy() as client:
-                    response = await client.post(
-                        f"{url}/v1/messages",
-                        content=json.dumps(
-                            {
-                                "model": "m",
-                                "max_tokens": 5,
-                                "messages": [{"role": "user", "content": "hi"}],
-                            }
-                        ),
-                        headers={"content-type": "application/json"},
-                    )
-                    assert response.status_code == 200
-            assert len(pool._clients) == 1
-            held = [pool.least_busy() for _ in range(9)]
-            for context in held:
-                await context.__aenter__()
-            # Eight requests fill the first client; the ninth makes a second.
-            assert len(pool._clients) == 2
-            for context in held:
-                await context.__aexit__(None, None, None)

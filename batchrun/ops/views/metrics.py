@@ -30,7 +30,7 @@ from:
   the queue: ``send_failures``, a row per failed send, per endpoint sent to (a pool's
   member) × requested model × reason. A final failure is the request's result, counted with
   the errored requests.
-- **429s of this process**: the :class:`~batchrun.dispatch.report.RunReport` of the runs in
+- **429s of this process**: the :class:`~batchrun.dispatch.counts.RunReport` of the runs in
   this process count every 429 they received, final ones too; pass
   :class:`ProcessCounters` when the sending happens in this process.
 

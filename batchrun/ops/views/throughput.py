@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from batchrun.lanes import REALTIME
 from batchrun.limits.dimensions import Amounts
-from batchrun.records import BatchSummary
+from batchrun.records import BatchSummary, Lane
 from batchrun.store.usage import Usage
 
 # A running batch's throughput is measured over its answers of the last minute.
@@ -65,7 +64,7 @@ class Sent:
     def of(cls, groups: Iterable[Usage]) -> Sent:
         found = cls()
         for group in groups:
-            if not group.sent or group.lane != REALTIME:
+            if not group.sent or group.lane != Lane.REALTIME:
                 continue
             found = cls(
                 found.answered + group.answers,

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from batchrun.config.prices import ModelPrice, PriceTable
-from batchrun.dispatch.report import RunReport
+from batchrun.dispatch.counts import RunReport
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import KeyPolicy, PendingChanges
 from batchrun.ops.run_types import ProcessCounters

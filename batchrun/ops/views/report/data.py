@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from batchrun.config.prices import CostTotal, PriceTable, cost_of
 from batchrun.ops.views.limits import LimitUse, limits_of
 from batchrun.ops.views.run_limits import RunLimits
-from batchrun.records import BatchSummary, ErrorCount, ModelTokens
+from batchrun.records import BatchSummary, ErrorCount, Lane, ModelTokens
 from batchrun.store.latencies import LatencySpread
 from batchrun.store.series import AnswerBucket
 from batchrun.store.usage import Usage
@@ -108,7 +108,7 @@ class CostLine:
 
     @property
     def name(self) -> str:
-        return self.model if self.lane == "realtime" else f"{self.model} ({self.lane})"
+        return self.model if self.lane == Lane.REALTIME else f"{self.model} ({self.lane})"
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 
+from batchrun.batch_lane.results import ImportContext, read_result_line
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
-from batchrun.lanes.results import ImportContext, read_result_line
 from batchrun.records import ImportedResult, ImportTally, Requeue
 
 # The lines kept aside stay in memory up to this size, then go to a temporary file (which

@@ -1,5 +1,5 @@
-"""The transport keeps the API key to itself: unsendable keys are refused up front, and a
-key that an endpoint echoes back is cut out of what batchrun keeps."""
+"""The Messages sender keeps the API key to itself: a key that an endpoint echoes back is cut
+out of what batchrun keeps (unsendable keys are refused up front: tests/transport/test_http.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from batchrun.errors import ConfigError
 from batchrun.records import Fatal, Halt
 from batchrun.simulator import running_simulator
 from batchrun.transport.auth import REDACTED, request_headers
-from batchrun.transport.client import MessagesClient, check_header_values, create_http_client
 from batchrun.transport.endpoints import builtin_endpoints
+from batchrun.transport.http import create_http_client
+from batchrun.transport.messages import MessagesClient
 
 TOKEN = "gw-SECRET-token-0987654321"
 
@@ -39,31 +39,3 @@ async def test_a_key_echoed_in_an_error_is_redacted(style: str) -> None:
     assert isinstance(halt, Halt)
     assert halt.detail.endswith(f"(API key presented: {REDACTED})")
     assert TOKEN not in repr((fatal, halt))
-
-
-@pytest.mark.parametrize(
-    ("key", "kind"),
-    [
-        ("sk-ant-abc\ndef", "a line break"),
-        ("sk-ant-abc\u2019def", "a non-ASCII character"),
-        ("sk-ant-abc\x7fdef", "a control character"),
-    ],
-)
-def test_a_key_that_http_cannot_carry_is_refused_without_showing_it(key: str, kind: str) -> None:
-    with pytest.raises(ConfigError) as raised:
-        check_header_values({"x-api-key": key}, endpoint="anthropic", key_hint="ANTHROPIC_API_KEY")
-
-    assert raised.value.message == (
-        f"character 11 of the x-api-key header for endpoint anthropic is {kind}, which HTTP "
-        "headers cannot carry; check ANTHROPIC_API_KEY: copy the key again, without line "
-        "breaks or typographic quotes"
-    )
-    assert "abc" not in raised.value.message
-
-
-def test_printable_keys_spaces_and_tabs_are_accepted() -> None:
-    check_header_values(
-        {"x-api-key": "sk-ant-api03-AZaz09_-", "x-note": "a b\tc"},
-        endpoint="anthropic",
-        key_hint="ANTHROPIC_API_KEY",
-    )

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchrun.lanes.auto import CANCEL_SETTLE_S, REALTIME_SAFETY, auto_lane
-from batchrun.lanes.reconcile import Adopt, Ambiguous, NotCreated, WaitAndSee, reconcile
-from batchrun.lanes.results import ImportContext, read_result_line
+from batchrun.batch_lane.auto import CANCEL_SETTLE_S, REALTIME_SAFETY, auto_lane
+from batchrun.batch_lane.reconcile import Adopt, Ambiguous, NotCreated, WaitAndSee, reconcile
+from batchrun.batch_lane.results import ImportContext, read_result_line
 from batchrun.records import ImportedResult, ProviderBatchRow, Requeue
 from batchrun.transport.batch_api import ProviderBatchInfo, origin_of
 

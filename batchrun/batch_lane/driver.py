@@ -6,11 +6,11 @@ One :class:`LaneDriver` runs beside the real-time dispatcher in a run. Each roun
 1. moves the ready batch-lane requests of each batch into provider batches: the intent row
    and the requests' move to state ``provider`` are one transaction, then the create is sent
    (one at a time per run, so at most one create per worker is ever in doubt);
-2. settles intent rows whose create answer was lost (:mod:`batchrun.lanes.reconcile`);
+2. settles intent rows whose create answer was lost (:mod:`batchrun.batch_lane.reconcile`);
 3. cancels provider batches of canceled batches, and those past the auto lane's cut-off;
 4. polls each created provider batch at most once per ``poll_interval_s`` (shared by every
    worker through ``next_poll_at``; longer after failures, and as ``retry-after`` asks);
-5. imports the results of ended ones as they are read (:mod:`batchrun.lanes.importing`:
+5. imports the results of ended ones as they are read (:mod:`batchrun.batch_lane.importing`:
    successes at once, the other lines after the whole file, so a success always wins; a
    line for a request already imported changes nothing, so an import interrupted by a crash
    or a stop runs again from the start), then closes them. A download past the endpoint's
@@ -30,14 +30,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from batchrun.batch_lane.importing import ResultsImport
+from batchrun.batch_lane.reconcile import Adopt, Ambiguous, NotCreated, reconcile
+from batchrun.batch_lane.results import ImportContext
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
-from batchrun.lanes.importing import ResultsImport
-from batchrun.lanes.reconcile import Adopt, Ambiguous, NotCreated, reconcile
-from batchrun.lanes.results import ImportContext
 from batchrun.records import (
     BatchSummary,
     BudgetStop,
+    Lane,
     ProviderBatchRow,
 )
 from batchrun.store.provider_batches import request_line
@@ -47,8 +48,8 @@ from batchrun.transport.batch_api import (
     ProviderBatchInfo,
     created_batch_body,
 )
-from batchrun.transport.client import request_body
 from batchrun.transport.endpoints import Endpoint
+from batchrun.transport.messages import request_body
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class LaneDriver:
             summary = summaries[batch_id]
             # Paused in this round (a refused create, the budget): nothing more to wait for.
             paused = summary.paused_reason is not None or batch_id in self.report.paused
-            if per_lane.get("batch") and not paused and summary.cancel_initiated_at is None:
+            if per_lane.get(Lane.BATCH) and not paused and summary.cancel_initiated_at is None:
                 waits.append(self._create_wait_s(self._targets[batch_id].endpoint.name))
         return min(waits) if waits else None
 
@@ -292,12 +293,12 @@ class LaneDriver:
             # One request too large for a provider batch goes in real time, where its own
             # size limit applies.
             await self._db.provider_batch_not_created(
-                row_id, note=failed.message, lane="realtime", now=now
+                row_id, note=failed.message, lane=Lane.REALTIME, now=now
             )
             self._changed.set()
             return True
         await self._db.provider_batch_not_created(
-            row_id, note=failed.message, lane="batch", now=now
+            row_id, note=failed.message, lane=Lane.BATCH, now=now
         )
         if failed.kind == "too_large":
             current = self._max_bytes.get(endpoint, configured_bytes)
@@ -379,7 +380,7 @@ class LaneDriver:
             back = await self._db.provider_batch_not_created(
                 row.id,
                 note=f"the provider does not know it: {failed.message}",
-                lane="batch",
+                lane=Lane.BATCH,
                 now=self._clock.now(),
             )
             self._note(
@@ -426,7 +427,9 @@ class LaneDriver:
                 )
                 return 0.0
             case NotCreated(why=why):
-                await self._db.provider_batch_not_created(row.id, note=why, lane="batch", now=now)
+                await self._db.provider_batch_not_created(
+                    row.id, note=why, lane=Lane.BATCH, now=now
+                )
                 return 0.0
             case Ambiguous(why=why):
                 await self._db.provider_batch_ambiguous(row.id, why)
@@ -541,7 +544,7 @@ class LaneDriver:
 
 def _line_maker(endpoint: Endpoint) -> Callable[[str, str], bytes]:
     """A request's line of the create body: its params with the endpoint's ``extra_body``,
-    as the real-time client sends them (``transport.client.request_body``)."""
+    as the real-time client sends them (``transport.messages.request_body``)."""
     if not endpoint.extra_body:
         return request_line
     extra = dict(endpoint.extra_body)

@@ -1,5 +1,6 @@
-"""A run's batch lane: which batches use it, the auto lane's choice, and the driver's wiring
-(batch API clients with the run's keys, on the run's simulator when in-process)."""
+"""The wiring of a run's batch lane: which batches use it, the auto lane's choice, and the
+driver's wiring (batch API clients with the run's keys, on the run's simulator when
+in-process)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from batchrun.batch_lane import lane_endpoint
+from batchrun.batch_lane.auto import auto_lane
 from batchrun.config.prices import PriceTable, cost_of
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import BatchrunError
-from batchrun.lanes import AUTO, BATCH, REALTIME, lane_endpoint
-from batchrun.lanes.auto import auto_lane
 from batchrun.limits.dimensions import RateLimits
 from batchrun.ops.planning import ModelPlan
-from batchrun.transport.client import HttpTransport
+from batchrun.records import Lane
 from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
+from batchrun.transport.http import HttpTransport
 
 if TYPE_CHECKING:
-    from batchrun.lanes.driver import BatchBudget, LaneDriver, LaneReport, LaneTarget
+    from batchrun.batch_lane.driver import BatchBudget, LaneDriver, LaneReport, LaneTarget
     from batchrun.store.store import Store
     from batchrun.transport.batch_api import BatchApiClient
 
@@ -79,9 +81,11 @@ async def start_lane(
     ids = list(batches)
     lanes = await db.batch_lanes(ids)
     open_rows = await db.provider_batches_of(ids, open_only=True)
-    if not open_rows and all(lanes.get(batch_id, REALTIME) == REALTIME for batch_id in ids):
+    if not open_rows and all(
+        lanes.get(batch_id, Lane.REALTIME) == Lane.REALTIME for batch_id in ids
+    ):
         return None
-    from batchrun.lanes.driver import LaneDriver, LaneTarget
+    from batchrun.batch_lane.driver import LaneDriver, LaneTarget
     from batchrun.transport.batch_api import open_batch_api
 
     budgets = await db.max_costs(ids)
@@ -91,8 +95,8 @@ async def start_lane(
     clients: dict[str, BatchApiClient] = {}
     now = LoopClock().now()
     for batch_id, name in batches.items():
-        lane = lanes.get(batch_id, REALTIME)
-        if lane == REALTIME and batch_id not in with_rows:
+        lane = lanes.get(batch_id, Lane.REALTIME)
+        if lane == Lane.REALTIME and batch_id not in with_rows:
             continue
         endpoint = lane_endpoint(known, name)
         if endpoint is None and batch_id in with_rows:
@@ -100,7 +104,7 @@ async def start_lane(
         if endpoint is None or endpoint.batch_api is None:
             continue
         cancel_at = None
-        if lane == AUTO:
+        if lane == Lane.AUTO:
             summary = await db.get_batch(batch_id)
             realtime_s = await _realtime_s(db, batch_id, endpoint, overrides)
             choice, cancel_at = auto_lane(
@@ -112,7 +116,7 @@ async def start_lane(
             )
             moved = await db.set_queued_lane(batch_id, choice)
             if moved:
-                where = "the batch lane" if choice == BATCH else "real time"
+                where = "the batch lane" if choice == Lane.BATCH else "real time"
                 until = f" until {cancel_at:%Y-%m-%d %H:%M} UTC" if cancel_at else ""
                 on_note(f"{batch_id}: auto lane: {moved:,} queued requests go to {where}{until}")
         if endpoint.name not in clients:
@@ -149,7 +153,7 @@ def _budget(
     """The batch's budget for the lane: the worst case of a request at the lane's discount
     (a model without a price never fits: its cost cannot be counted), and what is left of the
     budget after what was spent and what provider batches hold at their worst case."""
-    from batchrun.lanes.driver import BatchBudget
+    from batchrun.batch_lane.driver import BatchBudget
 
     def worst_usd(model: str, input_estimate: int, max_tokens: int) -> float:
         price = prices.price_for(model)

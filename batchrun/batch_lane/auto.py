@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from batchrun.lanes import BATCH, REALTIME
+from batchrun.records import Lane
 
 REALTIME_SAFETY = 2.0
 # How long a provider takes to stop a batch after a cancel (requests in flight finish).
@@ -37,11 +37,11 @@ def auto_lane(
     realtime_s: float | None,
     typical_s: float,
     poll_interval_s: float,
-) -> tuple[str, datetime | None]:
+) -> tuple[Lane, datetime | None]:
     """(the lane, the cut-off for the batch lane or None)."""
     need_s = UNLIMITED_REALTIME_S if realtime_s is None else realtime_s
     reserve_s = need_s * REALTIME_SAFETY + CANCEL_SETTLE_S + poll_interval_s
     cut_off = deadline - timedelta(seconds=reserve_s)
     if (cut_off - now).total_seconds() >= typical_s:
-        return BATCH, cut_off
-    return REALTIME, None
+        return Lane.BATCH, cut_off
+    return Lane.REALTIME, None

@@ -23,6 +23,7 @@ from typing import Any
 from batchrun.records import (
     FinishedRequest,
     ImportedResult,
+    Lane,
     Requeue,
     Succeeded,
 )
@@ -104,7 +105,7 @@ def _succeeded(custom_id: str, message: Any, context: ImportContext) -> Imported
                 body=outcome.body,
                 raw_body=outcome.raw_body,
                 endpoint=context.endpoint,
-                lane="batch",
+                lane=Lane.BATCH,
                 cost_factor=context.discount,
             ),
         )
@@ -141,7 +142,7 @@ def _final(
             error_message=message,
             body=body,
             endpoint=context.endpoint,
-            lane="batch",
+            lane=Lane.BATCH,
             cost_factor=context.discount,
         ),
     )

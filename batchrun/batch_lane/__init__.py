@@ -1,6 +1,7 @@
-"""Lanes: the ways a batch's requests reach the provider. ``realtime`` is the Messages API
-(the dispatcher); ``batch`` is the endpoint's server-side batch API (half price, results
-within hours); ``auto`` chooses per run (:mod:`batchrun.lanes.auto`).
+"""The batch lane: a batch's requests sent through the endpoint's server-side batch API (half
+price, results within hours) instead of the Messages API. The lanes, in all: ``realtime`` is
+the Messages API (the dispatcher); ``batch`` is this one; ``auto`` chooses per run
+(:mod:`batchrun.batch_lane.auto`).
 
 Holds: ``driver`` (the batch lane at work: create, reconcile, poll, cancel, import),
 ``reconcile`` (after a crash: was a create's batch made?), ``results`` (a provider result
@@ -22,12 +23,8 @@ person decides (``batchrun lanes``).
 from __future__ import annotations
 
 from batchrun.errors import ConfigError
+from batchrun.records import Lane
 from batchrun.transport.endpoints import Endpoint, Endpoints
-
-REALTIME = "realtime"
-BATCH = "batch"
-AUTO = "auto"
-LANES = (REALTIME, BATCH, AUTO)
 
 
 def lane_endpoint(known: Endpoints, name: str) -> Endpoint | None:
@@ -42,9 +39,9 @@ def lane_endpoint(known: Endpoints, name: str) -> Endpoint | None:
 def check_lane(lane: str, known: Endpoints, name: str) -> None:
     """ConfigError unless ``lane`` is a lane and, for batch and auto, ``name`` has a batch
     API."""
-    if lane not in LANES:
-        raise ConfigError(f"unknown lane {lane!r}; the lanes are {', '.join(LANES)}")
-    if lane != REALTIME and lane_endpoint(known, name) is None:
+    if lane not in tuple(Lane):
+        raise ConfigError(f"unknown lane {lane!r}; the lanes are {', '.join(Lane)}")
+    if lane != Lane.REALTIME and lane_endpoint(known, name) is None:
         raise ConfigError(
             f"endpoint {name!r} has no batch API, so --lane {lane} cannot be used with it; "
             'set batch_api = "anthropic" (or "aimlapi") in its [endpoints] table, or use '

@@ -16,8 +16,9 @@ from anthropic.types import Message
 
 from batchrun.records import Fatal, Outcome, Retryable, Succeeded
 from batchrun.simulator import SimulatorApp, SimulatorConfig, create_app, running_simulator
-from batchrun.transport.client import MessagesClient, create_http_client, in_process_transport
 from batchrun.transport.endpoints import SIMULATOR, Endpoint, auth_headers, builtin_endpoints
+from batchrun.transport.http import create_http_client, in_process_transport
+from batchrun.transport.messages import MessagesClient
 from tests.hostile import running_hostile_server
 from tests.transport.test_streaming import EVENTS, EXPECTED, RECORDED, START, sse
 
