@@ -68,10 +68,11 @@ def fresh_postgres_database(template: str = "template0") -> Iterator[str]:
         admin.dispose()
 
 
-# A test that asks for ``store`` gets a database already at the newest schema, copied from one
-# migrated once per test process: Store.open would migrate it first thing anyway, and a copy
-# takes milliseconds where Alembic takes a quarter to half a second per database. Every other
-# test gets an empty database, as a new user's first command does.
+# ``db_url`` is a database already at the newest schema, copied from one migrated once per
+# test process: a copy takes milliseconds where Alembic takes a quarter to half a second per
+# database. Acceptance tests, and tests marked ``empty_database`` (whose subject is what the
+# first command does to a new database), get an empty one, as a new user's first command
+# does. ``sqlite_url`` is always a new file.
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +105,9 @@ def migrated_postgres_template() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database URL per backend: a real SQLite file, and a fresh Postgres database. Empty,
-    unless the test also asks for ``store``: then already migrated (see above)."""
-    migrated = "store" in request.fixturenames
+    """A database URL per backend: a real SQLite file, and a fresh Postgres database, at the
+    newest schema unless the test is an acceptance test or marked ``empty_database``."""
+    migrated = not any(request.node.get_closest_marker(m) for m in ("acceptance", "empty_database"))
     if request.param == "sqlite":
         path = tmp_path / "batchrun.db"
         if migrated:
