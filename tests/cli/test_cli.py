@@ -248,6 +248,7 @@ def test_the_anthropic_endpoint_sends_the_key_and_version_headers(cli: CliRunner
     assert status["paused_reason"] is None
 
 
+@pytest.mark.empty_database
 def test_db_upgrade_reports_the_schema(cli: CliRunner) -> None:
     first = invoke(cli, "db", "upgrade")
     second = invoke(cli, "db", "upgrade")

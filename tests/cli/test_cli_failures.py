@@ -165,12 +165,13 @@ def test_malformed_and_cut_answers_are_retried_then_errored_with_the_reason(
     prompts = ["[[sim:malformed=1]] a", "[[sim:not_message=1]] b", "[[sim:cut=1]] c", "fine"]
     batch_id = submit(sqlite_cli, tmp_path, prompts)
 
-    ran = run(sqlite_cli, url, batch_id, "--max-attempts", "5")
+    # 3 attempts: real back-offs of about 1 s and 2 s (5 would add 4 s and 8 s more).
+    ran = run(sqlite_cli, url, batch_id, "--max-attempts", "3")
 
     assert ran.exit_code == 3, ran.output
     # A body that is not JSON is sent twice at most; JSON that is no Message once; a cut
     # connection as often as --max-attempts allows.
-    assert app.stats.received == 2 + 1 + 5 + 1
+    assert app.stats.received == 2 + 1 + 3 + 1
     malformed, not_message, cut, fine = results(sqlite_cli, batch_id)
     assert fine["type"] == "succeeded"
     expected = [
@@ -180,7 +181,7 @@ def test_malformed_and_cut_answers_are_retried_then_errored_with_the_reason(
             "body is not JSON",
         ),
         (not_message, "The endpoint answered 200 but the body is JSON, but not a Message"),
-        (cut, "gave up after 5 attempts; last failure: the connection failed (RemoteProtocolError"),
+        (cut, "gave up after 3 attempts; last failure: the connection failed (RemoteProtocolError"),
     ]
     for result, start in expected:
         assert result["type"] == "errored"

@@ -17,6 +17,9 @@ from batchrun.store.database import (
 )
 from batchrun.store.tables import metadata
 
+# Each test starts from an empty database and migrates it itself.
+pytestmark = pytest.mark.empty_database
+
 
 def test_migrations_produce_the_models_schema(db_url: str) -> None:
     engine = create_database_engine(db_url)

@@ -3,11 +3,15 @@ on a downgrade."""
 
 from __future__ import annotations
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
 from batchrun.store.database import create_database_engine, migrations_path
+
+# The test migrates an empty database step by step.
+pytestmark = pytest.mark.empty_database
 
 
 def _config(connection: object) -> Config:

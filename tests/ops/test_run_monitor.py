@@ -258,11 +258,11 @@ async def test_a_monitor_nobody_asks_for_snapshots_keeps_only_its_rate_window() 
     async def settle(count: int) -> None:
         for _ in range(count):
             monitor.settled(request, permit, answer)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
 
     # 75 s: the 60 s rate window is full.
-    grown = await memory_grown_by(settle(4_000), after=settle(1_500))
+    grown = await memory_grown_by(settle(2_000), after=settle(750))
     monitor.close()
 
-    # Keeping every answer (as --quiet and --json runs did) adds over 1 MB here.
+    # Keeping every answer (as --quiet and --json runs did) adds over 0.5 MB here.
     assert grown < 100_000
