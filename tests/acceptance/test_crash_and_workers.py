@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from tests.acceptance.waits import wait_until_received
 from tests.conftest import jsonl, request_line
 
 pytestmark = pytest.mark.acceptance
@@ -97,7 +98,9 @@ def test_sigterm_records_requests_in_flight_and_the_next_run_finishes(
         env = {**env, "ANTHROPIC_BASE_URL": url}
         batch_id = submit(env, tmp_path / "requests.jsonl", 300)
         worker = start_run(env, batch_id, "--max-concurrency", "10")
-        time.sleep(2.5)
+        # Once answers are being recorded the run's signal handlers are in place (a fixed
+        # sleep could end before the process finished starting on a loaded machine).
+        wait_until_received(app, 15, worker)
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=60)
         recorded = scalar(db_url, "SELECT count(*) FROM results")

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from batchrun.simulator import SimulatorApp, SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from tests.acceptance.waits import wait_until_received
 from tests.clitools import BATCHRUN, clean_env, invoke, runner
 from tests.conftest import POSTGRES_URL_VARIABLE, fresh_postgres_database, jsonl, request_line
 
@@ -60,16 +61,6 @@ def terminate_mid_statement(db_url: str, watcher: Engine, table: str) -> int:
         return killed
     finally:
         holder.dispose()
-
-
-def wait_until_received(app: SimulatorApp, count: int, worker: subprocess.Popen[str]) -> None:
-    """Wait until the simulator has received ``count`` requests, while the worker runs."""
-    deadline = time.monotonic() + 60
-    while app.stats.received < count:
-        if worker.poll() is not None:
-            pytest.fail(f"the run stopped early: {worker.communicate()[1]}")
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize(
