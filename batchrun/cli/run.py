@@ -68,6 +68,7 @@ _FLAGS = {"notify_url": "--notify"}
 def run(
     ctx: typer.Context,
     limits: dict[str, float],
+    endpoint_limits: dict[str, float],
     batch_ids: Annotated[
         list[str] | None,
         batch_argument(
@@ -314,6 +315,7 @@ def run(
             notify_url=notify,
             on_session=None if metrics is None else metrics.watch,
             limits=limits,
+            endpoint_limits=endpoint_limits,
         )
     finally:
         display.close()
