@@ -82,9 +82,8 @@ class Dimension:
     def help(self) -> str:
         """The flag's help text: the limit is each model's (or family's), not a total."""
         return (
-            f"{self.counts[0].upper()}{self.counts[1:]} per minute per model (or family): "
-            f"each model gets this much, so 3 models may use 3 times it together; "
-            f"see {self.endpoint_flag} for a total."
+            f"{self.counts[0].upper()}{self.counts[1:]} per minute per model (or family), "
+            f"not a total: 3 models may use 3 x this."
         )
 
     @property
