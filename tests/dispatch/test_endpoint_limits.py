@@ -76,6 +76,26 @@ async def test_the_endpoint_flag_replaces_the_endpoints_own_and_applies_to_every
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
+async def test_each_endpoint_of_a_pool_has_its_own_limit_across_its_models() -> None:
+    # A pool's requests are paced under the member they are sent to.
+    limiter = Limiter(
+        endpoint_limits={"a": RateLimits(rpm=600), "b": RateLimits(rpm=600)}, settings=NO_RAMP
+    )
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def member_sends(endpoint: str) -> None:
+        for i in range(30):
+            await limiter.acquire((endpoint, MODELS[i % 3]), Demand(10, 10))
+
+    await asyncio.gather(member_sends("a"), member_sends("b"))
+
+    # 30 to each at 10 a second each, side by side: 3 s, not the 6 s of one shared limit.
+    assert loop.time() - start == pytest.approx(3.0, abs=0.05)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
 async def test_a_model_held_back_by_its_own_limit_holds_nothing_of_the_endpoints() -> None:
     limiter = Limiter(
         {("ep", MODELS[0]): RateLimits(rpm=60), ("ep", MODELS[1]): RateLimits(rpm=6000)},
