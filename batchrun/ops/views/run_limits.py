@@ -18,7 +18,7 @@ none), and the endpoints' figures are summed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -131,7 +131,7 @@ def _run(rows: Sequence[LimitRecord]) -> RunLimits:
         for dimension in DIMENSIONS.names():
             if not any(d == dimension for values in keys.values() for d, _ in values):
                 continue
-            in_force = _batch_limit(keys, _in_force(dimension))
+            in_force = _batch_limit(keys, _in_force_reader(dimension))
             series = steps.setdefault(dimension, [])
             if not series or series[-1][1] != in_force:
                 series.append((at, in_force))
@@ -188,18 +188,17 @@ def summed_limit(values: Sequence[float | None]) -> float | None:
     return sum(value for value in values if value is not None)
 
 
-def _batch_limit(
-    keys: dict[Key, _Values], of_key: Callable[[_Values], float | None]
-) -> float | None:
-    """The batch's figure over ``keys`` (``of_key`` reads one key's): per endpoint the sum
-    over its models', capped by its limit across all its models; summed over endpoints."""
+def batch_limit(per_key: Mapping[Key, float | None]) -> float | None:
+    """A batch's limit over the keys it is sent under (a figure per key, None: none): per
+    endpoint the sum of its models' (:func:`summed_limit`), capped by the endpoint's limit
+    across all its models (key ``(endpoint, ALL_MODELS)``); summed over the endpoints."""
     models: dict[str, list[float | None]] = {}
     wide: dict[str, float | None] = {}
-    for (endpoint, model), values in keys.items():
+    for (endpoint, model), value in per_key.items():
         if model == ALL_MODELS:
-            wide[endpoint] = of_key(values)
+            wide[endpoint] = value
         else:
-            models.setdefault(endpoint, []).append(of_key(values))
+            models.setdefault(endpoint, []).append(value)
     per_endpoint = []
     for endpoint in models.keys() | wide.keys():
         found = [
@@ -211,11 +210,18 @@ def _batch_limit(
     return summed_limit(per_endpoint)
 
 
+def _batch_limit(
+    keys: Mapping[Key, _Values], of_key: Callable[[_Values], float | None]
+) -> float | None:
+    """:func:`batch_limit` of what ``of_key`` reads of each key's values."""
+    return batch_limit({key: of_key(values) for key, values in keys.items()})
+
+
 def _source(dimension: str, source: str) -> Callable[[_Values], float | None]:
     return lambda values: values.get((dimension, source))
 
 
-def _in_force(dimension: str) -> Callable[[_Values], float | None]:
+def _in_force_reader(dimension: str) -> Callable[[_Values], float | None]:
     return lambda values: _key_in_force(values, dimension)
 
 

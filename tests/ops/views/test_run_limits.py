@@ -271,6 +271,26 @@ def test_a_run_with_endpoint_limits_shows_the_total_it_held_the_batch_to(
     assert ("simulator", ALL_MODELS) in run.keys
 
 
+def test_a_batch_not_sent_yet_shows_its_models_limits_capped_by_the_endpoints(
+    db_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "batchrun.toml"
+    config.write_text(
+        '[endpoints.simulator.limits."*"]\nrpm = 600\n'
+        "[endpoints.simulator.endpoint_limits]\nrpm = 900\notpm = 50000\n"
+    )
+    models = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
+    lines = [request_line(f"r{i}", model=model) for i, model in enumerate(models)]
+    with batchrun.Client(db_url, config=config, env={"HOME": str(tmp_path)}) as client:
+        batch_id = client.submit(lines, endpoint="simulator").id
+        report = client.report(batch_id)
+
+    assert report.limits_recorded is False
+    shown = {use.dimension: (use.configured, use.limit) for use in report.limits}
+    # Three models at 600 each would be 1,800: the endpoint's 900 is the batch's limit.
+    assert shown == {"rpm": (900.0, 900.0), "otpm": (50_000.0, 50_000.0)}
+
+
 def test_an_unknown_endpoint_limit_is_refused_before_anything_is_sent(
     client: batchrun.Client,
 ) -> None:
