@@ -521,6 +521,7 @@ class Client:
         endpoint: str | None = None,
         lane: str | None = None,
         limits: Limits | None = None,
+        endpoint_limits: Limits | None = None,
         max_concurrency: int | None = None,
         max_attempts: int | None = None,
         timeout_s: float | None = None,
@@ -545,6 +546,7 @@ class Client:
             endpoint=endpoint,
             lane=lane,
             limits=limits,
+            endpoint_limits=endpoint_limits,
             max_concurrency=max_concurrency,
             max_attempts=max_attempts,
             timeout_s=timeout_s,
@@ -662,6 +664,7 @@ class Client:
         endpoint: str | None = None,
         lane: str | None = None,
         limits: Limits | None = None,
+        endpoint_limits: Limits | None = None,
         max_concurrency: int | None = None,
         max_attempts: int | None = None,
         timeout_s: float | None = None,
@@ -689,6 +692,7 @@ class Client:
             endpoint=endpoint,
             lane=lane,
             limits=limits,
+            endpoint_limits=endpoint_limits,
             max_concurrency=max_concurrency,
             max_attempts=max_attempts,
             timeout_s=timeout_s,
@@ -715,6 +719,7 @@ class Client:
         endpoint: str | None = None,
         lane: str | None = None,
         limits: Limits | None = None,
+        endpoint_limits: Limits | None = None,
         max_concurrency: int | None = None,
         max_attempts: int | None = None,
         timeout_s: float | None = None,
@@ -736,8 +741,12 @@ class Client:
         """Run batches on the caller's event loop; see :meth:`run`.
 
         - ``limits``: per-minute limits by dimension name (``{"rpm": 600, "tpm": 60_000}``;
-          ``itpm``, ``otpm``...), for every model, replacing the endpoints' own; None for a
-          dimension: no limit. A name that is not a dimension is a ConfigError naming them.
+          ``itpm``, ``otpm``...), per model (or family), for every model, replacing the
+          endpoints' own; None for a dimension: no limit. A name that is not a dimension is a
+          ConfigError naming them. ``--rpm`` on the command line.
+        - ``endpoint_limits``: the same, across all the models of each endpoint together
+          (a gateway key's RPM, a workspace-wide cap), replacing the endpoints'
+          ``endpoint_limits`` tables; every request takes from both. ``--endpoint-rpm``.
         - ``endpoint``: move the named batches' remaining requests there, for good.
         - ``lane``: send the batches' queued requests in this lane (``realtime``, ``batch``
           or ``auto``) from now on.
@@ -786,6 +795,7 @@ class Client:
             forever=forever,
             poll_interval_s=poll_interval_s,
             overrides=_limits(limits),
+            endpoint_overrides=_limits(endpoint_limits, "endpoint_limits"),
             limiter_settings=LimiterSettings(
                 burst_s=burst_s or DEFAULT_BURST_S, output_reservation=output_reservation
             ),
@@ -893,6 +903,7 @@ class Client:
         endpoint: str | None = None,
         lane: str | None = None,
         limits: Limits | None = None,
+        endpoint_limits: Limits | None = None,
         max_concurrency: int | None = None,
         max_attempts: int | None = None,
         timeout_s: float | None = None,
@@ -919,6 +930,7 @@ class Client:
             endpoint=endpoint,
             lane=lane,
             limits=limits,
+            endpoint_limits=endpoint_limits,
             max_concurrency=max_concurrency,
             max_attempts=max_attempts,
             timeout_s=timeout_s,
@@ -1024,15 +1036,15 @@ def _take(lines: Generator[dict[str, Any], None, None]) -> builtins.list[dict[st
     return chunk
 
 
-def _limits(values: Mapping[str, float | None] | None) -> RateLimits:
+def _limits(values: Mapping[str, float | None] | None, argument: str = "") -> RateLimits:
     """Limits by dimension name as RateLimits; ConfigError naming the known ones for a name
-    that is not a limit (or an option misspelt)."""
+    that is not a limit (or an option misspelt), after ``argument`` when given."""
     from batchrun.limits.dimensions import RateLimits
 
     try:
         return RateLimits(dict(values or {}))
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{argument}: {exc}" if argument else str(exc)) from None
 
 
 def _check_positive(value: float, what: str) -> None:

@@ -165,6 +165,7 @@ def test_the_cli_gets_a_flag_for_a_new_dimension(weighted: Dimension, tmp_path: 
     )
 
     assert "--wtpm" in helped.stdout
+    assert "--endpoint-wtpm" in helped.stdout
     assert estimated.exit_code == 0, estimated.output
     (model,) = json.loads(estimated.stdout)["models"]
     assert set(model["worst_duration"]["minutes_by_limit"]) == {"wtpm"}

@@ -44,6 +44,9 @@ def endpoints_lines(known: Endpoints, env: Mapping[str, str]) -> list[str]:
             state = "set" if _is_set(env, variable) else "not set"
             lines.append(f"  header:     {header} from {variable} ({state})")
         lines.append(f"  limits:     {_limits_text(endpoint.limits)}")
+        if endpoint.endpoint_limits:
+            figures = [f"{amount:,g} {name}" for name, amount in endpoint.endpoint_limits.items()]
+            lines.append(f"  all models: {', '.join(figures)} together")
         timeout_s = endpoint.timeout_s or DEFAULT_TIMEOUT_S
         attempts = endpoint.max_attempts or DEFAULT_MAX_ATTEMPTS
         lines.append(f"  requests:   timeout {timeout_s:g} s, up to {attempts} attempts")
@@ -89,6 +92,7 @@ def endpoints_json(known: Endpoints, env: Mapping[str, str]) -> dict[str, Any]:
                 "timeout_s": endpoint.timeout_s or DEFAULT_TIMEOUT_S,
                 "max_attempts": endpoint.max_attempts or DEFAULT_MAX_ATTEMPTS,
                 "limits": {model: value.as_json() for model, value in endpoint.limits.items()},
+                "endpoint_limits": endpoint.endpoint_limits.as_json(),
                 "default": name == known.default,
                 "sources": list(endpoint.sources),
             }

@@ -3,7 +3,9 @@ and durations.
 
 :func:`with_limit_options` gives a command one ``--NAME`` flag per registered dimension
 (``--rpm``, ``--tpm``, ``--itpm``, ``--otpm``, and any dimension registered before the app is
-built) and hands the command a ``limits`` mapping of the ones given.
+built; per model or family) and hands the command a ``limits`` mapping of the ones given; and,
+to a command that asks for them, ``--endpoint-rpm`` ... (across all the models of an
+endpoint) as ``endpoint_limits``.
 """
 
 from __future__ import annotations
@@ -20,35 +22,52 @@ from batchrun.errors import ConfigError, UsageError
 from batchrun.limits.dimensions import DIMENSIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
-# Parameter that receives the limits the user gave, by dimension name.
+# Parameters that receive the limits the user gave, by dimension name: per model (or family),
+# and across all the models of an endpoint.
 LIMITS_PARAMETER = "limits"
+ENDPOINT_LIMITS_PARAMETER = "endpoint_limits"
+# The endpoint flags' parameter names: "endpoint_" + the dimension's name.
+_ENDPOINT_PREFIX = "endpoint_"
 
 
 def with_limit_options(command: F) -> F:
     """``command`` with a flag per rate-limit dimension in place of its ``limits``
-    parameter; it is called with ``limits={name: per_minute}`` for the flags given."""
+    parameter; it is called with ``limits={name: per_minute}`` for the flags given. A
+    command that also has an ``endpoint_limits`` parameter gets an ``--endpoint-NAME`` flag
+    per dimension in its place, and ``endpoint_limits={name: per_minute}``."""
     signature = inspect.signature(command, eval_str=True)
-    kept = [p for p in signature.parameters.values() if p.name != LIMITS_PARAMETER]
-    names = DIMENSIONS.names()
+    wanted = {LIMITS_PARAMETER, ENDPOINT_LIMITS_PARAMETER} & set(signature.parameters)
+    kept = [p for p in signature.parameters.values() if p.name not in wanted]
+    scopes = {LIMITS_PARAMETER: ""} | (
+        {ENDPOINT_LIMITS_PARAMETER: _ENDPOINT_PREFIX} if ENDPOINT_LIMITS_PARAMETER in wanted else {}
+    )
     added = [
         inspect.Parameter(
-            dimension.name,
+            prefix + dimension.name,
             inspect.Parameter.KEYWORD_ONLY,
             default=None,
             annotation=Annotated[
                 float | None,
-                typer.Option(dimension.flag, min=0.001, help=dimension.help, show_default=False),
+                typer.Option(
+                    dimension.endpoint_flag if prefix else dimension.flag,
+                    min=0.001,
+                    help=dimension.endpoint_help if prefix else dimension.help,
+                    show_default=False,
+                ),
             ],
         )
+        for prefix in scopes.values()
         for dimension in DIMENSIONS
     ]
+    names = DIMENSIONS.names()
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        limits = {name: kwargs.pop(name) for name in names if kwargs.get(name) is not None}
-        for name in names:
-            kwargs.pop(name, None)
-        return command(*args, **kwargs, **{LIMITS_PARAMETER: limits})
+        given: dict[str, dict[str, float]] = {}
+        for parameter, prefix in scopes.items():
+            values = {name: kwargs.pop(prefix + name, None) for name in names}
+            given[parameter] = {name: v for name, v in values.items() if v is not None}
+        return command(*args, **kwargs, **given)
 
     parameters = [*kept, *added]
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]

@@ -68,6 +68,7 @@ _FLAGS = {"notify_url": "--notify"}
 def run(
     ctx: typer.Context,
     limits: dict[str, float],
+    endpoint_limits: dict[str, float],
     batch_ids: Annotated[
         list[str] | None,
         batch_argument(
@@ -253,7 +254,9 @@ def run(
 
     Each batch goes to the endpoint stored with it (`batchrun status` shows it), unless
     --endpoint moves it. A limit flag (--rpm, --tpm, --itpm, --otpm) replaces that limit of
-    the endpoints for every model of the run. On a terminal a live view shows progress,
+    the endpoints for each model (or family) on its own: --rpm 600 lets three models send
+    1,800 a minute together. --endpoint-rpm (--endpoint-tpm ...) limits all the models of
+    each endpoint together, on top. On a terminal a live view shows progress,
     throughput against each limit, the ETA and the cost; otherwise a progress line is logged
     every --progress-interval. A batch whose endpoint cannot be used here (its key or a
     headers_env variable is not set, the endpoint is not defined) waits, nothing of it sent,
@@ -314,6 +317,7 @@ def run(
             notify_url=notify,
             on_session=None if metrics is None else metrics.watch,
             limits=limits,
+            endpoint_limits=endpoint_limits,
         )
     finally:
         display.close()

@@ -369,6 +369,10 @@ class _EndpointTable(_Table):
         Annotated[str, AfterValidator(_check_limits_entry)],
         dict[Annotated[str, AfterValidator(_check_dimension)], PositiveNumber],
     ] = {}
+    # Across all the endpoint's models together (a gateway key's RPM, a workspace-wide cap):
+    # dimension name → limit per minute. A table of its own rather than a reserved entry in
+    # `limits`, whose every key names models: this one names none.
+    endpoint_limits: dict[Annotated[str, AfterValidator(_check_dimension)], PositiveNumber] = {}
 
     def to_settings(self, name: str) -> EndpointSettings:
         return EndpointSettings(
@@ -386,6 +390,7 @@ class _EndpointTable(_Table):
             count_tokens_rpm=self.count_tokens_rpm,
             stream_threshold_tokens=self.stream_threshold_tokens,
             limits={model: RateLimits(values) for model, values in self.limits.items()},
+            endpoint_limits=RateLimits(self.endpoint_limits),
             batch_api=self.batch_api,
             batch_path=self.batch_path,
             batch_max_requests=self.batch_max_requests,

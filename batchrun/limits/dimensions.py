@@ -4,8 +4,9 @@ A dimension is one kind of per-minute limit: requests (``rpm``), input + output 
 (``tpm``, as Langdock counts), input tokens (``itpm``) and output tokens (``otpm``, as
 Anthropic counts). For each, the registry holds everything that differs between them:
 
-- ``name``: the run and estimate flag (``--rpm``), the config file key
-  (``[endpoints.X.limits."*"] rpm = 500``), the column of the progress and estimate views
+- ``name``: the run and estimate flag (``--rpm``, per model; ``--endpoint-rpm`` across all
+  the models of an endpoint), the config file key (``[endpoints.X.limits."*"] rpm = 500``,
+  ``[endpoints.X.endpoint_limits] rpm = 1000``), the column of the progress and estimate views
   and the key of the limits in JSON output;
 - ``counts``: what it counts, in words, for help texts and views;
 - ``measure``: how much of it some :class:`Amounts` take (additive: the measure of a sum is
@@ -74,13 +75,30 @@ class Dimension:
 
     @property
     def flag(self) -> str:
-        """The command-line flag that sets this limit for every model of a run."""
+        """The command-line flag that sets this limit for each model of a run."""
         return f"--{self.name}"
 
     @property
     def help(self) -> str:
-        """The flag's help text."""
-        return f"{self.counts[0].upper()}{self.counts[1:]} per minute, for every model."
+        """The flag's help text: the limit is each model's (or family's), not a total."""
+        return (
+            f"{self.counts[0].upper()}{self.counts[1:]} per minute per model (or family), "
+            f"not a total: 3 models may use 3 x this."
+        )
+
+    @property
+    def endpoint_flag(self) -> str:
+        """The command-line flag that sets this limit across all the models of an endpoint."""
+        return f"--endpoint-{self.name.replace('_', '-')}"
+
+    @property
+    def endpoint_help(self) -> str:
+        """The endpoint flag's help text."""
+        return (
+            f"{self.counts[0].upper()}{self.counts[1:]} per minute across all models of the "
+            f"endpoint together (each endpoint of a pool has its own), on top of the "
+            f"per-model {self.flag}."
+        )
 
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")

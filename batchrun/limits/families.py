@@ -11,6 +11,9 @@ or by ``"*"``. For a model:
 A pattern other than ``"*"`` is one limit shared by every model it matches (one set of
 buckets, as Anthropic pools all Sonnet 4.x models); ``"*"`` gives each model that has no other
 entry a limit of its own.
+
+An endpoint's limits across all its models (``[endpoints.NAME.endpoint_limits]``) are kept
+under the reserved entry :data:`ALL_MODELS`, which no limits table may name.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 ANY_MODEL = "*"
+# The limiter key of an endpoint's limits across all its models; no model or pattern is it.
+ALL_MODELS = "(all models)"
 WILDCARD = "*"
 # fnmatch's other wildcards: refused, so that a model name never means more than it says.
 _OTHER_WILDCARDS = "?[]"
@@ -34,6 +39,11 @@ def entry_problem(entry: str) -> str | None:
     """What is wrong with a limits entry's name, or None."""
     if not entry.strip():
         return 'name a model, a family pattern such as "claude-sonnet-4*", or "*"'
+    if entry == ALL_MODELS:
+        return (
+            f'"{ALL_MODELS}" is reserved; limits across all models of an endpoint go in '
+            "[endpoints.NAME.endpoint_limits]"
+        )
     if any(char in entry for char in _OTHER_WILDCARDS):
         return (
             "only * is a wildcard (it stands for any characters), as in "

@@ -24,6 +24,16 @@ every worker of the database shares that record, so they learn one limit togethe
 of a key ramps up to its limits over a few seconds. Time is the event loop's (or the bank's
 clock, which advances with it); tests run in virtual time.
 
+**Limits across all the models of an endpoint** (a gateway key's RPM, a workspace-wide cap:
+``endpoint_limits``, and the run's ``--endpoint-*`` flags) are one more key per endpoint,
+``(endpoint, ALL_MODELS)``, with buckets of its own in the same bank (so several workers share
+it as they share the others). A request first takes from its model's (or family's) buckets,
+then from the endpoint's: it goes when both have granted, and its answer corrects both
+reservations. Waiting for the endpoint's buckets holds what the model's granted (never more
+than its limit), not the reverse, so a paused model never holds capacity every other model
+needs. What 429s, pauses and headers teach stays with the model's key: a server says which
+model it refused, not which of batchrun's scopes.
+
 What stays with each worker: the input calibration, the output estimate and the average
 request of each key, the back-off counts, and why it paused a key (for progress).
 """
@@ -40,7 +50,7 @@ from typing import Literal
 from batchrun.limits.banks import Bank, LocalBank
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
-from batchrun.limits.families import ANY_MODEL, entry_for, is_family
+from batchrun.limits.families import ALL_MODELS, ANY_MODEL, entry_for, is_family
 from batchrun.limits.keyrecord import RAMP_S, KeyPolicy, PendingChanges
 from batchrun.limits.learning import InputCalibration, OutputEstimate, TypicalRequest
 from batchrun.records import Fatal, Halt, Outcome, Retryable, ServerLimits, Succeeded
@@ -89,6 +99,9 @@ class Permit:
     reserved: dict[str, float]
     # What the reservation stands for, whichever limits are in force.
     amounts: Amounts = field(default_factory=Amounts)
+    # What was reserved from the endpoint's limits across all its models, if it has any.
+    endpoint_key: LimitKey | None = None
+    endpoint_reserved: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,16 +138,22 @@ class Limiter:
         limits: Mapping[LimitKey, RateLimits] | None = None,
         *,
         overrides: RateLimits | None = None,
+        endpoint_limits: Mapping[str, RateLimits] | None = None,
+        endpoint_overrides: RateLimits | None = None,
         settings: LimiterSettings | None = None,
         bank: Bank | None = None,
     ) -> None:
         """``limits`` per (endpoint, entry): an entry is a model, a family pattern such as
         "claude-sonnet-4*" (one limit shared by its models) or "*" (a limit of each other
-        model). ``overrides`` (command-line flags) win over them for every key. ``bank``
-        holds the keys' records: this worker's memory by default, or the database when
-        several workers share the limits."""
+        model). ``overrides`` (command-line flags) win over them for every key.
+        ``endpoint_limits`` per endpoint: limits across all its models, which every request
+        takes from as well; ``endpoint_overrides`` (flags) win over them for every endpoint.
+        ``bank`` holds the keys' records: this worker's memory by default, or the database
+        when several workers share the limits."""
         self._limits = dict(limits or {})
         self._overrides = overrides or RateLimits()
+        self._endpoint_limits = dict(endpoint_limits or {})
+        self._endpoint_overrides = endpoint_overrides or RateLimits()
         self._settings = settings or LimiterSettings()
         self._bank: Bank = bank or LocalBank()
         self._states: dict[LimitKey, _KeyState] = {}
@@ -151,8 +170,11 @@ class Limiter:
     def key_for(self, endpoint: str, model: str) -> LimitKey:
         """The limiter key of a model at an endpoint: ``(endpoint, pattern)`` when one of the
         endpoint's family patterns covers it (and no entry names it), else ``(endpoint,
-        model)``. A key maps to itself."""
+        model)``. A key maps to itself, and so does an endpoint's key across all its models,
+        ``(endpoint, ALL_MODELS)``."""
         key = self._keys.get((endpoint, model))
+        if key is None and model == ALL_MODELS:
+            key = self._keys[(endpoint, model)] = (endpoint, model)
         if key is None:
             entry = entry_for(model, self._entries.get(endpoint, ()))
             key = (endpoint, entry) if entry is not None and is_family(entry) else (endpoint, model)
@@ -160,8 +182,12 @@ class Limiter:
         return key
 
     def limits_for(self, key: LimitKey) -> RateLimits:
-        """The configured limits of a key (of the family it falls under, if any)."""
+        """The configured limits of a key (of the family it falls under, if any; for
+        ``(endpoint, ALL_MODELS)``, the endpoint's across all its models)."""
         endpoint, entry = self.key_for(*key)
+        if entry == ALL_MODELS:
+            own = self._endpoint_limits.get(endpoint) or RateLimits()
+            return self._endpoint_overrides.merged_over(own)
         base = (
             self._limits.get((endpoint, entry))
             or self._limits.get((endpoint, ANY_MODEL))
@@ -174,6 +200,12 @@ class Limiter:
         key = self.key_for(*key)
         return self._limits_now(key, self._state(key)).get(dimension)
 
+    def endpoint_key(self, endpoint: str) -> LimitKey | None:
+        """The key of ``endpoint``'s limits across all its models, or None when it has
+        none configured."""
+        key = (endpoint, ALL_MODELS)
+        return key if self.limits_for(key) else None
+
     def input_estimate(self, key: LimitKey, raw_input_tokens: int) -> int:
         """The calibrated input estimate for a key."""
         return self._state(self.key_for(*key)).calibration.estimate(raw_input_tokens)
@@ -182,13 +214,18 @@ class Limiter:
         """Requests a second the limits in force for this key allow, at the average cost of
         its requests (what answers used; before any, what requests reserved; before any
         request, 1,000 input and 500 output tokens); None when no limit is in force. The
+        endpoint's limits across all its models count as if this key had them alone. The
         steady rate: without the start-up ramp or a pause (see :meth:`paused_for_s`)."""
         key = self.key_for(endpoint, model)
         state = self._state(key)
         typical = state.typical.amounts()
+        in_force = [self._limits_now(key, state)]
+        if (wide := self.endpoint_key(endpoint)) is not None:
+            in_force.append(self._limits_now(wide, self._state(wide)))
         rates = [
             limit / 60.0 / cost
-            for dimension, limit in self._limits_now(key, state).items()
+            for limits in in_force
+            for dimension, limit in limits.items()
             if (cost := DIMENSIONS.get(dimension).measure(typical)) > 0
         ]
         return min(rates) if rates else None
@@ -224,7 +261,8 @@ class Limiter:
 
     async def acquire(self, key: LimitKey, demand: Demand) -> Permit:
         """Wait for this key's turn (``key``: endpoint and model; a family's models share
-        one), then reserve what the request may cost. The permit carries the limiter key."""
+        one), then reserve what the request may cost; then the same from the endpoint's
+        limits across all its models, if it has any. The permit carries the limiter key."""
         key = self.key_for(*key)
         state = self._state(key)
         async with state.lock:
@@ -234,7 +272,32 @@ class Limiter:
                 grant = await self._bank.take(key, DIMENSIONS.measure_all(amounts), state.policy)
                 if grant.wait_s <= 0:
                     state.typical.reserved(amounts)
-                    return Permit(key, demand, input_estimate, dict(grant.charged), amounts)
+                    permit = Permit(key, demand, input_estimate, dict(grant.charged), amounts)
+                    break
+                await asyncio.sleep(grant.wait_s)
+        if (wide := self.endpoint_key(key[0])) is None:
+            return permit
+        try:
+            permit.endpoint_reserved = await self._take_endpoint_wide(wide, amounts)
+        except BaseException:
+            # Stopped while waiting (a batch stopped, a shutdown): give the model's back.
+            changes = PendingChanges()
+            self._correct(permit, {}, changes)
+            self._bank.update(key, changes, state.policy)
+            raise
+        permit.endpoint_key = wide
+        return permit
+
+    async def _take_endpoint_wide(self, wide: LimitKey, amounts: Amounts) -> dict[str, float]:
+        """Wait for the endpoint's limits across all its models (first come, first served
+        among all its models' requests), then take ``amounts``; returns what was taken."""
+        state = self._state(wide)
+        costs = DIMENSIONS.measure_all(amounts)
+        async with state.lock:
+            while True:
+                grant = await self._bank.take(wide, costs, state.policy)
+                if grant.wait_s <= 0:
+                    return dict(grant.charged)
                 await asyncio.sleep(grant.wait_s)
 
     def _output(self, state: _KeyState, demand: Demand) -> int:
@@ -288,6 +351,27 @@ class Limiter:
                 self._correct(permit, {}, changes)
         if not changes.empty():
             self._bank.update(permit.key, changes, state.policy)
+        if permit.endpoint_key is not None:
+            self._settle_endpoint_wide(permit, outcome, now)
+
+    def _settle_endpoint_wide(self, permit: Permit, outcome: Outcome, now: float) -> None:
+        """Correct the reservation from the endpoint's limits across all its models: what
+        the answer used, nothing for a refusal, all of it when the server may have worked
+        (as for the model's key). A success also lets the endpoint's ramp climb."""
+        assert permit.endpoint_key is not None
+        changes = PendingChanges()
+        match outcome:
+            case Succeeded(usage=usage):
+                used = DIMENSIONS.measure_all(Amounts.of_usage(usage))
+                for dimension, reserved in permit.endpoint_reserved.items():
+                    changes.deltas[dimension] = reserved - used.get(dimension, 0.0)
+                changes.answered_at = now
+            case Retryable(http_status=429 | 529) | Fatal() | Halt():
+                changes.deltas = dict(permit.endpoint_reserved)
+            case Retryable():
+                return
+        wide_state = self._state(permit.endpoint_key)
+        self._bank.update(permit.endpoint_key, changes, wide_state.policy)
 
     def _correct(
         self, permit: Permit, actual: Mapping[str, float], changes: PendingChanges

@@ -10,7 +10,9 @@ or family pattern), per dimension, it keeps four sources apart:
 - ``configured``: the endpoint's limit in the config file;
 - ``announced``: the latest ``anthropic-ratelimit-*-limit`` the run's answers carried;
 - ``learned``: the limit the limiter applies when it is lower than all of those (learned
-  from 429s; it climbs back with time). Only once an answer under the key came in this run:
+  from 429s; it climbs back with time). Never for an endpoint's limits across all its
+  models (key ``(endpoint, ALL_MODELS)``, recorded beside its models' as a request takes
+  from both): nothing is learned there. Only once an answer under the key came in this run:
   before it, a lower limit in the shared record may be one a server announced to another
   run or worker, which this run cannot tell from a learned one.
 
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from batchrun.dispatch.clock import LoopClock
 from batchrun.limits.dimensions import DIMENSIONS, RateLimits
-from batchrun.limits.families import ANY_MODEL
+from batchrun.limits.families import ALL_MODELS, ANY_MODEL
 from batchrun.records import ClaimedRequest, Outcome, Retryable, Succeeded
 from batchrun.store.run_limits import (
     ANNOUNCED,
@@ -93,18 +95,21 @@ class LimitRecorder:
         *,
         known: Endpoints,
         overrides: RateLimits,
+        endpoint_overrides: RateLimits | None = None,
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
         pairs_kept: int = PAIRS_KEPT,
     ) -> None:
-        """``known``: the endpoints (their configured limits); ``overrides``: the run's
-        limit flags; ``clock``: UTC now (by default the event loop's, anchored once);
+        """``known``: the endpoints (their configured limits); ``overrides`` and
+        ``endpoint_overrides``: the run's limit flags, per model and across all the models
+        of an endpoint; ``clock``: UTC now (by default the event loop's, anchored once);
         ``pairs_kept``: see :data:`PAIRS_KEPT`."""
         self.run_id = run_id or uuid.uuid4().hex
         self._pairs_kept = max(pairs_kept, 2)
         self.started_at: datetime | None = None
         self._known = known
         self._overrides = overrides
+        self._endpoint_overrides = endpoint_overrides or RateLimits()
         self._clock = clock
         self._limiter: LimiterView | None = None
         self._pairs: dict[Pair, _PairRecord] = {}
@@ -177,10 +182,14 @@ class LimitRecorder:
         endpoint = self._known.by_name.get(key[0])
         entries = endpoint.limits if endpoint is not None else {}
         configured = entries.get(key[1]) or entries.get(ANY_MODEL) or RateLimits()
+        flags = self._overrides
+        if key[1] == ALL_MODELS:
+            configured = endpoint.endpoint_limits if endpoint is not None else RateLimits()
+            flags = self._endpoint_overrides
         announced = self._announced.get(key, {})
         found: dict[tuple[str, str], float] = {}
         for dimension in DIMENSIONS.names():
-            flag = self._overrides.get(dimension)
+            flag = flags.get(dimension)
             mine = configured.get(dimension)
             heard = announced.get(dimension)
             # A flag replaces the configured limit (the limiter merges them so).
@@ -300,6 +309,8 @@ class RecordingObserver:
         refused = self._inner.admit(request, permit)
         if refused is None:
             self._recorder.sending(request.batch_id, permit.key)
+            if permit.endpoint_key is not None:
+                self._recorder.sending(request.batch_id, permit.endpoint_key)
         return refused
 
     def settled(self, request: ClaimedRequest, permit: Permit, outcome: Outcome) -> None:

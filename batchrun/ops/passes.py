@@ -133,7 +133,11 @@ class PassRunner:
             known=known, prices=prices, env=env, options=options, on_note=self._note
         )
         # The limits this run sends each batch under, recorded for its report.
-        self._limit_records = LimitRecorder(known=known, overrides=options.overrides)
+        self._limit_records = LimitRecorder(
+            known=known,
+            overrides=options.overrides,
+            endpoint_overrides=options.endpoint_overrides,
+        )
 
     @property
     def stopping(self) -> str | None:
@@ -270,6 +274,7 @@ class PassRunner:
                     count_tokens=options.count_tokens,
                 ),
                 overrides=options.overrides,
+                endpoint_overrides=options.endpoint_overrides,
                 limiter_settings=options.limiter_settings,
                 timeout_s=options.timeout_s,
                 observer=self._limit_records.watching(monitor, db),

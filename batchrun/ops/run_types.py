@@ -43,7 +43,9 @@ class RunOptions:
     max_runtime_s: float | None = None
     forever: bool = False
     poll_interval_s: float = 30.0
+    # The limit flags: per model (or family), and across all the models of each endpoint.
     overrides: RateLimits = field(default_factory=RateLimits)
+    endpoint_overrides: RateLimits = field(default_factory=RateLimits)
     limiter_settings: LimiterSettings = field(default_factory=LimiterSettings)
     timeout_s: float | None = None
     # None: worked out from the limits and latency (batchrun.dispatch.capacity).

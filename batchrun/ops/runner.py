@@ -224,6 +224,7 @@ async def dispatch_batches(
     env: Mapping[str, str],
     dispatch: DispatchConfig,
     overrides: RateLimits | None = None,
+    endpoint_overrides: RateLimits | None = None,
     limiter_settings: LimiterSettings | None = None,
     timeout_s: float | None = None,
     simulator: SimulatorConfig | None = None,
@@ -235,8 +236,9 @@ async def dispatch_batches(
 ) -> RunReport:
     """Dispatch these batches (id → endpoint name) until no work is left.
 
-    ``timeout_s`` and ``overrides`` (limits for every model) come from the run's options;
-    None leaves each endpoint's own. ``observer`` watches the run (progress, budgets).
+    ``timeout_s``, ``overrides`` (limits for every model) and ``endpoint_overrides``
+    (limits across all the models of every endpoint) come from the run's options; None
+    leaves each endpoint's own. ``observer`` watches the run (progress, budgets).
     Every endpoint's key is checked before the first request is sent, so a missing key is
     one clear error rather than a batch full of failures. ``on_start`` gets the dispatcher
     before it runs (to stop it from outside: a signal, a time limit). ``linger``: work that
@@ -272,6 +274,10 @@ async def dispatch_batches(
             limiter=Limiter(
                 rate_limits(endpoints),
                 overrides=overrides,
+                endpoint_limits={
+                    name: endpoint.endpoint_limits for name, endpoint in endpoints.items()
+                },
+                endpoint_overrides=endpoint_overrides,
                 settings=limiter_settings,
                 # The buckets live in the database, so every worker using it shares the limits.
                 bank=DatabaseBank(db, clock=clock),

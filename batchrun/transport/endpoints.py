@@ -101,6 +101,7 @@ class EndpointSettings:
     count_tokens_rpm: float | None = None
     stream_threshold_tokens: int | None = None
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    endpoint_limits: RateLimits = field(default_factory=RateLimits)
     # batch_api ("anthropic", "aimlapi" or "none") and the batch_* settings beside it.
     batch_api: str | None = None
     batch_path: str | None = None
@@ -141,6 +142,9 @@ class Endpoint:
     # Limits per model, per family pattern ("claude-sonnet-4*": one limit the family shares),
     # and "*": for each model no other entry covers (batchrun.limits.families).
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
+    # Limits across all the models together: every request takes from these as well as from
+    # its model's (batchrun.limits.limiter).
+    endpoint_limits: RateLimits = field(default_factory=RateLimits)
     # The server-side batch API (the batch lane); None: the endpoint has none.
     batch_api: BatchApi | None = None
     # Where the definition came from, in order: "built-in", a config file, a variable.
@@ -385,7 +389,8 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
     """``base`` (a built-in, or None for a new endpoint) with the file's settings on top.
 
     Scalars replace the built-in's; ``headers``, ``headers_env``, ``extra_body`` and
-    ``limits`` are merged name by name, each model's limits replacing that model's whole.
+    ``limits`` are merged name by name, each model's limits replacing that model's whole;
+    ``endpoint_limits`` dimension by dimension.
     """
     prefix = f"endpoints.{table.name}"
     if base is None:
@@ -429,6 +434,7 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
             else table.stream_threshold_tokens
         ),
         limits={**base.limits, **table.limits},
+        endpoint_limits=table.endpoint_limits.merged_over(base.endpoint_limits),
         batch_api=_batch_api(base.batch_api, table),
         sources=(*base.sources, str(path)),
     )

@@ -374,6 +374,9 @@ def test_endpoints_lists_url_auth_key_limits_default_and_origin(
         rpm = 500
         tpm = 60000
 
+        [endpoints.mygateway.endpoint_limits]
+        rpm = 800
+
         [endpoints.langdock-eu]
         timeout_s = 120
         """,
@@ -394,6 +397,8 @@ def test_endpoints_lists_url_auth_key_limits_default_and_origin(
     assert gateway["limits"] == {
         "claude-3-haiku-20240307": {"rpm": 500, "tpm": 60000, "itpm": None, "otpm": None}
     }
+    assert gateway["endpoint_limits"] == {"rpm": 800, "tpm": None, "itpm": None, "otpm": None}
+    assert by_name["langdock-eu"]["endpoint_limits"]["rpm"] is None
     assert (gateway["max_attempts"], gateway["timeout_s"]) == (3, 600)
     assert gateway["extra_body"] == {"preference": "speed"}
     assert (gateway["default"], gateway["sources"]) == (True, [str(config)])
@@ -404,5 +409,6 @@ def test_endpoints_lists_url_auth_key_limits_default_and_origin(
     assert by_name["simulator"]["api_key_set"] is None
     text = invoke(cli, "--config", str(config), "endpoints").stdout
     assert "mygateway (default)" in text
+    assert "  all models: 800 rpm together" in text
     assert "https://api.langdock.com/anthropic/eu/v1/messages" in text
     assert f"defined in: built-in + {config}" in text

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner, Result
 
+import batchrun
 from batchrun.cli.app import app
 from batchrun.export.flat import COLUMNS
 from tests.conftest import cli_env, jsonl, request_line
@@ -414,3 +415,35 @@ def test_flat_export_costs_add_up_to_the_status_cost(cli: CliRunner) -> None:
     total = status_json(cli, batch_id)["cost_usd"]
     assert isinstance(total, float)
     assert math.isclose(sum(r["cost_usd"] for r in records), total, rel_tol=1e-6)
+
+
+# -- limits per model and across the models of an endpoint --------------------------------------
+
+
+def test_run_help_says_which_scope_each_limit_flag_has(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["run", "--help"], env={"COLUMNS": "250", "TERM": "dumb"})
+
+    said = " ".join(result.stdout.replace("│", " ").split())
+    assert (
+        "--rpm <float range> [x>=0.001] Requests per minute per model (or family), not a " in said
+    )
+    assert (
+        "--endpoint-rpm <float range> [x>=0.001] Requests per minute across all models of " in said
+    )
+    assert "--endpoint-otpm" in said
+
+
+def test_run_endpoint_flags_cap_the_models_together(
+    cli: CliRunner, tmp_path: Path, db_url: str
+) -> None:
+    models = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
+    path = write(tmp_path, [request_line(f"r{i}", model=models[i % 3]) for i in range(6)])
+    batch_id = submit(cli, path)
+
+    result = invoke(cli, "run", batch_id, "--rpm", "6000", "--endpoint-rpm", "600", "--quiet")
+
+    assert result.exit_code == 0, result.output
+    with batchrun.Client(db_url, env={"HOME": str(tmp_path / "home")}, cwd=tmp_path) as client:
+        (limit,) = client.report(batch_id).limits
+    # Per model 6,000 (18,000 for three), across them 600: the run held the batch to 600.
+    assert (limit.dimension, limit.flag, limit.limit) == ("rpm", 600.0, 600.0)

@@ -199,3 +199,68 @@ def test_the_documented_example_config_is_valid(tmp_path: Path) -> None:
     assert known.default == "mygateway"
     assert known.get("mygateway").limits_for("claude-sonnet-4-5") == RateLimits(rpm=100)
     assert known.get("langdock-eu").timeout_s == 300
+
+
+def test_endpoint_limits_cover_all_models_and_merge_over_the_built_ins_by_dimension(
+    tmp_path: Path,
+) -> None:
+    known = resolve(
+        tmp_path,
+        """
+        [endpoints.anthropic.endpoint_limits]
+        rpm = 1000
+        tpm = 400000
+
+        [endpoints.mygateway]
+        base_url = "https://g.example"
+        auth = "none"
+        endpoint_limits = { rpm = 300 }
+        [endpoints.mygateway.limits."*"]
+        rpm = 600
+        """,
+    )
+
+    assert known.get("anthropic").endpoint_limits == RateLimits(rpm=1000, tpm=400_000)
+    gateway = known.get("mygateway")
+    assert gateway.endpoint_limits == RateLimits(rpm=300)
+    # The per-model table stays per model: the endpoint's limits are not one of its entries.
+    assert gateway.limits == {"*": RateLimits(rpm=600)}
+    assert known.get("langdock-eu").endpoint_limits == RateLimits()
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "[endpoints.anthropic.endpoint_limits]\nrpn = 50\n",
+            'endpoints.anthropic.endpoint_limits.rpn: unknown key; did you mean "rpm"?',
+        ),
+        (
+            "[endpoints.anthropic.endpoint_limits]\nrpm = 0\n",
+            "endpoints.anthropic.endpoint_limits.rpm: must be greater than 0",
+        ),
+        (
+            "[endpoints.anthropic]\nendpoint_limits = 5\n",
+            "endpoints.anthropic.endpoint_limits: must be a table, not 5",
+        ),
+        (
+            "[endpoints.anthropic]\nendpoint_limit = { rpm = 5 }\n",
+            'endpoints.anthropic.endpoint_limit: unknown key; did you mean "endpoint_limits"?',
+        ),
+        (
+            '[endpoints.anthropic.limits."(all models)"]\nrpm = 5\n',
+            'endpoints.anthropic.limits."(all models)": "(all models)" is reserved; limits '
+            "across all models of an endpoint go in [endpoints.NAME.endpoint_limits]",
+        ),
+    ],
+    ids=["unknown-dimension", "zero", "not-a-table", "misspelt-table", "reserved-entry"],
+)
+def test_a_bad_endpoint_limits_table_names_the_file_and_the_key(
+    tmp_path: Path, text: str, error: str
+) -> None:
+    path = write(tmp_path / "batchrun.toml", text)
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+
+    assert str(raised.value) == f"{path}: {error}"

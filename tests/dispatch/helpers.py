@@ -32,12 +32,14 @@ async def dispatch(
     config: DispatchConfig = FAST_RETRIES,
     limits: RateLimits | None = None,
     endpoint: Endpoint | None = None,
+    limiter: Limiter | None = None,
 ) -> RunReport:
     """Run one batch to completion against ``app`` through a real httpx client. The limiter
-    keeps its buckets in memory here, so virtual time stays exact; the shared bank is tested
-    on its own in virtual time (test_shared_limits.py)."""
+    (``limiter``, else one with ``limits`` for every model) keeps its buckets in memory here,
+    so virtual time stays exact; the shared bank is tested on its own in virtual time
+    (test_shared_limits.py)."""
     return await run_dispatcher(
-        store, batch_id, app, config=config, limits=limits, endpoint=endpoint
+        store, batch_id, app, config=config, limits=limits, endpoint=endpoint, limiter=limiter
     )
 
 
@@ -50,6 +52,7 @@ async def run_dispatcher(
     limits: RateLimits | None = None,
     during: Callable[[Dispatcher], Awaitable[None]] | None = None,
     endpoint: Endpoint | None = None,
+    limiter: Limiter | None = None,
 ) -> RunReport:
     """:func:`dispatch`, with ``during(dispatcher)`` running alongside (to stop it, say)."""
     endpoint = endpoint or builtin_endpoints({})[SIMULATOR]
@@ -63,7 +66,7 @@ async def run_dispatcher(
         dispatcher = Dispatcher(
             db=db,
             senders={SIMULATOR: sender},
-            limiter=Limiter(overrides=limits),
+            limiter=limiter or Limiter(overrides=limits),
             config=config,
         )
         side = asyncio.ensure_future(during(dispatcher)) if during else None

@@ -6,17 +6,18 @@ A batch's limits are those its latest run sent it under, as that run recorded th
 (:mod:`batchrun.ops.views.run_limits`): per dimension the limit given as a flag, the
 configured one, the one the server announced, the lowest a learned limit took it to, and the
 limit in force at the end of the run (``limit``), each summed over the keys the run sent it
-under (a dimension is left out when one of the keys has no limit in it); every run's are
-given too (``runs``). A batch no run has recorded limits for (not sent yet, or sent before
-batchrun recorded them) shows the limits of the keys its requests would be sent under as
-the database holds them now (``runs`` empty): endpoint × model or family pattern, for a
-pool each member's, with the member's model names; a key with no configured, announced or
-learned limit but a bucket in force counts the bucket's rate. While a batch is in progress
-``in_force`` is the workers' bucket rate now (lower during the start-up ramp). The batch's
-rate in each dimension is read off its throughput (:mod:`batchrun.ops.views.throughput`);
-the limit of the dimension the batch uses the largest share of is the binding one. The
-limits are shared with whatever else is sent under the same keys; the rates are the batch's
-own.
+under (a dimension is left out when one of the keys has no limit in it), capped per endpoint
+by its limits across all its models (:func:`~batchrun.ops.views.run_limits.batch_limit`);
+every run's are given too (``runs``). A batch no run has recorded limits for (not sent yet,
+or sent before batchrun recorded them) shows the limits of the keys its requests would be
+sent under as the database holds them now (``runs`` empty): endpoint × model or family
+pattern (and the endpoint's across all its models), for a pool each member's, with the
+member's model names; a key with no configured, announced or learned limit but a bucket in
+force counts the bucket's rate. While a batch is in progress ``in_force`` is the workers'
+bucket rate now (lower during the start-up ramp). The batch's rate in each dimension is read
+off its throughput (:mod:`batchrun.ops.views.throughput`); the limit of the dimension the
+batch uses the largest share of is the binding one. The limits are shared with whatever else
+is sent under the same keys; the rates are the batch's own.
 
 Blocking (store reads): the server calls these on its store threads.
 """
@@ -29,8 +30,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, Dimension
-from batchrun.limits.families import entry_for, is_family
-from batchrun.ops.views.run_limits import RunLimits, key_limit, runs_of, summed_limit
+from batchrun.limits.families import ALL_MODELS, entry_for, is_family
+from batchrun.ops.views.run_limits import RunLimits, batch_limit, key_limit, runs_of
 from batchrun.ops.views.throughput import Sent, Throughput, recent_since, throughput_of
 from batchrun.records import BatchSummary, route_of
 from batchrun.transport.endpoints import Endpoints
@@ -153,11 +154,14 @@ def limits_of(store: Store, batch: BatchSummary, *, known: Endpoints, now: datet
 
 def _limit_keys(name: str, models: Iterable[str], known: Endpoints) -> tuple[tuple[str, str], ...]:
     """The limiter keys (endpoint, model or family pattern) of a batch on endpoint or pool
-    ``name`` whose requests name ``models``, as the limiter makes them."""
+    ``name`` whose requests name ``models``, as the limiter makes them; and ``(endpoint,
+    ALL_MODELS)`` for an endpoint with limits across all its models."""
     found: dict[tuple[str, str], None] = {}
     for member in route_of(name, known.pools).members:
         endpoint = known.by_name.get(member.endpoint)
         entries = endpoint.limits if endpoint is not None else {}
+        if endpoint is not None and endpoint.endpoint_limits:
+            found[(member.endpoint, ALL_MODELS)] = None
         for model in models:
             sent = member.model_for(model)
             entry = entry_for(sent, entries)
@@ -168,6 +172,8 @@ def _limit_keys(name: str, models: Iterable[str], known: Endpoints) -> tuple[tup
 
 def _configured(endpoint: str, model: str, known: Endpoints) -> Mapping[str, float]:
     found = known.by_name.get(endpoint)
+    if found is not None and model == ALL_MODELS:
+        return dict(found.endpoint_limits.items())
     limits = None if found is None else found.limits_for(model)
     return {} if limits is None else dict(limits.items())
 
@@ -182,10 +188,10 @@ def _limit_uses(
     uses = []
     for dimension in DIMENSIONS:
         name = dimension.name
-        configured: list[float | None] = []
-        announced: list[float | None] = []
-        lowest: list[float | None] = []
-        in_force: list[float | None] = []
+        configured: dict[tuple[str, str], float | None] = {}
+        announced: dict[tuple[str, str], float | None] = {}
+        lowest: dict[tuple[str, str], float | None] = {}
+        in_force: dict[tuple[str, str], float | None] = {}
         learned = False
         for endpoint, model in keys:
             row = rows.get((endpoint, model, name))
@@ -196,12 +202,11 @@ def _limit_uses(
             if least is None and row is not None:
                 # A limit given to `run` (--rpm ...) is stored only as the bucket's rate.
                 least = row.in_force
-            configured.append(mine)
-            announced.append(heard)
-            lowest.append(least)
-            in_force.append(None if row is None else row.in_force)
+            key = (endpoint, model)
+            configured[key], announced[key], lowest[key] = mine, heard, least
+            in_force[key] = None if row is None else row.in_force
             learned = learned or (lowered is not None and least == lowered)
-        limit = summed_limit(lowest)
+        limit = batch_limit(lowest)
         if limit is None:
             continue
         rate = None if throughput is None else dimension.measure(throughput.amounts)
@@ -209,11 +214,11 @@ def _limit_uses(
             LimitUse(
                 dimension=name,
                 measures=measure_of(dimension),
-                configured=summed_limit(configured),
-                announced=summed_limit(announced),
+                configured=batch_limit(configured),
+                announced=batch_limit(announced),
                 learned=limit if learned else None,
                 limit=limit,
-                in_force=summed_limit(in_force),
+                in_force=batch_limit(in_force),
                 rate=rate,
                 utilisation=None if rate is None else rate / limit,
             )
@@ -237,8 +242,10 @@ def _recorded_uses(
         dimension = DIMENSIONS.get(limit.dimension)
         in_force = None
         if running:
-            found = [rows.get((endpoint, model, limit.dimension)) for endpoint, model in run.keys]
-            in_force = summed_limit([None if row is None else row.in_force for row in found])
+            found = {key: rows.get((*key, limit.dimension)) for key in run.keys}
+            in_force = batch_limit(
+                {key: None if row is None else row.in_force for key, row in found.items()}
+            )
         rate = None if throughput is None else dimension.measure(throughput.amounts)
         uses.append(
             LimitUse(

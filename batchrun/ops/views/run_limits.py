@@ -9,16 +9,22 @@ over time (``steps``: per key the lowest of the flag, else the configured limit,
 announced and the learned one; a dimension one of the keys has no limit in is unlimited);
 the limit in force at the end (``limit``) and the lowest it took (``lowest``); and
 ``learned``, the lowest limit in force while a learned limit was the one in force.
+
+An endpoint's limits across all its models (the key ``(endpoint, ALL_MODELS)``) cap the sum
+of its models' instead of adding to it: per endpoint the lower of the two counts (the sum of
+the models' when the endpoint has none in that dimension, the endpoint's when a model has
+none), and the endpoints' figures are summed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from batchrun.limits.dimensions import DIMENSIONS
+from batchrun.limits.families import ALL_MODELS
 from batchrun.ops.limit_recorder import MAX_CHANGES_PER_LIMIT
 from batchrun.store.run_limits import (
     ANNOUNCED,
@@ -125,7 +131,7 @@ def _run(rows: Sequence[LimitRecord]) -> RunLimits:
         for dimension in DIMENSIONS.names():
             if not any(d == dimension for values in keys.values() for d, _ in values):
                 continue
-            in_force = summed_limit([_key_in_force(values, dimension) for values in keys.values()])
+            in_force = _batch_limit(keys, _in_force_reader(dimension))
             series = steps.setdefault(dimension, [])
             if not series or series[-1][1] != in_force:
                 series.append((at, in_force))
@@ -142,13 +148,9 @@ def _run(rows: Sequence[LimitRecord]) -> RunLimits:
         limits.append(
             RunLimit(
                 dimension=dimension,
-                flag=summed_limit([values.get((dimension, FLAG)) for values in keys.values()]),
-                configured=summed_limit(
-                    [values.get((dimension, CONFIGURED)) for values in keys.values()]
-                ),
-                announced=summed_limit(
-                    [values.get((dimension, ANNOUNCED)) for values in keys.values()]
-                ),
+                flag=_batch_limit(keys, _source(dimension, FLAG)),
+                configured=_batch_limit(keys, _source(dimension, CONFIGURED)),
+                announced=_batch_limit(keys, _source(dimension, ANNOUNCED)),
                 learned=learned.get(dimension),
                 limit=series[-1][1],
                 lowest=min(present) if present else None,
@@ -184,6 +186,43 @@ def summed_limit(values: Sequence[float | None]) -> float | None:
     if not values or any(value is None for value in values):
         return None
     return sum(value for value in values if value is not None)
+
+
+def batch_limit(per_key: Mapping[Key, float | None]) -> float | None:
+    """A batch's limit over the keys it is sent under (a figure per key, None: none): per
+    endpoint the sum of its models' (:func:`summed_limit`), capped by the endpoint's limit
+    across all its models (key ``(endpoint, ALL_MODELS)``); summed over the endpoints."""
+    models: dict[str, list[float | None]] = {}
+    wide: dict[str, float | None] = {}
+    for (endpoint, model), value in per_key.items():
+        if model == ALL_MODELS:
+            wide[endpoint] = value
+        else:
+            models.setdefault(endpoint, []).append(value)
+    per_endpoint = []
+    for endpoint in models.keys() | wide.keys():
+        found = [
+            value
+            for value in (summed_limit(models.get(endpoint, [])), wide.get(endpoint))
+            if value is not None
+        ]
+        per_endpoint.append(min(found) if found else None)
+    return summed_limit(per_endpoint)
+
+
+def _batch_limit(
+    keys: Mapping[Key, _Values], of_key: Callable[[_Values], float | None]
+) -> float | None:
+    """:func:`batch_limit` of what ``of_key`` reads of each key's values."""
+    return batch_limit({key: of_key(values) for key, values in keys.items()})
+
+
+def _source(dimension: str, source: str) -> Callable[[_Values], float | None]:
+    return lambda values: values.get((dimension, source))
+
+
+def _in_force_reader(dimension: str) -> Callable[[_Values], float | None]:
+    return lambda values: _key_in_force(values, dimension)
 
 
 def _key_in_force(values: _Values, dimension: str) -> float | None:

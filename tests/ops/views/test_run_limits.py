@@ -17,6 +17,7 @@ import batchrun
 from batchrun.config.prices import PriceTable
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.families import ALL_MODELS
 from batchrun.limits.limiter import Demand, Limiter
 from batchrun.ops.limit_recorder import MAX_CHANGES_PER_LIMIT, LimitRecorder
 from batchrun.ops.monitor import RunMonitor
@@ -226,6 +227,79 @@ def test_a_runs_limit_in_force_is_the_flag_else_the_configured_one_lowered_by_wh
     assert (rpm.limit, rpm.lowest, rpm.learned, rpm.changes) == (1600.0, 900.0, 900.0, 4)
     assert first.keys == (("e", "m"), ("e", "n"))
     assert [limit.dimension for limit in second.limits] == ["otpm"]
+
+
+def test_an_endpoints_limit_across_its_models_caps_the_sum_of_theirs() -> None:
+    rows = [
+        _row(0, None, "sent", None, model="m"),
+        _row(0, "rpm", "configured", 1000.0, model="m"),
+        _row(0, None, "sent", None, model="n"),
+        _row(0, "rpm", "configured", 1000.0, model="n"),
+        _row(0, None, "sent", None, model=ALL_MODELS),
+        _row(0, "rpm", "configured", 1500.0, model=ALL_MODELS),
+        _row(0, "tpm", "configured", 90_000.0, model=ALL_MODELS),
+        # Lowered below the endpoint's, the models' sum binds again.
+        _row(10, "rpm", "learned", 400.0, model="n"),
+    ]
+
+    (run,) = runs_of(rows)
+
+    rpm, tpm = run.limits
+    assert [(int((at - T0).total_seconds()), value) for at, value in rpm.steps] == [
+        (0, 1500.0),
+        (10, 1400.0),
+    ]
+    assert (rpm.configured, rpm.limit, rpm.learned) == (1500.0, 1400.0, 1400.0)
+    # The models have no token limit: the endpoint's is the batch's.
+    assert (tpm.dimension, tpm.configured, tpm.limit) == ("tpm", 90_000.0, 90_000.0)
+
+
+def test_a_run_with_endpoint_limits_shows_the_total_it_held_the_batch_to(
+    client: batchrun.Client,
+) -> None:
+    models = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
+    lines = [request_line(f"r{i}", f"q{i}", model=models[i % 3]) for i in range(6)]
+    batch_id = client.submit(lines, endpoint="simulator").id
+
+    result = client.run(batch_id, limits={"rpm": 6000}, endpoint_limits={"rpm": 600})
+
+    assert result.exit_code == 0
+    (limit,) = client.report(batch_id).limits
+    # Three models at 6,000 each, capped at 600 for the endpoint: the batch ran under 600.
+    assert (limit.dimension, limit.flag, limit.limit) == ("rpm", 600.0, 600.0)
+    (run,) = client.report(batch_id).runs
+    assert ("simulator", ALL_MODELS) in run.keys
+
+
+def test_a_batch_not_sent_yet_shows_its_models_limits_capped_by_the_endpoints(
+    db_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "batchrun.toml"
+    config.write_text(
+        '[endpoints.simulator.limits."*"]\nrpm = 600\n'
+        "[endpoints.simulator.endpoint_limits]\nrpm = 900\notpm = 50000\n"
+    )
+    models = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
+    lines = [request_line(f"r{i}", model=model) for i, model in enumerate(models)]
+    with batchrun.Client(db_url, config=config, env={"HOME": str(tmp_path)}) as client:
+        batch_id = client.submit(lines, endpoint="simulator").id
+        report = client.report(batch_id)
+
+    assert report.limits_recorded is False
+    shown = {use.dimension: (use.configured, use.limit) for use in report.limits}
+    # Three models at 600 each would be 1,800: the endpoint's 900 is the batch's limit.
+    assert shown == {"rpm": (900.0, 900.0), "otpm": (50_000.0, 50_000.0)}
+
+
+def test_an_unknown_endpoint_limit_is_refused_before_anything_is_sent(
+    client: batchrun.Client,
+) -> None:
+    batch_id = _submit(client, "refused", ["one"], "simulator")
+
+    with pytest.raises(batchrun.ConfigError, match="endpoint_limits: unknown rate limit 'rpx'"):
+        client.run(batch_id, endpoint_limits={"rpx": 5})
+
+    assert client.status(batch_id).request_counts.processing == 1
 
 
 def test_the_recorded_rows_go_with_their_batch(store: Store) -> None:
