@@ -24,6 +24,7 @@ from batchrun.store.store import Store
 
 # Headless Chromium and the screenshot folder, for the tests of web pages.
 from tests.browsing import artifacts, browser  # noqa: F401
+from tests.counters import assert_counters_agree
 
 POSTGRES_URL_VARIABLE = "BATCHRUN_TEST_POSTGRES_URL"
 # Variables that choose or reach an endpoint, which a developer's shell may set.
@@ -154,6 +155,22 @@ def sqlite_store(tmp_path: Path, migrated_sqlite_file: Path) -> Iterator[Store]:
     opened.close()
     if directory != tmp_path:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def counters_agree(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test with a database (``db_url``, ``sqlite_store``): each batch's
+    maintained counters equal the aggregate over its rows (tests/counters.py)."""
+    url: str | None = None
+    if "db_url" in request.fixturenames:
+        url = request.getfixturevalue("db_url")
+    elif "sqlite_store" in request.fixturenames:
+        url = request.getfixturevalue("sqlite_store").engine.url.render_as_string(
+            hide_password=False
+        )
+    yield
+    if url is not None:
+        assert_counters_agree(url)
 
 
 @pytest.fixture

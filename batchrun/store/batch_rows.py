@@ -9,7 +9,8 @@ to its placeholder once the whole file is stored and every real custom_id is kno
 is streamed, so a later line may use the id a placeholder would have taken. For each chunk
 `batchrun.store.reuse` decides which requests are answered from a stored result (``submit
 --reuse``) and what the others wait for: a duplicate's original, a prompt-cache group's
-leader.
+leader. Once every row is written the batch's counters are set from them
+(`batchrun.store.counters`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from batchrun.records import PLACEHOLDER_PREFIX, Lane, NewBatch, NewRequest, placeholder_custom_ids
 from batchrun.store import tables as t
+from batchrun.store.counters import count_new_batch
 from batchrun.store.reuse import NewRequestPlan
 
 # Rows per INSERT round trip while ingesting, and the most request text one holds: a file
@@ -64,6 +66,7 @@ def insert_batch(
     if unnamed:
         _name_unnamed(conn, batch.id, unnamed)
     conn.execute(update(t.batches).where(t.batches.c.id == batch.id).values(request_count=count))
+    count_new_batch(conn, batch.id)
     return count, final
 
 

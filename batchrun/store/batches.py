@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, exists, func, literal, select, tuple_, update
+from sqlalchemy import Engine, exists, func, literal, select, tuple_, update
 
 from batchrun.errors import BatchNotFoundError
 from batchrun.records import (
@@ -22,6 +22,7 @@ from batchrun.records import (
 from batchrun.store import tables as t
 from batchrun.store.base import Section, batch_not_found, end_finished_batches
 from batchrun.store.batch_rows import insert_batch
+from batchrun.store.counters import COUNT_COLUMNS, TOKEN_COLUMNS
 from batchrun.store.health import Health
 from batchrun.store.usage import UsageReads
 
@@ -53,14 +54,13 @@ class Batches(Section):
         return count
 
     def get(self, batch_id: str) -> BatchSummary:
-        """The batch with its request counts and token totals; BatchNotFoundError if none."""
+        """The batch with its request counts and token totals (its maintained counters, see
+        `batchrun.store.counters`); BatchNotFoundError if none."""
         with self._read() as conn:
             row = conn.execute(select(t.batches).where(t.batches.c.id == batch_id)).one_or_none()
-            if row is None:
-                raise batch_not_found(batch_id)
-            counts = self._counts(conn, [batch_id]).get(batch_id, RequestCounts())
-            tokens = self._tokens(conn, [batch_id]).get(batch_id, TokenTotals())
-        return _summary(row._mapping, counts, tokens)
+        if row is None:
+            raise batch_not_found(batch_id)
+        return _summary(row._mapping)
 
     def all(self) -> list[BatchSummary]:
         """Every batch, newest first, with counts and token totals."""
@@ -68,7 +68,7 @@ class Batches(Section):
             rows = conn.execute(
                 select(t.batches).order_by(t.batches.c.created_at.desc(), t.batches.c.id.desc())
             ).all()
-            return self._summaries(conn, rows)
+        return [_summary(row._mapping) for row in rows]
 
     def page(
         self,
@@ -104,53 +104,11 @@ class Batches(Section):
             if before_id is None:
                 query = query.order_by(b.created_at.desc(), b.id.desc())
             rows = list(conn.execute(query.limit(limit + 1)).all())
-            more = len(rows) > limit
-            rows = rows[:limit]
-            if before_id is not None:
-                rows.reverse()
-            return self._summaries(conn, rows), more
-
-    def _summaries(self, conn: Connection, rows: Sequence[Any]) -> list[BatchSummary]:
-        """Batch rows as summaries, with their counts and token totals, in the same order."""
-        ids = [row.id for row in rows]
-        counts = self._counts(conn, ids)
-        tokens = self._tokens(conn, ids)
-        return [
-            _summary(
-                row._mapping,
-                counts.get(row.id, RequestCounts()),
-                tokens.get(row.id, TokenTotals()),
-            )
-            for row in rows
-        ]
-
-    def _counts(self, conn: Connection, batch_ids: Sequence[str]) -> dict[str, RequestCounts]:
-        found: dict[str, dict[str, int]] = {}
-        rows = conn.execute(
-            select(t.requests.c.batch_id, t.requests.c.state, func.count())
-            .where(t.requests.c.batch_id.in_(batch_ids))
-            .group_by(t.requests.c.batch_id, t.requests.c.state)
-        )
-        for batch_id, state, count in rows:
-            per_state = found.setdefault(batch_id, {})
-            key = "processing" if state in t.OPEN_STATES else state
-            per_state[key] = per_state.get(key, 0) + count
-        return {batch_id: RequestCounts(**per_state) for batch_id, per_state in found.items()}
-
-    def _tokens(self, conn: Connection, batch_ids: Sequence[str]) -> dict[str, TokenTotals]:
-        r = t.results.c
-        rows = conn.execute(
-            select(
-                r.batch_id,
-                func.coalesce(func.sum(r.input_tokens), 0),
-                func.coalesce(func.sum(r.output_tokens), 0),
-                func.coalesce(func.sum(r.cache_creation_input_tokens), 0),
-                func.coalesce(func.sum(r.cache_read_input_tokens), 0),
-            )
-            .where(r.batch_id.in_(batch_ids))
-            .group_by(r.batch_id)
-        )
-        return {row[0]: TokenTotals(*(int(value) for value in row[1:])) for row in rows}
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if before_id is not None:
+            rows.reverse()
+        return [_summary(row._mapping) for row in rows], more
 
     def with_open_work(self) -> list[str]:
         """Ids of batches that still have queued or running requests, oldest first."""
@@ -232,7 +190,8 @@ class Batches(Section):
         )
 
 
-def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSummary:
+def _summary(row: Any) -> BatchSummary:
+    """A batch row as its summary: the counts and token totals are its counters."""
     return BatchSummary(
         id=row["id"],
         name=row["name"],
@@ -243,8 +202,8 @@ def _summary(row: Any, counts: RequestCounts, tokens: TokenTotals) -> BatchSumma
         cancel_initiated_at=row["cancel_initiated_at"],
         ended_at=row["ended_at"],
         paused_reason=row["paused_reason"],
-        counts=counts,
-        tokens=tokens,
+        counts=RequestCounts(**{key: row[column] for key, column in COUNT_COLUMNS.items()}),
+        tokens=TokenTotals(**{key: row[column] for key, column in TOKEN_COLUMNS.items()}),
         lane=row["lane"],
         owner=row["owner"],
     )

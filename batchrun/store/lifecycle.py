@@ -25,6 +25,7 @@ from batchrun.store.base import (
     end_finished_batches,
     insert_bare_results,
 )
+from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
 
 
 class BatchLifecycle(Section):
@@ -195,24 +196,32 @@ class BatchLifecycle(Section):
                 req.batch_id == batch_id, req.state.in_(states), req.id.not_in(bad_lines)
             )
             last_error = select(res.error_message).where(res.request_id == req.id).scalar_subquery()
-            conn.execute(
-                update(t.requests)
-                .where(req.id.in_(chosen.scalar_subquery()))
-                .values(
-                    state=t.QUEUED,
-                    failures=0,
-                    not_before=None,
-                    last_error=func.coalesce(last_error, req.last_error),
-                )
-            )
-            conn.execute(
-                t.results.delete().where(
+            changes = CounterChanges()
+            # One state at a time, so each row count says where its requests came from.
+            for state in dict.fromkeys(states):
+                moved = conn.execute(
+                    update(t.requests)
+                    .where(req.id.in_(chosen.where(req.state == state).scalar_subquery()))
+                    .values(
+                        state=t.QUEUED,
+                        failures=0,
+                        not_before=None,
+                        last_error=func.coalesce(last_error, req.last_error),
+                    )
+                ).rowcount
+                changes.moved(batch_id, state, t.QUEUED, int(moved))
+            dropped = conn.execute(
+                t.results.delete()
+                .where(
                     res.batch_id == batch_id,
                     res.request_id.in_(
                         select(req.id).where(req.batch_id == batch_id, req.state == t.QUEUED)
                     ),
                 )
-            )
+                .returning(res.batch_id, *(res[name] for name in TOKEN_COLUMNS))
+            ).all()
+            changes.results((row._mapping for row in dropped), sign=-1)
+            changes.apply(conn)
             count = int(
                 conn.execute(
                     select(func.count()).where(req.batch_id == batch_id, req.state == t.QUEUED)
@@ -242,6 +251,10 @@ class BatchLifecycle(Section):
             .values(state=state, lease_owner=None, lease_expires_at=None)
         ).rowcount
         if changed:
+            # Queued and running both count as processing.
+            changes = CounterChanges()
+            changes.moved(batch_id, t.QUEUED, state, changed)
+            changes.apply(conn)
             insert_bare_results(conn, batch_id, state, now)
         return int(changed)
 

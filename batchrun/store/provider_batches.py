@@ -28,6 +28,7 @@ from batchrun.records import (
 )
 from batchrun.store import tables as t
 from batchrun.store.base import Section, end_finished_batches, insert_bare_results
+from batchrun.store.counters import CounterChanges
 from batchrun.store.leases import not_waiting
 from batchrun.store.recording import record_finished
 from batchrun.store.reuse import settle_copies
@@ -300,8 +301,10 @@ class ProviderBatches(Section):
         with self._write() as conn:
             finished, back, tally = prepare_import(conn, row_id, results, requeues)
             if finished:
-                record_finished(conn, finished, from_state=t.PROVIDER)
-                settle_copies(conn, [item.request_id for item in finished], now)
+                changes = CounterChanges()
+                record_finished(conn, finished, changes=changes, from_state=t.PROVIDER)
+                settle_copies(conn, [item.request_id for item in finished], now, changes)
+                changes.apply(conn)
             apply_requeues(conn, back)
             end_finished_batches(conn, batches_of_provider_batch(conn, row_id), now)
         return tally
@@ -401,8 +404,9 @@ def close_provider_batch(
     result for them) go back to the real-time queue (``requeue``), or, when some of its
     lines could not be read (one of them may be theirs, and billed), end errored with
     ``leftover_reason``; in a batch being canceled they end canceled. The row ends
-    ``imported``. Returns how many there were."""
+    ``imported``. Returns how many there were. The batch's counters change with them."""
     req = t.requests.c
+    changes = CounterChanges()
     canceling = conn.execute(
         select(t.batches.c.cancel_initiated_at)
         .select_from(
@@ -417,6 +421,7 @@ def close_provider_batch(
             .values(state=t.CANCELED)
         ).rowcount
         for batch_id in batches_of_provider_batch(conn, row_id):
+            changes.moved(batch_id, t.PROVIDER, t.CANCELED, back)
             insert_bare_results(conn, batch_id, t.CANCELED, now)
     elif requeue:
         back = conn.execute(
@@ -461,6 +466,9 @@ def close_provider_batch(
             .where(req.provider_batch == row_id, req.state == t.PROVIDER)
             .values(state=t.ERRORED, attempts=req.attempts + 1)
         ).rowcount
+        for batch_id in batches_of_provider_batch(conn, row_id):
+            changes.moved(batch_id, t.PROVIDER, t.ERRORED, back)
+    changes.apply(conn)
     conn.execute(
         update(t.provider_batches)
         .where(t.provider_batches.c.id == row_id)

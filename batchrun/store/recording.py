@@ -19,6 +19,7 @@ from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from batchrun.records import FinishedRequest, RetryLater
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches, insert_bare_results
+from batchrun.store.counters import CounterChanges
 from batchrun.store.database import upsert_insert
 from batchrun.store.reuse import batches_with_copies, settle_copies
 
@@ -53,9 +54,10 @@ def record_outcomes(
     to have no copies (updated here), whose results skip the look for copies.
     """
     batch_ids: set[str] = {item.batch_id for item in finished}
+    changes = CounterChanges()
     if finished:
-        record_finished(conn, finished)
-        _settle_copies(conn, finished, now, without_copies)
+        record_finished(conn, finished, changes=changes)
+        _settle_copies(conn, finished, now, without_copies, changes)
     req = t.requests.c
     mine = and_(req.state == t.RUNNING, req.lease_owner == owner)
     if retries:
@@ -103,9 +105,12 @@ def record_outcomes(
             .values(state=state, lease_owner=None, lease_expires_at=None)
             .returning(req.batch_id)
         ).all()
+        for batch_id in touched:
+            changes.moved(batch_id, t.RUNNING, state)
         for batch_id in set(touched):
             insert_bare_results(conn, batch_id, state, now)
         batch_ids.update(touched)
+    changes.apply(conn)
     if batch_ids:
         end_finished_batches(conn, sorted(batch_ids), now)
 
@@ -135,6 +140,7 @@ def _settle_copies(
     finished: Sequence[FinishedRequest],
     now: datetime,
     without_copies: set[str],
+    changes: CounterChanges,
 ) -> None:
     """:func:`settle_copies` for the requests of ``finished`` that succeeded, in batches
     that have copies."""
@@ -146,15 +152,20 @@ def _settle_copies(
     without_copies.update(unknown - having)
     ids = [item.request_id for item in succeeded if item.batch_id in having]
     if ids:
-        settle_copies(conn, ids, now)
+        settle_copies(conn, ids, now, changes)
 
 
 def record_finished(
-    conn: Connection, finished: Sequence[FinishedRequest], *, from_state: str = t.RUNNING
+    conn: Connection,
+    finished: Sequence[FinishedRequest],
+    *,
+    changes: CounterChanges,
+    from_state: str = t.RUNNING,
 ) -> None:
     """A result row for each of ``finished`` and its request's final state, for requests
     still in ``from_state``. A request that already has a result keeps the first: every
-    request has exactly one."""
+    request has exactly one. What was written is added to ``changes`` (the caller applies
+    them in the same transaction)."""
     # Values are fitted to their columns here too: one out-of-range value would fail the
     # whole group's transaction, and every result in it with it.
     rows: list[dict[str, Any]] = []
@@ -192,15 +203,20 @@ def record_finished(
                 "cost_factor": item.cost_factor,
             }
         )
-    conn.execute(
-        upsert_insert(conn.engine)(t.results).on_conflict_do_nothing(index_elements=["request_id"]),
-        rows,
+    written = set(
+        conn.scalars(
+            upsert_insert(conn.engine)(t.results)
+            .on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(t.results.c.request_id),
+            rows,
+        ).all()
     )
+    changes.results(row for row in rows if row["request_id"] in written)
     req = t.requests.c
     final_state = (
         select(t.results.c.result_type).where(t.results.c.request_id == req.id).scalar_subquery()
     )
-    conn.execute(
+    moved = conn.execute(
         update(t.requests)
         .where(req.id.in_([item.request_id for item in finished]), req.state == from_state)
         .values(
@@ -209,7 +225,10 @@ def record_finished(
             lease_owner=None,
             lease_expires_at=None,
         )
-    )
+        .returning(req.batch_id, req.state)
+    ).all()
+    for batch_id, state in moved:
+        changes.moved(batch_id, from_state, state)
 
 
 _INT32_MAX = 2**31 - 1

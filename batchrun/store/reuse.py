@@ -56,6 +56,7 @@ from sqlalchemy.sql import FromClause
 from batchrun.records import Lane, NewRequest
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches
+from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
 from batchrun.store.database import upsert_insert
 
 # Request ids per statement when settling copies (bound parameters in one IN list).
@@ -89,6 +90,9 @@ _OWN_COLUMNS = (
     "cost_factor",
     "reused_from",
 )
+
+
+_TOKEN_RESULT_COLUMNS = tuple(t.results.c[name] for name in TOKEN_COLUMNS)
 
 
 def _copied_result(
@@ -368,7 +372,9 @@ def batches_with_copies(conn: Connection, batch_ids: Iterable[str]) -> set[str]:
     }
 
 
-def settle_copies(conn: Connection, request_ids: Iterable[int], now: datetime) -> int:
+def settle_copies(
+    conn: Connection, request_ids: Iterable[int], now: datetime, changes: CounterChanges
+) -> int:
     """Give the queued copies (``copy_of``) of these requests, those whose result is stored
     and succeeded, a copy of that result (``reused_from``: their own batch, cost factor 0)
     and the state succeeded; end the batches left with nothing open. Copies of a request
@@ -377,7 +383,8 @@ def settle_copies(conn: Connection, request_ids: Iterable[int], now: datetime) -
 
     Call it with the ids of requests whose final results were just written, on the same
     connection, inside that transaction; ids of requests without copies cost one indexed
-    statement per 1,000. Returns how many copies succeeded."""
+    statement per 1,000. The copies' results and states are added to ``changes`` (the
+    caller applies them in the same transaction). Returns how many copies succeeded."""
     settled = 0
     batch_ids: set[str] = set()
     copy = t.requests.c
@@ -393,7 +400,7 @@ def settle_copies(conn: Connection, request_ids: Iterable[int], now: datetime) -
     for chunk in _chunks(request_ids):
         copies = _queued_copies(conn, chunk)
         for part in _chunks(copies):
-            answered = conn.scalars(
+            written = conn.execute(
                 _copy_insert(conn)
                 .from_select(
                     columns,
@@ -405,16 +412,20 @@ def settle_copies(conn: Connection, request_ids: Iterable[int], now: datetime) -
                         original.c.result_type == t.SUCCEEDED,
                     ),
                 )
-                .returning(t.results.c.request_id)
+                .returning(t.results.c.request_id, t.results.c.batch_id, *_TOKEN_RESULT_COLUMNS)
             ).all()
-            if not answered:
+            if not written:
                 continue
+            changes.results(row._mapping for row in written)
+            answered = [row.request_id for row in written]
             touched = conn.scalars(
                 update(t.requests)
                 .where(copy.id.in_(answered), copy.state == t.QUEUED)
                 .values(state=t.SUCCEEDED)
                 .returning(copy.batch_id)
             ).all()
+            for batch_id in touched:
+                changes.moved(batch_id, t.QUEUED, t.SUCCEEDED)
             settled += len(touched)
             batch_ids.update(touched)
     if batch_ids:

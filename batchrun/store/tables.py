@@ -33,6 +33,9 @@ the ``realtime`` lane are claimed by the dispatcher; ``batch`` ones go to provid
 
 succeeded, errored, canceled and expired are final: each final request has exactly one row in
 ``results`` (primary key ``request_id``), written in the same transaction as the final state.
+Each batch row counts its requests per reported state and sums its results' tokens
+(``n_*``, ``sum_*``; see batchrun.store.counters): a statement that changes either changes
+the counters in the same transaction.
 
 A batch is ``in_progress`` until ``cancel_initiated_at`` is set (``canceling``) and ``ended``
 once ``ended_at`` is set, which happens when none of its requests is queued or running.
@@ -193,6 +196,27 @@ batches = Table(
         SafeString(64),
         nullable=True,
         comment="the id of the serve key that created it (a hash, never the key)",
+    ),
+    # Maintained counters (batchrun.store.counters): requests per reported state and the
+    # token totals of the results, kept by every statement that changes them.
+    *(
+        Column(name, Integer, nullable=False, server_default="0", comment=comment)
+        for name, comment in (
+            ("n_processing", "requests queued, running or held by a provider batch"),
+            ("n_succeeded", "requests succeeded"),
+            ("n_errored", "requests errored"),
+            ("n_canceled", "requests canceled"),
+            ("n_expired", "requests expired"),
+        )
+    ),
+    *(
+        Column(f"sum_{name}", BigInteger, nullable=False, server_default="0")
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        )
     ),
     # `batchrun serve` lists a key's batches newest first, a page at a time.
     Index(None, "owner", "created_at", "id"),

@@ -53,8 +53,8 @@ def test_token_usage_is_summed_by_one_function_besides_the_batch_totals() -> Non
         for name, module in _modules().items()
         for function in _functions_that(_sums_cache_reads, module)
     }
-    # ``_tokens``: a batch's token totals for its summary (not per model).
-    assert found == {("usage.py", "read_usage"), ("batches.py", "_tokens")}
+    # A batch's token totals for its summary are maintained counters (counters.py).
+    assert found == {("usage.py", "read_usage")}
 
 
 def test_time_buckets_are_cut_in_the_series_and_usage_modules_only() -> None:
