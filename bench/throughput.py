@@ -38,8 +38,9 @@ Run:  .venv/bin/python bench/throughput.py                   (10,000 requests)
       .venv/bin/python bench/throughput.py --requests 5000
 The limited phases take most of the time while a limit costs what it does now (issue 27):
 `--requests 5000` took 13 minutes on 2026-12-07 on the development machine under load (bare
-at 94 requests/s instead of about 600); expect about twice that for the default, and much less
-on a quiet machine. The default was 20,000 before the limited phases.
+at 94 requests/s instead of about 600), 5 minutes in a less loaded run that day; expect
+about twice that for the default, and less on a quiet machine. The default was 20,000
+before the limited phases.
 """
 
 from __future__ import annotations
