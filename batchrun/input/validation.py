@@ -56,6 +56,7 @@ from batchrun.input.wording import (
     show_json,
     size_text,
 )
+from batchrun.limits.families import ALL_MODELS
 
 __all__ = [
     "CONTENT_BLOCK_TYPES",
@@ -409,7 +410,7 @@ def _check_model(
 ) -> str | None:
     if "model" not in params:
         if default_model is not None:
-            return default_model
+            return _unreserved(default_model, f"{key}.model (the default model)", problems)
         problems.append(
             f'{key}.model is missing; add "model": "<model id>" to the request '
             "or set a default model"
@@ -425,6 +426,18 @@ def _check_model(
         problems.append(
             f"{key}.model is {len(model):,} characters long; a model id has at most "
             f"{MAX_MODEL_CHARS}"
+        )
+        return None
+    return _unreserved(model, f"{key}.model", problems)
+
+
+def _unreserved(model: str, where: str, problems: list[str]) -> str | None:
+    """``model``, unless it is the name the limiter keeps for an endpoint's limits across all
+    its models (its requests would take from that limit as if it were their model's)."""
+    if model == ALL_MODELS:
+        problems.append(
+            f'{where} "{ALL_MODELS}" is reserved for the limits of an endpoint across all its '
+            "models; name the model the request is for"
         )
         return None
     return model

@@ -121,6 +121,7 @@ INVALID_CASES: list[tuple[str, bytes, str]] = [
     ("model empty", with_params(model=""), "params.model must be a non-empty string"),
     ("model blank", with_params(model="  "), "params.model must be a non-empty string"),
     ("model a number", with_params(model=3), "params.model must be a non-empty string"),
+    ("model reserved", with_params(model="(all models)"), '"(all models)" is reserved'),
     ("max_tokens missing", with_params(max_tokens=...), "params.max_tokens is missing"),
     ("max_tokens bool", with_params(max_tokens=True), "must be an integer, not a boolean"),
     ("max_tokens float", with_params(max_tokens=10.0), "not a number (10.0); write 10"),
@@ -360,6 +361,11 @@ def test_the_default_model_fills_in_a_missing_model() -> None:
     assert result.model == "claude-haiku-4-5"
     assert result.params["model"] == "claude-haiku-4-5"
     assert json.loads(result.params_json)["model"] == "claude-haiku-4-5"
+
+
+def test_the_name_kept_for_an_endpoints_limits_is_no_default_model() -> None:
+    found = invalid(with_params(model=...), default_model="(all models)")
+    assert any('"(all models)" is reserved' in problem for problem in found.problems)
 
 
 def test_the_default_model_does_not_override_an_explicit_or_invalid_model() -> None:
