@@ -301,6 +301,7 @@ class Client:
         model: str | None = None,
         output_share: float | None = None,
         limits: Limits | None = None,
+        endpoint_limits: Limits | None = None,
         max_requests: int | None = None,
         max_file_bytes: int | None = None,
         lane: str = Lane.REALTIME,
@@ -309,8 +310,9 @@ class Client:
     ) -> FilePlan:
         """Plan ``requests`` for an endpoint before spending: requests, input tokens, output
         tokens (expected at ``output_share`` of max_tokens, 0.3 unless given, and worst
-        case), cost, and how long the endpoint's limits (``limits`` replacing them, per
-        minute by dimension name) make it take; with a batch API, the batch lane's cost and
+        case), cost, and how long the endpoint's limits (``limits`` replacing them per
+        model, ``endpoint_limits`` those across all its models; per minute by dimension
+        name) make it take; with a batch API, the batch lane's cost and
         typical time too, and which lane ``lane`` would use (``auto``: for a deadline
         ``expires_in_s`` away, 24 h unless given). Nothing is stored or sent. Invalid lines
         raise :class:`InputFileError`, unless ``skip_invalid``: then the plan covers the
@@ -333,6 +335,7 @@ class Client:
                 endpoint=target,
                 prices=self.prices(),
                 overrides=_limits(limits),
+                endpoint_overrides=_limits(endpoint_limits, "endpoint_limits"),
                 output_share=DEFAULT_OUTPUT_SHARE if output_share is None else output_share,
                 default_model=model,
                 max_requests=max_requests,

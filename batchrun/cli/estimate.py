@@ -15,6 +15,7 @@ from batchrun.cli.consoles import print_json, stderr, stdout
 from batchrun.cli.options import duration_option, with_limit_options
 from batchrun.cli.text import duration_text, plural
 from batchrun.config.prices import format_usd
+from batchrun.limits.families import ALL_MODELS
 from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, FilePlan, ModelPlan, plan_json
 from batchrun.records import Lane
 
@@ -23,6 +24,7 @@ def estimate(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="JSONL request file; - reads standard input.")],
     limits: dict[str, float],
+    endpoint_limits: dict[str, float],
     endpoint: Annotated[
         str | None,
         typer.Option(
@@ -66,8 +68,8 @@ def estimate(
     (expected and worst case), cost, and how long the endpoint's limits make it take; with a
     batch API, the batch lane's cost, saving and typical time.
     Nothing is stored or sent. A limit flag (--rpm ...) replaces the endpoint's limit for
-    every model. An invalid line refuses the file (every problem listed), unless
-    --skip-invalid is given.
+    every model; --endpoint-rpm ... its limit across all its models together. An invalid
+    line refuses the file (every problem listed), unless --skip-invalid is given.
 
     Example: `batchrun estimate requests.jsonl --endpoint langdock-eu --output-share 0.5`
     """
@@ -79,6 +81,7 @@ def estimate(
         model=model,
         output_share=output_share,
         limits=limits,
+        endpoint_limits=endpoint_limits,
         lane=lane,
         expires_in_s=duration_option(expires_in, "--expires-in"),
         skip_invalid=skip_invalid,
@@ -138,6 +141,11 @@ def estimate_table(plan: FilePlan) -> Group:
     missing = dict.fromkeys(unpriced, 1)
     totals.add_row("file", plan.source)
     totals.add_row("endpoint", plan.endpoint)
+    if plan.endpoint_limits:
+        figures = ", ".join(
+            f"{name} {amount:,g}/min" for name, amount in plan.endpoint_limits.items()
+        )
+        totals.add_row("endpoint limits", f"{figures} across all models")
     totals.add_row("requests", f"{plan.requests:,}")
     if plan.invalid_lines:
         totals.add_row(
@@ -166,10 +174,18 @@ def estimate_table(plan: FilePlan) -> Group:
     for label, is_worst in (("duration", False), ("at most", True)):
         minutes, slowest = plan.duration(worst=is_worst)
         if minutes is None or slowest is None:
-            text = "unknown: a model has no limit, so concurrency and latency set the pace"
+            text = (
+                "unknown: a model has no limit (nor the endpoint across its models), so "
+                "concurrency and latency set the pace"
+            )
         else:
             _, binding = _model_duration(slowest, worst=is_worst)
-            text = f"{duration_text(minutes * 60)}, bound by {binding} for {slowest.model}"
+            scope = (
+                "across all models of the endpoint"
+                if slowest.model == ALL_MODELS
+                else f"for {slowest.model}"
+            )
+            text = f"{duration_text(minutes * 60)}, bound by {binding} {scope}"
         totals.add_row(label, text)
     for label, text in _lane_rows(plan, expected, worst, missing):
         totals.add_row(label, text)

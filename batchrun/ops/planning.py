@@ -12,6 +12,13 @@ Per model (the limiter paces each endpoint × model on its own, so models run si
   limit (:mod:`batchrun.limits.dimensions`): requests / rpm, input tokens / itpm, output
   tokens / otpm, input + output / tpm. The slowest is the limit that
   binds. The file takes as long as its slowest model.
+
+Limits across all the models of the endpoint (``endpoint_limits``, ``--endpoint-*``) pace the
+whole file as one: it is planned once more as a single model named
+:data:`~batchrun.limits.families.ALL_MODELS`, against those limits, and takes at least that
+long. Every request takes from both scopes, so the file's duration is the longer of the two
+(the slowest model, the whole file at the endpoint's limits): exact when one scope binds
+throughout, a lower bound when they take turns.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from batchrun.batch_lane.auto import auto_lane
 from batchrun.config.prices import ModelPrice, PriceTable
 from batchrun.errors import InputFileError
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
+from batchrun.limits.families import ALL_MODELS
 from batchrun.records import Lane
 from batchrun.transport.endpoints import PROVIDER_BATCH_LIFETIME_S, BatchApi
 
@@ -95,6 +103,8 @@ class FilePlan:
     # (``file:line: problem``, then "… and N more problems").
     invalid_lines: int = 0
     invalid_problems: tuple[str, ...] = ()
+    # The endpoint's limits across all its models, when it has any.
+    endpoint_limits: RateLimits | None = None
 
     def with_lanes(self, batch_api: BatchApi | None, *, lane: str, deadline_s: float) -> FilePlan:
         """This plan with the batch lane's terms, and the lane ``lane`` takes (for ``auto``:
@@ -139,17 +149,37 @@ class FilePlan:
                 known += cost
         return known, unpriced
 
+    def whole(self) -> ModelPlan | None:
+        """The whole file as one model named :data:`ALL_MODELS`, paced by the endpoint's
+        limits across all its models; None when it has none."""
+        if not self.endpoint_limits:
+            return None
+        return ModelPlan(
+            ALL_MODELS,
+            requests=self.requests,
+            input_tokens=self.input_tokens,
+            max_output_tokens=self.max_output_tokens,
+            output_share=self.output_share,
+            limits=self.endpoint_limits,
+        )
+
     def duration(self, *, worst: bool) -> tuple[float | None, ModelPlan | None]:
-        """Minutes for the whole file (its slowest model), and that model; (None, None) when
-        a model has no limit, since then no limit sets the pace."""
+        """Minutes for the whole file and what sets them: its slowest model, or
+        :meth:`whole` when the endpoint's limits across all models take longer. (None,
+        None) when neither scope sets a pace: a model has no limit of its own and the
+        endpoint none across its models."""
         slowest: tuple[float, ModelPlan] | None = None
-        for m in self.models:
+        unpaced = False
+        whole = self.whole()
+        for m in [*self.models, *([whole] if whole is not None else [])]:
             minutes, _ = m.duration(m.max_output_tokens if worst else m.expected_output_tokens)
             if minutes is None:
-                return None, None
-            if slowest is None or minutes > slowest[0]:
+                unpaced = True
+            elif slowest is None or minutes > slowest[0]:
                 slowest = (minutes, m)
-        return (slowest[0], slowest[1]) if slowest else (None, None)
+        if slowest is None or (unpaced and whole is None):
+            return None, None
+        return slowest
 
 
 def plan_file(
@@ -159,6 +189,7 @@ def plan_file(
     endpoint: Endpoint,
     prices: PriceTable,
     overrides: RateLimits | None = None,
+    endpoint_overrides: RateLimits | None = None,
     output_share: float = DEFAULT_OUTPUT_SHARE,
     default_model: str | None = None,
     max_requests: int | None = None,
@@ -166,6 +197,9 @@ def plan_file(
     skip_invalid: bool = False,
 ) -> FilePlan:
     """Read and check a request file the way ``submit`` does, and plan it for ``endpoint``.
+
+    ``overrides`` replace limits per model (the ``--rpm`` ... flags), ``endpoint_overrides``
+    the endpoint's limits across all its models (``--endpoint-rpm`` ...).
 
     Raises InputFileError listing the problems (file:line) if any line is invalid; with
     ``skip_invalid`` (as ``submit --skip-invalid`` stores them: errored, never sent) the
@@ -228,6 +262,7 @@ def plan_file(
         lines.append("nothing was estimated; fix the lines above and try again")
         raise InputFileError("\n".join(lines), problems=listed)
     ordered = sorted(models.values(), key=lambda m: (-m.requests, m.model))
+    endpoint_limits = (endpoint_overrides or RateLimits()).merged_over(endpoint.endpoint_limits)
     return FilePlan(
         source,
         endpoint.name,
@@ -235,6 +270,7 @@ def plan_file(
         ordered,
         invalid_lines=skipped.lines,
         invalid_problems=skipped.named(),
+        endpoint_limits=endpoint_limits or None,
     )
 
 
@@ -298,8 +334,10 @@ def plan_json(plan: FilePlan) -> dict[str, Any]:
         minutes, slowest = plan.duration(worst=is_worst)
         durations[case] = {
             "minutes": None if minutes is None else round(minutes, 3),
+            # ALL_MODELS when the endpoint's limits across all its models bind.
             "slowest_model": slowest.model if slowest else None,
         }
+    whole = plan.whole()
     return {
         "source": plan.source,
         "endpoint": plan.endpoint,
@@ -313,6 +351,13 @@ def plan_json(plan: FilePlan) -> dict[str, Any]:
         "unpriced_models": unpriced,
         "duration": durations,
         "models": models,
+        "endpoint_limits": None if plan.endpoint_limits is None else plan.endpoint_limits.as_json(),
+        "endpoint_duration": None
+        if whole is None
+        else {
+            "expected": _minutes_json(whole, whole.expected_output_tokens),
+            "worst": _minutes_json(whole, whole.max_output_tokens),
+        },
         "lanes": _lanes_json(plan, expected, worst, unpriced),
         "lane": plan.lane,
         "chosen_lane": plan.chosen,
