@@ -169,7 +169,7 @@ def _value(
         case "integer":
             return _integer(schema, rng)
         case "number":
-            return float(_integer(schema, rng))
+            return _number(schema, rng)
         case "boolean":
             return rng.random() < 0.5
         case "null":
@@ -222,6 +222,25 @@ def _integer(schema: Mapping[str, Any], rng: random.Random) -> int:
     elif high is None:
         high = low + 100
     return rng.randint(low, max(low, high))
+
+
+def _number(schema: Mapping[str, Any], rng: random.Random) -> float:
+    """A number within the bounds: inside an exclusive bound, on or inside an inclusive one."""
+    bounds = {
+        key: schema.get(key)
+        for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+    }
+    numbers = {k: float(v) for k, v in bounds.items() if isinstance(v, int | float)}
+    low = max(numbers.get("minimum", -math.inf), numbers.get("exclusiveMinimum", -math.inf))
+    high = min(numbers.get("maximum", math.inf), numbers.get("exclusiveMaximum", math.inf))
+    if math.isinf(low) and math.isinf(high):
+        low, high = 0.0, 100.0
+    elif math.isinf(low):
+        low = high - 100.0
+    elif math.isinf(high):
+        high = low + 100.0
+    # The middle half of the range: never on an exclusive bound.
+    return low + (high - low) * (0.25 + 0.5 * rng.random())
 
 
 def _string(schema: Mapping[str, Any], rng: random.Random) -> str:
