@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from batchrun.errors import ConfigError
 
 StructuredMode = Literal["native", "tool"]
-STRUCTURED_MODES: Final = ("native", "tool")
 DEFAULT_STRUCTURED_MODE: StructuredMode = "native"
 # The forced tool's name in ``tool`` mode, and what it tells the model.
 ANSWER_TOOL_NAME = "answer"
@@ -86,15 +85,3 @@ def ask_for(
     asked["tools"] = [*list(asked.get("tools") or []), tool]
     asked["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL_NAME}
     return asked
-
-
-def check_mode(value: object, *, where: str) -> StructuredMode:
-    """``value`` as a structured-output mode; ConfigError naming ``where`` otherwise."""
-    if value == "native":
-        return "native"
-    if value == "tool":
-        return "tool"
-    raise ConfigError(
-        f'{where}: {value!r} is not a structured-output mode; use "native" (output_config) or '
-        '"tool" (a forced tool call)'
-    )

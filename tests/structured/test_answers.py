@@ -69,7 +69,7 @@ def test_tool_mode_adds_the_answer_tool_and_forces_it() -> None:
     ],
 )
 def test_what_is_not_a_json_schema_of_an_object_is_refused(schema: Any, expected: str) -> None:
-    with pytest.raises(ConfigError, match="^t.toml: \\[output\\]: ") as caught:
+    with pytest.raises(ConfigError, match=r"^t.toml: \[output\]: ") as caught:
         check_schema(schema, where="t.toml: [output]")
     assert expected in str(caught.value)
 
