@@ -53,6 +53,8 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _PARQUET_MAGIC = b"PAR1"
 _SNIFF_BYTES = 4096
+# The piece size for reading past the limit of an over-long row.
+_DRAIN_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,34 +143,51 @@ def read_table(
 
 
 class _RowTooLong(Exception):
-    """A physical line of the table is over the limit (raised out of the csv module)."""
+    """A row of the table is over the limit (raised out of the csv module)."""
 
     def __init__(self, size_bytes: int) -> None:
         super().__init__(size_bytes)
         self.size_bytes = size_bytes
 
 
-def _text_lines(stream: BinaryIO, source: str, max_row_bytes: int) -> Iterator[str]:
-    """The table's lines as text, each at most ``max_row_bytes`` (else `_RowTooLong`, after
-    reading the rest of the line in pieces without keeping it). Bytes that are not UTF-8
-    become lone surrogates, so the row they are in is found and named."""
-    first = True
-    limit = max_row_bytes + 2
-    while True:
-        raw = _read_line(stream, limit, source)
-        if not raw:
-            return
-        if first:
-            raw = raw.removeprefix(_UTF8_BOM)
-            first = False
-        if len(raw) >= limit and not raw.endswith(b"\n"):
-            size = len(raw)
-            while chunk := _read_line(stream, 1024 * 1024, source):
-                size += len(chunk)
-                if chunk.endswith(b"\n"):
-                    break
-            raise _RowTooLong(size)
-        yield raw.decode("utf-8", errors="surrogateescape")
+class _Lines:
+    """The table's lines as text for the csv module, and the bytes of the record being read.
+
+    A record (a row, whose quoted cells may span lines) over ``max_row_bytes`` raises
+    `_RowTooLong`, after the rest of its current line is read in pieces without keeping it:
+    so no row, on one line or many, is ever held whole past the limit. Bytes that are not
+    UTF-8 become lone surrogates, so the row they are in is found and named.
+    """
+
+    def __init__(self, stream: BinaryIO, source: str, max_row_bytes: int) -> None:
+        self._stream = stream
+        self._source = source
+        self._max_row_bytes = max_row_bytes
+        self._record_bytes = 0
+        self._first = True
+
+    def record_done(self) -> None:
+        """The csv module gave a record: the next one starts at the next line."""
+        self._record_bytes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            room = self._max_row_bytes - self._record_bytes + 2  # + a CRLF
+            raw = _read_line(self._stream, room, self._source)
+            if not raw:
+                return
+            if self._first:
+                raw = raw.removeprefix(_UTF8_BOM)
+                self._first = False
+            self._record_bytes += len(raw)
+            if len(raw) >= room and not raw.endswith(b"\n"):
+                size = self._record_bytes
+                while chunk := _read_line(self._stream, _DRAIN_CHUNK_BYTES, self._source):
+                    size += len(chunk)
+                    if chunk.endswith(b"\n"):
+                        break
+                raise _RowTooLong(size)
+            yield raw.decode("utf-8", errors="surrogateescape")
 
 
 def _read_line(stream: BinaryIO, limit: int, source: str) -> bytes:
@@ -181,12 +200,16 @@ def _read_line(stream: BinaryIO, limit: int, source: str) -> bytes:
 def _csv_rows(
     stream: BinaryIO, source: str, delimiter: str, max_row_bytes: int
 ) -> Iterator[TableItem]:
-    csv.field_size_limit(max(max_row_bytes, 131072))
-    reader = csv.reader(_text_lines(stream, source, max_row_bytes), delimiter=delimiter)
+    # The module's own cap on one cell (131,072 characters by default) would refuse cells a
+    # request may hold; `_Lines` caps the whole row in bytes instead.
+    csv.field_size_limit(max(max_row_bytes, csv.field_size_limit()))
+    lines = _Lines(stream, source, max_row_bytes)
+    reader = csv.reader(lines, delimiter=delimiter)
     row_no = 0
     header: list[str] | None = None
     try:
         for cells in reader:
+            lines.record_done()
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue  # a blank line
             if header is None:
@@ -203,9 +226,9 @@ def _csv_rows(
         yield (
             row_no + 1,
             TableProblem(
-                f"{source}: {where} is on a line of {size_text(too_long.size_bytes)}, over the "
-                f"limit of {size_text(max_row_bytes)} for one row; make it smaller (is the file "
-                "really a table with a header row?)"
+                f"{source}: {where} is {size_text(too_long.size_bytes)} or more, over the "
+                f"limit of {size_text(max_row_bytes)} for one row; make it smaller (or is a "
+                "quote left open above it?)"
             ),
         )
         return
@@ -283,7 +306,7 @@ def _json_rows(stream: BinaryIO, source: str, max_row_bytes: int) -> Iterator[Ta
             first = False
         if len(raw) >= limit and not raw.endswith(b"\n"):
             size = len(raw)
-            while chunk := _read_line(stream, 1024 * 1024, source):
+            while chunk := _read_line(stream, _DRAIN_CHUNK_BYTES, source):
                 size += len(chunk)
                 if chunk.endswith(b"\n"):
                     break

@@ -328,7 +328,7 @@ def test_a_line_longer_than_a_request_may_be_is_refused_without_reading_it_whole
 
     stderr = refused(cli, str(table), "--template", str(template_file(tmp_path)))
 
-    assert f"{table}: row 2 is on a line of 41,943," in stderr
+    assert f"{table}: row 2 is 41,943,0" in stderr
     assert "over the limit of 33,554,432 bytes (32 MiB) for one row" in stderr
 
 
