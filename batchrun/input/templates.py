@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import jinja2
 import orjson
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from batchrun.errors import ConfigError
@@ -232,6 +233,11 @@ def render(
             return part.render(context)
         except jinja2.UndefinedError as exc:
             problems.append(_undefined_problem(exc, name, row))
+        except SecurityError as exc:
+            problems.append(
+                f"the {name} template is refused by the sandbox ({exc}); use the row's values "
+                "and Jinja's filters only"
+            )
         except Exception as exc:
             problems.append(f"the {name} template failed: {type(exc).__name__}: {exc}")
         return None
