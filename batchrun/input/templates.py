@@ -39,7 +39,12 @@ from batchrun.errors import ConfigError
 from batchrun.input.tables import columns_text
 from batchrun.input.validation import CUSTOM_ID_MAX_CHARS, MESSAGE_ROLES, custom_id_fits
 from batchrun.input.wording import show
-from batchrun.structured.schemas import StructuredMode, ask_for, check_schema
+from batchrun.structured.schemas import (
+    ANSWER_TOOL_NAME,
+    StructuredMode,
+    ask_for,
+    check_schema,
+)
 
 # The keys a template file gives meaning to; any other key is a Messages parameter.
 TEMPLATE_KEYS: Final = frozenset(
@@ -153,6 +158,8 @@ def compile_template(
         output = check_schema(schema, where="the schema")
     elif "output" in data:
         output = check_schema(data["output"], where=f"{source}: [output]")
+    if output is not None:
+        _check_no_clash(params, source)
     return Template(
         source=source,
         params=params,
@@ -163,6 +170,31 @@ def compile_template(
         output=output,
         message_names=tuple(name for _, _, name in messages),
     )
+
+
+def _check_no_clash(params: Mapping[str, Any], source: str) -> None:
+    """With ``[output]``, batchrun writes how the answer is asked for (``output_config.format``
+    or the forced ``answer`` tool): a template that sets either itself would be overridden
+    silently, so it is refused."""
+    config = params.get("output_config")
+    if isinstance(config, Mapping) and "format" in config:
+        raise ConfigError(
+            f"{source}: output_config.format and [output] both give the answer's format; keep "
+            "[output] (batchrun writes output_config.format from it)"
+        )
+    if "tool_choice" in params:
+        raise ConfigError(
+            f"{source}: tool_choice cannot be set with [output]: on endpoints that take "
+            "structured answers as a tool call, batchrun forces its own tool"
+        )
+    tools = params.get("tools")
+    if isinstance(tools, list) and any(
+        isinstance(tool, Mapping) and tool.get("name") == ANSWER_TOOL_NAME for tool in tools
+    ):
+        raise ConfigError(
+            f"{source}: a tool named {ANSWER_TOOL_NAME!r} clashes with the tool batchrun adds "
+            "for [output]; rename it"
+        )
 
 
 def _environment() -> SandboxedEnvironment:

@@ -118,6 +118,23 @@ def test_every_part_that_fails_is_listed() -> None:
         ({**BASE, "user": 3}, "user must be a string (a template)"),
         ({**BASE, "user": "x", "stream": True}, "stream cannot be set in a template"),
         ({**BASE, "user": "x", "hash_long_ids": "yes"}, "hash_long_ids must be true or false"),
+        (
+            {**BASE, "user": "x", "output": {"type": "object"}, "output_config": {"format": {}}},
+            "output_config.format and [output] both give the answer's format",
+        ),
+        (
+            {**BASE, "user": "x", "output": {"type": "object"}, "tool_choice": {"type": "any"}},
+            "tool_choice cannot be set with [output]",
+        ),
+        (
+            {
+                **BASE,
+                "user": "x",
+                "output": {"type": "object"},
+                "tools": [{"name": "answer", "input_schema": {"type": "object"}}],
+            },
+            "a tool named 'answer' clashes with the tool batchrun adds",
+        ),
     ],
 )
 def test_a_template_that_cannot_work_is_refused_naming_the_key(
