@@ -460,3 +460,48 @@ def test_submit_run_results_through_the_simulator_on_a_socket(
     assert 3 <= len(answers) - len(valid) <= 21
     validator = Draft202012Validator(schema)
     assert all(validator.is_valid(a.value) for a in valid)
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.mark.sqlite_only
+def test_the_sample_tickets_run_offline_and_every_answer_matches_the_schema(
+    cli: CliRunner,
+) -> None:
+    import tomllib
+
+    submitted = invoke(
+        cli,
+        "submit",
+        str(SAMPLES / "tickets.csv"),
+        "--template",
+        str(SAMPLES / "triage.toml"),
+        "--endpoint",
+        "simulator",
+    )
+    assert submitted.exit_code == 0, submitted.output
+    batch_id = submitted.stdout.strip()
+    ran = invoke(cli, "run", batch_id)
+    results = invoke(cli, "results", batch_id)
+
+    assert ran.exit_code == 0, ran.output
+    schema = tomllib.loads((SAMPLES / "triage.toml").read_text())["output"]
+    lines = [json.loads(line) for line in results.stdout.splitlines()]
+    assert [line["custom_id"] for line in lines] == [f"T-{1001 + n}" for n in range(24)]
+    answers = [read_answer(line["result"]["message"], schema, "native") for line in lines]
+    assert all(isinstance(answer, ValidAnswer) for answer in answers), answers
+
+
+def test_the_template_on_the_tables_page_is_a_valid_template() -> None:
+    import tomllib
+
+    from batchrun.input.templates import compile_template
+
+    page = (DOCS / "tables.md").read_text()
+    block = page.split("## The template\n\n```toml\n", 1)[1].split("```", 1)[0]
+
+    template = compile_template(tomllib.loads(block), source="tables.md")
+
+    assert template.output is not None and template.output["required"] == ["category", "priority"]
