@@ -6,9 +6,11 @@ read; always the last item). Row numbers count data rows from 1: in a CSV, row 1
 after the header (a quoted field may span lines); in JSON lines, row N is the N-th object.
 
 Memory stays bounded whatever the table's size: CSV and TSV are decoded and split by the
-:mod:`csv` module as they are read, a line over ``max_row_bytes`` is not kept (the table is
-refused, naming the row); Parquet is read one record batch at a time; JSON lines one line at
-a time. CSV cells are strings; Parquet and JSON cells keep their types (None for a null).
+:mod:`csv` module as they are read, a row over ``max_row_bytes`` is not kept (the table is
+refused, naming the row); Parquet is read one record batch at a time, its column chunks
+through a buffer (pyarrow still holds some of a row group's data: memory grows a little with
+the row-group size, not with the file); JSON lines one line at a time. CSV cells are
+strings; Parquet and JSON cells keep their types (None for a null).
 
 Decisions: the format comes from ``table_format``, else the file's extension, else (standard
 input, other extensions) from its first bytes (``{`` is JSON lines, a tab before any comma
@@ -45,8 +47,10 @@ _EXTENSIONS: Final = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
-# Rows per Parquet record batch: a few MB of typical rows.
+# Rows per Parquet record batch: a few MB of typical rows; and the buffer column chunks are
+# read through.
 PARQUET_BATCH_ROWS = 1024
+PARQUET_BUFFER_BYTES = 1024 * 1024
 # The most column names a message lists.
 _SHOWN_COLUMNS = 20
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -357,7 +361,9 @@ def _parquet_rows(path: str, source: str) -> Iterator[TableItem]:
     import pyarrow as pa
 
     try:
-        parquet = pq.ParquetFile(path)
+        # Column chunks read through a buffer, not whole: a file written as one big row
+        # group (pyarrow's default holds up to a million rows) is not loaded at once.
+        parquet = pq.ParquetFile(path, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file; check the path") from None
     except (OSError, pa.ArrowException) as exc:
