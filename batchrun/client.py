@@ -251,20 +251,11 @@ class Client:
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
-        from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S, submit_requests
+        from batchrun.input.ingest import submit_requests
         from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
         from batchrun.input.sources import open_requests
 
-        if expires_in_s is None:
-            expires_in_s = DEFAULT_EXPIRES_IN_S
-        _check_positive(expires_in_s, "expires_in_s")
-        if max_cost_usd is not None and not max_cost_usd >= 0:
-            raise ConfigError(f"max_cost_usd must be 0 or more, not {max_cost_usd!r}")
-        if name is not None and len(name) > MAX_NAME_CHARS:
-            raise ConfigError(
-                f"the batch name is {len(name):,} characters long; it can have at most "
-                f"{MAX_NAME_CHARS}"
-            )
+        expires_in_s = _submit_arguments(expires_in_s, max_cost_usd, name)
         known = self.endpoints()
         target = known.check(endpoint or known.default)
         check_lane(lane, known, target)
@@ -290,6 +281,99 @@ class Client:
                 check_models=(
                     _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
                 ),
+            )
+        return BatchObject.from_summary(store.batches.get(batch_id))
+
+    def submit_table(
+        self,
+        table: str | os.PathLike[str],
+        *,
+        template: str | os.PathLike[str] | Mapping[str, Any],
+        schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        table_format: str | None = None,
+        endpoint: str | None = None,
+        name: str | None = None,
+        model: str | None = None,
+        expires_in_s: float | None = None,
+        skip_invalid: bool = False,
+        max_cost_usd: float | None = None,
+        max_requests: int | None = None,
+        max_file_bytes: int | None = None,
+        on_skipped: Callable[[str], None] | None = None,
+        lane: str = Lane.REALTIME,
+        reuse: bool = False,
+        hold_unpriced: bool = False,
+    ) -> BatchObject:
+        """Render each row of ``table`` into a request with ``template`` and store them as
+        one batch, with the rows, in one transaction; returns the batch object.
+
+        ``table`` is a path (``"-"``: standard input) to CSV or TSV with a header row,
+        Parquet (needs pyarrow) or JSON lines of objects; ``table_format`` (``csv``, ``tsv``,
+        ``parquet``, ``jsonl``) overrides the guess from the extension. ``template`` is a
+        template file's path or its parsed TOML (see "From a table" in the docs);
+        ``schema`` (a JSON file's path or the schema) replaces its ``[output]``. If any row
+        cannot be rendered or makes an invalid request, InputFileError lists every problem
+        (``table:row N: what; how to fix``) and nothing is stored. The other arguments are
+        `submit`'s.
+        """
+        from batchrun.batch_lane import check_lane
+        from batchrun.export.batch_object import BatchObject
+        from batchrun.input.ingest import submit_requests
+        from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
+        from batchrun.input.table_ingest import TableItems, row_locator, table_items
+        from batchrun.input.tables import buffered, table_format_of
+        from batchrun.input.templates import compile_template, load_schema, load_template
+        from batchrun.input.validation import MAX_LINE_BYTES
+
+        expires_in_s = _submit_arguments(expires_in_s, max_cost_usd, name)
+        output = None if schema is None else load_schema(schema)
+        if isinstance(template, Mapping):
+            compiled = compile_template(template, source="<template>", schema=output)
+        else:
+            compiled = load_template(template, schema=output)
+        known = self.endpoints()
+        target = known.check(endpoint or known.default)
+        check_lane(lane, known, target)
+        store = self._store()
+        refuse_unpriced = max_cost_usd is not None and not hold_unpriced
+        path = os.fspath(table)
+        source = "<stdin>" if path == "-" else path
+        with open_request_file(path) as raw:
+            stream = buffered(raw)
+            keep = TableItems()
+            items = table_items(
+                stream,
+                template=compiled,
+                source=source,
+                table_format=table_format_of(path, stream, table_format),
+                path=path,
+                mode=known.structured_outputs(target) if compiled.output is not None else None,
+                default_model=model,
+                max_requests=max_requests or MAX_REQUESTS,
+                max_file_bytes=max_file_bytes or MAX_FILE_BYTES,
+                max_row_bytes=MAX_LINE_BYTES,
+                keep=keep,
+            )
+            batch_id = submit_requests(
+                store,
+                None,
+                source=source,
+                endpoint=target,
+                now=_now(),
+                name=name,
+                default_model=model,
+                expires_in_s=expires_in_s,
+                skip_invalid=skip_invalid,
+                on_skipped=on_skipped,
+                max_cost_usd=max_cost_usd,
+                lane=lane,
+                reuse=reuse,
+                locate=row_locator(source),
+                check_models=(
+                    _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
+                ),
+                items=items,
+                input_row=keep.input_row,
             )
         return BatchObject.from_summary(store.batches.get(batch_id))
 
@@ -1048,6 +1132,25 @@ def _limits(values: Mapping[str, float | None] | None, argument: str = "") -> Ra
         return RateLimits(dict(values or {}))
     except ValueError as exc:
         raise ConfigError(f"{argument}: {exc}" if argument else str(exc)) from None
+
+
+def _submit_arguments(
+    expires_in_s: float | None, max_cost_usd: float | None, name: str | None
+) -> float:
+    """The expiry in seconds (default 24 h) once a submit's arguments are checked;
+    ConfigError naming the first that is wrong."""
+    from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S
+
+    if expires_in_s is None:
+        expires_in_s = DEFAULT_EXPIRES_IN_S
+    _check_positive(expires_in_s, "expires_in_s")
+    if max_cost_usd is not None and not max_cost_usd >= 0:
+        raise ConfigError(f"max_cost_usd must be 0 or more, not {max_cost_usd!r}")
+    if name is not None and len(name) > MAX_NAME_CHARS:
+        raise ConfigError(
+            f"the batch name is {len(name):,} characters long; it can have at most {MAX_NAME_CHARS}"
+        )
+    return expires_in_s
 
 
 def _check_positive(value: float, what: str) -> None:

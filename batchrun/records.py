@@ -215,6 +215,9 @@ class NewRequest:
     # The key of its cached prompt prefix (None: no cache_control breakpoint): requests of
     # the batch with the same key form a prompt-cache group.
     cache_prefix: str | None = None
+    # The table row it was rendered from (``submit --template``), as a JSON object: kept with
+    # the batch so results can be joined to their rows without the file.
+    input_row: str | None = None
 
 
 def placeholder_custom_ids(line_nos: Iterable[int], taken: Collection[str]) -> dict[int, str]:

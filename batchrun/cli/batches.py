@@ -17,7 +17,7 @@ from batchrun.cli.batch_ids import (
 from batchrun.cli.consoles import print_json, stderr, stdout
 from batchrun.cli.options import duration_option, flag_error
 from batchrun.cli.text import plural
-from batchrun.errors import ConfigError, ExitCode
+from batchrun.errors import ConfigError, ExitCode, UsageError
 from batchrun.export.formats import EXPORT_FORMATS
 
 if TYPE_CHECKING:
@@ -108,6 +108,31 @@ def submit(
             "store nothing.",
         ),
     ] = False,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="FILE is a table (CSV/TSV with a header row, Parquet, JSON lines of "
+            "objects); this TOML template turns each row into a request (see the docs' "
+            '"From a table").',
+            show_default=False,
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            help="With --template: a JSON Schema file the answers must match (replaces the "
+            "template's [output]).",
+            show_default=False,
+        ),
+    ] = None,
+    table_format: Annotated[
+        str | None,
+        typer.Option(
+            help="With --template: csv, tsv, parquet or jsonl (default: from the extension, "
+            "else from the first bytes).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch object.")] = False,
 ) -> None:
     """Validate a request file and store it as a batch; prints the batch id.
@@ -120,12 +145,18 @@ def submit(
 
         B=$(batchrun submit requests.jsonl --endpoint langdock-eu --name nightly)
         batchrun submit requests.jsonl --dry-run
+        batchrun submit tickets.csv --template triage.toml --endpoint simulator
     """
     from batchrun.cli.context import client_of
     from batchrun.cli.views import submit_summary_lines
 
     expires_in_s = duration_option(expires_in, "--expires-in")
     client = client_of(ctx)
+    if template is None and (schema is not None or table_format is not None):
+        given = "--schema" if schema is not None else "--table-format"
+        raise UsageError(f"{given} needs --template (it describes a table's requests)")
+    if template is not None and dry_run:
+        raise UsageError("--dry-run with --template is not built yet; submit without it")
     if dry_run:
         from batchrun.cli.estimate import print_estimate
 
@@ -140,21 +171,41 @@ def submit(
         print_estimate(plan, as_json=as_json)
         return
     skipped: list[str] = []
-    batch = client.submit(
-        file,
-        endpoint=endpoint,
-        name=name,
-        model=model,
-        expires_in_s=expires_in_s,
-        skip_invalid=skip_invalid,
-        max_cost_usd=max_cost,
-        max_requests=max_requests,
-        max_file_bytes=max_file_bytes,
-        on_skipped=skipped.append,
-        lane=lane,
-        reuse=reuse,
-        hold_unpriced=hold_unpriced,
-    )
+    if template is not None:
+        batch = client.submit_table(
+            file,
+            template=template,
+            schema=schema,
+            table_format=table_format,
+            endpoint=endpoint,
+            name=name,
+            model=model,
+            expires_in_s=expires_in_s,
+            skip_invalid=skip_invalid,
+            max_cost_usd=max_cost,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+            on_skipped=skipped.append,
+            lane=lane,
+            reuse=reuse,
+            hold_unpriced=hold_unpriced,
+        )
+    else:
+        batch = client.submit(
+            file,
+            endpoint=endpoint,
+            name=name,
+            model=model,
+            expires_in_s=expires_in_s,
+            skip_invalid=skip_invalid,
+            max_cost_usd=max_cost,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+            on_skipped=skipped.append,
+            lane=lane,
+            reuse=reuse,
+            hold_unpriced=hold_unpriced,
+        )
     if as_json:
         print_json(batch.model_dump(mode="json"))
     else:

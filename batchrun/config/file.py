@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -363,6 +363,9 @@ class _EndpointTable(_Table):
     batch_typical_s: PositiveNumber | None = None
     batch_results_max_bytes: Annotated[int, Field(ge=1024)] | None = None
     batch_results_max_s: PositiveNumber | None = None
+    # How a request asks for a structured answer (submit --template with [output]): "native"
+    # (output_config.format) or "tool" (a forced tool call, for gateways without it).
+    structured_outputs: Literal["native", "tool"] | None = None
     # Per model, family pattern ("claude-sonnet-4*": shared) or "*" (each other model):
     # dimension name → limit per minute.
     limits: dict[
@@ -389,6 +392,7 @@ class _EndpointTable(_Table):
             max_response_bytes=self.max_response_bytes,
             count_tokens_rpm=self.count_tokens_rpm,
             stream_threshold_tokens=self.stream_threshold_tokens,
+            structured_outputs=self.structured_outputs,
             limits={model: RateLimits(values) for model, values in self.limits.items()},
             endpoint_limits=RateLimits(self.endpoint_limits),
             batch_api=self.batch_api,

@@ -5,6 +5,9 @@ Holds: ``sources`` (a file, stdin, a stream or Python objects as JSON lines), ``
 (file-level rules: BOM, blank lines, duplicates, caps), ``validation`` and ``content`` (one
 line's checks), ``wording`` (how problems are worded), ``images`` and ``estimate`` (input-token
 estimates), ``digests`` (the params digest for reuse, the cached prompt prefix's key),
-``ingest`` (stream into the store).
-May import: ``batchrun.records`` and ``batchrun.errors``; the store only for types.
+``ingest`` (stream into the store); for tables, ``tables`` (CSV, TSV, Parquet, JSON lines
+read row by row), ``templates`` (a TOML prompt template rendered per row) and
+``table_ingest`` (rendered rows into the same ingest, with the rows kept).
+May import: ``batchrun.records``, ``batchrun.errors`` and ``batchrun.structured`` (a
+template's answer schema); the store only for types.
 """

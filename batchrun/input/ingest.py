@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, BinaryIO
@@ -35,6 +35,7 @@ from batchrun.input.reader import (
     MAX_PRINTED_PROBLEMS,
     MAX_REQUESTS,
     FileProblem,
+    ReadItem,
     format_problems,
     read_requests,
 )
@@ -100,7 +101,7 @@ class _Problems:
 
 def submit_requests(
     store: Store,
-    stream: BinaryIO,
+    stream: BinaryIO | None,
     *,
     source: str,
     endpoint: str,
@@ -118,6 +119,8 @@ def submit_requests(
     owner: str | None = None,
     locate: Callable[[int], str] | None = None,
     check_models: Callable[[set[str]], None] | None = None,
+    items: Iterable[ReadItem] | None = None,
+    input_row: Callable[[int], str | None] | None = None,
 ) -> str:
     """Validate and store every request of ``stream`` as a new batch; returns its id.
 
@@ -131,7 +134,9 @@ def submit_requests(
     id of the server key the batch belongs to. ``locate`` names where a line is in messages
     (default ``source:line``). ``check_models`` is called with the models of the valid
     requests once every line is read, inside the store's transaction: if it raises, nothing of
-    the batch is stored (a budget refusing models without a price).
+    the batch is stored (a budget refusing models without a price). ``items`` replaces
+    reading ``stream`` (a table's rendered rows, `batchrun.input.table_ingest`), and
+    ``input_row(line_no)`` gives the row stored beside each request.
     """
     where = locate or (lambda line_no: f"{source}:{line_no}")
     batch = NewBatch(
@@ -149,16 +154,20 @@ def submit_requests(
     problems = _Problems()
 
     def new_requests() -> Iterator[NewRequest]:
-        items = read_requests(
-            stream,
-            source=source,
-            default_model=default_model,
-            max_requests=max_requests,
-            max_file_bytes=max_file_bytes,
-        )
+        read = items
+        if read is None:
+            assert stream is not None
+            read = read_requests(
+                stream,
+                source=source,
+                default_model=default_model,
+                max_requests=max_requests,
+                max_file_bytes=max_file_bytes,
+            )
         refused = False
         models: set[str] = set()
-        for line_no, item in items:
+        for line_no, item in read:
+            row = None if input_row is None else input_row(line_no)
             if isinstance(item, FileProblem):
                 problems.add(item)
                 refused = True
@@ -169,7 +178,7 @@ def submit_requests(
                     if on_skipped is not None:
                         for line in lines:
                             on_skipped(line)
-                    yield _rejected_request(item, "\n".join(lines))
+                    yield _rejected_request(item, "\n".join(lines), row)
                 else:
                     refused = True
             elif not refused:
@@ -183,6 +192,7 @@ def submit_requests(
                     estimated_input_tokens=estimate_input_tokens(item.params),
                     params_digest=params_digest(item.params),
                     cache_prefix=cache_prefix_key(item.params_json, item.params),
+                    input_row=row,
                 )
         if refused:
             # Raised inside the store's transaction, so it rolls back everything stored.
@@ -194,7 +204,7 @@ def submit_requests(
     return batch.id
 
 
-def _rejected_request(item: InvalidLine, message: str) -> NewRequest:
+def _rejected_request(item: InvalidLine, message: str, row: str | None) -> NewRequest:
     """An invalid line as an errored request of type ``invalid_input``, whose message lists
     the line's problems (``file:line: problem`` each); its Anthropic-format result is the
     API's own kind of error for a bad request, with that message."""
@@ -211,4 +221,5 @@ def _rejected_request(item: InvalidLine, message: str) -> NewRequest:
             message=message,
             body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
         ),
+        input_row=row,
     )

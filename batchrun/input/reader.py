@@ -131,7 +131,7 @@ def read_requests(
         item = validate_line(
             raw, line_no, default_model=default_model, max_line_bytes=max_line_bytes
         )
-        yield line_no, _check_duplicate(item, line_no, first_line_of)
+        yield line_no, check_duplicate(item, line_no, first_line_of)
 
     if requests == 0:
         yield 0, FileProblem(f"{source} contains no requests; write one JSON request per line")
@@ -165,9 +165,16 @@ def _drain_line(
     return total, total
 
 
-def _check_duplicate(
-    item: ValidRequest | InvalidLine, line_no: int, first_line_of: dict[str, int]
+def check_duplicate(
+    item: ValidRequest | InvalidLine,
+    line_no: int,
+    first_line_of: dict[str, int],
+    *,
+    unit: str = "line",
 ) -> ValidRequest | InvalidLine:
+    """``item``, or an `InvalidLine` when its custom_id was first used by an earlier line
+    (``first_line_of`` maps each custom_id to that line and is updated); ``unit`` is what a
+    message calls a line ("row" for a table)."""
     custom_id = item.custom_id
     if custom_id is None:
         return item
@@ -175,7 +182,7 @@ def _check_duplicate(
     if first == line_no:
         return item
     duplicate = (
-        f"custom_id {custom_id!r} is already used on line {first}; "
+        f"custom_id {custom_id!r} is already used on {unit} {first}; "
         "custom_ids must be unique in a batch"
     )
     problems = item.problems if isinstance(item, InvalidLine) else ()

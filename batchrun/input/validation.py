@@ -71,6 +71,7 @@ __all__ = [
     "MIB",
     "InvalidLine",
     "ValidRequest",
+    "custom_id_fits",
     "deep_problem",
     "nested_too_deep",
     "oversized_line",
@@ -321,6 +322,11 @@ def _check_line_keys(obj: dict[str, Any], openai_style: bool, problems: list[str
     problems.append(
         f"unknown keys {shown}; a request line has only {expected}; rename or remove them"
     )
+
+
+def custom_id_fits(value: str) -> bool:
+    """Whether ``value`` is a custom_id Anthropic accepts: 1-64 letters, digits, ``_``, ``-``."""
+    return len(value) <= CUSTOM_ID_MAX_CHARS and _CUSTOM_ID_CHARS.fullmatch(value) is not None
 
 
 def _check_custom_id(obj: dict[str, Any], problems: list[str]) -> str | None:

@@ -14,7 +14,8 @@ Holds: ``app`` (the ASGI app) and ``asgi`` (its plumbing), ``config``, ``buckets
 rate limits), ``directives``, ``faults``, ``responses``, ``streaming`` (answers as
 server-sent events), ``tokens`` (its own token counts), ``caching`` (prompt caching),
 ``batches`` and ``batch_api`` (the Message Batches API, and AIMLAPI's flavour of it),
-``validation``, ``stats``, and ``server`` (uvicorn on a socket).
+``structured`` (answers that match the schema a request asks for, or, for a directed share,
+do not), ``validation``, ``stats``, and ``server`` (uvicorn on a socket).
 May import: nothing of batchrun's but the image-size formula (``batchrun.input.images``): it
 is an independent oracle, so batchrun's own estimates are tested against something else.
 Its names are loaded on first use, so the in-process endpoint does not load uvicorn.

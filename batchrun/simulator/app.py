@@ -285,7 +285,13 @@ class SimulatorApp:
         capped: bool,
     ) -> bytes:
         """The Message answering ``params`` (the same whether it is streamed or not)."""
-        answer = build_message(params, ids=self._ids, usage=usage, capped=capped)
+        answer = build_message(
+            params,
+            ids=self._ids,
+            usage=usage,
+            capped=capped,
+            invalid_output=directive.invalid_output,
+        )
         if directive.echo_key:
             # Some gateways hand the key back: as the request-id, and in the reply.
             key = (presented_key(ex.headers)[0] or b"none").decode("latin-1")

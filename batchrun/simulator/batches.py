@@ -308,7 +308,13 @@ class Batches:
         )
         plan = self._cache.plan(points, count_input_tokens(params), read_at)
         usage = plan.usage(output_tokens, "batch")
-        message = build_message(params, ids=self.ids, usage=usage, capped=capped)
+        message = build_message(
+            params,
+            ids=self.ids,
+            usage=usage,
+            capped=capped,
+            invalid_output=directive.invalid_output,
+        )
         item.outcome = "succeeded"
         item.result = b'{"type":"succeeded","message":' + message + b"}"
         item.billing = (fingerprint, usage)

@@ -18,6 +18,9 @@ later keys winning. Keys:
 - ``retry_after=S``: the ``retry-after`` of a ``status=429`` answer (default 1);
 - ``spend_limit=1``: make a ``status=429`` the spend-cap kind: ``error.details.error_code =
   "enforced_spend_limit_reached"`` and no ``retry-after``;
+- ``invalid_output=P``: a share ``P`` (0-1) of structured requests (``output_config.format``
+  or a forced tool with an ``input_schema``), chosen by their body, get an answer that does
+  not match the schema (see `batchrun.simulator.structured`);
 - ``echo_key=1``: the error message of a ``status`` answer quotes the API key the request
   presented, as some gateways do ("invalid API key sk-..."); on a success, the key is the
   ``request-id`` header and the reply's text: to test that it is not kept.
@@ -60,6 +63,7 @@ class Directive:
     retry_after_s: float | None = None
     spend_limit: bool = False
     echo_key: bool = False
+    invalid_output: float = 0.0
 
     @property
     def has_fault(self) -> bool:
@@ -142,6 +146,8 @@ def _apply(directive: Directive, item: str) -> Directive:
                 return replace(directive, should_retry=_bool(value))
             case "retry_after":
                 return replace(directive, retry_after_s=_seconds(value))
+            case "invalid_output":
+                return replace(directive, invalid_output=_share(value))
     except ValueError:
         raise DirectiveError(f"simulator directive {key}={value!r} has an invalid value") from None
     raise DirectiveError(f"unknown simulator directive key {key!r} in [[sim:...]]")
@@ -157,6 +163,13 @@ def _non_negative_int(value: str) -> int:
 def _seconds(value: str) -> float:
     number = float(value)
     if not (number >= 0 and math.isfinite(number)):
+        raise ValueError
+    return number
+
+
+def _share(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
         raise ValueError
     return number
 

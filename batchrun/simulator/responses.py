@@ -12,6 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchrun.simulator.directives import strip_directives
+from batchrun.simulator.stats import request_fingerprint
+from batchrun.simulator.structured import (
+    Asked,
+    CutJson,
+    answer_value,
+    asked_schema,
+    draws_invalid,
+    spoiled,
+)
 from batchrun.simulator.tokens import CHARS_PER_TOKEN, plain_text
 
 _BASE62 = string.digits + string.ascii_letters
@@ -152,16 +161,23 @@ def build_message(
     ids: IdMaker,
     usage: Mapping[str, Any],
     capped: bool,
+    invalid_output: float = 0.0,
 ) -> bytes:
-    """The Message answering ``params``: a forced ``tool_use`` block, or reply text as long as
+    """The Message answering ``params``: a forced ``tool_use`` block, JSON text matching a
+    requested ``output_config`` schema (`batchrun.simulator.structured`; for a share
+    ``invalid_output`` of requests, JSON that does not), or reply text as long as
     ``usage["output_tokens"]``. Both the Messages route and batches answer with it.
 
     ``capped`` means ``max_tokens`` cut the reply short (``stop_reason: "max_tokens"``).
     """
     output_tokens: int = usage["output_tokens"]
     tool_name = forced_tool_name(params)
+    asked = asked_schema(params, tool_name)
     content: list[dict[str, Any]]
-    if tool_name is not None:
+    if asked is not None:
+        content = _structured_content(params, asked, ids, invalid_output, capped)
+        stop_reason = "tool_use" if tool_name is not None and asked[0] == "tool" else "end_turn"
+    elif tool_name is not None:
         tool_use_id = ids.make("toolu")
         content = [{"type": "tool_use", "id": tool_use_id, "name": tool_name, "input": {}}]
         stop_reason = "tool_use"
@@ -175,6 +191,28 @@ def build_message(
         stop_reason="max_tokens" if capped else stop_reason,
         usage=usage,
     )
+
+
+def _structured_content(
+    params: Mapping[str, Any],
+    asked: Asked,
+    ids: IdMaker,
+    invalid_output: float,
+    capped: bool,
+) -> list[dict[str, Any]]:
+    """The content of a structured answer: the JSON text (native) or the tool call."""
+    mode, schema, tool_name = asked
+    seed = request_fingerprint(params)
+    value = answer_value(schema, seed)
+    if draws_invalid(seed, invalid_output):
+        value = spoiled(value, schema, seed, native=mode == "native")
+    if mode == "tool":
+        return [{"type": "tool_use", "id": ids.make("toolu"), "name": tool_name, "input": value}]
+    text = value if isinstance(value, CutJson) else json.dumps(value, ensure_ascii=False)
+    if capped:
+        # max_tokens cut the answer: its JSON ends early, as the API's would.
+        text = text[: max(1, len(text) // 2)]
+    return [{"type": "text", "text": str(text)}]
 
 
 def forced_tool_name(params: Mapping[str, Any]) -> str | None:

@@ -9,7 +9,8 @@ to its placeholder once the whole file is stored and every real custom_id is kno
 is streamed, so a later line may use the id a placeholder would have taken. For each chunk
 `batchrun.store.reuse` decides which requests are answered from a stored result (``submit
 --reuse``) and what the others wait for: a duplicate's original, a prompt-cache group's
-leader. Once every row is written the batch's counters are set from them
+leader. A request rendered from a table row (``submit --template``) has that row written to
+``table_rows`` beside it. Once every row is written the batch's counters are set from them
 (`batchrun.store.counters`).
 """
 
@@ -98,6 +99,13 @@ def _insert_chunk(
     lane = Lane.BATCH if batch.lane == Lane.BATCH else Lane.REALTIME
     rows = [_request_row(batch.id, request, lane) for request in chunk]
     plan.decide(conn, chunk, rows)
+    table_rows = [
+        {"batch_id": batch.id, "row_no": request.line_no, "data": request.input_row}
+        for request in chunk
+        if request.input_row is not None
+    ]
+    if table_rows:
+        conn.execute(insert(t.table_rows), table_rows)
     if all(request.rejected is None for request in chunk):
         conn.execute(insert(t.requests), rows)
         return 0

@@ -110,6 +110,22 @@ class Batches(Section):
             rows.reverse()
         return [_summary(row._mapping) for row in rows], more
 
+    def table_rows(
+        self, batch_id: str, *, after_row_no: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        """The table rows the batch was rendered from (``submit --template``), as
+        ``(row_no, JSON object)``, in row order: at most ``limit`` after ``after_row_no``
+        (page on with the last row_no). Empty for a batch submitted as request lines."""
+        rows = t.table_rows.c
+        with self._read() as conn:
+            found = conn.execute(
+                select(rows.row_no, rows.data)
+                .where(rows.batch_id == batch_id, rows.row_no > after_row_no)
+                .order_by(rows.row_no)
+                .limit(limit)
+            ).all()
+        return [(row_no, data) for row_no, data in found]
+
     def with_open_work(self) -> list[str]:
         """Ids of batches that still have queued or running requests, oldest first."""
         with self._read() as conn:

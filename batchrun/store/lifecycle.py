@@ -291,6 +291,7 @@ class BatchLifecycle(Section):
     def _delete(self, conn: Connection, batch_ids: Sequence[str]) -> None:
         # Children first: a database without foreign-key cascades deletes the same rows.
         conn.execute(t.results.delete().where(t.results.c.batch_id.in_(batch_ids)))
+        conn.execute(t.table_rows.delete().where(t.table_rows.c.batch_id.in_(batch_ids)))
         conn.execute(t.requests.delete().where(t.requests.c.batch_id.in_(batch_ids)))
         conn.execute(t.batches.delete().where(t.batches.c.id.in_(batch_ids)))
 

@@ -523,3 +523,18 @@ batch_limits = Table(
     Column("since", UtcDateTime, nullable=False),
     Index(None, "batch_id", "run_started_at"),
 )
+
+# The table rows a batch was rendered from (``submit TABLE --template``), one per request, by
+# the request's line_no (the row number): written in the batch's own transaction, so results
+# can be joined to their rows later without the file.
+table_rows = Table(
+    "table_rows",
+    metadata,
+    Column(
+        "batch_id",
+        ForeignKey("batches.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("row_no", Integer, primary_key=True, comment="1-based, the request's line_no"),
+    Column("data", JsonText, nullable=False, comment="the row: column name to value, JSON"),
+)

@@ -21,6 +21,7 @@ from batchrun.errors import ConfigError, MissingApiKeyError, UnknownEndpointErro
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.families import entry_for
 from batchrun.records import Pool
+from batchrun.structured.schemas import DEFAULT_STRUCTURED_MODE, StructuredMode
 from batchrun.transport.auth import AUTH_STYLES, RequestHeaders, request_headers
 
 # A long generation (tens of thousands of output tokens) can take many minutes without
@@ -100,6 +101,7 @@ class EndpointSettings:
     max_response_bytes: int | None = None
     count_tokens_rpm: float | None = None
     stream_threshold_tokens: int | None = None
+    structured_outputs: StructuredMode | None = None
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
     endpoint_limits: RateLimits = field(default_factory=RateLimits)
     # batch_api ("anthropic", "aimlapi" or "none") and the batch_* settings beside it.
@@ -139,6 +141,10 @@ class Endpoint:
     # Requests whose max_tokens is above this are streamed (0: every request); None: the
     # official SDK's rule (batchrun.transport.streaming.stream_threshold_tokens).
     stream_threshold_tokens: int | None = None
+    # How a request asks for a structured answer (a template's [output]): "native"
+    # (output_config.format, the Messages API's structured outputs) or "tool" (a forced tool
+    # call, which gateways that drop output_config still pass on).
+    structured_outputs: StructuredMode = DEFAULT_STRUCTURED_MODE
     # Limits per model, per family pattern ("claude-sonnet-4*": one limit the family shares),
     # and "*": for each model no other entry covers (batchrun.limits.families).
     limits: Mapping[str, RateLimits] = field(default_factory=dict)
@@ -182,6 +188,8 @@ def _langdock(region: str) -> Endpoint:
         api_key_env="LANGDOCK_API_KEY",
         headers={"anthropic-version": ANTHROPIC_VERSION},
         limits={"*": LANGDOCK_LIMITS},
+        # Its docs do not say that output_config is passed on; a forced tool call is.
+        structured_outputs="tool",
     )
 
 
@@ -206,6 +214,8 @@ def builtin_endpoints(env: Mapping[str, str]) -> dict[str, Endpoint]:
             api_key_env="AIMLAPI_API_KEY",
             headers={"anthropic-version": ANTHROPIC_VERSION},
             batch_api=BatchApi(style="aimlapi", path=AIMLAPI_BATCH_PATH),
+            # Its docs do not say that output_config is passed on; a forced tool call is.
+            structured_outputs="tool",
         ),
         Endpoint(
             name=SIMULATOR,
@@ -294,6 +304,12 @@ class Endpoints:
             if summed:
                 combined[model] = RateLimits(summed)
         return Endpoint(name=pool.name, base_url="", limits=combined, sources=(pool.source,))
+
+    def structured_outputs(self, name: str) -> StructuredMode:
+        """How requests for ``name`` ask for structured answers: the endpoint's setting; for
+        a pool, ``tool`` unless every member takes ``native`` (a request may go to any)."""
+        modes = {endpoint.structured_outputs for endpoint in self.members(name).values()}
+        return "native" if modes == {"native"} else "tool"
 
     def members(self, name: str) -> dict[str, Endpoint]:
         """The endpoints a batch on ``name`` is sent to: a pool's members, or the one."""
@@ -433,6 +449,7 @@ def _overlay(base: Endpoint | None, table: EndpointSettings, path: Path | None) 
             if table.stream_threshold_tokens is None
             else table.stream_threshold_tokens
         ),
+        structured_outputs=table.structured_outputs or base.structured_outputs,
         limits={**base.limits, **table.limits},
         endpoint_limits=table.endpoint_limits.merged_over(base.endpoint_limits),
         batch_api=_batch_api(base.batch_api, table),

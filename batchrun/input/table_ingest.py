@@ -1,0 +1,106 @@
+"""Tables in: each row rendered by a template into a request, validated as a request line
+is, and stored as one batch with its rows.
+
+`table_items` turns a table (`batchrun.input.tables`) and a template
+(`batchrun.input.templates`) into the items the request-file ingest reads
+(`batchrun.input.ingest.submit_requests` takes them in place of reading a file): a rendered
+row is checked by the very function that checks a JSONL line (so a template that makes bad
+requests is told so row by row, as a bad file is line by line); a row that cannot be
+rendered is an invalid line listing why; custom_ids must be unique across rows. Each row's
+JSON is handed to the ingest beside its request and stored in the batch's transaction.
+Problems name ``FILE:row N``; nothing is stored while any row has one (unless
+``--skip-invalid``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import orjson
+
+from batchrun.input.reader import FileProblem, ReadItem, check_duplicate
+from batchrun.input.tables import RowProblem, TableProblem, read_table, row_json
+from batchrun.input.templates import Rendered, Template, render
+from batchrun.input.validation import InvalidLine, validate_line
+from batchrun.input.wording import size_text
+from batchrun.structured.schemas import StructuredMode
+
+
+def row_locator(source: str) -> Callable[[int], str]:
+    """How a problem's place is written: ``FILE:row N``."""
+    return lambda row_no: f"{source}:row {row_no}"
+
+
+@dataclass
+class TableItems:
+    """The items of one table for the ingest, and each row's JSON until the ingest takes
+    it (at most the rows read ahead of it: one, as the items are made one at a time)."""
+
+    rows: dict[int, str] = field(default_factory=dict)
+
+    def input_row(self, row_no: int) -> str | None:
+        """The JSON of row ``row_no``, handed over once."""
+        return self.rows.pop(row_no, None)
+
+
+def table_items(
+    stream: BinaryIO | None,
+    *,
+    template: Template,
+    source: str,
+    table_format: str,
+    path: str | None,
+    mode: StructuredMode | None,
+    default_model: str | None,
+    max_requests: int,
+    max_file_bytes: int,
+    max_row_bytes: int,
+    keep: TableItems,
+) -> Iterator[ReadItem]:
+    """The table's rows as ingest items: ``(row_no, ValidRequest | InvalidLine)``, and a
+    `FileProblem` last when the table as a whole cannot be used (empty, unreadable, over a
+    cap). ``mode`` is how the endpoint is asked for structured answers; ``keep`` receives
+    each row's JSON for ``input_row``."""
+    first_row_of: dict[str, int] = {}
+    total_bytes = 0
+    rows = 0
+    for row_no, item in read_table(
+        stream, source=source, table_format=table_format, path=path, max_row_bytes=max_row_bytes
+    ):
+        if isinstance(item, TableProblem):
+            yield row_no, FileProblem(item.message)
+            return
+        rows += 1
+        if rows > max_requests:
+            yield (
+                row_no,
+                FileProblem(
+                    f"{source} has more than {max_requests:,} rows (stopped at row {row_no:,}); "
+                    "split the table or pass --max-requests N"
+                ),
+            )
+            return
+        if isinstance(item, RowProblem):
+            yield row_no, InvalidLine(row_no, None, item.problems)
+            continue
+        keep.rows[row_no] = row_json(item)
+        rendered = render(template, item, row_no, mode=mode)
+        if not isinstance(rendered, Rendered):
+            yield row_no, InvalidLine(row_no, None, rendered)
+            continue
+        raw = orjson.dumps({"custom_id": rendered.custom_id, "params": rendered.params})
+        total_bytes += len(raw) + 1
+        if total_bytes > max_file_bytes:
+            yield (
+                row_no,
+                FileProblem(
+                    f"the requests rendered from {source} are larger than "
+                    f"{size_text(max_file_bytes)} (stopped at row {row_no:,}); split the table or "
+                    "pass --max-file-bytes N"
+                ),
+            )
+            return
+        checked = validate_line(raw, row_no, default_model=default_model)
+        yield row_no, check_duplicate(checked, row_no, first_row_of, unit="row")

@@ -1,0 +1,329 @@
+"""Prompt templates: a TOML file that turns each row of a table into a Messages request.
+
+A template file holds ``model`` (or the submit's default model), ``max_tokens``, an optional
+``system``, ``user`` (or ``messages``: a list of ``{role, content}``), an optional ``id`` (the
+custom_id; default the row number), an optional ``[output]`` table (a JSON Schema the answer
+must match, `batchrun.structured`), ``hash_long_ids``, and any other Messages parameter,
+passed through unchanged (``temperature``, ``metadata``...).
+
+``system``, ``user``, each message's ``content`` and ``id`` are Jinja2 templates, rendered in
+a sandbox (`jinja2.sandbox.SandboxedEnvironment`: no attribute access to Python internals)
+with strict undefined: a name that is neither a column nor ``row``/``row_number`` is an
+error naming the row and the columns it has, never an empty string. Each column is a
+variable; ``row["a column"]`` reaches names that are not identifiers; a null cell renders as
+"" (``{{ x is none }}`` still tells). Autoescaping is off: the text goes to a model, not a
+browser.
+
+A rendered id that is not a valid custom_id (1-64 letters, digits, ``_``, ``-``) is refused
+with its row, unless ``hash_long_ids = true``: then it is replaced by its readable part and a
+hash of the whole id (`hashed_custom_id`), the same for the same rendered id every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import jinja2
+import orjson
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from batchrun.errors import ConfigError
+from batchrun.input.tables import columns_text
+from batchrun.input.validation import CUSTOM_ID_MAX_CHARS, MESSAGE_ROLES, custom_id_fits
+from batchrun.input.wording import show
+from batchrun.structured.schemas import (
+    ANSWER_TOOL_NAME,
+    StructuredMode,
+    ask_for,
+    check_schema,
+)
+
+# The keys a template file gives meaning to; any other key is a Messages parameter.
+TEMPLATE_KEYS: Final = frozenset(
+    {"model", "max_tokens", "system", "user", "messages", "id", "output", "hash_long_ids"}
+)
+# Params a template cannot pass through: batchrun writes them, or a batch forbids them.
+_RESERVED_PARAMS: Final = frozenset({"stream"})
+# A hashed custom_id: the rendered id's readable part, "-", then this many hex digits.
+HASH_HEX_CHARS = 16
+_NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+_UNDEFINED_NAME = re.compile(r"^'([^']*)' is undefined$")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A template file, compiled: what `render` needs for each row."""
+
+    source: str
+    params: dict[str, Any]
+    system: jinja2.Template | None
+    messages: tuple[tuple[str, jinja2.Template], ...]
+    custom_id: jinja2.Template | None
+    hash_long_ids: bool = False
+    output: dict[str, Any] | None = None
+    # The parts' names in messages: "user", "messages[1].content", "system", "id".
+    message_names: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One row's request: its custom_id and params."""
+
+    custom_id: str
+    params: dict[str, Any]
+
+
+def load_template(
+    path: str | os.PathLike[str], *, schema: Mapping[str, Any] | None = None
+) -> Template:
+    """Read and compile the template file at ``path``; ``schema`` (``--schema FILE``) replaces
+    its ``[output]``. Raises ConfigError naming the file and key for anything wrong in it."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such template file; check the path") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot be read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: is not UTF-8 text; save the template as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: is not valid TOML ({exc})") from None
+    return compile_template(data, source=source, schema=schema)
+
+
+def load_schema(schema: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """The answer schema given as ``--schema FILE`` (a JSON file) or as a mapping, checked to
+    be a JSON Schema of an object; ConfigError naming the file and what is wrong."""
+    if isinstance(schema, Mapping):
+        return check_schema(schema, where="the schema")
+    where = os.fspath(schema)
+    try:
+        data = orjson.loads(Path(where).read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such schema file; check the path") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror})") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{where}: is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); a "
+            "schema file holds one JSON Schema object"
+        ) from None
+    return check_schema(data, where=where)
+
+
+def compile_template(
+    data: Mapping[str, Any], *, source: str, schema: Mapping[str, Any] | None = None
+) -> Template:
+    """A template from its parsed TOML (``source`` names it in messages); see
+    `load_template`."""
+    env = _environment()
+    params: dict[str, Any] = {}
+    if "model" in data:
+        model = data["model"]
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f'{source}: model must be a model id such as "claude-sonnet-4-5"')
+        params["model"] = model
+    if "max_tokens" not in data:
+        raise ConfigError(f"{source}: max_tokens is missing; add max_tokens = 1024 (for example)")
+    max_tokens = data["max_tokens"]
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(f"{source}: max_tokens must be a positive integer, not {max_tokens!r}")
+    params["max_tokens"] = max_tokens
+    for key, value in data.items():
+        if key in TEMPLATE_KEYS:
+            continue
+        if key in _RESERVED_PARAMS:
+            raise ConfigError(f"{source}: {key} cannot be set in a template (batchrun sets it)")
+        params[key] = value
+
+    messages = _messages(data, source, env)
+    system = _compiled(env, data, "system", source)
+    custom_id = _compiled(env, data, "id", source)
+    hash_long_ids = data.get("hash_long_ids", False)
+    if not isinstance(hash_long_ids, bool):
+        raise ConfigError(f"{source}: hash_long_ids must be true or false")
+    output: dict[str, Any] | None = None
+    if schema is not None:
+        output = check_schema(schema, where="the schema")
+    elif "output" in data:
+        output = check_schema(data["output"], where=f"{source}: [output]")
+    if output is not None:
+        _check_no_clash(params, source)
+    return Template(
+        source=source,
+        params=params,
+        system=system,
+        messages=tuple((role, tmpl) for role, tmpl, _ in messages),
+        custom_id=custom_id,
+        hash_long_ids=hash_long_ids,
+        output=output,
+        message_names=tuple(name for _, _, name in messages),
+    )
+
+
+def _check_no_clash(params: Mapping[str, Any], source: str) -> None:
+    """With ``[output]``, batchrun writes how the answer is asked for (``output_config.format``
+    or the forced ``answer`` tool): a template that sets either itself would be overridden
+    silently, so it is refused."""
+    config = params.get("output_config")
+    if isinstance(config, Mapping) and "format" in config:
+        raise ConfigError(
+            f"{source}: output_config.format and [output] both give the answer's format; keep "
+            "[output] (batchrun writes output_config.format from it)"
+        )
+    if "tool_choice" in params:
+        raise ConfigError(
+            f"{source}: tool_choice cannot be set with [output]: on endpoints that take "
+            "structured answers as a tool call, batchrun forces its own tool"
+        )
+    tools = params.get("tools")
+    if isinstance(tools, list) and any(
+        isinstance(tool, Mapping) and tool.get("name") == ANSWER_TOOL_NAME for tool in tools
+    ):
+        raise ConfigError(
+            f"{source}: a tool named {ANSWER_TOOL_NAME!r} clashes with the tool batchrun adds "
+            "for [output]; rename it"
+        )
+
+
+def _environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=lambda value: "" if value is None else value,
+    )
+
+
+def _compiled(
+    env: SandboxedEnvironment, data: Mapping[str, Any], key: str, source: str
+) -> jinja2.Template | None:
+    if key not in data:
+        return None
+    return _compile(env, data[key], key, source)
+
+
+def _compile(env: SandboxedEnvironment, text: object, name: str, source: str) -> jinja2.Template:
+    if not isinstance(text, str):
+        raise ConfigError(f"{source}: {name} must be a string (a template), not {text!r}")
+    try:
+        return env.from_string(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"{source}: {name}: template syntax error on its line {exc.lineno}: {exc.message}"
+        ) from None
+
+
+def _messages(
+    data: Mapping[str, Any], source: str, env: SandboxedEnvironment
+) -> list[tuple[str, jinja2.Template, str]]:
+    if ("user" in data) == ("messages" in data):
+        raise ConfigError(
+            f'{source}: give the prompt as user = "..." or as messages = [{{role = '
+            '"user", content = "..."}]' + (", not both" if "user" in data else "")
+        )
+    if "user" in data:
+        return [("user", _compile(env, data["user"], "user", source), "user")]
+    messages = data["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(f"{source}: messages must be a list of {{role, content}} tables")
+    compiled: list[tuple[str, jinja2.Template, str]] = []
+    for index, message in enumerate(messages):
+        name = f"messages[{index}]"
+        if not isinstance(message, Mapping) or set(message) != {"role", "content"}:
+            raise ConfigError(f"{source}: {name} must be a table with role and content only")
+        if message["role"] not in MESSAGE_ROLES:
+            raise ConfigError(
+                f"{source}: {name}.role must be one of {', '.join(sorted(MESSAGE_ROLES))}"
+            )
+        content = _compile(env, message["content"], f"{name}.content", source)
+        compiled.append((message["role"], content, f"{name}.content"))
+    return compiled
+
+
+def render(
+    template: Template, row: dict[str, Any], row_no: int, *, mode: StructuredMode | None
+) -> Rendered | tuple[str, ...]:
+    """The request for ``row`` (number ``row_no``), asking for ``template.output`` the
+    ``mode`` way; or the row's problems (sentences without ``file:row N:``)."""
+    context = {**{str(key): value for key, value in row.items()}, "row": row, "row_number": row_no}
+    problems: list[str] = []
+
+    def text_of(part: jinja2.Template, name: str) -> str | None:
+        try:
+            return part.render(context)
+        except jinja2.UndefinedError as exc:
+            problems.append(_undefined_problem(exc, name, row))
+        except SecurityError as exc:
+            problems.append(
+                f"the {name} template is refused by the sandbox ({exc}); use the row's values "
+                "and Jinja's filters only"
+            )
+        except Exception as exc:
+            problems.append(f"the {name} template failed: {type(exc).__name__}: {exc}")
+        return None
+
+    params = dict(template.params)
+    if template.system is not None:
+        system = text_of(template.system, "system")
+        if system is not None:
+            params["system"] = system
+    messages = []
+    for (role, part), name in zip(template.messages, template.message_names, strict=True):
+        content = text_of(part, name)
+        messages.append({"role": role, "content": content})
+    params["messages"] = messages
+    custom_id = str(row_no)
+    if template.custom_id is not None:
+        rendered_id = text_of(template.custom_id, "id")
+        if rendered_id is not None:
+            custom_id = _custom_id(rendered_id, template.hash_long_ids, problems)
+    if problems:
+        return tuple(problems)
+    if template.output is not None and mode is not None:
+        params = ask_for(params, template.output, mode)
+    return Rendered(custom_id, params)
+
+
+def _undefined_problem(exc: jinja2.UndefinedError, name: str, row: dict[str, Any]) -> str:
+    match = _UNDEFINED_NAME.match(exc.message or "")
+    if match is not None:
+        return (
+            f"the {name} template uses {show(match.group(1))}, which is not a column of this "
+            f"row; its columns are {columns_text(row)}"
+        )
+    return f"the {name} template uses something undefined: {exc.message}"
+
+
+def _custom_id(rendered: str, hash_long_ids: bool, problems: list[str]) -> str:
+    if custom_id_fits(rendered):
+        return rendered
+    if hash_long_ids and rendered:
+        return hashed_custom_id(rendered)
+    problems.append(
+        f"the id template gave {show(rendered)}, which is not a custom_id (1-"
+        f"{CUSTOM_ID_MAX_CHARS} letters, digits, '_' and '-'); change the id template or set "
+        "hash_long_ids = true in the template"
+    )
+    return rendered
+
+
+def hashed_custom_id(rendered: str) -> str:
+    """A valid custom_id standing for ``rendered``: its letters, digits, ``_`` and ``-`` (runs
+    of other characters as one ``-``, cut to fit), ``-``, and the first `HASH_HEX_CHARS` hex
+    digits of its SHA-256. The same text always gives the same id."""
+    digest = hashlib.sha256(rendered.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_HEX_CHARS]
+    readable = _NOT_ID_CHARS.sub("-", rendered).strip("-")
+    readable = readable[: CUSTOM_ID_MAX_CHARS - HASH_HEX_CHARS - 1].rstrip("-")
+    return f"{readable}-{digest}" if readable else digest
