@@ -9,8 +9,8 @@ to its placeholder once the whole file is stored and every real custom_id is kno
 is streamed, so a later line may use the id a placeholder would have taken. For each chunk
 `batchrun.store.reuse` decides which requests are answered from a stored result (``submit
 --reuse``) and what the others wait for: a duplicate's original, a prompt-cache group's
-leader. Once every row is written the batch's counters are set from them
-(`batchrun.store.counters`).
+leader. The batch's counters (`batchrun.store.counters`) are added up chunk by chunk from the
+rows as they are written, and set once at the end.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from batchrun.records import PLACEHOLDER_PREFIX, Lane, NewBatch, NewRequest, placeholder_custom_ids
 from batchrun.store import tables as t
-from batchrun.store.counters import count_new_batch
+from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
 from batchrun.store.reuse import NewRequestPlan
 
 # Rows per INSERT round trip while ingesting, and the most request text one holds: a file
@@ -59,14 +59,15 @@ def insert_batch(
     plan = NewRequestPlan(
         batch.id, batch.created_at, reuse=batch.reuse, leaders_in_real_time=batch.lane == Lane.BATCH
     )
+    changes = CounterChanges()
     for chunk in _chunks(new_requests):
-        final += _insert_chunk(conn, batch, chunk, unnamed, plan)
-        final += plan.complete(conn, chunk)
+        final += _insert_chunk(conn, batch, chunk, unnamed, plan, changes)
+        final += plan.complete(conn, chunk, changes)
         count += len(chunk)
     if unnamed:
         _name_unnamed(conn, batch.id, unnamed)
     conn.execute(update(t.batches).where(t.batches.c.id == batch.id).values(request_count=count))
-    count_new_batch(conn, batch.id)
+    changes.apply(conn)
     return count, final
 
 
@@ -90,14 +91,20 @@ def _insert_chunk(
     chunk: Sequence[NewRequest],
     unnamed: list[tuple[int, int]],
     plan: NewRequestPlan,
+    changes: CounterChanges,
 ) -> int:
     """Insert one chunk of requests, as ``plan`` decides them, and the results of its
     rejected lines; returns how many were rejected. Appends (request id, line_no) of the
-    unnamed ones to ``unnamed``."""
+    unnamed ones to ``unnamed``; adds the rows to ``changes``."""
     # The batch lane's requests wait for a provider batch; "auto" decides at run time.
     lane = Lane.BATCH if batch.lane == Lane.BATCH else Lane.REALTIME
     rows = [_request_row(batch.id, request, lane) for request in chunk]
     plan.decide(conn, chunk, rows)
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    for state, n in states.items():
+        changes.created(batch.id, state, n)
     if all(request.rejected is None for request in chunk):
         conn.execute(insert(t.requests), rows)
         return 0
@@ -125,6 +132,12 @@ def _insert_chunk(
             }
         )
     conn.execute(insert(t.results), results)
+    changes.results(
+        {"model": None, "lane": None, "cost_factor": None, "reused_from": None, "endpoint": None}
+        | {name: None for name in TOKEN_COLUMNS}
+        | row
+        for row in results
+    )
     return len(results)
 
 

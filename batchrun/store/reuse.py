@@ -56,7 +56,7 @@ from sqlalchemy.sql import FromClause
 from batchrun.records import Lane, NewRequest
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches
-from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
+from batchrun.store.counters import CounterChanges, counted_result_columns
 from batchrun.store.database import upsert_insert
 
 # Request ids per statement when settling copies (bound parameters in one IN list).
@@ -90,9 +90,6 @@ _OWN_COLUMNS = (
     "cost_factor",
     "reused_from",
 )
-
-
-_TOKEN_RESULT_COLUMNS = tuple(t.results.c[name] for name in TOKEN_COLUMNS)
 
 
 def _copied_result(
@@ -258,10 +255,13 @@ class NewRequestPlan:
         self._chunk.waits_in_chunk.append((line, first_line, copy))
         return True
 
-    def complete(self, conn: Connection, chunk: Sequence[NewRequest]) -> int:
+    def complete(
+        self, conn: Connection, chunk: Sequence[NewRequest], changes: CounterChanges
+    ) -> int:
         """After the chunk's insert: copy the reused results, set what could not be set
         before (waits on rows of the same chunk, leaders of earlier chunks going real time)
-        and remember the chunk's firsts. Returns how many requests were answered."""
+        and remember the chunk's firsts. Returns how many requests were answered; the
+        copied results, and the requests whose source was gone, are added to ``changes``."""
         plan = self._chunk
         req = t.requests.c
         ids: dict[int, int] = {}
@@ -286,9 +286,12 @@ class NewRequestPlan:
             conn.execute(
                 update(t.requests).where(req.id.in_(plan.led_earlier)).values(lane=Lane.REALTIME)
             )
-        return self._copy_reused(conn, [(ids[line], cid, src) for line, cid, src in plan.reused])
+        reused = [(ids[line], cid, src) for line, cid, src in plan.reused]
+        return self._copy_reused(conn, reused, changes)
 
-    def _copy_reused(self, conn: Connection, reused: Sequence[tuple[int, str, int]]) -> int:
+    def _copy_reused(
+        self, conn: Connection, reused: Sequence[tuple[int, str, int]], changes: CounterChanges
+    ) -> int:
         """Give each (request id, custom_id, source request id) a copy of the source's
         result; a request whose source is gone (deleted since it was looked up) goes back
         to the queue. Returns how many were answered."""
@@ -311,8 +314,8 @@ class NewRequestPlan:
             now=self._now,
         )
         # Driven by the pairs, whose number the planner knows: results by primary key.
-        answered = set(
-            conn.scalars(
+        written = (
+            conn.execute(
                 _copy_insert(conn)
                 .from_select(
                     columns,
@@ -324,12 +327,17 @@ class NewRequestPlan:
                     )
                     .where(source.c.result_type == t.SUCCEEDED),
                 )
-                .returning(t.results.c.request_id)
+                .returning(*counted_result_columns())
             )
+            .mappings()
+            .all()
         )
+        changes.results(written)
+        answered = {row["request_id"] for row in written}
         gone = [rid for rid, _, _ in reused if rid not in answered]
         if gone:
             conn.execute(update(t.requests).where(t.requests.c.id.in_(gone)).values(state=t.QUEUED))
+            changes.moved(self._batch_id, t.SUCCEEDED, t.QUEUED, len(gone))
         return len(answered)
 
 
@@ -412,7 +420,7 @@ def settle_copies(
                         original.c.result_type == t.SUCCEEDED,
                     ),
                 )
-                .returning(t.results.c.request_id, t.results.c.batch_id, *_TOKEN_RESULT_COLUMNS)
+                .returning(*counted_result_columns())
             ).all()
             if not written:
                 continue

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, case, func, select
 
 from batchrun.records import Lane, ModelTokens
 from batchrun.store import tables as t
+from batchrun.store.breakdowns import usage_of
 from batchrun.store.database import transaction
 from batchrun.store.series import epoch_bucket, limit_input_tokens
 
@@ -220,12 +221,11 @@ class UsageReads:
 
     def by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
         """Token totals of the answers that report usage, per batch (every one asked for,
-        empty when it has none), model, lane and share of the list price paid, for pricing
-        (see :func:`priced`)."""
-        per_batch: dict[str, list[Usage]] = {batch_id: [] for batch_id in batch_ids}
-        for usage in self.of_batches(batch_ids):
-            per_batch.setdefault(usage.batch_id, []).append(usage)
-        return {batch_id: priced(usages) for batch_id, usages in per_batch.items()}
+        empty when it has none), model, lane and share of the list price paid, for pricing:
+        what :func:`priced` gives of :func:`read_usage`, read from the batches' counters
+        (``batch_usage``, see `batchrun.store.breakdowns`)."""
+        with transaction(self._engine, write=False) as conn:
+            return usage_of(conn, batch_ids)
 
 
 def _added(a: ModelTokens, b: ModelTokens) -> ModelTokens:
