@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,10 +22,13 @@ import orjson
 
 # The marker whose absence from the JSON text settles that a request has no breakpoint.
 _CACHE_CONTROL = "cache_control"
-# Where orjson's text may differ from json's: a number with an exponent, or a float below
-# 1e-4 that orjson writes in full (json: an exponent). Also found inside strings ("2e5"),
-# which then only costs the slower writer.
-_FLOAT_FORMS_DIFFER = re.compile(rb"0\.0000|[0-9][eE][-+]?[0-9]")
+# Where orjson's text may differ from json's: a number with an exponent (a digit then "e"),
+# or a float below 1e-4 that orjson writes in full (json: with an exponent). Looked for with
+# every digit made "0" (bytes.translate, then substring searches: several times faster than
+# a regular expression). Also found inside strings ("2e5"), which only costs the slower
+# writer.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_FLOAT_MARKS = (b"0e", b"0E", b"0.0000")
 
 
 def canonical_json(value: Any) -> str:
@@ -46,7 +48,8 @@ def canonical_json_bytes(value: Any) -> bytes:
         text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, RecursionError):
         return canonical_json(value).encode()
-    if _FLOAT_FORMS_DIFFER.search(text):
+    zeroed = text.translate(_DIGITS_TO_ZERO)
+    if any(mark in zeroed for mark in _FLOAT_MARKS):
         return canonical_json(value).encode()
     return text
 
