@@ -2,11 +2,12 @@
 model, lane and share of the list price (:func:`read_usage`), and :class:`UsageReads`, the
 store's section that runs it.
 
-Every view of what was used and what it cost reads it: ``status`` and the batch object
-(:meth:`UsageReads.by_model`), budgets and cost notices during a run, the batch lane, the
-dashboard's cards (with the recent window for throughput), the report's cost over time (per
-bucket of ``completed_at``: an answer costs when it is in) and ``/metrics`` (per requested
-model too). An answer is a succeeded or errored result; its model is the one the answer
+The dashboard's cards (with the recent window for throughput), the report's cost over time
+(per bucket of ``completed_at``: an answer costs when it is in) and ``/metrics`` (per
+requested model too) read it. ``status``, the batch object, budgets and cost notices during
+a run and the batch lane read the same totals from the batches' counters instead
+(:meth:`UsageReads.by_model`, ``batch_usage`` in `batchrun.store.breakdowns`), which the
+tests hold equal to what :func:`priced` gives of this statement. An answer is a succeeded or errored result; its model is the one the answer
 names, else the request's (looked up only for an answer that names none: no join with the
 requests, which on a large batch would be most of the time).
 """
