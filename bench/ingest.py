@@ -6,7 +6,8 @@ with ``--postgres`` a scratch Postgres database) as a separate process under GNU
 seconds, CPU seconds (user + system: the figure a loaded machine inflates least) and peak RSS.
 ``batchrun --version`` gives the start-up to subtract. With ``--baseline DIR`` the same runs
 alternate, back to back, with the code at DIR (a worktree; its `batchrun` package is put first
-on PYTHONPATH), so both see the same load. ``--reuse`` submits with ``--reuse``.
+on PYTHONPATH), so both see the same load. ``--reuse`` submits with ``--reuse``. Every submit
+passes ``--max-requests N`` (over Anthropic's 100,000 a file needs it).
 
 Run:  .venv/bin/python bench/ingest.py                                 (100,000 and 1,000,000)
       .venv/bin/python bench/ingest.py --sizes 100000 --repeat 5 --baseline /path/to/old/tree
@@ -104,7 +105,13 @@ def main() -> None:
                                 [BATCHRUN, "list"], env=env, check=True, capture_output=True
                             )
                             loads.append(os.getloadavg()[0])
-                            command = [BATCHRUN, "submit", str(source)]
+                            command = [
+                                BATCHRUN,
+                                "submit",
+                                str(source),
+                                "--max-requests",
+                                str(count),
+                            ]
                             if args.reuse:
                                 command.append("--reuse")
                             figures[code].append(timed(command, env))

@@ -7,7 +7,9 @@ The dashboard's cards (with the recent window for throughput), the report's cost
 requested model too) read it. ``status``, the batch object, budgets and cost notices during
 a run and the batch lane read the same totals from the batches' counters instead
 (:meth:`UsageReads.by_model`, ``batch_usage`` in `batchrun.store.breakdowns`), which the
-tests hold equal to what :func:`priced` gives of this statement. An answer is a succeeded or errored result; its model is the one the answer
+tests hold equal to what :func:`priced` gives of this statement.
+
+An answer is a succeeded or errored result; its model is the one the answer
 names, else the request's (looked up only for an answer that names none: no join with the
 requests, which on a large batch would be most of the time).
 """
