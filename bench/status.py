@@ -13,7 +13,9 @@ migration 0012's backfill. Figures, medians of ``--repeat`` runs:
   excluded: the figure the issue's "beyond start-up" target is about);
 - ``batchrun status BATCH`` of the big batch, and of the one-request batch in the same
   database: the difference is what `status` spends beyond start-up on the batch's size;
-- ``batchrun --version``: the interpreter and the CLI alone.
+- ``batchrun --version``: the interpreter and the CLI alone;
+- with ``--report``: ``batchrun report BATCH -o FILE`` of the big batch, once, its wall time
+  and peak RSS (GNU time): the report may aggregate, in bounded memory.
 
 Run:  .venv/bin/python bench/status.py --postgres                  (both sizes, both backends)
       .venv/bin/python bench/status.py --sizes 100000               (SQLite, 100,000 only)
@@ -189,6 +191,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000", help="batch sizes, comma-separated")
     parser.add_argument("--postgres", action="store_true", help="also a scratch Postgres database")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--report", action="store_true", help="also time `batchrun report`")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     print(
@@ -231,6 +234,30 @@ def main() -> None:
                         f"{load:>5.1f}",
                         flush=True,
                     )
+                    if args.report:
+                        page = tmp / "report.html"
+                        done = subprocess.run(
+                            [
+                                "/usr/bin/time",
+                                "-f",
+                                "%e %M",
+                                BATCHRUN,
+                                "report",
+                                big,
+                                "-o",
+                                str(page),
+                            ],
+                            env=env,
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                        )
+                        wall, peak_kb = done.stderr.strip().splitlines()[-1].split()
+                        print(
+                            f"  report of {count:,} on {backend}: {float(wall):.1f} s, "
+                            f"peak RSS {int(peak_kb) / 1024:.0f} MB",
+                            flush=True,
+                        )
 
 
 if __name__ == "__main__":
