@@ -2,7 +2,8 @@
 and store the batch in one transaction.
 
 Holds: ``sources`` (a file, stdin, a stream or Python objects as JSON lines), ``reader``
-(file-level rules: BOM, blank lines, duplicates, caps), ``validation`` and ``content`` (one
+(file-level rules: BOM, blank lines, duplicates, caps) with ``seen_ids`` (the custom_ids used
+so far, on disk past a point), ``validation`` and ``content`` (one
 line's checks), ``wording`` (how problems are worded), ``images`` and ``estimate`` (input-token
 estimates), ``digests`` (the params digest for reuse, the cached prompt prefix's key),
 ``ingest`` (stream into the store); for tables, ``tables`` (CSV, TSV, Parquet, JSON lines

@@ -22,6 +22,13 @@ import orjson
 
 # The marker whose absence from the JSON text settles that a request has no breakpoint.
 _CACHE_CONTROL = "cache_control"
+# Where orjson's text may differ from json's: a number with an exponent (a digit then "e"),
+# or a float below 1e-4 that orjson writes in full (json: with an exponent). Looked for with
+# every digit made "0" (bytes.translate, then substring searches: several times faster than
+# a regular expression). Also found inside strings ("2e5"), which only costs the slower
+# writer.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_FLOAT_MARKS = (b"0e", b"0E", b"0.0000")
 
 
 def canonical_json(value: Any) -> str:
@@ -29,9 +36,27 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def canonical_json_bytes(value: Any) -> bytes:
+    """:func:`canonical_json` as UTF-8, the same bytes, made by orjson (several times faster,
+    and every line of every submit pays for it) wherever orjson writes what ``json`` writes.
+    They differ only in how they write some floats (orjson: ``1e-7``, ``0.00001``; json:
+    ``1e-07``, ``1e-05``), so text with a possible exponent or a float under 1e-4, and
+    whatever orjson cannot write (integers past 64 bits, lone surrogates, deep nesting), is
+    written by ``json``: digests stay those of earlier versions, and reuse finds their
+    answers."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, RecursionError):
+        return canonical_json(value).encode()
+    zeroed = text.translate(_DIGITS_TO_ZERO)
+    if any(mark in zeroed for mark in _FLOAT_MARKS):
+        return canonical_json(value).encode()
+    return text
+
+
 def params_digest(params: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the params as canonical JSON; the model is part of the params."""
-    return hashlib.sha256(canonical_json(params).encode()).hexdigest()
+    return hashlib.sha256(canonical_json_bytes(params)).hexdigest()
 
 
 def cache_prefix_key(params_json: str, params: Mapping[str, Any] | None = None) -> str | None:

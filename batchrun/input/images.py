@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import struct
 
 PATCH_PX = 28
@@ -112,8 +113,10 @@ def _patches(px: int) -> int:
     return -(-px // PATCH_PX)
 
 
+@functools.lru_cache(maxsize=1024)
 def is_high_res_model(model: str) -> bool:
-    """Whether ``model`` belongs to the high-resolution vision tier."""
+    """Whether ``model`` belongs to the high-resolution vision tier (cached: every line of a
+    submit asks, of a few models)."""
     return any(marker in model for marker in _HIGH_RES_MODEL_MARKERS)
 
 

@@ -3,7 +3,8 @@
 `read_requests` yields ``(line_no, item)`` pairs lazily, where ``item`` is a
 `~batchrun.validation.ValidRequest`, an `~batchrun.validation.InvalidLine`, or a `FileProblem`.
 It holds one line at a time, plus the map from each custom_id to the line that first used it
-(needed to report duplicates). Line numbers count physical lines, 1-based.
+(needed to report duplicates; in memory up to a point, then on disk: see
+`batchrun.input.seen_ids`). Line numbers count physical lines, 1-based.
 
 File-level rules and decisions:
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, TypeAlias
 
 from batchrun.errors import ConfigError, InputFileError
+from batchrun.input.seen_ids import IDS_IN_MEMORY, SeenIds
 from batchrun.input.validation import (
     MAX_LINE_BYTES,
     MAX_MODEL_CHARS,
@@ -77,11 +79,13 @@ def read_requests(
     max_line_bytes: int = MAX_LINE_BYTES,
     max_requests: int = MAX_REQUESTS,
     max_file_bytes: int = MAX_FILE_BYTES,
+    ids_in_memory: int = IDS_IN_MEMORY,
 ) -> Iterator[ReadItem]:
     """Yield ``(line_no, item)`` for each non-blank line of ``stream``, lazily.
 
     ``source`` names the file in messages. ``default_model`` fills in a missing
-    ``params.model``. A `FileProblem` item, if any, is the last one.
+    ``params.model``. A `FileProblem` item, if any, is the last one. ``ids_in_memory``: how
+    many custom_ids are remembered in memory before they move to a temporary file.
     """
     if default_model is not None and not default_model.strip():
         raise ConfigError("the default model is empty; name a model or leave it unset")
@@ -90,7 +94,31 @@ def read_requests(
             f"the default model is {len(default_model):,} characters long; a model id has "
             f"at most {MAX_MODEL_CHARS}"
         )
-    first_line_of: dict[str, int] = {}
+    seen = SeenIds(ids_in_memory=ids_in_memory)
+    try:
+        yield from _read_lines(
+            stream,
+            source=source,
+            default_model=default_model,
+            max_line_bytes=max_line_bytes,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+            seen=seen,
+        )
+    finally:
+        seen.close()
+
+
+def _read_lines(
+    stream: BinaryIO,
+    *,
+    source: str,
+    default_model: str | None,
+    max_line_bytes: int,
+    max_requests: int,
+    max_file_bytes: int,
+    seen: SeenIds,
+) -> Iterator[ReadItem]:
     read_limit = max_line_bytes + 2  # room for a CRLF terminator
     line_no = 0
     file_bytes = 0
@@ -131,7 +159,7 @@ def read_requests(
         item = validate_line(
             raw, line_no, default_model=default_model, max_line_bytes=max_line_bytes
         )
-        yield line_no, check_duplicate(item, line_no, first_line_of)
+        yield line_no, check_duplicate(item, line_no, seen)
 
     if requests == 0:
         yield 0, FileProblem(f"{source} contains no requests; write one JSON request per line")
@@ -168,17 +196,17 @@ def _drain_line(
 def check_duplicate(
     item: ValidRequest | InvalidLine,
     line_no: int,
-    first_line_of: dict[str, int],
+    seen: SeenIds,
     *,
     unit: str = "line",
 ) -> ValidRequest | InvalidLine:
     """``item``, or an `InvalidLine` when its custom_id was first used by an earlier line
-    (``first_line_of`` maps each custom_id to that line and is updated); ``unit`` is what a
+    (``seen`` knows each custom_id's first line and learns this one's); ``unit`` is what a
     message calls a line ("row" for a table)."""
     custom_id = item.custom_id
     if custom_id is None:
         return item
-    first = first_line_of.setdefault(custom_id, line_no)
+    first = seen.first_line(custom_id, line_no)
     if first == line_no:
         return item
     duplicate = (

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import orjson
 
 from batchrun.input.reader import FileProblem, ReadItem, check_duplicate
+from batchrun.input.seen_ids import SeenIds
 from batchrun.input.tables import RowProblem, TableProblem, read_table, row_json
 from batchrun.input.templates import Rendered, Template, render
 from batchrun.input.validation import InvalidLine, validate_line
@@ -62,8 +63,43 @@ def table_items(
     """The table's rows as ingest items: ``(row_no, ValidRequest | InvalidLine)``, and a
     `FileProblem` last when the table as a whole cannot be used (empty, unreadable, over a
     cap). ``mode`` is how the endpoint is asked for structured answers; ``keep`` receives
-    each row's JSON for ``input_row``."""
-    first_row_of: dict[str, int] = {}
+    each row's JSON for ``input_row``. Rendered custom_ids are checked for duplicates as a
+    JSONL file's are (in memory, then in a temporary file: a table of any size)."""
+    seen = SeenIds()
+    try:
+        yield from _rendered_items(
+            stream,
+            template=template,
+            source=source,
+            table_format=table_format,
+            path=path,
+            mode=mode,
+            default_model=default_model,
+            max_requests=max_requests,
+            max_file_bytes=max_file_bytes,
+            max_row_bytes=max_row_bytes,
+            keep=keep,
+            seen=seen,
+        )
+    finally:
+        seen.close()
+
+
+def _rendered_items(
+    stream: BinaryIO | None,
+    *,
+    template: Template,
+    source: str,
+    table_format: str,
+    path: str | None,
+    mode: StructuredMode | None,
+    default_model: str | None,
+    max_requests: int,
+    max_file_bytes: int,
+    max_row_bytes: int,
+    keep: TableItems,
+    seen: SeenIds,
+) -> Iterator[ReadItem]:
     total_bytes = 0
     rows = 0
     for row_no, item in read_table(
@@ -103,4 +139,4 @@ def table_items(
             )
             return
         checked = validate_line(raw, row_no, default_model=default_model)
-        yield row_no, check_duplicate(checked, row_no, first_row_of, unit="row")
+        yield row_no, check_duplicate(checked, row_no, seen, unit="row")

@@ -7,13 +7,12 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, exists, func, literal, select, tuple_, update
+from sqlalchemy import Engine, exists, literal, select, tuple_, update
 
 from batchrun.errors import BatchNotFoundError
 from batchrun.records import (
     BatchStats,
     BatchSummary,
-    ErrorCount,
     NewBatch,
     NewRequest,
     RequestCounts,
@@ -22,6 +21,7 @@ from batchrun.records import (
 from batchrun.store import tables as t
 from batchrun.store.base import Section, batch_not_found, end_finished_batches
 from batchrun.store.batch_rows import insert_batch
+from batchrun.store.breakdowns import errors_of
 from batchrun.store.counters import COUNT_COLUMNS, TOKEN_COLUMNS
 from batchrun.store.health import Health
 from batchrun.store.usage import UsageReads
@@ -167,35 +167,24 @@ class Batches(Section):
     def stats(self, batch_id: str, *, top_errors: int = 5) -> BatchStats:
         """Tokens per model, the first send and the last answer, the ``top_errors`` most
         frequent error types of errored results (with one message each), the budget, and how
-        many results are stored answers (reused)."""
-        req, res = t.requests.c, t.results.c
-        answered = res.result_type.in_([t.SUCCEEDED, t.ERRORED])
+        many results are stored answers (reused): the batch's counters (see
+        `batchrun.store.counters`), a few rows whatever the batch's size."""
+        b = t.batches.c
         with self._read() as conn:
-            first_started = conn.execute(
-                select(func.min(req.started_at)).where(req.batch_id == batch_id)
-            ).scalar()
-            last_completed = conn.execute(
-                select(func.max(res.completed_at)).where(res.batch_id == batch_id, answered)
-            ).scalar()
-            count = func.count().label("n")
-            errors = conn.execute(
-                select(res.error_type, count, func.min(res.error_message))
-                .where(res.batch_id == batch_id, res.result_type == t.ERRORED)
-                .group_by(res.error_type)
-                .order_by(count.desc(), res.error_type)
-                .limit(top_errors)
-            ).all()
-            max_cost = conn.execute(
-                select(t.batches.c.max_cost_usd).where(t.batches.c.id == batch_id)
-            ).scalar()
-            reused = conn.execute(
-                select(func.count()).where(res.batch_id == batch_id, res.reused_from.is_not(None))
-            ).scalar_one()
+            row = conn.execute(
+                select(b.first_started_at, b.last_completed_at, b.max_cost_usd, b.n_reused).where(
+                    b.id == batch_id
+                )
+            ).one_or_none()
+            if row is None:
+                raise batch_not_found(batch_id)
+            errors = errors_of(conn, batch_id, top_errors)
+        first_started, last_completed, max_cost, reused = row
         return BatchStats(
             usage=self._usage.by_model([batch_id])[batch_id],
             first_started_at=first_started,
             last_completed_at=last_completed,
-            errors=[ErrorCount(kind or "unknown", n, example) for kind, n, example in errors],
+            errors=errors,
             max_cost_usd=max_cost,
             endpoints=(
                 self._health.answers_by_endpoint(batch_id, last_completed - timedelta(minutes=1))

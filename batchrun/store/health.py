@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 
 from batchrun.records import EndpointHealth, EndpointShare
 from batchrun.store import tables as t
 from batchrun.store.base import Section
+from batchrun.store.breakdowns import endpoint_answers, recent_endpoint_answers
 
 
 class Health(Section):
@@ -55,22 +56,10 @@ class Health(Section):
 
     def answers_by_endpoint(self, batch_id: str, since: datetime) -> list[EndpointShare]:
         """For each endpoint that answered the batch: its succeeded and errored results (not
-        the reused ones: nothing was sent for them), and how many of them came after
-        ``since``; most answers first."""
-        res = t.results.c
-        answered = res.result_type.in_([t.SUCCEEDED, t.ERRORED])
-        recent = func.sum(case((res.completed_at >= since, 1), else_=0))
-        total = func.count()
+        the reused ones: nothing was sent for them; the batch's counters), and how many of
+        them came after ``since``; most answers first."""
         with self._read() as conn:
-            rows = conn.execute(
-                select(res.endpoint, total, recent)
-                .where(
-                    res.batch_id == batch_id,
-                    answered,
-                    res.endpoint.is_not(None),
-                    res.reused_from.is_(None),
-                )
-                .group_by(res.endpoint)
-                .order_by(total.desc(), res.endpoint)
-            ).all()
-        return [EndpointShare(name, int(count), int(late or 0)) for name, count, late in rows]
+            answers = endpoint_answers(conn, batch_id)
+            recent = recent_endpoint_answers(conn, batch_id, since) if answers else {}
+        shares = [EndpointShare(name, n, recent.get(name, 0)) for name, n in answers.items()]
+        return sorted(shares, key=lambda share: (-share.answered, share.endpoint))

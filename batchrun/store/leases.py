@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
+    Engine,
     exists,
     func,
     or_,
@@ -40,6 +42,11 @@ def not_waiting() -> ColumnElement[bool]:
 
 class Leases(Section):
     """Statements on requests being claimed, held and released."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # Batches whose first claim this process has set (see _note_started).
+        self._started: set[str] = set()
 
     def claim(
         self, *, owner: str, batch_ids: Sequence[str], limit: int, now: datetime, lease_s: float
@@ -86,9 +93,26 @@ class Leases(Section):
         )
         with self._write() as conn:
             rows = conn.execute(statement).all()
+            started = {row.batch_id for row in rows} - self._started
+            self._note_started(conn, started, now)
+        self._started.update(started)
         claimed = [ClaimedRequest(*row) for row in rows]
         claimed.sort(key=lambda item: item.id)
         return claimed
+
+    def _note_started(self, conn: Connection, batch_ids: set[str], now: datetime) -> None:
+        """Set the batches' first claim (``batches.first_started_at``, the least ``started_at``
+        of their requests) to ``now`` where it is later or unset. Once per batch in this
+        process: its later claims are no earlier (the same clock), so they cannot lower it."""
+        if not batch_ids:
+            return
+        b = t.batches.c
+        earlier = or_(b.first_started_at.is_(None), b.first_started_at > now)
+        conn.execute(
+            update(t.batches)
+            .where(b.id.in_(sorted(batch_ids)), earlier)
+            .values(first_started_at=now)
+        )
 
     def seconds_until_ready(self, batch_ids: Sequence[str], now: datetime) -> float | None:
         """Seconds until the earliest queued real-time request of these batches may be sent:

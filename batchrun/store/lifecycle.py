@@ -25,6 +25,7 @@ from batchrun.store.base import (
     end_finished_batches,
     insert_bare_results,
 )
+from batchrun.store.breakdowns import delete_batches, held_of, recount_held
 from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
 
 
@@ -80,33 +81,25 @@ class BatchLifecycle(Section):
             return 0
         req = t.requests.c
         with self._write() as conn:
-            return int(
-                conn.execute(
-                    update(t.requests)
-                    .where(
-                        req.batch_id == batch_id,
-                        req.state == t.QUEUED,
-                        req.model.in_(models),
-                        req.lane == t.HELD if held else req.lane != t.HELD,
-                    )
-                    .values(lane=lane)
-                ).rowcount
-            )
+            moved = conn.execute(
+                update(t.requests)
+                .where(
+                    req.batch_id == batch_id,
+                    req.state == t.QUEUED,
+                    req.model.in_(models),
+                    req.lane == t.HELD if held else req.lane != t.HELD,
+                )
+                .values(lane=lane)
+            ).rowcount
+            if moved:
+                recount_held(conn, [batch_id])
+            return int(moved)
 
     def held_by_model(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Per batch that has any, its held requests (see :meth:`hold_models`) per model."""
-        req = t.requests.c
+        """Per batch that has any, its held requests (see :meth:`hold_models`) per model: the
+        batches' counters (``batch_held``)."""
         with self._read() as conn:
-            rows = conn.execute(
-                select(req.batch_id, req.model, func.count())
-                .where(req.batch_id.in_(batch_ids), req.state == t.QUEUED, req.lane == t.HELD)
-                .group_by(req.batch_id, req.model)
-                .order_by(req.batch_id, req.model)
-            ).all()
-        held: dict[str, dict[str, int]] = {}
-        for batch_id, model, count in rows:
-            held.setdefault(batch_id, {})[model] = int(count)
-        return held
+            return held_of(conn, batch_ids)
 
     def clear_pauses(self, batch_ids: Sequence[str]) -> None:
         """Forget the pause reasons of these batches (a new run tries again)."""
@@ -221,6 +214,8 @@ class BatchLifecycle(Section):
                 .returning(res.batch_id, *(res[name] for name in TOKEN_COLUMNS))
             ).all()
             changes.results((row._mapping for row in dropped), sign=-1)
+            # Requests came back to the queue (held ones too) and results went: count again.
+            changes.recount(batch_id)
             changes.apply(conn)
             count = int(
                 conn.execute(
@@ -256,6 +251,7 @@ class BatchLifecycle(Section):
             changes.moved(batch_id, t.QUEUED, state, changed)
             changes.apply(conn)
             insert_bare_results(conn, batch_id, state, now)
+            recount_held(conn, [batch_id])
         return int(changed)
 
     # -- removing data ------------------------------------------------------------------------
@@ -290,6 +286,7 @@ class BatchLifecycle(Section):
 
     def _delete(self, conn: Connection, batch_ids: Sequence[str]) -> None:
         # Children first: a database without foreign-key cascades deletes the same rows.
+        delete_batches(conn, batch_ids)
         conn.execute(t.results.delete().where(t.results.c.batch_id.in_(batch_ids)))
         conn.execute(t.table_rows.delete().where(t.table_rows.c.batch_id.in_(batch_ids)))
         conn.execute(t.requests.delete().where(t.requests.c.batch_id.in_(batch_ids)))

@@ -468,6 +468,9 @@ def close_provider_batch(
         ).rowcount
         for batch_id in batches_of_provider_batch(conn, row_id):
             changes.moved(batch_id, t.PROVIDER, t.ERRORED, back)
+            if back:
+                # Errored results written by a SELECT: their error type, last answer.
+                changes.recount(batch_id)
     changes.apply(conn)
     conn.execute(
         update(t.provider_batches)

@@ -201,6 +201,7 @@ def record_finished(
                 "endpoint": fit(item.endpoint, t.results.c.endpoint),
                 "lane": item.lane,
                 "cost_factor": item.cost_factor,
+                "reused_from": None,
             }
         )
     written = set(

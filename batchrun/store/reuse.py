@@ -41,6 +41,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     bindparam,
     case,
     cast,
@@ -56,7 +57,7 @@ from sqlalchemy.sql import FromClause
 from batchrun.records import Lane, NewRequest
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches
-from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
+from batchrun.store.counters import CounterChanges, counted_result_columns
 from batchrun.store.database import upsert_insert
 
 # Request ids per statement when settling copies (bound parameters in one IN list).
@@ -90,9 +91,6 @@ _OWN_COLUMNS = (
     "cost_factor",
     "reused_from",
 )
-
-
-_TOKEN_RESULT_COLUMNS = tuple(t.results.c[name] for name in TOKEN_COLUMNS)
 
 
 def _copied_result(
@@ -138,19 +136,37 @@ def _json_rows(
     ).subquery(name)
 
 
-def _succeeded_request_ids(conn: Connection, digests: Sequence[str]) -> dict[str, int]:
-    """The lowest id of a succeeded request with each of these params digests, for those
-    that have one. One probe per digest, on the digest alone (the state is tested inside the
-    aggregate, which also keeps Postgres from walking the primary key for a min())."""
+def _requests_by_digest(
+    conn: Connection, digests: Sequence[str], batch_id: str
+) -> tuple[dict[str, int], dict[str, int]]:
+    """For these params digests, those that have one: the lowest id of a succeeded request
+    (any batch), and of an original of ``batch_id`` (a queued request that copies nothing:
+    stored from an earlier chunk of this submit). One probe per digest, on the digest alone
+    (the rest is tested inside the aggregates, which also keeps Postgres from walking the
+    primary key for a min()). The originals are looked up rather than remembered, so a
+    submit's memory does not grow with its distinct requests."""
     wanted = _json_rows(conn, "wanted", {"digest": Text()}, [{"digest": d} for d in digests])
     req = t.requests.c
-    lowest = (
-        select(func.min(case((req.state == t.SUCCEEDED, req.id))))
-        .where(req.params_digest == wanted.c.digest)
-        .scalar_subquery()
+    original = and_(req.batch_id == batch_id, req.state == t.QUEUED, req.copy_of.is_(None))
+    found = conn.execute(
+        select(
+            wanted.c.digest,
+            select(func.min(case((req.state == t.SUCCEEDED, req.id))))
+            .where(req.params_digest == wanted.c.digest)
+            .scalar_subquery(),
+            select(func.min(case((original, req.id))))
+            .where(req.params_digest == wanted.c.digest)
+            .scalar_subquery(),
+        )
     )
-    found = conn.execute(select(wanted.c.digest, lowest))
-    return {digest: request_id for digest, request_id in found if request_id is not None}
+    succeeded: dict[str, int] = {}
+    originals: dict[str, int] = {}
+    for digest, succeeded_id, original_id in found:
+        if succeeded_id is not None:
+            succeeded[digest] = succeeded_id
+        if original_id is not None:
+            originals[digest] = original_id
+    return succeeded, originals
 
 
 @dataclass
@@ -160,7 +176,7 @@ class _Chunk:
     # Reused: (line, custom_id, source request id).
     reused: list[tuple[int, str, int]] = field(default_factory=list)
     # The first of a digest or of a prefix in this chunk: key → line.
-    originals: dict[bytes, int] = field(default_factory=dict)
+    originals: dict[str, int] = field(default_factory=dict)
     leaders: dict[str, int] = field(default_factory=dict)
     # Rows waiting for a row of this same chunk, whose id is known once inserted:
     # (line, line waited for, whether a copy).
@@ -174,8 +190,9 @@ class NewRequestPlan:
     (see the module docstring), decided chunk by chunk in line order: :meth:`decide` fills
     in a chunk's rows before they are inserted, :meth:`complete` finishes after.
 
-    Holds the first request id of each distinct params digest (with ``reuse``) and of each
-    prefix key seen so far, about 150 bytes each.
+    Holds the first request id of each prefix key seen so far (about 150 bytes each); the
+    first of each params digest (with ``reuse``) is looked up in the database, chunk by
+    chunk, so the plan does not grow with a file of distinct requests.
     """
 
     def __init__(
@@ -188,7 +205,6 @@ class NewRequestPlan:
         # the batch lane a leader's cache write would have expired before its followers ran.
         # So a leader goes alone in real time, and its followers then go in provider batches.
         self._leaders_in_real_time = leaders_in_real_time
-        self._originals: dict[bytes, int] = {}
         self._leaders: dict[str, int] = {}
         self._led: set[int] = set()
         self._chunk = _Chunk()
@@ -203,10 +219,11 @@ class NewRequestPlan:
         about to be inserted) as far as they are known before the insert."""
         plan = self._chunk = _Chunk()
         sources: dict[str, int] = {}
+        originals: dict[str, int] = {}
         if self._reuse:
             digests = sorted({r.params_digest for r in chunk if r.params_digest and not r.rejected})
             if digests:
-                sources = _succeeded_request_ids(conn, digests)
+                sources, originals = _requests_by_digest(conn, digests, self._batch_id)
         row_at = {request.line_no: row for request, row in zip(chunk, rows, strict=True)}
         for request, row in zip(chunk, rows, strict=True):
             if request.rejected is not None:
@@ -219,8 +236,8 @@ class NewRequestPlan:
                     assert request.custom_id is not None  # valid lines have one
                     plan.reused.append((line, request.custom_id, source))
                     continue
-                key = bytes.fromhex(request.params_digest)
-                if self._wait(row, key, self._originals, plan.originals, line, copy=True):
+                key = request.params_digest
+                if self._wait(row, key, originals, plan.originals, line, copy=True):
                     continue
             prefix = request.cache_prefix
             if prefix is not None and self._wait(
@@ -258,14 +275,17 @@ class NewRequestPlan:
         self._chunk.waits_in_chunk.append((line, first_line, copy))
         return True
 
-    def complete(self, conn: Connection, chunk: Sequence[NewRequest]) -> int:
+    def complete(
+        self, conn: Connection, chunk: Sequence[NewRequest], changes: CounterChanges
+    ) -> int:
         """After the chunk's insert: copy the reused results, set what could not be set
         before (waits on rows of the same chunk, leaders of earlier chunks going real time)
-        and remember the chunk's firsts. Returns how many requests were answered."""
+        and remember the chunk's firsts. Returns how many requests were answered; the
+        copied results, and the requests whose source was gone, are added to ``changes``."""
         plan = self._chunk
         req = t.requests.c
         ids: dict[int, int] = {}
-        if plan.reused or plan.originals or plan.leaders:
+        if plan.reused or plan.waits_in_chunk or plan.leaders:
             found = conn.execute(
                 select(req.line_no, req.id).where(
                     req.batch_id == self._batch_id,
@@ -273,8 +293,6 @@ class NewRequestPlan:
                 )
             )
             ids = {line: request_id for line, request_id in found}
-        for key, line in plan.originals.items():
-            self._originals[key] = ids[line]
         for prefix, line in plan.leaders.items():
             self._leaders[prefix] = ids[line]
         waits: dict[tuple[int, int | None], list[int]] = {}
@@ -286,9 +304,12 @@ class NewRequestPlan:
             conn.execute(
                 update(t.requests).where(req.id.in_(plan.led_earlier)).values(lane=Lane.REALTIME)
             )
-        return self._copy_reused(conn, [(ids[line], cid, src) for line, cid, src in plan.reused])
+        reused = [(ids[line], cid, src) for line, cid, src in plan.reused]
+        return self._copy_reused(conn, reused, changes)
 
-    def _copy_reused(self, conn: Connection, reused: Sequence[tuple[int, str, int]]) -> int:
+    def _copy_reused(
+        self, conn: Connection, reused: Sequence[tuple[int, str, int]], changes: CounterChanges
+    ) -> int:
         """Give each (request id, custom_id, source request id) a copy of the source's
         result; a request whose source is gone (deleted since it was looked up) goes back
         to the queue. Returns how many were answered."""
@@ -311,8 +332,8 @@ class NewRequestPlan:
             now=self._now,
         )
         # Driven by the pairs, whose number the planner knows: results by primary key.
-        answered = set(
-            conn.scalars(
+        written = (
+            conn.execute(
                 _copy_insert(conn)
                 .from_select(
                     columns,
@@ -324,12 +345,17 @@ class NewRequestPlan:
                     )
                     .where(source.c.result_type == t.SUCCEEDED),
                 )
-                .returning(t.results.c.request_id)
+                .returning(*counted_result_columns())
             )
+            .mappings()
+            .all()
         )
+        changes.results(written)
+        answered = {row["request_id"] for row in written}
         gone = [rid for rid, _, _ in reused if rid not in answered]
         if gone:
             conn.execute(update(t.requests).where(t.requests.c.id.in_(gone)).values(state=t.QUEUED))
+            changes.moved(self._batch_id, t.SUCCEEDED, t.QUEUED, len(gone))
         return len(answered)
 
 
@@ -412,7 +438,7 @@ def settle_copies(
                         original.c.result_type == t.SUCCEEDED,
                     ),
                 )
-                .returning(t.results.c.request_id, t.results.c.batch_id, *_TOKEN_RESULT_COLUMNS)
+                .returning(*counted_result_columns())
             ).all()
             if not written:
                 continue

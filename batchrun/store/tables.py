@@ -218,8 +218,74 @@ batches = Table(
             "cache_read_input_tokens",
         )
     ),
+    Column(
+        "n_reused",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="results that are a stored answer (submit --reuse): nothing was sent",
+    ),
+    Column("first_started_at", UtcDateTime, nullable=True, comment="the first claim"),
+    Column(
+        "last_completed_at",
+        UtcDateTime,
+        nullable=True,
+        comment="the last succeeded or errored result's completed_at",
+    ),
     # `batchrun serve` lists a key's batches newest first, a page at a time.
     Index(None, "owner", "created_at", "id"),
+)
+
+# Counters per batch and key, kept as the batch's own counters are (batchrun.store.breakdowns):
+# what `status` shows of a batch without reading its requests or results. A row with every
+# count 0 counts nothing (a key whose last result was deleted).
+batch_usage = Table(
+    "batch_usage",
+    metadata,
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "model",
+        SafeString(200),
+        primary_key=True,
+        comment="the model the answer names, else the request's",
+    ),
+    Column("lane", SafeString(8), primary_key=True, comment="realtime or batch"),
+    Column("cost_factor", Float, primary_key=True, comment="the share of the list price paid"),
+    Column("answers", Integer, nullable=False, comment="succeeded or errored results with usage"),
+    *(
+        Column(name, BigInteger, nullable=False)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        )
+    ),
+)
+
+batch_errors = Table(
+    "batch_errors",
+    metadata,
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("error_type", SafeString(64), primary_key=True, comment="'' for none"),
+    Column("results", Integer, nullable=False, comment="errored results of this type"),
+    Column("example", SafeText, nullable=True, comment="their least message (binary order)"),
+)
+
+batch_endpoints = Table(
+    "batch_endpoints",
+    metadata,
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("endpoint", SafeString(100), primary_key=True, comment="for a pool: the member"),
+    Column("answers", Integer, nullable=False, comment="succeeded or errored, not reused"),
+)
+
+batch_held = Table(
+    "batch_held",
+    metadata,
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("model", SafeString(200), primary_key=True),
+    Column("requests", Integer, nullable=False, comment="queued in lane held"),
 )
 
 requests = Table(
@@ -366,6 +432,8 @@ results = Table(
         comment="the batch whose stored answer this is (submit --reuse): nothing was sent",
     ),
     Index(None, "batch_id", "result_type"),
+    # `status` counts each endpoint's answers of the minute up to the last one.
+    Index(None, "batch_id", "completed_at"),
 )
 
 # Every real-time send that failed transiently and went back to the queue (a 429, a 529, a

@@ -2,11 +2,14 @@
 model, lane and share of the list price (:func:`read_usage`), and :class:`UsageReads`, the
 store's section that runs it.
 
-Every view of what was used and what it cost reads it: ``status`` and the batch object
-(:meth:`UsageReads.by_model`), budgets and cost notices during a run, the batch lane, the
-dashboard's cards (with the recent window for throughput), the report's cost over time (per
-bucket of ``completed_at``: an answer costs when it is in) and ``/metrics`` (per requested
-model too). An answer is a succeeded or errored result; its model is the one the answer
+The dashboard's cards (with the recent window for throughput), the report's cost over time
+(per bucket of ``completed_at``: an answer costs when it is in) and ``/metrics`` (per
+requested model too) read it. ``status``, the batch object, budgets and cost notices during
+a run and the batch lane read the same totals from the batches' counters instead
+(:meth:`UsageReads.by_model`, ``batch_usage`` in `batchrun.store.breakdowns`), which the
+tests hold equal to what :func:`priced` gives of this statement.
+
+An answer is a succeeded or errored result; its model is the one the answer
 names, else the request's (looked up only for an answer that names none: no join with the
 requests, which on a large batch would be most of the time).
 """
@@ -22,6 +25,7 @@ from sqlalchemy import Connection, Engine, case, func, select
 
 from batchrun.records import Lane, ModelTokens
 from batchrun.store import tables as t
+from batchrun.store.breakdowns import usage_of
 from batchrun.store.database import transaction
 from batchrun.store.series import epoch_bucket, limit_input_tokens
 
@@ -220,12 +224,11 @@ class UsageReads:
 
     def by_model(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
         """Token totals of the answers that report usage, per batch (every one asked for,
-        empty when it has none), model, lane and share of the list price paid, for pricing
-        (see :func:`priced`)."""
-        per_batch: dict[str, list[Usage]] = {batch_id: [] for batch_id in batch_ids}
-        for usage in self.of_batches(batch_ids):
-            per_batch.setdefault(usage.batch_id, []).append(usage)
-        return {batch_id: priced(usages) for batch_id, usages in per_batch.items()}
+        empty when it has none), model, lane and share of the list price paid, for pricing:
+        what :func:`priced` gives of :func:`read_usage`, read from the batches' counters
+        (``batch_usage``, see `batchrun.store.breakdowns`)."""
+        with transaction(self._engine, write=False) as conn:
+            return usage_of(conn, batch_ids)
 
 
 def _added(a: ModelTokens, b: ModelTokens) -> ModelTokens:

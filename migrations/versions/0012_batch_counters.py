@@ -59,7 +59,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("batches") as batch_op:
+    # ALTER TABLE ... DROP COLUMN (SQLite 3.35+), never a copy of the table: dropping the old
+    # batches table would cascade to every request and result.
+    with op.batch_alter_table("batches", recreate="never") as batch_op:
         for name in reversed(_TOKENS):
             batch_op.drop_column(f"sum_{name}")
         for name in reversed(_COUNTS):

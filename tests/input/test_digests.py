@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
+import struct
 
-from batchrun.input.digests import cache_prefix_key, params_digest, prefix_key
+import pytest
+
+from batchrun.input.digests import (
+    cache_prefix_key,
+    canonical_json,
+    canonical_json_bytes,
+    params_digest,
+    prefix_key,
+)
 from tests.conftest import request_line
 
 
@@ -52,3 +63,42 @@ def test_the_prefix_key_of_parsed_params_is_that_of_their_json() -> None:
 
     assert cache_prefix_key(text, params) == cache_prefix_key(text) == prefix_key(params)
     assert prefix_key(params) is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0.1,
+        1.0,
+        -0.0,
+        1e-4,
+        1e-5,
+        2.53e-9,
+        1.5e16,
+        1e22,
+        5e-324,
+        1.7976931348623157e308,
+        12345678901234567.0,
+        2**63,
+        2**64 + 1,
+        'naïve 😀 \u2028 \x00 \x1f \x7f "quoted" \\ 2e5 0.00001',
+        {"é": 1, "😀": 2, "\uffff": 3, "b": [0.7, {"z": None, "a": True}]},
+    ],
+)
+def test_the_fast_canonical_bytes_are_those_of_the_json_module(value: object) -> None:
+    # Digests stored by earlier versions (json's text) must still match for reuse.
+    expected = json.dumps(
+        {"v": value}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+    assert canonical_json_bytes({"v": value}) == expected
+
+
+def test_random_floats_have_the_json_modules_text() -> None:
+    generator = random.Random(27)
+    values = [generator.uniform(-1, 1) * 10.0 ** generator.randint(-30, 30) for _ in range(20_000)]
+    values += [struct.unpack("d", generator.randbytes(8))[0] for _ in range(20_000)]
+    values = [v for v in values if math.isfinite(v)]
+
+    for value in values:
+        assert canonical_json_bytes([value]) == canonical_json([value]).encode(), value

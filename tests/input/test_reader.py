@@ -23,6 +23,7 @@ from batchrun.input.reader import (
     open_request_file,
     read_requests,
 )
+from batchrun.input.seen_ids import SeenIds
 from batchrun.input.validation import MAX_LINE_BYTES, InvalidLine, ValidRequest, oversized_line
 
 
@@ -125,6 +126,37 @@ def test_a_duplicate_custom_id_names_both_lines_and_is_not_recorded_under_it() -
     assert only_problems(items, 3) == (message,)
     assert only_problems(items, 4) == (message,)
     assert all(item.custom_id is None for _, item in items[1:] if isinstance(item, InvalidLine))
+
+
+def test_duplicates_far_apart_are_found_once_the_ids_moved_to_disk() -> None:
+    # Three ids in memory, then they move to the temporary database: duplicates of ids on
+    # either side, and of one seen twice, still name the first line.
+    ids = ["a", "b", "c", "d", "e", "f", "g", "a", "f", "h", "a", "g"]
+    data = b"".join(request(custom_id) + b"\n" for custom_id in ids)
+    items = read(data, ids_in_memory=3)
+
+    assert summary(items) == [
+        *((n, custom_id) for n, custom_id in enumerate("abcdefg", start=1)),
+        (8, "invalid"),
+        (9, "invalid"),
+        (10, "h"),
+        (11, "invalid"),
+        (12, "invalid"),
+    ]
+    for line, first in ((8, 1), (9, 6), (11, 1), (12, 7)):
+        assert f"already used on line {first};" in only_problems(items, line)[0]
+
+
+def test_seen_ids_hold_a_bounded_number_in_memory() -> None:
+    seen = SeenIds(ids_in_memory=1000)
+    try:
+        for n in range(1, 10_001):
+            assert seen.first_line(f"r{n}", n) == n
+        assert seen.in_memory < 1000
+        assert seen.first_line("r17", 20_000) == 17
+        assert seen.first_line("r9999", 20_001) == 9999
+    finally:
+        seen.close()
 
 
 def test_an_invalid_first_line_still_claims_its_custom_id() -> None:

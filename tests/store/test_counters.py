@@ -1,6 +1,7 @@
-"""The counters each batch keeps (batchrun.store.counters), transition by transition, on
-both backends: what ``status`` shows, and that it is what an aggregate over the rows gives
-(tests/counters.py; the autouse check of tests/conftest.py repeats it after every test)."""
+"""The counters each batch keeps (batchrun.store.counters, batchrun.store.breakdowns),
+transition by transition, on both backends: what ``status`` shows, and that it is what an
+aggregate over the rows gives (tests/counters.py; the autouse check of tests/conftest.py
+repeats it after every test)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from batchrun.records import (
 )
 from batchrun.store.store import Store
 from tests.conftest import jsonl, request_line
-from tests.counters import aggregated, maintained
+from tests.counters import aggregated, aggregated_details, maintained, maintained_details
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 LEASE_S = 60.0
@@ -79,6 +80,7 @@ def shown(store: Store, engine: Engine, batch_id: str) -> tuple[RequestCounts, T
     summary = store.batches.get(batch_id)
     with engine.connect() as conn:
         assert maintained(conn)[batch_id] == aggregated(conn)[batch_id]
+        assert maintained_details(conn)[batch_id] == aggregated_details(conn)[batch_id]
     return summary.counts, summary.tokens
 
 

@@ -1,7 +1,7 @@
 """the table rows a batch was rendered from (submit TABLE --template)
 
-Revision ID: 0013_table_rows
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07 16:30:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_table_rows"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
