@@ -356,7 +356,7 @@ def _parquet_rows(path: str, source: str) -> Iterator[TableItem]:
         import pyarrow.parquet as pq
     except ImportError:
         raise InputFileError(
-            "reading Parquet needs pyarrow: pip install 'batchrun-llm[parquet]'"
+            "reading Parquet needs pyarrow: pip install pyarrow (or 'batchrun-llm[parquet]')"
         ) from None
     import pyarrow as pa
 

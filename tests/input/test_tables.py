@@ -200,4 +200,7 @@ def test_without_pyarrow_a_parquet_table_is_refused_in_one_line(tmp_path: Path) 
         env=None,
     )
 
-    assert done.stdout == "reading Parquet needs pyarrow: pip install 'batchrun-llm[parquet]'\n"
+    assert (
+        done.stdout
+        == "reading Parquet needs pyarrow: pip install pyarrow (or 'batchrun-llm[parquet]')\n"
+    )

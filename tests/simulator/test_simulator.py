@@ -22,6 +22,7 @@ import httpx
 import pytest
 from anthropic.types import Message, MessageTokensCount
 from anthropic.types.shared import ErrorResponse
+from jsonschema import Draft202012Validator
 
 from batchrun.input.images import image_tokens
 from batchrun.simulator import (
@@ -153,7 +154,10 @@ async def test_forced_tool_choice_answers_with_tool_use(
     assert message.stop_reason == "tool_use"
     block = message.content[0]
     assert block.type == "tool_use"
-    assert block.name == expected_name and block.input == {}
+    assert block.name == expected_name
+    # The input is made from the tool's input_schema, as a model fills it in.
+    (tool,) = [tool for tool in tools if tool["name"] == expected_name]
+    assert Draft202012Validator(tool["input_schema"]).is_valid(block.input)
     assert block.id.startswith("toolu_")
     assert message.usage.input_tokens == expected_tokens(len("Weather?") + len(compact(tools)))
 

@@ -70,6 +70,7 @@ def test_every_text_column_of_every_table_is_made_safe() -> None:
         "results.body",
         "results.raw_body",
         "provider_batches.counts",
+        "table_rows.data",
     }
 
 
