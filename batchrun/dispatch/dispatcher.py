@@ -157,9 +157,19 @@ class Dispatcher:
             self._joinable = False
             heartbeat.cancel()
             await self._finish_in_flight()
+            await self._release_limits()
             await writer.close()
             await asyncio.gather(heartbeat, return_exceptions=True)
         return self.report
+
+    async def _release_limits(self) -> None:
+        """Give the capacity this worker took from the shared buckets and did not spend
+        back, for the workers that carry on (a failure to is logged: what is left over
+        would only lapse, refilling at the limit's pace)."""
+        try:
+            await self._limiter.release()
+        except Exception as exc:  # the database went away as the run ended
+            log.warning("could not give unspent rate-limit capacity back: %s", exc)
 
     def join(self, batch_endpoints: Mapping[str, str]) -> set[str]:
         """Add batches (id → endpoint name) to the dispatch :meth:`run` is doing, and return
