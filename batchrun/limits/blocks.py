@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 # A block holds what this worker sent lately in this long: the bank is visited about this
 # often per key while the worker sends, and a cluster may exceed a limit by at most this many
 # seconds of it per worker beyond the buckets' burst (see the module).
-BLOCK_HORIZON_S = 0.25
+BLOCK_HORIZON_S = 0.5
 # A block not touched for this long after it is paid lapses.
 BLOCK_IDLE_S = 1.0
 # A block of a key without a limit in force (nothing to take) is good for this long: then the
