@@ -58,9 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from common import ADMIN_POSTGRES_URL, BATCHRUN, Simulator, machine_cpu_s, scratch_postgres
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from common import BATCHRUN, Simulator, committed, machine_cpu_s, scratch_postgres
+from sqlalchemy import create_engine, text
 
 from batchrun.transport.http import ClientPool, create_http_client
 
@@ -78,9 +77,6 @@ LIMIT_FLAGS = ("--rpm", str(LIMITED_RPM), "--tpm", str(LIMITED_TPM))
 # Targets of issue 27.
 MIN_LIMITED_SHARE = 0.9
 MAX_CPU_OVER_POOL = 1.5
-# How long to wait for the workers' Postgres sessions to end (their statistics are written
-# when they do).
-SESSIONS_END_S = 10.0
 
 # The take counter (see the module docstring), per backend.
 SQLITE_COUNTER = (
@@ -231,28 +227,6 @@ def batchrun_phase(
     finally:
         engine.dispose()
     return phase
-
-
-def committed(db_url: str) -> int:
-    """Transactions the database of ``db_url`` committed so far, once no session is open on
-    it (a session's statistics count when it ends); read from the admin database, so the
-    reading is not counted."""
-    name = make_url(db_url).database
-    admin: Engine = create_engine(
-        os.environ.get("BATCHRUN_TEST_POSTGRES_URL", ADMIN_POSTGRES_URL),
-        isolation_level="AUTOCOMMIT",
-    )
-    query = text("SELECT numbackends, xact_commit FROM pg_stat_database WHERE datname = :name")
-    try:
-        deadline = time.monotonic() + SESSIONS_END_S
-        with admin.connect() as connection:
-            while True:
-                sessions, count = connection.execute(query, {"name": name}).one()
-                if sessions == 0 or time.monotonic() > deadline:
-                    return int(count)
-                time.sleep(0.05)
-    finally:
-        admin.dispose()
 
 
 def verdict(met: bool) -> str:
