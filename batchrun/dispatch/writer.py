@@ -35,7 +35,7 @@ from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.records import FinishedRequest, RetryLater
 
 # A group is committed once this many writes wait...
-GROUP_WRITES = 8
+GROUP_WRITES = 5
 # ... or once the oldest of them has waited this long (loop seconds).
 GROUP_WINDOW_S = 0.5
 
