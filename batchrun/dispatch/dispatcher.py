@@ -372,10 +372,15 @@ class Dispatcher:
         paused."""
         now = self._clock.now()
         monotonic = self._clock.monotonic()
-        if monotonic >= self._next_expiry_check:
+        checked = monotonic >= self._next_expiry_check
+        if checked:
             self._next_expiry_check = monotonic + _EXPIRY_CHECK_S
             await self._db.expire_due(now)
         stopped = await self._db.stopped_batches(list(self._active), now)
+        if not checked and "expired" in stopped.values():
+            # One of the run's batches is past its expiry: expire it now, not up to
+            # _EXPIRY_CHECK_S later (the run may end before).
+            await self._db.expire_due(now)
         for batch_id, why in stopped.items():
             if why == "canceling":
                 self.report.canceled_batches.add(batch_id)

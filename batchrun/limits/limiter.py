@@ -16,6 +16,11 @@ response the reservation is corrected with the real ``usage`` (reserve, then rec
   corrected to ``output_tokens``;
 - tokens (TPM, input + output together, as Langdock counts): the sum of the two.
 
+A worker does not visit the bank per request: it takes a key's capacity in blocks sized to
+its recent sending, reserved in debt, and spends them request by request, each request
+waiting once for the moment its part is paid (:mod:`batchrun.limits.blocks` has the rules
+and the bound by which a cluster may exceed a limit). What it does not spend it gives back.
+
 What the answers teach goes to the key's record in the bank (:mod:`batchrun.limits.keyrecord`
 has the rules): the limits the server announces in ``anthropic-ratelimit-*-limit`` headers, a
 lower limit learned from 429s that creeps back up, a pause for a 429's whole ``retry-after``
