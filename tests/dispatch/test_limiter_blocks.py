@@ -136,7 +136,7 @@ async def test_a_cluster_stays_within_the_stated_bound_of_the_limit(store: Store
                 for (limiter, _), pause_s in zip(cluster, (0.0, 0.1, 0.3), strict=True)
             )
         )
-        takes = sum(db.takes for _, db in cluster)
+        takes = [db.takes for _, db in cluster]
     sends = sorted(itertools.chain.from_iterable(runs))
     start = sends[0]
 
@@ -158,7 +158,11 @@ async def test_a_cluster_stays_within_the_stated_bound_of_the_limit(store: Store
     # theirs at most) but is never starved: over one request a second.
     assert len(sends) == pytest.approx(rate * 30, rel=0.02)
     assert min(len(run) for run in runs) > 30
-    assert takes / len(sends) <= 0.25
+    # A take per block, never a refused take asked again: the fast worker's blocks hold
+    # several requests; the slow ones, sending a request or two per half second, at most one
+    # take per request.
+    assert takes[0] <= len(runs[0]) / 4
+    assert all(count <= len(run) for count, run in zip(takes, runs, strict=True))
 
 
 @pytest.mark.asyncio
