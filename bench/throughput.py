@@ -152,8 +152,19 @@ async def bare_loop(url: str, bodies: list[bytes], pooled: bool) -> None:
 
         async def one(body: bytes) -> None:
             async with slots:
-                response = await http.post(f"{url}/v1/messages", content=body, headers=HEADERS)
-                response.json()
+                for attempt in range(3):
+                    try:
+                        response = await http.post(
+                            f"{url}/v1/messages", content=body, headers=HEADERS
+                        )
+                    except httpx.TransportError:
+                        # A connection the loaded simulator dropped: sent again, as batchrun
+                        # would (it happened on a machine at load average 15-25).
+                        if attempt == 2:
+                            raise
+                        continue
+                    response.json()
+                    return
 
         await asyncio.gather(*(one(body) for body in bodies))
 
