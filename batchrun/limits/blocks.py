@@ -19,7 +19,8 @@ requests this worker spent per second since its previous block times
 :data:`BLOCK_HORIZON_S` (at least one request's cost), and never more than
 :data:`BLOCK_HORIZON_S` seconds of the dimension's limit in force (or one request's cost,
 when that is more). What a worker does not spend it gives back with its next take, on a
-pause (a 429's retry-after, a 529), when the limits change, and when it stops; a block it
+pause (a 429's retry-after, a 529), when the limits change or the server says it has less
+left than the block holds, and when it stops; a block it
 has not touched for :data:`BLOCK_IDLE_S` after it is paid lapses (given back with the next
 take, never spent). Hence, for any span of ``T`` seconds, what a cluster of ``N`` workers
 sends under a limit of ``L`` per second is at most ``L × T`` + the buckets' burst

@@ -459,7 +459,7 @@ class Limiter:
                 _heed(retry.server_limits, changes)
             case Fatal() | Halt():
                 self._correct(permit, {}, changes)
-        if state.block is not None and self._outdates_block(permit.key, changes):
+        if state.block is not None and self._outdates_block(permit.key, state.block, changes):
             # A pause stops spending, and new limits call for a block at their pace.
             self._give_back(permit.key, state, changes)
         if not changes.empty():
@@ -467,11 +467,17 @@ class Limiter:
         if permit.endpoint_key is not None:
             self._settle_endpoint_wide(permit, outcome, now)
 
-    def _outdates_block(self, key: LimitKey, changes: PendingChanges) -> bool:
+    def _outdates_block(self, key: LimitKey, block: Block, changes: PendingChanges) -> bool:
         """Whether what an answer taught makes the key's block stale: a pause, a 429 (which
-        may lower a limit), or a limit announced other than the one known."""
+        may lower a limit), a limit announced other than the one known, or the server
+        saying it has less left than the block holds (the block goes back to the buckets,
+        which the server's figure then caps, as it caps what they hold)."""
         if changes.pause_until > 0 or changes.rate_limited:
             return True
+        if changes.clamps:
+            left = block.left()
+            if any(remaining < left.get(d, 0.0) for d, remaining in changes.clamps.items()):
+                return True
         if not changes.announced:
             return False
         record = self._bank.record(key)

@@ -22,7 +22,7 @@ from batchrun.limits.blocks import BLOCK_HORIZON_S
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
-from batchrun.records import Retryable, Succeeded, Usage, error_body
+from batchrun.records import Retryable, ServerLimits, Succeeded, Usage, error_body
 from batchrun.store.store import Store
 
 KEY = ("ep", "claude-sonnet-4-5")
@@ -186,3 +186,30 @@ async def test_a_pause_gives_what_is_left_of_the_block_back() -> None:
     # Nothing more is spent until the pause ends.
     await limiter.acquire(KEY, DEMAND)
     assert limiter.paused_for_s(*KEY) == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_server_with_less_left_than_the_block_caps_it_too() -> None:
+    bank = LocalBank()
+    limiter = Limiter({KEY: RateLimits(rpm=RPM)}, settings=NO_RAMP, bank=bank)
+    loop = asyncio.get_running_loop()
+    await limiter.acquire(KEY, DEMAND)
+    permit = await limiter.acquire(KEY, DEMAND)  # a block of 10, 1 spent: 9 held
+    record = bank.record(KEY)
+    assert record is not None
+    bucket = record.dimensions["rpm"].bucket
+    assert bucket is not None
+    before = bucket.available(loop.time())
+
+    # The server says 2 requests remain: the 9 the block held go back to the bucket, which
+    # the server's figure then caps, as it caps what the bucket holds.
+    remaining = ServerLimits(limits={"rpm": float(RPM)}, remaining={"rpm": 2.0})
+    limiter.settle(permit, Succeeded("{}", "m", "end_turn", Usage(10, 10), None, remaining))
+
+    assert bucket.available(loop.time()) == pytest.approx(min(before + 9, 2.0))
+    # Without the clamp reaching it, the block would have been spent on (9 more at once).
+    start = loop.time()
+    for _ in range(4):
+        await limiter.acquire(KEY, DEMAND)
+    assert loop.time() - start >= (4 - min(before + 9, 2.0)) / 20 - 1e-3
