@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 BATCHRUN = str(Path(sys.executable).parent / "batchrun")
+# How long to wait for the workers' Postgres sessions to end (their statistics are written
+# when they do).
+SESSIONS_END_S = 10.0
 ADMIN_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 # /proc/stat and /proc/PID/stat count in clock ticks.
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -75,6 +79,28 @@ def scratch_postgres() -> Iterator[str]:
         with engine.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         engine.dispose()
+
+
+def committed(db_url: str) -> int:
+    """Transactions the database of ``db_url`` committed so far, once no session is open on
+    it (a session's statistics count when it ends); read from the admin database, so the
+    reading is not counted."""
+    name = make_url(db_url).database
+    admin: Engine = create_engine(
+        os.environ.get("BATCHRUN_TEST_POSTGRES_URL", ADMIN_POSTGRES_URL),
+        isolation_level="AUTOCOMMIT",
+    )
+    query = text("SELECT numbackends, xact_commit FROM pg_stat_database WHERE datname = :name")
+    try:
+        deadline = time.monotonic() + SESSIONS_END_S
+        with admin.connect() as connection:
+            while True:
+                sessions, count = connection.execute(query, {"name": name}).one()
+                if sessions == 0 or time.monotonic() > deadline:
+                    return int(count)
+                time.sleep(0.05)
+    finally:
+        admin.dispose()
 
 
 def process_cpu_s(pid: int) -> float:

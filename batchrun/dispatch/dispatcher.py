@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping
 
@@ -60,6 +61,13 @@ _CLAIM_CHUNK = 64
 # max_concurrency; under a rate limit, how many are in flight then follows from the rate
 # and the latency, instead of a fixed number of requests being held waiting.
 _MAX_WAITING = 32
+# Under a rate limit, claims wait until this many of the requests waiting for the limiter
+# have gone, and then claim them together: a worker held to a few requests a second then
+# makes one claim every few seconds, not one per request.
+_CLAIM_WAITING_ROOM = _MAX_WAITING // 2
+# Batches past their expiry are looked for this often (their expiry is hours away; the
+# check is a write transaction).
+_EXPIRY_CHECK_S = 5.0
 # Waits shorter than this are not waited (see _dispatch_loop).
 _CLOCK_RESOLUTION_S = 1e-6
 # What the limiter is told about a reservation that was never used.
@@ -115,6 +123,8 @@ class Dispatcher:
         self._joinable = False
         # Which claim group goes first next time (see _claim).
         self._claim_turn = 0
+        # When _apply_controls next looks for expired batches (loop time).
+        self._next_expiry_check = -math.inf
         # Resolved by join() to wake the loop from its wait (made when the loop waits).
         self._nudge: asyncio.Future[None] | None = None
         self.router = Router(pools or {}, limiter)
@@ -157,9 +167,19 @@ class Dispatcher:
             self._joinable = False
             heartbeat.cancel()
             await self._finish_in_flight()
+            await self._release_limits()
             await writer.close()
             await asyncio.gather(heartbeat, return_exceptions=True)
         return self.report
+
+    async def _release_limits(self) -> None:
+        """Give the capacity this worker took from the shared buckets and did not spend
+        back, for the workers that carry on (a failure to is logged: what is left over
+        would only lapse, refilling at the limit's pace)."""
+        try:
+            await self._limiter.release()
+        except Exception as exc:  # the database went away as the run ended
+            log.warning("could not give unspent rate-limit capacity back: %s", exc)
 
     def join(self, batch_endpoints: Mapping[str, str]) -> set[str]:
         """Add batches (id → endpoint name) to the dispatch :meth:`run` is doing, and return
@@ -256,6 +276,10 @@ class Dispatcher:
                 self._capacity.now(loop.time(), waiting=_MAX_WAITING) - len(self._tasks),
                 _MAX_WAITING - self._waiting,
             )
+            if self._waiting > _MAX_WAITING - _CLAIM_WAITING_ROOM:
+                # Enough requests wait for the limiter: claim once there is room for a
+                # group of them, not one per request sent (one transaction each).
+                room = 0
             claimed: list[ClaimedRequest] = []
             if room > 0:
                 claimed = await self._claim(min(room, _CLAIM_CHUNK))
@@ -347,8 +371,16 @@ class Dispatcher:
         """Stop dispatching batches that expired, or that another process canceled or
         paused."""
         now = self._clock.now()
-        await self._db.expire_due(now)
+        monotonic = self._clock.monotonic()
+        checked = monotonic >= self._next_expiry_check
+        if checked:
+            self._next_expiry_check = monotonic + _EXPIRY_CHECK_S
+            await self._db.expire_due(now)
         stopped = await self._db.stopped_batches(list(self._active), now)
+        if not checked and "expired" in stopped.values():
+            # One of the run's batches is past its expiry: expire it now, not up to
+            # _EXPIRY_CHECK_S later (the run may end before).
+            await self._db.expire_due(now)
         for batch_id, why in stopped.items():
             if why == "canceling":
                 self.report.canceled_batches.add(batch_id)

@@ -260,15 +260,19 @@ class Router:
         ready = [m for m in usable if states[m.endpoint].tested or not states[m.endpoint].probing]
         if not ready:
             return min(starting) + FIRST_ANSWER_WAIT_S - now
-        waits = {m.endpoint: self._expected_wait_s(m, model, states[m.endpoint]) for m in ready}
-        best = min(waits.values())
-        if prefix is not None:
+        if len(ready) == 1 and (prefix is None or not patient or usable == ready):
+            # One candidate (one endpoint, most often): nothing to weigh, per request.
+            member = ready[0]
+        elif prefix is not None:
             owner = min(usable, key=lambda m: _rendezvous(prefix, m))
             if patient and owner not in ready:
                 return None
+            waits = self._expected_waits_s(ready, model, states)
+            best = min(waits.values())
             ordered = sorted(ready, key=lambda m: _rendezvous(prefix, m))
             member = next(m for m in ordered if waits[m.endpoint] <= best + AFFINITY_SLACK_S)
         else:
+            waits = self._expected_waits_s(ready, model, states)
             member = min(ready, key=lambda m: waits[m.endpoint])
         state = states[member.endpoint]
         probe = not state.tested
@@ -278,6 +282,11 @@ class Router:
                 state.gentle_since = now
         state.outstanding += 1
         return Assignment(member, member.model_for(model), probe)
+
+    def _expected_waits_s(
+        self, ready: list[PoolMember], model: str, states: Mapping[str, MemberState]
+    ) -> dict[str, float]:
+        return {m.endpoint: self._expected_wait_s(m, model, states[m.endpoint]) for m in ready}
 
     def _expected_wait_s(self, member: PoolMember, model: str, state: MemberState) -> float:
         name = member.model_for(model)

@@ -152,6 +152,7 @@ class WorkerDatabase:
         policy: KeyPolicy,
         changes: PendingChanges,
         now: float,
+        reserve: bool = False,
     ) -> tuple[Grant, KeyRecord]:
         return await self._thread.call(
             self._store.rates.take,
@@ -161,6 +162,7 @@ class WorkerDatabase:
             policy=policy,
             changes=changes,
             now=now,
+            reserve=reserve,
         )
 
     async def record_run_limits(self, rows: Sequence[LimitRecord]) -> None:

@@ -5,8 +5,8 @@ Holds: ``dimensions`` (the registry every part of batchrun reads, and ``RateLimi
 ``families`` (which limits entry a model falls under: its own, a family pattern's, "*"),
 ``buckets`` (pure bucket arithmetic), ``keyrecord`` (what workers share about a key: buckets,
 pause, announced and learned limits, the ramp; pure), ``banks`` (records in memory or shared
-through the database), ``limiter``, ``learning`` (calibrated estimates), ``windows`` (recent
-values).
+through the database), ``blocks`` (capacity a worker takes in blocks and spends locally;
+pure), ``limiter``, ``learning`` (calibrated estimates), ``windows`` (recent values).
 May import: ``batchrun.records`` and ``batchrun.errors`` only; the database is reached
 through an object passed in (``banks.SharedBuckets``).
 """

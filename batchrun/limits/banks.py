@@ -39,9 +39,11 @@ class SharedBuckets(Protocol):
         policy: KeyPolicy,
         changes: PendingChanges,
         now: float,
+        reserve: bool = False,
     ) -> tuple[Grant, KeyRecord]:
         """Apply ``changes`` to the key's record, then take ``costs`` if every bucket in
-        force has them; returns the grant and the record as the take left it."""
+        force has them (with ``reserve``: in any case, into debt); returns the grant and the
+        record as the take left it."""
         ...
 
 
@@ -52,8 +54,20 @@ class Bank(Protocol):
         """The bank's clock, in seconds: the times of changes and records count on it."""
         ...
 
-    async def take(self, key: LimitKey, costs: Mapping[str, float], policy: KeyPolicy) -> Grant:
-        """Take ``costs`` (per dimension) from every bucket in force if all have them."""
+    async def take(
+        self,
+        key: LimitKey,
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        *,
+        reserve: bool = False,
+    ) -> Grant:
+        """Take ``costs`` (per dimension) from every bucket in force if all have them; with
+        ``reserve``, whatever they hold (a reservation in debt, unless the key is paused)."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what answers taught that is not written yet (before the worker stops)."""
         ...
 
     def update(self, key: LimitKey, changes: PendingChanges, policy: KeyPolicy) -> None:
@@ -74,9 +88,19 @@ class LocalBank:
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    async def take(self, key: LimitKey, costs: Mapping[str, float], policy: KeyPolicy) -> Grant:
+    async def take(
+        self,
+        key: LimitKey,
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        *,
+        reserve: bool = False,
+    ) -> Grant:
         record = self._records.setdefault(key, KeyRecord())
-        return record.take(costs, policy, self.now())
+        return record.take(costs, policy, self.now(), reserve=reserve)
+
+    async def flush(self) -> None:
+        return None
 
     def update(self, key: LimitKey, changes: PendingChanges, policy: KeyPolicy) -> None:
         record = self._records.setdefault(key, KeyRecord())
@@ -102,11 +126,19 @@ class DatabaseBank:
         self._pending: dict[LimitKey, PendingChanges] = {}
         self._records: dict[LimitKey, KeyRecord] = {}
         self._visited_at: dict[LimitKey, float] = {}
+        self._policies: dict[LimitKey, KeyPolicy] = {}
 
     def now(self) -> float:
         return self._clock()
 
-    async def take(self, key: LimitKey, costs: Mapping[str, float], policy: KeyPolicy) -> Grant:
+    async def take(
+        self,
+        key: LimitKey,
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        *,
+        reserve: bool = False,
+    ) -> Grant:
         now = self._clock()
         known = self._records.get(key)
         pending = self._pending.get(key)
@@ -121,7 +153,13 @@ class DatabaseBank:
         changes = self._pending.pop(key, None) or PendingChanges()
         endpoint, model = key
         grant, record = await self._shared.take_rates(
-            endpoint=endpoint, model=model, costs=costs, policy=policy, changes=changes, now=now
+            endpoint=endpoint,
+            model=model,
+            costs=costs,
+            policy=policy,
+            changes=changes,
+            now=now,
+            reserve=reserve,
         )
         if (newer := self._pending.get(key)) is not None:
             # Learned while the take was on its way: not in the record yet.
@@ -130,7 +168,23 @@ class DatabaseBank:
         self._visited_at[key] = now
         return grant
 
+    async def flush(self) -> None:
+        for key in list(self._pending):
+            if (changes := self._pending.pop(key, None)) is None or changes.empty():
+                continue
+            endpoint, model = key
+            # A take of nothing: one transaction that writes the changes.
+            await self._shared.take_rates(
+                endpoint=endpoint,
+                model=model,
+                costs={},
+                policy=self._policies.get(key, KeyPolicy()),
+                changes=changes,
+                now=self._clock(),
+            )
+
     def update(self, key: LimitKey, changes: PendingChanges, policy: KeyPolicy) -> None:
+        self._policies[key] = policy
         self._pending.setdefault(key, PendingChanges()).merge(changes)
         record = self._records.setdefault(key, KeyRecord())
         record.apply(changes, policy.configured, self._clock())

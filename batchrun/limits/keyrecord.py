@@ -132,10 +132,20 @@ class DimensionRecord:
 
 @dataclass(frozen=True)
 class Grant:
-    """A take's answer: seconds to wait first (0: taken), and what was taken per dimension."""
+    """A take's answer: seconds to wait first (0: taken), and what was taken per dimension.
+
+    A reservation (``take(..., reserve=True)``) is taken even when the buckets lack it: they
+    go into debt, and ``wait_s`` says when the debt is paid. Its ``levels`` (per dimension:
+    the bucket's level just before the take, negative while in debt) and ``rates`` (its refill
+    per second then) let the taker work out when each part of it may be spent: a part
+    reaching ``x`` into the reservation is paid once ``level + rate × elapsed >= x`` (less
+    the share of the reservation beyond a whole bucket, which a bucket admits when full)."""
 
     wait_s: float
     charged: Mapping[str, float] = field(default_factory=dict)
+    levels: Mapping[str, float] = field(default_factory=dict)
+    rates: Mapping[str, float] = field(default_factory=dict)
+    capacities: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,9 +264,16 @@ class KeyRecord:
         policy: KeyPolicy,
         now: float,
         changes: PendingChanges | None = None,
+        *,
+        reserve: bool = False,
     ) -> Grant:
         """Apply ``changes``, then take ``costs`` (per dimension) from every bucket in force if
-        all of them have it; starts a ramp first when the key was idle (see the module)."""
+        all of them have it; starts a ramp first when the key was idle (see the module).
+
+        With ``reserve``, the costs are taken whatever the buckets hold (a reservation in
+        debt: the grant says when it is paid, see :class:`Grant`), unless the key is paused
+        (then nothing is taken and the grant's wait is the pause's) or ramping up (then a
+        take they cannot cover is refused, with a wait of at most :data:`RAMP_RECHECK_S`)."""
         # Since when nothing was taken or waited for (every bucket full); -inf: no buckets.
         idle_since = max(
             (record.bucket.full_at() for record in self.dimensions.values() if record.bucket),
@@ -294,14 +311,23 @@ class KeyRecord:
                 bucket.set_rate(rate_per_s, capacity, now)
             wait_s = max(wait_s, bucket.wait_s(costs.get(dimension, 0.0), now))
             buckets[dimension] = bucket
-        if wait_s > 0:
+        # A reservation waits for a known moment, worked out at the rate of now: during the
+        # ramp that rate climbs, so a refused take there is asked again soon instead.
+        if wait_s > 0 and (not reserve or self.paused_until > now or share < 1):
             if share < 1 and self.paused_until <= now:
                 wait_s = min(wait_s, RAMP_RECHECK_S)
             return Grant(wait_s)
         charged = {dimension: costs.get(dimension, 0.0) for dimension in buckets}
+        levels = {dimension: bucket.level for dimension, bucket in buckets.items()}
         for dimension, bucket in buckets.items():
             bucket.take(charged[dimension], now)
-        return Grant(0.0, charged)
+        return Grant(
+            wait_s,
+            charged,
+            levels,
+            {dimension: bucket.rate_per_s for dimension, bucket in buckets.items()},
+            {dimension: bucket.capacity for dimension, bucket in buckets.items()},
+        )
 
     def _start_ramp(self, now: float) -> None:
         self.ramp_started_at = now

@@ -16,6 +16,11 @@ response the reservation is corrected with the real ``usage`` (reserve, then rec
   corrected to ``output_tokens``;
 - tokens (TPM, input + output together, as Langdock counts): the sum of the two.
 
+A worker does not visit the bank per request: it takes a key's capacity in blocks sized to
+its recent sending, reserved in debt, and spends them request by request, each request
+waiting once for the moment its part is paid (:mod:`batchrun.limits.blocks` has the rules
+and the bound by which a cluster may exceed a limit). What it does not spend it gives back.
+
 What the answers teach goes to the key's record in the bank (:mod:`batchrun.limits.keyrecord`
 has the rules): the limits the server announces in ``anthropic-ratelimit-*-limit`` headers, a
 lower limit learned from 429s that creeps back up, a pause for a 429's whole ``retry-after``
@@ -43,11 +48,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from batchrun.limits.banks import Bank, LocalBank
+from batchrun.limits.blocks import Block, block_costs
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.limits.families import ALL_MODELS, ANY_MODEL, entry_for, is_family
@@ -128,6 +134,8 @@ class _KeyState:
     # The latest pause this worker set, and why: (until, on the bank's clock; reason).
     paused_until: float = -math.inf
     pause_reason: str = ""
+    # Capacity taken from the key's buckets and not spent yet (see limits.blocks).
+    block: Block | None = None
 
 
 class Limiter:
@@ -262,23 +270,31 @@ class Limiter:
     async def acquire(self, key: LimitKey, demand: Demand) -> Permit:
         """Wait for this key's turn (``key``: endpoint and model; a family's models share
         one), then reserve what the request may cost; then the same from the endpoint's
-        limits across all its models, if it has any. The permit carries the limiter key."""
+        limits across all its models, if it has any. The permit carries the limiter key.
+
+        Capacity comes from the worker's block for the key (:mod:`batchrun.limits.blocks`):
+        the bank is asked only when the block cannot cover the request, and then for a new
+        block, reserved in debt; the request then waits once, until its part is paid."""
         key = self.key_for(*key)
         state = self._state(key)
-        async with state.lock:
-            while True:
-                input_estimate = state.calibration.estimate(demand.raw_input_tokens)
-                amounts = Amounts(1.0, float(input_estimate), float(self._output(state, demand)))
-                grant = await self._bank.take(key, DIMENSIONS.measure_all(amounts), state.policy)
-                if grant.wait_s <= 0:
-                    state.typical.reserved(amounts)
-                    permit = Permit(key, demand, input_estimate, dict(grant.charged), amounts)
-                    break
-                await asyncio.sleep(grant.wait_s)
+
+        def estimate() -> tuple[Amounts, dict[str, float]]:
+            # Worked out when the request's turn comes: the estimates learn meanwhile.
+            input_estimate = state.calibration.estimate(demand.raw_input_tokens)
+            amounts = Amounts(1.0, float(input_estimate), float(self._output(state, demand)))
+            return amounts, DIMENSIONS.measure_all(amounts)
+
+        amounts, reserved = await self._reserve(key, state, estimate)
+        state.typical.reserved(amounts)
+        input_estimate = int(amounts.input_tokens)
+        permit = Permit(key, demand, input_estimate, reserved, amounts)
         if (wide := self.endpoint_key(key[0])) is None:
             return permit
+        costs = DIMENSIONS.measure_all(amounts)
         try:
-            permit.endpoint_reserved = await self._take_endpoint_wide(wide, amounts)
+            _, permit.endpoint_reserved = await self._reserve(
+                wide, self._state(wide), lambda: (amounts, costs)
+            )
         except BaseException:
             # Stopped while waiting (a batch stopped, a shutdown): give the model's back.
             changes = PendingChanges()
@@ -288,17 +304,111 @@ class Limiter:
         permit.endpoint_key = wide
         return permit
 
-    async def _take_endpoint_wide(self, wide: LimitKey, amounts: Amounts) -> dict[str, float]:
-        """Wait for the endpoint's limits across all its models (first come, first served
-        among all its models' requests), then take ``amounts``; returns what was taken."""
-        state = self._state(wide)
-        costs = DIMENSIONS.measure_all(amounts)
+    async def _reserve(
+        self,
+        key: LimitKey,
+        state: _KeyState,
+        estimate: Callable[[], tuple[Amounts, dict[str, float]]],
+    ) -> tuple[Amounts, dict[str, float]]:
+        """Spend what ``estimate`` says the request may cost from the key's block once paid
+        (first come, first served among this worker's requests), taking a new block when it
+        cannot cover it; returns the estimate and what was spent per dimension in force."""
+        block = state.block
+        if block is not None and not state.lock.locked():
+            now = self._bank.now()
+            amounts, costs = estimate()
+            if (
+                now < block.expires_at
+                and block.covers(costs)
+                and block.wait_s(costs, now) <= 0
+                and not self._paused(key, state, now)
+            ):
+                return amounts, block.spend(costs, now)
         async with state.lock:
             while True:
-                grant = await self._bank.take(wide, costs, state.policy)
-                if grant.wait_s <= 0:
-                    return dict(grant.charged)
-                await asyncio.sleep(grant.wait_s)
+                now = self._bank.now()
+                amounts, costs = estimate()
+                block = state.block
+                found: Block | float | None = block
+                if (
+                    block is None
+                    or now >= block.expires_at
+                    or not block.covers(costs)
+                    or self._paused(key, state, now)
+                ):
+                    # Paused, the bank still hears of it at once: the take writes the pause
+                    # (and what else was learned) for the other workers, and takes nothing.
+                    found = await self._take_block(key, state, costs, now)
+                if not isinstance(found, Block):
+                    # Paused (another worker may end or extend it), or refused while the
+                    # rate ramps up: wait, then ask again.
+                    await asyncio.sleep(max(found or 0.0, 0.0))
+                    continue
+                block = found
+                if (wait_s := block.wait_s(costs, now)) > 0:
+                    await asyncio.sleep(wait_s)
+                    if state.block is not block:
+                        continue  # given back meanwhile (a pause, new limits)
+                    now = self._bank.now()
+                return amounts, block.spend(costs, now)
+
+    async def _take_block(
+        self, key: LimitKey, state: _KeyState, costs: Mapping[str, float], now: float
+    ) -> Block | float:
+        """Give back what is left of the key's block, and take a new one sized to this
+        worker's recent sending (a reservation in debt); or, when the bank took nothing (a
+        pause, a ramp), the seconds to wait before asking again."""
+        old = state.block
+        requests = old.next_requests(now) if old is not None else 1.0
+        record = self._bank.record(key)
+        if record is not None and record.ramp_share(now, state.policy.ramp_s) < 1:
+            # Ramping up: a block spent at the pace of now would lag the climb.
+            requests = 1.0
+        self._give_back(key, state)
+        wanted = block_costs(costs, requests, self._limits_now(key, state))
+        grant = await self._bank.take(key, wanted, state.policy, reserve=True)
+        if not grant.charged:
+            if grant.wait_s > 0 or self._paused(key, state, now):
+                return max(grant.wait_s, self._pause_ends(key, state) - now)
+            state.block = Block.unlimited(now)
+        else:
+            state.block = Block.granted(
+                now=now,
+                charged=grant.charged,
+                levels=grant.levels,
+                rates=grant.rates,
+                capacities=grant.capacities,
+            )
+        return state.block
+
+    def _give_back(
+        self, key: LimitKey, state: _KeyState, changes: PendingChanges | None = None
+    ) -> None:
+        """Drop the key's block, giving what is left of it back to the key's buckets (with
+        ``changes`` if given, else with the key's next take)."""
+        block, state.block = state.block, None
+        if block is None or not (left := block.left()):
+            return
+        own = changes is None
+        changes = PendingChanges() if changes is None else changes
+        for dimension, amount in left.items():
+            changes.deltas[dimension] = changes.deltas.get(dimension, 0.0) + amount
+        if own:
+            self._bank.update(key, changes, state.policy)
+
+    def _paused(self, key: LimitKey, state: _KeyState, now: float) -> bool:
+        return self._pause_ends(key, state) > now
+
+    def _pause_ends(self, key: LimitKey, state: _KeyState) -> float:
+        record = self._bank.record(key)
+        return max(state.paused_until, record.paused_until if record is not None else 0.0)
+
+    async def release(self) -> None:
+        """Give back every block this worker holds, and write what answers taught that is
+        not written yet (when a run ends: nothing is left held in the shared buckets)."""
+        for key, state in self._states.items():
+            self._give_back(key, state)
+        await self._bank.flush()
 
     def _output(self, state: _KeyState, demand: Demand) -> int:
         """Output tokens to reserve: max_tokens, or what replies were learned to take."""
@@ -349,10 +459,33 @@ class Limiter:
                 _heed(retry.server_limits, changes)
             case Fatal() | Halt():
                 self._correct(permit, {}, changes)
+        if state.block is not None and self._outdates_block(permit.key, state.block, changes):
+            # A pause stops spending, and new limits call for a block at their pace.
+            self._give_back(permit.key, state, changes)
         if not changes.empty():
             self._bank.update(permit.key, changes, state.policy)
         if permit.endpoint_key is not None:
             self._settle_endpoint_wide(permit, outcome, now)
+
+    def _outdates_block(self, key: LimitKey, block: Block, changes: PendingChanges) -> bool:
+        """Whether what an answer taught makes the key's block stale: a pause, a 429 (which
+        may lower a limit), a limit announced other than the one known, or the server
+        saying it has less left than the block holds (the block goes back to the buckets,
+        which the server's figure then caps, as it caps what they hold)."""
+        if changes.pause_until > 0 or changes.rate_limited:
+            return True
+        if changes.clamps:
+            left = block.left()
+            if any(remaining < left.get(d, 0.0) for d, remaining in changes.clamps.items()):
+                return True
+        if not changes.announced:
+            return False
+        record = self._bank.record(key)
+        known = record.dimensions if record is not None else {}
+        return any(
+            (found := known.get(dimension)) is None or found.announced != limit
+            for dimension, limit in changes.announced.items()
+        )
 
     def _settle_endpoint_wide(self, permit: Permit, outcome: Outcome, now: float) -> None:
         """Correct the reservation from the endpoint's limits across all its models: what

@@ -11,6 +11,7 @@ SQLite has already waited its busy timeout (the URL's ``timeout`` query paramete
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
+    DisconnectionError,
     OperationalError,
     SQLAlchemyError,
 )
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # How long a writer waits for another process's SQLite write lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# A pooled Postgres connection idle for longer than this is tried before it is used.
+PING_IDLE_S = 1.0
 _URL_FORMS = (
     "use sqlite:///path/to/file.db (a file) or postgresql+psycopg://user@host/dbname (Postgres)"
 )
@@ -80,7 +84,10 @@ def create_database_engine(
                 "Postgres needs the psycopg driver (psycopg 3), which this installation "
                 "lacks: pip install 'batchrun-llm[postgres]' (or pip install 'psycopg[binary]')"
             ) from None
-        return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed)
+        event.listen(engine, "checkin", _note_checkin)
+        event.listen(engine, "checkout", _ping_if_idle)
+        return engine
     if backend != "sqlite":
         raise DatabaseError(f"batchrun cannot keep its jobs in {backend}; {_URL_FORMS}")
     database = parsed.database
@@ -130,6 +137,31 @@ def database_error(exc: DBAPIError, *, engine: Engine, doing: str) -> DatabaseEr
     if exc.connection_invalidated or isinstance(exc, OperationalError):
         return DatabaseUnavailableError(f"lost the connection to the database {where} ({detail})")
     return DatabaseError(f"cannot {doing} the database {where}: {detail}")
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Make sure a Postgres connection that sat idle in the pool still works (the server
+    may have restarted), as ``pool_pre_ping`` would; one busy without a pause for longer
+    than :data:`PING_IDLE_S` is not pinged. Every ping is one more transaction on the
+    server: a worker checks a connection out for each statement, and pinging each would
+    double what it costs the server."""
+    checked_in_at = record.info.get("checked_in_at")
+    if checked_in_at is not None and time.monotonic() - checked_in_at < PING_IDLE_S:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as exc:
+        # The pool throws the connection away and checks out a new one.
+        raise DisconnectionError(str(exc)) from exc
 
 
 def connect(engine: Engine) -> Connection:

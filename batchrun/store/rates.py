@@ -57,10 +57,12 @@ class RateStore:
         policy: KeyPolicy,
         changes: PendingChanges,
         now: float,
+        reserve: bool = False,
     ) -> tuple[Grant, KeyRecord]:
         """Apply ``changes`` to the key's record, then take ``costs`` (per dimension) from its
         buckets in force (``policy``: the worker's configured limits, bucket size and ramp) if
-        all of them have it; returns the grant and the record as written."""
+        all of them have it, or whatever they hold with ``reserve`` (a reservation in debt,
+        see :meth:`KeyRecord.take`); returns the grant and the record as written."""
         k = t.rate_keys.c
         b = t.rate_buckets.c
         with transaction(self._engine, write=True) as conn:
@@ -84,7 +86,7 @@ class RateStore:
                 select(t.rate_buckets).where(b.endpoint == endpoint, b.model == model)
             ).all()
             record = _record(key_row, bucket_rows)
-            grant = record.take(costs, policy, now, changes)
+            grant = record.take(costs, policy, now, changes, reserve=reserve)
             conn.execute(
                 update(t.rate_keys)
                 .where(k.endpoint == endpoint, k.model == model)
