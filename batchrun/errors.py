@@ -16,7 +16,8 @@ else that escapes is a bug and keeps its traceback. The tree::
     ├── BatchStateError             the batch is in a state that does not allow the command
     ├── DatabaseError               the database cannot be opened, migrated or written
     │   └── DatabaseUnavailableError  the connection was lost (worth retrying)
-    └── RunLockedError              another run holds the SQLite database (exit 6)
+    ├── RunLockedError              another run holds the SQLite database (exit 6)
+    └── WorkerProcessError          a worker process of `run --processes` ended unfinished
 
 Each subclass's docstring is its default message, so ``raise BatchNotFoundError()`` already
 says something useful; callers pass a more specific message when they know more.
@@ -224,3 +225,8 @@ class RunLockedError(BatchrunError):
         # it had not written them yet, or they cannot be read).
         self.pid = pid
         self.since = since
+
+
+class WorkerProcessError(BatchrunError):
+    """A worker process of `batchrun run --processes` ended without finishing; what it had in
+    flight goes back to the queue when its leases expire, and a later run sends it."""
