@@ -54,7 +54,8 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.OK: "done: every request finished and none errored",
     ExitCode.ERROR: (
         "an error you can fix (bad request file, bad config file, unknown batch or endpoint, "
-        "missing key, database problem), explained on stderr, one line per problem"
+        "missing key, database problem), explained on stderr, one line per problem; or a "
+        "worker process of `run --processes` ended without finishing"
     ),
     ExitCode.USAGE: (
         "wrong command-line usage, or a budget (`--max-cost`) for a model that has no price "
@@ -229,4 +230,4 @@ class RunLockedError(BatchrunError):
 
 class WorkerProcessError(BatchrunError):
     """A worker process of `batchrun run --processes` ended without finishing; what it had in
-    flight goes back to the queue when its leases expire, and a later run sends it."""
+    flight went back to the queue."""

@@ -14,10 +14,10 @@ binds them together exactly as it binds one). :class:`ProcessRun` is the parent'
 - the workers run in sessions of their own, so a Ctrl-C on the terminal reaches the parent
   only; it passes each Ctrl-C or SIGTERM on to every worker, once: the first drains them
   (what is in flight is recorded, the rest stays queued), a second stops them at once;
-- a worker that stops without a result (killed, crashed) is said at once; the others go on
-  to the end of the work, then the run fails with :class:`~batchrun.errors.WorkerProcessError`
-  (exit 1). What it had in flight is leased: once its leases expire, a later run sends it
-  (a run does not wait for that);
+- a worker that stops without a result (killed, crashed) is said at once, and what it had
+  in flight is put back in the queue at once (its process is gone, as a starting worker
+  would find), so the others send it; they go on to the end of the work, then the run fails
+  with :class:`~batchrun.errors.WorkerProcessError` (exit 1);
 - when the parent dies (kill -9 included), each worker sees its standard input end and
   stops as on SIGTERM: nothing runs unsupervised, and nothing is sent twice;
 - a worker that fails with a :class:`~batchrun.errors.BatchrunError` (a user's mistake,
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchrun.config.prices import PriceTable
+from batchrun.dispatch.owners import is_dead_here
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import BatchrunError, ExitCode, UsageError, WorkerProcessError
 from batchrun.ops.combined import combined_exit_code, combined_report, combined_snapshot
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
     from batchrun.ops.monitor import ProgressSnapshot
     from batchrun.store.store import Store
     from batchrun.transport.notify import WebhookNotifier
+
+log = logging.getLogger(__name__)
 
 # The most workers one run starts: beyond the cores, more only contend for them.
 MAX_PROCESSES = 64
@@ -173,7 +177,7 @@ class ProcessRun:
                     side.append(
                         asyncio.create_task(self._notices.watch(db, lambda: ids, self._paused))
                     )
-                await self._supervise()
+                await self._supervise(db)
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
@@ -249,7 +253,7 @@ class ProcessRun:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
                 loop.call_soon_threadsafe(self._messages.put_nowait, (index, ("gone",)))
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, db: WorkerDatabase) -> None:
         """Take the workers' messages until every one is gone."""
         while not all(worker.gone for worker in self._workers):
             index, message = await self._messages.get()
@@ -277,6 +281,7 @@ class ProcessRun:
                     worker.gone = True
                     if worker.result is None and worker.error is None:
                         self._say(self._crash_text(worker))
+                        await _release_dead(db)
 
     def _crash_text(self, worker: _Worker) -> str:
         code = worker.process.returncode
@@ -287,8 +292,7 @@ class ProcessRun:
         )
         return (
             f"worker process {worker.index + 1} of {self._count} (pid {worker.process.pid}) "
-            f"ended without finishing ({how}); what it had in flight goes back to the queue "
-            "when its leases expire, and a later `batchrun run` sends it"
+            f"ended without finishing ({how}); what it had in flight went back to the queue"
         )
 
     def _say(self, text: str) -> None:
@@ -409,6 +413,17 @@ def _spawn() -> tuple[subprocess.Popen[bytes], int]:
     finally:
         os.close(write_fd)
     return process, read_fd
+
+
+async def _release_dead(db: WorkerDatabase) -> None:
+    """Put the requests that dead processes of this host had claimed back in the queue now,
+    so the workers still running send them (their leases need not run out first)."""
+    try:
+        dead = [owner for owner in await db.lease_owners() if owner and is_dead_here(owner)]
+        if dead:
+            await db.release_leases(dead)
+    except Exception as exc:  # a database hiccup: the leases run out, a later run sends them
+        log.warning("could not release the requests of a dead worker: %s", exc)
 
 
 def _kill(worker: _Worker, signum: signal.Signals) -> None:

@@ -227,14 +227,12 @@ def test_a_killed_worker_is_reported_the_other_finishes_and_the_run_fails(
         wait_until_received(app, 40, run)
         os.kill(victim, signal.SIGKILL)
         _, stderr = run.communicate(timeout=180)
-        finisher = start_run(env, batch_id)
-        _, finisher_stderr = finisher.communicate(timeout=180)
 
     assert run.returncode == 1, stderr
     assert f"(pid {victim}) ended without finishing (killed by SIGKILL)" in stderr
     assert "Traceback" not in stderr
-    # The other worker went on to the end: most of the batch was sent by then.
-    assert finisher.returncode == 0, finisher_stderr
+    # The other worker went on to the end, the dead one's requests in flight included: they
+    # went back to the queue at once, without waiting for their leases to run out.
     assert scalar(db_url, "SELECT count(*) FROM results WHERE result_type = 'succeeded'") == 600
     # Only what the killed worker had in flight may have been sent twice.
     assert app.stats.duplicate_receptions <= 8
