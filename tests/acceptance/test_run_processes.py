@@ -142,6 +142,12 @@ def test_ctrl_c_of_the_parent_drains_every_worker_and_the_next_run_finishes(
         run = start_run(env, batch_id, "--max-concurrency", "8", "--processes", "2")
         wait_for_workers(db_url, 2, run)
         wait_until_received(app, 24, run)
+        # The parent holds the SQLite run lock for its workers: another run steps aside.
+        other = None
+        if db_url.startswith("sqlite"):
+            other = subprocess.run(
+                [BATCHRUN, "run", batch_id], env=env, capture_output=True, text=True, timeout=60
+            )
         # The parent only, as a terminal's Ctrl-C: the workers run in sessions of their own.
         run.send_signal(signal.SIGINT)
         _, stderr = run.communicate(timeout=60)
@@ -154,6 +160,9 @@ def test_ctrl_c_of_the_parent_drains_every_worker_and_the_next_run_finishes(
     assert run.returncode == 130, stderr
     assert "interrupted by Ctrl-C" in stderr
     assert "Traceback" not in stderr
+    if other is not None:
+        assert other.returncode == 6, other.stderr
+        assert f"(pid {run.pid}," in other.stderr
     assert left == []
     assert recorded == received  # both workers recorded every request they had sent
     assert recorded < 400
