@@ -21,7 +21,8 @@ binds them together exactly as it binds one). :class:`ProcessRun` is the parent'
 - when the parent dies (kill -9 included), each worker sees its standard input end and
   stops as on SIGTERM: nothing runs unsupervised, and nothing is sent twice;
 - a worker that fails with a :class:`~batchrun.errors.BatchrunError` (a user's mistake,
-  the database lost) stops the others, and the run raises that error.
+  the database lost) stops the others (a byte on their pipe: they drain as on Ctrl-C), and
+  the run raises that error, once.
 
 Each worker with the built-in simulator endpoint has its own in-process simulator: the
 simulator's own limits then apply per process, while the limits batchrun applies are shared.
@@ -273,9 +274,9 @@ class ProcessRun:
                 case ("result", RunResult() as result):
                     worker.result = result
                 case ("error", BatchrunError() as error):
+                    # Said once, when the run raises it; the others stop as on SIGTERM.
                     worker.error = error
-                    self._say(f"worker process {index + 1} of {self._count} failed: {error}")
-                    self._forward(signal.SIGTERM)
+                    self._stop_others()
                 case ("gone",):
                     await asyncio.to_thread(worker.process.wait)
                     worker.gone = True
@@ -324,6 +325,16 @@ class ProcessRun:
                 _kill(worker, signum)
             else:
                 worker.pending.append(signum)
+
+    def _stop_others(self) -> None:
+        """Ask every worker still running to stop, as a Ctrl-C would (a byte on its pipe)."""
+        for worker in self._workers:
+            stdin = worker.process.stdin
+            if worker.gone or worker.result is not None or stdin is None:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                stdin.write(b"\n")
+                stdin.flush()
 
     async def _stop_all(self) -> None:
         """However the run ends: no worker outlives it. Those still running (the parent

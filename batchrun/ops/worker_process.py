@@ -34,6 +34,8 @@ from batchrun.errors import BatchrunError
 from batchrun.ops.run_types import RunEvent, RunOptions, RunResult
 from batchrun.transport.endpoints import Endpoints
 
+# Why a worker stops when the parent writes a byte after the spec.
+STOP_REASON = "stopped because another worker process of this run failed"
 # The spec's length on the standard input: 8 bytes, big-endian.
 SPEC_LENGTH = struct.Struct(">Q")
 _SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
@@ -120,12 +122,14 @@ async def _run(spec: WorkerSpec, conn: Connection, early: list[str]) -> RunResul
         )
         loop = asyncio.get_running_loop()
 
-        def parent_gone() -> None:
+        def from_parent() -> None:
             try:
-                more = os.read(0, 1)
+                said = os.read(0, 64)
             except OSError:
-                more = b""
-            if not more:
+                said = b""
+            if said:
+                session.stop(STOP_REASON)
+            else:
                 loop.remove_reader(0)
                 session.stop(f"the parent `batchrun run` (pid {spec.parent_pid}) ended")
 
@@ -135,7 +139,7 @@ async def _run(spec: WorkerSpec, conn: Connection, early: list[str]) -> RunResul
                 session.stop(f"interrupted by {name}")
             early.clear()
 
-        loop.add_reader(0, parent_gone)
+        loop.add_reader(0, from_parent)
         loop.call_soon(replay)
         try:
             return await session.run()

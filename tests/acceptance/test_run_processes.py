@@ -282,3 +282,29 @@ def test_bad_process_counts_and_combinations_are_clear_usage_errors(
     assert words in " ".join(done.stderr.split())
     assert "--processes" in done.stderr or "--forever" in done.stderr or "--metrics" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_mistake_every_worker_finds_is_said_once_with_its_exit_code(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(jsonl([request_line(f"r{i}", model="my-own-model") for i in range(20)]))
+    batch_id = subprocess.run(
+        [BATCHRUN, "submit", str(path), "--endpoint", "simulator"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+    done = subprocess.run(
+        [BATCHRUN, "run", batch_id, "--processes", "2", "--max-cost", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("--max-cost cannot be kept for my-own-model") == 1
+    assert "Traceback" not in done.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import batchrun
-from batchrun.errors import ExitCode, UsageError
+from batchrun.errors import ExitCode, UnpricedModelsError, UsageError
 from batchrun.ops.processes import process_count, usable_cores
 from batchrun.ops.session import Note, PassFinished, Progress, RunEvent
 from tests.conftest import request_line
@@ -82,3 +82,18 @@ def test_arguments_a_run_of_processes_refuses(
 
     assert refused.value.argument == argument
     assert refused.value.exit_code == ExitCode.USAGE
+
+
+def test_a_workers_error_is_raised_as_its_own_class_with_its_attributes(
+    client: batchrun.Client,
+) -> None:
+    batch = client.submit(
+        (request_line(f"q-{i}", model="my-own-model") for i in range(10)), endpoint="simulator"
+    )
+
+    with pytest.raises(UnpricedModelsError) as refused:
+        client.run(batch.id, processes=2, max_cost_usd=1.0, stop_on_signals=False)
+
+    assert refused.value.models == ("my-own-model",)
+    assert refused.value.exit_code == ExitCode.USAGE
+    assert client.status(batch.id).request_counts.processing == 10
