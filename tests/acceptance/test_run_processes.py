@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
 from tests.acceptance.waits import wait_until_received
 from tests.conftest import jsonl, request_line
+from tests.webhooks import running_webhook_receiver
 
 pytestmark = pytest.mark.acceptance
 
@@ -308,3 +309,24 @@ def test_a_mistake_every_worker_finds_is_said_once_with_its_exit_code(
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("--max-cost cannot be kept for my-own-model") == 1
     assert "Traceback" not in done.stderr
+
+
+def test_the_end_of_a_batch_is_notified_once_however_many_workers_sent_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    batch_id = submit(env, tmp_path / "requests.jsonl", 200, "--endpoint", "simulator")
+
+    with running_webhook_receiver() as receiver:
+        done = subprocess.run(
+            [BATCHRUN, "run", batch_id, "--processes", "2", "--notify", receiver.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    assert done.returncode == 0, done.stderr
+    (document,) = receiver.delivered()
+    assert document["event"] == "ended"
+    assert document["batch"]["id"] == batch_id
+    assert document["request_counts"]["succeeded"] == 200
