@@ -24,8 +24,10 @@ most sent in any 10 s window against 10 s of the limit plus its burst, 429s and 
 Targets (issue 27): p2 >= 1.6 x p1 at no limit or a high one on 2 cores; exact at a binding
 limit (steady share >= 97 %, no 10 s window above the limit plus its burst, no duplicates).
 
-Run:  .venv/bin/python bench/processes.py                    (about 4 minutes)
-      .venv/bin/python bench/processes.py --requests 8000 --rounds 2 --postgres
+Run:  .venv/bin/python bench/processes.py      (about 11 minutes a round on 2026-12-07 with the
+                                                machine loaded by other work; less when quiet)
+      .venv/bin/python bench/processes.py --requests 3000 --bind-rpm 600 --rounds 2
+      .venv/bin/python bench/processes.py --postgres
 """
 
 from __future__ import annotations
