@@ -158,6 +158,7 @@ class ProcessRun:
         self._notices = None if notifier is None else RunNotices(notifier, prices=prices)
         self._workers: list[_Worker] = []
         self._said: set[str] = set()
+        self._logged: set[tuple[str, int, str]] = set()
         self._messages: asyncio.Queue[tuple[int, tuple[Any, ...]]] = asyncio.Queue()
 
     async def run(self) -> RunResult:
@@ -220,6 +221,7 @@ class ProcessRun:
             prices=self._prices,
             env=self._env,
             options=dataclasses.replace(self._options, stop_on_signals=True),
+            log_level=logging.getLogger().getEffectiveLevel(),
         )
         stdin = process.stdin
         assert stdin is not None
@@ -267,6 +269,8 @@ class ProcessRun:
                     worker.pending.clear()
                 case ("event", Note(text=text)):
                     self._say(text)
+                case ("log", logging.LogRecord() as record):
+                    self._log(record)
                 case ("event", Progress(snapshot=snapshot)):
                     worker.snapshot = snapshot
                 case ("event", PassFinished(result=done)):
@@ -295,6 +299,14 @@ class ProcessRun:
             f"worker process {worker.index + 1} of {self._count} (pid {worker.process.pid}) "
             f"ended without finishing ({how}); what it had in flight went back to the queue"
         )
+
+    def _log(self, record: logging.LogRecord) -> None:
+        """A worker's log record, through this process's handlers; once however many
+        workers log it (each stopping worker says it stops)."""
+        said = (record.name, record.levelno, record.getMessage())
+        if said not in self._logged:
+            self._logged.add(said)
+            logging.getLogger(record.name).handle(record)
 
     def _say(self, text: str) -> None:
         """A note once, however many workers say it."""

@@ -12,19 +12,21 @@ messages over the descriptor ``FD``; it prints nothing itself
 (a bug's traceback still reaches stderr, which is the parent's).
 
 Messages (tuples): ``("ready",)`` once it keeps signals (the parent passes them on from
-then), ``("event", RunEvent)``, then ``("result", RunResult)`` or ``("error",
-BatchrunError)``.
+then), ``("event", RunEvent)`` and ``("log", LogRecord)`` as they come, then
+``("result", RunResult)`` or ``("error", BatchrunError)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pickle
 import signal
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -54,6 +56,8 @@ class WorkerSpec:
     prices: PriceTable
     env: dict[str, str]
     options: RunOptions
+    # The parent's log level: the worker's log records go to the parent's handlers.
+    log_level: int = logging.WARNING
 
 
 def encode_spec(spec: WorkerSpec) -> bytes:
@@ -93,6 +97,9 @@ def main(fd: int) -> None:
     except EOFError:
         # The parent went away before it said what to do: there is nothing to do.
         sys.exit(1)
+    root = logging.getLogger()
+    root.handlers = [_ToParent(conn)]
+    root.setLevel(spec.log_level)
     try:
         result = asyncio.run(_run(spec, conn, early))
     except BatchrunError as exc:
@@ -162,7 +169,32 @@ def _portable(error: BatchrunError) -> BatchrunError:
     return error
 
 
+class _ToParent(logging.Handler):
+    """Sends each log record to the parent, which logs it with its own handlers (its format,
+    its key redaction), so a worker's warning reads as the run's."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = _FORMATTER.formatException(record.exc_info) if record.exc_info else None
+            plain = logging.makeLogRecord(
+                record.__dict__
+                | {"msg": record.getMessage(), "args": None, "exc_info": None, "exc_text": text}
+            )
+            _send(self._conn, ("log", plain))
+        except Exception:
+            self.handleError(record)
+
+
+_FORMATTER = logging.Formatter()
+# The database thread logs too: one message at a time on the pipe.
+_SENDING = threading.Lock()
+
+
 def _send(conn: Connection, message: tuple[object, ...]) -> None:
     """Tell the parent; nothing when it is gone (the run stops by itself then)."""
-    with contextlib.suppress(OSError):
+    with _SENDING, contextlib.suppress(OSError):
         conn.send(message)

@@ -160,6 +160,9 @@ def test_ctrl_c_of_the_parent_drains_every_worker_and_the_next_run_finishes(
 
     assert run.returncode == 130, stderr
     assert "interrupted by Ctrl-C" in stderr
+    # Each worker logs that it stops; the run logs it once, in its own format.
+    assert stderr.count("stopping; requests in flight are being recorded") == 1
+    assert "WARNING batchrun.dispatch.dispatcher: interrupted by Ctrl-C: stopping" in stderr
     assert "Traceback" not in stderr
     if other is not None:
         assert other.returncode == 6, other.stderr
