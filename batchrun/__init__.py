@@ -29,6 +29,7 @@ from batchrun.errors import (
     UnknownEndpointError,
     UnpricedModelsError,
     UsageError,
+    WorkerProcessError,
 )
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ __all__ = [
     "UnpricedModelsError",
     "UsageError",
     "WaitingBatch",
+    "WorkerProcessError",
     "__version__",
 ]
 

@@ -625,6 +625,7 @@ class Client:
         stop_on_signals: bool = True,
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
+        processes: int | Literal["auto"] = 1,
     ) -> RunResult:
         """:meth:`requeue`, then :meth:`run` the batch (the other arguments as for run)."""
         self.requeue(batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s)
@@ -650,6 +651,7 @@ class Client:
             stop_on_signals=stop_on_signals,
             on_session=on_session,
             notify_url=notify_url,
+            processes=processes,
         )
 
     def delete(self, batch_id: str) -> None:
@@ -769,6 +771,7 @@ class Client:
         stop_on_signals: bool = True,
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
+        processes: int | Literal["auto"] = 1,
     ) -> RunResult:
         """Send the queued requests of these batches (every batch with queued work when none
         is named) and record every response; returns when no work is left (or, with
@@ -797,6 +800,7 @@ class Client:
             stop_on_signals=stop_on_signals,
             on_session=on_session,
             notify_url=notify_url,
+            processes=processes,
         )
         return _blocking(work, "run", "arun")
 
@@ -824,6 +828,7 @@ class Client:
         stop_on_signals: bool = False,
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
+        processes: int | Literal["auto"] = 1,
     ) -> RunResult:
         """Run batches on the caller's event loop; see :meth:`run`.
 
@@ -858,6 +863,13 @@ class Client:
           batch ends, is canceled, expires, pauses or is interrupted (see "Notifications" in
           the docs); delivery is tried a few seconds and never fails the run. None: the
           config file's ``[notify]``; ``""``: none, whatever the file says.
+        - ``processes``: worker processes (default 1; ``"auto"``: one per usable core), each
+          a fresh interpreter running this run on the same database with the same options,
+          sharing the run lock and every limit (the rate buckets live in the database); the
+          run still reports as one: one progress, one result, each note once, the webhook
+          notices sent once. Not with ``forever`` or ``on_session`` (UsageError). Ctrl-C
+          and SIGTERM reach every worker; a worker that dies unfinished fails the run with
+          WorkerProcessError once the others are done (see :mod:`batchrun.ops.processes`).
 
         Returns the :class:`~batchrun.ops.session.RunResult`: the exit code the CLI would
         give, and the last pass's batches, counts, tokens and costs.
@@ -867,7 +879,18 @@ class Client:
         from batchrun.ops.runlock import run_lock
         from batchrun.ops.session import Note, RunOptions, RunSession
 
-        check_run_arguments(batch_ids, endpoint=endpoint, forever=forever, notify_url=notify_url)
+        count = check_run_arguments(
+            batch_ids,
+            endpoint=endpoint,
+            forever=forever,
+            notify_url=notify_url,
+            processes=processes,
+        )
+        if count > 1 and on_session is not None:
+            raise UsageError(
+                argument="on_session",
+                problem="watches one session; a run of several processes has one per process",
+            )
         if lock not in ("exclusive", "wait", "share"):
             raise ConfigError(f"lock must be exclusive, wait or share, not {lock!r}")
         known = self.endpoints()
@@ -903,6 +926,21 @@ class Client:
             self.database_url, wait=lock == "wait", share=lock == "share", on_wait=waiting
         ):
             store = await _off_loop(self._store)
+            if count > 1:
+                from batchrun.ops.processes import ProcessRun
+
+                # The workers share this run's lock: they take none of their own.
+                return await ProcessRun(
+                    self.database_url,
+                    store,
+                    count=count,
+                    known=known,
+                    prices=prices,
+                    env=self._env,
+                    options=options,
+                    on_event=on_event,
+                    notifier=notifier,
+                ).run()
             session = RunSession(
                 store,
                 known=known,
@@ -1007,6 +1045,7 @@ class Client:
         stop_on_signals: bool = False,
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
+        processes: int | Literal["auto"] = 1,
     ) -> RunResult:
         """:meth:`resume` on the caller's event loop."""
         await _off_loop(
@@ -1034,6 +1073,7 @@ class Client:
             stop_on_signals=stop_on_signals,
             on_session=on_session,
             notify_url=notify_url,
+            processes=processes,
         )
 
     async def aresults(
@@ -1079,11 +1119,26 @@ class Client:
 
 
 def check_run_arguments(
-    batch_ids: Sequence[str], *, endpoint: str | None, forever: bool, notify_url: str | None
-) -> None:
+    batch_ids: Sequence[str],
+    *,
+    endpoint: str | None,
+    forever: bool,
+    notify_url: str | None,
+    processes: int | str = 1,
+) -> int:
     """The rules between :meth:`Client.run`'s arguments, in one place for the Client and the
     CLI (which checks them before it looks anything up): UsageError naming the argument.
-    A ``notify_url`` is never quoted: it may hold a token."""
+    A ``notify_url`` is never quoted: it may hold a token. Returns the number of worker
+    processes ``processes`` asks for."""
+    from batchrun.ops.processes import process_count
+
+    count = process_count(processes)
+    if forever and count > 1:
+        raise UsageError(
+            argument="forever",
+            problem="runs in one process; for several, start several `batchrun run --forever "
+            "--share` (on Postgres, on any number of hosts)",
+        )
     if endpoint is not None and not batch_ids:
         raise UsageError(argument="endpoint", problem="name the batches to move")
     if forever and batch_ids:
@@ -1096,6 +1151,7 @@ def check_run_arguments(
 
         if problem := notify_url_problem(notify_url):
             raise UsageError(argument="notify_url", problem=problem)
+    return count
 
 
 def check_export_arguments(*, format: str = "anthropic", only: str | None = None) -> None:

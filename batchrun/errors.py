@@ -16,7 +16,8 @@ else that escapes is a bug and keeps its traceback. The tree::
     ├── BatchStateError             the batch is in a state that does not allow the command
     ├── DatabaseError               the database cannot be opened, migrated or written
     │   └── DatabaseUnavailableError  the connection was lost (worth retrying)
-    └── RunLockedError              another run holds the SQLite database (exit 6)
+    ├── RunLockedError              another run holds the SQLite database (exit 6)
+    └── WorkerProcessError          a worker process of `run --processes` ended unfinished
 
 Each subclass's docstring is its default message, so ``raise BatchNotFoundError()`` already
 says something useful; callers pass a more specific message when they know more.
@@ -53,7 +54,8 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.OK: "done: every request finished and none errored",
     ExitCode.ERROR: (
         "an error you can fix (bad request file, bad config file, unknown batch or endpoint, "
-        "missing key, database problem), explained on stderr, one line per problem"
+        "missing key, database problem), explained on stderr, one line per problem; or a "
+        "worker process of `run --processes` ended without finishing"
     ),
     ExitCode.USAGE: (
         "wrong command-line usage, or a budget (`--max-cost`) for a model that has no price "
@@ -224,3 +226,8 @@ class RunLockedError(BatchrunError):
         # it had not written them yet, or they cannot be read).
         self.pid = pid
         self.since = since
+
+
+class WorkerProcessError(BatchrunError):
+    """A worker process of `batchrun run --processes` ended without finishing; what it had in
+    flight went back to the queue."""

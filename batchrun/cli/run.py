@@ -62,7 +62,7 @@ class _RunMetrics:
 
 
 # The flag of each Client.run argument whose name is not the flag's (see check_run_arguments).
-_FLAGS = {"notify_url": "--notify"}
+_FLAGS = {"notify_url": "--notify", "metrics_port": "--metrics-port"}
 
 
 def run(
@@ -249,6 +249,17 @@ def run(
             "exposes them to the network."
         ),
     ] = "127.0.0.1",
+    processes: Annotated[
+        str,
+        typer.Option(
+            metavar="N",
+            help="Worker processes on this machine (auto: one per usable core), each "
+            "sending the same batches through the same database and sharing every limit; "
+            "shown as one run, with one summary and exit code. Ctrl-C stops them all. "
+            "Not with --forever or --metrics-port. More machines: see the docs' workers "
+            "page.",
+        ),
+    ] = "1",
 ) -> None:
     """Send the queued requests of batches and record every response; exits when done.
 
@@ -275,9 +286,19 @@ def run(
     from batchrun.errors import UsageError
 
     try:
-        check_run_arguments(
-            batch_ids or (), endpoint=endpoint, forever=forever, notify_url=notify or None
+        count = check_run_arguments(
+            batch_ids or (),
+            endpoint=endpoint,
+            forever=forever,
+            notify_url=notify or None,
+            processes=processes,
         )
+        if count > 1 and metrics_port is not None:
+            raise UsageError(
+                argument="metrics_port",
+                problem="serves one process's run; with --processes, `batchrun serve` "
+                "serves the database's metrics",
+            )
     except UsageError as exc:
         # The Client's rule and wording, after the flag.
         raise flag_error(exc, _FLAGS) from None
@@ -318,6 +339,7 @@ def run(
             on_session=None if metrics is None else metrics.watch,
             limits=limits,
             endpoint_limits=endpoint_limits,
+            processes=count,
         )
     finally:
         display.close()

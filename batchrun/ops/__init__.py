@@ -8,9 +8,12 @@ batches of a pass, with the run's options stored on them), ``forever`` (the join
 batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP
 clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time limit),
 ``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
-``lane_wiring`` (a run's batch lane), ``notices`` (a run's webhook notifications: which, when, each
-once), ``limit_recorder`` (records the limits a run sends each batch under) and ``views``
-(the read models: /metrics, the dashboard, the limits in force, ``batchrun report``).
+``lane_wiring`` (a run's batch lane), ``processes`` (``run --processes N``: the parent that
+starts N worker processes and shows them as one run), ``worker_process`` (one such worker),
+``combined`` (one run's figures from its workers'), ``notices`` (a run's webhook
+notifications: which, when, each once), ``limit_recorder`` (records the limits a run
+sends each batch under) and ``views`` (the read models: /metrics, the dashboard, the
+limits in force, ``batchrun report``).
 May import: ``export``, ``config``, ``batch_lane``, ``dispatch``, ``transport``, ``limits``,
 ``input``, ``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.
 The run modules never import ``views`` (an import contract in pyproject.toml checks it).

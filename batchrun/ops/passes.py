@@ -384,7 +384,10 @@ class PassRunner:
     def _started(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
         if self._stopping is not None:
-            dispatcher.request_stop(self._stopping)
+            # A stop that came while the pass planned. The dispatcher is made but has no
+            # batches yet (run() takes them next, before its first await): a stop now would
+            # stop none of them, and the pass would send everything. Once run() has them.
+            asyncio.get_running_loop().call_soon(dispatcher.request_stop, self._stopping)
 
     def _simulator(self) -> HttpTransport:
         if self._simulator_made is None:

@@ -80,3 +80,26 @@ async def test_a_passes_side_tasks_run_named_and_end_with_it(sqlite_store: Store
     assert left == set()
     assert result.last is not None and {b.id for b in result.last.batches} == {batch_id}
     assert result.last.batches[0].counts.succeeded == 4
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_stop_that_comes_before_the_dispatch_starts_stops_it(sqlite_store: Store) -> None:
+    # A worker of `run --processes` can be told to stop while it plans (a Ctrl-C as it
+    # starts); so can a run with many batches to plan. Nothing may be sent after it.
+    batch_id = submit(sqlite_store, [request_line(f"r{i}") for i in range(50)])
+    session = RunSession(
+        sqlite_store,
+        known=resolve_endpoints({}, {}),
+        prices=PriceTable(),
+        env={},
+        options=RunOptions(stop_on_signals=False),
+    )
+    session.stop("interrupted by Ctrl-C")
+
+    result = await session.run()
+
+    assert result.last is not None
+    assert result.last.report.interrupted == "interrupted by Ctrl-C"
+    assert result.last.report.sent == 0
+    assert sqlite_store.batches.get(batch_id).counts.processing == 50
