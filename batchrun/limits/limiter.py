@@ -51,8 +51,9 @@ from batchrun.limits.banks import Bank, LocalBank
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.limits.families import ALL_MODELS, ANY_MODEL, entry_for, is_family
-from batchrun.limits.keyrecord import RAMP_S, KeyPolicy, PendingChanges
+from batchrun.limits.keyrecord import RAMP_S, START_PER_MIN, KeyPolicy, PendingChanges
 from batchrun.limits.learning import InputCalibration, OutputEstimate, TypicalRequest
+from batchrun.limits.windows import FixedWindows
 from batchrun.records import Fatal, Halt, Outcome, Retryable, ServerLimits, Succeeded
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ LimitKey = tuple[str, str]
 """(endpoint name, model or family pattern)."""
 OutputReservation = Literal["learned", "max_tokens"]
 
-# A 429 without retry-after (nor reset headers) pauses this long, doubling while they repeat.
+# A 429 without retry-after (nor reset headers) for a key with no limit in force at all (no
+# start rate either) pauses this long, doubling while they repeat. With a limit in force it
+# waits a slot at that limit instead (see keyrecord), or for a fixed window to reopen.
 DEFAULT_429_PAUSE_S = 1.0
 MAX_DEFAULT_429_PAUSE_S = 30.0
 # 529 overloaded: pause 1 s, 2 s, 4 s ... per endpoint × model while they repeat.
@@ -74,11 +77,14 @@ LONG_PAUSE_S = 60.0
 @dataclass(frozen=True)
 class LimiterSettings:
     """How the limiter reserves, bursts and starts: ``ramp_s`` seconds from a fifth of the
-    limits to all of them after a key's first answer (0: no ramp)."""
+    limits to all of them after a key's first answer (0: no ramp); ``start_per_min``, the
+    requests' rate a key with no limit known starts at and grows from (None: unpaced until
+    a 429)."""
 
     burst_s: float = DEFAULT_BURST_S
     output_reservation: OutputReservation = "learned"
     ramp_s: float = RAMP_S
+    start_per_min: float | None = START_PER_MIN
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ class Permit:
     # What was reserved from the endpoint's limits across all its models, if it has any.
     endpoint_key: LimitKey | None = None
     endpoint_reserved: dict[str, float] = field(default_factory=dict)
+    # When the model's buckets granted it, on the bank's clock (None: not known).
+    taken_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ class _KeyState:
     # The latest pause this worker set, and why: (until, on the bank's clock; reason).
     paused_until: float = -math.inf
     pause_reason: str = ""
+    # Refusals without retry-after, and the fixed windows they may show.
+    windows: FixedWindows = field(default_factory=FixedWindows)
 
 
 class Limiter:
@@ -247,6 +257,7 @@ class Limiter:
                 configured=self.limits_for(key),
                 burst_s=self._settings.burst_s,
                 ramp_s=self._settings.ramp_s,
+                start_per_min=self._settings.start_per_min,
             )
             state = self._states[key] = _KeyState(policy)
         return state
@@ -273,6 +284,7 @@ class Limiter:
                 if grant.wait_s <= 0:
                     state.typical.reserved(amounts)
                     permit = Permit(key, demand, input_estimate, dict(grant.charged), amounts)
+                    permit.taken_at = self._bank.now()
                     break
                 await asyncio.sleep(grant.wait_s)
         if (wide := self.endpoint_key(key[0])) is None:
@@ -329,6 +341,7 @@ class Limiter:
                 changes.answered_at = now
                 state.consecutive_429s = 0
                 state.consecutive_overloads = 0
+                state.windows.answered(permit.taken_at)
                 _heed(server_limits, changes)
             case Retryable(http_status=429) as retry:
                 # Refused before any work: nothing was consumed.
@@ -410,16 +423,27 @@ class Limiter:
         changes: PendingChanges,
     ) -> None:
         state.consecutive_429s += 1
+        exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
+        learn = True
         if retry.retry_after_s is not None:
-            pause_s = retry.retry_after_s
-        else:
+            self._pause(key, state, retry.retry_after_s, "retry-after", now, changes)
+        elif state.policy.start_per_min is None and not self._limits_now(key, state):
+            # Nothing to wait a slot of: the old back-off.
             pause_s = min(
                 DEFAULT_429_PAUSE_S * 2 ** (state.consecutive_429s - 1), MAX_DEFAULT_429_PAUSE_S
             )
-        why = "retry-after" if retry.retry_after_s is not None else "a 429"
-        self._pause(key, state, pause_s, why, now, changes)
-        exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
-        changes.rate_limited.append((now, frozenset(retry.limits_named | exhausted)))
+            self._pause(key, state, pause_s, "a 429", now, changes)
+        else:
+            # The server has nothing left: wait a slot at the (lowered) limit, or for the
+            # window to reopen when it counts in fixed windows (see FixedWindows).
+            changes.exhausted_at.append(now)
+            pause_s = state.windows.refused(now)
+            learn = state.windows.lowers_limits()
+            if pause_s > 0:
+                why = "a fixed window" if state.windows.recognised else "429s in a row"
+                self._pause(key, state, pause_s, why, now, changes)
+        if learn:
+            changes.rate_limited.append((now, frozenset(retry.limits_named | exhausted)))
 
     def waits(self) -> list[Wait]:
         """The endpoint × models held back now, and why (a retry-after, a 429, a 529; with the
