@@ -19,6 +19,15 @@ Figures come from the simulators' own per-second admission counts, over the stea
   d  image-heavy requests (an image of 200-1700 px and ~2,000 characters of text each):
      input estimate error after calibration (batchrun only)
 
+Unknown limits (nothing configured, no anthropic-ratelimit-* headers; batchrun only, since
+the baseline needs a configured limit): utilisation from 30 s after the first admission,
+% of calls 429 and the time ÷ the floor (requests ÷ the limit):
+
+  u1 900 requests, server 300 RPM with a 2 s burst, 429s without retry-after
+  u2 the same, 429s with retry-after
+  u3 300 requests, server 120 requests per fixed 60 s window (LiteLLM's proxy counting,
+     mimicked by the simulator: 429s without retry-after nor headers)
+
 Run:  .venv/bin/python bench/ratelimit.py            (about 3 minutes, all in parallel)
       .venv/bin/python bench/ratelimit.py --duration-s 40   (a quicker, noisier look)
 """
@@ -64,6 +73,7 @@ class Scenario:
     images: bool = False
     baseline: bool = True
     targets: dict[str, float] = field(default_factory=dict)
+    count: int | None = None  # requests (default: sized to the duration)
 
 
 def scenarios() -> list[Scenario]:
@@ -128,6 +138,52 @@ def scenarios() -> list[Scenario]:
             images=True,
             baseline=False,
             targets={"estimate_error": 0.15},
+        ),
+        Scenario(
+            "u1",
+            "unknown 300 RPM, bare 429s",
+            "requests",
+            300,
+            ["--rpm", "300", "--burst-s", "2", "--no-ratelimit-headers", "--no-retry-after"],
+            [],
+            5,
+            skip_s=30,
+            baseline=False,
+            count=900,
+            targets={"util": 0.90, "429": 0.05},
+        ),
+        Scenario(
+            "u2",
+            "unknown 300 RPM, 429s with retry-after",
+            "requests",
+            300,
+            ["--rpm", "300", "--burst-s", "2", "--no-ratelimit-headers"],
+            [],
+            5,
+            skip_s=30,
+            baseline=False,
+            count=900,
+            targets={"util": 0.90, "429": 0.05},
+        ),
+        Scenario(
+            "u3",
+            "unknown 120/min fixed 60 s windows, bare 429s",
+            "requests",
+            120,
+            [
+                "--rpm",
+                "120",
+                "--fixed-window-s",
+                "60",
+                "--no-ratelimit-headers",
+                "--no-retry-after",
+            ],
+            [],
+            2,
+            skip_s=0,
+            baseline=False,
+            count=300,
+            targets={"floor": 1.4, "429": 0.10},
         ),
     ]
 
@@ -295,6 +351,8 @@ def steady_figures(scenario: Scenario, stats: dict[str, Any]) -> dict[str, float
         "429s": rejected,
         "429": rejected / max(stats["received"], 1),
         "total_s": last - first + 1,
+        "floor": (last - first + 1)
+        / (stats["by_status"].get("200", 0) / scenario.server_limit * 60),
     }
 
 
@@ -318,7 +376,7 @@ def estimate_errors(db: str) -> dict[str, float]:
 
 
 async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> dict[str, Any]:
-    count = int(scenario.requests_per_s * (duration_s + scenario.skip_s + TAIL_S))
+    count = scenario.count or int(scenario.requests_per_s * (duration_s + scenario.skip_s + TAIL_S))
     lines = request_lines(scenario, count)
     sims = {"batchrun": start_simulator(scenario)}
     if scenario.baseline:
@@ -343,7 +401,7 @@ async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> 
 def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
     print(
         f"{'':3} {'scenario':44} {'runner':9} {'util':>7} {'req/min':>8} {'tok/min':>8} "
-        f"{'calls':>6} {'429s':>6} {'429%':>6}  target"
+        f"{'calls':>6} {'429s':>6} {'429%':>6} {'time/floor':>10}  target"
     )
     for scenario in chosen:
         figures = results[scenario.name]
@@ -352,6 +410,12 @@ def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
                 continue
             f = figures[runner]
             target = ""
+            if "floor" in scenario.targets and runner == "batchrun":
+                ok = f["floor"] <= scenario.targets["floor"] and f["429"] <= scenario.targets["429"]
+                target = (
+                    f"time<={scenario.targets['floor']:.1f}x floor "
+                    f"429<={scenario.targets['429']:.1%} {'PASS' if ok else 'FAIL'}"
+                )
             if "util" in scenario.targets and runner == "batchrun":
                 ok = f["util"] >= scenario.targets["util"] and f["429"] <= scenario.targets["429"]
                 target = (
@@ -367,7 +431,7 @@ def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
             print(
                 f"{scenario.name:3} {scenario.description:44} {runner:9} {f['util']:7.1%} "
                 f"{f['requests_per_min']:8.0f} {f['tokens_per_min']:8.0f} {f['calls']:6d} "
-                f"{f['429s']:6d} {f['429']:6.1%}  {target}"
+                f"{f['429s']:6d} {f['429']:6.1%} {f['floor']:10.2f}  {target}"
             )
     print(
         f"\nbinding limit: requests/min for a, c1, c2, d; tokens/min (input + output) for b. "
@@ -381,7 +445,7 @@ async def main() -> None:
     parser.add_argument(
         "--duration-s", type=float, default=140, help="steady seconds per scenario (default 140)"
     )
-    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d)")
+    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d u1 u2 u3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     chosen = [s for s in scenarios() if not args.only or s.name in args.only]

@@ -103,6 +103,23 @@ def simulate(
             help="Send anthropic-ratelimit-* headers (without them, a 429 has only retry-after).",
         ),
     ] = True,
+    retry_after: Annotated[
+        bool,
+        typer.Option(
+            "--retry-after/--no-retry-after",
+            help="Send retry-after on 429s (without it and the headers, a 429 says no wait).",
+        ),
+    ] = True,
+    fixed_window_s: Annotated[
+        float | None,
+        typer.Option(
+            "--fixed-window-s",
+            help="Count the limits in fixed windows of this many seconds, as LiteLLM's proxy "
+            "does (60), instead of refilling buckets.",
+            min=0.001,
+            show_default=False,
+        ),
+    ] = None,
     batch_processing_s: Annotated[
         float,
         typer.Option(
@@ -171,6 +188,7 @@ def simulate(
         itpm=itpm,
         otpm=otpm,
         burst_s=burst_s,
+        fixed_window_s=fixed_window_s,
         latency_s=latency_s,
         latency_jitter_s=latency_jitter_s,
         latency_per_output_token_s=latency_per_output_token_s,
@@ -180,6 +198,7 @@ def simulate(
         stream_cut=stream_cut_rate,
         seed=seed,
         send_ratelimit_headers=ratelimit_headers,
+        send_retry_after=retry_after,
         idle_timeout_s=idle_timeout_s,
         stream_ping_interval_s=ping_interval_s,
         log_size=log_size,
