@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -18,21 +19,22 @@ def list_endpoints(
     as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
 ) -> None:
     """List every endpoint: URL, auth style, key variable and whether it is set (never the
-    key), limits per model, the default, and where each is defined (built-in or a config
-    file).
+    key), limits per model, the limits learned from 429s that the database keeps (with their
+    age), the default, and where each is defined (built-in or a config file).
 
     Example: `batchrun --config batchrun.toml endpoints --json`
     """
     from batchrun.cli.context import client_of
     from batchrun.cli.endpoint_views import endpoints_json, endpoints_lines
 
-    known = client_of(ctx).endpoints()
+    client = client_of(ctx)
+    known = client.endpoints()
+    learned, now = client.learned_limits(), time.time()
     if as_json:
-        sys.stdout.write(
-            json.dumps(endpoints_json(known, os.environ), indent=2, ensure_ascii=False) + "\n"
-        )
+        data = endpoints_json(known, os.environ, learned, now)
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         return
-    for line in endpoints_lines(known, os.environ):
+    for line in endpoints_lines(known, os.environ, learned, now):
         stdout.print(line, markup=False)
 
 

@@ -4,14 +4,16 @@ bare 429s (no retry-after, no rate-limit headers)."""
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
 
 import batchrun
+from batchrun.cli.endpoint_views import endpoints_lines
 from batchrun.simulator import ModelLimits, SimulatorConfig, running_simulator
 from batchrun.simulator.app import create_app
-from batchrun.store.store import Store
 from tests.conftest import request_line
 
 REQUESTS = 120
@@ -39,16 +41,18 @@ def test_nothing_configured_and_bare_429s_find_the_limit_without_a_flood(
             batch_id = client.submit(lines, endpoint="sim").id
             assert client.run(batch_id).exit_code == 0
             assert client.status(batch_id).request_counts.succeeded == REQUESTS
+            learned = client.learned_limits()
+            lines = endpoints_lines(client.endpoints(), {}, learned, time.time())
 
     stats = app.stats
     refused = stats.by_status.get("429", 0)
     # Sent all at once, 115 of the first 120 would be refused; found gently, a few are.
     assert 0 < refused / stats.received <= 0.1
     # What was learned is in the database for the next run, below the server's limit and
-    # not far off it.
-    store = Store.open(sqlite_url)
-    try:
-        (learned,) = [row for row in store.rates.learned() if row.dimension == "rpm"]
-    finally:
-        store.close()
-    assert 0.3 * SERVER_RPM <= learned.learned_per_min <= 1.05 * SERVER_RPM
+    # not far off it, and `batchrun endpoints` shows it with its age.
+    (rpm,) = [item for item in learned if item.dimension == "rpm"]
+    assert (rpm.endpoint, rpm.model) == ("sim", "claude-sonnet-4-5")
+    assert 0.3 * SERVER_RPM <= rpm.learned_per_min <= 1.05 * SERVER_RPM
+    (shown,) = [line for line in lines if line.startswith("  learned:")]
+    value = f"{rpm.learned_per_min:,.0f}"
+    assert re.fullmatch(rf"  learned:    claude-sonnet-4-5: {value} rpm \(\d+ s ago\)", shown)
