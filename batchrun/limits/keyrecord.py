@@ -86,6 +86,8 @@ RAMP_FIRST_ANSWER_MAX_S = 60.0
 # While a ramp is under way a take asks to be tried again this soon at the latest: a wait
 # worked out at the rate of now would oversleep a rate that is climbing.
 RAMP_RECHECK_S = 0.25
+# A pause this close to its end is over.
+_PAUSE_TOLERANCE_S = 1e-6
 # Steps of the creep that fall on a whole number of intervals count, despite float rounding.
 _STEP_TOLERANCE = 1e-9
 
@@ -335,7 +337,11 @@ class KeyRecord:
                 # pause, the one that announced the first limits): climb from now.
                 self.ramp_from = now
         share = self.ramp_share(now, policy.ramp_s)
-        wait_s = max(self.paused_until - now, 0.0)
+        wait_s = self.paused_until - now
+        if wait_s < _PAUSE_TOLERANCE_S:
+            # Float residue of now + pause read back: a clock that counts in microseconds
+            # (the event loop's, virtual in tests) would never get past it.
+            wait_s = 0.0
         buckets = {}
         for dimension, limit in limits.items():
             # The ramp slows the refill, not the bucket's size: a size that grew with the

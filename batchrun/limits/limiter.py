@@ -72,6 +72,11 @@ OVERLOAD_PAUSE_S = 1.0
 MAX_OVERLOAD_PAUSE_S = 30.0
 # A pause this long is said in the log and in progress, with its reason.
 LONG_PAUSE_S = 60.0
+# A 429 for a token limit while the answers' real usage of it was below this share of the
+# limit: the server counts something else, max_tokens up front (see _learn_charging).
+CHARGED_UP_FRONT_SHARE = 0.7
+# The output-token dimensions a server charging max_tokens up front counts them in.
+_OUTPUT_DIMENSIONS = frozenset({"tpm", "otpm"})
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class _KeyState:
     pause_reason: str = ""
     # Refusals without retry-after, and the fixed windows they may show.
     windows: FixedWindows = field(default_factory=FixedWindows)
+    # The server was seen to charge max_tokens up front: reserve it (see _learn_charging).
+    charges_max_tokens: bool = False
 
 
 class Limiter:
@@ -314,7 +321,7 @@ class Limiter:
 
     def _output(self, state: _KeyState, demand: Demand) -> int:
         """Output tokens to reserve: max_tokens, or what replies were learned to take."""
-        if self._settings.output_reservation == "max_tokens":
+        if self._settings.output_reservation == "max_tokens" or state.charges_max_tokens:
             return demand.max_tokens
         return state.outputs.reserve(demand.max_tokens)
 
@@ -424,7 +431,8 @@ class Limiter:
     ) -> None:
         state.consecutive_429s += 1
         exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
-        learn = True
+        # A refusal that shows the server charges max_tokens says nothing of its limit.
+        learn = not self._learn_charging(key, state, retry.limits_named | exhausted, now)
         if retry.retry_after_s is not None:
             self._pause(key, state, retry.retry_after_s, "retry-after", now, changes)
         elif state.policy.start_per_min is None and not self._limits_now(key, state):
@@ -438,12 +446,44 @@ class Limiter:
             # window to reopen when it counts in fixed windows (see FixedWindows).
             changes.exhausted_at.append(now)
             pause_s = state.windows.refused(now)
-            learn = state.windows.lowers_limits()
+            learn = learn and state.windows.lowers_limits()
             if pause_s > 0:
                 why = "a fixed window" if state.windows.recognised else "429s in a row"
                 self._pause(key, state, pause_s, why, now, changes)
         if learn:
             changes.rate_limited.append((now, frozenset(retry.limits_named | exhausted)))
+
+    def _learn_charging(
+        self, key: LimitKey, state: _KeyState, named: set[str] | frozenset[str], now: float
+    ) -> bool:
+        """Learn from a 429 whether the server charges max_tokens up front: it refused for
+        a limit that counts output tokens while what the answers really used of it lately
+        was well below it (under :data:`CHARGED_UP_FRONT_SHARE`), which reserving the
+        learned output could not see coming. From then on this key reserves max_tokens,
+        as the server counts (``output_reservation="max_tokens"`` for this key only).
+        Returns whether this 429 taught it."""
+        if state.charges_max_tokens or self._settings.output_reservation == "max_tokens":
+            return False
+        record = self._bank.record(key)
+        if record is None:
+            return False
+        in_force = self._limits_now(key, state)
+        for dimension in named & _OUTPUT_DIMENSIONS:
+            limit = in_force.get(dimension)
+            used = record.measured_per_min(dimension, now)
+            if limit and used is not None and used < CHARGED_UP_FRONT_SHARE * limit:
+                state.charges_max_tokens = True
+                log.info(
+                    "%s refuses %s for %s at %.0f of %.0f a minute really used: it charges "
+                    "max_tokens up front, so batchrun reserves max_tokens for it",
+                    key[0],
+                    DIMENSIONS.get(dimension).counts,
+                    key[1],
+                    used,
+                    limit,
+                )
+                return True
+        return False
 
     def waits(self) -> list[Wait]:
         """The endpoint × models held back now, and why (a retry-after, a 429, a 529; with the
