@@ -212,12 +212,11 @@ class Client:
         """The limits learned from 429s that the database keeps per endpoint × model (the
         next run starts from them), with when each was learned; empty when there is no
         database yet (none is created to find out)."""
-        from sqlalchemy.engine import make_url
+        from batchrun.store.database import sqlite_path
 
-        url = make_url(self.database_url)
-        if url.get_backend_name() == "sqlite":
-            path = url.database
-            if not path or path == ":memory:" or not Path(path).exists():
+        if self.database_url.startswith("sqlite"):
+            path = sqlite_path(self.database_url)
+            if path is None or not path.exists():
                 return []
         if self.database_revision() is None:
             return []
