@@ -38,7 +38,9 @@ def age_text(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days"
 
 
-def _learned_lines(endpoint: str, learned: Sequence[LearnedLimit], now: float) -> list[str]:
+def learned_lines(endpoint: str, learned: Sequence[LearnedLimit], now: float) -> list[str]:
+    """The limits learned for ``endpoint``'s models, one line each with its age at ``now``
+    (Unix seconds)."""
     return [
         f"  learned:    {item.model}: {item.learned_per_min:,.0f} {item.dimension}"
         f" ({age_text(now - item.learned_at)} ago)"
@@ -78,7 +80,7 @@ def endpoints_lines(
         if endpoint.endpoint_limits:
             figures = [f"{amount:,g} {name}" for name, amount in endpoint.endpoint_limits.items()]
             lines.append(f"  all models: {', '.join(figures)} together")
-        lines.extend(_learned_lines(name, learned, now))
+        lines.extend(learned_lines(name, learned, now))
         timeout_s = endpoint.timeout_s or DEFAULT_TIMEOUT_S
         attempts = endpoint.max_attempts or DEFAULT_MAX_ATTEMPTS
         lines.append(f"  requests:   timeout {timeout_s:g} s, up to {attempts} attempts")

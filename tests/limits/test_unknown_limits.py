@@ -14,6 +14,7 @@ import batchrun
 from batchrun.cli.endpoint_views import endpoints_lines
 from batchrun.simulator import ModelLimits, SimulatorConfig, running_simulator
 from batchrun.simulator.app import create_app
+from tests.clitools import invoke, runner
 from tests.conftest import request_line
 
 REQUESTS = 120
@@ -43,6 +44,7 @@ def test_nothing_configured_and_bare_429s_find_the_limit_without_a_flood(
             assert client.status(batch_id).request_counts.succeeded == REQUESTS
             learned = client.learned_limits()
             lines = endpoints_lines(client.endpoints(), {}, learned, time.time())
+        status = invoke(runner(sqlite_url, HOME=str(tmp_path)), "status", batch_id)
 
     stats = app.stats
     refused = stats.by_status.get("429", 0)
@@ -56,3 +58,6 @@ def test_nothing_configured_and_bare_429s_find_the_limit_without_a_flood(
     (shown,) = [line for line in lines if line.startswith("  learned:")]
     value = f"{rpm.learned_per_min:,.0f}"
     assert re.fullmatch(rf"  learned:    claude-sonnet-4-5: {value} rpm \(\d+ s ago\)", shown)
+    # So does `batchrun status` for the batch's endpoint.
+    assert status.exit_code == 0
+    assert re.search(rf"learned: +claude-sonnet-4-5: {value} rpm \(\d+ s ago\)", status.output)
