@@ -260,11 +260,14 @@ class Limiter:
     def _state(self, key: LimitKey) -> _KeyState:
         state = self._states.get(key)
         if state is None:
+            # An endpoint with limits across all its models has known limits: its models'
+            # keys need not find theirs from the start rate (a 429 still teaches them).
+            wide = key[1] != ALL_MODELS and self.endpoint_key(key[0]) is not None
             policy = KeyPolicy(
                 configured=self.limits_for(key),
                 burst_s=self._settings.burst_s,
                 ramp_s=self._settings.ramp_s,
-                start_per_min=self._settings.start_per_min,
+                start_per_min=None if wide else self._settings.start_per_min,
             )
             state = self._states[key] = _KeyState(policy)
         return state
