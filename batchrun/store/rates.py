@@ -45,14 +45,13 @@ class BucketRow:
 class LearnedLimit:
     """A limit the workers learned from 429s for a limiter key (``rate_buckets``): its value
     per minute as of ``learned_at`` (Unix seconds; it climbs from there by the rules of
-    :mod:`batchrun.limits.keyrecord`), and the limit the server announced, if any."""
+    :mod:`batchrun.limits.keyrecord`)."""
 
     endpoint: str
     model: str
     dimension: str
     learned_per_min: float
     learned_at: float
-    announced_per_min: float | None
 
 
 class RateStore:
@@ -137,11 +136,9 @@ class RateStore:
         with transaction(self._engine, write=False) as conn:
             key = (b.endpoint, b.model, b.dimension)
             rows = conn.execute(
-                select(*key, b.learned, b.learned_at, b.announced)
-                .where(b.learned.is_not(None))
-                .order_by(*key)
+                select(*key, b.learned, b.learned_at).where(b.learned.is_not(None)).order_by(*key)
             ).all()
-        return [LearnedLimit(*row[:4], row.learned_at or 0.0, row.announced) for row in rows]
+        return [LearnedLimit(*row[:4], row.learned_at or 0.0) for row in rows]
 
     def paused_keys(self, now: float) -> dict[tuple[str, str], float]:
         """The keys paused at ``now`` (Unix seconds) by a 429 or 529: (endpoint, model) →
