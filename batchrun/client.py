@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from batchrun.ops.session import RunEvent, RunResult, RunSession
     from batchrun.ops.views.report.data import ReportData
     from batchrun.records import BatchStats, BatchSummary, ResultDetail
+    from batchrun.store.rates import LearnedLimit
     from batchrun.store.store import Store
     from batchrun.transport.endpoints import Endpoints
     from batchrun.transport.notify import WebhookNotifier
@@ -206,6 +207,20 @@ class Client:
             return current_revision(engine)
         finally:
             engine.dispose()
+
+    def learned_limits(self) -> builtins.list[LearnedLimit]:
+        """The limits learned from 429s that the database keeps per endpoint × model (the
+        next run starts from them), with when each was learned; empty when there is no
+        database yet (none is created to find out)."""
+        from batchrun.store.database import sqlite_path
+
+        if self.database_url.startswith("sqlite"):
+            path = sqlite_path(self.database_url)
+            if path is None or not path.exists():
+                return []
+        if self.database_revision() is None:
+            return []
+        return self._store().rates.learned()
 
     # -- batches --------------------------------------------------------------------------
 

@@ -19,6 +19,20 @@ Figures come from the simulators' own per-second admission counts, over the stea
   d  image-heavy requests (an image of 200-1700 px and ~2,000 characters of text each):
      input estimate error after calibration (batchrun only)
 
+Unknown limits (nothing configured, no anthropic-ratelimit-* headers; batchrun only, since
+the baseline needs a configured limit): utilisation from 30 s after the first admission,
+% of calls 429 and the time ÷ the floor (requests ÷ the limit):
+
+  u1 900 requests, server 300 RPM with a 2 s burst, 429s without retry-after
+  u2 the same, 429s with retry-after
+  u3 300 requests, server 120 requests per fixed 60 s window (LiteLLM's proxy counting,
+     mimicked by the simulator: 429s without retry-after nor headers)
+  u4 300 requests against llmock (a third-party mock server, run from its own venv: set
+     LLMOCK=/path/to/bin/llmock, default /work/benchvenv/bin/llmock; skipped with a message
+     when it is not there) at 100,000 tokens a minute, which it charges as the prompt
+     estimate + max_tokens (512) up front and never reconciles; replies are ~40 tokens.
+     Floor: the tokens it charges ÷ its limit.
+
 Run:  .venv/bin/python bench/ratelimit.py            (about 3 minutes, all in parallel)
       .venv/bin/python bench/ratelimit.py --duration-s 40   (a quicker, noisier look)
 """
@@ -64,6 +78,7 @@ class Scenario:
     images: bool = False
     baseline: bool = True
     targets: dict[str, float] = field(default_factory=dict)
+    count: int | None = None  # requests (default: sized to the duration)
 
 
 def scenarios() -> list[Scenario]:
@@ -128,6 +143,52 @@ def scenarios() -> list[Scenario]:
             images=True,
             baseline=False,
             targets={"estimate_error": 0.15},
+        ),
+        Scenario(
+            "u1",
+            "unknown 300 RPM, bare 429s",
+            "requests",
+            300,
+            ["--rpm", "300", "--burst-s", "2", "--no-ratelimit-headers", "--no-retry-after"],
+            [],
+            5,
+            skip_s=30,
+            baseline=False,
+            count=900,
+            targets={"util": 0.90, "429": 0.05},
+        ),
+        Scenario(
+            "u2",
+            "unknown 300 RPM, 429s with retry-after",
+            "requests",
+            300,
+            ["--rpm", "300", "--burst-s", "2", "--no-ratelimit-headers"],
+            [],
+            5,
+            skip_s=30,
+            baseline=False,
+            count=900,
+            targets={"util": 0.90, "429": 0.05},
+        ),
+        Scenario(
+            "u3",
+            "unknown 120/min fixed 60 s windows, bare 429s",
+            "requests",
+            120,
+            [
+                "--rpm",
+                "120",
+                "--fixed-window-s",
+                "60",
+                "--no-ratelimit-headers",
+                "--no-retry-after",
+            ],
+            [],
+            2,
+            skip_s=0,
+            baseline=False,
+            count=300,
+            targets={"floor": 1.4, "429": 0.10},
         ),
     ]
 
@@ -295,6 +356,8 @@ def steady_figures(scenario: Scenario, stats: dict[str, Any]) -> dict[str, float
         "429s": rejected,
         "429": rejected / max(stats["received"], 1),
         "total_s": last - first + 1,
+        "floor": (last - first + 1)
+        / (stats["by_status"].get("200", 0) / scenario.server_limit * 60),
     }
 
 
@@ -318,7 +381,7 @@ def estimate_errors(db: str) -> dict[str, float]:
 
 
 async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> dict[str, Any]:
-    count = int(scenario.requests_per_s * (duration_s + scenario.skip_s + TAIL_S))
+    count = scenario.count or int(scenario.requests_per_s * (duration_s + scenario.skip_s + TAIL_S))
     lines = request_lines(scenario, count)
     sims = {"batchrun": start_simulator(scenario)}
     if scenario.baseline:
@@ -343,7 +406,7 @@ async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> 
 def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
     print(
         f"{'':3} {'scenario':44} {'runner':9} {'util':>7} {'req/min':>8} {'tok/min':>8} "
-        f"{'calls':>6} {'429s':>6} {'429%':>6}  target"
+        f"{'calls':>6} {'429s':>6} {'429%':>6} {'time/floor':>10}  target"
     )
     for scenario in chosen:
         figures = results[scenario.name]
@@ -352,6 +415,12 @@ def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
                 continue
             f = figures[runner]
             target = ""
+            if "floor" in scenario.targets and runner == "batchrun":
+                ok = f["floor"] <= scenario.targets["floor"] and f["429"] <= scenario.targets["429"]
+                target = (
+                    f"time<={scenario.targets['floor']:.1f}x floor "
+                    f"429<={scenario.targets['429']:.1%} {'PASS' if ok else 'FAIL'}"
+                )
             if "util" in scenario.targets and runner == "batchrun":
                 ok = f["util"] >= scenario.targets["util"] and f["429"] <= scenario.targets["429"]
                 target = (
@@ -367,7 +436,7 @@ def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
             print(
                 f"{scenario.name:3} {scenario.description:44} {runner:9} {f['util']:7.1%} "
                 f"{f['requests_per_min']:8.0f} {f['tokens_per_min']:8.0f} {f['calls']:6d} "
-                f"{f['429s']:6d} {f['429']:6.1%}  {target}"
+                f"{f['429s']:6d} {f['429']:6.1%} {f['floor']:10.2f}  {target}"
             )
     print(
         f"\nbinding limit: requests/min for a, c1, c2, d; tokens/min (input + output) for b. "
@@ -376,22 +445,123 @@ def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
     )
 
 
+LLMOCK = Path(os.environ.get("LLMOCK", "/work/benchvenv/bin/llmock"))
+LLMOCK_INSTALLED = LLMOCK.exists()
+LLMOCK_TPM = 100_000
+LLMOCK_REQUESTS = 300
+LLMOCK_MAX_TOKENS = 512
+
+
+async def run_llmock(workdir: Path) -> dict[str, Any]:
+    """u4: batchrun with nothing configured against llmock charging max_tokens up front."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = await asyncio.create_subprocess_exec(
+        str(LLMOCK),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tpm",
+        str(LLMOCK_TPM),
+        "--latency-ms",
+        "2000",
+        "--log-level",
+        "warning",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            for _ in range(300):
+                try:
+                    await http.get("/_llmock/requests")
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+            scenario = Scenario(
+                "u4",
+                "",
+                "tokens",
+                LLMOCK_TPM,
+                [],
+                [],
+                0,
+                skip_s=0,
+                max_tokens=LLMOCK_MAX_TOKENS,
+                prompt_chars=400,
+            )
+            lines = request_lines(scenario, LLMOCK_REQUESTS)
+            # llmock charges the body's bytes / 4 + max_tokens.
+            charged = sum(
+                len(json.dumps(line["params"])) // 4 + LLMOCK_MAX_TOKENS for line in lines
+            )
+
+            class _Target:
+                url = f"{base}/anthropic"
+
+            started = time.monotonic()
+            await run_batchrun(scenario, lines, workdir, _Target())  # type: ignore[arg-type]
+            elapsed_s = time.monotonic() - started
+            entries = (await http.get("/_llmock/requests")).json()["requests"]
+        statuses = [e["status"] for e in entries if e.get("path", "").endswith("/v1/messages")]
+    finally:
+        server.terminate()
+        await server.wait()
+    floor_s = charged / LLMOCK_TPM * 60
+    return {
+        "calls": len(statuses),
+        "429s": statuses.count(429),
+        "429": statuses.count(429) / max(len(statuses), 1),
+        "elapsed_s": elapsed_s,
+        "floor_s": floor_s,
+        "floor": elapsed_s / floor_s,
+    }
+
+
+def report_llmock(figures: dict[str, Any] | None) -> None:
+    if figures is None:
+        print(
+            f"u4  skipped: llmock is not installed at {LLMOCK} (pip install llmock into a "
+            "separate venv and set LLMOCK to its bin/llmock)"
+        )
+        return
+    ok = figures["429"] <= 0.05 and figures["floor"] <= 1.1
+    print(
+        f"u4  llmock, {LLMOCK_TPM:,} TPM charged max_tokens up front: {figures['calls']} calls, "
+        f"{figures['429s']} 429s ({figures['429']:.1%}), {figures['elapsed_s']:.0f} s = "
+        f"{figures['floor']:.2f} x the floor of {figures['floor_s']:.0f} s  "
+        f"time<=1.1x floor 429<=5.0% {'PASS' if ok else 'FAIL'}"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--duration-s", type=float, default=140, help="steady seconds per scenario (default 140)"
     )
-    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d)")
+    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d u1 u2 u3 u4)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     chosen = [s for s in scenarios() if not args.only or s.name in args.only]
+    with_llmock = not args.only or "u4" in args.only
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp:
         outcomes = await asyncio.gather(
             *(run_scenario(s, args.duration_s, Path(tmp)) for s in chosen)
         )
+        llmock = await run_llmock(Path(tmp)) if with_llmock and LLMOCK_INSTALLED else None
     results = {s.name: o for s, o in zip(chosen, outcomes, strict=True)}
-    report(results, chosen)
+    if chosen:
+        report(results, chosen)
+    if with_llmock:
+        report_llmock(llmock)
+        results["u4"] = llmock or {}
     print(f"(ran {time.monotonic() - started:.0f} s)")
     if args.json:
         print(json.dumps(results, indent=2))

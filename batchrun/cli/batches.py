@@ -231,7 +231,8 @@ def status(
     ] = 2.0,
 ) -> None:
     """Show a batch: state, request counts, tokens, cost, throughput, when it started and
-    ended, and its most frequent errors. With --watch, refresh until the batch ends or
+    ended, its most frequent errors, and the limits learned from 429s for its endpoint (with
+    their age; the next run starts from them). With --watch, refresh until the batch ends or
     pauses, and exit as `run` does: 0 done, 3 some results errored, 4 paused, 7 canceled.
 
     Examples: `batchrun status msgbatch_01 --json` · `batchrun status msgbatch_01 --watch`
@@ -257,6 +258,11 @@ def status(
         now = _watch(client, batch_id, now, over, interval_s=interval, as_json=as_json)
     if not (watched and as_json):
         show(now, compact=False)
+    if not as_json:
+        from batchrun.cli.endpoint_views import learned_lines
+
+        for line in learned_lines(now.endpoint, client.learned_limits(), time.time()):
+            stdout.print(line, markup=False)
     if watch and now.paused_reason is not None and now.processing_status != "ended":
         stderr.print(f"{batch_id} is paused: {now.paused_reason}", markup=False)
         raise typer.Exit(int(ExitCode.PAUSED))

@@ -1,16 +1,20 @@
 """How ``batchrun endpoints`` shows the endpoints: a few lines each (URLs are never cut short,
 as a table would), or JSON. Key variables are named and said to be set or not; their values
-are never shown."""
+are never shown. The limits learned from 429s that the database keeps are shown with their
+age (the next run starts from them)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from batchrun.dispatch.settings import DEFAULT_MAX_ATTEMPTS
 from batchrun.limits.dimensions import RateLimits
 from batchrun.transport.auth import AUTH_STYLES
 from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S, Endpoints
+
+if TYPE_CHECKING:
+    from batchrun.store.rates import LearnedLimit
 
 
 def _limits_text(limits: Mapping[str, RateLimits]) -> str:
@@ -22,13 +26,42 @@ def _limits_text(limits: Mapping[str, RateLimits]) -> str:
     return "; ".join(parts) or "none set"
 
 
+def age_text(seconds: float) -> str:
+    """An age in the largest whole unit: "40 s", "3 min", "5 h", "2 days"."""
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def learned_lines(endpoint: str, learned: Sequence[LearnedLimit], now: float) -> list[str]:
+    """The limits learned for ``endpoint``'s models, one line each with its age at ``now``
+    (Unix seconds)."""
+    return [
+        f"  learned:    {item.model}: {item.learned_per_min:,.0f} {item.dimension}"
+        f" ({age_text(now - item.learned_at)} ago)"
+        for item in learned
+        if item.endpoint == endpoint
+    ]
+
+
 def _is_set(env: Mapping[str, str], variable: str | None) -> bool:
     return bool(variable and env.get(variable, "").strip())
 
 
-def endpoints_lines(known: Endpoints, env: Mapping[str, str]) -> list[str]:
+def endpoints_lines(
+    known: Endpoints,
+    env: Mapping[str, str],
+    learned: Sequence[LearnedLimit] = (),
+    now: float = 0.0,
+) -> list[str]:
     """Every endpoint as a few lines of text (URLs are never cut short, as a table would).
-    Key variables are named and said to be set or not; their values are never shown."""
+    Key variables are named and said to be set or not; their values are never shown.
+    ``learned``: the limits the database keeps, shown with their age at ``now`` (Unix s)."""
     lines = []
     for name, endpoint in sorted(known.by_name.items()):
         lines.append(f"{name} (default)" if name == known.default else name)
@@ -47,6 +80,7 @@ def endpoints_lines(known: Endpoints, env: Mapping[str, str]) -> list[str]:
         if endpoint.endpoint_limits:
             figures = [f"{amount:,g} {name}" for name, amount in endpoint.endpoint_limits.items()]
             lines.append(f"  all models: {', '.join(figures)} together")
+        lines.extend(learned_lines(name, learned, now))
         timeout_s = endpoint.timeout_s or DEFAULT_TIMEOUT_S
         attempts = endpoint.max_attempts or DEFAULT_MAX_ATTEMPTS
         lines.append(f"  requests:   timeout {timeout_s:g} s, up to {attempts} attempts")
@@ -66,9 +100,14 @@ def endpoints_lines(known: Endpoints, env: Mapping[str, str]) -> list[str]:
     return lines
 
 
-def endpoints_json(known: Endpoints, env: Mapping[str, str]) -> dict[str, Any]:
+def endpoints_json(
+    known: Endpoints,
+    env: Mapping[str, str],
+    learned: Sequence[LearnedLimit] = (),
+    now: float = 0.0,
+) -> dict[str, Any]:
     """What `batchrun endpoints --json` prints. Never a key: only variable names and
-    whether each is set."""
+    whether each is set. ``learned`` as for :func:`endpoints_lines`."""
 
     data = []
     for name, endpoint in sorted(known.by_name.items()):
@@ -93,6 +132,16 @@ def endpoints_json(known: Endpoints, env: Mapping[str, str]) -> dict[str, Any]:
                 "max_attempts": endpoint.max_attempts or DEFAULT_MAX_ATTEMPTS,
                 "limits": {model: value.as_json() for model, value in endpoint.limits.items()},
                 "endpoint_limits": endpoint.endpoint_limits.as_json(),
+                "learned_limits": [
+                    {
+                        "model": item.model,
+                        "dimension": item.dimension,
+                        "per_min": item.learned_per_min,
+                        "age_s": round(max(now - item.learned_at, 0.0), 1),
+                    }
+                    for item in learned
+                    if item.endpoint == name
+                ],
                 "default": name == known.default,
                 "sources": list(endpoint.sources),
             }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -18,21 +19,22 @@ def list_endpoints(
     as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
 ) -> None:
     """List every endpoint: URL, auth style, key variable and whether it is set (never the
-    key), limits per model, the default, and where each is defined (built-in or a config
-    file).
+    key), limits per model, the limits learned from 429s that the database keeps (with their
+    age), the default, and where each is defined (built-in or a config file).
 
     Example: `batchrun --config batchrun.toml endpoints --json`
     """
     from batchrun.cli.context import client_of
     from batchrun.cli.endpoint_views import endpoints_json, endpoints_lines
 
-    known = client_of(ctx).endpoints()
+    client = client_of(ctx)
+    known = client.endpoints()
+    learned, now = client.learned_limits(), time.time()
     if as_json:
-        sys.stdout.write(
-            json.dumps(endpoints_json(known, os.environ), indent=2, ensure_ascii=False) + "\n"
-        )
+        data = endpoints_json(known, os.environ, learned, now)
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         return
-    for line in endpoints_lines(known, os.environ):
+    for line in endpoints_lines(known, os.environ, learned, now):
         stdout.print(line, markup=False)
 
 
@@ -103,6 +105,23 @@ def simulate(
             help="Send anthropic-ratelimit-* headers (without them, a 429 has only retry-after).",
         ),
     ] = True,
+    retry_after: Annotated[
+        bool,
+        typer.Option(
+            "--retry-after/--no-retry-after",
+            help="Send retry-after on 429s (without it and the headers, a 429 says no wait).",
+        ),
+    ] = True,
+    fixed_window_s: Annotated[
+        float | None,
+        typer.Option(
+            "--fixed-window-s",
+            help="Count the limits in fixed windows of this many seconds, as LiteLLM's proxy "
+            "does (60), instead of refilling buckets.",
+            min=0.001,
+            show_default=False,
+        ),
+    ] = None,
     batch_processing_s: Annotated[
         float,
         typer.Option(
@@ -171,6 +190,7 @@ def simulate(
         itpm=itpm,
         otpm=otpm,
         burst_s=burst_s,
+        fixed_window_s=fixed_window_s,
         latency_s=latency_s,
         latency_jitter_s=latency_jitter_s,
         latency_per_output_token_s=latency_per_output_token_s,
@@ -180,6 +200,7 @@ def simulate(
         stream_cut=stream_cut_rate,
         seed=seed,
         send_ratelimit_headers=ratelimit_headers,
+        send_retry_after=retry_after,
         idle_timeout_s=idle_timeout_s,
         stream_ping_interval_s=ping_interval_s,
         log_size=log_size,

@@ -24,6 +24,18 @@ Rules, all per endpoint × model:
   climb: the learned limit rises by :data:`INCREASE_SHARE` of the ceiling (the configured or
   announced limit) every :data:`INCREASE_INTERVAL_S` without a 429, and is forgotten when it
   reaches the ceiling.
+- **Nothing known.** When a key has no limit at all (nothing configured, announced or
+  learned) and the policy has a ``start_per_min`` (default :data:`START_PER_MIN`), its
+  requests get a learned limit at that rate, which grows by :data:`SLOW_START_STEP_PER_MIN`
+  with every successful answer (slow start: the rate doubles about every
+  ``START_PER_MIN ÷ SLOW_START_STEP_PER_MIN`` seconds while answers come back, and not at all
+  while none do). The first 429 ends the slow start: the limit is lowered as above (to 97 % of
+  what was let through), and from then on climbs additively, :data:`PROBE_SHARE` of its value
+  every :data:`INCREASE_INTERVAL_S`, but only while answers come (at most one step beyond the
+  latest). A limit the server announces replaces a slow start at once (the ramp then starts).
+- **A 429 without a wait** (no ``retry-after``, no reset headers) empties the buckets in force
+  at that moment: the next request waits the time the (lowered) limit needs to refill one
+  request's worth, not a fixed pause.
 - **What the server let through** is a sum of answers' usage that decays with time constant
   :data:`MEASURE_TAU_S` (its mean age is that of a 20 s window), fed by every worker.
 - **The ramp.** When the key has limits but no buckets yet, or its buckets have all been full
@@ -54,9 +66,14 @@ DECREASE_COOLDOWN_S = 2.0
 # ... and creeping back up: this share of the ceiling every interval without a 429.
 INCREASE_INTERVAL_S = 2.0
 INCREASE_SHARE = 0.01
-# Without a ceiling the learned limit grows by INCREASE_SHARE of itself per interval; this many
-# steps (about 6 hours) already make it 1e43 a minute: more would overflow a float.
-_MAX_COMPOUNDED_STEPS = 10_000
+# Nothing known: start requests at this rate, and add this much per successful answer.
+START_PER_MIN = 60.0
+SLOW_START_STEP_PER_MIN = 30.0
+# Without a ceiling, after a 429: this share of the learned value per interval, added.
+PROBE_SHARE = 0.01
+# The first 429 of a slow start lowers its rate to this share of it (or to what was let
+# through, if more).
+SLOW_START_DECREASE = 0.5
 # Announced and learned limits never go below this share of the configured limit (or, with
 # none configured, this many a minute).
 MIN_SHARE_OF_CONFIGURED = 0.01
@@ -69,6 +86,8 @@ RAMP_FIRST_ANSWER_MAX_S = 60.0
 # While a ramp is under way a take asks to be tried again this soon at the latest: a wait
 # worked out at the rate of now would oversleep a rate that is climbing.
 RAMP_RECHECK_S = 0.25
+# A pause this close to its end is over.
+_PAUSE_TOLERANCE_S = 1e-6
 # Steps of the creep that fall on a whole number of intervals count, despite float rounding.
 _STEP_TOLERANCE = 1e-9
 
@@ -81,6 +100,8 @@ class KeyPolicy:
     configured: RateLimits = field(default_factory=RateLimits)
     burst_s: float = DEFAULT_BURST_S
     ramp_s: float = RAMP_S
+    # The requests' rate while nothing is known about the key's limits (None: unpaced).
+    start_per_min: float | None = START_PER_MIN
 
 
 @dataclass
@@ -98,6 +119,8 @@ class PendingChanges:
     admitted: Amounts = field(default_factory=Amounts)
     # 429s: when, and the dimensions they named or showed exhausted.
     rate_limited: list[tuple[float, frozenset[str]]] = field(default_factory=list)
+    # 429s that said nothing of when to retry: the server has nothing left at these times.
+    exhausted_at: list[float] = field(default_factory=list)
     # The latest successful answer.
     answered_at: float | None = None
 
@@ -115,6 +138,7 @@ class PendingChanges:
         self.announced.update(newer.announced)
         self.admitted = self.admitted + newer.admitted
         self.rate_limited.extend(newer.rate_limited)
+        self.exhausted_at.extend(newer.exhausted_at)
         if newer.answered_at is not None:
             self.answered_at = max(self.answered_at or newer.answered_at, newer.answered_at)
 
@@ -210,14 +234,29 @@ class KeyRecord:
         """The learned limit at ``now``, after its climb; None once back at the ceiling."""
         if record.learned is None:
             return None
-        steps = max(
-            math.floor((now - record.learned_at) / INCREASE_INTERVAL_S + _STEP_TOLERANCE), 0
-        )
         ceiling = _ceiling(dimension, record, configured)
         if ceiling is None:
-            return record.learned * (1 + INCREASE_SHARE) ** min(steps, _MAX_COMPOUNDED_STEPS)
-        value = record.learned + steps * INCREASE_SHARE * ceiling
+            if self.lowered_at is None:
+                return record.learned  # a slow start: it grows with answers (see apply)
+            # Probing: only while answers come, at most one step beyond the latest.
+            until = min(now, max(self.admitted_at, record.learned_at) + INCREASE_INTERVAL_S)
+            return record.learned * (1 + PROBE_SHARE * self._steps(record.learned_at, until))
+        value = record.learned + self._steps(record.learned_at, now) * INCREASE_SHARE * ceiling
         return None if value >= ceiling else value
+
+    @staticmethod
+    def _steps(since: float, until: float) -> int:
+        return max(math.floor((until - since) / INCREASE_INTERVAL_S + _STEP_TOLERANCE), 0)
+
+    def slow_starting(self, configured: RateLimits) -> bool:
+        """Whether the key's requests are in a slow start (see the module)."""
+        record = self.dimensions.get("rpm")
+        return (
+            self.lowered_at is None
+            and record is not None
+            and record.learned is not None
+            and _ceiling("rpm", record, configured) is None
+        )
 
     def _admitted_at(self, now: float) -> Amounts:
         if now <= self.admitted_at:
@@ -233,8 +272,15 @@ class KeyRecord:
 
     def apply(self, changes: PendingChanges, configured: RateLimits, now: float) -> None:
         """Apply what a worker learned (``configured``: that worker's configured limits)."""
+        if changes.announced and self.slow_starting(configured):
+            # The server said its limits: no need to find them.
+            self.dimensions["rpm"].learned = None
         for dimension, limit in changes.announced.items():
             self._dimension(dimension).announced = limit
+        if changes.admitted.requests > 0 and self.slow_starting(configured):
+            record = self.dimensions["rpm"]
+            assert record.learned is not None
+            record.learned += SLOW_START_STEP_PER_MIN * changes.admitted.requests
         if changes.admitted.requests > 0:
             self.admitted = self._admitted_at(now) + changes.admitted
             self.admitted_at = max(now, self.admitted_at)
@@ -248,6 +294,11 @@ class KeyRecord:
         for dimension, remaining in changes.clamps.items():
             if (bucket := self._bucket(dimension)) is not None:
                 bucket.clamp(remaining, now)
+        if changes.exhausted_at:
+            # Nothing left on the server: the next request waits a slot at the limit.
+            for record in self.dimensions.values():
+                if record.bucket is not None:
+                    record.bucket.clamp(0.0, now)
         self.paused_until = max(self.paused_until, changes.pause_until)
         answered_at = changes.answered_at
         if (
@@ -282,9 +333,20 @@ class KeyRecord:
         if changes is not None:
             self.apply(changes, policy.configured, now)
         limits = self.limits(policy.configured, now)
+        if not limits and policy.start_per_min is not None:
+            # Nothing known: find the limits from a conservative rate (see the module).
+            record = self._dimension("rpm")
+            record.learned, record.learned_at = policy.start_per_min, now
+            limits = self.limits(policy.configured, now)
         self._forget_climbed(policy.configured, now)
         ramping = self.ramp_from is not None and now < self.ramp_from + policy.ramp_s
-        if limits and idle_since <= now - RAMP_IDLE_S and policy.ramp_s > 0 and not ramping:
+        if (
+            limits
+            and idle_since <= now - RAMP_IDLE_S
+            and policy.ramp_s > 0
+            and not ramping
+            and not self.slow_starting(policy.configured)
+        ):
             self._start_ramp(now)
             answered_at = changes.answered_at if changes is not None else None
             if answered_at is not None and answered_at >= idle_since:
@@ -292,7 +354,11 @@ class KeyRecord:
                 # pause, the one that announced the first limits): climb from now.
                 self.ramp_from = now
         share = self.ramp_share(now, policy.ramp_s)
-        wait_s = max(self.paused_until - now, 0.0)
+        wait_s = self.paused_until - now
+        if wait_s < _PAUSE_TOLERANCE_S:
+            # Float residue of now + pause read back: a clock that counts in microseconds
+            # (the event loop's, virtual in tests) would never get past it.
+            wait_s = 0.0
         buckets = {}
         for dimension, limit in limits.items():
             # The ramp slows the refill, not the bucket's size: a size that grew with the
@@ -350,16 +416,27 @@ class KeyRecord:
                     record.learned, record.learned_at = value, at
         if self.lowered_at is not None and abs(at - self.lowered_at) < DECREASE_COOLDOWN_S:
             return  # the other 429s of the same burst say nothing new
+        slow_start = self.slow_starting(configured)
         self.lowered_at = at
         in_force = [d for d in DIMENSIONS.names() if self.limit(d, configured, at) is not None]
         for dimension in sorted(named) or in_force or ["rpm"]:
-            self._lower(dimension, configured, at)
+            self._lower(dimension, configured, at, slow_start and dimension == "rpm")
 
-    def _lower(self, dimension: str, configured: RateLimits, at: float) -> None:
+    def _lower(
+        self, dimension: str, configured: RateLimits, at: float, slow_start: bool = False
+    ) -> None:
         current = self.limit(dimension, configured, at)
         measured = self.measured_per_min(dimension, at)
         record = self._dimension(dimension)
-        if measured is not None and measured > 0:
+        if slow_start and current is not None:
+            # The rate that met the first 429 overshot by what the server's burst hid while
+            # the rate doubled: half of it, or what was let through if that is more.
+            lowered = current * SLOW_START_DECREASE
+            if measured is not None:
+                lowered = max(lowered, measured * DECREASE_TO_MEASURED)
+            # What the slow start let through says little about the limit: measure anew.
+            self.admitted, self.admitted_at, self.measured_since = Amounts(), at, None
+        elif measured is not None and measured > 0:
             lowered = measured * DECREASE_TO_MEASURED
             if current is not None:
                 lowered = min(lowered, current * DECREASE_TO_MEASURED)

@@ -57,8 +57,9 @@ from batchrun.limits.blocks import Block, block_costs
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.limits.families import ALL_MODELS, ANY_MODEL, entry_for, is_family
-from batchrun.limits.keyrecord import RAMP_S, KeyPolicy, PendingChanges
+from batchrun.limits.keyrecord import RAMP_S, START_PER_MIN, KeyPolicy, PendingChanges
 from batchrun.limits.learning import InputCalibration, OutputEstimate, TypicalRequest
+from batchrun.limits.windows import FixedWindows
 from batchrun.records import Fatal, Halt, Outcome, Retryable, ServerLimits, Succeeded
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ LimitKey = tuple[str, str]
 """(endpoint name, model or family pattern)."""
 OutputReservation = Literal["learned", "max_tokens"]
 
-# A 429 without retry-after (nor reset headers) pauses this long, doubling while they repeat.
+# A 429 without retry-after (nor reset headers) for a key with no limit in force at all (no
+# start rate either) pauses this long, doubling while they repeat. With a limit in force it
+# waits a slot at that limit instead (see keyrecord), or for a fixed window to reopen.
 DEFAULT_429_PAUSE_S = 1.0
 MAX_DEFAULT_429_PAUSE_S = 30.0
 # 529 overloaded: pause 1 s, 2 s, 4 s ... per endpoint × model while they repeat.
@@ -75,16 +78,24 @@ OVERLOAD_PAUSE_S = 1.0
 MAX_OVERLOAD_PAUSE_S = 30.0
 # A pause this long is said in the log and in progress, with its reason.
 LONG_PAUSE_S = 60.0
+# A 429 for a token limit while the answers' real usage of it was below this share of the
+# limit: the server counts something else, max_tokens up front (see _learn_charging).
+CHARGED_UP_FRONT_SHARE = 0.7
+# The output-token dimensions a server charging max_tokens up front counts them in.
+_OUTPUT_DIMENSIONS = frozenset({"tpm", "otpm"})
 
 
 @dataclass(frozen=True)
 class LimiterSettings:
     """How the limiter reserves, bursts and starts: ``ramp_s`` seconds from a fifth of the
-    limits to all of them after a key's first answer (0: no ramp)."""
+    limits to all of them after a key's first answer (0: no ramp); ``start_per_min``, the
+    requests' rate a key with no limit known starts at and grows from (None: unpaced until
+    a 429)."""
 
     burst_s: float = DEFAULT_BURST_S
     output_reservation: OutputReservation = "learned"
     ramp_s: float = RAMP_S
+    start_per_min: float | None = START_PER_MIN
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,8 @@ class Permit:
     # What was reserved from the endpoint's limits across all its models, if it has any.
     endpoint_key: LimitKey | None = None
     endpoint_reserved: dict[str, float] = field(default_factory=dict)
+    # When the model's buckets granted it, on the bank's clock (None: not known).
+    taken_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,10 @@ class _KeyState:
     pause_reason: str = ""
     # Capacity taken from the key's buckets and not spent yet (see limits.blocks).
     block: Block | None = None
+    # Refusals without retry-after, and the fixed windows they may show.
+    windows: FixedWindows = field(default_factory=FixedWindows)
+    # The server was seen to charge max_tokens up front: reserve it (see _learn_charging).
+    charges_max_tokens: bool = False
 
 
 class Limiter:
@@ -251,10 +268,14 @@ class Limiter:
     def _state(self, key: LimitKey) -> _KeyState:
         state = self._states.get(key)
         if state is None:
+            # An endpoint with limits across all its models has known limits: its models'
+            # keys need not find theirs from the start rate (a 429 still teaches them).
+            wide = key[1] != ALL_MODELS and self.endpoint_key(key[0]) is not None
             policy = KeyPolicy(
                 configured=self.limits_for(key),
                 burst_s=self._settings.burst_s,
                 ramp_s=self._settings.ramp_s,
+                start_per_min=None if wide else self._settings.start_per_min,
             )
             state = self._states[key] = _KeyState(policy)
         return state
@@ -288,6 +309,7 @@ class Limiter:
         state.typical.reserved(amounts)
         input_estimate = int(amounts.input_tokens)
         permit = Permit(key, demand, input_estimate, reserved, amounts)
+        permit.taken_at = self._bank.now()
         if (wide := self.endpoint_key(key[0])) is None:
             return permit
         costs = DIMENSIONS.measure_all(amounts)
@@ -412,7 +434,7 @@ class Limiter:
 
     def _output(self, state: _KeyState, demand: Demand) -> int:
         """Output tokens to reserve: max_tokens, or what replies were learned to take."""
-        if self._settings.output_reservation == "max_tokens":
+        if self._settings.output_reservation == "max_tokens" or state.charges_max_tokens:
             return demand.max_tokens
         return state.outputs.reserve(demand.max_tokens)
 
@@ -439,6 +461,7 @@ class Limiter:
                 changes.answered_at = now
                 state.consecutive_429s = 0
                 state.consecutive_overloads = 0
+                state.windows.answered(permit.taken_at)
                 _heed(server_limits, changes)
             case Retryable(http_status=429) as retry:
                 # Refused before any work: nothing was consumed.
@@ -543,16 +566,60 @@ class Limiter:
         changes: PendingChanges,
     ) -> None:
         state.consecutive_429s += 1
+        exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
+        # A refusal that shows the server charges max_tokens says nothing of its limit.
+        learn = not self._learn_charging(key, state, retry.limits_named | exhausted, now)
         if retry.retry_after_s is not None:
-            pause_s = retry.retry_after_s
-        else:
+            self._pause(key, state, retry.retry_after_s, "retry-after", now, changes)
+        elif state.policy.start_per_min is None and not self._limits_now(key, state):
+            # Nothing to wait a slot of: the old back-off.
             pause_s = min(
                 DEFAULT_429_PAUSE_S * 2 ** (state.consecutive_429s - 1), MAX_DEFAULT_429_PAUSE_S
             )
-        why = "retry-after" if retry.retry_after_s is not None else "a 429"
-        self._pause(key, state, pause_s, why, now, changes)
-        exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
-        changes.rate_limited.append((now, frozenset(retry.limits_named | exhausted)))
+            self._pause(key, state, pause_s, "a 429", now, changes)
+        else:
+            # The server has nothing left: wait a slot at the (lowered) limit, or for the
+            # window to reopen when it counts in fixed windows (see FixedWindows).
+            changes.exhausted_at.append(now)
+            pause_s = state.windows.refused(now)
+            learn = learn and state.windows.lowers_limits()
+            if pause_s > 0:
+                why = "a fixed window" if state.windows.recognised else "429s in a row"
+                self._pause(key, state, pause_s, why, now, changes)
+        if learn:
+            changes.rate_limited.append((now, frozenset(retry.limits_named | exhausted)))
+
+    def _learn_charging(
+        self, key: LimitKey, state: _KeyState, named: set[str] | frozenset[str], now: float
+    ) -> bool:
+        """Learn from a 429 whether the server charges max_tokens up front: it refused for
+        a limit that counts output tokens while what the answers really used of it lately
+        was well below it (under :data:`CHARGED_UP_FRONT_SHARE`), which reserving the
+        learned output could not see coming. From then on this key reserves max_tokens,
+        as the server counts (``output_reservation="max_tokens"`` for this key only).
+        Returns whether this 429 taught it."""
+        if state.charges_max_tokens or self._settings.output_reservation == "max_tokens":
+            return False
+        record = self._bank.record(key)
+        if record is None:
+            return False
+        in_force = self._limits_now(key, state)
+        for dimension in named & _OUTPUT_DIMENSIONS:
+            limit = in_force.get(dimension)
+            used = record.measured_per_min(dimension, now)
+            if limit and used is not None and used < CHARGED_UP_FRONT_SHARE * limit:
+                state.charges_max_tokens = True
+                log.info(
+                    "%s refuses %s for %s at %.0f of %.0f a minute really used: it charges "
+                    "max_tokens up front, so batchrun reserves max_tokens for it",
+                    key[0],
+                    DIMENSIONS.get(dimension).counts,
+                    key[1],
+                    used,
+                    limit,
+                )
+                return True
+        return False
 
     def waits(self) -> list[Wait]:
         """The endpoint × models held back now, and why (a retry-after, a 429, a 529; with the

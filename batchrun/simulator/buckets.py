@@ -19,6 +19,10 @@ admitted only if every bucket of its model has room for it:
 A request that needs more than a bucket's whole capacity can never be admitted; it gets a
 429 like any other, with a message saying so and the ``retry-after`` of a full refill.
 
+With a fixed window (``ModelLimits.fixed_window_s``, LiteLLM's way) a bucket is full at the
+start of each window, which begins with the first request after the previous one ended, and
+does not refill within it.
+
 Every time is a reading of the event-loop clock passed in by the caller.
 """
 
@@ -38,17 +42,35 @@ RATE_LIMITS_DOC_URL = "https://docs.claude.com/en/api/rate-limits"
 class TokenBucket:
     """One limit: ``level`` units out of ``capacity``, refilling at ``rate_per_s``."""
 
-    __slots__ = ("capacity", "level", "limit_per_min", "rate_per_s", "updated_at")
+    __slots__ = (
+        "capacity",
+        "level",
+        "limit_per_min",
+        "rate_per_s",
+        "updated_at",
+        "window_s",
+        "window_started_at",
+    )
 
-    def __init__(self, limit_per_min: int, burst_s: float, now: float) -> None:
+    def __init__(
+        self, limit_per_min: int, burst_s: float, now: float, window_s: float | None = None
+    ) -> None:
         self.limit_per_min = limit_per_min
         self.rate_per_s = limit_per_min / 60.0
-        self.capacity = limit_per_min * burst_s / 60.0
+        self.capacity = limit_per_min * (burst_s if window_s is None else window_s) / 60.0
         self.level = self.capacity
         self.updated_at = now
+        self.window_s = window_s
+        self.window_started_at = now
 
     def refill(self, now: float) -> None:
-        """Add what has flowed in since the last refill, up to the capacity."""
+        """Add what has flowed in since the last refill, up to the capacity (with a fixed
+        window: all of it, once the window has ended)."""
+        if self.window_s is not None:
+            if now - self.window_started_at >= self.window_s:
+                self.level, self.window_started_at = self.capacity, now
+            self.updated_at = max(self.updated_at, now)
+            return
         if now > self.updated_at:
             self.level = min(self.capacity, self.level + (now - self.updated_at) * self.rate_per_s)
         self.updated_at = now
@@ -61,10 +83,18 @@ class TokenBucket:
         """Seconds until ``amount`` can be taken (``inf`` if it exceeds the capacity)."""
         if amount > self.capacity + _EPSILON:
             return math.inf
+        if self.window_s is not None:
+            if self.level + _EPSILON >= amount:
+                return 0.0
+            return self.seconds_to_full()
         return max(0.0, (amount - self.level) / self.rate_per_s)
 
     def seconds_to_full(self) -> float:
         """Seconds until the bucket is full again."""
+        if self.window_s is not None:
+            if self.level >= self.capacity:
+                return 0.0
+            return max(0.0, self.window_started_at + self.window_s - self.updated_at)
         return max(0.0, (self.capacity - self.level) / self.rate_per_s)
 
     @property
@@ -98,7 +128,9 @@ class ModelBuckets:
         """Full buckets for ``limits``."""
 
         def bucket(limit: int | None) -> TokenBucket | None:
-            return None if limit is None else TokenBucket(limit, limits.burst_s, now)
+            if limit is None:
+                return None
+            return TokenBucket(limit, limits.burst_s, now, limits.fixed_window_s)
 
         return cls(
             model,

@@ -44,6 +44,9 @@ class ModelLimits:
     continuously at ``limit / 60`` per second, starting full. ``burst_s=60`` lets a whole
     minute's allowance go at once; ``burst_s=2`` allows only two seconds' worth.
     ``tpm`` is a combined input + output limit, as gateways such as Langdock publish.
+    With ``fixed_window_s`` each limit counts instead in fixed windows of that many seconds,
+    as LiteLLM's proxy does: a window starts with the first request after the previous one
+    ended and admits ``limit * fixed_window_s / 60`` units, then refuses until it ends.
     """
 
     rpm: int | None = None
@@ -51,6 +54,7 @@ class ModelLimits:
     otpm: int | None = None
     tpm: int | None = None
     burst_s: float = DEFAULT_BURST_S
+    fixed_window_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("rpm", "itpm", "otpm", "tpm"):
@@ -59,6 +63,9 @@ class ModelLimits:
                 raise ValueError(f"ModelLimits.{name} must be a positive integer or None")
         if not (self.burst_s > 0 and math.isfinite(self.burst_s)):
             raise ValueError("ModelLimits.burst_s must be a positive number of seconds")
+        window_s = self.fixed_window_s
+        if window_s is not None and not (window_s > 0 and math.isfinite(window_s)):
+            raise ValueError("ModelLimits.fixed_window_s must be a positive number of seconds")
 
     @property
     def is_unlimited(self) -> bool:
@@ -216,6 +223,7 @@ class SimulatorConfig:
         otpm: int | None = None,
         tpm: int | None = None,
         burst_s: float = DEFAULT_BURST_S,
+        fixed_window_s: float | None = None,
         latency_s: float = 0.0,
         latency_jitter_s: float = 0.0,
         latency_per_output_token_s: float = 0.0,
@@ -229,6 +237,7 @@ class SimulatorConfig:
         seed: int | None = None,
         required_api_key: str | None = None,
         send_ratelimit_headers: bool = True,
+        send_retry_after: bool = True,
         idle_timeout_s: float | None = None,
         stream_ping_interval_s: float = DEFAULT_STREAM_PING_INTERVAL_S,
         log_size: int = DEFAULT_LOG_SIZE,
@@ -240,7 +249,9 @@ class SimulatorConfig:
         cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS,
     ) -> SimulatorConfig:
         """Build a config from flat command-line values; the limits apply to every model."""
-        limits = ModelLimits(rpm=rpm, itpm=itpm, otpm=otpm, tpm=tpm, burst_s=burst_s)
+        limits = ModelLimits(
+            rpm=rpm, itpm=itpm, otpm=otpm, tpm=tpm, burst_s=burst_s, fixed_window_s=fixed_window_s
+        )
         return cls(
             limits={} if limits.is_unlimited else {ANY_MODEL: limits},
             output_tokens=output_tokens,
@@ -258,6 +269,7 @@ class SimulatorConfig:
             seed=seed,
             required_api_key=required_api_key,
             send_ratelimit_headers=send_ratelimit_headers,
+            send_retry_after=send_retry_after,
             idle_timeout_s=idle_timeout_s,
             stream_ping_interval_s=stream_ping_interval_s,
             log_size=log_size,

@@ -41,6 +41,19 @@ class BucketRow:
     updated_at: float
 
 
+@dataclass(frozen=True)
+class LearnedLimit:
+    """A limit the workers learned from 429s for a limiter key (``rate_buckets``): its value
+    per minute as of ``learned_at`` (Unix seconds; it climbs from there by the rules of
+    :mod:`batchrun.limits.keyrecord`)."""
+
+    endpoint: str
+    model: str
+    dimension: str
+    learned_per_min: float
+    learned_at: float
+
+
 class RateStore:
     """Statements on the shared rate records."""
 
@@ -117,6 +130,17 @@ class RateStore:
                 select(*key, b.level, b.rate_per_s, b.capacity, b.updated_at).order_by(*key)
             ).all()
         return [BucketRow(*row) for row in rows]
+
+    def learned(self) -> list[LearnedLimit]:
+        """Every learned limit kept in the database (the next run starts from them), sorted
+        by endpoint, model and dimension."""
+        b = t.rate_buckets.c
+        with transaction(self._engine, write=False) as conn:
+            key = (b.endpoint, b.model, b.dimension)
+            rows = conn.execute(
+                select(*key, b.learned, b.learned_at).where(b.learned.is_not(None)).order_by(*key)
+            ).all()
+        return [LearnedLimit(*row[:4], row.learned_at or 0.0) for row in rows]
 
     def paused_keys(self, now: float) -> dict[tuple[str, str], float]:
         """The keys paused at ``now`` (Unix seconds) by a 429 or 529: (endpoint, model) →

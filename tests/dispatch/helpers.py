@@ -12,7 +12,7 @@ from batchrun.dispatch.dispatcher import Dispatcher
 from batchrun.dispatch.settings import DispatchConfig
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.dimensions import RateLimits
-from batchrun.limits.limiter import Limiter
+from batchrun.limits.limiter import Limiter, LimiterSettings
 from batchrun.store.store import Store
 from batchrun.transport.auth import RequestHeaders
 from batchrun.transport.endpoints import SIMULATOR, Endpoint, builtin_endpoints
@@ -22,6 +22,10 @@ from batchrun.transport.messages import MessagesClient
 FAST_RETRIES = DispatchConfig(max_attempts=4, retry_initial_delay_s=1.0, retry_max_delay_s=8.0)
 
 NO_AUTH = RequestHeaders({"content-type": "application/json"}, ())
+
+# These tests are about dispatch, not about finding unknown limits: nothing configured, the
+# limiter sends unpaced (tests/limits and test_unknown_limits cover the start rate).
+UNPACED = LimiterSettings(start_per_min=None)
 
 
 async def dispatch(
@@ -66,7 +70,7 @@ async def run_dispatcher(
         dispatcher = Dispatcher(
             db=db,
             senders={SIMULATOR: sender},
-            limiter=limiter or Limiter(overrides=limits),
+            limiter=limiter or Limiter(overrides=limits, settings=UNPACED),
             config=config,
         )
         side = asyncio.ensure_future(during(dispatcher)) if during else None

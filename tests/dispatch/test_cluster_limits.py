@@ -33,6 +33,7 @@ from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH
 KEY = ("ep", "claude-sonnet-4-5")
 DEMAND = Demand(10, 10)
 NO_RAMP = LimiterSettings(ramp_s=0)
+UNPACED = LimiterSettings(ramp_s=0, start_per_min=None)
 SIMULATED = builtin_endpoints({})[SIMULATOR]
 
 
@@ -162,7 +163,7 @@ async def test_announced_limits_and_pauses_reach_every_worker(store: Store) -> N
 @pytest.mark.looptime
 async def test_without_limits_workers_still_share_pauses_within_a_second(store: Store) -> None:
     loop = asyncio.get_running_loop()
-    async with workers(store, 2, RateLimits()) as (first, second):
+    async with workers(store, 2, RateLimits(), UNPACED) as (first, second):
         await second.acquire(KEY, DEMAND)  # no limit: the database is read at most once a second
         permit = await first.acquire(KEY, DEMAND)
         first.settle(permit, rate_limited(retry_after_s=30.0))

@@ -195,7 +195,8 @@ async def test_cache_reads_do_not_count_towards_itpm() -> None:
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_a_429_pauses_the_key_for_its_whole_retry_after() -> None:
-    limiter = Limiter()
+    # Unpaced while nothing is known (no start rate): only the pause holds the key back.
+    limiter = Limiter(settings=LimiterSettings(start_per_min=None))
     loop = asyncio.get_running_loop()
     permit = await limiter.acquire(KEY, Demand(10, 10))
     limiter.settle(permit, rate_limited(retry_after_s=90))

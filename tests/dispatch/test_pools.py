@@ -30,7 +30,7 @@ from batchrun.transport.endpoints import Endpoint
 from batchrun.transport.http import create_http_client, in_process_transport
 from batchrun.transport.messages import MessagesClient
 from tests.conftest import request_line, submit
-from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH
+from tests.dispatch.helpers import FAST_RETRIES, NO_AUTH, UNPACED
 
 # Loop logic, not SQL: SQLite only (the store's tests run both backends).
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime, pytest.mark.sqlite_only]
@@ -67,7 +67,7 @@ async def run_pool(
         dispatcher = Dispatcher(
             db=db,
             senders=senders,
-            limiter=Limiter(limits),
+            limiter=Limiter(limits, settings=UNPACED),
             config=config,
             pools={POOL: pool},
             clock=time.time,

@@ -7,9 +7,12 @@ import pytest
 
 from batchrun.limits.dimensions import Amounts, RateLimits
 from batchrun.limits.keyrecord import (
+    PROBE_SHARE,
     RAMP_FIRST_ANSWER_MAX_S,
     RAMP_IDLE_S,
     RAMP_START_SHARE,
+    SLOW_START_STEP_PER_MIN,
+    START_PER_MIN,
     KeyPolicy,
     KeyRecord,
     PendingChanges,
@@ -149,3 +152,88 @@ def test_a_key_that_waits_long_for_its_turn_is_not_idle() -> None:
     assert grant.wait_s == pytest.approx(60, abs=0.01)
     assert record.take({"otpm": 6000.0}, policy, 11.0 + grant.wait_s).wait_s == 0
     assert record.ramp_share(11.0 + grant.wait_s, 5.0) == 1.0
+
+
+# -- nothing known: the slow start, the first 429, the probe ----------------------------------
+
+UNKNOWN = KeyPolicy(configured=RateLimits(), burst_s=1.0, ramp_s=5.0)
+NOTHING = RateLimits()
+
+
+def test_with_nothing_known_requests_start_at_the_start_rate_and_grow_with_answers_only() -> None:
+    record = KeyRecord()
+    record.take(ONE_REQUEST, UNKNOWN, 0.0)
+    assert record.limit("rpm", NOTHING, 0.0) == START_PER_MIN
+    # No answers: no growth, however long.
+    assert record.limit("rpm", NOTHING, 600.0) == START_PER_MIN
+
+    record.apply(answered(1.0, requests=4), NOTHING, 1.0)
+
+    assert record.limit("rpm", NOTHING, 1.0) == START_PER_MIN + 4 * SLOW_START_STEP_PER_MIN
+    assert record.slow_starting(NOTHING)
+
+
+def test_a_start_rate_of_none_leaves_a_key_with_nothing_known_unpaced() -> None:
+    record = KeyRecord()
+    grant = record.take(ONE_REQUEST, KeyPolicy(configured=NOTHING, start_per_min=None), 0.0)
+    assert grant.wait_s == 0 and record.limits(NOTHING, 0.0) == {}
+
+
+def test_the_first_429_of_a_slow_start_halves_it_then_it_climbs_additively_while_answers_come() -> (
+    None
+):
+    record = KeyRecord()
+    record.take(ONE_REQUEST, UNKNOWN, 0.0)
+    record.apply(answered(1.0, requests=34), NOTHING, 1.0)  # 60 + 34 × 30 = 1,080
+    assert record.limit("rpm", NOTHING, 1.0) == 1080
+
+    record.apply(rate_limited(2.0), NOTHING, 2.0)
+
+    assert record.limit("rpm", NOTHING, 2.0) == 540
+    assert not record.slow_starting(NOTHING)
+    # Answers no longer add to it: it climbs by 1 % of itself every 2 s...
+    record.apply(answered(3.0, requests=10), NOTHING, 3.0)
+    assert record.limit("rpm", NOTHING, 3.9) == 540
+    assert record.limit("rpm", NOTHING, 4.0) == pytest.approx(540 * (1 + PROBE_SHARE))
+    # ... but not beyond one step after the latest answer (at 3 s).
+    assert record.limit("rpm", NOTHING, 60.0) == pytest.approx(540 * (1 + PROBE_SHARE))
+    record.apply(answered(9.0), NOTHING, 9.0)
+    assert record.limit("rpm", NOTHING, 11.0) == pytest.approx(540 * (1 + 4 * PROBE_SHARE))
+
+
+def test_the_first_429_settles_on_what_was_let_through_when_that_is_more_than_half() -> None:
+    record = KeyRecord()
+    record.take(ONE_REQUEST, UNKNOWN, 0.0)
+    # 10 requests a second answered for 20 s: 600 a minute let through, measured.
+    for second in range(1, 21):
+        record.apply(answered(float(second), requests=10), NOTHING, float(second))
+    assert record.limit("rpm", NOTHING, 20.0) == 60 + 200 * 30
+    measured = record.measured_per_min("rpm", 20.0)
+    assert measured is not None and measured == pytest.approx(600, rel=0.15)
+
+    record.apply(rate_limited(20.0), NOTHING, 20.0)
+
+    assert record.limit("rpm", NOTHING, 20.0) == pytest.approx(
+        max(measured * 0.97, (60 + 200 * 30) / 2)
+    )
+
+
+def test_an_announced_limit_ends_a_slow_start() -> None:
+    record = KeyRecord()
+    record.take(ONE_REQUEST, UNKNOWN, 0.0)
+    record.apply(PendingChanges(announced={"rpm": 4000.0}), NOTHING, 1.0)
+    assert record.limit("rpm", NOTHING, 1.0) == 4000
+    assert not record.slow_starting(NOTHING)
+
+
+def test_a_429_without_a_wait_holds_the_next_request_one_slot_at_the_lowered_limit() -> None:
+    record = KeyRecord()
+    record.take(ONE_REQUEST, NO_RAMP, 0.0)
+    assert record.take(ONE_REQUEST, NO_RAMP, 10.0).wait_s == 0  # the bucket is full: 20 left
+
+    changes = rate_limited(10.0)
+    changes.exhausted_at.append(10.0)
+    grant = record.take(ONE_REQUEST, NO_RAMP, 10.0, changes)
+
+    # Lowered blind to 900 a minute: one request every 1/15 s.
+    assert grant.wait_s == pytest.approx(60 / 900)

@@ -14,6 +14,7 @@ import pytest
 
 from batchrun.config.prices import PriceTable, cost_of
 from batchrun.input.ingest import submit_requests
+from batchrun.limits.limiter import LimiterSettings
 from batchrun.ops.session import Note, PassFinished, RunEvent, RunOptions, RunResult, RunSession
 from batchrun.store.store import Store
 from batchrun.transport.endpoints import resolve_endpoints
@@ -52,6 +53,8 @@ def forever_session(
             poll_interval_s=poll_interval_s,
             max_runtime_s=max_runtime_s,
             stop_on_signals=False,
+            # About joining, not finding limits: unpaced while nothing is known.
+            limiter_settings=LimiterSettings(start_per_min=None),
         ),
         on_event=events.append,
     )
