@@ -64,8 +64,11 @@ async def work(
             dispatcher = Dispatcher(
                 db=db,
                 senders={SIMULATOR: FreezesOnce(client) if freeze else client},
-                # Timed from the start: without the start-up ramp.
-                limiter=Limiter(overrides=limits, settings=LimiterSettings(ramp_s=0)),
+                # Timed from the start: without the start-up ramp; the worker without limits
+                # sends unpaced (no slow start: finding limits is not what this is about).
+                limiter=Limiter(
+                    overrides=limits, settings=LimiterSettings(ramp_s=0, start_per_min=None)
+                ),
                 config=DispatchConfig(max_concurrency=4, lease_s=LEASE_S),
             )
             return await dispatcher.run({batch_id: SIMULATOR})
