@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from batchrun.records import BatchStats, BatchSummary, ResultDetail
     from batchrun.store.rates import LearnedLimit
     from batchrun.store.store import Store
-    from batchrun.transport.endpoints import Endpoints
+    from batchrun.transport.endpoints import Endpoint, Endpoints
     from batchrun.transport.notify import WebhookNotifier
 
 log = logging.getLogger(__name__)
@@ -334,45 +334,32 @@ class Client:
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
         from batchrun.input.ingest import submit_requests
-        from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
-        from batchrun.input.table_ingest import TableItems, row_locator, table_items
-        from batchrun.input.tables import buffered, table_format_of
-        from batchrun.input.templates import compile_template, load_schema, load_template
-        from batchrun.input.validation import MAX_LINE_BYTES
+        from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
+        from batchrun.input.table_ingest import TableItems, open_table
+        from batchrun.input.templates import template_from
 
         expires_in_s = _submit_arguments(expires_in_s, max_cost_usd, name)
-        output = None if schema is None else load_schema(schema)
-        if isinstance(template, Mapping):
-            compiled = compile_template(template, source="<template>", schema=output)
-        else:
-            compiled = load_template(template, schema=output)
+        compiled = template_from(template, schema=schema)
         known = self.endpoints()
         target = known.check(endpoint or known.default)
         check_lane(lane, known, target)
         store = self._store()
         refuse_unpriced = max_cost_usd is not None and not hold_unpriced
-        path = os.fspath(table)
-        source = "<stdin>" if path == "-" else path
-        with open_request_file(path) as raw:
-            stream = buffered(raw)
-            keep = TableItems()
-            items = table_items(
-                stream,
-                template=compiled,
-                source=source,
-                table_format=table_format_of(path, stream, table_format),
-                path=path,
-                mode=known.structured_outputs(target) if compiled.output is not None else None,
-                default_model=model,
-                max_requests=max_requests or MAX_REQUESTS,
-                max_file_bytes=max_file_bytes or MAX_FILE_BYTES,
-                max_row_bytes=MAX_LINE_BYTES,
-                keep=keep,
-            )
+        keep = TableItems()
+        with open_table(
+            table,
+            template=compiled,
+            table_format=table_format,
+            mode=known.structured_outputs(target) if compiled.output is not None else None,
+            default_model=model,
+            max_requests=max_requests or MAX_REQUESTS,
+            max_file_bytes=max_file_bytes or MAX_FILE_BYTES,
+            keep=keep,
+        ) as opened:
             batch_id = submit_requests(
                 store,
                 None,
-                source=source,
+                source=opened.source,
                 endpoint=target,
                 now=_now(),
                 name=name,
@@ -383,11 +370,13 @@ class Client:
                 max_cost_usd=max_cost_usd,
                 lane=lane,
                 reuse=reuse,
-                locate=row_locator(source),
+                locate=opened.locate,
                 check_models=(
-                    _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
+                    _unpriced_refusal(self.prices(), known, opened.source)
+                    if refuse_unpriced
+                    else None
                 ),
-                items=items,
+                items=opened.items,
                 input_row=keep.input_row,
             )
         return BatchObject.from_summary(store.batches.get(batch_id))
@@ -417,35 +406,120 @@ class Client:
         raise :class:`InputFileError`, unless ``skip_invalid``: then the plan covers the
         valid lines and counts the others (``FilePlan.invalid_lines``), as
         ``submit(skip_invalid=True)`` would store them."""
-        from batchrun.batch_lane import check_lane, lane_endpoint
-        from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S
         from batchrun.input.sources import open_requests
-        from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, plan_file
+        from batchrun.ops.planning import plan_file
 
         known = self.endpoints()
         name = known.check(endpoint or known.default)
-        check_lane(lane, known, name)
-        target = known.for_planning(name)
-        batch_endpoint = lane_endpoint(known, name)
         with open_requests(requests) as (stream, source):
-            plan = plan_file(
-                stream,
-                source=source,
-                endpoint=target,
-                prices=self.prices(),
-                overrides=_limits(limits),
-                endpoint_overrides=_limits(endpoint_limits, "endpoint_limits"),
-                output_share=DEFAULT_OUTPUT_SHARE if output_share is None else output_share,
-                default_model=model,
-                max_requests=max_requests,
-                max_file_bytes=max_file_bytes,
-                skip_invalid=skip_invalid,
+            return self._planned(
+                name,
+                lane=lane,
+                expires_in_s=expires_in_s,
+                plan=lambda target: plan_file(
+                    stream,
+                    source=source,
+                    endpoint=target,
+                    default_model=model,
+                    max_requests=max_requests,
+                    max_file_bytes=max_file_bytes,
+                    **self._plan_options(output_share, limits, endpoint_limits, skip_invalid),
+                ),
             )
-        return plan.with_lanes(
+
+    def _plan_options(
+        self,
+        output_share: float | None,
+        limits: Limits | None,
+        endpoint_limits: Limits | None,
+        skip_invalid: bool,
+    ) -> dict[str, Any]:
+        """The planning arguments `estimate` and `estimate_table` share."""
+        from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE
+
+        return {
+            "prices": self.prices(),
+            "overrides": _limits(limits),
+            "endpoint_overrides": _limits(endpoint_limits, "endpoint_limits"),
+            "output_share": DEFAULT_OUTPUT_SHARE if output_share is None else output_share,
+            "skip_invalid": skip_invalid,
+        }
+
+    def _planned(
+        self,
+        name: str,
+        *,
+        lane: str,
+        expires_in_s: float | None,
+        plan: Callable[[Endpoint], FilePlan],
+    ) -> FilePlan:
+        """``plan`` for the endpoint ``name`` (as planning sees it), with the lanes' terms."""
+        from batchrun.batch_lane import check_lane, lane_endpoint
+        from batchrun.input.ingest import DEFAULT_EXPIRES_IN_S
+
+        known = self.endpoints()
+        check_lane(lane, known, name)
+        batch_endpoint = lane_endpoint(known, name)
+        return plan(known.for_planning(name)).with_lanes(
             None if batch_endpoint is None else batch_endpoint.batch_api,
             lane=lane,
             deadline_s=DEFAULT_EXPIRES_IN_S if expires_in_s is None else expires_in_s,
         )
+
+    def estimate_table(
+        self,
+        table: str | os.PathLike[str],
+        *,
+        template: str | os.PathLike[str] | Mapping[str, Any],
+        schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        table_format: str | None = None,
+        endpoint: str | None = None,
+        model: str | None = None,
+        output_share: float | None = None,
+        limits: Limits | None = None,
+        endpoint_limits: Limits | None = None,
+        max_requests: int | None = None,
+        max_file_bytes: int | None = None,
+        lane: str = Lane.REALTIME,
+        expires_in_s: float | None = None,
+        skip_invalid: bool = False,
+    ) -> FilePlan:
+        """Plan a table as :meth:`estimate` plans a request file: each row rendered by
+        ``template`` exactly as :meth:`submit_table` would store it (structured-output
+        additions and images included), one row at a time. Nothing is stored or sent. Rows
+        that cannot be rendered or make invalid requests raise :class:`InputFileError`
+        (``table:row N: ...``), unless ``skip_invalid``. Arguments as for
+        :meth:`submit_table` and :meth:`estimate`."""
+        from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
+        from batchrun.input.table_ingest import open_table
+        from batchrun.input.templates import template_from
+        from batchrun.ops.planning import plan_items
+
+        compiled = template_from(template, schema=schema)
+        known = self.endpoints()
+        name = known.check(endpoint or known.default)
+        with open_table(
+            table,
+            template=compiled,
+            table_format=table_format,
+            mode=known.structured_outputs(name) if compiled.output is not None else None,
+            default_model=model,
+            max_requests=max_requests or MAX_REQUESTS,
+            max_file_bytes=max_file_bytes or MAX_FILE_BYTES,
+            keep=None,
+        ) as opened:
+            return self._planned(
+                name,
+                lane=lane,
+                expires_in_s=expires_in_s,
+                plan=lambda target: plan_items(
+                    opened.items,
+                    source=opened.source,
+                    locate=opened.locate,
+                    endpoint=target,
+                    **self._plan_options(output_share, limits, endpoint_limits, skip_invalid),
+                ),
+            )
 
     def waiting_reason(self, batch_id: str) -> WaitingBatch | None:
         """Why a run from here would leave the batch waiting, sending nothing of it: a key or

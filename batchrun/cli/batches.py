@@ -17,7 +17,7 @@ from batchrun.cli.batch_ids import (
 from batchrun.cli.consoles import print_json, stderr, stdout
 from batchrun.cli.options import duration_option, flag_error
 from batchrun.cli.text import plural
-from batchrun.errors import ConfigError, ExitCode, UsageError
+from batchrun.errors import ConfigError, ExitCode
 from batchrun.export.formats import EXPORT_FORMATS
 
 if TYPE_CHECKING:
@@ -152,22 +152,37 @@ def submit(
 
     expires_in_s = duration_option(expires_in, "--expires-in")
     client = client_of(ctx)
-    if template is None and (schema is not None or table_format is not None):
-        given = "--schema" if schema is not None else "--table-format"
-        raise UsageError(f"{given} needs --template (it describes a table's requests)")
-    if template is not None and dry_run:
-        raise UsageError("--dry-run with --template is not built yet; submit without it")
+    from batchrun.cli.estimate import table_only
+
+    table_only(template, schema=schema, table_format=table_format)
     if dry_run:
         from batchrun.cli.estimate import print_estimate
 
-        plan = client.estimate(
-            file,
-            endpoint=endpoint,
-            model=model,
-            max_requests=max_requests,
-            max_file_bytes=max_file_bytes,
-            skip_invalid=skip_invalid,
-        )
+        if template is not None:
+            plan = client.estimate_table(
+                file,
+                template=template,
+                schema=schema,
+                table_format=table_format,
+                endpoint=endpoint,
+                model=model,
+                max_requests=max_requests,
+                max_file_bytes=max_file_bytes,
+                lane=lane,
+                expires_in_s=expires_in_s,
+                skip_invalid=skip_invalid,
+            )
+        else:
+            plan = client.estimate(
+                file,
+                endpoint=endpoint,
+                model=model,
+                max_requests=max_requests,
+                max_file_bytes=max_file_bytes,
+                lane=lane,
+                expires_in_s=expires_in_s,
+                skip_invalid=skip_invalid,
+            )
         print_estimate(plan, as_json=as_json)
         return
     skipped: list[str] = []

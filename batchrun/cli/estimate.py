@@ -22,7 +22,12 @@ from batchrun.records import Lane
 
 def estimate(
     ctx: typer.Context,
-    file: Annotated[str, typer.Argument(help="JSONL request file; - reads standard input.")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="JSONL request file (with --template: a table); - reads standard input."
+        ),
+    ],
     limits: dict[str, float],
     endpoint_limits: dict[str, float],
     endpoint: Annotated[
@@ -62,6 +67,30 @@ def estimate(
             "the first problems, instead of refusing the file."
         ),
     ] = False,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="FILE is a table (CSV/TSV, Parquet, JSON lines of objects); this TOML template "
+            "turns each row into a request, as for submit.",
+            show_default=False,
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            help="With --template: a JSON Schema file the answers must match (replaces the "
+            "template's [output]).",
+            show_default=False,
+        ),
+    ] = None,
+    table_format: Annotated[
+        str | None,
+        typer.Option(
+            help="With --template: csv, tsv, parquet or jsonl (default: from the extension, "
+            "else from the first bytes).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
 ) -> None:
     """Estimate a request file before spending: requests, input tokens, output tokens
@@ -71,22 +100,54 @@ def estimate(
     every model; --endpoint-rpm ... its limit across all its models together. An invalid
     line refuses the file (every problem listed), unless --skip-invalid is given.
 
-    Example: `batchrun estimate requests.jsonl --endpoint langdock-eu --output-share 0.5`
+    With --template, FILE is a table and each row is rendered as submit would render it
+    (images read, the answer schema counted); a row's problems are named FILE:row N.
+
+    Examples: `batchrun estimate requests.jsonl --endpoint langdock-eu --output-share 0.5`;
+    `batchrun estimate tickets.csv --template triage.toml`
     """
     from batchrun.cli.context import client_of
 
-    plan = client_of(ctx).estimate(
-        file,
-        endpoint=endpoint,
-        model=model,
-        output_share=output_share,
-        limits=limits,
-        endpoint_limits=endpoint_limits,
-        lane=lane,
-        expires_in_s=duration_option(expires_in, "--expires-in"),
-        skip_invalid=skip_invalid,
-    )
+    table_only(template, schema=schema, table_format=table_format)
+    client = client_of(ctx)
+    expires_in_s = duration_option(expires_in, "--expires-in")
+    if template is not None:
+        plan = client.estimate_table(
+            file,
+            template=template,
+            schema=schema,
+            table_format=table_format,
+            endpoint=endpoint,
+            model=model,
+            output_share=output_share,
+            limits=limits,
+            endpoint_limits=endpoint_limits,
+            lane=lane,
+            expires_in_s=expires_in_s,
+            skip_invalid=skip_invalid,
+        )
+    else:
+        plan = client.estimate(
+            file,
+            endpoint=endpoint,
+            model=model,
+            output_share=output_share,
+            limits=limits,
+            endpoint_limits=endpoint_limits,
+            lane=lane,
+            expires_in_s=expires_in_s,
+            skip_invalid=skip_invalid,
+        )
     print_estimate(plan, as_json=as_json)
+
+
+def table_only(template: str | None, *, schema: str | None, table_format: str | None) -> None:
+    """Refuse --schema and --table-format without --template (UsageError)."""
+    from batchrun.errors import UsageError
+
+    if template is None and (schema is not None or table_format is not None):
+        given = "--schema" if schema is not None else "--table-format"
+        raise UsageError(f"{given} needs --template (it describes a table's requests)")
 
 
 def print_estimate(plan: FilePlan, *, as_json: bool) -> None:

@@ -232,7 +232,7 @@ def _check_base64_image(source: dict[str, Any], path: str, problems: list[str]) 
             "(A-Z, a-z, 0-9, '+', '/', '=' padding, no line breaks)"
         )
         return
-    actual = _sniff_image(head)
+    actual = sniff_image_type(head)
     if media_type is not None and actual is not None and actual != media_type:
         problems.append(
             f"{path}.media_type is {media_type} but the data is {actual}; "
@@ -240,7 +240,8 @@ def _check_base64_image(source: dict[str, Any], path: str, problems: list[str]) 
         )
 
 
-def _sniff_image(head: bytes) -> str | None:
+def sniff_image_type(head: bytes) -> str | None:
+    """The media type of an image from its first 12 bytes (JPEG, PNG, GIF, WebP), or None."""
     for media_type, signature, offset in _IMAGE_SIGNATURES:
         if head[offset : offset + len(signature)] == signature:
             return media_type

@@ -1,7 +1,8 @@
 """Input and output token estimates without the network, and how they learn.
 
 The raw input estimate counts about 3.5 characters per token (Anthropic's figure for English
-text) over the system prompt, the text of every message, tool definitions and tool calls, plus
+text) over the system prompt, the text of every message, tool definitions and tool calls, a
+structured answer's format (``output_config.format``: its JSON Schema), plus
 a few tokens of framing per message, plus images by Anthropic's patch formula from the pixel
 size in the image header. It is computed once, when a request is submitted, and stored.
 
@@ -36,6 +37,11 @@ def estimate_input_tokens(params: Mapping[str, Any]) -> int:
     tools = params.get("tools")
     if tools:
         counter.chars += len(json.dumps(tools, separators=(",", ":")))
+    config = params.get("output_config")
+    if isinstance(config, dict) and config.get("format") is not None:
+        # A structured answer's schema travels with the request and is read as input, as
+        # a tool's input_schema is (the forced-tool form is counted with the tools above).
+        counter.chars += len(json.dumps(config["format"], separators=(",", ":")))
     messages = params.get("messages")
     if isinstance(messages, list):
         for message in messages:

@@ -14,17 +14,26 @@ Problems name ``FILE:row N``; nothing is stored while any row has one (unless
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import orjson
 
-from batchrun.input.reader import FileProblem, ReadItem, check_duplicate
+from batchrun.input.reader import FileProblem, ReadItem, check_duplicate, open_request_file
 from batchrun.input.seen_ids import SeenIds
-from batchrun.input.tables import RowProblem, TableProblem, read_table, row_json
+from batchrun.input.tables import (
+    RowProblem,
+    TableProblem,
+    buffered,
+    read_table,
+    row_json,
+    table_format_of,
+)
 from batchrun.input.templates import Rendered, Template, render
-from batchrun.input.validation import InvalidLine, validate_line
+from batchrun.input.validation import MAX_LINE_BYTES, InvalidLine, validate_line
 from batchrun.input.wording import size_text
 from batchrun.structured.schemas import StructuredMode
 
@@ -46,6 +55,55 @@ class TableItems:
         return self.rows.pop(row_no, None)
 
 
+@dataclass(frozen=True)
+class OpenedTable:
+    """A table open for reading: its name in messages, its items, where problems are."""
+
+    source: str
+    items: Iterator[ReadItem]
+    locate: Callable[[int], str]
+
+
+@contextlib.contextmanager
+def open_table(
+    table: str | os.PathLike[str],
+    *,
+    template: Template,
+    table_format: str | None,
+    mode: StructuredMode | None,
+    default_model: str | None,
+    max_requests: int,
+    max_file_bytes: int,
+    keep: TableItems | None,
+) -> Iterator[OpenedTable]:
+    """Open ``table`` (a path; ``-`` standard input) and render its rows with ``template``:
+    what ``submit`` stores and ``estimate`` plans, read the same way (`table_items`). Image
+    paths start at the table's folder (the working directory for standard input)."""
+    path = os.fspath(table)
+    source = "<stdin>" if path == "-" else path
+    base_dir = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
+    with open_request_file(path) as raw:
+        stream = buffered(raw)
+        yield OpenedTable(
+            source=source,
+            items=table_items(
+                stream,
+                template=template,
+                source=source,
+                table_format=table_format_of(path, stream, table_format),
+                path=path,
+                mode=mode,
+                default_model=default_model,
+                max_requests=max_requests,
+                max_file_bytes=max_file_bytes,
+                max_row_bytes=MAX_LINE_BYTES,
+                keep=keep,
+                base_dir=base_dir,
+            ),
+            locate=row_locator(source),
+        )
+
+
 def table_items(
     stream: BinaryIO | None,
     *,
@@ -58,12 +116,14 @@ def table_items(
     max_requests: int,
     max_file_bytes: int,
     max_row_bytes: int,
-    keep: TableItems,
+    keep: TableItems | None,
+    base_dir: str = ".",
 ) -> Iterator[ReadItem]:
     """The table's rows as ingest items: ``(row_no, ValidRequest | InvalidLine)``, and a
     `FileProblem` last when the table as a whole cannot be used (empty, unreadable, over a
     cap). ``mode`` is how the endpoint is asked for structured answers; ``keep`` receives
-    each row's JSON for ``input_row``. Rendered custom_ids are checked for duplicates as a
+    each row's JSON for ``input_row`` (None: rows are not kept, as for an estimate);
+    ``base_dir`` is where image paths start. Rendered custom_ids are checked for duplicates as a
     JSONL file's are (in memory, then in a temporary file: a table of any size)."""
     seen = SeenIds()
     try:
@@ -79,6 +139,7 @@ def table_items(
             max_file_bytes=max_file_bytes,
             max_row_bytes=max_row_bytes,
             keep=keep,
+            base_dir=base_dir,
             seen=seen,
         )
     finally:
@@ -97,7 +158,8 @@ def _rendered_items(
     max_requests: int,
     max_file_bytes: int,
     max_row_bytes: int,
-    keep: TableItems,
+    keep: TableItems | None,
+    base_dir: str,
     seen: SeenIds,
 ) -> Iterator[ReadItem]:
     total_bytes = 0
@@ -121,8 +183,9 @@ def _rendered_items(
         if isinstance(item, RowProblem):
             yield row_no, InvalidLine(row_no, None, item.problems)
             continue
-        keep.rows[row_no] = row_json(item)
-        rendered = render(template, item, row_no, mode=mode)
+        if keep is not None:
+            keep.rows[row_no] = row_json(item)
+        rendered = render(template, item, row_no, mode=mode, base_dir=base_dir)
         if not isinstance(rendered, Rendered):
             yield row_no, InvalidLine(row_no, None, rendered)
             continue

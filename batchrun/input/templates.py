@@ -6,6 +6,12 @@ custom_id; default the row number), an optional ``[output]`` table (a JSON Schem
 must match, `batchrun.structured`), ``hash_long_ids``, and any other Messages parameter,
 passed through unchanged (``temperature``, ``metadata``...).
 
+A message's ``content`` is a template, or a list of parts: ``{type = "text", text =
+"template"}`` and ``{type = "image", column = "photo"}`` (the cell holds the image's path or
+URL) or ``{type = "image", source = "images/{{ sku }}.png"}`` (a template rendering to one);
+`batchrun.input.image_parts` makes the image block (a URL source, or the file read, its type
+checked, base64), relative paths starting at the table's folder.
+
 ``system``, ``user``, each message's ``content`` and ``id`` are Jinja2 templates, rendered in
 a sandbox (`jinja2.sandbox.SandboxedEnvironment`: no attribute access to Python internals)
 with strict undefined: a name that is neither a column nor ``row``/``row_number`` is an
@@ -28,7 +34,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import jinja2
 import orjson
@@ -36,6 +42,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from batchrun.errors import ConfigError
+from batchrun.input.image_parts import image_block
 from batchrun.input.tables import columns_text
 from batchrun.input.validation import CUSTOM_ID_MAX_CHARS, MESSAGE_ROLES, custom_id_fits
 from batchrun.input.wording import show
@@ -58,6 +65,26 @@ _NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 _UNDEFINED_NAME = re.compile(r"^'([^']*)' is undefined$")
 
 
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A ``{type = "text", text = "..."}`` part of a message's content."""
+
+    text: jinja2.Template
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """A ``{type = "image", ...}`` part: the image's path or URL is the cell of ``column``,
+    or what ``source`` renders to (`batchrun.input.image_parts`)."""
+
+    column: str | None
+    source: jinja2.Template | None
+
+
+# A message's content: one template (the text), or a list of parts.
+Content: TypeAlias = jinja2.Template | tuple[TextPart | ImagePart, ...]
+
+
 @dataclass(frozen=True)
 class Template:
     """A template file, compiled: what `render` needs for each row."""
@@ -65,11 +92,11 @@ class Template:
     source: str
     params: dict[str, Any]
     system: jinja2.Template | None
-    messages: tuple[tuple[str, jinja2.Template], ...]
+    messages: tuple[tuple[str, Content], ...]
     custom_id: jinja2.Template | None
     hash_long_ids: bool = False
     output: dict[str, Any] | None = None
-    # The parts' names in messages: "user", "messages[1].content", "system", "id".
+    # Each message's name in messages: "user", or "messages[1]".
     message_names: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -100,6 +127,19 @@ def load_template(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: is not valid TOML ({exc})") from None
     return compile_template(data, source=source, schema=schema)
+
+
+def template_from(
+    template: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+) -> Template:
+    """A template file's path, or its parsed TOML, compiled; ``schema`` (a JSON file's path
+    or the schema itself) replaces its ``[output]``."""
+    output = None if schema is None else load_schema(schema)
+    if isinstance(template, Mapping):
+        return compile_template(template, source="<template>", schema=output)
+    return load_template(template, schema=output)
 
 
 def load_schema(schema: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -227,7 +267,7 @@ def _compile(env: SandboxedEnvironment, text: object, name: str, source: str) ->
 
 def _messages(
     data: Mapping[str, Any], source: str, env: SandboxedEnvironment
-) -> list[tuple[str, jinja2.Template, str]]:
+) -> list[tuple[str, Content, str]]:
     if ("user" in data) == ("messages" in data):
         raise ConfigError(
             f'{source}: give the prompt as user = "..." or as messages = [{{role = '
@@ -238,7 +278,7 @@ def _messages(
     messages = data["messages"]
     if not isinstance(messages, list) or not messages:
         raise ConfigError(f"{source}: messages must be a list of {{role, content}} tables")
-    compiled: list[tuple[str, jinja2.Template, str]] = []
+    compiled: list[tuple[str, Content, str]] = []
     for index, message in enumerate(messages):
         name = f"messages[{index}]"
         if not isinstance(message, Mapping) or set(message) != {"role", "content"}:
@@ -247,16 +287,58 @@ def _messages(
             raise ConfigError(
                 f"{source}: {name}.role must be one of {', '.join(sorted(MESSAGE_ROLES))}"
             )
-        content = _compile(env, message["content"], f"{name}.content", source)
-        compiled.append((message["role"], content, f"{name}.content"))
+        compiled.append(
+            (message["role"], _content(env, message["content"], f"{name}.content", source), name)
+        )
     return compiled
 
 
+def _content(env: SandboxedEnvironment, content: object, name: str, source: str) -> Content:
+    """A message's content: a template string, or a list of text and image parts."""
+    if not isinstance(content, list):
+        return _compile(env, content, name, source)
+    if not content:
+        raise ConfigError(f"{source}: {name} is an empty list; give a string or parts")
+    parts: list[TextPart | ImagePart] = []
+    for index, part in enumerate(content):
+        where = f"{name}[{index}]"
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if not isinstance(part, Mapping) or kind not in ("text", "image"):
+            raise ConfigError(
+                f'{source}: {where} must be {{type = "text", text = "..."}} or {{type = '
+                '"image", column = "COLUMN"}} (or source = "a path or URL template")'
+            )
+        if kind == "text":
+            if set(part) != {"type", "text"}:
+                raise ConfigError(f"{source}: {where} must have type and text only")
+            parts.append(TextPart(_compile(env, part["text"], f"{where}.text", source)))
+            continue
+        if set(part) not in ({"type", "column"}, {"type", "source"}):
+            raise ConfigError(
+                f'{source}: {where} must have type and either column = "COLUMN" (a column '
+                'holding a path or URL) or source = "TEMPLATE" (rendering to one)'
+            )
+        column = part.get("column")
+        if "column" in part and (not isinstance(column, str) or not column):
+            raise ConfigError(f"{source}: {where}.column must be a column's name")
+        image_source = (
+            _compile(env, part["source"], f"{where}.source", source) if "source" in part else None
+        )
+        parts.append(ImagePart(column, image_source))
+    return tuple(parts)
+
+
 def render(
-    template: Template, row: dict[str, Any], row_no: int, *, mode: StructuredMode | None
+    template: Template,
+    row: dict[str, Any],
+    row_no: int,
+    *,
+    mode: StructuredMode | None,
+    base_dir: str = ".",
 ) -> Rendered | tuple[str, ...]:
     """The request for ``row`` (number ``row_no``), asking for ``template.output`` the
-    ``mode`` way; or the row's problems (sentences without ``file:row N:``)."""
+    ``mode`` way; or the row's problems (sentences without ``file:row N:``). Image parts'
+    relative paths start at ``base_dir`` (the table's folder)."""
     context = {**{str(key): value for key, value in row.items()}, "row": row, "row_number": row_no}
     problems: list[str] = []
 
@@ -279,10 +361,48 @@ def render(
         system = text_of(template.system, "system")
         if system is not None:
             params["system"] = system
+
+    def image_of(part: ImagePart, name: str) -> dict[str, Any] | None:
+        if part.column is not None:
+            if part.column not in row:
+                problems.append(
+                    f"the {name} image uses column {show(part.column)}, which is not a column "
+                    f"of this row; its columns are {columns_text(row)}"
+                )
+                return None
+            value: object = row[part.column]
+            what = f"column {show(part.column)}"
+        else:
+            assert part.source is not None
+            value = text_of(part.source, f"{name}.source")
+            if value is None:
+                return None
+            what = f"the {name}.source image"
+        block = image_block(value, base_dir=base_dir, what=what)
+        if isinstance(block, str):
+            problems.append(block)
+            return None
+        return block
+
+    def content_of(content: Content, name: str) -> str | list[dict[str, Any]] | None:
+        if not isinstance(content, tuple):
+            return text_of(content, f"{name}.content" if name.startswith("messages") else name)
+        blocks: list[dict[str, Any]] = []
+        for index, part in enumerate(content):
+            where = f"{name}.content[{index}]"
+            if isinstance(part, TextPart):
+                text = text_of(part.text, f"{where}.text")
+                if text is not None:
+                    blocks.append({"type": "text", "text": text})
+            else:
+                image = image_of(part, where)
+                if image is not None:
+                    blocks.append(image)
+        return blocks
+
     messages = []
-    for (role, part), name in zip(template.messages, template.message_names, strict=True):
-        content = text_of(part, name)
-        messages.append({"role": role, "content": content})
+    for (role, content), name in zip(template.messages, template.message_names, strict=True):
+        messages.append({"role": role, "content": content_of(content, name)})
     params["messages"] = messages
     custom_id = str(row_no)
     if template.custom_id is not None:

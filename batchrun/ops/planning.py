@@ -24,6 +24,7 @@ throughout, a lower bound when they take turns.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -37,6 +38,7 @@ from batchrun.records import Lane
 from batchrun.transport.endpoints import PROVIDER_BATCH_LIFETIME_S, BatchApi
 
 if TYPE_CHECKING:
+    from batchrun.input.reader import ReadItem
     from batchrun.input.validation import InvalidLine
     from batchrun.transport.endpoints import Endpoint
 
@@ -208,26 +210,53 @@ def plan_file(
     requests, over a cap) refuses it either way.
     """
     # The reader and its checks load only when a file is planned (not for `--help`).
-    from batchrun.input.estimate import estimate_input_tokens
-    from batchrun.input.reader import (
-        MAX_PRINTED_PROBLEMS,
-        FileProblem,
-        format_problems,
-        read_requests,
-    )
-    from batchrun.input.validation import InvalidLine
+    from batchrun.input.reader import read_requests
 
-    limits_override = overrides or RateLimits()
     sizes = {
         key: value
         for key, value in (("max_requests", max_requests), ("max_file_bytes", max_file_bytes))
         if value is not None
     }
+    return plan_items(
+        read_requests(stream, source=source, default_model=default_model, **sizes),
+        source=source,
+        endpoint=endpoint,
+        prices=prices,
+        overrides=overrides,
+        endpoint_overrides=endpoint_overrides,
+        output_share=output_share,
+        skip_invalid=skip_invalid,
+    )
+
+
+def plan_items(
+    items: Iterable[ReadItem],
+    *,
+    source: str,
+    endpoint: Endpoint,
+    prices: PriceTable,
+    overrides: RateLimits | None = None,
+    endpoint_overrides: RateLimits | None = None,
+    output_share: float = DEFAULT_OUTPUT_SHARE,
+    skip_invalid: bool = False,
+    locate: Callable[[int], str] | None = None,
+) -> FilePlan:
+    """Plan checked requests as :func:`plan_file` does, from the items a reader yields: a
+    request file's lines, or a table's rows rendered by a template
+    (:func:`batchrun.input.table_ingest.table_items`). ``locate`` names where an item is in
+    messages (default ``source:line``; a table's ``source:row N``). Raises and counts as
+    :func:`plan_file` does."""
+    from batchrun.input.estimate import estimate_input_tokens
+    from batchrun.input.reader import MAX_PRINTED_PROBLEMS, FileProblem, format_problems
+    from batchrun.input.validation import InvalidLine
+
+    limits_override = overrides or RateLimits()
     models: dict[str, ModelPlan] = {}
     problems: list[InvalidLine | FileProblem] = []
     hidden = 0
-    skipped = _Skipped(source)
-    for _, item in read_requests(stream, source=source, default_model=default_model, **sizes):
+    where = locate or (lambda line_no: f"{source}:{line_no}")
+    skipped = _Skipped(where)
+    for _, item in items:
         if skip_invalid and isinstance(item, InvalidLine):
             skipped.add(item)
             continue
@@ -250,9 +279,11 @@ def plan_file(
         plan.input_tokens += estimate_input_tokens(item.params)
         plan.max_output_tokens += item.max_tokens
     if problems:
-        lines = format_problems(problems, source=source)
+        lines = format_problems(problems, source=source, locate=locate)
         listed = format_problems(
-            [item for item in problems if isinstance(item, InvalidLine)], source=source
+            [item for item in problems if isinstance(item, InvalidLine)],
+            source=source,
+            locate=locate,
         )
         if hidden:
             lines.append(f"… and {hidden:,} more invalid lines")
@@ -277,8 +308,8 @@ def plan_file(
 class _Skipped:
     """The invalid lines a plan leaves out: how many, and their first problems by name."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, where: Callable[[int], str]) -> None:
+        self.where = where
         self.lines = 0
         self.shown: list[str] = []
         self.hidden = 0
@@ -288,7 +319,7 @@ class _Skipped:
         self.lines += 1
         for problem in item.problems:
             if len(self.shown) < INVALID_PROBLEMS_SHOWN:
-                self.shown.append(f"{self.source}:{item.line_no}: {problem}")
+                self.shown.append(f"{self.where(item.line_no)}: {problem}")
             else:
                 self.hidden += 1
 

@@ -1,0 +1,100 @@
+"""Images in a template's messages: a table cell (or a rendered template) holding a path or
+a URL becomes an image content block.
+
+`image_block` turns the value into the block a request carries:
+
+- ``http://`` or ``https://``: ``{"type": "image", "source": {"type": "url", "url": ...}}``;
+  the API fetches it, nothing is read here;
+- anything else is a local path, relative to ``base_dir`` (the table file's directory; the
+  working directory for standard input): the file is read (at most
+  :data:`MAX_IMAGE_FILE_BYTES`, so its base64 fits the API's per-image limit), its type found
+  from its first bytes (JPEG, PNG, GIF or WebP, as the request checks do: the extension is
+  not trusted), and sent as ``{"type": "base64", "media_type": ..., "data": ...}``.
+
+A value that cannot be used (empty, another URL scheme, no such file, unreadable, too large,
+not a supported image) is a problem sentence naming ``what`` (``column 'photo'``), the value
+and the fix; the caller prefixes ``FILE:row N:``. Nothing is cached: each row reads its own
+file, so memory holds one image at a time (a row's request is checked, then dropped).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from typing import Any, Final
+
+from batchrun.input.content import IMAGE_MEDIA_TYPES, MAX_IMAGE_BASE64_BYTES, sniff_image_type
+from batchrun.input.wording import mib_text, show, size_text
+
+# The largest image file read: its base64 (4 characters per 3 bytes) is at most the API's
+# per-image limit.
+MAX_IMAGE_FILE_BYTES: Final = MAX_IMAGE_BASE64_BYTES // 4 * 3
+_URL_PREFIXES: Final = ("http://", "https://")
+_SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def image_block(value: object, *, base_dir: str, what: str) -> dict[str, Any] | str:
+    """The image block for ``value`` (a URL or a path, see the module docstring), or the
+    problem with it as a sentence that starts with ``what``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return f"{what} is empty; give an image file's path or an http(s) URL"
+    if not isinstance(value, str):
+        return (
+            f"{what} holds {type(value).__name__} {_shown(value)}, not text; give an image "
+            "file's path or an http(s) URL"
+        )
+    text = value.strip()
+    if text.lower().startswith(_URL_PREFIXES):
+        return {"type": "image", "source": {"type": "url", "url": text}}
+    if _SCHEME.match(text) or text.lower().startswith("data:"):
+        return (
+            f"{what} is {_shown(text)}, not a path or an http(s) URL; an image from a column is "
+            "read from a file or fetched by the API from http:// or https://"
+        )
+    return _file_block(text, base_dir=base_dir, what=what)
+
+
+def _file_block(text: str, *, base_dir: str, what: str) -> dict[str, Any] | str:
+    path = os.path.join(base_dir, os.path.expanduser(text))
+    shown = _shown(text) + ("" if os.path.isabs(text) else f" (in {show(base_dir)})")
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_IMAGE_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return (
+            f"{what}: no image file {shown}; check the path (a relative path starts at the "
+            "table's folder)"
+        )
+    except IsADirectoryError:
+        return f"{what}: {shown} is a folder, not an image file"
+    except PermissionError:
+        return f"{what}: image file {shown} cannot be read (permission denied); make it readable"
+    except OSError as exc:
+        return f"{what}: image file {shown} cannot be read ({exc.strerror or exc})"
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        return (
+            f"{what}: image file {shown} is over {size_text(MAX_IMAGE_FILE_BYTES)}, the most "
+            f"whose base64 fits the API's {mib_text(MAX_IMAGE_BASE64_BYTES)} per-image "
+            "limit; downscale or recompress it"
+        )
+    if not data:
+        return f"{what}: image file {shown} is empty"
+    media_type = sniff_image_type(data[:16])
+    if media_type is None:
+        return (
+            f"{what}: {shown} is not a JPEG, PNG, GIF or WebP image (by its first bytes); "
+            f"convert it to one of {', '.join(IMAGE_MEDIA_TYPES)}"
+        )
+    return {
+        "type": "image",
+        "source": {
+            "type": "base64",
+            "media_type": media_type,
+            "data": base64.b64encode(data).decode("ascii"),
+        },
+    }
+
+
+def _shown(value: object) -> str:
+    return show(value if isinstance(value, str) else repr(value))
