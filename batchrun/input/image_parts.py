@@ -25,13 +25,15 @@ import re
 from typing import Any, Final
 
 from batchrun.input.content import IMAGE_MEDIA_TYPES, MAX_IMAGE_BASE64_BYTES, sniff_image_type
-from batchrun.input.wording import mib_text, show, size_text
+from batchrun.input.wording import mib_text, size_text
 
 # The largest image file read: its base64 (4 characters per 3 bytes) is at most the API's
 # per-image limit.
 MAX_IMAGE_FILE_BYTES: Final = MAX_IMAGE_BASE64_BYTES // 4 * 3
 _URL_PREFIXES: Final = ("http://", "https://")
 _SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# How much of a path or URL a message shows.
+_SHOWN_PATH_CHARS = 200
 
 
 def image_block(value: object, *, base_dir: str, what: str) -> dict[str, Any] | str:
@@ -57,7 +59,7 @@ def image_block(value: object, *, base_dir: str, what: str) -> dict[str, Any] | 
 
 def _file_block(text: str, *, base_dir: str, what: str) -> dict[str, Any] | str:
     path = os.path.join(base_dir, os.path.expanduser(text))
-    shown = _shown(text) + ("" if os.path.isabs(text) else f" (in {show(base_dir)})")
+    shown = _shown(text) + ("" if os.path.isabs(text) else f" (in {_shown(base_dir)})")
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_IMAGE_FILE_BYTES + 1)
@@ -97,4 +99,9 @@ def _file_block(text: str, *, base_dir: str, what: str) -> dict[str, Any] | str:
 
 
 def _shown(value: object) -> str:
-    return show(value if isinstance(value, str) else repr(value))
+    """A cell quoted for a message: paths are often longer than other values, so more of
+    them is kept."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > _SHOWN_PATH_CHARS:
+        text = text[:_SHOWN_PATH_CHARS] + "…"
+    return repr(text)
