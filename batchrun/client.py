@@ -715,6 +715,8 @@ class Client:
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
         processes: int | Literal["auto"] = 1,
+        progress: bool | None = None,
+        progress_stream: IO[str] | None = None,
     ) -> RunResult:
         """:meth:`requeue`, then :meth:`run` the batch (the other arguments as for run)."""
         self.requeue(batch_id, retry_errored=retry_errored, expires_in_s=expires_in_s)
@@ -741,6 +743,8 @@ class Client:
             on_session=on_session,
             notify_url=notify_url,
             processes=processes,
+            progress=progress,
+            progress_stream=progress_stream,
         )
 
     def delete(self, batch_id: str) -> None:
@@ -861,6 +865,8 @@ class Client:
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
         processes: int | Literal["auto"] = 1,
+        progress: bool | None = None,
+        progress_stream: IO[str] | None = None,
     ) -> RunResult:
         """Send the queued requests of these batches (every batch with queued work when none
         is named) and record every response; returns when no work is left (or, with
@@ -890,6 +896,8 @@ class Client:
             on_session=on_session,
             notify_url=notify_url,
             processes=processes,
+            progress=progress,
+            progress_stream=progress_stream,
         )
         return _blocking(work, "run", "arun")
 
@@ -918,6 +926,8 @@ class Client:
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
         processes: int | Literal["auto"] = 1,
+        progress: bool | None = None,
+        progress_stream: IO[str] | None = None,
     ) -> RunResult:
         """Run batches on the caller's event loop; see :meth:`run`.
 
@@ -959,6 +969,12 @@ class Client:
           notices sent once. Not with ``forever`` or ``on_session`` (UsageError). Ctrl-C
           and SIGTERM reach every worker; a worker that dies unfinished fails the run with
           WorkerProcessError once the others are done (see :mod:`batchrun.ops.processes`).
+        - ``progress``: a live display (done/total, rate against the binding limit, ETA,
+          cost): None (the default) shows it only in a notebook (an IPython kernel), as a
+          widget with ipywidgets, else as text lines on stderr; True shows it anywhere;
+          False never. ``progress_stream``: write it as text lines there instead (implies
+          ``progress`` unless False). It is fed every ``progress_interval_s`` (1 s unless
+          given), beside ``on_event``. See :mod:`batchrun.ops.views.notebook`.
 
         Returns the :class:`~batchrun.ops.session.RunResult`: the exit code the CLI would
         give, and the last pass's batches, counts, tokens and costs.
@@ -982,6 +998,11 @@ class Client:
             )
         if lock not in ("exclusive", "wait", "share"):
             raise ConfigError(f"lock must be exclusive, wait or share, not {lock!r}")
+        from batchrun.ops.views.notebook import NOTEBOOK_INTERVAL_S, progress_display, with_display
+
+        if (display := progress_display(progress, progress_stream)) is not None:
+            on_event = with_display(on_event, display)
+            progress_interval_s = progress_interval_s or NOTEBOOK_INTERVAL_S
         known = self.endpoints()
         notifier = self._notifier(notify_url)
         options = RunOptions(
@@ -1135,6 +1156,8 @@ class Client:
         on_session: Callable[[RunSession], None] | None = None,
         notify_url: str | None = None,
         processes: int | Literal["auto"] = 1,
+        progress: bool | None = None,
+        progress_stream: IO[str] | None = None,
     ) -> RunResult:
         """:meth:`resume` on the caller's event loop."""
         await _off_loop(
@@ -1163,6 +1186,8 @@ class Client:
             on_session=on_session,
             notify_url=notify_url,
             processes=processes,
+            progress=progress,
+            progress_stream=progress_stream,
         )
 
     async def aresults(

@@ -3,14 +3,13 @@
 On a terminal (stderr is a TTY) ``batchrun run`` redraws a rich table twice a second. Without
 one (cron, a pipe, a CI log) it writes one plain line every ``--progress-interval`` and one at
 the end, so a log file shows how the run went without control characters. Both are driven by
-the run's events (:data:`batchrun.ops.session.RunEvent`).
+the run's events (:data:`batchrun.ops.session.RunEvent`); the figures are worded by
+:mod:`batchrun.ops.views.progress`, which the Python API's notebook display shares.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,87 +21,22 @@ from batchrun.cli.consoles import print_json
 from batchrun.cli.text import amount_text, duration_text
 from batchrun.cli.views import run_summary_lines
 from batchrun.config.prices import describe_cost
-from batchrun.dispatch.routing import MemberSnapshot
-from batchrun.limits.limiter import Wait
-from batchrun.ops.monitor import KeyProgress, ProgressSnapshot
+from batchrun.ops.monitor import ProgressSnapshot
 from batchrun.ops.session import Note, PassFinished, PassResult, Progress, RunEvent
+from batchrun.ops.views.progress import (
+    eta_text,
+    member_text,
+    progress_line,
+    use_text,
+    wait_text,
+)
+
+__all__ = ["RunDisplay", "progress_bar", "progress_line", "progress_table"]
 
 # How often the live table is redrawn.
 LIVE_REFRESH_S = 0.5
 # How often a plain progress line is written without a terminal.
 DEFAULT_LOG_INTERVAL_S = 30.0
-
-
-def _use_text(key: KeyProgress, dimension: str) -> str:
-    use = next(u for u in key.uses if u.dimension == dimension)
-    if use.limit is None:
-        return f"{dimension} {amount_text(use.per_minute)}"
-    share = use.share or 0.0
-    return f"{dimension} {amount_text(use.per_minute)}/{amount_text(use.limit)} ({share:.0%})"
-
-
-def _busiest(snapshot: ProgressSnapshot) -> KeyProgress | None:
-    """The endpoint × model whose binding limit is closest to being used up."""
-    best, best_share = None, -1.0
-    for key in snapshot.keys:
-        for use in key.uses:
-            if use.dimension == key.binding and (use.share or 0.0) > best_share:
-                best, best_share = key, use.share or 0.0
-    return best
-
-
-def _eta_text(snapshot: ProgressSnapshot) -> str:
-    if snapshot.stopping:
-        return "stopping (time limit)"
-    return "-" if snapshot.eta_s is None else duration_text(snapshot.eta_s)
-
-
-def _wait_text(wait: Wait) -> str:
-    return (
-        f"waiting {duration_text(wait.seconds)} for {wait.reason} from {wait.endpoint} "
-        f"({wait.model})"
-    )
-
-
-def _member_text(member: MemberSnapshot, members: Sequence[MemberSnapshot]) -> str:
-    """A pool member: its share of the answers, its rate and its state."""
-    total = sum(m.answered for m in members) or 1
-    state = {
-        "closed": "in rotation",
-        "open": f"out for {duration_text(member.open_for_s)} ({member.reason})",
-        "halted": f"out ({member.reason})",
-    }[member.status]
-    return (
-        f"{member.endpoint} {member.answered:,} ({member.answered / total:.0%}), "
-        f"{amount_text(member.per_minute)}/min, {state}"
-    )
-
-
-def progress_line(snapshot: ProgressSnapshot) -> str:
-    """One plain line: counts, throughput, the binding limit, ETA and cost."""
-    s = snapshot
-    errored = f"{s.errored:,} errored" + (f" (last: {s.last_error})" if s.last_error else "")
-    parts = [
-        f"{s.done:,}/{s.total:,} done ({s.succeeded:,} succeeded, {errored}, "
-        f"{s.canceled:,} canceled since the run started)",
-        f"{s.retried:,} retried, {s.rate_limited:,} rate-limited"
-        + (f" (last retry: {s.last_retry})" if s.last_retry else ""),
-        f"{s.in_flight:,} in flight",
-        f"{amount_text(s.requests_per_min)} requests/min, "
-        f"{amount_text(s.tokens_per_min)} tokens/min",
-    ]
-    busiest = _busiest(s)
-    if busiest is not None and busiest.binding is not None:
-        parts.append(
-            f"binding: {_use_text(busiest, busiest.binding)} on {busiest.endpoint} {busiest.model}"
-        )
-    parts.extend(_wait_text(wait) for wait in s.waits)
-    if s.members:
-        parts.append("pool: " + ", ".join(_member_text(m, s.members) for m in s.members))
-    parts.append(f"ETA {_eta_text(s)}")
-    parts.append(f"cost {describe_cost(s.cost)}")
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{stamp} progress: " + "; ".join(parts)
 
 
 def progress_bar(done: int, total: int, *, per_min: float | None, eta: str) -> Table:
@@ -142,21 +76,21 @@ def progress_table(snapshot: ProgressSnapshot) -> Group:
     for batch_id, reason in s.paused.items():
         head.add_row("paused", Text(f"{batch_id}: {reason}", style="yellow"))
     for wait in s.waits:
-        head.add_row("waiting", Text(_wait_text(wait).removeprefix("waiting "), style="yellow"))
+        head.add_row("waiting", Text(wait_text(wait).removeprefix("waiting "), style="yellow"))
     if s.last_retry:
         head.add_row("last retry", s.last_retry)
     if s.last_error:
         head.add_row("last error", s.last_error)
     for key in s.keys:
-        uses = [_use_text(key, use.dimension) for use in key.uses if use.limit is not None] or [
+        uses = [use_text(key, use.dimension) for use in key.uses if use.limit is not None] or [
             "no limit"
         ]
         binds = f" · binds: {key.binding}" if key.binding else ""
         head.add_row(f"{key.endpoint}", f"{key.model}: {', '.join(uses)}{binds}")
     for member in s.members:
         style = "yellow" if member.status != "closed" else ""
-        head.add_row("pool member", Text(_member_text(member, s.members), style=style))
-    bar = progress_bar(s.done, s.total, per_min=s.requests_per_min, eta=_eta_text(s))
+        head.add_row("pool member", Text(member_text(member, s.members), style=style))
+    bar = progress_bar(s.done, s.total, per_min=s.requests_per_min, eta=eta_text(s))
     return Group(bar, head)
 
 

@@ -340,6 +340,7 @@ def run(
             limits=limits,
             endpoint_limits=endpoint_limits,
             processes=count,
+            progress=False,  # the CLI shows the run itself (RunDisplay)
         )
     finally:
         display.close()

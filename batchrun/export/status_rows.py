@@ -1,6 +1,6 @@
 """What ``batchrun status`` says of a batch, as text rows: the terminal's status table and
 the summary of ``batchrun report`` show the same rows. Also how amounts and instants are
-written for people (``12.3k``, ``2026-11-22 05:40:00 UTC``)."""
+written for people (``12.3k``, ``15m10s``, ``2026-11-22 05:40:00 UTC``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def amount_text(value: float) -> str:
     if value >= 1000:
         return f"{value / 1000:.1f}k"
     return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.1f}"
+
+
+def duration_text(seconds: float) -> str:
+    """``42s``, ``15m10s``, ``2h05m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def when_text(value: datetime | None) -> str:
