@@ -58,8 +58,9 @@ def image_block(value: object, *, base_dir: str, what: str) -> dict[str, Any] | 
 
 
 def _file_block(text: str, *, base_dir: str, what: str) -> dict[str, Any] | str:
-    path = os.path.join(base_dir, os.path.expanduser(text))
-    shown = _shown(text) + ("" if os.path.isabs(text) else f" (in {_shown(base_dir)})")
+    expanded = os.path.expanduser(text)
+    path = os.path.join(base_dir, expanded)
+    shown = _shown(text) + ("" if os.path.isabs(expanded) else f" (in {_shown(base_dir)})")
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_IMAGE_FILE_BYTES + 1)
