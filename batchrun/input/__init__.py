@@ -7,9 +7,10 @@ so far, on disk past a point), ``validation`` and ``content`` (one
 line's checks), ``wording`` (how problems are worded), ``images`` and ``estimate`` (input-token
 estimates), ``digests`` (the params digest for reuse, the cached prompt prefix's key),
 ``ingest`` (stream into the store); for tables, ``tables`` (CSV, TSV, Parquet, JSON lines
-read row by row), ``templates`` (a TOML prompt template rendered per row), ``image_parts`` (a template's
-image from a column: a URL, or a file read and base64-encoded) and ``table_ingest``
-(rendered rows into the same ingest, with the rows kept; and into the estimate).
+read row by row), ``templates`` (a TOML prompt template rendered per row),
+``image_parts`` (a template's image from a column: a URL, or a file read and
+base64-encoded) and ``table_ingest`` (rendered rows into the same ingest, with the rows
+kept; and into the estimate).
 May import: ``batchrun.records``, ``batchrun.errors`` and ``batchrun.structured`` (a
 template's answer schema); the store only for types.
 """
