@@ -11,10 +11,13 @@ a URL becomes an image content block.
   from its first bytes (JPEG, PNG, GIF or WebP, as the request checks do: the extension is
   not trusted), and sent as ``{"type": "base64", "media_type": ..., "data": ...}``.
 
-A value that cannot be used (empty, another URL scheme, no such file, unreadable, too large,
-not a supported image) is a problem sentence naming ``what`` (``column 'photo'``), the value
-and the fix; the caller prefixes ``FILE:row N:``. Nothing is cached: each row reads its own
-file, so memory holds one image at a time (a row's request is checked, then dropped).
+Paths are read with the rights of whoever submits: any file they can read may be sent to
+the model, which is what a local table asks for (no server route takes templates). A value
+that cannot be used (empty, another URL scheme, no such file, not a regular file,
+unreadable, too large, not a supported image) is a problem sentence naming ``what``
+(``column 'photo'``), the value and the fix; the caller prefixes ``FILE:row N:``. Nothing
+is cached: each row reads its own file, so memory holds one image at a time (a row's
+request is checked, then dropped).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
 from typing import Any, Final
 
 from batchrun.input.content import IMAGE_MEDIA_TYPES, MAX_IMAGE_BASE64_BYTES, sniff_image_type
@@ -62,6 +66,12 @@ def _file_block(text: str, *, base_dir: str, what: str) -> dict[str, Any] | str:
     path = os.path.join(base_dir, expanded)
     shown = _shown(text) + ("" if os.path.isabs(expanded) else f" (in {_shown(base_dir)})")
     try:
+        # Only a regular file is read: a FIFO or a device named in a cell would block or
+        # never end.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            if os.path.isdir(path):
+                return f"{what}: {shown} is a folder, not an image file"
+            return f"{what}: {shown} is not a regular file; name an image file"
         with open(path, "rb") as file:
             data = file.read(MAX_IMAGE_FILE_BYTES + 1)
     except FileNotFoundError:
@@ -69,10 +79,10 @@ def _file_block(text: str, *, base_dir: str, what: str) -> dict[str, Any] | str:
             f"{what}: no image file {shown}; check the path (a relative path starts at the "
             "table's folder)"
         )
-    except IsADirectoryError:
-        return f"{what}: {shown} is a folder, not an image file"
     except PermissionError:
         return f"{what}: image file {shown} cannot be read (permission denied); make it readable"
+    except ValueError:  # a NUL in the path
+        return f"{what}: {shown} is not a file path (it holds a NUL character)"
     except OSError as exc:
         return f"{what}: image file {shown} cannot be read ({exc.strerror or exc})"
     if len(data) > MAX_IMAGE_FILE_BYTES:

@@ -168,6 +168,9 @@ def test_every_unusable_cell_is_a_row_problem_naming_the_column_and_the_fix(
         "ftp://host/a.png": "column 'photo' is 'ftp://host/a.png', not a path or an http(s) URL",
         "data:image/png;base64,AAAA": "column 'photo' is 'data:image/png;base64,AAAA', not a",
         "": "column 'photo' is empty; give an image file's path or an http(s) URL",
+        "a\x00b.png": "column 'photo': 'a\\x00b.png' (in ",
+        "/dev/null": "column 'photo': '/dev/null' is not a regular file; name an image file",
+        "x" * 5000: "column 'photo': image file '" + "x" * 200 + "…' (in ",
     }
     endings = {
         "notes.png": "is not a JPEG, PNG, GIF or WebP image (by its first bytes); convert it to "
@@ -176,6 +179,8 @@ def test_every_unusable_cell_is_a_row_problem_naming_the_column_and_the_fix(
         "folder": "is a folder, not an image file",
         "huge.png": "per-image limit; downscale or recompress it",
         "nope.png": "check the path (a relative path starts at the table's folder)",
+        "a\x00b.png": "is not a file path (it holds a NUL character)",
+        "x" * 5000: "cannot be read (File name too long)",
     }
     for cell, start in cases.items():
         problems = rendered({"name": "x", "photo": cell}, tmp_path)
