@@ -16,8 +16,9 @@ the model, which is what a local table asks for (no server route takes templates
 that cannot be used (empty, another URL scheme, no such file, not a regular file,
 unreadable, too large, not a supported image) is a problem sentence naming ``what``
 (``column 'photo'``), the value and the fix; the caller prefixes ``FILE:row N:``. Nothing
-is cached: each row reads its own file, so memory holds one image at a time (a row's
-request is checked, then dropped).
+is cached: each row reads its own file when it is rendered, and its request is stored with
+the next chunk of requests (at most about 16 MiB, `batchrun.store.batch_rows`) or, for an
+estimate, dropped once counted.
 """
 
 from __future__ import annotations
