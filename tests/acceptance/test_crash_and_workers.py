@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
+from tests.acceptance.servers import announcing
 from tests.acceptance.waits import wait_until_received
 from tests.conftest import jsonl, request_line
 
@@ -59,12 +60,12 @@ def scalar(db_url: str, sql: str) -> int:
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=0.2, latency_jitter_s=0.2, seed=3))
+    app = create_app(announcing(latency_s=0.2, latency_jitter_s=0.2, seed=3))
     rng = random.Random(11)
     in_flight_at_kills = 0
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
-        batch_id = submit(env, tmp_path / "requests.jsonl", 2000)
+        batch_id = submit(env, tmp_path / "requests.jsonl", 1000)
         for _ in range(4):
             worker = start_run(env, batch_id, "--max-concurrency", "32")
             time.sleep(rng.uniform(1.5, 4.0))
@@ -77,9 +78,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         _, stderr = finisher.communicate(timeout=300)
 
     assert finisher.returncode == 0, stderr
-    assert scalar(db_url, "SELECT count(*) FROM results WHERE result_type = 'succeeded'") == 2000
-    assert scalar(db_url, "SELECT count(DISTINCT custom_id) FROM results") == 2000
-    assert app.stats.distinct_bodies == 2000
+    assert scalar(db_url, "SELECT count(*) FROM results WHERE result_type = 'succeeded'") == 1000
+    assert scalar(db_url, "SELECT count(DISTINCT custom_id) FROM results") == 1000
+    assert app.stats.distinct_bodies == 1000
     # Only requests in flight at a kill could have been sent twice.
     assert app.stats.duplicate_receptions <= in_flight_at_kills
     # Their attempts show it: attempts count sends, not claims. A claim that a kill cut off
@@ -96,14 +97,14 @@ def test_kill_9_under_a_limit_pays_twice_at_most_the_group_commit_window(
     # Under a limit a worker spends capacity taken in blocks and commits its results in
     # groups (at most GROUP_WRITES waiting, or GROUP_WINDOW_S): a kill -9 then costs the
     # answers received but not yet committed, which the next worker pays for again.
-    app = create_app(SimulatorConfig(latency_s=0.05, latency_jitter_s=0.1, seed=5))
+    app = create_app(announcing(latency_s=0.05, latency_jitter_s=0.1, seed=5))
     rng = random.Random(12)
     kills = 4
     in_flight_at_kills = 0
     unanswered_at_kills = 0
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
-        batch_id = submit(env, tmp_path / "requests.jsonl", 2000)
+        batch_id = submit(env, tmp_path / "requests.jsonl", 1200)
         for _ in range(kills):
             worker = start_run(env, batch_id, "--rpm", "6000")
             wait_until_received(app, app.stats.received + 50, worker)
@@ -120,7 +121,7 @@ def test_kill_9_under_a_limit_pays_twice_at_most_the_group_commit_window(
         _, stderr = finisher.communicate(timeout=300)
 
     assert finisher.returncode == 0, stderr
-    assert scalar(db_url, "SELECT count(DISTINCT custom_id) FROM results") == 2000
+    assert scalar(db_url, "SELECT count(DISTINCT custom_id) FROM results") == 1200
     assert app.stats.duplicate_receptions <= in_flight_at_kills
     # Beyond the sends that had no answer yet, what was sent again had its answer made but
     # not committed: answers the worker had not read yet, fewer than GROUP_WRITES waiting
@@ -134,7 +135,7 @@ def test_kill_9_under_a_limit_pays_twice_at_most_the_group_commit_window(
 def test_sigterm_records_requests_in_flight_and_the_next_run_finishes(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=1.0))
+    app = create_app(announcing(latency_s=1.0))
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
         batch_id = submit(env, tmp_path / "requests.jsonl", 300)
@@ -161,22 +162,22 @@ def test_sigterm_records_requests_in_flight_and_the_next_run_finishes(
 def test_three_workers_share_a_batch_and_one_rate_limit(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=0.5, latency_jitter_s=0.5, seed=5))
+    app = create_app(announcing(latency_s=0.5, latency_jitter_s=0.5, seed=5))
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
-        batch_id = submit(env, tmp_path / "requests.jsonl", 700)
-        workers = [start_run(env, batch_id, "--rpm", "1200", "--share") for _ in range(3)]
+        batch_id = submit(env, tmp_path / "requests.jsonl", 800)
+        workers = [start_run(env, batch_id, "--rpm", "2400", "--share") for _ in range(3)]
         outputs = [worker.communicate(timeout=180)[1] for worker in workers]
 
     assert [worker.returncode for worker in workers] == [0, 0, 0], outputs
-    assert app.stats.received == app.stats.distinct_bodies == 700
+    assert app.stats.received == app.stats.distinct_bodies == 800
     assert app.stats.duplicate_receptions == 0
-    assert scalar(db_url, "SELECT count(DISTINCT request_id) FROM results") == 700
+    assert scalar(db_url, "SELECT count(DISTINCT request_id) FROM results") == 800
     per_second = app.stats.admitted_by_second
     seconds = sorted(per_second)
     counts = [per_second.get(s, [0])[0] for s in range(seconds[0], seconds[-1] + 1)]
-    # 1200 a minute is 20 a second; every 10 s window stays under 200 + one second of burst.
+    # 2400 a minute is 40 a second; every 10 s window stays under 400 + one second of burst.
     windows = [sum(counts[i : i + 10]) for i in range(len(counts) - 9)]
-    assert max(windows) <= 200 + 20
+    assert max(windows) <= 400 + 40
     steady = counts[5:-5]
-    assert sum(steady) / len(steady) >= 0.9 * 20
+    assert sum(steady) / len(steady) >= 0.9 * 40

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
 from batchrun.simulator.app import SimulatorApp
+from tests.acceptance.servers import announcing
 from tests.clitools import batchrun, clean_env
 from tests.conftest import jsonl, request_line
 
@@ -95,7 +96,7 @@ class Installation:
 
 @pytest.fixture
 def simulator() -> Iterator[tuple[SimulatorApp, str]]:
-    app = create_app(SimulatorConfig(latency_s=0.05))
+    app = create_app(announcing(latency_s=0.05))
     with running_simulator(app=app) as url:
         yield app, url
 

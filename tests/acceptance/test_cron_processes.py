@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from batchrun.ops.runlock import lock_path
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
 from batchrun.simulator.app import SimulatorApp
 from batchrun.store.store import Store
+from tests.acceptance.servers import announcing
 from tests.conftest import jsonl, request_line
 
 pytestmark = pytest.mark.acceptance
@@ -48,7 +49,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 @pytest.fixture
 def simulator() -> Iterator[tuple[SimulatorApp, str]]:
-    app = create_app(SimulatorConfig(latency_s=0.2))
+    app = create_app(announcing(latency_s=0.2))
     with running_simulator(app=app) as url:
         yield app, url
 

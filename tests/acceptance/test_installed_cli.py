@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
+from tests.acceptance.servers import announcing
 from tests.conftest import jsonl, request_line
 
 pytestmark = pytest.mark.acceptance
@@ -78,7 +79,7 @@ def test_a_user_mistake_exits_non_zero_without_a_traceback(
 def test_cancel_from_another_process_stops_a_running_batch_within_a_second(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=0.5))
+    app = create_app(announcing(latency_s=0.5))
     requests = tmp_path / "many.jsonl"
     requests.write_bytes(jsonl([request_line(f"r{i:04d}", f"question {i}") for i in range(2000)]))
     with running_simulator(app=app) as url:

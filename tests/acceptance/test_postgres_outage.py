@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
+from tests.acceptance.servers import announcing
 from tests.acceptance.waits import wait_until_received
 from tests.clitools import BATCHRUN, clean_env, invoke, runner
 from tests.conftest import POSTGRES_URL_VARIABLE, fresh_postgres_database, jsonl, request_line
@@ -77,7 +78,7 @@ def test_a_run_reconnects_when_its_postgres_connections_are_terminated(
         path.write_bytes(jsonl([request_line(f"r{i:03d}", f"q {i}") for i in range(REQUESTS)]))
         batch_id = invoke(cli, "submit", str(path)).stdout.strip()
         watcher = create_engine(os.environ[POSTGRES_URL_VARIABLE], isolation_level="AUTOCOMMIT")
-        app = create_app(SimulatorConfig(latency_s=0.1))
+        app = create_app(announcing(latency_s=0.1))
         with running_simulator(app=app) as url:
             env = clean_env(db_url, ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY="sk-test")
             worker = subprocess.Popen(

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchrun.simulator import SimulatorConfig, running_simulator
+from batchrun.simulator import running_simulator
 from batchrun.store.store import Store
+from tests.acceptance.servers import announcing
 from tests.clitools import BATCHRUN, batchrun, clean_env, invoke, runner
 from tests.conftest import request_line, submit
 
@@ -95,7 +96,7 @@ def scrape(http: httpx.Client, url: str) -> tuple[str, dict[str, float]]:
 def sim_config(tmp_path: Path) -> Iterator[Path]:
     """A config file with endpoint `sim`: a simulator on a socket, sent to at 2,400 requests
     a minute."""
-    with running_simulator(SimulatorConfig(latency_s=0.05)) as url:
+    with running_simulator(announcing(latency_s=0.05)) as url:
         config = tmp_path / "batchrun.toml"
         config.write_text(
             f'[endpoints.sim]\nbase_url = "{url}"\nauth = "none"\n'

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
+from tests.acceptance.servers import announcing
 from tests.acceptance.waits import wait_until_received
 from tests.conftest import jsonl, request_line
 from tests.webhooks import running_webhook_receiver
@@ -103,40 +104,40 @@ def senders(db_url: str, batch_id: str) -> int:
 def test_two_processes_send_every_request_once_and_share_a_binding_limit(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=0.5, latency_jitter_s=0.5, seed=5))
+    app = create_app(announcing(latency_s=0.5, latency_jitter_s=0.5, seed=5))
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
-        batch_id = submit(env, tmp_path / "requests.jsonl", 700)
-        run = start_run(env, batch_id, "--rpm", "1200", "--processes", "2", "--json")
+        batch_id = submit(env, tmp_path / "requests.jsonl", 800)
+        run = start_run(env, batch_id, "--rpm", "2400", "--processes", "2", "--json")
         stdout, stderr = run.communicate(timeout=180)
 
     assert run.returncode == 0, stderr
     assert "Traceback" not in stderr
-    assert app.stats.received == app.stats.distinct_bodies == 700
+    assert app.stats.received == app.stats.distinct_bodies == 800
     assert app.stats.duplicate_receptions == 0
-    assert scalar(db_url, "SELECT count(DISTINCT request_id) FROM results") == 700
+    assert scalar(db_url, "SELECT count(DISTINCT request_id) FROM results") == 800
     assert senders(db_url, batch_id) == 2
     # One summary for the whole run: both processes' sends, the batch as it ended.
     summary = json.loads(stdout)
     assert summary["exit_code"] == 0
-    assert summary["run"]["sent"] == summary["run"]["succeeded"] == 700
-    assert summary["batches"][0]["request_counts"]["succeeded"] == 700
+    assert summary["run"]["sent"] == summary["run"]["succeeded"] == 800
+    assert summary["batches"][0]["request_counts"]["succeeded"] == 800
     assert summary["batches"][0]["processing_status"] == "ended"
     per_second = app.stats.admitted_by_second
     seconds = sorted(per_second)
     counts = [per_second.get(s, [0])[0] for s in range(seconds[0], seconds[-1] + 1)]
-    # 1200 a minute is 20 a second; every 10 s window stays under 200 + one second of burst.
+    # 2400 a minute is 40 a second; every 10 s window stays under 400 + one second of burst.
     windows = [sum(counts[i : i + 10]) for i in range(len(counts) - 9)]
-    assert max(windows) <= 200 + 20
+    assert max(windows) <= 400 + 40
     steady = counts[5:-5]
-    assert sum(steady) / len(steady) >= 0.9 * 20
+    assert sum(steady) / len(steady) >= 0.9 * 40
     assert worker_pids(db_url) == []
 
 
 def test_ctrl_c_of_the_parent_drains_every_worker_and_the_next_run_finishes(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=1.0))
+    app = create_app(announcing(latency_s=1.0))
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
         batch_id = submit(env, tmp_path / "requests.jsonl", 400)
@@ -178,7 +179,7 @@ def test_ctrl_c_of_the_parent_drains_every_worker_and_the_next_run_finishes(
 def test_a_second_ctrl_c_stops_every_worker_at_once(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=30.0))
+    app = create_app(announcing(latency_s=30.0))
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
         batch_id = submit(env, tmp_path / "requests.jsonl", 100)
@@ -202,7 +203,7 @@ def test_a_second_ctrl_c_stops_every_worker_at_once(
 def test_a_killed_parent_leaves_no_worker_running_and_nothing_is_lost_or_sent_twice(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=1.0))
+    app = create_app(announcing(latency_s=1.0))
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
         batch_id = submit(env, tmp_path / "requests.jsonl", 400)
@@ -231,10 +232,10 @@ def test_a_killed_parent_leaves_no_worker_running_and_nothing_is_lost_or_sent_tw
 def test_a_killed_worker_is_reported_the_other_finishes_and_the_run_fails(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=0.3, latency_jitter_s=0.2, seed=2))
+    app = create_app(announcing(latency_s=0.3, latency_jitter_s=0.2, seed=2))
     with running_simulator(app=app) as url:
         env = {**env, "ANTHROPIC_BASE_URL": url}
-        batch_id = submit(env, tmp_path / "requests.jsonl", 600)
+        batch_id = submit(env, tmp_path / "requests.jsonl", 300)
         run = start_run(env, batch_id, "--max-concurrency", "8", "--processes", "2")
         victim, _ = wait_for_workers(db_url, 2, run)
         wait_until_received(app, 40, run)
@@ -246,7 +247,7 @@ def test_a_killed_worker_is_reported_the_other_finishes_and_the_run_fails(
     assert "Traceback" not in stderr
     # The other worker went on to the end, the dead one's requests in flight included: they
     # went back to the queue at once, without waiting for their leases to run out.
-    assert scalar(db_url, "SELECT count(*) FROM results WHERE result_type = 'succeeded'") == 600
+    assert scalar(db_url, "SELECT count(*) FROM results WHERE result_type = 'succeeded'") == 300
     # Only what the killed worker had in flight may have been sent twice.
     assert app.stats.duplicate_receptions <= 8
     assert worker_pids(db_url) == []
@@ -256,15 +257,15 @@ def test_the_built_in_simulator_needs_no_key_with_several_processes(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in env.items() if k != "ANTHROPIC_API_KEY"}
-    batch_id = submit(env, tmp_path / "requests.jsonl", 200, "--endpoint", "simulator")
+    batch_id = submit(env, tmp_path / "requests.jsonl", 60, "--endpoint", "simulator")
     run = start_run(env, batch_id, "--processes", "2", "--json")
     stdout, stderr = run.communicate(timeout=180)
 
     assert run.returncode == 0, stderr
     summary = json.loads(stdout)
     assert summary["batches"][0]["endpoint"] == "simulator"
-    assert summary["run"]["sent"] == 200
-    assert scalar(db_url, "SELECT count(DISTINCT request_id) FROM results") == 200
+    assert summary["run"]["sent"] == 60
+    assert scalar(db_url, "SELECT count(DISTINCT request_id) FROM results") == 60
 
 
 @pytest.mark.parametrize(
@@ -317,7 +318,7 @@ def test_a_mistake_every_worker_finds_is_said_once_with_its_exit_code(
 def test_the_end_of_a_batch_is_notified_once_however_many_workers_sent_it(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    batch_id = submit(env, tmp_path / "requests.jsonl", 200, "--endpoint", "simulator")
+    batch_id = submit(env, tmp_path / "requests.jsonl", 60, "--endpoint", "simulator")
 
     with running_webhook_receiver() as receiver:
         done = subprocess.run(
@@ -332,4 +333,4 @@ def test_the_end_of_a_batch_is_notified_once_however_many_workers_sent_it(
     (document,) = receiver.delivered()
     assert document["event"] == "ended"
     assert document["batch"]["id"] == batch_id
-    assert document["request_counts"]["succeeded"] == 200
+    assert document["request_counts"]["succeeded"] == 60

@@ -16,7 +16,8 @@ import anthropic
 import pytest
 from sqlalchemy import create_engine, text
 
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
+from tests.acceptance.servers import announcing
 from tests.conftest import request_line
 from tests.server.serving import KEY_A
 
@@ -89,7 +90,7 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes
 def test_kill_9_of_serve_mid_batch_then_restart_finishes_the_same_batch(
     env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
-    app = create_app(SimulatorConfig(latency_s=0.2, latency_jitter_s=0.2, seed=5))
+    app = create_app(announcing(latency_s=0.2, latency_jitter_s=0.2, seed=5))
     with running_simulator(app=app) as sim_url:
         (tmp_path / "batchrun.toml").write_text(
             f'[endpoints.sim]\nbase_url = "{sim_url}"\nauth = "none"\n'

@@ -12,7 +12,8 @@ import anthropic
 import pytest
 from sqlalchemy import create_engine
 
-from batchrun.simulator import SimulatorConfig, create_app, running_simulator
+from batchrun.simulator import create_app, running_simulator
+from tests.acceptance.servers import announcing
 from tests.acceptance.test_postgres_outage import terminate_mid_statement
 from tests.conftest import POSTGRES_URL_VARIABLE, fresh_postgres_database, request_line
 from tests.server.serving import KEY_A, running_server, server_env
@@ -23,7 +24,7 @@ REQUESTS = 400
 
 
 def test_serve_survives_its_postgres_connections_being_terminated(tmp_path: Path) -> None:
-    app = create_app(SimulatorConfig(latency_s=0.1))
+    app = create_app(announcing(latency_s=0.1))
     with fresh_postgres_database() as db_url, running_simulator(app=app) as sim_url:
         config = tmp_path / "batchrun.toml"
         config.write_text(f'[endpoints.sim]\nbase_url = "{sim_url}"\nauth = "none"\n')
