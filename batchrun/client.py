@@ -24,6 +24,7 @@ Every method that waits has an ``a``-prefixed twin for callers with their own ev
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -45,14 +46,18 @@ from batchrun.errors import (
     BatchStateError,
     ConfigError,
     DatabaseError,
+    MissingExtraError,
     UsageError,
 )
 from batchrun.records import Lane
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from batchrun.config.file import Settings
     from batchrun.config.prices import PriceTable
     from batchrun.export.batch_object import BatchObject, BatchStatus, ProviderBatchModel
+    from batchrun.input.frames import OutputSchema, TableData
     from batchrun.input.sources import Requests
     from batchrun.limits.dimensions import RateLimits
     from batchrun.ops.planning import FilePlan
@@ -68,6 +73,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
+# The Pydantic model `parsed` reads answers into.
+M = TypeVar("M", bound="BaseModel")
 
 DATABASE_ENV = "BATCHRUN_DATABASE_URL"
 # The longest batch name kept (the batches table's column).
@@ -301,10 +308,10 @@ class Client:
 
     def submit_table(
         self,
-        table: str | os.PathLike[str],
+        data: TableData,
         *,
         template: str | os.PathLike[str] | Mapping[str, Any],
-        schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        output: OutputSchema | None = None,
         table_format: str | None = None,
         endpoint: str | None = None,
         name: str | None = None,
@@ -319,20 +326,23 @@ class Client:
         reuse: bool = False,
         hold_unpriced: bool = False,
     ) -> BatchObject:
-        """Render each row of ``table`` into a request with ``template`` and store them as
+        """Render each row of ``data`` into a request with ``template`` and store them as
         one batch, with the rows, in one transaction; returns the batch object.
 
-        ``table`` is a path (``"-"``: standard input) to CSV or TSV with a header row,
-        Parquet (needs pyarrow) or JSON lines of objects; ``table_format`` (``csv``, ``tsv``,
-        ``parquet``, ``jsonl``) overrides the guess from the extension. ``template`` is a
-        template file's path or its parsed TOML (see "From a table" in the docs);
-        ``schema`` (a JSON file's path or the schema) replaces its ``[output]``. If any row
-        cannot be rendered or makes an invalid request, InputFileError lists every problem
-        (``table:row N: what; how to fix``) and nothing is stored. The other arguments are
-        `submit`'s.
+        ``data`` is a path (``"-"``: standard input) to CSV or TSV with a header row,
+        Parquet (needs pyarrow) or JSON lines of objects (``table_format``: ``csv``,
+        ``tsv``, ``parquet``, ``jsonl`` overrides the guess from the extension); or the
+        rows themselves: a pandas DataFrame, a pyarrow Table or an iterable of dicts.
+        ``template`` is a template file's path or its parsed TOML (see "From a table" in
+        the docs); ``output`` replaces its ``[output]``: a Pydantic model class (its JSON
+        Schema, every object closed), a JSON Schema as a dict, or a JSON file's path. If
+        any row cannot be rendered or makes an invalid request, InputFileError lists every
+        problem (``table:row N: what; how to fix``) and nothing is stored. The other
+        arguments are `submit`'s.
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
+        from batchrun.input.frames import data_rows, model_schema
         from batchrun.input.ingest import submit_requests
         from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS, open_request_file
         from batchrun.input.table_ingest import TableItems, row_locator, table_items
@@ -341,26 +351,38 @@ class Client:
         from batchrun.input.validation import MAX_LINE_BYTES
 
         expires_in_s = _submit_arguments(expires_in_s, max_cost_usd, name)
-        output = None if schema is None else load_schema(schema)
+        schema = (
+            None
+            if output is None
+            else model_schema(output)
+            if isinstance(output, type)
+            else load_schema(output)
+        )
         if isinstance(template, Mapping):
-            compiled = compile_template(template, source="<template>", schema=output)
+            compiled = compile_template(template, source="<template>", schema=schema)
         else:
-            compiled = load_template(template, schema=output)
+            compiled = load_template(template, schema=schema)
         known = self.endpoints()
         target = known.check(endpoint or known.default)
         check_lane(lane, known, target)
         store = self._store()
         refuse_unpriced = max_cost_usd is not None and not hold_unpriced
-        path = os.fspath(table)
-        source = "<stdin>" if path == "-" else path
-        with open_request_file(path) as raw:
-            stream = buffered(raw)
+        with contextlib.ExitStack() as stack:
+            if isinstance(data, str | os.PathLike):
+                path = os.fspath(data)
+                source = "<stdin>" if path == "-" else path
+                stream = buffered(stack.enter_context(open_request_file(path)))
+                rows = None
+                form = table_format_of(path, stream, table_format)
+            else:
+                path, stream, form = None, None, "rows"
+                source, rows = data_rows(data)
             keep = TableItems()
             items = table_items(
                 stream,
                 template=compiled,
                 source=source,
-                table_format=table_format_of(path, stream, table_format),
+                table_format=form,
                 path=path,
                 mode=known.structured_outputs(target) if compiled.output is not None else None,
                 default_model=model,
@@ -368,6 +390,7 @@ class Client:
                 max_file_bytes=max_file_bytes or MAX_FILE_BYTES,
                 max_row_bytes=MAX_LINE_BYTES,
                 keep=keep,
+                rows=rows,
             )
             batch_id = submit_requests(
                 store,
@@ -738,17 +761,23 @@ class Client:
         only: ResultState | None = None,
         partial: bool = False,
         csv_raw: bool = False,
+        with_input: bool = False,
     ) -> int:
         """Write the batch's results in an export format (``anthropic``, ``flat``, ``csv``,
         or any registered one) to a file, atomically (a reader sees the old file or the
         new one, never half of one), or to an open stream; returns how many. CSV text
         cells that a spreadsheet would run as a formula get a leading ``'`` unless
-        ``csv_raw`` (for programs that read the file)."""
+        ``csv_raw`` (for programs that read the file). ``with_input`` (``flat``, ``csv``,
+        ``parquet``; a batch submitted from a table): one row per input row, its columns
+        then the result's and the answer's (see "Results joined to their rows" in the
+        docs); a partial export keeps the open rows, with null results."""
         from batchrun.export.atomic import atomic_output
         from batchrun.export.formats import EXPORT_FORMATS
 
-        check_export_arguments(format=format, only=only)
+        check_export_arguments(format=format, only=only, with_input=with_input)
         chosen = EXPORT_FORMATS.get(format)
+        if with_input:
+            return self._export_joined(batch_id, output, chosen.binary, format, partial, csv_raw)
         write = chosen.writer(raw=csv_raw)
         rows = self._result_rows(batch_id, partial=partial, only=only)
         try:
@@ -759,6 +788,105 @@ class Client:
             return write(rows, output, prices)
         finally:
             _close(rows)
+
+    def _export_joined(
+        self,
+        batch_id: str,
+        output: str | os.PathLike[str] | IO[Any],
+        binary: bool,
+        format: str,
+        partial: bool,
+        csv_raw: bool,
+    ) -> int:
+        from batchrun.export.atomic import atomic_output
+        from batchrun.export.joined_files import write_joined
+        from batchrun.export.parquet import pyarrow_modules
+        from batchrun.ops.joined import joined_results
+
+        if format == "parquet":
+            pyarrow_modules("--format parquet")  # before anything is read or written
+        joined = joined_results(self._store(), batch_id, self.prices(), partial=partial)
+        try:
+            if isinstance(output, str | os.PathLike):
+                with atomic_output(output, binary=binary) as stream:
+                    return write_joined(
+                        joined.records, stream, joined.layout, format=format, csv_raw=csv_raw
+                    )
+            return write_joined(
+                joined.records, output, joined.layout, format=format, csv_raw=csv_raw
+            )
+        finally:
+            _close(joined.records)
+
+    def results_table(
+        self, batch_id: str, *, with_input: bool = True, partial: bool = False
+    ) -> Any:
+        """The batch's results as a ``pyarrow.Table``, in input order: with ``with_input``
+        (a batch submitted from a table) the columns of ``results --with-input --format
+        parquet``, one row per input row; without, the flat export's columns. ``.to_pandas()``
+        makes it a DataFrame (or see `results_frame`). MissingExtraError without pyarrow."""
+        from batchrun.export.parquet import flat_batches, pyarrow_modules
+
+        pa, _ = pyarrow_modules("results_table")
+        if with_input:
+            from batchrun.export.joined_files import table_of
+            from batchrun.ops.joined import joined_results
+
+            joined = joined_results(self._store(), batch_id, self.prices(), partial=partial)
+            try:
+                return table_of(joined.records, joined.layout)
+            finally:
+                _close(joined.records)
+        from batchrun.export.parquet import parquet_schema
+
+        rows = self._result_rows(batch_id, partial=partial, only=None)
+        try:
+            groups = list(flat_batches(rows, self.prices()))
+        finally:
+            _close(rows)
+        return pa.concat_tables(groups) if groups else parquet_schema(pa).empty_table()
+
+    def results_frame(
+        self, batch_id: str, *, with_input: bool = True, partial: bool = False
+    ) -> Any:
+        """`results_table` as a ``pandas.DataFrame``; MissingExtraError without pandas or
+        pyarrow (pip install 'batchrun-llm[pandas]')."""
+        import importlib
+
+        try:
+            importlib.import_module("pandas")
+        except ImportError:
+            raise MissingExtraError(
+                "results_frame needs pandas: pip install pandas (or 'batchrun-llm[pandas]')",
+                module="pandas",
+            ) from None
+        return self.results_table(batch_id, with_input=with_input, partial=partial).to_pandas()
+
+    def parsed(
+        self, batch_id: str, *, model: type[M], partial: bool = False
+    ) -> Generator[tuple[dict[str, Any], M | None], None, None]:
+        """``(row, answer)`` for each input row of a batch submitted from a table, in input
+        order: the row as a dict of its columns, and its answer as an instance of ``model``
+        (a Pydantic model class), or None when the request failed, is not finished, or its
+        answer does not match the schema or the model."""
+        from pydantic import ValidationError
+
+        from batchrun.export.joined import answer_of, input_row
+        from batchrun.ops.joined import joined_results
+
+        joined = joined_results(self._store(), batch_id, _no_prices(), partial=partial)
+        try:
+            for record in joined.records:
+                answer = answer_of(record, joined.layout)
+                value = None
+                if answer is not None:
+                    try:
+                        value = model.model_validate(answer)
+                    except ValidationError:
+                        value = None
+                yield input_row(record, joined.layout), value
+        finally:
+            _close(joined.records)
 
     # -- running --------------------------------------------------------------------------
 
@@ -1169,11 +1297,14 @@ def check_run_arguments(
     return count
 
 
-def check_export_arguments(*, format: str = "anthropic", only: str | None = None) -> None:
+def check_export_arguments(
+    *, format: str = "anthropic", only: str | None = None, with_input: bool = False
+) -> None:
     """The rules of :meth:`Client.export`'s and :meth:`Client.results`' arguments, in one
     place for the Client and the CLI (which checks them before it looks anything up):
     UsageError naming the argument (the format registry words an unknown format)."""
     from batchrun.export.formats import EXPORT_FORMATS
+    from batchrun.export.joined_files import JOINED_FORMATS
 
     try:
         EXPORT_FORMATS.get(format)
@@ -1182,6 +1313,18 @@ def check_export_arguments(*, format: str = "anthropic", only: str | None = None
     if only is not None and only not in RESULT_STATES:
         raise UsageError(
             argument="only", problem=f"{only!r} is not one of {', '.join(RESULT_STATES)}"
+        )
+    if with_input and format not in JOINED_FORMATS:
+        raise UsageError(
+            argument="format",
+            problem=f"{format!r} cannot hold the input rows; with_input (--with-input) "
+            f"writes {', '.join(JOINED_FORMATS)}",
+        )
+    if with_input and only is not None:
+        raise UsageError(
+            argument="only",
+            problem="with_input (--with-input) writes every input row; filter on result_type "
+            "in the joined file instead",
         )
 
 

@@ -14,7 +14,7 @@ Problems name ``FILE:row N``; nothing is stored while any row has one (unless
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -22,7 +22,7 @@ import orjson
 
 from batchrun.input.reader import FileProblem, ReadItem, check_duplicate
 from batchrun.input.seen_ids import SeenIds
-from batchrun.input.tables import RowProblem, TableProblem, read_table, row_json
+from batchrun.input.tables import RowProblem, TableItem, TableProblem, read_table, row_json
 from batchrun.input.templates import Rendered, Template, render
 from batchrun.input.validation import InvalidLine, validate_line
 from batchrun.input.wording import size_text
@@ -59,12 +59,14 @@ def table_items(
     max_file_bytes: int,
     max_row_bytes: int,
     keep: TableItems,
+    rows: Iterable[TableItem] | None = None,
 ) -> Iterator[ReadItem]:
     """The table's rows as ingest items: ``(row_no, ValidRequest | InvalidLine)``, and a
     `FileProblem` last when the table as a whole cannot be used (empty, unreadable, over a
     cap). ``mode`` is how the endpoint is asked for structured answers; ``keep`` receives
     each row's JSON for ``input_row``. Rendered custom_ids are checked for duplicates as a
-    JSONL file's are (in memory, then in a temporary file: a table of any size)."""
+    JSONL file's are (in memory, then in a temporary file: a table of any size). ``rows``:
+    the rows of a table in memory (`batchrun.input.frames`), read instead of ``stream``."""
     seen = SeenIds()
     try:
         yield from _rendered_items(
@@ -80,6 +82,7 @@ def table_items(
             max_row_bytes=max_row_bytes,
             keep=keep,
             seen=seen,
+            rows=rows,
         )
     finally:
         seen.close()
@@ -99,17 +102,24 @@ def _rendered_items(
     max_row_bytes: int,
     keep: TableItems,
     seen: SeenIds,
+    rows: Iterable[TableItem] | None,
 ) -> Iterator[ReadItem]:
     total_bytes = 0
-    rows = 0
-    for row_no, item in read_table(
-        stream, source=source, table_format=table_format, path=path, max_row_bytes=max_row_bytes
-    ):
+    count = 0
+    if rows is None:
+        rows = read_table(
+            stream,
+            source=source,
+            table_format=table_format,
+            path=path,
+            max_row_bytes=max_row_bytes,
+        )
+    for row_no, item in rows:
         if isinstance(item, TableProblem):
             yield row_no, FileProblem(item.message)
             return
-        rows += 1
-        if rows > max_requests:
+        count += 1
+        if count > max_requests:
             yield (
                 row_no,
                 FileProblem(
