@@ -1248,6 +1248,7 @@ class Client:
         only: ResultState | None = None,
         partial: bool = False,
         csv_raw: bool = False,
+        with_input: bool = False,
     ) -> int:
         """:meth:`export` off the event loop."""
         return await _off_loop(
@@ -1258,6 +1259,7 @@ class Client:
             only=only,
             partial=partial,
             csv_raw=csv_raw,
+            with_input=with_input,
         )
 
 

@@ -122,7 +122,7 @@ class JoinedLayout:
 
 def survey(page: Callable[[int], list[tuple[int, str]]]) -> dict[str, Shape]:
     """The input columns of the stored rows, in the order first seen, with their shapes;
-    ``page(after_row_no)`` gives the next rows (``store.batches.table_rows``)."""
+    ``page(after_row_no)`` gives the next rows (the store's table rows, a page at a time)."""
     kinds: dict[str, set[str]] = {}
     after = 0
     while rows := page(after):
@@ -166,7 +166,7 @@ def layout(inputs: Mapping[str, Shape], spec: AnswerSpec) -> JoinedLayout:
 def joined_records(
     pairs: Iterable[tuple[ResultDetail, str | None]], prices: PriceTable, plan: JoinedLayout
 ) -> Iterator[dict[str, Any]]:
-    """One record per row (``store.results.iter_joined``), keyed by the output column
+    """One record per row (the store's joined rows, in input order), keyed by the output column
     names, holding Python values as the answer and the rows have them (the ``answer``
     column: the parsed answer; answer columns: its properties)."""
     pending: deque[tuple[ResultDetail, str | None]] = deque()

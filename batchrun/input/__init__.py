@@ -8,7 +8,9 @@ line's checks), ``wording`` (how problems are worded), ``images`` and ``estimate
 estimates), ``digests`` (the params digest for reuse, the cached prompt prefix's key),
 ``ingest`` (stream into the store); for tables, ``tables`` (CSV, TSV, Parquet, JSON lines
 read row by row), ``templates`` (a TOML prompt template rendered per row) and
-``table_ingest`` (rendered rows into the same ingest, with the rows kept).
+``table_ingest`` (rendered rows into the same ingest, with the rows kept) and ``frames``
+(tables in memory: DataFrames, pyarrow Tables, dicts; a Pydantic model as the schema).
 May import: ``batchrun.records``, ``batchrun.errors`` and ``batchrun.structured`` (a
-template's answer schema); the store only for types.
+template's answer schema); the store only for types. pandas and pyarrow objects are read
+through their own methods, never imported here.
 """
