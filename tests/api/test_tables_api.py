@@ -217,3 +217,38 @@ with batchrun.Client("sqlite:///{tmp_path}/db.sqlite", env={{"HOME": "."}}, cwd=
 
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == f"MissingExtraError|{module}|{message}\n"
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_the_tables_pages_python_example_and_duckdb_query_run_as_they_are(tmp_path: Path) -> None:
+    import os
+
+    import duckdb
+
+    page = (DOCS / "tables.md").read_text()
+    section = page.split("## In Python\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    expected = section.split("```text\n", 1)[1].split("```", 1)[0]
+    query = page.split("```sql\n", 1)[1].split("```", 1)[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHRUN_", "ANTHROPIC_"))}
+
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == expected
+    with duckdb.connect() as db:
+        db.execute(f"SET file_search_path = '{tmp_path}'")
+        rows = db.execute(query).fetchall()
+    assert sum(count for _, count, _, _ in rows) == 3
+    assert all(category in {"billing", "bug", "account", "other"} for category, *_ in rows)
+    assert all(mean is not None and cost > 0 for _, _, mean, cost in rows)
