@@ -232,6 +232,8 @@ def test_the_tables_pages_python_example_and_duckdb_query_run_as_they_are(tmp_pa
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     expected = section.split("```text\n", 1)[1].split("```", 1)[0]
     query = page.split("```sql\n", 1)[1].split("```", 1)[0]
+    joined_section = page.split("## Results joined to their rows\n", 1)[1]
+    reading = joined_section.split("```python\n", 1)[1].split("```", 1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHRUN_", "ANTHROPIC_"))}
 
     ran = subprocess.run(
@@ -246,6 +248,17 @@ def test_the_tables_pages_python_example_and_duckdb_query_run_as_they_are(tmp_pa
 
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == expected
+    read = subprocess.run(
+        [sys.executable, "-c", reading],
+        cwd=tmp_path,
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.startswith("answer_category\n")
     with duckdb.connect() as db:
         db.execute(f"SET file_search_path = '{tmp_path}'")
         rows = db.execute(query).fetchall()
