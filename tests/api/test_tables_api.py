@@ -204,7 +204,8 @@ def test_a_missing_extra_is_one_line_saying_what_to_install(
 import batchrun
 with batchrun.Client("sqlite:///{tmp_path}/db.sqlite", env={{"HOME": "."}}, cwd=".") as client:
     batch = client.submit_table(
-        [{{"w": "a"}}], template={{"model": "claude-sonnet-4-5", "max_tokens": 5, "user": "{{{{ w }}}}"}},
+        [{{"w": "a"}}],
+        template={{"model": "claude-sonnet-4-5", "max_tokens": 5, "user": "{{{{ w }}}}"}},
         endpoint="simulator",
     )
     client.run(batch.id, stop_on_signals=False)

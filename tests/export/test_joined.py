@@ -186,9 +186,8 @@ def test_joined_parquet_csv_and_json_lines_hold_every_row_in_input_order_with_ty
         assert line["answer"] == (
             None if record["answer"] is None else json.loads(record["answer"])
         )
-        assert {k: line[k] for k in HEADER + ["custom_id", "answer_tags", "answer_origin"]} == {
-            k: record[k] for k in HEADER + ["custom_id", "answer_tags", "answer_origin"]
-        }
+        same = [*HEADER, "custom_id", "answer_tags", "answer_origin"]
+        assert {k: line[k] for k in same} == {k: record[k] for k in same}
 
     with (tmp_path / "j.csv").open(newline="", encoding="utf-8") as stream:
         cells = list(csv.reader(stream))
