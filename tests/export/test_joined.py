@@ -385,3 +385,36 @@ def test_record_batches_take_one_chunk_of_records_at_a_time() -> None:
     parquet = pq.ParquetFile(io.BytesIO(out.getvalue()))
     assert parquet.metadata.num_row_groups == 3
     assert parquet.read().column("n").to_pylist() == list(range(2_500))
+
+
+@pytest.mark.sqlite_only
+def test_a_joined_export_takes_the_same_memory_for_four_times_the_rows(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Streamed: the peak of Python memory while 16,000 rows are joined and written is that
+    of 4,000 (one chunk of the store's stream at a time), not four times it."""
+    import tracemalloc
+
+    import batchrun
+
+    def peak_bytes(rows: int) -> int:
+        with batchrun.Client(db_url, env={"HOME": str(tmp_path)}, cwd=tmp_path) as client:
+            batch = client.submit_table(
+                ({"n": n, "subject": "s" * 200} for n in range(rows)),
+                template={"model": "claude-sonnet-4-5", "max_tokens": 20, "user": "{{ subject }}"},
+                endpoint="simulator",
+            )
+            tracemalloc.start()
+            try:
+                with (tmp_path / f"{rows}.csv").open("w", newline="") as out:
+                    written = client.export(
+                        batch.id, out, format="csv", with_input=True, partial=True
+                    )
+                return tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+                assert written == rows
+
+    small, large = peak_bytes(4_000), peak_bytes(16_000)
+
+    assert large < small * 1.5, (small, large)
