@@ -28,10 +28,10 @@ _MAX_DEPTH = 32
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def schema_shape(node: object, root: Mapping[str, Any], *, _depth: int = 0) -> Shape:
+def schema_shape(node: object, root: Mapping[str, Any]) -> Shape:
     """The shape of values that match the schema ``node``; ``root`` is the whole schema,
     for ``$ref``. See the module docstring."""
-    return _shape(node, root, _depth, frozenset())
+    return _shape(node, root, 0, frozenset())
 
 
 def _shape(node: object, root: Mapping[str, Any], depth: int, refs: frozenset[str]) -> Shape:
