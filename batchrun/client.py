@@ -777,7 +777,17 @@ class Client:
         check_export_arguments(format=format, only=only, with_input=with_input)
         chosen = EXPORT_FORMATS.get(format)
         if with_input:
-            return self._export_joined(batch_id, output, chosen.binary, format, partial, csv_raw)
+            from batchrun.ops.joined import export_joined
+
+            return export_joined(
+                self._store(),
+                batch_id,
+                self.prices(),
+                output,
+                format=format,
+                partial=partial,
+                csv_raw=csv_raw,
+            )
         write = chosen.writer(raw=csv_raw)
         rows = self._result_rows(batch_id, partial=partial, only=only)
         try:
@@ -789,35 +799,6 @@ class Client:
         finally:
             _close(rows)
 
-    def _export_joined(
-        self,
-        batch_id: str,
-        output: str | os.PathLike[str] | IO[Any],
-        binary: bool,
-        format: str,
-        partial: bool,
-        csv_raw: bool,
-    ) -> int:
-        from batchrun.export.atomic import atomic_output
-        from batchrun.export.joined_files import write_joined
-        from batchrun.export.parquet import pyarrow_modules
-        from batchrun.ops.joined import joined_results
-
-        if format == "parquet":
-            pyarrow_modules("--format parquet")  # before anything is read or written
-        joined = joined_results(self._store(), batch_id, self.prices(), partial=partial)
-        try:
-            if isinstance(output, str | os.PathLike):
-                with atomic_output(output, binary=binary) as stream:
-                    return write_joined(
-                        joined.records, stream, joined.layout, format=format, csv_raw=csv_raw
-                    )
-            return write_joined(
-                joined.records, output, joined.layout, format=format, csv_raw=csv_raw
-            )
-        finally:
-            _close(joined.records)
-
     def results_table(
         self, batch_id: str, *, with_input: bool = True, partial: bool = False
     ) -> Any:
@@ -825,26 +806,17 @@ class Client:
         (a batch submitted from a table) the columns of ``results --with-input --format
         parquet``, one row per input row; without, the flat export's columns. ``.to_pandas()``
         makes it a DataFrame (or see `results_frame`). MissingExtraError without pyarrow."""
-        from batchrun.export.parquet import flat_batches, pyarrow_modules
-
-        pa, _ = pyarrow_modules("results_table")
         if with_input:
-            from batchrun.export.joined_files import table_of
-            from batchrun.ops.joined import joined_results
+            from batchrun.ops.joined import joined_table
 
-            joined = joined_results(self._store(), batch_id, self.prices(), partial=partial)
-            try:
-                return table_of(joined.records, joined.layout)
-            finally:
-                _close(joined.records)
-        from batchrun.export.parquet import parquet_schema
+            return joined_table(self._store(), batch_id, self.prices(), partial=partial)
+        from batchrun.export.parquet import flat_table
 
         rows = self._result_rows(batch_id, partial=partial, only=None)
         try:
-            groups = list(flat_batches(rows, self.prices()))
+            return flat_table(rows, self.prices())
         finally:
             _close(rows)
-        return pa.concat_tables(groups) if groups else parquet_schema(pa).empty_table()
 
     def results_frame(
         self, batch_id: str, *, with_input: bool = True, partial: bool = False
@@ -869,24 +841,9 @@ class Client:
         order: the row as a dict of its columns, and its answer as an instance of ``model``
         (a Pydantic model class), or None when the request failed, is not finished, or its
         answer does not match the schema or the model."""
-        from pydantic import ValidationError
+        from batchrun.ops.joined import parsed_rows
 
-        from batchrun.export.joined import answer_of, input_row
-        from batchrun.ops.joined import joined_results
-
-        joined = joined_results(self._store(), batch_id, _no_prices(), partial=partial)
-        try:
-            for record in joined.records:
-                answer = answer_of(record, joined.layout)
-                value = None
-                if answer is not None:
-                    try:
-                        value = model.model_validate(answer)
-                    except ValidationError:
-                        value = None
-                yield input_row(record, joined.layout), value
-        finally:
-            _close(joined.records)
+        return parsed_rows(self._store(), batch_id, self.prices(), model, partial=partial)
 
     # -- running --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ the input columns and their kinds (a CSV's are strings; JSON lines keep their ty
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,7 +165,7 @@ def layout(inputs: Mapping[str, Shape], spec: AnswerSpec) -> JoinedLayout:
 
 def joined_records(
     pairs: Iterable[tuple[ResultDetail, str | None]], prices: PriceTable, plan: JoinedLayout
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """One record per row (the store's joined rows, in input order), keyed by the output column
     names, holding Python values as the answer and the rows have them (the ``answer``
     column: the parsed answer; answer columns: its properties)."""

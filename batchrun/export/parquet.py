@@ -108,6 +108,13 @@ def flat_batches(
         yield pa.Table.from_pylist(group, schema=schema)
 
 
+def flat_table(rows: Iterable[ResultDetail], prices: PriceTable) -> Any:
+    """The flat columns of the rows as one pyarrow Table (``Client.results_table``)."""
+    pa, _ = pyarrow_modules("results_table")
+    groups = list(flat_batches(rows, prices))
+    return pa.concat_tables(groups) if groups else parquet_schema(pa).empty_table()
+
+
 def write_parquet(
     rows: Iterable[ResultDetail],
     stream: IO[bytes],
