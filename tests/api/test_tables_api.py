@@ -266,3 +266,37 @@ def test_the_tables_pages_python_example_and_duckdb_query_run_as_they_are(tmp_pa
     assert sum(count for _, count, _, _ in rows) == 3
     assert all(category in {"billing", "bug", "account", "other"} for category, *_ in rows)
     assert all(mean is not None and cost > 0 for _, _, mean, cost in rows)
+
+
+def test_dates_come_back_as_iso_text_and_a_stricter_model_gives_none(
+    client: batchrun.Client,
+) -> None:
+    import datetime as dt
+
+    class Strict(BaseModel):
+        category: Literal["nothing the simulator says"]
+
+    data = pa.table(
+        {
+            "ticket_id": [1, 2],
+            "subject": ["a", "b"],
+            "opened": [dt.date(2026, 1, 2), None],
+        }
+    )
+    batch = client.submit_table(
+        data, template={**TEMPLATE, "system": "x"}, output=Triage, endpoint="simulator"
+    )
+    client.run(batch.id, stop_on_signals=False)
+
+    table = client.results_table(batch.id)
+    strict = list(client.parsed(batch.id, model=Strict))
+    loose = list(client.parsed(batch.id, model=Triage))
+
+    assert table.schema.field("opened").type == pa.string()
+    assert table.column("opened").to_pylist() == ["2026-01-02", None]
+    assert [answer for _, answer in strict] == [None, None]
+    assert all(isinstance(answer, Triage) for _, answer in loose)
+    assert [row for row, _ in strict] == [
+        {"ticket_id": 1, "subject": "a", "opened": "2026-01-02"},
+        {"ticket_id": 2, "subject": "b", "opened": None},
+    ]
