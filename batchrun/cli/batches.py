@@ -470,7 +470,7 @@ def results(
             "--with-input",
             help="For a batch submitted from a table (flat, csv, parquet): one row per input "
             "row, in input order: its columns unchanged, then custom_id, result_type, "
-            "error_type, error_message, text, the parsed answer, one answer_<property> column "
+            "error_type, error_message, text, the parsed answer, one answer_NAME column "
             "per property of the schema, the tokens and cost_usd.",
         ),
     ] = False,
