@@ -25,6 +25,7 @@ from batchrun.errors import (
     ExitCode,
     InputFileError,
     MissingApiKeyError,
+    MissingExtraError,
     RunLockedError,
     UnknownEndpointError,
     UnpricedModelsError,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from batchrun.config.prices import CostTotal, PriceTable
     from batchrun.dispatch.counts import RunReport
     from batchrun.export.batch_object import BatchObject, BatchStatus, ProviderBatchModel
+    from batchrun.input.frames import OutputSchema, TableData
     from batchrun.input.sources import Requests
     from batchrun.ops.monitor import ProgressSnapshot
     from batchrun.ops.planning import FilePlan, ModelPlan
@@ -71,6 +73,7 @@ _LAZY: dict[str, str] = {
     "LockMode": "batchrun.client",
     "ModelPlan": "batchrun.ops.planning",
     "Note": "batchrun.ops.run_types",
+    "OutputSchema": "batchrun.input.frames",
     "PassFinished": "batchrun.ops.run_types",
     "PassResult": "batchrun.ops.run_types",
     "PriceTable": "batchrun.config.prices",
@@ -87,6 +90,7 @@ _LAZY: dict[str, str] = {
     "RunResult": "batchrun.ops.run_types",
     "RunSession": "batchrun.ops.session",
     "Settings": "batchrun.config.file",
+    "TableData": "batchrun.input.frames",
     "WaitingBatch": "batchrun.ops.runner",
 }
 
@@ -111,8 +115,10 @@ __all__ = [
     "Limits",
     "LockMode",
     "MissingApiKeyError",
+    "MissingExtraError",
     "ModelPlan",
     "Note",
+    "OutputSchema",
     "PassFinished",
     "PassResult",
     "PriceTable",
@@ -129,6 +135,7 @@ __all__ = [
     "RunResult",
     "RunSession",
     "Settings",
+    "TableData",
     "UnknownEndpointError",
     "UnpricedModelsError",
     "UsageError",

@@ -45,14 +45,18 @@ from batchrun.errors import (
     BatchStateError,
     ConfigError,
     DatabaseError,
+    MissingExtraError,
     UsageError,
 )
 from batchrun.records import Lane
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from batchrun.config.file import Settings
     from batchrun.config.prices import PriceTable
     from batchrun.export.batch_object import BatchObject, BatchStatus, ProviderBatchModel
+    from batchrun.input.frames import OutputSchema, TableData
     from batchrun.input.sources import Requests
     from batchrun.limits.dimensions import RateLimits
     from batchrun.ops.planning import FilePlan
@@ -68,6 +72,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
+# The Pydantic model `parsed` reads answers into.
+M = TypeVar("M", bound="BaseModel")
 
 DATABASE_ENV = "BATCHRUN_DATABASE_URL"
 # The longest batch name kept (the batches table's column).
@@ -301,10 +307,10 @@ class Client:
 
     def submit_table(
         self,
-        table: str | os.PathLike[str],
+        data: TableData,
         *,
         template: str | os.PathLike[str] | Mapping[str, Any],
-        schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        output: OutputSchema | None = None,
         table_format: str | None = None,
         endpoint: str | None = None,
         name: str | None = None,
@@ -319,27 +325,32 @@ class Client:
         reuse: bool = False,
         hold_unpriced: bool = False,
     ) -> BatchObject:
-        """Render each row of ``table`` into a request with ``template`` and store them as
+        """Render each row of ``data`` into a request with ``template`` and store them as
         one batch, with the rows, in one transaction; returns the batch object.
 
-        ``table`` is a path (``"-"``: standard input) to CSV or TSV with a header row,
-        Parquet (needs pyarrow) or JSON lines of objects; ``table_format`` (``csv``, ``tsv``,
-        ``parquet``, ``jsonl``) overrides the guess from the extension. ``template`` is a
-        template file's path or its parsed TOML (see "From a table" in the docs);
-        ``schema`` (a JSON file's path or the schema) replaces its ``[output]``. If any row
-        cannot be rendered or makes an invalid request, InputFileError lists every problem
-        (``table:row N: what; how to fix``) and nothing is stored. The other arguments are
-        `submit`'s.
+        ``data`` is a path (``"-"``: standard input) to CSV or TSV with a header row,
+        Parquet (needs pyarrow) or JSON lines of objects (``table_format``: ``csv``,
+        ``tsv``, ``parquet``, ``jsonl`` overrides the guess from the extension); or the
+        rows themselves: a pandas DataFrame, a pyarrow Table or an iterable of dicts.
+        ``template`` is a template file's path or its parsed TOML (see "From a table" in
+        the docs); ``output`` replaces its ``[output]``: a Pydantic model class (its JSON
+        Schema, every object closed), a JSON Schema as a dict, or a JSON file's path. If
+        any row cannot be rendered or makes an invalid request, InputFileError lists every
+        problem (``table:row N: what; how to fix``) and nothing is stored. The other
+        arguments are `submit`'s.
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
+        from batchrun.input.frames import model_schema
         from batchrun.input.ingest import submit_requests
         from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
         from batchrun.input.table_ingest import TableItems, open_table
         from batchrun.input.templates import template_from
 
         expires_in_s = _submit_arguments(expires_in_s, max_cost_usd, name)
-        compiled = template_from(template, schema=schema)
+        compiled = template_from(
+            template, schema=model_schema(output) if isinstance(output, type) else output
+        )
         known = self.endpoints()
         target = known.check(endpoint or known.default)
         check_lane(lane, known, target)
@@ -347,7 +358,7 @@ class Client:
         refuse_unpriced = max_cost_usd is not None and not hold_unpriced
         keep = TableItems()
         with open_table(
-            table,
+            data,
             template=compiled,
             table_format=table_format,
             mode=known.structured_outputs(target) if compiled.output is not None else None,
@@ -468,10 +479,10 @@ class Client:
 
     def estimate_table(
         self,
-        table: str | os.PathLike[str],
+        data: TableData,
         *,
         template: str | os.PathLike[str] | Mapping[str, Any],
-        schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        output: OutputSchema | None = None,
         table_format: str | None = None,
         endpoint: str | None = None,
         model: str | None = None,
@@ -490,16 +501,19 @@ class Client:
         that cannot be rendered or make invalid requests raise :class:`InputFileError`
         (``table:row N: ...``), unless ``skip_invalid``. Arguments as for
         :meth:`submit_table` and :meth:`estimate`."""
+        from batchrun.input.frames import model_schema
         from batchrun.input.reader import MAX_FILE_BYTES, MAX_REQUESTS
         from batchrun.input.table_ingest import open_table
         from batchrun.input.templates import template_from
         from batchrun.ops.planning import plan_items
 
-        compiled = template_from(template, schema=schema)
+        compiled = template_from(
+            template, schema=model_schema(output) if isinstance(output, type) else output
+        )
         known = self.endpoints()
         name = known.check(endpoint or known.default)
         with open_table(
-            table,
+            data,
             template=compiled,
             table_format=table_format,
             mode=known.structured_outputs(name) if compiled.output is not None else None,
@@ -816,17 +830,33 @@ class Client:
         only: ResultState | None = None,
         partial: bool = False,
         csv_raw: bool = False,
+        with_input: bool = False,
     ) -> int:
         """Write the batch's results in an export format (``anthropic``, ``flat``, ``csv``,
         or any registered one) to a file, atomically (a reader sees the old file or the
         new one, never half of one), or to an open stream; returns how many. CSV text
         cells that a spreadsheet would run as a formula get a leading ``'`` unless
-        ``csv_raw`` (for programs that read the file)."""
+        ``csv_raw`` (for programs that read the file). ``with_input`` (``flat``, ``csv``,
+        ``parquet``; a batch submitted from a table): one row per input row, its columns
+        then the result's and the answer's (see "Results joined to their rows" in the
+        docs); a partial export keeps the open rows, with null results."""
         from batchrun.export.atomic import atomic_output
         from batchrun.export.formats import EXPORT_FORMATS
 
-        check_export_arguments(format=format, only=only)
+        check_export_arguments(format=format, only=only, with_input=with_input)
         chosen = EXPORT_FORMATS.get(format)
+        if with_input:
+            from batchrun.ops.joined import export_joined
+
+            return export_joined(
+                self._store(),
+                batch_id,
+                self.prices(),
+                output,
+                format=format,
+                partial=partial,
+                csv_raw=csv_raw,
+            )
         write = chosen.writer(raw=csv_raw)
         rows = self._result_rows(batch_id, partial=partial, only=only)
         try:
@@ -837,6 +867,52 @@ class Client:
             return write(rows, output, prices)
         finally:
             _close(rows)
+
+    def results_table(
+        self, batch_id: str, *, with_input: bool = True, partial: bool = False
+    ) -> Any:
+        """The batch's results as a ``pyarrow.Table``, in input order: with ``with_input``
+        (a batch submitted from a table) the columns of ``results --with-input --format
+        parquet``, one row per input row; without, the flat export's columns. ``.to_pandas()``
+        makes it a DataFrame (or see `results_frame`). MissingExtraError without pyarrow."""
+        if with_input:
+            from batchrun.ops.joined import joined_table
+
+            return joined_table(self._store(), batch_id, self.prices(), partial=partial)
+        from batchrun.export.parquet import flat_table
+
+        rows = self._result_rows(batch_id, partial=partial, only=None)
+        try:
+            return flat_table(rows, self.prices())
+        finally:
+            _close(rows)
+
+    def results_frame(
+        self, batch_id: str, *, with_input: bool = True, partial: bool = False
+    ) -> Any:
+        """`results_table` as a ``pandas.DataFrame``; MissingExtraError without pandas or
+        pyarrow (pip install 'batchrun-llm[pandas]')."""
+        import importlib
+
+        try:
+            importlib.import_module("pandas")
+        except ImportError:
+            raise MissingExtraError(
+                "results_frame needs pandas: pip install pandas (or 'batchrun-llm[pandas]')",
+                module="pandas",
+            ) from None
+        return self.results_table(batch_id, with_input=with_input, partial=partial).to_pandas()
+
+    def parsed(
+        self, batch_id: str, *, model: type[M], partial: bool = False
+    ) -> Generator[tuple[dict[str, Any], M | None], None, None]:
+        """``(row, answer)`` for each input row of a batch submitted from a table, in input
+        order: the row as a dict of its columns, and its answer as an instance of ``model``
+        (a Pydantic model class), or None when the request failed, is not finished, or its
+        answer does not match the schema or the model."""
+        from batchrun.ops.joined import parsed_rows
+
+        return parsed_rows(self._store(), batch_id, self.prices(), model, partial=partial)
 
     # -- running --------------------------------------------------------------------------
 
@@ -1219,6 +1295,7 @@ class Client:
         only: ResultState | None = None,
         partial: bool = False,
         csv_raw: bool = False,
+        with_input: bool = False,
     ) -> int:
         """:meth:`export` off the event loop."""
         return await _off_loop(
@@ -1229,6 +1306,7 @@ class Client:
             only=only,
             partial=partial,
             csv_raw=csv_raw,
+            with_input=with_input,
         )
 
 
@@ -1268,11 +1346,14 @@ def check_run_arguments(
     return count
 
 
-def check_export_arguments(*, format: str = "anthropic", only: str | None = None) -> None:
+def check_export_arguments(
+    *, format: str = "anthropic", only: str | None = None, with_input: bool = False
+) -> None:
     """The rules of :meth:`Client.export`'s and :meth:`Client.results`' arguments, in one
     place for the Client and the CLI (which checks them before it looks anything up):
     UsageError naming the argument (the format registry words an unknown format)."""
     from batchrun.export.formats import EXPORT_FORMATS
+    from batchrun.export.joined_files import JOINED_FORMATS
 
     try:
         EXPORT_FORMATS.get(format)
@@ -1281,6 +1362,18 @@ def check_export_arguments(*, format: str = "anthropic", only: str | None = None
     if only is not None and only not in RESULT_STATES:
         raise UsageError(
             argument="only", problem=f"{only!r} is not one of {', '.join(RESULT_STATES)}"
+        )
+    if with_input and format not in JOINED_FORMATS:
+        raise UsageError(
+            argument="format",
+            problem=f"{format!r} cannot hold the input rows; with_input (--with-input) "
+            f"writes {', '.join(JOINED_FORMATS)}",
+        )
+    if with_input and only is not None:
+        raise UsageError(
+            argument="only",
+            problem="with_input (--with-input) writes every input row; filter on result_type "
+            "in the joined file instead",
         )
 
 

@@ -9,6 +9,7 @@ else that escapes is a bug and keeps its traceback. The tree::
     ├── ConfigError                 a setting, flag or environment variable is wrong or missing
     │   ├── MissingApiKeyError      the endpoint's key variable is not set
     │   ├── UnpricedModelsError     a budget for models without a price (exit 2)
+    │   ├── MissingExtraError       an optional extra (pyarrow, pandas) is not installed
     │   └── UsageError              arguments that do not go together (exit 2)
     ├── UnknownEndpointError        a batch or flag names an endpoint batchrun does not know
     ├── BatchNotFoundError          no batch has that id
@@ -138,6 +139,15 @@ class UnpricedModelsError(ConfigError):
         super().__init__(message)
         # The models without a price, sorted.
         self.models: tuple[str, ...] = tuple(sorted(models))
+
+
+class MissingExtraError(ConfigError):
+    """An optional extra is not installed: pip install 'batchrun-llm[parquet]'."""
+
+    def __init__(self, message: str | None = None, *, module: str | None = None) -> None:
+        super().__init__(message)
+        # The module that could not be imported (``pyarrow``, ``pandas``).
+        self.module = module
 
 
 class UsageError(ConfigError):

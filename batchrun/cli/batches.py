@@ -162,7 +162,7 @@ def submit(
             plan = client.estimate_table(
                 file,
                 template=template,
-                schema=schema,
+                output=schema,
                 table_format=table_format,
                 endpoint=endpoint,
                 model=model,
@@ -190,7 +190,7 @@ def submit(
         batch = client.submit_table(
             file,
             template=template,
-            schema=schema,
+            output=schema,
             table_format=table_format,
             endpoint=endpoint,
             name=name,
@@ -479,24 +479,36 @@ def results(
             "running them as formulas (numbers are never changed).",
         ),
     ] = False,
+    with_input: Annotated[
+        bool,
+        typer.Option(
+            "--with-input",
+            help="For a batch submitted from a table (flat, csv, parquet): one row per input "
+            "row, in input order: its columns unchanged, then custom_id, result_type, "
+            "error_type, error_message, text, the parsed answer, one answer_NAME column "
+            "per property of the schema, the tokens and cost_usd.",
+        ),
+    ] = False,
 ) -> None:
     """Write the results of a batch in input order: Anthropic's batch results format (one
     JSON line per request), or flat records (JSON lines, CSV or Parquet) for analytics.
     Parquet is binary, so it needs -o FILE, and pyarrow (pip install pyarrow). CSV text
     cells that a spreadsheet would run as a formula get a leading ' (--csv-raw: as they are).
+    --with-input joins the results of a batch submitted from a table to its rows.
 
     Examples:
 
         batchrun results msgbatch_01 -o results.jsonl
         batchrun results msgbatch_01 --format csv --only errored -o errors.csv
         batchrun results msgbatch_01 --format parquet -o results.parquet
+        batchrun results msgbatch_01 --with-input --format parquet -o tickets.parquet
     """
     from batchrun.cli.context import client_of
     from batchrun.client import check_export_arguments
     from batchrun.errors import UsageError
 
     try:
-        check_export_arguments(format=export_format, only=only)
+        check_export_arguments(format=export_format, only=only, with_input=with_input)
     except UsageError as exc:
         # The Client's rule and wording, after the flag.
         raise flag_error(exc) from None
@@ -517,9 +529,10 @@ def results(
         only=only,  # type: ignore[arg-type]
         partial=partial,
         csv_raw=csv_raw,
+        with_input=with_input,
     )
     if to_file:
-        stderr.print(f"wrote {count:,} results to {output}")
+        stderr.print(f"wrote {count:,} {'rows' if with_input else 'results'} to {output}")
 
 
 def add_submit(app: typer.Typer) -> None:

@@ -115,7 +115,7 @@ def estimate(
         plan = client.estimate_table(
             file,
             template=template,
-            schema=schema,
+            output=schema,
             table_format=table_format,
             endpoint=endpoint,
             model=model,

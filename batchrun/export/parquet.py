@@ -24,7 +24,7 @@ from itertools import islice
 from typing import IO, Any
 
 from batchrun.config.prices import PriceTable
-from batchrun.errors import ConfigError
+from batchrun.errors import MissingExtraError
 from batchrun.export.flat import COLUMNS, COST_USD_DECIMALS, flat_values, tool_use_json
 from batchrun.records import ResultDetail
 
@@ -45,16 +45,23 @@ _COMPRESSION = "zstd"
 
 
 def _pyarrow() -> tuple[Any, Any]:
-    """The ``pyarrow`` and ``pyarrow.parquet`` modules; a ConfigError saying how to install
-    them when they are missing."""
+    """The ``pyarrow`` and ``pyarrow.parquet`` modules; a MissingExtraError saying how to
+    install them when they are missing."""
+    return pyarrow_modules("--format parquet")
+
+
+def pyarrow_modules(what: str) -> tuple[Any, Any]:
+    """The ``pyarrow`` and ``pyarrow.parquet`` modules; a MissingExtraError (``what`` needs
+    pyarrow: how to install it) when they cannot be imported."""
     try:
         import pyarrow
         import pyarrow.parquet
     except ImportError as exc:
         missing = isinstance(exc, ModuleNotFoundError) and exc.name == "pyarrow"
         why = "" if missing else f" (importing it failed: {exc})"
-        raise ConfigError(
-            f"--format parquet needs pyarrow{why}: pip install pyarrow (or 'batchrun-llm[parquet]')"
+        raise MissingExtraError(
+            f"{what} needs pyarrow{why}: pip install pyarrow (or 'batchrun-llm[parquet]')",
+            module="pyarrow",
         ) from None
     return pyarrow, pyarrow.parquet
 
@@ -89,6 +96,25 @@ def _parquet_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterato
         yield record
 
 
+def flat_batches(
+    rows: Iterable[ResultDetail], prices: PriceTable, *, rows_per_batch: int = ROW_GROUP_ROWS
+) -> Iterator[Any]:
+    """The flat columns of the rows as pyarrow Tables of ``rows_per_batch`` rows, each built
+    when the previous one is taken; a MissingExtraError if pyarrow is missing."""
+    pa, _ = _pyarrow()
+    schema = parquet_schema(pa)
+    records = _parquet_values(rows, prices)
+    while group := list(islice(records, rows_per_batch)):
+        yield pa.Table.from_pylist(group, schema=schema)
+
+
+def flat_table(rows: Iterable[ResultDetail], prices: PriceTable) -> Any:
+    """The flat columns of the rows as one pyarrow Table (``Client.results_table``)."""
+    pa, _ = pyarrow_modules("results_table")
+    groups = list(flat_batches(rows, prices))
+    return pa.concat_tables(groups) if groups else parquet_schema(pa).empty_table()
+
+
 def write_parquet(
     rows: Iterable[ResultDetail],
     stream: IO[bytes],
@@ -97,17 +123,13 @@ def write_parquet(
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> int:
     """Write the rows as a Parquet file, ``row_group_rows`` per row group, to a binary
-    stream; returns how many. A ConfigError before anything is written if pyarrow is
+    stream; returns how many. A MissingExtraError before anything is written if pyarrow is
     missing."""
     pa, pq = _pyarrow()
-    schema = parquet_schema(pa)
-    records = _parquet_values(rows, prices)
     count = 0
     # Given a stream rather than a path, the writer leaves it open for atomic_output.
-    with pq.ParquetWriter(stream, schema, compression=_COMPRESSION) as writer:
-        while group := list(islice(records, row_group_rows)):
-            writer.write_table(
-                pa.Table.from_pylist(group, schema=schema), row_group_size=row_group_rows
-            )
-            count += len(group)
+    with pq.ParquetWriter(stream, parquet_schema(pa), compression=_COMPRESSION) as writer:
+        for group in flat_batches(rows, prices, rows_per_batch=row_group_rows):
+            writer.write_table(group, row_group_size=row_group_rows)
+            count += group.num_rows
     return count

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -26,6 +26,7 @@ from batchrun.input.reader import FileProblem, ReadItem, check_duplicate, open_r
 from batchrun.input.seen_ids import SeenIds
 from batchrun.input.tables import (
     RowProblem,
+    TableItem,
     TableProblem,
     buffered,
     read_table,
@@ -66,7 +67,7 @@ class OpenedTable:
 
 @contextlib.contextmanager
 def open_table(
-    table: str | os.PathLike[str],
+    table: object,
     *,
     template: Template,
     table_format: str | None,
@@ -76,21 +77,33 @@ def open_table(
     max_file_bytes: int,
     keep: TableItems | None,
 ) -> Iterator[OpenedTable]:
-    """Open ``table`` (a path; ``-`` standard input) and render its rows with ``template``:
-    what ``submit`` stores and ``estimate`` plans, read the same way (`table_items`). Image
-    paths start at the table's folder (the working directory for standard input)."""
-    path = os.fspath(table)
-    source = "<stdin>" if path == "-" else path
-    base_dir = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
-    with open_request_file(path) as raw:
-        stream = buffered(raw)
+    """Open ``table`` and render its rows with ``template``: what ``submit`` stores and
+    ``estimate`` plans, read the same way (`table_items`). ``table`` is a path (``-``:
+    standard input) or a table in memory (`batchrun.input.frames.data_rows`: a DataFrame, a
+    pyarrow Table, an iterable of dicts). Image paths start at the table's folder (the
+    working directory for standard input and tables in memory)."""
+    from batchrun.input.frames import data_rows
+
+    with contextlib.ExitStack() as stack:
+        path: str | None = None
+        stream: BinaryIO | None = None
+        rows: Iterator[TableItem] | None = None
+        if isinstance(table, str | os.PathLike):
+            named = os.fspath(table)
+            path, source = named, "<stdin>" if named == "-" else named
+            base_dir = os.getcwd() if named == "-" else os.path.dirname(os.path.abspath(named))
+            stream = buffered(stack.enter_context(open_request_file(named)))
+            form = table_format_of(named, stream, table_format)
+        else:
+            form, base_dir = "rows", os.getcwd()
+            source, rows = data_rows(table)
         yield OpenedTable(
             source=source,
             items=table_items(
                 stream,
                 template=template,
                 source=source,
-                table_format=table_format_of(path, stream, table_format),
+                table_format=form,
                 path=path,
                 mode=mode,
                 default_model=default_model,
@@ -99,6 +112,7 @@ def open_table(
                 max_row_bytes=MAX_LINE_BYTES,
                 keep=keep,
                 base_dir=base_dir,
+                rows=rows,
             ),
             locate=row_locator(source),
         )
@@ -118,13 +132,15 @@ def table_items(
     max_row_bytes: int,
     keep: TableItems | None,
     base_dir: str = ".",
+    rows: Iterable[TableItem] | None = None,
 ) -> Iterator[ReadItem]:
     """The table's rows as ingest items: ``(row_no, ValidRequest | InvalidLine)``, and a
     `FileProblem` last when the table as a whole cannot be used (empty, unreadable, over a
     cap). ``mode`` is how the endpoint is asked for structured answers; ``keep`` receives
     each row's JSON for ``input_row`` (None: rows are not kept, as for an estimate);
     ``base_dir`` is where image paths start. Rendered custom_ids are checked for duplicates as a
-    JSONL file's are (in memory, then in a temporary file: a table of any size)."""
+    JSONL file's are (in memory, then in a temporary file: a table of any size). ``rows``:
+    the rows of a table in memory (`batchrun.input.frames`), read instead of ``stream``."""
     seen = SeenIds()
     try:
         yield from _rendered_items(
@@ -141,6 +157,7 @@ def table_items(
             keep=keep,
             base_dir=base_dir,
             seen=seen,
+            rows=rows,
         )
     finally:
         seen.close()
@@ -161,17 +178,24 @@ def _rendered_items(
     keep: TableItems | None,
     base_dir: str,
     seen: SeenIds,
+    rows: Iterable[TableItem] | None,
 ) -> Iterator[ReadItem]:
     total_bytes = 0
-    rows = 0
-    for row_no, item in read_table(
-        stream, source=source, table_format=table_format, path=path, max_row_bytes=max_row_bytes
-    ):
+    count = 0
+    if rows is None:
+        rows = read_table(
+            stream,
+            source=source,
+            table_format=table_format,
+            path=path,
+            max_row_bytes=max_row_bytes,
+        )
+    for row_no, item in rows:
         if isinstance(item, TableProblem):
             yield row_no, FileProblem(item.message)
             return
-        rows += 1
-        if rows > max_requests:
+        count += 1
+        if count > max_requests:
             yield (
                 row_no,
                 FileProblem(

@@ -12,7 +12,8 @@ clients → limiter → dispatcher), ``monitor`` (progress, cost, budgets, time 
 starts N worker processes and shows them as one run), ``worker_process`` (one such worker),
 ``combined`` (one run's figures from its workers'), ``notices`` (a run's webhook
 notifications: which, when, each once), ``limit_recorder`` (records the limits a run
-sends each batch under) and ``views`` (the read models: /metrics, the dashboard, the
+sends each batch under), ``joined`` (a batch's results joined to its table rows, read
+from the store) and ``views`` (the read models: /metrics, the dashboard, the
 limits in force, ``batchrun report``).
 May import: ``export``, ``config``, ``batch_lane``, ``dispatch``, ``transport``, ``limits``,
 ``input``, ``store``, ``records``, ``errors``, and the simulator for the in-process endpoint.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Row, Select, func, or_, select
 
 from batchrun.records import FinishedRequest, ResultDetail, ResultRow, RetryLater
 from batchrun.store import tables as t
@@ -84,49 +85,96 @@ class Results(Section):
     def iter_details(self, batch_id: str, only: str | None = None) -> Iterator[ResultDetail]:
         """Every finished request of the batch (or only those that ended ``only``) with its
         result, usage and times, in input order, streamed."""
-        req, res = t.requests.c, t.results.c
+        req = t.requests.c
         states = [only] if only else list(t.FINAL_STATES)
         statement = (
-            select(
-                req.batch_id,
-                req.custom_id,
-                req.line_no,
-                req.state,
-                func.coalesce(res.model, req.model),
-                res.stop_reason,
-                res.body,
-                res.input_tokens,
-                res.output_tokens,
-                res.cache_creation_input_tokens,
-                res.cache_read_input_tokens,
-                func.coalesce(res.attempts, req.attempts),
-                res.latency_ms,
-                res.http_status,
-                res.request_ref,
-                res.error_type,
-                res.error_message,
-                t.batches.c.created_at,
-                req.started_at,
-                res.completed_at,
-                res.raw_body,
-                res.endpoint,
-                res.reused_from,
-                res.cost_factor,
-                res.lane,
-            )
-            .select_from(
-                t.requests.join(t.batches, t.batches.c.id == req.batch_id).outerjoin(
-                    t.results, res.request_id == req.id
-                )
-            )
+            select(*_detail_columns())
+            .select_from(_details_from())
             .where(req.batch_id == batch_id, req.state.in_(states))
             .order_by(req.line_no)
         )
+        for row in self._stream(statement):
+            yield ResultDetail(*tuple(row))
+
+    def iter_joined(self, batch_id: str) -> Iterator[tuple[ResultDetail, str | None]]:
+        """Every request of the batch, finished or not, with its result (if any) and the
+        JSON of the table row it was rendered from (None: no row kept for it), in input
+        order, streamed (``results --with-input``)."""
+        req, rows = t.requests.c, t.table_rows.c
+        statement = (
+            select(*_detail_columns(), rows.data)
+            .select_from(
+                _details_from().outerjoin(
+                    t.table_rows, (rows.batch_id == req.batch_id) & (rows.row_no == req.line_no)
+                )
+            )
+            .where(req.batch_id == batch_id)
+            .order_by(req.line_no)
+        )
+        for row in self._stream(statement):
+            values = tuple(row)
+            yield ResultDetail(*values[:-1]), values[-1]
+
+    def answer_params(self, batch_id: str) -> str | None:
+        """The params (JSON) of the batch's first request that asks for a structured answer
+        (``output_config`` with a JSON schema, or a forced tool call), None if none does: the
+        schema its results are read with."""
+        req = t.requests.c
+        asks = or_(req.params.like('%"json_schema"%'), req.params.like('%"tool_choice"%'))
+        with self._read() as conn:
+            found: str | None = conn.scalar(
+                select(req.params)
+                .where(req.batch_id == batch_id, asks)
+                .order_by(req.line_no)
+                .limit(1)
+            )
+        return found
+
+    def _stream(self, statement: Select[Any]) -> Iterator[Row[Any]]:
         with (
             self._read() as conn,
             conn.execution_options(yield_per=_EXPORT_CHUNK_ROWS).execute(statement) as result,
         ):
             # The result is closed even when the reader stops early (Postgres: its cursor).
             for partition in result.partitions():
-                for row in partition:
-                    yield ResultDetail(*tuple(row))
+                yield from partition
+
+
+def _detail_columns() -> tuple[Any, ...]:
+    """The columns of a :class:`ResultDetail`, in its fields' order."""
+    req, res = t.requests.c, t.results.c
+    return (
+        req.batch_id,
+        req.custom_id,
+        req.line_no,
+        req.state,
+        func.coalesce(res.model, req.model),
+        res.stop_reason,
+        res.body,
+        res.input_tokens,
+        res.output_tokens,
+        res.cache_creation_input_tokens,
+        res.cache_read_input_tokens,
+        func.coalesce(res.attempts, req.attempts),
+        res.latency_ms,
+        res.http_status,
+        res.request_ref,
+        res.error_type,
+        res.error_message,
+        t.batches.c.created_at,
+        req.started_at,
+        res.completed_at,
+        res.raw_body,
+        res.endpoint,
+        res.reused_from,
+        res.cost_factor,
+        res.lane,
+    )
+
+
+def _details_from() -> Any:
+    """Requests with their batch and their result, if any."""
+    req, res = t.requests.c, t.results.c
+    return t.requests.join(t.batches, t.batches.c.id == req.batch_id).outerjoin(
+        t.results, res.request_id == req.id
+    )

@@ -85,3 +85,32 @@ def ask_for(
     asked["tools"] = [*list(asked.get("tools") or []), tool]
     asked["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL_NAME}
     return asked
+
+
+def asked_schema(params: Mapping[str, Any]) -> tuple[dict[str, Any], StructuredMode] | None:
+    """The schema a request's ``params`` ask the answer to match, and how they ask (the
+    inverse of `ask_for`); None when they ask for no structured answer."""
+    config = params.get("output_config")
+    form = config.get("format") if isinstance(config, Mapping) else None
+    if (
+        isinstance(form, Mapping)
+        and form.get("type") == "json_schema"
+        and isinstance(form.get("schema"), Mapping)
+    ):
+        return dict(form["schema"]), "native"
+    choice = params.get("tool_choice")
+    tools = params.get("tools")
+    if (
+        isinstance(choice, Mapping)
+        and choice.get("type") == "tool"
+        and choice.get("name") == ANSWER_TOOL_NAME
+        and isinstance(tools, list)
+    ):
+        for tool in tools:
+            if (
+                isinstance(tool, Mapping)
+                and tool.get("name") == ANSWER_TOOL_NAME
+                and isinstance(tool.get("input_schema"), Mapping)
+            ):
+                return dict(tool["input_schema"]), "tool"
+    return None

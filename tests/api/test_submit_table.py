@@ -45,7 +45,7 @@ def test_a_dict_template_and_schema_make_a_batch_with_its_rows(
     batch = client.submit_table(
         table(tmp_path, "word\nhello\nworld\n"),
         template=TEMPLATE,
-        schema=schema,
+        output=schema,
         endpoint="simulator",
     )
 
