@@ -240,6 +240,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        repair: int | None = None,
     ) -> BatchObject:
         """Validate every request and store them as one batch, in one transaction (with its
         budget ``max_cost_usd``); returns the batch object.
@@ -263,6 +264,9 @@ class Client:
         time to finish what it leaves; see "Paying less" in the docs). ``reuse``: a request
         whose params already succeeded in this database is answered from the stored answer
         (nothing sent, cost 0), and identical params in the batch are sent once.
+        ``repair``: repair sends per request at most when an answer does not match the schema
+        its request asked for (``output_config.format`` or the forced ``answer`` tool;
+        default 1, 0: none; see "From a table" in the docs).
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
@@ -296,6 +300,7 @@ class Client:
                 check_models=(
                     _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
                 ),
+                repair_limit=_repair_limit(repair, None),
             )
         return BatchObject.from_summary(store.batches.get(batch_id))
 
@@ -318,6 +323,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        repair: int | None = None,
     ) -> BatchObject:
         """Render each row of ``table`` into a request with ``template`` and store them as
         one batch, with the rows, in one transaction; returns the batch object.
@@ -328,8 +334,8 @@ class Client:
         template file's path or its parsed TOML (see "From a table" in the docs);
         ``schema`` (a JSON file's path or the schema) replaces its ``[output]``. If any row
         cannot be rendered or makes an invalid request, InputFileError lists every problem
-        (``table:row N: what; how to fix``) and nothing is stored. The other arguments are
-        `submit`'s.
+        (``table:row N: what; how to fix``) and nothing is stored. ``repair`` replaces the
+        template's ``repair`` (default 1). The other arguments are `submit`'s.
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
@@ -389,6 +395,7 @@ class Client:
                 ),
                 items=items,
                 input_row=keep.input_row,
+                repair_limit=_repair_limit(repair, compiled.repair),
             )
         return BatchObject.from_summary(store.batches.get(batch_id))
 
@@ -1203,6 +1210,21 @@ def _limits(values: Mapping[str, float | None] | None, argument: str = "") -> Ra
         return RateLimits(dict(values or {}))
     except ValueError as exc:
         raise ConfigError(f"{argument}: {exc}" if argument else str(exc)) from None
+
+
+def _repair_limit(given: int | None, template: int | None) -> int:
+    """A batch's repair limit: the submit's ``repair``, else the template's, else the
+    default; ConfigError for a number below 0."""
+    from batchrun.records import DEFAULT_REPAIR_LIMIT
+
+    limit = given if given is not None else template
+    if limit is None:
+        return DEFAULT_REPAIR_LIMIT
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(
+            f"repair must be a whole number of repair sends, 0 or more, not {limit!r}"
+        )
+    return limit
 
 
 def _submit_arguments(

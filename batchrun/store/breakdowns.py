@@ -79,6 +79,12 @@ class Breakdowns:
             key = (batch_id, row["endpoint"])
             self._endpoints[key] = self._endpoints.get(key, 0) + 1
 
+    def add_tokens(self, key: tuple[str, str, str, float], tokens: Sequence[int]) -> None:
+        """Tokens of an answer that is no result (``answer_turns``): usage, no answer."""
+        totals = self._usage.setdefault(key, [0, 0, 0, 0, 0])
+        for index, value in enumerate(tokens, start=1):
+            totals[index] += value
+
     def _add_usage(self, key: tuple[str, str, str, float], tokens: list[int]) -> None:
         totals = self._usage.setdefault(key, [0, 0, 0, 0, 0])
         totals[0] += 1
