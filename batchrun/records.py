@@ -481,6 +481,9 @@ class BatchStats:
     endpoints: Sequence[EndpointShare] = ()
     # Results that are a stored answer (submit --reuse, or a duplicate's original): not sent.
     reused: int = 0
+    # Repair sends answered (answers that did not match their schema shown to the model
+    # again), by model, lane and price share: ``requests`` counts the sends.
+    repairs: Sequence[ModelTokens] = ()
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,19 @@ def usage_of(conn: Connection, batch_ids: Sequence[str]) -> dict[str, list[Model
     found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
     rows = conn.execute(
         select(u.batch_id, u.model, u.lane, u.cost_factor, u.answers, *(u[n] for n in _TOKENS))
-        .where(u.batch_id.in_(list(batch_ids)), u.answers > 0)
+        .where(
+            u.batch_id.in_(list(batch_ids)),
+            # Tokens without answers: answers that did not match their schema, kept while
+            # their requests are repaired (``answer_turns``).
+            (
+                u.answers
+                + u.input_tokens
+                + u.output_tokens
+                + u.cache_creation_input_tokens
+                + u.cache_read_input_tokens
+            )
+            > 0,
+        )
         .order_by(u.batch_id, u.model, u.lane, u.cost_factor)
     )
     for batch_id, model, lane, factor, answers, tokens_in, tokens_out, writes, reads in rows:

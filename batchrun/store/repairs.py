@@ -19,11 +19,11 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
 
-from batchrun.records import AnswerTurn, FinishedRequest, Lane
+from batchrun.records import AnswerTurn, FinishedRequest, Lane, ModelTokens
 from batchrun.store import tables as t
 from batchrun.store.base import Section
 from batchrun.store.counters import CounterChanges
-from batchrun.store.repair_counts import turn_tokens
+from batchrun.store.repair_counts import repairs_of, turn_tokens
 from batchrun.structured.repair import may_ask_structure
 from batchrun.structured.review import review
 
@@ -182,6 +182,12 @@ class Repairs(Section):
         with self._read() as conn:
             rows = conn.execute(select(b.id, b.repair_limit).where(b.id.in_(list(batch_ids))))
             return {row.id: int(row.repair_limit) for row in rows}
+
+    def sends_of(self, batch_ids: Sequence[str]) -> dict[str, list[ModelTokens]]:
+        """Per batch, its repair sends answered and their tokens (the counters:
+        ``repair_counts.repairs_of``)."""
+        with self._read() as conn:
+            return repairs_of(conn, batch_ids)
 
     def turns_of(self, request_id: int) -> list[dict[str, Any]]:
         """The request's answers that did not match its schema, oldest first: each turn's
