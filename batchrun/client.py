@@ -510,6 +510,7 @@ class Client:
             batch,
             stats,
             cost_of(stats.usage, self.prices()),
+            repair_cost=cost_of(stats.repairs, self.prices()),
             members=members,
             health=health,
             provider_batches=store.provider_batches.of_batches([batch_id]),
