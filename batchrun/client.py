@@ -1007,6 +1007,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        repair: int | None = None,
     ) -> BatchObject:
         """:meth:`submit` off the event loop."""
         return await _off_loop(
@@ -1024,6 +1025,7 @@ class Client:
             lane=lane,
             reuse=reuse,
             hold_unpriced=hold_unpriced,
+            repair=repair,
         )
 
     async def astatus(self, batch_id: str) -> BatchStatus:

@@ -342,3 +342,19 @@ async def test_a_crash_between_the_broken_answer_and_its_repair_resumes_with_the
     (row,) = final_rows(store, batch_id).values()
     assert row.result_type == "succeeded" and row.attempts == 2 and row.repairs == 1
     assert store.batches.get(batch_id).tokens.input_tokens == simulator.stats.input_tokens_total
+
+
+async def test_a_repair_send_that_fails_transiently_is_retried_as_a_repair(store: Store) -> None:
+    # The first reception of each distinct body is a 529: the original request and its
+    # repair each fail once, then go through.
+    simulator = create_app()
+    batch_id = structured_batch(store, [f"[[sim:status=529:times=1]] {BROKEN} busy"])
+
+    report = await dispatch(store, batch_id, RepairsAnsweredWell(simulator))
+
+    assert simulator.stats.received == 4 == report.sent
+    assert report.retried == 2 and report.repaired == 1
+    (row,) = final_rows(store, batch_id).values()
+    assert row.result_type == "succeeded" and row.attempts == 4 and row.repairs == 1
+    assert matches(json.loads(row.body), "native")
+    assert len(turn_rows(store, batch_id)) == 1
