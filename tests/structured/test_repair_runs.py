@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,17 +21,17 @@ from jsonschema import Draft202012Validator
 from sqlalchemy import select
 
 from batchrun.input.ingest import submit_requests
-from batchrun.simulator import SimulatorApp, create_app
+from batchrun.simulator import create_app
 from batchrun.store import tables as t
 from batchrun.store.store import Store
 from batchrun.structured.repair import INVALID_OUTPUT_ERROR_TYPE
 from batchrun.structured.schemas import ask_for
 from tests.conftest import jsonl
 from tests.dispatch.helpers import dispatch, run_dispatcher
+from tests.structured.servers import BROKEN, Message, Receive, RepairsAnsweredWell, Scope, Send
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
-BROKEN = "[[sim:invalid_output=1]]"
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["category", "priority", "summary"],
@@ -42,45 +41,6 @@ SCHEMA: dict[str, Any] = {
         "summary": {"type": "string", "maxLength": 80},
     },
 }
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-class RepairsAnsweredWell:
-    """The simulator, except that a repair send (messages with an assistant turn) reaches it
-    without its ``[[sim:...]]`` directives: answered right, whatever broke the first one."""
-
-    def __init__(self, app: SimulatorApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/v1/messages"):
-            await self.app(scope, receive, send)  # type: ignore[arg-type]
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        params = json.loads(body)
-        if any(turn.get("role") == "assistant" for turn in params.get("messages", [])):
-            body = body.replace(BROKEN.encode(), b"")
-        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        given = False
-
-        async def replay() -> Message:
-            nonlocal given
-            if given:
-                return {"type": "http.disconnect"}
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app({**scope, "headers": headers}, replay, send)  # type: ignore[arg-type]
 
 
 def structured_batch(
