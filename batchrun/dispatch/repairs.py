@@ -45,11 +45,7 @@ class RepairDesk:
             return request
         body, errors = found
         params = repair_params(json.loads(request.params_json), json.loads(body), errors)
-        return replace(
-            request,
-            params_json=json.dumps(params, ensure_ascii=False, separators=(",", ":")),
-            estimated_input_tokens=None,
-        )
+        return replace(request, params_json=_json_text(params), estimated_input_tokens=None)
 
     async def reviewed(self, request: ClaimedRequest, decision: Decision) -> Decision | Repair:
         """``decision`` after the review of its answer (see the module)."""
@@ -67,3 +63,14 @@ class RepairDesk:
         if batch_id not in self._limits:
             self._limits.update(await self._db.repair_limits([batch_id]))
         return self._limits.get(batch_id, 0)
+
+
+def _json_text(params: dict[str, object]) -> str:
+    """``params`` as JSON that encodes to UTF-8: an answer may hold a lone surrogate (a server
+    may send anything), which only an escape (``\\ud800``) can carry."""
+    text = json.dumps(params, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(params, separators=(",", ":"))
+    return text
