@@ -318,3 +318,43 @@ async def test_a_repair_send_that_fails_transiently_is_retried_as_a_repair(store
     assert row.result_type == "succeeded" and row.attempts == 4 and row.repairs == 1
     assert matches(json.loads(row.body), "native")
     assert len(turn_rows(store, batch_id)) == 1
+
+
+async def test_a_request_waiting_for_its_repair_stays_in_real_time_when_its_batch_moves_lanes(
+    store: Store,
+) -> None:
+    from batchrun.records import AnswerTurn
+
+    batch_id = structured_batch(store, ["a", "b"], repair=1)
+    now = datetime.now(UTC)
+    first, second = store.leases.claim(
+        owner="w", batch_ids=[batch_id], limit=2, now=now, lease_s=60
+    )
+    store.results.record(
+        owner="w",
+        now=now,
+        unsent=[second.id],
+        turns=[
+            AnswerTurn(
+                request_id=first.id,
+                batch_id=batch_id,
+                turn=1,
+                repair_send=False,
+                body=json.dumps({"type": "message", "content": []}),
+                errors=("the answer has no text",),
+                completed_at=now,
+            )
+        ],
+    )
+
+    assert store.lanes.set_queued(batch_id, "batch") == 1
+    with store.engine.connect() as conn:
+        q = t.requests.c
+        lanes = dict(conn.execute(select(q.id, q.lane).where(q.batch_id == batch_id)).all())
+    assert lanes == {first.id: "realtime", second.id: "batch"}
+    (turn,) = store.repairs.turns_of(first.id)
+    assert turn["errors"] == ["the answer has no text"] and turn["turn"] == 1
+    assert store.repairs.last_turn(first.id) == (
+        json.dumps({"type": "message", "content": []}),
+        ("the answer has no text",),
+    )
