@@ -18,7 +18,7 @@ touch every such row anyway). :func:`recount` sets all four from the rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -240,7 +240,6 @@ def usage_of(conn: Connection, batch_ids: Sequence[str]) -> dict[str, list[Model
     """Per batch (every one asked for, empty when it has none): its usage by model, lane
     and price share, in that order, as ``batchrun.store.usage.priced`` gives it."""
     u = t.batch_usage.c
-    found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
     rows = conn.execute(
         select(u.batch_id, u.model, u.lane, u.cost_factor, u.answers, *(u[n] for n in _TOKENS))
         .where(
@@ -258,11 +257,20 @@ def usage_of(conn: Connection, batch_ids: Sequence[str]) -> dict[str, list[Model
         )
         .order_by(u.batch_id, u.model, u.lane, u.cost_factor)
     )
-    for batch_id, model, lane, factor, answers, tokens_in, tokens_out, writes, reads in rows:
+    return tokens_by_batch(rows, batch_ids)
+
+
+def tokens_by_batch(
+    rows: Iterable[Sequence[Any]], batch_ids: Sequence[str]
+) -> dict[str, list[ModelTokens]]:
+    """Rows of (batch, model, lane, cost factor, count, the four token columns) as
+    `ModelTokens` per batch (every one of ``batch_ids``, empty when it has no row)."""
+    found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
+    for batch_id, model, lane, factor, count, tokens_in, tokens_out, writes, reads in rows:
         found.setdefault(batch_id, []).append(
             ModelTokens(
                 model,
-                int(answers),
+                int(count),
                 int(tokens_in),
                 int(tokens_out),
                 int(writes),

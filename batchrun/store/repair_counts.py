@@ -19,6 +19,7 @@ from sqlalchemy import Connection, delete, func, insert, literal, select, union_
 
 from batchrun.records import Lane, ModelTokens
 from batchrun.store import tables as t
+from batchrun.store.breakdowns import tokens_by_batch
 from batchrun.store.database import upsert_insert
 
 TOKENS = (
@@ -167,26 +168,12 @@ def repairs_of(conn: Connection, batch_ids: Sequence[str]) -> dict[str, list[Mod
     their tokens, by model, lane and price share (``ModelTokens.answers`` counts the sends),
     as ``batchrun.store.usage.priced`` gives usage, so they are priced alike."""
     r = t.batch_repairs.c
-    found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
     rows = conn.execute(
         select(r.batch_id, r.model, r.lane, r.cost_factor, r.sends, *(r[n] for n in TOKENS))
         .where(r.batch_id.in_(list(batch_ids)), r.sends > 0)
         .order_by(r.batch_id, r.model, r.lane, r.cost_factor)
     )
-    for batch_id, model, lane, factor, sends, tokens_in, tokens_out, writes, reads in rows:
-        found.setdefault(batch_id, []).append(
-            ModelTokens(
-                model,
-                int(sends),
-                int(tokens_in),
-                int(tokens_out),
-                int(writes),
-                int(reads),
-                lane=lane,
-                cost_factor=float(factor),
-            )
-        )
-    return found
+    return tokens_by_batch(rows, batch_ids)
 
 
 def turn_tokens(row: Any) -> list[int]:

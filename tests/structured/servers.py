@@ -28,24 +28,34 @@ class RepairsAnsweredWell:
         if scope["type"] != "http" or not scope["path"].endswith("/v1/messages"):
             await self.app(scope, receive, send)  # type: ignore[arg-type]
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         params = json.loads(body)
         if any(turn.get("role") == "assistant" for turn in params.get("messages", [])):
             body = body.replace(BROKEN.encode(), b"")
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
-        given = False
+        await self.app({**scope, "headers": headers}, replay(body), send)  # type: ignore[arg-type]
 
-        async def replay() -> Message:
-            nonlocal given
-            if given:
-                return {"type": "http.disconnect"}
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app({**scope, "headers": headers}, replay, send)  # type: ignore[arg-type]
+async def read_body(receive: Receive) -> bytes:
+    """A request's whole body, from its ASGI messages."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+def replay(body: bytes) -> Receive:
+    """An ASGI ``receive`` that gives ``body`` (again) as the whole request."""
+    given = False
+
+    async def receive() -> Message:
+        nonlocal given
+        if given:
+            return {"type": "http.disconnect"}
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive

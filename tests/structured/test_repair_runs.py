@@ -28,7 +28,15 @@ from batchrun.structured.repair import INVALID_OUTPUT_ERROR_TYPE
 from batchrun.structured.schemas import ask_for
 from tests.conftest import jsonl
 from tests.dispatch.helpers import dispatch, run_dispatcher
-from tests.structured.servers import BROKEN, Message, Receive, RepairsAnsweredWell, Scope, Send
+from tests.structured.servers import (
+    BROKEN,
+    Receive,
+    RepairsAnsweredWell,
+    Scope,
+    Send,
+    read_body,
+    replay,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
@@ -158,23 +166,9 @@ async def test_a_repair_shows_the_model_its_answer_and_the_errors(store: Store) 
     seen: list[dict[str, Any]] = []
 
     async def spy(scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         seen.append(json.loads(body))
-        given = False
-
-        async def replay() -> Message:
-            nonlocal given
-            if given:
-                return {"type": "http.disconnect"}
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await RepairsAnsweredWell(simulator)(scope, replay, send)
+        await RepairsAnsweredWell(simulator)(scope, replay(body), send)
 
     batch_id = structured_batch(store, [f"{BROKEN} one"], mode="tool")
     await dispatch(store, batch_id, spy)
