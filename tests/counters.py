@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, create_engine, func, inspect, select
 
-from batchrun.records import ModelTokens, RequestCounts, TokenTotals
+from batchrun.records import RequestCounts, TokenTotals
 from batchrun.store import breakdowns
 from batchrun.store import tables as t
 from batchrun.store.counters import COUNT_COLUMNS, TOKEN_COLUMNS
@@ -152,7 +152,7 @@ def aggregated_details(conn: Connection) -> dict[str, Any]:
             .group_by(req.model)
         ).all()
         details[batch_id] = {
-            "usage": _with_turns(conn, batch_id, priced(usage[batch_id])),
+            "usage": priced(usage[batch_id]),
             "first_started_at": _utc(first),
             "last_completed_at": _utc(last),
             "reused": int(reused),
@@ -187,45 +187,3 @@ def maintained_details(conn: Connection) -> dict[str, Any]:
             "held": held.get(row.id, {}),
         }
     return details
-
-
-def _with_turns(conn: Connection, batch_id: str, usage: list[Any]) -> list[Any]:
-    """``usage`` (priced, from the results) with the tokens of the batch's answers that did
-    not match their schema added (no answer counted: ``answer_turns``), in the order
-    ``breakdowns.usage_of`` gives."""
-    if not inspect(conn).has_table("answer_turns"):
-        return usage
-    a, req = t.answer_turns.c, t.requests.c
-    model = func.coalesce(a.model, req.model)
-    lane = func.coalesce(a.lane, "realtime")
-    factor = func.coalesce(a.cost_factor, 1.0)
-    merged = {(m.model, m.lane, m.cost_factor): m for m in usage}
-    for name, lane_, share, *tokens in conn.execute(
-        select(model, lane, factor, *(func.coalesce(func.sum(a[n]), 0) for n in TOKEN_COLUMNS))
-        .select_from(t.answer_turns.join(t.requests, req.id == a.request_id))
-        .where(a.batch_id == batch_id)
-        .group_by(model, lane, factor)
-    ):
-        key = (name, lane_, float(share))
-        seen = merged.get(key)
-        if seen is None and not any(int(value) for value in tokens):
-            continue
-        base = (
-            (0, 0, 0, 0, 0)
-            if seen is None
-            else (
-                seen.requests,
-                seen.input_tokens,
-                seen.output_tokens,
-                seen.cache_creation_input_tokens,
-                seen.cache_read_input_tokens,
-            )
-        )
-        merged[key] = ModelTokens(
-            name,
-            base[0],
-            *(base[i + 1] + int(tokens[i]) for i in range(4)),
-            lane=lane_,
-            cost_factor=float(share),
-        )
-    return sorted(merged.values(), key=lambda m: (m.model, m.lane, m.cost_factor))

@@ -103,6 +103,9 @@ def test_broken_answers_of_a_provider_batch_are_repaired_in_real_time(
     )
     assert by_lane[("realtime", 1.0)].input_tokens == simulator.stats.input_tokens_total
     assert repairs.input_tokens == simulator.stats.input_tokens_total
+    assert "Repairs of answers that did not match their schema: 3 sent" in client.report_html(
+        batch.id
+    )
     shown = client.status(batch.id)
     assert shown.request_counts.errored == 3 and shown.request_counts.succeeded == 3
 

@@ -493,7 +493,7 @@ def _costs(data: ReportData) -> str:
 
 def _repairs_text(data: ReportData) -> str:
     """What the repairs of structured answers cost, when the batch has any: their sends and
-    cost (in the total; the lines over time place the results only)."""
+    cost (in the total and in the lines)."""
     status = data.status
     if not status.repair_sends:
         return ""
