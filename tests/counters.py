@@ -112,7 +112,7 @@ def aggregated_details(conn: Connection) -> dict[str, Any]:
     res, req = t.results.c, t.requests.c
     ids = list(conn.scalars(select(t.batches.c.id).order_by(t.batches.c.id)))
     usage: dict[str, list[Any]] = {batch_id: [] for batch_id in ids}
-    for item in read_usage(conn, None):
+    for item in read_usage(conn, None, with_turns=inspect(conn).has_table("answer_turns")):
         usage[item.batch_id].append(item)
     answered = res.result_type.in_([t.SUCCEEDED, t.ERRORED])
     details: dict[str, Any] = {}
