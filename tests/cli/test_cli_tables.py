@@ -474,6 +474,7 @@ def test_submit_run_results_through_the_simulator_on_a_socket(
     assert 3 <= repairs <= 21
     assert status["repair_cost_usd"] > 0 and status["cost_usd"] > status["repair_cost_usd"]
     assert f"{repairs:,} sent" in shown.stdout
+    assert f", {repairs:,} repaired" in ran.stderr
     records = [json.loads(line) for line in flat.stdout.splitlines()]
     broken = [r for r in records if r["status"] == "errored"]
     assert len(succeeded) + len(broken) == 60 and len(broken) <= repairs
