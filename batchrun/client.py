@@ -246,6 +246,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        repair: int | None = None,
     ) -> BatchObject:
         """Validate every request and store them as one batch, in one transaction (with its
         budget ``max_cost_usd``); returns the batch object.
@@ -269,6 +270,9 @@ class Client:
         time to finish what it leaves; see "Paying less" in the docs). ``reuse``: a request
         whose params already succeeded in this database is answered from the stored answer
         (nothing sent, cost 0), and identical params in the batch are sent once.
+        ``repair``: repair sends per request at most when an answer does not match the schema
+        its request asked for (``output_config.format`` or the forced ``answer`` tool;
+        default 1, 0: none; see "From a table" in the docs).
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
@@ -302,6 +306,7 @@ class Client:
                 check_models=(
                     _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
                 ),
+                repair_limit=_repair_limit(repair, None),
             )
         return BatchObject.from_summary(store.batches.get(batch_id))
 
@@ -324,6 +329,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        repair: int | None = None,
     ) -> BatchObject:
         """Render each row of ``data`` into a request with ``template`` and store them as
         one batch, with the rows, in one transaction; returns the batch object.
@@ -336,8 +342,8 @@ class Client:
         the docs); ``output`` replaces its ``[output]``: a Pydantic model class (its JSON
         Schema, every object closed), a JSON Schema as a dict, or a JSON file's path. If
         any row cannot be rendered or makes an invalid request, InputFileError lists every
-        problem (``table:row N: what; how to fix``) and nothing is stored. The other
-        arguments are `submit`'s.
+        problem (``table:row N: what; how to fix``) and nothing is stored. ``repair``
+        replaces the template's ``repair`` (default 1). The other arguments are `submit`'s.
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
@@ -389,6 +395,7 @@ class Client:
                 ),
                 items=opened.items,
                 input_row=keep.input_row,
+                repair_limit=_repair_limit(repair, compiled.repair),
             )
         return BatchObject.from_summary(store.batches.get(batch_id))
 
@@ -591,6 +598,7 @@ class Client:
             batch,
             stats,
             cost_of(stats.usage, self.prices()),
+            repair_cost=cost_of(stats.repairs, self.prices()),
             members=members,
             health=health,
             provider_batches=store.provider_batches.of_batches([batch_id]),
@@ -1170,6 +1178,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        repair: int | None = None,
     ) -> BatchObject:
         """:meth:`submit` off the event loop."""
         return await _off_loop(
@@ -1187,6 +1196,7 @@ class Client:
             lane=lane,
             reuse=reuse,
             hold_unpriced=hold_unpriced,
+            repair=repair,
         )
 
     async def astatus(self, batch_id: str) -> BatchStatus:
@@ -1395,6 +1405,21 @@ def _limits(values: Mapping[str, float | None] | None, argument: str = "") -> Ra
         return RateLimits(dict(values or {}))
     except ValueError as exc:
         raise ConfigError(f"{argument}: {exc}" if argument else str(exc)) from None
+
+
+def _repair_limit(given: int | None, template: int | None) -> int:
+    """A batch's repair limit: the submit's ``repair``, else the template's, else the
+    default; ConfigError for a number below 0."""
+    from batchrun.records import DEFAULT_REPAIR_LIMIT
+
+    limit = given if given is not None else template
+    if limit is None:
+        return DEFAULT_REPAIR_LIMIT
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(
+            f"repair must be a whole number of repair sends, 0 or more, not {limit!r}"
+        )
+    return limit
 
 
 def _submit_arguments(

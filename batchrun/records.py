@@ -20,6 +20,8 @@ from enum import StrEnum
 from typing import Any, Literal
 
 ErrorBody = dict[str, Any]
+# A batch's repair sends per request at most, unless its submit says otherwise (``repair = N``).
+DEFAULT_REPAIR_LIMIT = 1
 HaltKind = Literal["authentication", "permission", "billing", "spend_limit"]
 
 # -- answers: what the transport hands the dispatcher -----------------------------------------
@@ -171,6 +173,9 @@ class NewBatch:
     reuse: bool = False
     # The id of the `batchrun serve` key that created it (None: made outside the server).
     owner: str | None = None
+    # Repair sends per request at most for an answer that does not match its schema
+    # (batchrun.structured.repair); 0: none.
+    repair_limit: int = DEFAULT_REPAIR_LIMIT
 
 
 # Invalid lines kept by `submit --skip-invalid` that have no usable custom_id of their own
@@ -251,6 +256,9 @@ class ClaimedRequest:
     estimated_input_tokens: int | None = None
     # The latest transient failure, as recorded with the retry (None: none yet).
     last_error: str | None = None
+    # Its answers that did not match its schema so far: above 0, the next send is a repair
+    # (batchrun.structured.repair) of the latest of them.
+    repairs: int = 0
 
 
 @dataclass(frozen=True)
@@ -283,6 +291,32 @@ class FinishedRequest:
     cost_factor: float | None = None
     # When the final attempt was sent (None: not sent from here, e.g. a provider batch's).
     sent_at: datetime | None = None
+    # The final attempt was a repair send (a follow-up to an answer that did not match its
+    # schema): counted with the batch's repairs too.
+    repair_send: bool = False
+
+
+@dataclass(frozen=True)
+class AnswerTurn:
+    """An answer that did not match its schema, with a repair left: kept in the request's
+    history (``answer_turns``), its usage counted, the request back to the real-time queue
+    for the repair send. ``turn`` is 1 for the request's first such answer; ``repair_send``
+    says whether it answered a repair send itself."""
+
+    request_id: int
+    batch_id: str
+    turn: int
+    repair_send: bool
+    body: str
+    errors: tuple[str, ...]
+    completed_at: datetime
+    model: str | None = None
+    usage: Usage | None = None
+    endpoint: str | None = None
+    lane: str | None = None
+    cost_factor: float | None = None
+    sent_at: datetime | None = None
+    latency_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -447,6 +481,9 @@ class BatchStats:
     endpoints: Sequence[EndpointShare] = ()
     # Results that are a stored answer (submit --reuse, or a duplicate's original): not sent.
     reused: int = 0
+    # Repair sends answered (answers that did not match their schema shown to the model
+    # again), by model, lane and price share: ``requests`` counts the sends.
+    repairs: Sequence[ModelTokens] = ()
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,22 @@ def aggregated(conn: Connection) -> dict[str, tuple[RequestCounts, TokenTotals]]
             ).group_by(r.batch_id)
         )
     }
+    if inspect(conn).has_table("answer_turns"):
+        # The answers that did not match their schema count in the totals as they are kept.
+        a = t.answer_turns.c
+        for row in conn.execute(
+            select(
+                a.batch_id,
+                *(func.coalesce(func.sum(a[name]), 0) for name in TOKEN_COLUMNS),
+            ).group_by(a.batch_id)
+        ):
+            found = tokens.get(row[0], TokenTotals())
+            tokens[row[0]] = TokenTotals(
+                *(
+                    int(getattr(found, name)) + int(value)
+                    for name, value in zip(TOKEN_COLUMNS, row[1:], strict=True)
+                )
+            )
     return {
         batch_id: (
             RequestCounts(**counts.get(batch_id, {})),
@@ -96,7 +112,7 @@ def aggregated_details(conn: Connection) -> dict[str, Any]:
     res, req = t.results.c, t.requests.c
     ids = list(conn.scalars(select(t.batches.c.id).order_by(t.batches.c.id)))
     usage: dict[str, list[Any]] = {batch_id: [] for batch_id in ids}
-    for item in read_usage(conn, None):
+    for item in read_usage(conn, None, with_turns=inspect(conn).has_table("answer_turns")):
         usage[item.batch_id].append(item)
     answered = res.result_type.in_([t.SUCCEEDED, t.ERRORED])
     details: dict[str, Any] = {}

@@ -125,6 +125,16 @@ def submit(
             show_default=False,
         ),
     ] = None,
+    repair: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Repair sends per request at most when an answer does not match its schema "
+            "(the answer and the errors shown to the model again; each one sent, counted and "
+            "costed). Default: the template's repair, else 1; 0 turns repairs off.",
+            show_default=False,
+        ),
+    ] = None,
     table_format: Annotated[
         str | None,
         typer.Option(
@@ -204,6 +214,7 @@ def submit(
             lane=lane,
             reuse=reuse,
             hold_unpriced=hold_unpriced,
+            repair=repair,
         )
     else:
         batch = client.submit(
@@ -220,6 +231,7 @@ def submit(
             lane=lane,
             reuse=reuse,
             hold_unpriced=hold_unpriced,
+            repair=repair,
         )
     if as_json:
         print_json(batch.model_dump(mode="json"))

@@ -133,9 +133,10 @@ def run_summary_lines(done: PassResult) -> list[str]:
             f"{counts.errored:,} errored, {counts.canceled:,} canceled, "
             f"{counts.expired:,} expired, {counts.processing:,} processing"
         )
+    repaired = f", {report.repaired:,} repaired" if report.repaired else ""
     lines.append(
         f"this run: {report.sent:,} sent, {report.retried:,} retried, "
-        f"{report.rate_limited:,} rate-limited"
+        f"{report.rate_limited:,} rate-limited{repaired}"
     )
     lines.extend(paused_lines(done))
     lines.append(f"cost of this run: {describe_cost(done.snapshot.cost)}")

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from batchrun.dispatch.decisions import Decision, Finish, Retry
+from batchrun.dispatch.repairs import Repair
 from batchrun.records import Outcome, Retryable
 
 
@@ -19,6 +20,8 @@ class RunReport:
     errored: int = 0
     canceled: int = 0
     retried: int = 0
+    # Answers that did not match their schema and went back for a repair send.
+    repaired: int = 0
     rate_limited: int = 0
     paused: dict[str, str] = field(default_factory=dict)
     error_types: Counter[str] = field(default_factory=Counter)
@@ -33,7 +36,7 @@ class RunReport:
     last_retry: str | None = None
     last_error: str | None = None
 
-    def count(self, decision: Decision, outcome: Outcome) -> None:
+    def count(self, decision: Decision | Repair, outcome: Outcome) -> None:
         """Count what an answer led to."""
         if isinstance(outcome, Retryable) and outcome.rate_limited:
             self.rate_limited += 1
@@ -47,6 +50,8 @@ class RunReport:
             case Retry(retry=retry):
                 self.retried += 1
                 self.last_retry = retry.last_error
+            case Repair():
+                self.repaired += 1
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from batchrun.dispatch.decisions import (
 from batchrun.dispatch.health import publish
 from batchrun.dispatch.leases import LeaseKeeper
 from batchrun.dispatch.owners import new_owner_id
+from batchrun.dispatch.repairs import Repair, RepairDesk
 from batchrun.dispatch.routing import Assignment, Halted, Router
 from batchrun.dispatch.seams import Linger, RunObserver, Sender
 from batchrun.dispatch.settings import DispatchConfig
@@ -131,6 +132,7 @@ class Dispatcher:
         self._unix_clock = clock
         # Requests in flight at most: the config's, or worked out from the limits.
         self._capacity = Capacity(config, self.router, limiter)
+        self._repairs = RepairDesk(db)
         if observer is not None:
             observer.attach(self, limiter)
 
@@ -403,6 +405,8 @@ class Dispatcher:
 
     async def _process(self, request: ClaimedRequest) -> None:
         route = self._endpoints[request.batch_id]
+        # A request with an answer that did not match its schema is sent as its repair.
+        request = await self._repairs.prepared(request)
         self._waiting += 1
         try:
             turn = await self._wait_for_turn(request, route)
@@ -480,7 +484,8 @@ class Dispatcher:
             jitter=self._rng.random(),
             failover=self.router.can_fail_over(route, endpoint),
         )
-        self.report.count(decision, outcome)
+        reviewed = await self._repairs.reviewed(request, decision)
+        self.report.count(reviewed, outcome)
         transition = self.router.finished(
             route,
             assignment,
@@ -506,8 +511,8 @@ class Dispatcher:
                     retry.not_before,
                 )
                 await self._write(decision)
-            case Finish():
-                await self._write(decision)
+        if isinstance(reviewed, Finish | Repair):
+            await self._write(reviewed)
 
     async def _wait_for_turn(
         self, request: ClaimedRequest, route: str

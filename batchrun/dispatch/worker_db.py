@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from batchrun.dispatch.dbthread import DEFAULT_RETRY_DELAYS_S, DatabaseThread
 from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.records import (
+    AnswerTurn,
     BatchSummary,
     BudgetStop,
     ClaimedRequest,
@@ -99,6 +100,7 @@ class WorkerDatabase:
         released: Sequence[int] = (),
         canceled: Sequence[int] = (),
         expired: Sequence[int] = (),
+        turns: Sequence[AnswerTurn] = (),
     ) -> None:
         await self._thread.call(
             self._store.results.record,
@@ -110,7 +112,14 @@ class WorkerDatabase:
             released=released,
             canceled=canceled,
             expired=expired,
+            turns=turns,
         )
+
+    async def last_answer_turn(self, request_id: int) -> tuple[str, tuple[str, ...]] | None:
+        return await self._thread.call(self._store.repairs.last_turn, request_id)
+
+    async def repair_limits(self, batch_ids: Sequence[str]) -> dict[str, int]:
+        return await self._thread.call(self._store.repairs.repair_limits, batch_ids)
 
     # -- the batches' course --------------------------------------------------------------
 

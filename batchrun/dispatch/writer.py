@@ -31,8 +31,9 @@ from batchrun.dispatch.decisions import (
     Unsent,
     Write,
 )
+from batchrun.dispatch.repairs import Repair
 from batchrun.dispatch.worker_db import WorkerDatabase
-from batchrun.records import FinishedRequest, RetryLater
+from batchrun.records import AnswerTurn, FinishedRequest, RetryLater
 
 # A group is committed once this many writes wait...
 GROUP_WRITES = 5
@@ -64,7 +65,7 @@ class GroupWriter:
         self._clock = clock
         self._batch_size = batch_size
         # Writes waiting, each with its future and when it was queued (loop time).
-        self._pending: list[tuple[Write, asyncio.Future[None], float]] = []
+        self._pending: list[tuple[Write | Repair, asyncio.Future[None], float]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -73,7 +74,7 @@ class GroupWriter:
         """Start the writer task."""
         self._task = asyncio.create_task(self._loop(), name="batchrun-writer")
 
-    async def write(self, write: Write) -> None:
+    async def write(self, write: Write | Repair) -> None:
         """Queue a write for the next group commit and wait until it is committed (the
         commit's error, if it failed)."""
         loop = asyncio.get_running_loop()
@@ -117,9 +118,10 @@ class GroupWriter:
                 return
             self._wake.clear()
 
-    async def _commit(self, group: list[tuple[Write, asyncio.Future[None]]]) -> None:
+    async def _commit(self, group: list[tuple[Write | Repair, asyncio.Future[None]]]) -> None:
         finished: list[FinishedRequest] = []
         retries: list[RetryLater] = []
+        turns: list[AnswerTurn] = []
         by_kind: dict[type[Write], list[int]] = {
             Unsent: [],
             Released: [],
@@ -132,6 +134,8 @@ class GroupWriter:
                     finished.append(result)
                 case Retry(retry=retry):
                     retries.append(retry)
+                case Repair(turn=turn):
+                    turns.append(turn)
                 case _:
                     by_kind[type(write)].append(write.request_id)
         try:
@@ -144,6 +148,7 @@ class GroupWriter:
                 released=by_kind[Released],
                 canceled=by_kind[Canceled],
                 expired=by_kind[Expired],
+                turns=turns,
             )
         except Exception as exc:
             for _, done in group:

@@ -215,6 +215,10 @@ class BatchStatus(BatchObject):
     endpoints: list[EndpointUseModel] = Field(default_factory=list)
     # Results that are a stored answer (submit --reuse, or a duplicate of the batch).
     reused: int = 0
+    # Repair sends answered (structured answers that did not match their schema, shown to the
+    # model again) and what they cost (included in cost_usd; None: a model has no price).
+    repair_sends: int = 0
+    repair_cost_usd: float | None = 0.0
     # The file the requests came from; shown by `status`, not part of the JSON.
     source: str | None = Field(default=None, exclude=True)
     # Queued requests held, unsent, per model: their model has no price and the batch a
@@ -232,10 +236,12 @@ class BatchStatus(BatchObject):
         health: Mapping[str, EndpointHealth] | None = None,
         provider_batches: Sequence[ProviderBatchRow] = (),
         held_unpriced: Mapping[str, int] | None = None,
+        repair_cost: CostTotal | None = None,
     ) -> BatchStatus:
         """The status of ``batch`` from its stats and what it cost; ``members``: the
         endpoints of its pool (listed even before they answer), ``health``: their states;
-        ``held_unpriced``: its held requests per model."""
+        ``held_unpriced``: its held requests per model; ``repair_cost``: what its repair
+        sends (``stats.repairs``) cost."""
         rates = throughput_per_min(batch, stats)
         return cls(
             **_summary_fields(batch),
@@ -267,6 +273,8 @@ class BatchStatus(BatchObject):
             ],
             endpoints=endpoint_uses(stats.endpoints, members, health or {}),
             reused=stats.reused,
+            repair_sends=sum(item.requests for item in stats.repairs),
+            repair_cost_usd=None if repair_cost is None else repair_cost.usd,
             source=batch.source,
             lane=batch.lane,
             provider_batches=[ProviderBatchModel.of(row) for row in provider_batches],

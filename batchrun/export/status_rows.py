@@ -81,6 +81,11 @@ def status_rows(batch: BatchStatus) -> list[tuple[str, str]]:
         *_lane_rows(batch),
         *_provider_rows(batch),
     ]
+    if batch.repair_sends:
+        cost = (
+            "cost unknown" if batch.repair_cost_usd is None else format_usd(batch.repair_cost_usd)
+        )
+        rows.append(("repairs", f"{batch.repair_sends:,} sent, {cost} (in the cost)"))
     if batch.max_cost_usd is not None:
         rows.append(("max cost", format_usd(batch.max_cost_usd)))
     if batch.held_unpriced:

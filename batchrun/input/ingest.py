@@ -41,6 +41,7 @@ from batchrun.input.reader import (
 )
 from batchrun.input.validation import InvalidLine
 from batchrun.records import (
+    DEFAULT_REPAIR_LIMIT,
     INVALID_INPUT_ERROR_TYPE,
     Lane,
     NewBatch,
@@ -121,6 +122,7 @@ def submit_requests(
     check_models: Callable[[set[str]], None] | None = None,
     items: Iterable[ReadItem] | None = None,
     input_row: Callable[[int], str | None] | None = None,
+    repair_limit: int = DEFAULT_REPAIR_LIMIT,
 ) -> str:
     """Validate and store every request of ``stream`` as a new batch; returns its id.
 
@@ -136,7 +138,8 @@ def submit_requests(
     requests once every line is read, inside the store's transaction: if it raises, nothing of
     the batch is stored (a budget refusing models without a price). ``items`` replaces
     reading ``stream`` (a table's rendered rows, `batchrun.input.table_ingest`), and
-    ``input_row(line_no)`` gives the row stored beside each request.
+    ``input_row(line_no)`` gives the row stored beside each request. ``repair_limit``: repair
+    sends per request at most for an answer that does not match its schema (0: none).
     """
     where = locate or (lambda line_no: f"{source}:{line_no}")
     batch = NewBatch(
@@ -150,6 +153,7 @@ def submit_requests(
         lane=lane,
         reuse=reuse,
         owner=owner,
+        repair_limit=repair_limit,
     )
     problems = _Problems()
 

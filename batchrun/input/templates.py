@@ -3,7 +3,8 @@
 A template file holds ``model`` (or the submit's default model), ``max_tokens``, an optional
 ``system``, ``user`` (or ``messages``: a list of ``{role, content}``), an optional ``id`` (the
 custom_id; default the row number), an optional ``[output]`` table (a JSON Schema the answer
-must match, `batchrun.structured`), ``hash_long_ids``, and any other Messages parameter,
+must match, `batchrun.structured`), ``repair`` (repair sends per row at most for an answer
+that does not match it), ``hash_long_ids``, and any other Messages parameter,
 passed through unchanged (``temperature``, ``metadata``...).
 
 A message's ``content`` is a template, or a list of parts: ``{type = "text", text =
@@ -55,7 +56,17 @@ from batchrun.structured.schemas import (
 
 # The keys a template file gives meaning to; any other key is a Messages parameter.
 TEMPLATE_KEYS: Final = frozenset(
-    {"model", "max_tokens", "system", "user", "messages", "id", "output", "hash_long_ids"}
+    {
+        "model",
+        "max_tokens",
+        "system",
+        "user",
+        "messages",
+        "id",
+        "output",
+        "hash_long_ids",
+        "repair",
+    }
 )
 # Params a template cannot pass through: batchrun writes them, or a batch forbids them.
 _RESERVED_PARAMS: Final = frozenset({"stream"})
@@ -96,6 +107,9 @@ class Template:
     custom_id: jinja2.Template | None
     hash_long_ids: bool = False
     output: dict[str, Any] | None = None
+    # Repair sends per row at most for an answer that does not match ``output`` (None: the
+    # submit's, by default 1).
+    repair: int | None = None
     # Each message's name in messages: "user", or "messages[1]".
     message_names: tuple[str, ...] = field(default_factory=tuple)
 
@@ -200,6 +214,13 @@ def compile_template(
         output = check_schema(data["output"], where=f"{source}: [output]")
     if output is not None:
         _check_no_clash(params, source)
+    repair = data.get("repair")
+    if repair is not None and (
+        isinstance(repair, bool) or not isinstance(repair, int) or repair < 0
+    ):
+        raise ConfigError(
+            f"{source}: repair must be a whole number of repair sends, 0 or more, not {repair!r}"
+        )
     return Template(
         source=source,
         params=params,
@@ -208,6 +229,7 @@ def compile_template(
         custom_id=custom_id,
         hash_long_ids=hash_long_ids,
         output=output,
+        repair=repair,
         message_names=tuple(name for _, _, name in messages),
     )
 

@@ -135,6 +135,7 @@ def combined_report(reports: Sequence[RunReport]) -> RunReport:
         errored=sum(r.errored for r in reports),
         canceled=sum(r.canceled for r in reports),
         retried=sum(r.retried for r in reports),
+        repaired=sum(r.repaired for r in reports),
         rate_limited=sum(r.rate_limited for r in reports),
         paused=paused,
         error_types=error_types,

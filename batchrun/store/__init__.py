@@ -12,14 +12,18 @@ endpoint fares), ``rates`` (shared rate buckets), ``usage`` (usage by model: the
 statement every view of tokens and cost reads), ``series`` (answers per time bucket, by
 when they were sent: the dashboard's and the report's), ``tallies`` (request totals for
 /metrics), ``timelines`` (errors and limits for the dashboard), ``latencies`` (latencies for
-``batchrun report``), ``run_limits`` (the limits each run sent a batch under). Beside them:
+``batchrun report``), ``run_limits`` (the limits each run sent a batch under), ``repairs``
+(answers that did not match their schema: kept as the request goes back for a repair, read
+back to make it). Beside them:
 ``batch_rows`` (writing a new batch), ``counters`` (each batch's requests per state, token
 totals, reused results, first claim and last answer, kept by the statements that change
 them), ``breakdowns`` (a batch's counters per key: usage by model, error types, answers per
-endpoint, held requests per model), ``reuse`` (answers reused at
+endpoint, held requests per model), ``repair_counts`` (a batch's repair sends and their
+tokens), ``reuse`` (answers reused at
 submit, what a new request waits for, copies settled), ``database`` (engines, migrations,
 and driver errors as messages), ``textsafe`` (text every column takes: lone surrogates and
 NULs made safe at the write boundary, and for the exports).
-May import: ``limits`` (bucket arithmetic), ``records``, ``errors``. With the migrations, the
+May import: ``limits`` (bucket arithmetic), ``structured`` (reviewing a provider batch's
+structured answers), ``records``, ``errors``. With the migrations, the
 only importer of SQLAlchemy and Alembic.
 """

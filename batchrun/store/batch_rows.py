@@ -55,6 +55,7 @@ def insert_batch(
             max_cost_usd=batch.max_cost_usd,
             lane=batch.lane,
             owner=batch.owner,
+            repair_limit=batch.repair_limit,
         )
     )
     count = 0

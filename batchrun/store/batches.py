@@ -24,6 +24,7 @@ from batchrun.store.batch_rows import insert_batch
 from batchrun.store.breakdowns import errors_of
 from batchrun.store.counters import COUNT_COLUMNS, TOKEN_COLUMNS
 from batchrun.store.health import Health
+from batchrun.store.repair_counts import repairs_of
 from batchrun.store.usage import UsageReads
 
 
@@ -166,8 +167,8 @@ class Batches(Section):
 
     def stats(self, batch_id: str, *, top_errors: int = 5) -> BatchStats:
         """Tokens per model, the first send and the last answer, the ``top_errors`` most
-        frequent error types of errored results (with one message each), the budget, and how
-        many results are stored answers (reused): the batch's counters (see
+        frequent error types of errored results (with one message each), the budget, how
+        many results are stored answers (reused) and the repair sends: the batch's counters (see
         `batchrun.store.counters`), a few rows whatever the batch's size."""
         b = t.batches.c
         with self._read() as conn:
@@ -179,6 +180,7 @@ class Batches(Section):
             if row is None:
                 raise batch_not_found(batch_id)
             errors = errors_of(conn, batch_id, top_errors)
+            repairs = repairs_of(conn, [batch_id])[batch_id]
         first_started, last_completed, max_cost, reused = row
         return BatchStats(
             usage=self._usage.by_model([batch_id])[batch_id],
@@ -192,6 +194,7 @@ class Batches(Section):
                 else []
             ),
             reused=int(reused),
+            repairs=repairs,
         )
 
 

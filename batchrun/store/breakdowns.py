@@ -18,7 +18,7 @@ touch every such row anyway). :func:`recount` sets all four from the rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -78,6 +78,12 @@ class Breakdowns:
         if row["endpoint"] is not None and row["reused_from"] is None:
             key = (batch_id, row["endpoint"])
             self._endpoints[key] = self._endpoints.get(key, 0) + 1
+
+    def add_tokens(self, key: tuple[str, str, str, float], tokens: Sequence[int]) -> None:
+        """Tokens of an answer that is no result (``answer_turns``): usage, no answer."""
+        totals = self._usage.setdefault(key, [0, 0, 0, 0, 0])
+        for index, value in enumerate(tokens, start=1):
+            totals[index] += value
 
     def _add_usage(self, key: tuple[str, str, str, float], tokens: list[int]) -> None:
         totals = self._usage.setdefault(key, [0, 0, 0, 0, 0])
@@ -234,17 +240,37 @@ def usage_of(conn: Connection, batch_ids: Sequence[str]) -> dict[str, list[Model
     """Per batch (every one asked for, empty when it has none): its usage by model, lane
     and price share, in that order, as ``batchrun.store.usage.priced`` gives it."""
     u = t.batch_usage.c
-    found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
     rows = conn.execute(
         select(u.batch_id, u.model, u.lane, u.cost_factor, u.answers, *(u[n] for n in _TOKENS))
-        .where(u.batch_id.in_(list(batch_ids)), u.answers > 0)
+        .where(
+            u.batch_id.in_(list(batch_ids)),
+            # Tokens without answers: answers that did not match their schema, kept while
+            # their requests are repaired (``answer_turns``).
+            (
+                u.answers
+                + u.input_tokens
+                + u.output_tokens
+                + u.cache_creation_input_tokens
+                + u.cache_read_input_tokens
+            )
+            > 0,
+        )
         .order_by(u.batch_id, u.model, u.lane, u.cost_factor)
     )
-    for batch_id, model, lane, factor, answers, tokens_in, tokens_out, writes, reads in rows:
+    return tokens_by_batch(rows, batch_ids)
+
+
+def tokens_by_batch(
+    rows: Iterable[Sequence[Any]], batch_ids: Sequence[str]
+) -> dict[str, list[ModelTokens]]:
+    """Rows of (batch, model, lane, cost factor, count, the four token columns) as
+    `ModelTokens` per batch (every one of ``batch_ids``, empty when it has no row)."""
+    found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
+    for batch_id, model, lane, factor, count, tokens_in, tokens_out, writes, reads in rows:
         found.setdefault(batch_id, []).append(
             ModelTokens(
                 model,
-                int(answers),
+                int(count),
                 int(tokens_in),
                 int(tokens_out),
                 int(writes),

@@ -19,13 +19,14 @@ for the batch's size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, and_, bindparam, case, func, or_, select, update
 
 from batchrun.store import breakdowns as bd
+from batchrun.store import repair_counts as rc
 from batchrun.store import tables as t
 
 # Request state (open states together) → the counter column on batches.
@@ -43,7 +44,7 @@ TOKEN_COLUMNS: dict[str, str] = {
     "cache_creation_input_tokens": "sum_cache_creation_input_tokens",
     "cache_read_input_tokens": "sum_cache_read_input_tokens",
 }
-_COLUMNS = (*COUNT_COLUMNS.values(), *TOKEN_COLUMNS.values(), "n_reused")
+_COLUMNS = (*COUNT_COLUMNS.values(), *TOKEN_COLUMNS.values(), "n_reused", "n_repairs")
 
 # What a written result row must carry (a dict with these keys, or a RETURNING of
 # :func:`counted_result_columns`) for :meth:`CounterChanges.results` to count it.
@@ -81,6 +82,7 @@ class CounterChanges:
         self._by_batch: dict[str, dict[str, int]] = {}
         self._last_completed: dict[str, datetime] = {}
         self._breakdowns = bd.Breakdowns()
+        self._repairs = rc.RepairTally()
         self._recount: set[str] = set()
 
     def _add(self, batch_id: str, column: str, amount: int) -> None:
@@ -119,6 +121,24 @@ class CounterChanges:
                     self._last_completed[batch_id] = completed
             self._breakdowns.add_result(row)
 
+    def turn_tokens(
+        self, batch_id: str, key: tuple[str, str, float], tokens: Sequence[int]
+    ) -> None:
+        """An answer that did not match its schema was kept (``answer_turns``): its tokens
+        (see ``repair_counts.TOKENS``) count in the batch's totals and its usage under
+        ``key`` (model, lane, cost factor), with no answer counted (its request is open)."""
+        for column, value in zip(TOKEN_COLUMNS.values(), tokens, strict=True):
+            self._add(batch_id, column, value)
+        self._breakdowns.add_tokens((batch_id, *key), tokens)
+
+    def repair_send(
+        self, batch_id: str, key: tuple[str, str, float], tokens: Sequence[int]
+    ) -> None:
+        """A repair send's answer was written (a turn or a result): one more in
+        ``n_repairs``, its tokens in ``batch_repairs`` under ``key``."""
+        self._add(batch_id, "n_repairs", 1)
+        self._repairs.add((batch_id, *key), tokens)
+
     def recount(self, batch_id: str) -> None:
         """Count the batch again from its rows when these changes are applied (after results
         were deleted, or written where the Python side did not see them)."""
@@ -153,6 +173,7 @@ class CounterChanges:
                 ],
             )
         self._breakdowns.apply(conn)
+        self._repairs.apply(conn)
         recount, self._recount = self._recount, set()
         if recount:
             recount_batches(conn, sorted(recount))
@@ -185,3 +206,4 @@ def recount_batches(conn: Connection, batch_ids: list[str]) -> None:
         )
         conn.execute(update(t.batches).where(t.batches.c.id == batch_id).values(**values))
     bd.recount(conn, batch_ids)
+    rc.recount(conn, batch_ids)

@@ -17,8 +17,8 @@ class Lanes(Section):
 
     def set_queued(self, batch_id: str, lane: str) -> int:
         """Send the batch's queued requests to ``lane`` from now on (the auto lane's choice);
-        returns how many. A prompt-cache group's first request keeps real time; held requests
-        (no price for a budget) stay held."""
+        returns how many. A prompt-cache group's first request, and a request waiting for a
+        repair, keep real time; held requests (no price for a budget) stay held."""
         req = t.requests.c
         with self._write() as conn:
             leaders = select(req.wait_for).where(
@@ -31,7 +31,11 @@ class Lanes(Section):
                 req.lane != t.HELD,
             )
             if lane == Lane.BATCH:
-                statement = statement.where(req.id.not_in(leaders.scalar_subquery()))
+                # A request waiting for the repair of its answer (batchrun.store.repairs) is
+                # sent in real time: a provider batch would send its original form again.
+                statement = statement.where(
+                    req.id.not_in(leaders.scalar_subquery()), req.repairs == 0
+                )
             return int(conn.execute(statement.values(lane=lane)).rowcount)
 
     def set_batch(self, batch_id: str, lane: str) -> None:

@@ -89,6 +89,7 @@ class Leases(Section):
                 req.failures,
                 req.estimated_input_tokens,
                 req.last_error,
+                req.repairs,
             )
         )
         with self._write() as conn:

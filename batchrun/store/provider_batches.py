@@ -31,6 +31,7 @@ from batchrun.store.base import Section, end_finished_batches, insert_bare_resul
 from batchrun.store.counters import CounterChanges
 from batchrun.store.leases import not_waiting
 from batchrun.store.recording import record_finished
+from batchrun.store.repairs import record_turns, review_imported
 from batchrun.store.reuse import settle_copies
 
 # Candidate requests read per round trip while filling a provider batch.
@@ -300,11 +301,20 @@ class ProviderBatches(Section):
         an import can run again from the start. Batches left with nothing open end."""
         with self._write() as conn:
             finished, back, tally = prepare_import(conn, row_id, results, requeues)
-            if finished:
+            # Structured answers that do not match their schema go back for a repair, in
+            # real time (batchrun.store.repairs).
+            finished, turns = review_imported(conn, finished)
+            if finished or turns:
                 changes = CounterChanges()
                 record_finished(conn, finished, changes=changes, from_state=t.PROVIDER)
                 settle_copies(conn, [item.request_id for item in finished], now, changes)
+                repairing = record_turns(conn, turns, changes=changes, from_state=t.PROVIDER)
                 changes.apply(conn)
+                tally = replace(
+                    tally,
+                    stored=tally.stored - len(turns),
+                    requeued=tally.requeued + len(repairing),
+                )
             apply_requeues(conn, back)
             end_finished_batches(conn, batches_of_provider_batch(conn, row_id), now)
         return tally

@@ -16,11 +16,12 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
-from batchrun.records import FinishedRequest, RetryLater
+from batchrun.records import AnswerTurn, FinishedRequest, RetryLater
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches, insert_bare_results
 from batchrun.store.counters import CounterChanges
 from batchrun.store.database import upsert_insert
+from batchrun.store.repairs import count_repair_results, record_turns
 from batchrun.store.reuse import batches_with_copies, settle_copies
 
 
@@ -35,6 +36,7 @@ def record_outcomes(
     released: Sequence[int] = (),
     canceled: Sequence[int] = (),
     expired: Sequence[int] = (),
+    turns: Sequence[AnswerTurn] = (),
     without_copies: set[str],
 ) -> None:
     """Write one group of a worker's outcomes on ``conn`` (one transaction: group commit).
@@ -50,6 +52,8 @@ def record_outcomes(
       the send counted.
     - ``canceled`` / ``expired``: claimed but never sent, and the batch is canceling /
       has expired.
+    - ``turns``: answers that did not match their schema: kept, and their requests back to
+      the queue for a repair send (``batchrun.store.repairs``).
     Batches left with no open request are marked ended. ``without_copies``: batches known
     to have no copies (updated here), whose results skip the look for copies.
     """
@@ -58,6 +62,8 @@ def record_outcomes(
     if finished:
         record_finished(conn, finished, changes=changes)
         _settle_copies(conn, finished, now, without_copies, changes)
+    if turns:
+        record_turns(conn, turns, changes=changes, owner=owner)
     req = t.requests.c
     mine = and_(req.state == t.RUNNING, req.lease_owner == owner)
     if retries:
@@ -213,6 +219,7 @@ def record_finished(
         ).all()
     )
     changes.results(row for row in rows if row["request_id"] in written)
+    count_repair_results(conn, finished, written, changes)
     req = t.requests.c
     final_state = (
         select(t.results.c.result_type).where(t.results.c.request_id == req.id).scalar_subquery()

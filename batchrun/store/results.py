@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, Select, func, or_, select
 
-from batchrun.records import FinishedRequest, ResultDetail, ResultRow, RetryLater
+from batchrun.records import AnswerTurn, FinishedRequest, ResultDetail, ResultRow, RetryLater
 from batchrun.store import tables as t
 from batchrun.store.base import Section
 from batchrun.store.recording import record_outcomes
@@ -42,6 +42,7 @@ class Results(Section):
         released: Sequence[int] = (),
         canceled: Sequence[int] = (),
         expired: Sequence[int] = (),
+        turns: Sequence[AnswerTurn] = (),
     ) -> None:
         """Write one group of a worker's outcomes in a single transaction (group commit);
         see :func:`~batchrun.store.recording.record_outcomes` for what each kind does."""
@@ -56,6 +57,7 @@ class Results(Section):
                 released=released,
                 canceled=canceled,
                 expired=expired,
+                turns=turns,
                 without_copies=self._without_copies,
             )
 

@@ -2,8 +2,8 @@
 
 Each section is a small class in its own module, named as its attribute is, and holds the
 statements of one job: ``store.batches`` (:mod:`batchrun.store.batches`),
-``store.results`` (:mod:`batchrun.store.results`), ``store.lifecycle``, ``store.leases``,
-``store.lanes``, ``store.provider_batches``, ``store.health``, ``store.rates``,
+``store.results`` (:mod:`batchrun.store.results`), ``store.repairs``, ``store.lifecycle``,
+``store.leases``, ``store.lanes``, ``store.provider_batches``, ``store.health``, ``store.rates``,
 ``store.usage``, ``store.series``, ``store.tallies``, ``store.timelines``,
 ``store.latencies`` and ``store.run_limits``. From a call site (a store's ``leases.renew``)
 you know which file to open. A section is built, and its module imported, the first time it is
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from batchrun.store.lifecycle import BatchLifecycle
     from batchrun.store.provider_batches import ProviderBatches
     from batchrun.store.rates import RateStore
+    from batchrun.store.repairs import Repairs
     from batchrun.store.results import Results
     from batchrun.store.run_limits import RunLimitStore
     from batchrun.store.series import SeriesReads
@@ -84,6 +85,13 @@ class Store:
         from batchrun.store.results import Results
 
         return Results(self._engine)
+
+    @cached_property
+    def repairs(self) -> Repairs:
+        """Answers that did not match their schema, read back for their repair."""
+        from batchrun.store.repairs import Repairs
+
+        return Repairs(self._engine)
 
     @cached_property
     def lifecycle(self) -> BatchLifecycle:

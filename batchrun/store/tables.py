@@ -197,6 +197,14 @@ batches = Table(
         nullable=True,
         comment="the id of the serve key that created it (a hash, never the key)",
     ),
+    Column(
+        "repair_limit",
+        Integer,
+        nullable=False,
+        server_default="1",
+        comment="repair sends per request at most for an answer that does not match its "
+        "schema (0: none)",
+    ),
     # Maintained counters (batchrun.store.counters): requests per reported state and the
     # token totals of the results, kept by every statement that changes them.
     *(
@@ -224,6 +232,9 @@ batches = Table(
         nullable=False,
         server_default="0",
         comment="results that are a stored answer (submit --reuse): nothing was sent",
+    ),
+    Column(
+        "n_repairs", Integer, nullable=False, server_default="0", comment="repair sends answered"
     ),
     Column("first_started_at", UtcDateTime, nullable=True, comment="the first claim"),
     Column(
@@ -348,6 +359,13 @@ requests = Table(
         _BigId,
         nullable=True,
         comment="a duplicate in its batch: takes this request's result if it succeeds",
+    ),
+    Column(
+        "repairs",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="its answers that did not match the schema (answer_turns rows)",
     ),
     UniqueConstraint("batch_id", "custom_id"),
     Index(None, "batch_id", "line_no"),
@@ -605,4 +623,63 @@ table_rows = Table(
     ),
     Column("row_no", Integer, primary_key=True, comment="1-based, the request's line_no"),
     Column("data", JsonText, nullable=False, comment="the row: column name to value, JSON"),
+)
+
+# A request's answers that did not match its schema (batchrun.structured), one per send that
+# was answered so, written in the transaction that sends the request back for a repair (or
+# ends it ``invalid_output``: then the last answer is the result's raw_body instead). The
+# request's history: each such answer, its errors and its usage (counted in the batch's
+# counters when written, never again).
+answer_turns = Table(
+    "answer_turns",
+    metadata,
+    Column(
+        "request_id",
+        _BigId,
+        ForeignKey("requests.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("turn", Integer, primary_key=True, comment="1 for the first invalid answer"),
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("repair_send", Integer, nullable=False, comment="1: answered a repair send"),
+    Column("model", SafeString(200), nullable=True),
+    Column("lane", SafeString(8), nullable=True),
+    Column("cost_factor", Float, nullable=True),
+    Column("endpoint", SafeString(100), nullable=True),
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("latency_ms", Integer, nullable=True),
+    Column("completed_at", UtcDateTime, nullable=False),
+    *(
+        Column(name, Integer, nullable=True)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        )
+    ),
+    Column("body", JsonText, nullable=False, comment="the Message, JSON"),
+    Column("errors", JsonText, nullable=False, comment="the validation errors, JSON list"),
+    Index(None, "batch_id"),
+)
+
+# Per batch and key, the repair sends answered and their tokens (kept as batch_usage is, by
+# batchrun.store.repair_counts): what `status` shows of repairs without reading rows.
+batch_repairs = Table(
+    "batch_repairs",
+    metadata,
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("model", SafeString(200), primary_key=True),
+    Column("lane", SafeString(8), primary_key=True),
+    Column("cost_factor", Float, primary_key=True),
+    Column("sends", Integer, nullable=False, comment="repair sends answered"),
+    *(
+        Column(name, BigInteger, nullable=False)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        )
+    ),
 )

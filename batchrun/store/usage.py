@@ -9,7 +9,9 @@ a run and the batch lane read the same totals from the batches' counters instead
 (:meth:`UsageReads.by_model`, ``batch_usage`` in `batchrun.store.breakdowns`), which the
 tests hold equal to what :func:`priced` gives of this statement.
 
-An answer is a succeeded or errored result; its model is the one the answer
+An answer is a succeeded or errored result; the tokens of the answers that did not match
+their schema (``answer_turns``, their requests repaired since) are added to the groups
+(:func:`read_turn_usage`), so the totals are the counters'. An answer's model is the one it
 names, else the request's (looked up only for an answer that names none: no join with the
 requests, which on a large batch would be most of the time).
 """
@@ -17,7 +19,7 @@ requests, which on a large batch would be most of the time).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +71,16 @@ class Usage:
     recent_input_tokens: int = 0
     recent_output_tokens: int = 0
 
+    @property
+    def has_tokens(self) -> bool:
+        """Whether any token is counted here (answers without usage count none)."""
+        return bool(
+            self.input_tokens
+            or self.output_tokens
+            or self.cache_creation_input_tokens
+            or self.cache_read_input_tokens
+        )
+
     def tokens(self) -> ModelTokens:
         """The token totals that price these answers (``requests``: those with usage)."""
         return ModelTokens(
@@ -90,13 +102,16 @@ def read_usage(
     since: datetime | None = None,
     width_s: int | None = None,
     per_request: bool = False,
+    with_turns: bool = True,
 ) -> list[Usage]:
     """The answers of these batches (None: of every batch) grouped by batch, model, lane,
     share of the list price and sent or reused (see :class:`Usage`), in one grouped
     statement, sorted by those. ``since``: the start of the recent window; ``width_s``: also
     per bucket of that many seconds of ``completed_at``; ``per_request``: every final
     result, also per the model the request names (joined with the requests) and the
-    result's state (what ``/metrics`` counts requests and usage by, in one scan).
+    result's state (what ``/metrics`` counts requests and usage by, in one scan; without the
+    tokens of :func:`read_turn_usage`, which have no state). ``with_turns`` False: the
+    results only (a database from before repairs).
 
     Measured on a 100,000-request batch with every result stored (2 kB prompts, 1 kB
     answers), with the window: 0.21 s on SQLite (a file on local disk), 0.14 s on Postgres
@@ -188,7 +203,135 @@ def read_usage(
                 recent_output_tokens=n_out,
             )
         )
+    if with_turns and not per_request:
+        found = _with_turns(found, read_turn_usage(conn, batch_ids, since=since, width_s=width_s))
     return found
+
+
+def read_turn_usage(
+    conn: Connection,
+    batch_ids: Collection[str] | None,
+    *,
+    since: datetime | None = None,
+    width_s: int | None = None,
+) -> list[Usage]:
+    """The tokens of these batches' answers that did not match their schema
+    (``answer_turns``: sent, answered and paid, their requests repaired since), grouped as
+    :func:`read_usage` groups results, as sent answers that count no answer (``answers``,
+    ``with_usage`` and ``sends`` 0: their request's result counts it) but their tokens, times
+    and, in the recent window, their sends."""
+    a = t.answer_turns.c
+    requested = select(t.requests.c.model).where(t.requests.c.id == a.request_id)
+    model = func.coalesce(a.model, requested.scalar_subquery())
+    groups: list[Any] = [a.batch_id]
+    if width_s is not None:
+        groups.append(
+            epoch_bucket(a.completed_at, width_s, dialect=conn.dialect.name, name="bucket")
+        )
+    groups += [model, func.coalesce(a.lane, Lane.REALTIME), func.coalesce(a.cost_factor, 1.0)]
+    recent = a.completed_at >= since if since is not None else None
+    limit_input = func.coalesce(a.input_tokens, 0) + func.coalesce(a.cache_creation_input_tokens, 0)
+    windowed = (
+        [
+            func.sum(case((recent, 1), else_=0)),
+            func.sum(case((recent, limit_input), else_=0)),
+            func.sum(case((recent, func.coalesce(a.output_tokens, 0)), else_=0)),
+        ]
+        if recent is not None
+        else []
+    )
+    statement = select(
+        *groups,
+        *(func.coalesce(func.sum(a[name]), 0) for name in _TOKEN_NAMES),
+        func.min(a.completed_at),
+        func.max(a.completed_at),
+        *windowed,
+    )
+    if batch_ids is not None:
+        statement = statement.where(a.batch_id.in_(list(batch_ids)))
+    found = []
+    for row in conn.execute(statement.group_by(*groups)).all():
+        values = list(row)
+        batch_id = values.pop(0)
+        start = (
+            datetime.fromtimestamp(int(values.pop(0)) * width_s, UTC)
+            if width_s is not None
+            else None
+        )
+        name, lane, share, tokens_in, tokens_out, writes, reads, first, last, *window = values
+        n, n_in, n_out = (int(value or 0) for value in window) if window else (0, 0, 0)
+        found.append(
+            Usage(
+                batch_id=batch_id,
+                model=name,
+                lane=lane,
+                cost_factor=float(share),
+                sent=True,
+                answers=0,
+                with_usage=0,
+                input_tokens=int(tokens_in),
+                output_tokens=int(tokens_out),
+                cache_creation_input_tokens=int(writes),
+                cache_read_input_tokens=int(reads),
+                first_at=_utc(first),
+                last_at=_utc(last),
+                start=start,
+                recent_answers=n,
+                recent_input_tokens=n_in,
+                recent_output_tokens=n_out,
+            )
+        )
+    return found
+
+
+_TOKEN_NAMES = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def _with_turns(found: list[Usage], turns: list[Usage]) -> list[Usage]:
+    """``found`` (results' groups) with ``turns`` added: to the group of the same key, else
+    as groups of their own, kept in the order of the keys."""
+    if not turns:
+        return found
+    index = {_key(usage): position for position, usage in enumerate(found)}
+    added = False
+    for turn in turns:
+        position = index.get(_key(turn))
+        if position is None:
+            index[_key(turn)] = len(found)
+            found.append(turn)
+            added = True
+            continue
+        seen = found[position]
+        found[position] = replace(
+            seen,
+            **{name: getattr(seen, name) + getattr(turn, name) for name in _TOKEN_NAMES},
+            first_at=_earliest(seen.first_at, turn.first_at),
+            last_at=_latest(seen.last_at, turn.last_at),
+            recent_answers=seen.recent_answers + turn.recent_answers,
+            recent_input_tokens=seen.recent_input_tokens + turn.recent_input_tokens,
+            recent_output_tokens=seen.recent_output_tokens + turn.recent_output_tokens,
+        )
+    if added:
+        found.sort(key=_key)
+    return found
+
+
+def _key(usage: Usage) -> tuple[str, float, str, str, float, bool]:
+    start = usage.start.timestamp() if usage.start is not None else 0.0
+    return (usage.batch_id, start, usage.model, usage.lane, usage.cost_factor, usage.sent)
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def priced(usages: Iterable[Usage]) -> list[ModelTokens]:
@@ -196,7 +339,7 @@ def priced(usages: Iterable[Usage]) -> list[ModelTokens]:
     sent and reused answers together, those without usage left out; in the order given."""
     merged: dict[tuple[str, str, float], ModelTokens] = {}
     for usage in usages:
-        if not usage.with_usage:
+        if not usage.with_usage and not usage.has_tokens:
             continue
         tokens = usage.tokens()
         key = (tokens.model, tokens.lane, tokens.cost_factor)

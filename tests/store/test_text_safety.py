@@ -71,6 +71,8 @@ def test_every_text_column_of_every_table_is_made_safe() -> None:
         "results.raw_body",
         "provider_batches.counts",
         "table_rows.data",
+        "answer_turns.body",
+        "answer_turns.errors",
     }
 
 

@@ -161,7 +161,9 @@ def gather_report(
     window = window_s(sent_span_s, width_s)
     batch_limits = limits_of(store, batch, known=known, now=now)
     cost_buckets = [
-        usage for usage in store.usage.of_batches([batch.id], width_s=width_s) if usage.with_usage
+        usage
+        for usage in store.usage.of_batches([batch.id], width_s=width_s)
+        if usage.with_usage or usage.has_tokens
     ]
     return ReportData(
         status=status,

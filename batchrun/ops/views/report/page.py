@@ -486,7 +486,20 @@ def _costs(data: ReportData) -> str:
         _note(
             f"Total {format_usd(data.cost.usd)}; lanes used: {lanes}; saved against the "
             f"list price: {format_usd(data.cost.saved_usd)}. Placed when answered."
+            + _repairs_text(data)
         ),
+    )
+
+
+def _repairs_text(data: ReportData) -> str:
+    """What the repairs of structured answers cost, when the batch has any: their sends and
+    cost (in the total and in the lines)."""
+    status = data.status
+    if not status.repair_sends:
+        return ""
+    return (
+        f" Repairs of answers that did not match their schema: {status.repair_sends:,} sent, "
+        f"{format_usd(status.repair_cost_usd)}, in the total."
     )
 
 
