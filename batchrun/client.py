@@ -47,7 +47,7 @@ from batchrun.errors import (
     DatabaseError,
     UsageError,
 )
-from batchrun.records import Lane
+from batchrun.records import CacheTtl, Lane
 
 if TYPE_CHECKING:
     from batchrun.config.file import Settings
@@ -169,6 +169,14 @@ class Client:
             self._endpoints_cache = endpoints_of(self.settings(), self._env)
         return self._endpoints_cache
 
+    def _cache_ttl(self, given: str | None) -> str:
+        """The cache TTL policy of a submit: ``given``, else the config file's, else auto;
+        ConfigError for an unknown one."""
+        if given is not None:
+            return _check_cache_ttl(given, "--cache-ttl")
+        configured = self.settings().cache_ttl
+        return CacheTtl.AUTO if configured is None else configured
+
     def prices(self) -> PriceTable:
         """The price table: built-in prices with the config file's on top."""
         from batchrun.config.file import prices_of
@@ -240,6 +248,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        cache_ttl: str | None = None,
     ) -> BatchObject:
         """Validate every request and store them as one batch, in one transaction (with its
         budget ``max_cost_usd``); returns the batch object.
@@ -263,6 +272,11 @@ class Client:
         time to finish what it leaves; see "Paying less" in the docs). ``reuse``: a request
         whose params already succeeded in this database is answered from the stored answer
         (nothing sent, cost 0), and identical params in the batch are sent once.
+        ``cache_ttl`` (``auto`` or ``keep``; default the config file's ``cache_ttl``, else
+        ``auto``): with ``auto`` and the batch lane, the requests of a prompt-cache group
+        (the leader sent alone in real time, its followers in provider batches) carry
+        ``"ttl": "1h"`` on their breakpoints so the leader's write outlives the provider's
+        wait; ``keep`` sends them as written (see "Paying less" in the docs).
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
@@ -293,6 +307,7 @@ class Client:
                 max_cost_usd=max_cost_usd,
                 lane=lane,
                 reuse=reuse,
+                cache_ttl=self._cache_ttl(cache_ttl),
                 check_models=(
                     _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
                 ),
@@ -318,6 +333,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        cache_ttl: str | None = None,
     ) -> BatchObject:
         """Render each row of ``table`` into a request with ``template`` and store them as
         one batch, with the rows, in one transaction; returns the batch object.
@@ -383,6 +399,7 @@ class Client:
                 max_cost_usd=max_cost_usd,
                 lane=lane,
                 reuse=reuse,
+                cache_ttl=self._cache_ttl(cache_ttl),
                 locate=row_locator(source),
                 check_models=(
                     _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
@@ -999,6 +1016,7 @@ class Client:
         lane: str = Lane.REALTIME,
         reuse: bool = False,
         hold_unpriced: bool = False,
+        cache_ttl: str | None = None,
     ) -> BatchObject:
         """:meth:`submit` off the event loop."""
         return await _off_loop(
@@ -1016,6 +1034,7 @@ class Client:
             lane=lane,
             reuse=reuse,
             hold_unpriced=hold_unpriced,
+            cache_ttl=cache_ttl,
         )
 
     async def astatus(self, batch_id: str) -> BatchStatus:
@@ -1203,6 +1222,14 @@ def _limits(values: Mapping[str, float | None] | None, argument: str = "") -> Ra
         return RateLimits(dict(values or {}))
     except ValueError as exc:
         raise ConfigError(f"{argument}: {exc}" if argument else str(exc)) from None
+
+
+def _check_cache_ttl(value: str, where: str) -> str:
+    if value not in tuple(CacheTtl):
+        raise ConfigError(
+            f"{where}: unknown cache TTL policy {value!r}; use one of {', '.join(CacheTtl)}"
+        )
+    return value
 
 
 def _submit_arguments(

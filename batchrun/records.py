@@ -152,6 +152,18 @@ class Lane(StrEnum):
     provider batch, else real time (:mod:`batchrun.batch_lane.auto`)."""
 
 
+class CacheTtl(StrEnum):
+    """The cache TTL policy of a batch's prompt-cache groups (``--cache-ttl``, config
+    ``cache_ttl``); it applies to groups whose followers go to the batch lane."""
+
+    AUTO = "auto"
+    """The group's breakpoints (the leader's request and the followers') carry ``"ttl":
+    "1h"``, so the leader's cache write outlives the provider's wait (one 2× write per group
+    instead of a 1.25× write per request; see "Paying less" in the docs)."""
+    KEEP = "keep"
+    """The requests are sent as written."""
+
+
 @dataclass(frozen=True)
 class NewBatch:
     """A batch about to be stored."""
@@ -171,6 +183,8 @@ class NewBatch:
     reuse: bool = False
     # The id of the `batchrun serve` key that created it (None: made outside the server).
     owner: str | None = None
+    # A CacheTtl: with "auto", the prompt-cache groups of the batch lane use the 1-hour TTL.
+    cache_ttl: str = CacheTtl.AUTO
 
 
 # Invalid lines kept by `submit --skip-invalid` that have no usable custom_id of their own

@@ -89,6 +89,9 @@ class Settings:
     # environment variable that holds it (a URL with a token in it is a secret).
     notify_url: str | None = None
     notify_url_env: str | None = None
+    # cache_ttl: the TTL policy of the batch lane's prompt-cache groups ("auto" or "keep";
+    # None: not set, auto).
+    cache_ttl: str | None = None
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this file and the key: ``FILE: KEY: problem``."""
@@ -165,6 +168,7 @@ def load_settings(path: Path | None) -> Settings:
         pools={name: table.to_pool(name, str(path)) for name, table in parsed.pools.items()},
         notify_url=parsed.notify.url if parsed.notify is not None else None,
         notify_url_env=parsed.notify.url_env if parsed.notify is not None else None,
+        cache_ttl=parsed.cache_ttl,
     )
 
 
@@ -497,6 +501,8 @@ class _ConfigFile(_Table):
     pools: dict[EndpointName, _PoolTable] = {}
     prices: dict[Annotated[str, Field(min_length=1)], _PriceTable] = {}
     notify: _NotifyTable | None = None
+    # The batch lane's prompt-cache groups: "auto" (the 1-hour TTL) or "keep" (as written).
+    cache_ttl: Literal["auto", "keep"] | None = None
 
 
 _MODELS: dict[int, type[BaseModel]] = {0: _ConfigFile, 2: _EndpointTable}

@@ -17,7 +17,8 @@ when they were sent: the dashboard's and the report's), ``tallies`` (request tot
 totals, reused results, first claim and last answer, kept by the statements that change
 them), ``breakdowns`` (a batch's counters per key: usage by model, error types, answers per
 endpoint, held requests per model), ``reuse`` (answers reused at
-submit, what a new request waits for, copies settled), ``database`` (engines, migrations,
+submit, what a new request waits for, copies settled), ``cache_ttl`` (the 1-hour TTL
+given to the prompt-cache groups of the batch lane), ``database`` (engines, migrations,
 and driver errors as messages), ``textsafe`` (text every column takes: lone surrogates and
 NULs made safe at the write boundary, and for the exports).
 May import: ``limits`` (bucket arithmetic), ``records``, ``errors``. With the migrations, the

@@ -1,0 +1,182 @@
+"""The batch lane's prompt-cache groups and their TTL (``--cache-ttl auto|keep``), from the
+CLI against the simulator on a socket whose provider starts a batch well past the
+(scaled) 5-minute TTL and runs it in parallel: the cold batch reads nothing from the cache,
+the 1-hour TTL makes every follower read the leader's write, and ``keep`` sends the requests
+exactly as written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from batchrun.simulator import SimulatorApp, SimulatorConfig, running_simulator
+from batchrun.simulator.asgi import Receive, Scope, Send
+from tests.batch_lane.test_batch_lane_cli import configure, flat, status
+from tests.cli.test_run_endpoints import invoke
+from tests.conftest import cli_env, jsonl, request_line
+
+MODEL = "claude-sonnet-4-5"
+# 5,600 characters: 1,400 tokens by the simulator's count (over the 1,024 minimum).
+SYSTEM = ("You answer questions about the catalogue, briefly. " * 112)[:5600]
+PREFIX_TOKENS = len(SYSTEM) // 4
+# Scaled lifetimes: 5 minutes → 0.3 s, 1 hour → 3.6 s; the provider starts a batch 1.5 s
+# after its creation (five scaled TTLs of 5 minutes) and runs its requests in one wave.
+TTL_SCALE = 0.001
+
+
+class RecordingSimulator(SimulatorApp):
+    """The simulator, keeping the body of every POST it receives (path, JSON)."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        super().__init__(config)
+        self.posted: list[tuple[str, Any]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        self.posted.append((scope["path"], json.loads(body) if body else None))
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await super().__call__(scope, replay, send)
+
+    def sent_params(self) -> dict[str, Any]:
+        """The params sent per custom_id: provider batches' requests; the Messages API's
+        bodies under the key ``realtime:N`` in the order received."""
+        sent: dict[str, Any] = {}
+        realtime = 0
+        for path, body in self.posted:
+            if path.endswith("/messages/batches"):
+                for request in body["requests"]:
+                    sent[request["custom_id"]] = request["params"]
+            elif path.endswith("/messages"):
+                sent[f"realtime:{realtime}"] = body
+                realtime += 1
+        return sent
+
+
+def simulator() -> RecordingSimulator:
+    return RecordingSimulator(
+        SimulatorConfig(
+            batch_start_s=1.5,
+            batch_processing_s=0.2,
+            batch_concurrency=10_000,
+            cache_ttl_scale=TTL_SCALE,
+        )
+    )
+
+
+def group_lines(count: int, prompts: int = 1) -> list[dict[str, Any]]:
+    """``count`` requests; request ``i`` shares system prompt ``i % prompts``, marked."""
+    return [
+        request_line(
+            f"r{i}",
+            f"question number {i}",
+            model=MODEL,
+            max_tokens=20,
+            system=[
+                {
+                    "type": "text",
+                    "text": f"{i % prompts:03d} {SYSTEM}"[: len(SYSTEM)],
+                    "cache_control": {"type": "ephemeral"},
+                }
+            ],
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    monkeypatch.chdir(tmp_path)
+    yield CliRunner(env=cli_env(db_url, tmp_path / "home"))
+
+
+def run_batch_lane(
+    cli: CliRunner, tmp_path: Path, app: RecordingSimulator, lines: list[dict[str, Any]], *args: str
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """Submit ``lines`` on the batch lane and run them to the end; (batch id, flat export,
+    status)."""
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(jsonl(lines))
+    with running_simulator(app=app) as url:
+        configure(tmp_path, url)
+        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", "batch", *args)
+        assert submitted.exit_code == 0, submitted.output
+        batch_id = submitted.stdout.strip()
+        ran = invoke(cli, "run", batch_id, "--poll-interval", "0.2s")
+        assert ran.exit_code == 0, ran.output
+        return batch_id, flat(cli, batch_id), status(cli, batch_id)
+
+
+def prefix_tokens_read_share(records: list[dict[str, Any]], lane: str) -> float:
+    mine = [r for r in records if r["lane"] == lane]
+    read = sum(r["cache_read_input_tokens"] for r in mine)
+    return read / (PREFIX_TOKENS * len(mine))
+
+
+def test_the_prompt_is_the_size_the_tests_assume() -> None:
+    assert len(SYSTEM) == 4 * 1400
+
+
+def test_a_cold_batch_reads_nothing_and_keep_sends_every_body_as_written(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    app = simulator()
+    lines = group_lines(60)
+    _, records, shown = run_batch_lane(cli, tmp_path, app, lines, "--cache-ttl", "keep")
+
+    assert {r["status"] for r in records} == {"succeeded"} and len(records) == 60
+    assert prefix_tokens_read_share(records, "batch") == 0.0
+    assert {r["cache_creation_input_tokens"] for r in records} == {PREFIX_TOKENS}
+    # Nothing about the requests changed: the bodies sent are the file's params.
+    sent = app.sent_params()
+    by_id = {line["custom_id"]: line["params"] for line in lines}
+    batch_ids = [key for key in sent if not key.startswith("realtime:")]
+    assert len(batch_ids) == 59 and all(sent[key] == by_id[key] for key in batch_ids)
+    leader = sent["realtime:0"]
+    assert leader == by_id["r0"] and len(sent) == 60
+    assert shown["request_counts"]["succeeded"] == 60
+
+
+def test_the_one_hour_ttl_makes_every_follower_read_the_leaders_write(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    app = simulator()
+    lines = group_lines(60)
+    _, records, _ = run_batch_lane(cli, tmp_path, app, lines)
+
+    assert {r["status"] for r in records} == {"succeeded"} and len(records) == 60
+    assert prefix_tokens_read_share(records, "batch") == 1.0
+    assert sum(r["cache_creation_input_tokens"] for r in records) == PREFIX_TOKENS
+    sent = app.sent_params()
+    one_hour = {"type": "ephemeral", "ttl": "1h"}
+    assert {json.dumps(p["system"][0]["cache_control"]) for p in sent.values()} == {
+        json.dumps(one_hour)
+    }
+    # Only the marker changed.
+    by_id = {line["custom_id"]: line["params"] for line in lines}
+    for custom_id, params in sent.items():
+        original = by_id["r0" if custom_id.startswith("realtime:") else custom_id]
+        original["system"][0]["cache_control"] = one_hour
+        assert params == original
+    assert app.stats.paid_twice == 0 and app.stats.billed_total == 60
