@@ -12,6 +12,13 @@ unknown and never counted as 0.
 Prices are USD per million tokens. ``cache_write`` is the price of the 5-minute cache write;
 the API's ``cache_creation_input_tokens`` does not say which cache lifetime was written, so
 1-hour cache writes (twice the input price) are under-counted by this table.
+
+:func:`group_prefix_cost_usd` is the cost of one prompt-cache group's shared prefix in the
+batch lane under each cache TTL policy (``--cache-ttl``), the formula "Paying less" in the
+docs writes out: with ``keep`` the leader writes the prefix at the 5-minute price in real
+time and, the batch running cold, every follower writes it again at the batch discount; with
+``auto`` the leader writes it once at the 1-hour price (:data:`ONE_HOUR_WRITE_MULTIPLIER` ×
+input) and every follower reads it at the discount.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ TOKENS_PER_MTOK = 1_000_000
 # a model's input price but not its cache prices.
 CACHE_WRITE_MULTIPLIER = 1.25
 CACHE_READ_MULTIPLIER = 0.1
+# Anthropic's price of a 1-hour cache write: twice the input price, for every model.
+ONE_HOUR_WRITE_MULTIPLIER = 2.0
 # "claude-3-haiku-20240307" and "claude-3-5-sonnet-latest" are priced as their family.
 _VERSION_SUFFIX = re.compile(r"-(\d{8}|latest)$")
 
@@ -65,6 +74,24 @@ class ModelPrice:
             + cache_creation_input_tokens * self.cache_write_per_mtok_usd
             + cache_read_input_tokens * self.cache_read_per_mtok_usd
         ) / TOKENS_PER_MTOK
+
+
+def group_prefix_cost_usd(
+    price: ModelPrice, *, prefix_tokens: int, requests: int, discount: float, one_hour: bool
+) -> float:
+    """The cost of the shared prefix of one prompt-cache group of ``requests`` requests (the
+    leader in real time, the others in a provider batch billed at ``discount`` of the list
+    price), as the module docstring says: ``one_hour`` for ``--cache-ttl auto``, else
+    ``keep`` with a cold batch."""
+    followers = max(requests - 1, 0)
+    if one_hour:
+        leader_per_mtok = price.input_per_mtok_usd * ONE_HOUR_WRITE_MULTIPLIER
+        follower_per_mtok = price.cache_read_per_mtok_usd * discount
+    else:
+        leader_per_mtok = price.cache_write_per_mtok_usd
+        follower_per_mtok = price.cache_write_per_mtok_usd * discount
+    per_mtok = leader_per_mtok + followers * follower_per_mtok
+    return prefix_tokens * per_mtok / TOKENS_PER_MTOK
 
 
 def _same(price: ModelPrice, *models: str) -> dict[str, ModelPrice]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from batchrun.simulator import SimulatorApp, SimulatorConfig, running_simulator
@@ -180,3 +181,80 @@ def test_the_one_hour_ttl_makes_every_follower_read_the_leaders_write(
         original["system"][0]["cache_control"] = one_hour
         assert params == original
     assert app.stats.paid_twice == 0 and app.stats.billed_total == 60
+
+
+def test_estimate_shows_the_batch_lanes_cost_under_each_cache_ttl_policy(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    configure(tmp_path, "http://127.0.0.1:9")
+    path = tmp_path / "requests.jsonl"
+    # Two groups of 10 requests (prompts 0 and 1), and a request alone with prompt 2.
+    lines = group_lines(20, prompts=2) + [
+        {**line, "custom_id": "alone"} for line in group_lines(3, prompts=3)[2:]
+    ]
+    path.write_bytes(jsonl(lines))
+
+    shown = invoke(cli, "estimate", str(path), "--endpoint", "sim", "--lane", "batch")
+    data = json.loads(
+        invoke(cli, "estimate", str(path), "--endpoint", "sim", "--lane", "batch", "--json").stdout
+    )
+
+    assert shown.exit_code == 0, shown.output
+    assert "2 prompt-cache groups (20 requests" in shown.stdout
+    assert "--cache-ttl auto" in shown.stdout and "with keep" in shown.stdout
+    batch = data["lanes"]["batch"]
+    groups = batch["cache_ttl"]
+    # batchrun's estimate of a 5,600-character prompt: 5,600 / 3.5 = 1,600 tokens.
+    prefix = 1600
+    assert (groups["groups"], groups["requests"], groups["prefix_tokens"]) == (2, 20, 20 * prefix)
+    # claude-sonnet-4-5: input $3, 5-minute write $3.75, read $0.30 per million; 1-hour write
+    # 2 × input = $6; the batch lane at 50 %. Per group of 10: the lane's plain figure counts
+    # the prefix 10 × $3 × 0.5; keep: $3.75 + 9 × $3.75 × 0.5; auto: $6 + 9 × $0.30 × 0.5.
+    plain = 2 * prefix * 10 * 3 * 0.5 / 1e6
+    keep = 2 * prefix * (3.75 + 9 * 3.75 * 0.5) / 1e6
+    auto = 2 * prefix * (6 + 9 * 0.3 * 0.5) / 1e6
+    lane = batch["expected_cost_usd"]
+    assert groups["expected_cost_usd"]["keep"] == pytest.approx(lane - plain + keep)
+    assert groups["expected_cost_usd"]["auto"] == pytest.approx(lane - plain + auto)
+    assert groups["expected_cost_usd"]["auto"] < groups["expected_cost_usd"]["keep"]
+
+
+def stored_marker(db_url: str, batch_id: str) -> set[str]:
+    """The distinct ``cache_control`` markers of a batch's stored requests."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT params FROM requests WHERE batch_id = :b"), {"b": batch_id}
+            ).all()
+    finally:
+        engine.dispose()
+    return {json.dumps(json.loads(p)["system"][0]["cache_control"]) for (p,) in found}
+
+
+def test_the_config_files_cache_ttl_is_the_default_and_the_flag_wins(
+    cli: CliRunner, tmp_path: Path, db_url: str
+) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(jsonl(group_lines(5)))
+    as_written = {json.dumps({"type": "ephemeral"})}
+    one_hour = {json.dumps({"type": "ephemeral", "ttl": "1h"})}
+
+    def submit(*args: str) -> str:
+        result = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", "batch", *args)
+        assert result.exit_code == 0, result.output
+        return result.stdout.strip()
+
+    configure(tmp_path, "http://127.0.0.1:9")
+    assert stored_marker(db_url, submit()) == one_hour
+    config = tmp_path / "batchrun.toml"
+    config.write_text('cache_ttl = "keep"\n' + config.read_text())
+    assert stored_marker(db_url, submit()) == as_written
+    assert stored_marker(db_url, submit("--cache-ttl", "auto")) == one_hour
+
+    refused = invoke(cli, "submit", str(path), "--endpoint", "sim", "--cache-ttl", "1h")
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "unknown cache TTL policy '1h'; use one of auto, keep" in refused.output
+    config.write_text(config.read_text().replace('"keep"', '"never"'))
+    bad = invoke(cli, "submit", str(path), "--endpoint", "sim")
+    assert bad.exit_code != 0 and "cache_ttl" in bad.output
