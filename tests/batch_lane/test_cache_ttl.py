@@ -258,3 +258,65 @@ def test_the_config_files_cache_ttl_is_the_default_and_the_flag_wins(
     config.write_text(config.read_text().replace('"keep"', '"never"'))
     bad = invoke(cli, "submit", str(path), "--endpoint", "sim")
     assert bad.exit_code != 0 and "cache_ttl" in bad.output
+
+
+# -- issue 29's "done when", with TTLs scaled down ------------------------------------------
+
+# claude-sonnet-4-5 per million tokens: input $3, 5-minute write $3.75, read $0.30; a 1-hour
+# write is 2 × input. The batch lane bills 50 %.
+INPUT, WRITE_5M, WRITE_1H, READ, DISCOUNT = 3.0, 3.75, 6.0, 0.3, 0.5
+
+
+def prefix_cost_usd(requests: int, *, one_hour: bool) -> float:
+    """The docs' formula ("Paying less", the batch lane's cache groups) for one group."""
+    if one_hour:
+        return PREFIX_TOKENS * (WRITE_1H + (requests - 1) * READ * DISCOUNT) / 1e6
+    return PREFIX_TOKENS * (WRITE_5M + (requests - 1) * WRITE_5M * DISCOUNT) / 1e6
+
+
+def true_cost_usd(records: list[dict[str, Any]], *, one_hour: bool) -> float:
+    """The export's cost, plus what it leaves out: batchrun prices every cache write at the
+    5-minute price, and a leader's 1-hour write costs 2 × input instead of 1.25 ×."""
+    total = sum(r["cost_usd"] for r in records)
+    if one_hour:
+        leaders = [r for r in records if r["lane"] == "realtime"]
+        total += (
+            sum(r["cache_creation_input_tokens"] for r in leaders) * (WRITE_1H - WRITE_5M) / 1e6
+        )
+    return total
+
+
+def test_400_requests_sharing_a_prompt_read_it_from_the_cache_in_the_batch_lane(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    lines = group_lines(400)
+    cold_app, warm_app = simulator(), simulator()
+    _, cold, _ = run_batch_lane(cli, tmp_path, cold_app, lines, "--cache-ttl", "keep")
+    _, warm, shown = run_batch_lane(cli, tmp_path, warm_app, lines)
+
+    for app, records in ((cold_app, cold), (warm_app, warm)):
+        assert len(records) == 400 and {r["status"] for r in records} == {"succeeded"}
+        assert app.stats.billed_total == 400 and app.stats.paid_twice == 0
+        assert [r["lane"] for r in records].count("realtime") == 1
+    assert prefix_tokens_read_share(cold, "batch") == 0.0
+    assert prefix_tokens_read_share(warm, "batch") >= 0.95
+    assert shown["cache_hit_rate"] >= 0.99
+    cold_usd = true_cost_usd(cold, one_hour=False)
+    warm_usd = true_cost_usd(warm, one_hour=True)
+    # The rest of each request (question, output) costs the same in both runs, so the
+    # difference is the formula's, for one group of 400.
+    saved = prefix_cost_usd(400, one_hour=False) - prefix_cost_usd(400, one_hour=True)
+    assert cold_usd - warm_usd == pytest.approx(saved, rel=1e-6)
+    assert warm_usd < cold_usd
+
+
+def test_20_prompts_of_50_requests_read_their_prompts_from_the_cache(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    app = simulator()
+    _, records, _ = run_batch_lane(cli, tmp_path, app, group_lines(1000, prompts=20))
+
+    assert len(records) == 1000 and {r["status"] for r in records} == {"succeeded"}
+    assert [r["lane"] for r in records].count("realtime") == 20
+    assert prefix_tokens_read_share(records, "batch") >= 0.95
+    assert app.stats.billed_total == 1000 and app.stats.paid_twice == 0
