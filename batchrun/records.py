@@ -165,6 +165,43 @@ class CacheTtl(StrEnum):
 
 
 @dataclass(frozen=True)
+class CacheGroupWarmth:
+    """A prompt-cache group whose followers a provider batch holds: its leader (whose params
+    a refresh sends) and when its cache entry was last written or read."""
+
+    batch_id: str
+    leader_id: int
+    model: str
+    params_json: str
+    warm_since: datetime
+    refreshes: int = 0
+
+
+@dataclass(frozen=True)
+class CacheRefreshModel:
+    """The refresh requests of one model's groups in a batch, and their tokens."""
+
+    model: str
+    groups: int
+    refreshes: int
+    failed: int
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class CacheRefreshTotals:
+    """What keeping a batch's prompt-cache groups warm took, per model (the overhead of the
+    batch lane's cache; see batchrun.batch_lane.warmth)."""
+
+    models: tuple[CacheRefreshModel, ...] = ()
+
+    @property
+    def refreshes(self) -> int:
+        """Refresh requests sent in all."""
+        return sum(m.refreshes for m in self.models)
+
+
+@dataclass(frozen=True)
 class NewBatch:
     """A batch about to be stored."""
 

@@ -367,6 +367,9 @@ class _EndpointTable(_Table):
     batch_typical_s: PositiveNumber | None = None
     batch_results_max_bytes: Annotated[int, Field(ge=1024)] | None = None
     batch_results_max_s: PositiveNumber | None = None
+    # The provider's prompt-cache lifetimes as a share of Anthropic's 5 minutes and 1 hour
+    # (the batch lane refreshes a group's entry before it expires); for a scaled simulator.
+    batch_cache_ttl_scale: PositiveNumber | None = None
     # How a request asks for a structured answer (submit --template with [output]): "native"
     # (output_config.format) or "tool" (a forced tool call, for gateways without it).
     structured_outputs: Literal["native", "tool"] | None = None
@@ -407,6 +410,7 @@ class _EndpointTable(_Table):
             batch_typical_s=self.batch_typical_s,
             batch_results_max_bytes=self.batch_results_max_bytes,
             batch_results_max_s=self.batch_results_max_s,
+            batch_cache_ttl_scale=self.batch_cache_ttl_scale,
             fields_set=frozenset(self.model_fields_set),
         )
 

@@ -24,6 +24,7 @@ from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChange
 from batchrun.records import (
     BatchSummary,
     BudgetStop,
+    CacheGroupWarmth,
     ClaimedRequest,
     FinishedRequest,
     ImportedResult,
@@ -33,6 +34,7 @@ from batchrun.records import (
     ProviderIntent,
     Requeue,
     RetryLater,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -274,6 +276,16 @@ class WorkerDatabase:
             now=now,
             leftover_reason=leftover_reason,
             requeue=requeue,
+        )
+
+    async def held_cache_groups(self, provider_rows: Sequence[int]) -> list[CacheGroupWarmth]:
+        return await self._thread.call(self._store.cache_warmth.held_groups, provider_rows)
+
+    async def record_cache_refresh(
+        self, group: CacheGroupWarmth, *, now: datetime, usage: Usage | None
+    ) -> None:
+        await self._thread.call(
+            self._store.cache_warmth.record_refresh, group, now=now, usage=usage
         )
 
     async def set_queued_lane(self, batch_id: str, lane: str) -> int:

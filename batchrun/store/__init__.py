@@ -13,7 +13,8 @@ statement every view of tokens and cost reads), ``series`` (answers per time buc
 when they were sent: the dashboard's and the report's), ``tallies`` (request totals for
 /metrics), ``timelines`` (errors and limits for the dashboard), ``latencies`` (latencies for
 ``batchrun report``), ``run_limits`` (the limits each run sent a batch under). Beside them:
-``batch_rows`` (writing a new batch), ``counters`` (each batch's requests per state, token
+``cache_warmth`` (the prompt-cache groups the batch lane keeps warm), ``batch_rows``
+(writing a new batch), ``counters`` (each batch's requests per state, token
 totals, reused results, first claim and last answer, kept by the statements that change
 them), ``breakdowns`` (a batch's counters per key: usage by model, error types, answers per
 endpoint, held requests per model), ``reuse`` (answers reused at

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from batchrun.simulator import SimulatorApp, SimulatorConfig, running_simulator
 from batchrun.simulator.asgi import Receive, Scope, Send
+from batchrun.simulator.stats import request_fingerprint
 from tests.batch_lane.test_batch_lane_cli import configure, flat, status
 from tests.cli.test_run_endpoints import invoke
 from tests.conftest import cli_env, jsonl, request_line
@@ -320,3 +321,66 @@ def test_20_prompts_of_50_requests_read_their_prompts_from_the_cache(
     assert [r["lane"] for r in records].count("realtime") == 20
     assert prefix_tokens_read_share(records, "batch") >= 0.95
     assert app.stats.billed_total == 1000 and app.stats.paid_twice == 0
+
+
+# -- kept warm while the provider works past the hour ----------------------------------------
+
+# The provider starts a batch 9 s after its creation: past two scaled hours (3.6 s each).
+SLOW_START_S = 9.0
+
+
+def slow_simulator() -> RecordingSimulator:
+    return RecordingSimulator(
+        SimulatorConfig(
+            batch_start_s=SLOW_START_S,
+            batch_processing_s=0.2,
+            batch_concurrency=10_000,
+            cache_ttl_scale=TTL_SCALE,
+            log_size=100_000,
+        )
+    )
+
+
+def refreshes_by_prompt(app: RecordingSimulator) -> dict[str, int]:
+    """The Messages API requests with max_tokens 1 (the refreshes), by system prompt."""
+    found: dict[str, int] = {}
+    for path, body in app.posted:
+        if path.endswith("/messages") and body["max_tokens"] == 1:
+            prompt = body["system"][0]["text"][:3]
+            found[prompt] = found.get(prompt, 0) + 1
+    return found
+
+
+@pytest.mark.parametrize("prompts", [1, 20])
+def test_groups_are_kept_warm_while_the_provider_works_past_the_hour(
+    cli: CliRunner, tmp_path: Path, prompts: int
+) -> None:
+    app = slow_simulator()
+    path = tmp_path / "requests.jsonl"
+    lines = group_lines(400 if prompts == 1 else 1000, prompts=prompts)
+    path.write_bytes(jsonl(lines))
+    with running_simulator(app=app) as url:
+        configure(tmp_path, url, batch_cache_ttl_scale=TTL_SCALE)
+        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", "batch")
+        batch_id = submitted.stdout.strip()
+        ran = invoke(cli, "run", batch_id, "--poll-interval", "0.2s")
+        assert ran.exit_code == 0, ran.output
+        records = flat(cli, batch_id)
+
+    assert len(records) == len(lines) and {r["status"] for r in records} == {"succeeded"}
+    refreshes = refreshes_by_prompt(app)
+    # Every request billed once; only the refreshes (identical bodies) more than once.
+    assert app.stats.billed_total == len(lines) + sum(refreshes.values())
+    refresh_bodies = {
+        request_fingerprint(body)
+        for path, body in app.posted
+        if path.endswith("/messages") and body["max_tokens"] == 1
+    }
+    twice = {fingerprint for fingerprint, n in app.stats.billed_by_fingerprint.items() if n > 1}
+    assert twice <= refresh_bodies
+    assert prefix_tokens_read_share(records, "batch") >= 0.95
+    assert sorted(refreshes) == sorted(f"{i:03d}" for i in range(prompts))
+    # At most one refresh per group per TTL period (3.6 s) while its followers waited.
+    hour_s = 3600 * TTL_SCALE
+    for count in refreshes.values():
+        assert 1 <= count <= SLOW_START_S / hour_s + 1
