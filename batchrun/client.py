@@ -507,23 +507,25 @@ class Client:
         self, batch_id: str, *, top_errors: int = 5
     ) -> tuple[BatchStatus, BatchStats, BatchSummary]:
         """The status of the batch, with the stats and the summary it was built from."""
-        from batchrun.config.prices import cost_of
+        from batchrun.config.prices import cache_accounting, cost_of
         from batchrun.export.batch_object import BatchStatus
 
         store = self._store()
         batch = store.batches.get(batch_id)
         stats = store.batches.stats(batch_id, top_errors=top_errors)
+        prices = self.prices()
         members = self._pool_members(batch.endpoint)
         names = {share.endpoint for share in stats.endpoints} | set(members)
         health = store.health.of_endpoints(sorted(names)) if len(names) > 1 else {}
         status = BatchStatus.build(
             batch,
             stats,
-            cost_of(stats.usage, self.prices()),
+            cost_of(stats.usage, prices),
             members=members,
             health=health,
             provider_batches=store.provider_batches.of_batches([batch_id]),
             held_unpriced=store.lifecycle.held_by_model([batch_id]).get(batch_id),
+            cache=cache_accounting(stats.usage, store.cache_warmth.totals(batch_id), prices),
         )
         return status, stats, batch
 

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from batchrun.records import ModelTokens
+from batchrun.records import CacheRefreshTotals, ModelTokens
 
 TOKENS_PER_MTOK = 1_000_000
 # Anthropic's prompt-caching multipliers of the input price, used when the config file gives
@@ -223,6 +223,70 @@ def cost_of(tokens: Iterable[ModelTokens], prices: PriceTable) -> CostTotal:
         # str(): a plain str key even for a Lane member (orjson refuses str subclasses as keys).
         total = total + CostTotal(usd, by_lane={str(item.lane): usd}, list_usd=list_usd)
     return total
+
+
+@dataclass(frozen=True)
+class LaneCache:
+    """One lane's prompt-cache tokens, and what the reads saved against writing every
+    prefix instead (reads × (write price − read price), at the lane's share of the price)."""
+
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    saved_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheAccounting:
+    """A batch's prompt cache per lane, and the overhead of keeping its groups warm (the
+    batch lane's refresh requests, sent in real time at the list price)."""
+
+    by_lane: Mapping[str, LaneCache] = field(default_factory=dict)
+    refreshes: int = 0
+    refreshes_failed: int = 0
+    refreshed_groups: int = 0
+    # None when a refreshed model has no price.
+    overhead_usd: float | None = 0.0
+
+
+def cache_accounting(
+    tokens: Iterable[ModelTokens], refreshes: CacheRefreshTotals, prices: PriceTable
+) -> CacheAccounting:
+    """The cache accounting of a batch from its token totals per model × lane (the stored
+    counters) and its refresh totals (one row per group)."""
+    lanes: dict[str, LaneCache] = {}
+    for item in tokens:
+        price = prices.price_for(item.model)
+        saved = 0.0
+        if price is not None:
+            per_mtok = price.cache_write_per_mtok_usd - price.cache_read_per_mtok_usd
+            saved = item.cache_read_input_tokens * per_mtok / TOKENS_PER_MTOK * item.cost_factor
+        lane = str(item.lane)
+        before = lanes.get(lane, LaneCache())
+        lanes[lane] = LaneCache(
+            before.cache_read_input_tokens + item.cache_read_input_tokens,
+            before.cache_creation_input_tokens + item.cache_creation_input_tokens,
+            before.saved_usd + saved,
+        )
+    overhead: float | None = 0.0
+    for model in refreshes.models:
+        price = prices.price_for(model.model)
+        if price is None or overhead is None:
+            overhead = None
+            continue
+        usage = model.usage
+        overhead += price.cost_usd(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+        )
+    return CacheAccounting(
+        by_lane={lane: lanes[lane] for lane in sorted(lanes)},
+        refreshes=refreshes.refreshes,
+        refreshes_failed=sum(m.failed for m in refreshes.models),
+        refreshed_groups=sum(m.groups for m in refreshes.models),
+        overhead_usd=overhead,
+    )
 
 
 def format_usd(value: float | None) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_serializer
 
-from batchrun.config.prices import CostTotal
+from batchrun.config.prices import CacheAccounting, CostTotal
 from batchrun.records import (
     BatchStats,
     BatchSummary,
@@ -192,6 +192,25 @@ class EndpointUseModel(BaseModel):
         return None if value is None else value.isoformat()
 
 
+class LaneCacheModel(BaseModel):
+    """One lane's prompt-cache tokens and what the reads saved against writing them."""
+
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    saved_usd: float
+
+
+class CacheOverheadModel(BaseModel):
+    """The refresh requests that kept the batch's prompt-cache groups warm (batch lane):
+    how many (``failed``: unanswered), for how many groups, and what they cost (null: a
+    model without a price). Not part of ``cost_usd``."""
+
+    requests: int
+    failed: int
+    groups: int
+    cost_usd: float | None
+
+
 class BatchStatus(BatchObject):
     """The batch object with what ``status`` adds: cost, budget, timings, throughput (from the
     first send to the last answer), the most frequent errors and tokens per model."""
@@ -220,6 +239,10 @@ class BatchStatus(BatchObject):
     # Queued requests held, unsent, per model: their model has no price and the batch a
     # budget (submit/run --hold-unpriced); a run sends them once the model has a price.
     held_unpriced: dict[str, int] = Field(default_factory=dict)
+    # The prompt cache per lane (reads, writes, what the reads saved), and the overhead of
+    # the batch lane's cache refreshes (None: it sent none).
+    cache_by_lane: dict[str, LaneCacheModel] = Field(default_factory=dict)
+    cache_overhead: CacheOverheadModel | None = None
 
     @classmethod
     def build(
@@ -232,6 +255,7 @@ class BatchStatus(BatchObject):
         health: Mapping[str, EndpointHealth] | None = None,
         provider_batches: Sequence[ProviderBatchRow] = (),
         held_unpriced: Mapping[str, int] | None = None,
+        cache: CacheAccounting | None = None,
     ) -> BatchStatus:
         """The status of ``batch`` from its stats and what it cost; ``members``: the
         endpoints of its pool (listed even before they answer), ``health``: their states;
@@ -271,6 +295,7 @@ class BatchStatus(BatchObject):
             lane=batch.lane,
             provider_batches=[ProviderBatchModel.of(row) for row in provider_batches],
             held_unpriced=dict(held_unpriced or {}),
+            **_cache_fields(cache),
         )
 
     @field_serializer("started_at", "last_completed_at")
@@ -286,6 +311,30 @@ class BatchStatus(BatchObject):
             dict(self.cost_usd_by_lane),
             self.cost_usd_known + self.saved_usd,
         )
+
+
+def _cache_fields(cache: CacheAccounting | None) -> dict[str, Any]:
+    if cache is None:
+        return {}
+    overhead = None
+    if cache.refreshes:
+        overhead = CacheOverheadModel(
+            requests=cache.refreshes,
+            failed=cache.refreshes_failed,
+            groups=cache.refreshed_groups,
+            cost_usd=None if cache.overhead_usd is None else round(cache.overhead_usd, 8),
+        )
+    return {
+        "cache_by_lane": {
+            lane: LaneCacheModel(
+                cache_read_input_tokens=item.cache_read_input_tokens,
+                cache_creation_input_tokens=item.cache_creation_input_tokens,
+                saved_usd=round(item.saved_usd, 8),
+            )
+            for lane, item in cache.by_lane.items()
+        },
+        "cache_overhead": overhead,
+    }
 
 
 def throughput_per_min(batch: BatchSummary, stats: BatchStats) -> tuple[float, float] | None:

@@ -384,3 +384,40 @@ def test_groups_are_kept_warm_while_the_provider_works_past_the_hour(
     hour_s = 3600 * TTL_SCALE
     for count in refreshes.values():
         assert 1 <= count <= SLOW_START_S / hour_s + 1
+
+
+def test_status_shows_the_cache_per_lane_and_the_refreshes_overhead(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    app = slow_simulator()
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(jsonl(group_lines(40, prompts=2)))
+    with running_simulator(app=app) as url:
+        configure(tmp_path, url, batch_cache_ttl_scale=TTL_SCALE)
+        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", "batch")
+        batch_id = submitted.stdout.strip()
+        assert invoke(cli, "run", batch_id, "--poll-interval", "0.2s").exit_code == 0
+        shown = status(cli, batch_id)
+        text = invoke(cli, "status", batch_id).stdout
+        page = invoke(cli, "report", batch_id, "--output", "-").stdout
+
+    refreshes = [b for p, b in app.posted if p.endswith("/messages") and b["max_tokens"] == 1]
+    lanes = shown["cache_by_lane"]
+    # Each leader wrote its prompt in real time; the 38 followers read theirs in the batch.
+    assert lanes["realtime"]["cache_creation_input_tokens"] == 2 * PREFIX_TOKENS
+    assert lanes["batch"]["cache_read_input_tokens"] == 38 * PREFIX_TOKENS
+    assert lanes["batch"]["cache_creation_input_tokens"] == 0
+    # Reads at $0.30 instead of writes at $3.75 per million, at the batch's 50 %.
+    saved = 38 * PREFIX_TOKENS * (WRITE_5M - READ) / 1e6 * DISCOUNT
+    assert lanes["batch"]["saved_usd"] == pytest.approx(saved)
+    overhead = shown["cache_overhead"]
+    assert overhead["requests"] == len(refreshes) >= 2 and overhead["groups"] == 2
+    assert overhead["failed"] == 0
+    # A refresh reads the prompt and sends the question (list price, real time) and gets
+    # one output token.
+    question = (len("question number 0") + 3) // 4 + 4  # the simulator's count
+    per_refresh = (PREFIX_TOKENS * READ + question * INPUT + 1 * 15.0) / 1e6
+    assert overhead["cost_usd"] == pytest.approx(len(refreshes) * per_refresh, rel=0.05)
+    assert "batch cache" in text and "cache refreshes" in text and "overhead" in text
+    # The report's summary shows the same rows.
+    assert "batch cache" in page and "cache refreshes" in page
