@@ -248,6 +248,13 @@ class CacheAccounting:
     overhead_usd: float | None = 0.0
 
 
+def cache_saved_usd(price: ModelPrice, cache_read_input_tokens: int, cost_factor: float) -> float:
+    """What cache reads saved against writing those prefixes instead (5-minute write price
+    less read price), at the lane's share of the list price."""
+    per_mtok = price.cache_write_per_mtok_usd - price.cache_read_per_mtok_usd
+    return cache_read_input_tokens * per_mtok / TOKENS_PER_MTOK * cost_factor
+
+
 def cache_accounting(
     tokens: Iterable[ModelTokens], refreshes: CacheRefreshTotals, prices: PriceTable
 ) -> CacheAccounting:
@@ -258,8 +265,7 @@ def cache_accounting(
         price = prices.price_for(item.model)
         saved = 0.0
         if price is not None:
-            per_mtok = price.cache_write_per_mtok_usd - price.cache_read_per_mtok_usd
-            saved = item.cache_read_input_tokens * per_mtok / TOKENS_PER_MTOK * item.cost_factor
+            saved = cache_saved_usd(price, item.cache_read_input_tokens, item.cost_factor)
         lane = str(item.lane)
         before = lanes.get(lane, LaneCache())
         lanes[lane] = LaneCache(

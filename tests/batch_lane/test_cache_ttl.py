@@ -400,6 +400,7 @@ def test_status_shows_the_cache_per_lane_and_the_refreshes_overhead(
         shown = status(cli, batch_id)
         text = invoke(cli, "status", batch_id).stdout
         page = invoke(cli, "report", batch_id, "--output", "-").stdout
+        records = flat(cli, batch_id)
 
     refreshes = [b for p, b in app.posted if p.endswith("/messages") and b["max_tokens"] == 1]
     lanes = shown["cache_by_lane"]
@@ -410,6 +411,11 @@ def test_status_shows_the_cache_per_lane_and_the_refreshes_overhead(
     # Reads at $0.30 instead of writes at $3.75 per million, at the batch's 50 %.
     saved = 38 * PREFIX_TOKENS * (WRITE_5M - READ) / 1e6 * DISCOUNT
     assert lanes["batch"]["saved_usd"] == pytest.approx(saved)
+    # The flat export has each request's share of it; the leaders saved nothing.
+    per_lane = {"batch": 0.0, "realtime": 0.0}
+    for record in records:
+        per_lane[record["lane"]] += record["cache_saved_usd"]
+    assert per_lane == {"batch": pytest.approx(saved), "realtime": 0.0}
     overhead = shown["cache_overhead"]
     assert overhead["requests"] == len(refreshes) >= 2 and overhead["groups"] == 2
     assert overhead["failed"] == 0
