@@ -175,6 +175,9 @@ class CacheGroupWarmth:
     params_json: str
     warm_since: datetime
     refreshes: int = 0
+    # The leader's cache write, in tokens, and whether the group has its row already.
+    leader_write_tokens: int = 0
+    tracked: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,8 @@ class CacheRefreshModel:
     refreshes: int
     failed: int
     usage: Usage
+    # The leaders' 1-hour cache writes, counted at the 5-minute price in their results.
+    leader_write_1h_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,9 @@ class LaneDriver:
             ttl_s = kept_warm_ttl_s(group.params_json, scale=scale)
             if ttl_s is None:
                 continue
+            if not group.tracked:
+                # The leader's 1-hour write: its premium is the group's priming overhead.
+                await self._db.track_cache_group(group, one_hour_write=True)
             now = self._clock.now()
             due = refresh_due_at(group, ttl_s)
             if now < due:

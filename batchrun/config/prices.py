@@ -244,8 +244,17 @@ class CacheAccounting:
     refreshes: int = 0
     refreshes_failed: int = 0
     refreshed_groups: int = 0
-    # None when a refreshed model has no price.
-    overhead_usd: float | None = 0.0
+    # The refreshes' cost, and the leaders' 1-hour writes' premium over the 5-minute price
+    # their results are counted at (priming); None when a model has no price.
+    refresh_usd: float | None = 0.0
+    priming_usd: float | None = 0.0
+
+    @property
+    def overhead_usd(self) -> float | None:
+        """Refreshes and priming: what keeping the groups warm cost beyond the results."""
+        if self.refresh_usd is None or self.priming_usd is None:
+            return None
+        return self.refresh_usd + self.priming_usd
 
 
 def cache_saved_usd(price: ModelPrice, cache_read_input_tokens: int, cost_factor: float) -> float:
@@ -273,25 +282,30 @@ def cache_accounting(
             before.cache_creation_input_tokens + item.cache_creation_input_tokens,
             before.saved_usd + saved,
         )
-    overhead: float | None = 0.0
+    refresh: float | None = 0.0
+    priming: float | None = 0.0
     for model in refreshes.models:
         price = prices.price_for(model.model)
-        if price is None or overhead is None:
-            overhead = None
+        if price is None or refresh is None or priming is None:
+            refresh = priming = None
             continue
         usage = model.usage
-        overhead += price.cost_usd(
+        refresh += price.cost_usd(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cache_creation_input_tokens=usage.cache_creation_input_tokens,
             cache_read_input_tokens=usage.cache_read_input_tokens,
         )
+        premium = price.input_per_mtok_usd * ONE_HOUR_WRITE_MULTIPLIER
+        premium -= price.cache_write_per_mtok_usd
+        priming += model.leader_write_1h_tokens * premium / TOKENS_PER_MTOK
     return CacheAccounting(
         by_lane={lane: lanes[lane] for lane in sorted(lanes)},
         refreshes=refreshes.refreshes,
         refreshes_failed=sum(m.failed for m in refreshes.models),
         refreshed_groups=sum(m.groups for m in refreshes.models),
-        overhead_usd=overhead,
+        refresh_usd=refresh,
+        priming_usd=priming,
     )
 
 

@@ -281,6 +281,11 @@ class WorkerDatabase:
     async def held_cache_groups(self, provider_rows: Sequence[int]) -> list[CacheGroupWarmth]:
         return await self._thread.call(self._store.cache_warmth.held_groups, provider_rows)
 
+    async def track_cache_group(self, group: CacheGroupWarmth, *, one_hour_write: bool) -> None:
+        await self._thread.call(
+            self._store.cache_warmth.track, group, one_hour_write=one_hour_write
+        )
+
     async def record_cache_refresh(
         self, group: CacheGroupWarmth, *, now: datetime, usage: Usage | None
     ) -> None:

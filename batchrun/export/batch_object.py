@@ -201,13 +201,16 @@ class LaneCacheModel(BaseModel):
 
 
 class CacheOverheadModel(BaseModel):
-    """The refresh requests that kept the batch's prompt-cache groups warm (batch lane):
-    how many (``failed``: unanswered), for how many groups, and what they cost (null: a
-    model without a price). Not part of ``cost_usd``."""
+    """What keeping the batch's prompt-cache groups warm cost (batch lane), apart from
+    ``cost_usd``: the refresh requests (``failed``: unanswered), for how many groups, their
+    cost, and the priming: the leaders' 1-hour cache writes' premium over the 5-minute
+    price their results are counted at. Costs are null for a model without a price."""
 
     requests: int
     failed: int
     groups: int
+    refresh_cost_usd: float | None
+    priming_cost_usd: float | None
     cost_usd: float | None
 
 
@@ -317,12 +320,14 @@ def _cache_fields(cache: CacheAccounting | None) -> dict[str, Any]:
     if cache is None:
         return {}
     overhead = None
-    if cache.refreshes:
+    if cache.refreshed_groups:
         overhead = CacheOverheadModel(
             requests=cache.refreshes,
             failed=cache.refreshes_failed,
             groups=cache.refreshed_groups,
-            cost_usd=None if cache.overhead_usd is None else round(cache.overhead_usd, 8),
+            refresh_cost_usd=_usd(cache.refresh_usd),
+            priming_cost_usd=_usd(cache.priming_usd),
+            cost_usd=_usd(cache.overhead_usd),
         )
     return {
         "cache_by_lane": {
@@ -335,6 +340,10 @@ def _cache_fields(cache: CacheAccounting | None) -> dict[str, Any]:
         },
         "cache_overhead": overhead,
     }
+
+
+def _usd(value: float | None) -> float | None:
+    return None if value is None else round(value, 8)
 
 
 def throughput_per_min(batch: BatchSummary, stats: BatchStats) -> tuple[float, float] | None:

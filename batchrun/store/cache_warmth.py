@@ -54,6 +54,8 @@ class CacheWarmth(Section):
                 res.completed_at,
                 cr.warmed_at,
                 func.coalesce(cr.refreshes, 0),
+                func.coalesce(res.cache_creation_input_tokens, 0),
+                cr.leader_id,
             )
             .select_from(
                 held.join(leader, leader.c.id == held.c.leader_id)
@@ -73,9 +75,41 @@ class CacheWarmth(Section):
                 params_json=params,
                 warm_since=completed if warmed is None else max(completed, warmed),
                 refreshes=int(refreshes),
+                leader_write_tokens=int(written),
+                tracked=tracked is not None,
             )
-            for batch_id, leader_id, model, params, completed, warmed, refreshes in rows
+            for (
+                batch_id,
+                leader_id,
+                model,
+                params,
+                completed,
+                warmed,
+                refreshes,
+                written,
+                tracked,
+            ) in rows
         ]
+
+    def track(self, group: CacheGroupWarmth, *, one_hour_write: bool) -> None:
+        """Start keeping ``group``'s row (nothing if it has one): with ``one_hour_write``,
+        the leader's cache write was a 1-hour one, whose premium over the 5-minute price
+        its result is counted at belongs to the overhead."""
+        statement = self._insert(t.cache_refreshes).values(
+            leader_id=group.leader_id,
+            batch_id=group.batch_id,
+            model=group.model,
+            warmed_at=None,
+            refreshes=0,
+            failed=0,
+            input_tokens=0,
+            output_tokens=0,
+            cache_creation_input_tokens=0,
+            cache_read_input_tokens=0,
+            leader_write_1h_tokens=group.leader_write_tokens if one_hour_write else 0,
+        )
+        with self._write() as conn:
+            conn.execute(statement.on_conflict_do_nothing(index_elements=["leader_id"]))
 
     def record_refresh(
         self, group: CacheGroupWarmth, *, now: datetime, usage: Usage | None
@@ -96,6 +130,7 @@ class CacheWarmth(Section):
             "output_tokens": tokens.output_tokens,
             "cache_creation_input_tokens": tokens.cache_creation_input_tokens,
             "cache_read_input_tokens": tokens.cache_read_input_tokens,
+            "leader_write_1h_tokens": 0,
         }
         cr = t.cache_refreshes.c
         statement = self._insert(t.cache_refreshes).values(**values)
@@ -130,6 +165,7 @@ class CacheWarmth(Section):
                     func.sum(cr.output_tokens),
                     func.sum(cr.cache_creation_input_tokens),
                     func.sum(cr.cache_read_input_tokens),
+                    func.sum(cr.leader_write_1h_tokens),
                 )
                 .where(cr.batch_id == batch_id)
                 .group_by(cr.model)
@@ -143,7 +179,8 @@ class CacheWarmth(Section):
                     refreshes=int(sent or 0),
                     failed=int(failed or 0),
                     usage=Usage(int(inp or 0), int(out or 0), int(created or 0), int(read or 0)),
+                    leader_write_1h_tokens=int(primed or 0),
                 )
-                for model, groups, sent, failed, inp, out, created, read in rows
+                for model, groups, sent, failed, inp, out, created, read, primed in rows
             )
         )

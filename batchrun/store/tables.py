@@ -635,5 +635,12 @@ cache_refreshes = Table(
     Column("output_tokens", Integer, nullable=False, default=0),
     Column("cache_creation_input_tokens", Integer, nullable=False, default=0),
     Column("cache_read_input_tokens", Integer, nullable=False, default=0),
+    Column(
+        "leader_write_1h_tokens",
+        Integer,
+        nullable=False,
+        default=0,
+        comment="the leader's 1-hour cache write: its result counts it at the 5-minute price",
+    ),
     Index(None, "batch_id"),
 )

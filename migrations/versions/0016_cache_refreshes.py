@@ -39,6 +39,12 @@ def upgrade() -> None:
         sa.Column("output_tokens", sa.Integer(), nullable=False),
         sa.Column("cache_creation_input_tokens", sa.Integer(), nullable=False),
         sa.Column("cache_read_input_tokens", sa.Integer(), nullable=False),
+        sa.Column(
+            "leader_write_1h_tokens",
+            sa.Integer(),
+            nullable=False,
+            comment="the leader's 1-hour cache write: its result counts it at the 5-minute price",
+        ),
         sa.ForeignKeyConstraint(
             ["batch_id"],
             ["batches.id"],

@@ -43,6 +43,8 @@ def test_the_groups_a_provider_batch_holds_are_found_with_their_leaders_answer(
     assert [g.batch_id for g in groups] == [batch_id, batch_id]
     assert [g.warm_since for g in groups] == [NOW, NOW]
     assert [g.refreshes for g in groups] == [0, 0]
+    # The leaders' cache writes, as answer() records them (Usage(10, 5, 3, 7)).
+    assert [(g.leader_write_tokens, g.tracked) for g in groups] == [(3, False), (3, False)]
     texts = [g.params_json for g in groups]
     assert '"ttl":"1h"' in texts[0] and "Shared rules." in texts[0]
     assert "Other rules." in texts[1]
@@ -57,6 +59,8 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     first, second = store.cache_warmth.held_groups([row_id])
     later = NOW + timedelta(minutes=48)
 
+    store.cache_warmth.track(first, one_hour_write=True)
+    store.cache_warmth.track(first, one_hour_write=True)  # once only
     store.cache_warmth.record_refresh(first, now=later, usage=Usage(12, 1, 0, 280))
     store.cache_warmth.record_refresh(first, now=later + timedelta(minutes=1), usage=None)
     reopened = Store.open(db_url)
@@ -69,8 +73,10 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     # The unanswered refresh counts as sent and failed, and leaves the warm time alone.
     assert [g.warm_since for g in found] == [later, NOW]
     assert [g.refreshes for g in found] == [2, 0]
+    assert [g.tracked for g in found] == [True, False]
     (model,) = totals.models
     assert (model.groups, model.refreshes, model.failed) == (1, 2, 1)
     assert model.usage == Usage(12, 1, 0, 280)
+    assert model.leader_write_1h_tokens == 3
     assert totals.refreshes == 2
     assert second.leader_id != first.leader_id
