@@ -431,3 +431,29 @@ def test_status_shows_the_cache_per_lane_and_the_refreshes_overhead(
     assert "batch cache" in text and "cache refreshes" in text and "overhead" in text
     # The report's summary shows the same rows.
     assert "batch cache" in page and "cache refreshes" in page
+
+
+def test_a_run_stopped_while_the_provider_works_is_kept_warm_by_the_next_one(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    app = slow_simulator()
+    path = tmp_path / "requests.jsonl"
+    lines = group_lines(100)
+    path.write_bytes(jsonl(lines))
+    with running_simulator(app=app) as url:
+        configure(tmp_path, url, batch_cache_ttl_scale=TTL_SCALE)
+        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", "batch")
+        batch_id = submitted.stdout.strip()
+        first = invoke(cli, "run", batch_id, "--poll-interval", "0.2s", "--max-runtime", "4.5s")
+        between = status(cli, batch_id)
+        second = invoke(cli, "run", batch_id, "--poll-interval", "0.2s")
+        records = flat(cli, batch_id)
+
+    assert first.exit_code == 5, first.output  # stopped by the time limit
+    assert between["cache_overhead"]["requests"] == 1  # refreshed once, at 80 % of 3.6 s
+    assert second.exit_code == 0, second.output
+    assert len(records) == 100 and {r["status"] for r in records} == {"succeeded"}
+    assert prefix_tokens_read_share(records, "batch") >= 0.95
+    # The second run went on from the stored warm time: no refresh beyond one per period.
+    (count,) = refreshes_by_prompt(app).values()
+    assert 2 <= count <= SLOW_START_S / (3600 * TTL_SCALE) + 1
