@@ -178,6 +178,8 @@ class CacheGroupWarmth:
     # The leader's cache write, in tokens, and whether the group has its row already.
     leader_write_tokens: int = 0
     tracked: bool = False
+    # The last refresh that read or wrote the entry, as stored (None: none yet).
+    warmed_at: datetime | None = None
 
 
 @dataclass(frozen=True)

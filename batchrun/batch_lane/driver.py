@@ -241,6 +241,10 @@ class LaneDriver:
             if now < due:
                 waits.append((due - now).total_seconds())
                 continue
+            if not await self._db.take_cache_refresh(group, now=now):
+                # Another worker refreshes it; look again at the next poll.
+                waits.append(self._poll_interval_s)
+                continue
             usage = await target.refresh(group.model, refresh_body(group.params_json))
             await self._db.record_cache_refresh(group, now=now, usage=usage)
             if usage is None:

@@ -286,6 +286,9 @@ class WorkerDatabase:
             self._store.cache_warmth.track, group, one_hour_write=one_hour_write
         )
 
+    async def take_cache_refresh(self, group: CacheGroupWarmth, *, now: datetime) -> bool:
+        return await self._thread.call(self._store.cache_warmth.take_refresh, group, now=now)
+
     async def record_cache_refresh(
         self, group: CacheGroupWarmth, *, now: datetime, usage: Usage | None
     ) -> None:

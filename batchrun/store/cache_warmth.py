@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from batchrun.records import CacheGroupWarmth, CacheRefreshModel, CacheRefreshTotals, Usage
 from batchrun.store import tables as t
@@ -77,6 +77,7 @@ class CacheWarmth(Section):
                 refreshes=int(refreshes),
                 leader_write_tokens=int(written),
                 tracked=tracked is not None,
+                warmed_at=warmed,
             )
             for (
                 batch_id,
@@ -111,19 +112,36 @@ class CacheWarmth(Section):
         with self._write() as conn:
             conn.execute(statement.on_conflict_do_nothing(index_elements=["leader_id"]))
 
+    def take_refresh(self, group: CacheGroupWarmth, *, now: datetime) -> bool:
+        """Take ``group``'s due refresh for this worker: its warm time moves to ``now`` if it
+        is still the one ``group`` was read with (another worker has not taken it); True
+        when taken. The group must be tracked (:meth:`track`)."""
+        cr = t.cache_refreshes.c
+        unchanged = (
+            cr.warmed_at.is_(None) if group.warmed_at is None else cr.warmed_at == group.warmed_at
+        )
+        with self._write() as conn:
+            taken = conn.execute(
+                update(t.cache_refreshes)
+                .where(cr.leader_id == group.leader_id, unchanged)
+                .values(warmed_at=now)
+            ).rowcount
+        return bool(taken)
+
     def record_refresh(
         self, group: CacheGroupWarmth, *, now: datetime, usage: Usage | None
     ) -> None:
-        """Count one refresh of ``group`` sent at ``now``: with ``usage`` (it was answered)
-        the entry was read or written then, and its tokens are added; without, it only
-        counts as sent and failed."""
+        """Count one refresh of ``group`` sent at ``now`` (taken by :meth:`take_refresh`):
+        with ``usage`` (it was answered) the entry was read or written then, and its tokens
+        are added; without, it counts as sent and failed, and the warm time goes back to
+        what it was (the entry was not read)."""
         answered = usage is not None
         tokens = usage or Usage(0, 0)
         values = {
             "leader_id": group.leader_id,
             "batch_id": group.batch_id,
             "model": group.model,
-            "warmed_at": now if answered else None,
+            "warmed_at": now if answered else group.warmed_at,
             "refreshes": 1,
             "failed": 0 if answered else 1,
             "input_tokens": tokens.input_tokens,
@@ -145,8 +163,7 @@ class CacheWarmth(Section):
                 "cache_read_input_tokens",
             )
         }
-        if answered:
-            added["warmed_at"] = statement.excluded.warmed_at
+        added["warmed_at"] = statement.excluded.warmed_at if answered else group.warmed_at
         with self._write() as conn:
             conn.execute(statement.on_conflict_do_update(index_elements=["leader_id"], set_=added))
 

@@ -58,11 +58,17 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     _, row_id = held_by_a_provider_batch(store)
     first, second = store.cache_warmth.held_groups([row_id])
     later = NOW + timedelta(minutes=48)
-
     store.cache_warmth.track(first, one_hour_write=True)
     store.cache_warmth.track(first, one_hour_write=True)  # once only
+
+    assert store.cache_warmth.take_refresh(first, now=later)
+    # Another worker that read the group before the take does not take it again.
+    assert not store.cache_warmth.take_refresh(first, now=later)
     store.cache_warmth.record_refresh(first, now=later, usage=Usage(12, 1, 0, 280))
-    store.cache_warmth.record_refresh(first, now=later + timedelta(minutes=1), usage=None)
+    (again, _) = store.cache_warmth.held_groups([row_id])
+    failed_at = later + timedelta(minutes=48)
+    assert store.cache_warmth.take_refresh(again, now=failed_at)
+    store.cache_warmth.record_refresh(again, now=failed_at, usage=None)
     reopened = Store.open(db_url)
     try:
         found = reopened.cache_warmth.held_groups([row_id])
@@ -70,7 +76,7 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     finally:
         reopened.close()
 
-    # The unanswered refresh counts as sent and failed, and leaves the warm time alone.
+    # The unanswered refresh counts as sent and failed, and puts the warm time back.
     assert [g.warm_since for g in found] == [later, NOW]
     assert [g.refreshes for g in found] == [2, 0]
     assert [g.tracked for g in found] == [True, False]
