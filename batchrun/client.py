@@ -48,7 +48,7 @@ from batchrun.errors import (
     MissingExtraError,
     UsageError,
 )
-from batchrun.records import Lane
+from batchrun.records import CacheTtl, Lane
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -175,6 +175,14 @@ class Client:
             self._endpoints_cache = endpoints_of(self.settings(), self._env)
         return self._endpoints_cache
 
+    def _cache_ttl(self, given: str | None) -> str:
+        """The cache TTL policy of a submit: ``given``, else the config file's, else auto;
+        ConfigError for an unknown one."""
+        if given is not None:
+            return _check_cache_ttl(given, "--cache-ttl")
+        configured = self.settings().cache_ttl
+        return CacheTtl.AUTO if configured is None else configured
+
     def prices(self) -> PriceTable:
         """The price table: built-in prices with the config file's on top."""
         from batchrun.config.file import prices_of
@@ -247,6 +255,7 @@ class Client:
         reuse: bool = False,
         hold_unpriced: bool = False,
         repair: int | None = None,
+        cache_ttl: str | None = None,
     ) -> BatchObject:
         """Validate every request and store them as one batch, in one transaction (with its
         budget ``max_cost_usd``); returns the batch object.
@@ -273,6 +282,11 @@ class Client:
         ``repair``: repair sends per request at most when an answer does not match the schema
         its request asked for (``output_config.format`` or the forced ``answer`` tool;
         default 1, 0: none; see "From a table" in the docs).
+        ``cache_ttl`` (``auto`` or ``keep``; default the config file's ``cache_ttl``, else
+        ``auto``): with ``auto`` and the batch lane, the requests of a prompt-cache group
+        (the leader sent alone in real time, its followers in provider batches) carry
+        ``"ttl": "1h"`` on their breakpoints so the leader's write outlives the provider's
+        wait; ``keep`` sends them as written (see "Paying less" in the docs).
         """
         from batchrun.batch_lane import check_lane
         from batchrun.export.batch_object import BatchObject
@@ -303,6 +317,7 @@ class Client:
                 max_cost_usd=max_cost_usd,
                 lane=lane,
                 reuse=reuse,
+                cache_ttl=self._cache_ttl(cache_ttl),
                 check_models=(
                     _unpriced_refusal(self.prices(), known, source) if refuse_unpriced else None
                 ),
@@ -330,6 +345,7 @@ class Client:
         reuse: bool = False,
         hold_unpriced: bool = False,
         repair: int | None = None,
+        cache_ttl: str | None = None,
     ) -> BatchObject:
         """Render each row of ``data`` into a request with ``template`` and store them as
         one batch, with the rows, in one transaction; returns the batch object.
@@ -387,6 +403,7 @@ class Client:
                 max_cost_usd=max_cost_usd,
                 lane=lane,
                 reuse=reuse,
+                cache_ttl=self._cache_ttl(cache_ttl),
                 locate=opened.locate,
                 check_models=(
                     _unpriced_refusal(self.prices(), known, opened.source)
@@ -585,24 +602,26 @@ class Client:
         self, batch_id: str, *, top_errors: int = 5
     ) -> tuple[BatchStatus, BatchStats, BatchSummary]:
         """The status of the batch, with the stats and the summary it was built from."""
-        from batchrun.config.prices import cost_of
+        from batchrun.config.prices import cache_accounting, cost_of
         from batchrun.export.batch_object import BatchStatus
 
         store = self._store()
         batch = store.batches.get(batch_id)
         stats = store.batches.stats(batch_id, top_errors=top_errors)
+        prices = self.prices()
         members = self._pool_members(batch.endpoint)
         names = {share.endpoint for share in stats.endpoints} | set(members)
         health = store.health.of_endpoints(sorted(names)) if len(names) > 1 else {}
         status = BatchStatus.build(
             batch,
             stats,
-            cost_of(stats.usage, self.prices()),
-            repair_cost=cost_of(stats.repairs, self.prices()),
+            cost_of(stats.usage, prices),
+            repair_cost=cost_of(stats.repairs, prices),
             members=members,
             health=health,
             provider_batches=store.provider_batches.of_batches([batch_id]),
             held_unpriced=store.lifecycle.held_by_model([batch_id]).get(batch_id),
+            cache=cache_accounting(stats.usage, store.cache_warmth.totals(batch_id), prices),
         )
         return status, stats, batch
 
@@ -1179,6 +1198,7 @@ class Client:
         reuse: bool = False,
         hold_unpriced: bool = False,
         repair: int | None = None,
+        cache_ttl: str | None = None,
     ) -> BatchObject:
         """:meth:`submit` off the event loop."""
         return await _off_loop(
@@ -1197,6 +1217,7 @@ class Client:
             reuse=reuse,
             hold_unpriced=hold_unpriced,
             repair=repair,
+            cache_ttl=cache_ttl,
         )
 
     async def astatus(self, batch_id: str) -> BatchStatus:
@@ -1420,6 +1441,14 @@ def _repair_limit(given: int | None, template: int | None) -> int:
             f"repair must be a whole number of repair sends, 0 or more, not {limit!r}"
         )
     return limit
+
+
+def _check_cache_ttl(value: str, where: str) -> str:
+    if value not in tuple(CacheTtl):
+        raise ConfigError(
+            f"{where}: unknown cache TTL policy {value!r}; use one of {', '.join(CacheTtl)}"
+        )
+    return value
 
 
 def _submit_arguments(

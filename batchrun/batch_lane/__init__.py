@@ -7,7 +7,8 @@ Holds: ``driver`` (the batch lane at work: create, reconcile, poll, cancel, impo
 ``reconcile`` (after a crash: was a create's batch made?), ``results`` (a provider result
 line → a stored result or a request back in the queue), ``importing`` (a results file into
 the store, a success winning over any other line for its request), ``auto`` (the auto
-lane's choice and cut-off).
+lane's choice and cut-off), ``warmth`` (when a prompt-cache group's entry is refreshed
+while a provider batch holds its followers, and what the refresh sends).
 May import: ``dispatch`` (the worker's database, the loop clock), ``transport`` (the batch
 API client), ``store`` (the body line format), ``records``, ``errors``.
 

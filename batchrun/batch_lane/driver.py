@@ -10,7 +10,11 @@ One :class:`LaneDriver` runs beside the real-time dispatcher in a run. Each roun
 3. cancels provider batches of canceled batches, and those past the auto lane's cut-off;
 4. polls each created provider batch at most once per ``poll_interval_s`` (shared by every
    worker through ``next_poll_at``; longer after failures, and as ``retry-after`` asks);
-5. imports the results of ended ones as they are read (:mod:`batchrun.batch_lane.importing`:
+5. keeps the prompt-cache entries of the groups whose followers created provider batches
+   hold warm: one small real-time request per group before its entry expires
+   (:mod:`batchrun.batch_lane.warmth`; sent through the target's ``refresh``, recorded in
+   the store with its tokens);
+6. imports the results of ended ones as they are read (:mod:`batchrun.batch_lane.importing`:
    successes at once, the other lines after the whole file, so a success always wins; a
    line for a request already imported changes nothing, so an import interrupted by a crash
    or a stop runs again from the start), then closes them. A download past the endpoint's
@@ -33,6 +37,12 @@ from datetime import datetime, timedelta
 from batchrun.batch_lane.importing import ResultsImport
 from batchrun.batch_lane.reconcile import Adopt, Ambiguous, NotCreated, reconcile
 from batchrun.batch_lane.results import ImportContext
+from batchrun.batch_lane.warmth import (
+    REFRESH_AT_SHARE,
+    kept_warm_ttl_s,
+    refresh_body,
+    refresh_due_at,
+)
 from batchrun.dispatch.clock import LoopClock
 from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.records import (
@@ -40,6 +50,7 @@ from batchrun.records import (
     BudgetStop,
     Lane,
     ProviderBatchRow,
+    Usage,
 )
 from batchrun.store.provider_batches import request_line
 from batchrun.transport.batch_api import (
@@ -79,15 +90,21 @@ class BatchBudget:
     worst_cost_usd: Callable[[str, int, int], float]
 
 
+# Sends a cache refresh (model, body) in real time, paced; its usage, or None unanswered.
+Refresh = Callable[[str, str], Awaitable[Usage | None]]
+
+
 @dataclass(frozen=True)
 class LaneTarget:
     """Where a batch's batch-lane requests go: the endpoint with the batch API, its client,
-    the auto lane's cut-off (when real time takes over), if any, and its budget."""
+    the auto lane's cut-off (when real time takes over), if any, its budget, and what sends
+    its cache refreshes (None: its groups are not kept warm)."""
 
     endpoint: Endpoint
     client: BatchApiClient
     cancel_at: datetime | None = None
     budget: BatchBudget | None = None
+    refresh: Refresh | None = None
 
 
 class LaneDriver:
@@ -186,6 +203,9 @@ class LaneDriver:
             wait_s = await self._attend(row, summaries[row.batch_id])
             if wait_s is not None:
                 waits.append(wait_s)
+        warm_s = await self._keep_warm(batch_ids)
+        if warm_s is not None:
+            waits.append(warm_s)
         work = await self._db.lane_work(batch_ids)
         for batch_id, per_lane in work.items():
             summary = summaries[batch_id]
@@ -193,6 +213,45 @@ class LaneDriver:
             paused = summary.paused_reason is not None or batch_id in self.report.paused
             if per_lane.get(Lane.BATCH) and not paused and summary.cancel_initiated_at is None:
                 waits.append(self._create_wait_s(self._targets[batch_id].endpoint.name))
+        return min(waits) if waits else None
+
+    async def _keep_warm(self, batch_ids: list[str]) -> float | None:
+        """Refresh the 1-hour cache entries of the groups that created provider batches hold
+        and that are due; seconds until the next is due (None: none is held)."""
+        rows = await self._db.provider_batches_of(batch_ids, open_only=True)
+        live = [row.id for row in rows if row.state == "created" and row.id not in self._cut_off]
+        if not live:
+            return None
+        waits: list[float] = []
+        for group in await self._db.held_cache_groups(live):
+            if self._stopping:
+                return None
+            target = self._targets.get(group.batch_id)
+            if target is None or target.refresh is None or target.endpoint.batch_api is None:
+                continue
+            scale = target.endpoint.batch_api.cache_ttl_scale
+            ttl_s = kept_warm_ttl_s(group.params_json, scale=scale)
+            if ttl_s is None:
+                continue
+            if not group.tracked:
+                # The leader's 1-hour write: its premium is the group's priming overhead.
+                await self._db.track_cache_group(group, one_hour_write=True)
+            now = self._clock.now()
+            due = refresh_due_at(group, ttl_s)
+            if now < due:
+                waits.append((due - now).total_seconds())
+                continue
+            if not await self._db.take_cache_refresh(group, now=now):
+                # Another worker refreshes it; look again at the next poll.
+                waits.append(self._poll_interval_s)
+                continue
+            usage = await target.refresh(group.model, refresh_body(group.params_json))
+            await self._db.record_cache_refresh(group, now=now, usage=usage)
+            if usage is None:
+                # Unanswered: the entry was not read; try again at the next poll.
+                waits.append(self._poll_interval_s)
+            else:
+                waits.append(ttl_s * REFRESH_AT_SHARE)
         return min(waits) if waits else None
 
     def _create_wait_s(self, endpoint: str) -> float:

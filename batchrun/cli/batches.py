@@ -100,6 +100,17 @@ def submit(
             "stored answer (nothing sent, cost 0); send identical params in the file once.",
         ),
     ] = False,
+    cache_ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-ttl",
+            help="auto or keep. With --lane batch, auto gives the breakpoints of each "
+            "prompt-cache group (its leader goes alone in real time, the others in provider "
+            'batches) "ttl": "1h", so the cache outlives the provider\'s wait; keep sends the '
+            "requests as written. Default: cache_ttl in the config file, else auto.",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -215,6 +226,7 @@ def submit(
             reuse=reuse,
             hold_unpriced=hold_unpriced,
             repair=repair,
+            cache_ttl=cache_ttl,
         )
     else:
         batch = client.submit(
@@ -232,6 +244,7 @@ def submit(
             reuse=reuse,
             hold_unpriced=hold_unpriced,
             repair=repair,
+            cache_ttl=cache_ttl,
         )
     if as_json:
         print_json(batch.model_dump(mode="json"))

@@ -17,7 +17,7 @@ from batchrun.cli.text import duration_text, plural
 from batchrun.config.prices import format_usd
 from batchrun.limits.families import ALL_MODELS
 from batchrun.ops.planning import DEFAULT_OUTPUT_SHARE, FilePlan, ModelPlan, plan_json
-from batchrun.records import Lane
+from batchrun.records import CacheTtl, Lane
 
 
 def estimate(
@@ -282,7 +282,7 @@ def _lane_rows(
     mark = {plan.chosen: " (chosen)"}
     saved = _cost_text(expected * (1 - api.discount), missing)
     auto = " by --lane auto" if plan.lane == Lane.AUTO else ""
-    return [
+    rows = [
         (
             "batch lane",
             f"{_cost_text(expected * api.discount, missing)} expected, "
@@ -290,5 +290,21 @@ def _lane_rows(
             f"({api.discount:.0%} of the price; saves {saved}); typically "
             f"{duration_text(api.typical_s)}, at most 24h{mark.get(Lane.BATCH, '')}",
         ),
-        ("lane", f"{plan.chosen}{auto}"),
     ]
+    groups, requests, prefix_tokens = plan.cache_groups()
+    by_policy = plan.cache_ttl_costs_usd(worst=False)
+    if groups:
+        text = (
+            f"{plural(groups, 'prompt-cache group')} ({requests:,} requests, "
+            f"{prefix_tokens:,} prefix tokens)"
+        )
+        if by_policy is not None:
+            text += (
+                f": batch lane {format_usd(by_policy[CacheTtl.AUTO])} expected with "
+                f"--cache-ttl auto (1-hour TTL, the default), "
+                f"{format_usd(by_policy[CacheTtl.KEEP])} with keep (a cold batch writes "
+                "every prefix)"
+            )
+        rows.append(("cache groups", text))
+    rows.append(("lane", f"{plan.chosen}{auto}"))
+    return rows

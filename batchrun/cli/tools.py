@@ -128,6 +128,14 @@ def simulate(
             "--batch-processing-s", help="Seconds from a batch's creation to its end.", min=0.0
         ),
     ] = 2.0,
+    batch_start_s: Annotated[
+        float,
+        typer.Option(
+            "--batch-start-s",
+            help="Seconds a batch waits in the provider's queue before its requests run.",
+            min=0.0,
+        ),
+    ] = 0.0,
     batch_expired_rate: Annotated[
         float,
         typer.Option(
@@ -157,6 +165,15 @@ def simulate(
             min=0,
         ),
     ] = 1024,
+    cache_ttl_scale: Annotated[
+        float,
+        typer.Option(
+            "--cache-ttl-scale",
+            help="Multiplies the prompt cache's lifetimes (5 minutes, 1 hour); 0.01 makes "
+            "them 3 s and 36 s.",
+            min=0.000001,
+        ),
+    ] = 1.0,
 ) -> None:
     """Serve the built-in Messages API simulator on 127.0.0.1 (Ctrl-C stops it).
 
@@ -206,10 +223,12 @@ def simulate(
         log_size=log_size,
         log_messages=log_messages,
         batch_processing_s=batch_processing_s,
+        batch_start_s=batch_start_s,
         batch_expired_rate=batch_expired_rate,
         batch_cancel_s=batch_cancel_s,
         batch_concurrency=batch_concurrency,
         cache_min_tokens=cache_min_tokens,
+        cache_ttl_scale=cache_ttl_scale,
     )
 
     def announce(actual_port: int) -> None:

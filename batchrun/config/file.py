@@ -89,6 +89,9 @@ class Settings:
     # environment variable that holds it (a URL with a token in it is a secret).
     notify_url: str | None = None
     notify_url_env: str | None = None
+    # cache_ttl: the TTL policy of the batch lane's prompt-cache groups ("auto" or "keep";
+    # None: not set, auto).
+    cache_ttl: str | None = None
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this file and the key: ``FILE: KEY: problem``."""
@@ -165,6 +168,7 @@ def load_settings(path: Path | None) -> Settings:
         pools={name: table.to_pool(name, str(path)) for name, table in parsed.pools.items()},
         notify_url=parsed.notify.url if parsed.notify is not None else None,
         notify_url_env=parsed.notify.url_env if parsed.notify is not None else None,
+        cache_ttl=parsed.cache_ttl,
     )
 
 
@@ -363,6 +367,9 @@ class _EndpointTable(_Table):
     batch_typical_s: PositiveNumber | None = None
     batch_results_max_bytes: Annotated[int, Field(ge=1024)] | None = None
     batch_results_max_s: PositiveNumber | None = None
+    # The provider's prompt-cache lifetimes as a share of Anthropic's 5 minutes and 1 hour
+    # (the batch lane refreshes a group's entry before it expires); for a scaled simulator.
+    batch_cache_ttl_scale: PositiveNumber | None = None
     # How a request asks for a structured answer (submit --template with [output]): "native"
     # (output_config.format) or "tool" (a forced tool call, for gateways without it).
     structured_outputs: Literal["native", "tool"] | None = None
@@ -403,6 +410,7 @@ class _EndpointTable(_Table):
             batch_typical_s=self.batch_typical_s,
             batch_results_max_bytes=self.batch_results_max_bytes,
             batch_results_max_s=self.batch_results_max_s,
+            batch_cache_ttl_scale=self.batch_cache_ttl_scale,
             fields_set=frozenset(self.model_fields_set),
         )
 
@@ -497,6 +505,8 @@ class _ConfigFile(_Table):
     pools: dict[EndpointName, _PoolTable] = {}
     prices: dict[Annotated[str, Field(min_length=1)], _PriceTable] = {}
     notify: _NotifyTable | None = None
+    # The batch lane's prompt-cache groups: "auto" (the 1-hour TTL) or "keep" (as written).
+    cache_ttl: Literal["auto", "keep"] | None = None
 
 
 _MODELS: dict[int, type[BaseModel]] = {0: _ConfigFile, 2: _EndpointTable}

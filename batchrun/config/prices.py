@@ -12,6 +12,13 @@ unknown and never counted as 0.
 Prices are USD per million tokens. ``cache_write`` is the price of the 5-minute cache write;
 the API's ``cache_creation_input_tokens`` does not say which cache lifetime was written, so
 1-hour cache writes (twice the input price) are under-counted by this table.
+
+:func:`group_prefix_cost_usd` is the cost of one prompt-cache group's shared prefix in the
+batch lane under each cache TTL policy (``--cache-ttl``), the formula "Paying less" in the
+docs writes out: with ``keep`` the leader writes the prefix at the 5-minute price in real
+time and, the batch running cold, every follower writes it again at the batch discount; with
+``auto`` the leader writes it once at the 1-hour price (:data:`ONE_HOUR_WRITE_MULTIPLIER` ×
+input) and every follower reads it at the discount.
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from batchrun.records import ModelTokens
+from batchrun.records import CacheRefreshTotals, ModelTokens
 
 TOKENS_PER_MTOK = 1_000_000
 # Anthropic's prompt-caching multipliers of the input price, used when the config file gives
 # a model's input price but not its cache prices.
 CACHE_WRITE_MULTIPLIER = 1.25
 CACHE_READ_MULTIPLIER = 0.1
+# Anthropic's price of a 1-hour cache write: twice the input price, for every model.
+ONE_HOUR_WRITE_MULTIPLIER = 2.0
 # "claude-3-haiku-20240307" and "claude-3-5-sonnet-latest" are priced as their family.
 _VERSION_SUFFIX = re.compile(r"-(\d{8}|latest)$")
 
@@ -65,6 +74,24 @@ class ModelPrice:
             + cache_creation_input_tokens * self.cache_write_per_mtok_usd
             + cache_read_input_tokens * self.cache_read_per_mtok_usd
         ) / TOKENS_PER_MTOK
+
+
+def group_prefix_cost_usd(
+    price: ModelPrice, *, prefix_tokens: int, requests: int, discount: float, one_hour: bool
+) -> float:
+    """The cost of the shared prefix of one prompt-cache group of ``requests`` requests (the
+    leader in real time, the others in a provider batch billed at ``discount`` of the list
+    price), as the module docstring says: ``one_hour`` for ``--cache-ttl auto``, else
+    ``keep`` with a cold batch."""
+    followers = max(requests - 1, 0)
+    if one_hour:
+        leader_per_mtok = price.input_per_mtok_usd * ONE_HOUR_WRITE_MULTIPLIER
+        follower_per_mtok = price.cache_read_per_mtok_usd * discount
+    else:
+        leader_per_mtok = price.cache_write_per_mtok_usd
+        follower_per_mtok = price.cache_write_per_mtok_usd * discount
+    per_mtok = leader_per_mtok + followers * follower_per_mtok
+    return prefix_tokens * per_mtok / TOKENS_PER_MTOK
 
 
 def _same(price: ModelPrice, *models: str) -> dict[str, ModelPrice]:
@@ -196,6 +223,90 @@ def cost_of(tokens: Iterable[ModelTokens], prices: PriceTable) -> CostTotal:
         # str(): a plain str key even for a Lane member (orjson refuses str subclasses as keys).
         total = total + CostTotal(usd, by_lane={str(item.lane): usd}, list_usd=list_usd)
     return total
+
+
+@dataclass(frozen=True)
+class LaneCache:
+    """One lane's prompt-cache tokens, and what the reads saved against writing every
+    prefix instead (reads × (write price − read price), at the lane's share of the price)."""
+
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    saved_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheAccounting:
+    """A batch's prompt cache per lane, and the overhead of keeping its groups warm (the
+    batch lane's refresh requests, sent in real time at the list price)."""
+
+    by_lane: Mapping[str, LaneCache] = field(default_factory=dict)
+    refreshes: int = 0
+    refreshes_failed: int = 0
+    refreshed_groups: int = 0
+    # The refreshes' cost, and the leaders' 1-hour writes' premium over the 5-minute price
+    # their results are counted at (priming); None when a model has no price.
+    refresh_usd: float | None = 0.0
+    priming_usd: float | None = 0.0
+
+    @property
+    def overhead_usd(self) -> float | None:
+        """Refreshes and priming: what keeping the groups warm cost beyond the results."""
+        if self.refresh_usd is None or self.priming_usd is None:
+            return None
+        return self.refresh_usd + self.priming_usd
+
+
+def cache_saved_usd(price: ModelPrice, cache_read_input_tokens: int, cost_factor: float) -> float:
+    """What cache reads saved against writing those prefixes instead (5-minute write price
+    less read price), at the lane's share of the list price."""
+    per_mtok = price.cache_write_per_mtok_usd - price.cache_read_per_mtok_usd
+    return cache_read_input_tokens * per_mtok / TOKENS_PER_MTOK * cost_factor
+
+
+def cache_accounting(
+    tokens: Iterable[ModelTokens], refreshes: CacheRefreshTotals, prices: PriceTable
+) -> CacheAccounting:
+    """The cache accounting of a batch from its token totals per model × lane (the stored
+    counters) and its refresh totals (one row per group)."""
+    lanes: dict[str, LaneCache] = {}
+    for item in tokens:
+        price = prices.price_for(item.model)
+        saved = 0.0
+        if price is not None:
+            saved = cache_saved_usd(price, item.cache_read_input_tokens, item.cost_factor)
+        lane = str(item.lane)
+        before = lanes.get(lane, LaneCache())
+        lanes[lane] = LaneCache(
+            before.cache_read_input_tokens + item.cache_read_input_tokens,
+            before.cache_creation_input_tokens + item.cache_creation_input_tokens,
+            before.saved_usd + saved,
+        )
+    refresh: float | None = 0.0
+    priming: float | None = 0.0
+    for model in refreshes.models:
+        price = prices.price_for(model.model)
+        if price is None or refresh is None or priming is None:
+            refresh = priming = None
+            continue
+        usage = model.usage
+        refresh += price.cost_usd(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+        )
+        premium = price.input_per_mtok_usd * ONE_HOUR_WRITE_MULTIPLIER
+        premium -= price.cache_write_per_mtok_usd
+        priming += model.leader_write_1h_tokens * premium / TOKENS_PER_MTOK
+    return CacheAccounting(
+        by_lane={lane: lanes[lane] for lane in sorted(lanes)},
+        refreshes=refreshes.refreshes,
+        refreshes_failed=sum(m.failed for m in refreshes.models),
+        refreshed_groups=sum(m.groups for m in refreshes.models),
+        refresh_usd=refresh,
+        priming_usd=priming,
+    )
 
 
 def format_usd(value: float | None) -> str:

@@ -25,6 +25,7 @@ from batchrun.records import (
     AnswerTurn,
     BatchSummary,
     BudgetStop,
+    CacheGroupWarmth,
     ClaimedRequest,
     FinishedRequest,
     ImportedResult,
@@ -34,6 +35,7 @@ from batchrun.records import (
     ProviderIntent,
     Requeue,
     RetryLater,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -283,6 +285,24 @@ class WorkerDatabase:
             now=now,
             leftover_reason=leftover_reason,
             requeue=requeue,
+        )
+
+    async def held_cache_groups(self, provider_rows: Sequence[int]) -> list[CacheGroupWarmth]:
+        return await self._thread.call(self._store.cache_warmth.held_groups, provider_rows)
+
+    async def track_cache_group(self, group: CacheGroupWarmth, *, one_hour_write: bool) -> None:
+        await self._thread.call(
+            self._store.cache_warmth.track, group, one_hour_write=one_hour_write
+        )
+
+    async def take_cache_refresh(self, group: CacheGroupWarmth, *, now: datetime) -> bool:
+        return await self._thread.call(self._store.cache_warmth.take_refresh, group, now=now)
+
+    async def record_cache_refresh(
+        self, group: CacheGroupWarmth, *, now: datetime, usage: Usage | None
+    ) -> None:
+        await self._thread.call(
+            self._store.cache_warmth.record_refresh, group, now=now, usage=usage
         )
 
     async def set_queued_lane(self, batch_id: str, lane: str) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_serializer
 
-from batchrun.config.prices import CostTotal
+from batchrun.config.prices import CacheAccounting, CostTotal
 from batchrun.records import (
     BatchStats,
     BatchSummary,
@@ -192,6 +192,28 @@ class EndpointUseModel(BaseModel):
         return None if value is None else value.isoformat()
 
 
+class LaneCacheModel(BaseModel):
+    """One lane's prompt-cache tokens and what the reads saved against writing them."""
+
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    saved_usd: float
+
+
+class CacheOverheadModel(BaseModel):
+    """What keeping the batch's prompt-cache groups warm cost (batch lane), apart from
+    ``cost_usd``: the refresh requests (``failed``: unanswered), for how many groups, their
+    cost, and the priming: the leaders' 1-hour cache writes' premium over the 5-minute
+    price their results are counted at. Costs are null for a model without a price."""
+
+    requests: int
+    failed: int
+    groups: int
+    refresh_cost_usd: float | None
+    priming_cost_usd: float | None
+    cost_usd: float | None
+
+
 class BatchStatus(BatchObject):
     """The batch object with what ``status`` adds: cost, budget, timings, throughput (from the
     first send to the last answer), the most frequent errors and tokens per model."""
@@ -224,6 +246,10 @@ class BatchStatus(BatchObject):
     # Queued requests held, unsent, per model: their model has no price and the batch a
     # budget (submit/run --hold-unpriced); a run sends them once the model has a price.
     held_unpriced: dict[str, int] = Field(default_factory=dict)
+    # The prompt cache per lane (reads, writes, what the reads saved), and the overhead of
+    # the batch lane's cache refreshes (None: it sent none).
+    cache_by_lane: dict[str, LaneCacheModel] = Field(default_factory=dict)
+    cache_overhead: CacheOverheadModel | None = None
 
     @classmethod
     def build(
@@ -237,6 +263,7 @@ class BatchStatus(BatchObject):
         provider_batches: Sequence[ProviderBatchRow] = (),
         held_unpriced: Mapping[str, int] | None = None,
         repair_cost: CostTotal | None = None,
+        cache: CacheAccounting | None = None,
     ) -> BatchStatus:
         """The status of ``batch`` from its stats and what it cost; ``members``: the
         endpoints of its pool (listed even before they answer), ``health``: their states;
@@ -279,6 +306,7 @@ class BatchStatus(BatchObject):
             lane=batch.lane,
             provider_batches=[ProviderBatchModel.of(row) for row in provider_batches],
             held_unpriced=dict(held_unpriced or {}),
+            **_cache_fields(cache),
         )
 
     @field_serializer("started_at", "last_completed_at")
@@ -294,6 +322,36 @@ class BatchStatus(BatchObject):
             dict(self.cost_usd_by_lane),
             self.cost_usd_known + self.saved_usd,
         )
+
+
+def _cache_fields(cache: CacheAccounting | None) -> dict[str, Any]:
+    if cache is None:
+        return {}
+    overhead = None
+    if cache.refreshed_groups:
+        overhead = CacheOverheadModel(
+            requests=cache.refreshes,
+            failed=cache.refreshes_failed,
+            groups=cache.refreshed_groups,
+            refresh_cost_usd=_usd(cache.refresh_usd),
+            priming_cost_usd=_usd(cache.priming_usd),
+            cost_usd=_usd(cache.overhead_usd),
+        )
+    return {
+        "cache_by_lane": {
+            lane: LaneCacheModel(
+                cache_read_input_tokens=item.cache_read_input_tokens,
+                cache_creation_input_tokens=item.cache_creation_input_tokens,
+                saved_usd=round(item.saved_usd, 8),
+            )
+            for lane, item in cache.by_lane.items()
+        },
+        "cache_overhead": overhead,
+    }
+
+
+def _usd(value: float | None) -> float | None:
+    return None if value is None else round(value, 8)
 
 
 def throughput_per_min(batch: BatchSummary, stats: BatchStats) -> tuple[float, float] | None:

@@ -18,6 +18,9 @@ whatever the batch size.
 - ``reused``/``reused_from``: the answer is a stored one (``submit --reuse``, or a duplicate
   of the batch), from that batch; nothing was sent for it;
 - ``cache_hit_rate``: cache reads ÷ (cache reads + cache writes), null when both are 0;
+- ``cache_saved_usd``: what the request's cache reads saved against writing that prefix
+  (:func:`~batchrun.config.prices.cache_saved_usd`, at its lane's share of the price), null
+  when the model has no price;
 - times are UTC, ISO 8601 (``2026-11-22T05:40:00.123Z``); ``created_at`` is when the batch
   was submitted, ``started_at`` the first send, ``completed_at`` when the result was stored;
 - text leaves as UTF-8: a NUL or a lone surrogate an answer held (as a JSON escape) is
@@ -38,7 +41,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import IO, Any
 
-from batchrun.config.prices import PriceTable
+from batchrun.config.prices import PriceTable, cache_saved_usd
 from batchrun.errors import DatabaseError
 from batchrun.records import ResultDetail, cache_hit_rate
 from batchrun.store.textsafe import safe_text, safe_value
@@ -73,6 +76,7 @@ COLUMNS = (
     "reused",
     "reused_from",
     "cache_hit_rate",
+    "cache_saved_usd",
 )
 # The columns that hold times: datetimes in :func:`flat_values`, ISO 8601 text in
 # :func:`flat_records`.
@@ -126,9 +130,14 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
     exactly that many places). Each format spells them its own way."""
     for row in rows:
         text, tools = _reply(row)
-        cost = None
+        cost = saved = None
         price = prices.price_for(row.model)
+        factor = 1.0 if row.cost_factor is None else row.cost_factor
         if price is not None and row.input_tokens is not None:
+            saved = round(
+                cache_saved_usd(price, row.cache_read_input_tokens or 0, factor),
+                COST_USD_DECIMALS,
+            )
             cost = round(
                 price.cost_usd(
                     input_tokens=row.input_tokens or 0,
@@ -136,7 +145,7 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
                     cache_creation_input_tokens=row.cache_creation_input_tokens or 0,
                     cache_read_input_tokens=row.cache_read_input_tokens or 0,
                 )
-                * (1.0 if row.cost_factor is None else row.cost_factor),
+                * factor,
                 COST_USD_DECIMALS,
             )
         yield {
@@ -173,6 +182,7 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
             "cache_hit_rate": cache_hit_rate(
                 row.cache_read_input_tokens, row.cache_creation_input_tokens
             ),
+            "cache_saved_usd": saved,
         }
 
 

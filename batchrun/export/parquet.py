@@ -84,6 +84,7 @@ def parquet_schema(pa: Any) -> Any:
         "completed_at": pa.timestamp("us", tz="UTC"),
         "reused": pa.bool_(),
         "cache_hit_rate": pa.float64(),
+        "cache_saved_usd": pa.float64(),
     }
     # The other columns are text. A new flat column that is not fails loudly on its first
     # row (pyarrow refuses a number for a string), rather than being exported as text.

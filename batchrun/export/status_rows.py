@@ -79,6 +79,7 @@ def status_rows(batch: BatchStatus) -> list[tuple[str, str]]:
         ("ended", when_text(batch.ended_at)),
         ("cost", describe_cost(batch.cost)),
         *_lane_rows(batch),
+        *_cache_rows(batch),
         *_provider_rows(batch),
     ]
     if batch.repair_sends:
@@ -147,6 +148,36 @@ def _provider_rows(batch: BatchStatus) -> list[tuple[str, str]]:
         if item.note:
             text += f"; {item.note}"
         rows.append(("  provider batch", text))
+    return rows
+
+
+def _cache_rows(batch: BatchStatus) -> list[tuple[str, str]]:
+    """The prompt cache per lane, once more than real time was used or refreshes were sent,
+    and the refreshes' overhead."""
+    lanes = batch.cache_by_lane
+    overhead = batch.cache_overhead
+    if set(lanes) <= {Lane.REALTIME} and overhead is None:
+        return []
+    rows = [
+        (
+            f"  {lane} cache",
+            f"{item.cache_read_input_tokens:,} read, {item.cache_creation_input_tokens:,} "
+            f"written; saved {format_usd(item.saved_usd)}",
+        )
+        for lane, item in lanes.items()
+        if item.cache_read_input_tokens or item.cache_creation_input_tokens
+    ]
+    if overhead is not None:
+        failed = f", {overhead.failed:,} unanswered" if overhead.failed else ""
+        rows.append(
+            (
+                "cache refreshes",
+                f"{overhead.requests:,} requests for {overhead.groups:,} groups{failed}: "
+                f"{format_usd(overhead.refresh_cost_usd)}; priming (1-hour writes) "
+                f"{format_usd(overhead.priming_cost_usd)}; "
+                f"{format_usd(overhead.cost_usd)} overhead, not in the cost above",
+            )
+        )
     return rows
 
 

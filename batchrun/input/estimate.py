@@ -51,6 +51,40 @@ def estimate_input_tokens(params: Mapping[str, Any]) -> int:
     return max(1, math.ceil(counter.chars / CHARS_PER_TOKEN) + counter.tokens)
 
 
+def estimate_prefix_tokens(params: Mapping[str, Any]) -> int:
+    """The raw estimate of a request's cached prefix: tools, then system, then messages, up
+    to and including its last ``cache_control`` block; 0 without one."""
+    tools, system, messages = params.get("tools"), params.get("system"), params.get("messages")
+    head: dict[str, Any] = {"model": params.get("model")}
+    if isinstance(tools, list):
+        head["tools"] = tools
+    if system is not None:
+        head["system"] = system
+    if isinstance(messages, list):
+        for number in range(len(messages) - 1, -1, -1):
+            message = messages[number]
+            content = message.get("content") if isinstance(message, dict) else None
+            last = _last_marked(content)
+            if last is not None and isinstance(content, list):
+                partial = {**message, "content": content[: last + 1]}
+                return estimate_input_tokens({**head, "messages": [*messages[:number], partial]})
+    if isinstance(system, list) and (last := _last_marked(system)) is not None:
+        return estimate_input_tokens({**head, "system": system[: last + 1]})
+    if isinstance(tools, list) and (last := _last_marked(tools)) is not None:
+        return estimate_input_tokens({"model": head["model"], "tools": tools[: last + 1]})
+    return 0
+
+
+def _last_marked(blocks: Any) -> int | None:
+    """The index of the last block of ``blocks`` with ``cache_control``, if any."""
+    if not isinstance(blocks, list):
+        return None
+    for index in range(len(blocks) - 1, -1, -1):
+        if isinstance(blocks[index], dict) and "cache_control" in blocks[index]:
+            return index
+    return None
+
+
 class _Counter:
     def __init__(self, *, high_res: bool) -> None:
         self.high_res = high_res

@@ -43,6 +43,7 @@ from batchrun.input.validation import InvalidLine
 from batchrun.records import (
     DEFAULT_REPAIR_LIMIT,
     INVALID_INPUT_ERROR_TYPE,
+    CacheTtl,
     Lane,
     NewBatch,
     NewRequest,
@@ -117,6 +118,7 @@ def submit_requests(
     max_cost_usd: float | None = None,
     lane: str = Lane.REALTIME,
     reuse: bool = False,
+    cache_ttl: str = CacheTtl.AUTO,
     owner: str | None = None,
     locate: Callable[[int], str] | None = None,
     check_models: Callable[[set[str]], None] | None = None,
@@ -132,7 +134,9 @@ def submit_requests(
     ``file:line: problem`` line; only a problem with the whole file is raised then.
     ``max_cost_usd`` is the batch's budget, stored in the same transaction as the batch.
     ``lane`` is ``realtime``, ``batch`` or ``auto`` (see :mod:`batchrun.batch_lane`); ``reuse``
-    answers requests whose params already succeeded from the stored answer. ``owner``: the
+    answers requests whose params already succeeded from the stored answer; ``cache_ttl``
+    (a :class:`~batchrun.records.CacheTtl`) is the TTL policy of the batch lane's prompt-cache
+    groups. ``owner``: the
     id of the server key the batch belongs to. ``locate`` names where a line is in messages
     (default ``source:line``). ``check_models`` is called with the models of the valid
     requests once every line is read, inside the store's transaction: if it raises, nothing of
@@ -154,6 +158,7 @@ def submit_requests(
         reuse=reuse,
         owner=owner,
         repair_limit=repair_limit,
+        cache_ttl=cache_ttl,
     )
     problems = _Problems()
 

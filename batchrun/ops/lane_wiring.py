@@ -1,6 +1,6 @@
 """The wiring of a run's batch lane: which batches use it, the auto lane's choice, and the
 driver's wiring (batch API clients with the run's keys, on the run's simulator when
-in-process)."""
+in-process; the Messages client and limiter its cache refreshes go through)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,18 @@ from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.errors import BatchrunError
 from batchrun.limits.dimensions import RateLimits
 from batchrun.ops.planning import ModelPlan
-from batchrun.records import Lane
+from batchrun.records import Lane, Succeeded, Usage
 from batchrun.transport.endpoints import Endpoint, Endpoints, auth_headers
 from batchrun.transport.http import HttpTransport
 
 if TYPE_CHECKING:
-    from batchrun.batch_lane.driver import BatchBudget, LaneDriver, LaneReport, LaneTarget
+    from batchrun.batch_lane.driver import (
+        BatchBudget,
+        LaneDriver,
+        LaneReport,
+        LaneTarget,
+        Refresh,
+    )
     from batchrun.store.store import Store
     from batchrun.transport.batch_api import BatchApiClient
 
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
 # is cut off as a crash would cut it, which the lane survives (an import runs again from
 # the start, a cancel is sent again). A create in flight is let end (its timeout bounds it).
 STOP_GRACE_S = 3.0
+# Connections of the client that sends an endpoint's cache refreshes (one at a time).
+REFRESH_CONNECTIONS = 2
 
 
 @dataclass
@@ -93,6 +101,7 @@ async def start_lane(
     with_rows = {row.batch_id: row.endpoint for row in open_rows}
     targets: dict[str, LaneTarget] = {}
     clients: dict[str, BatchApiClient] = {}
+    refreshers: dict[str, Refresh] = {}
     now = LoopClock().now()
     for batch_id, name in batches.items():
         lane = lanes.get(batch_id, Lane.REALTIME)
@@ -134,7 +143,13 @@ async def start_lane(
         budget = None
         if budget_usd is not None:
             budget = _budget(db, batch_id, budget_usd, prices, endpoint.batch_api.discount)
-        targets[batch_id] = LaneTarget(endpoint, client, cancel_at, budget)
+        if endpoint.name not in refreshers:
+            refreshers[endpoint.name] = await _refresher(
+                db, stack, endpoint, env, overrides, simulator
+            )
+        targets[batch_id] = LaneTarget(
+            endpoint, client, cancel_at, budget, refresh=refreshers[endpoint.name]
+        )
     if not targets:
         return None
     driver = LaneDriver(
@@ -145,6 +160,60 @@ async def start_lane(
         on_note=on_note,
     )
     return LaneRun(driver, asyncio.create_task(driver.run(), name="batchrun-lane"))
+
+
+async def _refresher(
+    db: WorkerDatabase,
+    stack: AsyncExitStack,
+    endpoint: Endpoint,
+    env: Mapping[str, str],
+    overrides: RateLimits,
+    simulator: Callable[[], HttpTransport],
+) -> Refresh:
+    """What sends the endpoint's cache refreshes (:mod:`batchrun.batch_lane.warmth`): its
+    Messages client, paced by a limiter on the run's shared rate buckets (the database's,
+    as the dispatcher's), so refreshes take their share of the limits like any request."""
+    import json
+
+    from batchrun.input.estimate import estimate_input_tokens
+    from batchrun.limits.banks import DatabaseBank
+    from batchrun.limits.limiter import Demand, Limiter
+    from batchrun.ops.runner import rate_limits, unix_clock
+    from batchrun.transport.endpoints import DEFAULT_TIMEOUT_S
+    from batchrun.transport.http import create_http_client
+    from batchrun.transport.messages import MessagesClient
+
+    timeout_s = endpoint.timeout_s or DEFAULT_TIMEOUT_S
+    http = await stack.enter_async_context(
+        create_http_client(
+            timeout_s=timeout_s,
+            max_connections=REFRESH_CONNECTIONS,
+            transport=simulator() if endpoint.in_process else None,
+        )
+    )
+    sender = MessagesClient(
+        http,
+        endpoint=endpoint,
+        headers=auth_headers(endpoint, env),
+        timeout_s=timeout_s,
+        max_response_bytes=endpoint.max_response_bytes,
+    )
+    limiter = Limiter(
+        rate_limits({endpoint.name: endpoint}),
+        overrides=overrides,
+        endpoint_limits={endpoint.name: endpoint.endpoint_limits},
+        bank=DatabaseBank(db, clock=unix_clock()),
+    )
+    stack.push_async_callback(limiter.release)
+
+    async def refresh(model: str, body: str) -> Usage | None:
+        demand = Demand(estimate_input_tokens(json.loads(body)), 1)
+        permit = await limiter.acquire((endpoint.name, model), demand)
+        outcome = await sender.send(body)
+        limiter.settle(permit, outcome)
+        return outcome.usage if isinstance(outcome, Succeeded) else None
+
+    return refresh
 
 
 def _budget(

@@ -7,7 +7,11 @@ Per model (the limiter paces each endpoint × model on its own, so models run si
   about 3.5 characters per token plus images), the one ``submit`` stores;
 - output tokens: the worst case is the sum of ``max_tokens``; the expected case assumes
   replies use ``output_share`` of it (30 % unless told otherwise);
-- cost: both cases at the model's price (unknown without a price);
+- cost: both cases at the model's price (unknown without a price); for the batch lane,
+  with prompt-cache groups (requests sharing a ``cache_control`` prefix, two or more), also
+  under each cache TTL policy (``--cache-ttl auto`` and ``keep``): the groups' prefix
+  tokens, counted as plain input in the lane's figure, are priced instead by
+  :func:`~batchrun.config.prices.group_prefix_cost_usd`;
 - duration: for each limit in force, the file's measure in that dimension divided by the
   limit (:mod:`batchrun.limits.dimensions`): requests / rpm, input tokens / itpm, output
   tokens / otpm, input + output / tpm. The slowest is the limit that
@@ -25,16 +29,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batchrun.batch_lane.auto import auto_lane
-from batchrun.config.prices import ModelPrice, PriceTable
+from batchrun.config.prices import ModelPrice, PriceTable, group_prefix_cost_usd
 from batchrun.errors import InputFileError
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.limits.families import ALL_MODELS
-from batchrun.records import Lane
+from batchrun.records import CacheTtl, Lane
 from batchrun.transport.endpoints import PROVIDER_BATCH_LIFETIME_S, BatchApi
 
 if TYPE_CHECKING:
@@ -59,6 +63,32 @@ class ModelPlan:
     output_share: float = DEFAULT_OUTPUT_SHARE
     price: ModelPrice | None = None
     limits: RateLimits | None = None
+    # Prompt-cache groups: prefix key → [requests, estimated prefix tokens].
+    cache_groups: dict[str, list[int]] = field(default_factory=dict)
+
+    def grouped(self) -> list[tuple[int, int]]:
+        """(requests, prefix tokens) of each group of two or more requests."""
+        return [(n, tokens) for n, tokens in self.cache_groups.values() if n >= 2]
+
+    def prefix_costs_usd(self, discount: float) -> dict[str, float] | None:
+        """The groups' prefix cost in the batch lane: as the lane's plain figure counts it
+        (``plain``: input price × discount for every request), and under each cache TTL
+        policy (``auto``, ``keep``); None without a price."""
+        price = self.price
+        if price is None:
+            return None
+        costs = {"plain": 0.0, CacheTtl.AUTO.value: 0.0, CacheTtl.KEEP.value: 0.0}
+        for n, tokens in self.grouped():
+            costs["plain"] += n * tokens * price.input_per_mtok_usd * discount / 1_000_000
+            for policy in (CacheTtl.AUTO, CacheTtl.KEEP):
+                costs[policy.value] += group_prefix_cost_usd(
+                    price,
+                    prefix_tokens=tokens,
+                    requests=n,
+                    discount=discount,
+                    one_hour=policy == CacheTtl.AUTO,
+                )
+        return costs
 
     @property
     def expected_output_tokens(self) -> int:
@@ -150,6 +180,30 @@ class FilePlan:
             else:
                 known += cost
         return known, unpriced
+
+    def cache_ttl_costs_usd(self, *, worst: bool) -> dict[str, float] | None:
+        """The batch lane's cost under each cache TTL policy (``auto``, ``keep``), when the
+        file has prompt-cache groups, a batch API and every model a price; else None."""
+        api = self.batch_api
+        if api is None or not any(m.grouped() for m in self.models):
+            return None
+        total, unpriced = self.cost_usd(worst=worst)
+        if unpriced:
+            return None
+        lane_usd = total * api.discount
+        costs = {CacheTtl.AUTO.value: lane_usd, CacheTtl.KEEP.value: lane_usd}
+        for m in self.models:
+            prefix = m.prefix_costs_usd(api.discount)
+            if prefix is None:
+                continue
+            for policy in costs:
+                costs[policy] += prefix[policy] - prefix["plain"]
+        return costs
+
+    def cache_groups(self) -> tuple[int, int, int]:
+        """(groups of two or more, their requests, their prefix tokens in all)."""
+        groups = [group for m in self.models for group in m.grouped()]
+        return len(groups), sum(n for n, _ in groups), sum(n * t for n, t in groups)
 
     def whole(self) -> ModelPlan | None:
         """The whole file as one model named :data:`ALL_MODELS`, paced by the endpoint's
@@ -246,7 +300,8 @@ def plan_items(
     (:func:`batchrun.input.table_ingest.table_items`). ``locate`` names where an item is in
     messages (default ``source:line``; a table's ``source:row N``). Raises and counts as
     :func:`plan_file` does."""
-    from batchrun.input.estimate import estimate_input_tokens
+    from batchrun.input.digests import cache_prefix_key
+    from batchrun.input.estimate import estimate_input_tokens, estimate_prefix_tokens
     from batchrun.input.reader import MAX_PRINTED_PROBLEMS, FileProblem, format_problems
     from batchrun.input.validation import InvalidLine
 
@@ -278,6 +333,13 @@ def plan_items(
         plan.requests += 1
         plan.input_tokens += estimate_input_tokens(item.params)
         plan.max_output_tokens += item.max_tokens
+        prefix = cache_prefix_key(item.params_json, item.params)
+        if prefix is not None:
+            group = plan.cache_groups.get(prefix)
+            if group is None:
+                plan.cache_groups[prefix] = [1, estimate_prefix_tokens(item.params)]
+            else:
+                group[0] += 1
     if problems:
         lines = format_problems(problems, source=source, locate=locate)
         listed = format_problems(
@@ -419,5 +481,26 @@ def _lanes_json(
             "discount": api.discount,
             "typical_minutes": round(api.typical_s / 60, 3),
             "at_most_minutes": round(PROVIDER_BATCH_LIFETIME_S / 60, 3),
+            "cache_ttl": _cache_ttl_json(plan),
         }
     return lanes
+
+
+def _cache_ttl_json(plan: FilePlan) -> dict[str, Any] | None:
+    """The batch lane's cost under each cache TTL policy, when the file has cache groups."""
+    groups, requests, prefix_tokens = plan.cache_groups()
+    if not groups:
+        return None
+    expected = plan.cache_ttl_costs_usd(worst=False)
+    worst = plan.cache_ttl_costs_usd(worst=True)
+    return {
+        "groups": groups,
+        "requests": requests,
+        "prefix_tokens": prefix_tokens,
+        "expected_cost_usd": None
+        if expected is None
+        else {policy: round(usd, 8) for policy, usd in expected.items()},
+        "worst_cost_usd": None
+        if worst is None
+        else {policy: round(usd, 8) for policy, usd in worst.items()},
+    }

@@ -131,7 +131,9 @@ class SimulatorApp:
         self._chaos = Chaos(config)
         self._ids = IdMaker(config.seed)
         self._cache = PromptCache(
-            min_tokens=config.cache_min_tokens, history_s=config.batch_processing_s
+            min_tokens=config.cache_min_tokens,
+            history_s=config.batch_start_s + config.batch_processing_s,
+            ttl_scale=config.cache_ttl_scale,
         )
         self._batches = Batches(config, self.stats, self._cache, self._ids)
         self._batch_api = BatchApi(self._batches, authorized=self._authorized, clock=self._clock)

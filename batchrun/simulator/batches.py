@@ -1,12 +1,16 @@
 """Message Batches: what a batch holds and how it is processed over time (HTTP is in
 ``simulator.batch_api``).
 
-A batch of ``n`` requests is processed in a shuffled order (seeded by its id), in waves of
-``batch_concurrency``: the request at position ``k`` of that order is done at
-``created + batch_processing_s * (k + 1) / n`` (loop clock), and the requests of a wave all
-read the prompt cache as it was when the wave started (when the previous wave's last request
-was done), so they do not see each other's writes and later waves do. The batch ends
-``batch_processing_s`` after its creation; after a cancel, ``batch_cancel_s`` later if that
+A batch waits ``batch_start_s`` in the provider's queue, then its ``n`` requests are
+processed in a shuffled order (seeded by its id), in waves of ``batch_concurrency`` run in
+parallel: the request at position ``k`` of that order is done at
+``started + batch_processing_s * (k + 1) / n`` (loop clock; ``started = created +
+batch_start_s``), and the requests of a wave all read the prompt cache as it was when the
+wave started (when the previous wave's last request was done), so they do not see each
+other's writes and later waves (and later requests elsewhere) do. A batch in one wave thus
+runs as of one processing time: with a shared prefix that is not cached by then, every
+request writes it and none reads it (the cold batch). The batch ends ``batch_start_s +
+batch_processing_s`` after its creation; after a cancel, ``batch_cancel_s`` later if that
 is sooner: the requests done by then keep their results, the rest are ``canceled``.
 
 Each request is answered as ``POST /v1/messages`` answers the same params (same checks, same
@@ -88,6 +92,7 @@ class Batch:
     order: list[int]
     created_at: float
     created_wall: datetime
+    started_at: float  # when the provider starts processing (created_at + its queue wait)
     processing_s: float
     concurrency: int
     ends_at: float
@@ -107,9 +112,11 @@ class Batch:
     def done_by(self, at: float) -> int:
         """How many positions of the processing order are done at loop time ``at``."""
         total = len(self.items)
-        if self.processing_s <= 0.0 or at >= self.created_at + self.processing_s:
+        if at < self.started_at:
+            return 0
+        if self.processing_s <= 0.0 or at >= self.started_at + self.processing_s:
             return total
-        share = (at - self.created_at) / self.processing_s
+        share = (at - self.started_at) / self.processing_s
         done = max(0, min(total, math.floor(share * total)))
         # Agree exactly with done_at, whatever the rounding.
         while done < total and self.done_at(done) <= at:
@@ -120,12 +127,12 @@ class Batch:
 
     def done_at(self, position: int) -> float:
         """When the request at ``position`` of the processing order is done."""
-        return self.created_at + self.processing_s * (position + 1) / len(self.items)
+        return self.started_at + self.processing_s * (position + 1) / len(self.items)
 
     def wave_starts_at(self, position: int) -> float:
         """When the wave of ``position`` starts: it reads the cache as it was then."""
         first = position // self.concurrency * self.concurrency
-        return self.created_at + self.processing_s * first / len(self.items)
+        return self.started_at + self.processing_s * first / len(self.items)
 
     def to_object(self, results_url: str | None) -> dict[str, Any]:
         """The ``MessageBatch`` object; ``results_url`` is given only once ended."""
@@ -189,9 +196,10 @@ class Batches:
             order=order,
             created_at=now,
             created_wall=self.wall_now(),
+            started_at=now + config.batch_start_s,
             processing_s=config.batch_processing_s,
             concurrency=config.batch_concurrency,
-            ends_at=now + config.batch_processing_s,
+            ends_at=now + config.batch_start_s + config.batch_processing_s,
         )
         self._batches[batch_id] = batch
         self._active.append(batch)

@@ -18,9 +18,13 @@ are the rest. Prefixes shorter than ``cache_min_tokens`` are neither read nor wr
 A write becomes readable when the writing request's answer is sent, not when the request
 arrives, so concurrent requests with the same prefix all miss. Every time is an event-loop
 clock reading passed in by the caller; entries live :data:`CACHE_TTL_5M_S` or
-:data:`CACHE_TTL_1H_S` after their last write or read. An entry remembers from when it is
-readable, so that a batch processed a little after the fact (see ``simulator.batches``)
-reads the cache as it was at the time it stands for.
+:data:`CACHE_TTL_1H_S` (times the cache's ``ttl_scale``, so tests can make an hour short)
+after their last write or read. An entry remembers from when it is readable, so that a batch
+processed a little after the fact (see ``simulator.batches``) reads the cache as it was at
+the time it stands for.
+
+TTLs may be mixed along a prompt only with the longer first, as Anthropic requires: a
+``"1h"`` breakpoint after a ``"5m"`` one is a 400.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from batchrun.simulator.tokens import compact_json, count_input_tokens
 CACHE_TTL_5M_S = 300.0
 CACHE_TTL_1H_S = 3600.0
 _TTLS_S = {"5m": CACHE_TTL_5M_S, "1h": CACHE_TTL_1H_S}
+ONE_HOUR = "1h"
 MAX_BREAKPOINTS = 4
 # Writes between two sweeps of long-dead entries.
 _SWEEP_EVERY_WRITES = 4096
@@ -46,12 +51,12 @@ class Breakpoint:
 
     key: bytes
     tokens: int
-    ttl_s: float
+    ttl: str  # "5m" or "1h"
 
     @property
     def one_hour(self) -> bool:
         """True for a ``"ttl": "1h"`` breakpoint."""
-        return self.ttl_s == CACHE_TTL_1H_S
+        return self.ttl == ONE_HOUR
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +137,16 @@ def read_breakpoints(params: Mapping[str, Any]) -> tuple[Breakpoint, ...] | str:
     model: str = params["model"]
     points: list[Breakpoint] = []
     for path, prefix, stripped in found:
-        ttl_s = _ttl_s(_closing_block(prefix), path)
-        if isinstance(ttl_s, str):
-            return ttl_s
+        ttl = _ttl(_closing_block(prefix), path)
+        if ttl not in _TTLS_S:
+            return ttl
+        if ttl == ONE_HOUR and any(not point.one_hour for point in points):
+            return (
+                f"{path}.cache_control.ttl: a '1h' cache_control block may not come after a "
+                "'5m' one; longer TTLs must come first (tools, then system, then messages)"
+            )
         digest = hashlib.sha256(f"{model}\0{compact_json(stripped)}".encode())
-        points.append(Breakpoint(digest.digest(), count_input_tokens(prefix), ttl_s))
+        points.append(Breakpoint(digest.digest(), count_input_tokens(prefix), ttl))
     return tuple(points)
 
 
@@ -156,7 +166,8 @@ def _marked(block: object) -> bool:
     return isinstance(block, Mapping) and "cache_control" in block
 
 
-def _ttl_s(block: Mapping[str, Any], path: str) -> float | str:
+def _ttl(block: Mapping[str, Any], path: str) -> str:
+    """The block's TTL ("5m" or "1h"), or what is wrong with its marker."""
     control = block["cache_control"]
     if not isinstance(control, Mapping):
         return f"{path}.cache_control: Input should be a valid dictionary"
@@ -165,7 +176,7 @@ def _ttl_s(block: Mapping[str, Any], path: str) -> float | str:
     ttl = control.get("ttl", "5m")
     if ttl not in _TTLS_S:
         return f"{path}.cache_control.ttl: Input should be '5m' or '1h'"
-    return _TTLS_S[ttl]
+    return str(ttl)
 
 
 def _strip(blocks: list[Any]) -> list[Any]:
@@ -209,16 +220,22 @@ class PromptCache:
 
     ``history_s`` is how far back in time a caller may still look up (the simulator's
     batch processing time): entries dead for longer than that are dropped now and then.
+    ``ttl_scale`` multiplies both lifetimes (1: Anthropic's 5 minutes and 1 hour).
     """
 
-    def __init__(self, *, min_tokens: int, history_s: float = 0.0) -> None:
+    def __init__(self, *, min_tokens: int, history_s: float = 0.0, ttl_scale: float = 1.0) -> None:
         self._min_tokens = min_tokens
         self._history_s = history_s + 1.0
+        self._lifetimes_s = {ttl: seconds * ttl_scale for ttl, seconds in _TTLS_S.items()}
         self._entries: dict[bytes, _Entry] = {}
         self._writes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def lifetime_s(self, point: Breakpoint) -> float:
+        """How long an entry of ``point`` lives after its last write or read, in seconds."""
+        return self._lifetimes_s[point.ttl]
 
     def clear(self) -> None:
         """Forget every entry."""
@@ -259,12 +276,12 @@ class PromptCache:
         if plan.read is not None:
             entry = self._entries.get(plan.read.key)
             if entry is not None:
-                entry.expires_at = max(entry.expires_at, at + plan.read.ttl_s)
+                entry.expires_at = max(entry.expires_at, at + self.lifetime_s(plan.read))
 
     def write(self, plan: CachePlan, at: float) -> None:
         """Store what ``plan`` writes, readable from loop time ``at`` (the answer's)."""
         for point in plan.writes:
-            expires_at = at + point.ttl_s
+            expires_at = at + self.lifetime_s(point)
             entry = self._entries.get(point.key)
             if entry is None or entry.expires_at <= at:
                 self._entries[point.key] = _Entry(at, expires_at)

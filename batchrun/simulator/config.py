@@ -143,13 +143,15 @@ class SimulatorConfig:
       ``Authorization: Bearer``). It is never shown by ``repr`` nor sent back.
     - ``log_size``: how many recent requests :class:`SimulatorStats` keeps;
       ``log_messages``: whether its entries keep the Message answered (streamed or not).
-    - Message Batches (``simulator.batches``): a batch ends ``batch_processing_s`` after its
-      creation, or ``batch_cancel_s`` after a cancel if that comes first; it processes its
-      requests ``batch_concurrency`` at a time; a share ``batch_expired_rate`` of its
-      requests ends ``expired``; a create with more than ``batch_max_requests`` requests is a
-      400, a body over ``batch_max_bytes`` a 413.
+    - Message Batches (``simulator.batches``): the provider starts a batch
+      ``batch_start_s`` after its creation (the wait in its queue) and ends it
+      ``batch_processing_s`` later, or ``batch_cancel_s`` after a cancel if that comes
+      first; it processes its requests ``batch_concurrency`` at a time, in parallel; a
+      share ``batch_expired_rate`` of its requests ends ``expired``; a create with more
+      than ``batch_max_requests`` requests is a 400, a body over ``batch_max_bytes`` a 413.
     - ``cache_min_tokens``: prompt-cache prefixes shorter than this are neither written nor
-      read (``simulator.caching``).
+      read (``simulator.caching``); ``cache_ttl_scale`` multiplies the cache's lifetimes
+      (5 minutes and 1 hour; tests make them seconds).
     - ``wall_clock``: the time of day for the batches' ``created_at`` and other timestamps
       (``None``: ``datetime.now(UTC)``); tests pass a fixed one. Every delay still runs on
       the event-loop clock.
@@ -171,12 +173,14 @@ class SimulatorConfig:
     idle_timeout_s: float | None = None
     stream_ping_interval_s: float = DEFAULT_STREAM_PING_INTERVAL_S
     batch_processing_s: float = DEFAULT_BATCH_PROCESSING_S
+    batch_start_s: float = 0.0
     batch_cancel_s: float = DEFAULT_BATCH_CANCEL_S
     batch_concurrency: int = DEFAULT_BATCH_CONCURRENCY
     batch_expired_rate: float = 0.0
     batch_max_requests: int = DEFAULT_BATCH_MAX_REQUESTS
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
     cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS
+    cache_ttl_scale: float = 1.0
     wall_clock: Callable[[], datetime] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -195,7 +199,7 @@ class SimulatorConfig:
             raise ValueError("SimulatorConfig.idle_timeout_s must be a positive number or None")
         if not (self.stream_ping_interval_s > 0 and math.isfinite(self.stream_ping_interval_s)):
             raise ValueError("SimulatorConfig.stream_ping_interval_s must be positive")
-        batch_delays = (self.batch_processing_s, self.batch_cancel_s)
+        batch_delays = (self.batch_processing_s, self.batch_start_s, self.batch_cancel_s)
         if any(not (value >= 0 and math.isfinite(value)) for value in batch_delays):
             raise ValueError("SimulatorConfig batch delays must be finite and not negative")
         if not 0.0 <= self.batch_expired_rate <= 1.0:
@@ -206,6 +210,8 @@ class SimulatorConfig:
                 raise ValueError(f"SimulatorConfig.{name} must be at least 1")
         if self.cache_min_tokens < 0:
             raise ValueError("SimulatorConfig.cache_min_tokens must not be negative")
+        if not (self.cache_ttl_scale > 0 and math.isfinite(self.cache_ttl_scale)):
+            raise ValueError("SimulatorConfig.cache_ttl_scale must be positive")
 
     def limits_for(self, model: str) -> ModelLimits | None:
         """The limits that apply to ``model``, or ``None`` when it is unlimited."""
@@ -243,10 +249,12 @@ class SimulatorConfig:
         log_size: int = DEFAULT_LOG_SIZE,
         log_messages: bool = False,
         batch_processing_s: float = DEFAULT_BATCH_PROCESSING_S,
+        batch_start_s: float = 0.0,
         batch_expired_rate: float = 0.0,
         batch_cancel_s: float = DEFAULT_BATCH_CANCEL_S,
         batch_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         cache_min_tokens: int = DEFAULT_CACHE_MIN_TOKENS,
+        cache_ttl_scale: float = 1.0,
     ) -> SimulatorConfig:
         """Build a config from flat command-line values; the limits apply to every model."""
         limits = ModelLimits(
@@ -275,8 +283,10 @@ class SimulatorConfig:
             log_size=log_size,
             log_messages=log_messages,
             batch_processing_s=batch_processing_s,
+            batch_start_s=batch_start_s,
             batch_expired_rate=batch_expired_rate,
             batch_cancel_s=batch_cancel_s,
             batch_concurrency=batch_concurrency,
             cache_min_tokens=cache_min_tokens,
+            cache_ttl_scale=cache_ttl_scale,
         )

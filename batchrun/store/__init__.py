@@ -15,12 +15,14 @@ when they were sent: the dashboard's and the report's), ``tallies`` (request tot
 ``batchrun report``), ``run_limits`` (the limits each run sent a batch under), ``repairs``
 (answers that did not match their schema: kept as the request goes back for a repair, read
 back to make it). Beside them:
-``batch_rows`` (writing a new batch), ``counters`` (each batch's requests per state, token
+``cache_warmth`` (the prompt-cache groups the batch lane keeps warm), ``batch_rows``
+(writing a new batch), ``counters`` (each batch's requests per state, token
 totals, reused results, first claim and last answer, kept by the statements that change
 them), ``breakdowns`` (a batch's counters per key: usage by model, error types, answers per
 endpoint, held requests per model), ``repair_counts`` (a batch's repair sends and their
 tokens), ``reuse`` (answers reused at
-submit, what a new request waits for, copies settled), ``database`` (engines, migrations,
+submit, what a new request waits for, copies settled), ``cache_ttl`` (the 1-hour TTL
+given to the prompt-cache groups of the batch lane), ``database`` (engines, migrations,
 and driver errors as messages), ``textsafe`` (text every column takes: lone surrogates and
 NULs made safe at the write boundary, and for the exports).
 May import: ``limits`` (bucket arithmetic), ``structured`` (reviewing a provider batch's

@@ -22,7 +22,14 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from batchrun.records import PLACEHOLDER_PREFIX, Lane, NewBatch, NewRequest, placeholder_custom_ids
+from batchrun.records import (
+    PLACEHOLDER_PREFIX,
+    CacheTtl,
+    Lane,
+    NewBatch,
+    NewRequest,
+    placeholder_custom_ids,
+)
 from batchrun.store import tables as t
 from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
 from batchrun.store.reuse import NewRequestPlan
@@ -62,7 +69,11 @@ def insert_batch(
     final = 0
     unnamed: list[tuple[int, int]] = []
     plan = NewRequestPlan(
-        batch.id, batch.created_at, reuse=batch.reuse, leaders_in_real_time=batch.lane == Lane.BATCH
+        batch.id,
+        batch.created_at,
+        reuse=batch.reuse,
+        leaders_in_real_time=batch.lane == Lane.BATCH,
+        one_hour_groups=batch.lane == Lane.BATCH and batch.cache_ttl == CacheTtl.AUTO,
     )
     changes = CounterChanges()
     with _ingest_page_cache(conn):

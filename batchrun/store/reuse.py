@@ -11,7 +11,10 @@ order, before the chunk is inserted (so that most rows are written once, as they
    line) is sent; the rest are its copies (``copy_of`` = ``wait_for`` = its id).
 3. Every submit: requests whose prompts share a ``cache_control`` prefix form a group; the
    first that is neither reused nor a copy leads, and the others wait for it
-   (``wait_for``). A group of one gets nothing.
+   (``wait_for``). A group of one gets nothing. In the batch lane the leader goes alone in
+   real time; with ``one_hour_groups`` (``--cache-ttl auto``) the leader's and the
+   followers' stored params get ``"ttl": "1h"`` on their breakpoints
+   (:mod:`batchrun.store.cache_ttl`), so the leader's write outlives the provider's wait.
 
 Whenever final results are stored (real time, a provider batch's import), call
 :func:`settle_copies` in the same transaction: the copies of requests that succeeded take
@@ -57,6 +60,7 @@ from sqlalchemy.sql import FromClause
 from batchrun.records import Lane, NewRequest
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches
+from batchrun.store.cache_ttl import with_one_hour_ttl
 from batchrun.store.counters import CounterChanges, counted_result_columns
 from batchrun.store.database import upsert_insert
 
@@ -196,7 +200,13 @@ class NewRequestPlan:
     """
 
     def __init__(
-        self, batch_id: str, now: datetime, *, reuse: bool, leaders_in_real_time: bool
+        self,
+        batch_id: str,
+        now: datetime,
+        *,
+        reuse: bool,
+        leaders_in_real_time: bool,
+        one_hour_groups: bool = False,
     ) -> None:
         self._batch_id = batch_id
         self._now = now
@@ -205,6 +215,8 @@ class NewRequestPlan:
         # the batch lane a leader's cache write would have expired before its followers ran.
         # So a leader goes alone in real time, and its followers then go in provider batches.
         self._leaders_in_real_time = leaders_in_real_time
+        # The group's write must also outlive the wait: the 1-hour TTL (store.cache_ttl).
+        self._one_hour = one_hour_groups and leaders_in_real_time
         self._leaders: dict[str, int] = {}
         self._led: set[int] = set()
         self._chunk = _Chunk()
@@ -243,10 +255,15 @@ class NewRequestPlan:
             if prefix is not None and self._wait(
                 row, prefix, self._leaders, plan.leaders, line, copy=False
             ):
+                if self._one_hour:
+                    row["params"] = with_one_hour_ttl(row["params"])
                 leader = self._leaders.get(prefix)
                 if leader is None:
-                    if self._leaders_in_real_time:
-                        row_at[plan.leaders[prefix]]["lane"] = Lane.REALTIME
+                    leader_row = row_at[plan.leaders[prefix]]
+                    if self._leaders_in_real_time and leader_row["lane"] != Lane.REALTIME:
+                        leader_row["lane"] = Lane.REALTIME
+                        if self._one_hour:
+                            leader_row["params"] = with_one_hour_ttl(leader_row["params"])
                 elif leader not in self._led:
                     self._led.add(leader)
                     plan.led_earlier.append(leader)
@@ -304,6 +321,8 @@ class NewRequestPlan:
             conn.execute(
                 update(t.requests).where(req.id.in_(plan.led_earlier)).values(lane=Lane.REALTIME)
             )
+            if self._one_hour:
+                _one_hour_leaders(conn, plan.led_earlier)
         reused = [(ids[line], cid, src) for line, cid, src in plan.reused]
         return self._copy_reused(conn, reused, changes)
 
@@ -357,6 +376,24 @@ class NewRequestPlan:
             conn.execute(update(t.requests).where(t.requests.c.id.in_(gone)).values(state=t.QUEUED))
             changes.moved(self._batch_id, t.SUCCEEDED, t.QUEUED, len(gone))
         return len(answered)
+
+
+def _one_hour_leaders(conn: Connection, leader_ids: Sequence[int]) -> None:
+    """Give the stored params of these leaders (of earlier chunks) the 1-hour TTL."""
+    req = t.requests.c
+    found = conn.execute(select(req.id, req.params).where(req.id.in_(leader_ids))).all()
+    changed = [
+        {"rid": request_id, "new_params": new}
+        for request_id, params in found
+        if (new := with_one_hour_ttl(params)) != params
+    ]
+    if changed:
+        conn.execute(
+            update(t.requests)
+            .where(req.id == bindparam("rid"))
+            .values(params=bindparam("new_params")),
+            changed,
+        )
 
 
 def _set_waits(conn: Connection, waits: Mapping[tuple[int, int | None], list[int]]) -> None:

@@ -5,9 +5,9 @@ statements of one job: ``store.batches`` (:mod:`batchrun.store.batches`),
 ``store.results`` (:mod:`batchrun.store.results`), ``store.repairs``, ``store.lifecycle``,
 ``store.leases``, ``store.lanes``, ``store.provider_batches``, ``store.health``, ``store.rates``,
 ``store.usage``, ``store.series``, ``store.tallies``, ``store.timelines``,
-``store.latencies`` and ``store.run_limits``. From a call site (a store's ``leases.renew``)
-you know which file to open. A section is built, and its module imported, the first time it is
-used, so a command loads only the statements it runs.
+``store.latencies``, ``store.run_limits`` and ``store.cache_warmth``. From a call site (a
+store's ``leases.renew``) you know which file to open. A section is built, and its module
+imported, the first time it is used, so a command loads only the statements it runs.
 
 Methods are synchronous and short; the dispatcher calls them from one worker thread (see
 :mod:`batchrun.dispatch.dbthread`) so the event loop never blocks on the database. Every method
@@ -29,6 +29,7 @@ from batchrun.store.database import (
 
 if TYPE_CHECKING:
     from batchrun.store.batches import Batches
+    from batchrun.store.cache_warmth import CacheWarmth
     from batchrun.store.health import Health
     from batchrun.store.lanes import Lanes
     from batchrun.store.latencies import Latencies
@@ -106,6 +107,13 @@ class Store:
         from batchrun.store.leases import Leases
 
         return Leases(self._engine)
+
+    @cached_property
+    def cache_warmth(self) -> CacheWarmth:
+        """The prompt-cache groups the batch lane keeps warm, and what that took."""
+        from batchrun.store.cache_warmth import CacheWarmth
+
+        return CacheWarmth(self._engine)
 
     @cached_property
     def lanes(self) -> Lanes:

@@ -683,3 +683,40 @@ batch_repairs = Table(
         )
     ),
 )
+# One row per prompt-cache group the batch lane keeps warm (batchrun.batch_lane.warmth):
+# while a provider batch holds the group's followers, a small real-time request re-reads the
+# leader's cache entry before it expires. Kept in the database, so a restarted run knows
+# when each entry was last warmed; the tokens are the refreshes' own (their overhead).
+cache_refreshes = Table(
+    "cache_refreshes",
+    metadata,
+    Column(
+        "leader_id",
+        _BigId,
+        ForeignKey("requests.id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="the group's leader: its params are what a refresh sends (max_tokens 1)",
+    ),
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("model", SafeString(200), nullable=False),
+    Column(
+        "warmed_at",
+        UtcDateTime,
+        nullable=True,
+        comment="the last refresh that read or wrote the entry (null: none did yet)",
+    ),
+    Column("refreshes", Integer, nullable=False, default=0, comment="refresh requests sent"),
+    Column("failed", Integer, nullable=False, default=0, comment="of which got no answer"),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("cache_creation_input_tokens", Integer, nullable=False, default=0),
+    Column("cache_read_input_tokens", Integer, nullable=False, default=0),
+    Column(
+        "leader_write_1h_tokens",
+        Integer,
+        nullable=False,
+        default=0,
+        comment="the leader's 1-hour cache write: its result counts it at the 5-minute price",
+    ),
+    Index(None, "batch_id"),
+)

@@ -71,8 +71,10 @@ class BatchApi:
     """An endpoint's server-side batch API (the batch lane): its style (a name in
     ``batchrun.transport.batch_api.BATCH_API_STYLES``), the path of its batches collection,
     the most requests and bytes one provider batch takes, the share of the list price it
-    bills, how long a batch typically takes (for planning and the auto lane), and the bounds
-    of one batch's results download (bytes and seconds, the whole download)."""
+    bills, how long a batch typically takes (for planning and the auto lane), the bounds
+    of one batch's results download (bytes and seconds, the whole download), and what the
+    provider's prompt-cache lifetimes are, as a share of Anthropic's 5 minutes and 1 hour
+    (``cache_ttl_scale``; a simulator run with ``--cache-ttl-scale`` sets it)."""
 
     style: str = "anthropic"
     path: str = ANTHROPIC_BATCH_PATH
@@ -82,6 +84,7 @@ class BatchApi:
     typical_s: float = DEFAULT_BATCH_TYPICAL_S
     results_max_bytes: int = DEFAULT_BATCH_RESULTS_MAX_BYTES
     results_max_s: float = DEFAULT_BATCH_RESULTS_MAX_S
+    cache_ttl_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class EndpointSettings:
     batch_typical_s: float | None = None
     batch_results_max_bytes: int | None = None
     batch_results_max_s: float | None = None
+    batch_cache_ttl_scale: float | None = None
     fields_set: frozenset[str] = frozenset()
 
 
@@ -490,6 +494,7 @@ def _batch_api(base: BatchApi | None, table: EndpointSettings) -> BatchApi | Non
         table.batch_typical_s,
         table.batch_results_max_bytes,
         table.batch_results_max_s,
+        table.batch_cache_ttl_scale,
     )
     if base is None:
         return None
@@ -504,6 +509,7 @@ def _batch_api(base: BatchApi | None, table: EndpointSettings) -> BatchApi | Non
         typical_s=table.batch_typical_s or base.typical_s,
         results_max_bytes=table.batch_results_max_bytes or base.results_max_bytes,
         results_max_s=table.batch_results_max_s or base.results_max_s,
+        cache_ttl_scale=table.batch_cache_ttl_scale or base.cache_ttl_scale,
     )
 
 

@@ -166,5 +166,5 @@ def test_status_and_exports_show_the_cache_hit_rate(
     assert rates == {"r0": 0.0, "r1": 1.0, "r2": 1.0, "r3": 1.0, "plain": None}
     table = invoke(cli, "results", batch_id, "--format", "csv").stdout
     header = next(csv.reader(io.StringIO(table)))
-    assert header[-3:] == ["reused", "reused_from", "cache_hit_rate"]
+    assert header[-4:] == ["reused", "reused_from", "cache_hit_rate", "cache_saved_usd"]
     assert sim.stats.received == 5

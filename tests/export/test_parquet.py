@@ -46,6 +46,7 @@ DUCKDB_TYPES = {
     "completed_at": "TIMESTAMP WITH TIME ZONE",
     "reused": "BOOLEAN",
     "cache_hit_rate": "DOUBLE",
+    "cache_saved_usd": "DOUBLE",
 }
 
 

@@ -631,6 +631,41 @@ async def test_a_batch_ends_and_is_billed_on_time_even_if_nobody_asks() -> None:
     assert app.stats.billed_total == 10
 
 
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_batch_waits_its_start_time_then_processes_and_ends_after_it() -> None:
+    app = create_app(config(batch_start_s=5.0, batch_processing_s=2.0))
+    async with simulator_client(app) as client:
+        batch = await create(client, requests_of(4))
+        await asyncio.sleep(4.9)
+        waiting = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+        await asyncio.sleep(2.0)
+        running = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+        await asyncio.sleep(0.2)
+        ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+    assert waiting["processing_status"] == running["processing_status"] == "in_progress"
+    assert app.stats.billed_total == 4
+    assert ended["processing_status"] == "ended"
+    assert ended["request_counts"]["succeeded"] == 4
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_batch_canceled_before_it_starts_ends_with_every_request_canceled() -> None:
+    app = create_app(config(batch_start_s=60.0, batch_cancel_s=0.5))
+    async with simulator_client(app) as client:
+        batch = await create(client, requests_of(3))
+        await asyncio.sleep(10.0)
+        await client.post(f"/v1/messages/batches/{batch['id']}/cancel")
+        await asyncio.sleep(0.5)
+        ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+        lines = await results(client, batch["id"])
+    assert ended["processing_status"] == "ended"
+    assert ended["request_counts"]["canceled"] == 3
+    assert {line["result"]["type"] for line in lines} == {"canceled"}
+    assert app.stats.billed_total == 0
+
+
 def test_the_fingerprint_is_the_sha256_of_the_params_without_stream() -> None:
     body = params("ünïcode", system="S")
     expected = hashlib.sha256(
@@ -736,6 +771,10 @@ def test_the_simulate_command_passes_its_batch_flags_to_the_server() -> None:
         "3",
         "--cache-min-tokens",
         "0",
+        "--batch-start-s",
+        "0.1",
+        "--cache-ttl-scale",
+        "0.01",
     ]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True

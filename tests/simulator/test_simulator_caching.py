@@ -333,3 +333,121 @@ def _message_shell() -> dict[str, Any]:
         "stop_reason": "end_turn",
         "stop_sequence": None,
     }
+
+
+# -- the cold batch: a provider that starts late, TTLs scaled down ----------------------------
+
+# Scaled lifetimes: 5 minutes → 3 s, 1 hour → 36 s.
+TTL_SCALE = 0.01
+
+
+async def _warm_then_batch(app: SimulatorApp, count: int, ttl: str | None) -> list[dict[str, Any]]:
+    """A real-time request writes the prefix, then a batch of ``count`` requests sharing it
+    is created at once; the usages of the batch's results."""
+    async with simulator_client(app) as client:
+        await usage_of(client, cached_params("the leader, in real time", ttl=ttl))
+        requests = [
+            {"custom_id": f"r{i}", "params": cached_params(f"q{i}", ttl=ttl)} for i in range(count)
+        ]
+        created = await client.post("/v1/messages/batches", json={"requests": requests})
+        await asyncio.sleep(app.config.batch_start_s + app.config.batch_processing_s)
+        response = await client.get(f"/v1/messages/batches/{created.json()['id']}/results")
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert {line["result"]["type"] for line in lines} == {"succeeded"}
+    return [line["result"]["message"]["usage"] for line in lines]
+
+
+def _cold_batch_config(**changes: Any) -> SimulatorConfig:
+    # The provider starts the batch 10 s (scaled: well past 5 minutes, within the hour)
+    # after its creation and runs its 400 requests in parallel, as of one processing time.
+    settings: dict[str, Any] = {
+        "batch_start_s": 10.0,
+        "batch_processing_s": 1.0,
+        "batch_concurrency": 1000,
+        "cache_ttl_scale": TTL_SCALE,
+    }
+    return SimulatorConfig(**(settings | changes))
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_batch_run_after_the_five_minute_entry_expired_reads_nothing() -> None:
+    app = create_app(_cold_batch_config())
+    usages = await _warm_then_batch(app, 400, ttl=None)
+    assert sum(usage["cache_read_input_tokens"] for usage in usages) == 0
+    # Every request of the parallel run writes the prefix again; none sees a sibling's write.
+    assert [usage["cache_creation_input_tokens"] for usage in usages] == [SYSTEM_TOKENS] * 400
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_one_hour_entry_written_before_the_wait_is_read_by_every_batch_request() -> None:
+    app = create_app(_cold_batch_config())
+    usages = await _warm_then_batch(app, 400, ttl="1h")
+    assert [usage["cache_read_input_tokens"] for usage in usages] == [SYSTEM_TOKENS] * 400
+    assert sum(usage["cache_creation_input_tokens"] for usage in usages) == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_batch_started_past_the_hour_reads_nothing_even_with_the_one_hour_ttl() -> None:
+    app = create_app(_cold_batch_config(batch_start_s=40.0))
+    usages = await _warm_then_batch(app, 20, ttl="1h")
+    assert sum(usage["cache_read_input_tokens"] for usage in usages) == 0
+    assert {usage["cache_creation"]["ephemeral_1h_input_tokens"] for usage in usages} == {
+        SYSTEM_TOKENS
+    }
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_the_ttl_scale_shortens_both_lifetimes() -> None:
+    app = create_app(SimulatorConfig(cache_ttl_scale=TTL_SCALE))
+    async with simulator_client(app) as client:
+        await usage_of(client, cached_params("write 5m"))
+        await usage_of(client, cached_params("write 1h", system=LONG_SYSTEM + "!", ttl="1h"))
+        await asyncio.sleep(2.9)
+        five_alive = await usage_of(client, cached_params("read 5m"))
+        await asyncio.sleep(3.1)
+        five_dead = await usage_of(client, cached_params("missed 5m", system="x" * 9000))
+        await asyncio.sleep(29.0)
+        hour_alive = await usage_of(
+            client, cached_params("read 1h", system=LONG_SYSTEM + "!", ttl="1h")
+        )
+        await asyncio.sleep(36.1)
+        hour_dead = await usage_of(
+            client, cached_params("miss 1h", system=LONG_SYSTEM + "!", ttl="1h")
+        )
+    assert five_alive["cache_read_input_tokens"] == SYSTEM_TOKENS
+    # Read at 2.9 s, so alive until 5.9 s; asked at 6.0 s.
+    assert five_dead["cache_read_input_tokens"] == 0
+    assert hour_alive["cache_read_input_tokens"] > 0
+    assert hour_dead["cache_read_input_tokens"] == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_one_hour_breakpoint_after_a_five_minute_one_is_a_400() -> None:
+    body = cached_params("q")
+    body["messages"] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "y" * 5000, "cache_control": {**EPHEMERAL, "ttl": "1h"}}
+            ],
+        }
+    ]
+    allowed = cached_params("q", ttl="1h")
+    allowed["messages"] = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "y" * 5000, "cache_control": EPHEMERAL}],
+        }
+    ]
+    async with simulator_client(create_app()) as client:
+        refused = await client.post("/v1/messages", json=body)
+        accepted = await client.post("/v1/messages", json=allowed)
+    assert refused.status_code == 400
+    message = refused.json()["error"]["message"]
+    assert "messages.0.content.0.cache_control.ttl" in message and "longer TTLs" in message
+    assert accepted.status_code == 200, accepted.text

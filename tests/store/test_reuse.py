@@ -4,6 +4,7 @@ submit (``--reuse``), duplicates waiting for their original, leaders and followe
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ def put(
     reuse: bool = False,
     lane: str = "realtime",
     now: datetime = NOW,
+    cache_ttl: str = "auto",
 ) -> str:
     return submit_requests(
         store,
@@ -47,6 +49,7 @@ def put(
         now=now,
         reuse=reuse,
         lane=lane,
+        cache_ttl=cache_ttl,
     )
 
 
@@ -395,3 +398,41 @@ def test_in_the_batch_lane_a_leader_goes_in_real_time_alone(
 
     lanes = {custom_id: row["lane"] for custom_id, row in requests_of(engine, batch_id).items()}
     assert lanes == {"lead": "realtime", "f1": "batch", "alone": "batch"}
+
+
+def stored_params(engine: Engine, batch_id: str) -> dict[str, Any]:
+    found = rows(engine, "SELECT custom_id, params FROM requests WHERE batch_id = :b", b=batch_id)
+    return {row["custom_id"]: json.loads(row["params"]) for row in found}
+
+
+@pytest.mark.parametrize("chunk_rows", [1000, 1])
+def test_in_the_batch_lane_a_groups_breakpoints_get_the_one_hour_ttl_and_nothing_else_changes(
+    store: Store, engine: Engine, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+) -> None:
+    monkeypatch.setattr(batch_rows, "INGEST_CHUNK_ROWS", chunk_rows)
+    other = [{**SYSTEM[0], "text": "Other rules."}]
+    tool = {"name": "t", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}
+    lines = [
+        cached("lead", "q0"),
+        cached("f1", "q1"),
+        cached("alone", "q2", other),
+        {**cached("tools", "q3"), "params": {**cached("tools", "q3")["params"], "tools": [tool]}},
+        {**cached("tools2", "q4"), "params": {**cached("tools2", "q4")["params"], "tools": [tool]}},
+    ]
+    written = {line["custom_id"]: line["params"] for line in lines}
+
+    auto = stored_params(engine, put(store, lines, lane="batch"))
+    keep = stored_params(engine, put(store, lines, lane="batch", cache_ttl="keep"))
+    realtime = stored_params(engine, put(store, lines))
+
+    assert keep == written and realtime == written
+    one_hour = {"type": "ephemeral", "ttl": "1h"}
+    # A group of one is sent as written; a group's leader and followers get "1h" on every
+    # breakpoint (a longer TTL may not follow a shorter one), and nothing else changes.
+    assert auto["alone"] == written["alone"]
+    for custom_id in ("lead", "f1", "tools", "tools2"):
+        expected = json.loads(json.dumps(written[custom_id]))
+        expected["system"][0]["cache_control"] = one_hour
+        for block in expected.get("tools", []):
+            block["cache_control"] = one_hour
+        assert auto[custom_id] == expected

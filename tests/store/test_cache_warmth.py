@@ -1,0 +1,88 @@
+"""The prompt-cache groups the batch lane keeps warm, in the store, on both backends: which
+groups a provider batch holds, when each entry was last warmed, and the refreshes' tokens
+(kept in the database, so a restarted run goes on where the last one stopped)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from batchrun.records import ProviderIntent, Usage
+from batchrun.store.store import Store
+from tests.store.test_reuse import NOW, answer, cached, put
+
+OTHER = [{"type": "text", "text": "Other rules. " * 20, "cache_control": {"type": "ephemeral"}}]
+
+
+def held_by_a_provider_batch(store: Store) -> tuple[str, int]:
+    """A batch-lane batch of two groups (and a request alone), its leaders answered, its
+    followers taken into a provider batch; (batch id, provider batch row id)."""
+    lines = [
+        cached("lead", "q0"),
+        cached("f1", "q1"),
+        cached("other-lead", "q2", OTHER),
+        cached("f2", "q3"),
+        cached("other-f1", "q4", OTHER),
+        cached("alone", "q5", [{**OTHER[0], "text": "Alone."}]),
+    ]
+    batch_id = put(store, lines, lane="batch")
+    assert sorted(answer(store, batch_id)) == ["lead", "other-lead"]
+    intent = store.provider_batches.take(
+        batch_id=batch_id, endpoint="simulator", max_requests=100, max_bytes=10**6, now=NOW
+    )
+    assert isinstance(intent, ProviderIntent)
+    return batch_id, intent.row_id
+
+
+def test_the_groups_a_provider_batch_holds_are_found_with_their_leaders_answer(
+    store: Store,
+) -> None:
+    batch_id, row_id = held_by_a_provider_batch(store)
+
+    groups = store.cache_warmth.held_groups([row_id])
+
+    assert [g.batch_id for g in groups] == [batch_id, batch_id]
+    assert [g.warm_since for g in groups] == [NOW, NOW]
+    assert [g.refreshes for g in groups] == [0, 0]
+    # The leaders' cache writes, as answer() records them (Usage(10, 5, 3, 7)).
+    assert [(g.leader_write_tokens, g.tracked) for g in groups] == [(3, False), (3, False)]
+    texts = [g.params_json for g in groups]
+    assert '"ttl":"1h"' in texts[0] and "Shared rules." in texts[0]
+    assert "Other rules." in texts[1]
+    assert store.cache_warmth.held_groups([]) == []
+    assert store.cache_warmth.held_groups([row_id + 1]) == []
+
+
+def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
+    db_url: str, store: Store
+) -> None:
+    _, row_id = held_by_a_provider_batch(store)
+    first, second = store.cache_warmth.held_groups([row_id])
+    later = NOW + timedelta(minutes=48)
+    store.cache_warmth.track(first, one_hour_write=True)
+    store.cache_warmth.track(first, one_hour_write=True)  # once only
+
+    assert store.cache_warmth.take_refresh(first, now=later)
+    # Another worker that read the group before the take does not take it again.
+    assert not store.cache_warmth.take_refresh(first, now=later)
+    store.cache_warmth.record_refresh(first, now=later, usage=Usage(12, 1, 0, 280))
+    (again, _) = store.cache_warmth.held_groups([row_id])
+    failed_at = later + timedelta(minutes=48)
+    assert store.cache_warmth.take_refresh(again, now=failed_at)
+    store.cache_warmth.record_refresh(again, now=failed_at, usage=None)
+    reopened = Store.open(db_url)
+    try:
+        found = reopened.cache_warmth.held_groups([row_id])
+        totals = reopened.cache_warmth.totals(first.batch_id)
+    finally:
+        reopened.close()
+
+    # The unanswered refresh counts as sent and failed, and puts the warm time back.
+    assert [g.warm_since for g in found] == [later, NOW]
+    assert [g.refreshes for g in found] == [2, 0]
+    assert [g.tracked for g in found] == [True, False]
+    (model,) = totals.models
+    assert (model.groups, model.refreshes, model.failed) == (1, 2, 1)
+    assert model.usage == Usage(12, 1, 0, 280)
+    assert model.leader_write_1h_tokens == 3
+    assert totals.refreshes == 2
+    assert second.leader_id != first.leader_id
