@@ -90,11 +90,16 @@ def submit_and_run(cli: CliRunner, tmp_path: Path, table: Path, template: str = 
         str(tmp_path / "schema.json"),
         "--endpoint",
         "simulator",
+        # No repairs: the answers that do not match stay as the model sent them, so the
+        # export's columns for them are seen.
+        "--repair",
+        "0",
     )
     assert submitted.exit_code == 0, submitted.output
     batch_id = submitted.stdout.strip()
     ran = invoke(cli, "run", batch_id)
-    assert ran.exit_code == 0, ran.output
+    # 3: some requests ended errored (invalid_output).
+    assert ran.exit_code in (0, 3), ran.output
     return batch_id
 
 
@@ -160,7 +165,7 @@ def test_joined_parquet_csv_and_json_lines_hold_every_row_in_input_order_with_ty
     for record in joined:
         expected = valid_answer(record["text"])
         source = flat_by_id[record["custom_id"]]
-        assert record["result_type"] == "succeeded"
+        assert record["result_type"] == ("errored" if expected is None else "succeeded")
         assert (record["text"], record["cost_usd"], record["output_tokens"]) == (
             source["text"],
             source["cost_usd"],
