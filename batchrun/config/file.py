@@ -109,7 +109,10 @@ def find_config_file(flag: Path | None, env: Mapping[str, str], cwd: Path) -> Pa
     if named := env.get(CONFIG_ENV, "").strip():
         return _must_exist(Path(named), CONFIG_ENV)
     if (cwd / LOCAL_CONFIG_NAME).is_file():
-        return Path(LOCAL_CONFIG_NAME)
+        # Named as the user sees it from here; from elsewhere (a Client given another
+        # ``cwd``) by its full path, which the process's own directory would not find.
+        here = Path.cwd().resolve() == cwd.resolve()
+        return Path(LOCAL_CONFIG_NAME) if here else cwd / LOCAL_CONFIG_NAME
     if (user_file := user_config_path(env)).is_file():
         return user_file
     return None

@@ -238,3 +238,19 @@ def test_import_batchrun_loads_no_heavy_module() -> None:
 
     assert json.loads(ran.stdout) == []
     assert asyncio.iscoroutinefunction(batchrun.Client.arun)
+
+
+def test_a_client_given_another_folder_reads_that_folders_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process is elsewhere: the folder's batchrun.toml must be found and read there.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "batchrun.toml").write_text(
+        '[endpoints.mine]\nbase_url = "http://127.0.0.1:9"\nauth = "none"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with batchrun.Client(f"sqlite:///{tmp_path / 'db.sqlite'}", env={}, cwd=project) as client:
+        assert client.endpoints().by_name["mine"].base_url == "http://127.0.0.1:9"
