@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import pandas as pd
@@ -53,7 +53,7 @@ TEMPLATE = {
 HEADER = ["ticket_id", "customer", "subject"]
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     billing = "billing"
     bug = "bug"
     account = "account"
