@@ -578,6 +578,13 @@ class ResultDetail:
     cost_factor: float | None = None
     # Where it was answered: realtime, or batch (a provider batch); None before lanes.
     lane: str | None = None
+    # The request's earlier answers that did not match its schema (``answer_turns``), paid
+    # and repaired since: their tokens per model, lane and share of the list price
+    # (``requests``: those that reported usage). Empty without repairs.
+    turns: tuple[ModelTokens, ...] = ()
+    # Repair sends answered for the request, as the batch's repair counters count them (its
+    # turns that answered one, and its result when it answered one).
+    repair_sends: int = 0
 
 
 # -- pools: several endpoints used as one ([pools.NAME] in the config file) -----------------

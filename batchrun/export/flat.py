@@ -9,10 +9,15 @@ whatever the batch size.
 - ``text``: the text blocks of the reply, joined with a newline;
 - ``tool_use``: the reply's tool_use blocks as ``[{"id", "name", "input"}]`` (in CSV, that
   list as JSON text);
-- ``cost_usd``: derived from the tokens and the price table, times the share of the list
-  price the result's lane bills (0 for a reused answer); empty (null) when the model has no
-  price; ``cost_usd_exact`` is the same amount as fixed-point decimal text (``0.00123400``),
-  and a decimal in Parquet, for sums that must not drift;
+- the token columns and ``cost_usd``: every answer the request paid for, its result and
+  the earlier answers that did not match its schema and were repaired (``answer_turns``,
+  :func:`paid_sends`), so that the rows add up to the batch's totals; each answer is priced
+  with its own model by the price table (:func:`~batchrun.config.prices.cost_of`), times
+  the share of the list price its lane billed (0 for a reused answer); ``cost_usd`` is empty
+  (null) when a model has no price; ``cost_usd_exact`` is the same amount as fixed-point
+  decimal text (``0.00123400``), and a decimal in Parquet, for sums that must not drift;
+- ``repair_sends``: the repair sends the request took (0 for none), as ``status`` counts
+  them; ``attempts`` counts them too;
 - ``model``: the model the response names, else the request's; null for an input line that
   named none (``submit --skip-invalid``);
 - ``reused``/``reused_from``: the answer is a stored one (``submit --reuse``, or a duplicate
@@ -41,9 +46,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import IO, Any
 
-from batchrun.config.prices import PriceTable, cache_saved_usd
+from batchrun.config.prices import PriceTable, cache_saved_usd, cost_of
 from batchrun.errors import DatabaseError
-from batchrun.records import ResultDetail, cache_hit_rate
+from batchrun.records import Lane, ModelTokens, ResultDetail, cache_hit_rate
 from batchrun.store.textsafe import safe_text, safe_value
 
 COLUMNS = (
@@ -62,6 +67,7 @@ COLUMNS = (
     "cost_usd",
     "cost_usd_exact",
     "attempts",
+    "repair_sends",
     "latency_ms",
     "http_status",
     "request_id",
@@ -77,6 +83,13 @@ COLUMNS = (
     "reused_from",
     "cache_hit_rate",
     "cache_saved_usd",
+)
+# The token columns: the sums of the result's usage and its earlier invalid answers'.
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
 )
 # The columns that hold times: datetimes in :func:`flat_values`, ISO 8601 text in
 # :func:`flat_records`.
@@ -130,24 +143,13 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
     exactly that many places). Each format spells them its own way."""
     for row in rows:
         text, tools = _reply(row)
+        sends = paid_sends(row)
+        tokens = _summed(sends)
         cost = saved = None
-        price = prices.price_for(row.model)
-        factor = 1.0 if row.cost_factor is None else row.cost_factor
-        if price is not None and row.input_tokens is not None:
-            saved = round(
-                cache_saved_usd(price, row.cache_read_input_tokens or 0, factor),
-                COST_USD_DECIMALS,
-            )
-            cost = round(
-                price.cost_usd(
-                    input_tokens=row.input_tokens or 0,
-                    output_tokens=row.output_tokens or 0,
-                    cache_creation_input_tokens=row.cache_creation_input_tokens or 0,
-                    cache_read_input_tokens=row.cache_read_input_tokens or 0,
-                )
-                * factor,
-                COST_USD_DECIMALS,
-            )
+        if sends:
+            total = cost_of(sends, prices)
+            cost = None if total.usd is None else round(total.usd, COST_USD_DECIMALS)
+            saved = _saved_usd(sends, prices)
         yield {
             "batch_id": row.batch_id,
             "custom_id": row.custom_id,
@@ -158,14 +160,12 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
             "stop_reason": row.stop_reason,
             "text": text,
             "tool_use": tools,
-            "input_tokens": row.input_tokens,
-            "output_tokens": row.output_tokens,
-            "cache_creation_input_tokens": row.cache_creation_input_tokens,
-            "cache_read_input_tokens": row.cache_read_input_tokens,
+            **tokens,
             "cost_usd": cost,
             # Through its repr: the float's shortest spelling is the rounded decimal.
             "cost_usd_exact": None if cost is None else Decimal(repr(cost)).quantize(_COST_QUANTUM),
             "attempts": row.attempts,
+            "repair_sends": row.repair_sends,
             "latency_ms": row.latency_ms,
             "http_status": row.http_status,
             "request_id": row.request_ref,
@@ -180,10 +180,50 @@ def flat_values(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[di
             "reused": row.reused_from is not None,
             "reused_from": row.reused_from,
             "cache_hit_rate": cache_hit_rate(
-                row.cache_read_input_tokens, row.cache_creation_input_tokens
+                tokens["cache_read_input_tokens"], tokens["cache_creation_input_tokens"]
             ),
-            "cache_saved_usd": saved,
+            "cache_saved_usd": None if saved is None else round(saved, COST_USD_DECIMALS),
         }
+
+
+def paid_sends(row: ResultDetail) -> list[ModelTokens]:
+    """The answers a row paid for, each with its model, lane and share of the list price:
+    its result (when it reports usage) and its earlier answers that did not match the
+    schema (``ResultDetail.turns``); empty when none reports usage."""
+    sends = list(row.turns)
+    if row.input_tokens is not None:
+        result = ModelTokens(
+            row.model or "",
+            1,
+            row.input_tokens or 0,
+            row.output_tokens or 0,
+            row.cache_creation_input_tokens or 0,
+            row.cache_read_input_tokens or 0,
+            lane=row.lane or Lane.REALTIME,
+            cost_factor=1.0 if row.cost_factor is None else row.cost_factor,
+        )
+        sends.insert(0, result)
+    return sends
+
+
+def _summed(sends: list[ModelTokens]) -> dict[str, int | None]:
+    """The token columns of these answers: their sums, null when none reports usage."""
+    return {
+        name: sum(getattr(send, name) for send in sends) if sends else None
+        for name in TOKEN_COLUMNS
+    }
+
+
+def _saved_usd(sends: list[ModelTokens], prices: PriceTable) -> float | None:
+    """What these answers' cache reads saved (each at its own price and share), None when
+    one's model has no price."""
+    saved = 0.0
+    for send in sends:
+        price = prices.price_for(send.model)
+        if price is None:
+            return None
+        saved += cache_saved_usd(price, send.cache_read_input_tokens, send.cost_factor)
+    return saved
 
 
 def flat_records(rows: Iterable[ResultDetail], prices: PriceTable) -> Iterator[dict[str, Any]]:

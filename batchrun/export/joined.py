@@ -5,9 +5,10 @@ The columns: the input columns unchanged (in the order first seen), then
 :data:`RESULT_COLUMNS` (``custom_id``, ``result_type``, ``error_type``, ``error_message``,
 ``text``, ``answer``: the parsed answer), then one column per top-level property of the
 answer schema, named :data:`ANSWER_PREFIX` + the property (``answer_category``), then
-:data:`USAGE_COLUMNS` (tokens and ``cost_usd``). A result column whose name an input column
-already has gets a ``_`` in front until it is unique (``text`` → ``_text``): input columns
-are never renamed.
+:data:`USAGE_COLUMNS` (tokens, ``cost_usd`` and ``repair_sends``: every answer the request
+paid for, its repaired invalid answers included, as the flat export counts them). A result
+column whose name an input column already has gets a ``_`` in front until it is unique
+(``text`` → ``_text``): input columns are never renamed.
 
 ``result_type`` is the request's end (``succeeded``, ``errored``, ``canceled``,
 ``expired``), null while it is not finished. The answer (and its columns) is set only for a
@@ -52,6 +53,7 @@ USAGE_COLUMNS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
     "cost_usd",
+    "repair_sends",
 )
 _FINAL_STATES = frozenset({"succeeded", "errored", "canceled", "expired"})
 INVALID_OUTPUT = "invalid_output"

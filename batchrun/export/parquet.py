@@ -77,6 +77,7 @@ def parquet_schema(pa: Any) -> Any:
         "cost_usd": pa.float64(),
         "cost_usd_exact": pa.decimal128(COST_USD_PRECISION, COST_USD_DECIMALS),
         "attempts": pa.int64(),
+        "repair_sends": pa.int64(),
         "latency_ms": pa.int64(),
         "http_status": pa.int64(),
         "created_at": pa.timestamp("us", tz="UTC"),

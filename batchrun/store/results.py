@@ -7,18 +7,29 @@ holds the one fact it keeps between groups (batches known to have no copies).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, Select, func, or_, select
+from sqlalchemy import Connection, Engine, Select, func, or_, select
 
-from batchrun.records import AnswerTurn, FinishedRequest, ResultDetail, ResultRow, RetryLater
+from batchrun.records import (
+    AnswerTurn,
+    FinishedRequest,
+    Lane,
+    ModelTokens,
+    ResultDetail,
+    ResultRow,
+    RetryLater,
+)
 from batchrun.store import tables as t
 from batchrun.store.base import Section
 from batchrun.store.recording import record_outcomes
+from batchrun.store.repair_counts import TOKENS
 
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
+_REALTIME = Lane.REALTIME.value
 
 
 class Results(Section):
@@ -90,13 +101,13 @@ class Results(Section):
         req = t.requests.c
         states = [only] if only else list(t.FINAL_STATES)
         statement = (
-            select(*_detail_columns())
+            select(*_detail_columns(), req.id, req.repairs)
             .select_from(_details_from())
             .where(req.batch_id == batch_id, req.state.in_(states))
             .order_by(req.line_no)
         )
-        for row in self._stream(statement):
-            yield ResultDetail(*tuple(row))
+        for detail, _ in self._stream_details(statement, extra=0):
+            yield detail
 
     def iter_joined(self, batch_id: str) -> Iterator[tuple[ResultDetail, str | None]]:
         """Every request of the batch, finished or not, with its result (if any) and the
@@ -104,7 +115,7 @@ class Results(Section):
         order, streamed (``results --with-input``)."""
         req, rows = t.requests.c, t.table_rows.c
         statement = (
-            select(*_detail_columns(), rows.data)
+            select(*_detail_columns(), req.id, req.repairs, rows.data)
             .select_from(
                 _details_from().outerjoin(
                     t.table_rows, (rows.batch_id == req.batch_id) & (rows.row_no == req.line_no)
@@ -113,9 +124,8 @@ class Results(Section):
             .where(req.batch_id == batch_id)
             .order_by(req.line_no)
         )
-        for row in self._stream(statement):
-            values = tuple(row)
-            yield ResultDetail(*values[:-1]), values[-1]
+        for detail, extra in self._stream_details(statement, extra=1):
+            yield detail, extra[0]
 
     def answer_params(self, batch_id: str) -> str | None:
         """The params (JSON) of the batch's first request that asks for a structured answer
@@ -132,14 +142,78 @@ class Results(Section):
             )
         return found
 
-    def _stream(self, statement: Select[Any]) -> Iterator[Row[Any]]:
+    def _stream_details(
+        self, statement: Select[Any], *, extra: int
+    ) -> Iterator[tuple[ResultDetail, tuple[Any, ...]]]:
+        """The rows of ``statement`` (the :class:`ResultDetail` columns, the request's id and
+        its ``repairs``, then ``extra`` more) as details with their turns and repair sends,
+        and the extra values; the turns are read per chunk of rows, for the chunk's requests
+        that have any (one grouped statement: :func:`_turns_of`)."""
+        width = len(_detail_columns())
         with (
             self._read() as conn,
             conn.execution_options(yield_per=_EXPORT_CHUNK_ROWS).execute(statement) as result,
         ):
             # The result is closed even when the reader stops early (Postgres: its cursor).
             for partition in result.partitions():
-                yield from partition
+                values = [tuple(row) for row in partition]
+                repaired = [row[width] for row in values if row[width + 1]]
+                turns = _turns_of(conn, repaired) if repaired else {}
+                for row in values:
+                    detail = ResultDetail(*row[:width])
+                    request_id, repairs = row[width], row[width + 1]
+                    if repairs:
+                        sent, tokens = turns.get(request_id, (0, ()))
+                        answered = (
+                            detail.state in (t.SUCCEEDED, t.ERRORED) and detail.reused_from is None
+                        )
+                        detail = replace(
+                            detail, turns=tokens, repair_sends=sent + (1 if answered else 0)
+                        )
+                    yield detail, row[width + 2 : width + 2 + extra]
+
+
+def _turns_of(
+    conn: Connection, request_ids: Sequence[int]
+) -> dict[int, tuple[int, tuple[ModelTokens, ...]]]:
+    """Per request, its ``answer_turns`` that answered a repair send, and their tokens per
+    model (the turn's, else the request's), lane and share of the list price, as the
+    batch's counters key them (``batchrun.store.repair_counts``)."""
+    a, req = t.answer_turns.c, t.requests.c
+    keys = (
+        a.request_id,
+        func.coalesce(a.model, req.model),
+        func.coalesce(a.lane, _REALTIME),
+        func.coalesce(a.cost_factor, 1.0),
+    )
+    rows = conn.execute(
+        select(
+            *keys,
+            func.sum(a.repair_send),
+            func.count(a.input_tokens),
+            *(func.coalesce(func.sum(a[name]), 0) for name in TOKENS),
+        )
+        .select_from(t.answer_turns.join(t.requests, req.id == a.request_id))
+        .where(a.request_id.in_(list(request_ids)))
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+    found: dict[int, tuple[int, tuple[ModelTokens, ...]]] = {}
+    for request_id, model, lane, factor, sent, priced, *tokens in rows:
+        before_sent, before = found.get(request_id, (0, ()))
+        tokens_in, tokens_out, writes, reads = (int(value) for value in tokens)
+        item = ModelTokens(
+            model,
+            int(priced),
+            tokens_in,
+            tokens_out,
+            writes,
+            reads,
+            lane=lane,
+            cost_factor=float(factor),
+        )
+        found[request_id] = (before_sent + int(sent or 0), (*before, item))
+    return found
 
 
 def _detail_columns() -> tuple[Any, ...]:
