@@ -101,15 +101,17 @@ class SnapshotCollector(Collector):
         )
         tokens = CounterMetricFamily(
             "batchrun_tokens_total",
-            "Tokens the stored results report, by kind: input, output, cache_creation_input "
-            "(cache writes), cache_read_input (cache reads).",
+            "Tokens the stored answers report (results, and the answers repaired since), by "
+            "kind: input, output, cache_creation_input (cache writes), cache_read_input "
+            "(cache reads).",
             labels=(*_KEY, "kind"),
             unit="tokens",
         )
         cost = CounterMetricFamily(
             "batchrun_cost_usd_total",
-            "What the stored results cost in USD at the configured prices (the batch lane at "
-            "its discount, reused answers at 0); results of unpriced models are left out.",
+            "What the stored answers cost in USD at the configured prices (repaired ones "
+            "included, the batch lane at its discount, reused answers at 0); answers of "
+            "unpriced models are left out.",
             labels=_KEY,
             unit="usd",
         )

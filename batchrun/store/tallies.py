@@ -101,7 +101,9 @@ class Tallies(Section):
         for batch_id, model, state, *numbers in unanswered:
             found[(batch_id, model, state)] = [int(value) for value in numbers]
         for item in usage:
-            key = (item.batch_id, item.requested_model or item.model, item.state or "")
+            if item.state is None:
+                continue  # the tokens of answers repaired since: no request of their own
+            key = (item.batch_id, item.requested_model or item.model, item.state)
             totals = found.setdefault(key, [0, 0, 0])
             totals[0] += item.answers
             totals[1] += item.sends

@@ -148,6 +148,7 @@ def test_joined_parquet_csv_and_json_lines_hold_every_row_in_input_order_with_ty
         "cache_creation_input_tokens",
         "cache_read_input_tokens",
         "cost_usd",
+        "repair_sends",
     ]
     assert schema.field("answer_category").type == pa.string()
     assert schema.field("answer_priority").type == pa.int64()
@@ -156,6 +157,7 @@ def test_joined_parquet_csv_and_json_lines_hold_every_row_in_input_order_with_ty
         [pa.field("channel", pa.string()), pa.field("score", pa.float64())]
     )
     assert schema.field("cost_usd").type == pa.float64()
+    assert schema.field("repair_sends").type == pa.int64()
     assert schema.field("ticket_id").type == pa.string()  # a CSV's cells are text, unchanged
     joined = table.to_pylist()
     assert [{c: r[c] for c in HEADER} for r in joined] == rows

@@ -39,6 +39,7 @@ DUCKDB_TYPES = {
     "cost_usd": "DOUBLE",
     "cost_usd_exact": "DECIMAL(18,8)",
     "attempts": "BIGINT",
+    "repair_sends": "BIGINT",
     "latency_ms": "BIGINT",
     "http_status": "BIGINT",
     "created_at": "TIMESTAMP WITH TIME ZONE",

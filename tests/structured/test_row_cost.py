@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 import batchrun
+from batchrun.ops.views.metrics import MetricsGatherer
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
 from batchrun.store import tables as t
 from batchrun.store.store import Store
@@ -151,6 +152,17 @@ def test_joined_and_flat_rows_count_the_repaired_answers_and_sum_to_the_status_c
             assert record[name] == sum(paid)
     assert [r["cost_usd"] for r in flat] == [r["cost_usd"] for r in joined]
     assert [r["repair_sends"] for r in flat] == [r["repair_sends"] for r in joined]
+
+    # /metrics counts the repaired answers too: its tokens and cost are the status's, and it
+    # counts each request once.
+    status = client.status(batch.id)
+    snapshot = MetricsGatherer(store, prices=client.prices()).gather(now_unix_s=0.0)
+    (model,) = snapshot.models
+    assert model.cost_usd == pytest.approx(status.cost_usd, rel=1e-9)
+    for name in TOKENS:
+        assert getattr(model.tokens, name) == getattr(status.usage, name)
+    assert sum(item.count for item in snapshot.requests) == len(texts)
+    assert {item.state for item in snapshot.requests} == {"succeeded", "errored"}
 
 
 def test_in_the_batch_lane_a_row_pays_its_broken_answer_at_the_discount_and_its_repair_in_full(

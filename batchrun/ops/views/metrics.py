@@ -17,10 +17,13 @@ from:
 - **sends**: the sum of the requests' ``attempts`` (a send, not a claim, counts one; an
   answer reused at submit counts none; a final request's result row keeps the same number,
   and is where it is read). **retries**: the sends beyond each request's first.
-- **tokens** by kind and **cost**: the usage each answer keeps (``results``), read by the
-  one statement ``status`` reads it with too (:func:`batchrun.store.usage.read_usage`, per
-  requested model here) (answers reused from the database included, at their cost factor of
-  0); cost is :func:`~batchrun.config.prices.cost_of` that usage with the prices given,
+- **tokens** by kind and **cost**: the usage each answer keeps (``results``, and
+  ``answer_turns``: the answers that did not match their schema and were repaired, paid
+  too), read by the one statement ``status`` reads it with too
+  (:func:`batchrun.store.usage.read_usage`, per requested model here) (answers reused from
+  the database included, at their cost factor of 0); cost is
+  :func:`~batchrun.config.prices.cost_of` that usage
+  (:func:`~batchrun.store.usage.priced`) with the prices given,
   per the model the answer names and the lane's share of the list price. Results whose model
   has no price are counted apart: their cost is unknown, not 0.
 - **rate-limit utilisation**: the ``rate_buckets`` the workers share (see
@@ -366,6 +369,8 @@ def _model_totals(
     prices: PriceTable,
     label: Callable[[str], str],
 ) -> tuple[ModelTotals, ...]:
+    from batchrun.store.usage import priced
+
     grouped: dict[tuple[str, str], list[RequestTally]] = {}
     for tally in tallies:
         grouped.setdefault((tally.endpoint, label(tally.item.model)), []).append(tally.item)
@@ -379,7 +384,7 @@ def _model_totals(
         mine = usages.get((endpoint, model), [])
         # Priced as the answer names its model (status does the same), counted under the
         # request's, so every metric of a request has the same labels.
-        cost = cost_of((usage.tokens() for usage in mine if usage.with_usage), prices)
+        cost = cost_of(priced(mine), prices)  # repaired answers' tokens included
         totals.append(
             ModelTotals(
                 endpoint=endpoint,
