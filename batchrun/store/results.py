@@ -11,13 +11,11 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, func, or_, select
+from sqlalchemy import Engine, Select, func, or_, select
 
 from batchrun.records import (
     AnswerTurn,
     FinishedRequest,
-    Lane,
-    ModelTokens,
     ResultDetail,
     ResultRow,
     RetryLater,
@@ -25,11 +23,10 @@ from batchrun.records import (
 from batchrun.store import tables as t
 from batchrun.store.base import Section
 from batchrun.store.recording import record_outcomes
-from batchrun.store.repair_counts import TOKENS
+from batchrun.store.usage import read_request_turns
 
 # Rows fetched per round trip while exporting.
 _EXPORT_CHUNK_ROWS = 1000
-_REALTIME = Lane.REALTIME.value
 
 
 class Results(Section):
@@ -148,7 +145,8 @@ class Results(Section):
         """The rows of ``statement`` (the :class:`ResultDetail` columns, the request's id and
         its ``repairs``, then ``extra`` more) as details with their turns and repair sends,
         and the extra values; the turns are read per chunk of rows, for the chunk's requests
-        that have any (one grouped statement: :func:`_turns_of`)."""
+        that have any (one grouped statement:
+        :func:`~batchrun.store.usage.read_request_turns`)."""
         width = len(_detail_columns())
         with (
             self._read() as conn,
@@ -158,7 +156,7 @@ class Results(Section):
             for partition in result.partitions():
                 values = [tuple(row) for row in partition]
                 repaired = [row[width] for row in values if row[width + 1]]
-                turns = _turns_of(conn, repaired) if repaired else {}
+                turns = read_request_turns(conn, repaired) if repaired else {}
                 for row in values:
                     detail = ResultDetail(*row[:width])
                     request_id, repairs = row[width], row[width + 1]
@@ -171,49 +169,6 @@ class Results(Section):
                             detail, turns=tokens, repair_sends=sent + (1 if answered else 0)
                         )
                     yield detail, row[width + 2 : width + 2 + extra]
-
-
-def _turns_of(
-    conn: Connection, request_ids: Sequence[int]
-) -> dict[int, tuple[int, tuple[ModelTokens, ...]]]:
-    """Per request, its ``answer_turns`` that answered a repair send, and their tokens per
-    model (the turn's, else the request's), lane and share of the list price, as the
-    batch's counters key them (``batchrun.store.repair_counts``)."""
-    a, req = t.answer_turns.c, t.requests.c
-    keys = (
-        a.request_id,
-        func.coalesce(a.model, req.model),
-        func.coalesce(a.lane, _REALTIME),
-        func.coalesce(a.cost_factor, 1.0),
-    )
-    rows = conn.execute(
-        select(
-            *keys,
-            func.sum(a.repair_send),
-            func.count(a.input_tokens),
-            *(func.coalesce(func.sum(a[name]), 0) for name in TOKENS),
-        )
-        .select_from(t.answer_turns.join(t.requests, req.id == a.request_id))
-        .where(a.request_id.in_(list(request_ids)))
-        .group_by(*keys)
-        .order_by(*keys)
-    )
-    found: dict[int, tuple[int, tuple[ModelTokens, ...]]] = {}
-    for request_id, model, lane, factor, sent, priced, *tokens in rows:
-        before_sent, before = found.get(request_id, (0, ()))
-        tokens_in, tokens_out, writes, reads = (int(value) for value in tokens)
-        item = ModelTokens(
-            model,
-            int(priced),
-            tokens_in,
-            tokens_out,
-            writes,
-            reads,
-            lane=lane,
-            cost_factor=float(factor),
-        )
-        found[request_id] = (before_sent + int(sent or 0), (*before, item))
-    return found
 
 
 def _detail_columns() -> tuple[Any, ...]:

@@ -11,7 +11,8 @@ tests hold equal to what :func:`priced` gives of this statement.
 
 An answer is a succeeded or errored result; the tokens of the answers that did not match
 their schema (``answer_turns``, their requests repaired since) are added to the groups
-(:func:`read_turn_usage`), so the totals are the counters'. An answer's model is the one it
+(:func:`read_turn_usage`), so the totals are the counters'; per request, for the exports'
+rows, by :func:`read_request_turns`. An answer's model is the one it
 names, else the request's (looked up only for an answer that names none: no join with the
 requests, which on a large batch would be most of the time).
 """
@@ -300,6 +301,51 @@ _TOKEN_NAMES = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
 )
+
+
+def read_request_turns(
+    conn: Connection, request_ids: Sequence[int]
+) -> dict[int, tuple[int, tuple[ModelTokens, ...]]]:
+    """Per request (of these, which have turns), its answers that did not match their schema
+    (``answer_turns``): how many answered a repair send, and their tokens per model (the
+    turn's, else the request's), lane and share of the list price, as the batch's counters
+    key them (``batchrun.store.repair_counts``); one grouped statement. The exports add them
+    to each row (``ResultDetail.turns``)."""
+    a, req = t.answer_turns.c, t.requests.c
+    keys = (
+        a.request_id,
+        func.coalesce(a.model, req.model),
+        func.coalesce(a.lane, Lane.REALTIME),
+        func.coalesce(a.cost_factor, 1.0),
+    )
+    rows = conn.execute(
+        select(
+            *keys,
+            func.sum(a.repair_send),
+            func.count(a.input_tokens),
+            *(func.coalesce(func.sum(a[name]), 0) for name in _TOKEN_NAMES),
+        )
+        .select_from(t.answer_turns.join(t.requests, req.id == a.request_id))
+        .where(a.request_id.in_(list(request_ids)))
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+    found: dict[int, tuple[int, tuple[ModelTokens, ...]]] = {}
+    for request_id, model, lane, factor, sent, with_usage, *tokens in rows:
+        before_sent, before = found.get(request_id, (0, ()))
+        tokens_in, tokens_out, writes, reads = (int(value) for value in tokens)
+        item = ModelTokens(
+            model,
+            int(with_usage),
+            tokens_in,
+            tokens_out,
+            writes,
+            reads,
+            lane=lane,
+            cost_factor=float(factor),
+        )
+        found[request_id] = (before_sent + int(sent or 0), (*before, item))
+    return found
 
 
 def _with_turns(found: list[Usage], turns: list[Usage]) -> list[Usage]:
