@@ -165,6 +165,11 @@ def test_300_rows_with_a_fifth_invalid_end_valid_after_repairs_and_join_back_typ
             assert (record["result_type"], record["error_type"]) == ("errored", "invalid_output")
             assert record["answer"] is None and record["answer_priority"] is None
     assert succeeded >= 0.98 * ROWS
+    # Each row's cost counts its repaired answers: the rows add up to the batch's cost.
+    status = client.status(batch.id)
+    assert sum(joined.column("cost_usd").to_pylist()) == pytest.approx(status.cost_usd, rel=1e-9)
+    assert sum(joined.column("input_tokens").to_pylist()) == status.usage.input_tokens
+    assert sum(joined.column("repair_sends").to_pylist()) == repairs
     assert invalid == ROWS - succeeded == kept
     # A fifth invalid, then a fifth of the repairs: about 1.24 sends a row.
     assert repairs > 0
