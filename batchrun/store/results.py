@@ -13,13 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, func, or_, select
 
-from batchrun.records import (
-    AnswerTurn,
-    FinishedRequest,
-    ResultDetail,
-    ResultRow,
-    RetryLater,
-)
+from batchrun.records import AnswerTurn, FinishedRequest, ResultDetail, ResultRow, RetryLater
 from batchrun.store import tables as t
 from batchrun.store.base import Section
 from batchrun.store.recording import record_outcomes
@@ -94,7 +88,8 @@ class Results(Section):
 
     def iter_details(self, batch_id: str, only: str | None = None) -> Iterator[ResultDetail]:
         """Every finished request of the batch (or only those that ended ``only``) with its
-        result, usage and times, in input order, streamed."""
+        result, usage and times, the usage of its answers repaired since and its repair sends
+        (``ResultDetail.turns``, ``repair_sends``), in input order, streamed."""
         req = t.requests.c
         states = [only] if only else list(t.FINAL_STATES)
         statement = (
@@ -107,7 +102,8 @@ class Results(Section):
             yield detail
 
     def iter_joined(self, batch_id: str) -> Iterator[tuple[ResultDetail, str | None]]:
-        """Every request of the batch, finished or not, with its result (if any) and the
+        """Every request of the batch, finished or not, with its result (if any; its turns
+        and repair sends as in :meth:`iter_details`) and the
         JSON of the table row it was rendered from (None: no row kept for it), in input
         order, streamed (``results --with-input``)."""
         req, rows = t.requests.c, t.table_rows.c
