@@ -371,6 +371,8 @@ requests = Table(
     Index(None, "batch_id", "line_no"),
     Index(None, "batch_id", "state"),
     Index(None, "state", "batch_id", "id"),
+    # Filling a provider batch reads a batch's queued requests by prompt-cache group.
+    Index(None, "batch_id", "state", "wait_for", "id"),
     Index(None, "params_digest"),
     Index(None, "provider_batch", "custom_id"),
     Index(None, "copy_of"),

@@ -4,6 +4,7 @@ groups a provider batch holds, when each entry was last warmed, and the refreshe
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 from batchrun.records import ProviderIntent, Usage
@@ -86,3 +87,34 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     assert model.leader_write_1h_tokens == 3
     assert totals.refreshes == 2
     assert second.leader_id != first.leader_id
+
+
+def test_provider_batches_take_a_groups_followers_together_then_the_others_in_line_order(
+    store: Store,
+) -> None:
+    # Lines interleave the groups: in line order, every provider batch of two would hold
+    # followers of both groups.
+    lines = [
+        cached("lead", "q0"),
+        cached("other-lead", "q1", OTHER),
+        cached("alone", "q2", [{**OTHER[0], "text": "Alone."}]),
+        cached("f1", "q3"),
+        cached("other-f1", "q4", OTHER),
+        cached("f2", "q5"),
+        cached("other-f2", "q6", OTHER),
+        cached("f3", "q7"),
+    ]
+    batch_id = put(store, lines, lane="batch")
+    assert sorted(answer(store, batch_id)) == ["lead", "other-lead"]
+
+    taken: list[list[str]] = []
+    while True:
+        intent = store.provider_batches.take(
+            batch_id=batch_id, endpoint="simulator", max_requests=2, max_bytes=10**6, now=NOW
+        )
+        if intent is None:
+            break
+        assert isinstance(intent, ProviderIntent)
+        taken.append([json.loads(line)["custom_id"] for line in intent.lines])
+
+    assert taken == [["f1", "f2"], ["f3", "other-f1"], ["other-f2", "alone"]]
