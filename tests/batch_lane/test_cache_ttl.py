@@ -120,18 +120,21 @@ def run_batch_lane(
     lines: list[dict[str, Any]],
     *args: str,
     endpoint: dict[str, object] | None = None,
+    lane: str = "batch",
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """Submit ``lines`` on the batch lane (``args``: more submit options; ``endpoint``: more
-    keys of the endpoint's table) and run them to the end; (batch id, flat export, status)."""
+    """Submit ``lines`` on ``lane`` (``args``: more submit options; ``endpoint``: more keys
+    of the endpoint's table) and run them to the end; (batch id, flat export, status)."""
     path = tmp_path / "requests.jsonl"
     path.write_bytes(jsonl(lines))
     with running_simulator(app=app) as url:
         configure(tmp_path, url, **(endpoint or {}))
-        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", "batch", *args)
+        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", lane, *args)
         assert submitted.exit_code == 0, submitted.output
         batch_id = submitted.stdout.strip()
         ran = invoke(cli, "run", batch_id, "--poll-interval", "0.2s")
         assert ran.exit_code == 0, ran.output
+        if lane == "auto":
+            assert "queued requests go to the batch lane until" in ran.stderr
         return batch_id, flat(cli, batch_id), status(cli, batch_id)
 
 
@@ -236,6 +239,50 @@ def stored_marker(db_url: str, batch_id: str) -> set[str]:
     finally:
         engine.dispose()
     return {json.dumps(json.loads(p)["system"][0]["cache_control"]) for (p,) in found}
+
+
+@pytest.mark.parametrize("policy", ["auto", "keep"])
+def test_the_auto_lane_applies_the_policy_when_it_chooses_the_batch_lane(
+    cli: CliRunner, tmp_path: Path, policy: str
+) -> None:
+    # A far deadline against a typical hour: auto chooses the batch lane at run time, after
+    # the bodies were stored as written.
+    app = simulator()
+    lines = group_lines(60)
+    _, records, _ = run_batch_lane(
+        cli,
+        tmp_path,
+        app,
+        lines,
+        "--expires-in",
+        "24h",
+        "--cache-ttl",
+        policy,
+        endpoint={"batch_typical_s": 3600},
+        lane="auto",
+    )
+
+    assert {r["status"] for r in records} == {"succeeded"} and len(records) == 60
+    assert [r["lane"] for r in records].count("realtime") == 1
+    sent = app.sent_params()
+    assert len(sent) == 60 and app.stats.paid_twice == 0 and app.stats.billed_total == 60
+    by_id = {line["custom_id"]: line["params"] for line in lines}
+    if policy == "keep":
+        # Nothing about the requests changed: the cold batch.
+        assert all(
+            params == by_id["r0" if key.startswith("realtime:") else key]
+            for key, params in sent.items()
+        )
+        assert prefix_tokens_read_share(records, "batch") == 0.0
+        return
+    # As with --lane batch: only the markers changed, to "1h", the leader's included, and
+    # every follower read the leader's write.
+    one_hour = {"type": "ephemeral", "ttl": "1h"}
+    for key, params in sent.items():
+        original = by_id["r0" if key.startswith("realtime:") else key]
+        original["system"][0]["cache_control"] = one_hour
+        assert params == original
+    assert prefix_tokens_read_share(records, "batch") == 1.0
 
 
 def test_the_config_files_cache_ttl_is_the_default_and_the_flag_wins(
