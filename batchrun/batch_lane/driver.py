@@ -219,7 +219,13 @@ class LaneDriver:
         """Refresh the 1-hour cache entries of the groups that created provider batches hold
         and that are due; seconds until the next is due (None: none is held)."""
         rows = await self._db.provider_batches_of(batch_ids, open_only=True)
-        live = [row.id for row in rows if row.state == "created" and row.id not in self._cut_off]
+        # A provider batch that ended needs its groups no more (its results are in, to
+        # import): a group is refreshed only while one of its provider batches runs.
+        live = [
+            row.id
+            for row in rows
+            if row.state == "created" and row.ended_at is None and row.id not in self._cut_off
+        ]
         if not live:
             return None
         waits: list[float] = []

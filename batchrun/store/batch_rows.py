@@ -63,6 +63,7 @@ def insert_batch(
             lane=batch.lane,
             owner=batch.owner,
             repair_limit=batch.repair_limit,
+            cache_ttl=batch.cache_ttl,
         )
     )
     count = 0

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
-from batchrun.records import Lane
+from batchrun.records import CacheTtl, Lane
 from batchrun.store import tables as t
 from batchrun.store.base import Section
+from batchrun.store.cache_ttl import with_one_hour_ttl
+
+# Requests whose stored params are rewritten per statement.
+_REWRITE_CHUNK_ROWS = 2000
 
 
 class Lanes(Section):
@@ -18,7 +22,9 @@ class Lanes(Section):
     def set_queued(self, batch_id: str, lane: str) -> int:
         """Send the batch's queued requests to ``lane`` from now on (the auto lane's choice);
         returns how many. A prompt-cache group's first request, and a request waiting for a
-        repair, keep real time; held requests (no price for a budget) stay held."""
+        repair, keep real time; held requests (no price for a budget) stay held. Moving to
+        the batch lane applies the batch's cache TTL policy to its groups in the same
+        transaction (:func:`one_hour_groups`)."""
         req = t.requests.c
         with self._write() as conn:
             leaders = select(req.wait_for).where(
@@ -36,7 +42,10 @@ class Lanes(Section):
                 statement = statement.where(
                     req.id.not_in(leaders.scalar_subquery()), req.repairs == 0
                 )
-            return int(conn.execute(statement.values(lane=lane)).rowcount)
+            moved = int(conn.execute(statement.values(lane=lane)).rowcount)
+            if lane == Lane.BATCH and moved:
+                one_hour_groups(conn, batch_id)
+            return moved
 
     def set_batch(self, batch_id: str, lane: str) -> None:
         """Store the batch's lane choice (realtime, batch or auto)."""
@@ -86,3 +95,57 @@ class Lanes(Section):
             key = t.PROVIDER if state == t.PROVIDER else lane
             found[batch_id][key] = found[batch_id].get(key, 0) + int(count)
         return found
+
+
+def one_hour_groups(conn: Connection, batch_id: str) -> int:
+    """With the batch's cache TTL policy ``auto``: give the 1-hour TTL
+    (:mod:`batchrun.store.cache_ttl`) to the stored params of each prompt-cache group whose
+    leader is still queued (not sent: its write is still to come) and whose followers the
+    batch lane now holds, the leader's and its queued batch-lane followers', as submit does
+    for ``--lane batch``. A group whose leader was sent keeps its TTL: its entry is written.
+    Returns how many requests changed; with ``keep``, none."""
+    policy = conn.execute(
+        select(t.batches.c.cache_ttl).where(t.batches.c.id == batch_id)
+    ).scalar_one_or_none()
+    if policy != CacheTtl.AUTO:
+        return 0
+    req = t.requests.c
+    follower = t.requests.alias("follower")
+    leaders = (
+        select(req.id)
+        .where(
+            req.batch_id == batch_id,
+            req.state == t.QUEUED,
+            req.id.in_(
+                select(follower.c.wait_for).where(
+                    follower.c.batch_id == batch_id,
+                    follower.c.state == t.QUEUED,
+                    follower.c.lane == Lane.BATCH,
+                    follower.c.wait_for.is_not(None),
+                    follower.c.copy_of.is_(None),
+                )
+            ),
+        )
+        .scalar_subquery()
+    )
+    rows = conn.execute(
+        select(req.id, req.params).where(
+            req.batch_id == batch_id,
+            req.state == t.QUEUED,
+            req.copy_of.is_(None),
+            or_(req.id.in_(leaders), and_(req.lane == Lane.BATCH, req.wait_for.in_(leaders))),
+        )
+    ).all()
+    changed = [
+        {"rid": request_id, "new_params": new}
+        for request_id, params in rows
+        if (new := with_one_hour_ttl(params)) != params
+    ]
+    for start in range(0, len(changed), _REWRITE_CHUNK_ROWS):
+        conn.execute(
+            update(t.requests)
+            .where(req.id == bindparam("rid"))
+            .values(params=bindparam("new_params")),
+            changed[start : start + _REWRITE_CHUNK_ROWS],
+        )
+    return len(changed)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, literal, or_, select, update
+from sqlalchemy import Connection, bindparam, insert, literal, or_, select, tuple_, update
 
 from batchrun.records import (
     BudgetStop,
@@ -67,7 +67,8 @@ class ProviderBatches(Section):
         max_cost_usd: float | None = None,
         worst_cost_usd: Callable[[str, int, int], float] | None = None,
     ) -> ProviderIntent | BudgetStop | None:
-        """Move the batch's ready batch-lane requests (in input order, up to ``max_requests``
+        """Move the batch's ready batch-lane requests (a prompt-cache group's together, in
+        group then input order, then the others in input order; up to ``max_requests``
         and a create body of ``max_bytes``) into a new provider batch in state ``intent``, in
         one transaction; returns them with their body lines, or None if none is ready.
         Safe against other workers (FOR UPDATE SKIP LOCKED on Postgres). ``make_line``
@@ -76,38 +77,59 @@ class ProviderBatches(Section):
         ``worst_cost_usd(model, input estimate, max_tokens)`` (a budget); BudgetStop when
         not even the first ready request fits."""
         req = t.requests.c
+        ready = (
+            req.batch_id == batch_id,
+            req.state == t.QUEUED,
+            req.lane == Lane.BATCH,
+            not_waiting(),
+        )
+        columns = (
+            req.id,
+            req.custom_id,
+            req.params,
+            req.model,
+            req.estimated_input_tokens,
+            req.max_tokens,
+            req.wait_for,
+        )
         with self._write() as conn:
             chosen: list[int] = []
             lines: list[bytes] = []
             size = _BODY_OVERHEAD_BYTES
             worst_usd = 0.0
-            last_id = 0
-            full = False
             stopped_at: float | None = None
+            # Grouped requests first, by group (the leader they wait for) then line, so a
+            # group's followers fill as few provider batches as possible and its entry needs
+            # keeping warm only while those run; then the others, in line order. Both read
+            # by keyset along ix_requests_batch_id_state_wait_for_id.
+            last_group, last_id = 0, 0
+            grouped = True
+            full = False
             while not full and len(chosen) < max_requests:
+                if grouped:
+                    after = tuple_(req.wait_for, req.id) > tuple_(last_group, last_id)
+                    statement = (
+                        select(*columns)
+                        .where(*ready, req.wait_for.is_not(None), after)
+                        .order_by(req.wait_for, req.id)
+                    )
+                else:
+                    statement = (
+                        select(*columns)
+                        .where(*ready, req.wait_for.is_(None), req.id > last_id)
+                        .order_by(req.id)
+                    )
                 rows = conn.execute(
-                    select(
-                        req.id,
-                        req.custom_id,
-                        req.params,
-                        req.model,
-                        req.estimated_input_tokens,
-                        req.max_tokens,
-                    )
-                    .where(
-                        req.batch_id == batch_id,
-                        req.state == t.QUEUED,
-                        req.lane == Lane.BATCH,
-                        req.id > last_id,
-                        not_waiting(),
-                    )
-                    .order_by(req.id)
-                    .limit(min(_TAKE_CHUNK_ROWS, max_requests - len(chosen)))
-                    .with_for_update(skip_locked=True)
+                    statement.limit(
+                        min(_TAKE_CHUNK_ROWS, max_requests - len(chosen))
+                    ).with_for_update(skip_locked=True)
                 ).all()
                 if not rows:
-                    break
-                for request_id, custom_id, params, model, estimate, max_tokens in rows:
+                    if not grouped:
+                        break
+                    grouped, last_id = False, 0
+                    continue
+                for request_id, custom_id, params, model, estimate, max_tokens, group in rows:
                     line = make_line(custom_id, params)
                     if size + len(line) + 1 > max_bytes and chosen:
                         full = True
@@ -121,7 +143,7 @@ class ProviderBatches(Section):
                     chosen.append(request_id)
                     lines.append(line)
                     size += len(line) + 1
-                    last_id = request_id
+                    last_group, last_id = group or 0, request_id
                     if len(chosen) >= max_requests:
                         break
             if not chosen:

@@ -205,6 +205,14 @@ batches = Table(
         comment="repair sends per request at most for an answer that does not match its "
         "schema (0: none)",
     ),
+    Column(
+        "cache_ttl",
+        SafeString(8),
+        nullable=False,
+        server_default="keep",
+        comment="the TTL policy of its prompt-cache groups in the batch lane (auto: 1 hour; "
+        "keep), applied when the auto lane moves them there",
+    ),
     # Maintained counters (batchrun.store.counters): requests per reported state and the
     # token totals of the results, kept by every statement that changes them.
     *(
@@ -371,6 +379,8 @@ requests = Table(
     Index(None, "batch_id", "line_no"),
     Index(None, "batch_id", "state"),
     Index(None, "state", "batch_id", "id"),
+    # Filling a provider batch reads a batch's queued requests by prompt-cache group.
+    Index(None, "batch_id", "state", "wait_for", "id"),
     Index(None, "params_digest"),
     Index(None, "provider_batch", "custom_id"),
     Index(None, "copy_of"),

@@ -114,19 +114,27 @@ def cli(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 def run_batch_lane(
-    cli: CliRunner, tmp_path: Path, app: RecordingSimulator, lines: list[dict[str, Any]], *args: str
+    cli: CliRunner,
+    tmp_path: Path,
+    app: RecordingSimulator,
+    lines: list[dict[str, Any]],
+    *args: str,
+    endpoint: dict[str, object] | None = None,
+    lane: str = "batch",
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """Submit ``lines`` on the batch lane and run them to the end; (batch id, flat export,
-    status)."""
+    """Submit ``lines`` on ``lane`` (``args``: more submit options; ``endpoint``: more keys
+    of the endpoint's table) and run them to the end; (batch id, flat export, status)."""
     path = tmp_path / "requests.jsonl"
     path.write_bytes(jsonl(lines))
     with running_simulator(app=app) as url:
-        configure(tmp_path, url)
-        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", "batch", *args)
+        configure(tmp_path, url, **(endpoint or {}))
+        submitted = invoke(cli, "submit", str(path), "--endpoint", "sim", "--lane", lane, *args)
         assert submitted.exit_code == 0, submitted.output
         batch_id = submitted.stdout.strip()
         ran = invoke(cli, "run", batch_id, "--poll-interval", "0.2s")
         assert ran.exit_code == 0, ran.output
+        if lane == "auto":
+            assert "queued requests go to the batch lane until" in ran.stderr
         return batch_id, flat(cli, batch_id), status(cli, batch_id)
 
 
@@ -233,6 +241,50 @@ def stored_marker(db_url: str, batch_id: str) -> set[str]:
     return {json.dumps(json.loads(p)["system"][0]["cache_control"]) for (p,) in found}
 
 
+@pytest.mark.parametrize("policy", ["auto", "keep"])
+def test_the_auto_lane_applies_the_policy_when_it_chooses_the_batch_lane(
+    cli: CliRunner, tmp_path: Path, policy: str
+) -> None:
+    # A far deadline against a typical hour: auto chooses the batch lane at run time, after
+    # the bodies were stored as written.
+    app = simulator()
+    lines = group_lines(60)
+    _, records, _ = run_batch_lane(
+        cli,
+        tmp_path,
+        app,
+        lines,
+        "--expires-in",
+        "24h",
+        "--cache-ttl",
+        policy,
+        endpoint={"batch_typical_s": 3600},
+        lane="auto",
+    )
+
+    assert {r["status"] for r in records} == {"succeeded"} and len(records) == 60
+    assert [r["lane"] for r in records].count("realtime") == 1
+    sent = app.sent_params()
+    assert len(sent) == 60 and app.stats.paid_twice == 0 and app.stats.billed_total == 60
+    by_id = {line["custom_id"]: line["params"] for line in lines}
+    if policy == "keep":
+        # Nothing about the requests changed: the cold batch.
+        assert all(
+            params == by_id["r0" if key.startswith("realtime:") else key]
+            for key, params in sent.items()
+        )
+        assert prefix_tokens_read_share(records, "batch") == 0.0
+        return
+    # As with --lane batch: only the markers changed, to "1h", the leader's included, and
+    # every follower read the leader's write.
+    one_hour = {"type": "ephemeral", "ttl": "1h"}
+    for key, params in sent.items():
+        original = by_id["r0" if key.startswith("realtime:") else key]
+        original["system"][0]["cache_control"] = one_hour
+        assert params == original
+    assert prefix_tokens_read_share(records, "batch") == 1.0
+
+
 def test_the_config_files_cache_ttl_is_the_default_and_the_flag_wins(
     cli: CliRunner, tmp_path: Path, db_url: str
 ) -> None:
@@ -320,6 +372,52 @@ def test_20_prompts_of_50_requests_read_their_prompts_from_the_cache(
 
     assert len(records) == 1000 and {r["status"] for r in records} == {"succeeded"}
     assert [r["lane"] for r in records].count("realtime") == 20
+    assert prefix_tokens_read_share(records, "batch") >= 0.95
+    assert app.stats.billed_total == 1000 and app.stats.paid_twice == 0
+
+
+def groups_by_provider_batch(db_url: str, batch_id: str) -> dict[int, set[int]]:
+    """The prompt-cache groups (their leader's id) of the followers each provider batch of
+    the batch held, by provider batch row id."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT provider_batch, wait_for FROM requests WHERE batch_id = :b "
+                    "AND provider_batch IS NOT NULL AND wait_for IS NOT NULL"
+                ),
+                {"b": batch_id},
+            ).all()
+    finally:
+        engine.dispose()
+    held: dict[int, set[int]] = {}
+    for provider_batch, leader in found:
+        held.setdefault(provider_batch, set()).add(leader)
+    return held
+
+
+def test_a_groups_followers_go_together_into_as_few_provider_batches_as_possible(
+    cli: CliRunner, tmp_path: Path, db_url: str
+) -> None:
+    # 20 prompts × 50 requests, lines interleaved (request i shares prompt i % 20), provider
+    # batches of at most 100: in line order every provider batch would hold all 20 groups,
+    # and every group's entry would have to live until the last of them ended.
+    app = simulator()
+    batch_id, records, _ = run_batch_lane(
+        cli, tmp_path, app, group_lines(1000, prompts=20), endpoint={"batch_max_requests": 100}
+    )
+
+    assert len(records) == 1000 and {r["status"] for r in records} == {"succeeded"}
+    held = groups_by_provider_batch(db_url, batch_id)
+    assert app.stats.batches_created == len(held) >= 10
+    assert max(len(groups) for groups in held.values()) <= 3
+    spans: dict[int, int] = {}
+    for groups in held.values():
+        for leader in groups:
+            spans[leader] = spans.get(leader, 0) + 1
+    assert len(spans) == 20 and max(spans.values()) <= 2
+    assert sum(spans.values()) <= len(spans) + len(held)
     assert prefix_tokens_read_share(records, "batch") >= 0.95
     assert app.stats.billed_total == 1000 and app.stats.paid_twice == 0
 

@@ -4,11 +4,16 @@ groups a provider batch holds, when each entry was last warmed, and the refreshe
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, create_engine
 
 from batchrun.records import ProviderIntent, Usage
 from batchrun.store.store import Store
-from tests.store.test_reuse import NOW, answer, cached, put
+from tests.store.test_reuse import NOW, answer, cached, put, rows
 
 OTHER = [{"type": "text", "text": "Other rules. " * 20, "cache_control": {"type": "ephemeral"}}]
 
@@ -86,3 +91,108 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     assert model.leader_write_1h_tokens == 3
     assert totals.refreshes == 2
     assert second.leader_id != first.leader_id
+
+
+def test_provider_batches_take_a_groups_followers_together_then_the_others_in_line_order(
+    store: Store,
+) -> None:
+    # Lines interleave the groups: in line order, every provider batch of two would hold
+    # followers of both groups.
+    lines = [
+        cached("lead", "q0"),
+        cached("other-lead", "q1", OTHER),
+        cached("alone", "q2", [{**OTHER[0], "text": "Alone."}]),
+        cached("f1", "q3"),
+        cached("other-f1", "q4", OTHER),
+        cached("f2", "q5"),
+        cached("other-f2", "q6", OTHER),
+        cached("f3", "q7"),
+    ]
+    batch_id = put(store, lines, lane="batch")
+    assert sorted(answer(store, batch_id)) == ["lead", "other-lead"]
+
+    taken: list[list[str]] = []
+    while True:
+        intent = store.provider_batches.take(
+            batch_id=batch_id, endpoint="simulator", max_requests=2, max_bytes=10**6, now=NOW
+        )
+        if intent is None:
+            break
+        assert isinstance(intent, ProviderIntent)
+        taken.append([json.loads(line)["custom_id"] for line in intent.lines])
+
+    assert taken == [["f1", "f2"], ["f3", "other-f1"], ["other-f2", "alone"]]
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A second view of the store's database, to read the stored params."""
+    opened = create_engine(db_url)
+    yield opened
+    opened.dispose()
+
+
+def stored_ttls(engine: Engine, batch_id: str) -> dict[str, str | None]:
+    """Each request's breakpoint TTL as stored (None: none written)."""
+    found = rows(engine, "SELECT custom_id, params FROM requests WHERE batch_id = :b", b=batch_id)
+    return {
+        row["custom_id"]: json.loads(row["params"])["system"][0]["cache_control"].get("ttl")
+        for row in found
+    }
+
+
+AUTO_LINES = [
+    cached("lead", "q0"),
+    cached("f1", "q1"),
+    cached("other-lead", "q2", OTHER),
+    cached("f2", "q3"),
+    cached("other-f1", "q4", OTHER),
+    cached("alone", "q5", [{**OTHER[0], "text": "Alone."}]),
+]
+
+
+def test_the_auto_lanes_move_to_the_batch_lane_gives_its_groups_the_one_hour_ttl(
+    store: Store, engine: Engine
+) -> None:
+    batch_id = put(store, AUTO_LINES, lane="auto")
+    assert set(stored_ttls(engine, batch_id).values()) == {None}
+
+    moved = store.lanes.set_queued(batch_id, "batch")
+
+    # The leaders stay in real time; every group member's breakpoint gets "1h", the request
+    # of no group keeps its own, and nothing else changes.
+    assert moved == 4
+    ttls = stored_ttls(engine, batch_id)
+    assert ttls == {
+        "lead": "1h",
+        "f1": "1h",
+        "other-lead": "1h",
+        "f2": "1h",
+        "other-f1": "1h",
+        "alone": None,
+    }
+    found = rows(
+        engine, "SELECT params FROM requests WHERE batch_id = :b AND custom_id = 'f1'", b=batch_id
+    )
+    params = json.loads(found[0]["params"])
+    assert params["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert params["messages"] == AUTO_LINES[1]["params"]["messages"]
+
+
+def test_keep_and_a_leader_already_sent_leave_the_ttl_as_written(
+    store: Store, engine: Engine
+) -> None:
+    kept = put(store, AUTO_LINES, lane="auto", cache_ttl="keep")
+    assert store.lanes.set_queued(kept, "batch") == 4
+    assert set(stored_ttls(engine, kept).values()) == {None}
+
+    # A later run's move: the leaders answered in real time (their entries are written with
+    # their own TTL), so their followers keep it too.
+    answered = put(store, AUTO_LINES, lane="auto")
+    assert sorted(answer(store, answered)) == ["alone", "lead", "other-lead"]
+    assert store.lanes.set_queued(answered, "batch") == 3
+    assert set(stored_ttls(engine, answered).values()) == {None}
+    # Back to real time changes nothing either.
+    fresh = put(store, AUTO_LINES, lane="auto")
+    assert store.lanes.set_queued(fresh, "realtime") == 0
+    assert set(stored_ttls(engine, fresh).values()) == {None}
