@@ -45,8 +45,13 @@ from jinja2.sandbox import SandboxedEnvironment
 from batchrun.errors import ConfigError
 from batchrun.input.image_parts import image_block
 from batchrun.input.tables import columns_text
-from batchrun.input.validation import CUSTOM_ID_MAX_CHARS, MESSAGE_ROLES, custom_id_fits
-from batchrun.input.wording import show
+from batchrun.input.validation import (
+    CUSTOM_ID_MAX_CHARS,
+    MAX_LINE_BYTES,
+    MESSAGE_ROLES,
+    custom_id_fits,
+)
+from batchrun.input.wording import MIB, show
 from batchrun.structured.schemas import (
     ANSWER_TOOL_NAME,
     StructuredMode,
@@ -72,6 +77,10 @@ TEMPLATE_KEYS: Final = frozenset(
 _RESERVED_PARAMS: Final = frozenset({"stream"})
 # A hashed custom_id: the rendered id's readable part, "-", then this many hex digits.
 HASH_HEX_CHARS = 16
+# The most characters one template part may render (a request line's cap: a part can never
+# be more), and the largest number ``**`` may make, in bits.
+MAX_RENDERED_CHARS: Final = MAX_LINE_BYTES
+MAX_POWER_BITS: Final = 4096
 _NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 _UNDEFINED_NAME = re.compile(r"^'([^']*)' is undefined$")
 
@@ -259,8 +268,40 @@ def _check_no_clash(params: Mapping[str, Any], source: str) -> None:
         )
 
 
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with the two operators that can make a huge value from a short
+    template bounded: ``'x' * 10**10`` would otherwise take the machine's memory before the
+    rendered request could be refused for its size."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(sequence) * times > MAX_RENDERED_CHARS
+                ):
+                    raise SecurityError(
+                        f"'*' would make {len(sequence) * times:,} items, over the "
+                        f"{MAX_RENDERED_CHARS:,} a template may make"
+                    )
+        elif (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right * abs(left).bit_length() > MAX_POWER_BITS
+        ):
+            raise SecurityError(f"'{left} ** {right}' is too large a number")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    return _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -366,7 +407,21 @@ def render(
 
     def text_of(part: jinja2.Template, name: str) -> str | None:
         try:
-            return part.render(context)
+            # Piece by piece, so a loop that renders without end is stopped at the cap
+            # instead of filling memory.
+            pieces: list[str] = []
+            size = 0
+            for piece in part.generate(context):
+                size += len(piece)
+                if size > MAX_RENDERED_CHARS:
+                    problems.append(
+                        f"the {name} template renders more than {MAX_RENDERED_CHARS:,} "
+                        "characters; a request line may hold at most "
+                        f"{MAX_LINE_BYTES // MIB} MiB"
+                    )
+                    return None
+                pieces.append(piece)
+            return "".join(pieces)
         except jinja2.UndefinedError as exc:
             problems.append(_undefined_problem(exc, name, row))
         except SecurityError as exc:

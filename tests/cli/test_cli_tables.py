@@ -528,3 +528,28 @@ def test_the_template_on_the_tables_page_is_a_valid_template() -> None:
     template = compile_template(tomllib.loads(block), source="tables.md")
 
     assert template.output is not None and template.output["required"] == ["category", "priority"]
+
+
+@pytest.mark.parametrize(
+    ("user", "words"),
+    [
+        ("{{ 'x' * 10**10 }}", "would make 10,000,000,000 items"),
+        ("{{ [1] * 10**9 }}", "would make 1,000,000,000 items"),
+        ("{{ 9 ** 1000000 }}", "is too large a number"),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}xxxx{% endfor %}{% endfor %}",
+            "renders more than 33,554,432 characters",
+        ),
+    ],
+)
+def test_a_template_that_would_make_a_huge_value_is_refused_by_row_without_making_it(
+    cli: CliRunner, tmp_path: Path, user: str, words: str
+) -> None:
+    text = f'model = "m"\nmax_tokens = 10\nuser = {json.dumps(user)}\n'
+    template = template_file(tmp_path, text)
+    table = write_csv(tmp_path / "t.csv", tickets(1))
+
+    stderr = refused(cli, str(table), "--template", str(template))
+
+    assert f"{table}:row 1: the user template" in stderr
+    assert words in " ".join(stderr.split())
