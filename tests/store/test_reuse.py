@@ -80,9 +80,10 @@ def answer(
     result_type: str = "succeeded",
     body: str = '{"type":"message","content":[{"type":"text","text":"hi"}]}',
     now: datetime = NOW,
+    usage: Usage = Usage(10, 5, 3, 7),
 ) -> list[str]:
-    """Claim what is claimable now and record every claimed request as ``result_type``;
-    returns the custom_ids claimed."""
+    """Claim what is claimable now and record every claimed request as ``result_type``
+    (succeeded ones with ``usage``); returns the custom_ids claimed."""
     claimed = store.leases.claim(
         owner="w1", batch_ids=[batch_id], limit=100, now=now, lease_s=LEASE_S
     )
@@ -100,7 +101,7 @@ def answer(
                 http_status=200 if result_type == "succeeded" else 400,
                 model="claude-sonnet-4-5",
                 stop_reason="end_turn" if result_type == "succeeded" else None,
-                usage=Usage(10, 5, 3, 7) if result_type == "succeeded" else None,
+                usage=usage if result_type == "succeeded" else None,
                 error_type=None if result_type == "succeeded" else "invalid_request_error",
                 latency_ms=120,
                 request_ref=f"req_{request.custom_id}",
