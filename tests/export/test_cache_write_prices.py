@@ -102,8 +102,7 @@ def test_one_hour_cache_writes_cost_twice_the_input_price_and_five_minute_ones_1
     assert shown["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records.values()))
     # The Anthropic export keeps the usage the server sent, its breakdown included.
     usage = {
-        item["custom_id"]: item["result"]["message"]["usage"]
-        for item in map(json.loads, exported)
+        item["custom_id"]: item["result"]["message"]["usage"] for item in map(json.loads, exported)
     }
     assert usage["hour"]["cache_creation"] == {
         "ephemeral_5m_input_tokens": 0,
@@ -129,8 +128,6 @@ def test_a_provider_batchs_one_hour_cache_writes_are_priced_at_the_one_hour_pric
     assert hour["cache_creation_1h_input_tokens"] == hour["cache_creation_input_tokens"] > 0
     assert five["cache_creation_1h_input_tokens"] == 0 < five["cache_creation_input_tokens"]
     # At the batch's 50 % of the list price.
-    assert hour["cost_usd"] == pytest.approx(
-        0.5 * list_cost_usd(hour, write_1h_per_mtok=WRITE_1H)
-    )
+    assert hour["cost_usd"] == pytest.approx(0.5 * list_cost_usd(hour, write_1h_per_mtok=WRITE_1H))
     assert five["cost_usd"] == pytest.approx(0.5 * list_cost_usd(five, write_1h_per_mtok=0.0))
     assert shown["cost_usd"] == pytest.approx(hour["cost_usd"] + five["cost_usd"])

@@ -73,6 +73,10 @@ def result_of(engine: Engine, request_id: int) -> dict[str, Any]:
     return found
 
 
+# What answer() records for a succeeded request unless told.
+ANSWER_USAGE = Usage(10, 5, 3, 7)
+
+
 def answer(
     store: Store,
     batch_id: str,
@@ -80,7 +84,7 @@ def answer(
     result_type: str = "succeeded",
     body: str = '{"type":"message","content":[{"type":"text","text":"hi"}]}',
     now: datetime = NOW,
-    usage: Usage = Usage(10, 5, 3, 7),
+    usage: Usage = ANSWER_USAGE,
 ) -> list[str]:
     """Claim what is claimable now and record every claimed request as ``result_type``
     (succeeded ones with ``usage``); returns the custom_ids claimed."""
