@@ -125,7 +125,7 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
     store: Store, engine: Engine
 ) -> None:
     first = put(store, [request_line("a", "question one"), request_line("b", "question two")])
-    answer(store, first)
+    answer(store, first, usage=Usage(10, 5, 3, 7, cache_creation_1h_input_tokens=2))
 
     second = put(
         store,
@@ -141,6 +141,7 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
     old, new = requests_of(engine, first), requests_of(engine, second)
     source, copy = result_of(engine, old["a"]["id"]), result_of(engine, new["x"]["id"])
     assert copy["body"] == source["body"]
+    assert source["cache_creation_1h_input_tokens"] == 2
     for column in (
         "result_type",
         "http_status",
@@ -150,6 +151,7 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
         "output_tokens",
         "cache_creation_input_tokens",
         "cache_read_input_tokens",
+        "cache_creation_1h_input_tokens",
         "request_ref",
         "endpoint",
         "lane",
