@@ -54,6 +54,9 @@ class Usage:
     output_tokens: int
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    # The part of ``cache_creation_input_tokens`` written to the 1-hour cache (the usage's
+    # ``cache_creation.ephemeral_1h_input_tokens``), priced at the 1-hour write price.
+    cache_creation_1h_input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class CacheGroupWarmth:
     params_json: str
     warm_since: datetime
     refreshes: int = 0
-    # The leader's cache write, in tokens, and whether the group has its row already.
+    # The leader's 1-hour cache write, in tokens, and whether the group has its row already.
     leader_write_tokens: int = 0
     tracked: bool = False
     # The last refresh that read or wrote the entry, as stored (None: none yet).
@@ -193,7 +196,7 @@ class CacheRefreshModel:
     refreshes: int
     failed: int
     usage: Usage
-    # The leaders' 1-hour cache writes, counted at the 5-minute price in their results.
+    # The leaders' 1-hour cache writes (their results price them at the 1-hour price).
     leader_write_1h_tokens: int = 0
 
 
@@ -491,6 +494,8 @@ class ModelTokens:
     # there (the batch discount; 0 for answers reused from the database).
     lane: str = Lane.REALTIME
     cost_factor: float = 1.0
+    # The part of ``cache_creation_input_tokens`` written to the 1-hour cache.
+    cache_creation_1h_input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -585,6 +590,9 @@ class ResultDetail:
     # Repair sends answered for the request, as the batch's repair counters count them (its
     # turns that answered one, and its result when it answered one).
     repair_sends: int = 0
+    # The part of ``cache_creation_input_tokens`` written to the 1-hour cache; None when the
+    # result was stored before it was kept (priced at the 5-minute price, as then).
+    cache_creation_1h_input_tokens: int | None = None
 
 
 # -- pools: several endpoints used as one ([pools.NAME] in the config file) -----------------

@@ -10,8 +10,10 @@ re-prices everything at once. A model without a price has an *unknown* cost, sho
 unknown and never counted as 0.
 
 Prices are USD per million tokens. ``cache_write`` is the price of the 5-minute cache write;
-the API's ``cache_creation_input_tokens`` does not say which cache lifetime was written, so
-1-hour cache writes (twice the input price) are under-counted by this table.
+the 1-hour write costs :data:`ONE_HOUR_WRITE_MULTIPLIER` × the input price. The API's usage
+says how much of ``cache_creation_input_tokens`` went to the 1-hour cache
+(``cache_creation.ephemeral_1h_input_tokens``, kept as ``cache_creation_1h_input_tokens``):
+that part is priced at the 1-hour price, the rest at the 5-minute one.
 
 :func:`group_prefix_cost_usd` is the cost of one prompt-cache group's shared prefix in the
 batch lane under each cache TTL policy (``--cache-ttl``), the formula "Paying less" in the
@@ -27,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from batchrun.records import CacheRefreshTotals, ModelTokens
+from batchrun.records import CacheRefreshTotals, ModelTokens, Usage
 
 TOKENS_PER_MTOK = 1_000_000
 # Anthropic's prompt-caching multipliers of the input price, used when the config file gives
@@ -66,14 +68,39 @@ class ModelPrice:
         output_tokens: int = 0,
         cache_creation_input_tokens: int = 0,
         cache_read_input_tokens: int = 0,
+        cache_creation_1h_input_tokens: int = 0,
     ) -> float:
-        """The cost of these tokens."""
+        """The cost of these tokens: of the cache write (``cache_creation_input_tokens``), the
+        1-hour part (``cache_creation_1h_input_tokens``, at most the whole) at the 1-hour
+        write price, the rest at the 5-minute one."""
+        one_hour = min(max(cache_creation_1h_input_tokens, 0), cache_creation_input_tokens)
         return (
             input_tokens * self.input_per_mtok_usd
             + output_tokens * self.output_per_mtok_usd
-            + cache_creation_input_tokens * self.cache_write_per_mtok_usd
+            + (cache_creation_input_tokens - one_hour) * self.cache_write_per_mtok_usd
+            + one_hour * self.cache_write_1h_per_mtok_usd
             + cache_read_input_tokens * self.cache_read_per_mtok_usd
         ) / TOKENS_PER_MTOK
+
+    def usage_cost_usd(self, usage: Usage) -> float:
+        """The cost of one answer's (or a sum of answers') ``usage``: :meth:`cost_usd`."""
+        return self.cost_usd(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cache_creation_1h_input_tokens=usage.cache_creation_1h_input_tokens,
+        )
+
+    @property
+    def cache_write_1h_per_mtok_usd(self) -> float:
+        """The price of a 1-hour cache write: :data:`ONE_HOUR_WRITE_MULTIPLIER` × input."""
+        return self.input_per_mtok_usd * ONE_HOUR_WRITE_MULTIPLIER
+
+    @property
+    def one_hour_premium_per_mtok_usd(self) -> float:
+        """What a 1-hour cache write costs beyond a 5-minute one."""
+        return self.cache_write_1h_per_mtok_usd - self.cache_write_per_mtok_usd
 
 
 def group_prefix_cost_usd(
@@ -85,7 +112,7 @@ def group_prefix_cost_usd(
     ``keep`` with a cold batch."""
     followers = max(requests - 1, 0)
     if one_hour:
-        leader_per_mtok = price.input_per_mtok_usd * ONE_HOUR_WRITE_MULTIPLIER
+        leader_per_mtok = price.cache_write_1h_per_mtok_usd
         follower_per_mtok = price.cache_read_per_mtok_usd * discount
     else:
         leader_per_mtok = price.cache_write_per_mtok_usd
@@ -218,6 +245,7 @@ def cost_of(tokens: Iterable[ModelTokens], prices: PriceTable) -> CostTotal:
             output_tokens=item.output_tokens,
             cache_creation_input_tokens=item.cache_creation_input_tokens,
             cache_read_input_tokens=item.cache_read_input_tokens,
+            cache_creation_1h_input_tokens=item.cache_creation_1h_input_tokens,
         )
         usd = list_usd * item.cost_factor
         # str(): a plain str key even for a Lane member (orjson refuses str subclasses as keys).
@@ -245,16 +273,16 @@ class CacheAccounting:
     refreshes_failed: int = 0
     refreshed_groups: int = 0
     # The refreshes' cost, and the leaders' 1-hour writes' premium over the 5-minute price
-    # their results are counted at (priming); None when a model has no price.
+    # (priming: part of the leaders' results' cost, which prices their writes at the 1-hour
+    # price); None when a model has no price.
     refresh_usd: float | None = 0.0
     priming_usd: float | None = 0.0
 
     @property
     def overhead_usd(self) -> float | None:
-        """Refreshes and priming: what keeping the groups warm cost beyond the results."""
-        if self.refresh_usd is None or self.priming_usd is None:
-            return None
-        return self.refresh_usd + self.priming_usd
+        """What keeping the groups warm cost beyond the results: the refreshes. The priming
+        is shown beside it but not added: the results' cost holds it already."""
+        return self.refresh_usd
 
 
 def cache_saved_usd(price: ModelPrice, cache_read_input_tokens: int, cost_factor: float) -> float:
@@ -289,15 +317,8 @@ def cache_accounting(
         if price is None or refresh is None or priming is None:
             refresh = priming = None
             continue
-        usage = model.usage
-        refresh += price.cost_usd(
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens,
-        )
-        premium = price.input_per_mtok_usd * ONE_HOUR_WRITE_MULTIPLIER
-        premium -= price.cache_write_per_mtok_usd
+        refresh += price.usage_cost_usd(model.usage)
+        premium = price.one_hour_premium_per_mtok_usd
         priming += model.leader_write_1h_tokens * premium / TOKENS_PER_MTOK
     return CacheAccounting(
         by_lane={lane: lanes[lane] for lane in sorted(lanes)},

@@ -203,8 +203,10 @@ class LaneCacheModel(BaseModel):
 class CacheOverheadModel(BaseModel):
     """What keeping the batch's prompt-cache groups warm cost (batch lane), apart from
     ``cost_usd``: the refresh requests (``failed``: unanswered), for how many groups, their
-    cost, and the priming: the leaders' 1-hour cache writes' premium over the 5-minute
-    price their results are counted at. Costs are null for a model without a price."""
+    cost (``cost_usd`` = ``refresh_cost_usd``); and the priming: what the leaders' 1-hour
+    cache writes cost beyond 5-minute ones, shown, but part of the batch's ``cost_usd``
+    already (their results price those writes at the 1-hour price). Costs are null for a
+    model without a price."""
 
     requests: int
     failed: int

@@ -64,6 +64,7 @@ COLUMNS = (
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
+    "cache_creation_1h_input_tokens",
     "cost_usd",
     "cost_usd_exact",
     "attempts",
@@ -90,6 +91,7 @@ TOKEN_COLUMNS = (
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
+    "cache_creation_1h_input_tokens",
 )
 # The columns that hold times: datetimes in :func:`flat_values`, ISO 8601 text in
 # :func:`flat_records`.
@@ -201,6 +203,7 @@ def paid_sends(row: ResultDetail) -> list[ModelTokens]:
             row.cache_read_input_tokens or 0,
             lane=row.lane or Lane.REALTIME,
             cost_factor=1.0 if row.cost_factor is None else row.cost_factor,
+            cache_creation_1h_input_tokens=row.cache_creation_1h_input_tokens or 0,
         )
         sends.insert(0, result)
     return sends

@@ -74,6 +74,7 @@ def parquet_schema(pa: Any) -> Any:
         "output_tokens": pa.int64(),
         "cache_creation_input_tokens": pa.int64(),
         "cache_read_input_tokens": pa.int64(),
+        "cache_creation_1h_input_tokens": pa.int64(),
         "cost_usd": pa.float64(),
         "cost_usd_exact": pa.decimal128(COST_USD_PRECISION, COST_USD_DECIMALS),
         "attempts": pa.int64(),

@@ -173,9 +173,9 @@ def _cache_rows(batch: BatchStatus) -> list[tuple[str, str]]:
             (
                 "cache refreshes",
                 f"{overhead.requests:,} requests for {overhead.groups:,} groups{failed}: "
-                f"{format_usd(overhead.refresh_cost_usd)}; priming (1-hour writes) "
-                f"{format_usd(overhead.priming_cost_usd)}; "
-                f"{format_usd(overhead.cost_usd)} overhead, not in the cost above",
+                f"{format_usd(overhead.cost_usd)} overhead, not in the cost above; "
+                f"priming (1-hour writes beyond 5-minute ones) "
+                f"{format_usd(overhead.priming_cost_usd)}, in the cost above",
             )
         )
     return rows

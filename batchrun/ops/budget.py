@@ -187,12 +187,7 @@ class BudgetGuard:
         price = self._prices.price_for(model)
         if price is None:
             return None
-        return price.cost_usd(
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens,
-        )
+        return price.usage_cost_usd(usage)
 
     def begin_refresh(self) -> None:
         """Mark this worker's spending before the database is read again."""

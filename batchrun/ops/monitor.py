@@ -248,6 +248,7 @@ class RunMonitor:
                     usage.output_tokens,
                     usage.cache_creation_input_tokens,
                     usage.cache_read_input_tokens,
+                    cache_creation_1h_input_tokens=usage.cache_creation_1h_input_tokens,
                 )
                 self._cost = self._cost + cost_of([tokens], self._prices)
             case Retryable(http_status=status) if status not in (429, 529):

@@ -33,6 +33,7 @@ _TOKENS = (
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
+    "cache_creation_1h_input_tokens",
 )
 _ANSWERED = (t.SUCCEEDED, t.ERRORED)
 _REALTIME = Lane.REALTIME.value
@@ -81,12 +82,12 @@ class Breakdowns:
 
     def add_tokens(self, key: tuple[str, str, str, float], tokens: Sequence[int]) -> None:
         """Tokens of an answer that is no result (``answer_turns``): usage, no answer."""
-        totals = self._usage.setdefault(key, [0, 0, 0, 0, 0])
+        totals = self._usage.setdefault(key, [0] * (1 + len(_TOKENS)))
         for index, value in enumerate(tokens, start=1):
             totals[index] += value
 
     def _add_usage(self, key: tuple[str, str, str, float], tokens: list[int]) -> None:
-        totals = self._usage.setdefault(key, [0, 0, 0, 0, 0])
+        totals = self._usage.setdefault(key, [0] * (1 + len(_TOKENS)))
         totals[0] += 1
         for index, value in enumerate(tokens, start=1):
             totals[index] += value
@@ -263,10 +264,11 @@ def usage_of(conn: Connection, batch_ids: Sequence[str]) -> dict[str, list[Model
 def tokens_by_batch(
     rows: Iterable[Sequence[Any]], batch_ids: Sequence[str]
 ) -> dict[str, list[ModelTokens]]:
-    """Rows of (batch, model, lane, cost factor, count, the four token columns) as
-    `ModelTokens` per batch (every one of ``batch_ids``, empty when it has no row)."""
+    """Rows of (batch, model, lane, cost factor, count, the four token columns, optionally
+    the 1-hour part of the cache writes) as `ModelTokens` per batch (every one of
+    ``batch_ids``, empty when it has no row)."""
     found: dict[str, list[ModelTokens]] = {batch_id: [] for batch_id in batch_ids}
-    for batch_id, model, lane, factor, count, tokens_in, tokens_out, writes, reads in rows:
+    for batch_id, model, lane, factor, count, tokens_in, tokens_out, writes, reads, *more in rows:
         found.setdefault(batch_id, []).append(
             ModelTokens(
                 model,
@@ -277,6 +279,7 @@ def tokens_by_batch(
                 int(reads),
                 lane=lane,
                 cost_factor=float(factor),
+                cache_creation_1h_input_tokens=int(more[0] or 0) if more else 0,
             )
         )
     return found

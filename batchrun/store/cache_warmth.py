@@ -54,7 +54,8 @@ class CacheWarmth(Section):
                 res.completed_at,
                 cr.warmed_at,
                 func.coalesce(cr.refreshes, 0),
-                func.coalesce(res.cache_creation_input_tokens, 0),
+                # The 1-hour part: what the leader's result prices at the 1-hour price.
+                func.coalesce(res.cache_creation_1h_input_tokens, 0),
                 cr.leader_id,
             )
             .select_from(
@@ -94,8 +95,8 @@ class CacheWarmth(Section):
 
     def track(self, group: CacheGroupWarmth, *, one_hour_write: bool) -> None:
         """Start keeping ``group``'s row (nothing if it has one): with ``one_hour_write``,
-        the leader's cache write was a 1-hour one, whose premium over the 5-minute price
-        its result is counted at belongs to the overhead."""
+        the leader's 1-hour cache write (its result prices it at the 1-hour price) is kept,
+        so the accounting shows its premium over a 5-minute write (the priming)."""
         statement = self._insert(t.cache_refreshes).values(
             leader_id=group.leader_id,
             batch_id=group.batch_id,
@@ -107,6 +108,7 @@ class CacheWarmth(Section):
             output_tokens=0,
             cache_creation_input_tokens=0,
             cache_read_input_tokens=0,
+            cache_creation_1h_input_tokens=0,
             leader_write_1h_tokens=group.leader_write_tokens if one_hour_write else 0,
         )
         with self._write() as conn:
@@ -148,6 +150,7 @@ class CacheWarmth(Section):
             "output_tokens": tokens.output_tokens,
             "cache_creation_input_tokens": tokens.cache_creation_input_tokens,
             "cache_read_input_tokens": tokens.cache_read_input_tokens,
+            "cache_creation_1h_input_tokens": tokens.cache_creation_1h_input_tokens,
             "leader_write_1h_tokens": 0,
         }
         cr = t.cache_refreshes.c
@@ -161,6 +164,7 @@ class CacheWarmth(Section):
                 "output_tokens",
                 "cache_creation_input_tokens",
                 "cache_read_input_tokens",
+                "cache_creation_1h_input_tokens",
             )
         }
         added["warmed_at"] = statement.excluded.warmed_at if answered else group.warmed_at
@@ -183,6 +187,7 @@ class CacheWarmth(Section):
                     func.sum(cr.cache_creation_input_tokens),
                     func.sum(cr.cache_read_input_tokens),
                     func.sum(cr.leader_write_1h_tokens),
+                    func.sum(cr.cache_creation_1h_input_tokens),
                 )
                 .where(cr.batch_id == batch_id)
                 .group_by(cr.model)
@@ -195,9 +200,15 @@ class CacheWarmth(Section):
                     groups=int(groups),
                     refreshes=int(sent or 0),
                     failed=int(failed or 0),
-                    usage=Usage(int(inp or 0), int(out or 0), int(created or 0), int(read or 0)),
+                    usage=Usage(
+                        int(inp or 0),
+                        int(out or 0),
+                        int(created or 0),
+                        int(read or 0),
+                        int(created_1h or 0),
+                    ),
                     leader_write_1h_tokens=int(primed or 0),
                 )
-                for model, groups, sent, failed, inp, out, created, read, primed in rows
+                for model, groups, sent, failed, inp, out, created, read, primed, created_1h in rows
             )
         )

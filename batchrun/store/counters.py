@@ -61,6 +61,8 @@ COUNTED_RESULT_COLUMNS = (
     "completed_at",
     "endpoint",
     *TOKEN_COLUMNS,
+    # Counted per model only (``batch_usage``), where costs are read.
+    "cache_creation_1h_input_tokens",
 )
 
 

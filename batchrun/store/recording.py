@@ -194,6 +194,9 @@ def record_finished(
                 "cache_read_input_tokens": (
                     int32(usage.cache_read_input_tokens) if usage else None
                 ),
+                "cache_creation_1h_input_tokens": (
+                    int32(usage.cache_creation_1h_input_tokens) if usage else None
+                ),
                 "error_type": fit(item.error_type, t.results.c.error_type),
                 "error_message": item.error_message,
                 "latency_ms": int32(item.latency_ms),

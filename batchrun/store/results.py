@@ -154,7 +154,11 @@ class Results(Section):
                 repaired = [row[width] for row in values if row[width + 1]]
                 turns = read_request_turns(conn, repaired) if repaired else {}
                 for row in values:
-                    detail = ResultDetail(*row[:width])
+                    # The last column is a field after the defaulted ones.
+                    detail = replace(
+                        ResultDetail(*row[: width - 1]),
+                        cache_creation_1h_input_tokens=row[width - 1],
+                    )
                     request_id, repairs = row[width], row[width + 1]
                     if repairs:
                         sent, tokens = turns.get(request_id, (0, ()))
@@ -168,7 +172,8 @@ class Results(Section):
 
 
 def _detail_columns() -> tuple[Any, ...]:
-    """The columns of a :class:`ResultDetail`, in its fields' order."""
+    """The columns of a :class:`ResultDetail`, in its fields' order up to ``lane``, then
+    ``cache_creation_1h_input_tokens``."""
     req, res = t.requests.c, t.results.c
     return (
         req.batch_id,
@@ -196,6 +201,7 @@ def _detail_columns() -> tuple[Any, ...]:
         res.reused_from,
         res.cost_factor,
         res.lane,
+        res.cache_creation_1h_input_tokens,
     )
 
 

@@ -80,6 +80,7 @@ _COPIED_COLUMNS = (
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
+    "cache_creation_1h_input_tokens",
     "request_ref",
     "body",
     "raw_body",

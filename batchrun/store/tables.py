@@ -280,6 +280,13 @@ batch_usage = Table(
             "cache_read_input_tokens",
         )
     ),
+    Column(
+        "cache_creation_1h_input_tokens",
+        BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="of the cache writes, the 1-hour part",
+    ),
 )
 
 batch_errors = Table(
@@ -405,6 +412,12 @@ results = Table(
     Column("output_tokens", Integer, nullable=True),
     Column("cache_creation_input_tokens", Integer, nullable=True),
     Column("cache_read_input_tokens", Integer, nullable=True),
+    Column(
+        "cache_creation_1h_input_tokens",
+        Integer,
+        nullable=True,
+        comment="of the cache write, the 1-hour part (null: stored before it was kept)",
+    ),
     Column("error_type", SafeString(64), nullable=True),
     Column("error_message", SafeText, nullable=True),
     Column(
@@ -722,11 +735,18 @@ cache_refreshes = Table(
     Column("cache_creation_input_tokens", Integer, nullable=False, default=0),
     Column("cache_read_input_tokens", Integer, nullable=False, default=0),
     Column(
+        "cache_creation_1h_input_tokens",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="of the refreshes' cache writes, the 1-hour part",
+    ),
+    Column(
         "leader_write_1h_tokens",
         Integer,
         nullable=False,
         default=0,
-        comment="the leader's 1-hour cache write: its result counts it at the 5-minute price",
+        comment="the leader's 1-hour cache write (its result prices it at the 1-hour price)",
     ),
     Index(None, "batch_id"),
 )

@@ -71,6 +71,8 @@ class Usage:
     recent_answers: int = 0
     recent_input_tokens: int = 0
     recent_output_tokens: int = 0
+    # The 1-hour part of the cache writes (the results'; repaired answers keep none).
+    cache_creation_1h_input_tokens: int = 0
 
     @property
     def has_tokens(self) -> bool:
@@ -93,6 +95,7 @@ class Usage:
             self.cache_read_input_tokens,
             lane=self.lane,
             cost_factor=self.cost_factor,
+            cache_creation_1h_input_tokens=self.cache_creation_1h_input_tokens,
         )
 
 
@@ -154,6 +157,7 @@ def read_usage(
         func.coalesce(func.sum(res.output_tokens), 0),
         func.coalesce(func.sum(res.cache_creation_input_tokens), 0),
         func.coalesce(func.sum(res.cache_read_input_tokens), 0),
+        func.coalesce(func.sum(res.cache_creation_1h_input_tokens), 0),
         func.min(res.completed_at),
         func.max(res.completed_at),
         *windowed,
@@ -176,8 +180,8 @@ def read_usage(
         )
         requested_model, state = (values.pop(0), values.pop(0)) if per_request else (None, None)
         name, lane, share, sent, count, sends, sent_once, priced, *numbers = values
-        tokens_in, tokens_out, writes, reads = (int(value) for value in numbers[:4])
-        first, last, *window = numbers[4:]
+        tokens_in, tokens_out, writes, reads, writes_1h = (int(value) for value in numbers[:5])
+        first, last, *window = numbers[5:]
         n, n_in, n_out = (int(value or 0) for value in window) if window else (0, 0, 0)
         found.append(
             Usage(
@@ -194,6 +198,7 @@ def read_usage(
                 output_tokens=tokens_out,
                 cache_creation_input_tokens=writes,
                 cache_read_input_tokens=reads,
+                cache_creation_1h_input_tokens=writes_1h,
                 first_at=_utc(first),
                 last_at=_utc(last),
                 start=start,
@@ -440,6 +445,9 @@ def _added(a: ModelTokens, b: ModelTokens) -> ModelTokens:
         a.cache_read_input_tokens + b.cache_read_input_tokens,
         lane=a.lane,
         cost_factor=a.cost_factor,
+        cache_creation_1h_input_tokens=(
+            a.cache_creation_1h_input_tokens + b.cache_creation_1h_input_tokens
+        ),
     )
 
 

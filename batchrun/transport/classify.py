@@ -25,6 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -235,14 +236,31 @@ _USAGE_KEYS = (
 )
 
 
-def _usage_of(usage: Mapping[str, Any]) -> tuple[Usage | None, bool]:
-    """The usage's token counts (negative ones counted as 0), and whether any was negative;
-    (None, False) when a count is not a whole number."""
-    counts = [usage.get(key) or 0 for key in _USAGE_KEYS]
+def _usage_of(usage_json: Mapping[str, Any]) -> tuple[Usage | None, bool]:
+    """The usage's token counts (negative ones counted as 0) with the 1-hour part of its
+    cache write, and whether any count was negative; (None, False) when a count is not a
+    whole number."""
+    counts = [usage_json.get(key) or 0 for key in _USAGE_KEYS]
     if not all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
         return None, False
     clamped = any(count < 0 for count in counts)
-    return Usage(*(max(count, 0) for count in counts)), clamped
+    usage = Usage(*(max(count, 0) for count in counts))
+    return replace(
+        usage, cache_creation_1h_input_tokens=one_hour_write_tokens(usage, usage_json)
+    ), clamped
+
+
+def one_hour_write_tokens(usage: Usage, usage_json: Mapping[str, Any]) -> int:
+    """The 1-hour part of ``usage``'s cache write: the usage's
+    ``cache_creation.ephemeral_1h_input_tokens``, at most the whole write; 0 when absent or
+    not a whole number (the write is then priced at the 5-minute price)."""
+    breakdown = usage_json.get("cache_creation")
+    if not isinstance(breakdown, Mapping):
+        return 0
+    count = breakdown.get("ephemeral_1h_input_tokens")
+    if not isinstance(count, int) or isinstance(count, bool):
+        return 0
+    return min(max(count, 0), usage.cache_creation_input_tokens)
 
 
 def _usage_json(usage: Usage) -> dict[str, int]:

@@ -351,8 +351,8 @@ def test_400_requests_sharing_a_prompt_read_it_from_the_cache_in_the_batch_lane(
     assert shown["cache_hit_rate"] >= 0.99
     cold_usd = total_cost_usd(cold_shown)
     warm_usd = total_cost_usd(shown)
-    # The provider ran within the hour: no refresh was needed; the leader's 1-hour write is
-    # the overhead's priming (2 × input less the 5-minute price its result counts).
+    # The provider ran within the hour: no refresh was needed; the leader's result prices
+    # its 1-hour write (2 × input), the priming says what that cost beyond a 5-minute one.
     assert cold_shown["cache_overhead"] is None
     assert shown["cache_overhead"]["requests"] == 0
     priming = PREFIX_TOKENS * (WRITE_1H - WRITE_5M) / 1e6
@@ -528,7 +528,12 @@ def test_status_shows_the_cache_per_lane_and_the_refreshes_overhead(
     question = (len("question number 0") + 3) // 4 + 4  # the simulator's count
     per_refresh = (PREFIX_TOKENS * READ + question * INPUT + 1 * 15.0) / 1e6
     assert overhead["refresh_cost_usd"] == pytest.approx(len(refreshes) * per_refresh)
-    assert overhead["cost_usd"] == pytest.approx(overhead["refresh_cost_usd"] + priming)
+    # The priming is part of the leaders' results' cost (their usage says 1 hour, priced at
+    # the 1-hour price): shown beside the overhead, not added to it again.
+    assert overhead["cost_usd"] == pytest.approx(overhead["refresh_cost_usd"])
+    leaders = [r for r in records if r["lane"] == "realtime"]
+    assert [r["cache_creation_1h_input_tokens"] for r in leaders] == [PREFIX_TOKENS] * 2
+    assert float(shown["cost_usd"]) == pytest.approx(sum(r["cost_usd"] for r in records))
     assert "batch cache" in text and "cache refreshes" in text and "overhead" in text
     # The report's summary shows the same rows.
     assert "batch cache" in page and "cache refreshes" in page

@@ -12,12 +12,13 @@ from batchrun.config.prices import (
     CostTotal,
     ModelPrice,
     PriceTable,
+    cache_accounting,
     cost_of,
     describe_cost,
     format_usd,
 )
 from batchrun.errors import ConfigError
-from batchrun.records import ModelTokens
+from batchrun.records import CacheRefreshModel, CacheRefreshTotals, ModelTokens, Usage
 
 
 @pytest.mark.parametrize(
@@ -144,3 +145,46 @@ def test_a_bad_price_is_one_line_naming_the_file_and_key(
         load_settings(path)
 
     assert f"{path}: {message}" in caught.value.message
+
+
+def test_a_cache_writes_one_hour_part_costs_twice_the_input_price_the_rest_1_25() -> None:
+    price = ModelPrice.standard(3.0, 15.0)
+
+    usd = price.cost_usd(
+        cache_creation_input_tokens=4_000_000, cache_creation_1h_input_tokens=1_000_000
+    )
+
+    assert usd == pytest.approx(3 * 3.75 + 1 * 6.0)
+    # The 1-hour part is at most the whole write.
+    assert price.cost_usd(
+        cache_creation_input_tokens=1_000_000, cache_creation_1h_input_tokens=5_000_000
+    ) == pytest.approx(6.0)
+    tokens = ModelTokens(
+        "claude-sonnet-4-5",
+        1,
+        0,
+        0,
+        2_000_000,
+        0,
+        cost_factor=0.5,
+        cache_creation_1h_input_tokens=2_000_000,
+    )
+    assert cost_of([tokens], PriceTable()).usd == pytest.approx(0.5 * 2 * 6.0)
+
+
+def test_priming_is_the_one_hour_premium_shown_beside_the_refreshes_not_added() -> None:
+    leader_writes = 2_000_000
+    refresh = Usage(1_000_000, 0, 0, 0)
+    refreshes = CacheRefreshTotals(
+        (
+            CacheRefreshModel(
+                "claude-sonnet-4-5", 1, 1, 0, refresh, leader_write_1h_tokens=leader_writes
+            ),
+        )
+    )
+
+    accounting = cache_accounting([], refreshes, PriceTable())
+
+    assert accounting.priming_usd == pytest.approx(2 * (6.0 - 3.75))
+    assert accounting.refresh_usd == pytest.approx(3.0)
+    assert accounting.overhead_usd == pytest.approx(3.0)

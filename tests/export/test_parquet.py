@@ -36,6 +36,7 @@ DUCKDB_TYPES = {
     "output_tokens": "BIGINT",
     "cache_creation_input_tokens": "BIGINT",
     "cache_read_input_tokens": "BIGINT",
+    "cache_creation_1h_input_tokens": "BIGINT",
     "cost_usd": "DOUBLE",
     "cost_usd_exact": "DECIMAL(18,8)",
     "attempts": "BIGINT",

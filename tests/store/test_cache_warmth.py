@@ -15,6 +15,8 @@ from batchrun.records import ProviderIntent, Usage
 from batchrun.store.store import Store
 from tests.store.test_reuse import NOW, answer, cached, put, rows
 
+# A leader's answer: of its 3 cache-write tokens, 3 went to the 1-hour cache.
+LEADER_USAGE = Usage(10, 5, 3, 7, cache_creation_1h_input_tokens=3)
 OTHER = [{"type": "text", "text": "Other rules. " * 20, "cache_control": {"type": "ephemeral"}}]
 
 
@@ -30,7 +32,8 @@ def held_by_a_provider_batch(store: Store) -> tuple[str, int]:
         cached("alone", "q5", [{**OTHER[0], "text": "Alone."}]),
     ]
     batch_id = put(store, lines, lane="batch")
-    assert sorted(answer(store, batch_id)) == ["lead", "other-lead"]
+    # The leaders' markers say "1h" (the batch lane's TTL): their writes are 1-hour ones.
+    assert sorted(answer(store, batch_id, usage=LEADER_USAGE)) == ["lead", "other-lead"]
     intent = store.provider_batches.take(
         batch_id=batch_id, endpoint="simulator", max_requests=100, max_bytes=10**6, now=NOW
     )
@@ -48,7 +51,7 @@ def test_the_groups_a_provider_batch_holds_are_found_with_their_leaders_answer(
     assert [g.batch_id for g in groups] == [batch_id, batch_id]
     assert [g.warm_since for g in groups] == [NOW, NOW]
     assert [g.refreshes for g in groups] == [0, 0]
-    # The leaders' cache writes, as answer() records them (Usage(10, 5, 3, 7)).
+    # The leaders' 1-hour cache writes, as their results keep them (LEADER_USAGE).
     assert [(g.leader_write_tokens, g.tracked) for g in groups] == [(3, False), (3, False)]
     texts = [g.params_json for g in groups]
     assert '"ttl":"1h"' in texts[0] and "Shared rules." in texts[0]
@@ -69,7 +72,9 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     assert store.cache_warmth.take_refresh(first, now=later)
     # Another worker that read the group before the take does not take it again.
     assert not store.cache_warmth.take_refresh(first, now=later)
-    store.cache_warmth.record_refresh(first, now=later, usage=Usage(12, 1, 0, 280))
+    # The refresh wrote part of the prefix again, at the leader's 1-hour TTL.
+    rewrote = Usage(12, 1, 40, 240, cache_creation_1h_input_tokens=40)
+    store.cache_warmth.record_refresh(first, now=later, usage=rewrote)
     (again, _) = store.cache_warmth.held_groups([row_id])
     failed_at = later + timedelta(minutes=48)
     assert store.cache_warmth.take_refresh(again, now=failed_at)
@@ -87,7 +92,7 @@ def test_a_refresh_moves_the_warm_time_and_adds_its_tokens_across_restarts(
     assert [g.tracked for g in found] == [True, False]
     (model,) = totals.models
     assert (model.groups, model.refreshes, model.failed) == (1, 2, 1)
-    assert model.usage == Usage(12, 1, 0, 280)
+    assert model.usage == rewrote
     assert model.leader_write_1h_tokens == 3
     assert totals.refreshes == 2
     assert second.leader_id != first.leader_id

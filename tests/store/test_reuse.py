@@ -73,6 +73,10 @@ def result_of(engine: Engine, request_id: int) -> dict[str, Any]:
     return found
 
 
+# What answer() records for a succeeded request unless told.
+ANSWER_USAGE = Usage(10, 5, 3, 7)
+
+
 def answer(
     store: Store,
     batch_id: str,
@@ -80,9 +84,10 @@ def answer(
     result_type: str = "succeeded",
     body: str = '{"type":"message","content":[{"type":"text","text":"hi"}]}',
     now: datetime = NOW,
+    usage: Usage = ANSWER_USAGE,
 ) -> list[str]:
-    """Claim what is claimable now and record every claimed request as ``result_type``;
-    returns the custom_ids claimed."""
+    """Claim what is claimable now and record every claimed request as ``result_type``
+    (succeeded ones with ``usage``); returns the custom_ids claimed."""
     claimed = store.leases.claim(
         owner="w1", batch_ids=[batch_id], limit=100, now=now, lease_s=LEASE_S
     )
@@ -100,7 +105,7 @@ def answer(
                 http_status=200 if result_type == "succeeded" else 400,
                 model="claude-sonnet-4-5",
                 stop_reason="end_turn" if result_type == "succeeded" else None,
-                usage=Usage(10, 5, 3, 7) if result_type == "succeeded" else None,
+                usage=usage if result_type == "succeeded" else None,
                 error_type=None if result_type == "succeeded" else "invalid_request_error",
                 latency_ms=120,
                 request_ref=f"req_{request.custom_id}",
@@ -120,7 +125,7 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
     store: Store, engine: Engine
 ) -> None:
     first = put(store, [request_line("a", "question one"), request_line("b", "question two")])
-    answer(store, first)
+    answer(store, first, usage=Usage(10, 5, 3, 7, cache_creation_1h_input_tokens=2))
 
     second = put(
         store,
@@ -136,6 +141,7 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
     old, new = requests_of(engine, first), requests_of(engine, second)
     source, copy = result_of(engine, old["a"]["id"]), result_of(engine, new["x"]["id"])
     assert copy["body"] == source["body"]
+    assert source["cache_creation_1h_input_tokens"] == 2
     for column in (
         "result_type",
         "http_status",
@@ -145,6 +151,7 @@ def test_a_reused_request_succeeds_at_once_with_a_copy_of_the_stored_result(
         "output_tokens",
         "cache_creation_input_tokens",
         "cache_read_input_tokens",
+        "cache_creation_1h_input_tokens",
         "request_ref",
         "endpoint",
         "lane",

@@ -172,3 +172,32 @@ def test_error_types_the_sdk_does_not_know_are_recorded_under_a_known_one(
     assert isinstance(outcome, Fatal | Retryable)
     assert outcome.error["error"]["type"] == recorded_type
     assert outcome.error["error"]["original_type"] == api_type
+
+
+@pytest.mark.parametrize(
+    ("cache_creation", "one_hour"),
+    [
+        ({"ephemeral_5m_input_tokens": 2, "ephemeral_1h_input_tokens": 3}, 3),
+        ({"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 0}, 0),
+        (None, 0),  # an API (or gateway) that sends no breakdown: all at the 5-minute price
+        ({"ephemeral_1h_input_tokens": "3"}, 0),
+        ({"ephemeral_1h_input_tokens": True}, 0),
+        ({"ephemeral_1h_input_tokens": -4}, 0),
+        ({"ephemeral_1h_input_tokens": 99}, 5),  # never more than the whole write
+        ([3], 0),
+    ],
+)
+def test_the_one_hour_part_of_a_cache_write_is_read_from_the_usage_breakdown(
+    cache_creation: object, one_hour: int
+) -> None:
+    usage = dict(MESSAGE["usage"])  # type: ignore[call-overload]
+    if cache_creation is not None:
+        usage["cache_creation"] = cache_creation
+    sent = json.dumps({**MESSAGE, "usage": usage}).encode()
+
+    outcome = classify_response(200, {}, sent)
+
+    assert isinstance(outcome, Succeeded)
+    assert outcome.usage == Usage(11, 3, 5, 7, cache_creation_1h_input_tokens=one_hour)
+    # The Message is stored as sent.
+    assert outcome.body == sent.decode() and outcome.raw_body is None
