@@ -112,8 +112,10 @@ def downgrade() -> None:
     op.drop_table("batch_repairs")
     op.drop_index(op.f("ix_answer_turns_batch_id"), table_name="answer_turns")
     op.drop_table("answer_turns")
-    with op.batch_alter_table("requests") as batch:
+    # recreate="never": a rebuilt table would be dropped with foreign keys on, and SQLite
+    # would delete every row that refers to it (3.35+ drops a column in place).
+    with op.batch_alter_table("requests", recreate="never") as batch:
         batch.drop_column("repairs")
-    with op.batch_alter_table("batches") as batch:
+    with op.batch_alter_table("batches", recreate="never") as batch:
         batch.drop_column("n_repairs")
         batch.drop_column("repair_limit")

@@ -32,5 +32,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("batches") as batch_op:
+    # recreate="never": see 0015 (a rebuilt batches table would take its requests with it).
+    with op.batch_alter_table("batches", recreate="never") as batch_op:
         batch_op.drop_column("cache_ttl")
