@@ -47,13 +47,16 @@ def places(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_the_config_file_is_the_first_found_of_flag_env_cwd_home(
-    tmp_path: Path, places: dict[str, Path]
+    tmp_path: Path, places: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {"BATCHRUN_CONFIG": str(places["env"]), "HOME": str(tmp_path / "home")}
     cwd = tmp_path / "work"
 
     assert find_config_file(places["flag"], env, cwd) == places["flag"]
     assert find_config_file(None, env, cwd) == places["env"]
+    # Named by its full path from elsewhere, as the user sees it from the folder itself.
+    assert find_config_file(None, {"HOME": env["HOME"]}, cwd) == cwd / "batchrun.toml"
+    monkeypatch.chdir(cwd)
     assert find_config_file(None, {"HOME": env["HOME"]}, cwd) == Path("batchrun.toml")
     assert find_config_file(None, {"HOME": env["HOME"]}, tmp_path) == places["home"]
     assert find_config_file(None, {"HOME": str(tmp_path / "nobody")}, tmp_path) is None
