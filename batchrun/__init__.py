@@ -52,9 +52,9 @@ if TYPE_CHECKING:
         RunEvent,
         RunResult,
     )
-    from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunSession
     from batchrun.ops.views.report.data import ReportData
+    from batchrun.ops.waiting import WaitingBatch
     from batchrun.transport.endpoints import Endpoints
 
 __version__ = "0.1.0"
@@ -91,7 +91,7 @@ _LAZY: dict[str, str] = {
     "RunSession": "batchrun.ops.session",
     "Settings": "batchrun.config.file",
     "TableData": "batchrun.input.frames",
-    "WaitingBatch": "batchrun.ops.runner",
+    "WaitingBatch": "batchrun.ops.waiting",
 }
 
 __all__ = [

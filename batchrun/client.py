@@ -60,9 +60,9 @@ if TYPE_CHECKING:
     from batchrun.input.sources import Requests
     from batchrun.limits.dimensions import RateLimits
     from batchrun.ops.planning import FilePlan
-    from batchrun.ops.runner import WaitingBatch
     from batchrun.ops.session import RunEvent, RunResult, RunSession
     from batchrun.ops.views.report.data import ReportData
+    from batchrun.ops.waiting import WaitingBatch
     from batchrun.records import BatchStats, BatchSummary, ResultDetail
     from batchrun.store.rates import LearnedLimit
     from batchrun.store.store import Store
@@ -564,7 +564,7 @@ class Client:
         ``headers_env`` variable of its endpoint is not set in this environment, or its
         endpoint is not defined (any more); None when it can be sent. What ``submit`` warns
         about; a run reports it in :attr:`~batchrun.ops.session.RunResult.waiting`."""
-        from batchrun.ops.runner import waiting_reason
+        from batchrun.ops.waiting import waiting_reason
 
         batch = self._store().batches.get(batch_id)
         return waiting_reason(batch_id, batch.endpoint, self.endpoints(), self._env)

@@ -18,6 +18,12 @@ Figures come from the simulators' own per-second admission counts, over the stea
   c2 the same, server sends only retry-after
   d  image-heavy requests (an image of 200-1700 px and ~2,000 characters of text each):
      input estimate error after calibration (batchrun only)
+  h1 a high limit: 30,000 RPM configured = server, answers in 50-150 ms, 20,000 requests
+     (one worker on SQLite; batchrun only: the pacer would share the two cores)
+  h2 10,000 RPM configured = server, answers in 1-3 s, 8,000 requests (batchrun only)
+
+Run h1 and h2 on their own (`--only h1`, `--only h2`): at these rates the client needs a
+core, and another scenario beside it would take its share.
 
 Unknown limits (nothing configured, no anthropic-ratelimit-* headers; batchrun only, since
 the baseline needs a configured limit): utilisation from 30 s after the first admission,
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import struct
@@ -54,7 +61,7 @@ from typing import Any
 
 import httpx
 from aiolimiter import AsyncLimiter
-from common import BATCHRUN, Simulator
+from common import BATCHRUN, Simulator, process_cpu_s
 
 LATENCY_S = 2.0
 JITTER_S = 1.0
@@ -79,6 +86,8 @@ class Scenario:
     baseline: bool = True
     targets: dict[str, float] = field(default_factory=dict)
     count: int | None = None  # requests (default: sized to the duration)
+    latency_s: float = LATENCY_S  # the simulator's answers take latency_s ± jitter_s / 2
+    jitter_s: float = JITTER_S
 
 
 def scenarios() -> list[Scenario]:
@@ -143,6 +152,34 @@ def scenarios() -> list[Scenario]:
             images=True,
             baseline=False,
             targets={"estimate_error": 0.15},
+        ),
+        Scenario(
+            "h1",
+            "high limit: 30,000 RPM configured = server, fast",
+            "requests",
+            30_000,
+            ["--rpm", "30000", "--burst-s", "2"],
+            ["--rpm", "30000"],
+            500,
+            skip_s=10,
+            baseline=False,
+            latency_s=0.1,
+            jitter_s=0.1,
+            count=20_000,
+            targets={"util": 0.97, "429": 0.005},
+        ),
+        Scenario(
+            "h2",
+            "10,000 RPM configured = server, 1-3 s answers",
+            "requests",
+            10_000,
+            ["--rpm", "10000", "--burst-s", "2"],
+            ["--rpm", "10000", "--max-concurrency", "1024"],
+            10_000 / 60,
+            skip_s=10,
+            baseline=False,
+            count=8_000,
+            targets={"util": 0.99, "429": 0.005},
         ),
         Scenario(
             "u1",
@@ -246,9 +283,9 @@ def start_simulator(scenario: Scenario) -> Simulator:
     """The scenario's simulator: its latency, output size and server-side limits."""
     return Simulator(
         "--latency-s",
-        str(LATENCY_S - JITTER_S / 2),
+        str(scenario.latency_s - scenario.jitter_s / 2),
         "--latency-jitter-s",
-        str(JITTER_S),
+        str(scenario.jitter_s),
         "--output-tokens",
         str(scenario.output_tokens),
         "--seed",
@@ -291,10 +328,17 @@ async def run_batchrun(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await run.communicate()
+    # The worker's CPU, read from /proc while it runs (the last 0.2 s are not counted).
+    cpu_s = 0.0
+    finishing = asyncio.ensure_future(run.communicate())
+    while not finishing.done():
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            cpu_s = process_cpu_s(run.pid)
+        await asyncio.wait([finishing], timeout=0.2)
+    _, err = finishing.result()
     if run.returncode != 0:
         raise RuntimeError(f"batchrun run failed ({run.returncode}): {err.decode()[-500:]}")
-    return {"db": str(db)}
+    return {"db": str(db), "cpu_ms_per_request": 1000 * cpu_s / len(lines)}
 
 
 async def run_baseline(
@@ -395,6 +439,8 @@ async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> 
         figures: dict[str, Any] = {"requests": count}
         for (runner, sim), output in zip(sims.items(), outputs, strict=True):
             figures[runner] = steady_figures(scenario, sim.stats())
+            if "cpu_ms_per_request" in output:
+                figures[runner]["cpu_ms"] = output["cpu_ms_per_request"]
             if scenario.images and runner == "batchrun":
                 figures[runner].update(estimate_errors(output["db"]))
         return figures
@@ -406,7 +452,7 @@ async def run_scenario(scenario: Scenario, duration_s: float, workdir: Path) -> 
 def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
     print(
         f"{'':3} {'scenario':44} {'runner':9} {'util':>7} {'req/min':>8} {'tok/min':>8} "
-        f"{'calls':>6} {'429s':>6} {'429%':>6} {'time/floor':>10}  target"
+        f"{'calls':>6} {'429s':>6} {'429%':>6} {'time/floor':>10} {'CPU ms':>7}  target"
     )
     for scenario in chosen:
         figures = results[scenario.name]
@@ -433,15 +479,18 @@ def report(results: dict[str, dict[str, Any]], chosen: list[Scenario]) -> None:
                     f"estimate error max {f['estimate_error']:.1%} mean {f['mean_error']:.1%}"
                     f" (raw mean {f['raw_mean_error']:.1%}) {'PASS' if ok else 'FAIL'}"
                 )
+            cpu = f"{f['cpu_ms']:.2f}" if "cpu_ms" in f else ""
             print(
                 f"{scenario.name:3} {scenario.description:44} {runner:9} {f['util']:7.1%} "
                 f"{f['requests_per_min']:8.0f} {f['tokens_per_min']:8.0f} {f['calls']:6d} "
-                f"{f['429s']:6d} {f['429']:6.1%} {f['floor']:10.2f}  {target}"
+                f"{f['429s']:6d} {f['429']:6.1%} {f['floor']:10.2f} {cpu:>7}  {target}"
             )
     print(
-        f"\nbinding limit: requests/min for a, c1, c2, d; tokens/min (input + output) for b. "
-        f"Steady window = from {{skip}} s after the first admission to {TAIL_S} s before the "
-        f"last; latency {LATENCY_S - JITTER_S / 2:.1f}-{LATENCY_S + JITTER_S / 2:.1f} s."
+        f"\nbinding limit: requests/min for a, c1, c2, d, h1, h2; tokens/min (input + output) "
+        f"for b. Steady window = from skip_s after the first admission to {TAIL_S} s before "
+        f"the last; latency {LATENCY_S - JITTER_S / 2:.1f}-{LATENCY_S + JITTER_S / 2:.1f} s "
+        "(h1: 0.05-0.15 s). CPU ms: the batchrun worker's CPU per request, read from /proc "
+        "while it ran."
     )
 
 
@@ -545,10 +594,11 @@ async def main() -> None:
     parser.add_argument(
         "--duration-s", type=float, default=140, help="steady seconds per scenario (default 140)"
     )
-    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d u1 u2 u3 u4)")
+    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d h1 h2 u1 u2 u3 u4)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
-    chosen = [s for s in scenarios() if not args.only or s.name in args.only]
+    # h1 and h2 run only when named (see the module).
+    chosen = [s for s in scenarios() if (s.name in args.only if args.only else s.name[0] != "h")]
     with_llmock = not args.only or "u4" in args.only
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp:

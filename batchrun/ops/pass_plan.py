@@ -22,7 +22,8 @@ from batchrun.ops.budget import (
     unpriced_models,
     unpriced_refusal,
 )
-from batchrun.ops.runner import RunPlan, WaitingBatch, move_batches, plan_run, waiting_reason
+from batchrun.ops.runner import RunPlan, move_batches, plan_run
+from batchrun.ops.waiting import WaitingBatch, waiting_reason
 from batchrun.records import Lane
 from batchrun.transport.endpoints import Endpoints, auth_headers
 

@@ -61,7 +61,8 @@ from batchrun.ops.run_types import (
     RunOptions,
     RunResult,
 )
-from batchrun.ops.runner import WaitingBatch, plan_run
+from batchrun.ops.runner import plan_run
+from batchrun.ops.waiting import WaitingBatch
 from batchrun.ops.worker_process import WorkerSpec, encode_spec
 from batchrun.transport.endpoints import Endpoints
 

@@ -21,7 +21,7 @@ from batchrun.export.batch_object import BatchObject, cost_json
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.limiter import LimiterSettings
 from batchrun.ops.monitor import ProgressSnapshot
-from batchrun.ops.runner import WaitingBatch
+from batchrun.ops.waiting import WaitingBatch
 from batchrun.records import BatchSummary
 
 

@@ -45,7 +45,7 @@ from batchrun.ops.run_types import (
     RunOptions,
     RunResult,
 )
-from batchrun.ops.runner import WaitingBatch
+from batchrun.ops.waiting import WaitingBatch
 from batchrun.transport.endpoints import Endpoints
 
 if TYPE_CHECKING:

@@ -2,10 +2,9 @@
 in-process transport, the User-Agent, reading a body within a size cap, and the check that a
 header value can be sent at all.
 
-A run's requests go out on a :class:`ClientPool`: several httpx clients of
-``CONNECTIONS_PER_CLIENT`` connections each, made as they are needed and sharing one TLS
-context (:func:`create_http_client`). The built-in simulator is reached without a socket,
-through :func:`in_process_transport`.
+A run's requests go out on one httpx client made on first use (:class:`ClientPool`,
+:func:`create_http_client`), which sends on aiohttp (:mod:`batchrun.transport.aio`). The
+built-in simulator is reached without a socket, through :func:`in_process_transport`.
 
 Bodies are read in pieces and decompressed here (gzip and deflate), never more than a cap at
 a time: :func:`read_capped` stops once a body passes its cap, so an endless body or a gzip
@@ -19,7 +18,6 @@ exception text, which would otherwise be stored as every request's error.
 
 from __future__ import annotations
 
-import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +27,7 @@ import httpx
 
 from batchrun import __version__
 from batchrun.errors import ConfigError
+from batchrun.transport.aio import AiohttpTransport
 from batchrun.transport.auth import secret_header_names
 from batchrun.transport.endpoints import DEFAULT_CONNECT_TIMEOUT_S
 
@@ -41,8 +40,6 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate":
 _STREAM_PIECE_BYTES = 64 * 1024
 # How requests reach a server: a socket (None) or an ASGI app in-process.
 HttpTransport = httpx.AsyncBaseTransport
-# Connections per httpx client in a ClientPool.
-CONNECTIONS_PER_CLIENT = 8
 
 
 def check_header_values(
@@ -131,69 +128,46 @@ async def stream_pieces(response: httpx.Response) -> AsyncIterator[bytes]:
 
 
 class ClientPool:
-    """Several httpx clients used as one, each with a few connections.
+    """The httpx client a run sends on, made when the first request needs it (a run that
+    sends nothing opens no connection and builds no TLS context, which costs milliseconds).
 
-    httpcore's connection pool looks at every connection for every request it assigns, on
-    every event, so its cost grows with connections × requests in flight: with 64 connections
-    one client spends most of a fast run there (bench/throughput.py: 400 requests/s with one
-    client of 64 connections, 740 with eight of 8). Each request goes to the client with the
-    fewest requests in flight.
+    It was several httpx clients of 8 connections each, because httpcore's pool looked at
+    every connection for every request it assigned; on aiohttp
+    (:class:`~batchrun.transport.aio.AiohttpTransport`) one client of any size costs the
+    same per request, so one is made."""
 
-    Clients are made when they are needed (when every client made so far is full), up to
-    ``len(sizes)`` of them: a run allowed 4,096 requests in flight but sending a few dozen
-    at a time makes a handful, not 512 clients with a TLS context each.
-    """
-
-    def __init__(self, make: Callable[[int], httpx.AsyncClient], sizes: Sequence[int]) -> None:
-        """``make(n)`` makes a client of ``n`` connections; ``sizes``: the connections of
-        each client the pool may make, in order."""
+    def __init__(self, make: Callable[[], httpx.AsyncClient]) -> None:
         self._make = make
-        self._sizes = list(sizes)
-        self._clients: list[httpx.AsyncClient] = []
-        self._in_flight: list[int] = []
+        self._client: httpx.AsyncClient | None = None
 
-    @asynccontextmanager
-    async def least_busy(self) -> AsyncIterator[httpx.AsyncClient]:
-        """The client with the fewest requests in flight, counted as busy while held."""
-        index = self._pick()
-        self._in_flight[index] += 1
-        try:
-            yield self._clients[index]
-        finally:
-            self._in_flight[index] -= 1
+    @property
+    def made(self) -> bool:
+        """Whether the client was made (a request needed it)."""
+        return self._client is not None
 
-    def _pick(self) -> int:
-        if self._clients:
-            index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-            if self._in_flight[index] < self._sizes[index] or len(self._clients) == len(
-                self._sizes
-            ):
-                return index
-        self._clients.append(self._make(self._sizes[len(self._clients)]))
-        self._in_flight.append(0)
-        return len(self._clients) - 1
+    def client(self) -> httpx.AsyncClient:
+        """The client, made now if no request needed it yet."""
+        if self._client is None:
+            self._client = self._make()
+        return self._client
 
     async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
-        """POST on the least busy client (an httpx client's ``post``, for bench/throughput.py)."""
-        async with self.least_busy() as client:
-            return await client.post(url, content=content, headers=headers)
+        """POST on the client (an httpx client's ``post``, for bench/throughput.py)."""
+        return await self.client().post(url, content=content, headers=headers)
 
     async def __aenter__(self) -> ClientPool:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for client in self._clients:
+        client, self._client = self._client, None
+        if client is not None:
             await client.aclose()
 
 
 @asynccontextmanager
 async def client_for(http: httpx.AsyncClient | ClientPool) -> AsyncIterator[httpx.AsyncClient]:
-    """The client to send one request on: a pool's least busy one, held while in use."""
-    if isinstance(http, ClientPool):
-        async with http.least_busy() as client:
-            yield client
-    else:
-        yield http
+    """The client to send one request on."""
+    yield http.client() if isinstance(http, ClientPool) else http
 
 
 def create_http_client(
@@ -202,29 +176,23 @@ def create_http_client(
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> ClientPool:
-    """HTTP clients for ``max_connections`` concurrent requests, in shards of
-    ``CONNECTIONS_PER_CLIENT`` made as needed (one client for an in-process transport), all
-    sharing one TLS context (making one costs milliseconds of CPU)."""
+    """One httpx client for ``max_connections`` concurrent requests, made on first use: on
+    ``transport`` if given (the in-process simulator), else on aiohttp
+    (:class:`~batchrun.transport.aio.AiohttpTransport`, one TLS context)."""
     timeout = httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s))
-    sizes = [max_connections] if transport is not None else _shard_sizes(max_connections)
-    tls: list[ssl.SSLContext] = []
 
-    def make(size: int) -> httpx.AsyncClient:
-        if transport is None and not tls:
-            tls.append(httpx.create_ssl_context())
-        return httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-            transport=transport,
-            verify=tls[0] if tls else True,
-        )
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
 
-    return ClientPool(make, sizes)
+    def make() -> httpx.AsyncClient:
+        sender = transport
+        if sender is None:
+            tls = httpx.create_ssl_context()
+            sender = AiohttpTransport(max_connections=max_connections, tls=tls)
+        return httpx.AsyncClient(timeout=timeout, limits=limits, transport=sender)
 
-
-def _shard_sizes(max_connections: int) -> list[int]:
-    full, rest = divmod(max_connections, CONNECTIONS_PER_CLIENT)
-    return [CONNECTIONS_PER_CLIENT] * full + ([rest] if rest else [])
+    return ClientPool(make)
 
 
 def in_process_transport(app: object) -> httpx.AsyncBaseTransport:

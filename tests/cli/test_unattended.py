@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 import batchrun
 from batchrun.cli.app import app
 from batchrun.errors import ExitCode
-from batchrun.ops.runner import WaitingBatch
+from batchrun.ops.waiting import WaitingBatch
 from batchrun.simulator import SimulatorConfig, create_app, running_simulator
 from batchrun.simulator.app import SimulatorApp
 from tests.conftest import cli_env, jsonl, request_line

@@ -41,31 +41,23 @@ def test_printable_keys_spaces_and_tabs_are_accepted() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_large_pool_makes_clients_only_as_requests_need_them() -> None:
-    # 4,096 connections allowed would be 512 clients of 8, each with its own TLS setup, if
-    # they were all made up front; requests one at a time need one.
+async def test_the_client_is_made_when_the_first_request_needs_it() -> None:
+    # A run that sends nothing builds no client and no TLS context.
     app = create_app(SimulatorConfig())
     with running_simulator(app=app) as url:
         async with create_http_client(timeout_s=10, max_connections=4096) as pool:
+            assert not pool.made
             for _ in range(3):
-                async with pool.least_busy() as client:
-                    response = await client.post(
-                        f"{url}/v1/messages",
-                        content=json.dumps(
-                            {
-                                "model": "m",
-                                "max_tokens": 5,
-                                "messages": [{"role": "user", "content": "hi"}],
-                            }
-                        ),
-                        headers={"content-type": "application/json"},
-                    )
-                    assert response.status_code == 200
-            assert len(pool._clients) == 1
-            held = [pool.least_busy() for _ in range(9)]
-            for context in held:
-                await context.__aenter__()
-            # Eight requests fill the first client; the ninth makes a second.
-            assert len(pool._clients) == 2
-            for context in held:
-                await context.__aexit__(None, None, None)
+                response = await pool.post(
+                    f"{url}/v1/messages",
+                    content=json.dumps(
+                        {
+                            "model": "m",
+                            "max_tokens": 5,
+                            "messages": [{"role": "user", "content": "hi"}],
+                        }
+                    ).encode(),
+                    headers={"content-type": "application/json"},
+                )
+                assert response.status_code == 200
+            assert pool.made
