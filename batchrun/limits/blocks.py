@@ -27,7 +27,7 @@ sends under a limit of ``L`` per second is at most ``L × T`` + the buckets' bur
 (``L × burst_s``) + what the blocks held unspent when the span began, which is at most
 ``N × L ×`` :data:`BLOCK_HORIZON_S` (and about ``L ×`` :data:`BLOCK_HORIZON_S` when the
 workers' blocks follow their shares of the limit). Blocks taken during the start-up ramp
-are smaller still (below), so the bound holds through it.
+are no larger (below), so the bound holds through it.
 
 **During the start-up ramp** (:mod:`batchrun.limits.keyrecord`) the buckets refill at the
 ramp's share of each limit, and a take they cannot cover now is refused (asked again within
@@ -41,9 +41,10 @@ the ramp), and never more requests than the buckets hold now as this worker last
 per half second of sending, as after it, not a take per request; one that binds gets blocks
 of what the buckets hold, which a take per request would have spent at once too, and of one
 request when they hold less: its pace is the one-request takes' pace. The worker's view may
-be stale (another worker took meanwhile): when a block of more than one request is refused,
-the worker asks at once for one request, so a binding ramp is never slower than with
-one-request blocks (at the price of a second take then).
+be stale (another worker took meanwhile, or started a ramp this worker has not heard of):
+when a block of more than one request (in some limit in force) is refused, the worker asks
+at once for one request, so a binding ramp is never slower than with one-request blocks (at
+the price of a second take then).
 """
 
 from __future__ import annotations

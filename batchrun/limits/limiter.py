@@ -409,7 +409,8 @@ class Limiter:
         if (
             not grant.charged
             and grant.wait_s > 0
-            and wanted != single
+            # More than one request in a dimension in force (else the same take again).
+            and any(wanted.get(d, 0.0) > single.get(d, 0.0) for d in limits or wanted)
             and not self._paused(key, state, now)
         ):
             # Refused during a ramp (as this worker saw it or not): the request at hand may

@@ -10,6 +10,7 @@ Several limiters on one database stand for several workers (each with its own
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -383,3 +384,58 @@ async def test_a_ramp_block_refused_for_a_stale_view_of_the_buckets_falls_back_t
         await first.acquire(KEY, DEMAND)
         assert loop.time() == asked_at
         assert first_db.takes == takes + 2
+
+
+class SharedInMemory:
+    """The rate records of one database, in memory: several :class:`DatabaseBank` on it
+    stand for workers of one database, each reading back a copy of the record with its
+    take (so its view of the buckets ages until its next take), with no thread."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], KeyRecord] = {}
+        self.takes = 0
+
+    async def take_rates(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        changes: PendingChanges,
+        now: float,
+        reserve: bool = False,
+    ) -> tuple[Grant, KeyRecord]:
+        record = self.records.setdefault((endpoint, model), KeyRecord())
+        grant = record.take(costs, policy, now, changes, reserve=reserve)
+        self.takes += 1
+        return grant, copy.deepcopy(record)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_refused_ramp_take_of_one_request_in_every_limit_is_not_asked_again_at_once() -> (
+    None
+):
+    loop = asyncio.get_running_loop()
+    shared = SharedInMemory()
+    first, second = (
+        Limiter({KEY: RateLimits(rpm=180)}, bank=DatabaseBank(shared, clock=loop.time))
+        for _ in range(2)
+    )
+    # No answer: the ramp holds at a fifth of 3 a second, and half a second of that is less
+    # than a request, so every block holds one request of the limit in force.
+    await first.acquire(KEY, DEMAND)
+    await asyncio.sleep(6)  # the bucket fills: 3
+    await first.acquire(KEY, DEMAND)  # 2 left, the first worker knows
+    await second.acquire(KEY, DEMAND)
+    await second.acquire(KEY, DEMAND)  # none left, which the first worker does not know
+    takes = shared.takes
+
+    # Sending fast, with 2 in the bucket as far as it knows, the first worker asks for one
+    # request (and two requests' tokens, which no limit counts): refused, it waits to ask
+    # again, since asking for one request at once would be the same take refused again.
+    waiting = asyncio.ensure_future(first.acquire(KEY, DEMAND))
+    await asyncio.sleep(0.1)
+    assert shared.takes == takes + 1
+    await waiting
