@@ -46,6 +46,13 @@ class TokenBucket:
         self._refill(now)
         return self.level
 
+    def level_at(self, now: float) -> float:
+        """What the bucket holds at ``now`` with nothing more taken (negative while in debt),
+        without changing it (so :meth:`full_at` still says when it filled)."""
+        if now <= self.updated_at:
+            return self.level
+        return min(self.capacity, self.level + (now - self.updated_at) * self.rate_per_s)
+
     def wait_s(self, cost: float, now: float) -> float:
         """Seconds until ``cost`` may be taken."""
         self._refill(now)

@@ -54,6 +54,17 @@ def test_a_bucket_refills_continuously_up_to_its_capacity() -> None:
     assert bucket.available(now=30) == pytest.approx(10)
 
 
+def test_reading_a_bucket_level_ahead_changes_nothing() -> None:
+    bucket = TokenBucket.empty(rate_per_s=10, burst_s=1, now=0)
+    bucket.take(5, now=0)
+
+    assert bucket.level_at(0.2) == pytest.approx(-3)
+    assert bucket.level_at(30) == pytest.approx(10)
+    # Still as it was: it filled at 1.5 s, not when it was read.
+    assert (bucket.level, bucket.updated_at) == (-5, 0)
+    assert bucket.full_at() == pytest.approx(1.5)
+
+
 def test_a_bucket_admits_a_cost_bigger_than_itself_when_full_and_goes_into_debt() -> None:
     bucket = TokenBucket.empty(rate_per_s=10, burst_s=1, now=0)
 

@@ -10,6 +10,7 @@ Several limiters on one database stand for several workers (each with its own
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -20,7 +21,14 @@ from batchrun.dispatch.worker_db import WorkerDatabase
 from batchrun.limits.banks import DatabaseBank, LocalBank
 from batchrun.limits.blocks import BLOCK_HORIZON_S
 from batchrun.limits.dimensions import RateLimits
-from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
+from batchrun.limits.keyrecord import (
+    RAMP_S,
+    RAMP_START_SHARE,
+    Grant,
+    KeyPolicy,
+    KeyRecord,
+    PendingChanges,
+)
 from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
 from batchrun.records import Retryable, ServerLimits, Succeeded, Usage, error_body
 from batchrun.store.store import Store
@@ -72,7 +80,7 @@ def _unix_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 @asynccontextmanager
 async def workers(
-    store: Store, count: int, limits: RateLimits
+    store: Store, count: int, limits: RateLimits, settings: LimiterSettings = NO_RAMP
 ) -> AsyncIterator[list[tuple[Limiter, CountingDatabase]]]:
     loop = asyncio.get_running_loop()
     dbs = [CountingDatabase(store) for _ in range(count)]
@@ -80,7 +88,7 @@ async def workers(
         yield [
             (
                 Limiter(
-                    {KEY: limits}, settings=NO_RAMP, bank=DatabaseBank(db, clock=_unix_clock(loop))
+                    {KEY: limits}, settings=settings, bank=DatabaseBank(db, clock=_unix_clock(loop))
                 ),
                 db,
             )
@@ -213,3 +221,221 @@ async def test_a_server_with_less_left_than_the_block_caps_it_too() -> None:
     for _ in range(4):
         await limiter.acquire(KEY, DEMAND)
     assert loop.time() - start >= (4 - min(before + 9, 2.0)) / 20 - 1e-3
+
+
+# -- blocks during the start-up ramp ------------------------------------------------------------
+
+
+class CountingBank(LocalBank):
+    """The in-memory bank, keeping what each take asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[Mapping[str, float]] = []
+
+    @property
+    def takes(self) -> int:
+        return len(self.asked)
+
+    async def take(
+        self,
+        key: tuple[str, str],
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        *,
+        reserve: bool = False,
+    ) -> Grant:
+        self.asked.append(dict(costs))
+        return await super().take(key, costs, policy, reserve=reserve)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_ramp_that_does_not_bind_takes_blocks_not_one_request_at_a_time() -> None:
+    # Limits that never bind (as `--rpm 6000000 --tpm 1000000000`), the ramp on; a worker
+    # sending 1,000 requests a second, each answered at once.
+    bank = CountingBank()
+    limiter = Limiter({KEY: RateLimits(rpm=6_000_000, tpm=1_000_000_000)}, bank=bank)
+    loop = asyncio.get_running_loop()
+    sent = 0
+    while True:
+        permit = await limiter.acquire(KEY, DEMAND)
+        limiter.settle(permit, succeeded())
+        sent += 1
+        record = bank.record(KEY)
+        assert record is not None
+        if record.ramp_share(loop.time(), RAMP_S) >= 1:
+            break
+        await asyncio.sleep(0.001)
+
+    # The whole ramp (5 s from the first answer) at 1,000 a second: about 5,000 requests.
+    assert sent == pytest.approx(RAMP_S * 1000, rel=0.01)
+    # Blocks sized to the worker's pace, as after the ramp (half a second: ~500 requests),
+    # not a take per request.
+    assert bank.takes <= 0.05 * sent
+
+
+def _ramp_allows(start: float, first_answer: float, at: float, per_s: float) -> float:
+    """What the ramp lets through from ``start`` to ``at`` at a limit of ``per_s``: a fifth
+    of it until the first answer, then a straight climb to all of it over RAMP_S."""
+    allowed = RAMP_START_SHARE * per_s * (min(at, first_answer) - start)
+    climb = min(max(at - first_answer, 0.0), RAMP_S)
+    allowed += per_s * (RAMP_START_SHARE * climb + (1 - RAMP_START_SHARE) * climb**2 / 2 / RAMP_S)
+    return allowed + per_s * max(at - first_answer - RAMP_S, 0.0)
+
+
+def _one_request_at_a_time(costs: Mapping[str, float], seconds: float) -> tuple[list[float], int]:
+    """When a worker taking one request at a time from the buckets (blocks of one request:
+    the behaviour during the ramp before blocks grew there) is granted each over ``seconds``,
+    each answered at once, and how many takes that made: the reference a binding ramp must
+    not fall behind, nor cost more than."""
+    policy = KeyPolicy(configured=RateLimits(rpm=RPM))
+    record = KeyRecord()
+    now = 0.0
+    granted: list[float] = []
+    takes = 0
+    while now < seconds:
+        grant = record.take(costs, policy, now, reserve=True)
+        takes += 1
+        now += grant.wait_s  # refused: asked again then; granted: paid then
+        if not grant.charged:
+            continue
+        granted.append(now)
+        record.apply(PendingChanges(answered_at=now), policy.configured, now)
+    return granted, takes
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_ramp_that_binds_keeps_its_pace_and_is_no_slower_than_one_request_blocks() -> None:
+    bank = CountingBank()
+    limiter = Limiter({KEY: RateLimits(rpm=RPM)}, bank=bank)  # 20 a second, the ramp on
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    granted = []
+    takes_in_ramp = 0
+    while loop.time() - start < 8:  # as fast as it may: the ramp binds
+        permit = await limiter.acquire(KEY, DEMAND)
+        granted.append(loop.time() - start)
+        limiter.settle(permit, succeeded())
+        if loop.time() - start <= granted[0] + RAMP_S:
+            takes_in_ramp = bank.takes
+    reference, reference_takes = _one_request_at_a_time(permit.reserved, granted[0] + RAMP_S)
+
+    # Never more than the bucket's start (0.8 of a request) plus what the ramp let through:
+    # no burst above the ramp's share of the limit.
+    first_answer = granted[0]
+    for count, at in enumerate(granted, start=1):
+        assert count <= 0.8 + _ramp_allows(0.0, first_answer, at, RPM / 60) + 1e-6, at
+    # And never behind one request at a time: each request granted no later than the
+    # reference's request of the same rank; nor with more takes over the ramp.
+    assert _in(granted, 0, first_answer + RAMP_S) >= len(reference)
+    for at, then in zip(granted, reference, strict=False):
+        assert at <= then + 1e-3
+    assert takes_in_ramp <= reference_takes
+    # The limit is reached: about 20 a second after the ramp.
+    assert _in(granted, first_answer + 6, first_answer + 7.5) == pytest.approx(30, abs=1)
+
+
+def _in(granted: list[float], start: float, end: float) -> int:
+    return sum(1 for at in granted if start <= at <= end)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_block_during_the_ramp_holds_no_more_than_half_a_second_of_the_ramped_limit() -> (
+    None
+):
+    bank = CountingBank()
+    limiter = Limiter({KEY: RateLimits(rpm=RPM)}, bank=bank)  # 20 a second, the ramp on
+    await limiter.acquire(KEY, DEMAND)
+    # No answer yet: the ramp holds at a fifth of the limit, 4 a second. In 3 s the bucket
+    # refills 12 requests' worth.
+    await asyncio.sleep(3)
+    await limiter.acquire(KEY, DEMAND)  # a block of one: the worker was idle
+    await limiter.acquire(KEY, DEMAND)  # sending fast now, with 11 in the bucket
+
+    # Half a second of the ramped limit (4 × 0.5 = 2), not of the limit (10) nor all the
+    # bucket holds (11).
+    assert bank.asked[-1]["rpm"] == pytest.approx(RAMP_START_SHARE * RPM / 60 * BLOCK_HORIZON_S)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_ramp_block_refused_for_a_stale_view_of_the_buckets_falls_back_to_one_request(
+    store: Store,
+) -> None:
+    loop = asyncio.get_running_loop()
+    async with workers(store, 2, RateLimits(rpm=600), LimiterSettings()) as cluster:
+        (first, first_db), (second, _) = cluster
+        # The first request starts the ramp; its answer starts the climb (2 a second then).
+        first.settle(await first.acquire(KEY, DEMAND), succeeded())
+        await asyncio.sleep(4)  # 8 refilled; the ramp allows 84 % now: blocks of 4.2 at most
+        first.settle(await first.acquire(KEY, DEMAND), succeeded())  # 7 left, it knows
+        # The other worker takes a request, then a block of 4.2: 1.8 left, which the first
+        # worker does not know.
+        second.settle(await second.acquire(KEY, DEMAND), succeeded())
+        second.settle(await second.acquire(KEY, DEMAND), succeeded())
+        takes, asked_at = first_db.takes, loop.time()
+
+        # Sending fast, the first worker asks for a block of 4.2; refused (during the ramp a
+        # take the buckets lack is not reserved in debt), it asks at once for one request,
+        # which the buckets hold: no wait, two takes.
+        await first.acquire(KEY, DEMAND)
+        assert loop.time() == asked_at
+        assert first_db.takes == takes + 2
+
+
+class SharedInMemory:
+    """The rate records of one database, in memory: several :class:`DatabaseBank` on it
+    stand for workers of one database, each reading back a copy of the record with its
+    take (so its view of the buckets ages until its next take), with no thread."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], KeyRecord] = {}
+        self.takes = 0
+
+    async def take_rates(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        changes: PendingChanges,
+        now: float,
+        reserve: bool = False,
+    ) -> tuple[Grant, KeyRecord]:
+        record = self.records.setdefault((endpoint, model), KeyRecord())
+        grant = record.take(costs, policy, now, changes, reserve=reserve)
+        self.takes += 1
+        return grant, copy.deepcopy(record)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_refused_ramp_take_of_one_request_in_every_limit_is_not_asked_again_at_once() -> (
+    None
+):
+    loop = asyncio.get_running_loop()
+    shared = SharedInMemory()
+    first, second = (
+        Limiter({KEY: RateLimits(rpm=180)}, bank=DatabaseBank(shared, clock=loop.time))
+        for _ in range(2)
+    )
+    # No answer: the ramp holds at a fifth of 3 a second, and half a second of that is less
+    # than a request, so every block holds one request of the limit in force.
+    await first.acquire(KEY, DEMAND)
+    await asyncio.sleep(6)  # the bucket fills: 3
+    await first.acquire(KEY, DEMAND)  # 2 left, the first worker knows
+    await second.acquire(KEY, DEMAND)
+    await second.acquire(KEY, DEMAND)  # none left, which the first worker does not know
+    takes = shared.takes
+
+    # Sending fast, with 2 in the bucket as far as it knows, the first worker asks for one
+    # request (and two requests' tokens, which no limit counts): refused, it waits to ask
+    # again, since asking for one request at once would be the same take refused again.
+    waiting = asyncio.ensure_future(first.acquire(KEY, DEMAND))
+    await asyncio.sleep(0.1)
+    assert shared.takes == takes + 1
+    await waiting
