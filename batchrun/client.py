@@ -744,6 +744,7 @@ class Client:
         timeout_s: float | None = None,
         output_reservation: Literal["learned", "max_tokens"] = "learned",
         burst_s: float | None = None,
+        slow_start: bool = True,
         count_tokens: bool = False,
         max_cost_usd: float | None = None,
         hold_unpriced: bool = False,
@@ -772,6 +773,7 @@ class Client:
             timeout_s=timeout_s,
             output_reservation=output_reservation,
             burst_s=burst_s,
+            slow_start=slow_start,
             count_tokens=count_tokens,
             max_cost_usd=max_cost_usd,
             hold_unpriced=hold_unpriced,
@@ -955,6 +957,7 @@ class Client:
         timeout_s: float | None = None,
         output_reservation: Literal["learned", "max_tokens"] = "learned",
         burst_s: float | None = None,
+        slow_start: bool = True,
         count_tokens: bool = False,
         max_cost_usd: float | None = None,
         hold_unpriced: bool = False,
@@ -986,6 +989,7 @@ class Client:
             timeout_s=timeout_s,
             output_reservation=output_reservation,
             burst_s=burst_s,
+            slow_start=slow_start,
             count_tokens=count_tokens,
             max_cost_usd=max_cost_usd,
             hold_unpriced=hold_unpriced,
@@ -1016,6 +1020,7 @@ class Client:
         timeout_s: float | None = None,
         output_reservation: Literal["learned", "max_tokens"] = "learned",
         burst_s: float | None = None,
+        slow_start: bool = True,
         count_tokens: bool = False,
         max_cost_usd: float | None = None,
         hold_unpriced: bool = False,
@@ -1049,6 +1054,10 @@ class Client:
           (UnpricedModelsError, exit code 2: nothing stored or sent) unless
           ``hold_unpriced``: then those requests are held, unsent, and the rest run.
         - ``max_runtime_s``: stop claiming after this long and let what is in flight finish.
+        - ``slow_start``: with nothing configured, announced or learned for an endpoint ×
+          model, start at 60 requests a minute and grow while answers succeed (see "Limits
+          nobody told batchrun" in the docs); False sends at once, unpaced until the first
+          429 (a server known to take everything: your own gateway, a load test).
         - ``forever``: look for new work every ``poll_interval_s`` until stopped.
         - ``lock``: on SQLite, ``exclusive`` raises RunLockedError when another run holds the
           database, ``wait`` waits for it, ``share`` works alongside it.
@@ -1083,6 +1092,7 @@ class Client:
         give, and the last pass's batches, counts, tokens and costs.
         """
         from batchrun.limits.buckets import DEFAULT_BURST_S
+        from batchrun.limits.keyrecord import START_PER_MIN
         from batchrun.limits.limiter import LimiterSettings
         from batchrun.ops.runlock import run_lock
         from batchrun.ops.session import Note, RunOptions, RunSession
@@ -1120,7 +1130,9 @@ class Client:
             overrides=_limits(limits),
             endpoint_overrides=_limits(endpoint_limits, "endpoint_limits"),
             limiter_settings=LimiterSettings(
-                burst_s=burst_s or DEFAULT_BURST_S, output_reservation=output_reservation
+                burst_s=burst_s or DEFAULT_BURST_S,
+                output_reservation=output_reservation,
+                start_per_min=START_PER_MIN if slow_start else None,
             ),
             timeout_s=timeout_s,
             max_concurrency=max_concurrency,
@@ -1251,6 +1263,7 @@ class Client:
         timeout_s: float | None = None,
         output_reservation: Literal["learned", "max_tokens"] = "learned",
         burst_s: float | None = None,
+        slow_start: bool = True,
         count_tokens: bool = False,
         max_cost_usd: float | None = None,
         hold_unpriced: bool = False,
@@ -1281,6 +1294,7 @@ class Client:
             timeout_s=timeout_s,
             output_reservation=output_reservation,
             burst_s=burst_s,
+            slow_start=slow_start,
             count_tokens=count_tokens,
             max_cost_usd=max_cost_usd,
             hold_unpriced=hold_unpriced,

@@ -105,6 +105,15 @@ def run(
         float,
         typer.Option("--burst-s", min=0.01, help="Most sent in one burst, in seconds of a limit."),
     ] = DEFAULT_BURST_S,
+    slow_start: Annotated[
+        bool,
+        typer.Option(
+            "--slow-start/--no-slow-start",
+            help="With no limit configured, announced or learned for an endpoint × model, "
+            "start at 60 requests/min and grow while answers succeed; --no-slow-start sends "
+            "at once, unpaced until the first 429 (a server known to take everything).",
+        ),
+    ] = True,
     max_attempts: Annotated[
         int | None,
         typer.Option(
@@ -325,6 +334,7 @@ def run(
             timeout_s=timeout_s,
             output_reservation=output_reservation.value,
             burst_s=burst_s,
+            slow_start=slow_start,
             count_tokens=count_tokens,
             max_cost_usd=max_cost,
             hold_unpriced=hold_unpriced,

@@ -7,7 +7,8 @@ run takes and gives: options, events, results, the exit-code rule), ``pass_plan`
 batches of a pass, with the run's options stored on them), ``forever`` (the joiner that adds
 batches submitted during a forever pass to it), ``runner`` (endpoints → HTTP
 clients → limiter → dispatcher), ``waiting`` (why a batch cannot be sent from here: what
-``submit`` warns about without importing the run's machinery), ``monitor`` (progress, cost, budgets, time limit),
+``submit`` warns about without importing the run's machinery), ``monitor`` (progress,
+cost, budgets, time limit),
 ``budget``, ``planning`` (``estimate``), ``runlock`` (one run per SQLite database),
 ``lane_wiring`` (a run's batch lane), ``processes`` (``run --processes N``: the parent that
 starts N worker processes and shows them as one run), ``worker_process`` (one such worker),
