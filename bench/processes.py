@@ -5,7 +5,9 @@ Postgres database) and drains them with one `batchrun run --processes N`, agains
 `batchrun simulate` process on 127.0.0.1 answering in 50-150 ms (the issue's high-limit
 case). In the same run, back to back:
 
-- none  p1 / p2 / auto: no limit; `--processes 1`, `2`, and `auto` (the usable cores);
+- none  p1 / p2 / auto: no limit (`--no-slow-start`: the simulator announces none, and the
+                        slow start would otherwise pace the whole run); `--processes 1`,
+                        `2`, and `auto` (the usable cores);
 - high  p1 / p2:        `--rpm 6,000,000 --tpm 1,000,000,000`, a limit that never binds but
                         engages the limiter (every request takes from the database bank);
 - bind  p1 / p2:        `--rpm BIND_RPM` (`--bind-rpm`) against a simulator that enforces
@@ -45,6 +47,9 @@ from pathlib import Path
 
 from common import BATCHRUN, Simulator, machine_cpu_s, scratch_postgres
 from throughput import LIMIT_FLAGS, request_lines
+
+# No limit known and none found: the slow start off (see the module).
+NO_LIMIT_FLAGS = ("--no-slow-start",)
 
 LATENCY = ("--latency-s", "0.05", "--latency-jitter-s", "0.1")
 BIND_RPM = 3000
@@ -172,9 +177,9 @@ def main() -> None:
         bind_file = tmp / "bind.jsonl"
         bind_file.write_text("\n".join(request_lines(bind_requests)) + "\n")
         plan: list[tuple[str, Path, int, str, tuple[str, ...], tuple[str, ...]]] = [
-            ("none p1", requests_file, args.requests, "1", (), ()),
-            ("none p2", requests_file, args.requests, "2", (), ()),
-            ("none auto", requests_file, args.requests, "auto", (), ()),
+            ("none p1", requests_file, args.requests, "1", NO_LIMIT_FLAGS, ()),
+            ("none p2", requests_file, args.requests, "2", NO_LIMIT_FLAGS, ()),
+            ("none auto", requests_file, args.requests, "auto", NO_LIMIT_FLAGS, ()),
             ("high p1", requests_file, args.requests, "1", LIMIT_FLAGS, ()),
             ("high p2", requests_file, args.requests, "2", LIMIT_FLAGS, ()),
             ("bind p1", bind_file, bind_requests, "1", ("--rpm", str(bind_rpm)), bind_simulator),
