@@ -494,7 +494,7 @@ class Limiter:
                 # Refused before any work: nothing was consumed.
                 self._correct(permit, {}, changes)
                 _heed(retry.server_limits, changes)
-                self._rate_limited(permit.key, state, retry, now, changes)
+                self._rate_limited(permit, state, retry, now, changes)
             case Retryable(http_status=529) as retry:
                 self._correct(permit, {}, changes)
                 state.consecutive_overloads += 1
@@ -586,16 +586,19 @@ class Limiter:
 
     def _rate_limited(
         self,
-        key: LimitKey,
+        permit: Permit,
         state: _KeyState,
         retry: Retryable,
         now: float,
         changes: PendingChanges,
     ) -> None:
+        key = permit.key
         state.consecutive_429s += 1
         exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
         # A refusal that shows the server charges max_tokens says nothing of its limit.
-        learn = not self._learn_charging(key, state, retry.limits_named | exhausted, now)
+        learn = not self._learn_charging(
+            key, state, retry.limits_named | exhausted, now, permit, retry.server_limits
+        )
         if retry.retry_after_s is not None:
             self._pause(key, state, retry.retry_after_s, "retry-after", now, changes)
         elif state.policy.start_per_min is None and not self._limits_now(key, state):
@@ -617,14 +620,29 @@ class Limiter:
             changes.rate_limited.append((now, frozenset(retry.limits_named | exhausted)))
 
     def _learn_charging(
-        self, key: LimitKey, state: _KeyState, named: set[str] | frozenset[str], now: float
+        self,
+        key: LimitKey,
+        state: _KeyState,
+        named: set[str] | frozenset[str],
+        now: float,
+        permit: Permit | None = None,
+        server: ServerLimits | None = None,
     ) -> bool:
         """Learn from a 429 whether the server charges max_tokens up front: it refused for
-        a limit that counts output tokens while what the answers really used of it lately
-        was well below it (under :data:`CHARGED_UP_FRONT_SHARE`), which reserving the
-        learned output could not see coming. From then on this key reserves max_tokens,
-        as the server counts (``output_reservation="max_tokens"`` for this key only).
-        Returns whether this 429 taught it."""
+        a limit that counts output tokens
+
+        - while its own ``-remaining`` header for that limit still held what this request
+          was reserved (it counted the request as more than that: max_tokens, unless the
+          input estimate is far off, and reserving max_tokens is safe then too). This needs
+          no history, so it is seen at the first refusal (llmock's, a minute after a full
+          bucket of requests it charged 512 tokens each while they used 40);
+        - or while what the answers really used of it lately was well below it (under
+          :data:`CHARGED_UP_FRONT_SHARE`), which reserving the learned output could not
+          see coming.
+
+        From then on this key reserves max_tokens, as the server counts
+        (``output_reservation="max_tokens"`` for this key only). Returns whether this 429
+        taught it."""
         if state.charges_max_tokens or self._settings.output_reservation == "max_tokens":
             return False
         record = self._bank.record(key)
@@ -634,16 +652,23 @@ class Limiter:
         for dimension in named & _OUTPUT_DIMENSIONS:
             limit = in_force.get(dimension)
             used = record.measured_per_min(dimension, now)
-            if limit and used is not None and used < CHARGED_UP_FRONT_SHARE * limit:
+            left = server.remaining.get(dimension) if server is not None else None
+            reserved = permit.reserved.get(dimension) if permit is not None else None
+            had_room = left is not None and reserved is not None and 0 < reserved <= left
+            if had_room or (limit and used is not None and used < CHARGED_UP_FRONT_SHARE * limit):
                 state.charges_max_tokens = True
+                why = (
+                    f"with {left:.0f} left by its own count, more than the {reserved:.0f} reserved"
+                    if had_room
+                    else f"at {used or 0:.0f} of {limit or 0:.0f} a minute really used"
+                )
                 log.info(
-                    "%s refuses %s for %s at %.0f of %.0f a minute really used: it charges "
-                    "max_tokens up front, so batchrun reserves max_tokens for it",
+                    "%s refuses %s for %s %s: it charges max_tokens up front, so batchrun "
+                    "reserves max_tokens for it",
                     key[0],
                     DIMENSIONS.get(dimension).counts,
                     key[1],
-                    used,
-                    limit,
+                    why,
                 )
                 return True
         return False

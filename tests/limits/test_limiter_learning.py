@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from batchrun.limits.dimensions import RateLimits
+from batchrun.limits.learning import OUTPUT_MIN_SAMPLES
 from batchrun.limits.limiter import Demand, Limiter, LimiterSettings
 from batchrun.records import Retryable, ServerLimits, Succeeded, Usage, error_body
 
@@ -38,6 +39,15 @@ async def answer_for(limiter: Limiter, seconds: float, output_tokens: int) -> No
         limiter.settle(permit, succeeded(100, output_tokens, announced))
 
 
+async def answered_at_once(limiter: Limiter, announced: ServerLimits) -> None:
+    """Enough 40-token replies for the learned output reservation, all within half a
+    second: too short a history to measure what the server let through."""
+    permits = [await limiter.acquire(KEY, DEMAND) for _ in range(OUTPUT_MIN_SAMPLES)]
+    await asyncio.sleep(0.5)
+    for permit in permits:
+        limiter.settle(permit, succeeded(100, 40, announced))
+
+
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_a_token_429_far_below_the_real_usage_teaches_that_max_tokens_is_charged() -> None:
@@ -54,6 +64,42 @@ async def test_a_token_429_far_below_the_real_usage_teaches_that_max_tokens_is_c
     assert after.reserved["tpm"] == 100 + 1000
     # Not taken for a lower limit: the refusal says how the server counts, not how much.
     assert limiter.limit_in_force(KEY, "tpm") == 60_000
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_token_429_with_room_left_by_the_servers_count_teaches_it_at_once() -> None:
+    # llmock: a full minute's bucket admits the first requests at once, each charged
+    # input + max_tokens; the first refusal comes within seconds, before any history, with
+    # its -remaining header still above what batchrun reserved for the request.
+    limiter = Limiter(settings=NO_RAMP)
+    loop = asyncio.get_running_loop()
+    announced = ServerLimits(limits={"tpm": 60_000.0})
+    await answered_at_once(limiter, announced)
+    started = loop.time()
+    permit = await limiter.acquire(KEY, DEMAND)
+    assert permit.reserved["tpm"] < 100 + 1000
+    left = ServerLimits(limits={"tpm": 60_000.0}, remaining={"tpm": permit.reserved["tpm"] + 1})
+    limiter.settle(permit, replace(refused(1.0, "tpm"), server_limits=left))
+
+    after = await limiter.acquire(KEY, DEMAND)
+    assert after.reserved["tpm"] == 100 + 1000
+    assert loop.time() - started < 5
+    assert limiter.limit_in_force(KEY, "tpm") == 60_000
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_token_429_with_less_left_than_reserved_teaches_nothing_of_charging() -> None:
+    limiter = Limiter(settings=NO_RAMP)
+    announced = ServerLimits(limits={"tpm": 60_000.0})
+    await answered_at_once(limiter, announced)
+    permit = await limiter.acquire(KEY, DEMAND)
+    left = ServerLimits(limits={"tpm": 60_000.0}, remaining={"tpm": permit.reserved["tpm"] - 1})
+    limiter.settle(permit, replace(refused(1.0, "tpm"), server_limits=left))
+
+    after = await limiter.acquire(KEY, DEMAND)
+    assert after.reserved["tpm"] < 100 + 1000
 
 
 @pytest.mark.asyncio
