@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+import trustme
 
 from batchrun.transport.aio import MAX_HEADERS, AiohttpTransport
 from batchrun.transport.http import read_capped
@@ -58,19 +60,24 @@ class RawServer:
 
 
 @asynccontextmanager
-async def raw_server(answer: Handler) -> AsyncIterator[tuple[str, RawServer]]:
+async def raw_server(
+    answer: Handler, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[str, RawServer]]:
     state = RawServer(answer)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
+    scheme = "https" if tls is not None else "http"
     try:
-        yield f"http://127.0.0.1:{port}/v1/messages", state
+        yield f"{scheme}://127.0.0.1:{port}/v1/messages", state
     finally:
         server.close()
 
 
 @asynccontextmanager
-async def client(max_connections: int = 8) -> AsyncIterator[httpx.AsyncClient]:
-    transport = AiohttpTransport(max_connections=max_connections)
+async def client(
+    max_connections: int = 8, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    transport = AiohttpTransport(max_connections=max_connections, tls=tls)
     async with httpx.AsyncClient(transport=transport, timeout=5) as http:
         yield http
 
@@ -211,3 +218,40 @@ async def test_a_redirect_is_an_answer_not_followed() -> None:
     assert answer.status_code == 307
     assert answer.headers["location"] == "http://example.invalid/steal"
     assert state.connections == 1
+
+
+def tls_pair() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 from a fresh authority, and a
+    client context that trusts that authority (as httpx.create_ssl_context builds them)."""
+    authority = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server)
+    trusting = httpx.create_ssl_context()
+    authority.configure_trust(trusting)
+    return server, trusting
+
+
+async def test_https_answers_arrive_and_connections_are_reused() -> None:
+    server_tls, trusting = tls_pair()
+    async with (
+        raw_server(answering(OK), tls=server_tls) as (url, state),
+        client(tls=trusting) as http,
+    ):
+        answers = [await http.post(url, content=b"{}") for _ in range(3)]
+    assert url.startswith("https://")
+    assert [answer.status_code for answer in answers] == [200] * 3
+    assert answers[0].content == b"{}"
+    assert state.connections == 1
+
+
+async def test_a_certificate_nobody_vouches_for_is_a_connect_error() -> None:
+    server_tls, _ = tls_pair()
+    # The system's authorities (httpx's default context) do not know this one.
+    async with (
+        raw_server(answering(OK), tls=server_tls) as (url, state),
+        client(tls=httpx.create_ssl_context()) as http,
+    ):
+        with pytest.raises(httpx.ConnectError) as raised:
+            await http.post(url, content=b"{}", headers={"x-api-key": "sk-secret"})
+    assert "certificate" in str(raised.value).lower()
+    assert state.connections <= 1
