@@ -18,6 +18,7 @@ exception text, which would otherwise be stored as every request's error.
 
 from __future__ import annotations
 
+import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -178,7 +179,13 @@ def create_http_client(
 ) -> ClientPool:
     """One httpx client for ``max_connections`` concurrent requests, made on first use: on
     ``transport`` if given (the in-process simulator), else on aiohttp
-    (:class:`~batchrun.transport.aio.AiohttpTransport`, one TLS context)."""
+    (:class:`~batchrun.transport.aio.AiohttpTransport`, one TLS context).
+
+    When the environment names a proxy (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, as
+    httpx reads them, ``NO_PROXY`` included), the client is httpx's own, which sends
+    through it: httpx honours those variables only on its own transport, and a run that
+    used to go through a company proxy must not start going around it. That path costs
+    httpcore's CPU per request (see :mod:`batchrun.transport.aio`)."""
     timeout = httpx.Timeout(timeout_s, connect=min(DEFAULT_CONNECT_TIMEOUT_S, timeout_s))
 
     limits = httpx.Limits(
@@ -187,12 +194,17 @@ def create_http_client(
 
     def make() -> httpx.AsyncClient:
         sender = transport
-        if sender is None:
+        if sender is None and not _proxied():
             tls = httpx.create_ssl_context()
             sender = AiohttpTransport(max_connections=max_connections, tls=tls)
         return httpx.AsyncClient(timeout=timeout, limits=limits, transport=sender)
 
     return ClientPool(make)
+
+
+def _proxied() -> bool:
+    """Whether the environment names a proxy for any scheme (what httpx would use)."""
+    return any(scheme != "no" for scheme in urllib.request.getproxies())
 
 
 def in_process_transport(app: object) -> httpx.AsyncBaseTransport:

@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from batchrun.transport.aio import MAX_HEADERS, AiohttpTransport
-from batchrun.transport.http import read_capped
+from batchrun.transport.http import create_http_client, read_capped
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,6 +32,7 @@ class RawServer:
         self.connections = 0
         self.open_now = 0
         self.most_open = 0
+        self.heads: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -40,6 +41,7 @@ class RawServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 length = next(
                     (
                         int(line.split(b":", 1)[1])
@@ -255,3 +257,20 @@ async def test_a_certificate_nobody_vouches_for_is_a_connect_error() -> None:
             await http.post(url, content=b"{}", headers={"x-api-key": "sk-secret"})
     assert "certificate" in str(raised.value).lower()
     assert state.connections <= 1
+
+
+async def test_a_proxy_named_in_the_environment_is_used_as_httpx_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The proxy is a raw server: an HTTP proxy gets the request in absolute form.
+    async with raw_server(answering(OK)) as (proxy_url, proxy):
+        for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1/messages"))
+        monkeypatch.setenv("no_proxy", "")
+        async with create_http_client(timeout_s=5, max_connections=4) as pool:
+            answer = await pool.post(
+                "http://api.example.invalid/v1/messages", content=b"{}", headers={}
+            )
+    assert answer.status_code == 200
+    assert proxy.heads[0].startswith(b"POST http://api.example.invalid/v1/messages HTTP/1.1")
