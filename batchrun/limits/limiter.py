@@ -597,7 +597,7 @@ class Limiter:
         exhausted = retry.server_limits.exhausted() if retry.server_limits else set()
         # A refusal that shows the server charges max_tokens says nothing of its limit.
         learn = not self._learn_charging(
-            key, state, retry.limits_named | exhausted, now, permit, retry.server_limits
+            permit, state, retry.limits_named | exhausted, now, retry.server_limits
         )
         if retry.retry_after_s is not None:
             self._pause(key, state, retry.retry_after_s, "retry-after", now, changes)
@@ -621,12 +621,11 @@ class Limiter:
 
     def _learn_charging(
         self,
-        key: LimitKey,
+        permit: Permit,
         state: _KeyState,
         named: set[str] | frozenset[str],
         now: float,
-        permit: Permit | None = None,
-        server: ServerLimits | None = None,
+        server: ServerLimits | None,
     ) -> bool:
         """Learn from a 429 whether the server charges max_tokens up front: it refused for
         a limit that counts output tokens
@@ -645,6 +644,7 @@ class Limiter:
         taught it."""
         if state.charges_max_tokens or self._settings.output_reservation == "max_tokens":
             return False
+        key = permit.key
         record = self._bank.record(key)
         if record is None:
             return False
@@ -653,7 +653,7 @@ class Limiter:
             limit = in_force.get(dimension)
             used = record.measured_per_min(dimension, now)
             left = server.remaining.get(dimension) if server is not None else None
-            reserved = permit.reserved.get(dimension) if permit is not None else None
+            reserved = permit.reserved.get(dimension)
             had_room = left is not None and reserved is not None and 0 < reserved <= left
             if had_room or (limit and used is not None and used < CHARGED_UP_FRONT_SHARE * limit):
                 state.charges_max_tokens = True
