@@ -26,9 +26,12 @@ MODEL = "claude-sonnet-4-5"
 # 5,600 characters: 1,400 tokens by the simulator's count (over the 1,024 minimum).
 SYSTEM = ("You answer questions about the catalogue, briefly. " * 112)[:5600]
 PREFIX_TOKENS = len(SYSTEM) // 4
-# Scaled lifetimes: 5 minutes → 0.3 s, 1 hour → 3.6 s; the provider starts a batch 1.5 s
-# after its creation (five scaled TTLs of 5 minutes) and runs its requests in one wave.
-TTL_SCALE = 0.001
+# Scaled lifetimes: 5 minutes → 0.9 s, 1 hour → 10.8 s; the provider starts a batch 1.5 s
+# after its creation and runs its requests in one wave. A follower is read at least 1.5 s
+# after its leader's write, so the 5-minute entry has always gone by then, whatever the
+# machine's load; the hour leaves 9 s for a loaded machine between the leader's answer and
+# the provider batch's creation (at 3.6 s a loaded CI machine once missed it).
+TTL_SCALE = 0.003
 
 
 class RecordingSimulator(SimulatorApp):
