@@ -139,6 +139,47 @@ def test_rate_limit_headers_are_parsed_per_dimension() -> None:
     assert parse_server_limits({"content-type": "application/json"}) is None
 
 
+def test_a_gateways_x_ratelimit_headers_are_read_the_tightest_scope_binding() -> None:
+    # LiteLLM's proxy: one pair per limit that applies, scoped by what it limits.
+    litellm = {
+        "x-ratelimit-api_key-limit-requests": "120",
+        "x-ratelimit-api_key-remaining-requests": "117",
+        "x-ratelimit-team-limit-requests": "90",
+        "x-ratelimit-team-remaining-requests": "12",
+        "x-ratelimit-api_key-limit-tokens": "60000",
+        "x-ratelimit-api_key-remaining-tokens": "bad",
+        "x-litellm-key-rpm-limit": "120",
+    }
+    limits = parse_server_limits(litellm)
+    assert limits is not None
+    assert limits.limits == {"rpm": 90, "tpm": 60000}
+    assert limits.remaining == {"rpm": 12}
+    # OpenAI's form, which OpenAI-compatible gateways copy; the reset (a duration) is unread.
+    openai = {
+        "X-RateLimit-Limit-Requests": "500",
+        "X-RateLimit-Remaining-Requests": "0",
+        "X-RateLimit-Reset-Requests": "6m0s",
+    }
+    limits = parse_server_limits(openai)
+    assert limits is not None
+    assert (limits.limits, limits.exhausted(), limits.reset_at) == ({"rpm": 500}, {"rpm"}, {})
+
+
+def test_anthropics_headers_win_over_a_gateways_for_the_same_limit() -> None:
+    headers = {
+        "anthropic-ratelimit-requests-limit": "600",
+        "anthropic-ratelimit-requests-remaining": "599",
+        "x-ratelimit-api_key-limit-requests": "120",
+        "x-ratelimit-api_key-remaining-requests": "3",
+        "x-ratelimit-api_key-limit-tokens": "-5",
+        "x-ratelimit-limit-requests-per-day": "100",
+        "x-ratelimit-api_key-limit-input-tokens": "inf",
+    }
+    limits = parse_server_limits(headers)
+    assert limits is not None
+    assert (limits.limits, limits.remaining) == ({"rpm": 600}, {"rpm": 599})
+
+
 @pytest.mark.parametrize(
     ("message", "named"),
     [
