@@ -38,8 +38,18 @@ the baseline needs a configured limit): utilisation from 30 s after the first ad
      when it is not there) at 100,000 tokens a minute, which it charges as the prompt
      estimate + max_tokens (512) up front and never reconciles; replies are ~40 tokens.
      Floor: the tokens it charges ÷ its limit.
+  u5 300 requests through the real LiteLLM proxy (run only when named: `--only u5`; set
+     LITELLM=/path/to/bin/litellm, default /work/litellmvenv/bin/litellm, from
+     `pip install 'litellm[proxy]'` in a separate venv; skipped with a message when it is not
+     there) in front of the simulator, its key limited to 120 requests a minute. The key
+     comes from LiteLLM's documented custom-auth hook (a UserAPIKeyAuth with rpm_limit=120),
+     not from a virtual key, which needs its database through Prisma, whose engines are
+     downloaded at install time; either way the same limiter (parallel_request_limiter_v3,
+     in memory) enforces the key's rpm_limit. Calls and 429s are read from the proxy's access
+     log; the time is the simulator's, from the first to the last admission, ÷ 150 s as in
+     u3 (LiteLLM's windows start at a key's first request, so 121 s is the least possible).
 
-Run:  .venv/bin/python bench/ratelimit.py            (about 3 minutes, all in parallel)
+Run:  .venv/bin/python bench/ratelimit.py            (about 3 minutes, all in parallel; not u5)
       .venv/bin/python bench/ratelimit.py --duration-s 40   (a quicker, noisier look)
 """
 
@@ -51,6 +61,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import struct
 import tempfile
 import time
@@ -589,29 +600,193 @@ def report_llmock(figures: dict[str, Any] | None) -> None:
     )
 
 
+LITELLM = Path(os.environ.get("LITELLM", "/work/litellmvenv/bin/litellm"))
+LITELLM_INSTALLED = LITELLM.exists()
+LITELLM_RPM = 120
+LITELLM_REQUESTS = 300
+LITELLM_START_S = 120  # the proxy imports for a long while on a loaded machine
+# LiteLLM's documented custom-auth hook: every key it is given is a key of 120 requests a
+# minute, as a virtual key with rpm_limit 120 would be.
+LITELLM_AUTH = f"""\
+from litellm.proxy._types import UserAPIKeyAuth
+
+
+async def user_api_key_auth(request, api_key):
+    return UserAPIKeyAuth(api_key=api_key, rpm_limit={LITELLM_RPM})
+"""
+LITELLM_CONFIG = """\
+model_list:
+  - model_name: "*"
+    litellm_params:
+      model: "anthropic/*"
+      api_base: "{upstream}"
+      api_key: "sk-upstream"
+general_settings:
+  master_key: "sk-bench-master-{nonce}"
+  custom_auth: bench_auth.user_api_key_auth
+"""
+# uvicorn's access log with the time of each answer, read after the run.
+LITELLM_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"timed": {"format": "%(created).3f %(name)s %(message)s"}},
+    "handlers": {
+        "out": {
+            "class": "logging.StreamHandler",
+            "formatter": "timed",
+            "stream": "ext://sys.stdout",
+        }
+    },
+    "loggers": {"uvicorn.access": {"handlers": ["out"], "level": "INFO", "propagate": False}},
+}
+ANSWER_RE = re.compile(
+    r'^(\d+\.\d+) uvicorn\.access .*"POST /v1/messages[^ "]* HTTP/1\.1" (\d{3})', re.M
+)
+
+
+async def run_litellm(workdir: Path) -> dict[str, Any]:
+    """u5: batchrun with nothing configured through LiteLLM's proxy, its key at 120/min."""
+    import socket
+    import uuid
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scenario = Scenario("u5", "", "requests", LITELLM_RPM, [], [], 0, skip_s=0)
+    sim = start_simulator(scenario)
+    home = workdir / "litellm"
+    home.mkdir()
+    (home / "bench_auth.py").write_text(LITELLM_AUTH)
+    (home / "log_config.json").write_text(json.dumps(LITELLM_LOG_CONFIG))
+    (home / "config.yaml").write_text(
+        LITELLM_CONFIG.format(upstream=sim.url, nonce=uuid.uuid4().hex)
+    )
+    log = home / "proxy.log"
+    with log.open("wb") as log_file:
+        proxy = await asyncio.create_subprocess_exec(
+            str(LITELLM),
+            "--config",
+            "config.yaml",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log_config",
+            "log_config.json",
+            cwd=home,
+            # The bundled price list, not one fetched from the network at start-up.
+            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            deadline = time.monotonic() + LITELLM_START_S
+            while True:
+                try:
+                    if (await http.get("/health/liveliness")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proxy.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the LiteLLM proxy did not start: see {log}")
+                await asyncio.sleep(0.5)
+        lines = request_lines(scenario, LITELLM_REQUESTS)
+
+        class _Target:
+            url = base
+
+        # The proxy's CPU over the run: its 429s come late when it has many requests on hand.
+        proxy_cpu_s = process_cpu_s(proxy.pid)
+        started = time.monotonic()
+        await run_batchrun(scenario, lines, workdir, _Target())  # type: ignore[arg-type]
+        elapsed_s = time.monotonic() - started
+        proxy_cpu_s = process_cpu_s(proxy.pid) - proxy_cpu_s
+        stats = sim.stats()
+    finally:
+        proxy.terminate()
+        await proxy.wait()
+        sim.stop()
+    answers = [(float(t), int(code)) for t, code in ANSWER_RE.findall(log.read_text())]
+    statuses = [code for _, code in answers]
+    # 429s by 20 s from the first call: where in LiteLLM's windows they fall.
+    first_s = min((t for t, _ in answers), default=0.0)
+    rejected_by_20s: dict[int, int] = {}
+    for t, code in answers:
+        if code == 429:
+            key = int(t - first_s) // 20 * 20
+            rejected_by_20s[key] = rejected_by_20s.get(key, 0) + 1
+    by_second = [int(k) for k in stats["admitted_by_second"]]
+    span_s = max(by_second) - min(by_second) + 1
+    floor_s = LITELLM_REQUESTS / LITELLM_RPM * 60
+    return {
+        "calls": len(statuses),
+        "429s": statuses.count(429),
+        "429": statuses.count(429) / max(len(statuses), 1),
+        "admitted": stats["by_status"].get("200", 0),
+        "span_s": span_s,
+        "elapsed_s": elapsed_s,
+        "floor_s": floor_s,
+        "floor": span_s / floor_s,
+        "429s_by_20s": rejected_by_20s,
+        "proxy_cpu_ms_per_call": 1000 * proxy_cpu_s / max(len(statuses), 1),
+    }
+
+
+def report_litellm(figures: dict[str, Any] | None) -> None:
+    if figures is None:
+        print(
+            f"u5  skipped: LiteLLM is not installed at {LITELLM} (pip install 'litellm[proxy]' "
+            "into a separate venv and set LITELLM to its bin/litellm)"
+        )
+        return
+    ok = figures["429"] <= 0.10 and figures["floor"] <= 1.4
+    print(
+        f"u5  LiteLLM proxy, key rpm_limit {LITELLM_RPM}: {figures['calls']} calls, "
+        f"{figures['429s']} 429s ({figures['429']:.1%}), {figures['admitted']} answered; first "
+        f"to last admission {figures['span_s']} s = {figures['floor']:.2f} x the floor of "
+        f"{figures['floor_s']:.0f} s (batchrun's run {figures['elapsed_s']:.0f} s)  "
+        f"time<=1.4x floor 429<=10.0% {'PASS' if ok else 'FAIL'}"
+    )
+    spread = ", ".join(f"{s}-{s + 20} s: {n}" for s, n in sorted(figures["429s_by_20s"].items()))
+    print(
+        f"    429s by time from the first call: {spread or 'none'}; the proxy's CPU "
+        f"{figures['proxy_cpu_ms_per_call']:.0f} ms a call"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--duration-s", type=float, default=140, help="steady seconds per scenario (default 140)"
     )
-    parser.add_argument("--only", nargs="*", help="scenario names (a b c1 c2 d h1 h2 u1 u2 u3 u4)")
+    parser.add_argument(
+        "--only", nargs="*", help="scenario names (a b c1 c2 d h1 h2 u1 u2 u3 u4 u5)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     # h1 and h2 run only when named (see the module).
     chosen = [s for s in scenarios() if (s.name in args.only if args.only else s.name[0] != "h")]
     with_llmock = not args.only or "u4" in args.only
+    # u5 only when named: the proxy takes a core of its own.
+    with_litellm = bool(args.only) and "u5" in args.only
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as tmp:
         outcomes = await asyncio.gather(
             *(run_scenario(s, args.duration_s, Path(tmp)) for s in chosen)
         )
         llmock = await run_llmock(Path(tmp)) if with_llmock and LLMOCK_INSTALLED else None
+        litellm = await run_litellm(Path(tmp)) if with_litellm and LITELLM_INSTALLED else None
     results = {s.name: o for s, o in zip(chosen, outcomes, strict=True)}
     if chosen:
         report(results, chosen)
     if with_llmock:
         report_llmock(llmock)
         results["u4"] = llmock or {}
+    if with_litellm:
+        report_litellm(litellm)
+        results["u5"] = litellm or {}
     print(f"(ran {time.monotonic() - started:.0f} s)")
     if args.json:
         print(json.dumps(results, indent=2))
