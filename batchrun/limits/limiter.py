@@ -492,6 +492,17 @@ class Limiter:
             return demand.max_tokens
         return state.outputs.reserve(demand.max_tokens)
 
+    def _charged(self, permit: Permit, state: _KeyState, used: Amounts) -> dict[str, float]:
+        """What an answered request took of each limit: what it used, except that a server
+        charging max_tokens up front keeps them in the limits counting output tokens, when
+        the request was reserved them (its room was not counted on, see :meth:`_output`)."""
+        actual = DIMENSIONS.measure_all(used)
+        if state.charges_max_tokens and permit.amounts.output_tokens >= permit.demand.max_tokens:
+            kept = Amounts(used.requests, used.input_tokens, float(permit.demand.max_tokens))
+            for dimension in _OUTPUT_DIMENSIONS & actual.keys():
+                actual[dimension] = DIMENSIONS.get(dimension).measure(kept)
+        return actual
+
     def _server_has_room(self, state: _KeyState, full: Amounts) -> bool:
         """Whether every output-token limit the server reports what it has left of covers
         this worker's requests in flight and ``full`` (False when none reports it)."""
@@ -527,7 +538,7 @@ class Limiter:
             case Succeeded(usage=usage, server_limits=server_limits):
                 used = Amounts.of_usage(usage)
                 self._read_server_count(permit, state, server_limits, used, now)
-                self._correct(permit, DIMENSIONS.measure_all(used), changes)
+                self._correct(permit, self._charged(permit, state, used), changes)
                 prompt = (
                     usage.input_tokens
                     + usage.cache_creation_input_tokens
