@@ -6,7 +6,8 @@ Holds: ``dimensions`` (the registry every part of batchrun reads, and ``RateLimi
 ``buckets`` (pure bucket arithmetic), ``keyrecord`` (what workers share about a key: buckets,
 pause, announced and learned limits, the ramp; pure), ``banks`` (records in memory or shared
 through the database), ``blocks`` (capacity a worker takes in blocks and spends locally;
-pure), ``limiter``, ``learning`` (calibrated estimates), ``windows`` (recent values).
+pure), ``limiter``, ``learning`` (calibrated estimates; what the server's ``-remaining``
+headers show it took), ``windows`` (recent values).
 May import: ``batchrun.records`` and ``batchrun.errors`` only; the database is reached
 through an object passed in (``banks.SharedBuckets``).
 """

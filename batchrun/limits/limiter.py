@@ -40,7 +40,9 @@ needs. What 429s, pauses and headers teach stays with the model's key: a server 
 model it refused, not which of batchrun's scopes.
 
 What stays with each worker: the input calibration, the output estimate and the average
-request of each key, the back-off counts, and why it paused a key (for progress).
+request of each key, the back-off counts, and why it paused a key (for progress); whether
+the server charges max_tokens up front, what its ``-remaining`` headers showed it took and
+has left, and the worker's requests in flight (see :meth:`Limiter._output`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,13 @@ from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.limits.families import ALL_MODELS, ANY_MODEL, entry_for, is_family
 from batchrun.limits.keyrecord import RAMP_S, START_PER_MIN, KeyPolicy, PendingChanges
-from batchrun.limits.learning import InputCalibration, OutputEstimate, TypicalRequest
+from batchrun.limits.learning import (
+    REMAINING_ROUNDING_TOKENS,
+    InputCalibration,
+    OutputEstimate,
+    ServerCount,
+    TypicalRequest,
+)
 from batchrun.limits.windows import FixedWindows
 from batchrun.records import Fatal, Halt, Outcome, Retryable, ServerLimits, Succeeded
 
@@ -151,8 +159,13 @@ class _KeyState:
     block: Block | None = None
     # Refusals without retry-after, and the fixed windows they may show.
     windows: FixedWindows = field(default_factory=FixedWindows)
-    # The server was seen to charge max_tokens up front: reserve it (see _learn_charging).
+    # The server was seen to charge max_tokens up front: reserve it (see _learn_charging),
+    # unless what it says it has left covers it (see _output).
     charges_max_tokens: bool = False
+    # Per output-token limit: the server's -remaining headers read answer after answer.
+    server_counts: dict[str, ServerCount] = field(default_factory=dict)
+    # What this worker's requests not answered yet would cost charged input + max_tokens.
+    in_flight: dict[str, float] = field(default_factory=dict)
 
 
 class Limiter:
@@ -302,7 +315,8 @@ class Limiter:
         def estimate() -> tuple[Amounts, dict[str, float]]:
             # Worked out when the request's turn comes: the estimates learn meanwhile.
             input_estimate = state.calibration.estimate(demand.raw_input_tokens)
-            amounts = Amounts(1.0, float(input_estimate), float(self._output(state, demand)))
+            output = self._output(state, demand, input_estimate)
+            amounts = Amounts(1.0, float(input_estimate), float(output))
             return amounts, DIMENSIONS.measure_all(amounts)
 
         amounts, reserved = await self._reserve(key, state, estimate)
@@ -311,6 +325,7 @@ class Limiter:
         permit = Permit(key, demand, input_estimate, reserved, amounts)
         permit.taken_at = self._bank.now()
         if (wide := self.endpoint_key(key[0])) is None:
+            self._in_flight(state, permit, 1.0)
             return permit
         costs = DIMENSIONS.measure_all(amounts)
         try:
@@ -324,6 +339,7 @@ class Limiter:
             self._bank.update(key, changes, state.policy)
             raise
         permit.endpoint_key = wide
+        self._in_flight(state, permit, 1.0)
         return permit
 
     async def _reserve(
@@ -459,11 +475,56 @@ class Limiter:
             self._give_back(key, state)
         await self._bank.flush()
 
-    def _output(self, state: _KeyState, demand: Demand) -> int:
-        """Output tokens to reserve: max_tokens, or what replies were learned to take."""
-        if self._settings.output_reservation == "max_tokens" or state.charges_max_tokens:
+    def _output(self, state: _KeyState, demand: Demand, input_estimate: int) -> int:
+        """Output tokens to reserve: max_tokens, or what replies were learned to take.
+
+        For a server that charges max_tokens up front, the learned output while what it
+        said it has left (refilled since) still covers every request of this worker in
+        flight and this one at input + max_tokens: a request it then admits cannot be
+        refused, and its full bucket at the start is spent at the pace of the learned
+        reservation instead of a fraction of it. Other workers' requests in flight are
+        not known: with several, their 429s teach the rest (see :meth:`_learn_charging`)."""
+        if self._settings.output_reservation == "max_tokens":
+            return demand.max_tokens
+        if state.charges_max_tokens and not self._server_has_room(
+            state, Amounts(1.0, float(input_estimate), float(demand.max_tokens))
+        ):
             return demand.max_tokens
         return state.outputs.reserve(demand.max_tokens)
+
+    def _charged(self, permit: Permit, state: _KeyState, used: Amounts) -> dict[str, float]:
+        """What an answered request took of each limit: what it used, except that a server
+        charging max_tokens up front keeps them in the limits counting output tokens, when
+        the request was reserved them (its room was not counted on, see :meth:`_output`)."""
+        actual = DIMENSIONS.measure_all(used)
+        if state.charges_max_tokens and permit.amounts.output_tokens >= permit.demand.max_tokens:
+            kept = Amounts(used.requests, used.input_tokens, float(permit.demand.max_tokens))
+            for dimension in _OUTPUT_DIMENSIONS & actual.keys():
+                actual[dimension] = DIMENSIONS.get(dimension).measure(kept)
+        return actual
+
+    def _server_has_room(self, state: _KeyState, full: Amounts) -> bool:
+        """Whether every output-token limit the server reports what it has left of covers
+        this worker's requests in flight and ``full`` (False when none reports it)."""
+        now = self._bank.now()
+        found = False
+        for dimension, count in state.server_counts.items():
+            left = count.left(now)
+            if left is None:
+                continue
+            found = True
+            cost = DIMENSIONS.get(dimension).measure(full)
+            if left < state.in_flight.get(dimension, 0.0) + cost:
+                return False
+        return found
+
+    def _in_flight(self, state: _KeyState, permit: Permit, sign: float) -> None:
+        """Count ``permit`` in (``sign`` 1) or out (-1) of the key's requests in flight, at
+        what it costs charged input + max_tokens."""
+        full = Amounts(1.0, float(permit.input_estimate), float(permit.demand.max_tokens))
+        for dimension in _OUTPUT_DIMENSIONS:
+            cost = DIMENSIONS.get(dimension).measure(full)
+            state.in_flight[dimension] = max(state.in_flight.get(dimension, 0.0) + sign * cost, 0.0)
 
     # -- after a send -----------------------------------------------------------------------
 
@@ -472,10 +533,12 @@ class Limiter:
         state = self._state(permit.key)
         now = self._bank.now()
         changes = PendingChanges()
+        self._in_flight(state, permit, -1.0)
         match outcome:
             case Succeeded(usage=usage, server_limits=server_limits):
                 used = Amounts.of_usage(usage)
-                self._correct(permit, DIMENSIONS.measure_all(used), changes)
+                self._read_server_count(permit, state, server_limits, used, now)
+                self._correct(permit, self._charged(permit, state, used), changes)
                 prompt = (
                     usage.input_tokens
                     + usage.cache_creation_input_tokens
@@ -490,10 +553,13 @@ class Limiter:
                 state.consecutive_overloads = 0
                 state.windows.answered(permit.taken_at)
                 _heed(server_limits, changes)
+                self._heed_in_flight(state, server_limits, changes)
             case Retryable(http_status=429) as retry:
                 # Refused before any work: nothing was consumed.
                 self._correct(permit, {}, changes)
+                self._read_server_count(permit, state, retry.server_limits, None, now)
                 _heed(retry.server_limits, changes)
+                self._heed_in_flight(state, retry.server_limits, changes)
                 self._rate_limited(permit, state, retry, now, changes)
             case Retryable(http_status=529) as retry:
                 self._correct(permit, {}, changes)
@@ -640,8 +706,10 @@ class Limiter:
           see coming.
 
         From then on this key reserves max_tokens, as the server counts
-        (``output_reservation="max_tokens"`` for this key only). Returns whether this 429
-        taught it."""
+        (``output_reservation="max_tokens"`` for this key only), while what the server has
+        left does not cover it (see :meth:`_output`). A server that announces what it has
+        left usually shows it earlier, before any refusal (:meth:`_read_server_count`).
+        Returns whether this 429 taught it."""
         if state.charges_max_tokens or self._settings.output_reservation == "max_tokens":
             return False
         key = permit.key
@@ -672,6 +740,78 @@ class Limiter:
                 )
                 return True
         return False
+
+    def _heed_in_flight(
+        self, state: _KeyState, server: ServerLimits | None, changes: PendingChanges
+    ) -> None:
+        """For a server that charges max_tokens up front, never count on more than it has
+        left less this worker's requests in flight at input + max_tokens: it may not have
+        charged them yet (llmock charges a request when it answers), and once it has none
+        to spare, a request more than its refill allows is refused. (A server that charged
+        them when it admitted them is counted twice: it keeps their cost spare, which
+        costs nothing while its bucket holds more than the requests in flight.)"""
+        if server is None or not state.charges_max_tokens:
+            return
+        for dimension in _OUTPUT_DIMENSIONS & server.remaining.keys():
+            spare = server.remaining[dimension] - state.in_flight.get(dimension, 0.0)
+            changes.clamps[dimension] = min(changes.clamps.get(dimension, spare), spare)
+
+    def _read_server_count(
+        self,
+        permit: Permit,
+        state: _KeyState,
+        server: ServerLimits | None,
+        used: Amounts | None,
+        now: float,
+    ) -> None:
+        """Read the answer's ``-remaining`` headers of the limits that count output tokens
+        (``used``: what it used; None for a refusal, which charged nothing), and learn from
+        them whether the server charges max_tokens up front, before it refuses anything: it
+        took more than the answers used, by more than this worker's requests in flight at
+        input + max_tokens, and about what charging max_tokens would have taken (see
+        :class:`~batchrun.limits.learning.ServerCount`). llmock shows it within seconds of
+        its bucket starting to drain, tens of seconds before its first refusal."""
+        if server is None:
+            return
+        key = permit.key
+        in_force = self._limits_now(key, state)
+        for dimension in _OUTPUT_DIMENSIONS & server.remaining.keys():
+            limit = server.limits.get(dimension) or in_force.get(dimension)
+            if not limit:
+                continue
+            count = state.server_counts.setdefault(dimension, ServerCount())
+            measure = DIMENSIONS.get(dimension).measure
+            up_front = 0.0
+            if used is not None:
+                up_front = measure(Amounts(1.0, used.input_tokens, permit.demand.max_tokens))
+            count.read(
+                server.remaining[dimension],
+                limit,
+                now,
+                measure(used) if used is not None else 0.0,
+                up_front,
+            )
+            if (
+                used is None
+                or state.charges_max_tokens
+                or self._settings.output_reservation == "max_tokens"
+            ):
+                continue
+            # The reading was taken somewhere between the send and the answer.
+            latency_s = now - permit.taken_at if permit.taken_at is not None else 0.0
+            slack = REMAINING_ROUNDING_TOKENS + limit / 60.0 * max(latency_s, 0.0)
+            if count.charges_up_front(state.in_flight.get(dimension, 0.0), slack):
+                state.charges_max_tokens = True
+                log.info(
+                    "%s took %.0f %s for %s where the answers used %.0f: it charges "
+                    "max_tokens up front, so batchrun reserves max_tokens for it whenever "
+                    "what it has left does not cover them",
+                    key[0],
+                    count.taken,
+                    DIMENSIONS.get(dimension).counts,
+                    key[1],
+                    count.used,
+                )
 
     def waits(self) -> list[Wait]:
         """The endpoint × models held back now, and why (a retry-after, a 429, a 529; with the

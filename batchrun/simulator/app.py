@@ -235,10 +235,16 @@ class SimulatorApp:
             return
         self._batches.advance(ex.received_at)
         plan = self._cache.plan(points, input_tokens, ex.received_at)
+        # Admitted once the answer is ready (llmock's way), the latency comes first.
+        late_s: float | None = None
+        if self.config.admit_after_latency and not ex.streamed:
+            first_token_s, tokens_s = self._chaos.latency_parts_s(directive, output_tokens)
+            late_s = first_token_s + tokens_s
+            await self._silence(scope, ex, late_s)
         if ex.buckets is not None:
             rejection = self._limiter.admit(
                 ex.buckets,
-                ex.received_at,
+                ex.received_at if late_s is None else self._clock(),
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 max_tokens=max_tokens,
@@ -251,7 +257,8 @@ class SimulatorApp:
         ex.plan = plan
         ex.fingerprint = request_fingerprint(params)
         usage = plan.usage(output_tokens, "standard")
-        first_token_s, tokens_s = self._chaos.latency_parts_s(directive, output_tokens)
+        if late_s is None:
+            first_token_s, tokens_s = self._chaos.latency_parts_s(directive, output_tokens)
         if ex.streamed and fault not in (HANG, NOT_MESSAGE):
             answer = self._message(ex, params, directive, usage, capped)
             try:
@@ -260,7 +267,7 @@ class SimulatorApp:
                 self._settle(ex, output_tokens, max_tokens)
             return
         try:
-            await self._silence(scope, ex, first_token_s + tokens_s)
+            await self._silence(scope, ex, first_token_s + tokens_s if late_s is None else 0.0)
         finally:
             self._settle(ex, output_tokens, max_tokens)
 

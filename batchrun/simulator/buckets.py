@@ -10,7 +10,8 @@ admitted only if every bucket of its model has room for it:
   documents for current models);
 - tokens (TPM, combined): the same input tokens + output tokens. The simulator knows the
   reply length before replying, so it asks for the actual output up front rather than
-  estimating it;
+  estimating it; with ``tpm_counts="max_tokens"``, input tokens + ``max_tokens``, never
+  reconciled with the reply (llmock's way);
 - output tokens (OTPM): with ``otpm_counts="actual"`` only that the bucket is not exhausted
   (1 token), the actual output being charged when the reply is made, which may overdraw
   the bucket; with ``"max_tokens"``, ``max_tokens`` is needed and reserved, and the unused
@@ -32,7 +33,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from batchrun.simulator.config import ModelLimits, OtpmCounting, SimulatorConfig
+from batchrun.simulator.config import ModelLimits, OtpmCounting, SimulatorConfig, TpmCounting
 
 # Float slack, so that a bucket refilled for exactly the right time counts as having room.
 _EPSILON = 1e-6
@@ -201,6 +202,7 @@ class RateLimiter:
     def __init__(self, config: SimulatorConfig) -> None:
         self._config = config
         self._otpm_counts: OtpmCounting = config.otpm_counts
+        self._tpm_counts: TpmCounting = config.tpm_counts
         self._buckets: dict[str, ModelBuckets | None] = {}
 
     def buckets_for(self, model: str, now: float) -> ModelBuckets | None:
@@ -241,11 +243,12 @@ class RateLimiter:
         buckets.refill(now)
         input_tokens -= cache_read_input_tokens
         output_needed = 1 if self._otpm_counts == "actual" else max_tokens
+        charged = input_tokens + (output_tokens if self._tpm_counts == "actual" else max_tokens)
         needs = (
             (buckets.requests, "requests", 1),
             (buckets.input_tokens, "input-tokens", input_tokens),
             (buckets.output_tokens, "output-tokens", output_needed),
-            (buckets.tokens, "tokens", input_tokens + output_tokens),
+            (buckets.tokens, "tokens", charged),
         )
         rejection: Rejection | None = None
         for bucket, name, needed in needs:
@@ -272,7 +275,7 @@ class RateLimiter:
         if buckets.input_tokens is not None:
             buckets.input_tokens.level -= input_tokens
         if buckets.tokens is not None:
-            buckets.tokens.level -= input_tokens + output_tokens
+            buckets.tokens.level -= charged
         if buckets.output_tokens is not None and self._otpm_counts == "max_tokens":
             buckets.output_tokens.level -= max_tokens
         return None

@@ -34,6 +34,7 @@ DEFAULT_BATCH_MAX_BYTES = 256_000_000
 DEFAULT_CACHE_MIN_TOKENS = 1024
 
 OtpmCounting = Literal["actual", "max_tokens"]
+TpmCounting = Literal["actual", "max_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,12 @@ class SimulatorConfig:
       output bucket is not exhausted and charges the actual output when the reply is made,
       which may overdraw the bucket; ``"max_tokens"`` (the older rule) needs ``max_tokens``
       available, reserves it and refunds the unused part when the reply is made.
+    - ``tpm_counts``: ``"actual"`` charges the TPM bucket input + the actual output;
+      ``"max_tokens"`` charges input + ``max_tokens`` when it admits the request and never
+      gives back what the reply did not use (as llmock and some gateways count).
+    - ``admit_after_latency``: check and charge the limits when the answer is ready, after
+      the latency, not when the request arrives (llmock's way: the ``-remaining`` headers
+      never show the requests in flight). Streamed requests are admitted on arrival.
     - ``output_tokens``: reply length unless a directive says otherwise (capped by
       ``max_tokens``).
     - ``latency_s`` + uniform ``[0, latency_jitter_s)`` + ``latency_per_output_token_s`` per
@@ -159,6 +166,8 @@ class SimulatorConfig:
 
     limits: Mapping[str, ModelLimits] = field(default_factory=dict)
     otpm_counts: OtpmCounting = "actual"
+    tpm_counts: TpmCounting = "actual"
+    admit_after_latency: bool = False
     output_tokens: int = DEFAULT_OUTPUT_TOKENS
     latency_s: float = 0.0
     latency_jitter_s: float = 0.0
@@ -186,6 +195,8 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         if self.otpm_counts not in ("actual", "max_tokens"):
             raise ValueError("SimulatorConfig.otpm_counts must be 'actual' or 'max_tokens'")
+        if self.tpm_counts not in ("actual", "max_tokens"):
+            raise ValueError("SimulatorConfig.tpm_counts must be 'actual' or 'max_tokens'")
         if self.output_tokens < 0:
             raise ValueError("SimulatorConfig.output_tokens must not be negative")
         latencies = (self.latency_s, self.latency_jitter_s, self.latency_per_output_token_s)

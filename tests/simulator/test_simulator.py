@@ -595,6 +595,62 @@ async def test_otpm_counts_actual_output_or_reserves_max_tokens(
     assert statuses == [200] * admitted + [429] * (30 - admitted)
 
 
+@pytest.mark.parametrize(("tpm_counts", "charged_output"), [("actual", 40), ("max_tokens", 500)])
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_tpm_counts_actual_output_or_max_tokens_never_reconciled(
+    tpm_counts: str, charged_output: int
+) -> None:
+    # Replies of 40 tokens against max_tokens 500: "max_tokens" keeps all 500 charged.
+    config = SimulatorConfig(limits={"*": ModelLimits(tpm=10_000)}, tpm_counts=tpm_counts)  # type: ignore[arg-type]
+    app = create_app(config)
+    async with simulator_client(app) as client:
+        first = await client.post("/v1/messages", json=params(max_tokens=500))
+        second = await client.post("/v1/messages", json=params(max_tokens=500))
+    input_tokens = first.json()["usage"]["input_tokens"]
+    assert first.json()["usage"]["output_tokens"] == 40
+    for response, count in ((first, 1), (second, 2)):
+        left = int(response.headers["anthropic-ratelimit-tokens-remaining"])
+        assert left == 10_000 - count * (input_tokens + charged_output)
+
+
+@pytest.mark.parametrize("admit_after_latency", [False, True])
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_admit_after_latency_charges_when_the_answer_is_ready(
+    admit_after_latency: bool,
+) -> None:
+    # Two requests a second apart, answered 2 s after each arrives. Charged on arrival, the
+    # first answer's -remaining already shows the second; charged when the answer is ready
+    # (llmock's way), it shows the first alone.
+    config = SimulatorConfig(
+        limits={"*": ModelLimits(tpm=6_000)},
+        latency_s=2.0,
+        output_tokens=1_000,
+        admit_after_latency=admit_after_latency,
+    )
+    app = create_app(config)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def second() -> httpx.Response:
+        await asyncio.sleep(1.0)
+        return await client.post("/v1/messages", json=params(max_tokens=1_000))
+
+    async with simulator_client(app) as client:
+        first, later = await asyncio.gather(
+            client.post("/v1/messages", json=params(max_tokens=1_000)), second()
+        )
+    assert (first.status_code, later.status_code) == (200, 200)
+    assert loop.time() - started == pytest.approx(3.0)
+    charged = first.json()["usage"]["input_tokens"] + 1_000
+    left = int(first.headers["anthropic-ratelimit-tokens-remaining"])
+    if admit_after_latency:
+        assert left == 6_000 - charged
+    else:
+        assert left < 6_000 - 1.5 * charged
+
+
 @pytest.mark.asyncio
 @pytest.mark.looptime
 async def test_request_larger_than_the_bucket_is_never_admitted() -> None:
