@@ -306,9 +306,7 @@ async def test_the_pools_own_path_sends_what_the_httpx_client_would() -> None:
 
 
 async def test_the_pools_own_path_keeps_and_sends_cookies_as_the_client_does() -> None:
-    set_cookie = (
-        b"HTTP/1.1 200 OK\r\nset-cookie: lb=node-7; Path=/\r\ncontent-length: 2\r\n\r\n{}"
-    )
+    set_cookie = b"HTTP/1.1 200 OK\r\nset-cookie: lb=node-7; Path=/\r\ncontent-length: 2\r\n\r\n{}"
     answers = iter([set_cookie, OK, OK])
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
