@@ -3,8 +3,10 @@ in-process transport, the User-Agent, reading a body within a size cap, and the 
 header value can be sent at all.
 
 A run's requests go out on one httpx client made on first use (:class:`ClientPool`,
-:func:`create_http_client`), which sends on aiohttp (:mod:`batchrun.transport.aio`). The
-built-in simulator is reached without a socket, through :func:`in_process_transport`.
+:func:`create_http_client`), which sends on aiohttp (:mod:`batchrun.transport.aio`); the
+Messages POSTs are handed to that transport directly (:meth:`ClientPool.stream`,
+:func:`post_stream`), as the client would send them. The built-in simulator is reached
+without a socket, through :func:`in_process_transport`.
 
 Bodies are read in pieces and decompressed here (gzip and deflate), never more than a cap at
 a time: :func:`read_capped` stops once a body passes its cap, so an endless body or a gzip
