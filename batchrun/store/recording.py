@@ -65,6 +65,41 @@ def record_outcomes(
         _settle_copies(conn, finished, now, without_copies, changes)
     if turns:
         record_turns(conn, turns, changes=changes, owner=owner)
+    if retries or unsent or released or canceled or expired:
+        batch_ids.update(
+            _hand_back(
+                conn,
+                owner=owner,
+                now=now,
+                retries=retries,
+                unsent=unsent,
+                released=released,
+                canceled=canceled,
+                expired=expired,
+                changes=changes,
+            )
+        )
+    changes.apply(conn)
+    if batch_ids:
+        end_finished_batches(conn, sorted(batch_ids), now)
+
+
+def _hand_back(
+    conn: Connection,
+    *,
+    owner: str,
+    now: datetime,
+    retries: Sequence[RetryLater],
+    unsent: Sequence[int],
+    released: Sequence[int],
+    canceled: Sequence[int],
+    expired: Sequence[int],
+    changes: CounterChanges,
+) -> set[str]:
+    """:func:`record_outcomes`'s requests that go back to the queue or stop (see there), from
+    those this owner holds; returns the batches of those that stopped. Apart, so a group of
+    results alone builds none of these statements."""
+    stopped: set[str] = set()
     req = t.requests.c
     mine = and_(req.state == t.RUNNING, req.lease_owner == owner)
     if retries:
@@ -116,10 +151,8 @@ def record_outcomes(
             changes.moved(batch_id, t.RUNNING, state)
         for batch_id in set(touched):
             insert_bare_results(conn, batch_id, state, now)
-        batch_ids.update(touched)
-    changes.apply(conn)
-    if batch_ids:
-        end_finished_batches(conn, sorted(batch_ids), now)
+        stopped.update(touched)
+    return stopped
 
 
 def record_send_failures(conn: Connection, retries: Sequence[RetryLater]) -> None:
