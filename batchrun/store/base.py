@@ -4,6 +4,7 @@ results without a response; ending finished batches; the error for an unknown ba
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -11,6 +12,8 @@ from datetime import datetime
 from sqlalchemy import (
     Connection,
     Engine,
+    Update,
+    bindparam,
     exists,
     insert,
     literal,
@@ -61,13 +64,24 @@ def insert_bare_results(conn: Connection, batch_id: str, state: str, now: dateti
 
 def end_finished_batches(conn: Connection, batch_ids: Sequence[str], now: datetime) -> None:
     """Mark ended, at ``now``, those of these batches that have no open request left."""
+    conn.execute(_end_finished(), {"ids": list(batch_ids), "now": now})
+
+
+@functools.cache
+def _end_finished() -> Update:
+    """:func:`end_finished_batches`'s statement (``:ids``, ``:now``), built once: every group
+    commit runs it, and building it cost more than running it."""
     open_request = exists().where(
         t.requests.c.batch_id == t.batches.c.id, t.requests.c.state.in_(t.OPEN_STATES)
     )
-    conn.execute(
+    return (
         update(t.batches)
-        .where(t.batches.c.id.in_(batch_ids), t.batches.c.ended_at.is_(None), ~open_request)
-        .values(ended_at=now)
+        .where(
+            t.batches.c.id.in_(bindparam("ids", expanding=True)),
+            t.batches.c.ended_at.is_(None),
+            ~open_request,
+        )
+        .values(ended_at=bindparam("now", type_=t.UtcDateTime()))
     )
 
 

@@ -18,6 +18,7 @@ touch every such row anyway). :func:`recount` sets all four from the rows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,7 @@ from sqlalchemy import ColumnElement, Connection, case, delete, func, insert, se
 
 from batchrun.records import ErrorCount, Lane, ModelTokens
 from batchrun.store import tables as t
-from batchrun.store.database import upsert_insert
+from batchrun.store.database import dialect_insert
 
 _TOKENS = (
     "input_tokens",
@@ -104,17 +105,10 @@ class Breakdowns:
         usage, self._usage = self._usage, {}
         errors, self._errors = self._errors, {}
         endpoints, self._endpoints = self._endpoints, {}
-        upsert = upsert_insert(conn.engine)
+        dialect = conn.dialect.name
         if usage:
-            statement = upsert(t.batch_usage)
-            u = t.batch_usage.c
             conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[u.batch_id, u.model, u.lane, u.cost_factor],
-                    set_={
-                        name: u[name] + statement.excluded[name] for name in ("answers", *_TOKENS)
-                    },
-                ),
+                _add_usage(dialect),
                 [
                     {
                         "batch_id": key[0],
@@ -128,42 +122,69 @@ class Breakdowns:
                 ],
             )
         if errors:
-            statement = upsert(t.batch_errors)
-            e = t.batch_errors.c
-            dialect = conn.dialect.name
-            new = statement.excluded.example
-            less = binary(new, dialect) < binary(e.example, dialect)
             conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[e.batch_id, e.error_type],
-                    set_={
-                        "results": e.results + statement.excluded.results,
-                        "example": case(
-                            (new.is_(None), e.example),
-                            (e.example.is_(None), new),
-                            (less, new),
-                            else_=e.example,
-                        ),
-                    },
-                ),
+                _add_errors(dialect),
                 [
                     {"batch_id": key[0], "error_type": key[1], "results": n, "example": example}
                     for key, (n, example) in sorted(errors.items())
                 ],
             )
         if endpoints:
-            statement = upsert(t.batch_endpoints)
-            p = t.batch_endpoints.c
             conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[p.batch_id, p.endpoint],
-                    set_={"answers": p.answers + statement.excluded.answers},
-                ),
+                _add_endpoints(dialect),
                 [
                     {"batch_id": key[0], "endpoint": key[1], "answers": n}
                     for key, n in sorted(endpoints.items())
                 ],
             )
+
+
+# The upserts of every group commit, built once per dialect: building one, and SQLAlchemy's
+# cache key for it, cost more than running it.
+
+
+@functools.cache
+def _add_usage(dialect: str) -> Any:
+    """Upsert ``batch_usage`` rows, adding to the answers and tokens of a key that has one."""
+    statement = dialect_insert(dialect)(t.batch_usage)
+    u = t.batch_usage.c
+    return statement.on_conflict_do_update(
+        index_elements=[u.batch_id, u.model, u.lane, u.cost_factor],
+        set_={name: u[name] + statement.excluded[name] for name in ("answers", *_TOKENS)},
+    )
+
+
+@functools.cache
+def _add_errors(dialect: str) -> Any:
+    """Upsert ``batch_errors`` rows, adding to the results of a type that has one and
+    keeping the least example (binary order)."""
+    statement = dialect_insert(dialect)(t.batch_errors)
+    e = t.batch_errors.c
+    new = statement.excluded.example
+    less = binary(new, dialect) < binary(e.example, dialect)
+    return statement.on_conflict_do_update(
+        index_elements=[e.batch_id, e.error_type],
+        set_={
+            "results": e.results + statement.excluded.results,
+            "example": case(
+                (new.is_(None), e.example),
+                (e.example.is_(None), new),
+                (less, new),
+                else_=e.example,
+            ),
+        },
+    )
+
+
+@functools.cache
+def _add_endpoints(dialect: str) -> Any:
+    """Upsert ``batch_endpoints`` rows, adding to the answers of an endpoint that has one."""
+    statement = dialect_insert(dialect)(t.batch_endpoints)
+    p = t.batch_endpoints.c
+    return statement.on_conflict_do_update(
+        index_elements=[p.batch_id, p.endpoint],
+        set_={"answers": p.answers + statement.excluded.answers},
+    )
 
 
 # -- counting from the rows ---------------------------------------------------------------

@@ -326,7 +326,13 @@ def sqlite_path(url: str) -> Path | None:
 def upsert_insert(engine: Engine) -> Any:
     """The dialect's ``insert`` (which has ``on_conflict_do_nothing`` / ``_do_update``); only
     the dialect in use is loaded."""
-    if engine.dialect.name == "postgresql":
+    return dialect_insert(engine.dialect.name)
+
+
+def dialect_insert(dialect: str) -> Any:
+    """:func:`upsert_insert` for the dialect named ``dialect`` (``sqlite`` or ``postgresql``),
+    for statements built once per dialect."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
         return postgresql.insert

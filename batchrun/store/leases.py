@@ -10,6 +10,10 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
+    String,
+    Update,
+    bindparam,
     exists,
     func,
     or_,
@@ -40,6 +44,50 @@ def not_waiting() -> ColumnElement[bool]:
     )
 
 
+@functools.cache
+def _claim() -> Update:
+    """:meth:`Leases.claim`'s statement (``:batch_ids``, ``:limit``, ``:now``, ``:owner``,
+    ``:expires``), built once: building it cost more than running it."""
+    req = t.requests.c
+    now = bindparam("now", type_=t.UtcDateTime())
+    ready = (
+        select(req.id)
+        .where(
+            req.state == t.QUEUED,
+            req.batch_id.in_(bindparam("batch_ids", expanding=True)),
+            req.lane == Lane.REALTIME,
+            or_(req.not_before.is_(None), req.not_before <= now),
+            not_waiting(),
+        )
+        .order_by(req.id)
+        .limit(bindparam("limit", type_=Integer()))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(t.requests)
+        .where(req.id.in_(ready.scalar_subquery()))
+        .values(
+            state=t.RUNNING,
+            lease_owner=bindparam("owner", type_=String()),
+            lease_expires_at=bindparam("expires", type_=t.UtcDateTime()),
+            started_at=func.coalesce(req.started_at, now),
+        )
+        .returning(
+            req.id,
+            req.batch_id,
+            req.custom_id,
+            req.model,
+            req.max_tokens,
+            req.params,
+            req.attempts,
+            req.failures,
+            req.estimated_input_tokens,
+            req.last_error,
+            req.repairs,
+        )
+    )
+
+
 class Leases(Section):
     """Statements on requests being claimed, held and released."""
 
@@ -55,45 +103,17 @@ class Leases(Section):
         input order, under a lease for ``owner``: not before their ``not_before``, nor while
         the request they wait for is open. One statement, safe against other workers
         (FOR UPDATE SKIP LOCKED on Postgres; SQLite serialises writers)."""
-        req = t.requests.c
-        ready = (
-            select(req.id)
-            .where(
-                req.state == t.QUEUED,
-                req.batch_id.in_(batch_ids),
-                req.lane == Lane.REALTIME,
-                or_(req.not_before.is_(None), req.not_before <= now),
-                not_waiting(),
-            )
-            .order_by(req.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(t.requests)
-            .where(req.id.in_(ready.scalar_subquery()))
-            .values(
-                state=t.RUNNING,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                started_at=func.coalesce(req.started_at, now),
-            )
-            .returning(
-                req.id,
-                req.batch_id,
-                req.custom_id,
-                req.model,
-                req.max_tokens,
-                req.params,
-                req.attempts,
-                req.failures,
-                req.estimated_input_tokens,
-                req.last_error,
-                req.repairs,
-            )
-        )
         with self._write() as conn:
-            rows = conn.execute(statement).all()
+            rows = conn.execute(
+                _claim(),
+                {
+                    "batch_ids": list(batch_ids),
+                    "limit": limit,
+                    "now": now,
+                    "owner": owner,
+                    "expires": now + timedelta(seconds=lease_s),
+                },
+            ).all()
             started = {row.batch_id for row in rows} - self._started
             self._note_started(conn, started, now)
         self._started.update(started)

@@ -10,17 +10,18 @@ columns here, so one out-of-range number or over-long name cannot fail a whole g
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Update, and_, bindparam, insert, select, update
 
 from batchrun.records import AnswerTurn, FinishedRequest, RetryLater
 from batchrun.store import tables as t
 from batchrun.store.base import end_finished_batches, insert_bare_results
 from batchrun.store.counters import CounterChanges
-from batchrun.store.database import upsert_insert
+from batchrun.store.database import dialect_insert
 from batchrun.store.repairs import count_repair_results, record_turns
 from batchrun.store.reuse import batches_with_copies, settle_copies
 
@@ -64,6 +65,41 @@ def record_outcomes(
         _settle_copies(conn, finished, now, without_copies, changes)
     if turns:
         record_turns(conn, turns, changes=changes, owner=owner)
+    if retries or unsent or released or canceled or expired:
+        batch_ids.update(
+            _hand_back(
+                conn,
+                owner=owner,
+                now=now,
+                retries=retries,
+                unsent=unsent,
+                released=released,
+                canceled=canceled,
+                expired=expired,
+                changes=changes,
+            )
+        )
+    changes.apply(conn)
+    if batch_ids:
+        end_finished_batches(conn, sorted(batch_ids), now)
+
+
+def _hand_back(
+    conn: Connection,
+    *,
+    owner: str,
+    now: datetime,
+    retries: Sequence[RetryLater],
+    unsent: Sequence[int],
+    released: Sequence[int],
+    canceled: Sequence[int],
+    expired: Sequence[int],
+    changes: CounterChanges,
+) -> set[str]:
+    """:func:`record_outcomes`'s requests that go back to the queue or stop (see there), from
+    those this owner holds; returns the batches of those that stopped. Apart, so a group of
+    results alone builds none of these statements."""
+    stopped: set[str] = set()
     req = t.requests.c
     mine = and_(req.state == t.RUNNING, req.lease_owner == owner)
     if retries:
@@ -115,10 +151,8 @@ def record_outcomes(
             changes.moved(batch_id, t.RUNNING, state)
         for batch_id in set(touched):
             insert_bare_results(conn, batch_id, state, now)
-        batch_ids.update(touched)
-    changes.apply(conn)
-    if batch_ids:
-        end_finished_batches(conn, sorted(batch_ids), now)
+        stopped.update(touched)
+    return stopped
 
 
 def record_send_failures(conn: Connection, retries: Sequence[RetryLater]) -> None:
@@ -213,23 +247,41 @@ def record_finished(
                 "reused_from": None,
             }
         )
-    written = set(
-        conn.scalars(
-            upsert_insert(conn.engine)(t.results)
-            .on_conflict_do_nothing(index_elements=["request_id"])
-            .returning(t.results.c.request_id),
-            rows,
-        ).all()
-    )
+    written = set(conn.scalars(_insert_results(conn.dialect.name), rows).all())
     changes.results(row for row in rows if row["request_id"] in written)
     count_repair_results(conn, finished, written, changes)
+    moved = conn.execute(
+        _finish_requests(from_state), {"ids": [item.request_id for item in finished]}
+    ).all()
+    for batch_id, state in moved:
+        changes.moved(batch_id, from_state, state)
+
+
+# The group commit's statements are built once (per dialect, or per state they start from):
+# building one, and SQLAlchemy's cache key for it, cost more than running it.
+
+
+@functools.cache
+def _insert_results(dialect: str) -> Any:
+    """Insert result rows; a request that has one keeps it. Returns the requests written."""
+    return (
+        dialect_insert(dialect)(t.results)
+        .on_conflict_do_nothing(index_elements=["request_id"])
+        .returning(t.results.c.request_id)
+    )
+
+
+@functools.cache
+def _finish_requests(from_state: str) -> Update:
+    """Move the requests ``:ids`` still in ``from_state`` to their result's type, one more
+    attempt counted and the lease dropped. Returns each one's batch and new state."""
     req = t.requests.c
     final_state = (
         select(t.results.c.result_type).where(t.results.c.request_id == req.id).scalar_subquery()
     )
-    moved = conn.execute(
+    return (
         update(t.requests)
-        .where(req.id.in_([item.request_id for item in finished]), req.state == from_state)
+        .where(req.id.in_(bindparam("ids", expanding=True)), req.state == from_state)
         .values(
             state=final_state,
             attempts=req.attempts + 1,
@@ -237,9 +289,7 @@ def record_finished(
             lease_expires_at=None,
         )
         .returning(req.batch_id, req.state)
-    ).all()
-    for batch_id, state in moved:
-        changes.moved(batch_id, from_state, state)
+    )
 
 
 _INT32_MAX = 2**31 - 1

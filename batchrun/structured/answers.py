@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from jsonschema.validators import validator_for
 
 from batchrun.structured.schemas import ANSWER_TOOL_NAME, StructuredMode
 
@@ -92,6 +91,10 @@ def _dumpable(value: object) -> bool:
 
 
 def _validated(value: Any, found: str, schema: Mapping[str, Any]) -> ValidAnswer | InvalidAnswer:
+    # Loaded here: a run without a structured batch (most) should not load jsonschema,
+    # which cost about a tenth of a worker's start-up.
+    from jsonschema.validators import validator_for
+
     validator = validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(value), key=lambda error: list(map(str, error.path)))
     if not errors:

@@ -33,7 +33,7 @@ What it keeps of httpx's behaviour, so nothing above the transport changes:
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 # An answer's header lines and count: generous for any real API, bounded for a hostile one.
 MAX_HEADER_LINE_BYTES = 64 * 1024
 MAX_HEADERS = 256
+# Headers aiohttp would add that httpx's request already has, or that batchrun never sends.
+_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # The most one piece of a body read holds (the caller's caps count the pieces).
 _PIECE_BYTES = 64 * 1024
 # What httpcore said when a server closed the connection before its answer; kept word for
@@ -69,6 +71,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._tls = tls
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -88,12 +91,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 max_headers=MAX_HEADERS,
                 # Every timeout is the request's own (below) or the caller's.
                 timeout=aiohttp.ClientTimeout(total=None),
+                # Set once here rather than per request, where aiohttp builds the set anew.
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
             )
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        import aiohttp
-
         timeouts = request.extensions.get("timeout", {})
         try:
             data: bytes | None = request.content or None
@@ -112,13 +115,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 data=data,
                 allow_redirects=False,
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeouts.get("pool"),
-                    sock_connect=timeouts.get("connect"),
-                    sock_read=timeouts.get("read"),
-                ),
+                timeout=self._timeout(timeouts),
             )
         extensions = {"http_version": b"HTTP/1.1"}
         if response.reason:
@@ -130,6 +127,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions=extensions,
         )
+
+    def _timeout(self, timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        """aiohttp's timeouts for httpx's ``timeout`` extension (the same few every time: one
+        object each)."""
+        import aiohttp
+
+        key = (timeouts.get("pool"), timeouts.get("connect"), timeouts.get("read"))
+        made = self._timeouts.get(key)
+        if made is None:
+            pool, connect, read = key
+            made = aiohttp.ClientTimeout(
+                total=None, connect=pool, sock_connect=connect, sock_read=read
+            )
+            self._timeouts[key] = made
+        return made
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

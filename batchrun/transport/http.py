@@ -3,8 +3,10 @@ in-process transport, the User-Agent, reading a body within a size cap, and the 
 header value can be sent at all.
 
 A run's requests go out on one httpx client made on first use (:class:`ClientPool`,
-:func:`create_http_client`), which sends on aiohttp (:mod:`batchrun.transport.aio`). The
-built-in simulator is reached without a socket, through :func:`in_process_transport`.
+:func:`create_http_client`), which sends on aiohttp (:mod:`batchrun.transport.aio`); the
+Messages POSTs are handed to that transport directly (:meth:`ClientPool.stream`,
+:func:`post_stream`), as the client would send them. The built-in simulator is reached
+without a socket, through :func:`in_process_transport`.
 
 Bodies are read in pieces and decompressed here (gzip and deflate), never more than a cap at
 a time: :func:`read_capped` stops once a body passes its cap, so an endless body or a gzip
@@ -135,11 +137,23 @@ class ClientPool:
     It was several httpx clients of 8 connections each, because httpcore's pool looked at
     every connection for every request it assigned; on aiohttp
     (:class:`~batchrun.transport.aio.AiohttpTransport`) one client of any size costs the
-    same per request, so one is made."""
+    same per request, so one is made.
 
-    def __init__(self, make: Callable[[], httpx.AsyncClient]) -> None:
+    :meth:`stream` hands a POST to that transport itself, doing what the httpx client would
+    do around it without its per-request work (see there)."""
+
+    def __init__(
+        self, make: Callable[[], tuple[httpx.AsyncClient, httpx.AsyncBaseTransport | None]]
+    ) -> None:
+        """``make``: the client, and the transport :meth:`stream` may send on directly (None:
+        every request goes through the client)."""
         self._make = make
         self._client: httpx.AsyncClient | None = None
+        self._direct: httpx.AsyncBaseTransport | None = None
+        # What the client would merge into every request, worked out once per value.
+        self._headers: dict[tuple[tuple[str, str], ...], httpx.Headers] = {}
+        self._urls: dict[str, httpx.URL] = {}
+        self._timeout: dict[str, float | None] = {}
 
     @property
     def made(self) -> bool:
@@ -149,18 +163,73 @@ class ClientPool:
     def client(self) -> httpx.AsyncClient:
         """The client, made now if no request needed it yet."""
         if self._client is None:
-            self._client = self._make()
+            self._client, self._direct = self._make()
+            self._timeout = self._client.timeout.as_dict()
         return self._client
 
     async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
         """POST on the client (an httpx client's ``post``, for bench/throughput.py)."""
         return await self.client().post(url, content=content, headers=headers)
 
+    @asynccontextmanager
+    async def stream(
+        self, url: str, *, content: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[httpx.Response]:
+        """POST ``content`` and yield the answer with its body unread, closed afterwards:
+        the client's ``stream("POST", ...)``.
+
+        On the pool's own aiohttp transport the request goes to the transport directly, as
+        the client would send it: its headers merged with the client's (worked out once per
+        set of headers), its timeouts, its cookies sent and kept as the client keeps them
+        (looked at only when the jar holds one, or the answer sets one); no redirect is
+        followed either way, and there is no auth or hook to run. The client's own path
+        (URL, header and cookie merging, redirect and auth handling, a cookie-jar pass on
+        every answer) was a fifth of a worker's main thread. Through a proxy or an
+        in-process app, the client sends."""
+        client = self.client()
+        direct = self._direct
+        if direct is None:
+            async with client.stream("POST", url, content=content, headers=headers) as response:
+                yield response
+            return
+        request = httpx.Request(
+            "POST",
+            self._url(url),
+            headers=self._merged(client, headers),
+            content=content,
+            extensions={"timeout": self._timeout},
+        )
+        cookies = client.cookies
+        if cookies:
+            cookies.set_cookie_header(request)
+        response = await direct.handle_async_request(request)
+        try:
+            if "set-cookie" in response.headers or "set-cookie2" in response.headers:
+                cookies.extract_cookies(response)
+            yield response
+        finally:
+            await response.aclose()
+
+    def _merged(self, client: httpx.AsyncClient, headers: Mapping[str, str]) -> httpx.Headers:
+        key = tuple(headers.items())
+        merged = self._headers.get(key)
+        if merged is None:
+            merged = httpx.Headers(client.headers)
+            merged.update(headers)
+            self._headers[key] = merged
+        return merged
+
+    def _url(self, url: str) -> httpx.URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
+
     async def __aenter__(self) -> ClientPool:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        client, self._client = self._client, None
+        client, self._client, self._direct = self._client, None, None
         if client is not None:
             await client.aclose()
 
@@ -169,6 +238,20 @@ class ClientPool:
 async def client_for(http: httpx.AsyncClient | ClientPool) -> AsyncIterator[httpx.AsyncClient]:
     """The client to send one request on."""
     yield http.client() if isinstance(http, ClientPool) else http
+
+
+@asynccontextmanager
+async def post_stream(
+    http: httpx.AsyncClient | ClientPool, url: str, *, content: bytes, headers: Mapping[str, str]
+) -> AsyncIterator[httpx.Response]:
+    """POST ``content`` on ``http`` and yield the answer with its body unread (closed
+    afterwards): :meth:`ClientPool.stream`, or an httpx client's ``stream``."""
+    if isinstance(http, ClientPool):
+        async with http.stream(url, content=content, headers=headers) as response:
+            yield response
+    else:
+        async with http.stream("POST", url, content=content, headers=headers) as response:
+            yield response
 
 
 def create_http_client(
@@ -192,12 +275,12 @@ def create_http_client(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
 
-    def make() -> httpx.AsyncClient:
-        sender = transport
-        if sender is None and not _proxied():
-            tls = httpx.create_ssl_context()
-            sender = AiohttpTransport(max_connections=max_connections, tls=tls)
-        return httpx.AsyncClient(timeout=timeout, limits=limits, transport=sender)
+    def make() -> tuple[httpx.AsyncClient, httpx.AsyncBaseTransport | None]:
+        if transport is not None or _proxied():
+            return httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport), None
+        tls = httpx.create_ssl_context()
+        direct = AiohttpTransport(max_connections=max_connections, tls=tls)
+        return httpx.AsyncClient(timeout=timeout, limits=limits, transport=direct), direct
 
     return ClientPool(make)
 

@@ -54,6 +54,7 @@ from batchrun.transport.http import (
     ClientPool,
     check_header_values,
     client_for,
+    post_stream,
     read_capped,
     stream_pieces,
 )
@@ -346,10 +347,7 @@ async def _post_streamed(
     """POST a streaming request: how its event stream ended, or the whole answer when it is
     not an event stream (an error status, or a server that does not stream). ``progressed``
     is called whenever an event carried part of the message."""
-    async with (
-        client_for(http) as client,
-        client.stream("POST", url, content=content, headers=headers) as response,
-    ):
+    async with post_stream(http, url, content=content, headers=headers) as response:
         content_type = response.headers.get("content-type", "").strip().lower()
         if response.status_code != 200 or not content_type.startswith(_EVENT_STREAM):
             return await read_capped(response, max_bytes)
@@ -374,8 +372,5 @@ async def _post(
     headers: Mapping[str, str],
     max_bytes: int,
 ) -> Answer:
-    async with (
-        client_for(http) as client,
-        client.stream("POST", url, content=content, headers=headers) as response,
-    ):
+    async with post_stream(http, url, content=content, headers=headers) as response:
         return await read_capped(response, max_bytes)

@@ -274,3 +274,68 @@ async def test_a_proxy_named_in_the_environment_is_used_as_httpx_would(
             )
     assert answer.status_code == 200
     assert proxy.heads[0].startswith(b"POST http://api.example.invalid/v1/messages HTTP/1.1")
+
+
+def _sent_headers(head: bytes) -> list[tuple[str, str]]:
+    """A request head's header lines, names lowered, in order."""
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return [
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in lines if line)
+    ]
+
+
+async def test_the_pools_own_path_sends_what_the_httpx_client_would() -> None:
+    # ClientPool.stream hands requests to the aiohttp transport itself; the server must see
+    # the same request as through the client's own stream().
+    headers = {"x-api-key": "sk-a", "anthropic-version": "2023-06-01", "user-agent": "ua/1"}
+    async with (
+        raw_server(answering(OK)) as (url, state),
+        create_http_client(timeout_s=5, max_connections=4) as pool,
+    ):
+        async with pool.client().stream("POST", url, content=b"{}", headers=headers) as answer:
+            await answer.aread()
+        async with pool.stream(url, content=b'{"a":1}', headers=headers) as answer:
+            body = await answer.aread()
+    assert answer.status_code == 200 and body == b"{}"
+    through_client, direct = (_sent_headers(head) for head in state.heads)
+    assert sorted(direct) == sorted(
+        (name, "7" if name == "content-length" else value) for name, value in through_client
+    )
+    assert ("x-api-key", "sk-a") in direct
+
+
+async def test_the_pools_own_path_keeps_and_sends_cookies_as_the_client_does() -> None:
+    set_cookie = b"HTTP/1.1 200 OK\r\nset-cookie: lb=node-7; Path=/\r\ncontent-length: 2\r\n\r\n{}"
+    answers = iter([set_cookie, OK, OK])
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(next(answers))
+        await writer.drain()
+
+    async with (
+        raw_server(answer) as (url, state),
+        create_http_client(timeout_s=5, max_connections=4) as pool,
+    ):
+        for _ in range(2):
+            async with pool.stream(url, content=b"{}", headers={}) as response:
+                await response.aread()
+        assert pool.client().cookies.get("lb") == "node-7"
+        async with pool.client().stream("POST", url, content=b"{}") as response:
+            await response.aread()
+    first, second, through_client = (dict(_sent_headers(head)) for head in state.heads)
+    assert "cookie" not in first
+    assert second["cookie"] == through_client["cookie"] == "lb=node-7"
+
+
+async def test_the_pools_own_path_keeps_the_clients_read_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; the client gives up first
+
+    async with (
+        raw_server(silent) as (url, _),
+        create_http_client(timeout_s=0.3, max_connections=4) as pool,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            async with pool.stream(url, content=b"{}", headers={}):
+                pass
