@@ -6,17 +6,13 @@ The dispatcher must see a cancel or a pause within its control interval
 own every interval, it asks :class:`ControlReadings` for the latest reading that rode on a
 rate-bank take (``WorkerDatabase.take_rates`` reads the batches' state in the take's
 transaction while the dispatcher watches), and reads on its own only when none is fresh: a
-worker sending under a shared limit takes about every half second, so its control checks
-mostly cost nothing. A reading counts from the moment it was asked for (before its
-transaction began), so it is never fresher than it is. When a check is due while a take
-asked for within the interval is still on its way, the dispatcher waits for that take's
-reading: a read of its own would run after the take anyway (one database thread per worker),
-so the wait is never longer.
+worker sending under a shared limit takes about every half second, so many of its control
+checks cost nothing. A reading counts from the moment it was asked for (before its
+transaction began), so it is never fresher than it is.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,9 +35,6 @@ class ControlReadings:
         self._watched: Callable[[], Sequence[str]] | None = None
         self._now: Callable[[], datetime] | None = None
         self._latest: ControlReading | None = None
-        # When the readings on their way were asked for; resolved when one of them lands.
-        self._on_the_way: list[float] = []
-        self._landed: asyncio.Future[None] | None = None
 
     def watch(self, batch_ids: Callable[[], Sequence[str]], now: Callable[[], datetime]) -> None:
         """Read ``batch_ids()`` (as of ``now()``: expiry is a time) with every take from now
@@ -59,34 +52,13 @@ class ControlReadings:
         batch_ids = list(self._watched())
         return (batch_ids, self._now()) if batch_ids else None
 
-    def asked(self, asked_at: float) -> None:
-        """A reading was asked for at ``asked_at``; :meth:`read` or :meth:`lost` follows."""
-        self._on_the_way.append(asked_at)
-
     def read(self, asked_at: float, batch_ids: Sequence[str], stopped: Mapping[str, str]) -> None:
         """Keep a reading made in a transaction asked for at ``asked_at``, if it is the
         latest."""
-        if self._watched is not None and (self._latest is None or asked_at > self._latest.asked_at):
+        if self._watched is None:
+            return
+        if self._latest is None or asked_at > self._latest.asked_at:
             self._latest = ControlReading(asked_at, frozenset(batch_ids), dict(stopped))
-        self.lost(asked_at)
-
-    def lost(self, asked_at: float) -> None:
-        """The reading asked for at ``asked_at`` landed, or never will (its take failed)."""
-        if asked_at in self._on_the_way:
-            self._on_the_way.remove(asked_at)
-        if self._landed is not None and not self._landed.done():
-            self._landed.set_result(None)
-
-    async def wait_fresh(self, batch_ids: Collection[str], since: float) -> ControlReading | None:
-        """:meth:`fresh`, after waiting for the readings on their way that were asked for
-        after ``since``."""
-        while (found := self.fresh(batch_ids, since)) is None:
-            if not any(at > since for at in self._on_the_way):
-                return None
-            if self._landed is None or self._landed.done():
-                self._landed = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._landed)
-        return found
 
     def fresh(self, batch_ids: Collection[str], since: float) -> ControlReading | None:
         """The latest reading if it was asked for after ``since`` and covers every one of

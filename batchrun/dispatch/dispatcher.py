@@ -71,6 +71,9 @@ _CLAIM_WAITING_ROOM = _MAX_WAITING // 2
 _EXPIRY_CHECK_S = 5.0
 # Waits shorter than this are not waited (see _dispatch_loop).
 _CLOCK_RESOLUTION_S = 1e-6
+# A control reading made on the way (dispatch.controls) serves a check only while at least
+# this much of the control interval is left from it.
+_READING_LEFT_S = 0.01
 # What the limiter is told about a reservation that was never used.
 _NOT_SENT = Fatal(error_body("api_error", "not sent"), 0)
 
@@ -398,8 +401,10 @@ class Dispatcher:
         if checked:
             self._next_expiry_check = monotonic + _EXPIRY_CHECK_S
             await self._db.expire_due(now)
-        since = monotonic - self._config.control_poll_s
-        reading = await self._db.controls.wait_fresh(self._active, since)
+        # A reading serves if asked for within the interval, leaving some of it: one that
+        # would be due again at once would have the loop check again without end.
+        since = monotonic - self._config.control_poll_s + _READING_LEFT_S
+        reading = self._db.controls.fresh(self._active, since)
         if reading is not None:
             stopped, read_at = dict(reading.stopped), reading.asked_at
         else:

@@ -187,23 +187,18 @@ class WorkerDatabase:
         # from now, before the transaction begins.
         batch_ids, batches_now = wanted
         asked_at = asyncio.get_running_loop().time()
-        self.controls.asked(asked_at)
-        try:
-            grant, record, stopped = await self._thread.call(
-                self._store.rates.take_watching,
-                endpoint=endpoint,
-                model=model,
-                costs=costs,
-                policy=policy,
-                changes=changes,
-                now=now,
-                reserve=reserve,
-                batch_ids=batch_ids,
-                batches_now=batches_now,
-            )
-        except BaseException:
-            self.controls.lost(asked_at)
-            raise
+        grant, record, stopped = await self._thread.call(
+            self._store.rates.take_watching,
+            endpoint=endpoint,
+            model=model,
+            costs=costs,
+            policy=policy,
+            changes=changes,
+            now=now,
+            reserve=reserve,
+            batch_ids=batch_ids,
+            batches_now=batches_now,
+        )
         self.controls.read(asked_at, batch_ids, stopped)
         return grant, record
 
