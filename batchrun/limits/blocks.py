@@ -30,18 +30,21 @@ workers' blocks follow their shares of the limit). Blocks taken during the start
 are no larger (below), so the bound holds through it.
 
 **During the start-up ramp** (:mod:`batchrun.limits.keyrecord`) the buckets refill at the
-ramp's share of each limit, and a block is reserved in debt as at any other time. Its grant's
-rates are those of the take's moment; the ramp climbs meanwhile, so the block is paid a
-little later than the buckets would admit it (never sooner). A block of ``H`` seconds at
-the rate ``r`` of its take, the rate climbing by ``s`` a second, is paid at most ``s × H² ÷
-(2 r)`` late; over a whole ramp that binds, at most ``H ÷ 2 × ln(1 ÷``
-:data:`~batchrun.limits.keyrecord.RAMP_START_SHARE` ``)`` (0.4 s) behind a take per request.
-In exchange a take is never refused and asked again during the ramp (a transaction per try
-with the database bank). A
-block taken during the ramp is sized as at any other time (the worker's pace ×
-:data:`BLOCK_HORIZON_S`), and never more than :data:`BLOCK_HORIZON_S` seconds of the
-*ramped* limits (the ramp's share × the limit in force, as this worker last heard of the
-ramp), so the bound above holds through it.
+ramp's share of each limit, and a take they cannot cover now is refused (asked again within
+:data:`~batchrun.limits.keyrecord.RAMP_RECHECK_S`), not reserved in debt: a debt is paid at
+the rate of the moment, which would lag the climb. So a block taken during the ramp is paid
+as soon as it is granted, and it is sized as at any other time (the worker's pace ×
+:data:`BLOCK_HORIZON_S`) with two more caps: never more than :data:`BLOCK_HORIZON_S` seconds
+of the *ramped* limits (the ramp's share × the limit in force, as this worker last heard of
+the ramp), and never more requests than the buckets hold now as this worker last saw them
+(:func:`held_requests`; one request at least). A ramp that does not bind thus costs a take
+per half second of sending, as after it, not a take per request; one that binds gets blocks
+of what the buckets hold, which a take per request would have spent at once too, and of one
+request when they hold less: its pace is the one-request takes' pace. The worker's view may
+be stale (another worker took meanwhile, or started a ramp this worker has not heard of):
+when a block of more than one request (in some limit in force) is refused, the worker asks
+at once for one request, so a binding ramp is never slower than with one-request blocks (at
+the price of a second take then).
 """
 
 from __future__ import annotations
@@ -175,3 +178,14 @@ def block_costs(
             amount = min(amount, limit / 60.0 * BLOCK_HORIZON_S)
         sized[dimension] = max(amount, cost)
     return sized
+
+
+def held_requests(costs: Mapping[str, float], levels: Mapping[str, float]) -> float:
+    """How many whole requests like this one (``costs`` per dimension) the buckets hold, by
+    their ``levels`` per dimension in force (negative while in debt); infinity when no
+    dimension in force costs anything."""
+    held = math.inf
+    for dimension, level in levels.items():
+        if (cost := costs.get(dimension, 0.0)) > 0:
+            held = min(held, float(math.floor(level / cost + _TOLERANCE)))
+    return held

@@ -83,9 +83,8 @@ RAMP_S = 5.0
 RAMP_START_SHARE = 0.2
 RAMP_IDLE_S = 10.0
 RAMP_FIRST_ANSWER_MAX_S = 60.0
-# While a ramp is under way a take that is not a reservation asks to be tried again this
-# soon at the latest: a wait worked out at the rate of now would oversleep a rate that is
-# climbing.
+# While a ramp is under way a take asks to be tried again this soon at the latest: a wait
+# worked out at the rate of now would oversleep a rate that is climbing.
 RAMP_RECHECK_S = 0.25
 # A pause this close to its end is over.
 _PAUSE_TOLERANCE_S = 1e-6
@@ -324,11 +323,8 @@ class KeyRecord:
 
         With ``reserve``, the costs are taken whatever the buckets hold (a reservation in
         debt: the grant says when it is paid, see :class:`Grant`), unless the key is paused
-        (then nothing is taken and the grant's wait is the pause's). While the key ramps up,
-        a reservation's debt is paid, as far as the grant says, at the ramped rate of ``now``:
-        the ramp only climbs, so the grant errs late, never early. Without ``reserve``, a
-        take the buckets cannot cover during the ramp is refused with a wait of at most
-        :data:`RAMP_RECHECK_S`."""
+        (then nothing is taken and the grant's wait is the pause's) or ramping up (then a
+        take they cannot cover is refused, with a wait of at most :data:`RAMP_RECHECK_S`)."""
         # Since when nothing was taken or waited for (every bucket full); -inf: no buckets.
         idle_since = max(
             (record.bucket.full_at() for record in self.dimensions.values() if record.bucket),
@@ -382,10 +378,8 @@ class KeyRecord:
             wait_s = max(wait_s, bucket.wait_s(costs.get(dimension, 0.0), now))
             buckets[dimension] = bucket
         # A reservation waits for a known moment, worked out at the rate of now: during the
-        # ramp that rate climbs, so the moment is a little late (never early), where a take
-        # refused and asked again would cost a transaction per try with the database bank.
-        # A take that is not a reservation is asked again soon instead.
-        if wait_s > 0 and (not reserve or self.paused_until > now):
+        # ramp that rate climbs, so a refused take there is asked again soon instead.
+        if wait_s > 0 and (not reserve or self.paused_until > now or share < 1):
             if share < 1 and self.paused_until <= now:
                 wait_s = min(wait_s, RAMP_RECHECK_S)
             return Grant(wait_s)

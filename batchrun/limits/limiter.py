@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from batchrun.limits.banks import Bank, LocalBank
-from batchrun.limits.blocks import Block, block_costs
+from batchrun.limits.blocks import Block, block_costs, held_requests
 from batchrun.limits.buckets import DEFAULT_BURST_S
 from batchrun.limits.dimensions import DIMENSIONS, Amounts, RateLimits
 from batchrun.limits.families import ALL_MODELS, ANY_MODEL, entry_for, is_family
@@ -362,7 +362,8 @@ class Limiter:
                     # (and what else was learned) for the other workers, and takes nothing.
                     found = await self._take_block(key, state, costs, now)
                 if not isinstance(found, Block):
-                    # Paused (another worker may end or extend it): wait, then ask again.
+                    # Paused (another worker may end or extend it), or refused while the
+                    # rate ramps up: wait, then ask again.
                     await asyncio.sleep(max(found or 0.0, 0.0))
                     continue
                 block = found
@@ -378,21 +379,43 @@ class Limiter:
     ) -> Block | float:
         """Give back what is left of the key's block, and take a new one sized to this
         worker's recent sending (a reservation in debt); or, when the bank took nothing (a
-        pause), the seconds to wait before asking again.
+        pause, a ramp), the seconds to wait before asking again.
 
-        During the start-up ramp the block is also capped at
-        :data:`~batchrun.limits.blocks.BLOCK_HORIZON_S` of the ramped limits, as this worker
-        last heard of the ramp (see :mod:`batchrun.limits.blocks`)."""
+        During the start-up ramp a take the buckets cannot cover is refused, not reserved in
+        debt (see :mod:`batchrun.limits.blocks`): the block is then also capped at
+        :data:`~batchrun.limits.blocks.BLOCK_HORIZON_S` of the ramped limits and at the
+        requests the buckets hold now as this worker last saw them (one at least), and a
+        block of more than one request that is refused all the same (another worker took
+        meanwhile) is followed at once by a take of one request, as before blocks grew
+        during the ramp: a binding ramp is never slower for them."""
         old = state.block
         requests = old.next_requests(now) if old is not None else 1.0
         self._give_back(key, state)
         limits = self._limits_now(key, state)
         record = self._bank.record(key)
         share = record.ramp_share(now, state.policy.ramp_s) if record is not None else 1.0
-        if share < 1:
+        if record is not None and share < 1:
             limits = {dimension: limit * share for dimension, limit in limits.items()}
+            levels = {}
+            for dimension in limits:
+                found = record.dimensions.get(dimension)
+                bucket = found.bucket if found is not None else None
+                # A bucket not made yet starts below one request (see KeyRecord.take).
+                levels[dimension] = bucket.level_at(now) if bucket is not None else 0.0
+            requests = min(requests, max(held_requests(costs, levels), 1.0))
         wanted = block_costs(costs, requests, limits)
         grant = await self._bank.take(key, wanted, state.policy, reserve=True)
+        single = block_costs(costs, 1.0, limits)
+        if (
+            not grant.charged
+            and grant.wait_s > 0
+            # More than one request in a dimension in force (else the same take again).
+            and any(wanted.get(d, 0.0) > single.get(d, 0.0) for d in limits or wanted)
+            and not self._paused(key, state, now)
+        ):
+            # Refused during a ramp (as this worker saw it or not): the request at hand may
+            # still go now.
+            grant = await self._bank.take(key, single, state.policy, reserve=True)
         if not grant.charged:
             if grant.wait_s > 0 or self._paused(key, state, now):
                 return max(grant.wait_s, self._pause_ends(key, state) - now)

@@ -3,9 +3,11 @@ each part of a block may be spent. Pure: times are passed in."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from batchrun.limits.blocks import BLOCK_HORIZON_S, Block, block_costs
+from batchrun.limits.blocks import BLOCK_HORIZON_S, Block, block_costs, held_requests
 from batchrun.limits.dimensions import RateLimits
 from batchrun.limits.keyrecord import KeyPolicy, KeyRecord, PendingChanges
 
@@ -103,3 +105,14 @@ def test_the_next_block_follows_what_this_one_was_spent_at() -> None:
     # Four in one second: four a second over the horizon.
     assert block.next_requests(1.0) == pytest.approx(4 * BLOCK_HORIZON_S)
     assert Block.unlimited(0.0).next_requests(5.0) == 1.0
+
+
+def test_the_requests_buckets_hold_are_whole_and_counted_by_the_scarcest_dimension() -> None:
+    costs = {"rpm": 1.0, "tpm": 100.0, "itpm": 0.0}
+
+    # 3.5 requests' worth of requests, 2.99999999 of tokens (float sums): 3 whole requests.
+    assert held_requests(costs, {"rpm": 3.5, "tpm": 299.999999}) == 3
+    assert held_requests(costs, {"rpm": 3.5, "tpm": 250.0}) == 2
+    # In debt: none; a dimension no request costs holds any number.
+    assert held_requests(costs, {"rpm": -2.0}) < 1
+    assert held_requests(costs, {"itpm": 0.0}) == math.inf

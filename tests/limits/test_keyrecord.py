@@ -10,7 +10,6 @@ from batchrun.limits.keyrecord import (
     PROBE_SHARE,
     RAMP_FIRST_ANSWER_MAX_S,
     RAMP_IDLE_S,
-    RAMP_RECHECK_S,
     RAMP_START_SHARE,
     SLOW_START_STEP_PER_MIN,
     START_PER_MIN,
@@ -106,28 +105,6 @@ def test_the_ramp_holds_a_fifth_until_the_first_answer_then_climbs_to_the_limit(
     assert record.dimensions["rpm"].bucket.rate_per_s == pytest.approx(4.0)
     record.take(ONE_REQUEST, POLICY, 5.5)
     assert record.dimensions["rpm"].bucket.rate_per_s == pytest.approx(12.0)
-
-
-def test_a_reservation_during_the_ramp_goes_into_debt_paid_at_the_ramped_rate_of_now() -> None:
-    record = KeyRecord()
-    record.take(ONE_REQUEST, POLICY, 0.0)  # a new key: the ramp starts, 4 a second
-    record.apply(answered(1.0), CONFIGURED, 1.0)  # the climb starts: 12 a second at 3.5
-
-    grant = record.take({"rpm": 18.0}, POLICY, 3.5, reserve=True)
-
-    # Taken, though the bucket held less: the grant's wait is worked out at 12 a second,
-    # which errs late (the rate climbs meanwhile), and the next take sees the debt.
-    assert grant.charged == {"rpm": 18.0}
-    assert grant.rates == {"rpm": pytest.approx(12.0)}
-    level = grant.levels["rpm"]
-    assert level < 18
-    assert grant.wait_s == pytest.approx((18 - level) / 12.0)
-    assert record.dimensions["rpm"].bucket is not None
-    assert record.dimensions["rpm"].bucket.available(3.5) == pytest.approx(level - 18)
-    # A take that is no reservation is still refused, and asked again soon.
-    refused = record.take(ONE_REQUEST, POLICY, 3.5)
-    assert not refused.charged
-    assert 0 < refused.wait_s <= RAMP_RECHECK_S
 
 
 def test_without_an_answer_the_climb_starts_a_minute_after_the_ramp() -> None:
