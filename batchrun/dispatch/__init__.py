@@ -6,7 +6,8 @@ structured answer reviewed, a repair send made), ``routing`` (pools, failover, t
 start), ``capacity`` (how many requests in flight), ``leases`` (taken, renewed, checked
 before a send), ``health`` (a pool member out of or back in the rotation), ``counts`` (the
 counts of a dispatch: ``RunReport``), ``writer`` (group commit), ``worker_db`` (the worker's
-one async route to the database) with ``dbthread``, ``settings`` (how a worker dispatches:
+one async route to the database) with ``dbthread`` and ``controls`` (control checks riding
+on its rate-bank takes), ``settings`` (how a worker dispatches:
 ``DispatchConfig`` and its defaults), ``clock`` and ``owners``.
 May import: ``limits``, ``input`` (token estimates), ``structured``, ``records``,
 ``errors``. Never httpx or SQLAlchemy: senders and the store are passed in (the store only

@@ -71,6 +71,9 @@ _CLAIM_WAITING_ROOM = _MAX_WAITING // 2
 _EXPIRY_CHECK_S = 5.0
 # Waits shorter than this are not waited (see _dispatch_loop).
 _CLOCK_RESOLUTION_S = 1e-6
+# A control reading made on the way (dispatch.controls) serves a check only while at least
+# this much of the control interval is left from it.
+_READING_LEFT_S = 0.01
 # What the limiter is told about a reservation that was never used.
 _NOT_SENT = Fatal(error_body("api_error", "not sent"), 0)
 
@@ -150,6 +153,8 @@ class Dispatcher:
         self._endpoints = dict(batch_endpoints)
         self._active = dict(batch_endpoints)
         self._stop_events = {batch_id: asyncio.Event() for batch_id in batch_endpoints}
+        # Control checks ride on the rate-bank takes while the dispatch runs.
+        self._db.controls.watch(lambda: list(self._active), self._clock.now)
         ids = list(batch_endpoints)
         await self._db.clear_pauses(ids)
         self._leases = LeaseKeeper(
@@ -173,6 +178,7 @@ class Dispatcher:
             await self._dispatch_loop()
         finally:
             self._joinable = False
+            self._db.controls.stop_watching()
             heartbeat.cancel()
             await self._finish_in_flight()
             await self._release_limits()
@@ -275,8 +281,7 @@ class Dispatcher:
             # Within a microsecond counts as due: a wait of 1e-15 s returns at once without
             # the clock moving (a fake clock cannot move by that), and the loop would spin.
             if loop.time() >= next_control_check - _CLOCK_RESOLUTION_S:
-                await self._apply_controls()
-                next_control_check = loop.time() + self._config.control_poll_s
+                next_control_check = await self._apply_controls() + self._config.control_poll_s
             self._raise_task_errors()
             if not self._active:
                 return
@@ -385,16 +390,26 @@ class Dispatcher:
             self._tasks.pop(task, None)
             raise task.exception()  # type: ignore[misc]
 
-    async def _apply_controls(self) -> None:
+    async def _apply_controls(self) -> float:
         """Stop dispatching batches that expired, or that another process canceled or
-        paused."""
+        paused; returns the loop time the reading of them counts from. A reading that rode
+        on a rate-bank take within the control interval serves (``dispatch.controls``);
+        else this reads them."""
         now = self._clock.now()
         monotonic = self._clock.monotonic()
         checked = monotonic >= self._next_expiry_check
         if checked:
             self._next_expiry_check = monotonic + _EXPIRY_CHECK_S
             await self._db.expire_due(now)
-        stopped = await self._db.stopped_batches(list(self._active), now)
+        # A reading serves if asked for within the interval, leaving some of it: one that
+        # would be due again at once would have the loop check again without end.
+        since = monotonic - self._config.control_poll_s + _READING_LEFT_S
+        reading = self._db.controls.fresh(self._active, since)
+        if reading is not None:
+            stopped, read_at = dict(reading.stopped), reading.asked_at
+        else:
+            stopped = await self._db.stopped_batches(list(self._active), now)
+            read_at = self._clock.monotonic()
         if not checked and "expired" in stopped.values():
             # One of the run's batches is past its expiry: expire it now, not up to
             # _EXPIRY_CHECK_S later (the run may end before).
@@ -411,6 +426,7 @@ class Dispatcher:
             else:
                 self.report.paused.setdefault(batch_id, why)
                 self._stop(batch_id, "paused")
+        return read_at
 
     def _stop(self, batch_id: str, kind: StopKind) -> None:
         self._active.pop(batch_id, None)

@@ -10,15 +10,19 @@ connection is lost.
 
 Each method awaits one method of one of the store's sections (``batchrun.store``), with the
 same arguments, and returns what it returns; the names are the dispatcher's (``claim``,
-``record``, ``get_batch``), and the body names the section's method it runs.
+``record``, ``get_batch``), and the body names the section's method it runs. One exception:
+while a dispatcher watches its batches (:attr:`WorkerDatabase.controls`), a rate-bank take
+also reads which of them are stopped, in the same transaction (``dispatch.controls``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from batchrun.dispatch.controls import ControlReadings
 from batchrun.dispatch.dbthread import DEFAULT_RETRY_DELAYS_S, DatabaseThread
 from batchrun.limits.keyrecord import Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.records import (
@@ -51,6 +55,8 @@ class WorkerDatabase:
     ) -> None:
         self._store = store
         self._thread = DatabaseThread(retry_delays_s=retry_delays_s)
+        # The dispatcher's control checks, read with the rate-bank takes while it watches.
+        self.controls = ControlReadings()
 
     def close(self) -> None:
         """Wait for the statement in progress, then stop the thread (the store stays open)."""
@@ -165,8 +171,24 @@ class WorkerDatabase:
         now: float,
         reserve: bool = False,
     ) -> tuple[Grant, KeyRecord]:
-        return await self._thread.call(
-            self._store.rates.take,
+        wanted = self.controls.wanted()
+        if wanted is None:
+            return await self._thread.call(
+                self._store.rates.take,
+                endpoint=endpoint,
+                model=model,
+                costs=costs,
+                policy=policy,
+                changes=changes,
+                now=now,
+                reserve=reserve,
+            )
+        # The dispatcher's control check rides on the take (see dispatch.controls): counted
+        # from now, before the transaction begins.
+        batch_ids, batches_now = wanted
+        asked_at = asyncio.get_running_loop().time()
+        grant, record, stopped = await self._thread.call(
+            self._store.rates.take_watching,
             endpoint=endpoint,
             model=model,
             costs=costs,
@@ -174,7 +196,11 @@ class WorkerDatabase:
             changes=changes,
             now=now,
             reserve=reserve,
+            batch_ids=batch_ids,
+            batches_now=batches_now,
         )
+        self.controls.read(asked_at, batch_ids, stopped)
+        return grant, record
 
     async def record_run_limits(self, rows: Sequence[LimitRecord]) -> None:
         await self._thread.call(self._store.run_limits.record, rows)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,9 +49,11 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S = 60.0
 # Below this much history a rate or an ETA would be noise.
 MIN_RATE_WINDOW_S = 2.0
-# How often the run's batches' counts are read again: what the progress lines count besides
-# this worker's answers (a cancel from another process, the batch lane's imports, other
-# workers). A counts read per batch, from the counters the store maintains.
+# The run's batches' counts are read again before a progress line, when the last read is
+# older than this: what the lines count besides this worker's answers (a cancel from another
+# process, the batch lane's imports, other workers). A counts read per batch, from the
+# counters the store maintains; lines every 30 s (a log) thus read once per line, not once a
+# second (each read is a database transaction).
 COUNTS_REFRESH_S = 1.0
 # With several workers, how often a budget re-reads what every worker has spent, and how long
 # it waits for this worker's group commit first.
@@ -170,10 +173,10 @@ class RunMonitor:
         self._total = sum(c.total for c in counts.values())
         self._done_before = sum(c.total - c.processing for c in counts.values())
         self._counts_at_start = dict(counts)
-        # The batches' counts as last read (COUNTS_REFRESH_S), from the first snapshot on:
-        # a run nobody watches (serve's workers) reads none.
+        # The batches' counts as last read (refresh_counts, before each progress line): a
+        # run nobody watches (serve's workers) reads none.
         self._counts_now: dict[str, RequestCounts] = {}
-        self._counting = False
+        self._counts_read_at = -math.inf
         self._guard = guard
         self._max_runtime_s = max_runtime_s
         self._db = db
@@ -281,18 +284,24 @@ class RunMonitor:
                 {batch_id: cost_of(items, self._prices) for batch_id, items in usage.items()}
             )
 
-    async def _refresh_counts(self, db: WorkerDatabase) -> None:
-        """Read the counts of the run's batches that had work left, every COUNTS_REFRESH_S."""
-        while True:
-            await asyncio.sleep(COUNTS_REFRESH_S)
-            for batch_id in list(self._counts_at_start):
-                known = self._counts_now.get(batch_id)
-                if known is not None and known.processing == 0:
-                    continue
-                try:
-                    self._counts_now[batch_id] = (await db.get_batch(batch_id)).counts
-                except Exception as exc:  # a database hiccup must not end the run
-                    log.debug("could not re-read the counts of %s: %s", batch_id, exc)
+    async def refresh_counts(self, *, max_age_s: float = COUNTS_REFRESH_S) -> None:
+        """Read again the stored counts of the run's batches that had work left (what the
+        next :meth:`snapshot` counts besides this worker's answers), unless they were read
+        less than ``max_age_s`` ago; nothing without a database. Called before each progress
+        line, so a run whose lines are far apart reads its counts as seldom."""
+        db = self._db
+        now = asyncio.get_running_loop().time()
+        if db is None or now - self._counts_read_at < max_age_s:
+            return
+        self._counts_read_at = now
+        for batch_id in list(self._counts_at_start):
+            known = self._counts_now.get(batch_id)
+            if known is not None and known.processing == 0:
+                continue
+            try:
+                self._counts_now[batch_id] = (await db.get_batch(batch_id)).counts
+            except Exception as exc:  # a database hiccup must not end the run
+                log.debug("could not re-read the counts of %s: %s", batch_id, exc)
 
     def close(self) -> None:
         """Stop the timers and background reads (the run is over)."""
@@ -309,9 +318,6 @@ class RunMonitor:
         report = dispatcher.report if dispatcher is not None else None
         work = dispatcher.progress() if dispatcher is not None else DispatchProgress(0, 0)
         now = asyncio.get_running_loop().time()
-        if not self._counting and self._db is not None and self._started is not None:
-            self._counting = True
-            self._tasks.append(asyncio.create_task(self._refresh_counts(self._db)))
         started = now if self._started is None else self._started
         done_here = (report.succeeded + report.errored + report.canceled) if report else 0
         finished_here = (report.succeeded + report.errored) if report else 0

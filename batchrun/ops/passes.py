@@ -222,6 +222,7 @@ class PassRunner:
         plan, monitor = planned.plan, planned.monitor
         if not plan.batches and not plan.lane_only:
             # Every batch of the pass waits (its endpoint cannot be used here): nothing to send.
+            await monitor.refresh_counts(max_age_s=0.0)
             snapshot = monitor.snapshot()
             monitor.close()
             return RunReport(), snapshot
@@ -288,6 +289,7 @@ class PassRunner:
                 lane_report = await lane.finish(stop=stop)
                 for batch_id, why in lane_report.paused.items():
                     report.paused.setdefault(batch_id, why)
+            await monitor.refresh_counts(max_age_s=0.0)
             snapshot = monitor.snapshot()
         return report, snapshot
 
@@ -378,6 +380,8 @@ class PassRunner:
         # A first snapshot at once: a log shows the run started, and what it has to do.
         await asyncio.sleep(0)
         while True:
+            # What other processes did (cancels, other workers, imports), read for this line.
+            await monitor.refresh_counts()
             self._emit(Progress(monitor.snapshot()))
             await asyncio.sleep(interval_s)
 

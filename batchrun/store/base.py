@@ -1,6 +1,7 @@
 """What every section of the store shares: the engine and its transactions
 (:class:`Section`), and the connection-level statements several sections run (final
-results without a response; ending finished batches; the error for an unknown batch)."""
+results without a response; ending finished batches; which batches are stopped; the error
+for an unknown batch)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     exists,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -83,6 +85,36 @@ def _end_finished() -> Update:
         )
         .values(ended_at=bindparam("now", type_=t.UtcDateTime()))
     )
+
+
+def stopped_batches(conn: Connection, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
+    """Of these batches, those no worker should dispatch: id → why ("ended", "canceling",
+    "expired", or the pause reason)."""
+    if not batch_ids:
+        return {}
+    b = t.batches.c
+    rows = conn.execute(
+        select(b.id, b.ended_at, b.cancel_initiated_at, b.expires_at, b.paused_reason).where(
+            b.id.in_(batch_ids),
+            or_(
+                b.ended_at.is_not(None),
+                b.cancel_initiated_at.is_not(None),
+                b.expires_at <= now,
+                b.paused_reason.is_not(None),
+            ),
+        )
+    )
+    stopped = {}
+    for row in rows:
+        if row.ended_at is not None:
+            stopped[row.id] = "ended"
+        elif row.cancel_initiated_at is not None:
+            stopped[row.id] = "canceling"
+        elif row.expires_at <= now:
+            stopped[row.id] = "expired"
+        else:
+            stopped[row.id] = str(row.paused_reason)
+    return stopped
 
 
 def batch_not_found(batch_id: str) -> BatchNotFoundError:

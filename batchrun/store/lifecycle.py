@@ -24,6 +24,7 @@ from batchrun.store.base import (
     batch_not_found,
     end_finished_batches,
     insert_bare_results,
+    stopped_batches,
 )
 from batchrun.store.breakdowns import delete_batches, held_of, recount_held
 from batchrun.store.counters import TOKEN_COLUMNS, CounterChanges
@@ -113,32 +114,8 @@ class BatchLifecycle(Section):
     def stopped(self, batch_ids: Sequence[str], now: datetime) -> dict[str, str]:
         """Of these batches, those no worker should dispatch: id → why ("ended",
         "canceling", "expired", or the pause reason)."""
-        b = t.batches.c
         with self._read() as conn:
-            rows = conn.execute(
-                select(
-                    b.id, b.ended_at, b.cancel_initiated_at, b.expires_at, b.paused_reason
-                ).where(
-                    b.id.in_(batch_ids),
-                    or_(
-                        b.ended_at.is_not(None),
-                        b.cancel_initiated_at.is_not(None),
-                        b.expires_at <= now,
-                        b.paused_reason.is_not(None),
-                    ),
-                )
-            )
-            stopped = {}
-            for row in rows:
-                if row.ended_at is not None:
-                    stopped[row.id] = "ended"
-                elif row.cancel_initiated_at is not None:
-                    stopped[row.id] = "canceling"
-                elif row.expires_at <= now:
-                    stopped[row.id] = "expired"
-                else:
-                    stopped[row.id] = str(row.paused_reason)
-            return stopped
+            return stopped_batches(conn, batch_ids, now)
 
     def expire_due(self, now: datetime) -> list[str]:
         """Expire every batch whose time is up: queued requests (and running ones whose

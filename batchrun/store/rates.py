@@ -8,21 +8,24 @@ reads the key's record, applies the changes the worker learned since its last vi
 the cost if every bucket in force has it, and writes the record back. The rules are
 :class:`batchrun.limits.keyrecord.KeyRecord`'s, the same code a single worker runs in
 memory; times are Unix seconds from the workers' clocks (kept in sync by NTP; a skew well
-under a second is harmless).
+under a second is harmless). A worker's take may also read which of its batches are stopped,
+in the same transaction (:meth:`RateStore.take_watching`): its control check rides on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, select, update
+from sqlalchemy import Connection, Engine, Row, select, update
 
 from batchrun.limits.buckets import TokenBucket
 from batchrun.limits.dimensions import Amounts
 from batchrun.limits.keyrecord import DimensionRecord, Grant, KeyPolicy, KeyRecord, PendingChanges
 from batchrun.store import tables as t
+from batchrun.store.base import stopped_batches
 from batchrun.store.database import transaction, upsert_insert
 
 
@@ -76,48 +79,83 @@ class RateStore:
         buckets in force (``policy``: the worker's configured limits, bucket size and ramp) if
         all of them have it, or whatever they hold with ``reserve`` (a reservation in debt,
         see :meth:`KeyRecord.take`); returns the grant and the record as written."""
-        k = t.rate_keys.c
-        b = t.rate_buckets.c
         with transaction(self._engine, write=True) as conn:
-            insert = self._insert(t.rate_keys).values(
-                endpoint=endpoint,
-                model=model,
-                paused_until=0.0,
-                admitted_requests=0.0,
-                admitted_input_tokens=0.0,
-                admitted_output_tokens=0.0,
-                admitted_at=now,
-            )
-            # The no-op update on conflict locks an existing row until the commit: takes of
-            # one key run one at a time, whichever worker makes them.
-            key_row = conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["endpoint", "model"], set_={"paused_until": k.paused_until}
-                ).returning(*t.rate_keys.c)
-            ).one()
-            bucket_rows = conn.execute(
-                select(t.rate_buckets).where(b.endpoint == endpoint, b.model == model)
-            ).all()
-            record = _record(key_row, bucket_rows)
-            grant = record.take(costs, policy, now, changes, reserve=reserve)
+            return self._take(conn, endpoint, model, costs, policy, changes, now, reserve)
+
+    def take_watching(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        changes: PendingChanges,
+        now: float,
+        reserve: bool = False,
+        batch_ids: Sequence[str],
+        batches_now: datetime,
+    ) -> tuple[Grant, KeyRecord, dict[str, str]]:
+        """:meth:`take`, and in the same transaction which of ``batch_ids`` are stopped as
+        of ``batches_now`` (``BatchLifecycle.stopped``): a worker's control check rides on
+        a take it makes anyway. Returns the grant, the record and the stopped batches."""
+        with transaction(self._engine, write=True) as conn:
+            # Read before the key's row is locked: the lock is held no longer for it.
+            stopped = stopped_batches(conn, batch_ids, batches_now)
+            grant, record = self._take(conn, endpoint, model, costs, policy, changes, now, reserve)
+        return grant, record, stopped
+
+    def _take(
+        self,
+        conn: Connection,
+        endpoint: str,
+        model: str,
+        costs: Mapping[str, float],
+        policy: KeyPolicy,
+        changes: PendingChanges,
+        now: float,
+        reserve: bool,
+    ) -> tuple[Grant, KeyRecord]:
+        k = t.rate_keys.c
+        insert = self._insert(t.rate_keys).values(
+            endpoint=endpoint,
+            model=model,
+            paused_until=0.0,
+            admitted_requests=0.0,
+            admitted_input_tokens=0.0,
+            admitted_output_tokens=0.0,
+            admitted_at=now,
+        )
+        # The no-op update on conflict locks an existing row until the commit: takes of one
+        # key run one at a time, whichever worker makes them.
+        key_row = conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["endpoint", "model"], set_={"paused_until": k.paused_until}
+            ).returning(*t.rate_keys.c)
+        ).one()
+        b = t.rate_buckets.c
+        bucket_rows = conn.execute(
+            select(t.rate_buckets).where(b.endpoint == endpoint, b.model == model)
+        ).all()
+        record = _record(key_row, bucket_rows)
+        grant = record.take(costs, policy, now, changes, reserve=reserve)
+        conn.execute(
+            update(t.rate_keys)
+            .where(k.endpoint == endpoint, k.model == model)
+            .values(**_key_values(record))
+        )
+        if record.dimensions:
+            statement = self._insert(t.rate_buckets)
+            columns = [c.name for c in t.rate_buckets.c if not c.primary_key]
             conn.execute(
-                update(t.rate_keys)
-                .where(k.endpoint == endpoint, k.model == model)
-                .values(**_key_values(record))
+                statement.on_conflict_do_update(
+                    index_elements=["endpoint", "model", "dimension"],
+                    set_={name: statement.excluded[name] for name in columns},
+                ),
+                [
+                    _bucket_values(endpoint, model, dimension, item, now)
+                    for dimension, item in record.dimensions.items()
+                ],
             )
-            if record.dimensions:
-                statement = self._insert(t.rate_buckets)
-                columns = [c.name for c in t.rate_buckets.c if not c.primary_key]
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["endpoint", "model", "dimension"],
-                        set_={name: statement.excluded[name] for name in columns},
-                    ),
-                    [
-                        _bucket_values(endpoint, model, dimension, item, now)
-                        for dimension, item in record.dimensions.items()
-                    ],
-                )
         return grant, record
 
     def buckets(self) -> list[BucketRow]:

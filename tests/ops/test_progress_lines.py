@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from sqlalchemy import event
 
 from batchrun.cli.progress import RunDisplay
 from batchrun.config.prices import PriceTable
@@ -96,6 +97,36 @@ async def test_a_cancel_from_elsewhere_is_counted_in_full_in_the_progress_lines(
     later = [line for at, line in shown.timed if " progress: " in line and at > canceled_at + 1]
     assert len(later) >= 3
     assert all(f"{counts.canceled:,} canceled" in line for line in later)
+
+
+async def test_lines_far_apart_read_the_batch_counts_once_per_line_not_every_second(
+    store: Store,
+) -> None:
+    submit(store, [request_line(f"r{i:04d}") for i in range(400)])
+    shown = Shown()
+    reads: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # A batch's counts read (Batches.get): every column of one batch by its id.
+        flat = " ".join(statement.split())
+        if flat.startswith("SELECT batches.id, ") and "WHERE batches.id = " in flat:
+            reads.append(flat)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        # 400 requests at 600 a minute: a run of about 40 s, progress lines every 30 s.
+        await session(store, shown, overrides=RateLimits(rpm=600), progress_interval_s=30).run()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+
+    assert loop.time() - began > 35
+    assert len(shown.progress) == 3  # at once, after 30 s, and the last
+    # One read per line, and the run's own planning and summary (read every second during
+    # the run, it was over 40).
+    assert len(reads) <= 10, reads
+    assert "400/400 done (400 succeeded" in shown.progress[-1]
 
 
 async def test_the_last_error_is_shown_with_the_errors_and_not_with_the_rate_limits(
