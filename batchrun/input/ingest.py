@@ -19,12 +19,10 @@ over a cap, UTF-16) still reject it whole.
 
 from __future__ import annotations
 
-import gc
 import json
 import secrets
 import string
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, BinaryIO
@@ -211,23 +209,8 @@ def submit_requests(
         if check_models is not None:
             check_models(models)
 
-    with _long_lived_objects_frozen():
-        store.batches.create(batch, new_requests())
+    store.batches.create(batch, new_requests())
     return batch.id
-
-
-@contextmanager
-def _long_lived_objects_frozen() -> Iterator[None]:
-    """Leave the objects that exist before the batch is read (modules, classes, the
-    store's) out of the garbage collector's full passes while it is stored: the lines make
-    and drop millions of objects, and every full pass walked those too (about 3 % of an
-    ingest's instructions). The objects made meanwhile are collected as before; a frozen one
-    that becomes garbage meanwhile is collected after the ingest, when they thaw."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _rejected_request(item: InvalidLine, message: str, row: str | None) -> NewRequest:
