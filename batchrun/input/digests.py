@@ -24,11 +24,10 @@ import orjson
 _CACHE_CONTROL = "cache_control"
 # Where orjson's text may differ from json's: a number with an exponent (a digit then "e"),
 # or a float below 1e-4 that orjson writes in full (json: with an exponent). Looked for with
-# every digit made "0" (bytes.translate, then substring searches: several times faster than
-# a regular expression). Also found inside strings ("2e5"), which only costs the slower
-# writer.
+# every digit made "0" (bytes.translate, then substring searches for "0e", "0E" and "0.0000":
+# several times faster than a regular expression). Also found inside strings ("2e5"), which
+# only costs the slower writer.
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_FLOAT_MARKS = (b"0e", b"0E", b"0.0000")
 
 
 def canonical_json(value: Any) -> str:
@@ -49,7 +48,9 @@ def canonical_json_bytes(value: Any) -> bytes:
     except (orjson.JSONEncodeError, RecursionError):
         return canonical_json(value).encode()
     zeroed = text.translate(_DIGITS_TO_ZERO)
-    if any(mark in zeroed for mark in _FLOAT_MARKS):
+    # Spelled out: any() over a tuple of marks made a generator per line, which cost more
+    # than the three searches.
+    if b"0e" in zeroed or b"0E" in zeroed or b"0.0000" in zeroed:
         return canonical_json(value).encode()
     return text
 

@@ -29,10 +29,11 @@ DOCUMENT_BASE64_CHARS_PER_TOKEN = 6.0
 
 def estimate_input_tokens(params: Mapping[str, Any]) -> int:
     """The raw (uncalibrated) input-token estimate of a Messages request body."""
-    model = params.get("model")
-    counter = _Counter(high_res=isinstance(model, str) and is_high_res_model(model))
+    counter = _Counter(params.get("model"))
     system = params.get("system")
-    if system is not None:
+    if isinstance(system, str):
+        counter.chars += len(system)
+    elif system is not None:
         counter.content(system)
     tools = params.get("tools")
     if tools:
@@ -44,10 +45,16 @@ def estimate_input_tokens(params: Mapping[str, Any]) -> int:
         counter.chars += len(json.dumps(config["format"], separators=(",", ":")))
     messages = params.get("messages")
     if isinstance(messages, list):
+        counter.tokens += MESSAGE_FRAMING_TOKENS * len(messages)
         for message in messages:
-            counter.tokens += MESSAGE_FRAMING_TOKENS
             if isinstance(message, dict):
-                counter.content(message.get("content"))
+                # A string content counted here: most lines have only those, and every
+                # line of a submit is estimated.
+                content = message.get("content")
+                if isinstance(content, str):
+                    counter.chars += len(content)
+                else:
+                    counter.content(content)
     return max(1, math.ceil(counter.chars / CHARS_PER_TOKEN) + counter.tokens)
 
 
@@ -86,8 +93,10 @@ def _last_marked(blocks: Any) -> int | None:
 
 
 class _Counter:
-    def __init__(self, *, high_res: bool) -> None:
-        self.high_res = high_res
+    __slots__ = ("chars", "model", "tokens")
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
         self.chars = 0
         self.tokens = 0
 
@@ -127,5 +136,6 @@ class _Counter:
         if isinstance(source, dict) and source.get("type") == "base64":
             data = source.get("data")
             if isinstance(data, str):
-                return base64_image_tokens(data, high_res=self.high_res)
+                high_res = isinstance(self.model, str) and is_high_res_model(self.model)
+                return base64_image_tokens(data, high_res=high_res)
         return UNREADABLE_IMAGE_TOKENS

@@ -10,6 +10,9 @@ duplicate custom_ids, caps) live in `batchrun.input.reader`.
 
 Decisions:
 
+- A line of the common shape (string or text-block content, nothing unusual) is accepted by a
+  short check that words nothing; any other line, valid or not, gets every check
+  (`check_parsed_line`), so each problem is worded in one place.
 - All problems of a line are collected, not only the first (capped at
   `MAX_PROBLEMS_PER_LINE` so a pathological line cannot produce millions). Each message says
   what is wrong and how to fix it; the caller prefixes ``file:line: ``.
@@ -71,6 +74,7 @@ __all__ = [
     "MIB",
     "InvalidLine",
     "ValidRequest",
+    "check_parsed_line",
     "custom_id_fits",
     "deep_problem",
     "nested_too_deep",
@@ -160,6 +164,17 @@ def validate_line(
         if deep_place is not None:
             line_id = _check_custom_id(obj, []) if isinstance(obj, dict) else None
             return InvalidLine(line_no, line_id, (deep_problem(deep_place),))
+    common = _common_request(obj)
+    if common is not None:
+        return common
+    return check_parsed_line(obj, line_no, default_model=default_model)
+
+
+def check_parsed_line(
+    obj: Any, line_no: int, *, default_model: str | None = None
+) -> ValidRequest | InvalidLine:
+    """Every check of a parsed line (``obj``, not nested too deep), each problem worded: what
+    :func:`validate_line` does for any line that is not of the common shape."""
     if not isinstance(obj, dict):
         return InvalidLine(
             line_no,
@@ -190,6 +205,69 @@ def validate_line(
         model=model,
         max_tokens=max_tokens,
     )
+
+
+def _common_request(obj: Any) -> ValidRequest | None:
+    """The `ValidRequest` of a line of the common shape, checked without building any message:
+    ``{"custom_id": ..., "params": {...}}`` whose custom_id fits, with a model, a max_tokens in
+    range, messages of role user or assistant whose content is a string or text blocks, a
+    system prompt (if any) of the same kinds, and no ``stream`` but false. None for any other
+    line, valid or not: :func:`check_parsed_line` decides it, so every problem is worded there
+    and only there. Every line submitted pays for the checks, and the full ones build a path
+    text and call a function per field and per message."""
+    if type(obj) is not dict or len(obj) != 2:
+        return None
+    custom_id = obj.get("custom_id")
+    params = obj.get("params")
+    if type(custom_id) is not str or type(params) is not dict or not custom_id_fits(custom_id):
+        return None
+    model = params.get("model")
+    max_tokens = params.get("max_tokens")
+    messages = params.get("messages")
+    if (
+        type(model) is not str
+        or len(model) > MAX_MODEL_CHARS
+        or not model.strip()
+        or model == ALL_MODELS
+        or type(max_tokens) is not int
+        or not 1 <= max_tokens <= MAX_TOKENS
+        or type(messages) is not list
+        or not messages
+    ):
+        return None
+    for message in messages:
+        if (
+            type(message) is not dict
+            or message.get("role") not in MESSAGE_ROLES
+            or not _plain_content(message.get("content"))
+        ):
+            return None
+    if "system" in params and not _plain_content(params["system"]):
+        return None
+    if "stream" in params and params["stream"] is not False:
+        return None
+    return ValidRequest(
+        custom_id=custom_id,
+        params=params,
+        params_json=orjson.dumps(params).decode(),
+        model=model,
+        max_tokens=max_tokens,
+    )
+
+
+def _plain_content(content: Any) -> bool:
+    """Whether ``content`` is a string or a non-empty list of text blocks with string text:
+    content the full checks (`batchrun.input.content`) accept as it is."""
+    if type(content) is str:
+        return True
+    if type(content) is not list or not content:
+        return False
+    for block in content:
+        if type(block) is not dict or block.get("type") != "text":
+            return False
+        if type(block.get("text")) is not str:
+            return False
+    return True
 
 
 def oversized_line(line_no: int, size_bytes: int, *, max_line_bytes: int) -> InvalidLine:

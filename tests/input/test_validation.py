@@ -6,8 +6,9 @@ import base64
 import json
 from typing import Any
 
+import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from batchrun.input.validation import (
@@ -16,8 +17,11 @@ from batchrun.input.validation import (
     MAX_PROBLEMS_PER_LINE,
     InvalidLine,
     ValidRequest,
+    _common_request,
+    check_parsed_line,
     validate_line,
 )
+from batchrun.limits.families import ALL_MODELS
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(32)).decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(32)).decode()
@@ -490,3 +494,127 @@ def test_any_json_gives_a_result_and_never_raises(obj: Any, default_model: str |
 @given(st.binary(max_size=200))
 def test_any_bytes_give_a_result_and_never_raise(raw: bytes) -> None:
     assert isinstance(validate_line(raw, 1), InvalidLine | ValidRequest)
+
+
+# Lines of the common shape (what _common_request takes without wording anything), and at
+# each of its edges one step off it: the full checks must decide those, with their messages.
+def mostly(good: st.SearchStrategy[Any], off: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``good`` three times in four, else ``off``: lines near the shape, often on it."""
+    return st.one_of(good, good, good, off)
+
+
+text_block = st.fixed_dictionaries(
+    {"type": mostly(st.just("text"), st.sampled_from(["image", "tool_use"]) | json_values)},
+    optional={"text": mostly(st.text(max_size=8), json_values), "cache_control": json_values},
+)
+plain_content = mostly(
+    st.text(max_size=8) | st.lists(text_block, min_size=1, max_size=2), json_values
+)
+common_like = st.fixed_dictionaries(
+    {
+        "custom_id": mostly(
+            st.sampled_from(["r1", "a" * 64]), st.sampled_from(["a" * 65, "", "a b", "é"])
+        ),
+        "params": mostly(
+            st.fixed_dictionaries(
+                {
+                    "model": mostly(
+                        st.sampled_from(["m", "m" * 200]),
+                        st.sampled_from([" ", "", ALL_MODELS, "m" * 201]) | json_values,
+                    ),
+                    "max_tokens": mostly(
+                        st.sampled_from([1, 2**31 - 1]),
+                        st.sampled_from([0, -1, 2**31, True, 1.0, "5"]),
+                    ),
+                    "messages": mostly(
+                        st.lists(
+                            st.fixed_dictionaries(
+                                {
+                                    "role": mostly(
+                                        st.sampled_from(["user", "assistant"]),
+                                        st.just("system") | json_values,
+                                    ),
+                                    "content": plain_content,
+                                },
+                            ),
+                            min_size=1,
+                            max_size=3,
+                        ),
+                        json_values,
+                    ),
+                },
+                optional={
+                    "system": plain_content,
+                    "stream": mostly(st.just(False), json_values),
+                    "metadata": json_values,
+                },
+            ),
+            json_values,
+        ),
+    },
+    optional={"extra": json_values},
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(common_like, st.none() | st.just("default-model"))
+def test_lines_near_the_common_shape_get_what_the_full_checks_give(
+    obj: Any, default_model: str | None
+) -> None:
+    raw = json.dumps(obj).encode()
+    assume(b"Infinity" not in raw)  # not JSON: refused before any check
+    expected = check_parsed_line(orjson.loads(raw), 7, default_model=default_model)
+    assert validate_line(raw, 7, default_model=default_model) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        line(custom_id="a" * 65),
+        line(custom_id="a b"),
+        line(custom_id=""),
+        line(extra=1),
+        line(body={}),
+        with_params(model=ALL_MODELS),
+        with_params(model=" "),
+        with_params(model="m" * 201),
+        with_params(model=...),
+        with_params(max_tokens=0),
+        with_params(max_tokens=2**31),
+        with_params(max_tokens=True),
+        with_params(max_tokens=1.0),
+        with_params(messages=[]),
+        with_params(messages=[{"role": "system", "content": "Hi"}]),
+        with_params(messages=[{"role": "user"}]),
+        with_params(messages=[{"role": "user", "content": []}]),
+        with_params(messages=[{"role": "user", "content": [{"type": "text", "text": 1}]}]),
+        with_params(messages=[{"role": "user", "content": [{"type": "txt", "text": "a"}]}]),
+        with_content(image({"type": "base64", "media_type": "image/png", "data": PNG})),
+        with_params(system=None),
+        with_params(system=[]),
+        with_params(system=[{"type": "image"}]),
+        with_params(stream=True),
+        with_params(stream=None),
+    ],
+)
+def test_each_step_off_the_common_shape_gets_what_the_full_checks_give(raw: bytes) -> None:
+    expected = check_parsed_line(orjson.loads(raw), 3, default_model="default-model")
+    assert validate_line(raw, 3, default_model="default-model") == expected
+    assert _common_request(orjson.loads(raw)) is None or isinstance(expected, ValidRequest)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        with_params(),
+        with_params(system="Be brief."),
+        with_params(system=[{"type": "text", "text": "Be brief.", "cache_control": {}}]),
+        with_params(messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]),
+        with_params(stream=False, metadata={"user_id": "u"}),
+    ],
+)
+def test_lines_of_the_common_shape_skip_the_full_checks(raw: bytes) -> None:
+    """The fast path takes these (if it took none, it would cost without saving)."""
+    obj = orjson.loads(raw)
+    assert _common_request(obj) == check_parsed_line(obj, 1)
+    assert isinstance(_common_request(obj), ValidRequest)

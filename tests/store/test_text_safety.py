@@ -164,3 +164,22 @@ def test_making_text_safe_costs_well_under_a_microsecond_per_clean_value() -> No
     assert per_call_s["short"] < 1e-6, per_call_s
     # Non-ASCII text is scanned by the regex engine: still a few microseconds for 2 kB.
     assert per_call_s["accented"] < 50e-6, per_call_s
+
+
+def test_a_model_with_a_nul_is_stored_safe_beside_models_stored_as_they_are(
+    store: Store, db_url: str
+) -> None:
+    """The ingest binds a chunk's models unprocessed when none needs it; one that does makes
+    the chunk's models go through the column's processor (Postgres refuses a NUL)."""
+    lines = [request_line("a"), request_line("b", model="claude\x00x"), request_line("c")]
+    plain = submit(store, [request_line("d")])
+    odd = submit(store, lines)
+    rows = _stored(db_url, t.requests, "batch_id", "custom_id", "model")
+    assert sorted(rows) == sorted(
+        [
+            (plain, "d", "claude-sonnet-4-5"),
+            (odd, "a", "claude-sonnet-4-5"),
+            (odd, "b", "claude\ufffdx"),
+            (odd, "c", "claude-sonnet-4-5"),
+        ]
+    )
