@@ -4,11 +4,13 @@ read in transactions the worker makes anyway.
 The dispatcher must see a cancel or a pause within its control interval
 (:attr:`~batchrun.dispatch.settings.DispatchConfig.control_poll_s`). Instead of a read of its
 own every interval, it asks :class:`ControlReadings` for the latest reading that rode on a
-rate-bank take (``WorkerDatabase.take_rates`` reads the batches' state in the take's
-transaction while the dispatcher watches), and reads on its own only when none is fresh: a
-worker sending under a shared limit takes about every half second, so many of its control
-checks cost nothing. A reading counts from the moment it was asked for (before its
-transaction began), so it is never fresher than it is.
+rate-bank take or a group commit of results (``WorkerDatabase.take_rates`` and
+``WorkerDatabase.record`` read the batches' state in their transaction while the dispatcher
+watches), and reads on its own only when none is fresh: a worker sending under a shared
+limit takes about every half second, and one that answers commits results at least every
+half second (the group window), so most of its control checks cost nothing. A reading
+counts from the moment it was asked for (before its transaction began), so it is never
+fresher than it is.
 """
 
 from __future__ import annotations
@@ -57,8 +59,16 @@ class ControlReadings:
         latest."""
         if self._watched is None:
             return
-        if self._latest is None or asked_at > self._latest.asked_at:
-            self._latest = ControlReading(asked_at, frozenset(batch_ids), dict(stopped))
+        latest = self._latest
+        if latest is None or asked_at > latest.asked_at:
+            kept = dict(stopped)
+            for batch_id, why in (latest.stopped if latest is not None else {}).items():
+                # A cancel that this worker's own commits completed between two readings
+                # reads "ended" in the later one: the dispatcher must still hear it was
+                # canceled (it may not have looked at the earlier reading).
+                if why == "canceling" and kept.get(batch_id) == "ended":
+                    kept[batch_id] = why
+            self._latest = ControlReading(asked_at, frozenset(batch_ids), kept)
 
     def fresh(self, batch_ids: Collection[str], since: float) -> ControlReading | None:
         """The latest reading if it was asked for after ``since`` and covers every one of

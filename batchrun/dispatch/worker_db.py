@@ -12,7 +12,8 @@ Each method awaits one method of one of the store's sections (``batchrun.store``
 same arguments, and returns what it returns; the names are the dispatcher's (``claim``,
 ``record``, ``get_batch``), and the body names the section's method it runs. One exception:
 while a dispatcher watches its batches (:attr:`WorkerDatabase.controls`), a rate-bank take
-also reads which of them are stopped, in the same transaction (``dispatch.controls``).
+and a group commit of results also read which of them are stopped, in the same transaction
+(``dispatch.controls``).
 """
 
 from __future__ import annotations
@@ -110,8 +111,13 @@ class WorkerDatabase:
         expired: Sequence[int] = (),
         turns: Sequence[AnswerTurn] = (),
     ) -> None:
-        await self._thread.call(
-            self._store.results.record,
+        # The dispatcher's control check rides on the group commit too (see
+        # dispatch.controls): counted from now, before the transaction begins.
+        wanted = self.controls.wanted()
+        batch_ids, batches_now = wanted if wanted is not None else ([], None)
+        asked_at = asyncio.get_running_loop().time()
+        stopped = await self._thread.call(
+            self._store.results.record_watching,
             owner=owner,
             now=now,
             finished=finished,
@@ -121,7 +127,11 @@ class WorkerDatabase:
             canceled=canceled,
             expired=expired,
             turns=turns,
+            batch_ids=batch_ids,
+            batches_now=batches_now,
         )
+        if batch_ids:
+            self.controls.read(asked_at, batch_ids, stopped)
 
     async def last_answer_turn(self, request_id: int) -> tuple[str, tuple[str, ...]] | None:
         return await self._thread.call(self._store.repairs.last_turn, request_id)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, Select, func, or_, select
 
 from batchrun.records import AnswerTurn, FinishedRequest, ResultDetail, ResultRow, RetryLater
 from batchrun.store import tables as t
-from batchrun.store.base import Section
+from batchrun.store.base import Section, stopped_batches
 from batchrun.store.recording import record_outcomes
 from batchrun.store.usage import read_request_turns
 
@@ -48,7 +48,39 @@ class Results(Section):
     ) -> None:
         """Write one group of a worker's outcomes in a single transaction (group commit);
         see :func:`~batchrun.store.recording.record_outcomes` for what each kind does."""
+        self.record_watching(
+            owner=owner,
+            now=now,
+            finished=finished,
+            retries=retries,
+            unsent=unsent,
+            released=released,
+            canceled=canceled,
+            expired=expired,
+            turns=turns,
+        )
+
+    def record_watching(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        finished: Sequence[FinishedRequest] = (),
+        retries: Sequence[RetryLater] = (),
+        unsent: Sequence[int] = (),
+        released: Sequence[int] = (),
+        canceled: Sequence[int] = (),
+        expired: Sequence[int] = (),
+        turns: Sequence[AnswerTurn] = (),
+        batch_ids: Sequence[str] = (),
+        batches_now: datetime | None = None,
+    ) -> dict[str, str]:
+        """:meth:`record`, and in the same transaction which of ``batch_ids`` are stopped as
+        of ``batches_now`` (``BatchLifecycle.stopped``; none read without ``batch_ids``): a
+        worker's control check rides on a group commit it makes anyway. Returns the stopped
+        batches."""
         with self._write() as conn:
+            stopped = stopped_batches(conn, batch_ids, batches_now or now) if batch_ids else {}
             record_outcomes(
                 conn,
                 owner=owner,
@@ -62,6 +94,7 @@ class Results(Section):
                 turns=turns,
                 without_copies=self._without_copies,
             )
+        return stopped
 
     def iter_rows(self, batch_id: str) -> Iterator[ResultRow]:
         """Every request of the batch with its result (if any), in input order, streamed."""

@@ -1,6 +1,7 @@
-"""Control checks riding on the rate-bank takes: the store reads the batches' state in the
-take's transaction, a worker under a shared limit then makes few control reads of its own,
-and a cancel or a pause from elsewhere is still seen within the control interval."""
+"""Control checks riding on the rate-bank takes and the group commits: the store reads the
+batches' state in the take's (or the commit's) transaction, a worker then makes few control
+reads of its own, and a cancel or a pause from elsewhere is still seen within the control
+interval."""
 
 from __future__ import annotations
 
@@ -67,6 +68,23 @@ def test_a_take_watching_reads_the_stopped_batches_in_its_transaction(store: Sto
     assert expired == {running: "expired"}
 
 
+def test_a_group_commit_watching_reads_the_stopped_batches_in_its_transaction(
+    store: Store,
+) -> None:
+    running = submit(store, [request_line("a")])
+    paused = submit(store, [request_line("b")])
+    now = store.batches.get(running).created_at
+    store.lifecycle.pause(paused, "paused from elsewhere")
+
+    stopped = store.results.record_watching(
+        owner="w", now=now, batch_ids=[running, paused], batches_now=now
+    )
+    assert stopped == {paused: "paused from elsewhere"}
+    assert stopped == store.lifecycle.stopped([running, paused], now)
+    # Nothing asked: nothing read.
+    assert store.results.record_watching(owner="w", now=now) == {}
+
+
 def test_a_reading_serves_only_when_fresh_and_covering_every_batch() -> None:
     readings = ControlReadings()
     readings.read(10.0, ["a"], {})
@@ -79,6 +97,11 @@ def test_a_reading_serves_only_when_fresh_and_covering_every_batch() -> None:
     found = readings.fresh(["a", "b"], since=9.6)
     assert found is not None and found.stopped == {"b": "canceling"}
     assert readings.fresh(["a", "b"], since=10.0) is None  # not asked for after since
+    # The cancel completed before the dispatcher looked: the later reading says "ended",
+    # and the dispatcher still hears of the cancel.
+    readings.read(10.2, ["a", "b"], {"b": "ended"})
+    found = readings.fresh(["a", "b"], since=9.6)
+    assert found is not None and found.stopped == {"b": "canceling"}
     assert readings.fresh(["a", "b", "joined"], since=9.6) is None  # a batch it did not read
     readings.stop_watching()
     assert readings.fresh(["a"], since=0.0) is None
@@ -152,3 +175,49 @@ async def test_under_a_shared_limit_control_checks_ride_on_takes_and_a_stop_is_s
         # virtual time a take every 0.5 s falls on the very moment a 0.5 s check is due,
         # and either may come first: that case is the one above, for the stop's delay).
         assert seen["checks"] <= 4
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_without_a_shared_limit_control_checks_ride_on_group_commits(store: Store) -> None:
+    # No limit and no database bank: no takes; the group commits (at least every 0.5 s while
+    # answers come) carry the control reading, and a cancel is still seen in time.
+    loop = asyncio.get_running_loop()
+    app = create_app(SimulatorConfig(latency_s=0.5))
+    batch_id = submit(store, [request_line(f"r{i:04d}") for i in range(2000)])
+    db = CountingControls(store)
+    limiter = Limiter(settings=LimiterSettings(ramp_s=0, start_per_min=None))
+    seen: dict[str, float] = {}
+
+    async def stop_later() -> None:
+        await asyncio.sleep(20)
+        store.lifecycle.cancel(batch_id, datetime.now().astimezone())
+        seen["checks"] = db.own_checks
+        await asyncio.sleep(1.0 + 0.05)
+        seen["received"] = app.stats.received
+
+    endpoint = builtin_endpoints({})[SIMULATOR]
+    async with create_http_client(
+        timeout_s=60, max_connections=64, transport=in_process_transport(app)
+    ) as http:
+        dispatcher = Dispatcher(
+            db=db,
+            senders={SIMULATOR: MessagesClient(http, endpoint=endpoint, headers=NO_AUTH)},
+            limiter=limiter,
+            config=DispatchConfig(control_poll_s=1.0, max_concurrency=10),
+        )
+        stopper = asyncio.create_task(stop_later())
+        try:
+            report = await dispatcher.run({batch_id: SIMULATOR})
+        finally:
+            db.close()
+        await stopper
+
+    assert loop.time() >= 20
+    assert 300 <= seen["received"] <= 440  # 10 in flight, 0.5 s each, until the stop
+    assert app.stats.received == seen["received"]  # nothing sent after it was seen
+    # (Whether the report names the cancel depends on whether the dispatcher looked before
+    # this worker's own commits ended the batch: the same with control reads of its own.)
+    assert report.sent == seen["received"]
+    # Checks due once a second for 20 s: the commits, twice a second or more, read for them.
+    assert seen["checks"] <= 4
