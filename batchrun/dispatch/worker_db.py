@@ -181,21 +181,10 @@ class WorkerDatabase:
         now: float,
         reserve: bool = False,
     ) -> tuple[Grant, KeyRecord]:
-        wanted = self.controls.wanted()
-        if wanted is None:
-            return await self._thread.call(
-                self._store.rates.take,
-                endpoint=endpoint,
-                model=model,
-                costs=costs,
-                policy=policy,
-                changes=changes,
-                now=now,
-                reserve=reserve,
-            )
         # The dispatcher's control check rides on the take (see dispatch.controls): counted
         # from now, before the transaction begins.
-        batch_ids, batches_now = wanted
+        wanted = self.controls.wanted()
+        batch_ids, batches_now = wanted if wanted is not None else ([], None)
         asked_at = asyncio.get_running_loop().time()
         grant, record, stopped = await self._thread.call(
             self._store.rates.take_watching,
@@ -209,7 +198,8 @@ class WorkerDatabase:
             batch_ids=batch_ids,
             batches_now=batches_now,
         )
-        self.controls.read(asked_at, batch_ids, stopped)
+        if batch_ids:
+            self.controls.read(asked_at, batch_ids, stopped)
         return grant, record
 
     async def record_run_limits(self, rows: Sequence[LimitRecord]) -> None:

@@ -92,15 +92,20 @@ class RateStore:
         changes: PendingChanges,
         now: float,
         reserve: bool = False,
-        batch_ids: Sequence[str],
-        batches_now: datetime,
+        batch_ids: Sequence[str] = (),
+        batches_now: datetime | None = None,
     ) -> tuple[Grant, KeyRecord, dict[str, str]]:
         """:meth:`take`, and in the same transaction which of ``batch_ids`` are stopped as
-        of ``batches_now`` (``BatchLifecycle.stopped``): a worker's control check rides on
-        a take it makes anyway. Returns the grant, the record and the stopped batches."""
+        of ``batches_now`` (``BatchLifecycle.stopped``; none read without both): a worker's
+        control check rides on a take it makes anyway. Returns the grant, the record and the
+        stopped batches."""
         with transaction(self._engine, write=True) as conn:
             # Read before the key's row is locked: the lock is held no longer for it.
-            stopped = stopped_batches(conn, batch_ids, batches_now)
+            stopped = (
+                stopped_batches(conn, batch_ids, batches_now)
+                if batch_ids and batches_now is not None
+                else {}
+            )
             grant, record = self._take(conn, endpoint, model, costs, policy, changes, now, reserve)
         return grant, record, stopped
 
